@@ -1,0 +1,162 @@
+# TEM ledger build. `make` builds temd and temctl; `make test` runs every test, then the unit
+# tests again under AddressSanitizer + UBSan; `make bench`, `make fuzz`, `make deps`, `make clean`.
+# Generated protobuf-c code lives under $(BUILD)/gen and is never committed.
+
+SHELL   := /bin/bash
+CC      ?= gcc
+BUILD   ?= build
+SAN     ?=
+FUZZ_SECONDS ?= 60
+SEEDS   ?= 0..999
+
+# Debian 12 packages the build and the tests need. `make deps` installs the missing ones.
+DEB_PKGS = gcc make pkg-config clang libclang-rt-14-dev protobuf-c-compiler libprotobuf-c-dev \
+           libsodium-dev libsecp256k1-dev liblmdb-dev libuv1-dev check libsubunit-dev \
+           libh2o-dev libssl-dev libjansson-dev libinih-dev curl iproute2 docker-compose
+
+PKG_LIBS = libsodium libsecp256k1 lmdb libuv libprotobuf-c jansson inih
+WARN     = -Wall -Wextra -Werror
+OPT      = -O2 -g
+ifeq ($(SAN),1)
+OPT      = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+LDSAN    = -fsanitize=address,undefined
+endif
+CPPFLAGS = -D_GNU_SOURCE -DH2O_USE_LIBUV=1 -I. -I$(BUILD)/gen
+CFLAGS   = -std=gnu17 $(WARN) $(OPT) -MMD -MP
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKG_LIBS) 2>/dev/null)
+PKG_LDLIBS := $(shell pkg-config --libs $(PKG_LIBS) 2>/dev/null)
+LDLIBS   = $(PKG_LDLIBS) -lh2o -lssl -lcrypto -lpthread -lm
+CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
+
+MODULES  = node contracts consensus net ledger
+PROTO_C  = $(BUILD)/gen/proto/tem.pb-c.c
+PROTO_H  = $(BUILD)/gen/proto/tem.pb-c.h
+
+# node/temd.c and node/temctl.c hold the mains; every other node/*.c goes into libnode.a.
+MAINS    = node/temd.c node/temctl.c
+src_of   = $(filter-out $(MAINS),$(wildcard $(1)/*.c))
+obj_of   = $(patsubst %.c,$(BUILD)/obj/%.o,$(call src_of,$(1)))
+LIBS     = $(foreach m,$(MODULES),$(BUILD)/lib$(m).a) $(BUILD)/libproto.a
+
+TEMD     = $(BUILD)/temd
+TEMCTL   = $(BUILD)/temctl
+TEST_SRCS  = $(wildcard tests/test_*.c)
+TEST_BINS  = $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
+BENCH_SRCS = $(wildcard tests/bench/bench_*.c)
+BENCH_BINS = $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
+SIM_SRCS   = $(wildcard tests/sim/*.c)
+SIM_BIN    = $(BUILD)/tem-sim
+FUZZ_SRCS  = $(wildcard tests/fuzz/fuzz_*.c)
+# Scripted end-to-end tests (multi-process, CLI round trips): tests/t_*.sh, run in name order.
+SH_TESTS   = $(sort $(wildcard tests/t_*.sh))
+
+.PHONY: all test unit-test sim-test sh-test test-asan bench fuzz deps clean soak
+all: $(TEMD) $(TEMCTL)
+
+# ---------------------------------------------------------------- protobuf-c
+$(PROTO_C) $(PROTO_H): proto/tem.proto
+	@mkdir -p $(BUILD)/gen
+	protoc-c --c_out=$(BUILD)/gen proto/tem.proto
+$(BUILD)/obj/gen/proto/tem.pb-c.o: $(PROTO_C)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(PKG_CFLAGS) -std=gnu17 $(OPT) -w -c $< -o $@
+$(BUILD)/libproto.a: $(BUILD)/obj/gen/proto/tem.pb-c.o
+	ar rcs $@ $^
+
+# ---------------------------------------------------------------- modules
+$(BUILD)/obj/%.o: %.c | $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(PKG_CFLAGS) $(CFLAGS) -c $< -o $@
+
+define module_lib
+$(BUILD)/lib$(1).a: $(call obj_of,$(1))
+	@mkdir -p $(BUILD)
+	rm -f $$@
+	ar rcs $$@ $$^
+endef
+$(foreach m,$(MODULES),$(eval $(call module_lib,$(m))))
+
+$(TEMD): $(BUILD)/obj/node/temd.o $(LIBS)
+	$(CC) $(LDSAN) -o $@ $< $(LIBS) $(LDLIBS)
+$(TEMCTL): $(BUILD)/obj/node/temctl.o $(LIBS)
+	$(CC) $(LDSAN) -o $@ $< $(LIBS) $(LDLIBS)
+
+# ---------------------------------------------------------------- tests
+# A test or bench links only the modules its name says it needs, so a module under construction
+# does not stop the others' tests from building: test_pbft* -> consensus, test_ledger* -> ledger,
+# test_cda*/call*/acct*/settle*/market*/grid*/contracts* -> contracts, test_net*/http* -> net;
+# anything else links every module.
+mods_for = $(strip $(if $(filter pbft% sim%,$(1)),consensus ledger,\
+             $(if $(filter ledger% state% store% tx%,$(1)),ledger,\
+             $(if $(filter cda% call% acct% settle% market% grid% contracts%,$(1)),contracts ledger,\
+             $(if $(filter net% http%,$(1)),net ledger,$(MODULES))))))
+libs_for = $(foreach m,$(call mods_for,$(1)),$(BUILD)/lib$(m).a) $(BUILD)/libproto.a
+.SECONDEXPANSION:
+$(BUILD)/tests/test_%: $(BUILD)/obj/tests/test_%.o $$(call libs_for,$$*)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDSAN) -o $@ $< $(call libs_for,$*) $(LDLIBS) $(CHECK_LIBS)
+$(BUILD)/bench/bench_%: $(BUILD)/obj/tests/bench/bench_%.o $$(call libs_for,$$*)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDSAN) -o $@ $< $(call libs_for,$*) $(LDLIBS)
+$(SIM_BIN): $(patsubst %.c,$(BUILD)/obj/%.o,$(SIM_SRCS)) $(call libs_for,sim)
+	$(CC) $(LDSAN) -o $@ $(filter %.o,$^) $(call libs_for,sim) $(LDLIBS)
+
+unit-test: $(TEST_BINS)
+	@set -e; for t in $(TEST_BINS); do echo "== $$t"; CK_DEFAULT_TIMEOUT=600 $$t; done
+
+sim-test: $(SIM_BIN)
+	@if [ -n "$(SIM_SRCS)" ]; then $(SIM_BIN) --seeds $(SEEDS); fi
+
+sh-test: all
+	@set -e; for t in $(SH_TESTS); do echo "== $$t"; BUILD=$(BUILD) bash $$t; done
+
+soak: $(SIM_BIN)
+	$(SIM_BIN) --seeds $(SEEDS)
+
+test-asan:
+	$(MAKE) BUILD=build/asan SAN=1 unit-test
+
+test: deps
+	$(MAKE) unit-test
+	$(MAKE) sim-test
+	$(MAKE) sh-test
+	$(MAKE) test-asan
+
+bench: deps
+	$(MAKE) $(BENCH_BINS) $(TEMCTL)
+	@set -e; for b in $(BENCH_BINS); do BUILD=$(BUILD) $$b; done
+
+# ---------------------------------------------------------------- fuzz (clang + libFuzzer)
+FUZZ_BUILD = build/fuzz
+FUZZ_CFLAGS = -std=gnu17 -g -O1 -fsanitize=fuzzer-no-link,address,undefined $(WARN) -Wno-unused-command-line-argument
+FUZZ_LIB_SRCS = $(call src_of,ledger) $(call src_of,contracts)
+FUZZ_LIB_OBJS = $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_LIB_SRCS)) $(FUZZ_BUILD)/obj/proto.o
+FUZZ_BINS = $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(FUZZ_SRCS))
+$(FUZZ_BUILD)/obj/proto.o: $(PROTO_C)
+	@mkdir -p $(dir $@)
+	clang $(CPPFLAGS) $(PKG_CFLAGS) -std=gnu17 -g -O1 -fsanitize=fuzzer-no-link,address -w -c $< -o $@
+$(FUZZ_BUILD)/obj/%.o: %.c | $(PROTO_H)
+	@mkdir -p $(dir $@)
+	clang $(CPPFLAGS) $(PKG_CFLAGS) $(FUZZ_CFLAGS) -c $< -o $@
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJS)
+	clang $(CPPFLAGS) $(PKG_CFLAGS) -std=gnu17 -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $^ $(LDLIBS)
+fuzz: deps
+	$(MAKE) $(FUZZ_BINS)
+	@set -e; for f in $(FUZZ_BINS); do n=$$(basename $$f); mkdir -p $(FUZZ_BUILD)/corpus/$$n; \
+	  seeds=tests/fuzz/corpus/$$n; [ -d $$seeds ] || seeds=; \
+	  echo "== $$n for $(FUZZ_SECONDS)s"; $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	     $(FUZZ_BUILD)/corpus/$$n $$seeds 2>&1 | grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY)' ; \
+	  test $${PIPESTATUS[0]} -eq 0; done
+
+# ---------------------------------------------------------------- deps
+deps:
+	@missing=""; for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then echo "deps: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	else echo "deps: missing packages; run as root:"; echo "  apt-get install -y$$missing"; exit 1; fi
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,402 @@
+/* state.c: the in-memory ordered key-value state, its Merkle root and inclusion proofs, and
+ * savepoints. The state is small enough to hold in memory (accounts, open orders, a few slots of
+ * trades) and is mirrored in LMDB by store.c; keeping it here makes contract reads cheap and
+ * lets a block's execution be undone without touching the disk.
+ *
+ * Layout: `base` is a sorted array of entries; keys created since the last merge go to the small
+ * sorted array `pend` and are merged into `base` before anything needs the full order (iteration,
+ * roots, proofs, flushes). A deleted entry stays as a tombstone until the next flush, so the store
+ * knows which LMDB keys to delete. Savepoints journal the previous value of every write. */
+#include "ledger/ledger_internal.h"
+
+typedef struct entry {
+    uint8_t *val;
+    uint32_t klen, vlen;
+    uint8_t leaf[32];
+    bool leaf_ok, dirty, deleted;
+    uint8_t key[];
+} entry;
+
+typedef struct {
+    entry *e;
+    uint8_t *old_val;
+    uint32_t old_vlen;
+    bool old_deleted, old_dirty, created;
+} journal_rec;
+
+struct ledger_state {
+    entry **base;
+    size_t nbase, capbase;
+    entry **pend;
+    size_t npend, cappend;
+    journal_rec *jr;
+    size_t njr, capjr;
+    size_t live;   /* entries not deleted */
+    size_t open_sp; /* savepoints open; the journal is kept while > 0 */
+    bool root_ok;
+    uint8_t root[32];
+};
+
+#define PEND_MERGE_AT 4096
+
+int ledger_state_new(ledger_state **out) {
+    ledger_state *st = tem_calloc(1, sizeof *st);
+    if (!st) return LEDGER_ENOMEM;
+    *out = st;
+    return LEDGER_OK;
+}
+
+static void entry_free(entry *e) {
+    if (!e) return;
+    tem_free(e->val);
+    tem_free(e);
+}
+
+void ledger_state_free(ledger_state *st) {
+    if (!st) return;
+    for (size_t i = 0; i < st->njr; i++) tem_free(st->jr[i].old_val);
+    for (size_t i = 0; i < st->nbase; i++) entry_free(st->base[i]);
+    for (size_t i = 0; i < st->npend; i++) entry_free(st->pend[i]);
+    tem_free(st->base);
+    tem_free(st->pend);
+    tem_free(st->jr);
+    tem_free(st);
+}
+
+static int keycmp(const uint8_t *a, size_t al, const uint8_t *b, size_t bl) {
+    size_t n = al < bl ? al : bl;
+    int c = memcmp(a, b, n);
+    if (c) return c;
+    return al < bl ? -1 : al > bl ? 1 : 0;
+}
+
+/* Index of the first entry >= key in arr. */
+static size_t lower_bound(entry **arr, size_t n, const uint8_t *key, size_t klen) {
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (keycmp(arr[mid]->key, arr[mid]->klen, key, klen) < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+static entry *find(ledger_state *st, const uint8_t *key, size_t klen) {
+    size_t i = lower_bound(st->base, st->nbase, key, klen);
+    if (i < st->nbase && keycmp(st->base[i]->key, st->base[i]->klen, key, klen) == 0) return st->base[i];
+    i = lower_bound(st->pend, st->npend, key, klen);
+    if (i < st->npend && keycmp(st->pend[i]->key, st->pend[i]->klen, key, klen) == 0) return st->pend[i];
+    return NULL;
+}
+
+static bool grow(void **arr, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return true;
+    size_t nc = *cap ? *cap * 2 : 64;
+    while (nc < need) nc *= 2;
+    void *p = tem_realloc(*arr, nc * elem);
+    if (!p) return false;
+    *arr = p;
+    *cap = nc;
+    return true;
+}
+
+static int merge_pending(ledger_state *st) {
+    if (st->npend == 0) return LEDGER_OK;
+    if (!grow((void **)&st->base, &st->capbase, st->nbase + st->npend, sizeof(entry *))) return LEDGER_ENOMEM;
+    /* Merge from the back so it runs in place in O(nbase + npend). */
+    size_t i = st->nbase, j = st->npend, k = st->nbase + st->npend;
+    while (j > 0) {
+        if (i > 0 && keycmp(st->base[i - 1]->key, st->base[i - 1]->klen, st->pend[j - 1]->key, st->pend[j - 1]->klen) > 0)
+            st->base[--k] = st->base[--i];
+        else
+            st->base[--k] = st->pend[--j];
+    }
+    st->nbase += st->npend;
+    st->npend = 0;
+    return LEDGER_OK;
+}
+
+int ledger_state_get(ledger_state *st, const void *key, size_t klen, const uint8_t **val, size_t *vlen) {
+    entry *e = find(st, key, klen);
+    if (!e || e->deleted) return LEDGER_ENOTFOUND;
+    *val = e->val;
+    *vlen = e->vlen;
+    return LEDGER_OK;
+}
+
+/* Journals are kept only while a savepoint is open (a block or a tx is executing). */
+static bool in_savepoint(const ledger_state *st) { return st->open_sp > 0; }
+
+int ledger_state_put(ledger_state *st, const void *key, size_t klen, const void *val, size_t vlen) {
+    TEM_ASSERT(klen > 0 && klen <= UINT32_MAX && vlen <= UINT32_MAX);
+    uint8_t *nv = tem_malloc(vlen);
+    if (!nv) return LEDGER_ENOMEM;
+    memcpy(nv, val, vlen);
+    entry *e = find(st, key, klen);
+    bool created = false;
+    if (!e) {
+        if (!grow((void **)&st->pend, &st->cappend, st->npend + 1, sizeof(entry *))) goto oom;
+        e = tem_calloc(1, sizeof *e + klen);
+        if (!e) goto oom;
+        memcpy(e->key, key, klen);
+        e->klen = (uint32_t)klen;
+        e->deleted = true; /* becomes live below; a rollback of the creation leaves a tombstone */
+        size_t i = lower_bound(st->pend, st->npend, key, klen);
+        memmove(st->pend + i + 1, st->pend + i, (st->npend - i) * sizeof(entry *));
+        st->pend[i] = e;
+        st->npend++;
+        created = true;
+    }
+    if (in_savepoint(st)) {
+        if (!grow((void **)&st->jr, &st->capjr, st->njr + 1, sizeof(journal_rec))) {
+            if (created) e->dirty = false; /* an unborn tombstone: harmless, dropped at flush */
+            goto oom;
+        }
+        st->jr[st->njr++] = (journal_rec){.e = e, .old_val = e->val, .old_vlen = e->vlen,
+                                          .old_deleted = e->deleted, .old_dirty = e->dirty, .created = created};
+    } else {
+        tem_free(e->val);
+    }
+    if (e->deleted) st->live++;
+    e->val = nv;
+    e->vlen = (uint32_t)vlen;
+    e->deleted = false;
+    e->dirty = true;
+    e->leaf_ok = false;
+    st->root_ok = false;
+    if (st->npend >= PEND_MERGE_AT && merge_pending(st) != LEDGER_OK) {
+        /* The entry is in place either way; the merge is only retried later. */
+    }
+    return LEDGER_OK;
+oom:
+    tem_free(nv);
+    return LEDGER_ENOMEM;
+}
+
+int ledger_state_del(ledger_state *st, const void *key, size_t klen) {
+    entry *e = find(st, key, klen);
+    if (!e || e->deleted) return LEDGER_OK;
+    if (in_savepoint(st)) {
+        if (!grow((void **)&st->jr, &st->capjr, st->njr + 1, sizeof(journal_rec))) return LEDGER_ENOMEM;
+        st->jr[st->njr++] = (journal_rec){.e = e, .old_val = e->val, .old_vlen = e->vlen,
+                                          .old_deleted = false, .old_dirty = e->dirty, .created = false};
+    } else {
+        tem_free(e->val);
+    }
+    e->val = NULL;
+    e->vlen = 0;
+    e->deleted = true;
+    e->dirty = true;
+    st->live--;
+    st->root_ok = false;
+    return LEDGER_OK;
+}
+
+int ledger_state_iter(ledger_state *st, const void *prefix, size_t plen, ledger_state_iter_fn fn, void *ctx) {
+    int rc = merge_pending(st);
+    if (rc != LEDGER_OK) return rc;
+    size_t i = plen ? lower_bound(st->base, st->nbase, prefix, plen) : 0;
+    for (; i < st->nbase; i++) {
+        entry *e = st->base[i];
+        if (plen && (e->klen < plen || memcmp(e->key, prefix, plen) != 0)) break;
+        if (e->deleted) continue;
+        int r = fn(ctx, e->key, e->klen, e->val, e->vlen);
+        if (r) return r;
+    }
+    return LEDGER_OK;
+}
+
+size_t ledger_state_count(ledger_state *st) { return st->live; }
+
+static void leaf_hash(entry *e) {
+    if (e->leaf_ok) return;
+    uint8_t tag = 0x02, kl[4];
+    tem_put_u32le(kl, e->klen);
+    const void *parts[4] = {&tag, kl, e->key, e->val ? (const void *)e->val : (const void *)""};
+    size_t lens[4] = {1, 4, e->klen, e->vlen};
+    ledger_sha256_parts(e->leaf, 4, parts, lens);
+    e->leaf_ok = true;
+}
+
+/* Leaves of every live entry in key order (tem_malloc'd). */
+static int collect_leaves(ledger_state *st, uint8_t (**out)[32], size_t *n) {
+    int rc = merge_pending(st);
+    if (rc != LEDGER_OK) return rc;
+    uint8_t(*leaves)[32] = tem_malloc((st->live ? st->live : 1) * 32);
+    if (!leaves) return LEDGER_ENOMEM;
+    size_t k = 0;
+    for (size_t i = 0; i < st->nbase; i++) {
+        entry *e = st->base[i];
+        if (e->deleted) continue;
+        leaf_hash(e);
+        memcpy(leaves[k++], e->leaf, 32);
+    }
+    TEM_ASSERT(k == st->live);
+    *out = leaves;
+    *n = k;
+    return LEDGER_OK;
+}
+
+int ledger_state_root(ledger_state *st, uint8_t out[LEDGER_HASH_BYTES]) {
+    if (st->root_ok) {
+        memcpy(out, st->root, 32);
+        return LEDGER_OK;
+    }
+    uint8_t(*leaves)[32];
+    size_t n;
+    int rc = collect_leaves(st, &leaves, &n);
+    if (rc != LEDGER_OK) return rc;
+    rc = ledger_merkle_root(st->root, (const uint8_t(*)[32])leaves, n);
+    tem_free(leaves);
+    if (rc != LEDGER_OK) return rc;
+    st->root_ok = true;
+    memcpy(out, st->root, 32);
+    return LEDGER_OK;
+}
+
+int ledger_state_prove(ledger_state *st, const void *key, size_t klen, ledger_merkle_proof *out) {
+    int rc = merge_pending(st);
+    if (rc != LEDGER_OK) return rc;
+    size_t i = lower_bound(st->base, st->nbase, key, klen);
+    if (i >= st->nbase || st->base[i]->deleted || keycmp(st->base[i]->key, st->base[i]->klen, key, klen) != 0)
+        return LEDGER_ENOTFOUND;
+    size_t index = 0;
+    for (size_t j = 0; j < i; j++) index += !st->base[j]->deleted;
+    uint8_t(*leaves)[32];
+    size_t n;
+    if ((rc = collect_leaves(st, &leaves, &n)) != LEDGER_OK) return rc;
+    rc = ledger_merkle_prove((const uint8_t(*)[32])leaves, n, index, out);
+    tem_free(leaves);
+    return rc;
+}
+
+int ledger_state_proof_verify(const uint8_t root[LEDGER_HASH_BYTES], const void *key, size_t klen,
+                              const void *val, size_t vlen, const ledger_merkle_proof *p) {
+    if (klen == 0 || klen > UINT32_MAX) return -1;
+    uint8_t tag = 0x02, kl[4], leaf[32];
+    tem_put_u32le(kl, (uint32_t)klen);
+    const void *parts[4] = {&tag, kl, key, vlen ? val : ""};
+    size_t lens[4] = {1, 4, klen, vlen};
+    ledger_sha256_parts(leaf, 4, parts, lens);
+    return ledger_merkle_verify(root, leaf, p);
+}
+
+/* ------------------------------------------------------------------ savepoints
+ * A savepoint is a position in the journal; savepoints nest strictly (LIFO). */
+int ledger_state_savepoint(ledger_state *st, size_t *mark) {
+    /* Reserve a slot so an open savepoint always has a journal array. */
+    if (!grow((void **)&st->jr, &st->capjr, st->njr + 1, sizeof(journal_rec))) return LEDGER_ENOMEM;
+    *mark = st->njr;
+    st->open_sp++;
+    return LEDGER_OK;
+}
+
+void ledger_state_rollback(ledger_state *st, size_t mark) {
+    TEM_ASSERT(mark <= st->njr);
+    TEM_ASSERT(st->open_sp > 0);
+    while (st->njr > mark) {
+        journal_rec *r = &st->jr[--st->njr];
+        entry *e = r->e;
+        if (!e->deleted) st->live--;
+        tem_free(e->val);
+        e->val = r->old_val;
+        e->vlen = r->old_vlen;
+        e->deleted = r->old_deleted;
+        e->dirty = r->old_dirty;
+        e->leaf_ok = false;
+        if (!e->deleted) st->live++;
+    }
+    st->root_ok = false;
+    st->open_sp--;
+}
+
+void ledger_state_release(ledger_state *st, size_t mark) {
+    TEM_ASSERT(mark <= st->njr);
+    TEM_ASSERT(st->open_sp > 0);
+    st->open_sp--;
+    if (st->open_sp > 0) return; /* an outer savepoint may still roll these writes back */
+    for (size_t i = mark; i < st->njr; i++) tem_free(st->jr[i].old_val);
+    st->njr = mark;
+}
+
+size_t ledger__state_journal_depth(const ledger_state *st) { return st->njr; }
+
+uint64_t ledger_state_nonce(ledger_state *st, const uint8_t signer[LEDGER_SECP_PUB_BYTES]) {
+    uint8_t key[1 + LEDGER_SECP_PUB_BYTES];
+    key[0] = 'n';
+    memcpy(key + 1, signer, LEDGER_SECP_PUB_BYTES);
+    const uint8_t *v;
+    size_t vl;
+    if (ledger_state_get(st, key, sizeof key, &v, &vl) != LEDGER_OK || vl != 8) return 0;
+    return tem_get_u64le(v);
+}
+
+/* ------------------------------------------------------------------ load / flush / clone */
+int ledger__state_load(ledger_state *st, const void *key, size_t klen, const void *val, size_t vlen) {
+    if (klen == 0 || klen > UINT32_MAX || vlen > UINT32_MAX) return LEDGER_ECORRUPT;
+    if (st->nbase && keycmp(st->base[st->nbase - 1]->key, st->base[st->nbase - 1]->klen, key, klen) >= 0)
+        return LEDGER_ECORRUPT;
+    if (!grow((void **)&st->base, &st->capbase, st->nbase + 1, sizeof(entry *))) return LEDGER_ENOMEM;
+    entry *e = tem_calloc(1, sizeof *e + klen);
+    uint8_t *v = tem_malloc(vlen);
+    if (!e || !v) {
+        tem_free(e);
+        tem_free(v);
+        return LEDGER_ENOMEM;
+    }
+    memcpy(e->key, key, klen);
+    memcpy(v, val, vlen);
+    e->klen = (uint32_t)klen;
+    e->val = v;
+    e->vlen = (uint32_t)vlen;
+    st->base[st->nbase++] = e;
+    st->live++;
+    st->root_ok = false;
+    return LEDGER_OK;
+}
+
+int ledger__state_flush(ledger_state *st, ledger__flush_fn fn, void *ctx) {
+    int rc = merge_pending(st);
+    if (rc != LEDGER_OK) return rc;
+    for (size_t i = 0; i < st->nbase; i++) {
+        entry *e = st->base[i];
+        if (!e->dirty) continue;
+        rc = fn(ctx, e->key, e->klen, e->deleted ? NULL : e->val, e->vlen);
+        if (rc != LEDGER_OK) return rc;
+    }
+    return LEDGER_OK;
+}
+
+void ledger__state_clear_dirty(ledger_state *st) {
+    /* Tombstones are freed here, so no journal may still point at them. */
+    TEM_ASSERT(st->open_sp == 0);
+    TEM_ASSERT(st->npend == 0);
+    size_t k = 0;
+    for (size_t i = 0; i < st->nbase; i++) {
+        entry *e = st->base[i];
+        e->dirty = false;
+        if (e->deleted) {
+            entry_free(e);
+            continue;
+        }
+        st->base[k++] = e;
+    }
+    st->nbase = k;
+}
+
+int ledger_state_clone(ledger_state *st, ledger_state **out) {
+    int rc = merge_pending(st);
+    if (rc != LEDGER_OK) return rc;
+    ledger_state *c;
+    if ((rc = ledger_state_new(&c)) != LEDGER_OK) return rc;
+    for (size_t i = 0; i < st->nbase; i++) {
+        entry *e = st->base[i];
+        if (e->deleted) continue;
+        if ((rc = ledger__state_load(c, e->key, e->klen, e->val, e->vlen)) != LEDGER_OK) {
+            ledger_state_free(c);
+            return rc;
+        }
+    }
+    *out = c;
+    return LEDGER_OK;
+}

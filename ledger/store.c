@@ -1,0 +1,505 @@
+/* store.c: the LMDB ledger (docs/ledger.md, "LMDB layout"). One environment per node holds the
+ * blocks, their certificates, the tx index, receipts, the state and small metadata. Applying a
+ * block is one write transaction: block, certificate, index, receipts, state changes and roots
+ * land together or not at all, so a crash at any point leaves the store at a block boundary. */
+#include "ledger/ledger_internal.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <sys/stat.h>
+
+enum { DB_BLOCKS, DB_CERTS, DB_TXS, DB_RECEIPTS, DB_STATE, DB_ROOTS, DB_META, DB_COUNT };
+static const char *const DB_NAMES[DB_COUNT] = {"blocks", "certs", "txs", "receipts", "state", "roots", "meta"};
+
+/* roots[height] = state_root || receipts_root || block_hash || u64le time_ms */
+#define ROOTS_VAL_BYTES (32 * 3 + 8)
+
+struct ledger_store {
+    MDB_env *env;
+    MDB_dbi dbi[DB_COUNT];
+    const ledger_genesis *g;
+    ledger_state *st;
+    uint64_t height, last_time_ms;
+    uint8_t last_hash[32], state_root[32], receipts_root[32];
+    void (*hook)(int point);
+};
+
+static int map_mdb(int rc, const char *what) {
+    if (rc == 0) return LEDGER_OK;
+    if (rc == MDB_NOTFOUND) return LEDGER_ENOTFOUND;
+    fprintf(stderr, "ledger: lmdb %s: %s\n", what, mdb_strerror(rc));
+    if (rc == MDB_MAP_FULL) return LEDGER_EFULL;
+    if (rc == ENOMEM) return LEDGER_ENOMEM;
+    return LEDGER_EIO;
+}
+
+void ledger_store_set_hook(ledger_store *s, void (*hook)(int point)) { s->hook = hook; }
+static void hook(ledger_store *s, int point) {
+    if (s->hook) s->hook(point);
+}
+
+uint64_t ledger_store_height(const ledger_store *s) { return s->height; }
+void ledger_store_last_hash(const ledger_store *s, uint8_t out[32]) { memcpy(out, s->last_hash, 32); }
+uint64_t ledger_store_last_time(const ledger_store *s) { return s->last_time_ms; }
+void ledger_store_roots(const ledger_store *s, uint8_t sr[32], uint8_t rr[32]) {
+    memcpy(sr, s->state_root, 32);
+    memcpy(rr, s->receipts_root, 32);
+}
+ledger_state *ledger_store_state(ledger_store *s) { return s->st; }
+const ledger_genesis *ledger_store_genesis(const ledger_store *s) { return s->g; }
+
+static int flush_one(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen) {
+    void **a = ctx;
+    ledger_store *s = a[0];
+    MDB_txn *txn = a[1];
+    MDB_val k = {klen, (void *)key};
+    if (!val) {
+        int rc = mdb_del(txn, s->dbi[DB_STATE], &k, NULL);
+        return rc == MDB_NOTFOUND ? LEDGER_OK : map_mdb(rc, "del state");
+    }
+    MDB_val v = {vlen, (void *)val};
+    return map_mdb(mdb_put(txn, s->dbi[DB_STATE], &k, &v, 0), "put state");
+}
+
+static int put_roots(ledger_store *s, MDB_txn *txn, uint64_t height, const uint8_t sr[32],
+                     const uint8_t rr[32], const uint8_t bh[32], uint64_t time_ms) {
+    uint8_t key[8], val[ROOTS_VAL_BYTES];
+    tem_put_u64be(key, height);
+    memcpy(val, sr, 32);
+    memcpy(val + 32, rr, 32);
+    memcpy(val + 64, bh, 32);
+    tem_put_u64le(val + 96, time_ms);
+    MDB_val k = {8, key}, v = {sizeof val, val};
+    return map_mdb(mdb_put(txn, s->dbi[DB_ROOTS], &k, &v, 0), "put roots");
+}
+
+static int meta_put_txn(ledger_store *s, MDB_txn *txn, const char *name, const void *val, size_t len) {
+    MDB_val k = {strlen(name), (void *)name}, v = {len, (void *)val};
+    return map_mdb(mdb_put(txn, s->dbi[DB_META], &k, &v, 0), "put meta");
+}
+
+static void empty_root(uint8_t out[32]) { TEM_ASSERT(ledger_merkle_root(out, NULL, 0) == LEDGER_OK); }
+
+/* First open of a new store: the genesis state and height 0. */
+static int store_init(ledger_store *s, int (*init)(void *, ledger_state *, const ledger_genesis *), void *ictx) {
+    int rc = LEDGER_OK;
+    if (init && (rc = init(ictx, s->st, s->g)) != LEDGER_OK) return rc;
+    MDB_txn *txn;
+    if ((rc = map_mdb(mdb_txn_begin(s->env, NULL, 0, &txn), "begin")) != LEDGER_OK) return rc;
+    void *a[2] = {s, txn};
+    uint8_t sr[32], rr[32], h8[8];
+    empty_root(rr);
+    if ((rc = ledger__state_flush(s->st, flush_one, a)) != LEDGER_OK) goto fail;
+    if ((rc = ledger_state_root(s->st, sr)) != LEDGER_OK) goto fail;
+    if ((rc = put_roots(s, txn, 0, sr, rr, s->g->hash, s->g->genesis_time_ms)) != LEDGER_OK) goto fail;
+    tem_put_u64le(h8, 0);
+    if ((rc = meta_put_txn(s, txn, "height", h8, 8)) != LEDGER_OK) goto fail;
+    /* Written last: a store without it is treated as new and initialised again. */
+    if ((rc = meta_put_txn(s, txn, "genesis_hash", s->g->hash, 32)) != LEDGER_OK) goto fail;
+    if ((rc = map_mdb(mdb_txn_commit(txn), "commit init")) != LEDGER_OK) return rc;
+    ledger__state_clear_dirty(s->st);
+    return LEDGER_OK;
+fail:
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+static int store_load(ledger_store *s) {
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    int rc = map_mdb(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "begin ro");
+    if (rc != LEDGER_OK) return rc;
+    MDB_val k, v;
+    MDB_val mk = {6, "height"};
+    if ((rc = map_mdb(mdb_get(txn, s->dbi[DB_META], &mk, &v), "get height")) != LEDGER_OK || v.mv_size != 8) {
+        rc = rc ? rc : LEDGER_ECORRUPT;
+        goto out;
+    }
+    s->height = tem_get_u64le(v.mv_data);
+    uint8_t key[8];
+    tem_put_u64be(key, s->height);
+    k = (MDB_val){8, key};
+    if ((rc = map_mdb(mdb_get(txn, s->dbi[DB_ROOTS], &k, &v), "get roots")) != LEDGER_OK || v.mv_size != ROOTS_VAL_BYTES) {
+        rc = rc ? rc : LEDGER_ECORRUPT;
+        goto out;
+    }
+    const uint8_t *rv = v.mv_data;
+    memcpy(s->state_root, rv, 32);
+    memcpy(s->receipts_root, rv + 32, 32);
+    memcpy(s->last_hash, rv + 64, 32);
+    s->last_time_ms = tem_get_u64le(rv + 96);
+    if ((rc = map_mdb(mdb_cursor_open(txn, s->dbi[DB_STATE], &cur), "cursor")) != LEDGER_OK) goto out;
+    int mrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    while (mrc == 0) {
+        if ((rc = ledger__state_load(s->st, k.mv_data, k.mv_size, v.mv_data, v.mv_size)) != LEDGER_OK) break;
+        mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    if (rc == LEDGER_OK && mrc != MDB_NOTFOUND) rc = map_mdb(mrc, "cursor get");
+    if (rc != LEDGER_OK) goto out;
+    /* The loaded state must reproduce the root stored with the last block: anything else means
+     * the state table and the chain disagree and the node must not run on it. */
+    uint8_t root[32];
+    if ((rc = ledger_state_root(s->st, root)) != LEDGER_OK) goto out;
+    if (memcmp(root, s->state_root, 32) != 0) {
+        fprintf(stderr, "ledger: state table does not match the stored state root at height %llu\n",
+                (unsigned long long)s->height);
+        rc = LEDGER_ECORRUPT;
+    }
+out:
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+int ledger_store_open(const char *dir, const ledger_genesis *g,
+                      int (*init)(void *, ledger_state *, const ledger_genesis *), void *ictx,
+                      ledger_store **out) {
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) return LEDGER_EIO;
+    ledger_store *s = tem_calloc(1, sizeof *s);
+    if (!s) return LEDGER_ENOMEM;
+    s->g = g;
+    int rc;
+    if ((rc = ledger_state_new(&s->st)) != LEDGER_OK) goto fail;
+    if ((rc = map_mdb(mdb_env_create(&s->env), "env create")) != LEDGER_OK) goto fail;
+    if ((rc = map_mdb(mdb_env_set_maxdbs(s->env, DB_COUNT + 4), "maxdbs")) != LEDGER_OK) goto fail;
+    /* Address space only: LMDB grows the file as pages are used. */
+    if ((rc = map_mdb(mdb_env_set_mapsize(s->env, (size_t)64 << 30), "mapsize")) != LEDGER_OK) goto fail;
+    if ((rc = map_mdb(mdb_env_open(s->env, dir, MDB_NOTLS, 0600), "env open")) != LEDGER_OK) goto fail;
+    MDB_txn *txn;
+    if ((rc = map_mdb(mdb_txn_begin(s->env, NULL, 0, &txn), "begin")) != LEDGER_OK) goto fail;
+    for (int i = 0; i < DB_COUNT; i++) {
+        if ((rc = map_mdb(mdb_dbi_open(txn, DB_NAMES[i], MDB_CREATE, &s->dbi[i]), "dbi open")) != LEDGER_OK) {
+            mdb_txn_abort(txn);
+            goto fail;
+        }
+    }
+    MDB_val k = {12, "genesis_hash"}, v;
+    int grc = mdb_get(txn, s->dbi[DB_META], &k, &v);
+    bool fresh = grc == MDB_NOTFOUND;
+    if (!fresh && (grc != 0 || v.mv_size != 32 || memcmp(v.mv_data, g->hash, 32) != 0)) {
+        mdb_txn_abort(txn);
+        rc = grc ? map_mdb(grc, "get genesis") : LEDGER_EGENESIS;
+        goto fail;
+    }
+    if ((rc = map_mdb(mdb_txn_commit(txn), "commit dbi")) != LEDGER_OK) goto fail;
+    if (fresh && (rc = store_init(s, init, ictx)) != LEDGER_OK) goto fail;
+    if (fresh) {
+        /* Start again from a clean in-memory state loaded back from disk: what we run on is
+         * exactly what a restart would see. */
+        ledger_state_free(s->st);
+        s->st = NULL;
+        if ((rc = ledger_state_new(&s->st)) != LEDGER_OK) goto fail;
+    }
+    if ((rc = store_load(s)) != LEDGER_OK) goto fail;
+    *out = s;
+    return LEDGER_OK;
+fail:
+    ledger_store_close(s);
+    return rc;
+}
+
+void ledger_store_close(ledger_store *s) {
+    if (!s) return;
+    if (s->env) mdb_env_close(s->env);
+    ledger_state_free(s->st);
+    tem_free(s);
+}
+
+/* ------------------------------------------------------------------ building and applying */
+int ledger_block_build(ledger_store *s, const uint8_t *const *txs, const size_t *tx_lens, size_t n,
+                       uint64_t time_ms, const uint8_t proposer[32], uint8_t **out, size_t *out_len) {
+    if (n > s->g->max_block_txs) return LEDGER_EINVAL;
+    int rc = LEDGER_OK;
+    ledger_tx_limits lim;
+    ledger_tx_limits_from_genesis(s->g, &lim);
+    Tem__V1__SignedTx **stx = tem_calloc(n ? n : 1, sizeof *stx);
+    uint8_t(*ids)[32] = tem_malloc((n ? n : 1) * 32);
+    size_t done = 0;
+    if (!stx || !ids) { rc = LEDGER_ENOMEM; goto out; }
+    for (; done < n; done++) {
+        ledger_tx tx;
+        if ((rc = ledger_tx_decode(txs[done], tx_lens[done], &lim, &tx)) != LEDGER_OK) goto out;
+        memcpy(ids[done], tx.txid, 32);
+        stx[done] = tx.stx;
+        tx.stx = NULL;
+        ledger_tx_free(&tx);
+    }
+    uint8_t txroot[32], sr[32], rr[32];
+    if ((rc = ledger_merkle_root(txroot, (const uint8_t(*)[32])ids, n)) != LEDGER_OK) goto out;
+    ledger_store_roots(s, sr, rr);
+    Tem__V1__BlockHeader h = TEM__V1__BLOCK_HEADER__INIT;
+    h.chain_id = (char *)s->g->chain_id;
+    h.height = s->height + 1;
+    h.prev_hash = (ProtobufCBinaryData){32, s->last_hash};
+    h.time_ms = time_ms;
+    h.proposer = (ProtobufCBinaryData){32, (uint8_t *)proposer};
+    h.tx_root = (ProtobufCBinaryData){32, txroot};
+    h.state_root = (ProtobufCBinaryData){32, sr};
+    h.receipts_root = (ProtobufCBinaryData){32, rr};
+    h.genesis_hash = (ProtobufCBinaryData){32, (uint8_t *)s->g->hash};
+    Tem__V1__Block b = TEM__V1__BLOCK__INIT;
+    b.header = &h;
+    b.n_txs = n;
+    b.txs = stx;
+    size_t len = tem__v1__block__get_packed_size(&b);
+    uint8_t *buf = tem_malloc(len);
+    if (!buf) { rc = LEDGER_ENOMEM; goto out; }
+    TEM_ASSERT(tem__v1__block__pack(&b, buf) == len);
+    *out = buf;
+    *out_len = len;
+out:
+    for (size_t i = 0; i < done; i++) tem__v1__signed_tx__free_unpacked(stx[i], &ledger_pb_allocator);
+    tem_free(stx);
+    tem_free(ids);
+    return rc;
+}
+
+/* Decodes every tx of a block into txs[] (re-packing the parsed SignedTx is byte-exact for the
+ * body, which is all the txid and signature cover). */
+static int decode_block_txs(const ledger_genesis *g, Tem__V1__Block *b, ledger_tx *txs) {
+    ledger_tx_limits lim;
+    ledger_tx_limits_from_genesis(g, &lim);
+    for (size_t i = 0; i < b->n_txs; i++) {
+        size_t len = tem__v1__signed_tx__get_packed_size(b->txs[i]);
+        uint8_t *buf = tem_malloc(len ? len : 1);
+        if (!buf) return LEDGER_ENOMEM;
+        TEM_ASSERT(tem__v1__signed_tx__pack(b->txs[i], buf) == len);
+        int rc = ledger_tx_decode(buf, len, &lim, &txs[i]);
+        tem_free(buf);
+        if (rc != LEDGER_OK) return rc;
+    }
+    return LEDGER_OK;
+}
+
+static int check_header(ledger_store *s, const Tem__V1__BlockHeader *h) {
+    if (!h) return LEDGER_EBLOCK;
+    if (strcmp(h->chain_id, s->g->chain_id) != 0) return LEDGER_ECHAIN;
+    if (h->height != s->height + 1) return LEDGER_EHEIGHT;
+    if (h->prev_hash.len != 32 || memcmp(h->prev_hash.data, s->last_hash, 32) != 0) return LEDGER_EPREV;
+    if (h->genesis_hash.len != 32 || memcmp(h->genesis_hash.data, s->g->hash, 32) != 0) return LEDGER_EBLOCK;
+    if (h->time_ms <= s->last_time_ms) return LEDGER_ETIME;
+    if (h->state_root.len != 32 || memcmp(h->state_root.data, s->state_root, 32) != 0) return LEDGER_EROOT;
+    if (h->receipts_root.len != 32 || memcmp(h->receipts_root.data, s->receipts_root, 32) != 0) return LEDGER_EROOT;
+    if (h->proposer.len != 32 || ledger_genesis_validator_index(s->g, h->proposer.data) < 0) return LEDGER_EBLOCK;
+    return LEDGER_OK;
+}
+
+int ledger_store_apply(ledger_store *s, const uint8_t *blk, size_t blen, const uint8_t *cert,
+                       size_t clen, const ledger_executor *ex, unsigned flags, ledger_apply_info *info) {
+    int rc;
+    Tem__V1__Block *b = tem__v1__block__unpack(&ledger_pb_allocator, blen, blk);
+    if (!b) return LEDGER_EDECODE;
+    ledger_tx *txs = NULL;
+    uint8_t(*ids)[32] = NULL, (*rhash)[32] = NULL;
+    uint8_t **rbuf = NULL;
+    size_t *rlen = NULL;
+    ledger_arena arena = {0};
+    MDB_txn *txn = NULL;
+    size_t sp = 0;
+    bool sp_open = false;
+    size_t n = b->n_txs;
+    if ((rc = check_header(s, b->header)) != LEDGER_OK) goto out;
+    if (n > s->g->max_block_txs) { rc = LEDGER_EBLOCK; goto out; }
+    txs = tem_calloc(n ? n : 1, sizeof *txs);
+    ids = tem_malloc((n ? n : 1) * 32);
+    rhash = tem_malloc((n ? n : 1) * 32);
+    rbuf = tem_calloc(n ? n : 1, sizeof *rbuf);
+    rlen = tem_calloc(n ? n : 1, sizeof *rlen);
+    if (!txs || !ids || !rhash || !rbuf || !rlen) { rc = LEDGER_ENOMEM; goto out; }
+    if ((rc = decode_block_txs(s->g, b, txs)) != LEDGER_OK) goto out;
+    for (size_t i = 0; i < n; i++) memcpy(ids[i], txs[i].txid, 32);
+    uint8_t root[32], bhash[32];
+    if ((rc = ledger_merkle_root(root, (const uint8_t(*)[32])ids, n)) != LEDGER_OK) goto out;
+    if (b->header->tx_root.len != 32 || memcmp(root, b->header->tx_root.data, 32) != 0) { rc = LEDGER_EROOT; goto out; }
+    if ((rc = ledger_block_hash(b->header, bhash)) != LEDGER_OK) goto out;
+    if (!(flags & LEDGER_APPLY_NO_CERT)) {
+        if (!cert) { rc = LEDGER_ECERT; goto out; }
+        if ((rc = ledger_cert_verify(s->g, cert, clen, b->header->height, bhash)) != LEDGER_OK) goto out;
+    }
+    if (!(flags & LEDGER_APPLY_SIGS_OK))
+        for (size_t i = 0; i < n; i++)
+            if ((rc = ledger_tx_verify(&txs[i])) != LEDGER_OK) goto out;
+
+    /* Execute under one savepoint: any failure below rolls the in-memory state back to the
+     * previous block, matching what LMDB still holds. */
+    if ((rc = ledger_state_savepoint(s->st, &sp)) != LEDGER_OK) goto out;
+    sp_open = true;
+    ledger_block_ctx bctx = {.height = b->header->height, .time_ms = b->header->time_ms, .genesis = s->g, .arena = &arena};
+    if (ex && ex->begin_block && (rc = ex->begin_block(ex->ctx, s->st, &bctx)) != LEDGER_OK) goto out;
+    uint32_t refused = 0;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *signer = txs[i].body->signer.data;
+        uint64_t next = ledger_state_nonce(s->st, signer);
+        if (txs[i].body->nonce != next || next == UINT64_MAX) { rc = LEDGER_ENONCE; goto out; }
+        uint8_t nk[1 + LEDGER_SECP_PUB_BYTES], nv[8];
+        nk[0] = 'n';
+        memcpy(nk + 1, signer, LEDGER_SECP_PUB_BYTES);
+        tem_put_u64le(nv, next + 1);
+        if ((rc = ledger_state_put(s->st, nk, sizeof nk, nv, 8)) != LEDGER_OK) goto out;
+        Tem__V1__Receipt r = TEM__V1__RECEIPT__INIT;
+        if (ex && ex->exec_tx && (rc = ex->exec_tx(ex->ctx, s->st, &bctx, &txs[i], &r)) != LEDGER_OK) goto out;
+        r.txid = (ProtobufCBinaryData){32, txs[i].txid};
+        if (r.code != 0) refused++;
+        rlen[i] = tem__v1__receipt__get_packed_size(&r);
+        rbuf[i] = ledger_arena_alloc(&arena, rlen[i] ? rlen[i] : 1);
+        if (!rbuf[i]) { rc = LEDGER_ENOMEM; goto out; }
+        TEM_ASSERT(tem__v1__receipt__pack(&r, rbuf[i]) == rlen[i]);
+        ledger_sha256(rhash[i], rbuf[i], rlen[i]);
+    }
+    if (ex && ex->end_block && (rc = ex->end_block(ex->ctx, s->st, &bctx)) != LEDGER_OK) goto out;
+    uint8_t sroot[32], rroot[32];
+    if ((rc = ledger_state_root(s->st, sroot)) != LEDGER_OK) goto out;
+    if ((rc = ledger_merkle_root(rroot, (const uint8_t(*)[32])rhash, n)) != LEDGER_OK) goto out;
+
+    /* ---- one LMDB write transaction for everything the block changes */
+    uint64_t h = b->header->height;
+    uint8_t hk[8];
+    tem_put_u64be(hk, h);
+    if ((rc = map_mdb(mdb_txn_begin(s->env, NULL, 0, &txn), "begin")) != LEDGER_OK) goto out;
+    MDB_val k = {8, hk}, v = {blen, (void *)blk};
+    if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_BLOCKS], &k, &v, MDB_NOOVERWRITE), "put block")) != LEDGER_OK) goto out;
+    if (cert) {
+        v = (MDB_val){clen, (void *)cert};
+        if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_CERTS], &k, &v, 0), "put cert")) != LEDGER_OK) goto out;
+    }
+    hook(s, 1);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t ik[12], iv[12];
+        tem_put_u64be(ik, h);
+        tem_put_u32be(ik + 8, (uint32_t)i);
+        memcpy(iv, ik, 12);
+        MDB_val tk = {32, txs[i].txid}, tv = {12, iv};
+        /* A txid already in the index means the tx was included twice: its nonce check above
+         * makes that impossible, so this is a store inconsistency, not bad input. */
+        if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_TXS], &tk, &tv, MDB_NOOVERWRITE), "put txidx")) != LEDGER_OK) goto out;
+        MDB_val rk = {12, ik}, rv = {rlen[i], rbuf[i]};
+        if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_RECEIPTS], &rk, &rv, 0), "put receipt")) != LEDGER_OK) goto out;
+    }
+    hook(s, 2);
+    void *fa[2] = {s, txn};
+    if ((rc = ledger__state_flush(s->st, flush_one, fa)) != LEDGER_OK) goto out;
+    hook(s, 3);
+    if ((rc = put_roots(s, txn, h, sroot, rroot, bhash, b->header->time_ms)) != LEDGER_OK) goto out;
+    uint8_t h8[8];
+    tem_put_u64le(h8, h);
+    if ((rc = meta_put_txn(s, txn, "height", h8, 8)) != LEDGER_OK) goto out;
+    hook(s, 4);
+    rc = map_mdb(mdb_txn_commit(txn), "commit block");
+    txn = NULL;
+    if (rc != LEDGER_OK) goto out;
+    hook(s, 5);
+
+    ledger_state_release(s->st, sp);
+    sp_open = false;
+    ledger__state_clear_dirty(s->st);
+    s->height = h;
+    s->last_time_ms = b->header->time_ms;
+    memcpy(s->last_hash, bhash, 32);
+    memcpy(s->state_root, sroot, 32);
+    memcpy(s->receipts_root, rroot, 32);
+    if (info) {
+        info->height = h;
+        memcpy(info->block_hash, bhash, 32);
+        memcpy(info->state_root, sroot, 32);
+        memcpy(info->receipts_root, rroot, 32);
+        info->n_txs = (uint32_t)n;
+        info->n_refused = refused;
+    }
+out:
+    if (txn) mdb_txn_abort(txn);
+    if (sp_open) ledger_state_rollback(s->st, sp);
+    if (txs)
+        for (size_t i = 0; i < n; i++) ledger_tx_free(&txs[i]);
+    tem_free(txs);
+    tem_free(ids);
+    tem_free(rhash);
+    tem_free(rbuf);
+    tem_free(rlen);
+    ledger_arena_reset(&arena);
+    tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ reads */
+static int get_copy(ledger_store *s, int db, const void *key, size_t klen, uint8_t **out, size_t *len) {
+    MDB_txn *txn;
+    int rc = map_mdb(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "begin ro");
+    if (rc != LEDGER_OK) return rc;
+    MDB_val k = {klen, (void *)key}, v;
+    rc = map_mdb(mdb_get(txn, s->dbi[db], &k, &v), "get");
+    if (rc == LEDGER_OK) {
+        uint8_t *b = tem_malloc(v.mv_size ? v.mv_size : 1);
+        if (!b) rc = LEDGER_ENOMEM;
+        else {
+            memcpy(b, v.mv_data, v.mv_size);
+            *out = b;
+            *len = v.mv_size;
+        }
+    }
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+int ledger_store_block(ledger_store *s, uint64_t height, uint8_t **out, size_t *len) {
+    uint8_t k[8];
+    tem_put_u64be(k, height);
+    return get_copy(s, DB_BLOCKS, k, 8, out, len);
+}
+int ledger_store_cert(ledger_store *s, uint64_t height, uint8_t **out, size_t *len) {
+    uint8_t k[8];
+    tem_put_u64be(k, height);
+    return get_copy(s, DB_CERTS, k, 8, out, len);
+}
+int ledger_store_receipt(ledger_store *s, const uint8_t txid[32], uint64_t *height, uint32_t *pos,
+                         uint8_t **out, size_t *len) {
+    uint8_t *idx;
+    size_t il;
+    int rc = get_copy(s, DB_TXS, txid, 32, &idx, &il);
+    if (rc != LEDGER_OK) return rc;
+    if (il != 12) {
+        tem_free(idx);
+        return LEDGER_ECORRUPT;
+    }
+    *height = tem_get_u64be(idx);
+    *pos = tem_get_u32be(idx + 8);
+    rc = get_copy(s, DB_RECEIPTS, idx, 12, out, len);
+    tem_free(idx);
+    return rc;
+}
+int ledger_store_block_roots(ledger_store *s, uint64_t height, uint8_t sr[32], uint8_t rr[32]) {
+    uint8_t k[8], *v;
+    size_t vl;
+    tem_put_u64be(k, height);
+    int rc = get_copy(s, DB_ROOTS, k, 8, &v, &vl);
+    if (rc != LEDGER_OK) return rc;
+    if (vl != ROOTS_VAL_BYTES) rc = LEDGER_ECORRUPT;
+    else {
+        memcpy(sr, v, 32);
+        memcpy(rr, v + 32, 32);
+    }
+    tem_free(v);
+    return rc;
+}
+
+int ledger_store_meta_put(ledger_store *s, const char *name, const void *val, size_t len) {
+    MDB_txn *txn;
+    int rc = map_mdb(mdb_txn_begin(s->env, NULL, 0, &txn), "begin");
+    if (rc != LEDGER_OK) return rc;
+    char key[128];
+    /* User records live under "u/" so they can never overwrite the store's own metadata. */
+    if (snprintf(key, sizeof key, "u/%s", name) >= (int)sizeof key) {
+        mdb_txn_abort(txn);
+        return LEDGER_EINVAL;
+    }
+    if ((rc = meta_put_txn(s, txn, key, val, len)) != LEDGER_OK) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    return map_mdb(mdb_txn_commit(txn), "commit meta");
+}
+
+int ledger_store_meta_get(ledger_store *s, const char *name, uint8_t **out, size_t *len) {
+    char key[128];
+    if (snprintf(key, sizeof key, "u/%s", name) >= (int)sizeof key) return LEDGER_EINVAL;
+    return get_copy(s, DB_META, key, strlen(key), out, len);
+}
