@@ -1,0 +1,54 @@
+/* ctl.h: what the temctl verbs share: option lookup, file I/O, tx-to-JSON. Every verb is
+ * `int ctl_<verb>_main(int argc, char **argv)` with argv[0] the verb name and returns the exit
+ * status: 0 ok, 1 invalid input, 2 usage. */
+#ifndef CTL_H
+#define CTL_H
+
+#include "ledger/ledger.h"
+
+#include <jansson.h>
+
+enum { CTL_OK = 0, CTL_INVALID = 1, CTL_USAGE = 2 };
+
+/* "--name value" options after argv[first]; flags without a value are listed in `bool_flags`
+ * (space-separated names without dashes). Positional arguments are collected in order. */
+#define CTL_OPTS_MAX 64
+typedef struct {
+    int n;
+    const char *name[CTL_OPTS_MAX];
+    char namebuf[CTL_OPTS_MAX][64];
+    const char *val[CTL_OPTS_MAX];
+    int npos;
+    const char *pos[CTL_OPTS_MAX];
+    bool help;
+} ctl_opts;
+/* Returns 0, or -1 with a message on stderr (unknown shape, too many options). */
+int ctl_opts_parse(ctl_opts *o, int argc, char **argv, int first, const char *bool_flags);
+/* Last value of --name, or NULL. For repeatable options use ctl_opt_next. */
+const char *ctl_opt(const ctl_opts *o, const char *name);
+/* Iterates values of a repeatable option: start with *it = 0. */
+const char *ctl_opt_next(const ctl_opts *o, const char *name, int *it);
+bool ctl_flag(const ctl_opts *o, const char *name);
+/* Parses an unsigned decimal option; false on junk or overflow. */
+bool ctl_parse_u64(const char *s, uint64_t *out);
+
+/* Reads a whole file ("-" = stdin) into a tem_malloc'd buffer (NUL-terminated, not counted).
+ * Returns 0 or -1 (message on stderr). max bounds the size. */
+int ctl_read_file(const char *path, size_t max, uint8_t **out, size_t *len);
+/* Writes bytes to path ("-" = stdout). 0 or -1. */
+int ctl_write_file(const char *path, const void *data, size_t len);
+
+/* JSON description of a decoded tx: txid, signer, nonce, chain_id, kind and its fields.
+ * New reference; NULL on OOM. */
+json_t *ctl_tx_json(const ledger_tx *tx);
+/* Prints j compactly on one line to stdout and drops the reference. */
+void ctl_print_json(json_t *j);
+/* Hex string helper into a json string. */
+json_t *ctl_json_hex(const uint8_t *b, size_t n);
+
+/* Verbs implemented in node/ctl_*.c. */
+int ctl_keygen_main(int argc, char **argv);
+int ctl_genesis_main(int argc, char **argv);
+int ctl_tx_main(int argc, char **argv);
+
+#endif
