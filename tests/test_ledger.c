@@ -1,0 +1,795 @@
+/* test_ledger.c: Check suite for ledger/: hashes, Merkle trees, signatures, tx decoding and every
+ * bad input, the genesis, the state with savepoints and proofs, and the LMDB store including
+ * crash safety (a child killed with SIGKILL at points inside a block's apply). */
+#include "tests/ledger_fixture.h"
+
+#include <check.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void unhex_or_die(uint8_t *out, size_t n, const char *h) { ck_assert_int_eq(tem_unhex(out, n, h), 0); }
+
+/* ------------------------------------------------------------------ SHA-256 */
+START_TEST(sha256_matches_fips_180_vectors) {
+    static const struct {
+        const char *msg, *hex;
+    } v[] = {
+        {"", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
+        {"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
+        {"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+         "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"},
+    };
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        uint8_t want[32], got[32];
+        unhex_or_die(want, 32, v[i].hex);
+        ledger_sha256(got, v[i].msg, strlen(v[i].msg));
+        ck_assert_msg(memcmp(want, got, 32) == 0, "vector %zu", i);
+    }
+    /* one million 'a' in parts exercises the multi-part API */
+    static char a[1000];
+    memset(a, 'a', sizeof a);
+    const void *parts[1000];
+    size_t lens[1000];
+    for (int i = 0; i < 1000; i++) parts[i] = a, lens[i] = 1000;
+    uint8_t want[32], got[32];
+    unhex_or_die(want, 32, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+    ledger_sha256_parts(got, 1000, parts, lens);
+    ck_assert(memcmp(want, got, 32) == 0);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ Merkle */
+START_TEST(merkle_empty_single_and_odd_trees_follow_the_documented_shape) {
+    uint8_t leaves[5][32], root[32], want[32], a[32], b[32], c[32];
+    for (int i = 0; i < 5; i++) memset(leaves[i], i + 1, 32);
+    ck_assert_int_eq(ledger_merkle_root(root, NULL, 0), LEDGER_OK);
+    ledger_sha256(want, "TEM/merkle/empty", 16);
+    ck_assert(memcmp(root, want, 32) == 0);
+    /* single leaf: H(0x00 || leaf) */
+    uint8_t buf[65];
+    buf[0] = 0;
+    memcpy(buf + 1, leaves[0], 32);
+    ledger_sha256(want, buf, 33);
+    ck_assert_int_eq(ledger_merkle_root(root, (const uint8_t(*)[32])leaves, 1), LEDGER_OK);
+    ck_assert(memcmp(root, want, 32) == 0);
+    /* three leaves: H(1 || H(1||L0||L1) || L2) with L2 carried up */
+    uint8_t L[3][32];
+    for (int i = 0; i < 3; i++) {
+        buf[0] = 0;
+        memcpy(buf + 1, leaves[i], 32);
+        ledger_sha256(L[i], buf, 33);
+    }
+    buf[0] = 1;
+    memcpy(buf + 1, L[0], 32);
+    memcpy(buf + 33, L[1], 32);
+    ledger_sha256(a, buf, 65);
+    memcpy(buf + 1, a, 32);
+    memcpy(buf + 33, L[2], 32);
+    ledger_sha256(want, buf, 65);
+    ck_assert_int_eq(ledger_merkle_root(root, (const uint8_t(*)[32])leaves, 3), LEDGER_OK);
+    ck_assert(memcmp(root, want, 32) == 0);
+    /* carrying up (not duplicating) keeps [x,y,z] and [x,y,z,z] apart */
+    memcpy(leaves[3], leaves[2], 32);
+    ck_assert_int_eq(ledger_merkle_root(b, (const uint8_t(*)[32])leaves, 4), LEDGER_OK);
+    ck_assert(memcmp(b, root, 32) != 0);
+    (void)c;
+}
+END_TEST
+
+START_TEST(merkle_proofs_verify_for_every_leaf_and_fail_when_tampered) {
+    for (size_t n = 1; n <= 19; n++) {
+        uint8_t leaves[19][32], root[32];
+        for (size_t i = 0; i < n; i++) ledger_sha256(leaves[i], &i, sizeof i);
+        ck_assert_int_eq(ledger_merkle_root(root, (const uint8_t(*)[32])leaves, n), LEDGER_OK);
+        for (size_t i = 0; i < n; i++) {
+            ledger_merkle_proof p;
+            ck_assert_int_eq(ledger_merkle_prove((const uint8_t(*)[32])leaves, n, i, &p), LEDGER_OK);
+            ck_assert_msg(ledger_merkle_verify(root, leaves[i], &p) == 0, "n=%zu i=%zu", n, i);
+            uint8_t other[32];
+            memcpy(other, leaves[i], 32);
+            other[0] ^= 1;
+            ck_assert(ledger_merkle_verify(root, other, &p) != 0);
+            if (p.depth > 0) {
+                ledger_merkle_proof t = p;
+                t.sibling[0][31] ^= 0x80;
+                ck_assert(ledger_merkle_verify(root, leaves[i], &t) != 0);
+            }
+            if (n > 1) {
+                ledger_merkle_proof t = p;
+                t.index = (i + 1) % n;
+                ck_assert(ledger_merkle_verify(root, leaves[i], &t) != 0);
+            }
+        }
+    }
+}
+END_TEST
+
+/* ------------------------------------------------------------------ secp256k1 */
+/* Published RFC 6979 secp256k1 vector (used by python-ecdsa, bitcoinjs and others): private key
+ * 1, message "Satoshi Nakamoto", SHA-256 digest. */
+static const char VEC_PUB[] = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+static const char VEC_SIG[] = "934b1ea10a4b3c1757e2b0c017d0b6143ce3c9a7e6a4a49860d7a6ab210ee3d8"
+                              "2442ce9d2b916064108014783e923ec36b49743e2ffa1c4496f01a512aafd9e5";
+
+START_TEST(secp256k1_published_vector_verifies_and_signing_reproduces_it) {
+    uint8_t pub[33], sig[64], digest[32], sec[32] = {0}, mine[64], derived[33];
+    unhex_or_die(pub, 33, VEC_PUB);
+    unhex_or_die(sig, 64, VEC_SIG);
+    ledger_sha256(digest, "Satoshi Nakamoto", 16);
+    ck_assert_int_eq(ledger_secp_verify(pub, digest, sig), LEDGER_OK);
+    sec[31] = 1;
+    ck_assert_int_eq(ledger_secp_pubkey(sec, derived), LEDGER_OK);
+    ck_assert(memcmp(derived, pub, 33) == 0);
+    ck_assert_int_eq(ledger_secp_sign(sec, digest, mine), LEDGER_OK);
+    ck_assert(memcmp(mine, sig, 64) == 0);
+    digest[0] ^= 1;
+    ck_assert_int_eq(ledger_secp_verify(pub, digest, sig), LEDGER_ESIG);
+}
+END_TEST
+
+/* n - s for the high-S twin of a signature. */
+static void negate_s(uint8_t sig[64]) {
+    static const uint8_t n[32] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                  0xff, 0xff, 0xff, 0xff, 0xfe, 0xba, 0xae, 0xdc, 0xe6, 0xaf, 0x48,
+                                  0xa0, 0x3b, 0xbf, 0xd2, 0x5e, 0x8c, 0xd0, 0x36, 0x41, 0x41};
+    int borrow = 0;
+    for (int i = 31; i >= 0; i--) {
+        int d = n[i] - sig[32 + i] - borrow;
+        borrow = d < 0;
+        sig[32 + i] = (uint8_t)(d + (borrow ? 256 : 0));
+    }
+}
+
+START_TEST(secp256k1_bad_signatures_each_get_their_own_code) {
+    uint8_t pub[33], sig[64], digest[32], bad[64];
+    unhex_or_die(pub, 33, VEC_PUB);
+    unhex_or_die(sig, 64, VEC_SIG);
+    ledger_sha256(digest, "Satoshi Nakamoto", 16);
+    memcpy(bad, sig, 64);
+    negate_s(bad);
+    ck_assert_int_eq(ledger_secp_verify(pub, digest, bad), LEDGER_ESIGHIGHS);
+    memcpy(bad, sig, 64);
+    memset(bad, 0xff, 32); /* r >= n */
+    ck_assert_int_eq(ledger_secp_verify(pub, digest, bad), LEDGER_ESIGMALFORMED);
+    memcpy(bad, sig, 64);
+    bad[63] ^= 1;
+    ck_assert_int_eq(ledger_secp_verify(pub, digest, bad), LEDGER_ESIG);
+    uint8_t offcurve[33];
+    memset(offcurve, 0, 33);
+    offcurve[0] = 0x02;
+    offcurve[32] = 5; /* x = 5: x^3 + 7 = 132 is not a square mod p */
+    ck_assert_int_eq(ledger_secp_verify(offcurve, digest, sig), LEDGER_EPUBKEY);
+    ck_assert(!ledger_secp_pubkey_valid(offcurve));
+    uint8_t badprefix[33];
+    memcpy(badprefix, pub, 33);
+    badprefix[0] = 0x04;
+    ck_assert_int_eq(ledger_secp_verify(badprefix, digest, sig), LEDGER_EPUBKEY);
+}
+END_TEST
+
+START_TEST(ed25519_sign_verify_and_tamper) {
+    uint8_t sec[64], pub[32], sig[64];
+    fx_vkey(3, sec, pub);
+    ledger_ed_sign(sec, "vote", 4, sig);
+    ck_assert_int_eq(ledger_ed_verify(pub, "vote", 4, sig), 0);
+    ck_assert_int_eq(ledger_ed_verify(pub, "votf", 4, sig), -1);
+    sig[5] ^= 4;
+    ck_assert_int_eq(ledger_ed_verify(pub, "vote", 4, sig), -1);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ tx decoding */
+static ledger_tx_limits LIM = {.chain_id = "tem-test", .max_tx_bytes = 4096, .max_admin_tx_bytes = 1 << 20};
+
+/* A SignedTx from a raw body and sig. */
+static uint8_t *pack_signed(const uint8_t *body, size_t blen, const uint8_t *sig, size_t slen, size_t *len) {
+    Tem__V1__SignedTx s = TEM__V1__SIGNED_TX__INIT;
+    s.body = (ProtobufCBinaryData){blen, (uint8_t *)body};
+    s.sig = (ProtobufCBinaryData){slen, (uint8_t *)sig};
+    *len = tem__v1__signed_tx__get_packed_size(&s);
+    uint8_t *b = tem_malloc(*len + 1);
+    tem__v1__signed_tx__pack(&s, b);
+    return b;
+}
+
+/* Packs a TxBody, signs it with key 2 and wraps it. */
+static uint8_t *sign_body(Tem__V1__TxBody *b, size_t *len) {
+    uint8_t sec[32], pub[33];
+    fx_key(2, sec, pub);
+    b->signer = (ProtobufCBinaryData){33, pub};
+    size_t bl = tem__v1__tx_body__get_packed_size(b);
+    uint8_t *body = tem_malloc(bl + 1), d[32], sig[64];
+    tem__v1__tx_body__pack(b, body);
+    ledger_sha256(d, body, bl);
+    ck_assert_int_eq(ledger_secp_sign(sec, d, sig), LEDGER_OK);
+    uint8_t *out = pack_signed(body, bl, sig, 64, len);
+    tem_free(body);
+    return out;
+}
+
+static int decode_verify(const uint8_t *b, size_t len) {
+    ledger_tx tx;
+    int rc = ledger_tx_decode(b, len, &LIM, &tx);
+    if (rc != LEDGER_OK) return rc;
+    rc = ledger_tx_verify(&tx);
+    ledger_tx_free(&tx);
+    return rc;
+}
+
+START_TEST(tx_roundtrip_and_flipped_bits_are_refused) {
+    size_t len;
+    uint8_t *t = fx_transfer("tem-test", 2, 3, 0, 500, &len);
+    ck_assert_int_eq(decode_verify(t, len), LEDGER_OK);
+    ledger_tx tx;
+    ck_assert_int_eq(ledger_tx_decode(t, len, &LIM, &tx), LEDGER_OK);
+    uint8_t want[32];
+    ledger_sha256(want, tx.stx->body.data, tx.stx->body.len);
+    ck_assert(memcmp(want, tx.txid, 32) == 0);
+    ck_assert_uint_eq(tx.body->transfer->amount, 500);
+    /* Flip the low bit of the amount varint inside the body: still valid protobuf. */
+    size_t body_off = (size_t)(tx.stx->body.data - (uint8_t *)NULL) ? 0 : 0;
+    (void)body_off;
+    size_t blen = tx.stx->body.len;
+    uint8_t *body = tem_malloc(blen), *sig = tem_malloc(64);
+    memcpy(body, tx.stx->body.data, blen);
+    memcpy(sig, tx.stx->sig.data, 64);
+    ledger_tx_free(&tx);
+    body[blen - 1] ^= 1; /* the amount is the last field */
+    size_t l2;
+    uint8_t *t2 = pack_signed(body, blen, sig, 64, &l2);
+    ck_assert_int_eq(decode_verify(t2, l2), LEDGER_ESIG);
+    tem_free(t2);
+    body[blen - 1] ^= 1;
+    sig[10] ^= 0x10;
+    t2 = pack_signed(body, blen, sig, 64, &l2);
+    ck_assert_int_eq(decode_verify(t2, l2), LEDGER_ESIG);
+    tem_free(t2);
+    sig[10] ^= 0x10;
+    negate_s(sig);
+    t2 = pack_signed(body, blen, sig, 64, &l2);
+    ck_assert_int_eq(decode_verify(t2, l2), LEDGER_ESIGHIGHS);
+    tem_free(t2);
+    tem_free(body);
+    tem_free(sig);
+    tem_free(t);
+}
+END_TEST
+
+typedef struct {
+    const char *name;
+    int want;
+} bad_row;
+
+START_TEST(tx_every_bad_input_gets_its_own_code) {
+    size_t len;
+    uint8_t *good = fx_transfer("tem-test", 2, 3, 0, 500, &len);
+    ledger_tx tx;
+    ck_assert_int_eq(ledger_tx_decode(good, len, &LIM, &tx), LEDGER_OK);
+    size_t blen = tx.stx->body.len;
+    uint8_t body[512], sig[64];
+    memcpy(body, tx.stx->body.data, blen);
+    memcpy(sig, tx.stx->sig.data, 64);
+    ledger_tx_free(&tx);
+
+    struct {
+        const char *name;
+        uint8_t *buf;
+        size_t len;
+        int want;
+    } rows[16];
+    int n = 0;
+    static uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff, 0x0f, 0x01, 0x02};
+    rows[n++] = (typeof(rows[0])){"garbage bytes", garbage, sizeof garbage, LEDGER_EDECODE};
+    rows[n++] = (typeof(rows[0])){"truncated", good, len - 5, LEDGER_EDECODE};
+    rows[n++] = (typeof(rows[0])){"zero-length input", good, 0, LEDGER_EEMPTY};
+    size_t l;
+    uint8_t *b = pack_signed(body, 0, sig, 64, &l);
+    rows[n++] = (typeof(rows[0])){"empty body", b, l, LEDGER_EEMPTY};
+    b = pack_signed(body, blen, sig, 63, &l);
+    rows[n++] = (typeof(rows[0])){"63-byte signature", b, l, LEDGER_ESIGLEN};
+    /* a valid transfer body padded with an unknown 5000-byte field: parses, but is too big */
+    uint8_t *big = tem_calloc(1, blen + 5003);
+    memcpy(big, body, blen);
+    big[blen] = 0x7a; /* field 15, length-delimited */
+    big[blen + 1] = 0x88;
+    big[blen + 2] = 0x27; /* 5000 */
+    b = pack_signed(big, blen + 5003, sig, 64, &l);
+    rows[n++] = (typeof(rows[0])){"oversize body (> max_tx_bytes)", b, l, LEDGER_ETOOBIG};
+    tem_free(big);
+    uint8_t *huge = tem_calloc(1, (1 << 20) + 300);
+    rows[n++] = (typeof(rows[0])){"oversize frame before parsing", huge, (1 << 20) + 300, LEDGER_ETOOBIG};
+    /* a body whose only kind is field 99: unknown to this schema */
+    uint8_t unk[64];
+    size_t ul = 0;
+    unk[ul++] = 0x0a; unk[ul++] = 8; memcpy(unk + ul, "tem-test", 8); ul += 8;
+    unk[ul++] = 0x12; unk[ul++] = 33; uint8_t s2[32], p2[33]; fx_key(2, s2, p2); memcpy(unk + ul, p2, 33); ul += 33;
+    unk[ul++] = 0x98; unk[ul++] = 0x06; unk[ul++] = 0x00; /* field 99, varint 0 */
+    b = pack_signed(unk, ul, sig, 64, &l);
+    rows[n++] = (typeof(rows[0])){"unknown tx kind", b, l, LEDGER_EKIND};
+    Tem__V1__TxBody tb = TEM__V1__TX_BODY__INIT;
+    Tem__V1__Order o = TEM__V1__ORDER__INIT;
+    o.slot = 1; o.price = 1; o.quantity_wh = 1; o.side = TEM__V1__SIDE__SIDE_UNSPECIFIED;
+    tb.chain_id = (char *)"tem-test"; tb.kind_case = TEM__V1__TX_BODY__KIND_ORDER; tb.order = &o;
+    b = sign_body(&tb, &l);
+    rows[n++] = (typeof(rows[0])){"order without a side", b, l, LEDGER_EFIELD};
+    Tem__V1__CancelOrder c = TEM__V1__CANCEL_ORDER__INIT;
+    c.order_txid = (ProtobufCBinaryData){5, (uint8_t *)"short"};
+    tb.kind_case = TEM__V1__TX_BODY__KIND_CANCEL; tb.cancel = &c;
+    b = sign_body(&tb, &l);
+    rows[n++] = (typeof(rows[0])){"cancel with a 5-byte txid", b, l, LEDGER_EFIELD};
+    o.side = TEM__V1__SIDE__BUY;
+    tb.kind_case = TEM__V1__TX_BODY__KIND_ORDER; tb.order = &o;
+    tb.chain_id = (char *)"other-chain";
+    b = sign_body(&tb, &l);
+    rows[n++] = (typeof(rows[0])){"wrong chain id", b, l, LEDGER_ECHAIN};
+    /* signer missing: pack a body without signer */
+    tb.chain_id = (char *)"tem-test";
+    tb.signer = (ProtobufCBinaryData){0, NULL};
+    uint8_t nb[256];
+    size_t nbl = tem__v1__tx_body__pack(&tb, nb);
+    b = pack_signed(nb, nbl, sig, 64, &l);
+    rows[n++] = (typeof(rows[0])){"missing signer", b, l, LEDGER_EPUBKEY};
+    /* signer off the curve: decodes, then verification names the key */
+    uint8_t off[33] = {0x02};
+    off[32] = 5;
+    tb.signer = (ProtobufCBinaryData){33, off};
+    nbl = tem__v1__tx_body__pack(&tb, nb);
+    b = pack_signed(nb, nbl, sig, 64, &l);
+    rows[n++] = (typeof(rows[0])){"signer not on the curve", b, l, LEDGER_EPUBKEY};
+    uint8_t rbig[64];
+    memcpy(rbig, sig, 64);
+    memset(rbig, 0xff, 32);
+    b = pack_signed(body, blen, rbig, 64, &l);
+    rows[n++] = (typeof(rows[0])){"signature r >= n", b, l, LEDGER_ESIGMALFORMED};
+
+    for (int i = 0; i < n; i++) {
+        int got = decode_verify(rows[i].buf, rows[i].len);
+        ck_assert_msg(got == rows[i].want, "row '%s': got %s, want %s", rows[i].name, ledger_errname(got),
+                      ledger_errname(rows[i].want));
+        ck_assert_str_ne(ledger_strerror(got), "unknown error");
+    }
+    for (int i = 3; i < n; i++) tem_free(rows[i].buf);
+    tem_free(good);
+}
+END_TEST
+
+START_TEST(tx_decode_survives_every_allocation_failure) {
+    size_t len;
+    uint8_t *t = fx_transfer("tem-test", 2, 3, 7, 9, &len);
+    /* OOM ladder: fail the k-th allocation for growing k until decoding succeeds. */
+    int k;
+    for (k = 0; k < 100; k++) {
+        tem_alloc_fail_after(k);
+        ledger_tx tx;
+        int rc = ledger_tx_decode(t, len, &LIM, &tx);
+        tem_alloc_fail_after(-1);
+        if (rc == LEDGER_OK) {
+            ck_assert_uint_eq(tx.body->nonce, 7);
+            ledger_tx_free(&tx);
+            break;
+        }
+        ck_assert_msg(rc == LEDGER_EDECODE || rc == LEDGER_ENOMEM, "k=%d rc=%d", k, rc);
+    }
+    ck_assert_int_lt(k, 100);
+    ck_assert_int_gt(k, 0);
+    tem_free(t);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ genesis */
+START_TEST(genesis_parses_defaults_and_refuses_bad_documents) {
+    ledger_genesis g;
+    fx_genesis(&g, 4);
+    ck_assert_str_eq(g.chain_id, "tem-test");
+    ck_assert_uint_eq(g.n_validators, 4);
+    ck_assert_uint_eq(ledger_genesis_f(&g), 1);
+    ck_assert_uint_eq(ledger_genesis_quorum(&g), 3);
+    ck_assert_int_eq(g.market.slot_ms, 900000);
+    ck_assert_uint_eq(g.max_tx_bytes, 4096);
+    ck_assert_int_eq(g.n_admins, 1);
+    ledger_genesis_free(&g);
+    static const struct {
+        const char *name, *json, *err_contains;
+    } bad[] = {
+        {"not json", "{", "line"},
+        {"no chain id", "{\"validators\":[],\"tariffs\":[]}", "chain_id"},
+        {"no validators", "{\"chain_id\":\"x\",\"validators\":[],\"tariffs\":[]}", "validators"},
+        {"short key", "{\"chain_id\":\"x\",\"validators\":[{\"pubkey\":\"00\"}],\"tariffs\":[]}", "pubkey"},
+        {"no tariffs", "{\"chain_id\":\"x\",\"validators\":[{\"pubkey\":\"" "0000000000000000000000000000000000000000000000000000000000000000\"}],\"tariffs\":[]}", "tariffs"},
+        {"feed-in above retail", "{\"chain_id\":\"x\",\"validators\":[{\"pubkey\":\"" "0000000000000000000000000000000000000000000000000000000000000000\"}],\"tariffs\":[{\"start_minute\":0,\"retail_uunit_per_kwh\":1,\"feed_in_uunit_per_kwh\":2}]}", "feed-in"},
+        {"bad mechanism", "{\"chain_id\":\"x\",\"validators\":[{\"pubkey\":\"" "0000000000000000000000000000000000000000000000000000000000000000\"}],\"tariffs\":[{\"start_minute\":0,\"retail_uunit_per_kwh\":2,\"feed_in_uunit_per_kwh\":1}],\"market\":{\"mechanism\":\"dutch\"}}", "mechanism"},
+        {"duplicate key", "{\"chain_id\":\"x\",\"chain_id\":\"y\"}", "line"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char err[256];
+        int rc = ledger_genesis_parse(bad[i].json, strlen(bad[i].json), &g, err, sizeof err);
+        ck_assert_msg(rc == LEDGER_EGENESIS, "row %s", bad[i].name);
+        ck_assert_msg(strstr(err, bad[i].err_contains) != NULL, "row %s: '%s'", bad[i].name, err);
+    }
+}
+END_TEST
+
+/* ------------------------------------------------------------------ state */
+START_TEST(state_root_is_order_independent_and_savepoints_undo_everything) {
+    ledger_state *a, *b;
+    ck_assert_int_eq(ledger_state_new(&a), LEDGER_OK);
+    ck_assert_int_eq(ledger_state_new(&b), LEDGER_OK);
+    for (int i = 0; i < 500; i++) {
+        char k[16], v[16];
+        snprintf(k, sizeof k, "k%05d", i);
+        snprintf(v, sizeof v, "v%d", i * 7);
+        ck_assert_int_eq(ledger_state_put(a, k, strlen(k), v, strlen(v)), LEDGER_OK);
+        snprintf(k, sizeof k, "k%05d", 499 - i);
+        snprintf(v, sizeof v, "v%d", (499 - i) * 7);
+        ck_assert_int_eq(ledger_state_put(b, k, strlen(k), v, strlen(v)), LEDGER_OK);
+    }
+    uint8_t ra[32], rb[32], rc2[32];
+    ck_assert_int_eq(ledger_state_root(a, ra), LEDGER_OK);
+    ck_assert_int_eq(ledger_state_root(b, rb), LEDGER_OK);
+    ck_assert(memcmp(ra, rb, 32) == 0);
+    ck_assert_uint_eq(ledger_state_count(a), 500);
+    size_t sp, sp2;
+    ck_assert_int_eq(ledger_state_savepoint(a, &sp), LEDGER_OK);
+    ck_assert_int_eq(ledger_state_put(a, "k00001", 6, "changed", 7), LEDGER_OK);
+    ck_assert_int_eq(ledger_state_del(a, "k00002", 6), LEDGER_OK);
+    ck_assert_int_eq(ledger_state_savepoint(a, &sp2), LEDGER_OK);
+    ck_assert_int_eq(ledger_state_put(a, "new-key", 7, "x", 1), LEDGER_OK);
+    ledger_state_release(a, sp2);
+    const uint8_t *v;
+    size_t vl;
+    ck_assert_int_eq(ledger_state_get(a, "k00002", 6, &v, &vl), LEDGER_ENOTFOUND);
+    ck_assert_int_eq(ledger_state_get(a, "new-key", 7, &v, &vl), LEDGER_OK);
+    ck_assert_int_eq(ledger_state_root(a, rc2), LEDGER_OK);
+    ck_assert(memcmp(ra, rc2, 32) != 0);
+    ledger_state_rollback(a, sp);
+    ck_assert_int_eq(ledger_state_get(a, "new-key", 7, &v, &vl), LEDGER_ENOTFOUND);
+    ck_assert_int_eq(ledger_state_get(a, "k00001", 6, &v, &vl), LEDGER_OK);
+    ck_assert_int_eq((int)vl, 2);
+    ck_assert(memcmp(v, "v7", 2) == 0);
+    ck_assert_uint_eq(ledger_state_count(a), 500);
+    ck_assert_int_eq(ledger_state_root(a, rc2), LEDGER_OK);
+    ck_assert(memcmp(ra, rc2, 32) == 0);
+    /* prefix iteration in key order */
+    int count = 0;
+    char last[16] = "";
+    int iter_fn(void *ctx, const uint8_t *k, size_t kl, const uint8_t *vv, size_t vvl);
+    ck_assert_int_eq(ledger_state_iter(a, "k0001", 5, iter_fn, &count), LEDGER_OK);
+    ck_assert_int_eq(count, 10);
+    (void)last;
+    ledger_state_free(a);
+    ledger_state_free(b);
+}
+END_TEST
+
+int iter_fn(void *ctx, const uint8_t *k, size_t kl, const uint8_t *vv, size_t vvl) {
+    (void)vv;
+    (void)vvl;
+    int *c = ctx;
+    char want[16];
+    snprintf(want, sizeof want, "k%05d", 10 + *c);
+    ck_assert_uint_eq(kl, 6);
+    ck_assert(memcmp(k, want, 6) == 0);
+    (*c)++;
+    return 0;
+}
+
+START_TEST(state_proof_of_one_account_verifies_and_tampering_fails) {
+    ledger_state *st;
+    ck_assert_int_eq(ledger_state_new(&st), LEDGER_OK);
+    for (uint32_t i = 2; i < 40; i++) {
+        uint8_t s[32], p[33];
+        fx_key(i, s, p);
+        ck_assert_int_eq(fx_set_balance(st, p, 1000 + i), LEDGER_OK);
+    }
+    uint8_t root[32], s[32], p[33], key[34], val[8];
+    ck_assert_int_eq(ledger_state_root(st, root), LEDGER_OK);
+    fx_key(17, s, p);
+    key[0] = 'b';
+    memcpy(key + 1, p, 33);
+    tem_put_u64le(val, 1017);
+    ledger_merkle_proof pr;
+    ck_assert_int_eq(ledger_state_prove(st, key, 34, &pr), LEDGER_OK);
+    ck_assert_int_eq(ledger_state_proof_verify(root, key, 34, val, 8, &pr), 0);
+    tem_put_u64le(val, 1018);
+    ck_assert_int_eq(ledger_state_proof_verify(root, key, 34, val, 8, &pr), -1);
+    tem_put_u64le(val, 1017);
+    pr.sibling[1][0] ^= 1;
+    ck_assert_int_eq(ledger_state_proof_verify(root, key, 34, val, 8, &pr), -1);
+    key[5] ^= 1;
+    ck_assert_int_eq(ledger_state_prove(st, key, 34, &pr), LEDGER_ENOTFOUND);
+    ledger_state_free(st);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ store */
+static char *tmpdir(void) {
+    char *d = strdup("/tmp/tem-ledger-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(d));
+    return d;
+}
+static void rmrf(const char *d) {
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+START_TEST(store_apply_close_reopen_gives_the_same_state_root) {
+    ledger_genesis g;
+    fx_genesis(&g, 4);
+    char *dir = tmpdir();
+    ledger_store *s;
+    ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
+    ck_assert_uint_eq(ledger_store_height(s), 0);
+    ledger_apply_info info;
+    for (int h = 1; h <= 5; h++) {
+        ck_assert_int_eq(fx_apply_transfers(s, 50, 10, g.genesis_time_ms + 1000 * h, &info, 0), LEDGER_OK);
+        ck_assert_uint_eq(info.height, h);
+        ck_assert_uint_eq(info.n_txs, 50);
+    }
+    uint8_t sr[32], rr[32], sr2[32], rr2[32], last[32], last2[32];
+    ledger_store_roots(s, sr, rr);
+    ledger_store_last_hash(s, last);
+    ck_assert(memcmp(sr, info.state_root, 32) == 0);
+    uint8_t sec[32], pub[33];
+    fx_key(2, sec, pub);
+    ck_assert_uint_eq(ledger_state_nonce(ledger_store_state(s), pub), 25);
+    /* A receipt is found by txid; a replayed tx (same nonce) is refused as a block. */
+    size_t tl;
+    uint8_t *t = fx_transfer(g.chain_id, 2, 3, 0, 1, &tl), txid[32];
+    ledger_sha256(txid, t, 0);
+    uint8_t *blk, pp[64], ppub[32];
+    size_t bl;
+    fx_vkey(0, pp, ppub);
+    ck_assert_int_eq(ledger_block_build(s, (const uint8_t *const *)&t, &tl, 1, g.genesis_time_ms + 9000, ppub, &blk, &bl), LEDGER_OK);
+    ck_assert_int_eq(ledger_store_apply(s, blk, bl, NULL, 0, &FX_EXEC, LEDGER_APPLY_NO_CERT, NULL), LEDGER_ENONCE);
+    tem_free(blk);
+    tem_free(t);
+    ck_assert_uint_eq(ledger_store_height(s), 5);
+    ledger_store_close(s);
+    ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
+    ck_assert_uint_eq(ledger_store_height(s), 5);
+    ledger_store_roots(s, sr2, rr2);
+    ledger_store_last_hash(s, last2);
+    ck_assert(memcmp(sr, sr2, 32) == 0);
+    ck_assert(memcmp(rr, rr2, 32) == 0);
+    ck_assert(memcmp(last, last2, 32) == 0);
+    uint8_t fresh[32];
+    ck_assert_int_eq(ledger_state_root(ledger_store_state(s), fresh), LEDGER_OK);
+    ck_assert(memcmp(fresh, sr, 32) == 0);
+    /* a stored block reads back and its header links to the previous one */
+    uint8_t *b5;
+    size_t b5l;
+    ck_assert_int_eq(ledger_store_block(s, 5, &b5, &b5l), LEDGER_OK);
+    Tem__V1__Block *pb = tem__v1__block__unpack(NULL, b5l, b5);
+    ck_assert_ptr_nonnull(pb);
+    uint8_t h5[32];
+    ck_assert_int_eq(ledger_block_hash(pb->header, h5), LEDGER_OK);
+    ck_assert(memcmp(h5, last, 32) == 0);
+    tem__v1__block__free_unpacked(pb, NULL);
+    tem_free(b5);
+    ck_assert_int_eq(ledger_store_block(s, 6, &b5, &b5l), LEDGER_ENOTFOUND);
+    ledger_store_close(s);
+    /* a different genesis refuses the data dir */
+    ledger_genesis g2;
+    fx_genesis(&g2, 7);
+    ck_assert_int_eq(ledger_store_open(dir, &g2, NULL, NULL, &s), LEDGER_EGENESIS);
+    ledger_genesis_free(&g2);
+    ledger_genesis_free(&g);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
+START_TEST(store_refuses_blocks_with_bad_links_roots_time_and_certs) {
+    ledger_genesis g;
+    fx_genesis(&g, 4);
+    char *dir = tmpdir();
+    ledger_store *s;
+    ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
+    ledger_apply_info info;
+    ck_assert_int_eq(fx_apply_transfers(s, 3, 3, g.genesis_time_ms + 1000, &info, 0), LEDGER_OK);
+    uint8_t sr_before[32], rr[32];
+    ledger_store_roots(s, sr_before, rr);
+    size_t tl;
+    uint8_t *t = fx_transfer(g.chain_id, 9, 3, 0, 1, &tl);
+    uint8_t pp[64], ppub[32], *blk;
+    size_t bl;
+    fx_vkey(1, pp, ppub);
+    ck_assert_int_eq(ledger_block_build(s, (const uint8_t *const *)&t, &tl, 1, g.genesis_time_ms + 2000, ppub, &blk, &bl), LEDGER_OK);
+    Tem__V1__Block *b = tem__v1__block__unpack(NULL, bl, blk);
+    struct {
+        const char *name;
+        int field;
+        int want;
+    } rows[] = {{"height skips one", 0, LEDGER_EHEIGHT}, {"wrong previous hash", 1, LEDGER_EPREV},
+                {"time not after parent", 2, LEDGER_ETIME}, {"wrong state root", 3, LEDGER_EROOT},
+                {"wrong tx root", 4, LEDGER_EROOT}, {"unknown proposer", 5, LEDGER_EBLOCK}};
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        Tem__V1__BlockHeader h = *b->header;
+        uint8_t junk[32];
+        memset(junk, 0x5a, 32);
+        switch (rows[i].field) {
+        case 0: h.height += 1; break;
+        case 1: h.prev_hash.data = junk; break;
+        case 2: h.time_ms = g.genesis_time_ms + 1000; break;
+        case 3: h.state_root.data = junk; break;
+        case 4: h.tx_root.data = junk; break;
+        case 5: h.proposer.data = junk; break;
+        }
+        Tem__V1__Block nb = *b;
+        nb.header = &h;
+        size_t nl = tem__v1__block__get_packed_size(&nb);
+        uint8_t *buf = tem_malloc(nl);
+        tem__v1__block__pack(&nb, buf);
+        int rc = ledger_store_apply(s, buf, nl, NULL, 0, &FX_EXEC, LEDGER_APPLY_NO_CERT, NULL);
+        ck_assert_msg(rc == rows[i].want, "row '%s': got %s", rows[i].name, ledger_errname(rc));
+        tem_free(buf);
+    }
+    /* certificates: none, garbage, too few signatures, then a valid one */
+    uint8_t bh[32];
+    ck_assert_int_eq(ledger_block_hash(b->header, bh), LEDGER_OK);
+    ck_assert_int_eq(ledger_store_apply(s, blk, bl, NULL, 0, &FX_EXEC, 0, NULL), LEDGER_ECERT);
+    ck_assert_int_eq(ledger_store_apply(s, blk, bl, (const uint8_t *)"\xff\xff", 2, &FX_EXEC, 0, NULL), LEDGER_EDECODE);
+    Tem__V1__CommitCertificate c = TEM__V1__COMMIT_CERTIFICATE__INIT;
+    Tem__V1__CommitSig cs[4], *csp[4];
+    uint8_t sigs[4][64], d[32];
+    ledger_commit_digest(g.hash, 0, 2, bh, d);
+    for (int i = 0; i < 4; i++) {
+        uint8_t vs[64], vp[32];
+        fx_vkey(i, vs, vp);
+        ledger_ed_sign(vs, d, 32, sigs[i]);
+        tem__v1__commit_sig__init(&cs[i]);
+        cs[i].validator = i;
+        cs[i].sig = (ProtobufCBinaryData){64, sigs[i]};
+        csp[i] = &cs[i];
+    }
+    c.height = 2;
+    c.block_hash = (ProtobufCBinaryData){32, bh};
+    c.sigs = csp;
+    uint8_t cb[1024];
+    c.n_sigs = 2;
+    size_t cl = tem__v1__commit_certificate__pack(&c, cb);
+    ck_assert_int_eq(ledger_store_apply(s, blk, bl, cb, cl, &FX_EXEC, 0, NULL), LEDGER_ECERT);
+    csp[1] = &cs[0]; /* the same validator twice does not make a quorum */
+    c.n_sigs = 3;
+    cl = tem__v1__commit_certificate__pack(&c, cb);
+    ck_assert_int_eq(ledger_store_apply(s, blk, bl, cb, cl, &FX_EXEC, 0, NULL), LEDGER_ECERT);
+    csp[1] = &cs[1];
+    sigs[2][0] ^= 1;
+    cl = tem__v1__commit_certificate__pack(&c, cb);
+    ck_assert_int_eq(ledger_store_apply(s, blk, bl, cb, cl, &FX_EXEC, 0, NULL), LEDGER_ECERT);
+    sigs[2][0] ^= 1;
+    uint8_t sr_mid[32];
+    ledger_store_roots(s, sr_mid, rr);
+    ck_assert(memcmp(sr_mid, sr_before, 32) == 0);
+    ck_assert_uint_eq(ledger_store_height(s), 1);
+    cl = tem__v1__commit_certificate__pack(&c, cb);
+    ck_assert_int_eq(ledger_store_apply(s, blk, bl, cb, cl, &FX_EXEC, 0, &info), LEDGER_OK);
+    ck_assert_uint_eq(ledger_store_height(s), 2);
+    uint8_t *stored;
+    size_t sl;
+    ck_assert_int_eq(ledger_store_cert(s, 2, &stored, &sl), LEDGER_OK);
+    ck_assert_int_eq(ledger_cert_verify(&g, stored, sl, 2, bh), LEDGER_OK);
+    tem_free(stored);
+    tem__v1__block__free_unpacked(b, NULL);
+    tem_free(blk);
+    tem_free(t);
+    ledger_store_close(s);
+    ledger_genesis_free(&g);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
+static int kill_at;
+static void kill_hook(int point) {
+    if (point == kill_at) raise(SIGKILL);
+}
+
+START_TEST(store_sigkill_mid_apply_leaves_the_previous_block) {
+    ledger_genesis g;
+    fx_genesis(&g, 4);
+    for (int point = 1; point <= 5; point++) {
+        char *dir = tmpdir();
+        ledger_store *s;
+        ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
+        ledger_apply_info info;
+        for (int h = 1; h <= 3; h++)
+            ck_assert_int_eq(fx_apply_transfers(s, 40, 8, g.genesis_time_ms + 1000 * h, &info, 0), LEDGER_OK);
+        uint8_t sr3[32], rr3[32], h3[32];
+        ledger_store_roots(s, sr3, rr3);
+        ledger_store_last_hash(s, h3);
+        ledger_store_close(s);
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+            ledger_store *cs;
+            if (ledger_store_open(dir, &g, NULL, NULL, &cs) != LEDGER_OK) _exit(3);
+            kill_at = point;
+            ledger_store_set_hook(cs, kill_hook);
+            ledger_apply_info ci;
+            (void)fx_apply_transfers(cs, 40, 8, g.genesis_time_ms + 4000, &ci, 0);
+            _exit(4); /* the hook must have killed us */
+        }
+        int st;
+        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+        ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "point %d: child not killed", point);
+        ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
+        uint8_t sr[32], rr[32], hh[32];
+        ledger_store_roots(s, sr, rr);
+        ledger_store_last_hash(s, hh);
+        if (point < 5) {
+            ck_assert_msg(ledger_store_height(s) == 3, "point %d: height %llu", point, (unsigned long long)ledger_store_height(s));
+            ck_assert(memcmp(sr, sr3, 32) == 0);
+            ck_assert(memcmp(hh, h3, 32) == 0);
+            /* and the block can be applied again after the restart */
+            ck_assert_int_eq(fx_apply_transfers(s, 40, 8, g.genesis_time_ms + 4000, &info, 0), LEDGER_OK);
+            ck_assert_uint_eq(ledger_store_height(s), 4);
+        } else {
+            /* killed after the commit returned: the block is durable */
+            ck_assert_uint_eq(ledger_store_height(s), 4);
+            ck_assert(memcmp(sr, sr3, 32) != 0);
+        }
+        ledger_store_close(s);
+        rmrf(dir);
+        free(dir);
+    }
+    ledger_genesis_free(&g);
+}
+END_TEST
+
+START_TEST(store_meta_records_survive_reopen) {
+    ledger_genesis g;
+    fx_genesis(&g, 4);
+    char *dir = tmpdir();
+    ledger_store *s;
+    ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
+    ck_assert_int_eq(ledger_store_meta_put(s, "pbft/votes", "abc", 3), LEDGER_OK);
+    ledger_store_close(s);
+    ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
+    uint8_t *v;
+    size_t vl;
+    ck_assert_int_eq(ledger_store_meta_get(s, "pbft/votes", &v, &vl), LEDGER_OK);
+    ck_assert_uint_eq(vl, 3);
+    ck_assert(memcmp(v, "abc", 3) == 0);
+    tem_free(v);
+    ck_assert_int_eq(ledger_store_meta_get(s, "height", &v, &vl), LEDGER_ENOTFOUND);
+    ledger_store_close(s);
+    ledger_genesis_free(&g);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
+Suite *ledger_suite(void) {
+    Suite *s = suite_create("ledger");
+    TCase *t = tcase_create("core");
+    tcase_set_timeout(t, 120);
+    tcase_add_test(t, sha256_matches_fips_180_vectors);
+    tcase_add_test(t, merkle_empty_single_and_odd_trees_follow_the_documented_shape);
+    tcase_add_test(t, merkle_proofs_verify_for_every_leaf_and_fail_when_tampered);
+    tcase_add_test(t, secp256k1_published_vector_verifies_and_signing_reproduces_it);
+    tcase_add_test(t, secp256k1_bad_signatures_each_get_their_own_code);
+    tcase_add_test(t, ed25519_sign_verify_and_tamper);
+    tcase_add_test(t, tx_roundtrip_and_flipped_bits_are_refused);
+    tcase_add_test(t, tx_every_bad_input_gets_its_own_code);
+    tcase_add_test(t, tx_decode_survives_every_allocation_failure);
+    tcase_add_test(t, genesis_parses_defaults_and_refuses_bad_documents);
+    tcase_add_test(t, state_root_is_order_independent_and_savepoints_undo_everything);
+    tcase_add_test(t, state_proof_of_one_account_verifies_and_tampering_fails);
+    tcase_add_test(t, store_apply_close_reopen_gives_the_same_state_root);
+    tcase_add_test(t, store_refuses_blocks_with_bad_links_roots_time_and_certs);
+    tcase_add_test(t, store_sigkill_mid_apply_leaves_the_previous_block);
+    tcase_add_test(t, store_meta_records_survive_reopen);
+    suite_add_tcase(s, t);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(ledger_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
