@@ -50,6 +50,9 @@ FUZZ_SRCS  = $(wildcard tests/fuzz/fuzz_*.c)
 # Scripted end-to-end tests (multi-process, CLI round trips): tests/t_*.sh, run in name order.
 SH_TESTS   = $(sort $(wildcard tests/t_*.sh))
 
+# Keep objects make would otherwise treat as intermediate and delete.
+.SECONDARY:
+
 .PHONY: all test unit-test sim-test sh-test test-asan bench fuzz deps clean soak
 all: $(TEMD) $(TEMCTL)
 
@@ -129,7 +132,7 @@ bench: deps
 # ---------------------------------------------------------------- fuzz (clang + libFuzzer)
 FUZZ_BUILD = build/fuzz
 FUZZ_CFLAGS = -std=gnu17 -g -O1 -fsanitize=fuzzer-no-link,address,undefined $(WARN) -Wno-unused-command-line-argument
-FUZZ_LIB_SRCS = $(call src_of,ledger) $(call src_of,contracts)
+FUZZ_LIB_SRCS = $(call src_of,ledger)
 FUZZ_LIB_OBJS = $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_LIB_SRCS)) $(FUZZ_BUILD)/obj/proto.o
 FUZZ_BINS = $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(FUZZ_SRCS))
 $(FUZZ_BUILD)/obj/proto.o: $(PROTO_C)
