@@ -256,6 +256,49 @@ START_TEST(tx_roundtrip_and_flipped_bits_are_refused) {
 }
 END_TEST
 
+
+/* The worked example of docs/ledger.md, byte for byte. */
+START_TEST(tx_worked_example_of_docs_ledger_md_is_reproduced) {
+    uint8_t sec[32], pub[33], want_pub[33];
+    ledger_sha256(sec, "TEM worked example key", 22);
+    uint8_t want_sec[32];
+    unhex_or_die(want_sec, 32, "d2cdbbcaca7a4add9478da3b6f342e1d11ab2b525091bb870872de8a15a558c7");
+    ck_assert(memcmp(sec, want_sec, 32) == 0);
+    ck_assert_int_eq(ledger_secp_pubkey(sec, pub), LEDGER_OK);
+    unhex_or_die(want_pub, 33, "03baac241bf8278c00a90f164237f67544eb6da9c8a14c10c340564700326de4ad");
+    ck_assert(memcmp(pub, want_pub, 33) == 0);
+    Tem__V1__TxBody b = TEM__V1__TX_BODY__INIT;
+    Tem__V1__Order o = TEM__V1__ORDER__INIT;
+    o.slot = 96;
+    o.side = TEM__V1__SIDE__BUY;
+    o.price = 150000;
+    o.quantity_wh = 2000;
+    b.chain_id = (char *)"tem-testnet-1";
+    b.kind_case = TEM__V1__TX_BODY__KIND_ORDER;
+    b.order = &o;
+    uint8_t *out, txid[32];
+    size_t len;
+    ck_assert_int_eq(ledger_tx_build(&b, sec, &out, &len, txid), LEDGER_OK);
+    static const char want_hex[] =
+        "0a3f0a0d74656d2d746573746e65742d31122103baac241bf8278c00a90f164237f67544eb6da9c8a14c10c340564700326de4ad"
+        "520b0860100118f0930920d00f1240e411adef010e61fe6fdb65922d2dcba227cdf14aa1f7add8e478315a1250de9c4a8183ee28"
+        "ed3e20831d618193a1d39a504d7e3c9cab22dd4b4301cafa15a985";
+    ck_assert_uint_eq(len, 131);
+    char got_hex[263];
+    tem_hex(got_hex, out, len);
+    ck_assert_str_eq(got_hex, want_hex);
+    char id_hex[65];
+    tem_hex(id_hex, txid, 32);
+    ck_assert_str_eq(id_hex, "a2fc5725c3a7dbaf74c471f4e9d20ded4af9e03fb522221cd442768ab18c56bf");
+    ledger_tx_limits lim = {.chain_id = "tem-testnet-1", .max_tx_bytes = 4096, .max_admin_tx_bytes = 4096};
+    ledger_tx tx;
+    ck_assert_int_eq(ledger_tx_decode(out, len, &lim, &tx), LEDGER_OK);
+    ck_assert_int_eq(ledger_tx_verify(&tx), LEDGER_OK);
+    ledger_tx_free(&tx);
+    tem_free(out);
+}
+END_TEST
+
 typedef struct {
     const char *name;
     int want;
@@ -773,6 +816,7 @@ Suite *ledger_suite(void) {
     tcase_add_test(t, secp256k1_bad_signatures_each_get_their_own_code);
     tcase_add_test(t, ed25519_sign_verify_and_tamper);
     tcase_add_test(t, tx_roundtrip_and_flipped_bits_are_refused);
+    tcase_add_test(t, tx_worked_example_of_docs_ledger_md_is_reproduced);
     tcase_add_test(t, tx_every_bad_input_gets_its_own_code);
     tcase_add_test(t, tx_decode_survives_every_allocation_failure);
     tcase_add_test(t, genesis_parses_defaults_and_refuses_bad_documents);
