@@ -1,0 +1,506 @@
+/* http.c: the node's HTTP/1.1 server on H2O's libuv binding: accepting connections on the
+ * caller's loop, routing (method, prefix) to handlers, request handles that survive the client
+ * leaving, JSON errors, optional TLS, and a shutdown that closes every connection before the
+ * H2O context is disposed. */
+#include "net/http.h"
+
+#include <h2o.h>
+#include <jansson.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stdarg.h>
+#include <sys/socket.h>
+
+typedef struct net__hsock net__hsock;
+struct net__hsock {
+    uv_tcp_t tcp; /* first: H2O hands the close callback this handle */
+    net_http *h;
+    net__hsock *prev, *next;
+};
+
+typedef struct {
+    char method[16]; /* "" = any */
+    char prefix[NET_HTTP_PREFIX_MAX];
+    size_t prefix_len;
+    net_http_handler_fn fn;
+    void *ctx;
+} net__route;
+
+struct net_http_req {
+    net_http *h;           /* NULL once detached by net_http_close */
+    h2o_req_t *req;        /* NULL once H2O disposed the request */
+    net_http_req **guard;  /* slot in the request's pool pointing back here */
+    net_http_req *prev, *next;
+};
+
+typedef struct {
+    h2o_handler_t super;
+    net_http *h;
+} net__handler;
+
+struct net_http {
+    uv_loop_t *loop;
+    net_http_config cfg;
+    char listen_addr[128];
+    h2o_globalconf_t conf;
+    h2o_context_t ctx;
+    h2o_accept_ctx_t accept_ctx;
+    SSL_CTX *ssl;
+    uv_tcp_t listener;
+    uv_timer_t drain;
+    bool conf_inited, ctx_inited, listening, started, closing, drain_on;
+    uint32_t handles_open, n_socks, routes_n;
+    uint16_t port;
+    uint64_t close_started_ms, served;
+    net__hsock *socks;
+    net_http_req *pending;
+    uint32_t n_pending;
+    net__route routes[NET_HTTP_ROUTES_MAX];
+};
+
+__attribute__((format(printf, 3, 4))) static void hlog(net_http *h, int level, const char *fmt, ...) {
+    if (level < h->cfg.log_level) return;
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (h->cfg.log)
+        h->cfg.log(h->cfg.log_ctx, level, buf);
+    else
+        fprintf(stderr, "http %s: %s\n", net_log_level_name(level), buf);
+}
+
+/* ------------------------------------------------------------------ JSON errors */
+int net_json_error(char *out, size_t cap, const char *message, const char *code) {
+    if (out == NULL || cap == 0) return NET_EINVAL;
+    json_t *o = json_pack("{s:s,s:s}", "error", message ? message : "", "code", code ? code : "");
+    if (o == NULL) return NET_EINVAL;
+    size_t n = json_dumpb(o, out, cap - 1, JSON_COMPACT);
+    json_decref(o);
+    if (n == 0 || n > cap - 1) return NET_EINVAL;
+    out[n] = '\0';
+    return (int)n;
+}
+
+/* ------------------------------------------------------------------ replies */
+static const char *reason_of(int status) {
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 413: return "Request Entity Too Large";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Entity";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
+    }
+}
+
+static void send_raw(h2o_req_t *req, int status, const char *ctype, const void *body, size_t len) {
+    static h2o_generator_t generator = {NULL, NULL};
+    req->res.status = status;
+    req->res.reason = reason_of(status);
+    req->res.content_length = len;
+    if (ctype && *ctype)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, ctype, strlen(ctype));
+    h2o_iovec_t buf = h2o_strdup(&req->pool, len ? body : "", len);
+    h2o_start_response(req, &generator);
+    if (h2o_memis(req->input.method.base, req->input.method.len, H2O_STRLIT("HEAD")))
+        h2o_send(req, NULL, 0, H2O_SEND_STATE_FINAL);
+    else
+        h2o_send(req, &buf, 1, H2O_SEND_STATE_FINAL);
+}
+
+static void send_error_raw(h2o_req_t *req, int status, const char *code, const char *message) {
+    char buf[512];
+    int n = net_json_error(buf, sizeof buf, message, code);
+    if (n < 0) n = snprintf(buf, sizeof buf, "{\"error\":\"error\",\"code\":\"%s\"}", "EINTERNAL");
+    send_raw(req, status, "application/json", buf, (size_t)n);
+}
+
+static void pending_unlink(net_http_req *r) {
+    net_http *h = r->h;
+    if (h == NULL) return;
+    if (r->prev) r->prev->next = r->next;
+    else h->pending = r->next;
+    if (r->next) r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+    TEM_ASSERT(h->n_pending > 0);
+    h->n_pending--;
+    r->h = NULL;
+}
+
+bool net_http_req_alive(const net_http_req *r) { return r != NULL && r->req != NULL; }
+
+int net_http_reply(net_http_req *r, int status, const char *content_type, const void *body, size_t len) {
+    if (r == NULL || status < 100 || status > 599 || (body == NULL && len > 0)) return NET_EINVAL;
+    int rc = NET_EGONE;
+    if (r->req != NULL) {
+        /* Clear the pool's back-pointer first: the request is disposed after the response is
+         * written, and its dispose hook must not touch this handle, which is freed below. */
+        *r->guard = NULL;
+        if (r->h) r->h->served++;
+        send_raw(r->req, status, content_type, body, len);
+        rc = NET_OK;
+    }
+    pending_unlink(r);
+    tem_free(r);
+    return rc;
+}
+
+int net_http_reply_error(net_http_req *r, int status, const char *code, const char *message) {
+    char buf[1024];
+    int n = net_json_error(buf, sizeof buf, message, code);
+    if (n < 0) n = net_json_error(buf, sizeof buf, "error message too long", code);
+    if (n < 0) return NET_EINVAL;
+    return net_http_reply(r, status, "application/json", buf, (size_t)n);
+}
+
+static void on_guard_dispose(void *p) {
+    net_http_req *r = *(net_http_req **)p;
+    if (r == NULL) return;
+    /* The client went away (or H2O tore the connection down) before the answer. */
+    r->req = NULL;
+    r->guard = NULL;
+}
+
+/* ------------------------------------------------------------------ routing */
+static bool prefix_matches(const net__route *rt, const char *path, size_t plen) {
+    if (plen < rt->prefix_len || memcmp(path, rt->prefix, rt->prefix_len) != 0) return false;
+    if (plen == rt->prefix_len) return true;
+    return rt->prefix[rt->prefix_len - 1] == '/' || path[rt->prefix_len] == '/';
+}
+
+static int on_req(h2o_handler_t *self, h2o_req_t *req) {
+    net_http *h = ((net__handler *)self)->h;
+    if (h->closing) {
+        send_error_raw(req, 503, "ECLOSING", "server is shutting down");
+        return 0;
+    }
+    size_t plen = req->path.len;
+    if (req->query_at != SIZE_MAX && req->query_at < plen) plen = req->query_at;
+    const net__route *best = NULL;
+    bool other_method = false;
+    for (uint32_t i = 0; i < h->routes_n; i++) {
+        const net__route *rt = &h->routes[i];
+        if (!prefix_matches(rt, req->path.base, plen)) continue;
+        if (rt->method[0] && !h2o_memis(req->method.base, req->method.len, rt->method, strlen(rt->method))) {
+            other_method = true;
+            continue;
+        }
+        if (best == NULL || rt->prefix_len > best->prefix_len) best = rt;
+    }
+    if (best == NULL) {
+        h->served++;
+        if (other_method)
+            send_error_raw(req, 405, "EMETHOD", "method not allowed on this path");
+        else
+            send_error_raw(req, 404, "ENOTFOUND", "no such endpoint");
+        return 0;
+    }
+    net_http_req *r = tem_calloc(1, sizeof *r);
+    if (r == NULL) {
+        send_error_raw(req, 503, "ENOMEM", "out of memory");
+        return 0;
+    }
+    r->h = h;
+    r->req = req;
+    r->guard = h2o_mem_alloc_shared(&req->pool, sizeof *r->guard, on_guard_dispose);
+    *r->guard = r;
+    r->next = h->pending;
+    if (h->pending) h->pending->prev = r;
+    h->pending = r;
+    h->n_pending++;
+
+    net_http_request view;
+    view.method = h2o_strdup(&req->pool, req->method.base, req->method.len).base;
+    view.path = h2o_strdup(&req->pool, req->path.base, plen).base;
+    view.query = plen < req->path.len ? h2o_strdup(&req->pool, req->path.base + plen + 1,
+                                                   req->path.len - plen - 1).base
+                                      : "";
+    ssize_t ct = h2o_find_header(&req->headers, H2O_TOKEN_CONTENT_TYPE, -1);
+    view.content_type = ct >= 0 ? h2o_strdup(&req->pool, req->headers.entries[ct].value.base,
+                                             req->headers.entries[ct].value.len).base
+                                : "";
+    char remote[64] = "?";
+    struct sockaddr_storage ss;
+    socklen_t sl = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
+    if (sl > 0 && ss.ss_family == AF_INET)
+        uv_ip4_name((struct sockaddr_in *)&ss, remote, sizeof remote);
+    else if (sl > 0 && ss.ss_family == AF_INET6)
+        uv_ip6_name((struct sockaddr_in6 *)&ss, remote, sizeof remote);
+    view.remote = remote;
+    view.body = req->entity.base ? (const uint8_t *)req->entity.base : (const uint8_t *)"";
+    view.body_len = req->entity.base ? req->entity.len : 0;
+    best->fn(best->ctx, r, &view);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ connections */
+static void on_sock_closed(uv_handle_t *handle) {
+    net__hsock *s = (net__hsock *)handle;
+    net_http *h = s->h;
+    if (s->prev) s->prev->next = s->next;
+    else h->socks = s->next;
+    if (s->next) s->next->prev = s->prev;
+    TEM_ASSERT(h->n_socks > 0);
+    h->n_socks--;
+    TEM_ASSERT(h->handles_open > 0);
+    h->handles_open--;
+    tem_free(s);
+}
+
+static void on_plain_closed(uv_handle_t *handle) {
+    net__hsock *s = (net__hsock *)handle;
+    TEM_ASSERT(s->h->handles_open > 0);
+    s->h->handles_open--;
+    tem_free(s);
+}
+
+static void on_accept(uv_stream_t *listener, int status) {
+    net_http *h = listener->data;
+    if (status != 0) {
+        hlog(h, NET_LOG_WARN, "accept: %s", uv_strerror(status));
+        return;
+    }
+    net__hsock *s = tem_calloc(1, sizeof *s);
+    if (s == NULL) {
+        hlog(h, NET_LOG_ERROR, "accept: out of memory");
+        return;
+    }
+    s->h = h;
+    int rc = uv_tcp_init(h->loop, &s->tcp);
+    if (rc != 0) {
+        hlog(h, NET_LOG_ERROR, "uv_tcp_init: %s", uv_strerror(rc));
+        tem_free(s);
+        return;
+    }
+    h->handles_open++;
+    if ((rc = uv_accept(listener, (uv_stream_t *)&s->tcp)) != 0 || h->n_socks >= h->cfg.conns_max) {
+        if (rc != 0) hlog(h, NET_LOG_WARN, "uv_accept: %s", uv_strerror(rc));
+        else hlog(h, NET_LOG_WARN, "refusing a client: %u connections open (ELIMIT)", h->n_socks);
+        uv_close((uv_handle_t *)&s->tcp, on_plain_closed);
+        return;
+    }
+    s->next = h->socks;
+    if (h->socks) h->socks->prev = s;
+    h->socks = s;
+    h->n_socks++;
+    h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)&s->tcp, on_sock_closed);
+    h2o_accept(&h->accept_ctx, sock);
+}
+
+/* ------------------------------------------------------------------ lifecycle */
+static const char *ssl_reason(void) {
+    const char *r = ERR_reason_error_string(ERR_get_error());
+    ERR_clear_error();
+    return r ? r : "unreadable file";
+}
+
+static int tls_setup(net_http *h) {
+    h->ssl = SSL_CTX_new(TLS_server_method());
+    if (h->ssl == NULL) return NET_ETLS;
+    SSL_CTX_set_options(h->ssl, SSL_OP_NO_COMPRESSION);
+    if (SSL_CTX_set_min_proto_version(h->ssl, TLS1_2_VERSION) != 1) return NET_ETLS;
+    if (SSL_CTX_use_certificate_chain_file(h->ssl, h->cfg.tls_cert_path) != 1) {
+        hlog(h, NET_LOG_ERROR, "TLS certificate %s: %s", h->cfg.tls_cert_path, ssl_reason());
+        return NET_ETLS;
+    }
+    if (SSL_CTX_use_PrivateKey_file(h->ssl, h->cfg.tls_key_path, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(h->ssl) != 1) {
+        hlog(h, NET_LOG_ERROR, "TLS key %s: %s", h->cfg.tls_key_path, ssl_reason());
+        return NET_ETLS;
+    }
+    return NET_OK;
+}
+
+int net_http_new(uv_loop_t *loop, const net_http_config *cfg, net_http **out) {
+    if (loop == NULL || cfg == NULL || out == NULL || cfg->listen == NULL) return NET_EINVAL;
+    if (strlen(cfg->listen) >= 128) return NET_EADDR;
+    if ((cfg->tls_cert_path == NULL) != (cfg->tls_key_path == NULL)) return NET_EINVAL;
+    net_http *h = tem_calloc(1, sizeof *h);
+    if (h == NULL) return NET_ENOMEM;
+    h->loop = loop;
+    h->cfg = *cfg;
+    snprintf(h->listen_addr, sizeof h->listen_addr, "%s", cfg->listen);
+    h->cfg.listen = h->listen_addr;
+    if (h->cfg.body_bytes_max == 0) h->cfg.body_bytes_max = NET_HTTP_BODY_BYTES_MAX_DEFAULT;
+    if (h->cfg.conns_max == 0) h->cfg.conns_max = 1024;
+    if (h->cfg.idle_timeout_ms == 0) h->cfg.idle_timeout_ms = 10000;
+    if (cfg->tls_cert_path) {
+        int rc = tls_setup(h);
+        if (rc != NET_OK) {
+            if (h->ssl) SSL_CTX_free(h->ssl);
+            tem_free(h);
+            return rc;
+        }
+    }
+    h2o_config_init(&h->conf);
+    h->conf_inited = true;
+    h->conf.max_request_entity_size = h->cfg.body_bytes_max;
+    h->conf.http1.req_timeout = h->cfg.idle_timeout_ms;
+    h->conf.server_name = h2o_iovec_init(H2O_STRLIT("tem"));
+    h->conf.http1.upgrade_to_http2 = 0; /* HTTP/1.1 only: one protocol to reason about */
+    h2o_hostconf_t *host = h2o_config_register_host(&h->conf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_pathconf_t *pc = h2o_config_register_path(host, "/", 0);
+    net__handler *hd = (net__handler *)h2o_create_handler(pc, sizeof *hd);
+    hd->super.on_req = on_req;
+    hd->h = h;
+    *out = h;
+    return NET_OK;
+}
+
+int net_http_route(net_http *h, const char *method, const char *prefix, net_http_handler_fn fn, void *ctx) {
+    if (h == NULL || prefix == NULL || fn == NULL || prefix[0] != '/') return NET_EINVAL;
+    if (h->started) return NET_ESTATE;
+    if (h->routes_n >= NET_HTTP_ROUTES_MAX) return NET_EFULL;
+    size_t pl = strlen(prefix);
+    if (pl >= NET_HTTP_PREFIX_MAX || (method && strlen(method) >= sizeof h->routes[0].method)) return NET_EINVAL;
+    net__route *rt = &h->routes[h->routes_n++];
+    snprintf(rt->method, sizeof rt->method, "%s", method ? method : "");
+    memcpy(rt->prefix, prefix, pl + 1);
+    rt->prefix_len = pl;
+    rt->fn = fn;
+    rt->ctx = ctx;
+    return NET_OK;
+}
+
+static void on_handle_closed(uv_handle_t *handle) {
+    net_http *h = handle->data;
+    TEM_ASSERT(h->handles_open > 0);
+    h->handles_open--;
+}
+
+int net_http_start(net_http *h) {
+    if (h == NULL) return NET_EINVAL;
+    if (h->started || h->closing) return NET_ESTATE;
+    h->started = true;
+    char host[128];
+    uint16_t port;
+    if (net_addr_split(h->listen_addr, host, sizeof host, &port) != NET_OK) return NET_EADDR;
+    struct sockaddr_storage ss;
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0)
+        return NET_EADDR;
+    h2o_context_init(&h->ctx, h->loop, &h->conf);
+    h->ctx_inited = true;
+    h->accept_ctx.ctx = &h->ctx;
+    h->accept_ctx.hosts = h->conf.hosts;
+    h->accept_ctx.ssl_ctx = h->ssl;
+    int rc = uv_tcp_init(h->loop, &h->listener);
+    if (rc != 0) {
+        hlog(h, NET_LOG_ERROR, "uv_tcp_init: %s", uv_strerror(rc));
+        return NET_EUV;
+    }
+    h->listener.data = h;
+    h->handles_open++;
+    h->listening = true;
+    if ((rc = uv_tcp_bind(&h->listener, (struct sockaddr *)&ss, 0)) != 0 ||
+        (rc = uv_listen((uv_stream_t *)&h->listener, 511, on_accept)) != 0) {
+        hlog(h, NET_LOG_ERROR, "listen on %s: %s", h->listen_addr, uv_strerror(rc));
+        return NET_EUV;
+    }
+    struct sockaddr_storage bound;
+    int blen = sizeof bound;
+    if ((rc = uv_tcp_getsockname(&h->listener, (struct sockaddr *)&bound, &blen)) != 0) {
+        hlog(h, NET_LOG_ERROR, "getsockname: %s", uv_strerror(rc));
+        return NET_EUV;
+    }
+    h->port = ntohs(bound.ss_family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port
+                                               : ((struct sockaddr_in6 *)&bound)->sin6_port);
+    hlog(h, NET_LOG_INFO, "HTTP%s listening on %s (port %u)", h->ssl ? "S" : "", h->listen_addr, h->port);
+    return NET_OK;
+}
+
+uint16_t net_http_port(const net_http *h) { return h ? h->port : 0; }
+uint64_t net_http_requests_served(const net_http *h) { return h->served; }
+uint32_t net_http_pending(const net_http *h) { return h->n_pending; }
+
+/* Makes H2O see end-of-input on every client socket: an idle keep-alive connection closes at
+ * once, a busy one after its response (shutdown_requested turns keep-alive off). After the
+ * grace period, writes are cut too. */
+static void shut_socks(net_http *h, int how) {
+    for (net__hsock *s = h->socks; s; s = s->next) {
+        uv_os_fd_t fd;
+        if (uv_fileno((uv_handle_t *)&s->tcp, &fd) == 0) (void)shutdown(fd, how);
+    }
+}
+
+static void on_drain(uv_timer_t *t) {
+    net_http *h = t->data;
+    uint64_t waited = uv_now(h->loop) - h->close_started_ms;
+    if (h->socks != NULL) {
+        if (waited >= 2000) shut_socks(h, SHUT_RDWR);
+        return;
+    }
+    if (h->listening) return;
+    if (h->ctx_inited) {
+        h2o_context_dispose(&h->ctx);
+        h->ctx_inited = false;
+    }
+    uv_timer_stop(&h->drain);
+    uv_close((uv_handle_t *)&h->drain, on_handle_closed);
+    h->drain_on = false;
+}
+
+static void on_listener_closed(uv_handle_t *handle) {
+    net_http *h = handle->data;
+    h->listening = false;
+    on_handle_closed(handle);
+}
+
+void net_http_close(net_http *h) {
+    if (h == NULL || h->closing) return;
+    h->closing = true;
+    h->close_started_ms = uv_now(h->loop);
+    if (h->listening) uv_close((uv_handle_t *)&h->listener, on_listener_closed);
+    if (!h->ctx_inited) return;
+    /* Only the flag, not h2o_context_request_shutdown: that also arms HTTP/2's graceful GOAWAY
+     * timer, which we never need (HTTP/1.1 only) and which would outlive the context. The flag
+     * makes H2O answer "connection: close" from now on. */
+    h->ctx.shutdown_requested = 1;
+    /* Answer what is still waiting and detach the handles: the node still owns them and its
+     * late reply gets NET_EGONE instead of touching this server. */
+    while (h->pending) {
+        net_http_req *r = h->pending;
+        if (r->req) {
+            *r->guard = NULL;
+            send_error_raw(r->req, 503, "ECLOSING", "server is shutting down");
+            r->req = NULL;
+            r->guard = NULL;
+        }
+        pending_unlink(r);
+    }
+    shut_socks(h, SHUT_RD);
+    int rc = uv_timer_init(h->loop, &h->drain);
+    if (rc == 0) {
+        h->drain.data = h;
+        h->handles_open++;
+        h->drain_on = true;
+        rc = uv_timer_start(&h->drain, on_drain, 1, 5);
+    }
+    if (rc != 0) hlog(h, NET_LOG_ERROR, "drain timer: %s", uv_strerror(rc));
+}
+
+bool net_http_is_closed(const net_http *h) {
+    return h->handles_open == 0 && !h->ctx_inited && h->socks == NULL;
+}
+
+void net_http_free(net_http *h) {
+    if (h == NULL) return;
+    TEM_ASSERT(!h->ctx_inited);
+    TEM_ASSERT(h->handles_open == 0);
+    if (h->conf_inited) h2o_config_dispose(&h->conf);
+    if (h->ssl) SSL_CTX_free(h->ssl);
+    tem_free(h);
+}

@@ -1,0 +1,87 @@
+/* http.h: the client-facing HTTP/1.1 server of a node, built on H2O (Debian's libh2o, libuv
+ * flavour) running on the node's own uv_loop_t. Routes are (method, path prefix) pairs whose
+ * handler answers at once or later through a request handle; bodies over the configured limit
+ * get 413, unparsable requests 400 (both from H2O), unknown paths a JSON 404. Optional TLS.
+ *
+ * Every function runs on the loop thread. Errors are net's NET_E* codes (net/net.h). */
+#ifndef NET_HTTP_H
+#define NET_HTTP_H
+
+#include "net/net.h"
+
+#define NET_HTTP_ROUTES_MAX 64
+#define NET_HTTP_PREFIX_MAX 128
+#define NET_HTTP_BODY_BYTES_MAX_DEFAULT (1u << 20)
+
+typedef struct net_http net_http;
+/* One request waiting for its answer. Owned by the handler from the moment it is passed in
+ * until exactly one net_http_reply* call, which always frees it (also when it returns
+ * NET_EGONE because the client or the server went away). */
+typedef struct net_http_req net_http_req;
+
+/* What a handler sees. All strings are NUL-terminated and, like `body`, valid only during the
+ * handler call: copy what an asynchronous answer needs. */
+typedef struct {
+    const char *method;       /* "GET", "POST", ... */
+    const char *path;         /* as sent, without the query: "/v1/tx/ab12" */
+    const char *query;        /* after '?', "" if none: "slot=12" */
+    const char *content_type; /* "" if none */
+    const char *remote;       /* client IP address ("127.0.0.1"), for per-client limits and logs */
+    const uint8_t *body;      /* never NULL; body_len may be 0 */
+    size_t body_len;
+} net_http_request;
+
+typedef void (*net_http_handler_fn)(void *ctx, net_http_req *req, const net_http_request *r);
+
+typedef struct {
+    const char *listen;      /* "host:port", numeric host; port 0 picks a free port */
+    size_t body_bytes_max;   /* larger bodies get 413; 0 -> NET_HTTP_BODY_BYTES_MAX_DEFAULT */
+    uint32_t conns_max;      /* open client connections; more are closed at once; 0 -> 1024 */
+    uint64_t idle_timeout_ms; /* keep-alive idle / request read timeout; 0 -> 10000 */
+    /* TLS for clients: both paths (PEM) or neither. */
+    const char *tls_cert_path;
+    const char *tls_key_path;
+    net_log_fn log; /* NULL: lines go to stderr */
+    void *log_ctx;
+    int log_level;
+} net_http_config;
+
+/* Allocates a server on `loop`. NET_OK, NET_EINVAL, NET_ETLS (unreadable or mismatched cert or
+ * key; the log says which), NET_ENOMEM. */
+TEM_WUR int net_http_new(uv_loop_t *loop, const net_http_config *cfg, net_http **out);
+/* Adds a route before net_http_start. `method` NULL matches every method. `prefix` matches a
+ * path equal to it or continuing with '/' (or any continuation if it ends in '/'); the longest
+ * matching prefix wins. A path that matches only routes of other methods gets 405.
+ * NET_OK, NET_EINVAL, NET_EFULL (NET_HTTP_ROUTES_MAX), NET_ESTATE (already started). */
+TEM_WUR int net_http_route(net_http *h, const char *method, const char *prefix,
+                           net_http_handler_fn fn, void *ctx);
+/* Binds and listens. NET_OK, NET_EADDR, NET_EUV (logged), NET_ESTATE. */
+TEM_WUR int net_http_start(net_http *h);
+uint16_t net_http_port(const net_http *h);
+/* Requests answered, and requests still waiting for an asynchronous answer. */
+uint64_t net_http_requests_served(const net_http *h);
+uint32_t net_http_pending(const net_http *h);
+
+/* Answers and frees `req`. `body` is copied. NET_OK, NET_EGONE (nothing sent: the client
+ * disconnected or the server closed; req is freed anyway), NET_EINVAL (req NULL or status
+ * outside 100..599; req is NOT freed). */
+TEM_WUR int net_http_reply(net_http_req *req, int status, const char *content_type,
+                           const void *body, size_t len);
+/* Answers with {"error":message,"code":code}, application/json. Same returns. */
+TEM_WUR int net_http_reply_error(net_http_req *req, int status, const char *code,
+                                 const char *message);
+/* False once the answer can no longer reach the client. */
+bool net_http_req_alive(const net_http_req *req);
+
+/* Writes {"error":message,"code":code} (JSON-escaped, NUL-terminated) into out. Returns its
+ * length, or NET_EINVAL when it does not fit in cap. */
+TEM_WUR int net_json_error(char *out, size_t cap, const char *message, const char *code);
+
+/* Starts closing: the listener, idle connections, and pending requests (answered 503
+ * ECLOSING; their handles stay valid until the handler's reply returns NET_EGONE). The loop
+ * must run until net_http_is_closed(); free only after uv_run has returned. Idempotent. */
+void net_http_close(net_http *h);
+bool net_http_is_closed(const net_http *h);
+void net_http_free(net_http *h);
+
+#endif
