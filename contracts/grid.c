@@ -1,0 +1,310 @@
+/* grid.c: the grid check's ledger side: the InstallFeeder admin tx, the state keys (prefix 'g'),
+ * the per-match check and commit against a slot's state, network-use fees and loss charges, and
+ * the error names. The arithmetic itself is in grid_model.c. Integers only (docs/grid.md). */
+#include "contracts/grid.h"
+
+#define GRID__KEY_MODEL "gm"
+#define GRID__KEY_SLOT "gs"
+#define GRID__SLOT_KEY_BYTES 10
+/* Caps on inputs that keep the fee products inside 128 bits. */
+#define GRID__FEE_QTY_MAX 1000000000000000LL /* Wh */
+
+/* Implemented in grid_model.c for the escrow maxima. */
+int grid__model_farthest(const uint8_t *blob, size_t blob_len, uint32_t bus, int64_t *r_uohm,
+                         int64_t *loss_factor_ppm);
+
+const char *grid_strerror(int err) {
+    switch (err) {
+#define GRID_X(name, val, msg) case val: return msg;
+        GRID_ERRNO_MAP(GRID_X)
+#undef GRID_X
+    default: return ledger_strerror(err);
+    }
+}
+
+const char *grid_errname(int err) {
+    switch (err) {
+#define GRID_X(name, val, msg) case val: return #name;
+        GRID_ERRNO_MAP(GRID_X)
+#undef GRID_X
+    default: return NULL;
+    }
+}
+
+static void slot_key(uint8_t key[GRID__SLOT_KEY_BYTES], uint64_t slot) {
+    key[0] = 'g';
+    key[1] = 's';
+    tem_put_u64be(key + 2, slot);
+}
+
+/* The installed model, or *blob = NULL when there is none. */
+static int model_get(ledger_state *st, const uint8_t **blob, size_t *len) {
+    int rc = ledger_state_get(st, GRID__KEY_MODEL, 2, blob, len);
+    if (rc == LEDGER_ENOTFOUND) {
+        *blob = NULL;
+        *len = 0;
+        return GRID_OK;
+    }
+    return rc == LEDGER_OK ? GRID_OK : GRID_ECORRUPT;
+}
+
+bool grid_installed(ledger_state *st) {
+    const uint8_t *b;
+    size_t n;
+    return model_get(st, &b, &n) == GRID_OK && b != NULL;
+}
+
+int grid_bus_check(ledger_state *st, uint32_t bus) {
+    const uint8_t *b;
+    size_t n;
+    int rc = model_get(st, &b, &n);
+    if (rc != GRID_OK || !b) return rc;
+    int64_t r, lf;
+    return grid__model_farthest(b, n, bus, &r, &lf);
+}
+
+/* The slot blob, or NULL for a slot with nothing committed. */
+static int slot_get(ledger_state *st, uint64_t slot, uint32_t n, const uint8_t **val) {
+    uint8_t key[GRID__SLOT_KEY_BYTES];
+    slot_key(key, slot);
+    size_t len;
+    int rc = ledger_state_get(st, key, sizeof key, val, &len);
+    if (rc == LEDGER_ENOTFOUND) {
+        *val = NULL;
+        return GRID_OK;
+    }
+    if (rc != LEDGER_OK || len != (size_t)n * 8) return GRID_ECORRUPT;
+    return GRID_OK;
+}
+
+int grid_check_match(ledger_state *st, uint64_t slot, uint32_t seller_bus, uint32_t buyer_bus,
+                     uint64_t qty_wh, int64_t slot_ms, grid_match_result *out) {
+    TEM_ASSERT(st && out);
+    if (slot_ms <= 0) return GRID_EINVAL;
+    const uint8_t *blob, *sv;
+    size_t len;
+    int rc = model_get(st, &blob, &len);
+    if (rc != GRID_OK) return rc;
+    if (!blob) {
+        memset(out, 0, sizeof *out);
+        out->max_wh = UINT64_MAX;
+        out->allowed_wh = qty_wh;
+        return GRID_OK;
+    }
+    uint32_t n = grid_model_buses(blob, len);
+    if (n == 0) return GRID_ECORRUPT;
+    rc = slot_get(st, slot, n, &sv);
+    if (rc != GRID_OK) return rc;
+    return grid_model_check(blob, len, sv, seller_bus, buyer_bus, qty_wh, slot_ms, out);
+}
+
+int grid_commit_match(ledger_state *st, uint64_t slot, uint32_t seller_bus, uint32_t buyer_bus,
+                      uint64_t qty_wh, int64_t slot_ms) {
+    TEM_ASSERT(st);
+    if (slot_ms <= 0) return GRID_EINVAL;
+    const uint8_t *blob, *sv;
+    size_t len;
+    int rc = model_get(st, &blob, &len);
+    if (rc != GRID_OK || !blob) return rc;
+    uint32_t n = grid_model_buses(blob, len);
+    if (n == 0) return GRID_ECORRUPT;
+    if (seller_bus == buyer_bus || qty_wh == 0) {
+        grid_match_result tmp; /* still refuse unknown buses */
+        return grid_model_check(blob, len, NULL, seller_bus, buyer_bus, 0, slot_ms, &tmp);
+    }
+    rc = slot_get(st, slot, n, &sv);
+    if (rc != GRID_OK) return rc;
+    /* Work on a copy: the state value must not change unless the whole commit succeeds. */
+    uint8_t stack[2 * 256 * 8];
+    uint8_t *buf = (size_t)n * 8 <= sizeof stack ? stack : tem_malloc((size_t)n * 8);
+    if (!buf) return GRID_ENOMEM;
+    if (sv)
+        memcpy(buf, sv, (size_t)n * 8);
+    else
+        memset(buf, 0, (size_t)n * 8);
+    rc = grid_model_commit(blob, len, buf, seller_bus, buyer_bus, qty_wh, slot_ms);
+    if (rc == GRID_OK) {
+        uint8_t key[GRID__SLOT_KEY_BYTES];
+        slot_key(key, slot);
+        if (ledger_state_put(st, key, sizeof key, buf, (size_t)n * 8) != LEDGER_OK) rc = GRID_ENOMEM;
+    }
+    if (buf != stack) tem_free(buf);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ slot keys */
+
+typedef struct {
+    uint8_t (*keys)[GRID__SLOT_KEY_BYTES];
+    size_t n, cap;
+    uint64_t before; /* collect slots < before */
+    bool oom;
+} grid__keylist;
+
+static int collect_slot(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen) {
+    (void)val;
+    (void)vlen;
+    grid__keylist *kl = ctx;
+    if (klen != GRID__SLOT_KEY_BYTES) return 0; /* not ours: skip */
+    if (tem_get_u64be(key + 2) >= kl->before) return 1; /* keys are in slot order: done */
+    if (kl->n == kl->cap) {
+        size_t cap = kl->cap ? 2 * kl->cap : 16;
+        void *p = tem_realloc(kl->keys, cap * GRID__SLOT_KEY_BYTES);
+        if (!p) {
+            kl->oom = true;
+            return 1;
+        }
+        kl->keys = p;
+        kl->cap = cap;
+    }
+    memcpy(kl->keys[kl->n++], key, GRID__SLOT_KEY_BYTES);
+    return 0;
+}
+
+static int delete_slots(ledger_state *st, uint64_t before) {
+    grid__keylist kl = {.before = before};
+    int rc = ledger_state_iter(st, GRID__KEY_SLOT, 2, collect_slot, &kl);
+    (void)rc; /* the callback's stop value; errors are reported through kl.oom */
+    int out = kl.oom ? GRID_ENOMEM : GRID_OK;
+    for (size_t i = 0; out == GRID_OK && i < kl.n; i++) {
+        if (ledger_state_del(st, kl.keys[i], GRID__SLOT_KEY_BYTES) != LEDGER_OK) out = GRID_ENOMEM;
+    }
+    tem_free(kl.keys);
+    return out;
+}
+
+int grid_slot_prune(ledger_state *st, uint64_t before_slot) {
+    TEM_ASSERT(st);
+    return delete_slots(st, before_slot);
+}
+
+/* ------------------------------------------------------------------ install */
+
+int grid_exec_install(ledger_state *st, const ledger_block_ctx *b, const ledger_tx *tx,
+                      Tem__V1__Receipt *rc) {
+    TEM_ASSERT(st && b && tx && tx->body && rc);
+    const Tem__V1__InstallFeeder *msg = tx->body->install_feeder;
+    if (tx->body->kind_case != TEM__V1__TX_BODY__KIND_INSTALL_FEEDER || !msg) {
+        rc->code = GRID_EINVAL;
+        rc->reason = ledger_arena_strdup(b->arena, "not an install_feeder tx");
+        return rc->reason ? LEDGER_OK : LEDGER_ENOMEM;
+    }
+    char why[160];
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    int err = grid_model_compile(msg, UINT32_MAX, &blob, &len, why, sizeof why);
+    if (err == GRID_ENOMEM) return LEDGER_ENOMEM;
+    if (err != GRID_OK) {
+        rc->code = err;
+        rc->reason = ledger_arena_strdup(b->arena, why[0] ? why : grid_strerror(err));
+        return rc->reason ? LEDGER_OK : LEDGER_ENOMEM;
+    }
+    /* Slot state is indexed by the old model's bus records: it cannot carry over. */
+    err = delete_slots(st, UINT64_MAX);
+    if (err == GRID_OK && ledger_state_put(st, GRID__KEY_MODEL, 2, blob, len) != LEDGER_OK) err = GRID_ENOMEM;
+    tem_free(blob);
+    if (err != GRID_OK) return LEDGER_ENOMEM;
+    rc->code = 0;
+    return LEDGER_OK;
+}
+
+/* ------------------------------------------------------------------ fees and losses */
+
+/* ceil(a * b * c / d) for non-negative a, b, c and d > 0, into int64. */
+static int mul3_div_ceil(int64_t a, int64_t b, int64_t c, int64_t d, int64_t *out) {
+    __int128 p;
+    if (__builtin_mul_overflow((__int128)a, (__int128)b, &p)) return GRID_EOVERFLOW;
+    if (__builtin_mul_overflow(p, (__int128)c, &p)) return GRID_EOVERFLOW;
+    __int128 q = p / d + (p % d != 0);
+    if (q > INT64_MAX) return GRID_EOVERFLOW;
+    *out = (int64_t)q;
+    return GRID_OK;
+}
+
+static int fee_args(uint64_t qty_wh, int64_t rate) {
+    if (rate < 0) return GRID_EINVAL;
+    if (qty_wh > (uint64_t)GRID__FEE_QTY_MAX) return GRID_EOVERFLOW;
+    return GRID_OK;
+}
+
+int grid_network_fee(ledger_state *st, uint32_t seller_bus, uint32_t buyer_bus, uint64_t qty_wh,
+                     int64_t rate_uunit_per_kwh_per_ohm, int64_t *fee_uunit) {
+    TEM_ASSERT(st && fee_uunit);
+    int rc = fee_args(qty_wh, rate_uunit_per_kwh_per_ohm);
+    const uint8_t *blob;
+    size_t len;
+    if (rc == GRID_OK) rc = model_get(st, &blob, &len);
+    if (rc != GRID_OK) return rc;
+    if (!blob) {
+        *fee_uunit = 0;
+        return GRID_OK;
+    }
+    int64_t r, lf;
+    rc = grid_model_path(blob, len, seller_bus, buyer_bus, &r, &lf);
+    if (rc != GRID_OK) return rc;
+    /* Wh -> kWh (1e3) and micro-ohm -> ohm (1e6); the DSO gets the rounding. */
+    return mul3_div_ceil((int64_t)qty_wh, r, rate_uunit_per_kwh_per_ohm, 1000000000LL, fee_uunit);
+}
+
+int grid_network_fee_max(ledger_state *st, uint32_t bus, uint64_t qty_wh,
+                         int64_t rate_uunit_per_kwh_per_ohm, int64_t *fee_uunit) {
+    TEM_ASSERT(st && fee_uunit);
+    int rc = fee_args(qty_wh, rate_uunit_per_kwh_per_ohm);
+    const uint8_t *blob;
+    size_t len;
+    if (rc == GRID_OK) rc = model_get(st, &blob, &len);
+    if (rc != GRID_OK) return rc;
+    if (!blob) {
+        *fee_uunit = 0;
+        return GRID_OK;
+    }
+    int64_t r, lf;
+    rc = grid__model_farthest(blob, len, bus, &r, &lf);
+    if (rc != GRID_OK) return rc;
+    return mul3_div_ceil((int64_t)qty_wh, r, rate_uunit_per_kwh_per_ohm, 1000000000LL, fee_uunit);
+}
+
+int grid_loss_charge(ledger_state *st, uint32_t seller_bus, uint32_t buyer_bus, uint64_t qty_wh,
+                     int64_t loss_price_uunit_per_kwh, grid_loss *out) {
+    TEM_ASSERT(st && out);
+    int rc = fee_args(qty_wh, loss_price_uunit_per_kwh);
+    const uint8_t *blob;
+    size_t len;
+    if (rc == GRID_OK) rc = model_get(st, &blob, &len);
+    if (rc != GRID_OK) return rc;
+    grid_loss l = {0};
+    if (blob) {
+        int64_t r, lf;
+        rc = grid_model_path(blob, len, seller_bus, buyer_bus, &r, &lf);
+        if (rc != GRID_OK) return rc;
+        if (lf > UINT32_MAX) return GRID_EOVERFLOW;
+        l.loss_factor_ppm = (uint32_t)lf;
+        /* Wh * ppm / 1e3 = mWh; Wh * ppm * uunit/kWh / 1e9 = uunit. Both rounded up (DSO). */
+        rc = mul3_div_ceil((int64_t)qty_wh, lf, 1, 1000, &l.loss_mwh);
+        if (rc == GRID_OK)
+            rc = mul3_div_ceil((int64_t)qty_wh, lf, loss_price_uunit_per_kwh, 1000000000LL, &l.total_uunit);
+        if (rc != GRID_OK) return rc;
+        l.seller_uunit = l.total_uunit / 2;
+        l.buyer_uunit = l.total_uunit - l.seller_uunit;
+    }
+    *out = l;
+    return GRID_OK;
+}
+
+int grid_loss_charge_max(ledger_state *st, uint32_t bus, uint64_t qty_wh,
+                         int64_t loss_price_uunit_per_kwh, int64_t *total_uunit) {
+    TEM_ASSERT(st && total_uunit);
+    int rc = fee_args(qty_wh, loss_price_uunit_per_kwh);
+    const uint8_t *blob;
+    size_t len;
+    if (rc == GRID_OK) rc = model_get(st, &blob, &len);
+    if (rc != GRID_OK) return rc;
+    if (!blob) {
+        *total_uunit = 0;
+        return GRID_OK;
+    }
+    int64_t r, lf;
+    rc = grid__model_farthest(blob, len, bus, &r, &lf);
+    if (rc != GRID_OK) return rc;
+    return mul3_div_ceil((int64_t)qty_wh, lf, loss_price_uunit_per_kwh, 1000000000LL, total_uunit);
+}
