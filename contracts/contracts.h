@@ -1,0 +1,112 @@
+/* contracts.h: the built-in market contracts' public entry (docs/market.md): the executor the
+ * ledger store runs every block through, the genesis initialisation of the market state, the
+ * refusal reason codes, and read access to accounts for tools (temctl exec --dump, the API).
+ *
+ * Everything here is consensus-critical: integer arithmetic only, no clock, no randomness, no
+ * I/O. The state (ledger_state) is the only truth; the executor's context holds a cache of the
+ * order books that it rebuilds from the state whenever it cannot vouch for it (a new context, a
+ * block that was aborted or re-executed, another state object).
+ *
+ * Reason codes are consensus data (they go into receipts): append, never renumber. Contracts
+ * own -300..-379; the DSO grid check (contracts/grid.h) owns -380..-399 and its codes appear in
+ * receipts as they are. */
+#ifndef CONTRACTS_H
+#define CONTRACTS_H
+
+#include "ledger/ledger.h"
+
+#define CONTRACTS_ERRNO_MAP(X)                                                                     \
+    X(ENOTREGISTERED, -300, "signer is not a registered participant")                              \
+    X(ENOTADMIN, -301, "admin tx not signed by a genesis admin key")                               \
+    X(EROLE, -302, "the signer's role may not do this")                                            \
+    X(EQTY, -303, "quantity is zero")                                                              \
+    X(EPRICE, -304, "price outside the slot's feed-in..retail band")                               \
+    X(ESIDE, -305, "order side must be BUY or SELL")                                               \
+    X(ETIF, -306, "unknown time in force")                                                         \
+    X(EGATE, -307, "order after gate closure of its slot")                                         \
+    X(ESLOT, -308, "slot out of range")                                                            \
+    X(EFUNDS, -309, "insufficient money")                                                          \
+    X(ECOLLATERAL, -310, "insufficient energy tokens for the seller collateral")                   \
+    X(EOVERFLOW, -311, "amount overflows")                                                         \
+    X(ENOORDER, -312, "no such resting order")                                                     \
+    X(ENOTOWNER, -313, "order belongs to another participant")                                     \
+    X(EMETER, -314, "reading from an unregistered meter")                                          \
+    X(EDUPREADING, -315, "meter already reported this slot")                                       \
+    X(EEARLY, -316, "reading before its slot has ended")                                           \
+    X(ELATE, -317, "reading after the settlement deadline")                                        \
+    X(EBOOKFULL, -318, "order book of the slot is full")                                           \
+    X(ETARIFF, -319, "invalid tariff periods")                                                     \
+    X(ETARIFFSLOT, -320, "tariff change must start at a slot whose gate is still open")            \
+    X(ENOTARIFF, -321, "no tariff defined for the slot")                                           \
+    X(EPUBKEY, -322, "not a 33-byte compressed public key")                                        \
+    X(EBADROLE, -323, "unknown role")                                                              \
+    X(ENORECIPIENT, -324, "recipient is not a registered participant")                             \
+    X(EAMOUNT, -325, "amount is zero")                                                             \
+    X(ESELF, -326, "transfer to oneself")                                                          \
+    X(EMECH, -327, "IOC orders are not available in a call auction market")                        \
+    X(EKIND, -328, "tx kind not handled by the market")                                            \
+    X(EEXPORT, -329, "a consumer meter cannot report export")
+
+enum contracts_err {
+    CONTRACTS_OK = 0,
+#define CONTRACTS_X(name, val, msg) CONTRACTS_##name = val,
+    CONTRACTS_ERRNO_MAP(CONTRACTS_X)
+#undef CONTRACTS_X
+};
+
+/* Message for any code: contracts', the grid's, else the ledger's. Never NULL. */
+const char *contracts_strerror(int code);
+/* Symbolic name ("EPRICE", grid names too), or NULL for a code that is neither. */
+const char *contracts_errname(int code);
+
+/* Largest quantity of one order or reading (1 GWh) and largest price (1e9 micro-units per kWh).
+ * Bigger values are refused with CONTRACTS_EOVERFLOW, which keeps every product and every sum of
+ * a book in 64 bits. */
+#define CONTRACTS_QTY_MAX_WH 1000000000ll
+#define CONTRACTS_PRICE_MAX 1000000000ll
+
+/* ------------------------------------------------------------------ the executor */
+typedef struct contracts_market contracts_market;
+
+/* A new executor context (tem_malloc'd; free with contracts_market_free). It borrows nothing;
+ * the genesis comes with every block (ledger_block_ctx.genesis). LEDGER_ENOMEM. */
+TEM_WUR int contracts_market_new(contracts_market **out);
+void contracts_market_free(contracts_market *m);
+/* Fills *ex with the market's callbacks and m as their context. m must outlive every apply. */
+void contracts_executor(contracts_market *m, ledger_executor *ex);
+
+/* The `init` callback of ledger_store_open (ctx unused, may be NULL): writes the genesis
+ * participants (accounts with their money and tokens), the supply counters, the genesis tariffs
+ * and the utility and DSO accounts into st. LEDGER_OK, LEDGER_EGENESIS (bad role, duplicate key,
+ * negative or overflowing balance, invalid tariff or market parameter), LEDGER_ENOMEM. */
+TEM_WUR int contracts_genesis_init(void *ctx, ledger_state *st, const ledger_genesis *g);
+
+/* ------------------------------------------------------------------ reading the state */
+typedef struct {
+    uint8_t pubkey[LEDGER_SECP_PUB_BYTES];
+    uint32_t bus;
+    int32_t role;                /* Tem__V1__Role */
+    int64_t money_uunit;         /* free money */
+    int64_t money_escrow_uunit;  /* held for open buy orders and unsettled trades */
+    int64_t tokens_wh;           /* free energy tokens */
+    int64_t tokens_escrow_wh;    /* sellers' collateral for open orders and unsettled trades */
+    int64_t debt_uunit;          /* settlement charges it could not pay (docs/market.md) */
+} contracts_account;
+
+/* LEDGER_OK, LEDGER_ENOTFOUND, LEDGER_ECORRUPT. */
+TEM_WUR int contracts_account_get(ledger_state *st, const uint8_t pub[LEDGER_SECP_PUB_BYTES],
+                                  contracts_account *out);
+/* Calls fn for every account in key order; a non-zero return stops and is returned. */
+TEM_WUR int contracts_account_iter(ledger_state *st,
+                                   int (*fn)(void *ctx, const contracts_account *a), void *ctx);
+
+typedef struct {
+    int64_t money_uunit; /* genesis money + deposits: equals the sum of every account's money */
+    int64_t tokens_wh;   /* genesis tokens + mints - burns: the sum of every account's tokens */
+    uint64_t next_order_seq;
+    int64_t minted_wh, burnt_wh, deposited_uunit; /* running totals since genesis */
+} contracts_supply;
+/* LEDGER_OK or LEDGER_ECORRUPT (missing counters). */
+TEM_WUR int contracts_supply_get(ledger_state *st, contracts_supply *out);
+
+#endif
