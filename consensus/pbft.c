@@ -570,7 +570,8 @@ static void maybe_fetch(pbft_replica *r, pbft_actions *out, bool force) {
         r->fetch_from = 0;
         return;
     }
-    if (!force && r->fetch_from == r->delivered + 1) return;
+    /* One request at a time: the node streams what its peer has; the fetch timer re-asks. */
+    if (!force && r->fetch_from != 0) return;
     pbft_action *a = act_push(out, PBFT_ACT_REQUEST_BLOCKS);
     a->height = r->delivered + 1;
     r->fetch_from = r->delivered + 1;
