@@ -1,0 +1,157 @@
+/* test_settle.c: settlement of a delivery slot, worked through by hand: token delivery from
+ * metered export, a short seller's retail penalty to its buyer, uncovered imports bought from the
+ * utility at retail, unsold export sold to it at feed-in, burns, debts, and the cleanup. */
+#include "market_harness.h"
+
+#define SLOT 4
+#define NOW (T0 + 2 * SLOT_MS + 1000)
+
+static mh H;
+static void setup(void) {
+    mh_init(&H, LEDGER_MECH_CDA);
+    mh_block(&H, NOW);
+}
+static void teardown(void) { mh_free(&H); }
+
+static mk_settle_line line_of(int who) {
+    mk_settle_line l;
+    ck_assert_int_eq(settle_line_get(H.st, SLOT, H.keys[who], &l), 0);
+    return l;
+}
+
+static int count_one(void *ctx, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl) {
+    (void)k, (void)kl, (void)v, (void)vl;
+    (*(size_t *)ctx)++;
+    return 0;
+}
+
+static size_t count_prefix(uint8_t kind) {
+    uint8_t p[9];
+    p[0] = kind;
+    tem_put_u64be(p + 1, SLOT);
+    size_t n = 0;
+    ck_assert_int_eq(ledger_state_iter(H.st, p, 9, count_one, &n), 0);
+    return n;
+}
+
+START_TEST(settle_slot_with_shortfall_and_surplus_moves_every_unit_as_documented) {
+    ck_assert_int_eq(mh_order(&H, P1, SLOT, SELL, 100000, 1000, GTC), 0);
+    ck_assert_int_eq(mh_order(&H, C1, SLOT, BUY, 120000, 600, GTC), 0);
+    ck_assert_int_eq(mh_order(&H, P2, SLOT, SELL, 110000, 500, GTC), 0);
+    ck_assert_int_eq(mh_order(&H, C2, SLOT, BUY, 110000, 700, GTC), 0);
+    ck_assert_uint_eq(H.rc.n_fills, 2);
+    ck_assert_uint_eq(H.rc.escrow_released, 4000);
+    mh_block(&H, mh_gate(SLOT)); /* P2's unfilled 200 Wh expire */
+    ck_assert_int_eq(mh_acct(&H, P2).tokens_escrow_wh, 30);
+    uint64_t end = mh_slot_start(SLOT) + SLOT_MS;
+    mh_block(&H, end);
+    ck_assert_int_eq(mh_reading(&H, P1, SLOT, 0, 800), 0);
+    ck_assert_int_eq(H.rc.minted_wh, 800);
+    ck_assert_int_eq(mh_reading(&H, P2, SLOT, 100, 500), 0);
+    ck_assert_int_eq(mh_reading(&H, C1, SLOT, 700, 0), 0);
+    mh_block(&H, mh_deadline(SLOT)); /* the last moment a reading counts */
+    ck_assert_int_eq(mh_reading(&H, C2, SLOT, 500, 0), 0);
+    ck_assert_uint_eq(count_prefix(MK_TRADE), 3);
+    mh_check_invariants(&H, true);
+
+    mh_block(&H, mh_deadline(SLOT) + 1);
+    contracts_account p1 = mh_acct(&H, P1), p2 = mh_acct(&H, P2), c1 = mh_acct(&H, C1),
+                      c2 = mh_acct(&H, C2), u = mh_acct(&H, UTIL);
+    ck_assert_int_eq(p1.money_uunit, 1000000000 + 40000); /* 60000 + 40000 - 60000 penalty */
+    ck_assert_int_eq(p1.tokens_wh, 10000);
+    ck_assert_int_eq(p1.tokens_escrow_wh, 0);
+    ck_assert_int_eq(p2.money_uunit, 1000000000 + 43000); /* 33000 + 10000 feed-in */
+    ck_assert_int_eq(p2.tokens_wh, 9900);
+    ck_assert_int_eq(c1.money_uunit, 1000000000 - 90000); /* 60000 + 30000 retail */
+    ck_assert_int_eq(c1.money_escrow_uunit, 0);
+    ck_assert_int_eq(c1.tokens_wh, 0);
+    ck_assert_int_eq(c2.money_uunit, 1000000000 - 13000); /* 73000 - 60000 penalty received */
+    ck_assert_int_eq(c2.money_escrow_uunit, 0);
+    ck_assert_int_eq(c2.tokens_wh, 0);
+    ck_assert_int_eq(u.money_uunit, 1000000000000ll + 20000);
+    contracts_supply s;
+    ck_assert_int_eq(contracts_supply_get(H.st, &s), 0);
+    ck_assert_int_eq(s.tokens_wh, 29900);
+    ck_assert_int_eq(s.minted_wh, 1300);
+    ck_assert_int_eq(s.burnt_wh, 1400);
+
+    mk_settle_line l = line_of(P1);
+    ck_assert_int_eq(l.sold_wh, 1000);
+    ck_assert_int_eq(l.delivered_wh, 800);
+    ck_assert_int_eq(l.shortfall_wh, 200);
+    ck_assert_int_eq(l.trade_net_uunit, 100000);
+    ck_assert_int_eq(l.penalty_net_uunit, -60000);
+    l = line_of(P2);
+    ck_assert_int_eq(l.surplus_wh, 200);
+    ck_assert_int_eq(l.burnt_wh, 300);
+    ck_assert_int_eq(l.utility_net_uunit, 10000);
+    l = line_of(C1);
+    ck_assert_int_eq(l.lack_wh, 100);
+    ck_assert_int_eq(l.utility_net_uunit, -30000);
+    ck_assert_int_eq(l.burnt_wh, 600);
+    l = line_of(C2);
+    ck_assert_int_eq(l.bought_wh, 700);
+    ck_assert_int_eq(l.received_wh, 500);
+    ck_assert_int_eq(l.penalty_net_uunit, 60000);
+    ck_assert_int_eq(l.trade_net_uunit, -73000);
+    ck_assert_int_eq(l.burnt_wh, 500);
+    ck_assert_int_eq(l.lack_wh, 0);
+    /* Trades, readings and the slot record are gone; the lines stay. */
+    ck_assert_uint_eq(count_prefix(MK_TRADE), 0);
+    ck_assert_uint_eq(count_prefix(MK_READ), 0);
+    ck_assert_uint_eq(count_prefix(MK_SETTLED), 4);
+    mh_check_invariants(&H, true);
+    /* Too late now. */
+    ck_assert_int_eq(mh_reading(&H, P3, SLOT, 1, 1), CONTRACTS_ELATE);
+}
+END_TEST
+
+START_TEST(settle_short_seller_without_money_carries_the_rest_as_debt) {
+    ck_assert_int_eq(mh_transfer(&H, P1, P3, 1000000000 - 1000), 0);
+    ck_assert_int_eq(mh_order(&H, P1, SLOT, SELL, 100000, 100, GTC), 0);
+    ck_assert_int_eq(mh_order(&H, C1, SLOT, BUY, 100000, 100, GTC), 0);
+    mh_block(&H, mh_slot_start(SLOT) + SLOT_MS);
+    ck_assert_int_eq(mh_reading(&H, C1, SLOT, 100, 0), 0);
+    mh_block(&H, mh_deadline(SLOT) + 1);
+    /* P1 had 1000 + 10000 proceeds against a 30000 penalty (no export at all). */
+    contracts_account p1 = mh_acct(&H, P1), c1 = mh_acct(&H, C1);
+    ck_assert_int_eq(p1.money_uunit, 0);
+    ck_assert_int_eq(p1.debt_uunit, 19000);
+    /* C1: paid 10000, got 11000 compensation, bought 100 Wh at retail for 30000. */
+    ck_assert_int_eq(c1.money_uunit, 1000000000 - 10000 + 11000 - 30000);
+    mk_settle_line l = line_of(P1);
+    ck_assert_int_eq(l.unpaid_uunit, 19000);
+    ck_assert_int_eq(l.shortfall_wh, 100);
+    mh_check_invariants(&H, true);
+}
+END_TEST
+
+START_TEST(settle_waits_for_the_deadline_and_settles_each_slot_once) {
+    ck_assert_int_eq(mh_order(&H, P1, SLOT, SELL, 100000, 100, GTC), 0);
+    ck_assert_int_eq(mh_order(&H, C1, SLOT, BUY, 100000, 100, GTC), 0);
+    mh_block(&H, mh_deadline(SLOT));
+    ck_assert_uint_eq(count_prefix(MK_TRADE), 1);
+    ck_assert_int_eq(mh_acct(&H, C1).money_escrow_uunit, 10000);
+    mh_block(&H, mh_deadline(SLOT) + 1);
+    ck_assert_uint_eq(count_prefix(MK_TRADE), 0);
+    int64_t p1 = mh_acct(&H, P1).money_uunit;
+    mh_block(&H, mh_deadline(SLOT) + 2);
+    ck_assert_int_eq(mh_acct(&H, P1).money_uunit, p1);
+    mh_check_invariants(&H, true);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("settle");
+    TCase *t = tcase_create("slot");
+    tcase_add_checked_fixture(t, setup, teardown);
+    tcase_add_test(t, settle_slot_with_shortfall_and_surplus_moves_every_unit_as_documented);
+    tcase_add_test(t, settle_short_seller_without_money_carries_the_rest_as_debt);
+    tcase_add_test(t, settle_waits_for_the_deadline_and_settles_each_slot_once);
+    suite_add_tcase(s, t);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
