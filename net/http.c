@@ -33,6 +33,13 @@ struct net_http_req {
     net_http_req *prev, *next;
 };
 
+/* One client address in the rate table (milli-tokens, like net.c's buckets). */
+typedef struct {
+    char ip[64];
+    uint64_t tokens_m, last_ms;
+} net__client;
+#define CLIENT_PROBE 8
+
 typedef struct {
     h2o_handler_t super;
     net_http *h;
@@ -51,7 +58,8 @@ struct net_http {
     bool conf_inited, ctx_inited, listening, started, closing, drain_on;
     uint32_t handles_open, n_socks, routes_n;
     uint16_t port;
-    uint64_t close_started_ms, served;
+    uint64_t close_started_ms, served, limited;
+    net__client *clients;
     net__hsock *socks;
     net_http_req *pending;
     uint32_t n_pending;
@@ -181,10 +189,59 @@ static bool prefix_matches(const net__route *rt, const char *path, size_t plen) 
     return rt->prefix[rt->prefix_len - 1] == '/' || path[rt->prefix_len] == '/';
 }
 
+/* Takes one request token for `ip`. The table is open-addressed with a short probe; when the
+ * probe window is full the least recently seen address there is forgotten, so a spray of
+ * addresses costs bounded memory (and at worst a fresh bucket for an evicted client). */
+static bool client_take(net_http *h, const char *ip) {
+    uint64_t now = uv_now(h->loop);
+    uint32_t hash = 2166136261u;
+    for (const char *p = ip; *p; p++) hash = (hash ^ (uint8_t)*p) * 16777619u;
+    net__client *hit = NULL, *victim = NULL;
+    for (uint32_t k = 0; k < CLIENT_PROBE; k++) {
+        net__client *c = &h->clients[(hash + k) % h->cfg.clients_max];
+        if (c->ip[0] && strcmp(c->ip, ip) == 0) {
+            hit = c;
+            break;
+        }
+        if (victim == NULL || !c->ip[0] || (victim->ip[0] && c->last_ms < victim->last_ms)) victim = c;
+    }
+    uint64_t cap = h->cfg.rate_reqs_per_s * h->cfg.rate_burst_ms;
+    if (hit == NULL) {
+        hit = victim;
+        snprintf(hit->ip, sizeof hit->ip, "%s", ip);
+        hit->tokens_m = cap;
+        hit->last_ms = now;
+    }
+    hit->tokens_m += h->cfg.rate_reqs_per_s * (now - hit->last_ms);
+    if (hit->tokens_m > cap) hit->tokens_m = cap;
+    hit->last_ms = now;
+    if (hit->tokens_m < 1000) return false;
+    hit->tokens_m -= 1000;
+    return true;
+}
+
+static void remote_of(h2o_req_t *req, char *out, size_t cap) {
+    struct sockaddr_storage ss;
+    snprintf(out, cap, "?");
+    socklen_t sl = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
+    if (sl > 0 && ss.ss_family == AF_INET)
+        uv_ip4_name((struct sockaddr_in *)&ss, out, cap);
+    else if (sl > 0 && ss.ss_family == AF_INET6)
+        uv_ip6_name((struct sockaddr_in6 *)&ss, out, cap);
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req) {
     net_http *h = ((net__handler *)self)->h;
     if (h->closing) {
         send_error_raw(req, 503, "ECLOSING", "server is shutting down");
+        return 0;
+    }
+    char remote[64];
+    remote_of(req, remote, sizeof remote);
+    if (h->clients != NULL && !client_take(h, remote)) {
+        h->limited++;
+        if (h->limited % 1000 == 1) hlog(h, NET_LOG_WARN, "rate limit: refusing requests from %s (ERATE)", remote);
+        send_error_raw(req, 429, "ERATE", "too many requests from this address");
         return 0;
     }
     size_t plen = req->path.len;
@@ -232,13 +289,6 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
     view.content_type = ct >= 0 ? h2o_strdup(&req->pool, req->headers.entries[ct].value.base,
                                              req->headers.entries[ct].value.len).base
                                 : "";
-    char remote[64] = "?";
-    struct sockaddr_storage ss;
-    socklen_t sl = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss);
-    if (sl > 0 && ss.ss_family == AF_INET)
-        uv_ip4_name((struct sockaddr_in *)&ss, remote, sizeof remote);
-    else if (sl > 0 && ss.ss_family == AF_INET6)
-        uv_ip6_name((struct sockaddr_in6 *)&ss, remote, sizeof remote);
     view.remote = remote;
     view.body = req->entity.base ? (const uint8_t *)req->entity.base : (const uint8_t *)"";
     view.body_len = req->entity.base ? req->entity.len : 0;
@@ -337,10 +387,24 @@ int net_http_new(uv_loop_t *loop, const net_http_config *cfg, net_http **out) {
     if (h->cfg.body_bytes_max == 0) h->cfg.body_bytes_max = NET_HTTP_BODY_BYTES_MAX_DEFAULT;
     if (h->cfg.conns_max == 0) h->cfg.conns_max = 1024;
     if (h->cfg.idle_timeout_ms == 0) h->cfg.idle_timeout_ms = 10000;
+    if (h->cfg.rate_burst_ms == 0) h->cfg.rate_burst_ms = 1000;
+    if (h->cfg.clients_max == 0) h->cfg.clients_max = 4096;
+    if (h->cfg.rate_reqs_per_s > (1ull << 32) || h->cfg.rate_burst_ms > 3600000 || h->cfg.clients_max > (1u << 24)) {
+        tem_free(h);
+        return NET_EINVAL;
+    }
+    if (h->cfg.rate_reqs_per_s) {
+        h->clients = tem_calloc(h->cfg.clients_max, sizeof *h->clients);
+        if (h->clients == NULL) {
+            tem_free(h);
+            return NET_ENOMEM;
+        }
+    }
     if (cfg->tls_cert_path) {
         int rc = tls_setup(h);
         if (rc != NET_OK) {
             if (h->ssl) SSL_CTX_free(h->ssl);
+            tem_free(h->clients);
             tem_free(h);
             return rc;
         }
@@ -424,6 +488,7 @@ int net_http_start(net_http *h) {
 
 uint16_t net_http_port(const net_http *h) { return h ? h->port : 0; }
 uint64_t net_http_requests_served(const net_http *h) { return h->served; }
+uint64_t net_http_requests_limited(const net_http *h) { return h->limited; }
 uint32_t net_http_pending(const net_http *h) { return h->n_pending; }
 
 /* Makes H2O see end-of-input on every client socket: an idle keep-alive connection closes at
@@ -502,5 +567,6 @@ void net_http_free(net_http *h) {
     TEM_ASSERT(h->handles_open == 0);
     if (h->conf_inited) h2o_config_dispose(&h->conf);
     if (h->ssl) SSL_CTX_free(h->ssl);
+    tem_free(h->clients);
     tem_free(h);
 }

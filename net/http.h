@@ -38,6 +38,12 @@ typedef struct {
     size_t body_bytes_max;   /* larger bodies get 413; 0 -> NET_HTTP_BODY_BYTES_MAX_DEFAULT */
     uint32_t conns_max;      /* open client connections; more are closed at once; 0 -> 1024 */
     uint64_t idle_timeout_ms; /* keep-alive idle / request read timeout; 0 -> 10000 */
+    /* Per-client-address token bucket on requests: rate_reqs_per_s refill, rate_burst_ms worth
+     * of capacity (0 -> 1000). Over it: 429 {"code":"ERATE"}. 0 = unlimited. The table keeps
+     * the clients_max (0 -> 4096) most recently seen addresses. */
+    uint64_t rate_reqs_per_s;
+    uint64_t rate_burst_ms;
+    uint32_t clients_max;
     /* TLS for clients: both paths (PEM) or neither. */
     const char *tls_cert_path;
     const char *tls_key_path;
@@ -58,8 +64,10 @@ TEM_WUR int net_http_route(net_http *h, const char *method, const char *prefix,
 /* Binds and listens. NET_OK, NET_EADDR, NET_EUV (logged), NET_ESTATE. */
 TEM_WUR int net_http_start(net_http *h);
 uint16_t net_http_port(const net_http *h);
-/* Requests answered, and requests still waiting for an asynchronous answer. */
+/* Requests answered, requests refused by the rate limit, and requests still waiting for an
+ * asynchronous answer. */
 uint64_t net_http_requests_served(const net_http *h);
+uint64_t net_http_requests_limited(const net_http *h);
 uint32_t net_http_pending(const net_http *h);
 
 /* Answers and frees `req`. `body` is copied. NET_OK, NET_EGONE (nothing sent: the client

@@ -35,7 +35,7 @@ static void h_echo(void *ctx, net_http_req *req, const net_http_request *r) {
     snprintf(s->last_query, sizeof s->last_query, "%s", r->query);
     snprintf(s->last_ctype, sizeof s->last_ctype, "%s", r->content_type);
     s->last_body_len = r->body_len;
-    ck_assert_str_eq(r->remote, "127.0.0.1");
+    ck_assert_int_eq(strncmp(r->remote, "127.0.0.", 8), 0);
     char body[512];
     int n = snprintf(body, sizeof body, "{\"method\":\"%s\",\"path\":\"%s\",\"query\":\"%s\",\"len\":%zu}",
                      r->method, r->path, r->query, r->body_len);
@@ -64,12 +64,15 @@ static void srv_log(void *ctx, int level, const char *msg) {
     if (getenv("NET_TEST_VERBOSE")) fprintf(stderr, "http %s: %s\n", net_log_level_name(level), msg);
 }
 
+static uint64_t srv_rate_reqs_per_s; /* 0 = unlimited; set by the rate-limit test */
+
 static void srv_start(srv *s, size_t body_max, const char *cert, const char *key) {
     memset(s, 0, sizeof *s);
     s->late_rc = 1;
     ck_assert_int_eq(uv_loop_init(&s->loop), 0);
     net_http_config c = {.listen = "127.0.0.1:0", .body_bytes_max = body_max, .idle_timeout_ms = 3000,
-                         .tls_cert_path = cert, .tls_key_path = key, .log = srv_log};
+                         .tls_cert_path = cert, .tls_key_path = key, .log = srv_log,
+                         .rate_reqs_per_s = srv_rate_reqs_per_s};
     ck_assert_int_eq(net_http_new(&s->loop, &c, &s->h), NET_OK);
     ck_assert_int_eq(net_http_route(s->h, "GET", "/v1/status", h_echo, s), NET_OK);
     ck_assert_int_eq(net_http_route(s->h, "GET", "/v1/tx/", h_echo, s), NET_OK);
@@ -472,6 +475,69 @@ START_TEST(close_answers_pending_requests_503_and_a_late_reply_gets_egone) {
 }
 END_TEST
 
+static void script_flood(client *cl) {
+    conn c = {raw_connect(cl->port), NULL};
+    if (c.fd < 0) return;
+    cl->ok = true;
+    for (int k = 0; k < 8 && cl->ok; k++) {
+        const char *get = "GET /v1/status HTTP/1.1\r\nHost: t\r\n\r\n";
+        cl->ok = c_send_all(&c, get, strlen(get)) && read_resp(&c, &cl->r[k]);
+        cl->n = k + 1;
+    }
+    close(c.fd);
+}
+
+static void script_other_address(client *cl) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct timeval tv = {3, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    struct sockaddr_in src = {.sin_family = AF_INET}, dst = {.sin_family = AF_INET, .sin_port = htons(cl->port)};
+    src.sin_addr.s_addr = htonl(0x7f000002); /* 127.0.0.2: another client, same loopback */
+    dst.sin_addr.s_addr = htonl(0x7f000001);
+    conn c = {fd, NULL};
+    const char *get = "GET /v1/status HTTP/1.1\r\nHost: t\r\n\r\n";
+    cl->ok = bind(fd, (struct sockaddr *)&src, sizeof src) == 0 &&
+             connect(fd, (struct sockaddr *)&dst, sizeof dst) == 0 && c_send_all(&c, get, strlen(get)) &&
+             read_resp(&c, &cl->r[0]);
+    close(fd);
+}
+
+START_TEST(a_flooding_client_gets_429_and_the_limit_is_per_address) {
+    srv_rate_reqs_per_s = 3;
+    srv s;
+    srv_start(&s, 1024, NULL, NULL);
+    srv_rate_reqs_per_s = 0;
+    uv_update_time(&s.loop);
+    uint64_t t0 = uv_now(&s.loop);
+    client cl = {0};
+    run_client(&s, &cl, script_flood);
+    uint64_t elapsed_ms = uv_now(&s.loop) - t0;
+    ck_assert(cl.ok);
+    int ok = 0, limited = 0;
+    for (int k = 0; k < 8; k++) {
+        if (cl.r[k].status == 200) {
+            ck_assert_int_eq(limited, 0); /* the burst comes first, then refusals */
+            ok++;
+        } else {
+            ck_assert_int_eq(cl.r[k].status, 429);
+            ck_assert_ptr_nonnull(strstr(cl.r[k].body, "\"code\":\"ERATE\""));
+            limited++;
+        }
+    }
+    /* a burst of 3, plus one token per 333 ms while the flood lasts */
+    ck_assert_int_ge(ok, 3);
+    ck_assert_int_le(ok, 3 + (int)(elapsed_ms / 333) + 1);
+    ck_assert_int_eq(ok + limited, 8);
+    ck_assert_uint_eq(net_http_requests_limited(s.h), (uint64_t)limited);
+    ck_assert_int_eq(s.calls, ok);
+    client other = {0};
+    run_client(&s, &other, script_other_address);
+    ck_assert(other.ok);
+    ck_assert_int_eq(other.r[0].status, 200);
+    srv_stop(&s);
+}
+END_TEST
+
 START_TEST(json_error_escapes_and_respects_the_buffer) {
     char buf[128];
     int n = net_json_error(buf, sizeof buf, "bad \"tx\"\n", "EDECODE");
@@ -561,6 +627,7 @@ static Suite *http_suite(void) {
     tcase_add_test(tc, async_reply_arrives_after_the_handler_returned);
     tcase_add_test(tc, async_reply_after_the_client_left_is_safe);
     tcase_add_test(tc, close_answers_pending_requests_503_and_a_late_reply_gets_egone);
+    tcase_add_test(tc, a_flooding_client_gets_429_and_the_limit_is_per_address);
     tcase_add_test(tc, json_error_escapes_and_respects_the_buffer);
     tcase_add_test(tc, tls_serves_the_same_routes_when_configured);
     suite_add_tcase(s, tc);
