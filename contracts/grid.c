@@ -64,7 +64,7 @@ int grid_bus_check(ledger_state *st, uint32_t bus) {
 }
 
 /* The slot blob, or NULL for a slot with nothing committed. */
-static int slot_get(ledger_state *st, uint64_t slot, uint32_t n, const uint8_t **val) {
+static int slot_get(ledger_state *st, uint64_t slot, size_t bytes, const uint8_t **val) {
     uint8_t key[GRID__SLOT_KEY_BYTES];
     slot_key(key, slot);
     size_t len;
@@ -73,7 +73,7 @@ static int slot_get(ledger_state *st, uint64_t slot, uint32_t n, const uint8_t *
         *val = NULL;
         return GRID_OK;
     }
-    if (rc != LEDGER_OK || len != (size_t)n * 8) return GRID_ECORRUPT;
+    if (rc != LEDGER_OK || len != bytes) return GRID_ECORRUPT;
     return GRID_OK;
 }
 
@@ -91,9 +91,9 @@ int grid_check_match(ledger_state *st, uint64_t slot, uint32_t seller_bus, uint3
         out->allowed_wh = qty_wh;
         return GRID_OK;
     }
-    uint32_t n = grid_model_buses(blob, len);
-    if (n == 0) return GRID_ECORRUPT;
-    rc = slot_get(st, slot, n, &sv);
+    size_t bytes = grid_model_slot_bytes(blob, len);
+    if (bytes == 0) return GRID_ECORRUPT;
+    rc = slot_get(st, slot, bytes, &sv);
     if (rc != GRID_OK) return rc;
     return grid_model_check(blob, len, sv, seller_bus, buyer_bus, qty_wh, slot_ms, out);
 }
@@ -106,27 +106,27 @@ int grid_commit_match(ledger_state *st, uint64_t slot, uint32_t seller_bus, uint
     size_t len;
     int rc = model_get(st, &blob, &len);
     if (rc != GRID_OK || !blob) return rc;
-    uint32_t n = grid_model_buses(blob, len);
-    if (n == 0) return GRID_ECORRUPT;
+    size_t bytes = grid_model_slot_bytes(blob, len);
+    if (bytes == 0) return GRID_ECORRUPT;
     if (seller_bus == buyer_bus || qty_wh == 0) {
         grid_match_result tmp; /* still refuse unknown buses */
         return grid_model_check(blob, len, NULL, seller_bus, buyer_bus, 0, slot_ms, &tmp);
     }
-    rc = slot_get(st, slot, n, &sv);
+    rc = slot_get(st, slot, bytes, &sv);
     if (rc != GRID_OK) return rc;
     /* Work on a copy: the state value must not change unless the whole commit succeeds. */
-    uint8_t stack[2 * 256 * 8];
-    uint8_t *buf = (size_t)n * 8 <= sizeof stack ? stack : tem_malloc((size_t)n * 8);
+    uint8_t stack[256 * GRID_SLOT_BYTES_PER_BUS];
+    uint8_t *buf = bytes <= sizeof stack ? stack : tem_malloc(bytes);
     if (!buf) return GRID_ENOMEM;
     if (sv)
-        memcpy(buf, sv, (size_t)n * 8);
+        memcpy(buf, sv, bytes);
     else
-        memset(buf, 0, (size_t)n * 8);
+        memset(buf, 0, bytes);
     rc = grid_model_commit(blob, len, buf, seller_bus, buyer_bus, qty_wh, slot_ms);
     if (rc == GRID_OK) {
         uint8_t key[GRID__SLOT_KEY_BYTES];
         slot_key(key, slot);
-        if (ledger_state_put(st, key, sizeof key, buf, (size_t)n * 8) != LEDGER_OK) rc = GRID_ENOMEM;
+        if (ledger_state_put(st, key, sizeof key, buf, bytes) != LEDGER_OK) rc = GRID_ENOMEM;
     }
     if (buf != stack) tem_free(buf);
     return rc;

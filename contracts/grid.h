@@ -11,8 +11,8 @@
  *
  * State (prefix 'g', owned here; docs/grid.md, "State"):
  *   "gm"                    -> the compiled model (fixed little-endian records, see grid.c)
- *   "gs" || u64be(slot)     -> per slot, per bus: i64le Wh of net injection that accepted trades
- *                              put into the subtree below that bus (absent = nothing accepted)
+ *   "gs" || u64be(slot)     -> per slot and bus: the net Wh accepted trades inject below that bus
+ *                              and its loss-weighted sum (grid_model_slot_bytes; absent = none)
  * Installing a new model deletes every "gs" key: accepted trades stay accepted, but the check
  * starts the slots afresh on the new model.
  *
@@ -184,14 +184,18 @@ TEM_WUR int grid_topology_build(uint32_t n, const uint32_t *bus_ids, uint32_t sl
                                 const uint32_t *from, const uint32_t *to, uint32_t *order,
                                 uint32_t *parent, uint32_t *parent_line, uint32_t *bad);
 
-/* Number of buses of a compiled model (the length, in i64 entries, of its slot blobs). */
+/* Number of buses of a compiled model, 0 if the blob is not one. */
 uint32_t grid_model_buses(const uint8_t *blob, size_t blob_len);
-/* grid_check_match on a compiled model and a slot blob (n_buses i64le entries; NULL = empty
- * slot). Same codes. */
+/* Size of that model's slot blobs: per bus two i64le, the net Wh committed below the bus (S,
+ * entries 0..n-1) and the same weighted by each injection's cumulative loss factor (W, entries
+ * n..2n-1, Wh * ppm). Records are in the model's BFS order. */
+#define GRID_SLOT_BYTES_PER_BUS 16
+size_t grid_model_slot_bytes(const uint8_t *blob, size_t blob_len);
+/* grid_check_match on a compiled model and a slot blob (NULL = empty slot). Same codes. */
 TEM_WUR int grid_model_check(const uint8_t *blob, size_t blob_len, const uint8_t *slot_blob,
                              uint32_t seller_bus, uint32_t buyer_bus, uint64_t qty_wh,
                              int64_t slot_ms, grid_match_result *out);
-/* grid_commit_match on a slot blob the caller owns (n_buses * 8 bytes, zeroed for a new slot).
+/* grid_commit_match on a slot blob the caller owns (grid_model_slot_bytes, zeroed for a new slot).
  * Leaves it unchanged on error. */
 TEM_WUR int grid_model_commit(const uint8_t *blob, size_t blob_len, uint8_t *slot_blob,
                               uint32_t seller_bus, uint32_t buyer_bus, uint64_t qty_wh,

@@ -16,7 +16,7 @@
 
 #define GRID__MAGIC "TGM1"
 #define GRID__HDR 64
-#define GRID__REC 120
+#define GRID__REC 128
 
 /* Record fields (byte offsets). u32: */
 #define R_ID 0
@@ -37,8 +37,10 @@
 #define R_LFROOT 96  /* loss factor slack -> bus, ppm */
 #define R_RMAX 104   /* largest path resistance to any bus, micro-ohm */
 #define R_LFMAX 112  /* largest path loss factor to any bus, ppm */
+#define R_CL 120     /* sum of (flow sensitivity - 1) over the lines slack -> bus, ppm: the
+                        marginal losses between the slack and a W injected here */
 
-_Static_assert(R_LFMAX + 8 == GRID__REC, "record layout");
+_Static_assert(R_CL + 8 == GRID__REC, "record layout");
 
 /* Milliseconds per hour: a trade of q Wh in a slot of slot_ms is q * MS_PER_H / slot_ms W. */
 #define MS_PER_H 3600000LL
@@ -48,7 +50,8 @@ _Static_assert(R_LFMAX + 8 == GRID__REC, "record layout");
 #define GRID__DV_MAX 10000000000000LL    /* 0.01 pu per W */
 #define GRID__R_MAX 1000000000000LL      /* 1 Mohm per line, micro-ohm */
 #define GRID__SLOT_MS_MAX (24LL * MS_PER_H) /* one day */
-#define GRID__QTY_MAX 1000000000000000LL /* 1e15 Wh in one match */
+#define GRID__QTY_MAX 1000000000000LL    /* 1e12 Wh: one match, and a slot's sum at a bus */
+#define GRID__CL_MAX 400000LL             /* cumulative loss factor, ppm (40 %) */
 
 typedef __int128 i128;
 
@@ -445,6 +448,14 @@ int grid_model_compile(const Tem__V1__InstallFeeder *msg, uint32_t margin_ppm, u
         uint8_t *r = out + GRID__HDR + (size_t)k * GRID__REC;
         wr64(r, R_RROOT, fr[k]);
         wr64(r, R_LFROOT, fl[k]);
+        int64_t cl = rd64(out + GRID__HDR + (size_t)rpar[k] * GRID__REC, R_CL) + rd64(r, R_KP) - GRID_PPM;
+        if (cl > GRID__CL_MAX || cl < -GRID__CL_MAX) {
+            why_set(why, whylen, "bus %u: flow sensitivities above it add up beyond %lld ppm", rd32(r, R_ID),
+                    (long long)GRID__CL_MAX);
+            rc = GRID_ESENS;
+            goto fail;
+        }
+        wr64(r, R_CL, cl);
     }
     rc = farthest(n, rpar, wr, fr);
     if (rc == GRID_OK) rc = farthest(n, rpar, wl, fl);
@@ -520,6 +531,10 @@ static int view_find(const grid__view *v, uint32_t bus, uint32_t *k) {
 uint32_t grid_model_buses(const uint8_t *blob, size_t blob_len) {
     grid__view v;
     return view_init(&v, blob, blob_len) == GRID_OK ? v.n : 0;
+}
+
+size_t grid_model_slot_bytes(const uint8_t *blob, size_t blob_len) {
+    return (size_t)grid_model_buses(blob, blob_len) * GRID_SLOT_BYTES_PER_BUS;
 }
 
 /* Lowest common ancestor of records a and b. */
@@ -637,12 +652,17 @@ static int check_core(const grid__view *v, const uint8_t *slot, uint32_t a, uint
     for (int pass = 0; pass < 2; pass++) {
         uint32_t k = pass == 0 ? a : b;
         int8_t want = pass == 0 ? 1 : -1;
+        const int64_t cl_end = rd64(rec(v, k), R_CL);
         while (side[k] == want) {
             const uint8_t *r = rec(v, k);
             int64_t s = slot ? (int64_t)tem_get_u64le(slot + 8 * (size_t)k) : 0;
-            i128 kp = rd64(r, R_KP);
-            i128 f = (i128)rd64(r, R_F0) * sc - kp * s * MS_PER_H; /* flow now, scaled */
-            i128 den = kp * MS_PER_H;                                  /* flow per Wh, scaled */
+            int64_t w = slot ? (int64_t)tem_get_u64le(slot + 8 * ((size_t)n + k)) : 0;
+            int64_t cl_par = rd64(rec(v, rd32(r, R_PARENT)), R_CL);
+            /* A W injected at bus i below this line moves its parent-end flow by
+             * 1 + cl(i) - cl(parent) W: the line's own marginal loss and those between it and i. */
+            i128 moved = (i128)s * (GRID_PPM - cl_par) + w;
+            i128 f = (i128)rd64(r, R_F0) * sc - moved * MS_PER_H;             /* flow now, scaled */
+            i128 den = (i128)(GRID_PPM + cl_end - cl_par) * MS_PER_H;         /* per Wh, scaled */
             if (want == 1)
                 best_offer(&best, f - (i128)rd64(r, R_FLO) * sc, den, GRID_BIND_LINE, 0, k);
             else
@@ -731,19 +751,28 @@ int grid_model_commit(const uint8_t *blob, size_t blob_len, uint8_t *slot_blob, 
     if (a == b || qty_wh == 0) return GRID_OK;
     const int64_t q = (int64_t)qty_wh;
     uint32_t c = lca(&v, a, b);
-    /* Check every sum first so an overflow leaves the blob as it was. */
+    /* Per bus: S, the net Wh injected below it, and W, the same weighted by each injection's
+     * cumulative loss factor (ppm). Check every sum first so an overflow leaves the blob as it
+     * was; |S| <= 1e12 and |cl| <= 4e5 keep |W| < 2^63. */
+    const uint32_t n = v.n;
     for (int pass = 0; pass < 2; pass++) {
+        int64_t dq = pass == 0 ? q : -q;
+        int64_t dw = dq * rd64(rec(&v, pass == 0 ? a : b), R_CL);
         for (uint32_t k = pass == 0 ? a : b; k != c; k = rd32(rec(&v, k), R_PARENT)) {
             int64_t s = (int64_t)tem_get_u64le(slot_blob + 8 * (size_t)k);
-            if (pass == 0 ? !tem_add_i64(&s, q) : !tem_sub_i64(&s, q)) return GRID_EOVERFLOW;
+            int64_t w = (int64_t)tem_get_u64le(slot_blob + 8 * ((size_t)n + k));
+            if (!tem_add_i64(&s, dq) || !tem_add_i64(&w, dw)) return GRID_EOVERFLOW;
             if (s > GRID__QTY_MAX || s < -GRID__QTY_MAX) return GRID_EOVERFLOW;
         }
     }
     for (int pass = 0; pass < 2; pass++) {
+        int64_t dq = pass == 0 ? q : -q;
+        int64_t dw = dq * rd64(rec(&v, pass == 0 ? a : b), R_CL);
         for (uint32_t k = pass == 0 ? a : b; k != c; k = rd32(rec(&v, k), R_PARENT)) {
-            int64_t s = (int64_t)tem_get_u64le(slot_blob + 8 * (size_t)k);
-            s += pass == 0 ? q : -q;
+            int64_t s = (int64_t)tem_get_u64le(slot_blob + 8 * (size_t)k) + dq;
+            int64_t w = (int64_t)tem_get_u64le(slot_blob + 8 * ((size_t)n + k)) + dw;
             tem_put_u64le(slot_blob + 8 * (size_t)k, (uint64_t)s);
+            tem_put_u64le(slot_blob + 8 * ((size_t)n + k), (uint64_t)w);
         }
     }
     return GRID_OK;

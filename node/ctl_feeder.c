@@ -288,7 +288,7 @@ static int verb_limit(int argc, char **argv) {
         input_error("limit", err[0] ? err : grid_strerror(g));
         goto out;
     }
-    slot = tem_calloc(grid_model_buses(blob, len), 8);
+    slot = tem_calloc(1, grid_model_slot_bytes(blob, len));
     if (!slot) {
         input_error("limit", "out of memory");
         goto out;
