@@ -501,6 +501,28 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     const uint8_t *p = c->rxbuf;
     size_t left = (size_t)nread;
     while (left > 0 && (c->state == C_HANDSHAKE || c->state == C_OPEN)) {
+        if (c->hdr_got == 0 && left >= 4) {
+            /* Fast path: a whole frame sits in the read buffer; open it there, no copy. */
+            uint32_t len = tem_get_u32be(p);
+            int rc = check_len(c, len);
+            if (rc != NET_OK) {
+                nlog(n, NET_LOG_WARN, "frame of %u bytes from %s refused", len, c->remote);
+                conn_close(c, rc);
+                return;
+            }
+            if (left - 4 >= len) {
+                uint8_t *f = c->rxbuf + (p - c->rxbuf) + 4;
+                p += 4 + (size_t)len;
+                left -= 4 + (size_t)len;
+                if (c->state == C_HANDSHAKE && c->awaiting_ack)
+                    handle_ack_frame(c, f, len);
+                else if (c->state == C_HANDSHAKE)
+                    handle_hs_frame(c, f, len);
+                else
+                    handle_data_frame(c, f, len);
+                continue;
+            }
+        }
         if (c->hdr_got < 4) {
             size_t k = 4 - c->hdr_got < left ? 4 - c->hdr_got : left;
             memcpy(c->hdr + c->hdr_got, p, k);
