@@ -600,6 +600,9 @@ static void on_connection(uv_stream_t *server, int status) {
         return;
     }
     if ((rc = uv_tcp_nodelay(&c->tcp, 1)) != 0) nlog(n, NET_LOG_DEBUG, "nodelay: %s", uv_strerror(rc));
+    /* A peer that vanished without a FIN (power loss, cut link) is noticed by the kernel's
+     * probes within about a minute, which starts the redial. */
+    if ((rc = uv_tcp_keepalive(&c->tcp, 1, 30)) != 0) nlog(n, NET_LOG_DEBUG, "keepalive: %s", uv_strerror(rc));
     rc = net_hs_init(&c->hs, NET_HS_RESPONDER, n->cfg.genesis, n->cfg.sec, NULL, n->cfg.accept_observers);
     if (rc != NET_OK) {
         conn_close(c, rc);
@@ -625,6 +628,9 @@ static void on_connect(uv_connect_t *req, int status) {
     c->state = C_HANDSHAKE;
     int rc;
     if ((rc = uv_tcp_nodelay(&c->tcp, 1)) != 0) nlog(n, NET_LOG_DEBUG, "nodelay: %s", uv_strerror(rc));
+    /* A peer that vanished without a FIN (power loss, cut link) is noticed by the kernel's
+     * probes within about a minute, which starts the redial. */
+    if ((rc = uv_tcp_keepalive(&c->tcp, 1, 30)) != 0) nlog(n, NET_LOG_DEBUG, "keepalive: %s", uv_strerror(rc));
     rc = net_hs_init(&c->hs, NET_HS_INITIATOR, n->cfg.genesis, n->cfg.sec, c->target->pk, false);
     if (rc != NET_OK) {
         conn_close(c, rc);
@@ -958,6 +964,7 @@ void net_free(net *n) {
     if (n == NULL) return;
     TEM_ASSERT(n->handles_open == 0);
     TEM_ASSERT(n->conns == NULL);
+    TEM_ASSERT(n->resolving == 0);
     tem_free(n->observers);
     sodium_memzero(n, sizeof *n);
     tem_free(n);

@@ -1006,6 +1006,35 @@ START_TEST(four_validators_form_a_full_mesh_with_one_connection_per_pair) {
 }
 END_TEST
 
+START_TEST(out_of_memory_refuses_a_send_and_keeps_the_session) {
+    uv_loop_t loop;
+    ck_assert_int_eq(uv_loop_init(&loop), 0);
+    node n0, n1;
+    net_config c0 = base_cfg(0, "127.0.0.1:0");
+    node_start(&loop, &n0, &c0);
+    set_addr(0, net_listen_port(n0.n));
+    net_config c1 = base_cfg(1, NULL);
+    node_start(&loop, &n1, &c1);
+    pair_cond pc = {&n0, &n1, 1, 1};
+    ck_assert(run_until(&loop, ups_reached, &pc, 3000));
+    tem_alloc_fail_after(0);
+    int rc1 = net_send(n1.n, 0, "lost", 4);
+    int rc2 = net_broadcast(n1.n, "lost", 4, NET_TO_VALIDATORS);
+    tem_alloc_fail_after(-1);
+    ck_assert_int_eq(rc1, NET_ENOMEM);
+    ck_assert_int_eq(rc2, 0);
+    ck_assert(net_peer_connected(n1.n, 0));
+    ck_assert_int_eq(net_send(n1.n, 0, "kept", 4), NET_OK);
+    pc.want_a = 1;
+    ck_assert(run_until(&loop, a_frames, &pc, 3000));
+    ck_assert_int_eq(n0.frames, 1);
+    ck_assert_mem_eq(n0.last_frame, "kept", 4);
+    node *all[] = {&n0, &n1};
+    shutdown_all(&loop, all, 2);
+    G.validators[0].address[0] = '\0';
+}
+END_TEST
+
 START_TEST(config_errors_are_refused) {
     uv_loop_t loop;
     ck_assert_int_eq(uv_loop_init(&loop), 0);
@@ -1071,6 +1100,7 @@ static Suite *net_suite(void) {
     tcase_add_test(tr, newer_session_from_the_same_validator_replaces_the_old_one);
     tcase_add_test(tr, observer_slots_are_bounded);
     tcase_add_test(tr, four_validators_form_a_full_mesh_with_one_connection_per_pair);
+    tcase_add_test(tr, out_of_memory_refuses_a_send_and_keeps_the_session);
     tcase_add_test(tr, config_errors_are_refused);
     suite_add_tcase(s, tr);
     return s;
