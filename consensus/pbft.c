@@ -231,6 +231,7 @@ static int record_build(pbft_replica *r, uint8_t **out, size_t *out_len) {
     Tem__V1__PbftSig *sigp[PBFT_LOG_MAX][PBFT_REPLICAS_MAX];
     rec.view = r->view;
     rec.view_change = r->in_view_change;
+    rec.view_floor = r->view_floor;
     size_t n = 0;
     for (uint64_t h = r->delivered + 1; h <= r->low + r->window; h++) {
         pbft__slot *s = slot_find(r, h);
@@ -403,6 +404,7 @@ int pbft_replica_restore(pbft_replica *r, const uint8_t *record, size_t len) {
     }
     r->view = rec->view;
     r->in_view_change = rec->view_change;
+    r->view_floor = rec->view_floor;
     rc = PBFT_OK;
     if (r->cfg.planted_bug == PBFT_BUG_FORGET_VOTES_ON_RESTART) goto out;
     for (size_t i = 0; i < rec->n_slots; i++) {
@@ -456,34 +458,34 @@ int pbft_replica_start(pbft_replica *r, pbft_actions *out) {
 
 static void check_stable(pbft_replica *r, pbft_actions *out);
 
-static int deliver_one(pbft_replica *r, pbft__slot *s, pbft_actions *out) {
-    pbft__block *b = block_find(s, s->c_hash);
-    TEM_ASSERT(b != NULL);
-    TEM_ASSERT(s->height == r->delivered + 1);
-    uint8_t *bytes = tem_malloc(b->len ? b->len : 1);
+/* Delivers the block at delivered+1 (from the log or straight from a fetch). */
+static int deliver_block(pbft_replica *r, uint64_t h, uint64_t view, const uint8_t hash[32],
+                         const uint8_t *block, size_t len, const pbft__sigset *sigs,
+                         pbft_actions *out) {
+    TEM_ASSERT(h == r->delivered + 1);
+    uint8_t *bytes = tem_malloc(len ? len : 1);
     if (!bytes) return PBFT_ENOMEM;
-    memcpy(bytes, b->bytes, b->len);
+    memcpy(bytes, block, len);
     uint8_t *cert;
     size_t cert_len;
-    int rc = pbft_cert_pack(s->c_view, s->height, s->c_hash, &s->c_sigs, &cert, &cert_len);
+    int rc = pbft_cert_pack(view, h, hash, sigs, &cert, &cert_len);
     if (rc != PBFT_OK) {
         tem_free(bytes);
         return rc;
     }
     pbft_action *a = act_push(out, PBFT_ACT_DELIVER);
-    a->height = s->height;
-    a->view = s->c_view;
-    hash_copy(a->block_hash, s->c_hash);
+    a->height = h;
+    a->view = view;
+    hash_copy(a->block_hash, hash);
     a->msg = bytes;
-    a->msg_len = b->len;
+    a->msg_len = len;
     a->cert = cert;
     a->cert_len = cert_len;
 
-    uint64_t h = s->height;
     r->delivered = h;
-    hash_copy(r->delivered_hash, s->c_hash);
-    r->delivered_view = s->c_view;
-    r->delivered_cert = s->c_sigs;
+    hash_copy(r->delivered_hash, hash);
+    r->delivered_view = view;
+    r->delivered_cert = *sigs;
     r->failed_views = 0;
     r->proposal_requested = false;
     if (!r->in_view_change) set_timer(r, out, PBFT_TIMER_VIEW, view_timeout(r));
@@ -517,7 +519,9 @@ static int deliver_ready(pbft_replica *r, pbft_actions *out) {
     for (;;) {
         pbft__slot *s = slot_find(r, r->delivered + 1);
         if (!s || !s->committed || !block_find(s, s->c_hash)) return PBFT_OK;
-        int rc = deliver_one(r, s, out);
+        pbft__block *b = block_find(s, s->c_hash);
+        int rc = deliver_block(r, s->height, s->c_view, s->c_hash, b->bytes, b->len, &s->c_sigs,
+                               out);
         if (rc != PBFT_OK) return rc;
     }
 }
@@ -553,7 +557,8 @@ static void check_stable(pbft_replica *r, pbft_actions *out) {
 /* ================================================================== catch-up */
 
 static bool is_behind(pbft_replica *r) {
-    if (r->stable > r->delivered) return true;
+    if (r->stable > r->delivered || (!r->in_view_change && r->view_floor > r->delivered))
+        return true;
     pbft__slot *s = slot_find(r, r->delivered + 1);
     if (s && s->committed && !block_find(s, s->c_hash)) return true;
     /* f+1 validators have signed checkpoints or votes above the next height: one of them is
@@ -706,7 +711,8 @@ static int advance(pbft_replica *r, pbft_actions *out) {
         if (pbft_primary(r->view, r->cfg.n) == r->cfg.self && !r->proposal_requested) {
             pbft__slot *s = slot_at(r, r->delivered + 1);
             if (s && !s->committed && !(s->has_pp && s->pp_view == r->view) &&
-                !(s->my_prepare.set && s->my_prepare.view == r->view) && r->stable <= r->delivered) {
+                !(s->my_prepare.set && s->my_prepare.view == r->view) &&
+                r->stable <= r->delivered && r->view_floor <= r->delivered) {
                 pbft_action *a = act_push(out, PBFT_ACT_REQUEST_PROPOSAL);
                 a->height = r->delivered + 1;
                 r->proposal_requested = true;
@@ -894,10 +900,11 @@ static int send_view_change(pbft_replica *r, pbft_actions *out, bool persist_fir
 static int try_new_view(pbft_replica *r, pbft_actions *out);
 
 static int start_view_change(pbft_replica *r, uint64_t nv, pbft_actions *out) {
-    TEM_ASSERT(nv > r->view || (nv == r->view && !r->in_view_change));
+    TEM_ASSERT(nv > r->view);
     r->view = nv;
     r->in_view_change = true;
     r->proposal_requested = false;
+    r->view_floor = 0;
     tem_free(r->nv_msg);
     r->nv_msg = NULL;
     r->nv_len = 0;
@@ -956,7 +963,14 @@ static int install_view(pbft_replica *r, uint64_t nv, const pbft__plan *plan,
     r->view = nv;
     r->in_view_change = false;
     r->proposal_requested = false;
+    /* Everything up to the commit point is decided: no proposal in this view may touch it. */
+    r->view_floor = plan->commit_point;
     uint32_t primary = pbft_primary(nv, r->cfg.n);
+    for (uint32_t i = 0; i < r->window; i++) {
+        pbft__slot *s = &r->slots[i];
+        if (s->height != 0 && s->has_pp && s->pp_view == nv && s->height <= plan->commit_point)
+            s->has_pp = false; /* an early pre-prepare below the floor: void */
+    }
     for (uint32_t i = 0; i < plan->n; i++) {
         const pbft__repro *e = &plan->e[i];
         pbft__slot *s = slot_at(r, e->height);
@@ -1100,6 +1114,7 @@ static int on_pre_prepare(pbft_replica *r, const Tem__V1__PbftMessage *m, pbft_a
     if (p->view < r->view) return PBFT_EVIEW;
     if (p->height <= r->low || p->height > r->low + r->window) return PBFT_EWATERMARK;
     if (p->height <= r->delivered) return PBFT_ESTALE;
+    if (p->view == r->view && p->height <= r->view_floor) return PBFT_ESTALE;
     pbft__slot *s = slot_find(r, p->height);
     if (s && s->has_pp && s->pp_view >= r->view) {
         if (s->pp_view == p->view)
@@ -1255,13 +1270,11 @@ static int on_view_change(pbft_replica *r, const Tem__V1__PbftMessage *m, const 
     }
     /* f+1 replicas want a later view: at least one is honest, so join the lowest such view
      * rather than wait for the own timer (Castro & Liskov, 4.5.2). */
-    if (vc->new_view > r->view || (vc->new_view == r->view && !r->in_view_change)) {
+    if (vc->new_view > r->view) {
         uint32_t cnt = 0;
         uint64_t lowest = UINT64_MAX;
         for (uint32_t i = 0; i < r->cfg.n; i++) {
-            if (i == r->cfg.self || !r->vc_msg[i]) continue;
-            bool later = r->vc_view[i] > r->view || (r->vc_view[i] == r->view && !r->in_view_change);
-            if (!later) continue;
+            if (i == r->cfg.self || !r->vc_msg[i] || r->vc_view[i] <= r->view) continue;
             cnt++;
             if (r->vc_view[i] < lowest) lowest = r->vc_view[i];
         }
@@ -1516,7 +1529,14 @@ static int on_fetched(pbft_replica *r, const pbft_event *ev, pbft_actions *out) 
         if (rc != PBFT_OK) return rc;
     }
     pbft__slot *s = slot_at(r, ev->height);
-    if (!s) return PBFT_EWATERMARK;
+    if (!s) {
+        /* Below the low watermark (a stable checkpoint this replica has not reached yet): the
+         * next block is delivered straight from the fetch, later ones wait for their turn. */
+        if (ev->height != r->delivered + 1) return PBFT_EWATERMARK;
+        rc = deliver_block(r, ev->height, view, h, ev->data, ev->len, &sigs, out);
+        if (rc != PBFT_OK) return rc;
+        return advance(r, out);
+    }
     if (s->committed && !hash_eq(s->c_hash, h)) return PBFT_ECONFLICT;
     rc = block_add(s, h, ev->data, ev->len, NULL);
     if (rc != PBFT_OK) return rc;

@@ -263,6 +263,7 @@ typedef struct {
     uint8_t stable_hash[32];
     pbft__sigset stable_proof;
     uint64_t low; /* low watermark: max(stable, delivered rounded down to K) */
+    uint64_t view_floor; /* commit point of the current view's NEW-VIEW (persisted) */
     pbft__slot *slots; /* window entries, index height % window; tem_calloc'd */
     pbft__ckpt ckpts[PBFT_REPLICAS_MAX][PBFT__CKPT_KEEP];
     uint64_t seen_height[PBFT_REPLICAS_MAX];
