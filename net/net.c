@@ -800,7 +800,9 @@ int net_new(uv_loop_t *loop, const net_config *cfg, const net_callbacks *cb, net
         /* One TCP connection per pair: the higher index dials the lower one; observers dial
          * every validator that has an address. */
         bool has_addr = g->validators[i].address[0] != '\0';
-        p->dial = has_addr && (int)i != n->self_index && (n->self_index < 0 || (int)i < n->self_index);
+        bool wanted = n->self_index >= 0 ? (int)i < n->self_index
+                                         : (c->observer_dial_mask == 0 || (c->observer_dial_mask >> i) & 1);
+        p->dial = has_addr && (int)i != n->self_index && wanted;
         p->next_dial_ms = 0;
     }
     for (uint32_t i = 0; i < c->observers_max; i++) {

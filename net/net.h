@@ -176,6 +176,8 @@ typedef struct {
     /* Our listener, "host:port" (numeric host; port 0 picks a free port), or NULL for none. */
     const char *listen;
     bool accept_observers; /* accept keys that are not genesis validators, as observers */
+    /* Observers only: bit i set = dial validator i; 0 = every validator with an address. */
+    uint64_t observer_dial_mask;
     uint32_t observers_max; /* observer slots, <= NET_OBSERVERS_MAX; 0 -> 16 */
     uint32_t conns_max; /* connections at once, handshaking ones included; 0 -> 256 */
     uint32_t frame_bytes_max; /* largest plaintext payload; 0 -> NET_FRAME_BYTES_MAX_DEFAULT */

@@ -65,6 +65,7 @@ static void srv_log(void *ctx, int level, const char *msg) {
 }
 
 static uint64_t srv_rate_reqs_per_s; /* 0 = unlimited; set by the rate-limit test */
+static uint32_t srv_conns_max;       /* 0 = default; set by the connection-limit test */
 
 static void srv_start(srv *s, size_t body_max, const char *cert, const char *key) {
     memset(s, 0, sizeof *s);
@@ -72,7 +73,7 @@ static void srv_start(srv *s, size_t body_max, const char *cert, const char *key
     ck_assert_int_eq(uv_loop_init(&s->loop), 0);
     net_http_config c = {.listen = "127.0.0.1:0", .body_bytes_max = body_max, .idle_timeout_ms = 3000,
                          .tls_cert_path = cert, .tls_key_path = key, .log = srv_log,
-                         .rate_reqs_per_s = srv_rate_reqs_per_s};
+                         .rate_reqs_per_s = srv_rate_reqs_per_s, .conns_max = srv_conns_max};
     ck_assert_int_eq(net_http_new(&s->loop, &c, &s->h), NET_OK);
     ck_assert_int_eq(net_http_route(s->h, "GET", "/v1/status", h_echo, s), NET_OK);
     ck_assert_int_eq(net_http_route(s->h, "GET", "/v1/tx/", h_echo, s), NET_OK);
@@ -538,6 +539,34 @@ START_TEST(a_flooding_client_gets_429_and_the_limit_is_per_address) {
 }
 END_TEST
 
+static void script_two_conns(client *cl) {
+    const char *get = "GET /v1/status HTTP/1.1\r\nHost: t\r\n\r\n";
+    conn a = {raw_connect(cl->port), NULL};
+    if (a.fd < 0) return;
+    bool first = c_send_all(&a, get, strlen(get)) && read_resp(&a, &cl->r[0]);
+    conn b = {raw_connect(cl->port), NULL};
+    cl->closed = b.fd >= 0 && closed_by_server(&b);
+    cl->ok = first && c_send_all(&a, get, strlen(get)) && read_resp(&a, &cl->r[1]);
+    if (b.fd >= 0) close(b.fd);
+    close(a.fd);
+}
+
+START_TEST(connections_over_the_limit_are_closed_and_the_others_keep_working) {
+    srv_conns_max = 1;
+    srv s;
+    srv_start(&s, 1024, NULL, NULL);
+    srv_conns_max = 0;
+    client cl = {0};
+    run_client(&s, &cl, script_two_conns);
+    ck_assert(cl.ok);
+    ck_assert(cl.closed);
+    ck_assert_int_eq(cl.r[0].status, 200);
+    ck_assert_int_eq(cl.r[1].status, 200);
+    ck_assert_int_eq(s.calls, 2);
+    srv_stop(&s);
+}
+END_TEST
+
 START_TEST(json_error_escapes_and_respects_the_buffer) {
     char buf[128];
     int n = net_json_error(buf, sizeof buf, "bad \"tx\"\n", "EDECODE");
@@ -628,6 +657,7 @@ static Suite *http_suite(void) {
     tcase_add_test(tc, async_reply_after_the_client_left_is_safe);
     tcase_add_test(tc, close_answers_pending_requests_503_and_a_late_reply_gets_egone);
     tcase_add_test(tc, a_flooding_client_gets_429_and_the_limit_is_per_address);
+    tcase_add_test(tc, connections_over_the_limit_are_closed_and_the_others_keep_working);
     tcase_add_test(tc, json_error_escapes_and_respects_the_buffer);
     tcase_add_test(tc, tls_serves_the_same_routes_when_configured);
     suite_add_tcase(s, tc);

@@ -507,10 +507,17 @@ START_TEST(observer_is_accepted_when_allowed_and_is_not_a_validator) {
     c0.observers_max = 2;
     node_start(&loop, &v0, &c0);
     set_addr(0, net_listen_port(v0.n));
+    set_addr(1, 1); /* validator 1 is down (port 1 refuses); the mask keeps the observer off it */
     net_config co = base_cfg(-1, NULL);
+    co.observer_dial_mask = 1u << 0;
     node_start(&loop, &obs, &co);
     pair_cond pc = {&v0, &obs, 1, 1};
     ck_assert(run_until(&loop, ups_reached, &pc, 3000));
+    net_stats ost;
+    net_stats_get(obs.n, &ost);
+    ck_assert_uint_eq(ost.dial_failures, 0);
+    ck_assert_uint_eq(ost.dials, 1);
+    G.validators[1].address[0] = '\0';
     ck_assert(!v0.last_up.is_validator);
     ck_assert_uint_eq(v0.last_up.id, NET_OBSERVER_ID_BASE);
     ck_assert_mem_eq(v0.last_up.pubkey, OUTSIDER_PK, 32);
