@@ -885,6 +885,77 @@ START_TEST(bad_bytes_from_a_socket_close_that_connection_with_a_reason) {
 }
 END_TEST
 
+/* Sends one byte per segment so the reader sees split headers and split frames. */
+static bool send_bytewise(int fd, const uint8_t *p, size_t n) {
+    for (size_t k = 0; k < n; k++) {
+        if (!send_all(fd, p + k, 1)) return false;
+        usleep(50);
+    }
+    return true;
+}
+
+typedef struct {
+    uint16_t port;
+    atomic_int done;
+    bool ok, still_open;
+} bytewise_ctx;
+
+static void *bytewise_client(void *arg) {
+    bytewise_ctx *bc = arg;
+    int fd = raw_connect(bc->port);
+    if (fd >= 0) {
+        net_hs hs;
+        net_session s;
+        uint8_t buf[NET_HS_MSG_MAX + 4], in[NET_HS_MSG_MAX];
+        size_t len;
+        bool ok = net_hs_init(&hs, NET_HS_INITIATOR, &G, VSEC[1], G.validators[0].pubkey, false) == NET_OK &&
+                  net_hs_write(&hs, buf + 4, NET_HS_MSG_MAX, &len) == NET_OK;
+        tem_put_u32be(buf, (uint32_t)len);
+        ok = ok && send_bytewise(fd, buf, len + 4) && recv_frame(fd, in, sizeof in, &len) &&
+             net_hs_read(&hs, in, len) == NET_OK && net_hs_write(&hs, buf + 4, NET_HS_MSG_MAX, &len) == NET_OK;
+        tem_put_u32be(buf, (uint32_t)len);
+        ok = ok && send_bytewise(fd, buf, len + 4) && net_hs_split(&hs, &s) == NET_OK &&
+             recv_frame(fd, in, sizeof in, &len) && net_session_open(&s, in, len, in) == NET_OK;
+        uint8_t f[2][4 + 9 + 16];
+        ok = ok && net_session_seal(&s, "bytewise1", 9, f[0]) == NET_OK &&
+             net_session_seal(&s, "bytewise2", 9, f[1]) == NET_OK && send_bytewise(fd, f[0], sizeof f[0]) &&
+             send_bytewise(fd, f[1], sizeof f[1]);
+        bc->ok = ok;
+        usleep(100 * 1000);
+        uint8_t b;
+        bc->still_open = recv(fd, &b, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN;
+        net_hs_wipe(&hs);
+        close(fd);
+    }
+    atomic_store(&bc->done, 1);
+    return NULL;
+}
+static bool bytewise_done(void *arg) { return atomic_load(&((bytewise_ctx *)arg)->done) != 0; }
+
+START_TEST(frames_fed_byte_by_byte_are_reassembled) {
+    uv_loop_t loop;
+    ck_assert_int_eq(uv_loop_init(&loop), 0);
+    node srv;
+    net_config c0 = base_cfg(0, "127.0.0.1:0");
+    node_start(&loop, &srv, &c0);
+    bytewise_ctx bc = {.port = net_listen_port(srv.n)};
+    atomic_init(&bc.done, 0);
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, bytewise_client, &bc), 0);
+    bool finished = run_until(&loop, bytewise_done, &bc, 8000);
+    pthread_join(th, NULL);
+    ck_assert(finished);
+    ck_assert(bc.ok);
+    ck_assert(bc.still_open);
+    ck_assert_int_eq(srv.ups, 1);
+    ck_assert_int_eq(srv.frames, 2);
+    ck_assert_uint_eq(srv.last_frame_len, 9);
+    ck_assert_mem_eq(srv.last_frame, "bytewise2", 9);
+    node *all[] = {&srv};
+    shutdown_all(&loop, all, 1);
+}
+END_TEST
+
 typedef struct {
     uint16_t port;
     atomic_int done;
@@ -1104,6 +1175,7 @@ static Suite *net_suite(void) {
     tcase_add_test(tr, dialler_reconnects_after_the_peer_restarts);
     tcase_add_test(tr, rate_limit_drops_or_closes_a_flooding_peer);
     tcase_add_test(tr, bad_bytes_from_a_socket_close_that_connection_with_a_reason);
+    tcase_add_test(tr, frames_fed_byte_by_byte_are_reassembled);
     tcase_add_test(tr, newer_session_from_the_same_validator_replaces_the_old_one);
     tcase_add_test(tr, observer_slots_are_bounded);
     tcase_add_test(tr, four_validators_form_a_full_mesh_with_one_connection_per_pair);
