@@ -1,12 +1,19 @@
-/* bench_net.c: throughput of the peer transport on loopback (256-byte frames, validator 1 ->
+/* bench_net.c: keep-alive HTTP requests per second against bare TCP round trips on the same
+ * loopback (a client thread sends one request, waits for the answer, repeats), and throughput of the peer transport on loopback (256-byte frames, validator 1 ->
  * validator 0, one loop thread for both) beside the machine's own limit measured in the same
  * run: sealing plus opening a 256-byte frame on one core, which is the crypto work every frame
  * costs the single loop thread. Also full in-memory handshakes per second beside Ed25519
  * verifications per second / 2 (each handshake verifies two signatures). */
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
 #include <sodium.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
-#include "net/net.h"
+#include "net/http.h"
 
 #define FRAME_BYTES 256
 #define FRAMES_TOTAL 200000
@@ -140,6 +147,126 @@ out:
     return rate;
 }
 
+/* ------------------------------------------------------------------ HTTP keep-alive */
+#define RTT_ROUNDS 20000
+static const char HTTP_REQ[] = "GET /v1/status HTTP/1.1\r\nHost: b\r\n\r\n";
+static atomic_int http_done;
+static double http_rate;
+static uint16_t http_port;
+
+static int tcp_connect(uint16_t port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(0x7f000001);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void *http_client(void *arg) {
+    (void)arg;
+    int fd = tcp_connect(http_port);
+    char buf[1024];
+    long n = 0;
+    double t0 = now_s();
+    for (; fd >= 0 && n < RTT_ROUNDS; n++) {
+        if (send(fd, HTTP_REQ, sizeof HTTP_REQ - 1, MSG_NOSIGNAL) <= 0) break;
+        /* our answers are small and end with the body "{}" after content-length: 2 */
+        size_t got = 0;
+        for (;;) {
+            ssize_t k = recv(fd, buf + got, sizeof buf - 1 - got, 0);
+            if (k <= 0) goto out;
+            got += (size_t)k;
+            buf[got] = '\0';
+            char *e = strstr(buf, "\r\n\r\n");
+            if (e && strlen(e + 4) >= 2) break;
+        }
+    }
+out:
+    if (n == RTT_ROUNDS) http_rate = (double)n / (now_s() - t0);
+    if (fd >= 0) close(fd);
+    atomic_store(&http_done, 1);
+    return NULL;
+}
+
+static void h_status(void *ctx, net_http_req *req, const net_http_request *r) {
+    (void)ctx;
+    (void)r;
+    if (net_http_reply(req, 200, "application/json", "{}", 2) != NET_OK) fprintf(stderr, "bench_net: reply failed\n");
+}
+
+static void on_check(uv_timer_t *t) {
+    if (atomic_load(&http_done)) uv_stop(t->loop);
+}
+
+static double http_requests_per_s(void) {
+    uv_loop_t loop;
+    if (uv_loop_init(&loop) != 0) return 0;
+    net_http *h = NULL;
+    net_http_config c = {.listen = "127.0.0.1:0", .log_level = NET_LOG_WARN};
+    uv_timer_t check;
+    if (net_http_new(&loop, &c, &h) != NET_OK || net_http_route(h, "GET", "/v1/status", h_status, NULL) != NET_OK ||
+        net_http_start(h) != NET_OK || uv_timer_init(&loop, &check) != 0)
+        return 0;
+    http_port = net_http_port(h);
+    pthread_t th;
+    if (pthread_create(&th, NULL, http_client, NULL) != 0) return 0;
+    if (uv_timer_start(&check, on_check, 5, 5) == 0) uv_run(&loop, UV_RUN_DEFAULT);
+    pthread_join(th, NULL);
+    uv_close((uv_handle_t *)&check, NULL);
+    net_http_close(h);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    net_http_free(h);
+    if (uv_loop_close(&loop) != 0) fprintf(stderr, "bench_net: loop not empty\n");
+    return http_rate;
+}
+
+/* The same ping-pong with a bare TCP echo thread: the machine's loopback round-trip limit. */
+static void *echo_server(void *arg) {
+    int lfd = *(int *)arg, fd = accept(lfd, NULL, NULL);
+    char buf[1024];
+    for (ssize_t k; fd >= 0 && (k = recv(fd, buf, sizeof buf, 0)) > 0;)
+        if (send(fd, buf, (size_t)k, MSG_NOSIGNAL) != k) break;
+    if (fd >= 0) close(fd);
+    return NULL;
+}
+
+static double tcp_round_trips_per_s(void) {
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(0x7f000001);
+    socklen_t al = sizeof a;
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(lfd, 1) != 0 ||
+        getsockname(lfd, (struct sockaddr *)&a, &al) != 0)
+        return 0;
+    pthread_t th;
+    if (pthread_create(&th, NULL, echo_server, &lfd) != 0) return 0;
+    int fd = tcp_connect(ntohs(a.sin_port));
+    char buf[1024];
+    long n = 0;
+    double t0 = now_s();
+    for (; fd >= 0 && n < RTT_ROUNDS; n++) {
+        if (send(fd, HTTP_REQ, sizeof HTTP_REQ - 1, MSG_NOSIGNAL) <= 0) break;
+        size_t got = 0;
+        while (got < sizeof HTTP_REQ - 1) {
+            ssize_t k = recv(fd, buf, sizeof buf, 0);
+            if (k <= 0) break;
+            got += (size_t)k;
+        }
+    }
+    double rate = n == RTT_ROUNDS ? (double)n / (now_s() - t0) : 0;
+    if (fd >= 0) close(fd);
+    pthread_join(th, NULL);
+    close(lfd);
+    return rate;
+}
+
 int main(void) {
     if (sodium_init() < 0) return 1;
     memset(&G, 0, sizeof G);
@@ -153,5 +280,8 @@ int main(void) {
     double hs = handshakes_per_s();
     double ver = ed25519_verifies_per_s();
     line("net_handshakes_in_memory", hs, "hs/s", ver / 2, "ed25519_verify/s/2");
-    return fps > 0 && hs > 0 ? 0 : 1;
+    double rps = http_requests_per_s();
+    double rtt = tcp_round_trips_per_s();
+    line("http_keepalive_sequential", rps, "req/s", rtt, "tcp_round_trips/s");
+    return fps > 0 && hs > 0 && rps > 0 ? 0 : 1;
 }
