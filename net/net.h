@@ -209,12 +209,14 @@ typedef struct net net;
 /* Allocates a transport on `loop` (which must outlive it). Nothing touches the network until
  * net_start. Our key decides our role: a genesis validator dials every validator with a lower
  * index and is dialled by the higher ones (one TCP connection per pair); any other key is an
- * observer, which dials every validator with an address. NET_OK, NET_EINVAL (bad config,
- * genesis without validators, sec not a valid key), NET_ECRYPTO (sodium_init failed),
- * NET_ENOMEM. */
+ * observer, which dials every validator with an address (or those in observer_dial_mask).
+ * `cb` is copied (NULL = no callbacks); `cfg->listen` is copied. NET_OK, NET_EINVAL (bad config,
+ * genesis without validators, sec not a valid key), NET_EADDR (listen longer than 127 bytes),
+ * NET_ECRYPTO (sodium_init failed), NET_ENOMEM. */
 TEM_WUR int net_new(uv_loop_t *loop, const net_config *cfg, const net_callbacks *cb, net **out);
 /* Opens the listener (if any) and starts dialling. NET_OK, NET_EADDR, NET_EUV (bind/listen
- * failed; logged), NET_ESTATE (already started or closing). */
+ * failed; logged), NET_ESTATE (already started or closing). After any call of net_start, even
+ * a failed one, release with net_close, a loop run, then net_free. */
 TEM_WUR int net_start(net *n);
 /* Port the listener is bound to (useful with port 0), or 0 if none. */
 uint16_t net_listen_port(const net *n);
