@@ -10,6 +10,12 @@
 #include "contracts/contracts.h"
 #include "contracts/market_internal.h"
 
+/* Check logs every passing assertion through a syscall; hot invariant loops use this instead. */
+#define MH_CHECK(cond, ...)                                                                        \
+    do {                                                                                           \
+        if (!(cond)) ck_abort_msg(__VA_ARGS__);                                                    \
+    } while (0)
+
 #define T0 1699920000000ull /* a UTC midnight */
 #define SLOT_MS 900000
 #define GATE_MS 300000
@@ -94,7 +100,7 @@ static inline void mh_free(mh *h) {
 
 static inline void mh_end(mh *h) {
     if (!h->in_block) return;
-    ck_assert_int_eq(h->ex.end_block(h->ex.ctx, h->st, &h->b), 0);
+    MH_CHECK(h->ex.end_block(h->ex.ctx, h->st, &h->b) == 0, "end_block failed");
     h->in_block = false;
 }
 
@@ -105,7 +111,7 @@ static inline void mh_block(mh *h, uint64_t time_ms) {
     h->time_ms = time_ms;
     h->b = (ledger_block_ctx){.height = ++h->height, .time_ms = time_ms, .genesis = &h->g,
                               .arena = &h->arena};
-    ck_assert_int_eq(h->ex.begin_block(h->ex.ctx, h->st, &h->b), 0);
+    MH_CHECK(h->ex.begin_block(h->ex.ctx, h->st, &h->b) == 0, "begin_block failed");
     h->in_block = true;
 }
 
@@ -120,7 +126,7 @@ static inline int mh_exec(mh *h, int who, Tem__V1__TxBody *body) {
     ledger_sha256(tx.txid, seed, sizeof seed);
     memcpy(h->last_txid, tx.txid, 32);
     tem__v1__receipt__init(&h->rc);
-    ck_assert_int_eq(h->ex.exec_tx(h->ex.ctx, h->st, &h->b, &tx, &h->rc), 0);
+    MH_CHECK(h->ex.exec_tx(h->ex.ctx, h->st, &h->b, &tx, &h->rc) == 0, "exec_tx failed");
     return h->rc.code;
 }
 
@@ -221,7 +227,7 @@ static inline contracts_account mh_acct(mh *h, int who) {
     return a;
 }
 
-static inline void mh_root(mh *h, uint8_t out[32]) { ck_assert_int_eq(ledger_state_root(h->st, out), 0); }
+static inline void mh_root(mh *h, uint8_t out[32]) { MH_CHECK(ledger_state_root(h->st, out) == 0, "root"); }
 
 /* Start time of slot s and the time just before its gate closes. */
 static inline uint64_t mh_slot_start(uint64_t s) { return T0 + s * SLOT_MS; }
@@ -257,8 +263,8 @@ static inline void mh_check_cross(mh_escrow_sums *s) {
 static inline int mh_sum_order(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val,
                                size_t vlen) {
     mh_escrow_sums *s = ctx;
-    ck_assert_uint_eq(klen, 17);
-    ck_assert_uint_eq(vlen, MK_ORDER_BYTES);
+    MH_CHECK(klen == 17, "key length");
+    MH_CHECK(vlen == MK_ORDER_BYTES, "order length");
     mk_order o;
     mk_order_decode(val, &o);
     uint64_t slot = tem_get_u64be(key + 1);
@@ -281,8 +287,8 @@ static inline int mh_sum_trade(void *ctx, const uint8_t *key, size_t klen, const
                                size_t vlen) {
     (void)key;
     mh_escrow_sums *s = ctx;
-    ck_assert_uint_eq(klen, 17);
-    ck_assert_uint_eq(vlen, MK_TRADE_BYTES);
+    MH_CHECK(klen == 17, "key length");
+    MH_CHECK(vlen == MK_TRADE_BYTES, "trade length");
     mk_trade t;
     mk_trade_decode(val, &t);
     s->trade_money += t.value + t.buyer_fee;
@@ -294,21 +300,25 @@ static inline int mh_sum_trade(void *ctx, const uint8_t *key, size_t klen, const
  * trades hold), no overfilled order, and (for a CDA without feeder) no crossed book. */
 static inline void mh_check_invariants(mh *h, bool check_cross) {
     mh_sums s = {0};
-    ck_assert_int_eq(contracts_account_iter(h->st, mh_sum_acct, &s), 0);
+    MH_CHECK(contracts_account_iter(h->st, mh_sum_acct, &s) == 0, "account iter");
     contracts_supply sup;
-    ck_assert_int_eq(contracts_supply_get(h->st, &sup), 0);
-    ck_assert_int_eq(s.money + s.money_escrow, sup.money_uunit);
-    ck_assert_int_eq(s.tokens + s.tokens_escrow, sup.tokens_wh);
+    MH_CHECK(contracts_supply_get(h->st, &sup) == 0, "supply");
+    MH_CHECK(s.money + s.money_escrow == sup.money_uunit, "money not conserved: %ld + %ld != %ld",
+             (long)s.money, (long)s.money_escrow, (long)sup.money_uunit);
+    MH_CHECK(s.tokens + s.tokens_escrow == sup.tokens_wh, "tokens not conserved: %ld + %ld != %ld",
+             (long)s.tokens, (long)s.tokens_escrow, (long)sup.tokens_wh);
     mh_escrow_sums e = {0};
     uint8_t p = MK_ORDER;
-    ck_assert_int_eq(ledger_state_iter(h->st, &p, 1, mh_sum_order, &e), 0);
+    MH_CHECK(ledger_state_iter(h->st, &p, 1, mh_sum_order, &e) == 0, "order iter");
     mh_check_cross(&e);
     p = MK_TRADE;
-    ck_assert_int_eq(ledger_state_iter(h->st, &p, 1, mh_sum_trade, &e), 0);
-    ck_assert_int_eq(s.money_escrow, e.order_money + e.trade_money);
-    ck_assert_int_eq(s.tokens_escrow, e.order_tokens + e.trade_tokens);
-    ck_assert(!e.overfill);
-    if (check_cross) ck_assert(!e.crossed);
+    MH_CHECK(ledger_state_iter(h->st, &p, 1, mh_sum_trade, &e) == 0, "trade iter");
+    MH_CHECK(s.money_escrow == e.order_money + e.trade_money, "money escrow %ld != %ld + %ld",
+             (long)s.money_escrow, (long)e.order_money, (long)e.trade_money);
+    MH_CHECK(s.tokens_escrow == e.order_tokens + e.trade_tokens, "token escrow %ld != %ld + %ld",
+             (long)s.tokens_escrow, (long)e.order_tokens, (long)e.trade_tokens);
+    MH_CHECK(!e.overfill, "an order is overfilled or empty");
+    MH_CHECK(!check_cross || !e.crossed, "book crossed in slot %lu", (unsigned long)e.cur_slot);
 }
 
 #endif
