@@ -186,10 +186,11 @@ TEM_WUR int grid_topology_build(uint32_t n, const uint32_t *bus_ids, uint32_t sl
 
 /* Number of buses of a compiled model, 0 if the blob is not one. */
 uint32_t grid_model_buses(const uint8_t *blob, size_t blob_len);
-/* Size of that model's slot blobs: per bus two i64le, the net Wh committed below the bus (S,
- * entries 0..n-1) and the same weighted by each injection's cumulative loss factor (W, entries
- * n..2n-1, Wh * ppm). Records are in the model's BFS order. */
-#define GRID_SLOT_BYTES_PER_BUS 16
+/* Size of that model's slot blobs: per bus (in the model's BFS record order) S, i64le, the net
+ * Wh committed below the bus (bytes 8k); W, i64le, the same weighted by each injection's
+ * cumulative loss factor in Wh * ppm (bytes 8n + 8k); U, 128-bit little-endian, the bus'
+ * accumulated voltage rise in fpu per W times Wh (bytes 16n + 16k). */
+#define GRID_SLOT_BYTES_PER_BUS 32
 size_t grid_model_slot_bytes(const uint8_t *blob, size_t blob_len);
 /* grid_check_match on a compiled model and a slot blob (NULL = empty slot). Same codes. */
 TEM_WUR int grid_model_check(const uint8_t *blob, size_t blob_len, const uint8_t *slot_blob,

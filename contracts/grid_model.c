@@ -4,17 +4,22 @@
  * a slot blob, and path resistance / loss factors. Integers only (docs/grid.md).
  *
  * The compiled model is a byte blob stored as one state value, read in place on every match:
- *   header  GRID__HDR bytes: "TGM1", u32 n, u32 margin_ppm, u32 0, source hash (32), zero pad
+ *   header  GRID__HDR bytes: "TGM1", u32 n, u32 margin_ppm, u32 dense_n, source hash (32), pad
  *   n bus records of GRID__REC bytes, in BFS order from the slack (a parent precedes its
  *     children; record 0 is the slack), fields at the offsets named R_* below
  *   n (u32 bus id, u32 record) pairs sorted by bus id, for lookups
+ *   if header u32 at 12 (dense_n) > 0: dense_n u32 records indexed by bus id (UINT32_MAX =
+ *     no such bus), for the common case of nearly contiguous bus numbers
  * Each non-slack record also describes the line to its parent. */
 #include "contracts/grid.h"
 
 #include <inttypes.h>
+#include <endian.h>
 #include <stdarg.h>
 
 #define GRID__MAGIC "TGM1"
+/* A dense bus-number table is added when the largest bus number is below this. */
+#define GRID__DENSE_MAX(n) (4u * (n) + 64u)
 #define GRID__HDR 64
 #define GRID__REC 128
 
@@ -47,7 +52,7 @@ _Static_assert(R_CL + 8 == GRID__REC, "record layout");
 /* Bounds that keep every product of the check inside 128 bits (docs/grid.md, "Units"). */
 #define GRID__W_MAX 10000000000000LL     /* 1e13 W: flows, ratings, loads */
 #define GRID__V_NPU_MAX 10000000000LL    /* 10 pu */
-#define GRID__DV_MAX 10000000000000LL    /* 0.01 pu per W */
+#define GRID__DV_MAX 1000000000000LL     /* 0.001 pu per W */
 #define GRID__R_MAX 1000000000000LL      /* 1 Mohm per line, micro-ohm */
 #define GRID__SLOT_MS_MAX (24LL * MS_PER_H) /* one day */
 #define GRID__QTY_MAX 1000000000000LL    /* 1e12 Wh: one match, and a slot's sum at a bus */
@@ -55,10 +60,26 @@ _Static_assert(R_CL + 8 == GRID__REC, "record layout");
 
 typedef __int128 i128;
 
-static inline uint32_t rd32(const uint8_t *r, size_t off) { return tem_get_u32le(r + off); }
-static inline int64_t rd64(const uint8_t *r, size_t off) { return (int64_t)tem_get_u64le(r + off); }
+/* Little-endian loads and stores through memcpy: one instruction each on the machines we run
+ * on, and the same bytes everywhere. */
+static inline uint32_t ld32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return le32toh(v);
+}
+static inline int64_t ld64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return (int64_t)le64toh(v);
+}
+static inline void st64(uint8_t *p, int64_t v) {
+    uint64_t x = htole64((uint64_t)v);
+    memcpy(p, &x, 8);
+}
+static inline uint32_t rd32(const uint8_t *r, size_t off) { return ld32(r + off); }
+static inline int64_t rd64(const uint8_t *r, size_t off) { return ld64(r + off); }
 static inline void wr32(uint8_t *r, size_t off, uint32_t v) { tem_put_u32le(r + off, v); }
-static inline void wr64(uint8_t *r, size_t off, int64_t v) { tem_put_u64le(r + off, (uint64_t)v); }
+static inline void wr64(uint8_t *r, size_t off, int64_t v) { st64(r + off, v); }
 
 /* ================================================================== topology */
 
@@ -297,7 +318,11 @@ int grid_model_compile(const Tem__V1__InstallFeeder *msg, uint32_t margin_ppm, u
     int64_t *wr = tem_calloc(n, sizeof *wr), *wl = tem_calloc(n, sizeof *wl),
             *fr = tem_calloc(n, sizeof *fr), *fl = tem_calloc(n, sizeof *fl);
     uint8_t *out = NULL;
-    size_t len = GRID__HDR + (size_t)n * GRID__REC + (size_t)n * 8;
+    uint32_t max_id = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (msg->buses[i]->bus > max_id) max_id = msg->buses[i]->bus;
+    uint32_t dense_n = max_id < GRID__DENSE_MAX(n) ? max_id + 1 : 0;
+    size_t len = GRID__HDR + (size_t)n * GRID__REC + (size_t)n * 8 + (size_t)dense_n * 4;
     grid__pair *pairs = tem_malloc(sizeof *pairs * n);
     if (!ids || !from || !to || !order || !parent || !pline || !pos || !rpar || !wr || !wl ||
         !fr || !fl || !pairs)
@@ -472,6 +497,10 @@ int grid_model_compile(const Tem__V1__InstallFeeder *msg, uint32_t margin_ppm, u
         wr32(ix, 8 * (size_t)k, pairs[k].id);
         wr32(ix, 8 * (size_t)k + 4, pairs[k].idx);
     }
+    wr32(out, 12, dense_n);
+    uint8_t *dense = ix + (size_t)n * 8;
+    for (uint32_t i = 0; i < dense_n; i++) wr32(dense, 4 * (size_t)i, UINT32_MAX);
+    for (uint32_t k = 0; dense_n && k < n; k++) wr32(dense, 4 * (size_t)pairs[k].id, pairs[k].idx);
     *blob = out;
     *blob_len = len;
     out = NULL;
@@ -497,23 +526,34 @@ fail:
 /* ================================================================== reading a model */
 
 typedef struct {
-    const uint8_t *recs, *ix;
-    uint32_t n;
+    const uint8_t *recs, *ix, *dense;
+    uint32_t n, dense_n;
 } grid__view;
 
 static int view_init(grid__view *v, const uint8_t *blob, size_t len) {
     if (!blob || len < GRID__HDR || memcmp(blob, GRID__MAGIC, 4) != 0) return GRID_ECORRUPT;
-    uint32_t n = rd32(blob, 4);
-    if (n == 0 || n > GRID_BUSES_MAX || len != GRID__HDR + (size_t)n * (GRID__REC + 8)) return GRID_ECORRUPT;
+    uint32_t n = rd32(blob, 4), dn = rd32(blob, 12);
+    if (n == 0 || n > GRID_BUSES_MAX || dn > GRID__DENSE_MAX(n) ||
+        len != GRID__HDR + (size_t)n * (GRID__REC + 8) + (size_t)dn * 4)
+        return GRID_ECORRUPT;
     v->n = n;
     v->recs = blob + GRID__HDR;
     v->ix = blob + GRID__HDR + (size_t)n * GRID__REC;
+    v->dense_n = dn;
+    v->dense = dn ? v->ix + (size_t)n * 8 : NULL;
     return GRID_OK;
 }
 
 static inline const uint8_t *rec(const grid__view *v, uint32_t k) { return v->recs + (size_t)k * GRID__REC; }
 
 static int view_find(const grid__view *v, uint32_t bus, uint32_t *k) {
+    if (v->dense) {
+        /* Bus numbers of real feeder files are nearly contiguous: one load instead of a search. */
+        if (bus >= v->dense_n) return GRID_EUNKNOWNBUS;
+        *k = ld32(v->dense + 4 * (size_t)bus);
+        if (*k == UINT32_MAX) return GRID_EUNKNOWNBUS;
+        return *k < v->n ? GRID_OK : GRID_ECORRUPT;
+    }
     uint32_t lo = 0, hi = v->n;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
@@ -590,18 +630,18 @@ int grid__model_farthest(const uint8_t *blob, size_t blob_len, uint32_t bus, int
 /* Tightest bound so far, as an integer number of Wh: q <= floor(num / den). A constraint
  * replaces it only when strictly tighter, so ties keep the first constraint in the scan order of
  * docs/grid.md. The test num < q * den is exact (den > 0) and costs a multiplication; the
- * division runs only when the bound moves. The compile-time bounds keep q * den < 2^117. */
+ * division runs only when the bound moves. The compile-time bounds keep den < 2^62 and
+ * q * den < 2^102. */
 typedef struct {
-    i128 q;
+    int64_t q;
     int kind, upper;
     uint32_t k;
 } grid__best;
 
-static inline void best_offer(grid__best *b, i128 num, i128 den, int kind, int upper, uint32_t k) {
+static inline void best_offer(grid__best *b, i128 num, int64_t den, int kind, int upper, uint32_t k) {
     TEM_ASSERT(den > 0);
-    if (b->kind != GRID_BIND_NONE && num >= b->q * den) return;
-    i128 q = num < 0 ? 0 : num / den; /* past the limit and pushed further: nothing */
-    if (q > (i128)GRID__QTY_MAX) q = GRID__QTY_MAX;
+    if (b->kind != GRID_BIND_NONE && num >= (i128)b->q * den) return;
+    int64_t q = num < 0 ? 0 : num / den >= GRID__QTY_MAX ? GRID__QTY_MAX : (int64_t)(num / den);
     if (b->kind != GRID_BIND_NONE && q >= b->q) return;
     b->q = q;
     b->kind = kind;
@@ -609,31 +649,35 @@ static inline void best_offer(grid__best *b, i128 num, i128 den, int kind, int u
     b->k = k;
 }
 
-/* Scratch of one check: per bus the path side, the accumulated rise and this trade's rise.
- * Small feeders keep it on the stack; large ones borrow it from the allocator. */
+/* Scratch of one check or commit: per bus the side of the path it hangs off and this trade's
+ * voltage rise per Wh. Small feeders keep it on the stack; large ones borrow the allocator. */
 #define GRID__STACK_BUSES 256
 typedef struct {
     int8_t *side;
     int64_t *d;
-    i128 *u;
 } grid__scratch;
 
-static int check_core(const grid__view *v, const uint8_t *slot, uint32_t a, uint32_t b,
-                      uint64_t qty_wh, int64_t slot_ms, const grid__scratch *sc_mem,
-                      grid_match_result *out) {
-    memset(out, 0, sizeof *out);
-    if (a == b) {
-        out->max_wh = UINT64_MAX;
-        out->allowed_wh = qty_wh;
-        return GRID_OK;
-    }
+/* Slot blob fields of record k. */
+static inline int64_t slot_s(const uint8_t *slot, uint32_t k) { return ld64(slot + 8 * (size_t)k); }
+static inline int64_t slot_w(const uint8_t *slot, uint32_t n, uint32_t k) { return ld64(slot + 8 * ((size_t)n + k)); }
+static inline i128 slot_u(const uint8_t *slot, uint32_t n, uint32_t k) {
+    const uint8_t *p = slot + 16 * (size_t)n + 16 * (size_t)k;
+    return (i128)(((unsigned __int128)(uint64_t)ld64(p + 8) << 64) | (uint64_t)ld64(p));
+}
+static inline void slot_u_put(uint8_t *slot, uint32_t n, uint32_t k, i128 u) {
+    uint8_t *p = slot + 16 * (size_t)n + 16 * (size_t)k;
+    st64(p, (int64_t)(uint64_t)(unsigned __int128)u);
+    st64(p + 8, (int64_t)(u >> 64));
+}
+
+/* Marks the path: +1 on the seller's side of the meeting bus (injection grows in their
+ * subtrees), -1 on the buyer's; the meeting bus and everything else stay 0. Then the rise per
+ * Wh of this trade at every bus, top-down: a bus hanging off the path moves with the path bus
+ * it hangs from (d, fpu per W of trade power). Returns the meeting bus. */
+static uint32_t trade_shape(const grid__view *v, uint32_t a, uint32_t b, const grid__scratch *m, bool want_d) {
     const uint32_t n = v->n;
-    int8_t *side = sc_mem->side;
-    int64_t *dbuf = sc_mem->d;
-    i128 *u = sc_mem->u;
+    int8_t *side = m->side;
     memset(side, 0, n);
-    /* Mark the path: +1 on the seller's side of the meeting bus (injection grows in their
-     * subtrees), -1 on the buyer's. The meeting bus itself stays 0. */
     uint32_t x = a, y = b;
     uint32_t dx = rd32(rec(v, x), R_DEPTH), dy = rd32(rec(v, y), R_DEPTH);
     while (dx > dy) { side[x] = 1; x = rd32(rec(v, x), R_PARENT); dx--; }
@@ -644,9 +688,45 @@ static int check_core(const grid__view *v, const uint8_t *slot, uint32_t a, uint
         x = rd32(rec(v, x), R_PARENT);
         y = rd32(rec(v, y), R_PARENT);
     }
+    if (!want_d) return x;
+    int64_t *d = m->d;
+    d[0] = 0;
+    for (uint32_t k = 1; k < n; k++) {
+        const uint8_t *r = rec(v, k);
+        int64_t av = side[k] ? rd64(r, R_A) : 0;
+        d[k] = d[rd32(r, R_PARENT)] + (side[k] < 0 ? -av : av);
+    }
+    return x;
+}
+
+/* Decimal of v at p; returns the end. */
+static char *put_u32(char *p, uint32_t v) {
+    char t[10];
+    int n = 0;
+    do {
+        t[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n) *p++ = t[--n];
+    return p;
+}
+
+static int check_core(const grid__view *v, const uint8_t *slot, uint32_t a, uint32_t b,
+                      uint64_t qty_wh, int64_t slot_ms, const grid__scratch *m,
+                      grid_match_result *out) {
+    memset(out, 0, sizeof *out);
+    if (a == b) {
+        out->max_wh = UINT64_MAX;
+        out->allowed_wh = qty_wh;
+        return GRID_OK;
+    }
+    const uint32_t n = v->n;
+    trade_shape(v, a, b, m, false);
+    const int8_t *side = m->side;
+    int64_t *d = m->d;
     /* Everything is scaled by slot_ms * 1e6 so the Wh <-> W conversion (x 3.6e6 / slot_ms) and
      * the ppm / fpu->npu divisions never round: units of W*ppm*slot_ms and fpu*slot_ms. */
-    const i128 sc = (i128)slot_ms * GRID_PPM;
+    const int64_t sc = slot_ms * GRID_PPM; /* <= 8.64e13 */
     grid__best best = {0};
     /* Lines on the path, seller side first (walking up from the seller), then the buyer's. */
     for (int pass = 0; pass < 2; pass++) {
@@ -655,14 +735,14 @@ static int check_core(const grid__view *v, const uint8_t *slot, uint32_t a, uint
         const int64_t cl_end = rd64(rec(v, k), R_CL);
         while (side[k] == want) {
             const uint8_t *r = rec(v, k);
-            int64_t s = slot ? (int64_t)tem_get_u64le(slot + 8 * (size_t)k) : 0;
-            int64_t w = slot ? (int64_t)tem_get_u64le(slot + 8 * ((size_t)n + k)) : 0;
+            int64_t s = slot ? slot_s(slot, k) : 0;
+            int64_t w = slot ? slot_w(slot, n, k) : 0;
             int64_t cl_par = rd64(rec(v, rd32(r, R_PARENT)), R_CL);
             /* A W injected at bus i below this line moves its parent-end flow by
              * 1 + cl(i) - cl(parent) W: the line's own marginal loss and those between it and i. */
             i128 moved = (i128)s * (GRID_PPM - cl_par) + w;
-            i128 f = (i128)rd64(r, R_F0) * sc - moved * MS_PER_H;             /* flow now, scaled */
-            i128 den = (i128)(GRID_PPM + cl_end - cl_par) * MS_PER_H;         /* per Wh, scaled */
+            i128 f = (i128)rd64(r, R_F0) * sc - moved * MS_PER_H;   /* flow now, scaled */
+            int64_t den = (GRID_PPM + cl_end - cl_par) * MS_PER_H;  /* per Wh, scaled */
             if (want == 1)
                 best_offer(&best, f - (i128)rd64(r, R_FLO) * sc, den, GRID_BIND_LINE, 0, k);
             else
@@ -670,23 +750,20 @@ static int check_core(const grid__view *v, const uint8_t *slot, uint32_t a, uint
             k = rd32(r, R_PARENT);
         }
     }
-    /* Voltages, every bus once in BFS order: u = accumulated rise (fpu * Wh), d = rise per Wh
-     * of this trade (fpu per W, summed over the path lines above the bus). */
-    u[0] = 0;
-    dbuf[0] = 0;
+    /* Voltages of every bus the trade moves, in BFS order. The slot keeps each bus' accumulated
+     * rise U (fpu * Wh of trade energy), so no bus needs its ancestors' state. */
+    d[0] = 0;
     for (uint32_t k = 1; k < n; k++) {
         const uint8_t *r = rec(v, k);
-        uint32_t p = rd32(r, R_PARENT);
-        int64_t av = rd64(r, R_A);
-        int64_t s = slot ? (int64_t)tem_get_u64le(slot + 8 * (size_t)k) : 0;
-        u[k] = u[p] + (i128)av * s;
-        dbuf[k] = dbuf[p] + (side[k] == 1 ? av : side[k] == -1 ? -av : 0);
-        if (dbuf[k] == 0) continue;
-        i128 vnow = (i128)rd64(r, R_V0) * sc + u[k] * MS_PER_H; /* fpu * slot_ms */
-        if (dbuf[k] > 0)
-            best_offer(&best, (i128)rd64(r, R_VHI) * sc - vnow, (i128)dbuf[k] * MS_PER_H, GRID_BIND_BUS, 1, k);
+        int64_t av = side[k] ? rd64(r, R_A) : 0;
+        int64_t dk = d[rd32(r, R_PARENT)] + (side[k] < 0 ? -av : av);
+        d[k] = dk;
+        if (dk == 0) continue;
+        i128 vnow = (i128)rd64(r, R_V0) * sc + (slot ? slot_u(slot, n, k) * MS_PER_H : 0); /* fpu * slot_ms */
+        if (dk > 0)
+            best_offer(&best, (i128)rd64(r, R_VHI) * sc - vnow, dk * MS_PER_H, GRID_BIND_BUS, 1, k);
         else
-            best_offer(&best, vnow - (i128)rd64(r, R_VLO) * sc, (i128)(-dbuf[k]) * MS_PER_H, GRID_BIND_BUS, 0, k);
+            best_offer(&best, vnow - (i128)rd64(r, R_VLO) * sc, -dk * MS_PER_H, GRID_BIND_BUS, 0, k);
     }
     TEM_ASSERT(best.kind != GRID_BIND_NONE); /* a path has at least one line */
     out->max_wh = (uint64_t)best.q;
@@ -696,14 +773,20 @@ static int check_core(const grid__view *v, const uint8_t *slot, uint32_t a, uint
     grid_binding *bd = &out->binding;
     bd->kind = best.kind;
     bd->upper = best.upper;
+    char *t = bd->text;
     if (best.kind == GRID_BIND_LINE) {
         bd->from = rd32(r, R_LFROM);
         bd->to = rd32(r, R_LTO);
-        snprintf(bd->text, sizeof bd->text, "line %u-%u", bd->from, bd->to);
+        memcpy(t, "line ", 5);
+        t = put_u32(t + 5, bd->from);
+        *t++ = '-';
+        t = put_u32(t, bd->to);
     } else {
         bd->bus = rd32(r, R_ID);
-        snprintf(bd->text, sizeof bd->text, "bus %u", bd->bus);
+        memcpy(t, "bus ", 4);
+        t = put_u32(t + 4, bd->bus);
     }
+    *t = 0;
     return GRID_OK;
 }
 
@@ -711,10 +794,11 @@ static int args_ok(int64_t slot_ms) {
     return slot_ms > 0 && slot_ms <= GRID__SLOT_MS_MAX ? GRID_OK : GRID_EINVAL;
 }
 
-int grid_model_check(const uint8_t *blob, size_t blob_len, const uint8_t *slot_blob,
-                     uint32_t seller_bus, uint32_t buyer_bus, uint64_t qty_wh, int64_t slot_ms,
-                     grid_match_result *out) {
-    TEM_ASSERT(out);
+/* Resolves the two buses and runs fn with scratch sized for the model. */
+typedef int (*grid__core_fn)(const grid__view *v, uint32_t a, uint32_t b, const grid__scratch *m, void *ctx);
+
+static int with_scratch(const uint8_t *blob, size_t blob_len, uint32_t seller_bus, uint32_t buyer_bus,
+                        int64_t slot_ms, grid__core_fn fn, void *ctx) {
     grid__view v;
     uint32_t a, b;
     int rc = args_ok(slot_ms);
@@ -725,55 +809,74 @@ int grid_model_check(const uint8_t *blob, size_t blob_len, const uint8_t *slot_b
     if (v.n <= GRID__STACK_BUSES) {
         int8_t side[GRID__STACK_BUSES];
         int64_t d[GRID__STACK_BUSES];
-        i128 u[GRID__STACK_BUSES];
-        grid__scratch s = {side, d, u};
-        return check_core(&v, slot_blob, a, b, qty_wh, slot_ms, &s, out);
+        grid__scratch m = {side, d};
+        return fn(&v, a, b, &m, ctx);
     }
-    grid__scratch s = {tem_malloc(v.n), tem_malloc(sizeof(int64_t) * v.n), tem_malloc(sizeof(i128) * v.n)};
-    rc = (s.side && s.d && s.u) ? check_core(&v, slot_blob, a, b, qty_wh, slot_ms, &s, out) : GRID_ENOMEM;
-    tem_free(s.side);
-    tem_free(s.d);
-    tem_free(s.u);
+    grid__scratch m = {tem_malloc(v.n), tem_malloc(sizeof(int64_t) * v.n)};
+    rc = (m.side && m.d) ? fn(&v, a, b, &m, ctx) : GRID_ENOMEM;
+    tem_free(m.side);
+    tem_free(m.d);
     return rc;
 }
 
-int grid_model_commit(const uint8_t *blob, size_t blob_len, uint8_t *slot_blob, uint32_t seller_bus,
-                      uint32_t buyer_bus, uint64_t qty_wh, int64_t slot_ms) {
-    TEM_ASSERT(slot_blob);
-    grid__view v;
-    uint32_t a, b;
-    int rc = args_ok(slot_ms);
-    if (rc == GRID_OK) rc = view_init(&v, blob, blob_len);
-    if (rc == GRID_OK) rc = view_find(&v, seller_bus, &a);
-    if (rc == GRID_OK) rc = view_find(&v, buyer_bus, &b);
-    if (rc != GRID_OK) return rc;
-    if (qty_wh > (uint64_t)GRID__QTY_MAX) return GRID_EOVERFLOW;
-    if (a == b || qty_wh == 0) return GRID_OK;
-    const int64_t q = (int64_t)qty_wh;
-    uint32_t c = lca(&v, a, b);
+typedef struct {
+    const uint8_t *slot;
+    uint8_t *wslot;
+    uint64_t qty_wh;
+    int64_t slot_ms;
+    grid_match_result *out;
+} grid__call;
+
+static int check_fn(const grid__view *v, uint32_t a, uint32_t b, const grid__scratch *m, void *ctx) {
+    grid__call *c = ctx;
+    return check_core(v, c->slot, a, b, c->qty_wh, c->slot_ms, m, c->out);
+}
+
+int grid_model_check(const uint8_t *blob, size_t blob_len, const uint8_t *slot_blob,
+                     uint32_t seller_bus, uint32_t buyer_bus, uint64_t qty_wh, int64_t slot_ms,
+                     grid_match_result *out) {
+    TEM_ASSERT(out);
+    grid__call c = {.slot = slot_blob, .qty_wh = qty_wh, .slot_ms = slot_ms, .out = out};
+    return with_scratch(blob, blob_len, seller_bus, buyer_bus, slot_ms, check_fn, &c);
+}
+
+static int commit_fn(const grid__view *v, uint32_t a, uint32_t b, const grid__scratch *m, void *ctx) {
+    grid__call *cl = ctx;
+    uint8_t *slot = cl->wslot;
+    if (cl->qty_wh > (uint64_t)GRID__QTY_MAX) return GRID_EOVERFLOW;
+    if (a == b || cl->qty_wh == 0) return GRID_OK;
+    const int64_t q = (int64_t)cl->qty_wh;
+    const uint32_t n = v->n;
+    uint32_t c = trade_shape(v, a, b, m, true);
     /* Per bus: S, the net Wh injected below it, and W, the same weighted by each injection's
      * cumulative loss factor (ppm). Check every sum first so an overflow leaves the blob as it
-     * was; |S| <= 1e12 and |cl| <= 4e5 keep |W| < 2^63. */
-    const uint32_t n = v.n;
+     * was; |S| <= 1e12 and |cl| <= 4e5 keep |W| < 2^63, and U = sum of a * S over the lines
+     * above a bus stays below 1e24. */
     for (int pass = 0; pass < 2; pass++) {
         int64_t dq = pass == 0 ? q : -q;
-        int64_t dw = dq * rd64(rec(&v, pass == 0 ? a : b), R_CL);
-        for (uint32_t k = pass == 0 ? a : b; k != c; k = rd32(rec(&v, k), R_PARENT)) {
-            int64_t s = (int64_t)tem_get_u64le(slot_blob + 8 * (size_t)k);
-            int64_t w = (int64_t)tem_get_u64le(slot_blob + 8 * ((size_t)n + k));
+        int64_t dw = dq * rd64(rec(v, pass == 0 ? a : b), R_CL);
+        for (uint32_t k = pass == 0 ? a : b; k != c; k = rd32(rec(v, k), R_PARENT)) {
+            int64_t s = slot_s(slot, k), w = slot_w(slot, n, k);
             if (!tem_add_i64(&s, dq) || !tem_add_i64(&w, dw)) return GRID_EOVERFLOW;
             if (s > GRID__QTY_MAX || s < -GRID__QTY_MAX) return GRID_EOVERFLOW;
         }
     }
     for (int pass = 0; pass < 2; pass++) {
         int64_t dq = pass == 0 ? q : -q;
-        int64_t dw = dq * rd64(rec(&v, pass == 0 ? a : b), R_CL);
-        for (uint32_t k = pass == 0 ? a : b; k != c; k = rd32(rec(&v, k), R_PARENT)) {
-            int64_t s = (int64_t)tem_get_u64le(slot_blob + 8 * (size_t)k) + dq;
-            int64_t w = (int64_t)tem_get_u64le(slot_blob + 8 * ((size_t)n + k)) + dw;
-            tem_put_u64le(slot_blob + 8 * (size_t)k, (uint64_t)s);
-            tem_put_u64le(slot_blob + 8 * ((size_t)n + k), (uint64_t)w);
+        int64_t dw = dq * rd64(rec(v, pass == 0 ? a : b), R_CL);
+        for (uint32_t k = pass == 0 ? a : b; k != c; k = rd32(rec(v, k), R_PARENT)) {
+            st64(slot + 8 * (size_t)k, slot_s(slot, k) + dq);
+            st64(slot + 8 * ((size_t)n + k), slot_w(slot, n, k) + dw);
         }
     }
+    for (uint32_t k = 1; k < n; k++)
+        if (m->d[k]) slot_u_put(slot, n, k, slot_u(slot, n, k) + (i128)m->d[k] * q);
     return GRID_OK;
+}
+
+int grid_model_commit(const uint8_t *blob, size_t blob_len, uint8_t *slot_blob, uint32_t seller_bus,
+                      uint32_t buyer_bus, uint64_t qty_wh, int64_t slot_ms) {
+    TEM_ASSERT(slot_blob);
+    grid__call c = {.wslot = slot_blob, .qty_wh = qty_wh, .slot_ms = slot_ms};
+    return with_scratch(blob, blob_len, seller_bus, buyer_bus, slot_ms, commit_fn, &c);
 }
