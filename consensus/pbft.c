@@ -1422,6 +1422,29 @@ static int on_timer(pbft_replica *r, const pbft_event *ev, pbft_actions *out) {
     if (ev->timer == PBFT_TIMER_VIEW) {
         if (ev->timer_seq != r->view_timer_seq || r->view_timer_seq == 0) return PBFT_ESTALE;
         r->view_timer_seq = 0;
+        if (r->in_view_change) {
+            uint32_t have = 0;
+            for (uint32_t j = 0; j < r->cfg.n; j++)
+                if (r->vc_msg[j] && r->vc_view[j] >= r->view) have++;
+            if (have < r->quorum && r->vc_msg[r->cfg.self]) {
+                /* Fewer than 2f+1 replicas have reached this view yet: moving on alone would let
+                 * this replica race ahead of the others for good (Castro & Liskov 4.5.2).
+                 * Re-send the VIEW-CHANGE, which may have been lost, and keep waiting. A
+                 * replica already asking for a later view has passed through this one. */
+                pbft_action *a = act_push(out, PBFT_ACT_BROADCAST);
+                a->to = PBFT_TO_ALL;
+                a->msg = tem_malloc(r->vc_len[r->cfg.self]);
+                if (!a->msg) {
+                    out->n--;
+                    return PBFT_ENOMEM;
+                }
+                memcpy(a->msg, r->vc_msg[r->cfg.self], r->vc_len[r->cfg.self]);
+                a->msg_len = r->vc_len[r->cfg.self];
+                set_timer(r, out, PBFT_TIMER_VIEW, view_timeout(r));
+                maybe_fetch(r, out, true);
+                return PBFT_OK;
+            }
+        }
         /* No progress in this view (or no NEW-VIEW for it): try the next primary, waiting
          * longer each time until a block is delivered again. */
         int rc = start_view_change(r, r->view + 1, out);
