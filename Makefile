@@ -81,8 +81,10 @@ $(foreach m,$(MODULES),$(eval $(call module_lib,$(m))))
 
 $(TEMD): $(BUILD)/obj/node/temd.o $(LIBS)
 	$(CC) $(LDSAN) -o $@ $< $(LIBS) $(LDLIBS)
+# temctl.c names the verbs of other parts as weak symbols, which alone never pull an archive
+# member in: -u asks the linker for every ctl_*_main libnode.a defines.
 $(TEMCTL): $(BUILD)/obj/node/temctl.o $(LIBS)
-	$(CC) $(LDSAN) -o $@ $< $(LIBS) $(LDLIBS)
+	$(CC) $(LDSAN) -o $@ $< $$(nm -g --defined-only $(BUILD)/libnode.a | awk '$$2 == "T" && $$3 ~ /^ctl_.*_main$$/ {print "-Wl,-u," $$3}') $(LIBS) $(LDLIBS)
 
 # ---------------------------------------------------------------- tests
 # A test or bench links only the modules its name says it needs, so a module under construction

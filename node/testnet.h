@@ -1,0 +1,182 @@
+/* testnet.h: what `temctl sim` and `temctl testnet` share: a small blocking HTTP/1.1 client,
+ * tolerant readers of the node's JSON API, the real-time driver that runs simulated prosumers
+ * against a chain, and the report (summary text, testnet-report.html with inline SVG).
+ *
+ * Why a hand-written client: the simulator and the runner are sequential command-line tools
+ * that make one request at a time; H2O's client (libh2o http1client) is callback-driven and
+ * needs an H2O event loop, socket pool and context around it. A blocking keep-alive client of a
+ * few hundred lines over one socket, with a timeout on every read and write and bounded sizes,
+ * is easier to audit here (docs/sim.md, "HTTP client"). The node's server stays H2O.
+ *
+ * Functions return 0 on success and -1 on failure with a message in the object's `err` or on
+ * stderr, as each says. */
+#ifndef CTL_TESTNET_H
+#define CTL_TESTNET_H
+
+#include "node/ctl.h"
+#include "node/feeder.h"
+#include "node/sim.h"
+
+#include <signal.h>
+
+/* ------------------------------------------------------------------ HTTP client */
+#define CTL_HTTP_HEADER_BYTES_MAX (16u << 10)
+#define CTL_HTTP_BODY_BYTES_MAX (64u << 20)
+
+typedef struct {
+    int fd;              /* -1 when not connected; reconnects on the next request */
+    char host[128];
+    uint16_t port;
+    int timeout_ms;      /* per connect, read and write */
+    char err[320];       /* last failure */
+} ctl_http_conn;
+
+typedef struct {
+    int status;          /* HTTP status code */
+    char *body;          /* tem_malloc'd, NUL-terminated (not counted in len) */
+    size_t len;
+} ctl_http_resp;
+
+/* Parses "host:port" or "http://host:port[/]". No connection is made yet. 0 or -1. */
+int ctl_http_init(ctl_http_conn *c, const char *url, int timeout_ms);
+void ctl_http_close(ctl_http_conn *c);
+/* One request on the keep-alive connection (reconnecting once if the server closed it).
+ * body may be NULL when len is 0; ctype may be NULL. On 0 *out holds the response (free with
+ * ctl_http_resp_free); on -1 (connect, timeout, malformed or oversize response) c->err says
+ * why and the connection is closed. */
+int ctl_http_request(ctl_http_conn *c, const char *method, const char *path, const char *ctype,
+                     const void *body, size_t len, ctl_http_resp *out);
+void ctl_http_resp_free(ctl_http_resp *r);
+
+/* ------------------------------------------------------------------ the node API, tolerantly
+ * Field names may differ slightly between node versions: every reader below accepts the
+ * documented name and its known aliases, numbers as JSON integers, reals or decimal strings. */
+
+/* GET path and parse the body as JSON. Returns a new reference or NULL (transport error, or
+ * a body that is not JSON); *status gets the HTTP status (0 on transport errors). */
+json_t *ctl_api_get(ctl_http_conn *c, const char *path, int *status);
+/* First of the NULL-terminated names present in obj, as int64 (dflt when absent or junk). */
+int64_t ctl_json_i64(const json_t *obj, const char *const *names, int64_t dflt);
+/* First string of the names, or "" (never NULL). */
+const char *ctl_json_str(const json_t *obj, const char *const *names);
+/* First array of the names, or NULL. */
+json_t *ctl_json_arr(const json_t *obj, const char *const *names);
+
+/* POST /v1/tx with the binary SignedTx. Returns the HTTP status (202 on acceptance) or -1 on a
+ * transport error. err gets the node's "code" (e.g. "ENONCE") or the transport reason. */
+int ctl_api_submit(ctl_http_conn *c, const uint8_t *tx, size_t len, char *err, size_t errlen);
+
+typedef struct {
+    uint64_t height;
+    char state_root[65], last_block_hash[65], chain_id[64];
+} ctl_api_status;
+/* GET /v1/status. 0 or -1. */
+int ctl_api_status_get(ctl_http_conn *c, ctl_api_status *out);
+
+enum { CTL_TX_UNKNOWN = 0, CTL_TX_PENDING = 1, CTL_TX_COMMITTED = 2, CTL_TX_REFUSED = 3 };
+typedef struct {
+    int status;           /* CTL_TX_* */
+    uint64_t height;
+    int64_t code;         /* receipt code, 0 = applied */
+    char reason[96];
+    uint64_t filled_wh, curtailed_wh, fills;
+    int64_t minted_wh;
+} ctl_api_tx;
+/* GET /v1/tx/{txid}. 0 (also for "unknown") or -1 on a transport error. */
+int ctl_api_tx_get(ctl_http_conn *c, const uint8_t txid[32], ctl_api_tx *out);
+
+/* One trade as /v1/trades lists it. */
+typedef struct {
+    uint64_t quantity_wh, price, curtailed_wh, network_fee, loss_fee, height;
+    char binding[40];
+    uint8_t buyer[33], seller[33];
+} ctl_api_trade;
+/* GET /v1/trades?slot=N: *out tem_malloc'd (free with tem_free), *n entries. -1 on transport
+ * error or a status other than 200. */
+int ctl_api_trades_get(ctl_http_conn *c, uint64_t slot, ctl_api_trade **out, size_t *n);
+
+typedef struct {
+    int64_t money_uunit, escrow_uunit, tokens_wh, escrow_tokens_wh, debt_uunit;
+    uint64_t next_nonce;
+} ctl_api_account;
+/* GET /v1/accounts/{hex}. 0, or -1 (transport error or not 200). */
+int ctl_api_account_get(ctl_http_conn *c, const uint8_t pub[33], ctl_api_account *out);
+
+/* GET /v1/blocks/{h}: the block's time and number of txs. 0 or -1. */
+int ctl_api_block_get(ctl_http_conn *c, uint64_t height, uint64_t *time_ms, uint32_t *n_txs,
+                      char hash_hex[65]);
+
+/* ------------------------------------------------------------------ wall clock */
+int64_t ctl_now_ms(void);
+/* Sleeps until `until_ms` or until *stop becomes non-zero (checked every 50 ms). */
+void ctl_sleep_until(int64_t until_ms, volatile sig_atomic_t *stop);
+
+/* ------------------------------------------------------------------ the real-time driver */
+/* One tx the driver submitted, and what became of it. */
+typedef struct {
+    uint8_t txid[32];
+    uint32_t prosumer, run_slot;
+    uint8_t kind;          /* 'o' order, 'r' reading */
+    int http_status;       /* 202 accepted; other = refused at the door; -1 transport */
+    ctl_api_tx result;     /* filled by ctl_simrun_collect */
+} ctl_simrun_tx;
+
+typedef struct {
+    const ledger_genesis *g;        /* borrowed */
+    ctl_sim_config cfg;
+    uint32_t n;                     /* prosumers */
+    ctl_sim_prosumer *p;            /* n, owned */
+    uint8_t (*sec)[32];             /* n secret keys, owned, wiped on free */
+    uint8_t (*pub)[33];
+    uint64_t *nonce;                /* next nonce per prosumer */
+    uint64_t first_slot;            /* chain slot of run slot 0 */
+    uint32_t slots;
+    ctl_http_conn *nodes;           /* borrowed: where prosumer i submits (i % n_nodes) */
+    uint32_t n_nodes;
+    ctl_sim_slot *rec;              /* n * slots, rec[slot * n + i] */
+    ctl_simrun_tx *txs;
+    size_t n_txs, cap_txs;
+    int64_t *last_price;            /* per run slot: VWAP seen in its trades snapshot, 0 = none */
+    ctl_api_trade **snap;           /* per run slot: /v1/trades taken after its gate closure */
+    size_t *n_snap;
+    bool *have_snap;
+    volatile sig_atomic_t *stop;
+    bool quiet;
+} ctl_simrun;
+
+/* Allocates the arrays for n prosumers and `slots` slots. 0 or -1 (OOM). */
+int ctl_simrun_init(ctl_simrun *r, const ledger_genesis *g, const ctl_sim_config *cfg, uint32_t n,
+                    uint32_t slots);
+void ctl_simrun_free(ctl_simrun *r);
+/* The tariff band of a chain slot from the genesis' time-of-use periods (the chain's rule: the
+ * period of the slot's start minute, UTC). */
+void ctl_simrun_tariff(const ledger_genesis *g, uint64_t slot, int64_t *retail, int64_t *feed_in);
+/* Wall time of the order and reading events of run slot k. */
+int64_t ctl_simrun_order_ms(const ctl_simrun *r, uint32_t k);
+int64_t ctl_simrun_reading_ms(const ctl_simrun *r, uint32_t k);
+/* Earliest chain slot whose order time is at least `not_before_ms`. */
+uint64_t ctl_simrun_first_slot(const ledger_genesis *g, int64_t not_before_ms);
+/* Runs every slot in real time: orders, readings, trade snapshots. 0, or -1 when stopped. */
+int ctl_simrun_run(ctl_simrun *r);
+/* Polls every submitted tx until none is pending (or timeout_ms passes). 0. */
+int ctl_simrun_collect(ctl_simrun *r, int timeout_ms);
+
+/* Places n prosumers on the feeder's non-slack buses in file order, round robin: bus id,
+ * the bus' peak load (W) and how many prosumers share it. Arrays of n. 0, or -1 when the
+ * feeder has no bus to place on. */
+int ctl_sim_place(const ctl_feeder *f, uint32_t n, uint32_t *bus, double *bus_load_w,
+                  uint32_t *per_bus);
+/* Simulated start minute that centres a run of `slots` on 12:30 (0 for a whole day). */
+uint32_t ctl_sim_start_minute(uint32_t slots, uint32_t slot_minutes);
+
+/* ------------------------------------------------------------------ report */
+/* Renders the dataset the runner wrote (testnet-data.json, described in docs/sim.md) as the
+ * plain-text summary on `out` and, if html_path is not NULL, as an HTML page with inline SVG
+ * charts (no script, no network). 0 or -1 (message on stderr). */
+int ctl_report_text(const json_t *data, FILE *out);
+int ctl_report_html(const json_t *data, const char *html_path);
+
+int ctl_sim_main(int argc, char **argv);
+int ctl_testnet_main(int argc, char **argv);
+
+#endif
