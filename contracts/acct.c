@@ -203,62 +203,116 @@ int mk_tariff_check(const mk_tariff *t) {
     return 0;
 }
 
-static void tariff_key(uint8_t key[10], uint64_t from_slot) {
-    key[0] = MK_PARAM;
-    key[1] = 't';
-    tem_put_u64be(key + 2, from_slot);
-}
+/* All tariff sets live in one record ('p' 't'), ascending by from_slot, so the lookup every
+ * order makes is a single get: u32 nsets, then per set u64 from_slot, u32 n and n periods of
+ * (u32 start_minute, i64 retail, i64 feed_in). */
+static const uint8_t tariff_key[2] = {MK_PARAM, 't'};
+#define TARIFF_SET_BYTES(n) (12 + 20 * (size_t)(n))
 
-int mk_tariff_put(ledger_state *st, uint64_t from_slot, const mk_tariff *t) {
-    TEM_ASSERT(mk_tariff_check(t) == 0);
-    uint8_t key[10], v[4 + LEDGER_TARIFF_PERIODS_MAX * 20];
-    tariff_key(key, from_slot);
-    tem_put_u32le(v, t->n);
-    for (uint32_t i = 0; i < t->n; i++) {
-        tem_put_u32le(v + 4 + 20 * i, t->p[i].start_minute);
-        mk_put_i64(v + 8 + 20 * i, t->p[i].retail);
-        mk_put_i64(v + 16 + 20 * i, t->p[i].feed_in);
-    }
-    return ledger_state_put(st, key, sizeof key, v, 4 + 20 * (size_t)t->n);
-}
-
-typedef struct {
-    uint64_t slot;
-    const uint8_t *val; /* the latest set with from_slot <= slot */
+static int tariff_load(ledger_state *st, uint8_t *buf, size_t cap, size_t *len) {
+    const uint8_t *v;
     size_t vlen;
-    uint8_t buf[4 + LEDGER_TARIFF_PERIODS_MAX * 20];
-    bool found;
-} tariff_find;
+    int rc = ledger_state_get(st, tariff_key, sizeof tariff_key, &v, &vlen);
+    if (rc == LEDGER_ENOTFOUND) {
+        tem_put_u32le(buf, 0);
+        *len = 4;
+        return LEDGER_OK;
+    }
+    if (rc) return rc;
+    if (vlen < 4 || vlen > cap) return LEDGER_ECORRUPT;
+    memcpy(buf, v, vlen);
+    *len = vlen;
+    /* Walk it once so readers below can trust the lengths. */
+    uint32_t nsets = tem_get_u32le(buf);
+    size_t off = 4;
+    for (uint32_t i = 0; i < nsets; i++) {
+        if (off + 12 > vlen) return LEDGER_ECORRUPT;
+        uint32_t n = tem_get_u32le(buf + off + 8);
+        if (n == 0 || n > LEDGER_TARIFF_PERIODS_MAX || off + TARIFF_SET_BYTES(n) > vlen) return LEDGER_ECORRUPT;
+        off += TARIFF_SET_BYTES(n);
+    }
+    return off == vlen ? LEDGER_OK : LEDGER_ECORRUPT;
+}
 
-static int tariff_find_one(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val,
-                           size_t vlen) {
-    tariff_find *f = ctx;
-    if (klen != 10 || vlen < 4 || vlen > sizeof f->buf) return LEDGER_ECORRUPT;
-    if (tem_get_u64be(key + 2) > f->slot) return 1; /* keys ascend: nothing later applies */
-    memcpy(f->buf, val, vlen);
-    f->vlen = vlen;
-    f->found = true;
-    return 0;
+#define TARIFF_BLOB_MAX (4 + MK_TARIFF_SETS_MAX * TARIFF_SET_BYTES(LEDGER_TARIFF_PERIODS_MAX))
+
+int mk_tariff_put(ledger_state *st, uint64_t from_slot, uint64_t keep_from_slot, const mk_tariff *t) {
+    TEM_ASSERT(mk_tariff_check(t) == 0);
+    static_assert(TARIFF_BLOB_MAX < 80000, "tariff record stays small");
+    uint8_t *old = tem_malloc(TARIFF_BLOB_MAX), *nw = tem_malloc(TARIFF_BLOB_MAX);
+    size_t olen, nlen = 4;
+    int rc = LEDGER_ENOMEM;
+    if (!old || !nw) goto out;
+    if ((rc = tariff_load(st, old, TARIFF_BLOB_MAX, &olen))) goto out;
+    uint32_t nsets = tem_get_u32le(old), kept = 0;
+    size_t off = 4;
+    for (uint32_t i = 0; i < nsets; i++) {
+        uint64_t f = tem_get_u64le(old + off);
+        size_t sz = TARIFF_SET_BYTES(tem_get_u32le(old + off + 8));
+        /* A set is dead when the next one already covers every slot still traded or settled;
+         * sets from the new from_slot on are replaced by the new one. */
+        size_t next = off + sz;
+        bool superseded = f >= from_slot;
+        bool dead = (i + 1 < nsets && tem_get_u64le(old + next) <= keep_from_slot) ||
+                    (i + 1 == nsets && from_slot <= keep_from_slot && f < from_slot);
+        if (!superseded && !dead) {
+            memcpy(nw + nlen, old + off, sz);
+            nlen += sz;
+            kept++;
+        }
+        off = next;
+    }
+    if (kept + 1 > MK_TARIFF_SETS_MAX) {
+        rc = CONTRACTS_ETARIFF;
+        goto out;
+    }
+    tem_put_u64le(nw + nlen, from_slot);
+    tem_put_u32le(nw + nlen + 8, t->n);
+    for (uint32_t i = 0; i < t->n; i++) {
+        uint8_t *p = nw + nlen + 12 + 20 * i;
+        tem_put_u32le(p, t->p[i].start_minute);
+        mk_put_i64(p + 4, t->p[i].retail);
+        mk_put_i64(p + 12, t->p[i].feed_in);
+    }
+    nlen += TARIFF_SET_BYTES(t->n);
+    tem_put_u32le(nw, kept + 1);
+    rc = ledger_state_put(st, tariff_key, sizeof tariff_key, nw, nlen);
+out:
+    tem_free(old);
+    tem_free(nw);
+    return rc;
 }
 
 int mk_tariff_for_slot(ledger_state *st, const ledger_genesis *g, uint64_t slot, mk_period *out) {
     int64_t start;
     if (!mk_slot_times(g, slot, &start, NULL, NULL, NULL) || start < 0) return LEDGER_EINVAL;
-    tariff_find f = {.slot = slot};
-    uint8_t prefix[2] = {MK_PARAM, 't'};
-    int rc = ledger_state_iter(st, prefix, 2, tariff_find_one, &f);
-    if (rc < 0) return rc;
-    if (!f.found) return LEDGER_ENOTFOUND;
-    uint32_t n = tem_get_u32le(f.buf);
-    if (n == 0 || f.vlen != 4 + 20 * (size_t)n) return LEDGER_ECORRUPT;
+    const uint8_t *v;
+    size_t vlen;
+    int rc = ledger_state_get(st, tariff_key, sizeof tariff_key, &v, &vlen);
+    if (rc) return rc;
+    if (vlen < 4) return LEDGER_ECORRUPT;
+    uint32_t nsets = tem_get_u32le(v);
+    size_t off = 4, pick = 0;
+    bool found = false;
+    for (uint32_t i = 0; i < nsets; i++) {
+        if (off + 12 > vlen) return LEDGER_ECORRUPT;
+        uint32_t n = tem_get_u32le(v + off + 8);
+        if (n == 0 || n > LEDGER_TARIFF_PERIODS_MAX || off + TARIFF_SET_BYTES(n) > vlen) return LEDGER_ECORRUPT;
+        if (tem_get_u64le(v + off) > slot) break; /* ascending: nothing later applies */
+        pick = off;
+        found = true;
+        off += TARIFF_SET_BYTES(n);
+    }
+    if (!found) return LEDGER_ENOTFOUND;
+    uint32_t n = tem_get_u32le(v + pick + 8);
     /* Time of use by the slot's start minute of the (UTC) day. */
-    uint32_t minute = (uint32_t)((start / 60000) % 1440);
-    uint32_t pick = 0;
+    uint32_t minute = (uint32_t)((start / 60000) % 1440), k = 0;
     for (uint32_t i = 0; i < n; i++)
-        if (tem_get_u32le(f.buf + 4 + 20 * i) <= minute) pick = i;
-    out->start_minute = tem_get_u32le(f.buf + 4 + 20 * pick);
-    out->retail = mk_get_i64(f.buf + 8 + 20 * pick);
-    out->feed_in = mk_get_i64(f.buf + 16 + 20 * pick);
+        if (tem_get_u32le(v + pick + 12 + 20 * i) <= minute) k = i;
+    const uint8_t *p = v + pick + 12 + 20 * k;
+    out->start_minute = tem_get_u32le(p);
+    out->retail = mk_get_i64(p + 4);
+    out->feed_in = mk_get_i64(p + 12);
     return LEDGER_OK;
 }
 
@@ -307,7 +361,7 @@ int contracts_genesis_init(void *ctx, ledger_state *st, const ledger_genesis *g)
             t.p[i] = (mk_period){g->tariffs[i].start_minute, g->tariffs[i].retail_uunit_per_kwh,
                                  g->tariffs[i].feed_in_uunit_per_kwh};
         if (mk_tariff_check(&t)) return LEDGER_EGENESIS;
-        if ((rc = mk_tariff_put(st, 0, &t))) return rc;
+        if ((rc = mk_tariff_put(st, 0, 0, &t))) return rc;
     }
     return LEDGER_OK;
 }
@@ -469,6 +523,13 @@ int mk_exec_set_tariff(ledger_state *st, const ledger_block_ctx *b, const ledger
     if (!mk_slot_times(b->genesis, s->from_slot, NULL, &gate, NULL, NULL))
         return mk_refuse(rc, b, CONTRACTS_ESLOT);
     if ((int64_t)b->time_ms >= gate) return mk_refuse(rc, b, CONTRACTS_ETARIFFSLOT);
-    int e = mk_tariff_put(st, s->from_slot, &t);
+    /* Slots whose reading deadline has passed are settled (begin_block ran first), so sets
+     * that only cover slots before `keep` are no longer needed. */
+    const ledger_market_params *mp = &b->genesis->market;
+    int64_t since = (int64_t)b->time_ms - (int64_t)b->genesis->genesis_time_ms - mp->settlement_deadline_ms;
+    uint64_t keep = since > 0 ? (uint64_t)(since / mp->slot_ms) : 0;
+    keep = keep > 1 ? keep - 1 : 0;
+    int e = mk_tariff_put(st, s->from_slot, keep, &t);
+    if (e == CONTRACTS_ETARIFF) return mk_refuse(rc, b, CONTRACTS_ETARIFF);
     return e;
 }

@@ -120,7 +120,12 @@ bool mk_pubkey_ok(const uint8_t *p, size_t len);
  * LEDGER_ENOTFOUND (no tariff), LEDGER_ECORRUPT, LEDGER_EINVAL (slot time overflows). */
 TEM_WUR int mk_tariff_for_slot(ledger_state *st, const ledger_genesis *g, uint64_t slot,
                                mk_period *out);
-TEM_WUR int mk_tariff_put(ledger_state *st, uint64_t from_slot, const mk_tariff *t);
+/* Adds a set from `from_slot` on, replacing sets from there on and dropping sets that cover no
+ * slot >= keep_from_slot. LEDGER_OK, CONTRACTS_ETARIFF (more than MK_TARIFF_SETS_MAX live
+ * sets), LEDGER_ENOMEM, LEDGER_ECORRUPT. */
+#define MK_TARIFF_SETS_MAX 64
+TEM_WUR int mk_tariff_put(ledger_state *st, uint64_t from_slot, uint64_t keep_from_slot,
+                          const mk_tariff *t);
 /* 0 when sorted, starting at minute 0, below 1440, feed-in <= retail <= CONTRACTS_PRICE_MAX. */
 int mk_tariff_check(const mk_tariff *t);
 

@@ -308,6 +308,42 @@ START_TEST(market_admin_txs_apply) {
 }
 END_TEST
 
+START_TEST(market_time_of_use_tariff_follows_the_slot_start_minute) {
+    /* From slot 10: 300000 before 08:00 UTC, 400000 from 08:00 (slot 32 starts at 08:00). */
+    uint32_t start[2] = {0, 480};
+    uint64_t retail[2] = {300000, 400000}, feed[2] = {50000, 60000};
+    ck_assert_int_eq(mh_set_tariff(&H, ADMIN, 10, 2, start, retail, feed), 0);
+    ck_assert_int_eq(mh_order(&H, C1, 31, BUY, 350000, 10, GTC), CONTRACTS_EPRICE);
+    ck_assert_int_eq(mh_order(&H, C1, 32, BUY, 350000, 10, GTC), 0);
+    ck_assert_int_eq(mh_order(&H, P1, 32, SELL, 55000, 10, GTC), CONTRACTS_EPRICE);
+    ck_assert_int_eq(mh_order(&H, P1, 31, SELL, 55000, 10, GTC), 0);
+}
+END_TEST
+
+START_TEST(market_later_tariff_change_replaces_sets_from_its_slot_on) {
+    uint32_t start = 0;
+    uint64_t f = 50000, r10 = 200000, r20 = 250000, r15 = 220000;
+    ck_assert_int_eq(mh_set_tariff(&H, ADMIN, 10, 1, &start, &r10, &f), 0);
+    ck_assert_int_eq(mh_set_tariff(&H, ADMIN, 20, 1, &start, &r20, &f), 0);
+    ck_assert_int_eq(mh_set_tariff(&H, ADMIN, 15, 1, &start, &r15, &f), 0);
+    ck_assert_int_eq(mh_order(&H, C1, 12, BUY, 210000, 10, GTC), CONTRACTS_EPRICE);
+    ck_assert_int_eq(mh_order(&H, C1, 12, BUY, 200000, 10, GTC), 0);
+    ck_assert_int_eq(mh_order(&H, C1, 25, BUY, 230000, 10, GTC), CONTRACTS_EPRICE);
+    ck_assert_int_eq(mh_order(&H, C1, 25, BUY, 220000, 10, GTC), 0);
+    ck_assert_int_eq(mh_order(&H, C1, 9, BUY, 300000, 10, GTC), 0);
+    /* Far later, sets that only covered settled slots are pruned: the record stays small. */
+    for (uint64_t k = 0; k < 100; k++) {
+        mh_block(&H, mh_slot_start(30 + 2 * k));
+        ck_assert_int_eq(mh_set_tariff(&H, ADMIN, 32 + 2 * k, 1, &start, &r10, &f), 0);
+    }
+    const uint8_t key[2] = {MK_PARAM, 't'};
+    const uint8_t *v;
+    size_t vlen;
+    ck_assert_int_eq(ledger_state_get(H.st, key, 2, &v, &vlen), 0);
+    ck_assert_uint_le(tem_get_u32le(v), 4);
+}
+END_TEST
+
 static Suite *market_suite(void) {
     Suite *s = suite_create("market");
     TCase *t = tcase_create("cda");
@@ -321,6 +357,8 @@ static Suite *market_suite(void) {
     tcase_add_test(t, market_restarted_executor_rebuilds_its_books_from_the_state);
     tcase_add_test(t, market_full_book_refuses_resting_orders_but_not_ioc);
     tcase_add_test(t, market_admin_txs_apply);
+    tcase_add_test(t, market_time_of_use_tariff_follows_the_slot_start_minute);
+    tcase_add_test(t, market_later_tariff_change_replaces_sets_from_its_slot_on);
     tcase_add_loop_test(t, market_bad_input_is_refused_with_its_code_and_changes_nothing, 0,
                         (int)(sizeof bad_cases / sizeof bad_cases[0]));
     suite_add_tcase(s, t);
