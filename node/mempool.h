@@ -1,0 +1,194 @@
+/* mempool.h: the node's pool of signed txs waiting for a block. A tx enters through
+ * node_mempool_submit: cheap checks run at once on the loop thread (decode, dedup by txid, nonce
+ * window, bounds), the secp256k1 signature is verified in the libuv thread pool, and the tx is
+ * appended to an append-only log on disk that is group-committed (one fdatasync serves every
+ * record written since the previous one). Only after that fdatasync does the caller hear rc 0:
+ * "accepted" (HTTP 202) means the tx survives a crash of this node until it is committed or
+ * superseded. docs/mempool.md describes the log format, the bounds and the eviction rule.
+ *
+ * Threading: every function runs on the loop thread that owns `loop`. Only the signature check,
+ * the record checksum and log compaction run in the thread pool; they touch nothing a function
+ * here changes while they run.
+ *
+ * Errors: `enum node_mempool_err` (-520..-539) for the pool's own refusals; ledger codes
+ * (-1xx) pass through unchanged when they come from ledger_tx_decode or the signature check;
+ * a precheck callback's own negative code passes through unchanged. */
+#ifndef NODE_MEMPOOL_H
+#define NODE_MEMPOOL_H
+
+#include <uv.h>
+
+#include "ledger/ledger.h"
+
+/* Bounds on the configuration (node_mempool_new refuses larger values with EINVAL). */
+#define NODE_MEMPOOL_TXS_MAX 1000000u
+#define NODE_MEMPOOL_NONCE_WINDOW_MAX 65536u
+#define NODE_MEMPOOL_VERIFY_JOBS_MAX 16u
+#define NODE_MEMPOOL_VERIFY_BATCH_MAX 4096u
+#define NODE_MEMPOOL_SUPERSEDED_MAX 1000000u
+
+/* Defaults used when a config field is 0. */
+#define NODE_MEMPOOL_BYTES_DEFAULT (64ull << 20)
+#define NODE_MEMPOOL_VERIFY_JOBS_DEFAULT 2u
+#define NODE_MEMPOOL_VERIFY_BATCH_DEFAULT 256u
+#define NODE_MEMPOOL_SUPERSEDED_DEFAULT 4096u
+#define NODE_MEMPOOL_COMPACT_MIN_BYTES_DEFAULT (1ull << 20)
+
+/* Log format (docs/mempool.md): a 40-byte header "TEMMPL01" || genesis hash (32), then records
+ *   u32le len || u8 type || payload (len - 1 bytes) || u32le check
+ * where check = the first 4 bytes (little-endian) of SHA-256(u32le len || type || payload).
+ * Type 1 = a SignedTx as submitted. */
+#define NODE_MEMPOOL_LOG_MAGIC "TEMMPL01"
+#define NODE_MEMPOOL_LOG_HEADER_BYTES 40u
+#define NODE_MEMPOOL_REC_TX 1u
+#define NODE_MEMPOOL_REC_OVERHEAD_BYTES 9u /* len + type + check */
+
+#define NODE_MEMPOOL_ERRNO_MAP(X)                                                                  \
+    X(EFULL, -520, "mempool is full")                                                              \
+    X(ESIGNERFULL, -521, "too many pending txs for this signer")                                   \
+    X(EDUP, -522, "tx is already in the mempool")                                                  \
+    X(ECOMMITTED, -523, "tx is already committed")                                                 \
+    X(ENONCELOW, -524, "nonce already used (below the signer's next nonce)")                       \
+    X(ENONCEFAR, -525, "nonce too far ahead of the signer's next nonce")                           \
+    X(ENONCETAKEN, -526, "another pending tx has the same signer and nonce")                       \
+    X(ESUPERSEDED, -527, "nonce consumed by another tx of the same signer")                        \
+    X(EIO, -528, "mempool log I/O error")                                                          \
+    X(ECORRUPT, -529, "mempool log is unreadable or belongs to another chain")                     \
+    X(ENOMEM, -530, "out of memory")                                                               \
+    X(ECLOSING, -531, "mempool is closing")                                                        \
+    X(EINVAL, -532, "invalid mempool configuration")
+
+enum node_mempool_err {
+    NODE_MEMPOOL_OK = 0,
+#define NODE_MEMPOOL_X(name, val, msg) NODE_MEMPOOL_##name = val,
+    NODE_MEMPOOL_ERRNO_MAP(NODE_MEMPOOL_X)
+#undef NODE_MEMPOOL_X
+};
+
+/* Static message / symbolic name ("EFULL") of a mempool code; any other code is handed to
+ * ledger_strerror / ledger_errname. */
+const char *node_mempool_strerror(int err);
+const char *node_mempool_errname(int err);
+
+typedef struct node_mempool node_mempool;
+
+typedef struct {
+    const char *log_path;          /* the log file (e.g. DATA_DIR/mempool.log); copied; its
+                                    * directory must exist. LOG_PATH.tmp is used for rewrites. */
+    uint32_t txs_max;              /* txs held (in flight + pending); 1..NODE_MEMPOOL_TXS_MAX */
+    uint64_t bytes_max;            /* sum of SignedTx bytes held; 0 = NODE_MEMPOOL_BYTES_DEFAULT */
+    uint32_t nonce_window;         /* accept nonces in [state nonce, state nonce + window); >= 1 */
+    uint32_t per_signer_max;       /* txs held per signer; 1..txs_max */
+    uint32_t verify_jobs_max;      /* thread-pool work items verifying at once; 0 = default 2 */
+    uint32_t verify_batch_max;     /* txs per work item; 0 = default 256 */
+    uint32_t superseded_max;       /* superseded txids remembered for status; 0 = default 4096 */
+    uint64_t compact_min_bytes;    /* never rewrite a log smaller than this; 0 = default 1 MiB */
+    const ledger_genesis *genesis; /* borrowed, must outlive the pool: limits, chain id, hash */
+    /* Optional check on the loop thread after decode and the nonce checks (e.g. registered
+     * participant, admin key for admin kinds). Returns 0 or a negative code that refuses the tx
+     * (returned by node_mempool_submit unchanged). tx is borrowed for the call. */
+    int (*precheck)(void *ctx, const ledger_tx *tx);
+    void *precheck_ctx;
+} node_mempool_config;
+
+/* Called exactly once for every node_mempool_submit that returned 0, on the loop thread:
+ *   rc 0: the signature verified and the record is on disk (its fdatasync completed);
+ *   a ledger signature code (LEDGER_ESIG, ESIGHIGHS, ESIGMALFORMED, EPUBKEY): refused, dropped;
+ *   NODE_MEMPOOL_EIO: the log write or fdatasync failed, the tx was dropped;
+ *   NODE_MEMPOOL_ECLOSING: node_mempool_close ran before the tx became durable.
+ * txid is borrowed for the call. The callback may call submit, select, block_applied, status,
+ * size and stats, but not node_mempool_close or node_mempool_free. */
+typedef void (*node_mempool_done_fn)(void *ctx, int rc, const uint8_t txid[LEDGER_HASH_BYTES]);
+
+/* Counters for tests, /metrics and benchmarks. */
+typedef struct {
+    uint64_t submitted;         /* submit calls that returned 0 */
+    uint64_t refused;           /* submit calls that returned an error */
+    uint64_t verify_jobs;       /* thread-pool work items run */
+    uint64_t verify_failed;     /* done called with a signature code */
+    uint64_t durable;           /* done called with 0 */
+    uint64_t log_writes;        /* write(2) calls on the log (a short write counts again) */
+    uint64_t log_fsyncs;        /* fdatasync calls on the log */
+    uint64_t log_bytes;         /* current size of the log file */
+    uint64_t log_live_bytes;    /* bytes of records of txs still pending */
+    uint64_t compactions;       /* log rewrites completed (recovery's included) */
+    uint64_t committed_dropped; /* pending txs dropped because a block committed them */
+    uint64_t superseded;        /* pending txs dropped because their nonce was used */
+    uint64_t recovered;         /* txs brought back by node_mempool_recover */
+    uint64_t recover_dropped;   /* log records recovery dropped (committed, stale, bad) */
+    uint64_t recover_torn_bytes;/* bytes ignored at the end of the log (torn last record) */
+} node_mempool_stats;
+
+/* Allocates the pool and every table at their maximum size and initialises its loop handles.
+ * cfg and store are borrowed and must outlive the pool; the store is read on the loop thread
+ * (nonces, receipts). Nothing is read or written on disk until node_mempool_recover.
+ * NODE_MEMPOOL_OK, NODE_MEMPOOL_EINVAL (a field out of range, no log path, no genesis),
+ * NODE_MEMPOOL_ENOMEM, NODE_MEMPOOL_EIO (a libuv handle could not be initialised). */
+TEM_WUR int node_mempool_new(uv_loop_t *loop, const node_mempool_config *cfg, ledger_store *store,
+                             node_mempool **out);
+
+/* Must run once, before the first submit, at startup. Reads the log (if present) up to the first
+ * torn or corrupt record (the rest is ignored and counted in recover_torn_bytes), drops records
+ * that are committed (ledger_store_receipt finds them), whose nonce is below the signer's state
+ * nonce (remembered as superseded) or that fail to decode or verify, re-verifies the rest
+ * synchronously on this thread, then rewrites the log compacted (temp file, fdatasync, rename,
+ * directory fsync) and opens it for appending. *recovered = txs brought back (may be NULL).
+ * NODE_MEMPOOL_OK, NODE_MEMPOOL_EIO, NODE_MEMPOOL_ENOMEM, NODE_MEMPOOL_ECORRUPT (bad header or
+ * another chain's log: the file is left as it is), NODE_MEMPOOL_EFULL (the log holds more live
+ * txs than txs_max/bytes_max allow: raise the limits rather than lose accepted txs). */
+TEM_WUR int node_mempool_recover(node_mempool *m, uint32_t *recovered);
+
+/* Offers one serialised SignedTx (copied; tx may be freed on return). txid_out (may be NULL)
+ * receives the txid whenever the tx decoded. Synchronous refusals never call done:
+ *   ledger_tx_decode's codes (LEDGER_EDECODE .. LEDGER_ECHAIN, LEDGER_ENOMEM);
+ *   NODE_MEMPOOL_EDUP (the txid is in flight or pending), NODE_MEMPOOL_ECOMMITTED (a receipt
+ *   exists), NODE_MEMPOOL_ENONCELOW (nonce below the state nonce: a replay, or superseded),
+ *   NODE_MEMPOOL_ENONCEFAR (nonce >= state nonce + nonce_window), NODE_MEMPOOL_ENONCETAKEN
+ *   (same signer and nonce held with another txid), the precheck's code, NODE_MEMPOOL_EFULL
+ *   (txs_max or bytes_max reached: HTTP 503), NODE_MEMPOOL_ESIGNERFULL (per_signer_max),
+ *   NODE_MEMPOOL_EIO (the log failed and has not been rewritten yet), NODE_MEMPOOL_ENOMEM,
+ *   NODE_MEMPOOL_ECLOSING.
+ * Returns 0 when queued: done(ctx, rc, txid) follows later, exactly once. */
+TEM_WUR int node_mempool_submit(node_mempool *m, const uint8_t *tx, size_t len,
+                                node_mempool_done_fn done, void *ctx,
+                                uint8_t txid_out[LEDGER_HASH_BYTES]);
+
+/* Up to `max` durable txs valid for the next block on `st` (read-only here): per signer,
+ * consecutive nonces from its nonce in `st`. Order: by arrival, except that a tx whose
+ * predecessor nonce arrived later follows that predecessor at once; a gap ends the signer's
+ * run. Deterministic for a given pool and state. txs[i]/lens[i] (arrays of `max`, caller's)
+ * point into the pool: borrowed until the next node_mempool_block_applied or _close.
+ * *n = count written. NODE_MEMPOOL_OK only. */
+TEM_WUR int node_mempool_select(node_mempool *m, ledger_state *st, uint32_t max,
+                                const uint8_t **txs, size_t *lens, uint32_t *n);
+
+/* After a block is applied (the store is at its height): drops those txids and every held tx
+ * whose nonce is now below its signer's state nonce (remembered as superseded unless a receipt
+ * shows it committed). Txs still being verified or written are flagged and settle when their
+ * work ends (done rc 0 if committed, NODE_MEMPOOL_ESUPERSEDED if superseded). Rewrites the log
+ * in the thread pool when it is over compact_min_bytes and more than half dead, and retries a
+ * failed log. txids is borrowed. */
+void node_mempool_block_applied(node_mempool *m, const uint8_t (*txids)[LEDGER_HASH_BYTES], size_t n);
+
+enum {
+    NODE_MEMPOOL_STATUS_UNKNOWN = 0,
+    NODE_MEMPOOL_STATUS_PENDING = 1,    /* durable, waiting for a block */
+    NODE_MEMPOOL_STATUS_INFLIGHT = 2,   /* being verified or written */
+    NODE_MEMPOOL_STATUS_SUPERSEDED = 3, /* dropped: its nonce was used by another tx */
+};
+/* One of NODE_MEMPOOL_STATUS_*. Committed txs are UNKNOWN here: ask the store. */
+int node_mempool_status(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES]);
+/* Txs held (in flight + pending). */
+uint32_t node_mempool_size(const node_mempool *m);
+void node_mempool_get_stats(const node_mempool *m, node_mempool_stats *out);
+
+/* Starts closing: submissions not yet durable get done(NODE_MEMPOOL_ECLOSING) (at once, or
+ * when their thread-pool work returns); a log write already in flight finishes and its txs get
+ * done(0). Run the loop until node_mempool_is_closed, then node_mempool_free. Idempotent. */
+void node_mempool_close(node_mempool *m);
+bool node_mempool_is_closed(const node_mempool *m);
+/* Frees everything (the log is closed as it is, not compacted). Only after close + is_closed,
+ * or NULL. */
+void node_mempool_free(node_mempool *m);
+
+#endif

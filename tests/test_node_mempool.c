@@ -1,0 +1,992 @@
+/* test_node_mempool.c: Check suite for node/mempool.c: admission checks and their codes,
+ * selection order, signature failures reported through done, bounds, block_applied, the
+ * group-committed log (fsync counts), recovery after a simulated crash and after SIGKILL of a
+ * child node, torn last records, log compaction, write failures, and close. Each test runs a
+ * real libuv loop and LMDB store in a temp dir; every loop run is bounded by a timer. */
+#include "node/mempool.h"
+#include "tests/ledger_fixture.h"
+
+#include <check.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define CHAIN "tem-test"
+#define REC_MAX 4096
+
+/* ------------------------------------------------------------------ fixture */
+static char DIR_[64], STORE_DIR[96], LOG[96];
+static ledger_genesis G;
+static ledger_store *S;
+static uv_loop_t LOOP;
+static node_mempool *M;
+
+typedef struct {
+    int n;
+    int rc[REC_MAX];
+    uint8_t txid[REC_MAX][32];
+} recorder;
+static recorder R;
+
+static void on_done(void *ctx, int rc, const uint8_t txid[32]) {
+    recorder *r = ctx;
+    ck_assert_int_lt(r->n, REC_MAX);
+    r->rc[r->n] = rc;
+    memcpy(r->txid[r->n], txid, 32);
+    r->n++;
+}
+
+static void setup(void) {
+    snprintf(DIR_, sizeof DIR_, "/tmp/tem-mempool-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(DIR_));
+    snprintf(STORE_DIR, sizeof STORE_DIR, "%s/store", DIR_);
+    snprintf(LOG, sizeof LOG, "%s/mempool.log", DIR_);
+    ck_assert_int_eq(mkdir(STORE_DIR, 0700), 0);
+    fx_genesis(&G, 4);
+    ck_assert_int_eq(ledger_store_open(STORE_DIR, &G, NULL, NULL, &S), LEDGER_OK);
+    ck_assert_int_eq(uv_loop_init(&LOOP), 0);
+    memset(&R, 0, sizeof R);
+    M = NULL;
+}
+
+static void on_timeout(uv_timer_t *t) { *(bool *)t->data = true; }
+
+/* Runs the loop until pred() holds, at most 10 s. */
+static bool run_until(bool (*pred)(void)) {
+    uv_timer_t t;
+    bool timed_out = false;
+    ck_assert_int_eq(uv_timer_init(&LOOP, &t), 0);
+    t.data = &timed_out;
+    ck_assert_int_eq(uv_timer_start(&t, on_timeout, 10000, 0), 0);
+    while (!pred() && !timed_out) uv_run(&LOOP, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(&LOOP, UV_RUN_NOWAIT);
+    return pred();
+}
+
+static int WANT_DONE;
+static bool enough_done(void) { return R.n >= WANT_DONE; }
+static void wait_done(int n) {
+    WANT_DONE = n;
+    ck_assert_msg(run_until(enough_done), "only %d of %d done callbacks", R.n, n);
+}
+static bool mempool_closed(void) { return node_mempool_is_closed(M); }
+
+static void mp_shutdown(void) {
+    if (!M) return;
+    node_mempool_close(M);
+    ck_assert(run_until(mempool_closed));
+    node_mempool_free(M);
+    M = NULL;
+}
+
+static void teardown(void) {
+    mp_shutdown();
+    uv_run(&LOOP, UV_RUN_NOWAIT);
+    ck_assert_int_eq(uv_loop_close(&LOOP), 0); /* every handle closed */
+    ledger_store_close(S);
+    ledger_genesis_free(&G);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", DIR_);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+static node_mempool_config cfg_default(void) {
+    node_mempool_config c = {0};
+    c.log_path = LOG;
+    c.txs_max = 1000;
+    c.nonce_window = 16;
+    c.per_signer_max = 16;
+    c.genesis = &G;
+    return c;
+}
+
+static uint32_t mp_open(const node_mempool_config *c) {
+    uint32_t rec = UINT32_MAX;
+    ck_assert_int_eq(node_mempool_new(&LOOP, c, S, &M), NODE_MEMPOOL_OK);
+    ck_assert_int_eq(node_mempool_recover(M, &rec), NODE_MEMPOOL_OK);
+    return rec;
+}
+
+static node_mempool_stats stats(void) {
+    node_mempool_stats s;
+    node_mempool_get_stats(M, &s);
+    return s;
+}
+
+/* ------------------------------------------------------------------ txs */
+typedef struct {
+    uint8_t *b;
+    size_t len;
+    uint8_t txid[32];
+} tx_t;
+
+/* A transfer from key `from` to key 1 (amount makes otherwise equal txs differ). */
+static tx_t mk(uint32_t from, uint64_t nonce, uint64_t amount) {
+    uint8_t sec[32], pub[33], tsec[32], tpub[33];
+    fx_key(from, sec, pub);
+    fx_key(1, tsec, tpub);
+    Tem__V1__TxBody b = TEM__V1__TX_BODY__INIT;
+    Tem__V1__Transfer t = TEM__V1__TRANSFER__INIT;
+    t.to = (ProtobufCBinaryData){33, tpub};
+    t.amount = amount;
+    b.chain_id = (char *)CHAIN;
+    b.nonce = nonce;
+    b.kind_case = TEM__V1__TX_BODY__KIND_TRANSFER;
+    b.transfer = &t;
+    tx_t x;
+    ck_assert_int_eq(ledger_tx_build(&b, sec, &x.b, &x.len, x.txid), LEDGER_OK);
+    return x;
+}
+
+static void pub_of(uint32_t key, uint8_t pub[33]) {
+    uint8_t sec[32];
+    fx_key(key, sec, pub);
+}
+
+static int submit(const tx_t *x) { return node_mempool_submit(M, x->b, x->len, on_done, &R, NULL); }
+
+static int submit_ok_and_wait(const tx_t *x) {
+    int before = R.n;
+    int rc = submit(x);
+    if (rc != NODE_MEMPOOL_OK) return rc;
+    wait_done(before + 1);
+    return R.rc[before];
+}
+
+/* Applies a block holding txs (no certificate, the fixture's transfer executor). */
+static void apply_block(const tx_t *txs, size_t n) {
+    const uint8_t *b[64];
+    size_t l[64];
+    ck_assert_uint_le(n, 64);
+    for (size_t i = 0; i < n; i++) b[i] = txs[i].b, l[i] = txs[i].len;
+    uint8_t vsec[64], vpub[32], *blk;
+    size_t blen;
+    fx_vkey(0, vsec, vpub);
+    ck_assert_int_eq(ledger_block_build(S, b, l, n, ledger_store_last_time(S) + 1000, vpub, &blk, &blen), LEDGER_OK);
+    ledger_apply_info info;
+    ck_assert_int_eq(ledger_store_apply(S, blk, blen, NULL, 0, &FX_EXEC, LEDGER_APPLY_NO_CERT, &info), LEDGER_OK);
+    ck_assert_uint_eq(info.n_txs, n);
+    tem_free(blk);
+}
+
+static void block_applied(const tx_t *txs, size_t n) {
+    uint8_t ids[64][32];
+    for (size_t i = 0; i < n; i++) memcpy(ids[i], txs[i].txid, 32);
+    node_mempool_block_applied(M, (const uint8_t(*)[32])ids, n);
+}
+
+static void free_txs(tx_t *x, size_t n) {
+    for (size_t i = 0; i < n; i++) tem_free(x[i].b);
+}
+
+static long file_size(const char *p) {
+    struct stat sb;
+    ck_assert_int_eq(stat(p, &sb), 0);
+    return (long)sb.st_size;
+}
+
+/* ------------------------------------------------------------------ admission */
+START_TEST(mempool_tx_is_in_flight_until_durable_then_pending_and_selectable) {
+    node_mempool_config c = cfg_default();
+    ck_assert_uint_eq(mp_open(&c), 0);
+    tx_t x = mk(2, 0, 5);
+    uint8_t txid[32];
+    ck_assert_int_eq(node_mempool_submit(M, x.b, x.len, on_done, &R, txid), NODE_MEMPOOL_OK);
+    ck_assert(memcmp(txid, x.txid, 32) == 0);
+    ck_assert_int_eq(node_mempool_status(M, x.txid), NODE_MEMPOOL_STATUS_INFLIGHT);
+    ck_assert_uint_eq(node_mempool_size(M), 1);
+    ck_assert_int_eq(R.n, 0); /* never before the fsync */
+    wait_done(1);
+    ck_assert_int_eq(R.rc[0], 0);
+    ck_assert(memcmp(R.txid[0], x.txid, 32) == 0);
+    ck_assert_int_eq(node_mempool_status(M, x.txid), NODE_MEMPOOL_STATUS_PENDING);
+    node_mempool_stats s = stats();
+    ck_assert_uint_eq(s.durable, 1);
+    ck_assert_uint_ge(s.log_fsyncs, 1);
+    ck_assert_uint_eq(s.log_bytes, NODE_MEMPOOL_LOG_HEADER_BYTES + NODE_MEMPOOL_REC_OVERHEAD_BYTES + x.len);
+    ck_assert_int_eq(file_size(LOG), (long)s.log_bytes);
+    const uint8_t *sel[4];
+    size_t lens[4];
+    uint32_t n = 9;
+    ck_assert_int_eq(node_mempool_select(M, ledger_store_state(S), 4, sel, lens, &n), NODE_MEMPOOL_OK);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_uint_eq(lens[0], x.len);
+    ck_assert(memcmp(sel[0], x.b, x.len) == 0);
+    free_txs(&x, 1);
+}
+END_TEST
+
+START_TEST(mempool_select_follows_arrival_and_nonce_order_across_signers) {
+    node_mempool_config c = cfg_default();
+    mp_open(&c);
+    /* Arrival: A1, B0, A0, B1, A3 (A = key 2, B = key 3). A1 waits for A0, then follows it at
+     * once because it arrived earlier; A3 is behind a gap. */
+    tx_t x[5] = {mk(2, 1, 1), mk(3, 0, 1), mk(2, 0, 1), mk(3, 1, 1), mk(2, 3, 1)};
+    for (int i = 0; i < 5; i++) ck_assert_int_eq(submit(&x[i]), NODE_MEMPOOL_OK);
+    wait_done(5);
+    for (int i = 0; i < 5; i++) ck_assert_int_eq(R.rc[i], 0);
+    static const struct {
+        uint32_t max, n;
+        int want[5];
+    } rows[] = {{10, 4, {1, 2, 0, 3}}, {2, 2, {1, 2}}, {3, 3, {1, 2, 0}}, {0, 0, {0}}};
+    for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
+        const uint8_t *sel[10];
+        size_t lens[10];
+        uint32_t n;
+        ck_assert_int_eq(node_mempool_select(M, ledger_store_state(S), rows[r].max, sel, lens, &n), 0);
+        ck_assert_msg(n == rows[r].n, "row %zu: %u txs", r, n);
+        for (uint32_t i = 0; i < n; i++)
+            ck_assert_msg(lens[i] == x[rows[r].want[i]].len && memcmp(sel[i], x[rows[r].want[i]].b, lens[i]) == 0,
+                          "row %zu position %u", r, i);
+    }
+    /* The selected txs form a valid block. */
+    tx_t blk[4] = {x[1], x[2], x[0], x[3]};
+    apply_block(blk, 4);
+    block_applied(blk, 4);
+    ck_assert_uint_eq(node_mempool_size(M), 1);
+    ck_assert_int_eq(node_mempool_status(M, x[4].txid), NODE_MEMPOOL_STATUS_PENDING);
+    ck_assert_uint_eq(stats().committed_dropped, 4);
+    free_txs(x, 5);
+}
+END_TEST
+
+static int PRECHECK_CALLS;
+static int precheck_refuse_key4(void *ctx, const ledger_tx *tx) {
+    (void)ctx;
+    PRECHECK_CALLS++;
+    uint8_t pub[33];
+    pub_of(4, pub);
+    return memcmp(tx->body->signer.data, pub, 33) == 0 ? -599 : 0;
+}
+
+START_TEST(mempool_bad_txs_are_refused_synchronously_and_never_reach_done) {
+    node_mempool_config c = cfg_default();
+    c.precheck = precheck_refuse_key4;
+    G.max_admin_tx_bytes = 4096; /* so `big` is over this pool's outer limit */
+    mp_open(&c);
+    tx_t good = mk(2, 0, 1), refused = mk(4, 0, 1);
+    uint8_t garbage[40];
+    memset(garbage, 0xff, sizeof garbage);
+    /* Another chain's tx. */
+    uint8_t sec[32], pub[33], tpub[33], tsec[32];
+    fx_key(2, sec, pub);
+    fx_key(1, tsec, tpub);
+    Tem__V1__TxBody b = TEM__V1__TX_BODY__INIT;
+    Tem__V1__Transfer t = TEM__V1__TRANSFER__INIT;
+    t.to = (ProtobufCBinaryData){33, tpub};
+    b.chain_id = (char *)"other-chain";
+    b.kind_case = TEM__V1__TX_BODY__KIND_TRANSFER;
+    b.transfer = &t;
+    uint8_t *other;
+    size_t olen;
+    ck_assert_int_eq(ledger_tx_build(&b, sec, &other, &olen, NULL), LEDGER_OK);
+    static uint8_t big[8192];
+    const struct {
+        const char *name;
+        const uint8_t *b;
+        size_t len;
+        int want;
+    } rows[] = {
+        {"empty", good.b, 0, LEDGER_EEMPTY},
+        {"garbage", garbage, sizeof garbage, LEDGER_EDECODE},
+        {"truncated", good.b, good.len - 10, LEDGER_EDECODE},
+        {"oversize", big, sizeof big, LEDGER_ETOOBIG},
+        {"other chain", other, olen, LEDGER_ECHAIN},
+        {"precheck", refused.b, refused.len, -599},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        uint8_t txid[32] = {0};
+        int rc = node_mempool_submit(M, rows[i].b, rows[i].len, on_done, &R, txid);
+        ck_assert_msg(rc == rows[i].want, "%s: got %d (%s)", rows[i].name, rc, node_mempool_errname(rc));
+    }
+    ck_assert_int_eq(PRECHECK_CALLS, 1);
+    uv_run(&LOOP, UV_RUN_NOWAIT);
+    ck_assert_int_eq(R.n, 0);
+    ck_assert_uint_eq(node_mempool_size(M), 0);
+    ck_assert_uint_eq(stats().refused, sizeof rows / sizeof rows[0]);
+    ck_assert_str_eq(node_mempool_errname(NODE_MEMPOOL_EFULL), "EFULL");
+    ck_assert_str_eq(node_mempool_errname(LEDGER_ESIG), "ESIG");
+    ck_assert_str_eq(node_mempool_strerror(NODE_MEMPOOL_EFULL), "mempool is full");
+    tem_free(other);
+    free_txs(&good, 1);
+    free_txs(&refused, 1);
+}
+END_TEST
+
+START_TEST(mempool_refuses_duplicates_in_flight_pending_and_committed) {
+    node_mempool_config c = cfg_default();
+    mp_open(&c);
+    tx_t x = mk(2, 0, 1);
+    ck_assert_int_eq(submit(&x), NODE_MEMPOOL_OK);
+    ck_assert_int_eq(submit(&x), NODE_MEMPOOL_EDUP); /* in flight */
+    wait_done(1);
+    ck_assert_int_eq(submit(&x), NODE_MEMPOOL_EDUP); /* pending */
+    apply_block(&x, 1);
+    block_applied(&x, 1);
+    ck_assert_int_eq(node_mempool_status(M, x.txid), NODE_MEMPOOL_STATUS_UNKNOWN);
+    ck_assert_int_eq(submit(&x), NODE_MEMPOOL_ECOMMITTED);
+    ck_assert_int_eq(R.n, 1);
+    free_txs(&x, 1);
+}
+END_TEST
+
+START_TEST(mempool_refuses_a_replayed_nonce_and_a_taken_one) {
+    node_mempool_config c = cfg_default();
+    mp_open(&c);
+    tx_t a0 = mk(2, 0, 1), a0b = mk(2, 0, 2), a1 = mk(2, 1, 1), a1b = mk(2, 1, 2);
+    apply_block(&a0, 1); /* nonce 0 used elsewhere */
+    ck_assert_int_eq(submit(&a0b), NODE_MEMPOOL_ENONCELOW);
+    ck_assert_int_eq(submit(&a1), NODE_MEMPOOL_OK);
+    ck_assert_int_eq(submit(&a1b), NODE_MEMPOOL_ENONCETAKEN);
+    wait_done(1);
+    ck_assert_int_eq(submit(&a1b), NODE_MEMPOOL_ENONCETAKEN);
+    ck_assert_uint_eq(node_mempool_size(M), 1);
+    free_txs(&a0, 1);
+    free_txs(&a0b, 1);
+    free_txs(&a1, 1);
+    free_txs(&a1b, 1);
+}
+END_TEST
+
+START_TEST(mempool_accepts_only_nonces_inside_the_window) {
+    node_mempool_config c = cfg_default();
+    c.nonce_window = 4;
+    mp_open(&c);
+    tx_t used = mk(3, 0, 1);
+    apply_block(&used, 1); /* key 3's state nonce is 1 */
+    static const struct {
+        uint32_t key;
+        uint64_t nonce;
+        int want;
+    } rows[] = {
+        {2, 3, NODE_MEMPOOL_OK},        {2, 4, NODE_MEMPOOL_ENONCEFAR}, {2, 0, NODE_MEMPOOL_OK},
+        {2, 1000, NODE_MEMPOOL_ENONCEFAR}, {3, 0, NODE_MEMPOOL_ENONCELOW}, {3, 4, NODE_MEMPOOL_OK},
+        {3, 5, NODE_MEMPOOL_ENONCEFAR}, {2, UINT64_MAX, NODE_MEMPOOL_ENONCEFAR},
+    };
+    int ok = 0;
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        tx_t x = mk(rows[i].key, rows[i].nonce, 7);
+        int rc = submit(&x);
+        ck_assert_msg(rc == rows[i].want, "row %zu: %s", i, node_mempool_errname(rc));
+        ok += rc == 0;
+        free_txs(&x, 1);
+    }
+    wait_done(ok);
+    ck_assert_uint_eq(node_mempool_size(M), (uint32_t)ok);
+    free_txs(&used, 1);
+}
+END_TEST
+
+START_TEST(mempool_full_pool_refuses_with_efull_and_keeps_what_it_accepted) {
+    node_mempool_config c = cfg_default();
+    c.txs_max = 4;
+    c.per_signer_max = 4;
+    mp_open(&c);
+    tx_t x[5];
+    for (int i = 0; i < 5; i++) x[i] = mk(2 + (uint32_t)i, 0, 1);
+    for (int i = 0; i < 4; i++) ck_assert_int_eq(submit(&x[i]), NODE_MEMPOOL_OK);
+    ck_assert_int_eq(submit(&x[4]), NODE_MEMPOOL_EFULL); /* full counts in-flight txs */
+    wait_done(4);
+    ck_assert_int_eq(submit(&x[4]), NODE_MEMPOOL_EFULL);
+    for (int i = 0; i < 4; i++) ck_assert_int_eq(node_mempool_status(M, x[i].txid), NODE_MEMPOOL_STATUS_PENDING);
+    apply_block(&x[0], 1);
+    block_applied(&x[0], 1);
+    ck_assert_int_eq(submit_ok_and_wait(&x[4]), 0); /* room again */
+    free_txs(x, 5);
+}
+END_TEST
+
+START_TEST(mempool_byte_bound_refuses_with_efull) {
+    node_mempool_config c = cfg_default();
+    tx_t x = mk(2, 0, 1), y = mk(3, 0, 1);
+    c.bytes_max = x.len + y.len - 1;
+    mp_open(&c);
+    ck_assert_int_eq(submit(&x), NODE_MEMPOOL_OK);
+    ck_assert_int_eq(submit(&y), NODE_MEMPOOL_EFULL);
+    wait_done(1);
+    free_txs(&x, 1);
+    free_txs(&y, 1);
+}
+END_TEST
+
+START_TEST(mempool_per_signer_limit_refuses_with_esignerfull) {
+    node_mempool_config c = cfg_default();
+    c.per_signer_max = 3;
+    mp_open(&c);
+    tx_t x[5];
+    for (int i = 0; i < 4; i++) x[i] = mk(2, (uint64_t)i, 1);
+    x[4] = mk(3, 0, 1);
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(submit(&x[i]), NODE_MEMPOOL_OK);
+    ck_assert_int_eq(submit(&x[3]), NODE_MEMPOOL_ESIGNERFULL);
+    ck_assert_int_eq(submit(&x[4]), NODE_MEMPOOL_OK); /* other signers unaffected */
+    wait_done(4);
+    free_txs(x, 5);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ signatures */
+/* Replaces s by n - s (big-endian), the high-S twin of a valid signature. */
+static void make_high_s(uint8_t *s) {
+    static const uint8_t n[32] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                  0xff, 0xff, 0xff, 0xff, 0xfe, 0xba, 0xae, 0xdc, 0xe6, 0xaf, 0x48,
+                                  0xa0, 0x3b, 0xbf, 0xd2, 0x5e, 0x8c, 0xd0, 0x36, 0x41, 0x41};
+    int borrow = 0;
+    for (int i = 31; i >= 0; i--) {
+        int d = n[i] - s[i] - borrow;
+        borrow = d < 0;
+        s[i] = (uint8_t)(d + (borrow ? 256 : 0));
+    }
+}
+
+START_TEST(mempool_bad_signatures_are_reported_through_done_and_dropped) {
+    node_mempool_config c = cfg_default();
+    mp_open(&c);
+    /* The signature is the SignedTx's last field: its 64 bytes end the encoding. */
+    tx_t flip_r = mk(2, 0, 1), high_s = mk(3, 0, 1), good = mk(4, 0, 1), offcurve;
+    flip_r.b[flip_r.len - 64 + 5] ^= 0x01;
+    make_high_s(high_s.b + high_s.len - 32);
+    /* A signer with the 02 prefix whose x is not on the curve passes decode, fails verify. */
+    uint8_t bad_signer[33], tpub[33], sig[64], *body;
+    memset(bad_signer, 0xff, sizeof bad_signer);
+    bad_signer[0] = 0x02;
+    pub_of(1, tpub);
+    memset(sig, 1, sizeof sig);
+    Tem__V1__TxBody b = TEM__V1__TX_BODY__INIT;
+    Tem__V1__Transfer t = TEM__V1__TRANSFER__INIT;
+    t.to = (ProtobufCBinaryData){33, tpub};
+    b.chain_id = (char *)CHAIN;
+    b.signer = (ProtobufCBinaryData){33, bad_signer};
+    b.kind_case = TEM__V1__TX_BODY__KIND_TRANSFER;
+    b.transfer = &t;
+    size_t blen = tem__v1__tx_body__get_packed_size(&b);
+    body = tem_malloc(blen);
+    ck_assert_uint_eq(tem__v1__tx_body__pack(&b, body), blen);
+    Tem__V1__SignedTx stx = TEM__V1__SIGNED_TX__INIT;
+    stx.body = (ProtobufCBinaryData){blen, body};
+    stx.sig = (ProtobufCBinaryData){64, sig};
+    offcurve.len = tem__v1__signed_tx__get_packed_size(&stx);
+    offcurve.b = tem_malloc(offcurve.len);
+    ck_assert_uint_eq(tem__v1__signed_tx__pack(&stx, offcurve.b), offcurve.len);
+    ledger_sha256(offcurve.txid, body, blen);
+    tem_free(body);
+
+    const struct {
+        tx_t *x;
+        int want;
+    } rows[] = {{&flip_r, LEDGER_ESIG}, {&high_s, LEDGER_ESIGHIGHS}, {&offcurve, LEDGER_EPUBKEY}, {&good, 0}};
+    const size_t nrows = sizeof rows / sizeof rows[0];
+    for (size_t i = 0; i < nrows; i++) {
+        uint8_t txid[32];
+        ck_assert_int_eq(node_mempool_submit(M, rows[i].x->b, rows[i].x->len, on_done, &R, txid), 0);
+        ck_assert(memcmp(txid, rows[i].x->txid, 32) == 0);
+    }
+    wait_done((int)nrows);
+    for (size_t i = 0; i < nrows; i++) {
+        int k = -1;
+        for (int j = 0; j < R.n; j++)
+            if (memcmp(R.txid[j], rows[i].x->txid, 32) == 0) k = j;
+        ck_assert_msg(k >= 0, "row %zu: no done", i);
+        ck_assert_msg(R.rc[k] == rows[i].want, "row %zu: rc %s", i, node_mempool_errname(R.rc[k]));
+        ck_assert_int_eq(node_mempool_status(M, rows[i].x->txid),
+                         rows[i].want ? NODE_MEMPOOL_STATUS_UNKNOWN : NODE_MEMPOOL_STATUS_PENDING);
+    }
+    ck_assert_uint_eq(node_mempool_size(M), 1);
+    node_mempool_stats s = stats();
+    ck_assert_uint_eq(s.verify_failed, 3);
+    ck_assert_uint_eq(s.log_bytes, NODE_MEMPOOL_LOG_HEADER_BYTES + NODE_MEMPOOL_REC_OVERHEAD_BYTES + good.len);
+    /* A refused tx may be sent again (and is refused again): it left no trace. */
+    ck_assert_int_eq(submit_ok_and_wait(&flip_r), LEDGER_ESIG);
+    tx_t *all[] = {&flip_r, &high_s, &good, &offcurve};
+    for (int i = 0; i < 4; i++) tem_free(all[i]->b);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ blocks */
+START_TEST(mempool_block_applied_drops_committed_and_superseded_txs) {
+    node_mempool_config c = cfg_default();
+    mp_open(&c);
+    /* Held here: A0, A1, B0. Elsewhere A0' (same nonce, another body) is committed with B0. */
+    tx_t a0 = mk(2, 0, 1), a1 = mk(2, 1, 1), b0 = mk(3, 0, 1), a0x = mk(2, 0, 99);
+    tx_t held[3] = {a0, a1, b0};
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(submit(&held[i]), 0);
+    wait_done(3);
+    tx_t blk[2] = {a0x, b0};
+    apply_block(blk, 2);
+    block_applied(blk, 2);
+    ck_assert_int_eq(node_mempool_status(M, a0.txid), NODE_MEMPOOL_STATUS_SUPERSEDED);
+    ck_assert_int_eq(node_mempool_status(M, b0.txid), NODE_MEMPOOL_STATUS_UNKNOWN);
+    ck_assert_int_eq(node_mempool_status(M, a1.txid), NODE_MEMPOOL_STATUS_PENDING);
+    ck_assert_uint_eq(node_mempool_size(M), 1);
+    node_mempool_stats s = stats();
+    ck_assert_uint_eq(s.superseded, 1);
+    ck_assert_uint_eq(s.committed_dropped, 1);
+    ck_assert_uint_eq(s.log_live_bytes, NODE_MEMPOOL_REC_OVERHEAD_BYTES + a1.len);
+    ck_assert_int_eq(submit(&a0), NODE_MEMPOOL_ENONCELOW);
+    /* A1 is next for the new state. */
+    const uint8_t *sel[4];
+    size_t lens[4];
+    uint32_t n;
+    ck_assert_int_eq(node_mempool_select(M, ledger_store_state(S), 4, sel, lens, &n), 0);
+    ck_assert_uint_eq(n, 1);
+    ck_assert(memcmp(sel[0], a1.b, a1.len) == 0);
+    free_txs(held, 3);
+    free_txs(&a0x, 1);
+}
+END_TEST
+
+START_TEST(mempool_txs_committed_or_superseded_while_in_flight_settle_when_work_returns) {
+    node_mempool_config c = cfg_default();
+    mp_open(&c);
+    tx_t a0 = mk(2, 0, 1), a0x = mk(2, 0, 2), b0 = mk(3, 0, 1);
+    ck_assert_int_eq(submit(&a0), 0);
+    ck_assert_int_eq(submit(&b0), 0);
+    /* Before the loop runs: B0 is committed, A0's nonce is used by A0'. */
+    tx_t blk[2] = {a0x, b0};
+    apply_block(blk, 2);
+    block_applied(blk, 2);
+    ck_assert_int_eq(node_mempool_status(M, a0.txid), NODE_MEMPOOL_STATUS_INFLIGHT);
+    wait_done(2);
+    for (int i = 0; i < 2; i++) {
+        bool is_a = memcmp(R.txid[i], a0.txid, 32) == 0;
+        ck_assert_int_eq(R.rc[i], is_a ? NODE_MEMPOOL_ESUPERSEDED : 0);
+    }
+    ck_assert_int_eq(node_mempool_status(M, a0.txid), NODE_MEMPOOL_STATUS_SUPERSEDED);
+    ck_assert_int_eq(node_mempool_status(M, b0.txid), NODE_MEMPOOL_STATUS_UNKNOWN);
+    ck_assert_uint_eq(node_mempool_size(M), 0);
+    free_txs(&a0, 1);
+    free_txs(&a0x, 1);
+    free_txs(&b0, 1);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ the log */
+START_TEST(mempool_group_commit_serves_many_txs_with_few_fsyncs) {
+    node_mempool_config c = cfg_default();
+    mp_open(&c);
+    enum { N = 400 };
+    static tx_t x[N];
+    for (int i = 0; i < N; i++) x[i] = mk(2 + (uint32_t)(i / 10), (uint64_t)(i % 10), 1);
+    uint64_t fs0 = stats().log_fsyncs;
+    for (int i = 0; i < N; i++) ck_assert_int_eq(submit(&x[i]), 0);
+    wait_done(N);
+    for (int i = 0; i < N; i++) ck_assert_int_eq(R.rc[i], 0);
+    node_mempool_stats s = stats();
+    uint64_t fsyncs = s.log_fsyncs - fs0;
+    /* 400 txs of one loop iteration go into two work items, so a handful of fsyncs at most. */
+    ck_assert_uint_ge(fsyncs, 1);
+    ck_assert_msg(fsyncs * 20 <= N, "%lu fsyncs for %d txs", (unsigned long)fsyncs, N);
+    ck_assert_uint_ge(s.verify_jobs, 2);
+    ck_assert_uint_eq(s.durable, N);
+    free_txs(x, N);
+}
+END_TEST
+
+START_TEST(mempool_every_acknowledged_tx_survives_a_restart_without_compaction) {
+    node_mempool_config c = cfg_default();
+    mp_open(&c);
+    enum { N = 60 };
+    tx_t x[N];
+    for (int i = 0; i < N; i++) x[i] = mk(2 + (uint32_t)(i % 6), (uint64_t)(i / 6), 1);
+    for (int i = 0; i < N; i++) ck_assert_int_eq(submit(&x[i]), 0);
+    wait_done(N);
+    long size = file_size(LOG);
+    mp_shutdown(); /* closes the log as it is: the "crash" */
+    ck_assert_int_eq(file_size(LOG), size);
+    memset(&R, 0, sizeof R);
+    ck_assert_uint_eq(mp_open(&c), N);
+    for (int i = 0; i < N; i++) ck_assert_int_eq(node_mempool_status(M, x[i].txid), NODE_MEMPOOL_STATUS_PENDING);
+    ck_assert_int_eq(submit(&x[0]), NODE_MEMPOOL_EDUP);
+    const uint8_t *sel[N];
+    size_t lens[N];
+    uint32_t n;
+    ck_assert_int_eq(node_mempool_select(M, ledger_store_state(S), N, sel, lens, &n), 0);
+    ck_assert_uint_eq(n, N);
+    ck_assert_int_eq(R.n, 0);
+    free_txs(x, N);
+}
+END_TEST
+
+/* The child plays a node: submits txs from a timer and reports each acknowledged txid on a pipe
+ * the moment done(0) fires; the parent SIGKILLs it mid-stream. */
+enum { KILL_TXS = 400, KILL_AFTER = 120 };
+static int CHILD_PIPE, CHILD_NEXT;
+static tx_t *CHILD_TXS;
+static void child_done(void *ctx, int rc, const uint8_t txid[32]) {
+    (void)ctx;
+    if (rc == 0 && write(CHILD_PIPE, txid, 32) != 32) _exit(3);
+}
+static void child_tick(uv_timer_t *t) {
+    for (int k = 0; k < 20 && CHILD_NEXT < KILL_TXS; k++, CHILD_NEXT++)
+        if (node_mempool_submit(M, CHILD_TXS[CHILD_NEXT].b, CHILD_TXS[CHILD_NEXT].len, child_done, NULL, NULL) != 0)
+            _exit(4);
+    if (CHILD_NEXT == KILL_TXS) uv_timer_stop(t);
+}
+static void child_node(int fd) {
+    ledger_store *s;
+    uv_loop_t loop;
+    if (ledger_store_open(STORE_DIR, &G, NULL, NULL, &s) != LEDGER_OK || uv_loop_init(&loop) != 0) _exit(2);
+    S = s;
+    node_mempool_config c = cfg_default();
+    if (node_mempool_new(&loop, &c, s, &M) != 0 || node_mempool_recover(M, NULL) != 0) _exit(2);
+    CHILD_PIPE = fd;
+    uv_timer_t t;
+    if (uv_timer_init(&loop, &t) != 0 || uv_timer_start(&t, child_tick, 0, 1) != 0) _exit(2);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    pause(); /* wait for the SIGKILL */
+    _exit(0);
+}
+
+START_TEST(mempool_acknowledged_txs_survive_sigkill_of_the_node) {
+    static tx_t x[KILL_TXS];
+    for (int i = 0; i < KILL_TXS; i++) x[i] = mk(2 + (uint32_t)(i % 40), (uint64_t)(i / 40), 1);
+    CHILD_TXS = x;
+    ledger_store_close(S); /* the child opens its own environment */
+    S = NULL;
+    int p[2];
+    ck_assert_int_eq(pipe(p), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        close(p[0]);
+        child_node(p[1]);
+    }
+    close(p[1]);
+    static uint8_t acked[KILL_TXS][32];
+    int n = 0;
+    size_t got = 0;
+    while (n < KILL_AFTER) {
+        struct pollfd pf = {.fd = p[0], .events = POLLIN};
+        int pr = poll(&pf, 1, 10000);
+        if (pr <= 0) break;
+        ssize_t r = read(p[0], (uint8_t *)acked + got, sizeof acked - got);
+        if (r <= 0) break;
+        got += (size_t)r;
+        n = (int)(got / 32);
+    }
+    ck_assert_int_eq(kill(pid, SIGKILL), 0);
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert(WIFSIGNALED(st));
+    /* Acks that reached the pipe before the kill count too. */
+    for (;;) {
+        ssize_t r = read(p[0], (uint8_t *)acked + got, sizeof acked - got);
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    close(p[0]);
+    n = (int)(got / 32);
+    ck_assert_int_ge(n, KILL_AFTER);
+    ck_assert_int_eq(ledger_store_open(STORE_DIR, &G, NULL, NULL, &S), LEDGER_OK);
+    node_mempool_config c = cfg_default();
+    uint32_t rec = mp_open(&c);
+    ck_assert_uint_ge(rec, (uint32_t)n);
+    for (int i = 0; i < n; i++) ck_assert_msg(node_mempool_status(M, acked[i]) == NODE_MEMPOOL_STATUS_PENDING, "ack %d lost", i);
+    free_txs(x, KILL_TXS);
+}
+END_TEST
+
+/* Writes a log of N durable txs and returns their sizes' sum; the pool is shut down after. */
+static void write_log_of(tx_t *x, int n) {
+    node_mempool_config c = cfg_default();
+    mp_open(&c);
+    for (int i = 0; i < n; i++) ck_assert_int_eq(submit(&x[i]), 0);
+    wait_done(n);
+    mp_shutdown();
+    memset(&R, 0, sizeof R);
+}
+
+START_TEST(mempool_recovery_ignores_a_torn_last_record) {
+    enum { N = 5 };
+    tx_t x[N];
+    for (int i = 0; i < N; i++) x[i] = mk(2, (uint64_t)i, 1);
+    static const struct {
+        const char *name;
+        int cut;         /* bytes cut from the end */
+        const char *add; /* bytes appended (hex) */
+        int flip;        /* flip this byte counted from the end (0 = none) */
+        uint32_t want;
+    } rows[] = {
+        {"last byte missing", 1, NULL, 0, N - 1},
+        {"only the length left", 0, NULL, 0, N}, /* (set below: a lone length prefix) */
+        {"half a record", 60, NULL, 0, N - 1},
+        {"garbage after the end", 0, "0102", 0, N},
+        {"length beyond the limit", 0, "ffffff7f01", 0, N},
+        {"check of the last record flipped", 0, NULL, 1, N - 1},
+        {"payload of the last record flipped", 0, NULL, 20, N - 1},
+    };
+    for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
+        write_log_of(x, N);
+        long size = file_size(LOG);
+        if (rows[r].cut) ck_assert_int_eq(truncate(LOG, size - rows[r].cut), 0);
+        int fd = open(LOG, O_RDWR);
+        ck_assert_int_ge(fd, 0);
+        if (r == 1) {
+            uint8_t len4[4];
+            tem_put_u32le(len4, 200);
+            ck_assert_int_eq(pwrite(fd, len4, 4, size), 4);
+        }
+        if (rows[r].add) {
+            uint8_t buf[16];
+            size_t l = strlen(rows[r].add) / 2;
+            ck_assert_int_eq(tem_unhex(buf, l, rows[r].add), 0);
+            ck_assert_int_eq(pwrite(fd, buf, l, size), (ssize_t)l);
+        }
+        if (rows[r].flip) {
+            uint8_t b;
+            ck_assert_int_eq(pread(fd, &b, 1, size - rows[r].flip), 1);
+            b ^= 0x40;
+            ck_assert_int_eq(pwrite(fd, &b, 1, size - rows[r].flip), 1);
+        }
+        close(fd);
+        node_mempool_config c = cfg_default();
+        uint32_t rec = mp_open(&c);
+        ck_assert_msg(rec == rows[r].want, "%s: recovered %u", rows[r].name, rec);
+        ck_assert_msg(stats().recover_torn_bytes > 0, "%s: no torn bytes counted", rows[r].name);
+        /* The rewrite dropped the torn tail: the file is exactly the header and live records. */
+        ck_assert_int_eq(file_size(LOG), (long)(NODE_MEMPOOL_LOG_HEADER_BYTES + stats().log_live_bytes));
+        /* ... and appending works after it. */
+        if (rec == N - 1) ck_assert_int_eq(submit_ok_and_wait(&x[N - 1]), 0);
+        mp_shutdown();
+        memset(&R, 0, sizeof R);
+        uint32_t again = mp_open(&c);
+        ck_assert_msg(again == N, "%s: %u after the second restart", rows[r].name, again);
+        mp_shutdown();
+        ck_assert_int_eq(unlink(LOG), 0);
+    }
+    free_txs(x, N);
+}
+END_TEST
+
+START_TEST(mempool_recovery_drops_committed_and_stale_records) {
+    tx_t a0 = mk(2, 0, 1), a1 = mk(2, 1, 1), b0 = mk(3, 0, 1), b0x = mk(3, 0, 5);
+    tx_t held[3] = {a0, a1, b0};
+    write_log_of(held, 3);
+    /* While the node was down: A0 and B0' were committed. */
+    tx_t blk[2] = {a0, b0x};
+    apply_block(blk, 2);
+    node_mempool_config c = cfg_default();
+    ck_assert_uint_eq(mp_open(&c), 1);
+    ck_assert_int_eq(node_mempool_status(M, a1.txid), NODE_MEMPOOL_STATUS_PENDING);
+    ck_assert_int_eq(node_mempool_status(M, a0.txid), NODE_MEMPOOL_STATUS_UNKNOWN);
+    ck_assert_int_eq(node_mempool_status(M, b0.txid), NODE_MEMPOOL_STATUS_SUPERSEDED);
+    ck_assert_uint_eq(stats().recover_dropped, 2);
+    ck_assert_int_eq(file_size(LOG), (long)(NODE_MEMPOOL_LOG_HEADER_BYTES + NODE_MEMPOOL_REC_OVERHEAD_BYTES + a1.len));
+    free_txs(held, 3);
+    free_txs(&b0x, 1);
+}
+END_TEST
+
+START_TEST(mempool_recovery_refuses_another_chains_log_and_leaves_it) {
+    tx_t x = mk(2, 0, 1);
+    write_log_of(&x, 1);
+    long size = file_size(LOG);
+    int fd = open(LOG, O_RDWR);
+    uint8_t b;
+    ck_assert_int_eq(pread(fd, &b, 1, 8), 1); /* first byte of the genesis hash */
+    b ^= 1;
+    ck_assert_int_eq(pwrite(fd, &b, 1, 8), 1);
+    close(fd);
+    node_mempool_config c = cfg_default();
+    ck_assert_int_eq(node_mempool_new(&LOOP, &c, S, &M), 0);
+    ck_assert_int_eq(node_mempool_recover(M, NULL), NODE_MEMPOOL_ECORRUPT);
+    ck_assert_int_eq(file_size(LOG), size);
+    mp_shutdown();
+    ck_assert_int_eq(truncate(LOG, 10), 0); /* a header cut short */
+    ck_assert_int_eq(node_mempool_new(&LOOP, &c, S, &M), 0);
+    ck_assert_int_eq(node_mempool_recover(M, NULL), NODE_MEMPOOL_ECORRUPT);
+    free_txs(&x, 1);
+}
+END_TEST
+
+START_TEST(mempool_recovery_refuses_more_live_txs_than_the_pool_holds) {
+    tx_t x[3] = {mk(2, 0, 1), mk(3, 0, 1), mk(4, 0, 1)};
+    write_log_of(x, 3);
+    node_mempool_config c = cfg_default();
+    c.txs_max = 2;
+    c.per_signer_max = 2;
+    ck_assert_int_eq(node_mempool_new(&LOOP, &c, S, &M), 0);
+    ck_assert_int_eq(node_mempool_recover(M, NULL), NODE_MEMPOOL_EFULL);
+    free_txs(x, 3);
+}
+END_TEST
+
+static bool compacted_twice(void) { return stats().compactions >= 2; }
+
+START_TEST(mempool_log_is_rewritten_when_mostly_dead) {
+    node_mempool_config c = cfg_default();
+    c.compact_min_bytes = 1;
+    mp_open(&c);
+    enum { N = 20 };
+    tx_t x[N];
+    for (int i = 0; i < N; i++) x[i] = mk(2 + (uint32_t)i, 0, 1);
+    for (int i = 0; i < N; i++) ck_assert_int_eq(submit(&x[i]), 0);
+    wait_done(N);
+    ck_assert_uint_eq(stats().compactions, 1); /* recovery's */
+    apply_block(x, N - 2);
+    block_applied(x, N - 2);
+    ck_assert(run_until(compacted_twice));
+    node_mempool_stats s = stats();
+    ck_assert_uint_eq(s.log_bytes, NODE_MEMPOOL_LOG_HEADER_BYTES + s.log_live_bytes);
+    ck_assert_int_eq(file_size(LOG), (long)s.log_bytes);
+    /* Appends continue on the new file, and a restart finds exactly the live txs. */
+    tx_t y = mk(2, 1, 1);
+    ck_assert_int_eq(submit_ok_and_wait(&y), 0);
+    mp_shutdown();
+    ck_assert_uint_eq(mp_open(&c), 3);
+    ck_assert_int_eq(node_mempool_status(M, y.txid), NODE_MEMPOOL_STATUS_PENDING);
+    ck_assert_int_eq(node_mempool_status(M, x[N - 1].txid), NODE_MEMPOOL_STATUS_PENDING);
+    free_txs(x, N);
+    free_txs(&y, 1);
+}
+END_TEST
+
+START_TEST(mempool_log_write_failure_refuses_with_eio_then_rewrites_the_log) {
+    node_mempool_config c = cfg_default();
+    mp_open(&c);
+    tx_t x[4] = {mk(2, 0, 1), mk(3, 0, 1), mk(4, 0, 1), mk(5, 0, 1)};
+    ck_assert_int_eq(submit_ok_and_wait(&x[0]), 0);
+    /* The process may not grow files past the current log: the next append fails (EFBIG). */
+    ck_assert(signal(SIGXFSZ, SIG_IGN) != SIG_ERR);
+    struct rlimit rl = {.rlim_cur = (rlim_t)file_size(LOG), .rlim_max = RLIM_INFINITY};
+    ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+    ck_assert_int_eq(submit_ok_and_wait(&x[1]), NODE_MEMPOOL_EIO);
+    ck_assert_int_eq(node_mempool_status(M, x[1].txid), NODE_MEMPOOL_STATUS_UNKNOWN);
+    /* The rewrite to the same size succeeded, so the pool takes txs again. */
+    rl.rlim_cur = RLIM_INFINITY;
+    ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+    node_mempool_block_applied(M, NULL, 0);
+    ck_assert(run_until(compacted_twice));
+    ck_assert_int_eq(submit_ok_and_wait(&x[2]), 0);
+    mp_shutdown();
+    ck_assert_uint_eq(mp_open(&c), 2);
+    ck_assert_int_eq(node_mempool_status(M, x[0].txid), NODE_MEMPOOL_STATUS_PENDING);
+    ck_assert_int_eq(node_mempool_status(M, x[2].txid), NODE_MEMPOOL_STATUS_PENDING);
+    free_txs(x, 4);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ lifecycle */
+START_TEST(mempool_close_settles_every_submission_exactly_once) {
+    node_mempool_config c = cfg_default();
+    mp_open(&c);
+    enum { N = 300 };
+    static tx_t x[N];
+    for (int i = 0; i < N; i++) x[i] = mk(2 + (uint32_t)(i / 10), (uint64_t)(i % 10), 1);
+    for (int i = 0; i < 10; i++) ck_assert_int_eq(submit(&x[i]), 0);
+    wait_done(10); /* some durable ones first */
+    for (int i = 10; i < N; i++) ck_assert_int_eq(submit(&x[i]), 0);
+    uv_run(&LOOP, UV_RUN_NOWAIT); /* work items start */
+    node_mempool_close(M);
+    ck_assert_int_eq(submit(&x[0]), NODE_MEMPOOL_ECLOSING);
+    ck_assert(run_until(mempool_closed));
+    ck_assert_int_eq(R.n, N);
+    for (int i = 0; i < N; i++) {
+        ck_assert_msg(R.rc[i] == 0 || R.rc[i] == NODE_MEMPOOL_ECLOSING, "rc %d", R.rc[i]);
+        for (int j = 0; j < i; j++) ck_assert(memcmp(R.txid[i], R.txid[j], 32) != 0);
+    }
+    node_mempool_free(M);
+    M = NULL;
+    free_txs(x, N);
+}
+END_TEST
+
+START_TEST(mempool_new_refuses_out_of_range_configs) {
+    static const struct {
+        const char *name;
+        uint32_t txs_max, window, per_signer, jobs, batch;
+        bool no_path;
+    } rows[] = {
+        {"no txs", 0, 16, 1, 0, 0, false},
+        {"too many txs", NODE_MEMPOOL_TXS_MAX + 1, 16, 1, 0, 0, false},
+        {"no window", 10, 0, 1, 0, 0, false},
+        {"window too wide", 10, NODE_MEMPOOL_NONCE_WINDOW_MAX + 1, 1, 0, 0, false},
+        {"no per-signer room", 10, 16, 0, 0, 0, false},
+        {"per-signer above txs", 10, 16, 11, 0, 0, false},
+        {"too many jobs", 10, 16, 1, NODE_MEMPOOL_VERIFY_JOBS_MAX + 1, 0, false},
+        {"batch too big", 10, 16, 1, 0, NODE_MEMPOOL_VERIFY_BATCH_MAX + 1, false},
+        {"no log path", 10, 16, 1, 0, 0, true},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        node_mempool_config c = cfg_default();
+        c.txs_max = rows[i].txs_max;
+        c.nonce_window = rows[i].window;
+        c.per_signer_max = rows[i].per_signer;
+        c.verify_jobs_max = rows[i].jobs;
+        c.verify_batch_max = rows[i].batch;
+        if (rows[i].no_path) c.log_path = NULL;
+        node_mempool *m = NULL;
+        ck_assert_msg(node_mempool_new(&LOOP, &c, S, &m) == NODE_MEMPOOL_EINVAL, "%s", rows[i].name);
+        ck_assert_ptr_null(m);
+    }
+}
+END_TEST
+
+START_TEST(mempool_submit_survives_every_allocation_failure_and_changes_nothing) {
+    node_mempool_config c = cfg_default();
+    mp_open(&c);
+    tx_t x = mk(2, 0, 1);
+    int rc = -1;
+    long k;
+    for (k = 0; k < 100; k++) {
+        tem_alloc_fail_after(k);
+        rc = submit(&x);
+        tem_alloc_fail_after(-1);
+        if (rc == 0) break;
+        /* protobuf-c answers an allocation failure like a malformed message (EDECODE). */
+        ck_assert_msg(rc == LEDGER_ENOMEM || rc == LEDGER_EDECODE || rc == NODE_MEMPOOL_ENOMEM, "k=%ld rc=%d", k, rc);
+        ck_assert_uint_eq(node_mempool_size(M), 0);
+        ck_assert_int_eq(node_mempool_status(M, x.txid), NODE_MEMPOOL_STATUS_UNKNOWN);
+    }
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_gt(k, 0);
+    wait_done(1);
+    ck_assert_int_eq(R.rc[0], 0);
+    free_txs(&x, 1);
+}
+END_TEST
+
+static Suite *mempool_suite(void) {
+    Suite *s = suite_create("node_mempool");
+    TCase *t = tcase_create("core");
+    tcase_set_timeout(t, 120);
+    tcase_add_checked_fixture(t, setup, teardown);
+    tcase_add_test(t, mempool_tx_is_in_flight_until_durable_then_pending_and_selectable);
+    tcase_add_test(t, mempool_select_follows_arrival_and_nonce_order_across_signers);
+    tcase_add_test(t, mempool_bad_txs_are_refused_synchronously_and_never_reach_done);
+    tcase_add_test(t, mempool_refuses_duplicates_in_flight_pending_and_committed);
+    tcase_add_test(t, mempool_refuses_a_replayed_nonce_and_a_taken_one);
+    tcase_add_test(t, mempool_accepts_only_nonces_inside_the_window);
+    tcase_add_test(t, mempool_full_pool_refuses_with_efull_and_keeps_what_it_accepted);
+    tcase_add_test(t, mempool_byte_bound_refuses_with_efull);
+    tcase_add_test(t, mempool_per_signer_limit_refuses_with_esignerfull);
+    tcase_add_test(t, mempool_bad_signatures_are_reported_through_done_and_dropped);
+    tcase_add_test(t, mempool_block_applied_drops_committed_and_superseded_txs);
+    tcase_add_test(t, mempool_txs_committed_or_superseded_while_in_flight_settle_when_work_returns);
+    tcase_add_test(t, mempool_group_commit_serves_many_txs_with_few_fsyncs);
+    tcase_add_test(t, mempool_every_acknowledged_tx_survives_a_restart_without_compaction);
+    tcase_add_test(t, mempool_acknowledged_txs_survive_sigkill_of_the_node);
+    tcase_add_test(t, mempool_recovery_ignores_a_torn_last_record);
+    tcase_add_test(t, mempool_recovery_drops_committed_and_stale_records);
+    tcase_add_test(t, mempool_recovery_refuses_another_chains_log_and_leaves_it);
+    tcase_add_test(t, mempool_recovery_refuses_more_live_txs_than_the_pool_holds);
+    tcase_add_test(t, mempool_log_is_rewritten_when_mostly_dead);
+    tcase_add_test(t, mempool_log_write_failure_refuses_with_eio_then_rewrites_the_log);
+    tcase_add_test(t, mempool_close_settles_every_submission_exactly_once);
+    tcase_add_test(t, mempool_new_refuses_out_of_range_configs);
+    tcase_add_test(t, mempool_submit_survives_every_allocation_failure_and_changes_nothing);
+    suite_add_tcase(s, t);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(mempool_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
