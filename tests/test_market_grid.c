@@ -1,0 +1,164 @@
+/* test_market_grid.c: the market with a feeder installed: installing through the executor (admin
+ * only), orders from buses the feeder lacks, a match curtailed by a line limit with the binding
+ * constraint and curtailed Wh in the receipt, a match curtailed to zero that leaves both orders
+ * resting while matching moves on, network fees and loss charges paid to the DSO at settlement,
+ * and conservation throughout.
+ *
+ * The model is grid's hand-computed one (tests/test_grid.c): slack 1 - 2 - 3, and 4 off 2 via a
+ * line written "4-2" rated 200 kVA with 50 kW base flow; R(2-3) = 0.2 ohm, R(4-2) = 0.3 ohm,
+ * loss factors 2 % and 3 %. In a 15-minute slot line 4-2 carries 150 kW * 0.25 h = 37.5 kWh more
+ * from bus 3 to bus 4. */
+#include "contracts/grid.h"
+#include "market_harness.h"
+
+#define SLOT 4
+#define NOW (T0 + 2 * SLOT_MS + 1000)
+
+typedef struct {
+    Tem__V1__InstallFeeder msg;
+    Tem__V1__FeederBus b[4], *bp[4];
+    Tem__V1__FeederLine l[3], *lp[3];
+    uint8_t hash[32];
+} model;
+
+static void model_init(model *m) {
+    memset(m, 0, sizeof *m);
+    tem__v1__install_feeder__init(&m->msg);
+    const struct { uint32_t bus; bool slack; uint64_t v, dv; uint32_t parent, pline; } B[4] = {
+        {1, true, 1000000000, 0, 1, 0},
+        {2, false, 990000000, 1000000, 1, 0},
+        {3, false, 980000000, 3000000, 2, 1},
+        {4, false, 985000000, 2000000, 2, 2},
+    };
+    for (int i = 0; i < 4; i++) {
+        tem__v1__feeder_bus__init(&m->b[i]);
+        m->b[i].bus = B[i].bus;
+        m->b[i].slack = B[i].slack;
+        m->b[i].base_v_npu = B[i].v;
+        m->b[i].base_v_ppm = (uint32_t)(B[i].v / 1000);
+        m->b[i].vmin_ppm = B[i].slack ? 1000000 : 900000;
+        m->b[i].vmax_ppm = B[i].slack ? 1000000 : 1100000;
+        m->b[i].dv_fpu_per_w = B[i].dv;
+        m->b[i].parent = B[i].parent;
+        m->b[i].parent_line = B[i].pline;
+        m->bp[i] = &m->b[i];
+    }
+    const struct { uint32_t from, to; uint64_t r, rate; int64_t p; uint32_t lf; } L[3] = {
+        {1, 2, 100000, 1000000, 500000, 10000},
+        {2, 3, 200000, 300000, 100000, 20000},
+        {4, 2, 300000, 200000, 50000, 30000},
+    };
+    for (int i = 0; i < 3; i++) {
+        tem__v1__feeder_line__init(&m->l[i]);
+        m->l[i].from = L[i].from;
+        m->l[i].to = L[i].to;
+        m->l[i].r_uohm = L[i].r;
+        m->l[i].x_uohm = L[i].r / 2;
+        m->l[i].rate_va = L[i].rate;
+        m->l[i].base_p_w = L[i].p;
+        m->l[i].base_flow_va = L[i].p;
+        m->l[i].flow_sens_ppm = 1000000;
+        m->l[i].loss_factor_ppm = L[i].lf;
+        m->lp[i] = &m->l[i];
+    }
+    memset(m->hash, 0xab, sizeof m->hash);
+    m->msg.source_hash = (ProtobufCBinaryData){32, m->hash};
+    m->msg.n_buses = 4;
+    m->msg.buses = m->bp;
+    m->msg.n_lines = 3;
+    m->msg.lines = m->lp;
+}
+
+static mh H;
+static model M;
+
+static int install(int who) {
+    Tem__V1__TxBody body = TEM__V1__TX_BODY__INIT;
+    body.kind_case = TEM__V1__TX_BODY__KIND_INSTALL_FEEDER;
+    body.install_feeder = &M.msg;
+    return mh_exec(&H, who, &body);
+}
+
+static void setup(void) {
+    mh_init(&H, LEDGER_MECH_CDA);
+    mh_block(&H, NOW);
+    model_init(&M);
+    ck_assert_int_eq(install(P1), CONTRACTS_ENOTADMIN);
+    ck_assert(!grid_installed(H.st));
+    ck_assert_int_eq(install(ADMIN), 0);
+    ck_assert(grid_installed(H.st));
+    /* P1 at bus 2, P2 (seller) at bus 3, P3 (buyer) at bus 4. */
+    ck_assert_int_eq(mh_register(&H, ADMIN, H.keys[P1], PUB, 2, TEM__V1__ROLE__PROSUMER), 0);
+    ck_assert_int_eq(mh_register(&H, ADMIN, H.keys[P2], PUB, 3, TEM__V1__ROLE__PROSUMER), 0);
+    ck_assert_int_eq(mh_register(&H, ADMIN, H.keys[P3], PUB, 4, TEM__V1__ROLE__PROSUMER), 0);
+    ck_assert_int_eq(mh_register(&H, ADMIN, H.keys[P3], PUB, 99, TEM__V1__ROLE__PROSUMER), GRID_EUNKNOWNBUS);
+}
+static void teardown(void) { mh_free(&H); }
+
+START_TEST(market_grid_refuses_orders_from_a_bus_the_feeder_lacks) {
+    uint8_t r0[32], r1[32];
+    mh_root(&H, r0);
+    ck_assert_int_eq(mh_order(&H, C1, SLOT, BUY, 100000, 10, GTC), GRID_EUNKNOWNBUS); /* bus 5 */
+    ck_assert_str_eq(H.rc.reason, "unknown bus");
+    mh_root(&H, r1);
+    ck_assert_mem_eq(r0, r1, 32);
+}
+END_TEST
+
+START_TEST(market_grid_curtails_a_match_names_the_line_and_charges_fees) {
+    ck_assert_int_eq(mh_order(&H, P2, SLOT, SELL, 100000, 50000, GTC), 0);
+    ck_assert_int_eq(mh_order(&H, P3, SLOT, BUY, 100000, 50000, GTC), 0);
+    /* Fee escrow: network fee to the farthest bus (3, 0.5 ohm) and loss charge at 5 %. */
+    ck_assert_uint_eq(H.rc.escrow_held, 5000000 + 25000 + 750000);
+    ck_assert_uint_eq(H.rc.n_fills, 1);
+    const Tem__V1__Fill *f = H.rc.fills[0];
+    ck_assert_uint_eq(f->quantity_wh, 37500);
+    ck_assert_uint_eq(f->curtailed_wh, 12500);
+    ck_assert_str_eq(f->binding, "line 4-2");
+    ck_assert_uint_eq(f->network_fee, 18750);   /* 37.5 kWh x 0.5 ohm x 1000 */
+    ck_assert_uint_eq(f->loss_fee, 281250);     /* half of 37500 x 5 % x 300000 / 1e9 */
+    ck_assert_uint_eq(H.rc.fee, 300000);
+    ck_assert_uint_eq(H.rc.remaining_wh, 12500); /* rests, crossed with P2's rest: the grid blocks it */
+    mh_check_invariants(&H, false);
+
+    /* The same pair again: curtailed to zero, both orders stay, matching moves on to P1's
+     * counter-order elsewhere on the feeder. */
+    ck_assert_int_eq(mh_order(&H, P1, SLOT, SELL, 100000, 5000, GTC), 0);
+    ck_assert_uint_eq(H.rc.n_fills, 1); /* P3's buy, bus 2 -> 4 over line 4-2 only */
+    ck_assert_uint_eq(H.rc.fills[0]->quantity_wh, 0);
+    ck_assert_uint_eq(H.rc.fills[0]->curtailed_wh, 5000);
+    ck_assert_str_eq(H.rc.fills[0]->binding, "line 4-2");
+    ck_assert_int_eq(mh_order(&H, P1, SLOT, BUY, 100000, 10000, GTC), 0);
+    /* P1 at bus 2 buys: P2's older sell at bus 3 comes first and line 2-3 has room. */
+    ck_assert_uint_eq(H.rc.n_fills, 1);
+    ck_assert_uint_eq(H.rc.fills[0]->quantity_wh, 10000);
+    ck_assert_uint_eq(H.rc.fills[0]->network_fee, 2000); /* 10 kWh x 0.2 ohm x 1000 */
+    ck_assert_uint_eq(H.rc.fills[0]->loss_fee, 30000);
+    mh_check_invariants(&H, false);
+
+    /* Settlement pays both fee shares to the DSO. */
+    mh_block(&H, mh_deadline(SLOT) + 1);
+    contracts_account dso = mh_acct(&H, DSOK);
+    ck_assert_int_eq(dso.money_uunit, 300000 + 281250 + 2000 + 30000 + 30000);
+    contracts_account p2 = mh_acct(&H, P2);
+    /* P2 sold 47500 Wh at 0.1 / Wh less its loss shares and delivered nothing (no reading), so
+     * it pays its buyers the retail price of 47500 Wh. */
+    ck_assert_int_eq(p2.money_uunit, 1000000000 + 4750000 - 281250 - 30000 - 14250000);
+    ck_assert_int_eq(p2.debt_uunit, 0);
+    mh_check_invariants(&H, true);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("market_grid");
+    TCase *t = tcase_create("grid");
+    tcase_add_checked_fixture(t, setup, teardown);
+    tcase_add_test(t, market_grid_refuses_orders_from_a_bus_the_feeder_lacks);
+    tcase_add_test(t, market_grid_curtails_a_match_names_the_line_and_charges_fees);
+    suite_add_tcase(s, t);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
