@@ -98,7 +98,8 @@ int ctl_simrun_init(ctl_simrun *r, const ledger_genesis *g, const ctl_sim_config
     r->snap = tem_calloc(slots + 1, sizeof *r->snap);
     r->n_snap = tem_calloc(slots + 1, sizeof *r->n_snap);
     r->have_snap = tem_calloc(slots + 1, sizeof *r->have_snap);
-    if (!r->p || !r->sec || !r->pub || !r->nonce || !r->rec || !r->last_price || !r->snap ||
+    r->snap_from_receipts = tem_calloc(slots + 1, sizeof *r->snap_from_receipts);
+    if (!r->snap_from_receipts || !r->p || !r->sec || !r->pub || !r->nonce || !r->rec || !r->last_price || !r->snap ||
         !r->n_snap || !r->have_snap) {
         ctl_simrun_free(r);
         return -1;
@@ -119,6 +120,7 @@ void ctl_simrun_free(ctl_simrun *r) {
     tem_free(r->snap);
     tem_free(r->n_snap);
     tem_free(r->have_snap);
+    tem_free(r->snap_from_receipts);
     memset(r, 0, sizeof *r);
 }
 
@@ -212,6 +214,38 @@ static int do_orders(ctl_simrun *r, uint32_t k) {
     return 0;
 }
 
+/* A node that does not serve /v1/trades still shows every CDA trade once, in the receipt of the
+ * order that took liquidity: all of a slot's orders are ours, so their receipts hold them all. */
+static int receipt_trades(ctl_simrun *r, uint32_t k, ctl_api_trade **out, size_t *n) {
+    ctl_api_trade *all = NULL;
+    size_t na = 0;
+    for (size_t x = 0; x < r->n_txs; x++) {
+        const ctl_simrun_tx *tx = &r->txs[x];
+        if (tx->kind != 'o' || tx->run_slot != k || tx->http_status != 202) continue;
+        ctl_api_trade *f = NULL;
+        size_t nf = 0;
+        if (ctl_api_fills_get(&r->nodes[tx->prosumer % r->n_nodes], tx->txid, &f, &nf) != 0) {
+            tem_free(all);
+            return -1;
+        }
+        if (nf) {
+            ctl_api_trade *na_ = tem_realloc(all, (na + nf) * sizeof *all);
+            if (!na_) {
+                tem_free(f);
+                tem_free(all);
+                return -1;
+            }
+            all = na_;
+            memcpy(all + na, f, nf * sizeof *f);
+            na += nf;
+        }
+        tem_free(f);
+    }
+    *out = all;
+    *n = na;
+    return 0;
+}
+
 static int do_readings(ctl_simrun *r, uint32_t k) {
     for (uint32_t i = 0; i < r->n; i++) {
         const ctl_sim_slot *s = &r->rec[(size_t)k * r->n + i];
@@ -229,16 +263,19 @@ static int do_readings(ctl_simrun *r, uint32_t k) {
     ctl_api_trade *t = NULL;
     size_t nt = 0;
     if (ctl_api_trades_get(&r->nodes[0], r->first_slot + k, &t, &nt) == 0) {
-        r->snap[k] = t;
-        r->n_snap[k] = nt;
         r->have_snap[k] = true;
-        double v = 0, q = 0;
-        for (size_t j = 0; j < nt; j++) {
-            v += (double)t[j].price * (double)t[j].quantity_wh;
-            q += (double)t[j].quantity_wh;
-        }
-        r->last_price[k] = q > 0 ? (int64_t)(v / q) : 0;
+    } else if (r->g->market.mechanism == LEDGER_MECH_CDA && receipt_trades(r, k, &t, &nt) == 0) {
+        r->have_snap[k] = true;
+        r->snap_from_receipts[k] = true;
     }
+    r->snap[k] = t;
+    r->n_snap[k] = nt;
+    double v = 0, q = 0;
+    for (size_t j = 0; j < nt; j++) {
+        v += (double)t[j].price * (double)t[j].quantity_wh;
+        q += (double)t[j].quantity_wh;
+    }
+    r->last_price[k] = q > 0 ? (int64_t)(v / q) : 0;
     return 0;
 }
 

@@ -95,6 +95,11 @@ typedef struct {
  * error or a status other than 200. */
 int ctl_api_trades_get(ctl_http_conn *c, uint64_t slot, ctl_api_trade **out, size_t *n);
 
+/* The fills in the receipt of order txid, as trades (buyer and seller left zero; the fee
+ * fields are this side's share). In a continuous double auction every trade appears once, in
+ * the receipt of the order that took liquidity. 0, or -1 on transport error or not 200. */
+int ctl_api_fills_get(ctl_http_conn *c, const uint8_t txid[32], ctl_api_trade **out, size_t *n);
+
 typedef struct {
     int64_t money_uunit, escrow_uunit, tokens_wh, escrow_tokens_wh, debt_uunit;
     uint64_t next_nonce;
@@ -137,9 +142,10 @@ typedef struct {
     ctl_simrun_tx *txs;
     size_t n_txs, cap_txs;
     int64_t *last_price;            /* per run slot: VWAP seen in its trades snapshot, 0 = none */
-    ctl_api_trade **snap;           /* per run slot: /v1/trades taken after its gate closure */
-    size_t *n_snap;
-    bool *have_snap;
+    ctl_api_trade **snap;           /* per run slot: /v1/trades taken after its gate closure, or */
+    size_t *n_snap;                 /* (a node without /v1/trades, CDA only) the fills in the */
+    bool *have_snap;                /* receipts of the slot's orders */
+    bool *snap_from_receipts;
     volatile sig_atomic_t *stop;
     bool quiet;
 } ctl_simrun;

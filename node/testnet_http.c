@@ -478,12 +478,48 @@ int ctl_api_block_get(ctl_http_conn *c, uint64_t height, uint64_t *time_ms, uint
     const json_t *h = first_of(j, NAMES("header"));
     if (!h) h = j;
     *time_ms = (uint64_t)ctl_json_i64(h, NAMES("time_ms", "time"), (json_int_t)ctl_json_i64(j, NAMES("time_ms"), 0));
-    json_t *txs = ctl_json_arr(j, NAMES("txs", "transactions"));
+    json_t *txs = ctl_json_arr(j, NAMES("txids", "txs", "transactions"));
     *n_txs = txs ? (uint32_t)json_array_size(txs) : (uint32_t)ctl_json_i64(j, NAMES("n_txs", "tx_count"), 0);
     if (hash_hex) {
         const char *hh = ctl_json_str(j, NAMES("hash", "block_hash"));
         copy_str(hash_hex, 65, hh);
     }
+    json_decref(j);
+    return 0;
+}
+
+int ctl_api_fills_get(ctl_http_conn *c, const uint8_t txid[32], ctl_api_trade **out, size_t *n) {
+    char path[96], hex[65];
+    tem_hex(hex, txid, 32);
+    snprintf(path, sizeof path, "/v1/tx/%s", hex);
+    int st;
+    json_t *j = ctl_api_get(c, path, &st);
+    *out = NULL;
+    *n = 0;
+    if (!j || st != 200) {
+        json_decref(j);
+        return -1;
+    }
+    json_t *fills = ctl_json_arr(first_of(j, NAMES("receipt")), NAMES("fills"));
+    size_t cnt = json_array_size(fills), i;
+    ctl_api_trade *t = tem_calloc(cnt ? cnt : 1, sizeof *t);
+    if (!t) {
+        json_decref(j);
+        return -1;
+    }
+    uint64_t height = (uint64_t)ctl_json_i64(j, NAMES("height"), 0);
+    json_t *e;
+    json_array_foreach(fills, i, e) {
+        t[i].quantity_wh = (uint64_t)ctl_json_i64(e, NAMES("quantity_wh", "qty_wh"), 0);
+        t[i].price = (uint64_t)ctl_json_i64(e, NAMES("price", "price_uunit_per_kwh"), 0);
+        t[i].curtailed_wh = (uint64_t)ctl_json_i64(e, NAMES("curtailed_wh"), 0);
+        t[i].network_fee = (uint64_t)ctl_json_i64(e, NAMES("network_fee"), 0);
+        t[i].loss_fee = (uint64_t)ctl_json_i64(e, NAMES("loss_fee"), 0);
+        t[i].height = height;
+        copy_str(t[i].binding, sizeof t[i].binding, ctl_json_str(e, NAMES("binding")));
+    }
+    *out = t;
+    *n = cnt;
     json_decref(j);
     return 0;
 }

@@ -1,0 +1,982 @@
+/* testnet_run.c: `temctl testnet`: a local energy market on loopback. `gen` writes the keys, the
+ * genesis (4 validators, a DSO, a utility and N prosumers placed on the feeder's buses), the
+ * signed feeder install tx and the node configs; `run` also starts 4 temd validators and one
+ * observer, installs the feeder, runs the prosumer simulator in real time, waits for settlement,
+ * reads back what the chain did and reports it (summary on stdout, testnet-report.html, and the
+ * dataset testnet-data.json the report is drawn from); `report` redraws a dataset.
+ *
+ * Every process it starts is recorded by pid and stopped with SIGTERM (then SIGKILL after 10 s)
+ * on exit, on error and on SIGINT/SIGTERM. */
+#include "node/testnet.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <math.h>
+#include <sodium.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define TN_VALIDATORS 4
+#define TN_NODES (TN_VALIDATORS + 1) /* + the observer */
+#define TN_MARKER ".tem-testnet"
+#define TN_MONEY_PROSUMER 100000000000ll   /* 100,000 units each */
+#define TN_MONEY_UTILITY 10000000000000ll  /* the retailer of last resort pays feed-in */
+#define TN_RETAIL 300000
+#define TN_FEED_IN 80000
+#define TN_NETWORK_FEE 1000 /* uunit per kWh per ohm of path resistance */
+
+typedef struct {
+    /* options */
+    uint32_t prosumers, slots, slot_seconds, base_port;
+    uint64_t seed;
+    int mechanism;
+    bool exit_after, quiet;
+    char dir[4096], feeder[4096], temd[4096], report[4096];
+    /* generated */
+    ledger_genesis g;
+    bool have_g;
+    ctl_feeder f;
+    uint8_t dso_sec[32], dso_pub[33], util_sec[32], util_pub[33];
+    uint8_t (*psec)[32], (*ppub)[33];
+    uint32_t *bus, *per_bus;
+    double *bus_load_w;
+    /* running */
+    pid_t pid[TN_NODES];
+    ctl_http_conn conn[TN_NODES];
+} tn;
+
+static volatile sig_atomic_t tn_stop;
+static void tn_on_signal(int sig) {
+    (void)sig;
+    tn_stop = 1;
+}
+
+static void say(const tn *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(const tn *t, const char *fmt, ...) {
+    if (t->quiet) return;
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("testnet: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static void tn_free(tn *t) {
+    if (t->have_g) ledger_genesis_free(&t->g);
+    ctl_feeder_free(&t->f);
+    if (t->psec) sodium_memzero(t->psec, sizeof(*t->psec) * t->prosumers);
+    sodium_memzero(t->dso_sec, 32);
+    sodium_memzero(t->util_sec, 32);
+    tem_free(t->psec);
+    tem_free(t->ppub);
+    tem_free(t->bus);
+    tem_free(t->per_bus);
+    tem_free(t->bus_load_w);
+    for (int i = 0; i < TN_NODES; i++) ctl_http_close(&t->conn[i]);
+}
+
+/* ------------------------------------------------------------------ files */
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb;
+    (void)flag;
+    if (ftw->level == 0) return 0;
+    return remove(path);
+}
+
+/* A testnet dir is emptied only when it carries our marker: never wipe a folder we did not make. */
+static int prepare_dir(const char *dir) {
+    char marker[4200];
+    snprintf(marker, sizeof marker, "%s/%s", dir, TN_MARKER);
+    struct stat st;
+    if (stat(dir, &st) == 0) {
+        if (!S_ISDIR(st.st_mode)) {
+            fprintf(stderr, "testnet: %s is not a directory\n", dir);
+            return -1;
+        }
+        if (access(marker, F_OK) != 0) {
+            DIR *d = opendir(dir);
+            struct dirent *e;
+            int n = 0;
+            while (d && (e = readdir(d))) n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+            if (d) closedir(d);
+            if (n > 0) {
+                fprintf(stderr, "testnet: %s is not empty and not a testnet dir (no %s); refusing to "
+                                "wipe it\n", dir, TN_MARKER);
+                return -1;
+            }
+        } else if (nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0) {
+            fprintf(stderr, "testnet: cannot empty %s: %s\n", dir, strerror(errno));
+            return -1;
+        }
+    } else if (mkdir(dir, 0700) != 0) {
+        fprintf(stderr, "testnet: cannot create %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    char sub[4200];
+    snprintf(sub, sizeof sub, "%s/keys", dir);
+    if (mkdir(sub, 0700) != 0 && errno != EEXIST) return -1;
+    return ctl_write_file(marker, "temctl testnet\n", 15);
+}
+
+static int new_meter_key(const char *path, uint8_t sec[32], uint8_t pub[33]) {
+    ledger_keyfile k = {0};
+    int rc = ledger_secp_keygen(k.secp_sec, k.secp_pub);
+    if (rc == LEDGER_OK) rc = ledger_keyfile_write(path, &k);
+    if (rc == LEDGER_OK) {
+        memcpy(sec, k.secp_sec, 32);
+        memcpy(pub, k.secp_pub, 33);
+    }
+    sodium_memzero(&k, sizeof k);
+    if (rc != LEDGER_OK) fprintf(stderr, "testnet: cannot write key %s\n", path);
+    return rc == LEDGER_OK ? 0 : -1;
+}
+
+static int new_validator_key(const char *path) {
+    ledger_keyfile k = {.is_validator = 1};
+    int rc = ledger_ed_keygen(k.ed_sec, k.ed_pub);
+    if (rc == LEDGER_OK) rc = ledger_keyfile_write(path, &k);
+    sodium_memzero(&k, sizeof k);
+    if (rc != LEDGER_OK) fprintf(stderr, "testnet: cannot write key %s\n", path);
+    return rc == LEDGER_OK ? 0 : -1;
+}
+
+static void addr(char *out, size_t n, uint32_t port) { snprintf(out, n, "127.0.0.1:%u", port); }
+static uint32_t peer_port(const tn *t, int i) { return t->base_port + (uint32_t)i; }
+static uint32_t http_port(const tn *t, int i) { return t->base_port + 100 + (uint32_t)i; }
+
+/* ------------------------------------------------------------------ gen */
+static int gen(tn *t) {
+    char path[4400], err[CTL_FEEDER_ERR_BYTES];
+    if (prepare_dir(t->dir) != 0) return -1;
+    if (ctl_feeder_load(&t->f, t->feeder, err, sizeof err) != 0) {
+        fprintf(stderr, "testnet: feeder %s: %s\n", t->feeder, err);
+        return -1;
+    }
+    uint32_t n = t->prosumers;
+    t->psec = tem_calloc(n, sizeof *t->psec);
+    t->ppub = tem_calloc(n, sizeof *t->ppub);
+    t->bus = tem_calloc(n, sizeof *t->bus);
+    t->per_bus = tem_calloc(n, sizeof *t->per_bus);
+    t->bus_load_w = tem_calloc(n, sizeof *t->bus_load_w);
+    if (!t->psec || !t->ppub || !t->bus || !t->per_bus || !t->bus_load_w) return -1;
+    if (ctl_sim_place(&t->f, n, t->bus, t->bus_load_w, t->per_bus) != 0) {
+        fprintf(stderr, "testnet: feeder %s has no bus to place prosumers on\n", t->feeder);
+        return -1;
+    }
+    json_t *spec = json_object(), *vals = json_array(), *admins = json_array(), *parts = json_array();
+    json_object_set_new(spec, "chain_id", json_string("tem-testnet"));
+    /* Slots count from here; whole seconds keep the slot boundaries readable in logs. */
+    json_object_set_new(spec, "genesis_time_ms", json_integer(ctl_now_ms() / 1000 * 1000));
+    json_object_set_new(spec, "validators", vals);
+    json_object_set_new(spec, "admins", admins);
+    json_object_set_new(spec, "participants", parts);
+    for (int i = 0; i < TN_VALIDATORS; i++) {
+        char name[16], a[64], h[64];
+        snprintf(name, sizeof name, "v%d", i);
+        snprintf(path, sizeof path, "%s/keys/v%d.key", t->dir, i);
+        if (new_validator_key(path) != 0) goto fail;
+        addr(a, sizeof a, peer_port(t, i));
+        addr(h, sizeof h, http_port(t, i));
+        json_t *v = json_object();
+        json_object_set_new(v, "name", json_string(name));
+        json_object_set_new(v, "key_file", json_string(path));
+        json_object_set_new(v, "address", json_string(a));
+        json_object_set_new(v, "http", json_string(h));
+        json_array_append_new(vals, v);
+    }
+    snprintf(path, sizeof path, "%s/keys/observer.key", t->dir);
+    if (new_validator_key(path) != 0) goto fail;
+    snprintf(path, sizeof path, "%s/keys/dso.key", t->dir);
+    if (new_meter_key(path, t->dso_sec, t->dso_pub) != 0) goto fail;
+    json_array_append_new(admins, json_string(path));
+    snprintf(path, sizeof path, "%s/keys/utility.key", t->dir);
+    if (new_meter_key(path, t->util_sec, t->util_pub) != 0) goto fail;
+    json_array_append_new(admins, json_string(path));
+    uint32_t slack_id = t->f.buses[t->f.slack].id;
+    json_t *e = json_object();
+    json_object_set_new(e, "key_file", json_string(path));
+    json_object_set_new(e, "bus", json_integer(slack_id));
+    json_object_set_new(e, "role", json_string("utility"));
+    json_object_set_new(e, "money_uunit", json_integer(TN_MONEY_UTILITY));
+    json_array_append_new(parts, e);
+    snprintf(path, sizeof path, "%s/keys/dso.key", t->dir);
+    e = json_object();
+    json_object_set_new(e, "key_file", json_string(path));
+    json_object_set_new(e, "bus", json_integer(slack_id));
+    json_object_set_new(e, "role", json_string("dso"));
+    json_object_set_new(e, "money_uunit", json_integer(0));
+    json_array_append_new(parts, e);
+    ctl_sim_config sc;
+    ctl_sim_config_default(&sc);
+    for (uint32_t i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/keys/p%03u.key", t->dir, i);
+        if (new_meter_key(path, t->psec[i], t->ppub[i]) != 0) goto fail;
+        ctl_sim_prosumer p;
+        ctl_sim_prosumer_init(&p, &sc, i, t->bus[i], t->bus_load_w[i], t->per_bus[i]);
+        e = json_object();
+        json_object_set_new(e, "key_file", json_string(path));
+        json_object_set_new(e, "bus", json_integer(t->bus[i]));
+        json_object_set_new(e, "role", json_string(p.cls == CTL_SIM_CONSUMER ? "consumer" : "prosumer"));
+        json_object_set_new(e, "money_uunit", json_integer(TN_MONEY_PROSUMER));
+        json_array_append_new(parts, e);
+    }
+    json_t *tar = json_array(), *p0 = json_object();
+    json_object_set_new(p0, "start_minute", json_integer(0));
+    json_object_set_new(p0, "retail_uunit_per_kwh", json_integer(TN_RETAIL));
+    json_object_set_new(p0, "feed_in_uunit_per_kwh", json_integer(TN_FEED_IN));
+    json_array_append_new(tar, p0);
+    json_object_set_new(spec, "tariffs", tar);
+    int64_t slot_ms = (int64_t)t->slot_seconds * 1000;
+    json_t *m = json_object();
+    json_object_set_new(m, "slot_ms", json_integer(slot_ms));
+    json_object_set_new(m, "gate_closure_ms", json_integer(slot_ms));
+    json_object_set_new(m, "settlement_deadline_ms", json_integer(4 * slot_ms));
+    json_object_set_new(m, "mechanism", json_string(t->mechanism == LEDGER_MECH_CALL ? "call" : "cda"));
+    json_object_set_new(m, "network_fee_uunit_per_kwh_per_ohm", json_integer(TN_NETWORK_FEE));
+    json_object_set_new(spec, "market", m);
+    char spec_path[4400], gen_path[4400];
+    snprintf(spec_path, sizeof spec_path, "%s/genesis-spec.json", t->dir);
+    snprintf(gen_path, sizeof gen_path, "%s/genesis.json", t->dir);
+    if (json_dump_file(spec, spec_path, JSON_INDENT(2) | JSON_PRESERVE_ORDER) != 0) goto fail;
+    json_decref(spec);
+    spec = NULL;
+    /* The genesis goes through temctl genesis itself, so it is checked by the node's parser. */
+    char *gargv[] = {"genesis", "--spec", spec_path, "--out", gen_path, NULL};
+    if (ctl_genesis_main(5, gargv) != CTL_OK) return -1;
+    char gerr[256];
+    if (ledger_genesis_load(gen_path, &t->g, gerr, sizeof gerr) != LEDGER_OK) {
+        fprintf(stderr, "testnet: %s\n", gerr);
+        return -1;
+    }
+    t->have_g = true;
+
+    /* The DSO's first tx installs the feeder model the grid check uses. */
+    ctl_feeder_install inst = {0};
+    if (ctl_feeder_install_build(&t->f, CTL_FEEDER_MARGIN_PPM_DEFAULT, &inst, err, sizeof err) != 0) {
+        fprintf(stderr, "testnet: feeder install: %s\n", err);
+        return -1;
+    }
+    Tem__V1__TxBody body = TEM__V1__TX_BODY__INIT;
+    body.chain_id = t->g.chain_id;
+    body.nonce = 0;
+    body.kind_case = TEM__V1__TX_BODY__KIND_INSTALL_FEEDER;
+    body.install_feeder = &inst.msg;
+    uint8_t *tx = NULL;
+    size_t txlen = 0;
+    int rc = ledger_tx_build(&body, t->dso_sec, &tx, &txlen, NULL);
+    ctl_feeder_install_free(&inst);
+    if (rc != LEDGER_OK) return -1;
+    snprintf(path, sizeof path, "%s/feeder-install.tx", t->dir);
+    rc = ctl_write_file(path, tx, txlen);
+    tem_free(tx);
+    if (rc != 0) return -1;
+
+    for (int i = 0; i < TN_NODES; i++) {
+        bool obs = i == TN_VALIDATORS;
+        char conf[4400], text[8192], a[64], h[64];
+        snprintf(conf, sizeof conf, "%s/node%d.conf", t->dir, i);
+        addr(a, sizeof a, peer_port(t, i));
+        addr(h, sizeof h, http_port(t, i));
+        char key[32];
+        if (obs) snprintf(key, sizeof key, "observer.key");
+        else snprintf(key, sizeof key, "v%d.key", i);
+        int len = snprintf(text, sizeof text,
+                           "# temd config written by temctl testnet (docs/operate.md)\n[node]\n"
+                           "data_dir = %s/node%d\ngenesis = %s\nkey = %s/keys/%s\n"
+                           "listen = %s\nhttp = %s\nobserver = %s\nlog_level = info\n",
+                           t->dir, i, gen_path, t->dir, key, a, h, obs ? "true" : "false");
+        if (len < 0 || (size_t)len >= sizeof text || ctl_write_file(conf, text, (size_t)len) != 0) return -1;
+        snprintf(path, sizeof path, "%s/node%d", t->dir, i);
+        if (mkdir(path, 0700) != 0 && errno != EEXIST) return -1;
+    }
+    say(t, "wrote %s: genesis, keys, feeder-install.tx, node0..4.conf (%u prosumers on %u buses)",
+        t->dir, n, t->f.n_buses - 1);
+    return 0;
+fail:
+    json_decref(spec);
+    return -1;
+}
+
+/* ------------------------------------------------------------------ processes */
+static void stop_all(tn *t) {
+    for (int i = 0; i < TN_NODES; i++)
+        if (t->pid[i] > 0) kill(t->pid[i], SIGTERM);
+    int64_t until = ctl_now_ms() + 10000;
+    for (int i = 0; i < TN_NODES; i++) {
+        while (t->pid[i] > 0) {
+            pid_t r = waitpid(t->pid[i], NULL, WNOHANG);
+            if (r == t->pid[i] || (r < 0 && errno == ECHILD)) {
+                t->pid[i] = 0;
+                break;
+            }
+            if (ctl_now_ms() > until) {
+                kill(t->pid[i], SIGKILL);
+                (void)waitpid(t->pid[i], NULL, 0);
+                t->pid[i] = 0;
+                break;
+            }
+            ctl_sleep_until(ctl_now_ms() + 50, NULL);
+        }
+    }
+}
+
+/* Non-zero when a node we started has exited; names it. */
+static int reap_dead(tn *t) {
+    for (int i = 0; i < TN_NODES; i++) {
+        if (t->pid[i] <= 0) continue;
+        int ws;
+        if (waitpid(t->pid[i], &ws, WNOHANG) == t->pid[i]) {
+            fprintf(stderr, "testnet: node%d (pid %d) exited (%s %d); see %s/node%d/temd.log\n", i,
+                    (int)t->pid[i], WIFSIGNALED(ws) ? "signal" : "status",
+                    WIFSIGNALED(ws) ? WTERMSIG(ws) : WEXITSTATUS(ws), t->dir, i);
+            t->pid[i] = 0;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int start_nodes(tn *t) {
+    for (int i = 0; i < TN_NODES; i++) {
+        char conf[4400], logp[4400];
+        snprintf(conf, sizeof conf, "%s/node%d.conf", t->dir, i);
+        snprintf(logp, sizeof logp, "%s/node%d/temd.log", t->dir, i);
+        int lfd = open(logp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (lfd < 0) {
+            fprintf(stderr, "testnet: cannot open %s\n", logp);
+            return -1;
+        }
+        pid_t pid = fork();
+        if (pid < 0) {
+            close(lfd);
+            return -1;
+        }
+        if (pid == 0) {
+            if (dup2(lfd, 1) < 0 || dup2(lfd, 2) < 0) _exit(127);
+            execl(t->temd, "temd", "--config", conf, (char *)NULL);
+            fprintf(stderr, "cannot exec %s: %s\n", t->temd, strerror(errno));
+            _exit(127);
+        }
+        close(lfd);
+        t->pid[i] = pid;
+        char h[64];
+        addr(h, sizeof h, http_port(t, i));
+        if (ctl_http_init(&t->conn[i], h, 5000) != 0) return -1;
+        say(t, "started %s node%d pid %d (peer %u, http %u)", i == TN_VALIDATORS ? "observer" : "validator",
+            i, (int)pid, peer_port(t, i), http_port(t, i));
+    }
+    int64_t until = ctl_now_ms() + 30000;
+    for (int i = 0; i < TN_NODES; i++) {
+        ctl_api_status st;
+        while (ctl_api_status_get(&t->conn[i], &st) != 0) {
+            if (reap_dead(t) != 0 || tn_stop) return -1;
+            if (ctl_now_ms() > until) {
+                fprintf(stderr, "testnet: node%d's API on port %u did not answer in 30 s\n", i, http_port(t, i));
+                return -1;
+            }
+            ctl_sleep_until(ctl_now_ms() + 200, &tn_stop);
+        }
+    }
+    say(t, "all %d nodes answer /v1/status", TN_NODES);
+    return 0;
+}
+
+static int install_feeder(tn *t) {
+    char path[4400];
+    uint8_t *tx;
+    size_t len;
+    snprintf(path, sizeof path, "%s/feeder-install.tx", t->dir);
+    if (ctl_read_file(path, 8u << 20, &tx, &len) != 0) return -1;
+    uint8_t txid[32];
+    ledger_tx d = {0};
+    ledger_tx_limits lim;
+    ledger_tx_limits_from_genesis(&t->g, &lim);
+    if (ledger_tx_decode(tx, len, &lim, &d) != LEDGER_OK) {
+        tem_free(tx);
+        return -1;
+    }
+    memcpy(txid, d.txid, 32);
+    ledger_tx_free(&d);
+    char err[128];
+    int st = ctl_api_submit(&t->conn[0], tx, len, err, sizeof err);
+    tem_free(tx);
+    if (st != 202) {
+        fprintf(stderr, "testnet: feeder install refused at the door: HTTP %d %s\n", st, err);
+        return -1;
+    }
+    int64_t until = ctl_now_ms() + 30000;
+    for (;;) {
+        ctl_api_tx r;
+        if (ctl_api_tx_get(&t->conn[0], txid, &r) == 0 && (r.status == CTL_TX_COMMITTED || r.status == CTL_TX_REFUSED)) {
+            if (r.status == CTL_TX_REFUSED)
+                fprintf(stderr, "testnet: feeder install refused (%lld %s): the grid check stays off\n",
+                        (long long)r.code, r.reason);
+            else say(t, "feeder installed at height %llu", (unsigned long long)r.height);
+            return 0;
+        }
+        if (ctl_now_ms() > until || tn_stop || reap_dead(t)) {
+            fprintf(stderr, "testnet: feeder install not committed within 30 s\n");
+            return -1;
+        }
+        ctl_sleep_until(ctl_now_ms() + 200, &tn_stop);
+    }
+}
+
+/* ------------------------------------------------------------------ collecting the chain's figures */
+static uint64_t last_block_time(tn *t, uint64_t *height) {
+    ctl_api_status st;
+    uint64_t tm = 0;
+    uint32_t ntx;
+    *height = 0;
+    if (ctl_api_status_get(&t->conn[0], &st) != 0) return 0;
+    *height = st.height;
+    if (st.height == 0 || ctl_api_block_get(&t->conn[0], st.height, &tm, &ntx, NULL) != 0) return 0;
+    return tm;
+}
+
+/* Waits until a block is timed after the last slot's settlement deadline: settlement runs at the
+ * start of that block. */
+static int wait_settled(tn *t, const ctl_simrun *r) {
+    int64_t deadline = (int64_t)t->g.genesis_time_ms + (int64_t)(r->first_slot + r->slots) * t->g.market.slot_ms +
+                       t->g.market.settlement_deadline_ms;
+    say(t, "waiting for settlement of the last slot (%.1f s)", (deadline - ctl_now_ms()) / 1000.0);
+    int64_t until = deadline + 30000;
+    for (;;) {
+        uint64_t h;
+        uint64_t tm = last_block_time(t, &h);
+        if ((int64_t)tm > deadline) return 0;
+        if (ctl_now_ms() > until || tn_stop || reap_dead(t)) {
+            fprintf(stderr, "testnet: no block after the settlement deadline within 30 s\n");
+            return -1;
+        }
+        ctl_sleep_until(ctl_now_ms() + 250, &tn_stop);
+    }
+}
+
+/* Every node at one height with one state root; waits up to 20 s for stragglers. */
+static json_t *agreement(tn *t) {
+    json_t *nodes = json_array();
+    int64_t until = ctl_now_ms() + 20000;
+    bool agree = false;
+    ctl_api_status st[TN_NODES];
+    while (!agree) {
+        agree = true;
+        for (int i = 0; i < TN_NODES; i++) {
+            if (ctl_api_status_get(&t->conn[i], &st[i]) != 0) memset(&st[i], 0, sizeof st[i]);
+            if (st[i].height != st[0].height || strcmp(st[i].state_root, st[0].state_root) != 0 || !st[i].height)
+                agree = false;
+        }
+        if (agree || ctl_now_ms() > until || tn_stop) break;
+        ctl_sleep_until(ctl_now_ms() + 300, &tn_stop);
+    }
+    for (int i = 0; i < TN_NODES; i++) {
+        json_t *n = json_object();
+        json_object_set_new(n, "node", json_integer(i));
+        json_object_set_new(n, "role", json_string(i == TN_VALIDATORS ? "observer" : "validator"));
+        json_object_set_new(n, "height", json_integer((json_int_t)st[i].height));
+        json_object_set_new(n, "state_root", json_string(st[i].state_root));
+        json_array_append_new(nodes, n);
+    }
+    json_t *a = json_object();
+    json_object_set_new(a, "agree", json_boolean(agree));
+    json_object_set_new(a, "nodes", nodes);
+    return a;
+}
+
+static void class_add(json_t *cls, const char *name, int64_t bill, int64_t baseline) {
+    json_t *c = json_object_get(cls, name);
+    if (!c) {
+        c = json_object();
+        json_object_set_new(c, "n", json_integer(0));
+        json_object_set_new(c, "bill_uunit", json_integer(0));
+        json_object_set_new(c, "baseline_uunit", json_integer(0));
+        json_object_set_new(cls, name, c);
+    }
+    json_object_set_new(c, "n", json_integer(json_integer_value(json_object_get(c, "n")) + 1));
+    json_object_set_new(c, "bill_uunit", json_integer(json_integer_value(json_object_get(c, "bill_uunit")) + bill));
+    json_object_set_new(c, "baseline_uunit",
+                        json_integer(json_integer_value(json_object_get(c, "baseline_uunit")) + baseline));
+}
+
+/* The feeder drawn as a tree from the slack (depth across, branches down) with each line's
+ * loading in the base case and at the run slot with the largest export. */
+static json_t *feeder_json(tn *t, const ctl_simrun *r, uint32_t peak_slot, json_t *bindings) {
+    const ctl_feeder *f = &t->f;
+    uint32_t nb = f->n_buses;
+    double *x = tem_calloc(nb, sizeof *x), *y = tem_calloc(nb, sizeof *y), *inj = tem_calloc(nb, sizeof *inj);
+    uint32_t *stack = tem_calloc(nb + 1, sizeof *stack);
+    json_t *out = json_object(), *buses = json_array(), *lines = json_array();
+    if (!x || !y || !inj || !stack) goto done;
+    /* Depth-first from the slack, children in file order: the first child continues its
+     * parent's row, later children open new rows below. */
+    double row = 0;
+    uint32_t sp = 0;
+    stack[sp++] = f->slack;
+    bool *done_ = tem_calloc(nb, sizeof *done_);
+    if (!done_) goto done;
+    y[f->slack] = 0;
+    while (sp > 0) {
+        uint32_t b = stack[--sp];
+        done_[b] = true;
+        bool first = true;
+        /* Push children in reverse so the first child is visited first. */
+        uint32_t kids[64], nk = 0;
+        for (uint32_t c = 0; c < nb && nk < 64; c++)
+            if (c != f->slack && f->parent[c] == b && !done_[c]) kids[nk++] = c;
+        for (uint32_t k = 0; k < nk; k++) {
+            uint32_t c = kids[k];
+            x[c] = x[b] + 1;
+            if (first) y[c] = y[b];
+            else y[c] = ++row;
+            first = false;
+        }
+        for (uint32_t k = nk; k-- > 0;) stack[sp++] = kids[k];
+    }
+    tem_free(done_);
+    ctl_feeder_flow base = {0}, peak = {0};
+    char err[CTL_FEEDER_ERR_BYTES];
+    bool ok_base = ctl_feeder_flow_init(&base, f) == 0 && ctl_feeder_flow_run(f, NULL, CTL_FEEDER_TOL_PU, false, &base, err, sizeof err) == 0;
+    for (uint32_t i = 0; r && i < r->n; i++) {
+        int64_t bi = ctl_feeder_bus_index(f, r->p[i].bus);
+        if (bi >= 0) inj[bi] += -r->rec[(size_t)peak_slot * r->n + i].net_w / 1000.0;
+    }
+    bool ok_peak = ctl_feeder_flow_init(&peak, f) == 0 && ctl_feeder_flow_run(f, inj, CTL_FEEDER_TOL_PU, false, &peak, err, sizeof err) == 0;
+    for (uint32_t b = 0; b < nb; b++) {
+        json_t *e = json_object();
+        json_object_set_new(e, "bus", json_integer(f->buses[b].id));
+        json_object_set_new(e, "x", json_real(x[b]));
+        json_object_set_new(e, "y", json_real(y[b]));
+        json_object_set_new(e, "slack", json_boolean(f->buses[b].slack));
+        json_object_set_new(e, "inject_kw", json_real(round(inj[b] * 10) / 10));
+        if (ok_peak) json_object_set_new(e, "v_pu", json_real(round(peak.vm_pu[b] * 1e5) / 1e5));
+        json_array_append_new(buses, e);
+    }
+    for (uint32_t l = 0; l < f->n_lines; l++) {
+        json_t *e = json_object();
+        char name[48];
+        snprintf(name, sizeof name, "line %u-%u", f->lines[l].from, f->lines[l].to);
+        json_object_set_new(e, "from", json_integer(f->lines[l].from));
+        json_object_set_new(e, "to", json_integer(f->lines[l].to));
+        json_object_set_new(e, "rate_kva", json_real(f->lines[l].rate_kva));
+        if (ok_base) json_object_set_new(e, "base_loading_pct", json_real(round(base.loading_pct[l] * 10) / 10));
+        if (ok_peak) json_object_set_new(e, "loading_pct", json_real(round(peak.loading_pct[l] * 10) / 10));
+        json_t *bc = json_object_get(bindings, name);
+        json_object_set_new(e, "binding_trades", json_integer(bc ? json_integer_value(bc) : 0));
+        json_array_append_new(lines, e);
+    }
+    json_object_set_new(out, "run_slot", json_integer(peak_slot));
+    ctl_feeder_flow_free(&base);
+    ctl_feeder_flow_free(&peak);
+done:
+    json_object_set_new(out, "buses", buses);
+    json_object_set_new(out, "lines", lines);
+    tem_free(x);
+    tem_free(y);
+    tem_free(inj);
+    tem_free(stack);
+    return out;
+}
+
+static int64_t tx_err_count(json_t *reasons, const char *reason) {
+    json_t *v = json_object_get(reasons, reason);
+    int64_t n = v ? json_integer_value(v) + 1 : 1;
+    json_object_set_new(reasons, reason, json_integer(n));
+    return n;
+}
+
+/* The dataset of docs/sim.md ("testnet-data.json"): everything the summary and the report show,
+ * read back from the chain through the API (trades, receipts, accounts, blocks) beside what the
+ * simulator metered. */
+static json_t *collect(tn *t, ctl_simrun *r) {
+    json_t *d = json_object();
+    const ledger_genesis *g = &t->g;
+    json_object_set_new(d, "chain_id", json_string(g->chain_id));
+    json_object_set_new(d, "mechanism", json_string(g->market.mechanism == LEDGER_MECH_CALL ? "call" : "cda"));
+    json_object_set_new(d, "validators", json_integer(g->n_validators));
+    json_object_set_new(d, "observers", json_integer(1));
+    json_object_set_new(d, "prosumers", json_integer(r->n));
+    json_object_set_new(d, "feeder", json_string(t->feeder));
+    json_object_set_new(d, "slot_ms", json_integer(g->market.slot_ms));
+    json_object_set_new(d, "slot_minutes", json_integer(r->cfg.slot_minutes));
+    json_object_set_new(d, "start_minute", json_integer(r->cfg.start_minute));
+    json_object_set_new(d, "first_slot", json_integer((json_int_t)r->first_slot));
+    json_object_set_new(d, "slots", json_integer(r->slots));
+    json_object_set_new(d, "seed", json_integer((json_int_t)r->cfg.seed));
+
+    /* Blocks and txs committed. */
+    ctl_api_status st;
+    uint64_t height = ctl_api_status_get(&t->conn[0], &st) == 0 ? st.height : 0, txs = 0;
+    for (uint64_t h = 1; h <= height && !tn_stop; h++) {
+        uint64_t tm;
+        uint32_t n;
+        if (ctl_api_block_get(&t->conn[0], h, &tm, &n, NULL) == 0) txs += n;
+    }
+    json_object_set_new(d, "blocks", json_integer((json_int_t)height));
+    json_object_set_new(d, "txs", json_integer((json_int_t)txs));
+
+    /* Our txs: orders and readings, at the door and in receipts. */
+    json_t *orders = json_object(), *readings = json_object(), *reasons = json_object();
+    int64_t o_sub = 0, o_acc = 0, o_com = 0, o_ref = 0, r_sub = 0, r_acc = 0, r_com = 0, r_ref = 0;
+    int64_t minted = 0, exported_ok = 0, rc_curtailed = 0;
+    for (size_t i = 0; i < r->n_txs; i++) {
+        const ctl_simrun_tx *x = &r->txs[i];
+        bool o = x->kind == 'o';
+        *(o ? &o_sub : &r_sub) += 1;
+        if (x->http_status != 202) continue;
+        *(o ? &o_acc : &r_acc) += 1;
+        if (x->result.status == CTL_TX_COMMITTED) *(o ? &o_com : &r_com) += 1;
+        if (x->result.status == CTL_TX_REFUSED) {
+            *(o ? &o_ref : &r_ref) += 1;
+            (void)tx_err_count(reasons, x->result.reason[0] ? x->result.reason : "refused");
+        }
+        if (o) rc_curtailed += (int64_t)x->result.curtailed_wh;
+        if (!o && x->result.status == CTL_TX_COMMITTED) {
+            minted += x->result.minted_wh;
+            const ctl_sim_slot *s = &r->rec[(size_t)x->run_slot * r->n + x->prosumer];
+            exported_ok += r->p[x->prosumer].cls == CTL_SIM_CONSUMER ? 0 : (int64_t)s->export_wh;
+        }
+    }
+    json_object_set_new(orders, "submitted", json_integer(o_sub));
+    json_object_set_new(orders, "accepted", json_integer(o_acc));
+    json_object_set_new(orders, "committed", json_integer(o_com));
+    json_object_set_new(orders, "refused", json_integer(o_ref));
+    json_object_set_new(orders, "curtailed_wh_in_receipts", json_integer(rc_curtailed));
+    json_object_set_new(readings, "submitted", json_integer(r_sub));
+    json_object_set_new(readings, "accepted", json_integer(r_acc));
+    json_object_set_new(readings, "committed", json_integer(r_com));
+    json_object_set_new(readings, "refused", json_integer(r_ref));
+    json_object_set_new(d, "orders", orders);
+    json_object_set_new(d, "readings", readings);
+    json_object_set_new(d, "refusals", reasons);
+
+    /* Trades per slot, from /v1/trades; the snapshot taken after gate closure stands in if the
+     * node no longer lists a settled slot. */
+    json_t *slots = json_array(), *bind = json_object();
+    int64_t tot_n = 0, tot_wh = 0, tot_val = 0, tot_curt = 0, tot_curt_n = 0, tot_imp = 0, tot_exp = 0;
+    int64_t tot_fees = 0;
+    uint32_t peak_slot = 0;
+    int64_t peak_exp = -1;
+    for (uint32_t k = 0; k < r->slots; k++) {
+        ctl_api_trade *tr = NULL;
+        size_t nt = 0;
+        bool fresh = ctl_api_trades_get(&t->conn[0], r->first_slot + k, &tr, &nt) == 0;
+        const ctl_api_trade *use = tr;
+        size_t nuse = nt;
+        if ((!fresh || nt < r->n_snap[k]) && r->have_snap[k]) {
+            use = r->snap[k];
+            nuse = r->n_snap[k];
+        }
+        int64_t wh = 0, val = 0, curt = 0, curt_n = 0, fees = 0, imp = 0, exp = 0, ords = 0;
+        for (size_t j = 0; j < nuse; j++) {
+            wh += (int64_t)use[j].quantity_wh;
+            val += (int64_t)(use[j].quantity_wh * use[j].price / 1000);
+            curt += (int64_t)use[j].curtailed_wh;
+            fees += (int64_t)(use[j].network_fee + use[j].loss_fee);
+            if (use[j].curtailed_wh > 0) {
+                curt_n++;
+                (void)tx_err_count(bind, use[j].binding[0] ? use[j].binding : "unnamed");
+            }
+        }
+        for (uint32_t i = 0; i < r->n; i++) {
+            const ctl_sim_slot *s = &r->rec[(size_t)k * r->n + i];
+            imp += (int64_t)s->import_wh;
+            exp += r->p[i].cls == CTL_SIM_CONSUMER ? 0 : (int64_t)s->export_wh;
+            ords += s->side != 0;
+        }
+        if (exp > peak_exp) peak_exp = exp, peak_slot = k;
+        int64_t rt, fi;
+        ctl_simrun_tariff(g, r->first_slot + k, &rt, &fi);
+        json_t *e = json_object();
+        json_object_set_new(e, "slot", json_integer((json_int_t)(r->first_slot + k)));
+        json_object_set_new(e, "minute", json_integer((r->cfg.start_minute + k * r->cfg.slot_minutes) % 1440));
+        json_object_set_new(e, "orders", json_integer(ords));
+        json_object_set_new(e, "trades", json_integer((json_int_t)nuse));
+        json_object_set_new(e, "energy_wh", json_integer(wh));
+        json_object_set_new(e, "value_uunit", json_integer(val));
+        json_object_set_new(e, "avg_price", json_integer(wh ? val * 1000 / wh : 0));
+        json_object_set_new(e, "curtailed_wh", json_integer(curt));
+        json_object_set_new(e, "curtailed_trades", json_integer(curt_n));
+        json_object_set_new(e, "fees_uunit", json_integer(fees));
+        json_object_set_new(e, "retail", json_integer(rt));
+        json_object_set_new(e, "feed_in", json_integer(fi));
+        json_object_set_new(e, "import_wh", json_integer(imp));
+        json_object_set_new(e, "export_wh", json_integer(exp));
+        json_object_set_new(e, "source", json_string(use == tr ? "api" : r->snap_from_receipts[k] ? "receipts" : "snapshot"));
+        json_array_append_new(slots, e);
+        tot_n += (int64_t)nuse, tot_wh += wh, tot_val += val, tot_curt += curt, tot_curt_n += curt_n;
+        tot_imp += imp, tot_exp += exp, tot_fees += fees;
+        tem_free(tr);
+    }
+    json_object_set_new(d, "per_slot", slots);
+    json_t *tot = json_object();
+    json_object_set_new(tot, "trades", json_integer(tot_n));
+    json_object_set_new(tot, "energy_wh", json_integer(tot_wh));
+    json_object_set_new(tot, "value_uunit", json_integer(tot_val));
+    json_object_set_new(tot, "avg_price", json_integer(tot_wh ? tot_val * 1000 / tot_wh : 0));
+    json_object_set_new(tot, "curtailed_wh", json_integer(tot_curt));
+    json_object_set_new(tot, "curtailed_trades", json_integer(tot_curt_n));
+    json_object_set_new(tot, "fees_uunit", json_integer(tot_fees));
+    json_object_set_new(tot, "import_wh", json_integer(tot_imp));
+    json_object_set_new(tot, "export_wh", json_integer(tot_exp));
+    json_object_set_new(tot, "local_share", json_real(tot_imp ? fmin(1.0, (double)tot_wh / (double)tot_imp) : 0));
+    json_object_set_new(d, "totals", tot);
+    json_object_set_new(d, "bindings", bind);
+
+    /* Bills against the feed-in-tariff baseline, and conservation over every genesis account. */
+    json_t *pros = json_array(), *cls = json_object();
+    int64_t money0 = 0, money1 = 0, tokens1 = 0;
+    bool all_accounts = true;
+    for (uint32_t j = 0; j < g->n_participants; j++) {
+        ctl_api_account a;
+        money0 += g->participants[j].money_uunit;
+        if (ctl_api_account_get(&t->conn[0], g->participants[j].pubkey, &a) != 0) {
+            all_accounts = false;
+            continue;
+        }
+        money1 += a.money_uunit + a.escrow_uunit;
+        tokens1 += a.tokens_wh + a.escrow_tokens_wh;
+        int i = -1;
+        for (uint32_t q = 0; q < r->n && i < 0; q++)
+            if (memcmp(r->pub[q], g->participants[j].pubkey, 33) == 0) i = (int)q;
+        if (i < 0) continue;
+        int64_t baseline = 0;
+        for (uint32_t k = 0; k < r->slots; k++) {
+            const ctl_sim_slot *s = &r->rec[(size_t)k * r->n + (uint32_t)i];
+            int64_t rt, fi, cost = 0, inc = 0;
+            ctl_simrun_tariff(g, r->first_slot + k, &rt, &fi);
+            bool ok = tem_mul_div_ceil((int64_t)s->import_wh, rt, 1000, &cost);
+            if (r->p[i].cls != CTL_SIM_CONSUMER) ok = tem_mul_div_floor((int64_t)s->export_wh, fi, 1000, &inc) && ok;
+            if (ok) baseline += cost - inc;
+        }
+        int64_t bill = g->participants[j].money_uunit - a.money_uunit - a.escrow_uunit + a.debt_uunit;
+        json_t *e = json_object();
+        json_object_set_new(e, "index", json_integer(i));
+        json_object_set_new(e, "bus", json_integer(r->p[i].bus));
+        json_object_set_new(e, "class", json_string(ctl_sim_class_name(r->p[i].cls)));
+        json_object_set_new(e, "strategy", json_string(ctl_sim_strategy_name(r->p[i].strategy)));
+        json_object_set_new(e, "bill_uunit", json_integer(bill));
+        json_object_set_new(e, "baseline_uunit", json_integer(baseline));
+        json_object_set_new(e, "tokens_wh", json_integer(a.tokens_wh + a.escrow_tokens_wh));
+        json_array_append_new(pros, e);
+        class_add(cls, ctl_sim_class_name(r->p[i].cls), bill, baseline);
+    }
+    json_object_set_new(d, "prosumer_bills", pros);
+    json_object_set_new(d, "classes", cls);
+    json_t *cons = json_object();
+    json_object_set_new(cons, "all_accounts_read", json_boolean(all_accounts));
+    json_object_set_new(cons, "money_genesis_uunit", json_integer(money0));
+    json_object_set_new(cons, "money_end_uunit", json_integer(money1));
+    json_object_set_new(cons, "money_conserved", json_boolean(all_accounts && money0 == money1));
+    json_object_set_new(cons, "tokens_minted_wh", json_integer(minted));
+    json_object_set_new(cons, "readings_export_wh", json_integer(exported_ok));
+    json_object_set_new(cons, "tokens_held_wh", json_integer(tokens1));
+    json_object_set_new(cons, "tokens_conserved",
+                        json_boolean(all_accounts && minted == exported_ok && tokens1 >= 0 && tokens1 <= minted));
+    json_object_set_new(d, "conservation", cons);
+    json_object_set_new(d, "feeder_map", feeder_json(t, r, peak_slot, bind));
+    json_object_set_new(d, "agreement", agreement(t));
+    return d;
+}
+
+/* ------------------------------------------------------------------ run */
+static int run(tn *t) {
+    if (access(t->temd, X_OK) != 0) {
+        fprintf(stderr, "testnet: no temd at %s (build it with make, or pass --temd)\n", t->temd);
+        return CTL_INVALID;
+    }
+    if (gen(t) != 0) return CTL_INVALID;
+    int status = CTL_INVALID;
+    json_t *data = NULL;
+    ctl_simrun r = {0};
+    if (start_nodes(t) != 0 || install_feeder(t) != 0) goto out;
+
+    ctl_sim_config c;
+    ctl_sim_config_default(&c);
+    c.seed = t->seed;
+    c.slot_ms = t->g.market.slot_ms;
+    c.start_minute = ctl_sim_start_minute(t->slots, c.slot_minutes);
+    if (ctl_simrun_init(&r, &t->g, &c, t->prosumers, t->slots) != 0) goto out;
+    for (uint32_t i = 0; i < t->prosumers; i++) {
+        memcpy(r.sec[i], t->psec[i], 32);
+        memcpy(r.pub[i], t->ppub[i], 33);
+        ctl_sim_prosumer_init(&r.p[i], &c, i, t->bus[i], t->bus_load_w[i], t->per_bus[i]);
+    }
+    r.nodes = t->conn;
+    r.n_nodes = TN_VALIDATORS;
+    r.stop = &tn_stop;
+    r.quiet = t->quiet;
+    r.first_slot = ctl_simrun_first_slot(&t->g, ctl_now_ms() + 500);
+    say(t, "simulating %u slots (chain slots %llu..%llu, %u s each = %u simulated minutes, from %02u:%02u)",
+        t->slots, (unsigned long long)r.first_slot, (unsigned long long)(r.first_slot + t->slots - 1),
+        t->slot_seconds, c.slot_minutes, c.start_minute / 60, c.start_minute % 60);
+    if (ctl_simrun_run(&r) != 0 || wait_settled(t, &r) != 0) goto out;
+    ctl_simrun_collect(&r, 30000);
+    data = collect(t, &r);
+    char path[4400];
+    snprintf(path, sizeof path, "%s/testnet-data.json", t->dir);
+    if (json_dump_file(data, path, JSON_INDENT(1) | JSON_PRESERVE_ORDER) != 0) {
+        fprintf(stderr, "testnet: cannot write %s\n", path);
+        goto out;
+    }
+    if (ctl_report_text(data, stdout) != 0 || ctl_report_html(data, t->report) != 0) goto out;
+    fflush(stdout);
+    say(t, "report: %s, data: %s", t->report, path);
+    status = CTL_OK;
+    if (!json_is_true(json_object_get(json_object_get(data, "agreement"), "agree"))) {
+        fprintf(stderr, "testnet: the nodes do not agree on height and state root\n");
+        status = CTL_INVALID;
+    }
+    if (!t->exit_after && status == CTL_OK) {
+        say(t, "nodes keep running (HTTP on 127.0.0.1:%u..%u); Ctrl-C stops them", http_port(t, 0),
+            http_port(t, TN_NODES - 1));
+        while (!tn_stop && reap_dead(t) == 0) ctl_sleep_until(ctl_now_ms() + 500, &tn_stop);
+    }
+out:
+    if (tn_stop) say(t, "interrupted");
+    stop_all(t);
+    say(t, "stopped every node it started");
+    ctl_simrun_free(&r);
+    json_decref(data);
+    return status;
+}
+
+/* ------------------------------------------------------------------ the verb */
+static const char USAGE[] =
+    "usage: temctl testnet run [--prosumers N] [--slots N] [--slot-seconds S] [--mechanism cda|call]\n"
+    "                          [--feeder DIR] [--exit] [--dir DIR] [--base-port P] [--seed N]\n"
+    "                          [--temd PATH] [--report FILE] [--quiet]\n"
+    "  A local energy market: keys and a genesis for 4 validators, a DSO, a utility and N\n"
+    "  prosumers on the feeder (default 32 on case33bw), 4 temd validators + 1 observer on\n"
+    "  127.0.0.1 (peer ports P..P+4, HTTP P+100..P+104; P = 26600), the feeder installed, the\n"
+    "  prosumer simulator for N slots of S seconds (default 96 x 3 s: a day of 15-minute slots),\n"
+    "  then a summary, FILE (default testnet-report.html) and DIR/testnet-data.json. Nodes keep\n"
+    "  running until Ctrl-C unless --exit. DIR defaults to ./testnet-data.\n"
+    "       temctl testnet gen [same options]   only writes DIR (keys, genesis, configs, feeder tx)\n"
+    "       temctl testnet report --data DIR/testnet-data.json [--report FILE]\n";
+
+static const char *default_feeder(void) {
+    static const char *const cands[] = {"../shared/data/feeders/case33bw", "deploy/feeders/case33bw"};
+    for (size_t i = 0; i < sizeof cands / sizeof cands[0]; i++) {
+        char p[512];
+        snprintf(p, sizeof p, "%s/buses.csv", cands[i]);
+        if (access(p, R_OK) == 0) return cands[i];
+    }
+    return cands[1];
+}
+
+static int parse(tn *t, const ctl_opts *o) {
+    uint64_t v;
+    struct {
+        const char *name;
+        uint32_t *dst;
+        uint64_t lo, hi;
+    } nums[] = {{"prosumers", &t->prosumers, 1, CTL_SIM_PROSUMERS_MAX},
+                {"slots", &t->slots, 1, 10000},
+                {"slot-seconds", &t->slot_seconds, 1, 3600},
+                {"base-port", &t->base_port, 1024, 65400}};
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
+        const char *s = ctl_opt(o, nums[i].name);
+        if (!s) continue;
+        if (!ctl_parse_u64(s, &v) || v < nums[i].lo || v > nums[i].hi) {
+            fprintf(stderr, "testnet: --%s must be %llu..%llu\n", nums[i].name, (unsigned long long)nums[i].lo,
+                    (unsigned long long)nums[i].hi);
+            return -1;
+        }
+        *nums[i].dst = (uint32_t)v;
+    }
+    if (ctl_opt(o, "seed") && !ctl_parse_u64(ctl_opt(o, "seed"), &t->seed)) return -1;
+    const char *m = ctl_opt(o, "mechanism");
+    if (m && strcmp(m, "cda") && strcmp(m, "call")) {
+        fprintf(stderr, "testnet: --mechanism must be cda or call\n");
+        return -1;
+    }
+    t->mechanism = m && !strcmp(m, "call") ? LEDGER_MECH_CALL : LEDGER_MECH_CDA;
+    t->exit_after = ctl_flag(o, "exit");
+    t->quiet = ctl_flag(o, "quiet");
+    const char *dir = ctl_opt(o, "dir") ? ctl_opt(o, "dir") : "testnet-data";
+    /* Absolute paths: node configs are read by processes that may run elsewhere. */
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        fprintf(stderr, "testnet: cannot create %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    if (!realpath(dir, t->dir)) return -1;
+    const char *fd = ctl_opt(o, "feeder") ? ctl_opt(o, "feeder") : default_feeder();
+    if (!realpath(fd, t->feeder)) {
+        fprintf(stderr, "testnet: feeder folder %s: %s\n", fd, strerror(errno));
+        return -1;
+    }
+    snprintf(t->report, sizeof t->report, "%s", ctl_opt(o, "report") ? ctl_opt(o, "report") : "testnet-report.html");
+    if (ctl_opt(o, "temd")) {
+        snprintf(t->temd, sizeof t->temd, "%s", ctl_opt(o, "temd"));
+    } else {
+        /* temd sits beside temctl in the build folder. */
+        char self[3800];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+        if (n <= 0) return -1;
+        self[n] = 0;
+        char *slash = strrchr(self, '/');
+        if (slash) *slash = 0;
+        snprintf(t->temd, sizeof t->temd, "%s/temd", self);
+    }
+    return 0;
+}
+
+int ctl_testnet_main(int argc, char **argv) {
+    ctl_opts o;
+    if (argc < 2 || ctl_opts_parse(&o, argc, argv, 2, "exit quiet") != 0) {
+        fputs(USAGE, stderr);
+        return CTL_USAGE;
+    }
+    if (o.help || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        fputs(USAGE, stdout);
+        return CTL_OK;
+    }
+    if (o.npos) {
+        fputs(USAGE, stderr);
+        return CTL_USAGE;
+    }
+    if (!strcmp(argv[1], "report")) {
+        const char *dp = ctl_opt(&o, "data");
+        if (!dp) {
+            fputs(USAGE, stderr);
+            return CTL_USAGE;
+        }
+        json_error_t je;
+        json_t *d = json_load_file(dp, 0, &je);
+        if (!d) {
+            fprintf(stderr, "testnet: %s:%d: %s\n", dp, je.line, je.text);
+            return CTL_INVALID;
+        }
+        const char *rp = ctl_opt(&o, "report") ? ctl_opt(&o, "report") : "testnet-report.html";
+        int rc = ctl_report_text(d, stdout) == 0 && ctl_report_html(d, rp) == 0 ? CTL_OK : CTL_INVALID;
+        json_decref(d);
+        return rc;
+    }
+    if (strcmp(argv[1], "run") && strcmp(argv[1], "gen")) {
+        fputs(USAGE, stderr);
+        return CTL_USAGE;
+    }
+    tn *t = tem_calloc(1, sizeof *t);
+    if (!t) return CTL_INVALID;
+    *t = (tn){.prosumers = 32, .slots = 96, .slot_seconds = 3, .base_port = 26600, .seed = 1};
+    for (int i = 0; i < TN_NODES; i++) t->conn[i].fd = -1;
+    int rc = CTL_USAGE;
+    if (parse(t, &o) == 0) {
+        struct sigaction sa = {.sa_handler = tn_on_signal};
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+        signal(SIGPIPE, SIG_IGN);
+        if (!strcmp(argv[1], "gen")) rc = gen(t) == 0 ? CTL_OK : CTL_INVALID;
+        else rc = run(t);
+        if (tn_stop && rc == CTL_INVALID) rc = 130;
+    }
+    tn_free(t);
+    tem_free(t);
+    return rc;
+}
