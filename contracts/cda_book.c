@@ -198,6 +198,11 @@ int cda_book_match(cda_book *b, int side, uint64_t price, uint64_t *qty_wh, cda_
             if (fn) {
                 cda_order o = {.id = n->id, .price = n->price, .qty_wh = n->qty_wh, .side = other};
                 int64_t r = fn(ctx, &o, want);
+                if (r == CDA_FILL_STOP) {
+                    if (lv->count == 0) cda__level_erase(b, other, (uint32_t)li);
+                    *qty_wh = rem;
+                    return CDA_BOOK_OK;
+                }
                 if (r < 0) {
                     *qty_wh = rem;
                     return (int)r;

@@ -59,9 +59,10 @@ typedef struct {
 #define CDA_BOOK_ORDERS_MAX (1u << 28)
 
 /* Callback of cda_book_match: `want_wh` is min(incoming remaining, resting remaining). Returns
- * how much may execute, 0..want_wh (0 = skip this resting order, both stay intact), or a
- * negative error that stops the walk and is returned by cda_book_match. It must not modify the
- * book. */
+ * how much may execute, 0..want_wh (0 = skip this resting order, both stay intact),
+ * CDA_FILL_STOP to end the walk normally, or another negative error that stops the walk and is
+ * returned by cda_book_match. It must not modify the book. */
+#define CDA_FILL_STOP INT64_MIN
 typedef int64_t (*cda_fill_fn)(void *ctx, const cda_order *resting, uint64_t want_wh);
 
 void cda_book_init(cda_book *b);

@@ -239,6 +239,7 @@ typedef struct {
     Tem__V1__Fill **fills;
     size_t n_fills, cap_fills;
     int64_t taker_released, taker_fee;
+    uint32_t skips; /* grid-blocked counter-orders so far (MK_GRID_SKIPS_MAX) */
     int err;
 } fill_env;
 
@@ -433,7 +434,7 @@ static int64_t cda_fill_cb(void *ctx, const cda_order *r, uint64_t want) {
     uint64_t got;
     /* Trades execute at the resting order's price. */
     if ((rc = mk_fill(e, buy, sell, want, rest.price, &got))) return e->err = rc, -1;
-    if (got == 0) return 0;
+    if (got == 0) return ++e->skips >= MK_GRID_SKIPS_MAX ? CDA_FILL_STOP : 0;
     if (rest.remaining_wh == 0) {
         if ((rc = release_order(e->st, &rest, NULL, NULL)) || (rc = order_del(e->st, &rest)))
             return e->err = rc, -1;
@@ -678,7 +679,10 @@ static int call_clear_slot(fill_env *e, cda_book *bk) {
     for (size_t i = 0; i < bl.n && done < cr.volume_wh; i++) {
         mk_order buy;
         if ((rc = order_get(e->st, e->slot, bl.seqs[i], &buy))) goto out;
-        for (size_t j = j0; j < sl.n && buy.remaining_wh > 0 && done < cr.volume_wh; j++) {
+        uint32_t skips = 0;
+        for (size_t j = j0; j < sl.n && buy.remaining_wh > 0 && done < cr.volume_wh &&
+                            skips < MK_GRID_SKIPS_MAX;
+             j++) {
             mk_order sell;
             if ((rc = order_get(e->st, e->slot, sl.seqs[j], &sell))) goto out;
             if (sell.remaining_wh == 0) {
@@ -689,6 +693,7 @@ static int call_clear_slot(fill_env *e, cda_book *bk) {
             if (want > cr.volume_wh - done) want = cr.volume_wh - done;
             uint64_t got;
             if ((rc = mk_fill(e, &buy, &sell, want, cr.price, &got))) goto out;
+            if (got == 0) skips++;
             done += got;
             if ((rc = order_put(e->st, &sell, false))) goto out;
             if (sell.remaining_wh == 0 && j == j0) j0++;

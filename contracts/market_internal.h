@@ -22,6 +22,11 @@ enum {
 
 #define PUB LEDGER_SECP_PUB_BYTES
 
+/* Counter-orders the grid check may block for one incoming order (CDA) or one buyer (call
+ * auction) before the walk moves on: bounds the work a tx or a clearing can cause when the
+ * feeder blocks many crossing pairs (docs/market.md). */
+#define MK_GRID_SKIPS_MAX 64
+
 /* ------------------------------------------------------------------ records */
 typedef struct {
     uint32_t bus;

@@ -181,6 +181,32 @@ START_TEST(cda_callback_error_stops_the_walk_and_is_returned) {
 }
 END_TEST
 
+static int64_t stop_on_second(void *ctx, const cda_order *r, uint64_t want) {
+    int *calls = ctx;
+    (void)r;
+    return ++*calls == 2 ? CDA_FILL_STOP : (int64_t)want;
+}
+
+START_TEST(cda_callback_stop_ends_the_walk_without_error) {
+    cda_book b;
+    cda_book_init(&b);
+    add(&b, 1, CDA_SELL, 100, 50);
+    add(&b, 2, CDA_SELL, 100, 50);
+    add(&b, 3, CDA_SELL, 101, 50);
+    int calls = 0;
+    uint64_t left;
+    ck_assert_int_eq(cda_book_submit(&b, 9, CDA_BUY, 101, 120, false, stop_on_second, &calls, &left), 0);
+    ck_assert_int_eq(calls, 2);
+    ck_assert_uint_eq(left, 70);
+    cda_order o;
+    ck_assert_int_eq(cda_book_get(&b, 9, &o), 0); /* the rest rests */
+    ck_assert_uint_eq(o.qty_wh, 70);
+    ck_assert_int_eq(cda_book_count(&b), 3);
+    ck_assert_int_eq(cda_book_check(&b), 0);
+    cda_book_free(&b);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ reference model */
 typedef struct {
     uint64_t id, price, qty, seq;
@@ -379,6 +405,7 @@ static Suite *cda_suite(void) {
     tcase_add_test(t, cda_curtailed_to_zero_leaves_both_and_continues_with_next);
     tcase_add_test(t, cda_partial_curtailment_rests_the_rest_even_if_crossed);
     tcase_add_test(t, cda_callback_error_stops_the_walk_and_is_returned);
+    tcase_add_test(t, cda_callback_stop_ends_the_walk_without_error);
     tcase_add_test(t, cda_random_streams_match_a_naive_reference_book);
     tcase_add_loop_test(t, call_clearing_follows_the_documented_rule, 0,
                         (int)(sizeof(call_cases) / sizeof(call_cases[0])));

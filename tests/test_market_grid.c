@@ -149,12 +149,28 @@ START_TEST(market_grid_curtails_a_match_names_the_line_and_charges_fees) {
 }
 END_TEST
 
+START_TEST(market_grid_stops_after_64_blocked_counter_orders) {
+    ck_assert_int_eq(mh_order(&H, P2, SLOT, SELL, 100000, 37500, GTC), 0);
+    ck_assert_int_eq(mh_order(&H, P3, SLOT, BUY, 100000, 37500, GTC), 0); /* fills line 4-2 */
+    for (int i = 0; i < 70; i++) ck_assert_int_eq(mh_order(&H, P2, SLOT, SELL, 100000, 10, GTC), 0);
+    ck_assert_int_eq(mh_order(&H, P3, SLOT, BUY, 100000, 1000, GTC), 0);
+    ck_assert_uint_eq(H.rc.n_fills, MK_GRID_SKIPS_MAX);
+    for (size_t i = 0; i < H.rc.n_fills; i++) {
+        ck_assert_uint_eq(H.rc.fills[i]->quantity_wh, 0);
+        ck_assert_uint_eq(H.rc.fills[i]->curtailed_wh, 10);
+    }
+    ck_assert_uint_eq(H.rc.remaining_wh, 1000);
+    mh_check_invariants(&H, false);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("market_grid");
     TCase *t = tcase_create("grid");
     tcase_add_checked_fixture(t, setup, teardown);
     tcase_add_test(t, market_grid_refuses_orders_from_a_bus_the_feeder_lacks);
     tcase_add_test(t, market_grid_curtails_a_match_names_the_line_and_charges_fees);
+    tcase_add_test(t, market_grid_stops_after_64_blocked_counter_orders);
     suite_add_tcase(s, t);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
