@@ -12,7 +12,7 @@ SEEDS   ?= 0..999
 # Debian 12 packages the build and the tests need. `make deps` installs the missing ones.
 DEB_PKGS = gcc make pkg-config clang libclang-rt-14-dev protobuf-c-compiler libprotobuf-c-dev \
            libsodium-dev libsecp256k1-dev liblmdb-dev libuv1-dev check libsubunit-dev \
-           libh2o-dev libssl-dev libjansson-dev libinih-dev curl iproute2 docker-compose
+           libh2o-dev libssl-dev libjansson-dev libinih-dev curl jq iproute2 docker-compose
 
 PKG_LIBS = libsodium libsecp256k1 lmdb libuv libprotobuf-c jansson inih
 WARN     = -Wall -Wextra -Werror
@@ -53,7 +53,7 @@ SH_TESTS   = $(sort $(wildcard tests/t_*.sh))
 # Keep objects make would otherwise treat as intermediate and delete.
 .SECONDARY:
 
-.PHONY: all test unit-test sim-test sh-test test-asan bench fuzz deps clean soak
+.PHONY: all test unit-test sim-test sh-test test-asan bench fuzz deps clean soak testnet
 all: $(TEMD) $(TEMCTL)
 
 # ---------------------------------------------------------------- protobuf-c
@@ -131,11 +131,22 @@ bench: deps
 	$(MAKE) $(BENCH_BINS) $(TEMCTL)
 	@set -e; for b in $(BENCH_BINS); do BUILD=$(BUILD) $$b; done
 
+# ---------------------------------------------------------------- testnet
+# `make testnet ARGS="--slots 8 --exit"`: a local market on 4 validators + 1 observer
+# (temctl testnet run --help; docs/operate.md). The feeder comes from ../shared beside the clone
+# when it is there, else from the copy in deploy/feeders.
+TESTNET_FEEDER = $(firstword $(wildcard ../shared/data/feeders/case33bw) deploy/feeders/case33bw)
+testnet: deps
+	$(MAKE) all
+	$(TEMCTL) testnet run --feeder $(TESTNET_FEEDER) --dir $(BUILD)/testnet $(ARGS)
+
 # ---------------------------------------------------------------- fuzz (clang + libFuzzer)
 FUZZ_BUILD = build/fuzz
 FUZZ_CFLAGS = -std=gnu17 -g -O1 -fsanitize=fuzzer-no-link,address,undefined $(WARN) -Wno-unused-command-line-argument
 FUZZ_LIB_SRCS = $(call src_of,ledger)
 FUZZ_LIB_OBJS = $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_LIB_SRCS)) $(FUZZ_BUILD)/obj/proto.o
+# fuzz_market runs the market executor, so it links the contracts too (added by issue 4).
+$(FUZZ_BUILD)/fuzz_market: $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(call src_of,contracts))
 FUZZ_BINS = $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(FUZZ_SRCS))
 $(FUZZ_BUILD)/obj/proto.o: $(PROTO_C)
 	@mkdir -p $(dir $@)
