@@ -837,7 +837,11 @@ bool node_mempool_is_closed(const node_mempool *m) {
 
 void node_mempool_free(node_mempool *m) {
     if (!m) return;
-    TEM_ASSERT(node_mempool_is_closed(m));
+    /* The idle handle may have been closed by a uv_walk over the loop rather than by
+     * node_mempool_close; either way no callback or thread-pool work may refer to m. */
+    TEM_ASSERT(m->idle_closed || uv_is_closing((uv_handle_t *)&m->idle));
+    TEM_ASSERT(m->jobs_busy == 0);
+    TEM_ASSERT(!m->writing && !m->compacting);
     if (m->fd >= 0 && close(m->fd) != 0) fprintf(stderr, "mempool: close %s: %s\n", m->log_path, strerror(errno));
     free_tables(m);
 }
@@ -1011,7 +1015,9 @@ static int submit(node_mempool *m, const uint8_t *tx, size_t len, node_mempool_d
             goto out;
         }
     }
-    if (m->broken) {
+    /* No log to make the tx durable in: never recovered (or recovery failed), or a failed
+     * write not yet repaired by a rewrite. */
+    if (m->broken || !m->recovered) {
         rc = NODE_MEMPOOL_EIO;
         goto out;
     }
@@ -1048,7 +1054,6 @@ out:
 
 int node_mempool_submit(node_mempool *m, const uint8_t *tx, size_t len, node_mempool_done_fn done,
                         void *ctx, uint8_t txid_out[LEDGER_HASH_BYTES]) {
-    TEM_ASSERT(m->recovered);
     TEM_ASSERT(done != NULL);
     int rc = submit(m, tx, len, done, ctx, txid_out);
     if (rc == NODE_MEMPOOL_OK) m->st.submitted++;

@@ -127,7 +127,8 @@ typedef struct {
 TEM_WUR int node_mempool_new(uv_loop_t *loop, const node_mempool_config *cfg, ledger_store *store,
                              node_mempool **out);
 
-/* Must run once, before the first submit, at startup. Reads the log (if present) up to the first
+/* Must run once, before the first submit, at startup (until it succeeds, submit refuses with
+ * NODE_MEMPOOL_EIO; a node should not serve without it). Reads the log (if present) up to the first
  * torn or corrupt record (the rest is ignored and counted in recover_torn_bytes), drops records
  * that are committed (ledger_store_receipt finds them), whose nonce is below the signer's state
  * nonce (remembered as superseded) or that fail to decode or verify, re-verifies the rest
@@ -146,7 +147,8 @@ TEM_WUR int node_mempool_recover(node_mempool *m, uint32_t *recovered);
  *   NODE_MEMPOOL_ENONCEFAR (nonce >= state nonce + nonce_window), NODE_MEMPOOL_ENONCETAKEN
  *   (same signer and nonce held with another txid), the precheck's code, NODE_MEMPOOL_EFULL
  *   (txs_max or bytes_max reached: HTTP 503), NODE_MEMPOOL_ESIGNERFULL (per_signer_max),
- *   NODE_MEMPOOL_EIO (the log failed and has not been rewritten yet), NODE_MEMPOOL_ENOMEM,
+ *   NODE_MEMPOOL_EIO (no usable log: recover has not succeeded, or a write failed and the log
+ *   has not been rewritten yet), NODE_MEMPOOL_ENOMEM,
  *   NODE_MEMPOOL_ECLOSING.
  * Returns 0 when queued: done(ctx, rc, txid) follows later, exactly once. */
 TEM_WUR int node_mempool_submit(node_mempool *m, const uint8_t *tx, size_t len,
@@ -187,8 +189,8 @@ void node_mempool_get_stats(const node_mempool *m, node_mempool_stats *out);
  * done(0). Run the loop until node_mempool_is_closed, then node_mempool_free. Idempotent. */
 void node_mempool_close(node_mempool *m);
 bool node_mempool_is_closed(const node_mempool *m);
-/* Frees everything (the log is closed as it is, not compacted). Only after close + is_closed,
- * or NULL. */
+/* Frees everything (the log is closed as it is, not compacted). Only after close + is_closed
+ * (or after the loop ran to completion once the handle was closed by a uv_walk), or NULL. */
 void node_mempool_free(node_mempool *m);
 
 #endif

@@ -815,7 +815,13 @@ START_TEST(mempool_recovery_refuses_another_chains_log_and_leaves_it) {
     ck_assert_int_eq(node_mempool_new(&LOOP, &c, S, &M), 0);
     ck_assert_int_eq(node_mempool_recover(M, NULL), NODE_MEMPOOL_ECORRUPT);
     ck_assert_int_eq(file_size(LOG), size);
+    /* Without a log nothing can be made durable, so nothing is accepted. */
+    tx_t y = mk(3, 0, 1);
+    ck_assert_int_eq(submit(&y), NODE_MEMPOOL_EIO);
+    ck_assert_uint_eq(node_mempool_size(M), 0);
+    free_txs(&y, 1);
     mp_shutdown();
+    ck_assert_int_eq(R.n, 0);
     ck_assert_int_eq(truncate(LOG, 10), 0); /* a header cut short */
     ck_assert_int_eq(node_mempool_new(&LOOP, &c, S, &M), 0);
     ck_assert_int_eq(node_mempool_recover(M, NULL), NODE_MEMPOOL_ECORRUPT);
