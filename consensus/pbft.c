@@ -1201,6 +1201,21 @@ static int on_checkpoint(pbft_replica *r, const Tem__V1__PbftMessage *m, pbft_ac
     return advance(r, out);
 }
 
+/* A verified VIEW-CHANGE may carry the commit certificate of a block this replica holds but
+ * never saw 2f+1 COMMITs for: that certificate lets it deliver without fetching. */
+static void absorb_commit(pbft_replica *r, const Tem__V1__PbftViewChange *vc) {
+    const Tem__V1__CommitCertificate *c = vc->committed;
+    if (!c || c->height <= r->delivered) return;
+    pbft__slot *s = slot_find(r, c->height);
+    if (!s || s->committed || !block_find(s, c->block_hash.data)) return;
+    pbft__sigset sigs;
+    if (pbft__sigset_from_pb(r, c->sigs, c->n_sigs, &sigs) != PBFT_OK) return;
+    s->committed = true;
+    s->c_view = c->view;
+    hash_copy(s->c_hash, c->block_hash.data);
+    s->c_sigs = sigs;
+}
+
 static int on_view_change(pbft_replica *r, const Tem__V1__PbftMessage *m, const uint8_t *raw,
                           size_t raw_len, pbft_actions *out) {
     Tem__V1__PbftViewChange *vc = tem__v1__pbft_view_change__unpack(
@@ -1247,6 +1262,7 @@ static int on_view_change(pbft_replica *r, const Tem__V1__PbftMessage *m, const 
     if (rc != PBFT_OK) goto out;
     rc = check_view_change(r, vc);
     if (rc != PBFT_OK) goto out;
+    absorb_commit(r, vc);
     uint8_t *copy = tem_malloc(raw_len);
     if (!copy) {
         rc = PBFT_ENOMEM;
@@ -1337,6 +1353,7 @@ static int on_new_view(pbft_replica *r, const Tem__V1__PbftMessage *m, pbft_acti
             goto out;
         }
     }
+    for (size_t i = 0; i < nb; i++) absorb_commit(r, bodies[i]);
     pbft__plan plan;
     plan_new_view(r, bodies, nb, &plan);
     if (plan.n != nv->n_reproposals) {

@@ -161,6 +161,7 @@ typedef struct {
     pbft_actions acts;
     uint32_t faults;
     uint64_t byz_keys; /* keys under Byzantine control (incl. twins) */
+    uint32_t vote_crashes, vote_crash_pm; /* crashes at kill points right after a vote */
 } sim_t;
 
 static void fail(sim_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -530,6 +531,9 @@ static void byz_send(sim_t *s, int from, int to_key, const uint8_t *msg, size_t 
             block_make(blk, height, parent, 999, (uint32_t)from, rng_next(&s->rng), true);
             ledger_sha256(h, blk, sizeof blk);
             uint32_t primary = pbft_primary(view, s->n);
+            /* Signed by the forger as the real primary of the view, it is a genuine (if
+             * Byzantine) proposal, not a forgery. */
+            if (primary == (uint32_t)a->key) reg_add(s, h, height, true);
             send_pp(s, from, to_key, primary, view, height, blk, sizeof blk,
                     primary != (uint32_t)a->key);
             for (uint32_t k = 0; k < s->n; k++) {
@@ -985,6 +989,17 @@ static void handle(sim_t *s, sim_ev *e) {
         a->record = e->data;
         a->record_len = e->len;
         e->data = NULL;
+        if (!s->healed && s->vote_crashes > 0 && !a->byz && !a->twin &&
+            rng_pct(&s->rng, s->vote_crash_pm)) {
+            /* Kill point: right after the vote left, before the replica learns what follows. */
+            s->vote_crashes--;
+            sim_ev *c = ev_new(s, E_CRASH, s->now + 1);
+            c->inst = e->inst;
+            ev_push(s);
+            c = ev_new(s, E_RESTART, s->now + 2 + rng_below(&s->rng, 300));
+            c->inst = e->inst;
+            ev_push(s);
+        }
         break;
     case E_RELEASE:
         net_out(s, e->inst, (uint32_t)e->a, e->data, e->len);
@@ -1121,6 +1136,10 @@ static void setup(sim_t *s, uint64_t seed) {
         if (mask & B_FORGE) s->faults |= SIM_F_FORGE;
         if (mask & B_REPLAY) s->faults |= SIM_F_REPLAY;
         if (mask & B_MALFORMED) s->faults |= SIM_F_MALFORMED;
+    }
+    if (rng_pct(g, 300)) {
+        s->vote_crashes = 1 + (uint32_t)rng_below(g, 6);
+        s->vote_crash_pm = 20 + (uint32_t)rng_below(g, 200);
     }
     uint64_t fault_ms = 1000 + rng_below(g, 2500);
     schedule_faults(s, fault_ms);
