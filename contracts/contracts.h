@@ -109,4 +109,45 @@ typedef struct {
 /* LEDGER_OK or LEDGER_ECORRUPT (missing counters). */
 TEM_WUR int contracts_supply_get(ledger_state *st, contracts_supply *out);
 
+/* ------------------------------------------------------------------ market views (API, tools)
+ * Read-only walks over one slot's records; fn returns non-zero to stop (that value is returned).
+ * They return LEDGER_OK, LEDGER_ECORRUPT or fn's value. The records live only while the slot is
+ * active: orders until gate closure, trades until settlement, settlement lines afterwards. */
+typedef struct {
+    uint8_t txid[32];
+    uint8_t owner[LEDGER_SECP_PUB_BYTES];
+    int32_t side;           /* Tem__V1__Side */
+    int32_t tif;            /* Tem__V1__TimeInForce */
+    uint32_t bus;           /* owner's bus when the order arrived */
+    uint64_t slot, seq;     /* seq: time priority, unique across the chain */
+    uint64_t price;         /* limit, micro-units per kWh */
+    uint64_t qty_wh, remaining_wh;
+    int64_t escrow_uunit;   /* money the order still holds (price part + fee part) */
+    int64_t escrow_tokens_wh;
+} contracts_order;
+/* Resting orders of `slot` in arrival order (seq); priority order is (price, seq). */
+TEM_WUR int contracts_order_iter(ledger_state *st, uint64_t slot,
+                                 int (*fn)(void *ctx, const contracts_order *o), void *ctx);
+
+typedef struct {
+    uint64_t slot, seq; /* seq: execution order within the slot */
+    uint8_t seller[LEDGER_SECP_PUB_BYTES], buyer[LEDGER_SECP_PUB_BYTES];
+    uint64_t qty_wh, price;
+    int64_t value_uunit, buyer_fee_uunit, seller_fee_uunit, collateral_wh;
+} contracts_trade;
+/* Unsettled trades of `slot` in execution order. */
+TEM_WUR int contracts_trade_iter(ledger_state *st, uint64_t slot,
+                                 int (*fn)(void *ctx, const contracts_trade *t), void *ctx);
+
+typedef struct {
+    uint64_t slot;
+    uint8_t pubkey[LEDGER_SECP_PUB_BYTES];
+    int64_t export_wh, import_wh, sold_wh, bought_wh, delivered_wh, received_wh, shortfall_wh;
+    int64_t burnt_wh, lack_wh, surplus_wh;
+    int64_t trade_net_uunit, penalty_net_uunit, utility_net_uunit, unpaid_uunit;
+} contracts_settlement;
+/* Settlement lines of a settled `slot`, by public key (docs/market.md, "Settlement"). */
+TEM_WUR int contracts_settlement_iter(ledger_state *st, uint64_t slot,
+                                      int (*fn)(void *ctx, const contracts_settlement *l), void *ctx);
+
 #endif

@@ -39,6 +39,14 @@ START_TEST(market_buy_fills_resting_sell_at_the_resting_price) {
 }
 END_TEST
 
+static int count_order(void *ctx, const contracts_order *o) {
+    contracts_order *last = ctx;
+    uint64_t n = last->seq == UINT64_MAX ? 0 : last->slot; /* slot field reused as a count */
+    *last = *o;
+    last->slot = n + 1;
+    return 0;
+}
+
 START_TEST(market_sweep_follows_price_then_time_priority_with_partial_fills) {
     ck_assert_int_eq(mh_order(&H, P1, SLOT, SELL, 110000, 300, GTC), 0);
     uint8_t t1[32];
@@ -65,6 +73,15 @@ START_TEST(market_sweep_follows_price_then_time_priority_with_partial_fills) {
     ck_assert_uint_eq(H.rc.fills[0]->quantity_wh, 200);
     ck_assert_uint_eq(H.rc.remaining_wh, 300);
     ck_assert_int_eq(mh_acct(&H, C2).money_escrow_uunit, 22000 + 33000);
+    /* The view shows the one resting order, C2's remainder, with its escrow. */
+    contracts_order last = {.seq = UINT64_MAX};
+    ck_assert_int_eq(contracts_order_iter(H.st, SLOT, count_order, &last), 0);
+    ck_assert_uint_eq(last.slot, 1); /* one order */
+    ck_assert_mem_eq(last.owner, H.keys[C2], PUB);
+    ck_assert_uint_eq(last.remaining_wh, 300);
+    ck_assert_uint_eq(last.qty_wh, 500);
+    ck_assert_int_eq(last.escrow_uunit, 33000);
+    ck_assert_int_eq(last.side, BUY);
     mh_check_invariants(&H, true);
 }
 END_TEST

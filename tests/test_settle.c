@@ -34,6 +34,26 @@ static size_t count_prefix(uint8_t kind) {
     return n;
 }
 
+typedef struct {
+    contracts_trade t[8];
+    contracts_settlement l[8];
+    int nt, nl;
+} views;
+
+static int view_trade(void *ctx, const contracts_trade *t) {
+    views *v = ctx;
+    if (v->nt < 8) v->t[v->nt] = *t;
+    v->nt++;
+    return 0;
+}
+
+static int view_line(void *ctx, const contracts_settlement *l) {
+    views *v = ctx;
+    if (v->nl < 8) v->l[v->nl] = *l;
+    v->nl++;
+    return 0;
+}
+
 START_TEST(settle_slot_with_shortfall_and_surplus_moves_every_unit_as_documented) {
     ck_assert_int_eq(mh_order(&H, P1, SLOT, SELL, 100000, 1000, GTC), 0);
     ck_assert_int_eq(mh_order(&H, C1, SLOT, BUY, 120000, 600, GTC), 0);
@@ -52,6 +72,14 @@ START_TEST(settle_slot_with_shortfall_and_surplus_moves_every_unit_as_documented
     mh_block(&H, mh_deadline(SLOT)); /* the last moment a reading counts */
     ck_assert_int_eq(mh_reading(&H, C2, SLOT, 500, 0), 0);
     ck_assert_uint_eq(count_prefix(MK_TRADE), 3);
+    views v = {0};
+    ck_assert_int_eq(contracts_trade_iter(H.st, SLOT, view_trade, &v), 0);
+    ck_assert_int_eq(v.nt, 3);
+    ck_assert_mem_eq(v.t[1].seller, H.keys[P1], PUB);
+    ck_assert_mem_eq(v.t[1].buyer, H.keys[C2], PUB);
+    ck_assert_uint_eq(v.t[1].qty_wh, 400);
+    ck_assert_int_eq(v.t[1].value_uunit, 40000);
+    ck_assert_uint_eq(v.t[2].price, 110000);
     mh_check_invariants(&H, true);
 
     mh_block(&H, mh_deadline(SLOT) + 1);
@@ -100,6 +128,14 @@ START_TEST(settle_slot_with_shortfall_and_surplus_moves_every_unit_as_documented
     ck_assert_uint_eq(count_prefix(MK_TRADE), 0);
     ck_assert_uint_eq(count_prefix(MK_READ), 0);
     ck_assert_uint_eq(count_prefix(MK_SETTLED), 4);
+    ck_assert_int_eq(contracts_settlement_iter(H.st, SLOT, view_line, &v), 0);
+    ck_assert_int_eq(v.nl, 4);
+    ck_assert_mem_eq(v.l[0].pubkey, H.keys[P1], PUB); /* key order */
+    ck_assert_int_eq(v.l[0].shortfall_wh, 200);
+    ck_assert_int_eq(v.l[3].received_wh, 500);
+    v.nt = 0;
+    ck_assert_int_eq(contracts_trade_iter(H.st, SLOT, view_trade, &v), 0);
+    ck_assert_int_eq(v.nt, 0);
     mh_check_invariants(&H, true);
     /* Too late now. */
     ck_assert_int_eq(mh_reading(&H, P3, SLOT, 1, 1), CONTRACTS_ELATE);
