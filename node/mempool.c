@@ -12,6 +12,8 @@
 #include <unistd.h>
 
 #define NIL UINT32_MAX
+/* Signers whose nonce block_applied re-reads per block beyond those of the block's txs. */
+#define MP__SWEEP_SIGNERS_MAX 4096u
 
 static_assert(sizeof NODE_MEMPOOL_LOG_MAGIC - 1 == 8, "log magic is 8 bytes");
 static_assert(NODE_MEMPOOL_LOG_HEADER_BYTES == 8 + LEDGER_HASH_BYTES, "header = magic + genesis hash");
@@ -112,6 +114,7 @@ struct node_mempool {
     mp__signer *signers;
     uint32_t signer_free, n_active;
     uint32_t *active;
+    uint32_t sweep_cursor; /* block_applied's round robin over `active` */
     mp__tab by_signer;
     uint64_t sel_epoch;
 
@@ -1094,43 +1097,64 @@ int node_mempool_select(node_mempool *m, ledger_state *st, uint32_t max, const u
     return NODE_MEMPOOL_OK;
 }
 
+/* Drops signer si's held txs whose nonce its state nonce has passed. Returns true when that
+ * removed the signer itself (its slot in `active` then holds another signer). */
+static bool signer_sweep(node_mempool *m, ledger_state *st, uint32_t si) {
+    uint64_t sn = ledger_state_nonce(st, m->signers[si].key);
+    uint32_t i = m->signers[si].head;
+    while (i != NIL && m->ents[i].nonce < sn) {
+        mp__entry *e = &m->ents[i];
+        uint32_t next = e->s_next;
+        bool committed = is_committed(m, e->txid);
+        if (e->state == MP__PENDING) {
+            if (committed) {
+                m->st.committed_dropped++;
+            } else {
+                m->st.superseded++;
+                sup_add(m, e->txid);
+            }
+            bool last = m->signers[si].count == 1;
+            ent_remove(m, i);
+            if (last) return true;
+        } else if (!e->gone) {
+            e->gone = committed ? MP__GONE_COMMITTED : MP__GONE_SUPERSEDED;
+            if (!committed) m->st.superseded++;
+        }
+        i = next;
+    }
+    return false;
+}
+
 void node_mempool_block_applied(node_mempool *m, const uint8_t (*txids)[LEDGER_HASH_BYTES], size_t n) {
     if (m->closing) return;
+    ledger_state *st = ledger_store_state(m->store);
+    bool sweep_all = m->n_active <= MP__SWEEP_SIGNERS_MAX;
     for (size_t b = 0; b < n; b++) {
         uint32_t i = tab_find(m, &m->by_txid, txids[b], LEDGER_HASH_BYTES, key_txid, NULL);
         if (i == NIL) continue;
+        uint8_t signer[LEDGER_SECP_PUB_BYTES];
+        memcpy(signer, m->ents[i].signer, sizeof signer);
         if (m->ents[i].state == MP__PENDING) {
             m->st.committed_dropped++;
             ent_remove(m, i);
         } else {
             m->ents[i].gone = MP__GONE_COMMITTED;
         }
+        /* The signer's later txs may now be stale too. */
+        uint32_t si = tab_find(m, &m->by_signer, signer, LEDGER_SECP_PUB_BYTES, key_signer, NULL);
+        if (!sweep_all && si != NIL) (void)signer_sweep(m, st, si);
     }
-    /* Any signer may have used a nonce through a tx this node never saw, so every signer with
-     * held txs is checked (downward, because removing a signer moves the last one into its
-     * place). */
-    ledger_state *st = ledger_store_state(m->store);
-    for (uint32_t a = m->n_active; a-- > 0;) {
-        uint32_t si = m->active[a];
-        uint64_t sn = ledger_state_nonce(st, m->signers[si].key);
-        uint32_t i = m->signers[si].head;
-        while (i != NIL && m->ents[i].nonce < sn) {
-            mp__entry *e = &m->ents[i];
-            uint32_t next = e->s_next;
-            bool committed = is_committed(m, e->txid);
-            if (e->state == MP__PENDING) {
-                if (committed) {
-                    m->st.committed_dropped++;
-                } else {
-                    m->st.superseded++;
-                    sup_add(m, e->txid);
-                }
-                ent_remove(m, i); /* may free the signer; `next` is then NIL */
-            } else if (!e->gone) {
-                e->gone = committed ? MP__GONE_COMMITTED : MP__GONE_SUPERSEDED;
-                if (!committed) m->st.superseded++;
-            }
-            i = next;
+    /* A signer may also have used a nonce through a tx this node never held. A small pool
+     * checks every signer (downward: removing a signer moves the last one into its slot); a
+     * large one checks MP__SWEEP_SIGNERS_MAX of them per block, round robin, so a block costs
+     * a bounded number of state lookups and a stale tx is found within a few blocks (until
+     * then select skips it: its nonce is below the signer's). */
+    if (sweep_all) {
+        for (uint32_t a = m->n_active; a-- > 0;) (void)signer_sweep(m, st, m->active[a]);
+    } else {
+        for (uint32_t k = 0; k < MP__SWEEP_SIGNERS_MAX && m->n_active > 0; k++) {
+            if (m->sweep_cursor >= m->n_active) m->sweep_cursor = 0;
+            if (!signer_sweep(m, st, m->active[m->sweep_cursor])) m->sweep_cursor++;
         }
     }
     maybe_compact(m);

@@ -166,7 +166,9 @@ TEM_WUR int node_mempool_select(node_mempool *m, ledger_state *st, uint32_t max,
 
 /* After a block is applied (the store is at its height): drops those txids and every held tx
  * whose nonce is now below its signer's state nonce (remembered as superseded unless a receipt
- * shows it committed). Txs still being verified or written are flagged and settle when their
+ * shows it committed). Signers of the given txids are checked at once; others all at once
+ * while at most 4096 signers hold txs, else 4096 per call, round robin (a stale tx is never
+ * selected meanwhile). Txs still being verified or written are flagged and settle when their
  * work ends (done rc 0 if committed, NODE_MEMPOOL_ESUPERSEDED if superseded). Rewrites the log
  * in the thread pool when it is over compact_min_bytes and more than half dead, and retries a
  * failed log. txids is borrowed. */

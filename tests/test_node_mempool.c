@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #define CHAIN "tem-test"
-#define REC_MAX 4096
+#define REC_MAX 8192
 
 /* ------------------------------------------------------------------ fixture */
 static char DIR_[64], STORE_DIR[96], LOG[96];
@@ -581,6 +581,40 @@ START_TEST(mempool_txs_committed_or_superseded_while_in_flight_settle_when_work_
 }
 END_TEST
 
+START_TEST(mempool_large_pool_finds_superseded_txs_round_robin_within_two_blocks) {
+    enum { N = 4200, K = 4150 }; /* above the 4096 signers checked per block */
+    node_mempool_config c = cfg_default();
+    c.txs_max = N + 10;
+    mp_open(&c);
+    static tx_t x[N];
+    for (int i = 0; i < N; i++) x[i] = mk(2 + (uint32_t)i, 0, 1);
+    for (int i = 0; i < N; i++) ck_assert_int_eq(submit(&x[i]), 0);
+    wait_done(N);
+    /* Signer of x[K] uses nonce 0 through a tx this node never saw. Signers are checked in
+     * arrival order from the first, so the first block's 4096 miss it. */
+    tx_t other = mk(2 + K, 0, 42);
+    apply_block(&other, 1);
+    block_applied(&other, 1);
+    uint64_t after_one = stats().superseded;
+    ck_assert_uint_eq(after_one, 0);
+    ck_assert_int_eq(node_mempool_status(M, x[K].txid), NODE_MEMPOOL_STATUS_PENDING);
+    const uint8_t **sel = malloc(N * sizeof *sel);
+    size_t *lens = malloc(N * sizeof *lens);
+    uint32_t n;
+    ck_assert_int_eq(node_mempool_select(M, ledger_store_state(S), N, sel, lens, &n), 0);
+    ck_assert_uint_eq(n, N - 1); /* never selected, found or not */
+    for (uint32_t i = 0; i < n; i++) ck_assert(lens[i] != x[K].len || memcmp(sel[i], x[K].b, lens[i]) != 0);
+    node_mempool_block_applied(M, NULL, 0);
+    ck_assert_uint_eq(stats().superseded, 1);
+    ck_assert_int_eq(node_mempool_status(M, x[K].txid), NODE_MEMPOOL_STATUS_SUPERSEDED);
+    ck_assert_uint_eq(node_mempool_size(M), N - 1);
+    free(sel);
+    free(lens);
+    free_txs(x, N);
+    free_txs(&other, 1);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ the log */
 START_TEST(mempool_group_commit_serves_many_txs_with_few_fsyncs) {
     node_mempool_config c = cfg_default();
@@ -993,6 +1027,7 @@ static Suite *mempool_suite(void) {
     tcase_add_test(t, mempool_bad_signatures_are_reported_through_done_and_dropped);
     tcase_add_test(t, mempool_block_applied_drops_committed_and_superseded_txs);
     tcase_add_test(t, mempool_txs_committed_or_superseded_while_in_flight_settle_when_work_returns);
+    tcase_add_test(t, mempool_large_pool_finds_superseded_txs_round_robin_within_two_blocks);
     tcase_add_test(t, mempool_group_commit_serves_many_txs_with_few_fsyncs);
     tcase_add_test(t, mempool_every_acknowledged_tx_survives_a_restart_without_compaction);
     tcase_add_test(t, mempool_acknowledged_txs_survive_sigkill_of_the_node);
