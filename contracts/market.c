@@ -504,9 +504,11 @@ static int exec_order(contracts_market *m, ledger_state *st, const ledger_block_
     if (ioc && mp->mechanism == LEDGER_MECH_CALL) return mk_refuse(rc, b, CONTRACTS_EMECH);
     int g = grid_bus_check(st, a.bus);
     if (g != GRID_OK) return mk_refuse(rc, b, g);
-    cda_book *bk = book_get(m, o->slot);
-    if (!bk) return LEDGER_ENOMEM;
-    if (!ioc && mp->book_orders_max > 0 && (int64_t)cda_book_count(bk) >= mp->book_orders_max)
+    /* A book is created only for an accepted order, so refused orders for many slots cannot
+     * fill the cache with empty books. */
+    cda_book *bk = book_find(m, o->slot);
+    if (!ioc && mp->book_orders_max > 0 && bk &&
+        (int64_t)cda_book_count(bk) >= mp->book_orders_max)
         return mk_refuse(rc, b, CONTRACTS_EBOOKFULL);
 
     fill_env env;
@@ -538,6 +540,7 @@ static int exec_order(contracts_market *m, ledger_state *st, const ledger_block_
         rc->tokens_escrowed = (uint64_t)ord.escrow_tokens;
     }
     /* ---- nothing below refuses: the book may change from here on. */
+    if (!bk && !(bk = book_get(m, o->slot))) return LEDGER_ENOMEM;
     mk_counters c;
     if ((e = mk_counters_get(st, &c))) return e;
     ord.seq = c.next_seq++;
@@ -746,6 +749,7 @@ static int close_slot(contracts_market *m, ledger_state *st, const ledger_block_
 typedef struct {
     uint64_t *slots;
     size_t n, cap;
+    const ledger_block_ctx *b;
     int err;
 } slot_list;
 
@@ -754,6 +758,12 @@ static int collect_slot(void *ctx, const uint8_t *key, size_t klen, const uint8_
     (void)val;
     slot_list *l = ctx;
     if (klen != 9 || vlen != MK_SLOT_BYTES) return l->err = LEDGER_ECORRUPT, 1;
+    /* Slots ascend and so do their gate times: from the first slot whose gate is still open,
+     * nothing is due, however many future slots hold orders. */
+    int64_t gate;
+    if (!mk_slot_times(l->b->genesis, tem_get_u64be(key + 1), NULL, &gate, NULL, NULL) ||
+        (int64_t)l->b->time_ms < gate)
+        return 1;
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 16;
         uint64_t *ns = tem_realloc(l->slots, sizeof(*ns) * cap);
@@ -773,9 +783,10 @@ static int market_begin_block(void *ctx, ledger_state *st, const ledger_block_ct
     }
     m->in_block = true;
     m->height_began = b->height;
-    slot_list l = {0};
+    slot_list l = {.b = b};
     uint8_t prefix = MK_SLOT;
     rc = ledger_state_iter(st, &prefix, 1, collect_slot, &l);
+    if (rc > 0) rc = LEDGER_OK; /* stopped at the first slot not yet due */
     if (l.err) rc = l.err;
     /* Slots in ascending order: gate closures first, then settlements whose deadline passed. */
     for (size_t i = 0; rc == LEDGER_OK && i < l.n; i++) {

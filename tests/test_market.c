@@ -158,6 +158,20 @@ START_TEST(market_gate_closure_expires_orders_and_refuses_later_ones) {
 }
 END_TEST
 
+START_TEST(market_gate_closure_leaves_later_slots_open) {
+    ck_assert_int_eq(mh_order(&H, C1, SLOT, BUY, 90000, 100, GTC), 0);
+    ck_assert_int_eq(mh_order(&H, C1, 100, BUY, 90000, 100, GTC), 0);
+    ck_assert_int_eq(mh_order(&H, C1, SLOT + 1, BUY, 90000, 100, GTC), 0);
+    mh_block(&H, mh_gate(SLOT + 1) - 1);
+    ck_assert_int_eq(mh_acct(&H, C1).money_escrow_uunit, 18000);
+    mh_block(&H, mh_gate(SLOT + 1));
+    ck_assert_int_eq(mh_acct(&H, C1).money_escrow_uunit, 9000);
+    ck_assert_int_eq(mh_order(&H, P1, 100, SELL, 90000, 100, GTC), 0);
+    ck_assert_uint_eq(H.rc.n_fills, 1);
+    mh_check_invariants(&H, true);
+}
+END_TEST
+
 START_TEST(market_restarted_executor_rebuilds_its_books_from_the_state) {
     ck_assert_int_eq(mh_order(&H, P1, SLOT, SELL, 100000, 300, GTC), 0);
     ck_assert_int_eq(mh_order(&H, P2, SLOT, SELL, 100000, 300, GTC), 0);
@@ -371,6 +385,7 @@ static Suite *market_suite(void) {
     tcase_add_test(t, market_cancel_releases_escrow_to_the_micro_unit);
     tcase_add_test(t, market_escrow_refund_after_a_fill_is_exact_to_the_micro_unit);
     tcase_add_test(t, market_gate_closure_expires_orders_and_refuses_later_ones);
+    tcase_add_test(t, market_gate_closure_leaves_later_slots_open);
     tcase_add_test(t, market_restarted_executor_rebuilds_its_books_from_the_state);
     tcase_add_test(t, market_full_book_refuses_resting_orders_but_not_ioc);
     tcase_add_test(t, market_admin_txs_apply);
