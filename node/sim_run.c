@@ -332,8 +332,11 @@ static const char SIM_USAGE[] =
     "  Prints the simulated day offline, one JSON line per prosumer and slot (no node).\n"
     "       temctl sim run --genesis FILE --keys DIR --feeder DIR --node URL [--node URL...]\n"
     "                      [--slots N] [--first-slot S] [--seed S] [--start-minute M]\n"
+    "                      [--install-tx FILE]\n"
     "  Runs the prosumers whose key files are DIR/p*.key (registered in the genesis) against\n"
     "  the nodes in real time: orders before each gate closure, readings after each slot.\n"
+    "  --install-tx first submits a signed tx (the DSO's feeder install from `temctl testnet\n"
+    "  gen`) and waits up to 120 s for the nodes to come up and commit it.\n"
     "  docs/sim.md describes the model and the strategies.\n";
 
 static bool opt_u64(const ctl_opts *o, const char *name, uint64_t *v) {
@@ -396,6 +399,45 @@ out:
     tem_free(p);
     ctl_feeder_free(&f);
     return status;
+}
+
+/* Posts a pre-signed tx (retrying while the nodes start) and waits for its receipt. */
+static int install_tx(ctl_http_conn *c, const char *path, const ledger_genesis *g) {
+    uint8_t *tx;
+    size_t len;
+    if (ctl_read_file(path, 8u << 20, &tx, &len) != 0) return -1;
+    ledger_tx d = {0};
+    ledger_tx_limits lim;
+    ledger_tx_limits_from_genesis(g, &lim);
+    if (ledger_tx_decode(tx, len, &lim, &d) != LEDGER_OK) {
+        fprintf(stderr, "sim: %s is not a tx of this chain\n", path);
+        tem_free(tx);
+        return -1;
+    }
+    uint8_t txid[32];
+    memcpy(txid, d.txid, 32);
+    ledger_tx_free(&d);
+    int64_t until = ctl_now_ms() + 120000;
+    int st = -1;
+    char err[128] = "";
+    while (ctl_now_ms() < until && !sim_stop) {
+        st = ctl_api_submit(c, tx, len, err, sizeof err);
+        /* Already known (a restarted simulator) is as good as accepted. */
+        if (st == 202 || st == 409 || (st >= 400 && strstr(err, "NONCE"))) break;
+        ctl_sleep_until(ctl_now_ms() + 1000, &sim_stop);
+    }
+    tem_free(tx);
+    while (ctl_now_ms() < until && !sim_stop) {
+        ctl_api_tx r;
+        if (ctl_api_tx_get(c, txid, &r) == 0 && (r.status == CTL_TX_COMMITTED || r.status == CTL_TX_REFUSED)) {
+            fprintf(stderr, "sim: %s %s at height %llu%s%s\n", path, r.status == CTL_TX_COMMITTED ? "committed" : "refused",
+                    (unsigned long long)r.height, r.reason[0] ? ": " : "", r.reason);
+            return 0;
+        }
+        ctl_sleep_until(ctl_now_ms() + 500, &sim_stop);
+    }
+    fprintf(stderr, "sim: %s not committed (last answer HTTP %d %s)\n", path, st, err);
+    return -1;
 }
 
 static int sim_run(const ctl_opts *o) {
@@ -480,13 +522,14 @@ static int sim_run(const ctl_opts *o) {
     tem_free(bus);
     r.nodes = nodes;
     r.n_nodes = nn;
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    if (ctl_opt(o, "install-tx") && install_tx(&nodes[0], ctl_opt(o, "install-tx"), &g) != 0) goto out;
     for (uint32_t i = 0; i < r.n; i++) {
         ctl_api_account a;
         if (ctl_api_account_get(&nodes[i % nn], r.pub[i], &a) == 0) r.nonce[i] = a.next_nonce;
     }
     r.first_slot = first != UINT64_MAX ? first : ctl_simrun_first_slot(&g, ctl_now_ms() + 500);
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
     r.stop = &sim_stop;
     fprintf(stderr, "sim: %u prosumers, slots %llu..%llu\n", r.n, (unsigned long long)r.first_slot,
             (unsigned long long)(r.first_slot + slots - 1));

@@ -36,6 +36,8 @@ typedef struct {
     int mechanism;
     bool exit_after, quiet;
     char dir[4096], feeder[4096], temd[4096], report[4096];
+    char hosts[TN_NODES][64]; /* --hosts: one address per node, same ports on each; else loopback */
+    bool have_hosts;
     /* generated */
     ledger_genesis g;
     bool have_g;
@@ -145,9 +147,19 @@ static int new_validator_key(const char *path) {
     return rc == LEDGER_OK ? 0 : -1;
 }
 
+/* On loopback every node gets its own ports; with --hosts (containers, network namespaces)
+ * every node has its own address and they all use the base ports. */
+static uint32_t peer_port(const tn *t, int i) { return t->base_port + (t->have_hosts ? 0 : (uint32_t)i); }
+static uint32_t http_port(const tn *t, int i) { return t->base_port + 100 + (t->have_hosts ? 0 : (uint32_t)i); }
+static void node_addr(const tn *t, char *out, size_t n, int i, uint32_t port) {
+    snprintf(out, n, "%s:%u", t->have_hosts ? t->hosts[i] : "127.0.0.1", port);
+}
+/* What a node binds: its own address on loopback, every interface when it has a host of its
+ * own (a container's name is not an address it can bind). */
+static void listen_addr(const tn *t, char *out, size_t n, uint32_t port) {
+    snprintf(out, n, "%s:%u", t->have_hosts ? "0.0.0.0" : "127.0.0.1", port);
+}
 static void addr(char *out, size_t n, uint32_t port) { snprintf(out, n, "127.0.0.1:%u", port); }
-static uint32_t peer_port(const tn *t, int i) { return t->base_port + (uint32_t)i; }
-static uint32_t http_port(const tn *t, int i) { return t->base_port + 100 + (uint32_t)i; }
 
 /* ------------------------------------------------------------------ gen */
 static int gen(tn *t) {
@@ -180,8 +192,8 @@ static int gen(tn *t) {
         snprintf(name, sizeof name, "v%d", i);
         snprintf(path, sizeof path, "%s/keys/v%d.key", t->dir, i);
         if (new_validator_key(path) != 0) goto fail;
-        addr(a, sizeof a, peer_port(t, i));
-        addr(h, sizeof h, http_port(t, i));
+        node_addr(t, a, sizeof a, i, peer_port(t, i));
+        node_addr(t, h, sizeof h, i, http_port(t, i));
         json_t *v = json_object();
         json_object_set_new(v, "name", json_string(name));
         json_object_set_new(v, "key_file", json_string(path));
@@ -280,8 +292,8 @@ static int gen(tn *t) {
         bool obs = i == TN_VALIDATORS;
         char conf[4400], text[8192], a[64], h[64];
         snprintf(conf, sizeof conf, "%s/node%d.conf", t->dir, i);
-        addr(a, sizeof a, peer_port(t, i));
-        addr(h, sizeof h, http_port(t, i));
+        listen_addr(t, a, sizeof a, peer_port(t, i));
+        listen_addr(t, h, sizeof h, http_port(t, i));
         char key[32];
         if (obs) snprintf(key, sizeof key, "observer.key");
         else snprintf(key, sizeof key, "v%d.key", i);
@@ -856,7 +868,9 @@ static const char USAGE[] =
     "  prosumer simulator for N slots of S seconds (default 96 x 3 s: a day of 15-minute slots),\n"
     "  then a summary, FILE (default testnet-report.html) and DIR/testnet-data.json. Nodes keep\n"
     "  running until Ctrl-C unless --exit. DIR defaults to ./testnet-data.\n"
-    "       temctl testnet gen [same options]   only writes DIR (keys, genesis, configs, feeder tx)\n"
+    "       temctl testnet gen [same options] [--hosts H0,H1,H2,H3,H4]\n"
+    "  Only writes DIR (keys, genesis, configs, feeder tx). --hosts gives each node its own\n"
+    "  address (containers, network namespaces): all use ports P and P+100 and listen on 0.0.0.0.\n"
     "       temctl testnet report --data DIR/testnet-data.json [--report FILE]\n";
 
 static const char *default_feeder(void) {
@@ -890,6 +904,21 @@ static int parse(tn *t, const ctl_opts *o) {
         *nums[i].dst = (uint32_t)v;
     }
     if (ctl_opt(o, "seed") && !ctl_parse_u64(ctl_opt(o, "seed"), &t->seed)) return -1;
+    const char *hs = ctl_opt(o, "hosts");
+    if (hs) {
+        char buf[512];
+        snprintf(buf, sizeof buf, "%s", hs);
+        int k = 0;
+        for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+            if (k == TN_NODES || strlen(tok) >= sizeof t->hosts[0]) break;
+            snprintf(t->hosts[k++], sizeof t->hosts[0], "%s", tok);
+        }
+        if (k != TN_NODES) {
+            fprintf(stderr, "testnet: --hosts needs %d comma-separated hosts (v0..v3, observer)\n", TN_NODES);
+            return -1;
+        }
+        t->have_hosts = true;
+    }
     const char *m = ctl_opt(o, "mechanism");
     if (m && strcmp(m, "cda") && strcmp(m, "call")) {
         fprintf(stderr, "testnet: --mechanism must be cda or call\n");
@@ -973,6 +1002,7 @@ int ctl_testnet_main(int argc, char **argv) {
         sigaction(SIGTERM, &sa, NULL);
         signal(SIGPIPE, SIG_IGN);
         if (!strcmp(argv[1], "gen")) rc = gen(t) == 0 ? CTL_OK : CTL_INVALID;
+        else if (t->have_hosts) fprintf(stderr, "testnet: --hosts is for gen only; run uses loopback\n");
         else rc = run(t);
         if (tn_stop && rc == CTL_INVALID) rc = 130;
     }
