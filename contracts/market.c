@@ -409,8 +409,10 @@ static int mk_fill(fill_env *e, mk_order *buy, mk_order *sell, uint64_t want, ui
     if (f) {
         f->quantity_wh = q;
         if (taker == buy) {
-            f->network_fee = (uint64_t)nf;
-            f->loss_fee = (uint64_t)(buyer_fee - nf > 0 ? buyer_fee - nf : 0);
+            /* What was actually paid: the network fee first, the loss share from the rest. */
+            int64_t paid_nf = nf < buyer_fee ? nf : buyer_fee;
+            f->network_fee = (uint64_t)paid_nf;
+            f->loss_fee = (uint64_t)(buyer_fee - paid_nf);
             e->taker_fee += buyer_fee;
             e->taker_released += rel_p + rel_f;
         } else {

@@ -30,8 +30,10 @@ static placed *find_placed(placed *p, int n, const uint8_t txid[32]) {
 }
 
 /* Runs one seed; writes the root after every block into roots (returns their count). */
-static int run_seed(uint64_t seed, int mech, bool restarts, uint8_t (*roots)[32], int max_roots) {
+static int run_seed(uint64_t seed, int mech, bool feeder, bool restarts, uint8_t (*roots)[32],
+                    int max_roots) {
     static mh h;
+    static mh_model model;
     static placed pl[MAX_ORDERS];
     int npl = 0, nroots = 0;
     uint64_t s = (seed + 1) * 0x9E3779B97F4A7C15ull, rs = (seed + 7) * 0xD1B54A32D192ED03ull;
@@ -39,6 +41,18 @@ static int run_seed(uint64_t seed, int mech, bool restarts, uint8_t (*roots)[32]
     mh_init(&h, mech);
     uint64_t now = T0 + 2 * SLOT_MS + 1000;
     mh_block(&h, now);
+    if (feeder) {
+        /* Everyone on the 4-bus feeder: trades get curtailed and pay fees to the DSO. */
+        mh_model_init(&model);
+        MH_CHECK(mh_install(&h, ADMIN, &model) == 0, "install");
+        const int who[] = {P1, P2, P3, C1, C2};
+        const uint32_t bus[] = {2, 3, 4, 3, 4};
+        const int role[] = {TEM__V1__ROLE__PROSUMER, TEM__V1__ROLE__PROSUMER, TEM__V1__ROLE__PROSUMER,
+                            TEM__V1__ROLE__CONSUMER, TEM__V1__ROLE__CONSUMER};
+        for (int i = 0; i < 5; i++)
+            MH_CHECK(mh_register(&h, ADMIN, h.keys[who[i]], PUB, bus[i], role[i]) == 0, "register");
+    }
+    bool cross = mech == LEDGER_MECH_CDA && !feeder;
     const int traders[] = {P1, P2, P3, C1, C2};
     for (int op = 0; op < OPS; op++) {
         uint64_t r = xs(&s) % 100;
@@ -53,7 +67,7 @@ static int run_seed(uint64_t seed, int mech, bool restarts, uint8_t (*roots)[32]
             }
             now += 1 + xs(&s) % 200000;
             mh_block(&h, now);
-            mh_check_invariants(&h, mech == LEDGER_MECH_CDA);
+            mh_check_invariants(&h, cross);
             continue;
         }
         /* Roots cost a Merkle tree each: check refusals against the root on a sample of ops
@@ -110,13 +124,13 @@ static int run_seed(uint64_t seed, int mech, bool restarts, uint8_t (*roots)[32]
             MH_CHECK(memcmp(before, after, 32) == 0, "seed %lu op %d: refusal %d changed the state",
                           (unsigned long)seed, op, code);
         }
-        mh_check_invariants(&h, mech == LEDGER_MECH_CDA);
+        mh_check_invariants(&h, cross);
     }
     /* Run far past every slot: everything settles, no escrow is left anywhere. */
     mh_block(&h, now + 10 * SLOT_MS);
     mh_end(&h);
     if (nroots < max_roots) mh_root(&h, roots[nroots++]);
-    mh_check_invariants(&h, mech == LEDGER_MECH_CDA);
+    mh_check_invariants(&h, cross);
     contracts_account all[NKEYS];
     for (int i = UTIL; i <= C2; i++) {
         all[i] = mh_acct(&h, i);
@@ -127,10 +141,10 @@ static int run_seed(uint64_t seed, int mech, bool restarts, uint8_t (*roots)[32]
     return nroots;
 }
 
-static void run_twice(uint64_t seed, int mech) {
+static void run_twice(uint64_t seed, int mech, bool feeder) {
     static uint8_t a[OPS + 2][32], b[OPS + 2][32];
-    int na = run_seed(seed, mech, false, a, OPS + 2);
-    int nb = run_seed(seed, mech, true, b, OPS + 2);
+    int na = run_seed(seed, mech, feeder, false, a, OPS + 2);
+    int nb = run_seed(seed, mech, feeder, true, b, OPS + 2);
     ck_assert_int_eq(na, nb);
     for (int i = 0; i < na; i++)
         MH_CHECK(memcmp(a[i], b[i], 32) == 0, "seed %lu: roots differ after block %d",
@@ -138,12 +152,17 @@ static void run_twice(uint64_t seed, int mech) {
 }
 
 START_TEST(market_random_cda_keeps_every_invariant_and_is_deterministic) {
-    run_twice((uint64_t)_i, LEDGER_MECH_CDA);
+    run_twice((uint64_t)_i, LEDGER_MECH_CDA, false);
 }
 END_TEST
 
 START_TEST(market_random_call_keeps_every_invariant_and_is_deterministic) {
-    run_twice((uint64_t)_i + 1000, LEDGER_MECH_CALL);
+    run_twice((uint64_t)_i + 1000, LEDGER_MECH_CALL, false);
+}
+END_TEST
+
+START_TEST(market_random_with_a_feeder_conserves_money_including_fees) {
+    run_twice((uint64_t)_i + 2000, _i % 3 == 2 ? LEDGER_MECH_CALL : LEDGER_MECH_CDA, true);
 }
 END_TEST
 
@@ -153,6 +172,7 @@ int main(void) {
     tcase_set_timeout(t, 600);
     tcase_add_loop_test(t, market_random_cda_keeps_every_invariant_and_is_deterministic, 0, 24);
     tcase_add_loop_test(t, market_random_call_keeps_every_invariant_and_is_deterministic, 0, 12);
+    tcase_add_loop_test(t, market_random_with_a_feeder_conserves_money_including_fees, 0, 12);
     suite_add_tcase(s, t);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
