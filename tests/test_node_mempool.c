@@ -615,6 +615,34 @@ START_TEST(mempool_large_pool_finds_superseded_txs_round_robin_within_two_blocks
 }
 END_TEST
 
+START_TEST(mempool_indexes_stay_exact_after_many_removals) {
+    /* Removal shifts later members of a probe run back (no tombstones): after removing every
+     * third tx in a crowded pool, each remaining one is still found and no removed one is. */
+    enum { N = 3000 };
+    node_mempool_config c = cfg_default();
+    c.txs_max = N;
+    mp_open(&c);
+    static tx_t x[N];
+    for (int i = 0; i < N; i++) x[i] = mk(2 + (uint32_t)(i / 3), (uint64_t)(i % 3), 1);
+    for (int i = 0; i < N; i++) ck_assert_int_eq(submit(&x[i]), 0);
+    wait_done(N);
+    static uint8_t ids[N / 3][32];
+    for (int i = 0; i < N / 3; i++) memcpy(ids[i], x[3 * i + 1].txid, 32);
+    node_mempool_block_applied(M, (const uint8_t(*)[32])ids, N / 3);
+    ck_assert_uint_eq(node_mempool_size(M), N - N / 3);
+    for (int i = 0; i < N; i++)
+        ck_assert_msg(node_mempool_status(M, x[i].txid) == (i % 3 == 1 ? NODE_MEMPOOL_STATUS_UNKNOWN : NODE_MEMPOOL_STATUS_PENDING),
+                      "tx %d", i);
+    /* Signers stay indexed too: each still refuses its taken nonce 0 and takes nonce 1 again. */
+    tx_t again = mk(2 + 500, 1, 9), taken = mk(2 + 500, 0, 9);
+    ck_assert_int_eq(submit(&taken), NODE_MEMPOOL_ENONCETAKEN);
+    ck_assert_int_eq(submit_ok_and_wait(&again), 0);
+    free_txs(x, N);
+    free_txs(&again, 1);
+    free_txs(&taken, 1);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ the log */
 START_TEST(mempool_group_commit_serves_many_txs_with_few_fsyncs) {
     node_mempool_config c = cfg_default();
@@ -1028,6 +1056,7 @@ static Suite *mempool_suite(void) {
     tcase_add_test(t, mempool_block_applied_drops_committed_and_superseded_txs);
     tcase_add_test(t, mempool_txs_committed_or_superseded_while_in_flight_settle_when_work_returns);
     tcase_add_test(t, mempool_large_pool_finds_superseded_txs_round_robin_within_two_blocks);
+    tcase_add_test(t, mempool_indexes_stay_exact_after_many_removals);
     tcase_add_test(t, mempool_group_commit_serves_many_txs_with_few_fsyncs);
     tcase_add_test(t, mempool_every_acknowledged_tx_survives_a_restart_without_compaction);
     tcase_add_test(t, mempool_acknowledged_txs_survive_sigkill_of_the_node);
