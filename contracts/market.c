@@ -1,7 +1,7 @@
 /* market.c: the market executor: per-block work due by block time (gate closure, call-auction
- * clearing, expiry, settlement), per-tx dispatch with a savepoint per tx, the continuous double
- * auction's order and cancel handling, the shared fill rule (grid check, fees, escrow, trade
- * record) and the order-book cache. Rules: docs/market.md. */
+ * clearing, expiry, settlement), per-tx dispatch with a savepoint per tx, the continuous
+ * two-sided auction's (CDA) order and cancel handling, the shared fill rule (grid check, fees,
+ * escrow, trade record) and the order-book cache. Rules: docs/market.md. */
 #include "contracts/call.h"
 #include "contracts/grid.h"
 #include "contracts/market_internal.h"
@@ -424,7 +424,7 @@ static int mk_fill(fill_env *e, mk_order *buy, mk_order *sell, uint64_t want, ui
     return LEDGER_OK;
 }
 
-/* Continuous double auction: the core's callback against one resting order. */
+/* CDA: the core's callback against one resting order. */
 static int64_t cda_fill_cb(void *ctx, const cda_order *r, uint64_t want) {
     fill_env *e = ctx;
     mk_order rest;
