@@ -21,9 +21,7 @@ typedef struct {
     int err;
 } settle_ctx;
 
-static party *party_get(settle_ctx *c, const uint8_t pub[PUB]) {
-    for (size_t i = 0; i < c->n; i++)
-        if (memcmp(c->p[i].pub, pub, PUB) == 0) return &c->p[i];
+static party *party_push(settle_ctx *c, const uint8_t pub[PUB]) {
     if (c->n == c->cap) {
         size_t cap = c->cap ? c->cap * 2 : 16;
         party *np = tem_realloc(c->p, sizeof(*np) * cap);
@@ -37,15 +35,28 @@ static party *party_get(settle_ctx *c, const uint8_t pub[PUB]) {
     return p;
 }
 
+/* By key, and for one key the entry with the reading first (the one dedupe keeps). */
 static int party_cmp(const void *a, const void *b) {
-    return memcmp(((const party *)a)->pub, ((const party *)b)->pub, PUB);
+    const party *x = a, *y = b;
+    int c = memcmp(x->pub, y->pub, PUB);
+    return c ? c : (int)y->has_reading - (int)x->has_reading;
+}
+
+static int party_key_cmp(const void *key, const void *elem) {
+    return memcmp(key, ((const party *)elem)->pub, PUB);
+}
+
+static party *party_find(settle_ctx *c, const uint8_t pub[PUB]) {
+    party *p = bsearch(pub, c->p, c->n, sizeof *c->p, party_key_cmp);
+    TEM_ASSERT(p != NULL);
+    return p;
 }
 
 static int load_reading(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val,
                         size_t vlen) {
     settle_ctx *c = ctx;
     if (klen != 1 + 8 + PUB || vlen != 16) return c->err = LEDGER_ECORRUPT, 1;
-    party *p = party_get(c, key + 9);
+    party *p = party_push(c, key + 9);
     if (!p) return c->err = LEDGER_ENOMEM, 1;
     p->has_reading = true;
     p->line.import_wh = (int64_t)tem_get_u64le(val);
@@ -65,8 +76,20 @@ static int load_trade(void *ctx, const uint8_t *key, size_t klen, const uint8_t 
         c->t = nt;
         c->capt = cap;
     }
-    mk_trade_decode(val, &c->t[c->nt++]);
+    mk_trade *t = &c->t[c->nt++];
+    mk_trade_decode(val, t);
+    /* Both sides take part even without a reading; duplicates go at the dedupe below. */
+    if (!party_push(c, t->seller) || !party_push(c, t->buyer)) return c->err = LEDGER_ENOMEM, 1;
     return 0;
+}
+
+/* Sorts the parties by key and keeps one entry per key (the one holding the reading). */
+static void party_dedupe(settle_ctx *c) {
+    if (c->n > 1) qsort(c->p, c->n, sizeof *c->p, party_cmp);
+    size_t w = 0;
+    for (size_t i = 0; i < c->n; i++)
+        if (w == 0 || memcmp(c->p[w - 1].pub, c->p[i].pub, PUB) != 0) c->p[w++] = c->p[i];
+    c->n = w;
 }
 
 /* Adds deltas to an account (read, change, write, so two roles of one key never race). */
@@ -106,11 +129,7 @@ static int64_t tokens_of(ledger_state *st, const uint8_t pub[PUB]) {
 
 static int settle_trade(ledger_state *st, settle_ctx *c, const mk_trade *t, const mk_period *tar,
                         const uint8_t *dso) {
-    party *s = party_get(c, t->seller), *bp;
-    if (!s) return LEDGER_ENOMEM;
-    size_t si = (size_t)(s - c->p);
-    if (!(bp = party_get(c, t->buyer))) return LEDGER_ENOMEM;
-    s = &c->p[si]; /* party_get may have moved the array */
+    party *s = party_find(c, t->seller), *bp = party_find(c, t->buyer);
     int rc;
     int64_t q = (int64_t)t->qty_wh, fees = t->buyer_fee + t->seller_fee;
     /* Money: the buyer's escrow pays the value and its fees; the seller gets the value less its
@@ -270,10 +289,10 @@ int settle_slot(ledger_state *st, const ledger_block_ctx *b, uint64_t slot) {
     const uint8_t *dso = mk_dso(st, dpub) ? dpub : NULL;
     mk_counters cnt;
     if (rc == LEDGER_OK) rc = mk_counters_get(st, &cnt);
+    if (rc == LEDGER_OK) party_dedupe(&c);
     /* Trades in the order they happened. */
     for (size_t i = 0; rc == LEDGER_OK && i < c.nt; i++) rc = settle_trade(st, &c, &c.t[i], &tar, dso);
     /* Meters in key order, so the result does not depend on who reported first. */
-    if (rc == LEDGER_OK && c.n > 1) qsort(c.p, c.n, sizeof *c.p, party_cmp);
     for (size_t i = 0; rc == LEDGER_OK && i < c.n; i++)
         if (c.p[i].has_reading) rc = settle_meter(st, &c.p[i], &tar, utility, &cnt);
     if (rc == LEDGER_OK) rc = mk_counters_put(st, &cnt);
