@@ -10,10 +10,15 @@
  *    Limit: dependent random reads/s (pointer chasing) over a buffer as large as the book's
  *    memory at that depth, i.e. the machine's rate of one cache miss after another there: any
  *    order book touches at least one unpredictable line of its own memory per order.
- * 2. Txs/s through `temctl exec` end to end (decode, signature check, nonce, contracts, LMDB
+ * 2. Orders/s through the market executor itself (contracts on the in-memory ledger state:
+ *    escrow, book cache, order and trade records, savepoint per tx; no signatures, no LMDB), on
+ *    200,000 orders from 200 participants for one slot, 2,000 per block.
+ *    Limit: get+put pairs/s on the ledger state (the work an order is made of), same state size.
+ * 3. Txs/s through `temctl exec` end to end (decode, signature check, nonce, contracts, LMDB
  *    commit per block), on 20,000 signed orders from 200 participants.
  *    Limit: bare secp256k1 verifies/s (ledger_secp_verify), since every tx needs one. */
 #include "contracts/cda_book.h"
+#include "contracts/contracts.h"
 #include "ledger/ledger.h"
 #include "tests/bench/bench_util.h"
 
@@ -181,6 +186,102 @@ static void bench_core(size_t depth) {
     bench_line(name, (double)(n - prefill) / dt, "orders/s", limit, "dependent_reads/s");
 }
 
+/* ------------------------------------------------------------------ the market executor */
+#define MK_BENCH_PARTS 200
+#define MK_BENCH_ORDERS 200000
+
+static void bench_market(void) {
+    static ledger_participant parts[MK_BENCH_PARTS];
+    static uint8_t keys[MK_BENCH_PARTS][33];
+    ledger_genesis g;
+    memset(&g, 0, sizeof g);
+    strcpy(g.chain_id, "bench");
+    g.genesis_time_ms = 1767225600000ull;
+    for (int i = 0; i < MK_BENCH_PARTS; i++) {
+        keys[i][0] = 0x02;
+        tem_put_u32be(keys[i] + 1, (uint32_t)i * 2654435761u);
+        memcpy(parts[i].pubkey, keys[i], 33);
+        parts[i].role = TEM__V1__ROLE__PROSUMER;
+        parts[i].bus = (uint32_t)i;
+        parts[i].money_uunit = 1000000000000ll;
+        parts[i].tokens_wh = 100000000;
+    }
+    g.n_participants = MK_BENCH_PARTS;
+    g.participants = parts;
+    g.n_tariffs = 1;
+    g.tariffs[0] = (ledger_tariff){0, 300000, 50000};
+    g.market = (ledger_market_params){.slot_ms = 900000, .gate_closure_ms = 300000,
+                                      .settlement_deadline_ms = 600000, .mechanism = LEDGER_MECH_CDA,
+                                      .seller_collateral_ppm = 100000, .book_orders_max = 1000000};
+    ledger_state *st;
+    contracts_market *m;
+    TEM_ASSERT(ledger_state_new(&st) == 0);
+    TEM_ASSERT(contracts_genesis_init(NULL, st, &g) == 0);
+    TEM_ASSERT(contracts_market_new(&m) == 0);
+    ledger_executor ex;
+    contracts_executor(m, &ex);
+    ledger_arena arena = {0};
+    uint64_t s = 777, height = 0, refused = 0;
+    ledger_block_ctx b = {0};
+    double t0 = bench_now();
+    for (int i = 0; i < MK_BENCH_ORDERS; i++) {
+        if (i % 2000 == 0) {
+            if (height) TEM_ASSERT(ex.end_block(m, st, &b) == 0);
+            ledger_arena_reset(&arena);
+            b = (ledger_block_ctx){.height = ++height, .time_ms = g.genesis_time_ms + height,
+                                   .genesis = &g, .arena = &arena};
+            TEM_ASSERT(ex.begin_block(m, st, &b) == 0);
+        }
+        Tem__V1__TxBody body = TEM__V1__TX_BODY__INIT;
+        Tem__V1__Order o = TEM__V1__ORDER__INIT;
+        o.slot = 10;
+        o.side = (xs(&s) & 1) ? TEM__V1__SIDE__BUY : TEM__V1__SIDE__SELL;
+        o.price = 100000 + xs(&s) % 200 * 100;
+        o.quantity_wh = 1 + xs(&s) % 1000;
+        o.tif = xs(&s) % 5 == 0 ? TEM__V1__TIME_IN_FORCE__IOC : TEM__V1__TIME_IN_FORCE__GTC;
+        body.kind_case = TEM__V1__TX_BODY__KIND_ORDER;
+        body.order = &o;
+        body.signer = (ProtobufCBinaryData){33, keys[xs(&s) % MK_BENCH_PARTS]};
+        ledger_tx tx = {.body = &body};
+        tem_put_u64le(tx.txid, (uint64_t)i);
+        memset(tx.txid + 8, 0x5a, 24);
+        Tem__V1__Receipt rc = TEM__V1__RECEIPT__INIT;
+        TEM_ASSERT(ex.exec_tx(m, st, &b, &tx, &rc) == 0);
+        refused += rc.code != 0;
+    }
+    TEM_ASSERT(ex.end_block(m, st, &b) == 0);
+    double rate = MK_BENCH_ORDERS / (bench_now() - t0);
+    size_t keys_n = ledger_state_count(st);
+    /* The limit: get + put pairs on random existing-size keys of a state this large. */
+    ledger_state *ls;
+    TEM_ASSERT(ledger_state_new(&ls) == 0);
+    uint8_t k[41], v[120] = {0};
+    k[0] = 'z';
+    for (size_t i = 0; i < keys_n; i++) {
+        tem_put_u64be(k + 1, i * 0x9E3779B97F4A7C15ull);
+        memset(k + 9, 0, 32);
+        TEM_ASSERT(ledger_state_put(ls, k, sizeof k, v, sizeof v) == 0);
+    }
+    size_t pairs = 1000000;
+    t0 = bench_now();
+    for (size_t i = 0; i < pairs; i++) {
+        tem_put_u64be(k + 1, (xs(&s) % keys_n) * 0x9E3779B97F4A7C15ull);
+        const uint8_t *gv;
+        size_t gl;
+        TEM_ASSERT(ledger_state_get(ls, k, sizeof k, &gv, &gl) == 0);
+        v[0] = (uint8_t)i;
+        TEM_ASSERT(ledger_state_put(ls, k, sizeof k, v, sizeof v) == 0);
+    }
+    double limit = (double)pairs / (bench_now() - t0);
+    fprintf(stderr, "  market_exec_orders: %d orders (%lu refused), %zu state keys\n", MK_BENCH_ORDERS,
+            (unsigned long)refused, keys_n);
+    bench_line("market_exec_orders", rate, "orders/s", limit, "state_get_put/s");
+    ledger_state_free(ls);
+    ledger_arena_reset(&arena);
+    contracts_market_free(m);
+    ledger_state_free(st);
+}
+
 /* ------------------------------------------------------------------ temctl exec end to end */
 #define E2E_SIGNERS 200
 #define E2E_PER 100
@@ -309,6 +410,7 @@ int main(void) {
     bench_core(10);
     bench_core(1000);
     bench_core(100000);
+    bench_market();
     bench_exec();
     return 0;
 }
