@@ -409,7 +409,7 @@ int mk_exec_deposit(ledger_state *st, const ledger_block_ctx *b, const ledger_tx
     const uint8_t *signer = tx->body->signer.data;
     mk_acct s, to;
     /* The utility receives fiat off-chain, so it may credit participants itself; genesis
-     * admins may too (docs/market.md, "Deposits"). */
+     * admins may too (docs/market.md, "Participants and roles"). */
     if (!is_admin(b, tx) &&
         !(mk_acct_get(st, signer, &s) == LEDGER_OK && s.role == TEM__V1__ROLE__UTILITY))
         return mk_refuse(rc, b, CONTRACTS_ENOTADMIN);

@@ -1,5 +1,5 @@
 /* market_internal.h: what acct.c, market.c and settle.c share: the state key layout (one byte of
- * prefix per record kind, docs/market.md "State"), the fixed little-endian record codecs, and the
+ * prefix per record kind, docs/market.md "State layout"), the fixed little-endian record codecs, and the
  * executor context. Not for use outside contracts/. */
 #ifndef MARKET_INTERNAL_H
 #define MARKET_INTERNAL_H
