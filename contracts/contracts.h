@@ -59,9 +59,10 @@ const char *contracts_strerror(int code);
 /* Symbolic name ("EPRICE", grid names too), or NULL for a code that is neither. */
 const char *contracts_errname(int code);
 
-/* Largest quantity of one order or reading (1 GWh) and largest price (1e9 micro-units per kWh).
- * Bigger values are refused with CONTRACTS_EOVERFLOW, which keeps every product and every sum of
- * a book in 64 bits. */
+/* Largest quantity of one order or reading (1 GWh) and largest tariff price (1e9 micro-units
+ * per kWh). A bigger quantity is refused with CONTRACTS_EOVERFLOW; a bigger price lies outside
+ * every tariff band (CONTRACTS_EPRICE). Together they keep every product and every sum of a book
+ * in 64 bits. */
 #define CONTRACTS_QTY_MAX_WH 1000000000ll
 #define CONTRACTS_PRICE_MAX 1000000000ll
 
