@@ -3,6 +3,7 @@
  *   tem-sim --seeds A..B          run a range; prints "N passed, M failed" and the failing seeds
  *   tem-sim --planted-bug NAME    run with one safety rule removed (combine with the above)
  *   tem-sim --list-planted-bugs   names them, one a line
+ *   --stop-at-first-failure       end a range at its first failing seed
  * Exit status 1 when any seed fails. */
 #include "tests/sim/sim.h"
 
@@ -10,6 +11,7 @@
 
 static int usage(void) {
     fprintf(stderr, "usage: tem-sim --seed N | --seeds A..B [--planted-bug NAME] [--quiet]\n"
+                    "               [--stop-at-first-failure]\n"
                     "       tem-sim --list-planted-bugs\n");
     return 2;
 }
@@ -25,7 +27,7 @@ static bool parse_u64(const char *s, uint64_t *out) {
 
 int main(int argc, char **argv) {
     sim_options opt = {0};
-    bool have_seed = false, have_range = false, quiet = false;
+    bool have_seed = false, have_range = false, quiet = false, stop_first = false;
     uint64_t seed = 0, a = 0, b = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--list-planted-bugs") == 0) {
@@ -50,6 +52,8 @@ int main(int argc, char **argv) {
                 return 2;
             }
             opt.bug = (pbft_planted_bug)bug;
+        } else if (strcmp(argv[i], "--stop-at-first-failure") == 0) {
+            stop_first = true;
         } else if (strcmp(argv[i], "--quiet") == 0) {
             quiet = true;
         } else {
@@ -77,6 +81,7 @@ int main(int argc, char **argv) {
             failed++;
             printf("seed %" PRIu64 " failed: %s\n", s, r.reason);
             fflush(stdout);
+            if (stop_first) break;
         } else {
             passed++;
         }

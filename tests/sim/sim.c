@@ -123,6 +123,12 @@ typedef struct {
     uint32_t replay_n;
     uint64_t nonce;
     uint32_t crashes;
+    /* The equivocations this (Byzantine) primary made: the other block per (view, height). */
+    struct {
+        uint64_t view, height;
+        uint8_t alt[32];
+    } eq[16];
+    uint32_t eq_n;
 } sim_inst;
 
 typedef struct {
@@ -465,6 +471,15 @@ static void byz_send(sim_t *s, int from, int to_key, const uint8_t *msg, size_t 
         if (side_b(p->view, p->height, to_key)) {
             uint8_t alt[SIM_BLOCK_BYTES], h[32];
             alt_block(s, from, p->block.data, alt, h, true);
+            bool known = false;
+            for (uint32_t i = 0; i < 16 && i < a->eq_n; i++)
+                if (a->eq[i].view == p->view && a->eq[i].height == p->height) known = true;
+            if (!known) {
+                uint32_t i = a->eq_n++ % 16;
+                a->eq[i].view = p->view;
+                a->eq[i].height = p->height;
+                memcpy(a->eq[i].alt, h, 32);
+            }
             send_pp(s, from, to_key, (uint32_t)a->key, p->view, p->height, alt, sizeof alt, false);
             sent = true;
         }
@@ -476,7 +491,21 @@ static void byz_send(sim_t *s, int from, int to_key, const uint8_t *msg, size_t 
                                                                              : m->commit->view;
         uint64_t height = m->kind_case == TEM__V1__PBFT_MESSAGE__KIND_PREPARE ? m->prepare->height
                                                                                : m->commit->height;
-        if (side_b(view, height, to_key) && rng_pct(&s->rng, 700)) {
+        const uint8_t *eq_alt = NULL;
+        for (uint32_t i = 0; i < 16 && i < a->eq_n; i++)
+            if (a->eq[i].view == view && a->eq[i].height == height) eq_alt = a->eq[i].alt;
+        bool commit = m->kind_case == TEM__V1__PBFT_MESSAGE__KIND_COMMIT;
+        if (eq_alt && side_b(view, height, to_key)) {
+            /* Back the block this side was shown; hand the commit to one replica of the side
+             * only, so the block commits there and nowhere else. */
+            bool first = true;
+            for (int k = 0; k < to_key; k++)
+                if (k != a->key && side_b(view, height, k)) first = false;
+            if (!commit || first)
+                send_vote(s, from, to_key, (uint32_t)a->key, m->kind_case, view, height, eq_alt,
+                          false);
+            sent = true;
+        } else if (side_b(view, height, to_key) && rng_pct(&s->rng, 700)) {
             /* Vote for the other block this side may have seen; when no such block exists
              * the vote names a hash nobody proposed. */
             uint8_t alt[SIM_BLOCK_BYTES], h[32];
@@ -1122,7 +1151,13 @@ static void setup(sim_t *s, uint64_t seed) {
             continue;
         }
         uint32_t mask = 0;
-        if (rng_pct(g, 120)) {
+        if (b == 0 && !(s->byz_keys & 1) && rng_pct(g, 300)) {
+            /* The primary of view 0 splits the cluster from the first block on. */
+            s->byz_keys &= ~(1ull << key);
+            key = 0;
+            s->byz_keys |= 1;
+            mask = B_EQUIVOCATE | B_CONFLICT;
+        } else if (rng_pct(g, 120)) {
             mask = B_SILENT;
         } else {
             while (mask == 0) mask = (uint32_t)rng_next(g) & (B_EQUIVOCATE | B_CONFLICT | B_FORGE |
