@@ -68,6 +68,7 @@ int ctl_report_text(const json_t *d, FILE *f) {
     int64_t start = I(d, "start_minute"), nslots = I(d, "slots"), sm = I(d, "slot_minutes");
     hhmm(a, start);
     hhmm(b, start + nslots * sm);
+    if (nslots > 0 && (start + nslots * sm) % 1440 == 0) snprintf(b, sizeof b, "24:00"); /* a whole day ends at midnight */
     fprintf(f, "TEM testnet: chain %s, %lld validators + %lld observer, %s market, %lld prosumers on %s\n",
             S(d, "chain_id"), (long long)I(d, "validators"), (long long)I(d, "observers"), S(d, "mechanism"),
             (long long)I(d, "prosumers"), S(d, "feeder"));
