@@ -150,5 +150,9 @@ typedef struct {
 /* Settlement lines of a settled `slot`, by public key (docs/market.md, "Settlement"). */
 TEM_WUR int contracts_settlement_iter(ledger_state *st, uint64_t slot,
                                       int (*fn)(void *ctx, const contracts_settlement *l), void *ctx);
+/* Every settlement line of every settled slot, by slot then public key. */
+TEM_WUR int contracts_settlement_iter_all(ledger_state *st,
+                                          int (*fn)(void *ctx, const contracts_settlement *l),
+                                          void *ctx);
 
 #endif

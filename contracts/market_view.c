@@ -47,7 +47,7 @@ static int line_one(void *c, const uint8_t *key, size_t klen, const uint8_t *val
     /* 14 little-endian i64 in the order of mk_settle_line. */
     int64_t f[14];
     for (int i = 0; i < 14; i++) f[i] = mk_get_i64(val + 8 * i);
-    contracts_settlement out = {.slot = v->slot, .export_wh = f[0], .import_wh = f[1],
+    contracts_settlement out = {.slot = tem_get_u64be(key + 1), .export_wh = f[0], .import_wh = f[1],
                                 .sold_wh = f[2], .bought_wh = f[3], .delivered_wh = f[4],
                                 .received_wh = f[5], .shortfall_wh = f[6], .burnt_wh = f[7],
                                 .lack_wh = f[8], .surplus_wh = f[9], .trade_net_uunit = f[10],
@@ -80,4 +80,11 @@ int contracts_settlement_iter(ledger_state *st, uint64_t slot,
                               int (*fn)(void *ctx, const contracts_settlement *l), void *ctx) {
     view_ctx v = {.fn.line = fn, .ctx = ctx, .slot = slot};
     return walk(st, MK_SETTLED, line_one, &v);
+}
+
+int contracts_settlement_iter_all(ledger_state *st,
+                                  int (*fn)(void *ctx, const contracts_settlement *l), void *ctx) {
+    view_ctx v = {.fn.line = fn, .ctx = ctx};
+    uint8_t prefix = MK_SETTLED;
+    return ledger_state_iter(st, &prefix, 1, line_one, &v);
 }

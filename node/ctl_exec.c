@@ -19,8 +19,9 @@ static const char exec_usage[] =
     "  (k = 0, 1, ...) has time T + k*S (defaults: genesis time + 1 ms, S = 1 ms); with\n"
     "  --final-time-ms one empty block at F follows, to run gate closures and settlements.\n"
     "  Prints one JSON line per tx, then {\"height\":..,\"state_root\":..} (with --dump, every\n"
-    "  account and the supply too). A tx the ledger itself rejects (encoding, chain, signature,\n"
-    "  nonce) is reported with status \"invalid\" and left out of its block.\n"
+    "  account, every settlement line and the supply too). A tx the ledger itself rejects\n"
+    "  (encoding, chain, signature, nonce) is reported with status \"invalid\" and left out of\n"
+    "  its block.\n"
     "  Exit: 0 every tx was valid (applied or refused by the market), 1 invalid input, 2 usage.\n";
 
 typedef struct {
@@ -135,6 +136,24 @@ static const char *role_name(int32_t r) {
     static const char *const names[] = {"unspecified", "prosumer", "consumer", "utility", "dso",
                                         "aggregator"};
     return r >= 0 && r <= 5 ? names[r] : "unknown";
+}
+
+static int dump_line(void *ctx, const contracts_settlement *l) {
+    json_t *arr = ctx, *j = json_object();
+    if (!j) return -1;
+    json_object_set_new(j, "slot", json_integer((json_int_t)l->slot));
+    json_object_set_new(j, "pubkey", ctl_json_hex(l->pubkey, LEDGER_SECP_PUB_BYTES));
+    const struct {
+        const char *name;
+        int64_t v;
+    } f[] = {{"export_wh", l->export_wh}, {"import_wh", l->import_wh}, {"sold_wh", l->sold_wh},
+             {"bought_wh", l->bought_wh}, {"delivered_wh", l->delivered_wh},
+             {"received_wh", l->received_wh}, {"shortfall_wh", l->shortfall_wh},
+             {"burnt_wh", l->burnt_wh}, {"lack_wh", l->lack_wh}, {"surplus_wh", l->surplus_wh},
+             {"trade_net_uunit", l->trade_net_uunit}, {"penalty_net_uunit", l->penalty_net_uunit},
+             {"utility_net_uunit", l->utility_net_uunit}, {"unpaid_uunit", l->unpaid_uunit}};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) json_object_set_new(j, f[i].name, json_integer(f[i].v));
+    return json_array_append_new(arr, j) ? -1 : 0;
 }
 
 static int dump_one(void *ctx, const contracts_account *a) {
@@ -368,11 +387,13 @@ int ctl_exec_main(int argc, char **argv) {
         json_object_set_new(j, "height", json_integer((json_int_t)ledger_store_height(s)));
         json_object_set_new(j, "state_root", ctl_json_hex(sroot, 32));
         if (ctl_flag(&o, "dump")) {
-            json_t *arr = json_array();
+            json_t *arr = json_array(), *lines = json_array();
             contracts_supply sup;
-            if (arr && contracts_account_iter(ledger_store_state(s), dump_one, arr) == 0 &&
+            if (arr && lines && contracts_account_iter(ledger_store_state(s), dump_one, arr) == 0 &&
+                contracts_settlement_iter_all(ledger_store_state(s), dump_line, lines) == 0 &&
                 contracts_supply_get(ledger_store_state(s), &sup) == LEDGER_OK) {
                 json_object_set_new(j, "accounts", arr);
+                json_object_set_new(j, "settlements", lines);
                 json_t *sj = json_object();
                 if (sj) {
                     json_object_set_new(sj, "money_uunit", json_integer(sup.money_uunit));
@@ -384,6 +405,7 @@ int ctl_exec_main(int argc, char **argv) {
                 }
             } else {
                 json_decref(arr);
+                json_decref(lines);
                 status = CTL_INVALID;
             }
         }

@@ -73,6 +73,21 @@ out=$("$T" exec --genesis "$d/g.json" --final-time-ms $((GT + 5 * 900000)) --dum
 has "$(tail -1 <<<"$out")" '"money_escrow_uunit":6000'
 has "$(tail -1 <<<"$out")" '"height":2'
 
+# Readings after slot 5 ends, then a final block past its deadline (the genesis default, one
+# hour after the slot): the slot settles.
+sign p1 1 r1.tx reading --slot 5 --import 0 --export 100
+sign c1 1 r2.tx reading --slot 5 --import 60 --export 0
+out=$("$T" exec --genesis "$d/g.json" --block-size 2 --time-ms $((GT + 1)) --step-ms $((6 * 900000)) \
+  --final-time-ms $((GT + 6 * 900000 + 3600000 + 2)) --dump "$d/t1.tx" "$d/t2.tx" "$d/r1.tx" "$d/r2.tx")
+has "$(sed -n 3p <<<"$out")" '"minted_wh":100'
+final=$(tail -1 <<<"$out")
+has "$final" '"height":3'
+has "$final" '"sold_wh":60,"bought_wh":0,"delivered_wh":60'
+has "$final" '"surplus_wh":40'
+has "$final" '"burnt_wh":60,"lack_wh":0'
+has "$final" '"money_uunit":1008000'   # p1: 6000 for 60 Wh + 2000 feed-in for 40 Wh
+has "$final" '"minted_wh":100,"burnt_wh":100'
+
 # Usage and input errors.
 set +e
 "$T" exec "$d/t1.tx" >/dev/null 2>&1; [ $? = 2 ] || fail "missing --genesis is not a usage error"
