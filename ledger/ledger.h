@@ -372,6 +372,15 @@ TEM_WUR int ledger_store_apply(ledger_store *s, const uint8_t *block, size_t blo
                                const uint8_t *cert, size_t cert_len, const ledger_executor *ex,
                                unsigned flags, ledger_apply_info *info);
 
+/* Checks a proposed block for the next height without executing it: header links, roots, time
+ * (after the parent's and at most `max_time_ms`), proposer, tx root, every tx's encoding and
+ * chain id, and that each signer's nonces run on from its state nonce without gaps. Signatures
+ * are NOT verified: *txs_out (tem_malloc'd array of *n_out decoded txs; free each with
+ * ledger_tx_free, then the array) lets the caller verify them off the loop thread. The codes of
+ * ledger_store_apply. */
+TEM_WUR int ledger_block_precheck(ledger_store *s, const uint8_t *block, size_t block_len,
+                                  uint64_t max_time_ms, ledger_tx **txs_out, size_t *n_out);
+
 /* Copies of stored records (tem_malloc'd, caller frees). LEDGER_ENOTFOUND, LEDGER_EIO. */
 TEM_WUR int ledger_store_block(ledger_store *s, uint64_t height, uint8_t **out, size_t *len);
 TEM_WUR int ledger_store_cert(ledger_store *s, uint64_t height, uint8_t **out, size_t *len);

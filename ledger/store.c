@@ -284,6 +284,53 @@ static int check_header(ledger_store *s, const Tem__V1__BlockHeader *h) {
     return LEDGER_OK;
 }
 
+int ledger_block_precheck(ledger_store *s, const uint8_t *blk, size_t blen, uint64_t max_time_ms,
+                          ledger_tx **txs_out, size_t *n_out) {
+    Tem__V1__Block *b = tem__v1__block__unpack(&ledger_pb_allocator, blen, blk);
+    if (!b) return LEDGER_EDECODE;
+    ledger_tx *txs = NULL;
+    size_t n = b->n_txs;
+    int rc;
+    if ((rc = check_header(s, b->header)) != LEDGER_OK) goto out;
+    if (b->header->time_ms > max_time_ms) { rc = LEDGER_ETIME; goto out; }
+    if (n > s->g->max_block_txs) { rc = LEDGER_EBLOCK; goto out; }
+    txs = tem_calloc(n ? n : 1, sizeof *txs);
+    uint8_t(*ids)[32] = tem_malloc((n ? n : 1) * 32);
+    if (!txs || !ids) {
+        tem_free(ids);
+        rc = LEDGER_ENOMEM;
+        goto out;
+    }
+    if ((rc = decode_block_txs(s->g, b, txs)) == LEDGER_OK) {
+        for (size_t i = 0; i < n; i++) memcpy(ids[i], txs[i].txid, 32);
+        uint8_t root[32];
+        if ((rc = ledger_merkle_root(root, (const uint8_t(*)[32])ids, n)) == LEDGER_OK &&
+            (b->header->tx_root.len != 32 || memcmp(root, b->header->tx_root.data, 32) != 0))
+            rc = LEDGER_EROOT;
+    }
+    tem_free(ids);
+    if (rc != LEDGER_OK) goto out;
+    /* Nonces: every tx of a signer must continue that signer's sequence. Quadratic in the
+     * number of txs of one signer only: earlier txs of the same signer are counted. */
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *signer = txs[i].body->signer.data;
+        uint64_t want = ledger_state_nonce(s->st, signer);
+        for (size_t j = 0; j < i; j++)
+            if (memcmp(txs[j].body->signer.data, signer, LEDGER_SECP_PUB_BYTES) == 0) want++;
+        if (txs[i].body->nonce != want) { rc = LEDGER_ENONCE; goto out; }
+    }
+    *txs_out = txs;
+    *n_out = n;
+    txs = NULL;
+out:
+    if (txs) {
+        for (size_t i = 0; i < n; i++) ledger_tx_free(&txs[i]);
+        tem_free(txs);
+    }
+    tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
+    return rc;
+}
+
 int ledger_store_apply(ledger_store *s, const uint8_t *blk, size_t blen, const uint8_t *cert,
                        size_t clen, const ledger_executor *ex, unsigned flags, ledger_apply_info *info) {
     int rc;

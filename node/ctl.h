@@ -46,9 +46,19 @@ void ctl_print_json(json_t *j);
 /* Hex string helper into a json string. */
 json_t *ctl_json_hex(const uint8_t *b, size_t n);
 
+/* Builds and signs a tx of `kind` (order, cancel, reading, transfer, register, deposit,
+ * set-tariff) from the kind's options in o (see `temctl tx --help`). *buf is tem_malloc'd.
+ * CTL_OK, CTL_USAGE (bad option values, message on stderr), CTL_INVALID. */
+int ctl_tx_build(ctl_opts *o, const char *kind, const ledger_keyfile *k, const char *chain, uint64_t nonce,
+                 uint8_t **buf, size_t *len, uint8_t txid[32]);
+/* Chain id from --chain-id or --genesis; false (message on stderr) when required and absent. */
+bool ctl_chain_id_of(const ctl_opts *o, char *buf, size_t n, bool required);
+
 /* Verbs implemented in node/ctl_*.c. */
 int ctl_keygen_main(int argc, char **argv);
 int ctl_genesis_main(int argc, char **argv);
 int ctl_tx_main(int argc, char **argv);
+/* Node queries (node/ctl_node.c). */
+int ctl_node_main(int argc, char **argv);
 
 #endif

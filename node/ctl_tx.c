@@ -4,6 +4,9 @@
 
 #include <sodium.h>
 
+/* Weak: a tree without node/ctl_node.c still links `tx sign|inspect`. */
+__attribute__((weak)) int ctl_node_main(int argc, char **argv);
+
 static const char TX_USAGE[] =
     "usage: temctl tx sign --key KEYFILE (--chain-id ID | --genesis G.json) --nonce N --out FILE KIND [KIND OPTIONS]\n"
     "       temctl tx inspect FILE|- [--chain-id ID | --genesis G.json]\n"
@@ -43,7 +46,7 @@ static bool need_hex(const ctl_opts *o, const char *name, uint8_t *out, size_t n
 }
 
 /* Chain id from --chain-id or --genesis into buf; false with a message if neither works. */
-static bool chain_id_of(const ctl_opts *o, char *buf, size_t n, bool required) {
+bool ctl_chain_id_of(const ctl_opts *o, char *buf, size_t n, bool required) {
     if (ctl_opt(o, "chain-id")) {
         snprintf(buf, n, "%s", ctl_opt(o, "chain-id"));
         return true;
@@ -64,25 +67,9 @@ static bool chain_id_of(const ctl_opts *o, char *buf, size_t n, bool required) {
     return !required;
 }
 
-static int tx_sign(ctl_opts *o) {
-    if (o->npos != 2) {
-        fputs(TX_USAGE, stderr);
-        return CTL_USAGE;
-    }
-    const char *kind = o->pos[1], *keyf = ctl_opt(o, "key"), *out = ctl_opt(o, "out");
-    char chain[LEDGER_CHAIN_ID_MAX + 1];
-    uint64_t nonce;
-    if (!keyf || !out) {
-        fputs(TX_USAGE, stderr);
-        return CTL_USAGE;
-    }
-    if (!chain_id_of(o, chain, sizeof chain, true)) return CTL_USAGE;
-    if (!need_u64(o, "nonce", &nonce)) return CTL_USAGE;
-    ledger_keyfile k;
-    if (ledger_keyfile_read(keyf, &k) != LEDGER_OK || k.is_validator) {
-        fprintf(stderr, "tx sign: %s is not a meter (secp256k1) key file\n", keyf);
-        return CTL_INVALID;
-    }
+int ctl_tx_build(ctl_opts *o, const char *kind, const ledger_keyfile *kp, const char *chain, uint64_t nonce,
+                 uint8_t **buf_out, size_t *len_out, uint8_t txid_out[32]) {
+    ledger_keyfile k = *kp;
     Tem__V1__TxBody body = TEM__V1__TX_BODY__INIT;
     Tem__V1__Order order = TEM__V1__ORDER__INIT;
     Tem__V1__CancelOrder cancel = TEM__V1__CANCEL_ORDER__INIT;
@@ -93,7 +80,7 @@ static int tx_sign(ctl_opts *o) {
     Tem__V1__SetTariff st = TEM__V1__SET_TARIFF__INIT;
     Tem__V1__TariffPeriod periods[LEDGER_TARIFF_PERIODS_MAX], *pp[LEDGER_TARIFF_PERIODS_MAX];
     uint8_t txid_buf[32], pub_buf[33];
-    body.chain_id = chain;
+    body.chain_id = (char *)chain;
     body.nonce = nonce;
     int status = CTL_USAGE;
     if (strcmp(kind, "order") == 0) {
@@ -159,15 +146,42 @@ static int tx_sign(ctl_opts *o) {
         fprintf(stderr, "tx sign: unknown kind %s\n", kind);
         goto out;
     }
-    uint8_t *buf;
-    size_t len;
-    uint8_t txid[32];
-    int rc = ledger_tx_build(&body, k.secp_sec, &buf, &len, txid);
+    int rc = ledger_tx_build(&body, k.secp_sec, buf_out, len_out, txid_out);
     if (rc != LEDGER_OK) {
         fprintf(stderr, "tx sign: %s\n", ledger_strerror(rc));
         status = CTL_INVALID;
         goto out;
     }
+    status = CTL_OK;
+out:
+    sodium_memzero(&k, sizeof k);
+    return status;
+}
+
+static int tx_sign(ctl_opts *o) {
+    if (o->npos != 2) {
+        fputs(TX_USAGE, stderr);
+        return CTL_USAGE;
+    }
+    const char *kind = o->pos[1], *keyf = ctl_opt(o, "key"), *out = ctl_opt(o, "out");
+    char chain[LEDGER_CHAIN_ID_MAX + 1];
+    uint64_t nonce;
+    if (!keyf || !out) {
+        fputs(TX_USAGE, stderr);
+        return CTL_USAGE;
+    }
+    if (!ctl_chain_id_of(o, chain, sizeof chain, true)) return CTL_USAGE;
+    if (!need_u64(o, "nonce", &nonce)) return CTL_USAGE;
+    ledger_keyfile k;
+    if (ledger_keyfile_read(keyf, &k) != LEDGER_OK || k.is_validator) {
+        fprintf(stderr, "tx sign: %s is not a meter (secp256k1) key file\n", keyf);
+        return CTL_INVALID;
+    }
+    uint8_t *buf, txid[32];
+    size_t len;
+    int status = ctl_tx_build(o, kind, &k, chain, nonce, &buf, &len, txid);
+    sodium_memzero(&k, sizeof k);
+    if (status != CTL_OK) return status;
     status = ctl_write_file(out, buf, len) == 0 ? CTL_OK : CTL_INVALID;
     tem_free(buf);
     if (status == CTL_OK && strcmp(out, "-") != 0) {
@@ -175,8 +189,6 @@ static int tx_sign(ctl_opts *o) {
         tem_hex(h, txid, 32);
         printf("%s\n", h);
     }
-out:
-    sodium_memzero(&k, sizeof k);
     return status;
 }
 
@@ -186,7 +198,7 @@ static int tx_inspect(ctl_opts *o) {
         return CTL_USAGE;
     }
     char chain[LEDGER_CHAIN_ID_MAX + 1];
-    if (!chain_id_of(o, chain, sizeof chain, false)) return CTL_USAGE;
+    if (!ctl_chain_id_of(o, chain, sizeof chain, false)) return CTL_USAGE;
     uint8_t *buf;
     size_t len;
     if (ctl_read_file(o->pos[1], 64u << 20, &buf, &len) != 0) return CTL_INVALID;
@@ -231,6 +243,8 @@ int ctl_tx_main(int argc, char **argv) {
         return CTL_OK;
     }
     if (o.npos >= 1 && strcmp(o.pos[0], "sign") == 0) return tx_sign(&o);
+    /* `temctl tx TXID --node URL` asks a node for the tx's status and receipt. */
+    if (o.npos == 1 && strlen(o.pos[0]) == 64 && ctl_node_main) return ctl_node_main(argc, argv);
     if (o.npos >= 1 && strcmp(o.pos[0], "inspect") == 0) return tx_inspect(&o);
     fputs(TX_USAGE, stderr);
     return CTL_USAGE;

@@ -1,22 +1,45 @@
-/* temd.c: the TEM validator daemon's entry point. The node itself (net + consensus + ledger +
- * contracts wiring) is issue #7; until it lands temd only checks its configuration's genesis. */
-#include "ledger/ledger.h"
+/* temd.c: the TEM validator daemon's entry point: configuration from --config FILE and flags,
+ * then node_run() until SIGTERM or SIGINT. */
+#include "node/node.h"
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: temd --config FILE [--data-dir DIR] [--genesis FILE] [--key FILE]\n"
+               "            [--listen HOST:PORT] [--http HOST:PORT] [--observer] [--log-level LEVEL]\n"
+               "            [--tls-cert PEM --tls-key PEM] [--block-interval-ms MS] ...\n"
+               "       temd --version | --help\n"
+               "Every [node] key of the config file is also a flag (underscores as dashes);\n"
+               "flags override the file. See docs/operate.md.\n");
+}
 
 int main(int argc, char **argv) {
-    if (argc == 3 && strcmp(argv[1], "--check-genesis") == 0) {
-        ledger_genesis g;
-        char err[256];
-        int rc = ledger_genesis_load(argv[2], &g, err, sizeof err);
-        if (rc != LEDGER_OK) {
-            fprintf(stderr, "temd: genesis: %s\n", err);
-            return 1;
-        }
-        char h[65];
-        tem_hex(h, g.hash, 32);
-        printf("%s %s validators=%u\n", g.chain_id, h, g.n_validators);
-        ledger_genesis_free(&g);
+    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        usage(stdout);
         return 0;
     }
-    fprintf(stderr, "usage: temd --check-genesis GENESIS.json\n");
-    return 2;
+    if (argc == 2 && !strcmp(argv[1], "--version")) {
+        printf("temd %s\n", NODE_VERSION);
+        return 0;
+    }
+    node_config c;
+    node_config_defaults(&c);
+    char err[512];
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--config")) {
+            if (i + 1 >= argc || node_config_load(&c, argv[i + 1], err, sizeof err) != NODE_OK) {
+                fprintf(stderr, "temd: %s\n", i + 1 >= argc ? "--config needs a file" : err);
+                return 2;
+            }
+        }
+    }
+    if (node_config_flags(&c, argc, argv, err, sizeof err) != NODE_OK) {
+        fprintf(stderr, "temd: %s\n", err);
+        usage(stderr);
+        return 2;
+    }
+    if (!c.data_dir[0] || !c.genesis[0] || !c.key[0]) {
+        fprintf(stderr, "temd: data_dir, genesis and key are required\n");
+        usage(stderr);
+        return 2;
+    }
+    return node_run(&c);
 }

@@ -1,0 +1,577 @@
+/* api.c: the node's HTTP JSON API (docs/api.md) and Prometheus metrics, served by net/http.c on
+ * the node's loop. Tx submission answers 202 only once the mempool has verified the tx and made
+ * it durable; everything else is a read of the store, the state or the node's counters. */
+#include "node/node_internal.h"
+
+#include <jansson.h>
+
+/* ------------------------------------------------------------------ JSON helpers */
+static void reply_err(net_http_req *req, int status, const char *code, const char *msg) {
+    /* NET_EGONE only means the client left; nothing else to do with the answer. */
+    if (net_http_reply_error(req, status, code, msg) != NET_OK) return;
+}
+static void reply_raw(net_http_req *req, int status, const char *ct, const void *body, size_t len) {
+    if (net_http_reply(req, status, ct, body, len) != NET_OK) return;
+}
+
+static json_t *hexj(const uint8_t *b, size_t n) {
+    char *h = tem_malloc(2 * n + 1);
+    if (!h) return json_null();
+    tem_hex(h, b, n);
+    json_t *j = json_string(h);
+    tem_free(h);
+    return j;
+}
+
+/* Any protobuf-c message as JSON: bytes as hex, enums as numbers, nested messages recursively.
+ * Used for receipts and headers so fields added to the schema show up without code changes. */
+json_t *node_pb_json(const ProtobufCMessage *m) {
+    json_t *o = json_object();
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        const uint8_t *base = (const uint8_t *)m + f->offset;
+        if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+            uint32_t qc = *(const uint32_t *)((const uint8_t *)m + f->quantifier_offset);
+            if (qc != f->id) continue;
+        }
+        size_t count = 1;
+        const uint8_t *items = base;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            count = *(const size_t *)((const uint8_t *)m + f->quantifier_offset);
+            items = *(const uint8_t *const *)base;
+        }
+        json_t *arr = f->label == PROTOBUF_C_LABEL_REPEATED ? json_array() : NULL;
+        for (size_t k = 0; k < count; k++) {
+            json_t *v = NULL;
+            switch (f->type) {
+            case PROTOBUF_C_TYPE_INT32: case PROTOBUF_C_TYPE_SINT32: case PROTOBUF_C_TYPE_SFIXED32: case PROTOBUF_C_TYPE_ENUM:
+                v = json_integer(((const int32_t *)items)[k]); break;
+            case PROTOBUF_C_TYPE_UINT32: case PROTOBUF_C_TYPE_FIXED32:
+                v = json_integer(((const uint32_t *)items)[k]); break;
+            case PROTOBUF_C_TYPE_INT64: case PROTOBUF_C_TYPE_SINT64: case PROTOBUF_C_TYPE_SFIXED64:
+                v = json_integer(((const int64_t *)items)[k]); break;
+            case PROTOBUF_C_TYPE_UINT64: case PROTOBUF_C_TYPE_FIXED64:
+                v = json_integer((json_int_t)((const uint64_t *)items)[k]); break;
+            case PROTOBUF_C_TYPE_BOOL: v = json_boolean(((const protobuf_c_boolean *)items)[k]); break;
+            case PROTOBUF_C_TYPE_STRING: {
+                const char *s = ((const char *const *)items)[k];
+                v = json_string(s ? s : "");
+                break;
+            }
+            case PROTOBUF_C_TYPE_BYTES: {
+                const ProtobufCBinaryData *b = &((const ProtobufCBinaryData *)items)[k];
+                v = hexj(b->data, b->len);
+                break;
+            }
+            case PROTOBUF_C_TYPE_MESSAGE: {
+                const ProtobufCMessage *sub = ((const ProtobufCMessage *const *)items)[k];
+                v = sub ? node_pb_json(sub) : json_null();
+                break;
+            }
+            default: v = json_null();
+            }
+            if (arr) json_array_append_new(arr, v);
+            else json_object_set_new(o, f->name, v);
+        }
+        if (arr) json_object_set_new(o, f->name, arr);
+    }
+    return o;
+}
+
+static void reply_json(net_http_req *req, int status, json_t *j) {
+    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(j);
+    if (!s) {
+        reply_err(req, 500, "ENOMEM", "out of memory");
+        return;
+    }
+    reply_raw(req, status, "application/json", s, strlen(s));
+    free(s);
+}
+
+static const char *err_name(int rc) {
+    const char *s = contracts_errname(rc);
+    return s ? s : node_mempool_errname(rc);
+}
+static const char *err_msg(int rc) {
+    if (rc <= -300 && rc > -400) return contracts_strerror(rc);
+    return node_mempool_strerror(rc);
+}
+
+/* HTTP status of a refusal: malformed input 400, conflicts with known txs 409, semantic
+ * refusals 422, a full or closing node 503. */
+static int http_status_of(int rc) {
+    if (rc == NODE_MEMPOOL_EFULL || rc == NODE_MEMPOOL_ECLOSING || rc == NODE_MEMPOOL_EIO || rc == NODE_MEMPOOL_ENOMEM ||
+        rc == LEDGER_ENOMEM)
+        return 503;
+    if (rc == NODE_MEMPOOL_EDUP || rc == NODE_MEMPOOL_ECOMMITTED || rc == NODE_MEMPOOL_ENONCELOW ||
+        rc == NODE_MEMPOOL_ENONCETAKEN || rc == NODE_MEMPOOL_ESUPERSEDED || rc == LEDGER_ENONCE)
+        return 409;
+    if (rc <= -300 && rc > -400) return 422;
+    if (rc == NODE_MEMPOOL_ESIGNERFULL || rc == NODE_MEMPOOL_ENONCEFAR) return 429;
+    return 400;
+}
+
+/* ------------------------------------------------------------------ precheck */
+int node_api_precheck(void *ctx, const ledger_tx *tx) {
+    node *n = ctx;
+    ledger_state *st = ledger_store_state(n->store);
+    const uint8_t *signer = tx->body->signer.data;
+    int kind = tx->body->kind_case;
+    if (ledger_tx_kind_is_admin(kind)) {
+        if (ledger_genesis_is_admin(&n->g, signer)) return 0;
+        contracts_account a;
+        if (kind == TEM__V1__TX_BODY__KIND_DEPOSIT && contracts_account_get(st, signer, &a) == LEDGER_OK &&
+            a.role == TEM__V1__ROLE__UTILITY)
+            return 0;
+        return CONTRACTS_ENOTADMIN;
+    }
+    contracts_account a;
+    if (contracts_account_get(st, signer, &a) != LEDGER_OK) return CONTRACTS_ENOTREGISTERED;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ POST /v1/tx, /v1/txs */
+typedef struct batch batch;
+typedef struct {
+    node *n;
+    net_http_req *req; /* single submission */
+    batch *b;          /* or one item of a batch */
+    uint32_t index;
+    uint8_t *tx;
+    size_t len;
+} submit_ctx;
+
+struct batch {
+    node *n;
+    net_http_req *req;
+    uint32_t left;
+    json_t *results;
+};
+
+static void batch_item_done(batch *b, uint32_t i, json_t *res) {
+    json_array_set_new(b->results, i, res);
+    if (--b->left == 0) {
+        reply_json(b->req, 200, b->results);
+        tem_free(b);
+    }
+}
+
+static json_t *err_json(int rc, const uint8_t *txid) {
+    json_t *e = json_object();
+    if (txid) json_object_set_new(e, "txid", hexj(txid, 32));
+    json_object_set_new(e, "error", json_string(err_msg(rc)));
+    json_object_set_new(e, "code", json_string(err_name(rc)));
+    return e;
+}
+
+static void submit_done(void *ctx, int rc, const uint8_t txid[32]) {
+    submit_ctx *s = ctx;
+    node *n = s->n;
+    if (rc == 0) {
+        n->http_txs_accepted++;
+        if (!n->stopping) node_tx_accepted(n, txid, s->tx, s->len);
+    } else {
+        n->http_txs_rejected++;
+    }
+    if (s->b) {
+        json_t *r;
+        if (rc == 0) {
+            r = json_object();
+            json_object_set_new(r, "txid", hexj(txid, 32));
+        } else {
+            r = err_json(rc, txid);
+        }
+        batch_item_done(s->b, s->index, r);
+    } else if (rc == 0) {
+        json_t *r = json_object();
+        json_object_set_new(r, "txid", hexj(txid, 32));
+        reply_json(s->req, 202, r);
+    } else {
+        reply_json(s->req, http_status_of(rc), err_json(rc, txid));
+    }
+    tem_free(s->tx);
+    tem_free(s);
+}
+
+/* Queues one tx; on a synchronous refusal returns its code (nothing queued). */
+static int submit_one(node *n, const uint8_t *tx, size_t len, net_http_req *req, batch *b, uint32_t index,
+                      uint8_t txid[32], bool *have_id) {
+    submit_ctx *s = tem_calloc(1, sizeof *s);
+    if (!s) return LEDGER_ENOMEM;
+    s->tx = tem_malloc(len ? len : 1);
+    if (!s->tx) {
+        tem_free(s);
+        return LEDGER_ENOMEM;
+    }
+    memcpy(s->tx, tx, len);
+    s->len = len;
+    s->n = n;
+    s->req = req;
+    s->b = b;
+    s->index = index;
+    memset(txid, 0, 32);
+    int rc = node_mempool_submit(n->mp, tx, len, submit_done, s, txid);
+    *have_id = false;
+    for (int i = 0; i < 32; i++) *have_id |= txid[i] != 0;
+    if (rc != 0) {
+        tem_free(s->tx);
+        tem_free(s);
+    }
+    return rc;
+}
+
+static void h_post_tx(void *ctx, net_http_req *req, const net_http_request *r) {
+    node *n = ctx;
+    uint8_t *buf = NULL;
+    size_t len = r->body_len;
+    const uint8_t *tx = r->body;
+    if (strstr(r->content_type, "json")) {
+        json_error_t je;
+        json_t *j = json_loadb((const char *)r->body, r->body_len, 0, &je);
+        const char *hex = j ? json_string_value(json_object_get(j, "tx")) : NULL;
+        if (!hex || tem_unhex_alloc(hex, &buf, &len) != 0) {
+            json_decref(j);
+            n->http_txs_rejected++;
+            reply_err(req, 400, "EJSON", "body must be {\"tx\":\"<hex of a SignedTx>\"}");
+            return;
+        }
+        json_decref(j);
+        tx = buf;
+    }
+    uint8_t txid[32];
+    bool have_id;
+    int rc = submit_one(n, tx, len, req, NULL, 0, txid, &have_id);
+    tem_free(buf);
+    if (rc != 0) {
+        n->http_txs_rejected++;
+        reply_json(req, http_status_of(rc), err_json(rc, have_id ? txid : NULL));
+    }
+}
+
+static void h_post_txs(void *ctx, net_http_req *req, const net_http_request *r) {
+    node *n = ctx;
+    /* Two encodings: a JSON array of hex strings, or a stream of u32 big-endian length-prefixed
+     * SignedTx (application/x-protobuf), the same framing `temctl exec` reads. */
+    const uint8_t *items[4096];
+    size_t lens[4096];
+    uint8_t *owned[4096];
+    uint32_t cnt = 0, nown = 0;
+    json_t *j = NULL;
+    if (strstr(r->content_type, "json")) {
+        json_error_t je;
+        j = json_loadb((const char *)r->body, r->body_len, 0, &je);
+        if (!json_is_array(j) || json_array_size(j) > 4096) {
+            json_decref(j);
+            reply_err(req, 400, "EJSON", "body must be a JSON array of at most 4096 hex SignedTx");
+            return;
+        }
+        size_t i;
+        json_t *v;
+        json_array_foreach(j, i, v) {
+            uint8_t *b;
+            size_t l;
+            if (!json_string_value(v) || tem_unhex_alloc(json_string_value(v), &b, &l) != 0) {
+                b = NULL;
+                l = 0;
+            }
+            owned[nown++] = b;
+            items[cnt] = b ? b : (const uint8_t *)"";
+            lens[cnt++] = l;
+        }
+        json_decref(j);
+    } else {
+        size_t off = 0;
+        while (off < r->body_len) {
+            if (cnt >= 4096 || r->body_len - off < 4) {
+                reply_err(req, 400, "EFRAME", "stream must be u32 big-endian length-prefixed SignedTx, at most 4096");
+                return;
+            }
+            uint32_t l = tem_get_u32be(r->body + off);
+            off += 4;
+            if (l > r->body_len - off) {
+                reply_err(req, 400, "EFRAME", "truncated length-prefixed tx");
+                return;
+            }
+            items[cnt] = r->body + off;
+            lens[cnt++] = l;
+            off += l;
+        }
+    }
+    batch *b = tem_calloc(1, sizeof *b);
+    if (!b) {
+        for (uint32_t i = 0; i < nown; i++) tem_free(owned[i]);
+        reply_err(req, 500, "ENOMEM", "out of memory");
+        return;
+    }
+    b->n = n;
+    b->req = req;
+    b->results = json_array();
+    b->left = cnt + 1; /* +1 held until every item is queued, so an early finish cannot reply */
+    for (uint32_t i = 0; i < cnt; i++) json_array_append_new(b->results, json_null());
+    for (uint32_t i = 0; i < cnt; i++) {
+        uint8_t txid[32];
+        bool have_id;
+        int rc = lens[i] ? submit_one(n, items[i], lens[i], NULL, b, i, txid, &have_id) : LEDGER_EEMPTY;
+        if (rc != 0) {
+            n->http_txs_rejected++;
+            batch_item_done(b, i, err_json(rc, lens[i] && have_id ? txid : NULL));
+        }
+    }
+    for (uint32_t i = 0; i < nown; i++) tem_free(owned[i]);
+    if (cnt == 0) {
+        b->left = 1;
+    }
+    /* release the hold */
+    if (--b->left == 0) {
+        reply_json(req, 200, b->results);
+        tem_free(b);
+    }
+}
+
+/* ------------------------------------------------------------------ GET /v1/tx/{txid} */
+static void h_get_tx(void *ctx, net_http_req *req, const net_http_request *r) {
+    node *n = ctx;
+    const char *hex = r->path + strlen("/v1/tx/");
+    uint8_t txid[32];
+    if (tem_unhex(txid, 32, hex) != 0) {
+        reply_err(req, 400, "ETXID", "txid must be 32 bytes of hex");
+        return;
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "txid", hexj(txid, 32));
+    uint64_t height;
+    uint32_t pos;
+    uint8_t *rb;
+    size_t rl;
+    if (ledger_store_receipt(n->store, txid, &height, &pos, &rb, &rl) == LEDGER_OK) {
+        Tem__V1__Receipt *rc = tem__v1__receipt__unpack(&ledger_pb_allocator, rl, rb);
+        tem_free(rb);
+        if (!rc) {
+            json_decref(o);
+            reply_err(req, 500, "ECORRUPT", "stored receipt does not decode");
+            return;
+        }
+        json_object_set_new(o, "status", json_string(rc->code == 0 ? "committed" : "refused"));
+        json_object_set_new(o, "height", json_integer((json_int_t)height));
+        json_object_set_new(o, "position", json_integer(pos));
+        json_t *rj = node_pb_json(&rc->base);
+        if (rc->code != 0) {
+            const char *name = contracts_errname(rc->code);
+            json_object_set_new(rj, "code_name", json_string(name ? name : ledger_errname(rc->code)));
+        }
+        json_object_set_new(o, "receipt", rj);
+        tem__v1__receipt__free_unpacked(rc, &ledger_pb_allocator);
+    } else {
+        int st = node_mempool_status(n->mp, txid);
+        if (st == NODE_MEMPOOL_STATUS_PENDING || st == NODE_MEMPOOL_STATUS_INFLIGHT) {
+            json_object_set_new(o, "status", json_string("pending"));
+        } else if (st == NODE_MEMPOOL_STATUS_SUPERSEDED) {
+            json_object_set_new(o, "status", json_string("refused"));
+            json_object_set_new(o, "reason", json_string("nonce used by another tx of the same signer"));
+            json_object_set_new(o, "code", json_string("ENONCE"));
+        } else {
+            json_object_set_new(o, "status", json_string("unknown"));
+        }
+    }
+    reply_json(req, 200, o);
+}
+
+/* ------------------------------------------------------------------ GET /v1/status */
+static void h_status(void *ctx, net_http_req *req, const net_http_request *r) {
+    (void)r;
+    node *n = ctx;
+    json_t *o = json_object();
+    uint8_t h[32], sr[32], rr[32];
+    ledger_store_last_hash(n->store, h);
+    ledger_store_roots(n->store, sr, rr);
+    uint64_t height = ledger_store_height(n->store);
+    json_object_set_new(o, "chain_id", json_string(n->g.chain_id));
+    json_object_set_new(o, "genesis_hash", hexj(n->g.hash, 32));
+    json_object_set_new(o, "height", json_integer((json_int_t)height));
+    json_object_set_new(o, "last_block_hash", hexj(h, 32));
+    json_object_set_new(o, "state_root", hexj(sr, 32));
+    json_object_set_new(o, "last_block_time_ms", json_integer((json_int_t)ledger_store_last_time(n->store)));
+    json_object_set_new(o, "role", json_string(n->self >= 0 ? "validator" : "observer"));
+    if (n->self >= 0) json_object_set_new(o, "validator_index", json_integer(n->self));
+    uint64_t view = n->rep_ok ? pbft_replica_view(&n->rep) : 0;
+    json_object_set_new(o, "view", json_integer((json_int_t)view));
+    json_object_set_new(o, "primary", json_integer(pbft_primary(view, n->g.n_validators)));
+    json_object_set_new(o, "in_view_change", json_boolean(n->rep_ok && pbft_replica_in_view_change(&n->rep)));
+    json_t *peers = json_array(), *missing = json_array();
+    for (uint32_t i = 0; i < n->g.n_validators; i++) {
+        if ((int)i == n->self) continue;
+        json_t *p = json_object();
+        json_object_set_new(p, "index", json_integer(i));
+        json_object_set_new(p, "name", json_string(n->g.validators[i].name));
+        bool up = net_peer_connected(n->net, i);
+        json_object_set_new(p, "connected", json_boolean(up));
+        json_array_append_new(peers, p);
+        if (!up) json_array_append_new(missing, json_integer(i));
+    }
+    json_object_set_new(o, "peers", peers);
+    json_object_set_new(o, "observers", json_integer(net_observers_connected(n->net)));
+    json_object_set_new(o, "mempool", json_integer(node_mempool_size(n->mp)));
+    uint64_t now = node_now_ms(), last = n->last_commit_wall_ms ? n->last_commit_wall_ms : n->started_wall_ms;
+    uint64_t since = now > last ? now - last : 0;
+    json_object_set_new(o, "ms_since_last_commit", json_integer((json_int_t)since));
+    /* When nothing has committed for a while, say where the node waits and whom it misses. */
+    if (since > 3 * n->cfg.block_interval_ms + n->g.view_timeout_ms) {
+        json_t *w = json_object();
+        const char *phase = !n->rep_ok ? "block sync (observer)"
+                            : pbft_replica_in_view_change(&n->rep) ? "view change: collecting VIEW-CHANGE messages"
+                            : n->fetch_from > height ? "catching up: fetching blocks from peers"
+                            : n->validating || n->nvalq ? "validating a proposal"
+                            : "normal case: waiting for the primary's proposal or 2f+1 votes";
+        json_object_set_new(w, "phase", json_string(phase));
+        json_object_set_new(w, "disconnected_validators", json_incref(missing));
+        json_object_set_new(w, "quorum", json_integer(ledger_genesis_quorum(&n->g)));
+        json_object_set_new(o, "stalled", w);
+    }
+    json_decref(missing);
+    reply_json(req, 200, o);
+}
+
+/* ------------------------------------------------------------------ GET /v1/blocks/{h} */
+static void h_block(void *ctx, net_http_req *req, const net_http_request *r) {
+    node *n = ctx;
+    const char *s = r->path + strlen("/v1/blocks/");
+    char *end;
+    unsigned long long h = strtoull(s, &end, 10);
+    if (!*s || *end) {
+        reply_err(req, 400, "EHEIGHT", "height must be a number");
+        return;
+    }
+    uint8_t *b, *c = NULL;
+    size_t bl, cl = 0;
+    if (ledger_store_block(n->store, h, &b, &bl) != LEDGER_OK) {
+        reply_err(req, 404, "ENOTFOUND", "no block at that height");
+        return;
+    }
+    if (ledger_store_cert(n->store, h, &c, &cl) != LEDGER_OK) c = NULL; /* offline-executed blocks have none */
+    Tem__V1__Block *blk = tem__v1__block__unpack(&ledger_pb_allocator, bl, b);
+    json_t *o = json_object();
+    json_object_set_new(o, "height", json_integer((json_int_t)h));
+    if (blk && blk->header) {
+        uint8_t hash[32];
+        if (ledger_block_hash(blk->header, hash) == LEDGER_OK) json_object_set_new(o, "hash", hexj(hash, 32));
+        json_object_set_new(o, "header", node_pb_json(&blk->header->base));
+        json_t *txs = json_array();
+        for (size_t i = 0; i < blk->n_txs; i++) {
+            uint8_t id[32];
+            ledger_sha256(id, blk->txs[i]->body.data, blk->txs[i]->body.len);
+            json_array_append_new(txs, hexj(id, 32));
+        }
+        json_object_set_new(o, "txids", txs);
+    }
+    if (c) {
+        Tem__V1__CommitCertificate *cc = tem__v1__commit_certificate__unpack(&ledger_pb_allocator, cl, c);
+        if (cc) {
+            json_object_set_new(o, "cert", node_pb_json(&cc->base));
+            tem__v1__commit_certificate__free_unpacked(cc, &ledger_pb_allocator);
+        }
+        json_object_set_new(o, "cert_hex", hexj(c, cl));
+    }
+    json_object_set_new(o, "block_hex", hexj(b, bl));
+    if (blk) tem__v1__block__free_unpacked(blk, &ledger_pb_allocator);
+    tem_free(b);
+    tem_free(c);
+    reply_json(req, 200, o);
+}
+
+/* ------------------------------------------------------------------ GET /v1/accounts/{key} */
+static void h_account(void *ctx, net_http_req *req, const net_http_request *r) {
+    node *n = ctx;
+    uint8_t pub[33];
+    if (tem_unhex(pub, 33, r->path + strlen("/v1/accounts/")) != 0) {
+        reply_err(req, 400, "EPUBKEY", "key must be 33 bytes of hex");
+        return;
+    }
+    ledger_state *st = ledger_store_state(n->store);
+    contracts_account a;
+    int rc = contracts_account_get(st, pub, &a);
+    if (rc != LEDGER_OK) {
+        reply_err(req, 404, "ENOTFOUND", "no such participant");
+        return;
+    }
+    static const char *roles[] = {"unspecified", "prosumer", "consumer", "utility", "dso", "aggregator"};
+    json_t *o = json_object();
+    json_object_set_new(o, "pubkey", hexj(pub, 33));
+    json_object_set_new(o, "bus", json_integer(a.bus));
+    json_object_set_new(o, "role", json_string(a.role >= 0 && a.role <= 5 ? roles[a.role] : "unknown"));
+    json_object_set_new(o, "money_uunit", json_integer(a.money_uunit));
+    json_object_set_new(o, "escrow_uunit", json_integer(a.money_escrow_uunit));
+    json_object_set_new(o, "tokens_wh", json_integer(a.tokens_wh));
+    json_object_set_new(o, "escrow_tokens_wh", json_integer(a.tokens_escrow_wh));
+    json_object_set_new(o, "debt_uunit", json_integer(a.debt_uunit));
+    json_object_set_new(o, "next_nonce", json_integer((json_int_t)ledger_state_nonce(st, pub)));
+    reply_json(req, 200, o);
+}
+
+/* ------------------------------------------------------------------ GET /metrics */
+static void h_metrics(void *ctx, net_http_req *req, const net_http_request *r) {
+    (void)r;
+    node *n = ctx;
+    char buf[8192];
+    size_t k = 0;
+#define M(...) k += (size_t)snprintf(buf + k, sizeof buf - k, __VA_ARGS__)
+    M("# HELP tem_height Height of the last committed block.\n# TYPE tem_height gauge\ntem_height %llu\n",
+      (unsigned long long)ledger_store_height(n->store));
+    M("# HELP tem_view Current pBFT view.\n# TYPE tem_view gauge\ntem_view %llu\n",
+      (unsigned long long)(n->rep_ok ? pbft_replica_view(&n->rep) : 0));
+    M("# HELP tem_view_changes_total View changes seen by this node.\n# TYPE tem_view_changes_total counter\ntem_view_changes_total %llu\n",
+      (unsigned long long)n->view_changes);
+    M("# HELP tem_mempool_txs Transactions waiting in the mempool.\n# TYPE tem_mempool_txs gauge\ntem_mempool_txs %u\n",
+      node_mempool_size(n->mp));
+    M("# HELP tem_txs_committed_total Committed transactions that applied.\n# TYPE tem_txs_committed_total counter\ntem_txs_committed_total %llu\n",
+      (unsigned long long)n->txs_committed);
+    M("# HELP tem_txs_refused_total Committed transactions refused by the contracts.\n# TYPE tem_txs_refused_total counter\ntem_txs_refused_total %llu\n",
+      (unsigned long long)n->txs_refused);
+    M("# HELP tem_http_txs_accepted_total Txs answered 202.\n# TYPE tem_http_txs_accepted_total counter\ntem_http_txs_accepted_total %llu\n",
+      (unsigned long long)n->http_txs_accepted);
+    M("# HELP tem_http_txs_rejected_total Txs refused at submission.\n# TYPE tem_http_txs_rejected_total counter\ntem_http_txs_rejected_total %llu\n",
+      (unsigned long long)n->http_txs_rejected);
+    M("# HELP tem_peers_connected Validators with an authenticated session.\n# TYPE tem_peers_connected gauge\ntem_peers_connected %u\n",
+      net_validators_connected(n->net));
+    M("# HELP tem_blocks_applied_total Blocks applied since start.\n# TYPE tem_blocks_applied_total counter\ntem_blocks_applied_total %llu\n",
+      (unsigned long long)n->blocks_applied);
+    M("# HELP tem_commit_latency_ms Time from a tx's 202 on this node to its block's commit.\n# TYPE tem_commit_latency_ms histogram\n");
+    uint64_t cum = 0;
+    for (uint32_t b = 0; b < NODE_LATENCY_BUCKETS; b++) {
+        cum += n->lat_bucket[b];
+        M("tem_commit_latency_ms_bucket{le=\"%llu\"} %llu\n", 5ull << b, (unsigned long long)cum);
+    }
+    cum += n->lat_bucket[NODE_LATENCY_BUCKETS];
+    M("tem_commit_latency_ms_bucket{le=\"+Inf\"} %llu\ntem_commit_latency_ms_sum %llu\ntem_commit_latency_ms_count %llu\n",
+      (unsigned long long)cum, (unsigned long long)n->lat_sum_ms, (unsigned long long)n->lat_count);
+#undef M
+    reply_raw(req, 200, "text/plain; version=0.0.4", buf, k < sizeof buf ? k : sizeof buf - 1);
+}
+
+/* ------------------------------------------------------------------ market views */
+extern void node_api_market_routes(node *n, net_http *h);
+
+int node_api_start(node *n) {
+    net_http_config hc;
+    memset(&hc, 0, sizeof hc);
+    hc.listen = n->cfg.http;
+    hc.body_bytes_max = n->cfg.http_body_bytes_max;
+    hc.tls_cert_path = n->cfg.tls_cert[0] ? n->cfg.tls_cert : NULL;
+    hc.tls_key_path = n->cfg.tls_key[0] ? n->cfg.tls_key : NULL;
+    hc.log_level = n->cfg.log_level;
+    if (net_http_new(&n->loop, &hc, &n->http) != NET_OK) return NODE_EHTTP;
+    struct {
+        const char *m, *p;
+        net_http_handler_fn fn;
+    } routes[] = {{"POST", "/v1/tx", h_post_tx},        {"POST", "/v1/txs", h_post_txs},
+                  {"GET", "/v1/tx/", h_get_tx},         {"GET", "/v1/status", h_status},
+                  {"GET", "/v1/blocks/", h_block},      {"GET", "/v1/accounts/", h_account},
+                  {"GET", "/metrics", h_metrics}};
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
+        if (net_http_route(n->http, routes[i].m, routes[i].p, routes[i].fn, n) != NET_OK) return NODE_EHTTP;
+    node_api_market_routes(n, n->http);
+    if (net_http_start(n->http) != NET_OK) return NODE_EHTTP;
+    node_log(n, NODE_LOG_INFO, "HTTP API on %s", n->cfg.http);
+    return NODE_OK;
+}

@@ -1,0 +1,173 @@
+/* config.c: temd's configuration: defaults, the INI file (inih) and command-line flags, which
+ * override the file. */
+#include "node/node.h"
+
+#include <errno.h>
+#include <ini.h>
+
+const char *node_strerror(int err) {
+    switch (err) {
+    case NODE_OK: return "ok";
+#define NODE_X(name, val, msg) case val: return msg;
+        NODE_ERRNO_MAP(NODE_X)
+#undef NODE_X
+    default: return ledger_strerror(err);
+    }
+}
+
+void node_config_defaults(node_config *c) {
+    memset(c, 0, sizeof *c);
+    c->accept_observers = true;
+    c->log_level = NODE_LOG_INFO;
+    c->mempool_txs_max = 100000;
+    c->mempool_nonce_window = 64;
+    c->batch_delay_ms = 20;
+    c->max_clock_drift_ms = 5000;
+    c->peer_rate_bytes_per_s = 64u << 20;
+    c->peer_rate_msgs_per_s = 20000;
+    c->http_body_bytes_max = 4u << 20;
+}
+
+static bool parse_bool(const char *v, bool *out) {
+    if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes")) return *out = true, true;
+    if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "no")) return *out = false, true;
+    return false;
+}
+
+static bool parse_u64(const char *v, uint64_t *out) {
+    if (!v || !*v || *v == '-') return false;
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno || *end) return false;
+    *out = x;
+    return true;
+}
+
+static int level_of(const char *v) {
+    static const char *n[] = {"debug", "info", "warn", "error"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(v, n[i])) return i;
+    return -1;
+}
+
+/* One key: 1 = set, 0 = unknown key, -1 = bad value. */
+static int set_key(node_config *c, const char *k, const char *v) {
+    struct {
+        const char *name;
+        char *dst;
+        size_t cap;
+    } strs[] = {{"data_dir", c->data_dir, sizeof c->data_dir}, {"genesis", c->genesis, sizeof c->genesis},
+                {"key", c->key, sizeof c->key},                {"listen", c->listen, sizeof c->listen},
+                {"http", c->http, sizeof c->http},             {"tls_cert", c->tls_cert, sizeof c->tls_cert},
+                {"tls_key", c->tls_key, sizeof c->tls_key}};
+    for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
+        if (strcmp(k, strs[i].name)) continue;
+        if (strlen(v) >= strs[i].cap) return -1;
+        snprintf(strs[i].dst, strs[i].cap, "%s", v);
+        return 1;
+    }
+    if (!strcmp(k, "observer")) return parse_bool(v, &c->observer) ? 1 : -1;
+    if (!strcmp(k, "accept_observers")) return parse_bool(v, &c->accept_observers) ? 1 : -1;
+    if (!strcmp(k, "log_level")) {
+        int l = level_of(v);
+        if (l < 0) return -1;
+        c->log_level = l;
+        return 1;
+    }
+    struct {
+        const char *name;
+        uint64_t *dst;
+    } nums[] = {{"block_interval_ms", &c->block_interval_ms}, {"batch_delay_ms", &c->batch_delay_ms},
+                {"max_clock_drift_ms", &c->max_clock_drift_ms}, {"peer_rate_bytes_per_s", &c->peer_rate_bytes_per_s},
+                {"peer_rate_msgs_per_s", &c->peer_rate_msgs_per_s}, {"http_body_bytes_max", &c->http_body_bytes_max}};
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
+        if (!strcmp(k, nums[i].name)) return parse_u64(v, nums[i].dst) ? 1 : -1;
+    uint64_t x;
+    if (!strcmp(k, "mempool_txs_max")) {
+        if (!parse_u64(v, &x) || x == 0 || x > 10000000) return -1;
+        c->mempool_txs_max = (uint32_t)x;
+        return 1;
+    }
+    if (!strcmp(k, "mempool_nonce_window")) {
+        if (!parse_u64(v, &x) || x == 0 || x > 100000) return -1;
+        c->mempool_nonce_window = (uint32_t)x;
+        return 1;
+    }
+    return 0;
+}
+
+typedef struct {
+    node_config *c;
+    char *err;
+    size_t errlen;
+    bool bad;
+} ini_ctx;
+
+static int ini_cb(void *user, const char *section, const char *name, const char *value) {
+    ini_ctx *x = user;
+    if (strcmp(section, "node") != 0) {
+        snprintf(x->err, x->errlen, "unknown section [%s]", section);
+        x->bad = true;
+        return 0;
+    }
+    int r = set_key(x->c, name, value);
+    if (r == 1) return 1;
+    snprintf(x->err, x->errlen, r == 0 ? "unknown key %s" : "bad value for %s: %s", name, value);
+    x->bad = true;
+    return 0;
+}
+
+int node_config_load(node_config *c, const char *path, char *err, size_t errlen) {
+    ini_ctx x = {c, err, errlen, false};
+    int rc = ini_parse(path, ini_cb, &x);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot open %s", path);
+        return NODE_ECONFIG;
+    }
+    if (rc > 0 || x.bad) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", x.bad ? err : "syntax error");
+        snprintf(err, errlen, "%s line %d: %s", path, rc, why);
+        return NODE_ECONFIG;
+    }
+    return NODE_OK;
+}
+
+int node_config_flags(node_config *c, int argc, char **argv, char *err, size_t errlen) {
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0) {
+            snprintf(err, errlen, "unexpected argument %s", a);
+            return NODE_ECONFIG;
+        }
+        char name[64];
+        snprintf(name, sizeof name, "%s", a + 2);
+        for (char *p = name; *p; p++)
+            if (*p == '-') *p = '_';
+        if (!strcmp(name, "config")) {
+            i++; /* handled by the caller before the flags */
+            continue;
+        }
+        const char *v;
+        char *eq = strchr(name, '=');
+        if (eq) {
+            *eq = 0;
+            v = a + 2 + (eq - name) + 1;
+        } else if (!strcmp(name, "observer") || !strcmp(name, "accept_observers")) {
+            v = "true";
+        } else {
+            if (i + 1 >= argc) {
+                snprintf(err, errlen, "--%s needs a value", a + 2);
+                return NODE_ECONFIG;
+            }
+            v = argv[++i];
+        }
+        int r = set_key(c, name, v);
+        if (r != 1) {
+            snprintf(err, errlen, r == 0 ? "unknown option --%s" : "bad value for --%s", a + 2);
+            return NODE_ECONFIG;
+        }
+    }
+    return NODE_OK;
+}

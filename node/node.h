@@ -1,0 +1,69 @@
+/* node.h: temd, the validator (or observer) daemon: configuration, and the node that wires the
+ * LMDB ledger, the market contracts, the pBFT replica, the peer transport, the mempool and the
+ * HTTP API on one libuv loop. docs/api.md and docs/operate.md describe it from the outside. */
+#ifndef NODE_H
+#define NODE_H
+
+#include "ledger/ledger.h"
+
+#define NODE_VERSION "0.1.0"
+#define NODE_PATH_MAX 512
+
+#define NODE_ERRNO_MAP(X)                                                                          \
+    X(ECONFIG, -501, "invalid configuration")                                                      \
+    X(EKEY, -502, "unreadable or wrong kind of key file")                                          \
+    X(ESTORE, -503, "cannot open the ledger store")                                                \
+    X(ENET, -504, "cannot start the network")                                                      \
+    X(EHTTP, -505, "cannot start the HTTP API")                                                    \
+    X(ECONSENSUS, -506, "cannot start consensus")                                                  \
+    X(EAPPLY, -507, "a certified block failed to apply")                                           \
+    X(ENOMEM, -508, "out of memory")                                                               \
+    X(EUV, -509, "event loop failure")
+
+enum node_err {
+    NODE_OK = 0,
+#define NODE_X(name, val, msg) NODE_##name = val,
+    NODE_ERRNO_MAP(NODE_X)
+#undef NODE_X
+};
+const char *node_strerror(int err);
+
+enum { NODE_LOG_DEBUG = 0, NODE_LOG_INFO = 1, NODE_LOG_WARN = 2, NODE_LOG_ERROR = 3 };
+
+typedef struct {
+    char data_dir[NODE_PATH_MAX];
+    char genesis[NODE_PATH_MAX];
+    char key[NODE_PATH_MAX];        /* Ed25519 key file (validator, or the observer's own) */
+    char listen[128];               /* peer listener host:port; default: the genesis address */
+    char http[128];                 /* HTTP API host:port; default: the genesis http, or none */
+    char tls_cert[NODE_PATH_MAX];   /* optional TLS for the HTTP API */
+    char tls_key[NODE_PATH_MAX];
+    bool observer;                  /* follow the chain without voting */
+    bool accept_observers;          /* let observers connect to this validator (default true) */
+    int log_level;                  /* NODE_LOG_* */
+    uint32_t mempool_txs_max;       /* default 100000 */
+    uint32_t mempool_nonce_window;  /* default 64 */
+    uint64_t block_interval_ms;     /* longest gap between blocks when idle; default view_timeout/4 */
+    uint64_t batch_delay_ms;        /* wait after the first pending tx before proposing; default 20 */
+    uint64_t max_clock_drift_ms;    /* a proposal's time may be this far ahead of ours; default 5000 */
+    uint64_t peer_rate_bytes_per_s; /* per-peer inbound limits; default 64 MiB/s, 20000 msgs/s */
+    uint64_t peer_rate_msgs_per_s;
+    uint64_t http_body_bytes_max;   /* default 4 MiB */
+} node_config;
+
+/* Defaults for every field (paths empty). */
+void node_config_defaults(node_config *c);
+/* Reads an INI file (section [node], keys named like the fields: data_dir, genesis, key, listen,
+ * http, tls_cert, tls_key, observer, accept_observers, log_level (debug|info|warn|error),
+ * mempool_txs_max, mempool_nonce_window, block_interval_ms, batch_delay_ms,
+ * max_clock_drift_ms, peer_rate_bytes_per_s, peer_rate_msgs_per_s, http_body_bytes_max).
+ * NODE_OK or NODE_ECONFIG with a message in err. */
+TEM_WUR int node_config_load(node_config *c, const char *path, char *err, size_t errlen);
+/* Applies --data-dir, --genesis, --key, --listen, --http, --observer, --log-level, ... (the
+ * same names with dashes) over c. NODE_OK or NODE_ECONFIG. */
+TEM_WUR int node_config_flags(node_config *c, int argc, char **argv, char *err, size_t errlen);
+
+/* Runs the node until SIGTERM/SIGINT. Returns a process exit status (0 after a clean stop). */
+int node_run(const node_config *c);
+
+#endif
