@@ -1,0 +1,1213 @@
+/* test_pbft.c: Check suite for consensus/: every message handler fed hand-built messages (valid,
+ * wrong view, wrong signature, unknown sender, outside the watermarks, conflicting digest,
+ * replayed), the vote record across a restart, the normal case in a small lossless cluster, and
+ * the regression scenarios from the PBFT family's known failures. */
+#include "consensus/pbft.h"
+
+#include <check.h>
+#include <sodium.h>
+
+#define N_MAX 7
+
+static uint8_t k_pub[N_MAX][32], k_sec[N_MAX][64];
+static const uint8_t k_genesis[32] = {0x9e, 0x11, 0x55};
+
+static void keys(void) {
+    static bool done;
+    if (done) return;
+    ck_assert_int_ge(sodium_init(), 0);
+    for (int i = 0; i < N_MAX; i++) {
+        uint8_t seed[32];
+        memset(seed, 0x40 + i, 32);
+        ck_assert_int_eq(crypto_sign_seed_keypair(k_pub[i], k_sec[i], seed), 0);
+    }
+    done = true;
+}
+
+static int hash_bytes(void *ctx, const uint8_t *b, size_t len, uint8_t out[32]) {
+    (void)ctx;
+    if (len == 0) return -1;
+    ledger_sha256(out, b, len);
+    return 0;
+}
+
+static void config(pbft_config *c, uint32_t n, uint32_t self, uint32_t k) {
+    memset(c, 0, sizeof *c);
+    c->n = n;
+    c->self = self;
+    for (uint32_t i = 0; i < n; i++) memcpy(c->pubkeys[i], k_pub[i], 32);
+    memcpy(c->secret, k_sec[self], 64);
+    memcpy(c->genesis_hash, k_genesis, 32);
+    c->checkpoint_interval = k;
+    c->view_timeout_ms = 1000;
+    c->view_timeout_doublings_max = 4;
+    c->hash = hash_bytes;
+    memcpy(c->start_hash, k_genesis, 32);
+}
+
+/* A block for height h: any non-empty bytes hash to its identity here. */
+static size_t block(uint8_t out[16], uint64_t h, uint8_t variant) {
+    memcpy(out, "blk", 3);
+    tem_put_u64le(out + 3, h);
+    out[11] = variant;
+    memset(out + 12, 0, 4);
+    return 16;
+}
+
+/* ------------------------------------------------------------------ message builders */
+static uint8_t *msg_pp(uint32_t sender, uint64_t view, uint64_t h, const uint8_t *blk, size_t blen,
+                       size_t *len) {
+    uint8_t hash[32];
+    ledger_sha256(hash, blk, blen);
+    Tem__V1__PbftMessage m = TEM__V1__PBFT_MESSAGE__INIT;
+    Tem__V1__PbftPrePrepare p = TEM__V1__PBFT_PRE_PREPARE__INIT;
+    p.view = view;
+    p.height = h;
+    p.block_hash.data = hash;
+    p.block_hash.len = 32;
+    p.block.data = (uint8_t *)blk;
+    p.block.len = blen;
+    m.sender = sender;
+    m.kind_case = TEM__V1__PBFT_MESSAGE__KIND_PRE_PREPARE;
+    m.pre_prepare = &p;
+    uint8_t *out;
+    ck_assert_int_eq(pbft_msg_sign_pack(k_genesis, k_sec[sender % N_MAX], &m, &out, len), PBFT_OK);
+    return out;
+}
+
+static uint8_t *msg_vote(int kind, uint32_t sender, uint64_t view, uint64_t h,
+                         const uint8_t hash[32], size_t *len) {
+    Tem__V1__PbftMessage m = TEM__V1__PBFT_MESSAGE__INIT;
+    Tem__V1__PbftPrepare p = TEM__V1__PBFT_PREPARE__INIT;
+    Tem__V1__PbftCommit c = TEM__V1__PBFT_COMMIT__INIT;
+    Tem__V1__PbftCheckpoint k = TEM__V1__PBFT_CHECKPOINT__INIT;
+    m.sender = sender;
+    m.kind_case = kind;
+    if (kind == TEM__V1__PBFT_MESSAGE__KIND_PREPARE) {
+        p.view = view, p.height = h, p.block_hash.data = (uint8_t *)hash, p.block_hash.len = 32;
+        m.prepare = &p;
+    } else if (kind == TEM__V1__PBFT_MESSAGE__KIND_COMMIT) {
+        c.view = view, c.height = h, c.block_hash.data = (uint8_t *)hash, c.block_hash.len = 32;
+        m.commit = &c;
+    } else {
+        k.height = h, k.block_hash.data = (uint8_t *)hash, k.block_hash.len = 32;
+        m.checkpoint = &k;
+    }
+    uint8_t *out;
+    ck_assert_int_eq(pbft_msg_sign_pack(k_genesis, k_sec[sender % N_MAX], &m, &out, len), PBFT_OK);
+    return out;
+}
+
+/* Re-labels a signed message with another sender (its signature no longer matches). */
+static void relabel(uint8_t **buf, size_t *len, uint32_t sender) {
+    Tem__V1__PbftMessage *m = tem__v1__pbft_message__unpack(NULL, *len, *buf);
+    ck_assert_ptr_nonnull(m);
+    m->sender = sender;
+    size_t l = tem__v1__pbft_message__get_packed_size(m);
+    uint8_t *b = tem_malloc(l);
+    tem__v1__pbft_message__pack(m, b);
+    tem__v1__pbft_message__free_unpacked(m, NULL);
+    tem_free(*buf);
+    *buf = b;
+    *len = l;
+}
+
+static int feed(pbft_replica *r, pbft_actions *out, uint32_t from, const uint8_t *buf, size_t len) {
+    pbft_event ev = {0};
+    ev.kind = PBFT_EV_MESSAGE;
+    ev.from = from;
+    ev.data = buf;
+    ev.len = len;
+    return pbft_replica_step(r, &ev, out);
+}
+
+static uint32_t count_kind(const pbft_actions *a, pbft_action_kind k) {
+    uint32_t c = 0;
+    for (uint32_t i = 0; i < a->n; i++) c += a->a[i].kind == k;
+    return c;
+}
+
+static const pbft_action *find_kind(const pbft_actions *a, pbft_action_kind k) {
+    for (uint32_t i = 0; i < a->n; i++)
+        if (a->a[i].kind == k) return &a->a[i];
+    return NULL;
+}
+
+/* Kind of the message a SEND/BROADCAST carries. */
+static int msg_kind_of(const pbft_action *a) {
+    Tem__V1__PbftMessage *m = tem__v1__pbft_message__unpack(NULL, a->msg_len, a->msg);
+    ck_assert_ptr_nonnull(m);
+    int k = m->kind_case;
+    tem__v1__pbft_message__free_unpacked(m, NULL);
+    return k;
+}
+
+static uint32_t count_msgs(const pbft_actions *a, int kind) {
+    uint32_t c = 0;
+    for (uint32_t i = 0; i < a->n; i++)
+        if ((a->a[i].kind == PBFT_ACT_BROADCAST || a->a[i].kind == PBFT_ACT_SEND) &&
+            msg_kind_of(&a->a[i]) == kind)
+            c++;
+    return c;
+}
+
+/* ------------------------------------------------------------------ a small lossless cluster */
+typedef struct {
+    uint32_t to, from;
+    uint8_t *msg;
+    size_t len;
+} qmsg;
+
+typedef struct {
+    uint32_t n, k;
+    pbft_replica r[N_MAX];
+    bool up[N_MAX];
+    bool cut[N_MAX]; /* messages to and from a cut replica are dropped */
+    uint8_t *record[N_MAX];
+    size_t record_len[N_MAX];
+    uint64_t view_timer[N_MAX];
+    uint64_t view_timer_ms[N_MAX];
+    uint64_t max_height; /* proposals above this height wait */
+    uint64_t delivered_n[N_MAX];
+    uint8_t delivered[N_MAX][64][32];
+    uint8_t *blocks[N_MAX][64];
+    size_t block_len[N_MAX][64];
+    uint8_t *certs[N_MAX][64];
+    size_t cert_len[N_MAX][64];
+    qmsg *q;
+    size_t qn, qcap, qhead;
+    /* pending node work */
+    uint64_t want_proposal[N_MAX];
+    uint64_t want_fetch[N_MAX];
+    struct {
+        uint64_t h;
+        uint8_t hash[32];
+    } want_valid[N_MAX][8];
+    uint32_t want_valid_n[N_MAX];
+    uint8_t variant;
+    pbft_actions acts;
+} cluster;
+
+/* Node work whose outcome the cluster tests judge by delivered blocks, not by each return. */
+static void step_quiet(pbft_replica *r, const pbft_event *ev, pbft_actions *out) {
+    int rc = pbft_replica_step(r, ev, out);
+    ck_assert_int_ne(rc, PBFT_ENOMEM);
+    ck_assert_int_ne(rc, PBFT_EINVAL);
+}
+
+static void cl_actions(cluster *c, uint32_t i) {
+    pbft_actions *a = &c->acts;
+    for (uint32_t j = 0; j < a->n; j++) {
+        pbft_action *x = &a->a[j];
+        switch (x->kind) {
+        case PBFT_ACT_SEND:
+        case PBFT_ACT_BROADCAST:
+            for (uint32_t to = 0; to < c->n; to++) {
+                if (to == i || (x->kind == PBFT_ACT_SEND && x->to != to)) continue;
+                if (c->cut[to] || c->cut[i]) continue;
+                if (c->qn == c->qcap) {
+                    c->qcap = c->qcap ? 2 * c->qcap : 256;
+                    c->q = tem_realloc(c->q, c->qcap * sizeof *c->q);
+                    ck_assert_ptr_nonnull(c->q);
+                }
+                qmsg *m = &c->q[c->qn++];
+                m->to = to;
+                m->from = i;
+                m->msg = tem_malloc(x->msg_len);
+                memcpy(m->msg, x->msg, x->msg_len);
+                m->len = x->msg_len;
+            }
+            break;
+        case PBFT_ACT_PERSIST:
+            tem_free(c->record[i]);
+            c->record[i] = tem_malloc(x->msg_len);
+            memcpy(c->record[i], x->msg, x->msg_len);
+            c->record_len[i] = x->msg_len;
+            break;
+        case PBFT_ACT_SET_TIMER:
+            if (x->timer == PBFT_TIMER_VIEW) {
+                c->view_timer[i] = x->timer_seq;
+                c->view_timer_ms[i] = x->duration_ms;
+            }
+            break;
+        case PBFT_ACT_CANCEL_TIMER:
+            break;
+        case PBFT_ACT_DELIVER: {
+            uint64_t h = x->height;
+            ck_assert_uint_eq(h, c->delivered_n[i] + 1);
+            ck_assert_uint_lt(h, 64);
+            memcpy(c->delivered[i][h], x->block_hash, 32);
+            c->blocks[i][h] = tem_malloc(x->msg_len);
+            memcpy(c->blocks[i][h], x->msg, x->msg_len);
+            c->block_len[i][h] = x->msg_len;
+            c->certs[i][h] = tem_malloc(x->cert_len);
+            memcpy(c->certs[i][h], x->cert, x->cert_len);
+            c->cert_len[i][h] = x->cert_len;
+            c->delivered_n[i] = h;
+            break;
+        }
+        case PBFT_ACT_REQUEST_PROPOSAL:
+            c->want_proposal[i] = x->height;
+            break;
+        case PBFT_ACT_REQUEST_VALIDATION:
+            ck_assert_uint_lt(c->want_valid_n[i], 8);
+            c->want_valid[i][c->want_valid_n[i]].h = x->height;
+            memcpy(c->want_valid[i][c->want_valid_n[i]].hash, x->block_hash, 32);
+            c->want_valid_n[i]++;
+            break;
+        case PBFT_ACT_REQUEST_BLOCKS:
+            c->want_fetch[i] = x->height;
+            break;
+        }
+    }
+    pbft_actions_clear(a);
+}
+
+static void cl_boot(cluster *c, uint32_t i) {
+    pbft_config cfg;
+    config(&cfg, c->n, i, c->k);
+    uint64_t h = c->delivered_n[i];
+    if (h > 0) {
+        cfg.start_height = h;
+        memcpy(cfg.start_hash, c->delivered[i][h], 32);
+        cfg.start_cert = c->certs[i][h];
+        cfg.start_cert_len = c->cert_len[i][h];
+    }
+    ck_assert_int_eq(pbft_replica_init(&c->r[i], &cfg), PBFT_OK);
+    if (c->record[i])
+        ck_assert_int_eq(pbft_replica_restore(&c->r[i], c->record[i], c->record_len[i]), PBFT_OK);
+    ck_assert_int_eq(pbft_replica_start(&c->r[i], &c->acts), PBFT_OK);
+    c->up[i] = true;
+    cl_actions(c, i);
+}
+
+static void cl_init(cluster *c, uint32_t n, uint32_t k) {
+    keys();
+    memset(c, 0, sizeof *c);
+    c->n = n;
+    c->k = k;
+    c->max_height = 40;
+    pbft_actions_init(&c->acts);
+    for (uint32_t i = 0; i < n; i++) cl_boot(c, i);
+}
+
+static void cl_crash(cluster *c, uint32_t i) {
+    pbft_replica_free(&c->r[i]);
+    c->up[i] = false;
+    c->want_proposal[i] = 0;
+    c->want_fetch[i] = 0;
+    c->want_valid_n[i] = 0;
+}
+
+static void cl_free(cluster *c) {
+    for (uint32_t i = 0; i < c->n; i++) {
+        if (c->up[i]) pbft_replica_free(&c->r[i]);
+        tem_free(c->record[i]);
+        for (int h = 0; h < 64; h++) {
+            tem_free(c->blocks[i][h]);
+            tem_free(c->certs[i][h]);
+        }
+    }
+    for (size_t j = c->qhead; j < c->qn; j++) tem_free(c->q[j].msg);
+    tem_free(c->q);
+    pbft_actions_clear(&c->acts);
+}
+
+static void cl_fire_view_timer(cluster *c, uint32_t i) {
+    pbft_event ev = {0};
+    ev.kind = PBFT_EV_TIMER;
+    ev.timer = PBFT_TIMER_VIEW;
+    ev.timer_seq = c->view_timer[i];
+    ck_assert_int_eq(pbft_replica_step(&c->r[i], &ev, &c->acts), PBFT_OK);
+    cl_actions(c, i);
+}
+
+/* Runs messages and node work until nothing is left (or `budget` steps). Returns steps run. */
+static uint32_t cl_run(cluster *c, uint32_t budget) {
+    uint32_t steps = 0;
+    bool work = true;
+    while (work && steps < budget) {
+        work = false;
+        while (c->qhead < c->qn && steps < budget) {
+            qmsg m = c->q[c->qhead++];
+            steps++;
+            work = true;
+            if (c->up[m.to] && !c->cut[m.to] && !c->cut[m.from]) {
+                int rc = feed(&c->r[m.to], &c->acts, m.from, m.msg, m.len);
+                ck_assert_int_ne(rc, PBFT_ENOMEM);
+                cl_actions(c, m.to);
+            }
+            tem_free(m.msg);
+        }
+        for (uint32_t i = 0; i < c->n; i++) {
+            if (!c->up[i] || c->cut[i]) continue;
+            if (c->want_proposal[i] && c->want_proposal[i] <= c->max_height) {
+                uint64_t h = c->want_proposal[i];
+                c->want_proposal[i] = 0;
+                uint8_t blk[16];
+                size_t bl = block(blk, h, c->variant);
+                pbft_event ev = {0};
+                ev.kind = PBFT_EV_PROPOSAL;
+                ev.height = h;
+                ev.data = blk;
+                ev.len = bl;
+                step_quiet(&c->r[i], &ev, &c->acts);
+                cl_actions(c, i);
+                work = true;
+            }
+            while (c->want_valid_n[i] > 0) {
+                uint32_t k = --c->want_valid_n[i];
+                pbft_event ev = {0};
+                ev.kind = PBFT_EV_VALIDATED;
+                ev.height = c->want_valid[i][k].h;
+                memcpy(ev.block_hash, c->want_valid[i][k].hash, 32);
+                ev.ok = true;
+                step_quiet(&c->r[i], &ev, &c->acts);
+                cl_actions(c, i);
+                work = true;
+            }
+            if (c->want_fetch[i]) {
+                uint64_t from = c->want_fetch[i];
+                c->want_fetch[i] = 0;
+                uint32_t best = i;
+                for (uint32_t j = 0; j < c->n; j++)
+                    if (c->up[j] && !c->cut[j] && c->delivered_n[j] > c->delivered_n[best]) best = j;
+                for (uint64_t h = from; h <= c->delivered_n[best]; h++) {
+                    pbft_event ev = {0};
+                    ev.kind = PBFT_EV_BLOCK_FETCHED;
+                    ev.height = h;
+                    ev.data = c->blocks[best][h];
+                    ev.len = c->block_len[best][h];
+                    ev.cert = c->certs[best][h];
+                    ev.cert_len = c->cert_len[best][h];
+                    step_quiet(&c->r[i], &ev, &c->acts);
+                    cl_actions(c, i);
+                }
+                work = true;
+            }
+        }
+    }
+    return steps;
+}
+
+static void cl_assert_agreement(const cluster *c) {
+    for (uint32_t i = 0; i < c->n; i++)
+        for (uint32_t j = 0; j < c->n; j++) {
+            uint64_t m = c->delivered_n[i] < c->delivered_n[j] ? c->delivered_n[i] : c->delivered_n[j];
+            for (uint64_t h = 1; h <= m; h++)
+                ck_assert_msg(memcmp(c->delivered[i][h], c->delivered[j][h], 32) == 0,
+                              "replicas %u and %u differ at height %llu", i, j,
+                              (unsigned long long)h);
+        }
+}
+
+static uint64_t cl_min_delivered(const cluster *c) {
+    uint64_t m = UINT64_MAX;
+    for (uint32_t i = 0; i < c->n; i++)
+        if (c->up[i] && !c->cut[i] && c->delivered_n[i] < m) m = c->delivered_n[i];
+    return m;
+}
+
+/* Lets the chain grow to height h and runs until the cluster is quiet. */
+static void cl_run_to(cluster *c, uint64_t h) {
+    c->max_height = h;
+    cl_run(c, 1000000);
+}
+
+/* ================================================================== tests */
+
+START_TEST(pbft_error_codes_have_names_in_their_range) {
+    ck_assert_str_eq(pbft_strerror(PBFT_OK), "ok");
+    int codes[] = {
+#define PBFT_X(name, val, msg) PBFT_##name,
+        PBFT_ERRNO_MAP(PBFT_X)
+#undef PBFT_X
+    };
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        ck_assert_int_le(codes[i], -200);
+        ck_assert_int_gt(codes[i], -300);
+        ck_assert_str_ne(pbft_strerror(codes[i]), "unknown pbft error");
+    }
+    ck_assert_str_eq(pbft_strerror(-1), "unknown pbft error");
+    ck_assert_int_eq(pbft_planted_bug_by_name("prepare-quorum-f1"), PBFT_BUG_PREPARE_QUORUM_F1);
+    ck_assert_int_eq(pbft_planted_bug_by_name("nope"), -1);
+    ck_assert_ptr_null(pbft_planted_bug_name(PBFT_BUG_COUNT));
+}
+END_TEST
+
+START_TEST(pbft_init_rejects_bad_configs) {
+    keys();
+    struct {
+        const char *name;
+        uint32_t n, self, k;
+        uint64_t timeout;
+        bool no_hash;
+    } rows[] = {
+        {"three validators", 3, 0, 4, 1000, false},
+        {"self out of range", 4, 4, 4, 1000, false},
+        {"zero checkpoint interval", 4, 0, 0, 1000, false},
+        {"checkpoint interval above the log", 4, 0, PBFT_CHECKPOINT_INTERVAL_MAX + 1, 1000, false},
+        {"zero timeout", 4, 0, 4, 0, false},
+        {"no hash callback", 4, 0, 4, 1000, true},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        pbft_config cfg;
+        config(&cfg, 4, 0, 4);
+        cfg.n = rows[i].n;
+        cfg.self = rows[i].self;
+        cfg.checkpoint_interval = rows[i].k;
+        cfg.view_timeout_ms = rows[i].timeout;
+        if (rows[i].no_hash) cfg.hash = NULL;
+        pbft_replica r;
+        ck_assert_msg(pbft_replica_init(&r, &cfg) == PBFT_EINVAL, "row %s", rows[i].name);
+    }
+    /* A start height needs the certificate of that block. */
+    pbft_config cfg;
+    config(&cfg, 4, 0, 4);
+    cfg.start_height = 5;
+    pbft_replica r;
+    ck_assert_int_eq(pbft_replica_init(&r, &cfg), PBFT_EINVAL);
+}
+END_TEST
+
+/* A replica (index 1 of 4, view 0, K = 4 so the window is heights 1..8) and a valid block. */
+typedef struct {
+    pbft_replica r;
+    pbft_actions out;
+    uint8_t blk[16];
+    size_t blen;
+    uint8_t hash[32];
+} one;
+
+static void one_init(one *o, uint32_t self) {
+    keys();
+    pbft_config cfg;
+    config(&cfg, 4, self, 4);
+    ck_assert_int_eq(pbft_replica_init(&o->r, &cfg), PBFT_OK);
+    pbft_actions_init(&o->out);
+    ck_assert_int_eq(pbft_replica_start(&o->r, &o->out), PBFT_OK);
+    ck_assert_int_eq(count_kind(&o->out, PBFT_ACT_SET_TIMER), 1);
+    pbft_actions_clear(&o->out);
+    o->blen = block(o->blk, 1, 0);
+    ledger_sha256(o->hash, o->blk, o->blen);
+}
+
+static void one_free(one *o) {
+    pbft_actions_clear(&o->out);
+    pbft_replica_free(&o->r);
+}
+
+START_TEST(pbft_pre_prepare_handler_accepts_only_what_it_should) {
+    struct {
+        const char *name;
+        uint32_t sender, signer;
+        uint64_t view, height;
+        int variant; /* block variant; -1 = hash of another block */
+        int want;
+    } rows[] = {
+        {"valid", 0, 0, 0, 1, 0, PBFT_OK},
+        {"from a replica that is not the primary", 2, 2, 0, 1, 0, PBFT_EVIEW},
+        {"for a view below the current one", 0, 0, 0, 1, 0, PBFT_EVIEW}, /* replica moved to 4 */
+        {"wrong signature", 0, 3, 0, 1, 0, PBFT_ESIG},
+        {"unknown sender", 9, 0, 0, 1, 0, PBFT_ESENDER},
+        {"above the high watermark", 0, 0, 0, 9, 0, PBFT_EWATERMARK},
+        {"at height zero", 0, 0, 0, 0, 0, PBFT_EWATERMARK},
+        {"block not matching its hash", 0, 0, 0, 1, -1, PBFT_EHASH},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        one o;
+        one_init(&o, 1);
+        if (i == 2) {
+            /* Move the replica to view 4 (primary 0 again) through four timeouts' worth of
+             * f+1 VIEW-CHANGEs is long; a restored record does the same. */
+            Tem__V1__PbftVoteRecord rec = TEM__V1__PBFT_VOTE_RECORD__INIT;
+            rec.view = 4;
+            uint8_t buf[16];
+            size_t l = tem__v1__pbft_vote_record__pack(&rec, buf);
+            pbft_replica_free(&o.r);
+            pbft_config cfg;
+            config(&cfg, 4, 1, 4);
+            ck_assert_int_eq(pbft_replica_init(&o.r, &cfg), PBFT_OK);
+            ck_assert_int_eq(pbft_replica_restore(&o.r, buf, l), PBFT_OK);
+            ck_assert_int_eq(pbft_replica_start(&o.r, &o.out), PBFT_OK);
+            pbft_actions_clear(&o.out);
+        }
+        uint8_t blk[16];
+        size_t bl = block(blk, rows[i].height, 0);
+        size_t len;
+        uint8_t *m = msg_pp(rows[i].signer, rows[i].view, rows[i].height, blk, bl, &len);
+        if (rows[i].sender != rows[i].signer) relabel(&m, &len, rows[i].sender);
+        if (rows[i].variant < 0) {
+            /* Same signed header, different block bytes. */
+            Tem__V1__PbftMessage *d = tem__v1__pbft_message__unpack(NULL, len, m);
+            d->pre_prepare->block.data[11] ^= 1;
+            size_t l2 = tem__v1__pbft_message__get_packed_size(d);
+            uint8_t *b2 = tem_malloc(l2);
+            tem__v1__pbft_message__pack(d, b2);
+            tem__v1__pbft_message__free_unpacked(d, NULL);
+            tem_free(m);
+            m = b2;
+            len = l2;
+        }
+        int rc = feed(&o.r, &o.out, 0, m, len);
+        ck_assert_msg(rc == rows[i].want, "row '%s': got %s", rows[i].name, pbft_strerror(rc));
+        if (rc == PBFT_OK) {
+            /* Accepted: the block goes to the node for validation before any vote. */
+            const pbft_action *v = find_kind(&o.out, PBFT_ACT_REQUEST_VALIDATION);
+            ck_assert_ptr_nonnull(v);
+            ck_assert_uint_eq(v->height, 1);
+            ck_assert_int_eq(count_msgs(&o.out, TEM__V1__PBFT_MESSAGE__KIND_PREPARE), 0);
+        } else {
+            ck_assert_msg(o.out.n == 0, "row '%s' produced actions", rows[i].name);
+        }
+        tem_free(m);
+        one_free(&o);
+    }
+}
+END_TEST
+
+START_TEST(pbft_pre_prepare_replayed_or_conflicting_is_refused) {
+    one o;
+    one_init(&o, 1);
+    size_t len, len2;
+    uint8_t *m = msg_pp(0, 0, 1, o.blk, o.blen, &len);
+    ck_assert_int_eq(feed(&o.r, &o.out, 0, m, len), PBFT_OK);
+    pbft_actions_clear(&o.out);
+    ck_assert_int_eq(feed(&o.r, &o.out, 0, m, len), PBFT_EDUP);
+    uint8_t other[16];
+    size_t ol = block(other, 1, 7);
+    uint8_t *m2 = msg_pp(0, 0, 1, other, ol, &len2);
+    ck_assert_int_eq(feed(&o.r, &o.out, 0, m2, len2), PBFT_ECONFLICT);
+    ck_assert_uint_eq(o.out.n, 0);
+    /* Validation of the first block makes the replica PREPARE it, persisted first. */
+    pbft_event ev = {0};
+    ev.kind = PBFT_EV_VALIDATED;
+    ev.height = 1;
+    memcpy(ev.block_hash, o.hash, 32);
+    ev.ok = true;
+    ck_assert_int_eq(pbft_replica_step(&o.r, &ev, &o.out), PBFT_OK);
+    ck_assert_uint_ge(o.out.n, 2);
+    ck_assert_int_eq(o.out.a[0].kind, PBFT_ACT_PERSIST);
+    ck_assert_int_eq(o.out.a[1].kind, PBFT_ACT_BROADCAST);
+    ck_assert_int_eq(msg_kind_of(&o.out.a[1]), TEM__V1__PBFT_MESSAGE__KIND_PREPARE);
+    /* The same answer twice is stale. */
+    pbft_actions_clear(&o.out);
+    ck_assert_int_eq(pbft_replica_step(&o.r, &ev, &o.out), PBFT_ESTALE);
+    tem_free(m);
+    tem_free(m2);
+    one_free(&o);
+}
+END_TEST
+
+/* PREPARE and COMMIT share a table: sender, signer, view, height, which block. */
+static void vote_table(int kind) {
+    struct {
+        const char *name;
+        uint32_t sender, signer;
+        uint64_t view, height;
+        int want;
+    } rows[] = {
+        {"valid", 2, 2, 0, 1, PBFT_OK},
+        {"wrong signature", 2, 3, 0, 1, PBFT_ESIG},
+        {"unknown sender", 4, 2, 0, 1, PBFT_ESENDER},
+        {"above the high watermark", 2, 2, 0, 9, PBFT_EWATERMARK},
+        {"own index echoed back", 1, 1, 0, 1, PBFT_EDUP},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        one o;
+        one_init(&o, 1);
+        size_t len;
+        uint8_t *m = msg_vote(kind, rows[i].signer, rows[i].view, rows[i].height, o.hash, &len);
+        if (rows[i].sender != rows[i].signer) relabel(&m, &len, rows[i].sender);
+        int rc = feed(&o.r, &o.out, 2, m, len);
+        ck_assert_msg(rc == rows[i].want, "kind %d row '%s': got %s", kind, rows[i].name,
+                      pbft_strerror(rc));
+        if (rc == PBFT_OK) {
+            /* Replayed: the same vote again. */
+            ck_assert_int_eq(feed(&o.r, &o.out, 2, m, len), PBFT_EDUP);
+            /* Conflicting: the same sender, view and height, another block. */
+            uint8_t other[32];
+            memset(other, 0x33, 32);
+            size_t l2;
+            uint8_t *m2 = msg_vote(kind, 2, 0, 1, other, &l2);
+            ck_assert_int_eq(feed(&o.r, &o.out, 2, m2, l2), PBFT_ECONFLICT);
+            tem_free(m2);
+        }
+        ck_assert_uint_eq(o.out.n, 0);
+        tem_free(m);
+        one_free(&o);
+    }
+}
+
+START_TEST(pbft_prepare_handler_table) {
+    vote_table(TEM__V1__PBFT_MESSAGE__KIND_PREPARE);
+    /* A PREPARE from the view's primary is not a thing: its pre-prepare is its vote. */
+    one o;
+    one_init(&o, 1);
+    size_t len;
+    uint8_t *m = msg_vote(TEM__V1__PBFT_MESSAGE__KIND_PREPARE, 0, 0, 1, o.hash, &len);
+    ck_assert_int_eq(feed(&o.r, &o.out, 0, m, len), PBFT_EVIEW);
+    tem_free(m);
+    one_free(&o);
+}
+END_TEST
+
+START_TEST(pbft_commit_handler_table) { vote_table(TEM__V1__PBFT_MESSAGE__KIND_COMMIT); }
+END_TEST
+
+START_TEST(pbft_malformed_messages_are_refused_without_actions) {
+    one o;
+    one_init(&o, 1);
+    uint8_t junk[64];
+    for (size_t i = 0; i < sizeof junk; i++) junk[i] = (uint8_t)(i * 37 + 11);
+    ck_assert_int_eq(feed(&o.r, &o.out, 0, junk, sizeof junk), PBFT_EDECODE);
+    ck_assert_int_eq(feed(&o.r, &o.out, 0, junk, 0), PBFT_EDECODE);
+    /* A vote whose hash is not 32 bytes. */
+    uint8_t h31[32] = {0};
+    size_t len;
+    uint8_t *m = msg_vote(TEM__V1__PBFT_MESSAGE__KIND_COMMIT, 2, 0, 1, h31, &len);
+    Tem__V1__PbftMessage *d = tem__v1__pbft_message__unpack(NULL, len, m);
+    d->commit->block_hash.len = 31;
+    size_t l2 = tem__v1__pbft_message__get_packed_size(d);
+    uint8_t *b2 = tem_malloc(l2);
+    tem__v1__pbft_message__pack(d, b2);
+    tem__v1__pbft_message__free_unpacked(d, NULL);
+    ck_assert_int_eq(feed(&o.r, &o.out, 2, b2, l2), PBFT_EDECODE);
+    /* Every truncation of a valid pre-prepare is refused or ignored, never accepted. */
+    size_t pl;
+    uint8_t *pp = msg_pp(0, 0, 1, o.blk, o.blen, &pl);
+    for (size_t cut = 0; cut < pl; cut++) ck_assert_int_ne(feed(&o.r, &o.out, 0, pp, cut), PBFT_OK);
+    ck_assert_uint_eq(o.out.n, 0);
+    ck_assert_int_eq(feed(&o.r, &o.out, 0, pp, pl), PBFT_OK);
+    tem_free(pp);
+    tem_free(m);
+    tem_free(b2);
+    one_free(&o);
+}
+END_TEST
+
+START_TEST(pbft_checkpoint_handler_table_and_stability) {
+    one o;
+    one_init(&o, 1);
+    uint8_t h[32];
+    memset(h, 0x5c, 32);
+    struct {
+        const char *name;
+        uint32_t sender, signer;
+        uint64_t height;
+        int want;
+    } rows[] = {
+        {"not a multiple of K", 2, 2, 3, PBFT_EDECODE},
+        {"wrong signature", 2, 0, 4, PBFT_ESIG},
+        {"unknown sender", 7, 2, 4, PBFT_ESENDER},
+        {"valid", 2, 2, 4, PBFT_OK},
+        {"replayed", 2, 2, 4, PBFT_EDUP},
+        {"second valid", 3, 3, 4, PBFT_OK},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        size_t len;
+        uint8_t *m = msg_vote(TEM__V1__PBFT_MESSAGE__KIND_CHECKPOINT, rows[i].signer, 0,
+                              rows[i].height, h, &len);
+        if (rows[i].sender != rows[i].signer) relabel(&m, &len, rows[i].sender);
+        int rc = feed(&o.r, &o.out, rows[i].sender, m, len);
+        ck_assert_msg(rc == rows[i].want, "row '%s': got %s", rows[i].name, pbft_strerror(rc));
+        tem_free(m);
+    }
+    /* Two of the three needed: not stable yet. But f+1 validators are past height 1, so one
+     * honest replica has blocks this one lacks: it asks for them. */
+    ck_assert_uint_eq(pbft_replica_stable(&o.r), 0);
+    const pbft_action *f = find_kind(&o.out, PBFT_ACT_REQUEST_BLOCKS);
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(f->height, 1);
+    /* A conflicting checkpoint from 2 is refused. */
+    uint8_t other[32];
+    memset(other, 0x77, 32);
+    size_t len;
+    uint8_t *m = msg_vote(TEM__V1__PBFT_MESSAGE__KIND_CHECKPOINT, 2, 0, 4, other, &len);
+    ck_assert_int_eq(feed(&o.r, &o.out, 2, m, len), PBFT_ECONFLICT);
+    tem_free(m);
+    pbft_actions_clear(&o.out);
+    m = msg_vote(TEM__V1__PBFT_MESSAGE__KIND_CHECKPOINT, 0, 0, 4, h, &len);
+    ck_assert_int_eq(feed(&o.r, &o.out, 0, m, len), PBFT_OK);
+    tem_free(m);
+    /* Stable at 4 with 2f+1 signatures, beyond what this replica delivered. */
+    ck_assert_uint_eq(pbft_replica_stable(&o.r), 4);
+    /* Below the stable checkpoint now: a pre-prepare at height 2 is outside the watermarks. */
+    pbft_actions_clear(&o.out);
+    uint8_t b2[16];
+    size_t bl = block(b2, 2, 0);
+    uint8_t *pp = msg_pp(0, 0, 2, b2, bl, &len);
+    ck_assert_int_eq(feed(&o.r, &o.out, 0, pp, len), PBFT_EWATERMARK);
+    tem_free(pp);
+    one_free(&o);
+}
+END_TEST
+
+START_TEST(pbft_cluster_of_four_commits_blocks_with_valid_certificates) {
+    for (uint32_t n = 4; n <= 7; n += 3) {
+        cluster *c = tem_calloc(1, sizeof *c);
+        cl_init(c, n, 4);
+        cl_run_to(c, 20);
+        ck_assert_uint_eq(cl_min_delivered(c), 20);
+        cl_assert_agreement(c);
+        for (uint64_t h = 1; h <= 20; h++) {
+            uint64_t view = 99;
+            ck_assert_int_eq(pbft_cert_check(&c->r[0], c->certs[1][h], c->cert_len[1][h], h,
+                                             c->delivered[1][h], &view),
+                             PBFT_OK);
+            ck_assert_uint_eq(view, 0);
+        }
+        /* Checkpoints every 4 blocks became stable and trimmed the log. */
+        ck_assert_uint_ge(pbft_replica_stable(&c->r[2]), 16);
+        cl_free(c);
+        tem_free(c);
+    }
+}
+END_TEST
+
+START_TEST(pbft_restored_votes_stop_a_second_block_at_the_same_view_and_height) {
+    one o;
+    one_init(&o, 1);
+    size_t len;
+    uint8_t *m = msg_pp(0, 0, 1, o.blk, o.blen, &len);
+    ck_assert_int_eq(feed(&o.r, &o.out, 0, m, len), PBFT_OK);
+    pbft_actions_clear(&o.out);
+    pbft_event ev = {0};
+    ev.kind = PBFT_EV_VALIDATED;
+    ev.height = 1;
+    memcpy(ev.block_hash, o.hash, 32);
+    ev.ok = true;
+    ck_assert_int_eq(pbft_replica_step(&o.r, &ev, &o.out), PBFT_OK);
+    const pbft_action *p = find_kind(&o.out, PBFT_ACT_PERSIST);
+    ck_assert_ptr_nonnull(p);
+    size_t rlen = p->msg_len;
+    uint8_t *rec = tem_malloc(rlen);
+    memcpy(rec, p->msg, rlen);
+    one_free(&o);
+
+    /* Restart: the record says it prepared block 1 in view 0. A pre-prepare for another block
+     * at (0, 1), say from a primary that restarted without its own record, is refused. */
+    pbft_config cfg;
+    config(&cfg, 4, 1, 4);
+    pbft_replica r;
+    pbft_actions out;
+    pbft_actions_init(&out);
+    ck_assert_int_eq(pbft_replica_init(&r, &cfg), PBFT_OK);
+    ck_assert_int_eq(pbft_replica_restore(&r, rec, rlen), PBFT_OK);
+    ck_assert_int_eq(pbft_replica_start(&r, &out), PBFT_OK);
+    pbft_actions_clear(&out);
+    uint8_t other[16];
+    size_t ol = block(other, 1, 9);
+    size_t l2;
+    uint8_t *m2 = msg_pp(0, 0, 1, other, ol, &l2);
+    ck_assert_int_eq(feed(&r, &out, 0, m2, l2), PBFT_ECONFLICT);
+    ck_assert_uint_eq(out.n, 0);
+    /* The original block is still fine. */
+    ck_assert_int_eq(feed(&r, &out, 0, m, len), PBFT_OK);
+    /* A damaged record restores nothing. */
+    pbft_replica r2;
+    ck_assert_int_eq(pbft_replica_init(&r2, &cfg), PBFT_OK);
+    ck_assert_int_eq(pbft_replica_restore(&r2, rec, rlen / 2), PBFT_ERECORD);
+    ck_assert_uint_eq(pbft_replica_view(&r2), 0);
+    pbft_replica_free(&r2);
+    pbft_actions_clear(&out);
+    pbft_replica_free(&r);
+    tem_free(rec);
+    tem_free(m);
+    tem_free(m2);
+}
+END_TEST
+
+START_TEST(pbft_view_change_replaces_a_silent_primary_and_keeps_committed_blocks) {
+    cluster *c = tem_calloc(1, sizeof *c);
+    cl_init(c, 4, 4);
+    cl_run_to(c, 3);
+    cl_run(c, 200000);
+    uint64_t before = cl_min_delivered(c);
+    ck_assert_uint_ge(before, 3);
+    /* Primary 0 goes silent; the others time out and move to view 1 (primary 1). */
+    c->cut[0] = true;
+    for (uint32_t i = 1; i < 4; i++) cl_fire_view_timer(c, i);
+    cl_run(c, 200000);
+    for (uint32_t i = 1; i < 4; i++) {
+        ck_assert_uint_eq(pbft_replica_view(&c->r[i]), 1);
+        ck_assert(!pbft_replica_in_view_change(&c->r[i]));
+    }
+    cl_run_to(c, before + 5);
+    ck_assert_uint_ge(cl_min_delivered(c), before + 5);
+    cl_assert_agreement(c);
+    /* The old primary comes back, learns the view from f+1 VIEW-CHANGEs or the NEW-VIEW
+     * re-sent to it, and catches up by fetching. */
+    c->cut[0] = false;
+    cl_fire_view_timer(c, 0);
+    cl_run_to(c, before + 10);
+    ck_assert_uint_eq(pbft_replica_view(&c->r[0]), 1);
+    ck_assert_uint_ge(c->delivered_n[0], before + 8);
+    cl_assert_agreement(c);
+    cl_free(c);
+    tem_free(c);
+}
+END_TEST
+
+/* Regression: a view-change storm. Timeouts keep firing while the new primary is still
+ * collecting VIEW-CHANGEs; replicas must not race ahead through views on their own. */
+START_TEST(pbft_regression_view_change_storm_does_not_run_views_away) {
+    cluster *c = tem_calloc(1, sizeof *c);
+    cl_init(c, 4, 4);
+    cl_run_to(c, 2);
+    cl_run(c, 200000);
+    /* Primary 0 and replica 3 are cut off: only 1 and 2 ask for view 1, short of 2f+1. */
+    c->cut[0] = c->cut[3] = true;
+    for (uint32_t i = 1; i <= 2; i++) cl_fire_view_timer(c, i);
+    cl_run(c, 200000);
+    for (int storm = 0; storm < 10; storm++) {
+        for (uint32_t i = 1; i <= 2; i++) cl_fire_view_timer(c, i);
+        cl_run(c, 200000);
+    }
+    for (uint32_t i = 1; i <= 2; i++) {
+        ck_assert_uint_eq(pbft_replica_view(&c->r[i]), 1);
+        ck_assert(pbft_replica_in_view_change(&c->r[i]));
+    }
+    /* Replica 3 returns and times out too: 2f+1 for view 1, primary 1 sends NEW-VIEW. */
+    c->cut[3] = false;
+    cl_fire_view_timer(c, 3);
+    cl_run(c, 200000);
+    uint64_t base = cl_min_delivered(c);
+    cl_run_to(c, base + 3);
+    ck_assert_uint_ge(cl_min_delivered(c), base + 3);
+    for (uint32_t i = 1; i < 4; i++) ck_assert_uint_eq(pbft_replica_view(&c->r[i]), 1);
+    cl_assert_agreement(c);
+    cl_free(c);
+    tem_free(c);
+}
+END_TEST
+
+/* Regression: a checkpoint becomes stable while a view change is under way. */
+START_TEST(pbft_regression_checkpoint_stable_during_view_change) {
+    cluster *c = tem_calloc(1, sizeof *c);
+    cl_init(c, 4, 2);
+    /* Replica 3 misses blocks 1..4 (cut off); the others deliver them and checkpoint 2 and 4. */
+    c->cut[3] = true;
+    cl_run_to(c, 4);
+    cl_run(c, 2000);
+    /* Replica 3 times out alone and starts a view change. */
+    c->cut[3] = false;
+    cl_fire_view_timer(c, 3);
+    ck_assert(pbft_replica_in_view_change(&c->r[3]));
+    uint64_t stable_before = pbft_replica_stable(&c->r[3]);
+    /* The others' next checkpoint reaches it while it is still in the view change. */
+    cl_run(c, 200000);
+    cl_run_to(c, 6);
+    ck_assert_uint_gt(pbft_replica_stable(&c->r[3]), stable_before);
+    ck_assert_uint_ge(c->delivered_n[3], 6);
+    cl_assert_agreement(c);
+    /* Once the others give up on view 0 as well, the view change completes for everyone. */
+    for (uint32_t i = 0; i < 3; i++) cl_fire_view_timer(c, i);
+    cl_run(c, 200000);
+    uint64_t base = cl_min_delivered(c);
+    cl_run_to(c, base + 2);
+    ck_assert_uint_ge(cl_min_delivered(c), base + 2);
+    for (uint32_t i = 0; i < 4; i++) ck_assert(!pbft_replica_in_view_change(&c->r[i]));
+    cl_assert_agreement(c);
+    cl_free(c);
+    tem_free(c);
+}
+END_TEST
+
+/* Regression: a replica restarts in the middle of a view change. */
+START_TEST(pbft_regression_restart_mid_view_change_resumes_it) {
+    cluster *c = tem_calloc(1, sizeof *c);
+    cl_init(c, 4, 4);
+    cl_run_to(c, 2);
+    cl_run(c, 200000);
+    c->cut[0] = true;
+    for (uint32_t i = 1; i < 4; i++) cl_fire_view_timer(c, i);
+    /* Replica 2 crashes right after its VIEW-CHANGE was persisted and sent. */
+    cl_crash(c, 2);
+    cl_run(c, 200000);
+    cl_boot(c, 2);
+    ck_assert_uint_eq(pbft_replica_view(&c->r[2]), 1);
+    cl_run(c, 200000);
+    uint64_t base = cl_min_delivered(c);
+    cl_run_to(c, base + 3);
+    ck_assert_uint_ge(cl_min_delivered(c), base + 3);
+    ck_assert(!pbft_replica_in_view_change(&c->r[2]));
+    ck_assert_uint_eq(pbft_replica_view(&c->r[2]), 1);
+    cl_assert_agreement(c);
+    cl_free(c);
+    tem_free(c);
+}
+END_TEST
+
+/* Regression: a primary proposes at a height at or below the stable checkpoint. */
+START_TEST(pbft_regression_primary_proposing_below_stable_checkpoint_is_ignored) {
+    cluster *c = tem_calloc(1, sizeof *c);
+    cl_init(c, 4, 2);
+    cl_run_to(c, 5);
+    cl_run(c, 200000);
+    ck_assert_uint_ge(pbft_replica_stable(&c->r[1]), 4);
+    pbft_actions out;
+    pbft_actions_init(&out);
+    for (uint64_t h = 1; h <= 4; h++) {
+        uint8_t blk[16];
+        size_t bl = block(blk, h, 0xbd);
+        size_t len;
+        uint8_t *m = msg_pp(0, 0, h, blk, bl, &len);
+        int rc = feed(&c->r[1], &out, 0, m, len);
+        ck_assert_msg(rc == PBFT_EWATERMARK || rc == PBFT_ESTALE, "height %llu: %s",
+                      (unsigned long long)h, pbft_strerror(rc));
+        ck_assert_uint_eq(out.n, 0);
+        tem_free(m);
+    }
+    pbft_actions_clear(&out);
+    cl_free(c);
+    tem_free(c);
+}
+END_TEST
+
+START_TEST(pbft_fetched_blocks_need_a_valid_certificate) {
+    cluster *c = tem_calloc(1, sizeof *c);
+    cl_init(c, 4, 4);
+    cl_run_to(c, 3);
+    cl_run(c, 2000);
+    one o;
+    one_init(&o, 3);
+    pbft_event ev = {0};
+    ev.kind = PBFT_EV_BLOCK_FETCHED;
+    ev.height = 1;
+    ev.data = c->blocks[0][1];
+    ev.len = c->block_len[0][1];
+    /* The certificate of another height, then a truncated one, then a certificate whose
+     * signatures are one short of the quorum. */
+    ev.cert = c->certs[0][2];
+    ev.cert_len = c->cert_len[0][2];
+    ck_assert_int_eq(pbft_replica_step(&o.r, &ev, &o.out), PBFT_ECERT);
+    ev.cert = c->certs[0][1];
+    ev.cert_len = c->cert_len[0][1] - 5;
+    ck_assert_int_ne(pbft_replica_step(&o.r, &ev, &o.out), PBFT_OK);
+    Tem__V1__CommitCertificate *cert =
+        tem__v1__commit_certificate__unpack(NULL, c->cert_len[0][1], c->certs[0][1]);
+    ck_assert_ptr_nonnull(cert);
+    cert->n_sigs = 2;
+    uint8_t buf[1024];
+    size_t bl = tem__v1__commit_certificate__pack(cert, buf);
+    /* Tampering with one signature instead. */
+    cert->n_sigs = 3;
+    cert->sigs[1]->sig.data[5] ^= 1;
+    uint8_t buf2[1024];
+    size_t bl2 = tem__v1__commit_certificate__pack(cert, buf2);
+    tem__v1__commit_certificate__free_unpacked(cert, NULL);
+    ev.cert = buf;
+    ev.cert_len = bl;
+    ck_assert_int_eq(pbft_replica_step(&o.r, &ev, &o.out), PBFT_ECERT);
+    ev.cert = buf2;
+    ev.cert_len = bl2;
+    ck_assert_int_eq(pbft_replica_step(&o.r, &ev, &o.out), PBFT_ECERT);
+    ck_assert_uint_eq(o.out.n, 0);
+    ck_assert_uint_eq(pbft_replica_delivered(&o.r), 0);
+    /* The real one delivers, with the certificate passed through. */
+    ev.cert = c->certs[0][1];
+    ev.cert_len = c->cert_len[0][1];
+    ck_assert_int_eq(pbft_replica_step(&o.r, &ev, &o.out), PBFT_OK);
+    ck_assert_uint_eq(pbft_replica_delivered(&o.r), 1);
+    const pbft_action *d = find_kind(&o.out, PBFT_ACT_DELIVER);
+    ck_assert_ptr_nonnull(d);
+    ck_assert_mem_eq(d->block_hash, c->delivered[0][1], 32);
+    one_free(&o);
+    cl_free(c);
+    tem_free(c);
+}
+END_TEST
+
+START_TEST(pbft_view_change_with_a_forged_prepared_certificate_is_refused) {
+    cluster *c = tem_calloc(1, sizeof *c);
+    cl_init(c, 4, 4);
+    c->cut[0] = true;
+    /* Replica 1 times out: its VIEW-CHANGE is valid and accepted by replica 2. */
+    cl_fire_view_timer(c, 1);
+    ck_assert_uint_ge(c->qn - c->qhead, 1);
+    qmsg vc = c->q[c->qhead];
+    pbft_actions out;
+    pbft_actions_init(&out);
+    /* A copy with a prepared certificate of two signatures (below 2f+1), re-signed by 1. */
+    Tem__V1__PbftMessage *env = tem__v1__pbft_message__unpack(NULL, vc.len, vc.msg);
+    Tem__V1__PbftViewChange *body =
+        tem__v1__pbft_view_change__unpack(NULL, env->view_change.len, env->view_change.data);
+    Tem__V1__PbftPreparedCert pc = TEM__V1__PBFT_PREPARED_CERT__INIT;
+    Tem__V1__PbftSig s0 = TEM__V1__PBFT_SIG__INIT, s1 = TEM__V1__PBFT_SIG__INIT;
+    Tem__V1__PbftSig *sp[2] = {&s0, &s1};
+    uint8_t blk[16], hash[32], d[32], sig0[64], sig1[64];
+    size_t bl = block(blk, 1, 0x44);
+    ledger_sha256(hash, blk, bl);
+    pbft_prepare_digest(k_genesis, 0, 1, hash, d);
+    ledger_ed_sign(k_sec[0], d, 32, sig0);
+    ledger_ed_sign(k_sec[1], d, 32, sig1);
+    s0.validator = 0, s0.sig.data = sig0, s0.sig.len = 64;
+    s1.validator = 1, s1.sig.data = sig1, s1.sig.len = 64;
+    pc.view = 0, pc.height = 1, pc.block_hash.data = hash, pc.block_hash.len = 32;
+    pc.n_sigs = 2, pc.sigs = sp, pc.block.data = blk, pc.block.len = bl;
+    Tem__V1__PbftPreparedCert *pcs[1] = {&pc};
+    body->n_prepared = 1;
+    Tem__V1__PbftPreparedCert **saved = body->prepared;
+    size_t saved_n = 0;
+    body->prepared = pcs;
+    uint8_t bbuf[4096];
+    size_t blen = tem__v1__pbft_view_change__pack(body, bbuf);
+    body->prepared = saved;
+    body->n_prepared = saved_n;
+    Tem__V1__PbftMessage m = TEM__V1__PBFT_MESSAGE__INIT;
+    m.sender = 1;
+    m.kind_case = TEM__V1__PBFT_MESSAGE__KIND_VIEW_CHANGE;
+    m.view_change.data = bbuf;
+    m.view_change.len = blen;
+    uint8_t *forged;
+    size_t flen;
+    ck_assert_int_eq(pbft_msg_sign_pack(k_genesis, k_sec[1], &m, &forged, &flen), PBFT_OK);
+    ck_assert_int_eq(feed(&c->r[2], &out, 1, forged, flen), PBFT_ECERT);
+    ck_assert_uint_eq(out.n, 0);
+    /* Signed by someone else: refused before the proofs are even read. */
+    relabel(&forged, &flen, 3);
+    ck_assert_int_eq(feed(&c->r[2], &out, 3, forged, flen), PBFT_ESIG);
+    /* The genuine one is accepted; replayed, it is a duplicate. */
+    ck_assert_int_eq(feed(&c->r[2], &out, 1, vc.msg, vc.len), PBFT_OK);
+    pbft_actions_clear(&out);
+    ck_assert_int_eq(feed(&c->r[2], &out, 1, vc.msg, vc.len), PBFT_EDUP);
+    tem_free(forged);
+    body->n_prepared = 0;
+    tem__v1__pbft_view_change__free_unpacked(body, NULL);
+    tem__v1__pbft_message__free_unpacked(env, NULL);
+    pbft_actions_clear(&out);
+    cl_free(c);
+    tem_free(c);
+}
+END_TEST
+
+START_TEST(pbft_new_view_from_a_non_primary_or_with_too_few_view_changes_is_refused) {
+    cluster *c = tem_calloc(1, sizeof *c);
+    cl_init(c, 4, 4);
+    cl_run_to(c, 1);
+    cl_run(c, 2000);
+    c->cut[0] = true;
+    /* Collect the three VIEW-CHANGEs for view 1 without delivering them. */
+    c->cut[1] = true;
+    for (uint32_t i = 1; i < 4; i++) cl_fire_view_timer(c, i);
+    c->cut[1] = false;
+    /* Build NEW-VIEWs by hand from the replicas' own stored VIEW-CHANGEs. */
+    ProtobufCBinaryData vcs[3];
+    for (uint32_t i = 1; i < 4; i++) {
+        vcs[i - 1].data = c->r[i].vc_msg[i];
+        vcs[i - 1].len = c->r[i].vc_len[i];
+        ck_assert_ptr_nonnull(vcs[i - 1].data);
+    }
+    struct {
+        const char *name;
+        uint32_t sender;
+        size_t n_vcs;
+        int want;
+    } rows[] = {
+        {"from a replica that is not view 1's primary", 2, 3, PBFT_EVIEW},
+        {"with two VIEW-CHANGEs for a quorum of three", 1, 2, PBFT_ECERT},
+        {"valid", 1, 3, PBFT_OK},
+        {"replayed", 1, 3, PBFT_EDUP},
+    };
+    pbft_actions out;
+    pbft_actions_init(&out);
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        Tem__V1__PbftNewView nv = TEM__V1__PBFT_NEW_VIEW__INIT;
+        nv.view = 1;
+        nv.n_view_changes = rows[i].n_vcs;
+        nv.view_changes = vcs;
+        uint8_t body[8192];
+        size_t blen = tem__v1__pbft_new_view__pack(&nv, body);
+        Tem__V1__PbftMessage m = TEM__V1__PBFT_MESSAGE__INIT;
+        m.sender = rows[i].sender;
+        m.kind_case = TEM__V1__PBFT_MESSAGE__KIND_NEW_VIEW;
+        m.new_view.data = body;
+        m.new_view.len = blen;
+        uint8_t *buf;
+        size_t len;
+        ck_assert_int_eq(pbft_msg_sign_pack(k_genesis, k_sec[rows[i].sender], &m, &buf, &len),
+                         PBFT_OK);
+        int rc = feed(&c->r[3], &out, rows[i].sender, buf, len);
+        ck_assert_msg(rc == rows[i].want, "row '%s': got %s", rows[i].name, pbft_strerror(rc));
+        pbft_actions_clear(&out);
+        tem_free(buf);
+    }
+    ck_assert_uint_eq(pbft_replica_view(&c->r[3]), 1);
+    ck_assert(!pbft_replica_in_view_change(&c->r[3]));
+    pbft_actions_clear(&out);
+    cl_free(c);
+    tem_free(c);
+}
+END_TEST
+
+START_TEST(pbft_timeouts_grow_on_failed_views_and_reset_on_progress) {
+    cluster *c = tem_calloc(1, sizeof *c);
+    cl_init(c, 4, 4);
+    c->max_height = 0; /* no primary gets to propose: every view fails */
+    cl_run(c, 100000);
+    ck_assert_uint_eq(c->view_timer_ms[1], 1000);
+    uint64_t want = 1000;
+    for (int v = 1; v <= 6; v++) {
+        for (uint32_t i = 0; i < 4; i++) cl_fire_view_timer(c, i);
+        cl_run(c, 100000);
+        if (v <= 4) want *= 2; /* capped at four doublings */
+        for (uint32_t i = 0; i < 4; i++) {
+            ck_assert_uint_eq(pbft_replica_view(&c->r[i]), (uint64_t)v);
+            ck_assert(!pbft_replica_in_view_change(&c->r[i]));
+            ck_assert_uint_eq(c->view_timer_ms[i], want);
+        }
+    }
+    /* A stale firing of an older timer changes nothing. */
+    pbft_event ev = {0};
+    ev.kind = PBFT_EV_TIMER;
+    ev.timer = PBFT_TIMER_VIEW;
+    ev.timer_seq = c->view_timer[2] - 1;
+    ck_assert_int_eq(pbft_replica_step(&c->r[2], &ev, &c->acts), PBFT_ESTALE);
+    ck_assert_uint_eq(c->acts.n, 0);
+    /* Progress resets the timeout. */
+    cl_run_to(c, 1);
+    ck_assert_uint_eq(cl_min_delivered(c), 1);
+    for (uint32_t i = 0; i < 4; i++) ck_assert_uint_eq(c->view_timer_ms[i], 1000);
+    cl_free(c);
+    tem_free(c);
+}
+END_TEST
+
+static Suite *suite(void) {
+    Suite *s = suite_create("pbft");
+    TCase *t = tcase_create("handlers");
+    tcase_set_timeout(t, 120);
+    tcase_add_test(t, pbft_error_codes_have_names_in_their_range);
+    tcase_add_test(t, pbft_init_rejects_bad_configs);
+    tcase_add_test(t, pbft_pre_prepare_handler_accepts_only_what_it_should);
+    tcase_add_test(t, pbft_pre_prepare_replayed_or_conflicting_is_refused);
+    tcase_add_test(t, pbft_prepare_handler_table);
+    tcase_add_test(t, pbft_commit_handler_table);
+    tcase_add_test(t, pbft_malformed_messages_are_refused_without_actions);
+    tcase_add_test(t, pbft_checkpoint_handler_table_and_stability);
+    tcase_add_test(t, pbft_view_change_with_a_forged_prepared_certificate_is_refused);
+    tcase_add_test(t, pbft_new_view_from_a_non_primary_or_with_too_few_view_changes_is_refused);
+    tcase_add_test(t, pbft_fetched_blocks_need_a_valid_certificate);
+    tcase_add_test(t, pbft_timeouts_grow_on_failed_views_and_reset_on_progress);
+    suite_add_tcase(s, t);
+    TCase *c = tcase_create("cluster");
+    tcase_set_timeout(c, 300);
+    tcase_add_test(c, pbft_cluster_of_four_commits_blocks_with_valid_certificates);
+    tcase_add_test(c, pbft_restored_votes_stop_a_second_block_at_the_same_view_and_height);
+    tcase_add_test(c, pbft_view_change_replaces_a_silent_primary_and_keeps_committed_blocks);
+    tcase_add_test(c, pbft_regression_view_change_storm_does_not_run_views_away);
+    tcase_add_test(c, pbft_regression_checkpoint_stable_during_view_change);
+    tcase_add_test(c, pbft_regression_restart_mid_view_change_resumes_it);
+    tcase_add_test(c, pbft_regression_primary_proposing_below_stable_checkpoint_is_ignored);
+    suite_add_tcase(s, c);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
