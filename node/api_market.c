@@ -1,21 +1,314 @@
-/* api_market.c: the market views of the HTTP API: a slot's order book, its trades, and the
- * installed feeder with the last grid check. */
+/* api_market.c: the market views of the HTTP API: a slot's order book, its trades, the money and
+ * token supply, and the installed feeder with the grid check's recent curtailments.
+ *
+ * Trades live in the consensus state only until their slot is settled. So that clients and the
+ * testnet report can still list a settled slot, the node keeps a trade archive of its own (not
+ * consensus data): after every applied block it stores the trade list of each slot whose trades
+ * changed, under the store's node records ("trades/<slot>"). Any node that applied the blocks
+ * holds the same archive; `temctl replay` re-derives trades from the chain itself. */
+#include "contracts/grid.h"
 #include "node/node_internal.h"
 
+#include <jansson.h>
+
+extern json_t *node_pb_json(const ProtobufCMessage *m);
+
 static void reply_err(net_http_req *req, int status, const char *code, const char *msg) {
-    /* NET_EGONE only means the client left; nothing else to do with the answer. */
-    if (net_http_reply_error(req, status, code, msg) != NET_OK) return;
+    if (net_http_reply_error(req, status, code, msg) != NET_OK) return; /* client gone */
+}
+static void reply_json(net_http_req *req, int status, json_t *j) {
+    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(j);
+    if (!s) {
+        reply_err(req, 500, "ENOMEM", "out of memory");
+        return;
+    }
+    if (net_http_reply(req, status, "application/json", s, strlen(s)) != NET_OK) { /* client gone */
+    }
+    free(s);
+}
+static json_t *hexj(const uint8_t *b, size_t n) {
+    char h[2 * 64 + 1];
+    TEM_ASSERT(n <= 64);
+    tem_hex(h, b, n);
+    return json_string(h);
 }
 
-static void h_unavailable(void *ctx, net_http_req *req, const net_http_request *r) {
-    (void)ctx;
+static bool parse_slot(const char *s, uint64_t *out) {
+    char *end;
+    if (!s || !*s || *s == '-') return false;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end) return false;
+    *out = v;
+    return true;
+}
+
+/* ------------------------------------------------------------------ book */
+typedef struct {
+    json_t *bids, *asks;
+} book_ctx;
+
+static int book_fn(void *ctx, const contracts_order *o) {
+    book_ctx *b = ctx;
+    json_t *j = json_object();
+    json_object_set_new(j, "txid", hexj(o->txid, 32));
+    json_object_set_new(j, "owner", hexj(o->owner, 33));
+    json_object_set_new(j, "bus", json_integer(o->bus));
+    json_object_set_new(j, "price", json_integer((json_int_t)o->price));
+    json_object_set_new(j, "quantity_wh", json_integer((json_int_t)o->qty_wh));
+    json_object_set_new(j, "remaining_wh", json_integer((json_int_t)o->remaining_wh));
+    json_object_set_new(j, "seq", json_integer((json_int_t)o->seq));
+    json_array_append_new(o->side == TEM__V1__SIDE__BUY ? b->bids : b->asks, j);
+    return 0;
+}
+
+/* Price-time priority: bids high to low, asks low to high, then arrival. */
+static int cmp_bid(const void *a, const void *b) {
+    const json_t *x = *(json_t *const *)a, *y = *(json_t *const *)b;
+    json_int_t px = json_integer_value(json_object_get(x, "price")), py = json_integer_value(json_object_get(y, "price"));
+    if (px != py) return px > py ? -1 : 1;
+    return json_integer_value(json_object_get(x, "seq")) < json_integer_value(json_object_get(y, "seq")) ? -1 : 1;
+}
+static int cmp_ask(const void *a, const void *b) {
+    const json_t *x = *(json_t *const *)a, *y = *(json_t *const *)b;
+    json_int_t px = json_integer_value(json_object_get(x, "price")), py = json_integer_value(json_object_get(y, "price"));
+    if (px != py) return px < py ? -1 : 1;
+    return json_integer_value(json_object_get(x, "seq")) < json_integer_value(json_object_get(y, "seq")) ? -1 : 1;
+}
+static json_t *sorted(json_t *arr, int (*cmp)(const void *, const void *)) {
+    size_t n = json_array_size(arr);
+    json_t **v = tem_calloc(n ? n : 1, sizeof *v);
+    json_t *out = json_array();
+    if (v) {
+        for (size_t i = 0; i < n; i++) v[i] = json_array_get(arr, i);
+        qsort(v, n, sizeof *v, cmp);
+        for (size_t i = 0; i < n; i++) json_array_append(out, v[i]);
+        tem_free(v);
+    }
+    json_decref(arr);
+    return out;
+}
+
+static void h_book(void *ctx, net_http_req *req, const net_http_request *r) {
+    node *n = ctx;
+    uint64_t slot;
+    if (!parse_slot(r->path + strlen("/v1/book/"), &slot)) {
+        reply_err(req, 400, "ESLOT", "slot must be a number");
+        return;
+    }
+    book_ctx b = {json_array(), json_array()};
+    if (contracts_order_iter(ledger_store_state(n->store), slot, book_fn, &b) != LEDGER_OK) {
+        json_decref(b.bids);
+        json_decref(b.asks);
+        reply_err(req, 500, "ECORRUPT", "order records do not decode");
+        return;
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "slot", json_integer((json_int_t)slot));
+    json_object_set_new(o, "height", json_integer((json_int_t)ledger_store_height(n->store)));
+    json_object_set_new(o, "bids", sorted(b.bids, cmp_bid));
+    json_object_set_new(o, "asks", sorted(b.asks, cmp_ask));
+    reply_json(req, 200, o);
+}
+
+/* ------------------------------------------------------------------ trades and the archive */
+static json_t *trade_json(const contracts_trade *t) {
+    json_t *j = json_object();
+    json_object_set_new(j, "seq", json_integer((json_int_t)t->seq));
+    json_object_set_new(j, "seller", hexj(t->seller, 33));
+    json_object_set_new(j, "buyer", hexj(t->buyer, 33));
+    json_object_set_new(j, "quantity_wh", json_integer((json_int_t)t->qty_wh));
+    json_object_set_new(j, "price", json_integer((json_int_t)t->price));
+    json_object_set_new(j, "value_uunit", json_integer(t->value_uunit));
+    json_object_set_new(j, "buyer_fee_uunit", json_integer(t->buyer_fee_uunit));
+    json_object_set_new(j, "seller_fee_uunit", json_integer(t->seller_fee_uunit));
+    /* The buyer's fee is the network-use fee plus the buyer's half of the loss charge; the
+     * seller's is its half of the loss charge (docs/market.md, docs/grid.md). */
+    json_object_set_new(j, "fees_uunit", json_integer(t->buyer_fee_uunit + t->seller_fee_uunit));
+    return j;
+}
+
+static int trade_fn(void *ctx, const contracts_trade *t) {
+    json_array_append_new(ctx, trade_json(t));
+    return 0;
+}
+
+static json_t *trades_from_state(node *n, uint64_t slot) {
+    json_t *arr = json_array();
+    if (contracts_trade_iter(ledger_store_state(n->store), slot, trade_fn, arr) != LEDGER_OK) {
+        json_decref(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+typedef struct {
+    uint64_t slots[256];
+    uint32_t counts[256];
+    uint32_t n;
+} slot_counts;
+
+/* Counts the state's trade records per slot from their keys ('t' || slot be8 || seq be8,
+ * docs/market.md "State"). */
+static int count_fn(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen) {
+    (void)val;
+    (void)vlen;
+    slot_counts *c = ctx;
+    if (klen != 17) return 0;
+    uint64_t slot = tem_get_u64be(key + 1);
+    if (c->n && c->slots[c->n - 1] == slot) {
+        c->counts[c->n - 1]++;
+        return 0;
+    }
+    if (c->n >= 256) return 1; /* bounded: the rest waits for the next block */
+    c->slots[c->n] = slot;
+    c->counts[c->n++] = 1;
+    return 0;
+}
+
+/* After every applied block: archive the trade list of every slot whose count changed. */
+void node_archive_trades(node *n) {
+    slot_counts c = {.n = 0};
+    if (ledger_state_iter(ledger_store_state(n->store), "t", 1, count_fn, &c) < 0) return;
+    for (uint32_t i = 0; i < c.n; i++) {
+        char name[48];
+        snprintf(name, sizeof name, "trades/%llu", (unsigned long long)c.slots[i]);
+        uint8_t *old;
+        size_t ol;
+        uint32_t have = 0;
+        if (ledger_store_meta_get(n->store, name, &old, &ol) == LEDGER_OK) {
+            json_t *j = json_loadb((const char *)old, ol, 0, NULL);
+            have = (uint32_t)json_array_size(j);
+            json_decref(j);
+            tem_free(old);
+        }
+        if (have == c.counts[i]) continue;
+        json_t *arr = trades_from_state(n, c.slots[i]);
+        char *s = arr ? json_dumps(arr, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        json_decref(arr);
+        if (s && ledger_store_meta_put(n->store, name, s, strlen(s)) != LEDGER_OK)
+            node_log(n, NODE_LOG_WARN, "cannot archive the trades of slot %llu", (unsigned long long)c.slots[i]);
+        free(s);
+    }
+}
+
+static void h_trades(void *ctx, net_http_req *req, const net_http_request *r) {
+    node *n = ctx;
+    uint64_t slot;
+    const char *q = strstr(r->query, "slot=");
+    if (!q || !parse_slot(q + 5, &slot)) {
+        reply_err(req, 400, "ESLOT", "use /v1/trades?slot=N");
+        return;
+    }
+    json_t *arr = trades_from_state(n, slot);
+    const char *source = "state";
+    if (arr && json_array_size(arr) == 0) {
+        char name[48];
+        snprintf(name, sizeof name, "trades/%llu", (unsigned long long)slot);
+        uint8_t *v;
+        size_t vl;
+        if (ledger_store_meta_get(n->store, name, &v, &vl) == LEDGER_OK) {
+            json_t *j = json_loadb((const char *)v, vl, 0, NULL);
+            tem_free(v);
+            if (json_is_array(j)) {
+                json_decref(arr);
+                arr = j;
+                source = "archive";
+            } else {
+                json_decref(j);
+            }
+        }
+    }
+    if (!arr) {
+        reply_err(req, 500, "ECORRUPT", "trade records do not decode");
+        return;
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "slot", json_integer((json_int_t)slot));
+    json_object_set_new(o, "source", json_string(source));
+    json_object_set_new(o, "trades", arr);
+    reply_json(req, 200, o);
+}
+
+/* ------------------------------------------------------------------ supply and feeder */
+static void h_supply(void *ctx, net_http_req *req, const net_http_request *r) {
     (void)r;
-    reply_err(req, 501, "ENOTIMPL", "this view is not served by this build yet");
+    node *n = ctx;
+    contracts_supply s;
+    if (contracts_supply_get(ledger_store_state(n->store), &s) != LEDGER_OK) {
+        reply_err(req, 500, "ECORRUPT", "supply counters missing");
+        return;
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "height", json_integer((json_int_t)ledger_store_height(n->store)));
+    json_object_set_new(o, "money_uunit", json_integer(s.money_uunit));
+    json_object_set_new(o, "tokens_wh", json_integer(s.tokens_wh));
+    json_object_set_new(o, "minted_wh", json_integer(s.minted_wh));
+    json_object_set_new(o, "burnt_wh", json_integer(s.burnt_wh));
+    json_object_set_new(o, "deposited_uunit", json_integer(s.deposited_uunit));
+    reply_json(req, 200, o);
+}
+
+static void h_feeder(void *ctx, net_http_req *req, const net_http_request *r) {
+    (void)r;
+    node *n = ctx;
+    ledger_state *st = ledger_store_state(n->store);
+    json_t *o = json_object();
+    bool inst = grid_installed(st);
+    json_object_set_new(o, "installed", json_boolean(inst));
+    if (inst) {
+        const uint8_t *v;
+        size_t vl;
+        if (ledger_state_get(st, "gm", 2, &v, &vl) == LEDGER_OK) {
+            json_object_set_new(o, "buses", json_integer(grid_model_buses(v, vl)));
+            uint8_t h[32];
+            ledger_sha256(h, v, vl);
+            json_object_set_new(o, "model_hash", hexj(h, 32));
+        }
+    }
+    json_t *cur = json_array();
+    for (uint32_t i = 0; i < n->ncurtail && i < NODE_CURTAIL_KEEP; i++) {
+        const node_curtail *c = &n->curtail[(n->curtail_next + NODE_CURTAIL_KEEP - 1 - i) % NODE_CURTAIL_KEEP];
+        json_t *j = json_object();
+        json_object_set_new(j, "height", json_integer((json_int_t)c->height));
+        json_object_set_new(j, "txid", hexj(c->txid, 32));
+        json_object_set_new(j, "curtailed_wh", json_integer((json_int_t)c->curtailed_wh));
+        json_object_set_new(j, "binding", json_string(c->binding));
+        json_array_append_new(cur, j);
+    }
+    json_object_set_new(o, "recent_curtailments", cur);
+    json_object_set_new(o, "curtailments_total", json_integer((json_int_t)n->ncurtail));
+    reply_json(req, 200, o);
+}
+
+/* After a block: remember the fills the grid check curtailed (newest last). */
+void node_note_curtailments(node *n, uint64_t height, const uint8_t (*txids)[32], size_t ntx) {
+    for (size_t i = 0; i < ntx; i++) {
+        uint64_t h;
+        uint32_t pos;
+        uint8_t *rb;
+        size_t rl;
+        if (ledger_store_receipt(n->store, txids[i], &h, &pos, &rb, &rl) != LEDGER_OK) continue;
+        Tem__V1__Receipt *rc = tem__v1__receipt__unpack(&ledger_pb_allocator, rl, rb);
+        tem_free(rb);
+        if (!rc) continue;
+        for (size_t k = 0; k < rc->n_fills; k++) {
+            if (!rc->fills[k]->curtailed_wh) continue;
+            node_curtail *c = &n->curtail[n->curtail_next];
+            n->curtail_next = (n->curtail_next + 1) % NODE_CURTAIL_KEEP;
+            n->ncurtail++;
+            c->height = height;
+            memcpy(c->txid, txids[i], 32);
+            c->curtailed_wh = rc->fills[k]->curtailed_wh;
+            snprintf(c->binding, sizeof c->binding, "%s", rc->fills[k]->binding ? rc->fills[k]->binding : "");
+        }
+        tem__v1__receipt__free_unpacked(rc, &ledger_pb_allocator);
+    }
 }
 
 void node_api_market_routes(node *n, net_http *h) {
-    (void)n;
-    TEM_ASSERT(net_http_route(h, "GET", "/v1/book/", h_unavailable, n) == NET_OK);
-    TEM_ASSERT(net_http_route(h, "GET", "/v1/trades", h_unavailable, n) == NET_OK);
-    TEM_ASSERT(net_http_route(h, "GET", "/v1/feeder", h_unavailable, n) == NET_OK);
+    TEM_ASSERT(net_http_route(h, "GET", "/v1/book/", h_book, n) == NET_OK);
+    TEM_ASSERT(net_http_route(h, "GET", "/v1/trades", h_trades, n) == NET_OK);
+    TEM_ASSERT(net_http_route(h, "GET", "/v1/supply", h_supply, n) == NET_OK);
+    TEM_ASSERT(net_http_route(h, "GET", "/v1/feeder", h_feeder, n) == NET_OK);
 }

@@ -168,10 +168,12 @@ static void apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t
                 }
             }
             if (n->mp) node_mempool_block_applied(n->mp, (const uint8_t(*)[32])ids, b->n_txs);
+            node_note_curtailments(n, height, (const uint8_t(*)[32])ids, b->n_txs);
             tem_free(ids);
         }
         tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
     }
+    node_archive_trades(n);
     char hh[17];
     tem_hex(hh, info.block_hash, 8);
     node_log(n, NODE_LOG_INFO, "committed block %llu txs=%u refused=%u hash=%s", (unsigned long long)height, info.n_txs,

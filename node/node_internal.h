@@ -21,6 +21,14 @@
 #define NODE_LATENCY_TABLE (1u << 16)
 #define NODE_LATENCY_BUCKETS 14
 
+#define NODE_CURTAIL_KEEP 32
+typedef struct {
+    uint64_t height;
+    uint8_t txid[32];
+    uint64_t curtailed_wh;
+    char binding[48];
+} node_curtail;
+
 typedef struct {
     uint64_t height;
     uint8_t hash[32];
@@ -85,6 +93,9 @@ typedef struct node {
     uint64_t lat_ms[NODE_LATENCY_TABLE];
     uint64_t lat_bucket[NODE_LATENCY_BUCKETS + 1];
     uint64_t lat_sum_ms, lat_count;
+    node_curtail curtail[NODE_CURTAIL_KEEP];
+    uint32_t curtail_next;
+    uint64_t ncurtail;
 } node;
 
 /* Wall-clock milliseconds since the Unix epoch. */
@@ -97,6 +108,11 @@ void node_log(node *n, int level, const char *fmt, ...) __attribute__((format(pr
 void node_tx_accepted(node *n, const uint8_t txid[32], const uint8_t *tx, size_t len);
 /* Asks for a proposal to be built sooner (a tx arrived while the primary waited idle). */
 void node_kick_proposal(node *n);
+
+/* api_market.c: after every applied block, archive changed trade lists and note curtailed
+ * fills of the block's txs. */
+void node_archive_trades(node *n);
+void node_note_curtailments(node *n, uint64_t height, const uint8_t (*txids)[32], size_t ntx);
 
 /* api.c */
 TEM_WUR int node_api_start(node *n);

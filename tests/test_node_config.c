@@ -1,0 +1,93 @@
+/* test_node_config.c: temd's configuration: defaults, the INI file, flags over the file, and
+ * every kind of bad input refused with a message naming the key. */
+#include "node/node.h"
+
+#include <check.h>
+#include <unistd.h>
+
+static char *write_ini(const char *text) {
+    char *p = strdup("/tmp/tem-conf-XXXXXX");
+    int fd = mkstemp(p);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    return p;
+}
+
+START_TEST(config_file_values_and_flags_override_them) {
+    node_config c;
+    node_config_defaults(&c);
+    ck_assert_int_eq(c.log_level, NODE_LOG_INFO);
+    ck_assert_uint_eq(c.mempool_txs_max, 100000);
+    ck_assert(c.accept_observers);
+    char *p = write_ini("[node]\ndata_dir = /var/lib/tem\ngenesis = /etc/tem/g.json\nkey = /etc/tem/v.key\n"
+                        "listen = 0.0.0.0:26600\nhttp = 127.0.0.1:8080\nlog_level = debug\n"
+                        "mempool_txs_max = 5000\nobserver = false\nblock_interval_ms = 250\n");
+    char err[256];
+    ck_assert_int_eq(node_config_load(&c, p, err, sizeof err), NODE_OK);
+    ck_assert_str_eq(c.data_dir, "/var/lib/tem");
+    ck_assert_str_eq(c.listen, "0.0.0.0:26600");
+    ck_assert_int_eq(c.log_level, NODE_LOG_DEBUG);
+    ck_assert_uint_eq(c.mempool_txs_max, 5000);
+    ck_assert_uint_eq(c.block_interval_ms, 250);
+    char *argv[] = {"temd", "--config", p, "--data-dir", "/tmp/other", "--observer", "--log-level=warn",
+                    "--http", "127.0.0.1:9090", NULL};
+    ck_assert_int_eq(node_config_flags(&c, 9, argv, err, sizeof err), NODE_OK);
+    ck_assert_str_eq(c.data_dir, "/tmp/other");
+    ck_assert(c.observer);
+    ck_assert_int_eq(c.log_level, NODE_LOG_WARN);
+    ck_assert_str_eq(c.http, "127.0.0.1:9090");
+    ck_assert_str_eq(c.genesis, "/etc/tem/g.json"); /* from the file, not overridden */
+    unlink(p);
+    free(p);
+}
+END_TEST
+
+START_TEST(config_bad_input_is_refused_with_the_key_named) {
+    static const struct {
+        const char *name, *ini, *want;
+    } rows[] = {
+        {"unknown key", "[node]\nfrobnicate = 1\n", "frobnicate"},
+        {"unknown section", "[peer]\nlisten = x\n", "[peer]"},
+        {"bad level", "[node]\nlog_level = loud\n", "log_level"},
+        {"bad number", "[node]\nmempool_txs_max = lots\n", "mempool_txs_max"},
+        {"zero pool", "[node]\nmempool_txs_max = 0\n", "mempool_txs_max"},
+        {"negative", "[node]\nbatch_delay_ms = -5\n", "batch_delay_ms"},
+        {"bad bool", "[node]\nobserver = maybe\n", "observer"},
+        {"syntax", "[node\nx\n", "line"},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        node_config c;
+        node_config_defaults(&c);
+        char *p = write_ini(rows[i].ini), err[256] = "";
+        ck_assert_msg(node_config_load(&c, p, err, sizeof err) == NODE_ECONFIG, "row %s", rows[i].name);
+        ck_assert_msg(strstr(err, rows[i].want) != NULL, "row %s: '%s'", rows[i].name, err);
+        unlink(p);
+        free(p);
+    }
+    node_config c;
+    node_config_defaults(&c);
+    char err[256];
+    ck_assert_int_eq(node_config_load(&c, "/nonexistent/temd.conf", err, sizeof err), NODE_ECONFIG);
+    char *a1[] = {"temd", "--no-such-flag", "1", NULL};
+    ck_assert_int_eq(node_config_flags(&c, 3, a1, err, sizeof err), NODE_ECONFIG);
+    ck_assert_ptr_nonnull(strstr(err, "no-such-flag"));
+    char *a2[] = {"temd", "--data-dir", NULL};
+    ck_assert_int_eq(node_config_flags(&c, 2, a2, err, sizeof err), NODE_ECONFIG);
+    char *a3[] = {"temd", "stray", NULL};
+    ck_assert_int_eq(node_config_flags(&c, 2, a3, err, sizeof err), NODE_ECONFIG);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("node_config");
+    TCase *t = tcase_create("config");
+    tcase_add_test(t, config_file_values_and_flags_override_them);
+    tcase_add_test(t, config_bad_input_is_refused_with_the_key_named);
+    suite_add_tcase(s, t);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
