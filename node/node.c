@@ -348,6 +348,7 @@ typedef struct val_job {
     uint8_t hash[32];
     ledger_tx *txs;
     size_t ntx;
+    uint8_t *known; /* per tx: already verified by this node's mempool */
     int parts_left;
     int rc;
     val_part parts[2];
@@ -357,6 +358,7 @@ static void val_work(uv_work_t *w) {
     val_part *p = w->data;
     p->rc = LEDGER_OK;
     for (size_t i = p->lo; i < p->hi; i++) {
+        if (p->job->known[i]) continue; /* verified when our mempool admitted it */
         int rc = ledger_tx_verify(&p->txs[i]);
         if (rc != LEDGER_OK) {
             p->rc = rc;
@@ -377,6 +379,7 @@ static void val_finish(node *n, val_job *j) {
     memcpy(ev.block_hash, j->hash, 32);
     for (size_t i = 0; i < j->ntx; i++) ledger_tx_free(&j->txs[i]);
     tem_free(j->txs);
+    tem_free(j->known);
     tem_free(j);
     if (!n->stopping) step_now(n, &ev);
     schedule_validation(n);
@@ -423,6 +426,17 @@ static void schedule_validation(node *n) {
         j->rc = rc;
         j->txs = NULL;
         j->ntx = 0;
+        val_finish(n, j);
+        return;
+    }
+    /* A tx whose (txid, signature) pair our mempool verified on admission needs no second
+     * check: that would double every validator's signature work. The signature is part of the
+     * key because the txid covers only the body. */
+    j->known = tem_calloc(j->ntx ? j->ntx : 1, 1);
+    if (j->known)
+        for (size_t i = 0; i < j->ntx; i++) j->known[i] = node_sigcache_has(n, j->txs[i].txid, j->txs[i].stx->sig.data);
+    else {
+        j->rc = LEDGER_ENOMEM;
         val_finish(n, j);
         return;
     }
@@ -505,10 +519,43 @@ static void got_blocks(node *n, const Tem__V1__BlockBatch *bb) {
     if (!n->rep_ok && bb->tip_height > ledger_store_height(n->store)) request_blocks(n, ledger_store_height(n->store) + 1);
 }
 
-static void noop_done(void *ctx, int rc, const uint8_t txid[32]) {
-    (void)ctx;
-    (void)rc;
+/* ------------------------------------------------------------------ verified-signature cache
+ * Direct-mapped: a collision only evicts, and an evicted pair is simply verified again. */
+static void sigcache_key(const uint8_t txid[32], const uint8_t sig[64], uint8_t out[32]) {
+    const void *parts[2] = {txid, sig};
+    size_t lens[2] = {32, 64};
+    ledger_sha256_parts(out, 2, parts, lens);
+}
+
+void node_sigcache_add_tx(node *n, const uint8_t *tx, size_t len) {
+    Tem__V1__SignedTx *s = tem__v1__signed_tx__unpack(&ledger_pb_allocator, len, tx);
+    if (!s) return;
+    if (s->sig.len == 64) {
+        uint8_t txid[32], k[32];
+        ledger_sha256(txid, s->body.data, s->body.len);
+        sigcache_key(txid, s->sig.data, k);
+        memcpy(n->sigcache[tem_get_u32le(k) % NODE_SIGCACHE], k, 32);
+    }
+    tem__v1__signed_tx__free_unpacked(s, &ledger_pb_allocator);
+}
+
+bool node_sigcache_has(node *n, const uint8_t txid[32], const uint8_t sig[64]) {
+    uint8_t k[32];
+    sigcache_key(txid, sig, k);
+    return memcmp(n->sigcache[tem_get_u32le(k) % NODE_SIGCACHE], k, 32) == 0;
+}
+
+typedef struct {
+    node *n;
+    size_t len;
+    uint8_t tx[];
+} gossip_ctx;
+
+static void gossip_done(void *ctx, int rc, const uint8_t txid[32]) {
+    gossip_ctx *g = ctx;
     (void)txid;
+    if (rc == 0 && !g->n->stopping) node_sigcache_add_tx(g->n, g->tx, g->len);
+    tem_free(g);
 }
 
 static void on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, size_t len) {
@@ -528,10 +575,16 @@ static void on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, siz
         break;
     case TEM__V1__NODE_MESSAGE__KIND_TXS:
         if (n->mp && p->is_validator && m->txs)
-            for (size_t i = 0; i < m->txs->n_txs; i++)
-                if (node_mempool_submit(n->mp, m->txs->txs[i].data, m->txs->txs[i].len, noop_done, n, NULL) != 0) {
-                    /* already known or refused here too: gossip is best effort */
-                }
+            for (size_t i = 0; i < m->txs->n_txs; i++) {
+                size_t l = m->txs->txs[i].len;
+                gossip_ctx *g = tem_malloc(sizeof *g + (l ? l : 1));
+                if (!g) break;
+                g->n = n;
+                g->len = l;
+                memcpy(g->tx, m->txs->txs[i].data, l);
+                /* already known or refused here too: gossip is best effort */
+                if (node_mempool_submit(n->mp, g->tx, l, gossip_done, g, NULL) != 0) tem_free(g);
+            }
         break;
     case TEM__V1__NODE_MESSAGE__KIND_BLOCK_REQUEST:
         if (m->block_request) serve_blocks(n, p, m->block_request);
@@ -556,6 +609,7 @@ static void on_peer_down(void *ctx, const net_peer_info *p, int reason) {
 
 /* ------------------------------------------------------------------ gossip, sync, tick */
 void node_tx_accepted(node *n, const uint8_t txid[32], const uint8_t *tx, size_t len) {
+    node_sigcache_add_tx(n, tx, len);
     uint64_t k = tem_get_u64le(txid);
     uint32_t slot = (uint32_t)(k % NODE_LATENCY_TABLE);
     n->lat_key[slot] = k;

@@ -20,6 +20,7 @@
 #define NODE_SYNC_BYTES_MAX (8u << 20)
 #define NODE_LATENCY_TABLE (1u << 16)
 #define NODE_LATENCY_BUCKETS 14
+#define NODE_SIGCACHE (1u << 16)
 
 #define NODE_CURTAIL_KEEP 32
 typedef struct {
@@ -93,6 +94,7 @@ typedef struct node {
     uint64_t lat_ms[NODE_LATENCY_TABLE];
     uint64_t lat_bucket[NODE_LATENCY_BUCKETS + 1];
     uint64_t lat_sum_ms, lat_count;
+    uint8_t sigcache[NODE_SIGCACHE][32];
     node_curtail curtail[NODE_CURTAIL_KEEP];
     uint32_t curtail_next;
     uint64_t ncurtail;
@@ -106,6 +108,9 @@ void node_log(node *n, int level, const char *fmt, ...) __attribute__((format(pr
 /* Called when the mempool has made a client tx durable: queue it for gossip and note its time
  * for the commit-latency histogram. */
 void node_tx_accepted(node *n, const uint8_t txid[32], const uint8_t *tx, size_t len);
+/* Remembers that this SignedTx's signature verified (the mempool admitted it), and asks. */
+void node_sigcache_add_tx(node *n, const uint8_t *tx, size_t len);
+bool node_sigcache_has(node *n, const uint8_t txid[32], const uint8_t sig[64]);
 /* Asks for a proposal to be built sooner (a tx arrived while the primary waited idle). */
 void node_kick_proposal(node *n);
 
