@@ -3,8 +3,9 @@
  *
  * Trades live in the consensus state only until their slot is settled. So that clients and the
  * testnet report can still list a settled slot, the node keeps a trade archive of its own (not
- * consensus data): after every applied block it stores the trade list of each slot whose trades
- * changed, under the store's node records ("trades/<slot>"). Any node that applied the blocks
+ * consensus data): before applying a block it stores the trade list of every slot whose gate has
+ * closed by that block's time (its trades are final), under the store's node records
+ * ("trades/<slot>"), once per slot. Any node that applied the blocks
  * holds the same archive; `temctl replay` re-derives trades from the chain itself. */
 #include "contracts/grid.h"
 #include "node/node_internal.h"
@@ -166,29 +167,46 @@ static int count_fn(void *ctx, const uint8_t *key, size_t klen, const uint8_t *v
     return 0;
 }
 
-/* After every applied block: archive the trade list of every slot whose count changed. */
-void node_archive_trades(node *n) {
+static bool recently_archived(node *n, uint64_t slot) {
+    for (uint32_t i = 0; i < NODE_ARCHIVED_KEEP; i++)
+        if (n->archived[i] == slot + 1) return true;
+    return false;
+}
+
+/* Before a block at time_ms is applied: archive the trades of every slot whose gate has closed
+ * by then. A closed slot's trades never change again, so each slot is written once, before the
+ * settlement that deletes its records from the state can run. */
+void node_archive_trades(node *n, uint64_t time_ms) {
     slot_counts c = {.n = 0};
     if (ledger_state_iter(ledger_store_state(n->store), "t", 1, count_fn, &c) < 0) return;
+    const ledger_market_params *m = &n->g.market;
     for (uint32_t i = 0; i < c.n; i++) {
+        uint64_t slot = c.slots[i];
+        int64_t gate = 0;
+        /* gate closure of the slot: genesis time + slot * slot_ms - gate_closure_ms */
+        if (__builtin_mul_overflow((int64_t)slot, m->slot_ms, &gate) ||
+            __builtin_add_overflow(gate, (int64_t)n->g.genesis_time_ms - m->gate_closure_ms, &gate))
+            continue;
+        if ((int64_t)time_ms < gate || recently_archived(n, slot)) continue;
         char name[48];
-        snprintf(name, sizeof name, "trades/%llu", (unsigned long long)c.slots[i]);
+        snprintf(name, sizeof name, "trades/%llu", (unsigned long long)slot);
         uint8_t *old;
         size_t ol;
-        uint32_t have = 0;
         if (ledger_store_meta_get(n->store, name, &old, &ol) == LEDGER_OK) {
-            json_t *j = json_loadb((const char *)old, ol, 0, NULL);
-            have = (uint32_t)json_array_size(j);
-            json_decref(j);
             tem_free(old);
+        } else {
+            json_t *arr = trades_from_state(n, slot);
+            char *s = arr ? json_dumps(arr, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+            json_decref(arr);
+            if (!s || ledger_store_meta_put(n->store, name, s, strlen(s)) != LEDGER_OK) {
+                node_log(n, NODE_LOG_WARN, "cannot archive the trades of slot %llu", (unsigned long long)slot);
+                free(s);
+                continue;
+            }
+            free(s);
         }
-        if (have == c.counts[i]) continue;
-        json_t *arr = trades_from_state(n, c.slots[i]);
-        char *s = arr ? json_dumps(arr, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-        json_decref(arr);
-        if (s && ledger_store_meta_put(n->store, name, s, strlen(s)) != LEDGER_OK)
-            node_log(n, NODE_LOG_WARN, "cannot archive the trades of slot %llu", (unsigned long long)c.slots[i]);
-        free(s);
+        n->archived[n->archived_next] = slot + 1;
+        n->archived_next = (n->archived_next + 1) % NODE_ARCHIVED_KEEP;
     }
 }
 

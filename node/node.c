@@ -133,6 +133,11 @@ static void apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t
                             size_t cert_len, const uint8_t hash[32]) {
     if (height <= ledger_store_height(n->store)) return; /* already applied (replayed delivery) */
     unsigned flags = hash && was_validated(n, hash) ? LEDGER_APPLY_SIGS_OK : 0;
+    {
+        Tem__V1__Block *pre = tem__v1__block__unpack(&ledger_pb_allocator, len, blk);
+        if (pre && pre->header) node_archive_trades(n, pre->header->time_ms);
+        if (pre) tem__v1__block__free_unpacked(pre, &ledger_pb_allocator);
+    }
     ledger_apply_info info;
     int rc = ledger_store_apply(n->store, blk, len, cert, cert_len, &n->ex, flags, &info);
     if (rc != LEDGER_OK) {
@@ -173,7 +178,6 @@ static void apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t
         }
         tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
     }
-    node_archive_trades(n);
     char hh[17];
     tem_hex(hh, info.block_hash, 8);
     node_log(n, NODE_LOG_INFO, "committed block %llu txs=%u refused=%u hash=%s", (unsigned long long)height, info.n_txs,

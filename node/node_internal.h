@@ -21,6 +21,7 @@
 #define NODE_LATENCY_TABLE (1u << 16)
 #define NODE_LATENCY_BUCKETS 14
 #define NODE_SIGCACHE (1u << 16)
+#define NODE_ARCHIVED_KEEP 64
 
 #define NODE_CURTAIL_KEEP 32
 typedef struct {
@@ -95,6 +96,8 @@ typedef struct node {
     uint64_t lat_bucket[NODE_LATENCY_BUCKETS + 1];
     uint64_t lat_sum_ms, lat_count;
     uint8_t sigcache[NODE_SIGCACHE][32];
+    uint64_t archived[NODE_ARCHIVED_KEEP]; /* slot + 1 of recently archived trade lists */
+    uint32_t archived_next;
     node_curtail curtail[NODE_CURTAIL_KEEP];
     uint32_t curtail_next;
     uint64_t ncurtail;
@@ -114,9 +117,9 @@ bool node_sigcache_has(node *n, const uint8_t txid[32], const uint8_t sig[64]);
 /* Asks for a proposal to be built sooner (a tx arrived while the primary waited idle). */
 void node_kick_proposal(node *n);
 
-/* api_market.c: after every applied block, archive changed trade lists and note curtailed
- * fills of the block's txs. */
-void node_archive_trades(node *n);
+/* api_market.c: before applying a block at time_ms, archive the trades of slots whose gate has
+ * closed; after it, note the curtailed fills of the block's txs. */
+void node_archive_trades(node *n, uint64_t time_ms);
 void node_note_curtailments(node *n, uint64_t height, const uint8_t (*txids)[32], size_t ntx);
 
 /* api.c */
