@@ -9,7 +9,9 @@
 #   netns-testnet.sh cut I                          node I's link down (I = 0..3 validators, 4 observer)
 #   netns-testnet.sh heal I                         node I's link up again
 #   netns-testnet.sh netem "delay 100ms loss 5%"    netem on every link (traffic into each node)
-#   netns-testnet.sh clear                          remove netem from every link
+#   netns-testnet.sh loss PCT                       drop PCT% of the TCP packets into each node with
+#                                                   nftables (for kernels without sch_netem)
+#   netns-testnet.sh clear                          remove netem and loss from every link
 #   netns-testnet.sh status                         each node's /v1/status
 #   netns-testnet.sh addr I                         node I's address
 #
@@ -99,9 +101,22 @@ netem)
     # shellcheck disable=SC2086
     for i in $(seq 0 $((NODES - 1))); do tc qdisc replace dev "$(hostif "$i")" root netem $args; done
     ;;
+loss)
+    need_root
+    pct=${2:?usage: loss PCT}
+    command -v nft >/dev/null || die "loss needs nftables (nft)"
+    for i in $(seq 0 $((NODES - 1))); do
+        ip netns exec "$(ns "$i")" nft add table inet temloss
+        ip netns exec "$(ns "$i")" nft "add chain inet temloss input { type filter hook input priority 0; }"
+        ip netns exec "$(ns "$i")" nft "add rule inet temloss input meta l4proto tcp numgen random mod 100 < $pct drop"
+    done
+    ;;
 clear)
     need_root
-    for i in $(seq 0 $((NODES - 1))); do tc qdisc del dev "$(hostif "$i")" root 2>/dev/null || true; done
+    for i in $(seq 0 $((NODES - 1))); do
+        tc qdisc del dev "$(hostif "$i")" root 2>/dev/null || true
+        ip netns exec "$(ns "$i")" nft delete table inet temloss 2>/dev/null || true
+    done
     ;;
 status)
     for i in $(seq 0 $((NODES - 1))); do
