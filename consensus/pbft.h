@@ -332,4 +332,18 @@ TEM_WUR int pbft_cert_pack(uint64_t view, uint64_t height, const uint8_t hash[32
 TEM_WUR int pbft_cert_check(const pbft_replica *r, const uint8_t *cert, size_t len,
                             uint64_t height, const uint8_t hash[32], uint64_t *view_out);
 
+/* ------------------------------------------------------------------ progress (for status)
+ * What the replica is waiting for at the next height, so a node can say why nothing commits.
+ * Masks have bit i set for validator i. Pure read of the replica. */
+typedef struct {
+    uint64_t height;           /* delivered + 1 */
+    uint64_t view;
+    bool in_view_change;
+    bool has_proposal;         /* a PRE-PREPARE for that height accepted in this view */
+    uint64_t prepare_mask;     /* validators whose PREPARE for that proposal arrived */
+    uint64_t commit_mask;      /* validators whose COMMIT for that proposal arrived */
+    uint64_t view_change_mask; /* validators that asked for a view above the current one */
+} pbft_progress;
+void pbft_replica_progress(const pbft_replica *r, pbft_progress *out);
+
 #endif

@@ -426,6 +426,21 @@ static void h_status(void *ctx, net_http_req *req, const net_http_request *r) {
                             : "normal case: waiting for the primary's proposal or 2f+1 votes";
         json_object_set_new(w, "phase", json_string(phase));
         json_object_set_new(w, "disconnected_validators", json_incref(missing));
+        if (n->rep_ok) {
+            pbft_progress pg;
+            pbft_replica_progress(&n->rep, &pg);
+            json_t *np = json_array(), *nc = json_array(), *vc = json_array();
+            for (uint32_t i = 0; i < n->g.n_validators; i++) {
+                if (!(pg.prepare_mask >> i & 1)) json_array_append_new(np, json_integer(i));
+                if (!(pg.commit_mask >> i & 1)) json_array_append_new(nc, json_integer(i));
+                if (pg.view_change_mask >> i & 1) json_array_append_new(vc, json_integer(i));
+            }
+            json_object_set_new(w, "height", json_integer((json_int_t)pg.height));
+            json_object_set_new(w, "proposal_received", json_boolean(pg.has_proposal));
+            json_object_set_new(w, "missing_prepares", np);
+            json_object_set_new(w, "missing_commits", nc);
+            json_object_set_new(w, "asking_for_view_change", vc);
+        }
         json_object_set_new(w, "quorum", json_integer(ledger_genesis_quorum(&n->g)));
         json_object_set_new(o, "stalled", w);
     }
