@@ -6,7 +6,7 @@
 #include <jansson.h>
 
 /* ------------------------------------------------------------------ JSON helpers */
-static void reply_err(net_http_req *req, int status, const char *code, const char *msg) {
+void node_reply_err(net_http_req *req, int status, const char *code, const char *msg) {
     /* NET_EGONE only means the client left; nothing else to do with the answer. */
     if (net_http_reply_error(req, status, code, msg) != NET_OK) return;
 }
@@ -14,7 +14,7 @@ static void reply_raw(net_http_req *req, int status, const char *ct, const void 
     if (net_http_reply(req, status, ct, body, len) != NET_OK) return;
 }
 
-static json_t *hexj(const uint8_t *b, size_t n) {
+json_t *node_hexj(const uint8_t *b, size_t n) {
     char *h = tem_malloc(2 * n + 1);
     if (!h) return json_null();
     tem_hex(h, b, n);
@@ -61,7 +61,7 @@ json_t *node_pb_json(const ProtobufCMessage *m) {
             }
             case PROTOBUF_C_TYPE_BYTES: {
                 const ProtobufCBinaryData *b = &((const ProtobufCBinaryData *)items)[k];
-                v = hexj(b->data, b->len);
+                v = node_hexj(b->data, b->len);
                 break;
             }
             case PROTOBUF_C_TYPE_MESSAGE: {
@@ -79,11 +79,11 @@ json_t *node_pb_json(const ProtobufCMessage *m) {
     return o;
 }
 
-static void reply_json(net_http_req *req, int status, json_t *j) {
+void node_reply_json(net_http_req *req, int status, json_t *j) {
     char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(j);
     if (!s) {
-        reply_err(req, 500, "ENOMEM", "out of memory");
+        node_reply_err(req, 500, "ENOMEM", "out of memory");
         return;
     }
     reply_raw(req, status, "application/json", s, strlen(s));
@@ -153,14 +153,14 @@ struct batch {
 static void batch_item_done(batch *b, uint32_t i, json_t *res) {
     json_array_set_new(b->results, i, res);
     if (--b->left == 0) {
-        reply_json(b->req, 200, b->results);
+        node_reply_json(b->req, 200, b->results);
         tem_free(b);
     }
 }
 
 static json_t *err_json(int rc, const uint8_t *txid) {
     json_t *e = json_object();
-    if (txid) json_object_set_new(e, "txid", hexj(txid, 32));
+    if (txid) json_object_set_new(e, "txid", node_hexj(txid, 32));
     json_object_set_new(e, "error", json_string(err_msg(rc)));
     json_object_set_new(e, "code", json_string(err_name(rc)));
     return e;
@@ -179,17 +179,17 @@ static void submit_done(void *ctx, int rc, const uint8_t txid[32]) {
         json_t *r;
         if (rc == 0) {
             r = json_object();
-            json_object_set_new(r, "txid", hexj(txid, 32));
+            json_object_set_new(r, "txid", node_hexj(txid, 32));
         } else {
             r = err_json(rc, txid);
         }
         batch_item_done(s->b, s->index, r);
     } else if (rc == 0) {
         json_t *r = json_object();
-        json_object_set_new(r, "txid", hexj(txid, 32));
-        reply_json(s->req, 202, r);
+        json_object_set_new(r, "txid", node_hexj(txid, 32));
+        node_reply_json(s->req, 202, r);
     } else {
-        reply_json(s->req, http_status_of(rc), err_json(rc, txid));
+        node_reply_json(s->req, http_status_of(rc), err_json(rc, txid));
     }
     tem_free(s->tx);
     tem_free(s);
@@ -234,7 +234,7 @@ static void h_post_tx(void *ctx, net_http_req *req, const net_http_request *r) {
         if (!hex || tem_unhex_alloc(hex, &buf, &len) != 0) {
             json_decref(j);
             n->http_txs_rejected++;
-            reply_err(req, 400, "EJSON", "body must be {\"tx\":\"<hex of a SignedTx>\"}");
+            node_reply_err(req, 400, "EJSON", "body must be {\"tx\":\"<hex of a SignedTx>\"}");
             return;
         }
         json_decref(j);
@@ -246,7 +246,7 @@ static void h_post_tx(void *ctx, net_http_req *req, const net_http_request *r) {
     tem_free(buf);
     if (rc != 0) {
         n->http_txs_rejected++;
-        reply_json(req, http_status_of(rc), err_json(rc, have_id ? txid : NULL));
+        node_reply_json(req, http_status_of(rc), err_json(rc, have_id ? txid : NULL));
     }
 }
 
@@ -264,7 +264,7 @@ static void h_post_txs(void *ctx, net_http_req *req, const net_http_request *r) 
         j = json_loadb((const char *)r->body, r->body_len, 0, &je);
         if (!json_is_array(j) || json_array_size(j) > 4096) {
             json_decref(j);
-            reply_err(req, 400, "EJSON", "body must be a JSON array of at most 4096 hex SignedTx");
+            node_reply_err(req, 400, "EJSON", "body must be a JSON array of at most 4096 hex SignedTx");
             return;
         }
         size_t i;
@@ -285,13 +285,13 @@ static void h_post_txs(void *ctx, net_http_req *req, const net_http_request *r) 
         size_t off = 0;
         while (off < r->body_len) {
             if (cnt >= 4096 || r->body_len - off < 4) {
-                reply_err(req, 400, "EFRAME", "stream must be u32 big-endian length-prefixed SignedTx, at most 4096");
+                node_reply_err(req, 400, "EFRAME", "stream must be u32 big-endian length-prefixed SignedTx, at most 4096");
                 return;
             }
             uint32_t l = tem_get_u32be(r->body + off);
             off += 4;
             if (l > r->body_len - off) {
-                reply_err(req, 400, "EFRAME", "truncated length-prefixed tx");
+                node_reply_err(req, 400, "EFRAME", "truncated length-prefixed tx");
                 return;
             }
             items[cnt] = r->body + off;
@@ -302,7 +302,7 @@ static void h_post_txs(void *ctx, net_http_req *req, const net_http_request *r) 
     batch *b = tem_calloc(1, sizeof *b);
     if (!b) {
         for (uint32_t i = 0; i < nown; i++) tem_free(owned[i]);
-        reply_err(req, 500, "ENOMEM", "out of memory");
+        node_reply_err(req, 500, "ENOMEM", "out of memory");
         return;
     }
     b->n = n;
@@ -325,7 +325,7 @@ static void h_post_txs(void *ctx, net_http_req *req, const net_http_request *r) 
     }
     /* release the hold */
     if (--b->left == 0) {
-        reply_json(req, 200, b->results);
+        node_reply_json(req, 200, b->results);
         tem_free(b);
     }
 }
@@ -336,11 +336,11 @@ static void h_get_tx(void *ctx, net_http_req *req, const net_http_request *r) {
     const char *hex = r->path + strlen("/v1/tx/");
     uint8_t txid[32];
     if (tem_unhex(txid, 32, hex) != 0) {
-        reply_err(req, 400, "ETXID", "txid must be 32 bytes of hex");
+        node_reply_err(req, 400, "ETXID", "txid must be 32 bytes of hex");
         return;
     }
     json_t *o = json_object();
-    json_object_set_new(o, "txid", hexj(txid, 32));
+    json_object_set_new(o, "txid", node_hexj(txid, 32));
     uint64_t height;
     uint32_t pos;
     uint8_t *rb;
@@ -350,7 +350,7 @@ static void h_get_tx(void *ctx, net_http_req *req, const net_http_request *r) {
         tem_free(rb);
         if (!rc) {
             json_decref(o);
-            reply_err(req, 500, "ECORRUPT", "stored receipt does not decode");
+            node_reply_err(req, 500, "ECORRUPT", "stored receipt does not decode");
             return;
         }
         json_object_set_new(o, "status", json_string(rc->code == 0 ? "committed" : "refused"));
@@ -375,7 +375,7 @@ static void h_get_tx(void *ctx, net_http_req *req, const net_http_request *r) {
             json_object_set_new(o, "status", json_string("unknown"));
         }
     }
-    reply_json(req, 200, o);
+    node_reply_json(req, 200, o);
 }
 
 /* ------------------------------------------------------------------ GET /v1/status */
@@ -388,10 +388,10 @@ static void h_status(void *ctx, net_http_req *req, const net_http_request *r) {
     ledger_store_roots(n->store, sr, rr);
     uint64_t height = ledger_store_height(n->store);
     json_object_set_new(o, "chain_id", json_string(n->g.chain_id));
-    json_object_set_new(o, "genesis_hash", hexj(n->g.hash, 32));
+    json_object_set_new(o, "genesis_hash", node_hexj(n->g.hash, 32));
     json_object_set_new(o, "height", json_integer((json_int_t)height));
-    json_object_set_new(o, "last_block_hash", hexj(h, 32));
-    json_object_set_new(o, "state_root", hexj(sr, 32));
+    json_object_set_new(o, "last_block_hash", node_hexj(h, 32));
+    json_object_set_new(o, "state_root", node_hexj(sr, 32));
     json_object_set_new(o, "last_block_time_ms", json_integer((json_int_t)ledger_store_last_time(n->store)));
     json_object_set_new(o, "role", json_string(n->self >= 0 ? "validator" : "observer"));
     if (n->self >= 0) json_object_set_new(o, "validator_index", json_integer(n->self));
@@ -445,7 +445,7 @@ static void h_status(void *ctx, net_http_req *req, const net_http_request *r) {
         json_object_set_new(o, "stalled", w);
     }
     json_decref(missing);
-    reply_json(req, 200, o);
+    node_reply_json(req, 200, o);
 }
 
 /* ------------------------------------------------------------------ GET /v1/blocks/{h} */
@@ -455,13 +455,13 @@ static void h_block(void *ctx, net_http_req *req, const net_http_request *r) {
     char *end;
     unsigned long long h = strtoull(s, &end, 10);
     if (!*s || *end) {
-        reply_err(req, 400, "EHEIGHT", "height must be a number");
+        node_reply_err(req, 400, "EHEIGHT", "height must be a number");
         return;
     }
     uint8_t *b, *c = NULL;
     size_t bl, cl = 0;
     if (ledger_store_block(n->store, h, &b, &bl) != LEDGER_OK) {
-        reply_err(req, 404, "ENOTFOUND", "no block at that height");
+        node_reply_err(req, 404, "ENOTFOUND", "no block at that height");
         return;
     }
     if (ledger_store_cert(n->store, h, &c, &cl) != LEDGER_OK) c = NULL; /* offline-executed blocks have none */
@@ -470,13 +470,13 @@ static void h_block(void *ctx, net_http_req *req, const net_http_request *r) {
     json_object_set_new(o, "height", json_integer((json_int_t)h));
     if (blk && blk->header) {
         uint8_t hash[32];
-        if (ledger_block_hash(blk->header, hash) == LEDGER_OK) json_object_set_new(o, "hash", hexj(hash, 32));
+        if (ledger_block_hash(blk->header, hash) == LEDGER_OK) json_object_set_new(o, "hash", node_hexj(hash, 32));
         json_object_set_new(o, "header", node_pb_json(&blk->header->base));
         json_t *txs = json_array();
         for (size_t i = 0; i < blk->n_txs; i++) {
             uint8_t id[32];
             ledger_sha256(id, blk->txs[i]->body.data, blk->txs[i]->body.len);
-            json_array_append_new(txs, hexj(id, 32));
+            json_array_append_new(txs, node_hexj(id, 32));
         }
         json_object_set_new(o, "txids", txs);
     }
@@ -486,13 +486,13 @@ static void h_block(void *ctx, net_http_req *req, const net_http_request *r) {
             json_object_set_new(o, "cert", node_pb_json(&cc->base));
             tem__v1__commit_certificate__free_unpacked(cc, &ledger_pb_allocator);
         }
-        json_object_set_new(o, "cert_hex", hexj(c, cl));
+        json_object_set_new(o, "cert_hex", node_hexj(c, cl));
     }
-    json_object_set_new(o, "block_hex", hexj(b, bl));
+    json_object_set_new(o, "block_hex", node_hexj(b, bl));
     if (blk) tem__v1__block__free_unpacked(blk, &ledger_pb_allocator);
     tem_free(b);
     tem_free(c);
-    reply_json(req, 200, o);
+    node_reply_json(req, 200, o);
 }
 
 /* ------------------------------------------------------------------ GET /v1/accounts/{key} */
@@ -500,19 +500,19 @@ static void h_account(void *ctx, net_http_req *req, const net_http_request *r) {
     node *n = ctx;
     uint8_t pub[33];
     if (tem_unhex(pub, 33, r->path + strlen("/v1/accounts/")) != 0) {
-        reply_err(req, 400, "EPUBKEY", "key must be 33 bytes of hex");
+        node_reply_err(req, 400, "EPUBKEY", "key must be 33 bytes of hex");
         return;
     }
     ledger_state *st = ledger_store_state(n->store);
     contracts_account a;
     int rc = contracts_account_get(st, pub, &a);
     if (rc != LEDGER_OK) {
-        reply_err(req, 404, "ENOTFOUND", "no such participant");
+        node_reply_err(req, 404, "ENOTFOUND", "no such participant");
         return;
     }
     static const char *roles[] = {"unspecified", "prosumer", "consumer", "utility", "dso", "aggregator"};
     json_t *o = json_object();
-    json_object_set_new(o, "pubkey", hexj(pub, 33));
+    json_object_set_new(o, "pubkey", node_hexj(pub, 33));
     json_object_set_new(o, "bus", json_integer(a.bus));
     json_object_set_new(o, "role", json_string(a.role >= 0 && a.role <= 5 ? roles[a.role] : "unknown"));
     json_object_set_new(o, "money_uunit", json_integer(a.money_uunit));
@@ -521,7 +521,7 @@ static void h_account(void *ctx, net_http_req *req, const net_http_request *r) {
     json_object_set_new(o, "escrow_tokens_wh", json_integer(a.tokens_escrow_wh));
     json_object_set_new(o, "debt_uunit", json_integer(a.debt_uunit));
     json_object_set_new(o, "next_nonce", json_integer((json_int_t)ledger_state_nonce(st, pub)));
-    reply_json(req, 200, o);
+    node_reply_json(req, 200, o);
 }
 
 /* ------------------------------------------------------------------ GET /metrics */

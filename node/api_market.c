@@ -12,29 +12,6 @@
 
 #include <jansson.h>
 
-extern json_t *node_pb_json(const ProtobufCMessage *m);
-
-static void reply_err(net_http_req *req, int status, const char *code, const char *msg) {
-    if (net_http_reply_error(req, status, code, msg) != NET_OK) return; /* client gone */
-}
-static void reply_json(net_http_req *req, int status, json_t *j) {
-    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(j);
-    if (!s) {
-        reply_err(req, 500, "ENOMEM", "out of memory");
-        return;
-    }
-    if (net_http_reply(req, status, "application/json", s, strlen(s)) != NET_OK) { /* client gone */
-    }
-    free(s);
-}
-static json_t *hexj(const uint8_t *b, size_t n) {
-    char h[2 * 64 + 1];
-    TEM_ASSERT(n <= 64);
-    tem_hex(h, b, n);
-    return json_string(h);
-}
-
 static bool parse_slot(const char *s, uint64_t *out) {
     char *end;
     if (!s || !*s || *s == '-') return false;
@@ -52,8 +29,8 @@ typedef struct {
 static int book_fn(void *ctx, const contracts_order *o) {
     book_ctx *b = ctx;
     json_t *j = json_object();
-    json_object_set_new(j, "txid", hexj(o->txid, 32));
-    json_object_set_new(j, "owner", hexj(o->owner, 33));
+    json_object_set_new(j, "txid", node_hexj(o->txid, 32));
+    json_object_set_new(j, "owner", node_hexj(o->owner, 33));
     json_object_set_new(j, "bus", json_integer(o->bus));
     json_object_set_new(j, "price", json_integer((json_int_t)o->price));
     json_object_set_new(j, "quantity_wh", json_integer((json_int_t)o->qty_wh));
@@ -94,14 +71,14 @@ static void h_book(void *ctx, net_http_req *req, const net_http_request *r) {
     node *n = ctx;
     uint64_t slot;
     if (!parse_slot(r->path + strlen("/v1/book/"), &slot)) {
-        reply_err(req, 400, "ESLOT", "slot must be a number");
+        node_reply_err(req, 400, "ESLOT", "slot must be a number");
         return;
     }
     book_ctx b = {json_array(), json_array()};
     if (contracts_order_iter(ledger_store_state(n->store), slot, book_fn, &b) != LEDGER_OK) {
         json_decref(b.bids);
         json_decref(b.asks);
-        reply_err(req, 500, "ECORRUPT", "order records do not decode");
+        node_reply_err(req, 500, "ECORRUPT", "order records do not decode");
         return;
     }
     json_t *o = json_object();
@@ -109,15 +86,15 @@ static void h_book(void *ctx, net_http_req *req, const net_http_request *r) {
     json_object_set_new(o, "height", json_integer((json_int_t)ledger_store_height(n->store)));
     json_object_set_new(o, "bids", sorted(b.bids, cmp_bid));
     json_object_set_new(o, "asks", sorted(b.asks, cmp_ask));
-    reply_json(req, 200, o);
+    node_reply_json(req, 200, o);
 }
 
 /* ------------------------------------------------------------------ trades and the archive */
 static json_t *trade_json(const contracts_trade *t) {
     json_t *j = json_object();
     json_object_set_new(j, "seq", json_integer((json_int_t)t->seq));
-    json_object_set_new(j, "seller", hexj(t->seller, 33));
-    json_object_set_new(j, "buyer", hexj(t->buyer, 33));
+    json_object_set_new(j, "seller", node_hexj(t->seller, 33));
+    json_object_set_new(j, "buyer", node_hexj(t->buyer, 33));
     json_object_set_new(j, "quantity_wh", json_integer((json_int_t)t->qty_wh));
     json_object_set_new(j, "price", json_integer((json_int_t)t->price));
     json_object_set_new(j, "value_uunit", json_integer(t->value_uunit));
@@ -215,7 +192,7 @@ static void h_trades(void *ctx, net_http_req *req, const net_http_request *r) {
     uint64_t slot;
     const char *q = strstr(r->query, "slot=");
     if (!q || !parse_slot(q + 5, &slot)) {
-        reply_err(req, 400, "ESLOT", "use /v1/trades?slot=N");
+        node_reply_err(req, 400, "ESLOT", "use /v1/trades?slot=N");
         return;
     }
     json_t *arr = trades_from_state(n, slot);
@@ -238,14 +215,14 @@ static void h_trades(void *ctx, net_http_req *req, const net_http_request *r) {
         }
     }
     if (!arr) {
-        reply_err(req, 500, "ECORRUPT", "trade records do not decode");
+        node_reply_err(req, 500, "ECORRUPT", "trade records do not decode");
         return;
     }
     json_t *o = json_object();
     json_object_set_new(o, "slot", json_integer((json_int_t)slot));
     json_object_set_new(o, "source", json_string(source));
     json_object_set_new(o, "trades", arr);
-    reply_json(req, 200, o);
+    node_reply_json(req, 200, o);
 }
 
 /* ------------------------------------------------------------------ supply and feeder */
@@ -254,7 +231,7 @@ static void h_supply(void *ctx, net_http_req *req, const net_http_request *r) {
     node *n = ctx;
     contracts_supply s;
     if (contracts_supply_get(ledger_store_state(n->store), &s) != LEDGER_OK) {
-        reply_err(req, 500, "ECORRUPT", "supply counters missing");
+        node_reply_err(req, 500, "ECORRUPT", "supply counters missing");
         return;
     }
     json_t *o = json_object();
@@ -264,7 +241,7 @@ static void h_supply(void *ctx, net_http_req *req, const net_http_request *r) {
     json_object_set_new(o, "minted_wh", json_integer(s.minted_wh));
     json_object_set_new(o, "burnt_wh", json_integer(s.burnt_wh));
     json_object_set_new(o, "deposited_uunit", json_integer(s.deposited_uunit));
-    reply_json(req, 200, o);
+    node_reply_json(req, 200, o);
 }
 
 static void h_feeder(void *ctx, net_http_req *req, const net_http_request *r) {
@@ -281,7 +258,7 @@ static void h_feeder(void *ctx, net_http_req *req, const net_http_request *r) {
             json_object_set_new(o, "buses", json_integer(grid_model_buses(v, vl)));
             uint8_t h[32];
             ledger_sha256(h, v, vl);
-            json_object_set_new(o, "model_hash", hexj(h, 32));
+            json_object_set_new(o, "model_hash", node_hexj(h, 32));
         }
     }
     json_t *cur = json_array();
@@ -289,14 +266,14 @@ static void h_feeder(void *ctx, net_http_req *req, const net_http_request *r) {
         const node_curtail *c = &n->curtail[(n->curtail_next + NODE_CURTAIL_KEEP - 1 - i) % NODE_CURTAIL_KEEP];
         json_t *j = json_object();
         json_object_set_new(j, "height", json_integer((json_int_t)c->height));
-        json_object_set_new(j, "txid", hexj(c->txid, 32));
+        json_object_set_new(j, "txid", node_hexj(c->txid, 32));
         json_object_set_new(j, "curtailed_wh", json_integer((json_int_t)c->curtailed_wh));
         json_object_set_new(j, "binding", json_string(c->binding));
         json_array_append_new(cur, j);
     }
     json_object_set_new(o, "recent_curtailments", cur);
     json_object_set_new(o, "curtailments_total", json_integer((json_int_t)n->ncurtail));
-    reply_json(req, 200, o);
+    node_reply_json(req, 200, o);
 }
 
 /* After a block: remember the fills the grid check curtailed (newest last). */

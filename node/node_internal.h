@@ -10,6 +10,7 @@
 #include "node/mempool.h"
 #include "node/node.h"
 
+#include <jansson.h>
 #include <uv.h>
 
 #define NODE_VALIDATION_QUEUE_MAX PBFT_LOG_MAX
@@ -124,6 +125,12 @@ void node_note_curtailments(node *n, uint64_t height, const uint8_t (*txids)[32]
 
 /* api.c */
 TEM_WUR int node_api_start(node *n);
+/* JSON answers: bytes as hex; j is consumed; errors as {"error","code"}. A client that has gone
+ * away is not an error for the node. */
+json_t *node_hexj(const uint8_t *b, size_t n);
+json_t *node_pb_json(const ProtobufCMessage *m);
+void node_reply_json(net_http_req *req, int status, json_t *j);
+void node_reply_err(net_http_req *req, int status, const char *code, const char *msg);
 /* The mempool's pre-check: registered participant for market kinds, admin (or utility, for
  * deposits) for admin kinds. 0 or a contracts reason code. */
 int node_api_precheck(void *ctx, const ledger_tx *tx);
