@@ -453,11 +453,13 @@ static void alt_block(sim_t *s, int from, const uint8_t *orig, uint8_t out[SIM_B
     if (registered) reg_add(s, hash, tem_get_u64le(out + 4), true);
 }
 
-/* Splits the other keys of the cluster in two by a hash of (view, height), so every message of
- * one equivocation goes to the same side. */
+/* Splits the cluster for one equivocation: side A is the next view's primary alone, side B
+ * everyone else. That primary then builds the next NEW-VIEW holding the minority block's
+ * prepared certificate, the sharpest test of how it picks among certificates. */
+static uint32_t g_side_n;
 static bool side_b(uint64_t view, uint64_t height, int key) {
-    uint64_t x = view * 0x9e3779b97f4a7c15ull ^ height * 0xbf58476d1ce4e5b9ull;
-    return ((x >> (key % 64)) & 1) != 0;
+    (void)height;
+    return (uint64_t)key != (view + 1) % g_side_n;
 }
 
 static void byz_send(sim_t *s, int from, int to_key, const uint8_t *msg, size_t len) {
@@ -483,6 +485,20 @@ static void byz_send(sim_t *s, int from, int to_key, const uint8_t *msg, size_t 
             send_pp(s, from, to_key, (uint32_t)a->key, p->view, p->height, alt, sizeof alt, false);
             sent = true;
         }
+        /* Its COMMIT comes at once, before any prepare: the alternative block to the first
+         * replica of side B only, the original to side A. */
+        bool first = true;
+        for (int k = 0; k < to_key; k++)
+            if (k != a->key && side_b(p->view, p->height, k)) first = false;
+        if (!side_b(p->view, p->height, to_key))
+            send_vote(s, from, to_key, (uint32_t)a->key, TEM__V1__PBFT_MESSAGE__KIND_COMMIT, p->view,
+                      p->height, p->block_hash.data, false);
+        else if (first)
+            for (uint32_t i = 0; i < 16 && i < a->eq_n; i++)
+                if (a->eq[i].view == p->view && a->eq[i].height == p->height)
+                    send_vote(s, from, to_key, (uint32_t)a->key,
+                              TEM__V1__PBFT_MESSAGE__KIND_COMMIT, p->view, p->height,
+                              a->eq[i].alt, false);
     }
     if (m && (a->byz & (B_EQUIVOCATE | B_CONFLICT)) &&
         (m->kind_case == TEM__V1__PBFT_MESSAGE__KIND_PREPARE ||
@@ -1108,6 +1124,7 @@ static void setup(sim_t *s, uint64_t seed) {
     rng_t *g = &s->rng;
     g->s = seed * 0x2545f4914f6cdd1dull + 0x1234567ull;
     s->n = rng_pct(g, 500) ? 4 : 7;
+    g_side_n = s->n;
     s->f = (s->n - 1) / 3;
     s->q = 2 * s->f + 1;
     static const uint32_t ks[] = {2, 4, 4, 8};
