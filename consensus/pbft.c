@@ -1021,9 +1021,12 @@ static int try_new_view(pbft_replica *r, pbft_actions *out) {
     Tem__V1__PbftViewChange *bodies[PBFT_REPLICAS_MAX] = {0};
     int rc = PBFT_OK;
     for (uint32_t i = 0; i < n; i++) {
-        /* Stored messages were verified on arrival (or built here). */
-        TEM_ASSERT(decode_vc(r->vc_msg[idx[i]], r->vc_len[idx[i]], &envs[i], &bodies[i]) ==
-                   PBFT_OK);
+        /* Stored messages were verified on arrival (or built here): decoding them again can
+         * only fail for want of memory. */
+        if (decode_vc(r->vc_msg[idx[i]], r->vc_len[idx[i]], &envs[i], &bodies[i]) != PBFT_OK) {
+            for (uint32_t k = 0; k <= i; k++) free_vc(envs[k], bodies[k]);
+            return PBFT_ENOMEM;
+        }
     }
     pbft__plan plan;
     plan_new_view(r, bodies, n, &plan);

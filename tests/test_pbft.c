@@ -1174,12 +1174,50 @@ START_TEST(pbft_timeouts_grow_on_failed_views_and_reset_on_progress) {
 }
 END_TEST
 
+START_TEST(pbft_config_from_genesis_takes_keys_interval_and_timeout) {
+    keys();
+    ledger_genesis *g = tem_calloc(1, sizeof *g);
+    ck_assert_ptr_nonnull(g);
+    g->n_validators = 4;
+    for (int i = 0; i < 4; i++) memcpy(g->validators[i].pubkey, k_pub[i], 32);
+    memcpy(g->hash, k_genesis, 32);
+    g->checkpoint_interval = 16;
+    g->view_timeout_ms = 2000;
+    pbft_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    ck_assert_int_eq(pbft_config_from_genesis(&cfg, g), PBFT_OK);
+    ck_assert_uint_eq(cfg.n, 4);
+    ck_assert_mem_eq(cfg.pubkeys[3], k_pub[3], 32);
+    ck_assert_mem_eq(cfg.genesis_hash, k_genesis, 32);
+    ck_assert_uint_eq(cfg.checkpoint_interval, 16);
+    ck_assert_uint_eq(cfg.view_timeout_ms, 2000);
+    struct {
+        const char *name;
+        uint32_t n, k;
+        uint64_t timeout;
+    } bad[] = {
+        {"three validators", 3, 16, 2000},
+        {"interval too large for the log", 4, PBFT_CHECKPOINT_INTERVAL_MAX + 1, 2000},
+        {"zero interval", 4, 0, 2000},
+        {"zero timeout", 4, 16, 0},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        g->n_validators = bad[i].n;
+        g->checkpoint_interval = bad[i].k;
+        g->view_timeout_ms = bad[i].timeout;
+        ck_assert_msg(pbft_config_from_genesis(&cfg, g) == PBFT_EINVAL, "row %s", bad[i].name);
+    }
+    tem_free(g);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("pbft");
     TCase *t = tcase_create("handlers");
     tcase_set_timeout(t, 120);
     tcase_add_test(t, pbft_error_codes_have_names_in_their_range);
     tcase_add_test(t, pbft_init_rejects_bad_configs);
+    tcase_add_test(t, pbft_config_from_genesis_takes_keys_interval_and_timeout);
     tcase_add_test(t, pbft_pre_prepare_handler_accepts_only_what_it_should);
     tcase_add_test(t, pbft_pre_prepare_replayed_or_conflicting_is_refused);
     tcase_add_test(t, pbft_prepare_handler_table);
