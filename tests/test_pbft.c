@@ -1211,6 +1211,46 @@ START_TEST(pbft_config_from_genesis_takes_keys_interval_and_timeout) {
 }
 END_TEST
 
+/* OOM ladder: fail the N-th allocation for N = 0, 1, ... while a replica takes a pre-prepare,
+ * its validation and the PREPAREs that make the block prepared; every step either succeeds or
+ * says ENOMEM, and once enough memory is allowed the replica sends its COMMIT. ASan reports
+ * anything leaked on the way. */
+START_TEST(pbft_out_of_memory_at_any_allocation_is_an_error_not_a_crash) {
+    bool delivered = false;
+    for (long fail = 0; fail < 400 && !delivered; fail++) {
+        one o;
+        one_init(&o, 1);
+        size_t len, lc[2];
+        uint8_t *pp = msg_pp(0, 0, 1, o.blk, o.blen, &len);
+        uint8_t *cm[2];
+        for (uint32_t k = 0; k < 2; k++)
+            cm[k] = msg_vote(TEM__V1__PBFT_MESSAGE__KIND_PREPARE, 2 + k, 0, 1, o.hash, &lc[k]);
+        (void)tem_alloc_fail_after(fail);
+        int rc = feed(&o.r, &o.out, 0, pp, len);
+        ck_assert(rc == PBFT_OK || rc == PBFT_ENOMEM || rc == PBFT_EDECODE);
+        pbft_event ev = {0};
+        ev.kind = PBFT_EV_VALIDATED;
+        ev.height = 1;
+        memcpy(ev.block_hash, o.hash, 32);
+        ev.ok = true;
+        int rv = pbft_replica_step(&o.r, &ev, &o.out);
+        ck_assert(rv == PBFT_OK || rv == PBFT_ENOMEM || rv == PBFT_ESTALE);
+        for (uint32_t k = 0; k < 2; k++) {
+            int rk = feed(&o.r, &o.out, 2 + k, cm[k], lc[k]);
+            ck_assert(rk == PBFT_OK || rk == PBFT_ENOMEM || rk == PBFT_EDECODE || rk == PBFT_EDUP ||
+                      rk == PBFT_EWATERMARK);
+        }
+        (void)tem_alloc_fail_after(-1);
+        delivered = rc == PBFT_OK && rv == PBFT_OK &&
+                    count_msgs(&o.out, TEM__V1__PBFT_MESSAGE__KIND_COMMIT) == 1;
+        for (uint32_t k = 0; k < 2; k++) tem_free(cm[k]);
+        tem_free(pp);
+        one_free(&o);
+    }
+    ck_assert_msg(delivered, "never got through with enough memory");
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("pbft");
     TCase *t = tcase_create("handlers");
@@ -1228,6 +1268,7 @@ static Suite *suite(void) {
     tcase_add_test(t, pbft_new_view_from_a_non_primary_or_with_too_few_view_changes_is_refused);
     tcase_add_test(t, pbft_fetched_blocks_need_a_valid_certificate);
     tcase_add_test(t, pbft_timeouts_grow_on_failed_views_and_reset_on_progress);
+    tcase_add_test(t, pbft_out_of_memory_at_any_allocation_is_an_error_not_a_crash);
     suite_add_tcase(s, t);
     TCase *c = tcase_create("cluster");
     tcase_set_timeout(c, 300);
