@@ -71,7 +71,7 @@ int main(int argc, char **argv) {
                rc ? ": " : "", rc ? r.reason : "");
         return rc ? 1 : 0;
     }
-    uint64_t passed = 0, failed = 0, faults_seen = 0;
+    uint64_t passed = 0, failed = 0;
     uint32_t fault_union = 0;
     for (uint64_t s = a;; s++) {
         sim_result r;
@@ -85,14 +85,14 @@ int main(int argc, char **argv) {
         } else {
             passed++;
         }
-        (void)faults_seen;
         if (s == b) break;
     }
     if (!quiet) {
-        printf("fault kinds exercised:");
+        /* On stderr: stdout carries only the failing seeds and the summary line. */
+        fprintf(stderr, "fault kinds exercised:");
         for (int k = 0; k < SIM_F_COUNT; k++)
-            if (fault_union & (1u << k)) printf(" %s", sim_fault_name(k));
-        printf("\n");
+            if (fault_union & (1u << k)) fprintf(stderr, " %s", sim_fault_name(k));
+        fprintf(stderr, "\n");
     }
     printf("%" PRIu64 " passed, %" PRIu64 " failed\n", passed, failed);
     return failed ? 1 : 0;
