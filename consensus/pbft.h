@@ -324,7 +324,8 @@ TEM_WUR int pbft_msg_digest(const uint8_t genesis[32], const Tem__V1__PbftMessag
 TEM_WUR int pbft_msg_sign_pack(const uint8_t genesis[32], const uint8_t sec[64],
                                Tem__V1__PbftMessage *m, uint8_t **out, size_t *out_len);
 
-/* Builds and checks a serialised CommitCertificate (sigs sorted by validator). */
+/* Serialises a CommitCertificate with the signatures of s sorted by validator index into a new
+ * tem_malloc'd buffer (caller frees). PBFT_ENOMEM. */
 TEM_WUR int pbft_cert_pack(uint64_t view, uint64_t height, const uint8_t hash[32],
                            const pbft__sigset *s, uint8_t **out, size_t *out_len);
 /* PBFT_OK when cert is for (height, hash) and carries >= quorum distinct valid signatures over
