@@ -14,7 +14,7 @@ set -euo pipefail
 B=${BUILD:-build}
 T="$B/temctl"
 D="$B/temd"
-command -v curl >/dev/null || { echo "t_cluster: SKIP: curl missing"; exit 0; }
+command -v curl >/dev/null && command -v jq >/dev/null || { echo "t_cluster: SKIP: curl or jq missing"; exit 0; }
 dir=$(mktemp -d /tmp/tem-cluster-XXXXXX)
 declare -A PID=()
 passed=0
@@ -52,7 +52,7 @@ for k in p1 p2 p3 p4 p5 p6; do args+=(--participant "$dir/$k.key:$bus:prosumer:1
 "$T" genesis --chain-id tem-cluster --time-ms $(( $(date +%s) * 1000 )) "${args[@]}" --admin "$dir/admin.key" \
   --participant "$dir/util.key:1:utility:0" --participant "$dir/dso.key:1:dso:0" \
   --tariff 0:300000:80000 --slot-ms 60000 --out "$dir/g.json" 2>/dev/null
-pub() { "$T" keygen --help >/dev/null; python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['public'])" "$dir/$1.key" 2>/dev/null || true; }
+pub() { jq -r .public "$dir/$1.key"; }
 
 start() { # start NAME extra-args...
   local name=$1; shift
@@ -61,9 +61,9 @@ start() { # start NAME extra-args...
 }
 for i in 0 1 2 3; do start "n$i" --key "$dir/v$i.key"; done
 
-j() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
+j() { jq -r "$1"; }
 status() { curl -s -m 2 "http://$(http "$1")/v1/status"; }
-height() { status "$1" | j 'd["height"]' 2>/dev/null || echo 0; }
+height() { status "$1" | j .height 2>/dev/null || echo 0; }
 wait_height() { # node min timeout_s
   local end=$((SECONDS + $3))
   while [ $SECONDS -lt $end ]; do [ "$(height "$1")" -ge "$2" ] && return 0; sleep 0.2; done
@@ -73,17 +73,12 @@ for i in 0 1 2 3; do wait_height $i 2 30 || fail "node $i did not commit 2 block
 ok "4 validators started and commit empty blocks"
 
 # ---- 1. txs to different nodes commit, identical hashes and roots everywhere
-U=$(python3 -c "import json;print(json.load(open('$dir/util.key'))['public'])" 2>/dev/null || true)
 txids=()
 for r in 1 2 3; do
   for k in 1 2 3 4 5 6; do
     node=$(( (k + r) % 4 ))
     to=$(( k % 6 + 1 ))
-    topub=$("$T" genesis --help >/dev/null; python3 - "$dir/p$to.key" <<'PY'
-import json,sys
-print(json.load(open(sys.argv[1]))["public"])
-PY
-)
+    topub=$(pub "p$to")
     id=$("$T" submit --node "http://$(http $node)" --key "$dir/p$k.key" --nonce $((r-1)) transfer --to "$topub" --amount $((r*1000+k))) \
       || fail "submit to node $node refused"
     txids+=("$id")
@@ -92,7 +87,7 @@ done
 wait_committed() { # node txid timeout
   local end=$((SECONDS + $3)) s
   while [ $SECONDS -lt $end ]; do
-    s=$(curl -s -m 2 "http://$(http "$1")/v1/tx/$2" | j 'd["status"]' 2>/dev/null || true)
+    s=$(curl -s -m 2 "http://$(http "$1")/v1/tx/$2" | j .status 2>/dev/null || true)
     case "$s" in committed|refused) echo "$s"; return 0;; esac
     sleep 0.2
   done
@@ -107,9 +102,9 @@ for i in 1 2 3; do wait_height $i "$H" 20 || fail "node $i behind"; done
 same_chain() { # up to height H, nodes...
   local H=$1; shift
   for h in $(seq 1 "$H"); do
-    ref=$(curl -s "http://$(http "$1")/v1/blocks/$h" | j 'd["hash"]')
+    ref=$(curl -s "http://$(http "$1")/v1/blocks/$h" | j .hash)
     for i in "$@"; do
-      got=$(curl -s "http://$(http "$i")/v1/blocks/$h" | j 'd["hash"]')
+      got=$(curl -s "http://$(http "$i")/v1/blocks/$h" | j .hash)
       [ "$got" = "$ref" ] || fail "block $h differs on node $i"
     done
   done
@@ -118,7 +113,7 @@ same_chain "$H" 0 1 2 3
 ok "18 transfers submitted to 4 nodes committed; blocks 1..$H identical on all nodes"
 # the state root every node reports at one height
 for _ in $(seq 1 50); do
-  roots=$(for i in 0 1 2 3; do status $i | j 'str(d["height"])+" "+d["state_root"]'; done | sort -u)
+  roots=$(for i in 0 1 2 3; do status $i | j '"\(.height) \(.state_root)"'; done | sort -u)
   [ "$(wc -l <<<"$roots")" = 1 ] && break
   sleep 0.1
 done
@@ -128,7 +123,7 @@ ok "identical state root on all nodes at height $(cut -d' ' -f1 <<<"$roots")"
 # ---- 2. kill -9 a validator while txs flow, restart, catch up, nothing accepted lost
 victim=3
 accepted=()
-p1pub=$(python3 -c "import json;print(json.load(open('$dir/p1.key'))['public'])")
+p1pub=$(pub p1)
 for n in $(seq 0 11); do
   if [ $n = 6 ]; then kill -KILL "${PID[n$victim]}"; unset "PID[n$victim]"; fi
   nonce=$((3 + n))
@@ -147,15 +142,15 @@ done
 ok "kill -9 during submission: restarted node caught up; ${#accepted[@]} txs it had accepted all have receipts"
 
 # ---- 3. SIGSTOP the primary
-prim=$(status 0 | j 'd["primary"]')
+prim=$(status 0 | j .primary)
 others=(); for i in 0 1 2 3; do [ $i != "$prim" ] && others+=($i); done
 kill -STOP "${PID[n$prim]}"
 t_stop=$SECONDS
 h0=$(height "${others[0]}")
-p3pub=$(python3 -c "import json;print(json.load(open('$dir/p3.key'))['public'])")
+p3pub=$(pub p3)
 "$T" submit --node "http://$(http "${others[0]}")" --key "$dir/p4.key" --nonce 3 transfer --to "$p3pub" --amount 5 >/dev/null || fail "submit during stop"
 wait_height "${others[0]}" $((h0 + 3)) 40 || fail "cluster stalled with the primary stopped"
-v=$(status "${others[0]}" | j 'd["view"]')
+v=$(status "${others[0]}" | j .view)
 [ "$v" -ge 1 ] || fail "no view change (view $v)"
 t_vc=$((SECONDS - t_stop))
 kill -CONT "${PID[n$prim]}"
@@ -167,7 +162,7 @@ ok "SIGSTOP of primary $prim: view changed to $v and 3 blocks committed within $
 
 # ---- 4. observer, replay, flipped byte
 start obs --key "$dir/obs.key" --observer --http "$OBS_HTTP"
-obs_height() { curl -s -m 2 "http://$OBS_HTTP/v1/status" | j 'd["height"]' 2>/dev/null || echo 0; }
+obs_height() { curl -s -m 2 "http://$OBS_HTTP/v1/status" | j .height 2>/dev/null || echo 0; }
 H=$(height 0)
 end=$((SECONDS + 40))
 while [ "$(obs_height)" -lt "$H" ] && [ $SECONDS -lt $end ]; do sleep 0.2; done
@@ -177,7 +172,7 @@ out=$("$T" replay "$dir/obs" --genesis "$dir/g.json") || fail "replay of the obs
 grep -q '"ok":true' <<<"$out" || fail "replay said $out"
 ok "observer followed to $H; replay verified its chain: $out"
 target=2
-hex=$(curl -s "http://$(http 0)/v1/blocks/$target" | j 'd["block_hex"]')
+hex=$(curl -s "http://$(http 0)/v1/blocks/$target" | j .block_hex)
 python3 - "$dir/obs/data.mdb" "$hex" <<'PY' || fail "block bytes not found in data.mdb"
 import sys
 path, hexs = sys.argv[1], sys.argv[2]
