@@ -18,7 +18,7 @@ const char *ctl_sim_strategy_name(int s) {
 void ctl_sim_config_default(ctl_sim_config *c) {
     *c = (ctl_sim_config){.seed = 1, .slot_minutes = 15, .start_minute = 0, .slot_ms = 900000,
                           .latitude_deg = 45.0, .day_of_year = 172, .cloudiness = 0.35,
-                          .forecast_error = 0.05};
+                          .forecast_error = 0.05, .power_scale = 1.0};
 }
 
 double ctl_sim_u01(uint64_t seed, uint32_t a, uint32_t b, uint32_t stream) {
@@ -102,6 +102,9 @@ void ctl_sim_prosumer_init(ctl_sim_prosumer *p, const ctl_sim_config *c, uint32_
     p->shape = (int)(ctl_sim_u01(c->seed, index, 0, 1) * CTL_SIM_SHAPES) % CTL_SIM_SHAPES;
     /* A prosumer stands for the homes behind its bus: it carries its share of the bus' load. */
     p->load_peak_w = (bus_load_w > 0 ? bus_load_w : 20000.0) / (per_bus ? per_bus : 1);
+    /* power_scale grows load and PV together, as more homes or bigger installations behind
+     * the same buses would: the way to load a feeder until the DSO's check curtails trades. */
+    if (c->power_scale > 0) p->load_peak_w *= c->power_scale;
     if (p->cls != CTL_SIM_CONSUMER)
         p->pv_peak_w = p->load_peak_w * (0.8 + 1.2 * ctl_sim_u01(c->seed, index, 0, 2));
     if (p->cls == CTL_SIM_PV_BATTERY) {

@@ -45,6 +45,7 @@ typedef struct {
     uint32_t day_of_year;   /* 1..365, sets the solar declination; 172 (June 21) */
     double cloudiness;      /* 0..1: depth of the cloud attenuation; 0.35 */
     double forecast_error;  /* relative spread of the actual around the forecast; 0.05 */
+    double power_scale;     /* multiplies every prosumer's load and PV (a stressed feeder); 1 */
 } ctl_sim_config;
 
 /* Defaults above; seed 1, slot_ms 900000, start_minute 0. */

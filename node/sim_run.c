@@ -262,11 +262,14 @@ static int do_readings(ctl_simrun *r, uint32_t k) {
     /* The slot's book closed two slots ago: its trades are final now. */
     ctl_api_trade *t = NULL;
     size_t nt = 0;
-    if (ctl_api_trades_get(&r->nodes[0], r->first_slot + k, &t, &nt) == 0) {
-        r->have_snap[k] = true;
-    } else if (r->g->market.mechanism == LEDGER_MECH_CDA && receipt_trades(r, k, &t, &nt) == 0) {
+    /* In a CDA market the receipts are the richer record: each fill also says what the grid
+     * check curtailed, which constraint bound and the fees. /v1/trades lists the trades
+     * themselves, and is what a call auction's clearing leaves. */
+    if (r->g->market.mechanism == LEDGER_MECH_CDA && receipt_trades(r, k, &t, &nt) == 0) {
         r->have_snap[k] = true;
         r->snap_from_receipts[k] = true;
+    } else if (ctl_api_trades_get(&r->nodes[0], r->first_slot + k, &t, &nt) == 0) {
+        r->have_snap[k] = true;
     }
     r->snap[k] = t;
     r->n_snap[k] = nt;

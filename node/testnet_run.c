@@ -33,6 +33,7 @@ typedef struct {
     /* options */
     uint32_t prosumers, slots, slot_seconds, base_port;
     uint64_t seed;
+    double power_scale;
     int mechanism;
     bool exit_after, quiet;
     char dir[4096], feeder[4096], temd[4096], report[4096];
@@ -679,7 +680,7 @@ static json_t *collect(tn *t, ctl_simrun *r) {
         bool fresh = ctl_api_trades_get(&t->conn[0], r->first_slot + k, &tr, &nt) == 0;
         const ctl_api_trade *use = tr;
         size_t nuse = nt;
-        if ((!fresh || nt < r->n_snap[k]) && r->have_snap[k]) {
+        if (r->have_snap[k] && (r->snap_from_receipts[k] || !fresh || nt < r->n_snap[k])) {
             use = r->snap[k];
             nuse = r->n_snap[k];
         }
@@ -810,6 +811,7 @@ static int run(tn *t) {
     ctl_sim_config c;
     ctl_sim_config_default(&c);
     c.seed = t->seed;
+    if (t->power_scale > 0) c.power_scale = t->power_scale;
     c.slot_ms = t->g.market.slot_ms;
     c.start_minute = ctl_sim_start_minute(t->slots, c.slot_minutes);
     if (ctl_simrun_init(&r, &t->g, &c, t->prosumers, t->slots) != 0) goto out;
@@ -861,7 +863,9 @@ out:
 static const char USAGE[] =
     "usage: temctl testnet run [--prosumers N] [--slots N] [--slot-seconds S] [--mechanism cda|call]\n"
     "                          [--feeder DIR] [--exit] [--dir DIR] [--base-port P] [--seed N]\n"
-    "                          [--temd PATH] [--report FILE] [--quiet]\n"
+    "                          [--temd PATH] [--report FILE] [--quiet] [--power-scale X]\n"
+    "  --power-scale X multiplies every prosumer's load and PV (default 1): a larger X loads the\n"
+    "  feeder until the DSO's grid check curtails trades and names the binding line or bus.\n"
     "  A local energy market: keys and a genesis for 4 validators, a DSO, a utility and N\n"
     "  prosumers on the feeder (default 32 on case33bw), 4 temd validators + 1 observer on\n"
     "  127.0.0.1 (peer ports P..P+4, HTTP P+100..P+104; P = 26600), the feeder installed, the\n"
@@ -904,6 +908,14 @@ static int parse(tn *t, const ctl_opts *o) {
         *nums[i].dst = (uint32_t)v;
     }
     if (ctl_opt(o, "seed") && !ctl_parse_u64(ctl_opt(o, "seed"), &t->seed)) return -1;
+    if (ctl_opt(o, "power-scale")) {
+        char *end;
+        t->power_scale = strtod(ctl_opt(o, "power-scale"), &end);
+        if (*end || !(t->power_scale > 0 && t->power_scale <= 100)) {
+            fprintf(stderr, "testnet: --power-scale must be a number in (0, 100]\n");
+            return -1;
+        }
+    }
     const char *hs = ctl_opt(o, "hosts");
     if (hs) {
         char buf[512];
