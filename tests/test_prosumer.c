@@ -461,7 +461,27 @@ START_TEST(http_client_reads_length_chunked_and_close_and_rejects_garbage) {
 }
 END_TEST
 
-static Suite *prosumer_suite(void) {
+
+START_TEST(sim_power_scale_multiplies_load_and_pv_and_nothing_else) {
+    ctl_sim_config c;
+    ctl_sim_config_default(&c);
+    ck_assert(c.power_scale == 1.0);
+    for (uint32_t i = 0; i < 8; i++) {
+        ctl_sim_prosumer a, b;
+        ctl_sim_prosumer_init(&a, &c, i, 2 + i, 60000.0, 1);
+        ctl_sim_config c4 = c;
+        c4.power_scale = 4.0;
+        ctl_sim_prosumer_init(&b, &c4, i, 2 + i, 60000.0, 1);
+        ck_assert_msg(b.load_peak_w == 4.0 * a.load_peak_w, "prosumer %u load", i);
+        ck_assert_msg(b.pv_peak_w == 4.0 * a.pv_peak_w, "prosumer %u pv", i);
+        ck_assert_int_eq(b.cls, a.cls);
+        ck_assert_int_eq(b.strategy, a.strategy);
+        ck_assert(b.value_u == a.value_u);
+    }
+}
+END_TEST
+
+Suite *prosumer_suite(void) {
     Suite *s = suite_create("prosumer");
     TCase *t = tcase_create("sim");
     tcase_add_test(t, sim_step_balances_energy_in_every_slot_of_a_day);
@@ -475,6 +495,7 @@ static Suite *prosumer_suite(void) {
     tcase_add_test(t, sim_battery_keeps_surplus_for_a_high_price_and_stores_it_for_a_low_one);
     tcase_add_test(t, sim_step_refuses_an_inverted_band_and_changes_nothing);
     tcase_add_test(t, sim_classes_follow_the_index_and_the_bus_load_is_shared);
+    tcase_add_test(t, sim_power_scale_multiplies_load_and_pv_and_nothing_else);
     tcase_add_test(t, sim_place_puts_prosumers_round_robin_on_non_slack_buses);
     tcase_add_test(t, sim_start_minute_centres_short_runs_on_midday);
     tcase_add_test(t, simrun_schedule_orders_before_the_gate_and_readings_after_the_slot);
