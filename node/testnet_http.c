@@ -431,8 +431,10 @@ int ctl_api_trades_get(ctl_http_conn *c, uint64_t slot, ctl_api_trade **out, siz
         t[i].quantity_wh = (uint64_t)ctl_json_i64(e, NAMES("quantity_wh", "qty_wh"), 0);
         t[i].price = (uint64_t)ctl_json_i64(e, NAMES("price", "price_uunit_per_kwh"), 0);
         t[i].curtailed_wh = (uint64_t)ctl_json_i64(e, NAMES("curtailed_wh"), 0);
-        t[i].network_fee = (uint64_t)ctl_json_i64(e, NAMES("network_fee"), 0);
-        t[i].loss_fee = (uint64_t)ctl_json_i64(e, NAMES("loss_fee"), 0);
+        /* /v1/trades splits fees by side (the buyer's holds the network fee and its half of the
+         * loss charge, the seller's the other half); the report only uses their sum. */
+        t[i].network_fee = (uint64_t)ctl_json_i64(e, NAMES("network_fee", "buyer_fee_uunit"), 0);
+        t[i].loss_fee = (uint64_t)ctl_json_i64(e, NAMES("loss_fee", "seller_fee_uunit"), 0);
         t[i].height = (uint64_t)ctl_json_i64(e, NAMES("height"), 0);
         copy_str(t[i].binding, sizeof t[i].binding, ctl_json_str(e, NAMES("binding")));
         if (tem_unhex(t[i].buyer, 33, ctl_json_str(e, NAMES("buyer"))) != 0) memset(t[i].buyer, 0, 33);
