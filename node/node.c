@@ -133,11 +133,9 @@ static void apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t
                             size_t cert_len, const uint8_t hash[32]) {
     if (height <= ledger_store_height(n->store)) return; /* already applied (replayed delivery) */
     unsigned flags = hash && was_validated(n, hash) ? LEDGER_APPLY_SIGS_OK : 0;
-    {
-        Tem__V1__Block *pre = tem__v1__block__unpack(&ledger_pb_allocator, len, blk);
-        if (pre && pre->header) node_archive_trades(n, pre->header->time_ms);
-        if (pre) tem__v1__block__free_unpacked(pre, &ledger_pb_allocator);
-    }
+    /* Decoded once here for the node's own bookkeeping; the store decodes the bytes itself. */
+    Tem__V1__Block *b = tem__v1__block__unpack(&ledger_pb_allocator, len, blk);
+    if (b && b->header) node_archive_trades(n, b->header->time_ms);
     ledger_apply_info info;
     int rc = ledger_store_apply(n->store, blk, len, cert, cert_len, &n->ex, flags, &info);
     if (rc != LEDGER_OK) {
@@ -145,6 +143,7 @@ static void apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t
          * 2f+1 validators'. Running on would diverge: stop and let the operator look. */
         node_log(n, NODE_LOG_ERROR, "certified block %llu does not apply: %s; stopping",
                  (unsigned long long)height, ledger_strerror(rc));
+        if (b) tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
         stop_node(n, 1);
         return;
     }
@@ -154,7 +153,6 @@ static void apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t
     uint64_t now = node_now_ms();
     n->last_commit_wall_ms = now;
     /* txids of the block, for the mempool and the latency histogram */
-    Tem__V1__Block *b = tem__v1__block__unpack(&ledger_pb_allocator, len, blk);
     if (b) {
         uint8_t(*ids)[32] = tem_malloc((b->n_txs ? b->n_txs : 1) * 32);
         if (ids) {
@@ -694,7 +692,7 @@ static void stop_node(node *n, int code) {
     n->stopping = true;
     if (code) n->exit_code = code;
     node_log(n, NODE_LOG_INFO, "stopping");
-    uv_timer_t *timers[] = {&n->t_view, &n->t_fetch, &n->t_propose, &n->t_sync, &n->t_gossip, &n->t_tick};
+    uv_timer_t *timers[] = {&n->t_view, &n->t_fetch, &n->t_propose, &n->t_tick};
     for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
         if (!uv_is_closing((uv_handle_t *)timers[i])) uv_close((uv_handle_t *)timers[i], close_cb);
     if (!uv_is_closing((uv_handle_t *)&n->sig_int)) uv_close((uv_handle_t *)&n->sig_int, close_cb);
@@ -774,7 +772,7 @@ int node_run(const node_config *cfg) {
     }
     pbft_actions_init(n->acts);
     /* Every handle the node owns exists from here on, so one shutdown path closes them all. */
-    uv_timer_t *timers[] = {&n->t_view, &n->t_fetch, &n->t_propose, &n->t_sync, &n->t_gossip, &n->t_tick};
+    uv_timer_t *timers[] = {&n->t_view, &n->t_fetch, &n->t_propose, &n->t_tick};
     for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++) {
         TEM_ASSERT(uv_timer_init(&n->loop, timers[i]) == 0);
         timers[i]->data = n;

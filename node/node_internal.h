@@ -62,7 +62,7 @@ typedef struct node {
     bool rep_ok;
     pbft_replica rep;
     pbft_actions *acts;
-    uv_timer_t t_view, t_fetch, t_propose, t_sync, t_gossip, t_tick;
+    uv_timer_t t_view, t_fetch, t_propose, t_tick;
     uint64_t seq_view, seq_fetch;
     uint64_t want_proposal; /* height the replica asked a proposal for, 0 = none */
     bool propose_armed;
