@@ -140,6 +140,21 @@ typedef struct {
 TEM_WUR int contracts_trade_iter(ledger_state *st, uint64_t slot,
                                  int (*fn)(void *ctx, const contracts_trade *t), void *ctx);
 
+/* A match of a call-auction clearing that the DSO's grid check curtailed. (A continuous
+ * auction's curtailments are in the receipts' fills instead.) Kept after settlement. */
+typedef struct {
+    uint64_t slot;
+    bool executed;       /* part of the match executed: trade_seq names that trade */
+    uint64_t trade_seq;
+    uint8_t seller[LEDGER_SECP_PUB_BYTES], buyer[LEDGER_SECP_PUB_BYTES];
+    uint64_t wanted_wh, allowed_wh, price;
+    char binding[41];    /* "line F-T", "bus B" or a grid error name */
+} contracts_curtailment;
+/* Curtailed matches of `slot`'s clearing, executed ones by trade seq, then blocked ones. */
+TEM_WUR int contracts_curtailment_iter(ledger_state *st, uint64_t slot,
+                                       int (*fn)(void *ctx, const contracts_curtailment *c),
+                                       void *ctx);
+
 typedef struct {
     uint64_t slot;
     uint8_t pubkey[LEDGER_SECP_PUB_BYTES];

@@ -240,6 +240,7 @@ typedef struct {
     size_t n_fills, cap_fills;
     int64_t taker_released, taker_fee;
     uint32_t skips; /* grid-blocked counter-orders so far (MK_GRID_SKIPS_MAX) */
+    uint64_t blocked; /* fully blocked matches of this call clearing ('q' ids 2^63 + n) */
     int err;
 } fill_env;
 
@@ -318,6 +319,22 @@ static int mk_fill(fill_env *e, mk_order *buy, mk_order *sell, uint64_t want, ui
     }
     mk_order *taker = e->taker;
     mk_order *counter = taker == buy ? sell : buy;
+    if (!taker && q < want) {
+        /* A call-auction clearing runs at gate closure, outside any tx: there is no receipt to
+         * carry the curtailment, so it is kept in the state ('q'), where /v1/trades reads it. */
+        uint8_t ck[17], cv[MK_CURT_BYTES] = {0};
+        ck[0] = MK_CURT;
+        tem_put_u64be(ck + 1, e->slot);
+        tem_put_u64be(ck + 9, q > 0 ? e->srec.next_tseq : (1ull << 63) + e->blocked++);
+        memcpy(cv, sell->owner, PUB);
+        memcpy(cv + PUB, buy->owner, PUB);
+        tem_put_u64le(cv + 2 * PUB, want);
+        tem_put_u64le(cv + 2 * PUB + 8, q);
+        tem_put_u64le(cv + 2 * PUB + 16, price);
+        size_t bl = strlen(binding);
+        memcpy(cv + 2 * PUB + 24, binding, bl < MK_CURT_BINDING_BYTES ? bl : MK_CURT_BINDING_BYTES - 1);
+        if ((rc = ledger_state_put(e->st, ck, sizeof ck, cv, sizeof cv))) return rc;
+    }
     Tem__V1__Fill *f = NULL;
     if (taker) {
         f = ledger_arena_alloc(e->b->arena, sizeof *f);

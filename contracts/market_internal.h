@@ -16,6 +16,9 @@ enum {
     MK_READ = 'r',   /* 'r' slot(be8) pub33               -> reading (16 bytes) */
     MK_SLOT = 's',   /* 's' slot(be8)                     -> active slot (16 bytes) */
     MK_SETTLED = 'x',/* 'x' slot(be8) pub33               -> settlement line (112 bytes) */
+    MK_CURT = 'q',   /* 'q' slot(be8) id(be8)             -> call-auction curtailment (130 bytes):
+                        id = the trade's tseq when part of the match executed, else
+                        2^63 + n for the clearing's n-th fully blocked match */
     MK_PARAM = 'p',  /* 'p' 'c' -> counters; 'p' 't' from_slot(be8) -> tariffs;
                         'p' 'u' -> utility pub33; 'p' 'd' -> DSO pub33 */
 };
@@ -58,6 +61,9 @@ typedef struct {
     int64_t collateral; /* seller tokens held for this trade */
 } mk_trade;
 #define MK_TRADE_BYTES 120
+/* 'q' value: seller33 buyer33 wanted_wh(le8) allowed_wh(le8) price(le8) binding(40, NUL-padded) */
+#define MK_CURT_BYTES 130
+#define MK_CURT_BINDING_BYTES 40
 
 typedef struct {
     uint64_t next_tseq;

@@ -8,6 +8,7 @@ typedef struct {
         int (*order)(void *ctx, const contracts_order *o);
         int (*trade)(void *ctx, const contracts_trade *t);
         int (*line)(void *ctx, const contracts_settlement *l);
+        int (*curt)(void *ctx, const contracts_curtailment *c);
     } fn;
     void *ctx;
     uint64_t slot;
@@ -57,6 +58,22 @@ static int line_one(void *c, const uint8_t *key, size_t klen, const uint8_t *val
     return v->fn.line(v->ctx, &out);
 }
 
+static int curt_one(void *c, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen) {
+    view_ctx *v = c;
+    if (klen != 17 || vlen != MK_CURT_BYTES) return LEDGER_ECORRUPT;
+    uint64_t id = tem_get_u64be(key + 9);
+    contracts_curtailment out = {.slot = v->slot, .executed = id < (1ull << 63),
+                                 .trade_seq = id < (1ull << 63) ? id : 0,
+                                 .wanted_wh = tem_get_u64le(val + 2 * PUB),
+                                 .allowed_wh = tem_get_u64le(val + 2 * PUB + 8),
+                                 .price = tem_get_u64le(val + 2 * PUB + 16)};
+    memcpy(out.seller, val, PUB);
+    memcpy(out.buyer, val + PUB, PUB);
+    memcpy(out.binding, val + 2 * PUB + 24, MK_CURT_BINDING_BYTES);
+    out.binding[MK_CURT_BINDING_BYTES] = 0;
+    return v->fn.curt(v->ctx, &out);
+}
+
 static int walk(ledger_state *st, uint8_t kind, ledger_state_iter_fn one, view_ctx *v) {
     uint8_t prefix[9];
     prefix[0] = kind;
@@ -87,4 +104,10 @@ int contracts_settlement_iter_all(ledger_state *st,
     view_ctx v = {.fn.line = fn, .ctx = ctx};
     uint8_t prefix = MK_SETTLED;
     return ledger_state_iter(st, &prefix, 1, line_one, &v);
+}
+
+int contracts_curtailment_iter(ledger_state *st, uint64_t slot,
+                               int (*fn)(void *ctx, const contracts_curtailment *c), void *ctx) {
+    view_ctx v = {.fn.curt = fn, .ctx = ctx, .slot = slot};
+    return walk(st, MK_CURT, curt_one, &v);
 }

@@ -111,9 +111,38 @@ static int trade_fn(void *ctx, const contracts_trade *t) {
     return 0;
 }
 
+/* A call auction's curtailments (from the state): an executed match annotates its trade, a
+ * fully blocked one is listed as a trade of 0 Wh, as a continuous auction's fills show them. */
+static int curt_fn(void *ctx, const contracts_curtailment *c) {
+    json_t *arr = ctx;
+    uint64_t cut = c->wanted_wh - c->allowed_wh;
+    if (c->executed) {
+        size_t i;
+        json_t *t;
+        json_array_foreach(arr, i, t) {
+            if ((uint64_t)json_integer_value(json_object_get(t, "seq")) != c->trade_seq) continue;
+            json_object_set_new(t, "curtailed_wh", json_integer((json_int_t)cut));
+            json_object_set_new(t, "binding", json_string(c->binding));
+            return 0;
+        }
+        return 0;
+    }
+    json_t *j = json_object();
+    json_object_set_new(j, "seller", node_hexj(c->seller, 33));
+    json_object_set_new(j, "buyer", node_hexj(c->buyer, 33));
+    json_object_set_new(j, "quantity_wh", json_integer(0));
+    json_object_set_new(j, "price", json_integer((json_int_t)c->price));
+    json_object_set_new(j, "curtailed_wh", json_integer((json_int_t)cut));
+    json_object_set_new(j, "binding", json_string(c->binding));
+    json_array_append_new(arr, j);
+    return 0;
+}
+
 static json_t *trades_from_state(node *n, uint64_t slot) {
     json_t *arr = json_array();
-    if (contracts_trade_iter(ledger_store_state(n->store), slot, trade_fn, arr) != LEDGER_OK) {
+    ledger_state *st = ledger_store_state(n->store);
+    if (contracts_trade_iter(st, slot, trade_fn, arr) != LEDGER_OK ||
+        contracts_curtailment_iter(st, slot, curt_fn, arr) != LEDGER_OK) {
         json_decref(arr);
         return NULL;
     }

@@ -103,6 +103,62 @@ START_TEST(market_grid_stops_after_64_blocked_counter_orders) {
 }
 END_TEST
 
+
+typedef struct {
+    int n;
+    contracts_curtailment c[8];
+} curt_list;
+static int curt_fn(void *ctx, const contracts_curtailment *c) {
+    curt_list *l = ctx;
+    if (l->n < 8) l->c[l->n++] = *c;
+    return 0;
+}
+typedef struct {
+    int n;
+    contracts_trade t[8];
+} trade_list;
+static int trade_fn(void *ctx, const contracts_trade *t) {
+    trade_list *l = ctx;
+    if (l->n < 8) l->t[l->n++] = *t;
+    return 0;
+}
+
+/* The call auction has no taker and no receipt at its clearing: its curtailment goes into the
+ * state, readable with contracts_curtailment_iter, and survives settlement. */
+START_TEST(market_grid_call_clearing_records_its_curtailment_in_the_state) {
+    mh_free(&H);
+    mh_init(&H, LEDGER_MECH_CALL);
+    mh_block(&H, NOW);
+    ck_assert_int_eq(install(ADMIN), 0);
+    ck_assert_int_eq(mh_register(&H, ADMIN, H.keys[P2], PUB, 3, TEM__V1__ROLE__PROSUMER), 0);
+    ck_assert_int_eq(mh_register(&H, ADMIN, H.keys[P3], PUB, 4, TEM__V1__ROLE__PROSUMER), 0);
+    ck_assert_int_eq(mh_order(&H, P2, SLOT, SELL, 100000, 50000, GTC), 0);
+    ck_assert_int_eq(mh_order(&H, P3, SLOT, BUY, 120000, 50000, GTC), 0);
+    ck_assert_uint_eq(H.rc.n_fills, 0); /* nothing matches before the gate closes */
+    mh_block(&H, mh_gate(SLOT) + 1);    /* the clearing */
+    curt_list cl = {0};
+    trade_list tl = {0};
+    ck_assert_int_eq(contracts_curtailment_iter(H.st, SLOT, curt_fn, &cl), LEDGER_OK);
+    ck_assert_int_eq(contracts_trade_iter(H.st, SLOT, trade_fn, &tl), LEDGER_OK);
+    ck_assert_int_eq(tl.n, 1);
+    ck_assert_uint_eq(tl.t[0].qty_wh, 37500); /* line 4-2 carries 37.5 kWh more in the slot */
+    ck_assert_int_eq(cl.n, 1);
+    ck_assert(cl.c[0].executed);
+    ck_assert_uint_eq(cl.c[0].trade_seq, tl.t[0].seq);
+    ck_assert_uint_eq(cl.c[0].wanted_wh, 50000);
+    ck_assert_uint_eq(cl.c[0].allowed_wh, 37500);
+    ck_assert_str_eq(cl.c[0].binding, "line 4-2");
+    ck_assert_mem_eq(cl.c[0].seller, H.keys[P2], PUB);
+    ck_assert_mem_eq(cl.c[0].buyer, H.keys[P3], PUB);
+    mh_check_invariants(&H, false);
+    mh_block(&H, mh_deadline(SLOT) + 1); /* settlement deletes the trade, keeps the record */
+    cl.n = 0;
+    ck_assert_int_eq(contracts_curtailment_iter(H.st, SLOT, curt_fn, &cl), LEDGER_OK);
+    ck_assert_int_eq(cl.n, 1);
+    mh_check_invariants(&H, true);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("market_grid");
     TCase *t = tcase_create("grid");
@@ -110,6 +166,7 @@ int main(void) {
     tcase_add_test(t, market_grid_refuses_orders_from_a_bus_the_feeder_lacks);
     tcase_add_test(t, market_grid_curtails_a_match_names_the_line_and_charges_fees);
     tcase_add_test(t, market_grid_stops_after_64_blocked_counter_orders);
+    tcase_add_test(t, market_grid_call_clearing_records_its_curtailment_in_the_state);
     suite_add_tcase(s, t);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
