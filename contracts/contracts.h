@@ -82,6 +82,13 @@ void contracts_executor(contracts_market *m, ledger_executor *ex);
  * negative or overflowing balance, invalid tariff or market parameter), LEDGER_ENOMEM. */
 TEM_WUR int contracts_genesis_init(void *ctx, ledger_state *st, const ledger_genesis *g);
 
+/* Whether the signer of tx may send its kind at all, before any market rule: admin kinds need a
+ * genesis admin key (deposits also the utility's), every other kind a registered participant.
+ * The executor applies the same rule; the node's mempool calls it to refuse early.
+ * CONTRACTS_OK, CONTRACTS_ENOTADMIN, CONTRACTS_ENOTREGISTERED, CONTRACTS_EMETER (a reading from
+ * an unregistered meter), LEDGER_ECORRUPT. */
+TEM_WUR int contracts_signer_check(ledger_state *st, const ledger_genesis *g, const ledger_tx *tx);
+
 /* ------------------------------------------------------------------ reading the state */
 typedef struct {
     uint8_t pubkey[LEDGER_SECP_PUB_BYTES];

@@ -116,20 +116,9 @@ static int http_status_of(int rc) {
 /* ------------------------------------------------------------------ precheck */
 int node_api_precheck(void *ctx, const ledger_tx *tx) {
     node *n = ctx;
-    ledger_state *st = ledger_store_state(n->store);
-    const uint8_t *signer = tx->body->signer.data;
-    int kind = tx->body->kind_case;
-    if (ledger_tx_kind_is_admin(kind)) {
-        if (ledger_genesis_is_admin(&n->g, signer)) return 0;
-        contracts_account a;
-        if (kind == TEM__V1__TX_BODY__KIND_DEPOSIT && contracts_account_get(st, signer, &a) == LEDGER_OK &&
-            a.role == TEM__V1__ROLE__UTILITY)
-            return 0;
-        return CONTRACTS_ENOTADMIN;
-    }
-    contracts_account a;
-    if (contracts_account_get(st, signer, &a) != LEDGER_OK) return CONTRACTS_ENOTREGISTERED;
-    return 0;
+    /* The contracts' own rule, so the mempool never admits what the executor would refuse for
+     * its signer alone. */
+    return contracts_signer_check(ledger_store_state(n->store), &n->g, tx);
 }
 
 /* ------------------------------------------------------------------ POST /v1/tx, /v1/txs */

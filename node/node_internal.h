@@ -131,8 +131,7 @@ json_t *node_hexj(const uint8_t *b, size_t n);
 json_t *node_pb_json(const ProtobufCMessage *m);
 void node_reply_json(net_http_req *req, int status, json_t *j);
 void node_reply_err(net_http_req *req, int status, const char *code, const char *msg);
-/* The mempool's pre-check: registered participant for market kinds, admin (or utility, for
- * deposits) for admin kinds. 0 or a contracts reason code. */
+/* The mempool's pre-check: contracts_signer_check on the current state. 0 or its code. */
 int node_api_precheck(void *ctx, const ledger_tx *tx);
 
 #endif

@@ -375,6 +375,37 @@ START_TEST(market_later_tariff_change_replaces_sets_from_its_slot_on) {
 }
 END_TEST
 
+/* The signer rule the executor applies and the node's mempool uses to refuse early. */
+START_TEST(market_signer_check_names_who_may_send_each_kind) {
+    static const struct {
+        const char *name;
+        int who, kind, want;
+    } rows[] = {
+        {"admin deposits", ADMIN, TEM__V1__TX_BODY__KIND_DEPOSIT, CONTRACTS_OK},
+        {"utility deposits", UTIL, TEM__V1__TX_BODY__KIND_DEPOSIT, CONTRACTS_OK},
+        {"prosumer deposits", P1, TEM__V1__TX_BODY__KIND_DEPOSIT, CONTRACTS_ENOTADMIN},
+        {"utility registers", UTIL, TEM__V1__TX_BODY__KIND_REGISTER, CONTRACTS_ENOTADMIN},
+        {"admin installs a feeder", ADMIN, TEM__V1__TX_BODY__KIND_INSTALL_FEEDER, CONTRACTS_OK},
+        {"registered prosumer orders", P1, TEM__V1__TX_BODY__KIND_ORDER, CONTRACTS_OK},
+        {"stranger orders", STRANGER, TEM__V1__TX_BODY__KIND_ORDER, CONTRACTS_ENOTREGISTERED},
+        {"stranger transfers", STRANGER, TEM__V1__TX_BODY__KIND_TRANSFER, CONTRACTS_ENOTREGISTERED},
+        {"stranger reads a meter", STRANGER, TEM__V1__TX_BODY__KIND_READING, CONTRACTS_EMETER},
+        {"stranger deposits", STRANGER, TEM__V1__TX_BODY__KIND_DEPOSIT, CONTRACTS_ENOTADMIN},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        Tem__V1__TxBody body = TEM__V1__TX_BODY__INIT;
+        body.signer = (ProtobufCBinaryData){PUB, H.keys[rows[i].who]};
+        body.kind_case = rows[i].kind;
+        ledger_tx tx = {.body = &body};
+        int got = contracts_signer_check(H.st, &H.g, &tx);
+        ck_assert_msg(got == rows[i].want, "row '%s': got %d, want %d", rows[i].name, got, rows[i].want);
+    }
+    /* and the executor agrees: a prosumer's deposit is refused with the same code */
+    ck_assert_int_eq(mh_deposit(&H, P1, P2, 5), CONTRACTS_ENOTADMIN);
+    ck_assert_int_eq(mh_deposit(&H, UTIL, P2, 5), 0);
+}
+END_TEST
+
 static Suite *market_suite(void) {
     Suite *s = suite_create("market");
     TCase *t = tcase_create("cda");
@@ -391,6 +422,7 @@ static Suite *market_suite(void) {
     tcase_add_test(t, market_admin_txs_apply);
     tcase_add_test(t, market_time_of_use_tariff_follows_the_slot_start_minute);
     tcase_add_test(t, market_later_tariff_change_replaces_sets_from_its_slot_on);
+    tcase_add_test(t, market_signer_check_names_who_may_send_each_kind);
     tcase_add_loop_test(t, market_bad_input_is_refused_with_its_code_and_changes_nothing, 0,
                         (int)(sizeof bad_cases / sizeof bad_cases[0]));
     suite_add_tcase(s, t);

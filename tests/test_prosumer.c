@@ -481,7 +481,7 @@ START_TEST(sim_power_scale_multiplies_load_and_pv_and_nothing_else) {
 }
 END_TEST
 
-Suite *prosumer_suite(void) {
+static Suite *prosumer_suite(void) {
     Suite *s = suite_create("prosumer");
     TCase *t = tcase_create("sim");
     tcase_add_test(t, sim_step_balances_energy_in_every_slot_of_a_day);
