@@ -221,19 +221,20 @@ static int mul3_div_ceil(int64_t a, int64_t b, int64_t c, int64_t d, int64_t *ou
     return GRID_OK;
 }
 
-static int fee_args(uint64_t qty_wh, int64_t rate) {
+/* What every fee and loss call starts with: argument checks, then the installed model (*blob
+ * NULL when none is installed, and then every charge is 0). */
+static int fee_model(ledger_state *st, uint64_t qty_wh, int64_t rate, const uint8_t **blob, size_t *len) {
     if (rate < 0) return GRID_EINVAL;
     if (qty_wh > (uint64_t)GRID__FEE_QTY_MAX) return GRID_EOVERFLOW;
-    return GRID_OK;
+    return model_get(st, blob, len);
 }
 
 int grid_network_fee(ledger_state *st, uint32_t seller_bus, uint32_t buyer_bus, uint64_t qty_wh,
                      int64_t rate_uunit_per_kwh_per_ohm, int64_t *fee_uunit) {
     TEM_ASSERT(st && fee_uunit);
-    int rc = fee_args(qty_wh, rate_uunit_per_kwh_per_ohm);
     const uint8_t *blob;
     size_t len;
-    if (rc == GRID_OK) rc = model_get(st, &blob, &len);
+    int rc = fee_model(st, qty_wh, rate_uunit_per_kwh_per_ohm, &blob, &len);
     if (rc != GRID_OK) return rc;
     if (!blob) {
         *fee_uunit = 0;
@@ -249,10 +250,9 @@ int grid_network_fee(ledger_state *st, uint32_t seller_bus, uint32_t buyer_bus, 
 int grid_network_fee_max(ledger_state *st, uint32_t bus, uint64_t qty_wh,
                          int64_t rate_uunit_per_kwh_per_ohm, int64_t *fee_uunit) {
     TEM_ASSERT(st && fee_uunit);
-    int rc = fee_args(qty_wh, rate_uunit_per_kwh_per_ohm);
     const uint8_t *blob;
     size_t len;
-    if (rc == GRID_OK) rc = model_get(st, &blob, &len);
+    int rc = fee_model(st, qty_wh, rate_uunit_per_kwh_per_ohm, &blob, &len);
     if (rc != GRID_OK) return rc;
     if (!blob) {
         *fee_uunit = 0;
@@ -267,10 +267,9 @@ int grid_network_fee_max(ledger_state *st, uint32_t bus, uint64_t qty_wh,
 int grid_loss_charge(ledger_state *st, uint32_t seller_bus, uint32_t buyer_bus, uint64_t qty_wh,
                      int64_t loss_price_uunit_per_kwh, grid_loss *out) {
     TEM_ASSERT(st && out);
-    int rc = fee_args(qty_wh, loss_price_uunit_per_kwh);
     const uint8_t *blob;
     size_t len;
-    if (rc == GRID_OK) rc = model_get(st, &blob, &len);
+    int rc = fee_model(st, qty_wh, loss_price_uunit_per_kwh, &blob, &len);
     if (rc != GRID_OK) return rc;
     grid_loss l = {0};
     if (blob) {
@@ -294,10 +293,9 @@ int grid_loss_charge(ledger_state *st, uint32_t seller_bus, uint32_t buyer_bus, 
 int grid_loss_charge_max(ledger_state *st, uint32_t bus, uint64_t qty_wh,
                          int64_t loss_price_uunit_per_kwh, int64_t *total_uunit) {
     TEM_ASSERT(st && total_uunit);
-    int rc = fee_args(qty_wh, loss_price_uunit_per_kwh);
     const uint8_t *blob;
     size_t len;
-    if (rc == GRID_OK) rc = model_get(st, &blob, &len);
+    int rc = fee_model(st, qty_wh, loss_price_uunit_per_kwh, &blob, &len);
     if (rc != GRID_OK) return rc;
     if (!blob) {
         *total_uunit = 0;
