@@ -28,15 +28,20 @@ PKG_LDLIBS := $(shell pkg-config --libs $(PKG_LIBS) 2>/dev/null)
 LDLIBS   = $(PKG_LDLIBS) -lh2o -lssl -lcrypto -lpthread -lm
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
 
-MODULES  = node contracts consensus net ledger
+# One static library per folder. node/ is temd's; node/ctl (temctl's verbs), node/pf (offline
+# power flow) and node/sim (prosumer simulator, testnet runner, report) are temctl's. Link order
+# follows the dependency order: sim -> ctl -> pf -> node -> contracts -> consensus -> net -> ledger.
+MODULES  = node/sim node/ctl node/pf node contracts consensus net ledger
+libname  = $(BUILD)/lib$(notdir $(1)).a
 PROTO_C  = $(BUILD)/gen/proto/tem.pb-c.c
 PROTO_H  = $(BUILD)/gen/proto/tem.pb-c.h
 
-# node/temd.c and node/temctl.c hold the mains; every other node/*.c goes into libnode.a.
-MAINS    = node/temd.c node/temctl.c
+# node/temd.c and node/ctl/temctl.c hold the mains; every other .c of a folder goes into its library.
+MAINS    = node/temd.c node/ctl/temctl.c
 src_of   = $(filter-out $(MAINS),$(wildcard $(1)/*.c))
 obj_of   = $(patsubst %.c,$(BUILD)/obj/%.o,$(call src_of,$(1)))
-LIBS     = $(foreach m,$(MODULES),$(BUILD)/lib$(m).a) $(BUILD)/libproto.a
+LIBS     = $(foreach m,$(MODULES),$(call libname,$(m))) $(BUILD)/libproto.a
+TEMD_LIBS = $(foreach m,node contracts consensus net ledger,$(call libname,$(m))) $(BUILD)/libproto.a
 
 TEMD     = $(BUILD)/temd
 TEMCTL   = $(BUILD)/temctl
@@ -72,19 +77,17 @@ $(BUILD)/obj/%.o: %.c | $(PROTO_H)
 	$(CC) $(CPPFLAGS) $(PKG_CFLAGS) $(CFLAGS) -c $< -o $@
 
 define module_lib
-$(BUILD)/lib$(1).a: $(call obj_of,$(1))
+$(call libname,$(1)): $(call obj_of,$(1))
 	@mkdir -p $(BUILD)
 	rm -f $$@
 	ar rcs $$@ $$^
 endef
 $(foreach m,$(MODULES),$(eval $(call module_lib,$(m))))
 
-$(TEMD): $(BUILD)/obj/node/temd.o $(LIBS)
+$(TEMD): $(BUILD)/obj/node/temd.o $(TEMD_LIBS)
+	$(CC) $(LDSAN) -o $@ $< $(TEMD_LIBS) $(LDLIBS)
+$(TEMCTL): $(BUILD)/obj/node/ctl/temctl.o $(LIBS)
 	$(CC) $(LDSAN) -o $@ $< $(LIBS) $(LDLIBS)
-# temctl.c names the verbs of other parts as weak symbols, which alone never pull an archive
-# member in: -u asks the linker for every ctl_*_main libnode.a defines.
-$(TEMCTL): $(BUILD)/obj/node/temctl.o $(LIBS)
-	$(CC) $(LDSAN) -o $@ $< $$(nm -g --defined-only $(BUILD)/libnode.a | awk '$$2 == "T" && $$3 ~ /^ctl_.*_main$$/ {print "-Wl,-u," $$3}') $(LIBS) $(LDLIBS)
 
 # ---------------------------------------------------------------- tests
 # A test or bench links only the modules its name says it needs, so a module under construction
@@ -93,9 +96,10 @@ $(TEMCTL): $(BUILD)/obj/node/temctl.o $(LIBS)
 # anything else links every module.
 mods_for = $(strip $(if $(filter pbft% sim%,$(1)),consensus ledger,\
              $(if $(filter ledger% state% store% tx%,$(1)),ledger,\
-             $(if $(filter cda% call% acct% settle% market% grid% contracts%,$(1)),contracts ledger,\
-             $(if $(filter net% http%,$(1)),net ledger,$(MODULES))))))
-libs_for = $(foreach m,$(call mods_for,$(1)),$(BUILD)/lib$(m).a) $(BUILD)/libproto.a
+             $(if $(filter grid%,$(1)),node/pf contracts ledger,\
+             $(if $(filter cda% call% acct% settle% market% contracts%,$(1)),contracts ledger,\
+             $(if $(filter net% http%,$(1)),net ledger,$(MODULES)))))))
+libs_for = $(foreach m,$(call mods_for,$(1)),$(call libname,$(m))) $(BUILD)/libproto.a
 .SECONDEXPANSION:
 $(BUILD)/tests/test_%: $(BUILD)/obj/tests/test_%.o $$(call libs_for,$$*)
 	@mkdir -p $(dir $@)

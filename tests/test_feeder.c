@@ -7,7 +7,8 @@
 #include <math.h>
 #include <unistd.h>
 
-#include "node/feeder.h"
+#include "node/ctl/ctl.h"
+#include "node/pf/feeder.h"
 
 static char feeders_dir[1024];
 

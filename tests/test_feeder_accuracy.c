@@ -9,7 +9,7 @@
 #include <check.h>
 #include <math.h>
 
-#include "node/feeder.h"
+#include "node/pf/feeder.h"
 
 /* docs/grid.md, "Accuracy": worst case over the randomised sequences with margin 0. */
 #define ACC_LINE_ERR_PCT 1.5

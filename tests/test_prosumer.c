@@ -1,5 +1,5 @@
-/* test_prosumer.c: Check suite for the prosumer simulator (node/sim.c, node/sim_run.c) and the
- * blocking HTTP client of temctl sim/testnet (node/testnet_http.c): energy balance in every
+/* test_prosumer.c: Check suite for the prosumer simulator (node/sim/sim.c, node/sim/sim_run.c) and the
+ * blocking HTTP client of temctl sim/testnet (node/ctl/http.c): energy balance in every
  * slot, determinism from the seed, prices inside the tariff band for every strategy, battery
  * dispatch by price, placement on the feeder, the slot schedule, and the client against a
  * scripted server in a child process (content-length, chunked, keep-alive, close, garbage). */
@@ -11,7 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "node/testnet.h"
+#include "node/sim/testnet.h"
 
 static ctl_sim_config cfg(uint64_t seed) {
     ctl_sim_config c;

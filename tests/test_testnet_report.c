@@ -1,11 +1,11 @@
-/* test_testnet_report.c: Check suite for the testnet report (node/report.c) on synthetic
+/* test_testnet_report.c: Check suite for the testnet report (node/sim/report.c) on synthetic
  * datasets: the summary shows the dataset's totals, bindings in descending count, savings per
  * class and the conservation verdicts; the HTML page carries three inline SVG charts, no script,
  * escaped text, and survives datasets with missing parts; junk is refused. */
 #include <check.h>
 #include <unistd.h>
 
-#include "node/testnet.h"
+#include "node/sim/testnet.h"
 
 static const char DATA[] =
     "{\"chain_id\":\"tem-testnet\",\"mechanism\":\"cda\",\"validators\":4,\"observers\":1,\"prosumers\":3,"

@@ -3,7 +3,7 @@
  * beside the machine's secp256k1 verifications/s x cores / 4 (every validator verifies every
  * tx once), and submit-to-commit latency p50/p99 beside the mean block interval of the run.
  * Every process it starts is killed by pid before it exits. */
-#include "node/testnet.h"
+#include "node/sim/testnet.h"
 #include "tests/bench/bench_util.h"
 
 #include <pthread.h>

@@ -3,14 +3,15 @@
  * everything execute (the limit: unchecked matches/s) and once with the grid check and commit
  * against ledger state (grid_check_match + grid_commit_match) in the callback. Feeders: case33bw
  * and a generated 1,000-bus radial feeder. Also: bare grid_check_match calls/s on case33bw.
- *
- * The bench's link rule (grid* -> contracts + ledger) leaves out node/, where the offline power
- * flow lives; it is compiled in here from its source so the models are the ones temctl emits. */
+ * The models come from the offline power flow (node/pf), so they are the ones temctl emits. */
 #include "tests/bench/bench_util.h"
 
 #include "contracts/cda_book.h"
 #include "contracts/grid.h"
-#include "node/feeder.c"
+#include "node/pf/feeder.h"
+
+#include <inttypes.h>
+#include <math.h>
 
 #define SLOT_MS 900000
 #define ORDERS 200000

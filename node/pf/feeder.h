@@ -1,21 +1,17 @@
 /* feeder.h: the offline side of the DSO grid check (`temctl feeder`, docs/grid.md): reading a
  * feeder folder (buses.csv, lines.csv), validating it, the AC power flow of a radial feeder
  * (backward/forward sweep), the sensitivities the chain needs, quantised into an InstallFeeder
- * message, and the `temctl feeder` verbs. Floating point is fine here: nothing in this file
+ * message. The `temctl feeder` verbs are node/ctl/ctl_feeder.c. Floating point is fine here: nothing in this file
  * decides consensus state; the chain only sees the integers of the InstallFeeder.
  *
  * Errors are grid codes (contracts/grid.h: GRID_EPARSE, GRID_EIO, the topology and value codes,
  * GRID_ENOCONVERGE, GRID_ENOMEM) with a message naming the file line, the line F-T or the bus
  * in the caller's err buffer. Structures are initialised in place and freed by their _free
  * (safe on a zeroed struct). */
-#ifndef CTL_FEEDER_H
-#define CTL_FEEDER_H
+#ifndef PF_FEEDER_H
+#define PF_FEEDER_H
 
 #include "contracts/grid.h"
-
-/* `temctl feeder VERB ...`: argv[0] = "feeder", argv[1] = "flow" | "limit" | "install" | "help".
- * Prints to stdout, errors to stderr. Returns 0 ok, 1 invalid input, 2 usage. */
-int ctl_feeder_main(int argc, char **argv);
 
 #define CTL_FEEDER_ERR_BYTES 256
 /* Power-flow convergence: largest voltage change of one sweep, pu. */

@@ -3,7 +3,7 @@
  * LMDB store, and prints one JSON line per tx and the resulting height and state root
  * (docs/market.md, "temctl exec"). */
 #include "contracts/contracts.h"
-#include "node/ctl.h"
+#include "node/ctl/ctl.h"
 
 #include <ftw.h>
 #include <unistd.h>

@@ -1,5 +1,5 @@
 /* ctl_keys.c: `temctl keygen` and `temctl genesis`: key files and the genesis document. */
-#include "node/ctl.h"
+#include "node/ctl/ctl.h"
 
 #include <sodium.h>
 

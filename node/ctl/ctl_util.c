@@ -1,5 +1,5 @@
 /* ctl_util.c: option parsing, file I/O and JSON helpers shared by the temctl verbs. */
-#include "node/ctl.h"
+#include "node/ctl/ctl.h"
 
 #include <errno.h>
 

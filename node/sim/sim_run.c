@@ -3,7 +3,7 @@
  * slot two slots before that slot's gate closure and its meter reading just after the slot
  * ends, tracks nonces, spreads prosumers over the nodes, and snapshots each slot's trades so
  * battery strategies can react to the last clearing price. */
-#include "node/testnet.h"
+#include "node/sim/testnet.h"
 
 #include <glob.h>
 #include <sodium.h>

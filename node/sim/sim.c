@@ -1,7 +1,7 @@
 /* sim.c: the prosumer model of the simulator (docs/sim.md): clear-sky PV with cloud noise,
  * residential load shapes, battery dispatch, and the bidding strategies that turn a forecast
  * into a limit order. Pure functions of the seed; no I/O and no clock. */
-#include "node/sim.h"
+#include "node/sim/sim.h"
 
 #include <math.h>
 

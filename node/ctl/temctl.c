@@ -1,14 +1,7 @@
 /* temctl.c: the TEM command-line tool: one verb per subcommand, dispatched from a table. Verbs
- * live in node/ctl_*.c; each returns the exit status (0 ok, 1 invalid input, 2 usage). */
-#include "node/ctl.h"
-
-/* Verbs built by other parts of the tree: weak so a tree without one still links and says so. */
-__attribute__((weak)) int ctl_feeder_main(int argc, char **argv);
-__attribute__((weak)) int ctl_exec_main(int argc, char **argv);
-__attribute__((weak)) int ctl_node_main(int argc, char **argv);
-__attribute__((weak)) int ctl_replay_main(int argc, char **argv);
-__attribute__((weak)) int ctl_testnet_main(int argc, char **argv);
-__attribute__((weak)) int ctl_sim_main(int argc, char **argv);
+ * live in node/ctl/ctl_*.c and node/sim/ (testnet, sim); each returns the exit status (0 ok, 1 invalid input, 2 usage). */
+#include "node/ctl/ctl.h"
+#include "node/sim/testnet.h"
 
 typedef struct {
     const char *name;
@@ -38,15 +31,11 @@ int main(int argc, char **argv) {
         FILE *f = argc < 2 ? stderr : stdout;
         fprintf(f, "usage: temctl VERB [OPTIONS]   (temctl VERB --help for each)\n");
         for (size_t i = 0; i < nv; i++)
-            if (verbs[i].fn) fprintf(f, "  %-9s %s\n", verbs[i].name, verbs[i].help);
+            fprintf(f, "  %-9s %s\n", verbs[i].name, verbs[i].help);
         return argc < 2 ? CTL_USAGE : CTL_OK;
     }
     for (size_t i = 0; i < nv; i++) {
         if (strcmp(argv[1], verbs[i].name) != 0) continue;
-        if (!verbs[i].fn) {
-            fprintf(stderr, "temctl: %s is not built into this temctl\n", argv[1]);
-            return CTL_USAGE;
-        }
         return verbs[i].fn(argc - 1, argv + 1);
     }
     fprintf(stderr, "temctl: unknown verb %s (temctl --help)\n", argv[1]);

@@ -54,11 +54,15 @@ int ctl_tx_build(ctl_opts *o, const char *kind, const ledger_keyfile *k, const c
 /* Chain id from --chain-id or --genesis; false (message on stderr) when required and absent. */
 bool ctl_chain_id_of(const ctl_opts *o, char *buf, size_t n, bool required);
 
-/* Verbs implemented in node/ctl_*.c. */
+/* Verbs implemented in node/ctl/ctl_*.c. The testnet and sim verbs live in node/sim/testnet.h. */
 int ctl_keygen_main(int argc, char **argv);
 int ctl_genesis_main(int argc, char **argv);
 int ctl_tx_main(int argc, char **argv);
-/* Node queries (node/ctl_node.c). */
+int ctl_exec_main(int argc, char **argv);
+int ctl_feeder_main(int argc, char **argv);
+int ctl_replay_main(int argc, char **argv);
+/* `temctl feeder VERB ...`: argv[1] = "flow" | "limit" | "install" | "help" (node/ctl/ctl_feeder.c). */
+/* Node queries (node/ctl/ctl_node.c): submit, status, block, account, book, trades, tx TXID. */
 int ctl_node_main(int argc, char **argv);
 
 #endif

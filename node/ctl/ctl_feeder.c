@@ -2,7 +2,8 @@
  * (optionally with extra injections), `limit` answers the chain's question "how much can a seller
  * at A sell to a buyer at B" offline with the chain's own integer code (grid_model_check), and
  * `install` emits the signed InstallFeeder admin tx. JSON output is built with jansson. */
-#include "node/feeder.h"
+#include "node/ctl/ctl.h"
+#include "node/pf/feeder.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -4,7 +4,7 @@
  * beside metered demand, the feeder with its line loadings). No script and no network: the page
  * opens from disk anywhere. Money is shown in units (1 unit = 1e6 micro-units), prices in units
  * per kWh. */
-#include "node/testnet.h"
+#include "node/sim/testnet.h"
 
 #include <math.h>
 

@@ -1,7 +1,7 @@
 /* ctl_node.c: temctl verbs against a running node (--node URL, default 127.0.0.1:8080):
  * submit (sign and POST a tx, optionally wait for its receipt), status, block, tx, account,
  * book and trades. Each prints the node's JSON answer on one line. */
-#include "node/testnet.h"
+#include "node/ctl/http.h"
 
 #include <sodium.h>
 #include <unistd.h>

@@ -1,11 +1,8 @@
 /* ctl_tx.c: `temctl tx sign` (build and sign any tx kind from flags) and `temctl tx inspect`
  * (decode, check and print a SignedTx as JSON). */
-#include "node/ctl.h"
+#include "node/ctl/ctl.h"
 
 #include <sodium.h>
-
-/* Weak: a tree without node/ctl_node.c still links `tx sign|inspect`. */
-__attribute__((weak)) int ctl_node_main(int argc, char **argv);
 
 static const char TX_USAGE[] =
     "usage: temctl tx sign --key KEYFILE (--chain-id ID | --genesis G.json) --nonce N --out FILE KIND [KIND OPTIONS]\n"
@@ -244,7 +241,7 @@ int ctl_tx_main(int argc, char **argv) {
     }
     if (o.npos >= 1 && strcmp(o.pos[0], "sign") == 0) return tx_sign(&o);
     /* `temctl tx TXID --node URL` asks a node for the tx's status and receipt. */
-    if (o.npos == 1 && strlen(o.pos[0]) == 64 && ctl_node_main) return ctl_node_main(argc, argv);
+    if (o.npos == 1 && strlen(o.pos[0]) == 64) return ctl_node_main(argc, argv);
     if (o.npos >= 1 && strcmp(o.pos[0], "inspect") == 0) return tx_inspect(&o);
     fputs(TX_USAGE, stderr);
     return CTL_USAGE;

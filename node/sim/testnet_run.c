@@ -7,7 +7,7 @@
  *
  * Every process it starts is recorded by pid and stopped with SIGTERM (then SIGKILL after 10 s)
  * on exit, on error and on SIGINT/SIGTERM. */
-#include "node/testnet.h"
+#include "node/sim/testnet.h"
 
 #include <dirent.h>
 #include <errno.h>

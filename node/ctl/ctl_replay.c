@@ -4,7 +4,7 @@
  * the nodes run, which must reproduce each stored state root. Prints the first bad height and
  * why (exit 1), or the verified height and state root. */
 #include "contracts/contracts.h"
-#include "node/testnet.h"
+#include "node/ctl/http.h"
 
 #include <unistd.h>
 

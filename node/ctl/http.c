@@ -1,7 +1,7 @@
 /* testnet_http.c: the blocking HTTP/1.1 keep-alive client of temctl sim/testnet (why not H2O's
- * client: node/testnet.h) and the tolerant readers of the node's JSON API. Every JSON field the
+ * client: node/sim/testnet.h) and the tolerant readers of the node's JSON API. Every JSON field the
  * tools read from a node is named in this file only. */
-#include "node/testnet.h"
+#include "node/ctl/http.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

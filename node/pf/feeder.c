@@ -7,7 +7,7 @@
  * contiguous or that loads are positive: the tree is built from the slack (grid_topology_build,
  * the chain's own code), flows are computed in the tree's orientation and reported in the
  * file's. */
-#include "node/feeder.h"
+#include "node/pf/feeder.h"
 
 #include <complex.h>
 #include <errno.h>
