@@ -1,17 +1,11 @@
-/* testnet_http.c: the blocking HTTP/1.1 keep-alive client of temctl sim/testnet (why not H2O's
- * client: node/sim/testnet.h) and the tolerant readers of the node's JSON API. Every JSON field the
- * tools read from a node is named in this file only. */
+/* http.c: temctl's HTTP client of a node, on libcurl, and the tolerant readers of the node's
+ * JSON API. Every JSON field the tools read from a node is named in this file only. */
 #include "node/ctl/http.h"
 
-#include <arpa/inet.h>
+#include <curl/curl.h>
 #include <errno.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <sys/socket.h>
+#include <stdlib.h>
 #include <time.h>
-#include <unistd.h>
 
 int64_t ctl_now_ms(void) {
     struct timespec ts;
@@ -36,6 +30,10 @@ int ctl_http_init(ctl_http_conn *c, const char *url, int timeout_ms) {
     c->fd = -1;
     c->timeout_ms = timeout_ms > 0 ? timeout_ms : 5000;
     if (strncmp(url, "http://", 7) == 0) url += 7;
+    else if (strncmp(url, "https://", 8) == 0) {
+        url += 8;
+        c->tls = true;
+    }
     const char *colon = strrchr(url, ':');
     if (!colon || colon == url || (size_t)(colon - url) >= sizeof c->host) {
         snprintf(c->err, sizeof c->err, "not host:port: %s", url);
@@ -55,7 +53,8 @@ int ctl_http_init(ctl_http_conn *c, const char *url, int timeout_ms) {
 }
 
 void ctl_http_close(ctl_http_conn *c) {
-    if (c->fd >= 0) close(c->fd);
+    if (c->curl) curl_easy_cleanup(c->curl);
+    c->curl = NULL;
     c->fd = -1;
 }
 
@@ -71,217 +70,121 @@ static int fail(ctl_http_conn *c, const char *what) {
     return -1;
 }
 
-static int wait_fd(ctl_http_conn *c, short ev) {
-    struct pollfd p = {.fd = c->fd, .events = ev};
-    int r;
-    do r = poll(&p, 1, c->timeout_ms);
-    while (r < 0 && errno == EINTR);
-    return r > 0 ? 0 : -1;
+/* libcurl's global init is not thread-safe before 7.84; temctl is single-threaded and calls it
+ * once, on the first request. */
+static bool curl_ready(void) {
+    static int state; /* 0 not yet, 1 ok, -1 failed */
+    if (!state) state = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 1 : -1;
+    return state == 1;
 }
 
-static int conn_open(ctl_http_conn *c) {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
-    char port[8];
-    snprintf(port, sizeof port, "%u", c->port);
-    if (getaddrinfo(c->host, port, &hints, &ai) != 0 || !ai) return fail(c, "cannot resolve host");
-    c->fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (c->fd < 0) {
-        freeaddrinfo(ai);
-        return fail(c, "socket failed");
-    }
-    int r = connect(c->fd, ai->ai_addr, ai->ai_addrlen);
-    freeaddrinfo(ai);
-    if (r != 0 && errno != EINPROGRESS) return fail(c, "connection refused");
-    if (r != 0) {
-        int soerr = 0;
-        socklen_t sl = sizeof soerr;
-        if (wait_fd(c, POLLOUT) != 0) return fail(c, "connect timed out");
-        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0 || soerr != 0)
-            return fail(c, "connection refused");
-    }
-    int one = 1;
-    (void)setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    return 0;
-}
-
-static int send_all(ctl_http_conn *c, const void *buf, size_t len) {
-    const uint8_t *p = buf;
-    while (len > 0) {
-        ssize_t w = send(c->fd, p, len, MSG_NOSIGNAL);
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (wait_fd(c, POLLOUT) != 0) return -1;
-            continue;
-        }
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return -1;
-        p += w;
-        len -= (size_t)w;
-    }
-    return 0;
-}
-
-/* Buffered reader over the socket for one response. */
 typedef struct {
-    ctl_http_conn *c;
-    uint8_t buf[8192];
-    size_t pos, len;
-} reader;
+    ctl_http_resp *o;
+    bool oversize, oom;
+} body_sink;
 
-static int rd_fill(reader *r) {
-    for (;;) {
-        ssize_t n = recv(r->c->fd, r->buf, sizeof r->buf, 0);
-        if (n > 0) {
-            r->pos = 0;
-            r->len = (size_t)n;
-            return 0;
-        }
-        if (n == 0) return -1;
-        if (errno == EINTR) continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
-        if (wait_fd(r->c, POLLIN) != 0) return -1;
+static size_t on_body(char *data, size_t size, size_t nmemb, void *ctx) {
+    body_sink *b = ctx;
+    size_t n = size * nmemb;
+    if (n > CTL_HTTP_BODY_BYTES_MAX || b->o->len + n > CTL_HTTP_BODY_BYTES_MAX) {
+        b->oversize = true;
+        return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
     }
+    char *nb = tem_realloc(b->o->body, b->o->len + n + 1);
+    if (!nb) {
+        b->oom = true;
+        return 0;
+    }
+    b->o->body = nb;
+    memcpy(nb + b->o->len, data, n);
+    b->o->len += n;
+    nb[b->o->len] = 0;
+    return n;
 }
 
-/* A line without its CRLF into out (NUL-terminated). -1 on EOF or a line over max. */
-static int rd_line(reader *r, char *out, size_t max) {
-    size_t n = 0;
-    for (;;) {
-        if (r->pos == r->len && rd_fill(r) != 0) return -1;
-        char ch = (char)r->buf[r->pos++];
-        if (ch == '\n') break;
-        if (n + 1 >= max) return -1;
-        out[n++] = ch;
+static const char *curl_reason(CURLcode rc) {
+    switch (rc) {
+    case CURLE_COULDNT_CONNECT: return "connection refused";
+    case CURLE_COULDNT_RESOLVE_HOST: return "cannot resolve host";
+    case CURLE_OPERATION_TIMEDOUT: return "no response (timeout)";
+    case CURLE_GOT_NOTHING: return "no response (closed)";
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_BAD_CONTENT_ENCODING:
+    case CURLE_RECV_ERROR:
+    case CURLE_PARTIAL_FILE: return "malformed or truncated response";
+    default: return NULL;
     }
-    if (n > 0 && out[n - 1] == '\r') n--;
-    out[n] = 0;
-    return 0;
-}
-
-static int rd_bytes(reader *r, char *out, size_t n) {
-    while (n > 0) {
-        if (r->pos == r->len && rd_fill(r) != 0) return -1;
-        size_t k = r->len - r->pos < n ? r->len - r->pos : n;
-        memcpy(out, r->buf + r->pos, k);
-        r->pos += k;
-        out += k;
-        n -= k;
-    }
-    return 0;
-}
-
-static int body_grow(ctl_http_resp *o, size_t add) {
-    if (add > CTL_HTTP_BODY_BYTES_MAX || o->len + add > CTL_HTTP_BODY_BYTES_MAX) return -1;
-    char *nb = tem_realloc(o->body, o->len + add + 1);
-    if (!nb) return -1;
-    o->body = nb;
-    return 0;
-}
-
-static int read_response(ctl_http_conn *c, const char *method, ctl_http_resp *o, bool *keep) {
-    reader r = {.c = c};
-    char line[CTL_HTTP_HEADER_BYTES_MAX];
-    if (rd_line(&r, line, sizeof line) != 0) return -2; /* nothing came back: maybe a stale conn */
-    int major, minor, status;
-    if (sscanf(line, "HTTP/%d.%d %d", &major, &minor, &status) != 3 || status < 100 || status > 999)
-        return -1;
-    *keep = !(major == 1 && minor == 0);
-    long long clen = -1;
-    bool chunked = false;
-    size_t hbytes = 0;
-    for (;;) {
-        if (rd_line(&r, line, sizeof line) != 0) return -1;
-        hbytes += strlen(line) + 2;
-        if (hbytes > CTL_HTTP_HEADER_BYTES_MAX) return -1;
-        if (!line[0]) break;
-        char *colon = strchr(line, ':');
-        if (!colon) return -1;
-        *colon = 0;
-        char *v = colon + 1;
-        while (*v == ' ' || *v == '\t') v++;
-        if (strcasecmp(line, "content-length") == 0) {
-            char *end;
-            errno = 0;
-            clen = strtoll(v, &end, 10);
-            if (errno || clen < 0 || *end) return -1;
-        } else if (strcasecmp(line, "transfer-encoding") == 0 && strcasestr(v, "chunked")) {
-            chunked = true;
-        } else if (strcasecmp(line, "connection") == 0) {
-            if (strcasestr(v, "close")) *keep = false;
-            else if (strcasestr(v, "keep-alive")) *keep = true;
-        }
-    }
-    o->status = status;
-    o->body = tem_malloc(1);
-    o->len = 0;
-    if (!o->body) return -1;
-    bool no_body = strcmp(method, "HEAD") == 0 || status == 204 || status == 304 || status < 200;
-    if (no_body) {
-    } else if (chunked) {
-        for (;;) {
-            if (rd_line(&r, line, sizeof line) != 0) return -1;
-            char *end;
-            errno = 0;
-            unsigned long long n = strtoull(line, &end, 16);
-            if (errno || end == line) return -1;
-            if (n == 0) {
-                do if (rd_line(&r, line, sizeof line) != 0) return -1;
-                while (line[0]); /* trailers */
-                break;
-            }
-            if (body_grow(o, (size_t)n) != 0 || rd_bytes(&r, o->body + o->len, (size_t)n) != 0) return -1;
-            o->len += (size_t)n;
-            if (rd_line(&r, line, sizeof line) != 0 || line[0]) return -1;
-        }
-    } else if (clen >= 0) {
-        if (body_grow(o, (size_t)clen) != 0 || rd_bytes(&r, o->body, (size_t)clen) != 0) return -1;
-        o->len = (size_t)clen;
-    } else {
-        /* No length: the body runs to the end of the connection. */
-        *keep = false;
-        for (;;) {
-            if (r.pos == r.len && rd_fill(&r) != 0) break;
-            size_t k = r.len - r.pos;
-            if (body_grow(o, k) != 0) return -1;
-            memcpy(o->body + o->len, r.buf + r.pos, k);
-            o->len += k;
-            r.pos = r.len;
-        }
-    }
-    o->body[o->len] = 0;
-    return 0;
 }
 
 int ctl_http_request(ctl_http_conn *c, const char *method, const char *path, const char *ctype,
                      const void *body, size_t len, ctl_http_resp *out) {
     memset(out, 0, sizeof *out);
-    char head[1024];
-    int hl = snprintf(head, sizeof head,
-                      "%s %s HTTP/1.1\r\nHost: %s:%u\r\nUser-Agent: temctl\r\nAccept: */*\r\n"
-                      "%s%s%sContent-Length: %zu\r\n\r\n",
-                      method, path, c->host, c->port, ctype ? "Content-Type: " : "", ctype ? ctype : "",
-                      ctype ? "\r\n" : "", len);
-    if (hl < 0 || (size_t)hl >= sizeof head) return fail(c, "request line too long");
-    for (int attempt = 0; attempt < 2; attempt++) {
-        bool reused = c->fd >= 0;
-        if (!reused && conn_open(c) != 0) return -1;
-        if (send_all(c, head, (size_t)hl) != 0 || (len && send_all(c, body, len) != 0)) {
-            ctl_http_close(c);
-            if (reused) continue; /* the server closed an idle keep-alive connection */
-            return fail(c, "send failed");
-        }
-        bool keep = true;
-        int r = read_response(c, method, out, &keep);
-        if (r == 0) {
-            if (!keep) ctl_http_close(c);
-            return 0;
-        }
+    if (!curl_ready()) return fail(c, "libcurl initialisation failed");
+    if (!c->curl && !(c->curl = curl_easy_init())) return fail(c, "out of memory");
+    CURL *h = c->curl;
+    char url[512], hdr[160];
+    int ul = snprintf(url, sizeof url, "%s://%s:%u%s", c->tls ? "https" : "http", c->host, c->port, path);
+    if (ul < 0 || (size_t)ul >= sizeof url) return fail(c, "request line too long");
+    if (!(out->body = tem_malloc(1))) return fail(c, "out of memory");
+    out->body[0] = 0;
+    body_sink sink = {.o = out};
+    struct curl_slist *hs = NULL, *t;
+    snprintf(hdr, sizeof hdr, "Content-Type: %s", ctype ? ctype : "");
+    /* An empty "Expect:" stops libcurl from waiting for 100-continue on larger bodies. */
+    if (!(t = curl_slist_append(hs, "Expect:")) || !(hs = t, t = curl_slist_append(hs, ctype ? hdr : "Content-Type:"))) {
+        curl_slist_free_all(hs);
+        ctl_http_resp_free(out);
+        return fail(c, "out of memory");
+    }
+    hs = t;
+    curl_easy_reset(h);
+    bool post = strcmp(method, "POST") == 0 || len > 0;
+    CURLcode rc = CURLE_OK;
+#define SETOPT(opt, val) \
+    if (rc == CURLE_OK) rc = curl_easy_setopt(h, opt, val)
+    SETOPT(CURLOPT_URL, url);
+    SETOPT(CURLOPT_USERAGENT, "temctl");
+    SETOPT(CURLOPT_HTTPHEADER, hs);
+    SETOPT(CURLOPT_WRITEFUNCTION, on_body);
+    SETOPT(CURLOPT_WRITEDATA, &sink);
+    SETOPT(CURLOPT_CONNECTTIMEOUT_MS, (long)c->timeout_ms);
+    SETOPT(CURLOPT_TIMEOUT_MS, (long)c->timeout_ms);
+    SETOPT(CURLOPT_NOSIGNAL, 1L);
+    SETOPT(CURLOPT_TCP_NODELAY, 1L);
+    SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
+    if (getenv("TEMCTL_CA_FILE")) SETOPT(CURLOPT_CAINFO, getenv("TEMCTL_CA_FILE"));
+    if (post) {
+        SETOPT(CURLOPT_POST, 1L);
+        SETOPT(CURLOPT_POSTFIELDS, len ? body : "");
+        SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+        if (strcmp(method, "POST") != 0) SETOPT(CURLOPT_CUSTOMREQUEST, method);
+    } else if (strcmp(method, "HEAD") == 0) {
+        SETOPT(CURLOPT_NOBODY, 1L);
+    } else if (strcmp(method, "GET") != 0) {
+        SETOPT(CURLOPT_CUSTOMREQUEST, method);
+    }
+#undef SETOPT
+    if (rc == CURLE_OK) rc = curl_easy_perform(h);
+    curl_slist_free_all(hs);
+    if (rc != CURLE_OK) {
         ctl_http_resp_free(out);
         out->status = 0;
-        ctl_http_close(c);
-        if (r == -2 && reused) continue;
-        return fail(c, r == -2 ? "no response (timeout or closed)" : "malformed or oversize response");
+        const char *why = sink.oversize ? "malformed or oversize response (body over the limit)"
+                          : sink.oom    ? "out of memory"
+                                        : curl_reason(rc);
+        char msg[160];
+        snprintf(msg, sizeof msg, "%s (%s)", why ? why : curl_easy_strerror(rc), curl_easy_strerror(rc));
+        return fail(c, msg);
     }
-    return fail(c, "connection lost");
+    long status = 0;
+    curl_socket_t sock = CURL_SOCKET_BAD;
+    (void)curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    out->status = (int)status;
+    /* libcurl keeps the connection in the handle's cache unless the server closed it. */
+    if (curl_easy_getinfo(h, CURLINFO_ACTIVESOCKET, &sock) != CURLE_OK) sock = CURL_SOCKET_BAD;
+    c->fd = sock == CURL_SOCKET_BAD ? -1 : (int)sock;
+    return 0;
 }
 
 /* ------------------------------------------------------------------ JSON readers */

@@ -1,12 +1,6 @@
-/* http.h: temctl's view of a node: a small blocking HTTP/1.1 client and tolerant readers of
- * the node's JSON API (node/ctl/http.c), used by the node verbs, replay, the prosumer simulator
- * and the testnet runner.
- *
- * Why a hand-written client: the verbs are sequential command-line tools that make one request
- * at a time; H2O's client (libh2o http1client) is callback-driven and needs an H2O event loop,
- * socket pool and context around it. A blocking keep-alive client of a few hundred lines over
- * one socket, with a timeout on every read and write and bounded sizes, is easier to audit here
- * (docs/sim.md, "HTTP client"). The node's server stays H2O.
+/* http.h: temctl's view of a node: a blocking HTTP/1.1 client on libcurl (one easy handle per
+ * connection, so keep-alive reuses one socket) and tolerant readers of the node's JSON API
+ * (node/ctl/http.c), used by the node verbs, replay, the prosumer simulator and the testnet runner.
  *
  * Functions return 0 on success and -1 on failure with a message in the object's `err` or on
  * stderr, as each says. */
@@ -22,11 +16,13 @@
 #define CTL_HTTP_BODY_BYTES_MAX (64u << 20)
 
 typedef struct {
-    int fd;              /* -1 when not connected; reconnects on the next request */
+    int fd;              /* socket of the kept-alive connection, -1 when none (informational) */
     char host[128];
     uint16_t port;
-    int timeout_ms;      /* per connect, read and write */
+    bool tls;            /* https:// */
+    int timeout_ms;      /* per request: connect, send and the whole response */
     char err[320];       /* last failure */
+    void *curl;          /* CURL easy handle, created on the first request; NULL before */
 } ctl_http_conn;
 
 typedef struct {
@@ -35,10 +31,13 @@ typedef struct {
     size_t len;
 } ctl_http_resp;
 
-/* Parses "host:port" or "http://host:port[/]". No connection is made yet. 0 or -1. */
+/* Parses "host:port", "http://host:port[/]" or "https://host:port[/]". No connection is made
+ * yet. 0 or -1. For https the server certificate is verified against the system's CAs, or the
+ * file named by the environment variable TEMCTL_CA_FILE (a test or private CA). */
 int ctl_http_init(ctl_http_conn *c, const char *url, int timeout_ms);
 void ctl_http_close(ctl_http_conn *c);
-/* One request on the keep-alive connection (reconnecting once if the server closed it).
+/* ctl_http_close drops the connection and the handle; the conn can be used again. */
+/* One request on the keep-alive connection (libcurl reconnects if the server closed it).
  * body may be NULL when len is 0; ctype may be NULL. On 0 *out holds the response (free with
  * ctl_http_resp_free); on -1 (connect, timeout, malformed or oversize response) c->err says
  * why and the connection is closed. */
