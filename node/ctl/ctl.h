@@ -10,6 +10,12 @@
 
 enum { CTL_OK = 0, CTL_INVALID = 1, CTL_USAGE = 2 };
 
+/* The node the query verbs ask when neither --node nor $TEMCTL_NODE names one: the HTTP port of
+ * the first validator of `make testnet`, the compose file and deploy/temd.conf.example. */
+#define CTL_NODE_DEFAULT "127.0.0.1:26700"
+/* temctl's version: the node's, so one number names a release. */
+#define CTL_VERSION "0.1.0"
+
 /* "--name value" options after argv[first]; flags without a value are listed in `bool_flags`
  * (space-separated names without dashes). Positional arguments are collected in order. */
 #define CTL_OPTS_MAX 64

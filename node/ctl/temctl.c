@@ -27,9 +27,13 @@ int main(int argc, char **argv) {
         {"sim", ctl_sim_main, "run the prosumer simulator against a node"},
     };
     size_t nv = sizeof verbs / sizeof verbs[0];
+    if (argc >= 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0)) {
+        printf("temctl %s\n", CTL_VERSION);
+        return CTL_OK;
+    }
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
         FILE *f = argc < 2 ? stderr : stdout;
-        fprintf(f, "usage: temctl VERB [OPTIONS]   (temctl VERB --help for each)\n");
+        fprintf(f, "usage: temctl VERB [OPTIONS]   (temctl VERB --help for each; temctl --version)\n");
         for (size_t i = 0; i < nv; i++)
             fprintf(f, "  %-9s %s\n", verbs[i].name, verbs[i].help);
         return argc < 2 ? CTL_USAGE : CTL_OK;

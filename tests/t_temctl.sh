@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# temctl against a running 4-validator cluster on 127.0.0.1 (issue #17, temctl items): readable
+# tables by default and --json; one default node address ($TEMCTL_NODE, else 127.0.0.1:26700);
+# libcurl for every call, https included (temd with a self-signed TLS certificate, trusted
+# through TEMCTL_CA_FILE); a usage text per verb; --version; exit 1 for an unknown txid or
+# account, 2 for a verb without its argument.
+# Every process is started here, tracked by pid and killed on exit; every wait is bounded.
+set -euo pipefail
+B=${BUILD:-build}
+T="$B/temctl"
+D="$B/temd"
+for c in curl jq openssl; do command -v $c >/dev/null || { echo "t_temctl: FAIL: $c missing (make deps installs it)"; exit 1; }; done
+"$T" --version | grep -Eq '^temctl [0-9]+\.[0-9]+\.[0-9]+$' || { echo "t_temctl: FAIL: temctl --version"; exit 1; }
+dir=$(mktemp -d /tmp/tem-temctl-XXXXXX)
+declare -A PID=()
+passed=0
+cleanup() {
+  for k in "${!PID[@]}"; do kill -TERM "${PID[$k]}" 2>/dev/null || true; done
+  for _ in $(seq 1 30); do
+    alive=0
+    for k in "${!PID[@]}"; do kill -0 "${PID[$k]}" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 0.1
+  done
+  for k in "${!PID[@]}"; do kill -KILL "${PID[$k]}" 2>/dev/null || true; done
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+fail() {
+  echo "FAIL: $*"
+  for f in "$dir"/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 15 "$f"; }; done
+  exit 1
+}
+ok() { passed=$((passed+1)); echo "ok - $*"; }
+expect_rc() { # want cmd...
+  local want=$1; shift
+  set +e; "$@" >"$dir/out" 2>"$dir/err"; local rc=$?; set -e
+  [ "$rc" = "$want" ] || fail "$* exited $rc, want $want: $(head -c 300 "$dir/err")"
+}
+
+# Ports below the kernel's ephemeral range (32768-60999), spread by pid.
+base=$((12000 + ($$ % 500) * 20))
+peer() { echo "127.0.0.1:$((base + $1))"; }
+http() { echo "127.0.0.1:$((base + 10 + $1))"; }
+
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$dir/tls.key" -out "$dir/tls.crt" -days 2 \
+  -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" >/dev/null 2>&1 || fail "openssl could not make a certificate"
+for i in 0 1 2 3; do "$T" keygen --type validator --out "$dir/v$i.key" >/dev/null; done
+for k in admin util dso p1 p2; do "$T" keygen --type meter --out "$dir/$k.key" >/dev/null; done
+args=()
+for i in 0 1 2 3; do args+=(--validator "v$i:$dir/v$i.key:$(peer $i)@$(http $i)"); done
+"$T" genesis --chain-id tem-temctl --time-ms $(( $(date +%s) * 1000 )) "${args[@]}" --admin "$dir/admin.key" \
+  --participant "$dir/p1.key:2:prosumer:100000000000" --participant "$dir/p2.key:3:prosumer:100000000000" \
+  --participant "$dir/util.key:1:utility:0" --participant "$dir/dso.key:1:dso:0" \
+  --tariff 0:300000:80000 --slot-ms 60000 --out "$dir/g.json" 2>/dev/null
+for i in 0 1 2 3; do
+  tls=()
+  [ $i = 0 ] && tls=(--tls-cert "$dir/tls.crt" --tls-key "$dir/tls.key")
+  "$D" --data-dir "$dir/n$i" --genesis "$dir/g.json" --key "$dir/v$i.key" "${tls[@]}" --log-level info 2>>"$dir/n$i.log" &
+  PID[n$i]=$!
+done
+N1="http://$(http 1)"
+for _ in $(seq 1 150); do
+  h=$(curl -s -m 1 "$N1/v1/status" | jq -r .height 2>/dev/null || echo 0)
+  [ "${h:-0}" -ge 2 ] 2>/dev/null && break
+  sleep 0.2
+done
+[ "${h:-0}" -ge 2 ] || fail "cluster did not commit 2 blocks"
+
+# Readable by default, one JSON line with --json; both name the same height.
+expect_rc 0 "$T" status --node "$N1"
+grep -Eq '^height +[0-9]+$' "$dir/out" || fail "status table has no height line: $(head -5 "$dir/out")"
+expect_rc 0 "$T" status --node "$N1" --json
+[ "$(wc -l <"$dir/out")" = 1 ] && jq -e '.height >= 2' "$dir/out" >/dev/null || fail "status --json is not one JSON line"
+ok "status: readable table by default, one JSON line with --json"
+
+# The default node comes from $TEMCTL_NODE.
+expect_rc 0 env TEMCTL_NODE="$(http 1)" "$T" status --json
+jq -e .height "$dir/out" >/dev/null || fail "TEMCTL_NODE not used"
+ok "TEMCTL_NODE names the default node"
+
+# A tx through temctl submit, then its receipt as a table and as JSON.
+expect_rc 0 "$T" submit --node "$N1" --key "$dir/p1.key" --wait --json transfer --to "$(jq -r .public "$dir/p2.key")" --amount 5
+jq -e '.status == "committed"' "$dir/out" >/dev/null || fail "submit --wait --json: $(cat "$dir/out")"
+txid=$(jq -r .txid "$dir/out")
+expect_rc 0 "$T" tx --node "$N1" "$txid"
+grep -Eq '^status +committed$' "$dir/out" || fail "tx table: $(head -5 "$dir/out")"
+ok "submit --wait commits; tx prints the receipt"
+
+# Unknown txid or account: exit 1. Missing argument: exit 2 with that verb's usage.
+expect_rc 1 "$T" tx --node "$N1" "$(printf '%064d' 0)"
+expect_rc 1 "$T" account --node "$N1" "02$(printf '%064d' 7)"
+expect_rc 2 "$T" block --node "$N1"
+grep -q 'usage: temctl block' "$dir/err" || fail "block without HEIGHT does not print block's usage"
+grep -q 'usage: temctl submit' "$dir/err" && fail "block's usage lists other verbs"
+expect_rc 0 "$T" block --node "$N1" 1
+grep -Eq '^(header\.)?height +1$' "$dir/out" || fail "block 1 table: $(head -8 "$dir/out")"
+ok "unknown txid and account exit 1; block without a height exits 2 with its usage"
+
+# https: node 0 serves TLS; temctl verifies it against the CA file, refuses it without.
+expect_rc 0 env TEMCTL_CA_FILE="$dir/tls.crt" "$T" status --node "https://$(http 0)" --json
+jq -e '.height >= 1' "$dir/out" >/dev/null || fail "https status"
+expect_rc 1 "$T" status --node "https://$(http 0)"
+ok "https: verified with TEMCTL_CA_FILE, refused with an unknown CA"
+
+echo "t_temctl: $passed passed, 0 failed"
