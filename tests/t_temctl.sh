@@ -103,4 +103,29 @@ jq -e '.height >= 1' "$dir/out" >/dev/null || fail "https status"
 expect_rc 1 "$T" status --node "https://$(http 0)"
 ok "https: verified with TEMCTL_CA_FILE, refused with an unknown CA"
 
+# replay (an auditor's check) on a copy of a stopped validator's data dir: passes as stored;
+# one edited receipt fails naming its height and tx, though every header still agrees; a
+# mistyped data dir is an error and nothing is created there.
+kill -TERM "${PID[n2]}"; wait "${PID[n2]}" 2>/dev/null || true; unset 'PID[n2]'
+cp -r "$dir/n2" "$dir/audit"
+expect_rc 0 "$T" replay "$dir/audit" --genesis "$dir/g.json"
+grep -q '"ok":true' "$dir/out" || fail "replay of an untouched data dir: $(cat "$dir/out")"
+/usr/bin/python3 - "$dir/audit" "$txid" <<'PY' || fail "could not edit the stored receipt"
+import sys, lmdb
+env = lmdb.open(sys.argv[1], max_dbs=16, subdir=True)
+txs, rcs = env.open_db(b"txs", create=False), env.open_db(b"receipts", create=False)
+with env.begin(write=True) as t:
+    idx = t.get(bytes.fromhex(sys.argv[2]), db=txs)
+    r = bytearray(t.get(idx, db=rcs))
+    r[-1] ^= 1
+    t.put(idx, bytes(r), db=rcs)
+PY
+height=$(jq -r '.height' <<<"$("$T" tx --node "$N1" --json "$txid")")
+expect_rc 1 "$T" replay "$dir/audit" --genesis "$dir/g.json"
+jq -e ".ok == false and .height == $height" "$dir/out" >/dev/null || fail "replay of an edited receipt: $(cat "$dir/out")"
+grep -q "$txid" "$dir/out" || fail "replay does not name the edited tx: $(cat "$dir/out")"
+expect_rc 1 "$T" replay "$dir/no-such-dir" --genesis "$dir/g.json"
+[ ! -e "$dir/no-such-dir" ] || fail "replay created a store at a mistyped path"
+ok "replay: passes as stored, an edited receipt fails at height $height naming the tx, a mistyped path creates nothing"
+
 echo "t_temctl: $passed passed, 0 failed"

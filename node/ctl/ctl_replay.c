@@ -6,6 +6,7 @@
 #include "contracts/contracts.h"
 #include "node/ctl/http.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 static const char REPLAY_USAGE[] =
@@ -13,7 +14,8 @@ static const char REPLAY_USAGE[] =
     "       temctl replay --from URL --genesis G.json\n"
     "Verifies the chain held in a node's data dir (read-only) or served by a node's API:\n"
     "hash links, tx signatures and nonces, every commit certificate against the genesis\n"
-    "validators, and re-execution reproducing each state root. Prints one JSON line:\n"
+    "validators, and re-execution reproducing each state root and (from a data dir) every\n"
+    "stored receipt byte for byte. Prints one JSON line:\n"
     "{\"ok\":true,\"height\":H,\"state_root\":\"..\"} or {\"ok\":false,\"height\":H,\"error\":\"..\"}.\n"
     "Exit status: 0 verified, 1 a bad block (or unreadable source), 2 usage.\n";
 
@@ -58,6 +60,36 @@ static int fetch(source *s, uint64_t h, uint8_t **blk, size_t *bl, uint8_t **cer
     }
     json_decref(j);
     return 1;
+}
+
+/* Every tx of block h (from bl/blk): the receipt the data dir stored must be byte for byte the
+ * one re-execution wrote into dst, at the same height and position. A node that edited a
+ * receipt after the fact (a refusal turned into a fill, a fee changed) is caught here even
+ * though the headers' receipts roots still agree. 0, or -1 with msg naming the tx. */
+static int compare_receipts(ledger_store *src, ledger_store *dst, uint64_t h, const uint8_t *blk, size_t bl,
+                            char *msg, size_t ml) {
+    Tem__V1__Block *b = tem__v1__block__unpack(&ledger_pb_allocator, bl, blk);
+    if (!b) return snprintf(msg, ml, "stored block does not decode"), -1;
+    int bad = 0;
+    for (size_t i = 0; i < b->n_txs && !bad; i++) {
+        uint8_t txid[32], *ra = NULL, *rb = NULL;
+        size_t la = 0, lb = 0;
+        uint64_t ha = 0, hb = 0;
+        uint32_t pa = 0, pb = 0;
+        ledger_sha256(txid, b->txs[i]->body.data, b->txs[i]->body.len);
+        int a = ledger_store_receipt(src, txid, &ha, &pa, &ra, &la);
+        int c = ledger_store_receipt(dst, txid, &hb, &pb, &rb, &lb);
+        char hex[65];
+        tem_hex(hex, txid, 32);
+        if (a != LEDGER_OK) bad = snprintf(msg, ml, "tx %zu (%s): no stored receipt (%s)", i, hex, ledger_strerror(a));
+        else if (c != LEDGER_OK) bad = snprintf(msg, ml, "tx %zu (%s): re-execution wrote no receipt", i, hex);
+        else if (ha != h || pa != pb || la != lb || memcmp(ra, rb, la) != 0)
+            bad = snprintf(msg, ml, "tx %zu (%s): stored receipt differs from re-execution", i, hex);
+        tem_free(ra);
+        tem_free(rb);
+    }
+    tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
+    return bad ? -1 : 0;
 }
 
 static int finish(bool ok, uint64_t h, const char *err, const uint8_t root[32]) {
@@ -108,6 +140,17 @@ int ctl_replay_main(int argc, char **argv) {
         http_ok = true;
         s.http = &http;
     } else {
+        /* Opening a store creates one where none exists: a mistyped path must be an error,
+         * not an empty chain that "verifies". */
+        char mdb[1024];
+        struct stat st;
+        snprintf(mdb, sizeof mdb, "%s/data.mdb", o.pos[0]);
+        if (stat(mdb, &st) != 0 || !S_ISREG(st.st_mode)) {
+            char m[300];
+            snprintf(m, sizeof m, "no ledger in %s (no data.mdb)", o.pos[0]);
+            status = finish(false, 0, m, NULL);
+            goto out;
+        }
         int rc = ledger_store_open(o.pos[0], &g, NULL, NULL, &s.src);
         if (rc != LEDGER_OK) {
             status = finish(false, 0, rc == LEDGER_EGENESIS ? "data dir belongs to another genesis" : ledger_strerror(rc), NULL);
@@ -136,10 +179,16 @@ int ctl_replay_main(int argc, char **argv) {
          * signature and nonce, and the certificate against the genesis validators */
         ledger_apply_info info;
         rc = ledger_store_apply(dst, blk, bl, cert, cl, &ex, 0, &info);
-        tem_free(blk);
         tem_free(cert);
         if (rc != LEDGER_OK) {
+            tem_free(blk);
             snprintf(msg, sizeof msg, "%s (%s)", ledger_strerror(rc), ledger_errname(rc));
+            status = finish(false, h, msg, NULL);
+            goto out;
+        }
+        int cr = s.src ? compare_receipts(s.src, dst, h, blk, bl, msg, sizeof msg) : 0;
+        tem_free(blk);
+        if (cr != 0) {
             status = finish(false, h, msg, NULL);
             goto out;
         }

@@ -234,7 +234,7 @@ static int tx_inspect(ctl_opts *o) {
 
 int ctl_tx_main(int argc, char **argv) {
     ctl_opts o;
-    if (ctl_opts_parse(&o, argc, argv, 1, NULL) != 0) return CTL_USAGE;
+    if (ctl_opts_parse(&o, argc, argv, 1, "json") != 0) return CTL_USAGE;
     if (o.help) {
         fputs(TX_USAGE, stdout);
         return CTL_OK;
