@@ -8,6 +8,7 @@
 
 #include <sodium.h>
 #include <stdarg.h>
+#include <systemd/sd-daemon.h>
 #include <time.h>
 
 uint64_t node_now_ms(void) {
@@ -692,6 +693,8 @@ static void stop_node(node *n, int code) {
     n->stopping = true;
     if (code) n->exit_code = code;
     node_log(n, NODE_LOG_INFO, "stopping");
+    /* systemd (Type=notify) learns the stop is ours, not a crash; a no-op outside systemd. */
+    (void)sd_notify(0, "STOPPING=1");
     uv_timer_t *timers[] = {&n->t_view, &n->t_fetch, &n->t_propose, &n->t_tick};
     for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
         if (!uv_is_closing((uv_handle_t *)timers[i])) uv_close((uv_handle_t *)timers[i], close_cb);
@@ -845,6 +848,10 @@ int node_run(const node_config *cfg) {
     if (uv_timer_start(&n->t_tick, on_tick, 10, 10) != 0) goto stop;
     if (n->self >= 0 && start_consensus(n) != NODE_OK) goto stop;
     n->exit_code = 0;
+    /* Ready: the store is open, both ports listen and consensus has started. systemd's
+     * Type=notify start (deploy/temd.service) waits for this; outside systemd it does nothing. */
+    (void)sd_notifyf(0, "READY=1\nSTATUS=%s %d of chain %s at height %llu", n->self >= 0 ? "validator" : "observer",
+                     n->self, n->g.chain_id, (unsigned long long)ledger_store_height(n->store));
     goto run;
 stop:
     stop_node(n, 1);

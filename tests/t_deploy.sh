@@ -27,7 +27,9 @@ if command -v docker-compose >/dev/null; then
         [ "$n" -ge 2 ] || fail "validator v$i has no key volume of its own (init + v$i mount it)"
         grep -q "v$((i == 3 ? 0 : i + 1))-keys:/keys/v$i" "$tmp/compose.yml" && fail "v$i's key path mounted from another volume"
     done
-    echo "docker-compose config: accepted, 4 validators + observer + sim, one key volume each"
+    grep -q 'user: root' "$tmp/compose.yml" && fail "a compose service runs as root"
+    grep -q 'install -d -o tem -g tem .*/keys/v0' deploy/Dockerfile || fail "the image does not create the volumes' mount points for tem"
+    echo "docker-compose config: accepted, 4 validators + observer + sim, one key volume each, none as root"
     # A bad file is refused, so the check above can fail.
     printf 'services:\n  x:\n    image: 1\n    ports: {bad\n' >"$tmp/bad.yml"
     docker-compose -f "$tmp/bad.yml" config >/dev/null 2>&1 && fail "docker-compose accepted a broken file"
@@ -41,6 +43,11 @@ if command -v systemd-analyze >/dev/null; then
     [ -z "$out" ] || fail "systemd-analyze verify warns: $out"
     grep -q '^ExecStart=/usr/local/bin/temd --config /etc/tem/temd.conf$' deploy/temd.service || fail "unit ExecStart changed"
     echo "systemd-analyze verify: temd.service clean"
+    grep -q '^Type=notify$' deploy/temd.service || fail "unit is not Type=notify"
+    sec=$(systemd-analyze security --offline=yes "$tmp/temd.service" 2>&1 | sed -n 's/.*Overall exposure level for temd.service: \([0-9.]*\).*/\1/p')
+    [ -n "$sec" ] || fail "systemd-analyze security gave no score"
+    awk -v s="$sec" 'BEGIN { exit !(s <= 3.0) }' || fail "unit exposure $sec > 3.0"
+    echo "systemd-analyze security: exposure $sec (<= 3.0)"
 else
     echo "SKIP (part): systemd-analyze not available; unit not verified"
 fi
