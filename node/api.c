@@ -1,6 +1,7 @@
 /* api.c: the node's HTTP JSON API (docs/api.md) and Prometheus metrics, served by net/http.c on
  * the node's loop. Tx submission answers 202 only once the mempool has verified the tx and made
  * it durable; everything else is a read of the store, the state or the node's counters. */
+#include "node/metrics.h"
 #include "node/node_internal.h"
 
 #include <jansson.h>
@@ -513,46 +514,6 @@ static void h_account(void *ctx, net_http_req *req, const net_http_request *r) {
     node_reply_json(req, 200, o);
 }
 
-/* ------------------------------------------------------------------ GET /metrics */
-static void h_metrics(void *ctx, net_http_req *req, const net_http_request *r) {
-    (void)r;
-    node *n = ctx;
-    char buf[8192];
-    size_t k = 0;
-#define M(...) k += (size_t)snprintf(buf + k, sizeof buf - k, __VA_ARGS__)
-    M("# HELP tem_height Height of the last committed block.\n# TYPE tem_height gauge\ntem_height %llu\n",
-      (unsigned long long)ledger_store_height(n->store));
-    M("# HELP tem_view Current pBFT view.\n# TYPE tem_view gauge\ntem_view %llu\n",
-      (unsigned long long)(n->rep_ok ? pbft_replica_view(&n->rep) : 0));
-    M("# HELP tem_view_changes_total View changes seen by this node.\n# TYPE tem_view_changes_total counter\ntem_view_changes_total %llu\n",
-      (unsigned long long)n->view_changes);
-    M("# HELP tem_mempool_txs Transactions waiting in the mempool.\n# TYPE tem_mempool_txs gauge\ntem_mempool_txs %u\n",
-      node_mempool_size(n->mp));
-    M("# HELP tem_txs_committed_total Committed transactions that applied.\n# TYPE tem_txs_committed_total counter\ntem_txs_committed_total %llu\n",
-      (unsigned long long)n->txs_committed);
-    M("# HELP tem_txs_refused_total Committed transactions refused by the contracts.\n# TYPE tem_txs_refused_total counter\ntem_txs_refused_total %llu\n",
-      (unsigned long long)n->txs_refused);
-    M("# HELP tem_http_txs_accepted_total Txs answered 202.\n# TYPE tem_http_txs_accepted_total counter\ntem_http_txs_accepted_total %llu\n",
-      (unsigned long long)n->http_txs_accepted);
-    M("# HELP tem_http_txs_rejected_total Txs refused at submission.\n# TYPE tem_http_txs_rejected_total counter\ntem_http_txs_rejected_total %llu\n",
-      (unsigned long long)n->http_txs_rejected);
-    M("# HELP tem_peers_connected Validators with an authenticated session.\n# TYPE tem_peers_connected gauge\ntem_peers_connected %u\n",
-      net_validators_connected(n->net));
-    M("# HELP tem_blocks_applied_total Blocks applied since start.\n# TYPE tem_blocks_applied_total counter\ntem_blocks_applied_total %llu\n",
-      (unsigned long long)n->blocks_applied);
-    M("# HELP tem_commit_latency_ms Time from a tx's 202 on this node to its block's commit.\n# TYPE tem_commit_latency_ms histogram\n");
-    uint64_t cum = 0;
-    for (uint32_t b = 0; b < NODE_LATENCY_BUCKETS; b++) {
-        cum += n->lat_bucket[b];
-        M("tem_commit_latency_ms_bucket{le=\"%llu\"} %llu\n", 5ull << b, (unsigned long long)cum);
-    }
-    cum += n->lat_bucket[NODE_LATENCY_BUCKETS];
-    M("tem_commit_latency_ms_bucket{le=\"+Inf\"} %llu\ntem_commit_latency_ms_sum %llu\ntem_commit_latency_ms_count %llu\n",
-      (unsigned long long)cum, (unsigned long long)n->lat_sum_ms, (unsigned long long)n->lat_count);
-#undef M
-    reply_raw(req, 200, "text/plain; version=0.0.4", buf, k < sizeof buf ? k : sizeof buf - 1);
-}
-
 /* ------------------------------------------------------------------ market views */
 extern void node_api_market_routes(node *n, net_http *h);
 
@@ -571,7 +532,7 @@ int node_api_start(node *n) {
     } routes[] = {{"POST", "/v1/tx", h_post_tx},        {"POST", "/v1/txs", h_post_txs},
                   {"GET", "/v1/tx/", h_get_tx},         {"GET", "/v1/status", h_status},
                   {"GET", "/v1/blocks/", h_block},      {"GET", "/v1/accounts/", h_account},
-                  {"GET", "/metrics", h_metrics}};
+                  {"GET", "/metrics", node_metrics_http}};
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
         if (net_http_route(n->http, routes[i].m, routes[i].p, routes[i].fn, n) != NET_OK) return NODE_EHTTP;
     node_api_market_routes(n, n->http);
