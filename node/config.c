@@ -69,6 +69,12 @@ static int set_key(node_config *c, const char *k, const char *v) {
     }
     if (!strcmp(k, "observer")) return parse_bool(v, &c->observer) ? 1 : -1;
     if (!strcmp(k, "accept_observers")) return parse_bool(v, &c->accept_observers) ? 1 : -1;
+    if (!strcmp(k, "log_format")) {
+        if (!strcmp(v, "text")) c->log_format = NODE_LOG_TEXT;
+        else if (!strcmp(v, "json")) c->log_format = NODE_LOG_JSON;
+        else return -1;
+        return 1;
+    }
     if (!strcmp(k, "log_level")) {
         int l = level_of(v);
         if (l < 0) return -1;
@@ -118,8 +124,20 @@ static int ini_cb(void *user, const char *section, const char *name, const char 
     return 0;
 }
 
+/* A relative path from the file is joined to the file's folder. false when it does not fit. */
+static bool rebase(char *field, size_t cap, const char *dir) {
+    if (!field[0] || field[0] == '/' || !dir[0]) return true;
+    char joined[NODE_PATH_MAX * 2];
+    int w = snprintf(joined, sizeof joined, "%s/%s", dir, field);
+    if (w < 0 || (size_t)w >= cap) return false;
+    memcpy(field, joined, (size_t)w + 1);
+    return true;
+}
+
 int node_config_load(node_config *c, const char *path, char *err, size_t errlen) {
     ini_ctx x = {c, err, errlen, false};
+    /* Fields are rebased only if the file set them: remember what they were. */
+    node_config before = *c;
     int rc = ini_parse(path, ini_cb, &x);
     if (rc < 0) {
         snprintf(err, errlen, "cannot open %s", path);
@@ -131,6 +149,28 @@ int node_config_load(node_config *c, const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "%s line %d: %s", path, rc, why);
         return NODE_ECONFIG;
     }
+    char dir[NODE_PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = 0;
+    else snprintf(dir, sizeof dir, ".");
+    struct {
+        const char *name;
+        char *v, *was;
+        size_t cap;
+    } paths[] = {{"data_dir", c->data_dir, before.data_dir, sizeof c->data_dir},
+                 {"genesis", c->genesis, before.genesis, sizeof c->genesis},
+                 {"key", c->key, before.key, sizeof c->key},
+                 {"tls_cert", c->tls_cert, before.tls_cert, sizeof c->tls_cert},
+                 {"tls_key", c->tls_key, before.tls_key, sizeof c->tls_key}};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        if (!strcmp(paths[i].v, paths[i].was)) continue;
+        if (!rebase(paths[i].v, paths[i].cap, dir)) {
+            snprintf(err, errlen, "%s: %s is too long once joined to %s", path, paths[i].name, dir);
+            return NODE_ECONFIG;
+        }
+    }
+    snprintf(c->config, sizeof c->config, "%s", path);
     return NODE_OK;
 }
 

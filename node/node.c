@@ -30,9 +30,22 @@ void node_log(node *n, int level, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "%s.%03ldZ %-5s h=%llu v=%llu %s\n", ts, now.tv_nsec / 1000000, names[level & 3],
-            (unsigned long long)(n->store ? ledger_store_height(n->store) : 0),
-            (unsigned long long)(n->rep_ok ? pbft_replica_view(&n->rep) : 0), msg);
+    unsigned long long h = n->store ? ledger_store_height(n->store) : 0;
+    unsigned long long v = n->rep_ok ? pbft_replica_view(&n->rep) : 0;
+    if (n->cfg.log_format == NODE_LOG_JSON) {
+        /* One object per line; jansson escapes the message (peer addresses, paths). */
+        char t[64];
+        snprintf(t, sizeof t, "%s.%03dZ", ts, (int)(now.tv_nsec / 1000000) % 1000);
+        json_t *j = json_pack("{s:s, s:s, s:I, s:I, s:s}", "ts", t, "level", names[level & 3], "height",
+                              (json_int_t)h, "view", (json_int_t)v, "msg", msg);
+        char *line = j ? json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+        if (line) fprintf(stderr, "%s\n", line);
+        else fprintf(stderr, "{\"level\":\"ERROR\",\"msg\":\"log line lost: out of memory\"}\n");
+        free(line);
+        json_decref(j);
+        return;
+    }
+    fprintf(stderr, "%s.%03ldZ %-5s h=%llu v=%llu %s\n", ts, now.tv_nsec / 1000000, names[level & 3], h, v, msg);
 }
 
 static void net_log_cb(void *ctx, int level, const char *msg) { node_log(ctx, level, "net: %s", msg); }
@@ -805,8 +818,11 @@ int node_run(const node_config *cfg) {
         node_log(n, NODE_LOG_ERROR, "store %s: %s", cfg->data_dir, ledger_strerror(rc));
         goto stop;
     }
-    node_log(n, NODE_LOG_INFO, "temd %s chain %s, %s %d, data %s", NODE_VERSION, n->g.chain_id,
-             n->self >= 0 ? "validator" : "observer", n->self, cfg->data_dir);
+    char gh[65];
+    tem_hex(gh, n->g.hash, 32);
+    node_log(n, NODE_LOG_INFO, "temd %s config %s chain %s genesis %s, %s %d, data %s", NODE_VERSION,
+             cfg->config[0] ? cfg->config : "(flags)", n->g.chain_id, gh, n->self >= 0 ? "validator" : "observer",
+             n->self, cfg->data_dir);
     if (uv_signal_start(&n->sig_int, on_signal, SIGINT) != 0 || uv_signal_start(&n->sig_term, on_signal, SIGTERM) != 0) goto stop;
 
     char logpath[NODE_PATH_MAX + 32];

@@ -29,8 +29,11 @@ enum node_err {
 const char *node_strerror(int err);
 
 enum { NODE_LOG_DEBUG = 0, NODE_LOG_INFO = 1, NODE_LOG_WARN = 2, NODE_LOG_ERROR = 3 };
+/* log_format: one text line per event, or one JSON object per line for log collectors. */
+enum { NODE_LOG_TEXT = 0, NODE_LOG_JSON = 1 };
 
 typedef struct {
+    char config[NODE_PATH_MAX];     /* the config file read, "" when none (for the start-up line) */
     char data_dir[NODE_PATH_MAX];
     char genesis[NODE_PATH_MAX];
     char key[NODE_PATH_MAX];        /* Ed25519 key file (validator, or the observer's own) */
@@ -41,6 +44,7 @@ typedef struct {
     bool observer;                  /* follow the chain without voting */
     bool accept_observers;          /* let observers connect to this validator (default true) */
     int log_level;                  /* NODE_LOG_* */
+    int log_format;                 /* NODE_LOG_TEXT (default) or NODE_LOG_JSON */
     uint32_t mempool_txs_max;       /* default 100000 */
     uint32_t mempool_nonce_window;  /* default 64 */
     uint64_t block_interval_ms;     /* longest gap between blocks when idle; default view_timeout/4 */
@@ -55,9 +59,12 @@ typedef struct {
 void node_config_defaults(node_config *c);
 /* Reads an INI file (section [node], keys named like the fields: data_dir, genesis, key, listen,
  * http, tls_cert, tls_key, observer, accept_observers, log_level (debug|info|warn|error),
+ * log_format (text|json),
  * mempool_txs_max, mempool_nonce_window, block_interval_ms, batch_delay_ms,
  * max_clock_drift_ms, peer_rate_bytes_per_s, peer_rate_msgs_per_s, http_body_bytes_max).
- * NODE_OK or NODE_ECONFIG with a message in err. */
+ * Relative paths in the file (data_dir, genesis, key, tls_cert, tls_key) are taken from the
+ * file's folder, as systemd and most daemons do, not from the current directory; flags keep the
+ * current directory. NODE_OK or NODE_ECONFIG with a message in err. */
 TEM_WUR int node_config_load(node_config *c, const char *path, char *err, size_t errlen);
 /* Applies --data-dir, --genesis, --key, --listen, --http, --observer, --log-level, ... (the
  * same names with dashes) over c. NODE_OK or NODE_ECONFIG. */

@@ -12,7 +12,7 @@ fail() { echo "FAIL: $*"; exit 1; }
 for k in admin util p1 c1 stranger; do "$T" keygen --type meter --out "$d/$k.key" >"$d/$k.pub"; done
 "$T" keygen --type validator --out "$d/v.key" >"$d/v.pub"
 GT=1767225600000
-"$T" genesis --chain-id tem-exec --validator "v0:$(cat "$d/v.pub"):127.0.0.1:26600" \
+"$T" genesis --offline --chain-id tem-exec --validator "v0:$(cat "$d/v.pub"):127.0.0.1:26600" \
   --admin "$(cat "$d/admin.pub")" \
   --participant "$(cat "$d/util.pub"):1:utility:1000000000" \
   --participant "$(cat "$d/p1.pub"):2:prosumer:1000000" \

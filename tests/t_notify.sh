@@ -45,7 +45,8 @@ pids+=($!)
 for _ in $(seq 1 50); do [ -S "$dir/notify.sock" ] && break; sleep 0.1; done
 [ -S "$dir/notify.sock" ] || fail "listener did not bind"
 
-NOTIFY_SOCKET="$dir/notify.sock" "$D" --data-dir "$dir/n0" --genesis "$dir/g.json" --key "$dir/v0.key" 2>"$dir/n0.log" &
+NOTIFY_SOCKET="$dir/notify.sock" "$D" --data-dir "$dir/n0" --genesis "$dir/g.json" --key "$dir/v0.key" \
+  --log-format json 2>"$dir/n0.log" &
 tp=$!; pids+=($tp)
 for _ in $(seq 1 100); do grep -q 'READY=1' "$dir/notify.txt" 2>/dev/null && break; sleep 0.1; done
 grep -q 'READY=1' "$dir/notify.txt" || fail "no READY=1 within 10 s"
@@ -59,4 +60,12 @@ wait $tp && rc=0 || rc=$?
 [ $rc = 0 ] || fail "temd exited $rc on SIGTERM"
 grep -q 'STOPPING=1' "$dir/notify.txt" || fail "no STOPPING=1 on SIGTERM"
 echo "ok - STOPPING=1 on SIGTERM, exit 0"
-echo "t_notify: 2 passed, 0 failed"
+# --log-format json: every line temd itself writes is one JSON object with the fixed keys, and
+# the start-up line names version, chain and genesis hash.
+gh=$(sha256sum "$dir/g.json" | cut -c1-64)
+grep '^{' "$dir/n0.log" | jq -e -s 'length > 3 and all(.[]; (.ts|type) == "string" and (.level|type) == "string" and (.height|type) == "number" and (.msg|type) == "string")' >/dev/null ||
+  fail "JSON log lines do not all parse with ts, level, height, msg"
+grep '^{' "$dir/n0.log" | head -1 | jq -e --arg gh "$gh" '.msg | test("^temd [0-9.]+ config \\(flags\\) chain tem-notify genesis " + $gh + ", validator 0")' >/dev/null ||
+  fail "start-up line: $(head -1 "$dir/n0.log")"
+echo "ok - --log-format json: one object per line; the start-up line names version, chain, genesis hash, role"
+echo "t_notify: 3 passed, 0 failed"

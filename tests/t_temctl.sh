@@ -67,6 +67,17 @@ for _ in $(seq 1 150); do
 done
 [ "${h:-0}" -ge 2 ] || fail "cluster did not commit 2 blocks"
 
+# genesis: without --time-ms the chain starts now, at a slot boundary; one validator is refused
+# with the reason unless --offline says the genesis is for offline tools.
+now=$(( $(date +%s) * 1000 ))
+expect_rc 0 "$T" genesis --chain-id t "${args[@]}" --admin "$dir/admin.key" --tariff 0:1:1 --slot-ms 60000
+jq -e --argjson now "$now" '.genesis_time_ms % 60000 == 0 and .genesis_time_ms <= $now + 1000 and .genesis_time_ms > $now - 61000' "$dir/out" >/dev/null ||
+  fail "default genesis_time_ms is not now at a slot start: $(jq .genesis_time_ms "$dir/out")"
+expect_rc 1 "$T" genesis --chain-id t --validator "v0:$dir/v0.key:127.0.0.1:1" --tariff 0:1:1
+grep -q 'pBFT needs at least 4' "$dir/err" || fail "one-validator genesis refused without the reason: $(cat "$dir/err")"
+expect_rc 0 "$T" genesis --offline --chain-id t --validator "v0:$dir/v0.key:127.0.0.1:1" --tariff 0:1:1
+ok "genesis: time defaults to now at a slot start; one validator refused with the reason (--offline allows it)"
+
 # Readable by default, one JSON line with --json; both name the same height.
 expect_rc 0 "$T" status --node "$N1"
 grep -Eq '^height +[0-9]+$' "$dir/out" || fail "status table has no height line: $(head -5 "$dir/out")"

@@ -79,11 +79,50 @@ START_TEST(config_bad_input_is_refused_with_the_key_named) {
 }
 END_TEST
 
+START_TEST(config_relative_paths_are_taken_from_the_file_folder) {
+    char d[] = "/tmp/tem-confdir-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(d));
+    char p[128];
+    snprintf(p, sizeof p, "%s/temd.conf", d);
+    FILE *f = fopen(p, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("[node]\ndata_dir = data\ngenesis = ../g.json\nkey = /abs/v.key\ntls_cert = c.pem\nlog_format = json\n", f);
+    ck_assert_int_eq(fclose(f), 0);
+    node_config c;
+    node_config_defaults(&c);
+    char err[256], want[160];
+    ck_assert_int_eq(node_config_load(&c, p, err, sizeof err), NODE_OK);
+    snprintf(want, sizeof want, "%s/data", d);
+    ck_assert_str_eq(c.data_dir, want);
+    snprintf(want, sizeof want, "%s/../g.json", d);
+    ck_assert_str_eq(c.genesis, want);
+    ck_assert_str_eq(c.key, "/abs/v.key");
+    snprintf(want, sizeof want, "%s/c.pem", d);
+    ck_assert_str_eq(c.tls_cert, want);
+    ck_assert_str_eq(c.tls_key, ""); /* not set: stays empty */
+    ck_assert_int_eq(c.log_format, NODE_LOG_JSON);
+    ck_assert_str_eq(c.config, p);
+    /* Flags keep the current directory. */
+    char *argv[] = {"temd", "--data-dir", "rel", NULL};
+    ck_assert_int_eq(node_config_flags(&c, 3, argv, err, sizeof err), NODE_OK);
+    ck_assert_str_eq(c.data_dir, "rel");
+    /* A value other than text|json is refused. */
+    f = fopen(p, "w");
+    fputs("[node]\nlog_format = xml\n", f);
+    ck_assert_int_eq(fclose(f), 0);
+    ck_assert_int_eq(node_config_load(&c, p, err, sizeof err), NODE_ECONFIG);
+    ck_assert_ptr_nonnull(strstr(err, "log_format"));
+    unlink(p);
+    rmdir(d);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("node_config");
     TCase *t = tcase_create("config");
     tcase_add_test(t, config_file_values_and_flags_override_them);
     tcase_add_test(t, config_bad_input_is_refused_with_the_key_named);
+    tcase_add_test(t, config_relative_paths_are_taken_from_the_file_folder);
     suite_add_tcase(s, t);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

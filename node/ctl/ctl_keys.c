@@ -2,6 +2,7 @@
 #include "node/ctl/ctl.h"
 
 #include <sodium.h>
+#include <time.h>
 
 int ctl_keygen_main(int argc, char **argv) {
     ctl_opts o;
@@ -100,8 +101,18 @@ static json_t *spec_from_flags(const ctl_opts *o) {
     json_t *g = json_object();
     const char *cid = ctl_opt(o, "chain-id");
     json_object_set_new(g, "chain_id", json_string(cid ? cid : "tem-local"));
-    uint64_t t = 0;
-    if (ctl_opt(o, "time-ms") && !ctl_parse_u64(ctl_opt(o, "time-ms"), &t)) goto bad;
+    /* Without --time-ms the chain starts now, at the start of the current slot, so slot
+     * numbers and gate closures line up with wall-clock slot boundaries (not 1970). */
+    uint64_t t = 0, slot_ms = 900000;
+    if (ctl_opt(o, "slot-ms") && (!ctl_parse_u64(ctl_opt(o, "slot-ms"), &slot_ms) || slot_ms == 0)) goto bad;
+    if (ctl_opt(o, "time-ms")) {
+        if (!ctl_parse_u64(ctl_opt(o, "time-ms"), &t)) goto bad;
+    } else {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        t = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+        t -= t % slot_ms;
+    }
     json_object_set_new(g, "genesis_time_ms", json_integer((json_int_t)t));
     json_t *vals = json_array(), *admins = json_array(), *parts = json_array(), *tariffs = json_array();
     json_object_set_new(g, "validators", vals);
@@ -175,19 +186,21 @@ bad:
 
 int ctl_genesis_main(int argc, char **argv) {
     ctl_opts o;
-    if (ctl_opts_parse(&o, argc, argv, 1, NULL) != 0) return CTL_USAGE;
+    if (ctl_opts_parse(&o, argc, argv, 1, "offline") != 0) return CTL_USAGE;
     const char *out = ctl_opt(&o, "out");
     if (o.help || o.npos) {
         fprintf(o.help ? stdout : stderr,
                 "usage: temctl genesis --spec SPEC.json [--out FILE]\n"
                 "       temctl genesis --chain-id ID --validator NAME:KEY:HOST:PORT[@HTTPHOST:PORT]...\n"
                 "                      --admin KEY... --participant KEY:BUS:ROLE[:MONEY]...\n"
-                "                      --tariff START_MINUTE:RETAIL:FEED_IN... [--time-ms T]\n"
+                "                      --tariff START_MINUTE:RETAIL:FEED_IN... [--time-ms T (default: now, at a slot start)]\n"
                 "                      [--slot-ms MS] [--gate-closure-ms MS] [--settlement-deadline-ms MS]\n"
                 "                      [--mechanism cda|call] [--seller-collateral-ppm P] [--network-fee R]\n"
-                "                      [--out FILE]\n"
+                "                      [--offline] [--out FILE]\n"
                 "  KEY is a public key in hex or a key file. Writes the genesis JSON (default stdout)\n"
-                "  after checking it with the node's parser, and prints its hash on stderr.\n");
+                "  after checking it with the node's parser, and prints its hash on stderr.\n"
+                "  temd's pBFT needs at least 4 validators; --offline allows fewer for a genesis\n"
+                "  that only offline tools use (temctl exec, tests).\n");
         return o.help ? CTL_OK : CTL_USAGE;
     }
     json_t *spec;
@@ -220,6 +233,16 @@ int ctl_genesis_main(int argc, char **argv) {
     char err[256];
     if (ledger_genesis_parse(t2, len + 1, &g, err, sizeof err) != LEDGER_OK) {
         fprintf(stderr, "genesis: %s\n", err);
+        tem_free(t2);
+        goto out;
+    }
+    /* temd's pBFT needs n >= 4 (n = 3f+1 tolerates f faulty validators); a smaller chain would
+     * only fail later, at temd's start. Say so here, where the choice is made. */
+    if (g.n_validators < 4 && !ctl_flag(&o, "offline")) {
+        fprintf(stderr, "genesis: %u validator%s: pBFT needs at least 4 (n = 3f+1 tolerates f faulty ones; 4 tolerate 1).\n"
+                        "  For a development chain run 4 validators on one machine: `make testnet`.\n",
+                g.n_validators, g.n_validators == 1 ? "" : "s");
+        ledger_genesis_free(&g);
         tem_free(t2);
         goto out;
     }

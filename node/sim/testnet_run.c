@@ -299,10 +299,11 @@ static int gen(tn *t) {
         if (obs) snprintf(key, sizeof key, "observer.key");
         else snprintf(key, sizeof key, "v%d.key", i);
         int len = snprintf(text, sizeof text,
-                           "# temd config written by temctl testnet (docs/operate.md)\n[node]\n"
-                           "data_dir = %s/node%d\ngenesis = %s\nkey = %s/keys/%s\n"
+                           "# temd config written by temctl testnet (docs/operate.md); paths are\n"
+                           "# relative to this file's folder, so the folder can be moved.\n[node]\n"
+                           "data_dir = node%d\ngenesis = genesis.json\nkey = keys/%s\n"
                            "listen = %s\nhttp = %s\nobserver = %s\nlog_level = info\n",
-                           t->dir, i, gen_path, t->dir, key, a, h, obs ? "true" : "false");
+                           i, key, a, h, obs ? "true" : "false");
         if (len < 0 || (size_t)len >= sizeof text || ctl_write_file(conf, text, (size_t)len) != 0) return -1;
         snprintf(path, sizeof path, "%s/node%d", t->dir, i);
         if (mkdir(path, 0700) != 0 && errno != EEXIST) return -1;
