@@ -330,7 +330,9 @@ int pbft_replica_init(pbft_replica *r, const pbft_config *cfg) {
     if ((int)cfg->planted_bug < 0 || cfg->planted_bug >= PBFT_BUG_COUNT) return PBFT_EINVAL;
     r->cfg = *cfg;
     r->f = (cfg->n - 1) / 3;
-    r->quorum = 2 * r->f + 1;
+    /* 2f+1 when n = 3f+1; larger for other n so that two quorums always share an honest
+     * replica (ledger_quorum_of, which certificates are checked with). */
+    r->quorum = ledger_quorum_of(cfg->n);
     r->window = 2 * cfg->checkpoint_interval;
     r->delivered = cfg->start_height;
     hash_copy(r->delivered_hash, cfg->start_hash);

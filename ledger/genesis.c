@@ -29,7 +29,13 @@ static bool opt_int(json_t *obj, const char *key, int64_t *out) {
 }
 
 uint32_t ledger_genesis_f(const ledger_genesis *g) { return g->n_validators ? (g->n_validators - 1) / 3 : 0; }
-uint32_t ledger_genesis_quorum(const ledger_genesis *g) { return 2 * ledger_genesis_f(g) + 1; }
+/* The smallest q with 2q - n >= f + 1: any two quorums share an honest validator, for every n,
+ * not only n = 3f+1 (where q = 2f+1). With n = 5 the old 2f+1 = 3 let two quorums of 3 meet in
+ * one validator, which may be the faulty one. q <= n - f, so the honest validators alone reach it. */
+uint32_t ledger_genesis_quorum(const ledger_genesis *g) {
+    return ledger_quorum_of(g->n_validators);
+}
+uint32_t ledger_quorum_of(uint32_t n) { return n ? (n + (n - 1) / 3) / 2 + 1 : 1; }
 
 int ledger_genesis_validator_index(const ledger_genesis *g, const uint8_t pub[LEDGER_ED_PUB_BYTES]) {
     for (uint32_t i = 0; i < g->n_validators; i++)

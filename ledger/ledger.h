@@ -192,9 +192,11 @@ TEM_WUR int ledger_genesis_parse(const char *json, size_t len, ledger_genesis *g
                                  size_t errlen);
 TEM_WUR int ledger_genesis_load(const char *path, ledger_genesis *g, char *err, size_t errlen);
 void ledger_genesis_free(ledger_genesis *g);
-/* f = (n-1)/3 and the quorum 2f+1. */
+/* f = (n-1)/3 and the quorum floor((n+f)/2)+1: 2f+1 when n = 3f+1; for other n the smallest
+ * size at which two quorums always share f+1 validators (consensus/pbft.c uses the same). */
 uint32_t ledger_genesis_f(const ledger_genesis *g);
 uint32_t ledger_genesis_quorum(const ledger_genesis *g);
+uint32_t ledger_quorum_of(uint32_t n_validators);
 /* Index of a validator key, or -1. */
 int ledger_genesis_validator_index(const ledger_genesis *g, const uint8_t pub[LEDGER_ED_PUB_BYTES]);
 bool ledger_genesis_is_admin(const ledger_genesis *g, const uint8_t pub[LEDGER_SECP_PUB_BYTES]);
