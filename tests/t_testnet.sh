@@ -78,7 +78,7 @@ sum_n=0 sum_wh=0
 if [ "$(api 0 "/v1/trades?slot=$first" -o /dev/null -w '%{http_code}')" = 200 ]; then
     for s in $(seq "$first" $((first + slots - 1))); do
         t=$(api 0 "/v1/trades?slot=$s")
-        sum_n=$((sum_n + $(echo "$t" | jq '.trades | length')))
+        sum_n=$((sum_n + $(echo "$t" | jq '[.trades[] | select(.quantity_wh > 0)] | length')))
         sum_wh=$((sum_wh + $(echo "$t" | jq '[.trades[].quantity_wh] | add // 0')))
     done
     src="/v1/trades"
@@ -87,7 +87,7 @@ else
     for b in $(seq 1 "$h"); do
         for id in $(api 0 "/v1/blocks/$b" | jq -r '.txids[]?'); do
             r=$(api 0 "/v1/tx/$id")
-            sum_n=$((sum_n + $(echo "$r" | jq '[.receipt.fills[]?] | length')))
+            sum_n=$((sum_n + $(echo "$r" | jq '[.receipt.fills[]? | select(.quantity_wh > 0)] | length')))
             sum_wh=$((sum_wh + $(echo "$r" | jq '[.receipt.fills[]?.quantity_wh] | add // 0')))
         done
     done

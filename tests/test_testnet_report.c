@@ -68,8 +68,9 @@ START_TEST(report_text_shows_the_dataset_totals_and_verdicts) {
         "met locally          50.0% of metered import (150 of 300 Wh)",
         "   40  11:30      3      2        150     0.2000   0.0800   0.3000            20",
         "   41  11:45      3      0          0          -   0.0800   0.3000             0",
-        "consumer                          1       0.080              0.100      20.0%",
-        "pv                                2      -0.030             -0.020      50.0%",
+        "consumer                          1       0.080              0.100   +0.020 (20.0%)",
+        /* Both incomes: a percentage of a negative baseline would mislead. */
+        "pv                                2      -0.030             -0.020   +0.010 (n/a: baseline is an income)",
         "money 5.000000 -> 5.000000 units (conserved); tokens minted 300 Wh = exports read 300 Wh, 12 Wh still held (ok)",
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
@@ -105,9 +106,20 @@ START_TEST(report_html_has_three_svg_charts_no_script_and_escaped_text) {
     ck_assert_ptr_null(strstr(h, "bus <18>"));
     ck_assert_ptr_nonnull(strstr(h, "bus &lt;18&gt; (3)"));
     /* The loaded line is drawn red with its binding halo; the light one green. */
-    ck_assert_ptr_nonnull(strstr(h, "stroke='#c0392b' stroke-width='6.8'><title>line 1-2: 95.0% of 100 kVA (base case 45.0%), bound trades"));
-    ck_assert_ptr_nonnull(strstr(h, "stroke='#27ae60' stroke-width='3.5'><title>line 2-3: 30.0%"));
-    ck_assert_ptr_nonnull(strstr(h, "<td>consumer</td><td>1</td><td>0.080</td><td>0.100</td><td>20.0%</td>"));
+    ck_assert_ptr_nonnull(strstr(h, "stroke='#c0392b' stroke-width='5.8'><title>line 1-2: 95.0% of 100 kVA (base case 45.0%), bound trades"));
+    ck_assert_ptr_nonnull(strstr(h, "stroke='#27ae60' stroke-width='3.2'><title>line 2-3: 30.0%"));
+    /* The binding line carries its number on the drawing, not only in a tooltip. */
+    ck_assert_ptr_nonnull(strstr(h, ">95% binding</text>"));
+    ck_assert_ptr_nonnull(strstr(h, "<td>consumer</td><td>1</td><td>0.080</td><td>0.100</td><td>+0.020 (20.0%)</td>"));
+    /* Round ticks: retail 0.30 units/kWh puts the axis at 0, 0.1, ... 0.4. */
+    for (int k = 0; k <= 4; k++) {
+        char tick[48];
+        snprintf(tick, sizeof tick, "text-anchor='end'>%g</text>", k / 10.0);
+        ck_assert_msg(strstr(h, tick), "no tick %g", k / 10.0);
+    }
+    ck_assert_ptr_null(strstr(h, "text-anchor='end'>0.0825"));
+    /* A view per slot. */
+    ck_assert_ptr_nonnull(strstr(h, "<tr id='slot-40'><td>40</td><td>11:30</td><td>3</td><td>2</td><td>150</td>"));
     tem_free(h);
     unlink(path);
     json_decref(d);
@@ -145,12 +157,89 @@ START_TEST(report_survives_a_dataset_with_parts_missing_and_refuses_junk) {
 }
 END_TEST
 
+/* Legends sit under the plot area (y beyond the x axis at H - MB = 260), never on the data. */
+START_TEST(report_legends_sit_below_the_plot_area) {
+    json_t *d = json_loads(DATA, 0, NULL);
+    char path[] = "/tmp/tem-report-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    ck_assert_int_eq(ctl_report_html(d, path), 0);
+    char *h = slurp(path);
+    static const char *const names[] = {">retail tariff<", ">traded between peers<", ">metered import<"};
+    for (size_t i = 0; i < 3; i++) {
+        const char *p = strstr(h, names[i]);
+        ck_assert_msg(p != NULL, "no legend %s", names[i]);
+        const char *y = p;
+        while (y > h && strncmp(y, " y='", 4) != 0) y--;
+        ck_assert_int_gt(atoi(y + 4), 300);
+    }
+    tem_free(h);
+    unlink(path);
+    json_decref(d);
+}
+END_TEST
+
+/* A saving that turns a payment into an income has no meaningful percentage. */
+START_TEST(report_saving_when_the_bill_changes_sign) {
+    json_t *d = json_loads("{\"slots\":0,\"classes\":{\"pv\":{\"n\":1,\"bill_uunit\":-739000,\"baseline_uunit\":1000000}}}", 0, NULL);
+    ck_assert_ptr_nonnull(d);
+    int rc;
+    char *t = text_of(d, &rc);
+    ck_assert_int_eq(rc, 0);
+    ck_assert_msg(strstr(t, "+1.739 (n/a: bill became an income)"), "%s", t);
+    ck_assert_ptr_null(strstr(t, "173.9%"));
+    free(t);
+    json_decref(d);
+}
+END_TEST
+
+/* 533 buses on a deep feeder: the drawing stays within 820 x 700 px. */
+START_TEST(report_feeder_drawing_fits_a_large_feeder) {
+    json_t *d = json_object(), *fm = json_object(), *buses = json_array(), *lines = json_array();
+    for (int i = 1; i <= 533; i++) {
+        json_t *b = json_pack("{s:i, s:f, s:f, s:f}", "bus", i, "x", (double)(i % 40), "y", (double)(i / 2), "v_pu",
+                              1.0 - i * 1e-4);
+        if (i == 1) json_object_set_new(b, "slack", json_true());
+        json_array_append_new(buses, b);
+        if (i > 1)
+            json_array_append_new(lines, json_pack("{s:i, s:i, s:f, s:f}", "from", i - 1, "to", i, "rate_kva", 100.0,
+                                                   "base_loading_pct", (double)(i % 97)));
+    }
+    json_object_set_new(fm, "buses", buses);
+    json_object_set_new(fm, "lines", lines);
+    json_object_set_new(d, "feeder_map", fm);
+    char path[] = "/tmp/tem-report-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    ck_assert_int_eq(ctl_report_html(d, path), 0);
+    char *h = slurp(path);
+    const char *svg = strstr(h, "aria-label='the feeder with line loadings'");
+    ck_assert_ptr_nonnull(svg);
+    while (svg > h && strncmp(svg, "height='", 8) != 0) svg--;
+    ck_assert_int_le(atoi(svg + 8), 700);
+    ck_assert_ptr_nonnull(strstr(h, "lowest 0.9467 pu"));
+    /* Labels only for the slack and the lowest bus, and numbers on the 6 most loaded lines. */
+    size_t numbered = 0;
+    for (const char *p = h; (p = strstr(p, "%</text>")); p++) numbered++;
+    ck_assert_uint_ge(numbered, 6);
+    ck_assert_uint_le(numbered, 12);
+    tem_free(h);
+    unlink(path);
+    json_decref(d);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("testnet_report");
     TCase *t = tcase_create("report");
     tcase_add_test(t, report_text_shows_the_dataset_totals_and_verdicts);
     tcase_add_test(t, report_html_has_three_svg_charts_no_script_and_escaped_text);
     tcase_add_test(t, report_survives_a_dataset_with_parts_missing_and_refuses_junk);
+    tcase_add_test(t, report_legends_sit_below_the_plot_area);
+    tcase_add_test(t, report_saving_when_the_bill_changes_sign);
+    tcase_add_test(t, report_feeder_drawing_fits_a_large_feeder);
     suite_add_tcase(s, t);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -1,7 +1,7 @@
 /* report.c: the testnet report drawn from its dataset (testnet-data.json, docs/sim.md): the
  * plain-text summary `temctl testnet run` prints and testnet-report.html, one page with the same
- * figures and three inline SVG charts (price per slot against the tariffs, traded energy per slot
- * beside metered demand, the feeder with its line loadings). No script and no network: the page
+ * figures, three inline SVG charts (price per slot against the tariffs, traded energy per slot
+ * beside metered demand, the feeder with its line loadings) and a table per slot. No script and no network: the page
  * opens from disk anywhere. Money is shown in units (1 unit = 1e6 micro-units), prices in units
  * per kWh. */
 #include "node/sim/testnet.h"
@@ -53,6 +53,15 @@ static void counts_line(const json_t *obj, char *out, size_t n) {
         used += (size_t)w;
     }
     if (!used) snprintf(out, n, "none");
+}
+
+/* A saving is what the market saved against the feed-in-tariff baseline, in units (+ = better
+ * off). A percentage only means something when both bills are payments: once the market turns a
+ * payment into an income (or the baseline is already one), "173.9 %" misleads, so it says so. */
+static void saving_str(int64_t bill, int64_t base, char *out, size_t n) {
+    double u = units(base - bill);
+    if (base > 0 && bill >= 0) snprintf(out, n, "%+.3f (%.1f%%)", u, 100.0 * (double)(base - bill) / (double)base);
+    else snprintf(out, n, "%+.3f (n/a: %s)", u, base <= 0 ? "baseline is an income" : "bill became an income");
 }
 
 /* ------------------------------------------------------------------ text */
@@ -107,13 +116,14 @@ int ctl_report_text(const json_t *d, FILE *f) {
                 (long long)I(s, "orders"), (long long)I(s, "trades"), (long long)I(s, "energy_wh"), avg,
                 per_kwh(I(s, "feed_in")), per_kwh(I(s, "retail")), (long long)I(s, "curtailed_wh"));
     }
-    fprintf(f, "\nbills (units, + = paid)   prosumers      market   feed-in baseline     saving\n");
+    fprintf(f, "\nbills (units, + = paid)   prosumers      market   feed-in baseline   saving, units (+ = better off)\n");
     const char *k;
     json_t *c;
     json_object_foreach(json_object_get(d, "classes"), k, c) {
         int64_t bill = I(c, "bill_uunit"), base = I(c, "baseline_uunit");
-        fprintf(f, "%-24s %10lld %11.3f %18.3f %9.1f%%\n", k, (long long)I(c, "n"), units(bill), units(base),
-                base != 0 ? 100.0 * (double)(base - bill) / fabs((double)base) : 0.0);
+        char sv[96];
+        saving_str(bill, base, sv, sizeof sv);
+        fprintf(f, "%-24s %10lld %11.3f %18.3f   %s\n", k, (long long)I(c, "n"), units(bill), units(base), sv);
     }
     fprintf(f, "\nconservation         money %.6f -> %.6f units (%s); tokens minted %lld Wh = exports read %lld Wh, "
                "%lld Wh still held (%s)\n",
@@ -137,38 +147,90 @@ static void esc(FILE *f, const char *s) {
     }
 }
 
-enum { W = 760, H = 300, ML = 70, MR = 20, MT = 20, MB = 40 };
+/* Chart frame: the plot area, then the x-axis title, then a legend row under it, so no legend
+ * ever covers data. */
+enum { W = 760, H = 330, ML = 70, MR = 20, MT = 16, MB = 70 };
 
-static double sx(double i, double n) { return ML + (n <= 1 ? 0 : i * (W - ML - MR) / (n - 1)); }
+static double sx(double i, double n) { return ML + (n <= 1 ? (W - ML - MR) / 2.0 : i * (W - ML - MR) / (n - 1)); }
 static double sy(double v, double vmax) { return MT + (H - MT - MB) * (1 - (vmax > 0 ? v / vmax : 0)); }
+
+/* A round tick step (1, 2 or 5 x 10^k) giving about `want` ticks up to vmax. */
+static double nice_step(double vmax, int want) {
+    if (vmax <= 0) return 1;
+    double raw = vmax / want, p = pow(10, floor(log10(raw))), m = raw / p;
+    return (m <= 1 ? 1 : m <= 2 ? 2 : m <= 5 ? 5 : 10) * p;
+}
+/* vmax rounded up to a whole number of ticks (shown in axis units: value * scale). */
+static double nice_max(double vmax, double scale) {
+    double st = nice_step(vmax * scale, 5);
+    return ceil(vmax * scale / st) * st / scale;
+}
 
 static void axes(FILE *f, double vmax, const char *ylabel, const json_t *slots, double scale) {
     fprintf(f, "<line x1='%d' y1='%d' x2='%d' y2='%d' stroke='#333'/>", ML, H - MB, W - MR, H - MB);
     fprintf(f, "<line x1='%d' y1='%d' x2='%d' y2='%d' stroke='#333'/>", ML, MT, ML, H - MB);
-    for (int t = 0; t <= 4; t++) {
-        double v = vmax * t / 4;
+    double st = nice_step(vmax * scale, 5) / scale;
+    for (double v = 0; v <= vmax * (1 + 1e-9); v += st) {
         fprintf(f, "<line x1='%d' y1='%.1f' x2='%d' y2='%.1f' stroke='#ddd'/>", ML, sy(v, vmax), W - MR, sy(v, vmax));
-        fprintf(f, "<text x='%d' y='%.1f' font-size='11' text-anchor='end'>%.3g</text>", ML - 4, sy(v, vmax) + 4, v * scale);
+        fprintf(f, "<text x='%d' y='%.1f' font-size='11' text-anchor='end'>%g</text>", ML - 4, sy(v, vmax) + 4,
+                round(v * scale / (st * scale) * 1e6) / 1e6 * st * scale);
     }
-    fprintf(f, "<text x='14' y='%d' font-size='11' transform='rotate(-90 14 %d)' text-anchor='middle'>", H / 2, H / 2);
+    fprintf(f, "<text x='14' y='%d' font-size='11' transform='rotate(-90 14 %d)' text-anchor='middle'>", (H - MB + MT) / 2,
+            (H - MB + MT) / 2);
     esc(f, ylabel);
     fputs("</text>", f);
-    size_t n = json_array_size(slots), step = n > 12 ? (n + 11) / 12 : 1;
-    for (size_t i = 0; i < n; i += step) {
+    /* x ticks on whole hours (every 1, 2, 3, 4, 6 or 12 h, about 8 labels) */
+    size_t n = json_array_size(slots);
+    int64_t span = n ? I(json_array_get(slots, n - 1), "minute") - I(json_array_get(slots, 0), "minute") : 0;
+    if (span < 0) span += 1440;
+    static const int hours[] = {1, 2, 3, 4, 6, 12, 24};
+    int every = 60;
+    for (size_t h = 0; h < sizeof hours / sizeof hours[0]; h++) {
+        every = hours[h] * 60;
+        if (span / every <= 8) break;
+    }
+    for (size_t i = 0; i < n; i++) {
+        int64_t m = I(json_array_get(slots, i), "minute");
+        if (span < 120 ? (i % (n > 8 ? (n + 7) / 8 : 1)) != 0 : m % every != 0) continue;
         char a[8];
-        hhmm(a, I(json_array_get(slots, i), "minute"));
-        fprintf(f, "<text x='%.1f' y='%d' font-size='11' text-anchor='middle'>%s</text>", sx((double)i, (double)n), H - MB + 16, a);
+        hhmm(a, m);
+        double x = sx((double)i, (double)n);
+        fprintf(f, "<line x1='%.1f' y1='%d' x2='%.1f' y2='%d' stroke='#333'/>", x, H - MB, x, H - MB + 4);
+        fprintf(f, "<text x='%.1f' y='%d' font-size='11' text-anchor='middle'>%s</text>", x, H - MB + 16, a);
     }
     fprintf(f, "<text x='%d' y='%d' font-size='11' text-anchor='middle'>simulated time of day (slot start)</text>",
-            (W + ML) / 2, H - 6);
+            (W + ML) / 2, H - MB + 32);
+}
+
+/* One legend row under the x-axis title: swatch and text per entry. */
+typedef struct {
+    const char *colour, *text;
+    bool dashed, outline;
+} legend_item;
+static void legend(FILE *f, const legend_item *it, int n) {
+    int x = ML;
+    for (int k = 0; k < n; k++) {
+        if (it[k].outline)
+            fprintf(f, "<rect x='%d' y='%d' width='14' height='10' fill='none' stroke='%s'/>", x, H - 20, it[k].colour);
+        else
+            fprintf(f, "<line x1='%d' y1='%d' x2='%d' y2='%d' stroke='%s' stroke-width='%d'%s/>", x, H - 15, x + 14, H - 15,
+                    it[k].colour, it[k].dashed ? 2 : 6, it[k].dashed ? " stroke-dasharray='4 3'" : "");
+        fprintf(f, "<text x='%d' y='%d' font-size='12'>", x + 18, H - 11);
+        esc(f, it[k].text);
+        fputs("</text>", f);
+        x += 30 + 7 * (int)strlen(it[k].text);
+    }
 }
 
 static void price_chart(FILE *f, const json_t *slots) {
     size_t n = json_array_size(slots), i;
     double vmax = 1;
     json_t *s;
-    json_array_foreach(slots, i, s) vmax = fmax(vmax, (double)I(s, "retail"));
-    vmax *= 1.1;
+    json_array_foreach(slots, i, s) {
+        vmax = fmax(vmax, (double)I(s, "retail"));
+        if (I(s, "energy_wh") > 0) vmax = fmax(vmax, (double)I(s, "avg_price"));
+    }
+    vmax = nice_max(vmax * 1.05, 1e-6);
     fprintf(f, "<svg xmlns='http://www.w3.org/2000/svg' width='%d' height='%d' role='img' "
                "aria-label='average clearing price per slot against the tariffs'>", W, H);
     axes(f, vmax, "price, units/kWh", slots, 1e-6);
@@ -186,9 +248,8 @@ static void price_chart(FILE *f, const json_t *slots) {
         fprintf(f, "<circle cx='%.1f' cy='%.1f' r='3' fill='#111'><title>slot %lld: %.4f units/kWh</title></circle>",
                 sx((double)i, (double)n), sy((double)I(s, "avg_price"), vmax), (long long)I(s, "slot"),
                 per_kwh(I(s, "avg_price")));
-    fprintf(f, "<text x='%d' y='%d' font-size='12' fill='#c0392b'>retail tariff</text>", W - 220, MT + 12);
-    fprintf(f, "<text x='%d' y='%d' font-size='12' fill='#2471a3'>feed-in tariff</text>", W - 220, MT + 28);
-    fprintf(f, "<text x='%d' y='%d' font-size='12'>average clearing price</text>", W - 220, MT + 44);
+    legend(f, (const legend_item[]){{"#c0392b", "retail tariff", true, false}, {"#2471a3", "feed-in tariff", true, false},
+                                    {"#111", "average clearing price", false, false}}, 3);
     fputs("</svg>\n", f);
 }
 
@@ -200,7 +261,7 @@ static void energy_chart(FILE *f, const json_t *slots) {
         vmax = fmax(vmax, (double)I(s, "import_wh"));
         vmax = fmax(vmax, (double)(I(s, "energy_wh") + I(s, "curtailed_wh")));
     }
-    vmax *= 1.1;
+    vmax = nice_max(vmax * 1.05, 1);
     fprintf(f, "<svg xmlns='http://www.w3.org/2000/svg' width='%d' height='%d' role='img' "
                "aria-label='traded energy per slot'>", W, H);
     axes(f, vmax, "energy per slot, Wh", slots, 1);
@@ -217,9 +278,9 @@ static void energy_chart(FILE *f, const json_t *slots) {
             fprintf(f, "<rect x='%.1f' y='%.1f' width='%.1f' height='%.1f' fill='#e67e22'><title>%lld Wh curtailed</title></rect>",
                     x, sy(tr + cu, vmax), bw, sy(tr, vmax) - sy(tr + cu, vmax), (long long)I(s, "curtailed_wh"));
     }
-    fprintf(f, "<text x='%d' y='%d' font-size='12' fill='#27ae60'>traded between peers</text>", W - 220, MT + 12);
-    fprintf(f, "<text x='%d' y='%d' font-size='12' fill='#e67e22'>curtailed by the grid check</text>", W - 220, MT + 28);
-    fprintf(f, "<text x='%d' y='%d' font-size='12' fill='#666'>metered import (outline)</text>", W - 220, MT + 44);
+    legend(f, (const legend_item[]){{"#27ae60", "traded between peers", false, false},
+                                    {"#e67e22", "curtailed by the grid check", false, false},
+                                    {"#888", "metered import", false, true}}, 3);
     fputs("</svg>\n", f);
 }
 
@@ -227,26 +288,51 @@ static const char *load_colour(double pct) {
     return pct >= 90 ? "#c0392b" : pct >= 70 ? "#e67e22" : pct >= 40 ? "#f1c40f" : "#27ae60";
 }
 
+/* The feeder, scaled to fit 820 x at most 640 px whatever its size (case533 drew a 2,300 px
+ * column before). Line width and colour give the loading; numbers are written on the most loaded
+ * lines and on the binding ones, the lowest voltage is marked; with many buses only those buses
+ * are labelled, the rest keep their tooltips. */
+#define FEEDER_LABELS_MAX 6
 static void feeder_chart(FILE *f, const json_t *fm) {
     const json_t *buses = json_object_get(fm, "buses"), *lines = json_object_get(fm, "lines");
-    size_t nb = json_array_size(buses), i;
+    size_t nb = json_array_size(buses), nl = json_array_size(lines), i;
     if (nb == 0) {
         fputs("<p>No feeder drawing in this dataset.</p>\n", f);
         return;
     }
-    double xmax = 1, ymax = 1;
+    double xmax = 1, ymax = 1, vmin = 10;
+    int64_t vmin_bus = -1;
     json_t *b;
     json_array_foreach(buses, i, b) {
         xmax = fmax(xmax, D(b, "x"));
         ymax = fmax(ymax, D(b, "y"));
+        if (!B(b, "slack") && json_object_get(b, "v_pu") && D(b, "v_pu") < vmin) vmin = D(b, "v_pu"), vmin_bus = I(b, "bus");
     }
-    const int fw = 820, fh = 90 + (int)(ymax * 50);
+    const int fw = 820, top = 30, legend_h = 50;
+    double fy = fmin(50, 560.0 / ymax);
+    const int fh = top + (int)(ymax * fy) + 30 + legend_h;
+    bool dense = nb > 60;
 #define FX(v) (40 + (v) * (fw - 80) / xmax)
-#define FY(v) (40 + (v) * 50)
+#define FY(v) (top + (v) * fy)
     fprintf(f, "<svg xmlns='http://www.w3.org/2000/svg' width='%d' height='%d' role='img' "
                "aria-label='the feeder with line loadings'>", fw, fh);
+    /* the most loaded lines get their number written */
+    double top_pct[FEEDER_LABELS_MAX] = {0};
     json_t *l;
     json_array_foreach(lines, i, l) {
+        double pct = json_object_get(l, "loading_pct") ? D(l, "loading_pct") : D(l, "base_loading_pct");
+        for (int k = 0; k < FEEDER_LABELS_MAX; k++)
+            if (pct > top_pct[k]) {
+                memmove(top_pct + k + 1, top_pct + k, (FEEDER_LABELS_MAX - 1 - (size_t)k) * sizeof(double));
+                top_pct[k] = pct;
+                break;
+            }
+    }
+    double label_floor = top_pct[FEEDER_LABELS_MAX - 1] > 0 ? top_pct[FEEDER_LABELS_MAX - 1] : 1e-9;
+    int labelled = 0; /* ties at the floor must not number half the feeder */
+    /* bus lookup by id: a sorted index would be faster, but feeders stay under a few thousand */
+    for (size_t li = 0; li < nl; li++) {
+        l = json_array_get(lines, li);
         const json_t *pa = NULL, *pb = NULL;
         size_t j;
         json_array_foreach(buses, j, b) {
@@ -256,36 +342,68 @@ static void feeder_chart(FILE *f, const json_t *fm) {
         if (!pa || !pb) continue;
         double pct = json_object_get(l, "loading_pct") ? D(l, "loading_pct") : D(l, "base_loading_pct");
         double x1 = FX(D(pa, "x")), y1 = FY(D(pa, "y")), x2 = FX(D(pb, "x")), y2 = FY(D(pb, "y"));
-        if (I(l, "binding_trades") > 0)
+        bool bind = I(l, "binding_trades") > 0;
+        if (bind)
             fprintf(f, "<polyline points='%.1f,%.1f %.1f,%.1f %.1f,%.1f' fill='none' stroke='#000' stroke-width='10' opacity='0.35'/>",
                     x1, y1, x1, y2, x2, y2);
         fprintf(f, "<polyline points='%.1f,%.1f %.1f,%.1f %.1f,%.1f' fill='none' stroke='%s' stroke-width='%.1f'>"
                    "<title>line %lld-%lld: %.1f%% of %.0f kVA (base case %.1f%%)%s</title></polyline>",
-                x1, y1, x1, y2, x2, y2, load_colour(pct), 2 + fmin(pct, 150) / 20, (long long)I(l, "from"),
-                (long long)I(l, "to"), pct, D(l, "rate_kva"), D(l, "base_loading_pct"),
-                I(l, "binding_trades") > 0 ? ", bound trades" : "");
+                x1, y1, x1, y2, x2, y2, load_colour(pct), (dense ? 1 : 2) + fmin(pct, 150) / 25, (long long)I(l, "from"),
+                (long long)I(l, "to"), pct, D(l, "rate_kva"), D(l, "base_loading_pct"), bind ? ", bound trades" : "");
+        if ((pct >= label_floor && labelled++ < FEEDER_LABELS_MAX) || bind)
+            fprintf(f, "<text x='%.1f' y='%.1f' font-size='10' fill='#000'>%.0f%%%s</text>", (x1 + x2) / 2, y2 - 3, pct,
+                    bind ? " binding" : "");
     }
     json_array_foreach(buses, i, b) {
         double inj = D(b, "inject_kw");
         const char *fill = B(b, "slack") ? "#000" : inj > 0.05 ? "#f39c12" : inj < -0.05 ? "#2980b9" : "#fff";
-        fprintf(f, "<circle cx='%.1f' cy='%.1f' r='%d' fill='%s' stroke='#333'><title>bus %lld: %+.1f kW from "
+        bool lowest = I(b, "bus") == vmin_bus;
+        fprintf(f, "<circle cx='%.1f' cy='%.1f' r='%d' fill='%s' stroke='%s'><title>bus %lld: %+.1f kW from "
                    "prosumers, %.4f pu</title></circle>",
-                FX(D(b, "x")), FY(D(b, "y")), B(b, "slack") ? 7 : 5, fill, (long long)I(b, "bus"), inj, D(b, "v_pu"));
-        fprintf(f, "<text x='%.1f' y='%.1f' font-size='10' text-anchor='middle'>%lld</text>", FX(D(b, "x")),
-                FY(D(b, "y")) - 9, (long long)I(b, "bus"));
+                FX(D(b, "x")), FY(D(b, "y")), B(b, "slack") ? 6 : dense ? 2 : 4, fill, lowest ? "#c0392b" : "#333",
+                (long long)I(b, "bus"), inj, D(b, "v_pu"));
+        if (!dense || B(b, "slack") || lowest)
+            fprintf(f, "<text x='%.1f' y='%.1f' font-size='10' text-anchor='middle'>%lld</text>", FX(D(b, "x")),
+                    FY(D(b, "y")) - 7, (long long)I(b, "bus"));
+        if (lowest)
+            fprintf(f, "<text x='%.1f' y='%.1f' font-size='10' fill='#c0392b'>lowest %.4f pu</text>", FX(D(b, "x")) + 6,
+                    FY(D(b, "y")) + 12, vmin);
     }
-    int ly = fh - 16;
+    int ly = fh - legend_h + 20;
     static const struct {
         const char *c, *t;
     } leg[] = {{"#27ae60", "&lt; 40%"}, {"#f1c40f", "40-70%"}, {"#e67e22", "70-90%"}, {"#c0392b", "&gt;= 90%"}};
     for (int k = 0; k < 4; k++)
         fprintf(f, "<rect x='%d' y='%d' width='14' height='8' fill='%s'/><text x='%d' y='%d' font-size='11'>%s</text>",
-                40 + k * 90, ly - 8, leg[k].c, 58 + k * 90, ly, leg[k].t);
-    fprintf(f, "<text x='%d' y='%d' font-size='11'>line loading; orange bus exports, blue imports; grey halo: a "
-               "binding line</text>", 420, ly);
+                40 + k * 80, ly - 8, leg[k].c, 58 + k * 80, ly, leg[k].t);
+    fprintf(f, "<text x='%d' y='%d' font-size='11'>line loading (%% of rating; the %d most loaded and binding lines "
+               "numbered)</text>", 360, ly, FEEDER_LABELS_MAX);
+    fprintf(f, "<text x='40' y='%d' font-size='11'>bus: orange exports, blue imports, red ring: lowest voltage; grey "
+               "halo: a line that bound trades%s</text>", ly + 18, dense ? "; hover a bus or line for its figures" : "");
     fputs("</svg>\n", f);
 #undef FX
 #undef FY
+}
+
+/* Per slot: orders, trades, energy, price against the tariffs, curtailment and what bound it. */
+static void slot_table(FILE *f, const json_t *slots) {
+    fputs("<h2>Slot by slot</h2>\n<table><tr><th>slot</th><th>time</th><th>orders</th><th>trades</th>"
+          "<th>traded, Wh</th><th>avg price</th><th>feed-in</th><th>retail</th><th>curtailed, Wh</th>"
+          "<th>fees, units</th><th>metered import, Wh</th></tr>\n", f);
+    size_t i;
+    json_t *s;
+    json_array_foreach(slots, i, s) {
+        char a[8], avg[16];
+        hhmm(a, I(s, "minute"));
+        if (I(s, "energy_wh")) snprintf(avg, sizeof avg, "%.4f", per_kwh(I(s, "avg_price")));
+        else snprintf(avg, sizeof avg, "-");
+        fprintf(f, "<tr id='slot-%lld'><td>%lld</td><td>%s</td><td>%lld</td><td>%lld</td><td>%lld</td><td>%s</td>"
+                   "<td>%.4f</td><td>%.4f</td><td>%lld</td><td>%.4f</td><td>%lld</td></tr>\n",
+                (long long)I(s, "slot"), (long long)I(s, "slot"), a, (long long)I(s, "orders"), (long long)I(s, "trades"),
+                (long long)I(s, "energy_wh"), avg, per_kwh(I(s, "feed_in")), per_kwh(I(s, "retail")),
+                (long long)I(s, "curtailed_wh"), units(I(s, "fees_uunit")), (long long)I(s, "import_wh"));
+    }
+    fputs("</table>\n", f);
 }
 
 int ctl_report_html(const json_t *d, const char *path) {
@@ -331,16 +449,19 @@ int ctl_report_html(const json_t *d, const char *path) {
     hhmm(a, I(json_array_get(slots, (size_t)rs), "minute"));
     fprintf(f, "<h2>The feeder at %s (the slot with the largest export)</h2>\n", a);
     feeder_chart(f, fm);
+    slot_table(f, slots);
     fputs("<h2>Bills by prosumer class</h2>\n<table><tr><th>class</th><th>prosumers</th><th>market bill, units"
-          "</th><th>feed-in-tariff baseline, units</th><th>saving</th></tr>\n", f);
+          "</th><th>feed-in-tariff baseline, units</th><th>saving, units (+ = better off)</th></tr>\n", f);
     const char *k;
     json_t *c;
     json_object_foreach(json_object_get(d, "classes"), k, c) {
         int64_t bill = I(c, "bill_uunit"), base = I(c, "baseline_uunit");
+        char sv[96];
+        saving_str(bill, base, sv, sizeof sv);
         fputs("<tr><td>", f);
         esc(f, k);
-        fprintf(f, "</td><td>%lld</td><td>%.3f</td><td>%.3f</td><td>%.1f%%</td></tr>\n", (long long)I(c, "n"),
-                units(bill), units(base), base != 0 ? 100.0 * (double)(base - bill) / fabs((double)base) : 0.0);
+        fprintf(f, "</td><td>%lld</td><td>%.3f</td><td>%.3f</td><td>%s</td></tr>\n", (long long)I(c, "n"),
+                units(bill), units(base), sv);
     }
     fputs("</table>\n<p>The baseline is what each prosumer would have paid with no market: every metered "
           "import at the retail tariff, every export sold at the feed-in tariff.</p>\n</body></html>\n", f);

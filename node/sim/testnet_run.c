@@ -685,8 +685,11 @@ static json_t *collect(tn *t, ctl_simrun *r) {
             use = r->snap[k];
             nuse = r->n_snap[k];
         }
-        int64_t wh = 0, val = 0, curt = 0, curt_n = 0, fees = 0, imp = 0, exp = 0, ords = 0;
+        int64_t wh = 0, val = 0, curt = 0, curt_n = 0, fees = 0, imp = 0, exp = 0, ords = 0, ntr = 0;
         for (size_t j = 0; j < nuse; j++) {
+            /* A match the grid check curtailed to 0 Wh moved nothing: the chain does not list it
+             * as a trade, so neither does the report (it still counts as curtailed). */
+            ntr += use[j].quantity_wh > 0;
             wh += (int64_t)use[j].quantity_wh;
             val += (int64_t)(use[j].quantity_wh * use[j].price / 1000);
             curt += (int64_t)use[j].curtailed_wh;
@@ -709,7 +712,7 @@ static json_t *collect(tn *t, ctl_simrun *r) {
         json_object_set_new(e, "slot", json_integer((json_int_t)(r->first_slot + k)));
         json_object_set_new(e, "minute", json_integer((r->cfg.start_minute + k * r->cfg.slot_minutes) % 1440));
         json_object_set_new(e, "orders", json_integer(ords));
-        json_object_set_new(e, "trades", json_integer((json_int_t)nuse));
+        json_object_set_new(e, "trades", json_integer(ntr));
         json_object_set_new(e, "energy_wh", json_integer(wh));
         json_object_set_new(e, "value_uunit", json_integer(val));
         json_object_set_new(e, "avg_price", json_integer(wh ? val * 1000 / wh : 0));
@@ -722,7 +725,7 @@ static json_t *collect(tn *t, ctl_simrun *r) {
         json_object_set_new(e, "export_wh", json_integer(exp));
         json_object_set_new(e, "source", json_string(use == tr ? "api" : r->snap_from_receipts[k] ? "receipts" : "snapshot"));
         json_array_append_new(slots, e);
-        tot_n += (int64_t)nuse, tot_wh += wh, tot_val += val, tot_curt += curt, tot_curt_n += curt_n;
+        tot_n += ntr, tot_wh += wh, tot_val += val, tot_curt += curt, tot_curt_n += curt_n;
         tot_imp += imp, tot_exp += exp, tot_fees += fees;
         tem_free(tr);
     }
