@@ -536,6 +536,12 @@ static void h_metrics(void *ctx, net_http_req *req, const net_http_request *r) {
       (unsigned long long)n->http_txs_accepted);
     M("# HELP tem_http_txs_rejected_total Txs refused at submission.\n# TYPE tem_http_txs_rejected_total counter\ntem_http_txs_rejected_total %llu\n",
       (unsigned long long)n->http_txs_rejected);
+    M("# HELP tem_http_requests_limited_total Requests answered 429 ERATE (per-address rate limit).\n# TYPE tem_http_requests_limited_total counter\ntem_http_requests_limited_total %llu\n",
+      (unsigned long long)net_http_requests_limited(n->http));
+    M("# HELP tem_http_conns_refused_total Connections answered 429/503 at accept (table or per-address cap).\n# TYPE tem_http_conns_refused_total counter\ntem_http_conns_refused_total %llu\n",
+      (unsigned long long)net_http_conns_refused(n->http));
+    M("# HELP tem_http_conns_timed_out_total Connections cut for not sending a whole request in time.\n# TYPE tem_http_conns_timed_out_total counter\ntem_http_conns_timed_out_total %llu\n",
+      (unsigned long long)net_http_conns_timed_out(n->http));
     M("# HELP tem_peers_connected Validators with an authenticated session.\n# TYPE tem_peers_connected gauge\ntem_peers_connected %u\n",
       net_validators_connected(n->net));
     M("# HELP tem_blocks_applied_total Blocks applied since start.\n# TYPE tem_blocks_applied_total counter\ntem_blocks_applied_total %llu\n",
@@ -561,6 +567,11 @@ int node_api_start(node *n) {
     memset(&hc, 0, sizeof hc);
     hc.listen = n->cfg.http;
     hc.body_bytes_max = n->cfg.http_body_bytes_max;
+    hc.conns_max = (uint32_t)n->cfg.http_conns_max;
+    hc.conns_per_addr_max = (uint32_t)n->cfg.http_conns_per_addr_max;
+    hc.rate_reqs_per_s = n->cfg.http_rate_reqs_per_s;
+    hc.rate_burst_ms = n->cfg.http_rate_burst_ms;
+    hc.request_timeout_ms = n->cfg.http_request_timeout_ms;
     hc.tls_cert_path = n->cfg.tls_cert[0] ? n->cfg.tls_cert : NULL;
     hc.tls_key_path = n->cfg.tls_key[0] ? n->cfg.tls_key : NULL;
     hc.log_level = n->cfg.log_level;

@@ -4,7 +4,7 @@
 set -euo pipefail
 B=${BUILD:-build}
 T="$B/temctl"
-D="$B/temd"
+D=${TEMD:-$B/temd} # TEMD= runs the scenario against another build (before/after figures)
 NAME=${NAME:-harden}
 NV=${NV:-4}
 for tool in curl jq python3; do
