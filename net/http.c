@@ -16,7 +16,27 @@ struct net__hsock {
     uv_tcp_t tcp; /* first: H2O hands the close callback this handle */
     net_http *h;
     net__hsock *prev, *next;
+    h2o_socket_t *sock;   /* H2O's socket over tcp, to find this record from a request */
+    uint8_t addr[16];     /* client address (IPv4 in the first 4 bytes), for per-address caps */
+    uint64_t deadline_ms; /* a complete request must have arrived by then (unless inflight) */
+    uint32_t inflight;    /* requests handed to a handler and not yet answered */
+    bool cut;             /* shut down for missing its deadline */
 };
+
+/* A connection refused before H2O saw it: it gets one short answer (429 or 503), a FIN, and
+ * its input is read and dropped until the client closes or REFUSED_LINGER_MS passes, so the
+ * answer is not destroyed by a RST. At most REFUSED_MAX at once; past that, closed at once. */
+typedef struct net__rsock net__rsock;
+struct net__rsock {
+    uv_tcp_t tcp;
+    net_http *h;
+    net__rsock *prev, *next;
+    uint64_t deadline_ms;
+    bool closing;
+};
+#define REFUSED_MAX 64
+#define REFUSED_LINGER_MS 1000
+#define SWEEP_MS 100
 
 typedef struct {
     char method[16]; /* "" = any */
@@ -28,6 +48,7 @@ typedef struct {
 
 struct net_http_req {
     net_http *h;           /* NULL once detached by net_http_close */
+    net__hsock *s;         /* its connection; NULL once that closed or the server detached it */
     h2o_req_t *req;        /* NULL once H2O disposed the request */
     net_http_req **guard;  /* slot in the request's pool pointing back here */
     net_http_req *prev, *next;
@@ -54,13 +75,14 @@ struct net_http {
     h2o_accept_ctx_t accept_ctx;
     SSL_CTX *ssl;
     uv_tcp_t listener;
-    uv_timer_t drain;
-    bool conf_inited, ctx_inited, listening, started, closing, drain_on;
-    uint32_t handles_open, n_socks, routes_n;
+    uv_timer_t drain, sweep;
+    bool conf_inited, ctx_inited, listening, started, closing, drain_on, sweep_on;
+    uint32_t handles_open, n_socks, routes_n, n_refused;
     uint16_t port;
-    uint64_t close_started_ms, served, limited;
+    uint64_t close_started_ms, served, limited, refused_conns, timed_out;
     net__client *clients;
     net__hsock *socks;
+    net__rsock *refused;
     net_http_req *pending;
     uint32_t n_pending;
     net__route routes[NET_HTTP_ROUTES_MAX];
@@ -129,11 +151,33 @@ static void send_raw(h2o_req_t *req, int status, const char *ctype, const void *
         h2o_send(req, &buf, 1, H2O_SEND_STATE_FINAL);
 }
 
+/* Seconds a client refused by the rate limit should wait: one token refills within a second at
+ * any rate >= 1/s, and Retry-After has whole seconds. */
+static uint64_t retry_after_s(const net_http *h) {
+    (void)h;
+    return 1;
+}
+
 static void send_error_raw(h2o_req_t *req, int status, const char *code, const char *message) {
     char buf[512];
     int n = net_json_error(buf, sizeof buf, message, code);
     if (n < 0) n = snprintf(buf, sizeof buf, "{\"error\":\"error\",\"code\":\"%s\"}", "EINTERNAL");
     send_raw(req, status, "application/json", buf, (size_t)n);
+}
+
+/* The connection a request came on (NULL if H2O's socket is not one of ours). */
+static net__hsock *sock_of(net_http *h, h2o_req_t *req) {
+    h2o_socket_t *sock = req->conn->callbacks->get_socket ? req->conn->callbacks->get_socket(req->conn) : NULL;
+    if (sock == NULL) return NULL;
+    for (net__hsock *s = h->socks; s; s = s->next)
+        if (s->sock == sock) return s;
+    return NULL;
+}
+
+/* A request on s was answered: the next one has a fresh deadline. */
+static void sock_answered(net_http *h, net__hsock *s) {
+    if (s == NULL) return;
+    s->deadline_ms = uv_now(h->loop) + h->cfg.request_timeout_ms;
 }
 
 static void pending_unlink(net_http_req *r) {
@@ -161,6 +205,12 @@ int net_http_reply(net_http_req *r, int status, const char *content_type, const 
         send_raw(r->req, status, content_type, body, len);
         rc = NET_OK;
     }
+    if (r->h && r->s) {
+        TEM_ASSERT(r->s->inflight > 0);
+        r->s->inflight--;
+        sock_answered(r->h, r->s);
+    }
+    r->s = NULL;
     pending_unlink(r);
     tem_free(r);
     return rc;
@@ -238,10 +288,15 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
     }
     char remote[64];
     remote_of(req, remote, sizeof remote);
+    net__hsock *sk = sock_of(h, req);
     if (h->clients != NULL && !client_take(h, remote)) {
         h->limited++;
         if (h->limited % 1000 == 1) hlog(h, NET_LOG_WARN, "rate limit: refusing requests from %s (ERATE)", remote);
+        char ra[24];
+        int ral = snprintf(ra, sizeof ra, "%llu", (unsigned long long)retry_after_s(h));
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, h2o_strdup(&req->pool, ra, (size_t)ral).base, (size_t)ral);
         send_error_raw(req, 429, "ERATE", "too many requests from this address");
+        sock_answered(h, sk);
         return 0;
     }
     size_t plen = req->path.len;
@@ -263,14 +318,18 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
             send_error_raw(req, 405, "EMETHOD", "method not allowed on this path");
         else
             send_error_raw(req, 404, "ENOTFOUND", "no such endpoint");
+        sock_answered(h, sk);
         return 0;
     }
     net_http_req *r = tem_calloc(1, sizeof *r);
     if (r == NULL) {
         send_error_raw(req, 503, "ENOMEM", "out of memory");
+        sock_answered(h, sk);
         return 0;
     }
     r->h = h;
+    r->s = sk;
+    if (sk) sk->inflight++;
     r->req = req;
     r->guard = h2o_mem_alloc_shared(&req->pool, sizeof *r->guard, on_guard_dispose);
     *r->guard = r;
@@ -300,6 +359,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
 static void on_sock_closed(uv_handle_t *handle) {
     net__hsock *s = (net__hsock *)handle;
     net_http *h = s->h;
+    for (net_http_req *r = h->pending; r; r = r->next)
+        if (r->s == s) r->s = NULL;
     if (s->prev) s->prev->next = s->next;
     else h->socks = s->next;
     if (s->next) s->next->prev = s->prev;
@@ -317,13 +378,103 @@ static void on_plain_closed(uv_handle_t *handle) {
     tem_free(s);
 }
 
+static void on_refused_closed(uv_handle_t *handle) {
+    net__rsock *r = (net__rsock *)handle;
+    net_http *h = r->h;
+    if (r->prev) r->prev->next = r->next;
+    else h->refused = r->next;
+    if (r->next) r->next->prev = r->prev;
+    TEM_ASSERT(h->n_refused > 0);
+    h->n_refused--;
+    TEM_ASSERT(h->handles_open > 0);
+    h->handles_open--;
+    tem_free(r);
+}
+
+static void refused_close(net__rsock *r) {
+    if (r->closing) return;
+    r->closing = true;
+    uv_close((uv_handle_t *)&r->tcp, on_refused_closed);
+}
+
+static void on_refused_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
+    (void)handle;
+    (void)suggested;
+    static char sink[4096]; /* input of refused clients is dropped unread */
+    *buf = uv_buf_init(sink, sizeof sink);
+}
+
+static void on_refused_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+    (void)buf;
+    if (nread < 0) refused_close((net__rsock *)st);
+}
+
+/* Answers a connection H2O never sees with one plain HTTP/1.1 response and a FIN. */
+static void refuse(net_http *h, net__rsock *r, int status, const char *code, const char *message) {
+    char body[256], msg[640];
+    int bl = net_json_error(body, sizeof body, message, code);
+    if (bl < 0) bl = 0;
+    int ml = snprintf(msg, sizeof msg,
+                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                      "Retry-After: 1\r\nConnection: close\r\n\r\n%.*s",
+                      status, reason_of(status), bl, bl, body);
+    uv_buf_t b = uv_buf_init(msg, (unsigned)ml);
+    h->refused_conns++;
+    /* A fresh socket's send buffer takes a few hundred bytes at once; if not, the client
+     * sees the close alone, which is all a client that does not read deserves. */
+    (void)uv_try_write((uv_stream_t *)&r->tcp, &b, 1);
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&r->tcp, &fd) == 0) (void)shutdown(fd, SHUT_WR);
+    r->deadline_ms = uv_now(h->loop) + REFUSED_LINGER_MS;
+    if (h->n_refused > REFUSED_MAX || uv_read_start((uv_stream_t *)&r->tcp, on_refused_alloc, on_refused_read) != 0)
+        refused_close(r);
+}
+
+static void addr_of(uv_tcp_t *tcp, uint8_t out[16], char *text, size_t cap) {
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    memset(out, 0, 16);
+    snprintf(text, cap, "?");
+    if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &len) != 0) return;
+    if (ss.ss_family == AF_INET) {
+        memcpy(out, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+        uv_ip4_name((struct sockaddr_in *)&ss, text, cap);
+    } else if (ss.ss_family == AF_INET6) {
+        memcpy(out, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+        uv_ip6_name((struct sockaddr_in6 *)&ss, text, cap);
+    }
+}
+
+/* Why a new connection from `addr` may not enter the table: NULL if it may. The last quarter
+ * of the table is kept for addresses holding fewer than an eighth of their cap, so one address,
+ * or a few, at their cap cannot lock everybody else out. */
+static const char *admit_conn(net_http *h, const uint8_t addr[16], int *status, const char **code) {
+    uint32_t same = 0;
+    for (net__hsock *s = h->socks; s; s = s->next) same += memcmp(s->addr, addr, 16) == 0;
+    uint32_t light = h->cfg.conns_per_addr_max / 8 ? h->cfg.conns_per_addr_max / 8 : 1;
+    if (h->n_socks >= h->cfg.conns_max) {
+        *status = 503, *code = "ELIMIT";
+        return "the server's connection table is full; retry later";
+    }
+    if (same >= h->cfg.conns_per_addr_max) {
+        *status = 429, *code = "ECONNS";
+        return "too many connections from this address";
+    }
+    if (h->n_socks >= h->cfg.conns_max - h->cfg.conns_max / 4 && same >= light) {
+        *status = 503, *code = "ELIMIT";
+        return "the server is busy; clients with few connections are served first";
+    }
+    return NULL;
+}
+
 static void on_accept(uv_stream_t *listener, int status) {
     net_http *h = listener->data;
     if (status != 0) {
         hlog(h, NET_LOG_WARN, "accept: %s", uv_strerror(status));
         return;
     }
-    net__hsock *s = tem_calloc(1, sizeof *s);
+    /* Sized for either record: a refused connection is moved into an net__rsock view. */
+    net__hsock *s = tem_calloc(1, sizeof *s > sizeof(net__rsock) ? sizeof *s : sizeof(net__rsock));
     if (s == NULL) {
         hlog(h, NET_LOG_ERROR, "accept: out of memory");
         return;
@@ -336,18 +487,61 @@ static void on_accept(uv_stream_t *listener, int status) {
         return;
     }
     h->handles_open++;
-    if ((rc = uv_accept(listener, (uv_stream_t *)&s->tcp)) != 0 || h->n_socks >= h->cfg.conns_max) {
-        if (rc != 0) hlog(h, NET_LOG_WARN, "uv_accept: %s", uv_strerror(rc));
-        else hlog(h, NET_LOG_WARN, "refusing a client: %u connections open (ELIMIT)", h->n_socks);
+    if ((rc = uv_accept(listener, (uv_stream_t *)&s->tcp)) != 0) {
+        hlog(h, NET_LOG_WARN, "uv_accept: %s", uv_strerror(rc));
         uv_close((uv_handle_t *)&s->tcp, on_plain_closed);
+        return;
+    }
+    char text[64];
+    addr_of(&s->tcp, s->addr, text, sizeof text);
+    int st = 0;
+    const char *code = NULL;
+    const char *why = h->closing ? "server is shutting down" : admit_conn(h, s->addr, &st, &code);
+    if (h->closing) st = 503, code = "ECLOSING";
+    if (why != NULL) {
+        if (h->refused_conns % 1000 == 0)
+            hlog(h, NET_LOG_WARN, "refusing a client from %s: %s (%s; %u connections open)", text, why, code, h->n_socks);
+        net__rsock *r = (net__rsock *)s; /* same first member: the uv_tcp_t */
+        r->h = h;
+        r->prev = NULL;
+        r->next = h->refused;
+        if (h->refused) h->refused->prev = r;
+        h->refused = r;
+        h->n_refused++;
+        r->closing = false;
+        refuse(h, r, st, code, why);
         return;
     }
     s->next = h->socks;
     if (h->socks) h->socks->prev = s;
     h->socks = s;
     h->n_socks++;
+    s->deadline_ms = uv_now(h->loop) + h->cfg.request_timeout_ms;
     h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)&s->tcp, on_sock_closed);
+    s->sock = sock;
     h2o_accept(&h->accept_ctx, sock);
+}
+
+/* Every SWEEP_MS: cuts connections whose request did not arrive complete in time (slow or
+ * stalled headers and bodies) and closes refused connections that outstayed their answer. */
+static void on_sweep(uv_timer_t *t) {
+    net_http *h = t->data;
+    uint64_t now = uv_now(h->loop);
+    for (net__hsock *s = h->socks; s; s = s->next) {
+        if (s->cut || s->inflight > 0 || now < s->deadline_ms) continue;
+        uv_os_fd_t fd;
+        /* H2O owns the socket: ending both directions makes it see an error and close the
+         * connection itself, through on_sock_closed. */
+        if (uv_fileno((uv_handle_t *)&s->tcp, &fd) == 0) (void)shutdown(fd, SHUT_RDWR);
+        s->cut = true;
+        h->timed_out++;
+        if (h->timed_out % 1000 == 1) hlog(h, NET_LOG_WARN, "cutting connections whose request did not arrive within %llu ms (%llu so far)",
+                                            (unsigned long long)h->cfg.request_timeout_ms, (unsigned long long)h->timed_out);
+    }
+    for (net__rsock *r = h->refused, *next; r; r = next) {
+        next = r->next;
+        if (now >= r->deadline_ms) refused_close(r);
+    }
 }
 
 /* ------------------------------------------------------------------ lifecycle */
@@ -389,6 +583,8 @@ int net_http_new(uv_loop_t *loop, const net_http_config *cfg, net_http **out) {
     if (h->cfg.idle_timeout_ms == 0) h->cfg.idle_timeout_ms = 10000;
     if (h->cfg.rate_burst_ms == 0) h->cfg.rate_burst_ms = 1000;
     if (h->cfg.clients_max == 0) h->cfg.clients_max = 4096;
+    if (h->cfg.conns_per_addr_max == 0) h->cfg.conns_per_addr_max = NET_HTTP_CONNS_PER_ADDR_DEFAULT;
+    if (h->cfg.request_timeout_ms == 0) h->cfg.request_timeout_ms = NET_HTTP_REQUEST_TIMEOUT_MS_DEFAULT;
     if (h->cfg.rate_reqs_per_s > (1ull << 32) || h->cfg.rate_burst_ms > 3600000 || h->cfg.clients_max > (1u << 24)) {
         tem_free(h);
         return NET_EINVAL;
@@ -482,6 +678,17 @@ int net_http_start(net_http *h) {
     }
     h->port = ntohs(bound.ss_family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port
                                                : ((struct sockaddr_in6 *)&bound)->sin6_port);
+    if ((rc = uv_timer_init(h->loop, &h->sweep)) != 0) {
+        hlog(h, NET_LOG_ERROR, "sweep timer: %s", uv_strerror(rc));
+        return NET_EUV;
+    }
+    h->sweep.data = h;
+    h->handles_open++;
+    h->sweep_on = true;
+    if ((rc = uv_timer_start(&h->sweep, on_sweep, SWEEP_MS, SWEEP_MS)) != 0) {
+        hlog(h, NET_LOG_ERROR, "sweep timer: %s", uv_strerror(rc));
+        return NET_EUV;
+    }
     hlog(h, NET_LOG_INFO, "HTTP%s listening on %s (port %u)", h->ssl ? "S" : "", h->listen_addr, h->port);
     return NET_OK;
 }
@@ -489,6 +696,8 @@ int net_http_start(net_http *h) {
 uint16_t net_http_port(const net_http *h) { return h ? h->port : 0; }
 uint64_t net_http_requests_served(const net_http *h) { return h->served; }
 uint64_t net_http_requests_limited(const net_http *h) { return h->limited; }
+uint64_t net_http_conns_refused(const net_http *h) { return h->refused_conns; }
+uint64_t net_http_conns_timed_out(const net_http *h) { return h->timed_out; }
 uint32_t net_http_pending(const net_http *h) { return h->n_pending; }
 
 /* Makes H2O see end-of-input on every client socket: an idle keep-alive connection closes at
@@ -529,6 +738,12 @@ void net_http_close(net_http *h) {
     h->closing = true;
     h->close_started_ms = uv_now(h->loop);
     if (h->listening) uv_close((uv_handle_t *)&h->listener, on_listener_closed);
+    if (h->sweep_on) {
+        uv_timer_stop(&h->sweep);
+        uv_close((uv_handle_t *)&h->sweep, on_handle_closed);
+        h->sweep_on = false;
+    }
+    for (net__rsock *r = h->refused; r; r = r->next) refused_close(r);
     if (!h->ctx_inited) return;
     /* Only the flag, not h2o_context_request_shutdown: that also arms HTTP/2's graceful GOAWAY
      * timer, which we never need (HTTP/1.1 only) and which would outlive the context. The flag
@@ -544,6 +759,7 @@ void net_http_close(net_http *h) {
             r->req = NULL;
             r->guard = NULL;
         }
+        r->s = NULL;
         pending_unlink(r);
     }
     shut_socks(h, SHUT_RD);
@@ -558,7 +774,7 @@ void net_http_close(net_http *h) {
 }
 
 bool net_http_is_closed(const net_http *h) {
-    return h->handles_open == 0 && !h->ctx_inited && h->socks == NULL;
+    return h->handles_open == 0 && !h->ctx_inited && h->socks == NULL && h->refused == NULL;
 }
 
 void net_http_free(net_http *h) {

@@ -12,6 +12,8 @@
 #define NET_HTTP_ROUTES_MAX 64
 #define NET_HTTP_PREFIX_MAX 128
 #define NET_HTTP_BODY_BYTES_MAX_DEFAULT (1u << 20)
+#define NET_HTTP_CONNS_PER_ADDR_DEFAULT 32
+#define NET_HTTP_REQUEST_TIMEOUT_MS_DEFAULT 10000
 
 typedef struct net_http net_http;
 /* One request waiting for its answer. Owned by the handler from the moment it is passed in
@@ -36,10 +38,20 @@ typedef void (*net_http_handler_fn)(void *ctx, net_http_req *req, const net_http
 typedef struct {
     const char *listen;      /* "host:port", numeric host; port 0 picks a free port */
     size_t body_bytes_max;   /* larger bodies get 413; 0 -> NET_HTTP_BODY_BYTES_MAX_DEFAULT */
-    uint32_t conns_max;      /* open client connections; more are closed at once; 0 -> 1024 */
-    uint64_t idle_timeout_ms; /* keep-alive idle / request read timeout; 0 -> 10000 */
+    /* Open client connections; 0 -> 1024. A connection past it is answered 503 ELIMIT (with
+     * Retry-After) and closed. The last quarter of the table only admits addresses holding
+     * fewer than conns_per_addr_max / 8 (at least 1) connections: 503 ELIMIT otherwise. */
+    uint32_t conns_max;
+    /* Connections one client address may hold; 0 -> NET_HTTP_CONNS_PER_ADDR_DEFAULT. Past it:
+     * 429 ECONNS with Retry-After, then close. */
+    uint32_t conns_per_addr_max;
+    /* A request (headers and body) must arrive complete within this of the connection opening
+     * or of the previous answer, else the connection is cut; requests waiting for a handler's
+     * answer are exempt. Defeats slow and stalled senders. 0 -> 10000. */
+    uint64_t request_timeout_ms;
+    uint64_t idle_timeout_ms; /* H2O's keep-alive idle / request read timeout; 0 -> 10000 */
     /* Per-client-address token bucket on requests: rate_reqs_per_s refill, rate_burst_ms worth
-     * of capacity (0 -> 1000). Over it: 429 {"code":"ERATE"}. 0 = unlimited. The table keeps
+     * of capacity (0 -> 1000). Over it: 429 {"code":"ERATE"} with Retry-After. 0 = unlimited. The table keeps
      * the clients_max (0 -> 4096) most recently seen addresses. */
     uint64_t rate_reqs_per_s;
     uint64_t rate_burst_ms;
@@ -69,6 +81,10 @@ uint16_t net_http_port(const net_http *h);
 uint64_t net_http_requests_served(const net_http *h);
 uint64_t net_http_requests_limited(const net_http *h);
 uint32_t net_http_pending(const net_http *h);
+/* Connections refused at accept (table full, per-address cap) and cut for missing the request
+ * deadline, since start. */
+uint64_t net_http_conns_refused(const net_http *h);
+uint64_t net_http_conns_timed_out(const net_http *h);
 
 /* Answers and frees `req`. `body` is copied. NET_OK, NET_EGONE (nothing sent: the client
  * disconnected or the server closed; req is freed anyway), NET_EINVAL (req NULL or status

@@ -522,6 +522,11 @@ int node_api_start(node *n) {
     memset(&hc, 0, sizeof hc);
     hc.listen = n->cfg.http;
     hc.body_bytes_max = n->cfg.http_body_bytes_max;
+    hc.conns_max = (uint32_t)n->cfg.http_conns_max;
+    hc.conns_per_addr_max = (uint32_t)n->cfg.http_conns_per_addr_max;
+    hc.rate_reqs_per_s = n->cfg.http_rate_reqs_per_s;
+    hc.rate_burst_ms = n->cfg.http_rate_burst_ms;
+    hc.request_timeout_ms = n->cfg.http_request_timeout_ms;
     hc.tls_cert_path = n->cfg.tls_cert[0] ? n->cfg.tls_cert : NULL;
     hc.tls_key_path = n->cfg.tls_key[0] ? n->cfg.tls_key : NULL;
     hc.log_level = n->cfg.log_level;

@@ -1,6 +1,7 @@
 /* config.c: temd's configuration: defaults, the INI file (inih) and command-line flags, which
  * override the file. */
 #include "node/node.h"
+#include "net/http.h"
 
 #include <errno.h>
 #include <ini.h>
@@ -26,6 +27,11 @@ void node_config_defaults(node_config *c) {
     c->peer_rate_bytes_per_s = 64u << 20;
     c->peer_rate_msgs_per_s = 20000;
     c->http_body_bytes_max = 4u << 20;
+    c->http_conns_max = 1024;
+    c->http_conns_per_addr_max = NET_HTTP_CONNS_PER_ADDR_DEFAULT;
+    c->http_rate_reqs_per_s = 200;
+    c->http_rate_burst_ms = 5000;
+    c->http_request_timeout_ms = NET_HTTP_REQUEST_TIMEOUT_MS_DEFAULT;
 }
 
 static bool parse_bool(const char *v, bool *out) {
@@ -86,9 +92,25 @@ static int set_key(node_config *c, const char *k, const char *v) {
         uint64_t *dst;
     } nums[] = {{"block_interval_ms", &c->block_interval_ms}, {"batch_delay_ms", &c->batch_delay_ms},
                 {"max_clock_drift_ms", &c->max_clock_drift_ms}, {"peer_rate_bytes_per_s", &c->peer_rate_bytes_per_s},
-                {"peer_rate_msgs_per_s", &c->peer_rate_msgs_per_s}, {"http_body_bytes_max", &c->http_body_bytes_max}};
+                {"peer_rate_msgs_per_s", &c->peer_rate_msgs_per_s}, {"http_body_bytes_max", &c->http_body_bytes_max},
+                {"http_rate_reqs_per_s", &c->http_rate_reqs_per_s}};
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
         if (!strcmp(k, nums[i].name)) return parse_u64(v, nums[i].dst) ? 1 : -1;
+    /* Limits that must be positive and fit the HTTP server's ranges. */
+    struct {
+        const char *name;
+        uint64_t *dst, max;
+    } lims[] = {{"http_conns_max", &c->http_conns_max, 1u << 20},
+                {"http_conns_per_addr_max", &c->http_conns_per_addr_max, 1u << 20},
+                {"http_rate_burst_ms", &c->http_rate_burst_ms, 3600000},
+                {"http_request_timeout_ms", &c->http_request_timeout_ms, 3600000}};
+    for (size_t i = 0; i < sizeof lims / sizeof lims[0]; i++) {
+        if (strcmp(k, lims[i].name)) continue;
+        uint64_t y;
+        if (!parse_u64(v, &y) || y == 0 || y > lims[i].max) return -1;
+        *lims[i].dst = y;
+        return 1;
+    }
     uint64_t x;
     if (!strcmp(k, "mempool_txs_max")) {
         if (!parse_u64(v, &x) || x == 0 || x > 10000000) return -1;

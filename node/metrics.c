@@ -84,6 +84,14 @@ int node_metrics_write(node *n, FILE *f) {
     COUNTER("tem_http_txs_accepted_total", "Transactions answered 202 at submission.", n->http_txs_accepted);
     COUNTER("tem_http_txs_rejected_total", "Transactions refused at submission.", n->http_txs_rejected);
     COUNTER("tem_blocks_applied_total", "Blocks applied since start.", n->blocks_applied);
+    if (n->http) {
+        COUNTER("tem_http_requests_limited_total", "Requests answered 429 ERATE (per-address rate limit).",
+                net_http_requests_limited(n->http));
+        COUNTER("tem_http_conns_refused_total", "Connections answered 429/503 at accept (table or per-address cap).",
+                net_http_conns_refused(n->http));
+        COUNTER("tem_http_conns_timed_out_total", "Connections cut for not sending a whole request in time.",
+                net_http_conns_timed_out(n->http));
+    }
     GAUGE("tem_validators", "Validators in the genesis.", "%u", n->g.n_validators);
     GAUGE("tem_peers_connected", "Validators with an authenticated session.", "%u", n->net ? net_validators_connected(n->net) : 0);
     GAUGE("tem_observers_connected", "Observers with an authenticated session.", "%u", n->net ? net_observers_connected(n->net) : 0);

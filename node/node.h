@@ -53,6 +53,13 @@ typedef struct {
     uint64_t peer_rate_bytes_per_s; /* per-peer inbound limits; default 64 MiB/s, 20000 msgs/s */
     uint64_t peer_rate_msgs_per_s;
     uint64_t http_body_bytes_max;   /* default 4 MiB */
+    /* HTTP limits per client address and overall (net/http.h; docs/operate.md "Limits and
+     * faults"): connections, requests per second with a burst, and the request deadline. */
+    uint64_t http_conns_max;          /* default 1024 */
+    uint64_t http_conns_per_addr_max; /* default 32 */
+    uint64_t http_rate_reqs_per_s;    /* default 200; 0 = unlimited */
+    uint64_t http_rate_burst_ms;      /* default 5000 (1000 requests at the default rate) */
+    uint64_t http_request_timeout_ms; /* default 10000 */
 } node_config;
 
 /* Defaults for every field (paths empty). */
@@ -61,7 +68,9 @@ void node_config_defaults(node_config *c);
  * http, tls_cert, tls_key, observer, accept_observers, log_level (debug|info|warn|error),
  * log_format (text|json),
  * mempool_txs_max, mempool_nonce_window, block_interval_ms, batch_delay_ms,
- * max_clock_drift_ms, peer_rate_bytes_per_s, peer_rate_msgs_per_s, http_body_bytes_max).
+ * max_clock_drift_ms, peer_rate_bytes_per_s, peer_rate_msgs_per_s, http_body_bytes_max,
+ * http_conns_max, http_conns_per_addr_max, http_rate_reqs_per_s, http_rate_burst_ms,
+ * http_request_timeout_ms).
  * Relative paths in the file (data_dir, genesis, key, tls_cert, tls_key) are taken from the
  * file's folder, as systemd and most daemons do, not from the current directory; flags keep the
  * current directory. NODE_OK or NODE_ECONFIG with a message in err. */

@@ -2,6 +2,8 @@
  * then node_run() until SIGTERM or SIGINT. */
 #include "node/node.h"
 
+#include <signal.h>
+
 static void usage(FILE *f) {
     fprintf(f, "usage: temd --config FILE [--data-dir DIR] [--genesis FILE] [--key FILE]\n"
                "            [--listen HOST:PORT] [--http HOST:PORT] [--observer] [--log-level LEVEL]\n"
@@ -12,6 +14,9 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    /* A client or peer that closes while we write must cost that one connection (EPIPE), not
+     * the process: the default SIGPIPE action would end temd with no log line. */
+    signal(SIGPIPE, SIG_IGN);
     if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         usage(stdout);
         return 0;

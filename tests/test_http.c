@@ -66,6 +66,8 @@ static void srv_log(void *ctx, int level, const char *msg) {
 
 static uint64_t srv_rate_reqs_per_s; /* 0 = unlimited; set by the rate-limit test */
 static uint32_t srv_conns_max;       /* 0 = default; set by the connection-limit test */
+static uint32_t srv_conns_per_addr;  /* 0 = default; set by the per-address test */
+static uint64_t srv_request_timeout; /* 0 = default; set by the slow-client test */
 
 static void srv_start(srv *s, size_t body_max, const char *cert, const char *key) {
     memset(s, 0, sizeof *s);
@@ -73,7 +75,8 @@ static void srv_start(srv *s, size_t body_max, const char *cert, const char *key
     ck_assert_int_eq(uv_loop_init(&s->loop), 0);
     net_http_config c = {.listen = "127.0.0.1:0", .body_bytes_max = body_max, .idle_timeout_ms = 3000,
                          .tls_cert_path = cert, .tls_key_path = key, .log = srv_log,
-                         .rate_reqs_per_s = srv_rate_reqs_per_s, .conns_max = srv_conns_max};
+                         .rate_reqs_per_s = srv_rate_reqs_per_s, .conns_max = srv_conns_max,
+                         .conns_per_addr_max = srv_conns_per_addr, .request_timeout_ms = srv_request_timeout};
     ck_assert_int_eq(net_http_new(&s->loop, &c, &s->h), NET_OK);
     ck_assert_int_eq(net_http_route(s->h, "GET", "/v1/status", h_echo, s), NET_OK);
     ck_assert_int_eq(net_http_route(s->h, "GET", "/v1/tx/", h_echo, s), NET_OK);
@@ -146,6 +149,7 @@ typedef struct {
     char body[4096];
     size_t body_len;
     bool conn_close; /* "connection: close" */
+    int retry_after; /* Retry-After seconds, 0 if absent */
 } resp;
 
 /* Reads one response with a content-length body (all our server sends). */
@@ -167,6 +171,7 @@ static bool read_resp(conn *c, resp *r) {
     for (char *line = strstr(buf, "\r\n") + 2; line < end; line = strstr(line, "\r\n") + 2) {
         if (strncasecmp(line, "content-length:", 15) == 0) clen = strtoul(line + 15, NULL, 10);
         if (strncasecmp(line, "content-type:", 13) == 0) sscanf(line + 13, " %63[^\r]", r->ctype);
+        if (strncasecmp(line, "retry-after:", 12) == 0) r->retry_after = atoi(line + 12);
         if (strncasecmp(line, "connection:", 11) == 0 && strstr(line, "close") != NULL &&
             strstr(line, "close") < strstr(line, "\r\n"))
             r->conn_close = true;
@@ -522,6 +527,7 @@ START_TEST(a_flooding_client_gets_429_and_the_limit_is_per_address) {
         } else {
             ck_assert_int_eq(cl.r[k].status, 429);
             ck_assert_ptr_nonnull(strstr(cl.r[k].body, "\"code\":\"ERATE\""));
+            ck_assert_int_ge(cl.r[k].retry_after, 1);
             limited++;
         }
     }
@@ -545,13 +551,13 @@ static void script_two_conns(client *cl) {
     if (a.fd < 0) return;
     bool first = c_send_all(&a, get, strlen(get)) && read_resp(&a, &cl->r[0]);
     conn b = {raw_connect(cl->port), NULL};
-    cl->closed = b.fd >= 0 && closed_by_server(&b);
+    cl->closed = b.fd >= 0 && c_send_all(&b, get, strlen(get)) && read_resp(&b, &cl->r[2]) && closed_by_server(&b);
     cl->ok = first && c_send_all(&a, get, strlen(get)) && read_resp(&a, &cl->r[1]);
     if (b.fd >= 0) close(b.fd);
     close(a.fd);
 }
 
-START_TEST(connections_over_the_limit_are_closed_and_the_others_keep_working) {
+START_TEST(connections_over_the_limit_get_503_and_the_others_keep_working) {
     srv_conns_max = 1;
     srv s;
     srv_start(&s, 1024, NULL, NULL);
@@ -562,7 +568,97 @@ START_TEST(connections_over_the_limit_are_closed_and_the_others_keep_working) {
     ck_assert(cl.closed);
     ck_assert_int_eq(cl.r[0].status, 200);
     ck_assert_int_eq(cl.r[1].status, 200);
+    /* the refused one was told why before the close, not dropped silently */
+    ck_assert_int_eq(cl.r[2].status, 503);
+    ck_assert_ptr_nonnull(strstr(cl.r[2].body, "\"code\":\"ELIMIT\""));
+    ck_assert_int_ge(cl.r[2].retry_after, 1);
+    ck_assert_uint_eq(net_http_conns_refused(s.h), 1);
     ck_assert_int_eq(s.calls, 2);
+    srv_stop(&s);
+}
+END_TEST
+
+static int connect_from(uint16_t port, uint32_t src_ip) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct timeval tv = {3, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    struct sockaddr_in src = {.sin_family = AF_INET}, dst = {.sin_family = AF_INET, .sin_port = htons(port)};
+    src.sin_addr.s_addr = htonl(src_ip);
+    dst.sin_addr.s_addr = htonl(0x7f000001);
+    if (bind(fd, (struct sockaddr *)&src, sizeof src) != 0 || connect(fd, (struct sockaddr *)&dst, sizeof dst) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* 127.0.0.1 holds 3 connections with half a request each; a 4th from it is refused 429; one
+ * from 127.0.0.3 is served. */
+static void script_per_address(client *cl) {
+    const char *half = "GET /v1/status HTTP/1.1\r\nHo";
+    const char *get = "GET /v1/status HTTP/1.1\r\nHost: t\r\n\r\n";
+    conn held[3];
+    bool ok = true;
+    for (int k = 0; k < 3; k++) {
+        held[k] = (conn){raw_connect(cl->port), NULL};
+        ok = ok && held[k].fd >= 0 && c_send_all(&held[k], half, strlen(half));
+    }
+    conn extra = {raw_connect(cl->port), NULL};
+    ok = ok && extra.fd >= 0 && c_send_all(&extra, get, strlen(get)) && read_resp(&extra, &cl->r[0]) && closed_by_server(&extra);
+    conn other = {connect_from(cl->port, 0x7f000003), NULL};
+    ok = ok && other.fd >= 0 && c_send_all(&other, get, strlen(get)) && read_resp(&other, &cl->r[1]);
+    cl->ok = ok;
+    for (int k = 0; k < 3; k++) if (held[k].fd >= 0) close(held[k].fd);
+    if (extra.fd >= 0) close(extra.fd);
+    if (other.fd >= 0) close(other.fd);
+}
+
+START_TEST(one_address_over_its_connection_cap_gets_429_and_others_are_served) {
+    srv_conns_per_addr = 3;
+    srv s;
+    srv_start(&s, 1024, NULL, NULL);
+    srv_conns_per_addr = 0;
+    client cl = {0};
+    run_client(&s, &cl, script_per_address);
+    ck_assert(cl.ok);
+    ck_assert_int_eq(cl.r[0].status, 429);
+    ck_assert_ptr_nonnull(strstr(cl.r[0].body, "\"code\":\"ECONNS\""));
+    ck_assert_int_ge(cl.r[0].retry_after, 1);
+    ck_assert_int_eq(cl.r[1].status, 200);
+    ck_assert_int_eq(s.calls, 1);
+    srv_stop(&s);
+}
+END_TEST
+
+/* A sender that stalls in its headers, and one that stalls in its body, are cut; a request
+ * that arrives whole on a third connection meanwhile is served. */
+static void script_stalled(client *cl) {
+    const char *half = "GET /v1/status HTTP/1.1\r\nHo";
+    const char *body_part = "POST /v1/tx HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nabc";
+    const char *get = "GET /v1/status HTTP/1.1\r\nHost: t\r\n\r\n";
+    conn a = {raw_connect(cl->port), NULL}, b = {raw_connect(cl->port), NULL}, c = {raw_connect(cl->port), NULL};
+    bool ok = a.fd >= 0 && b.fd >= 0 && c.fd >= 0 && c_send_all(&a, half, strlen(half)) &&
+              c_send_all(&b, body_part, strlen(body_part)) && c_send_all(&c, get, strlen(get)) && read_resp(&c, &cl->r[0]);
+    /* the receive timeout (3 s) is far above the server's 300 ms deadline */
+    cl->closed = ok && closed_by_server(&a) && closed_by_server(&b);
+    cl->ok = ok;
+    close(a.fd);
+    close(b.fd);
+    close(c.fd);
+}
+
+START_TEST(slow_senders_are_cut_at_the_request_deadline) {
+    srv_request_timeout = 300;
+    srv s;
+    srv_start(&s, 1024, NULL, NULL);
+    srv_request_timeout = 0;
+    client cl = {0};
+    run_client(&s, &cl, script_stalled);
+    ck_assert(cl.ok);
+    ck_assert(cl.closed);
+    ck_assert_int_eq(cl.r[0].status, 200);
+    ck_assert_uint_ge(net_http_conns_timed_out(s.h), 2);
     srv_stop(&s);
 }
 END_TEST
@@ -610,10 +706,8 @@ static void script_tls(client *cl) {
 
 START_TEST(tls_serves_the_same_routes_when_configured) {
     char cert[128], key[128];
-    if (!make_cert(cert, key, sizeof cert)) {
-        fprintf(stderr, "tls test skipped: openssl CLI missing or failed\n");
-        return;
-    }
+    /* openssl is in DEB_PKGS: a missing CLI is a broken machine, not a reason to pass. */
+    ck_assert_msg(make_cert(cert, key, sizeof cert), "openssl CLI missing or failed (make deps)");
     srv s;
     srv_start(&s, 1024, cert, key);
     client cl = {0};
@@ -657,7 +751,9 @@ static Suite *http_suite(void) {
     tcase_add_test(tc, async_reply_after_the_client_left_is_safe);
     tcase_add_test(tc, close_answers_pending_requests_503_and_a_late_reply_gets_egone);
     tcase_add_test(tc, a_flooding_client_gets_429_and_the_limit_is_per_address);
-    tcase_add_test(tc, connections_over_the_limit_are_closed_and_the_others_keep_working);
+    tcase_add_test(tc, connections_over_the_limit_get_503_and_the_others_keep_working);
+    tcase_add_test(tc, one_address_over_its_connection_cap_gets_429_and_others_are_served);
+    tcase_add_test(tc, slow_senders_are_cut_at_the_request_deadline);
     tcase_add_test(tc, json_error_escapes_and_respects_the_buffer);
     tcase_add_test(tc, tls_serves_the_same_routes_when_configured);
     suite_add_tcase(s, tc);

@@ -3,6 +3,8 @@
 #include "node/ctl/ctl.h"
 #include "node/sim/testnet.h"
 
+#include <signal.h>
+
 typedef struct {
     const char *name;
     int (*fn)(int, char **);
@@ -10,6 +12,8 @@ typedef struct {
 } verb;
 
 int main(int argc, char **argv) {
+    /* A node that closes mid-request is an error on that request, not the end of temctl. */
+    signal(SIGPIPE, SIG_IGN);
     const verb verbs[] = {
         {"keygen", ctl_keygen_main, "new meter (secp256k1) or validator (Ed25519) key file"},
         {"genesis", ctl_genesis_main, "write a genesis file from flags or a JSON spec"},
