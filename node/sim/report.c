@@ -151,7 +151,11 @@ static void esc(FILE *f, const char *s) {
  * ever covers data. */
 enum { W = 760, H = 330, ML = 70, MR = 20, MT = 16, MB = 70 };
 
-static double sx(double i, double n) { return ML + (n <= 1 ? (W - ML - MR) / 2.0 : i * (W - ML - MR) / (n - 1)); }
+/* Slots sit PX inside the plot area, so the first and last bars stay clear of the axes. */
+enum { PX = 20 };
+static double sx(double i, double n) {
+    return ML + PX + (n <= 1 ? (W - ML - MR - 2 * PX) / 2.0 : i * (W - ML - MR - 2 * PX) / (n - 1));
+}
 static double sy(double v, double vmax) { return MT + (H - MT - MB) * (1 - (vmax > 0 ? v / vmax : 0)); }
 
 /* A round tick step (1, 2 or 5 x 10^k) giving about `want` ticks up to vmax. */
@@ -265,8 +269,8 @@ static void energy_chart(FILE *f, const json_t *slots) {
     fprintf(f, "<svg xmlns='http://www.w3.org/2000/svg' width='%d' height='%d' role='img' "
                "aria-label='traded energy per slot'>", W, H);
     axes(f, vmax, "energy per slot, Wh", slots, 1);
-    double bw = n > 1 ? (W - ML - MR) / (double)(n - 1) * 0.7 : 20;
-    if (bw > 30) bw = 30;
+    double bw = n > 1 ? (W - ML - MR - 2 * PX) / (double)(n - 1) * 0.7 : 20;
+    if (bw > 2 * PX - 4) bw = 2 * PX - 4;
     json_array_foreach(slots, i, s) {
         double x = sx((double)i, (double)n) - bw / 2;
         double imp = (double)I(s, "import_wh"), tr = (double)I(s, "energy_wh"), cu = (double)I(s, "curtailed_wh");
