@@ -274,6 +274,8 @@ int host_persist_done(host *h, int rc) {
 
 uint32_t host_queued(const host *h) { return h->q_n; }
 
+uint32_t host_validations_waiting(const host *h) { return h->val_n; }
+
 bool host_halted(const host *h, int *err) {
     if (err) *err = h->halt_err;
     return h->halted;

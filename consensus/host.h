@@ -122,8 +122,10 @@ int host_validated(host *h, uint64_t height, const uint8_t hash[32], bool ok);
  * (rc < 0: the host halts). Writes complete in the order they were issued. PBFT_OK,
  * PBFT_ESTATE (no write is pending), PBFT_EHALTED. */
 int host_persist_done(host *h, int rc);
-/* Events waiting in the FIFO, and whether the host halted (and why). */
+/* Events waiting in the FIFO; validation requests waiting (not counting the one in flight);
+ * whether the host halted (and why). */
 uint32_t host_queued(const host *h);
+uint32_t host_validations_waiting(const host *h);
 bool host_halted(const host *h, int *err);
 /* Frees the queues and the action list (not the replica). Safe on a zeroed host. */
 void host_free(host *h);

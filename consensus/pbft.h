@@ -43,7 +43,7 @@
     X(ENOMEM, -208, "out of memory")                                                               \
     X(EINVAL, -209, "invalid argument or configuration")                                           \
     X(EFULL, -210, "a bounded queue or table is full")                                             \
-    X(ESTATE, -211, "event not expected in the replica's current state")                           \
+    X(ESTATE, -211, "call not expected in the current state")                                      \
     X(ECERT, -212, "invalid certificate or proof")                                                 \
     X(EHASH, -213, "block does not match its hash")                                                \
     X(ERECORD, -214, "malformed vote record")                                                      \
