@@ -91,10 +91,10 @@ $(TEMCTL): $(BUILD)/obj/node/ctl/temctl.o $(LIBS)
 
 # ---------------------------------------------------------------- tests
 # A test or bench links only the modules its name says it needs, so a module under construction
-# does not stop the others' tests from building: test_pbft* -> consensus, test_ledger* -> ledger,
+# does not stop the others' tests from building: test_pbft*/host* -> consensus, test_ledger* -> ledger,
 # test_cda*/call*/acct*/settle*/market*/grid*/contracts* -> contracts, test_net*/http* -> net;
 # anything else links every module.
-mods_for = $(strip $(if $(filter pbft% sim%,$(1)),consensus ledger,\
+mods_for = $(strip $(if $(filter pbft% sim% host%,$(1)),consensus ledger,\
              $(if $(filter ledger% state% store% tx%,$(1)),ledger,\
              $(if $(filter grid%,$(1)),node/pf contracts ledger,\
              $(if $(filter cda% call% acct% settle% market% contracts%,$(1)),contracts ledger,\

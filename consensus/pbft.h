@@ -42,12 +42,13 @@
     X(EDUP, -207, "duplicate or replayed message")                                                 \
     X(ENOMEM, -208, "out of memory")                                                               \
     X(EINVAL, -209, "invalid argument or configuration")                                           \
-    X(EFULL, -210, "action list is full")                                                          \
-    X(ESTATE, -211, "event not expected in the replica's current state")                           \
+    X(EFULL, -210, "a bounded queue or table is full")                                             \
+    X(ESTATE, -211, "call not expected in the current state")                                      \
     X(ECERT, -212, "invalid certificate or proof")                                                 \
     X(EHASH, -213, "block does not match its hash")                                                \
     X(ERECORD, -214, "malformed vote record")                                                      \
-    X(ESTALE, -215, "stale event (old timer, old view or already delivered height)")
+    X(ESTALE, -215, "stale event (old timer, old view or already delivered height)")                \
+    X(EHALTED, -216, "the host halted after a failed write or apply")
 
 enum pbft_err {
     PBFT_OK = 0,
@@ -61,14 +62,16 @@ const char *pbft_strerror(int err);
 
 /* ------------------------------------------------------------------ planted bugs
  * Each removes one safety rule so the simulator can prove it catches the violation
- * (`tem-sim --planted-bug NAME`). temd always runs with PBFT_BUG_NONE. */
+ * (`tem-sim --planted-bug NAME`). temd always runs with PBFT_BUG_NONE. SEND_BEFORE_PERSIST is
+ * planted in the host (consensus/host.c), the others in the replica. */
 #define PBFT_PLANTED_BUGS(X)                                                                       \
     X(NONE, "none")                                                                                \
     X(PREPARE_QUORUM_F1, "prepare-quorum-f1")                                                      \
     X(NEW_VIEW_IGNORES_PREPARED, "new-view-ignores-prepared")                                      \
     X(SKIP_SIGNATURE_CHECK, "skip-signature-check")                                                \
     X(FETCH_SKIPS_CERT_CHECK, "fetch-skips-cert-check")                                            \
-    X(FORGET_VOTES_ON_RESTART, "forget-votes-on-restart")
+    X(FORGET_VOTES_ON_RESTART, "forget-votes-on-restart")                                         \
+    X(SEND_BEFORE_PERSIST, "send-before-persist")
 
 typedef enum {
 #define PBFT_BUGX(id, name) PBFT_BUG_##id,

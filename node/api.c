@@ -412,7 +412,7 @@ static void h_status(void *ctx, net_http_req *req, const net_http_request *r) {
         const char *phase = !n->rep_ok ? "block sync (observer)"
                             : pbft_replica_in_view_change(&n->rep) ? "view change: collecting VIEW-CHANGE messages"
                             : n->fetch_from > height ? "catching up: fetching blocks from peers"
-                            : n->validating || n->nvalq ? "validating a proposal"
+                            : n->validating || host_validations_waiting(&n->host) ? "validating a proposal"
                             : "normal case: waiting for the primary's proposal or 2f+1 votes";
         json_object_set_new(w, "phase", json_string(phase));
         json_object_set_new(w, "disconnected_validators", json_incref(missing));

@@ -1,9 +1,9 @@
 /* node.c: temd's core. One libuv loop carries everything: the peer transport, the HTTP API, the
- * mempool's durable log, timers, and the pBFT replica, whose actions this file performs in order:
- * persist a vote (fsync'd) before anything after it is sent, apply a delivered block in one LMDB
- * transaction, build proposals from the mempool, validate proposals (signatures in the thread
- * pool), fetch blocks from peers when behind. Observers skip consensus and follow the chain by
- * block sync, verifying every certificate. */
+ * mempool's durable log, timers, and the pBFT replica, whose host (consensus/host.c, with its I/O
+ * in replica.c) calls this file to apply a delivered block in one LMDB transaction, build
+ * proposals from the mempool, validate proposals (signatures in the thread pool) and fetch blocks
+ * from peers when behind. Observers skip consensus and follow the chain by block sync, verifying
+ * every certificate. */
 #include "node/node_internal.h"
 
 #include <sodium.h>
@@ -65,7 +65,7 @@ static int send_node_msg(node *n, uint32_t to, const Tem__V1__NodeMessage *m) {
     return rc;
 }
 
-static void send_pbft(node *n, uint32_t to, const uint8_t *msg, size_t len) {
+void node_send_pbft(node *n, uint32_t to, const uint8_t *msg, size_t len) {
     Tem__V1__NodeMessage m;
     tem__v1__node_message__init(&m);
     m.kind_case = TEM__V1__NODE_MESSAGE__KIND_PBFT;
@@ -73,7 +73,7 @@ static void send_pbft(node *n, uint32_t to, const uint8_t *msg, size_t len) {
     (void)send_node_msg(n, to, &m);
 }
 
-static void request_blocks(node *n, uint64_t from) {
+void node_request_blocks(node *n, uint64_t from) {
     uint32_t nv = n->g.n_validators;
     Tem__V1__NodeMessage m;
     tem__v1__node_message__init(&m);
@@ -94,38 +94,8 @@ static void request_blocks(node *n, uint64_t from) {
     }
 }
 
-/* ------------------------------------------------------------------ consensus plumbing */
-static void pump(node *n);
-
-static int queue_event(node *n, const pbft_event *ev, const uint8_t *data, size_t len, const uint8_t *cert,
-                       size_t cert_len) {
-    if (n->evq_n >= NODE_EVENT_QUEUE_MAX) {
-        node_log(n, NODE_LOG_WARN, "consensus event queue full, dropping event %d", ev->kind);
-        return NODE_ENOMEM;
-    }
-    node_queued_event *q = &n->evq[(n->evq_head + n->evq_n) % NODE_EVENT_QUEUE_MAX];
-    memset(q, 0, sizeof *q);
-    q->ev = *ev;
-    if (data && len) {
-        if (!(q->data = tem_malloc(len))) return NODE_ENOMEM;
-        memcpy(q->data, data, len);
-        q->ev.data = q->data;
-        q->ev.len = len;
-    }
-    if (cert && cert_len) {
-        if (!(q->cert = tem_malloc(cert_len))) {
-            tem_free(q->data);
-            return NODE_ENOMEM;
-        }
-        memcpy(q->cert, cert, cert_len);
-        q->ev.cert = q->cert;
-        q->ev.cert_len = cert_len;
-    }
-    n->evq_n++;
-    return NODE_OK;
-}
-
-static int block_hash_cb(void *ctx, const uint8_t *blk, size_t len, uint8_t out[32]) {
+/* ------------------------------------------------------------------ blocks */
+int node_block_hash(void *ctx, const uint8_t *blk, size_t len, uint8_t out[32]) {
     (void)ctx;
     Tem__V1__Block *b = tem__v1__block__unpack(&ledger_pb_allocator, len, blk);
     if (!b) return -1;
@@ -140,10 +110,8 @@ static bool was_validated(node *n, const uint8_t hash[32]) {
     return false;
 }
 
-static void stop_node(node *n, int code);
-
 /* Applies a committed block and everything that follows from it. */
-static void apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t len, const uint8_t *cert,
+void node_apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t len, const uint8_t *cert,
                             size_t cert_len, const uint8_t hash[32]) {
     if (height <= ledger_store_height(n->store)) return; /* already applied (replayed delivery) */
     unsigned flags = hash && was_validated(n, hash) ? LEDGER_APPLY_SIGS_OK : 0;
@@ -158,7 +126,7 @@ static void apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t
         node_log(n, NODE_LOG_ERROR, "certified block %llu does not apply: %s; stopping",
                  (unsigned long long)height, ledger_strerror(rc));
         if (b) tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
-        stop_node(n, 1);
+        node_stop(n, 1);
         return;
     }
     n->blocks_applied++;
@@ -196,113 +164,6 @@ static void apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t
              info.n_refused, hh);
 }
 
-static void schedule_validation(node *n);
-static void maybe_propose(node *n);
-static void step_now(node *n, const pbft_event *ev);
-
-/* ------------------------------------------------------------------ timers */
-static void on_view_timer(uv_timer_t *t) {
-    node *n = t->data;
-    pbft_event ev = {.kind = PBFT_EV_TIMER, .timer = PBFT_TIMER_VIEW, .timer_seq = n->seq_view};
-    step_now(n, &ev);
-}
-static void on_fetch_timer(uv_timer_t *t) {
-    node *n = t->data;
-    pbft_event ev = {.kind = PBFT_EV_TIMER, .timer = PBFT_TIMER_FETCH, .timer_seq = n->seq_fetch};
-    step_now(n, &ev);
-}
-
-
-static void do_actions(node *n) {
-    pbft_actions *a = n->acts;
-    for (uint32_t i = 0; i < a->n && !n->stopping; i++) {
-        pbft_action *x = &a->a[i];
-        switch (x->kind) {
-        case PBFT_ACT_SEND: send_pbft(n, x->to, x->msg, x->msg_len); break;
-        case PBFT_ACT_BROADCAST: send_pbft(n, PBFT_TO_ALL, x->msg, x->msg_len); break;
-        case PBFT_ACT_PERSIST: {
-            /* The vote record must be on disk before the vote leaves: a restart that forgot it
-             * could sign a different block for the same (view, height). meta_put fsyncs. */
-            int rc = ledger_store_meta_put(n->store, PBFT_VOTES_KEY, x->msg, x->msg_len);
-            if (rc != LEDGER_OK) {
-                node_log(n, NODE_LOG_ERROR, "cannot persist votes: %s; stopping", ledger_strerror(rc));
-                stop_node(n, 1);
-                return;
-            }
-            break;
-        }
-        case PBFT_ACT_SET_TIMER: {
-            bool view = x->timer == PBFT_TIMER_VIEW;
-            if (view) n->seq_view = x->timer_seq;
-            else n->seq_fetch = x->timer_seq;
-            if (uv_timer_start(view ? &n->t_view : &n->t_fetch, view ? on_view_timer : on_fetch_timer, x->duration_ms, 0) != 0)
-                node_log(n, NODE_LOG_ERROR, "cannot arm consensus timer %d", x->timer);
-            break;
-        }
-        case PBFT_ACT_CANCEL_TIMER:
-            (void)uv_timer_stop(x->timer == PBFT_TIMER_VIEW ? &n->t_view : &n->t_fetch);
-            break;
-        case PBFT_ACT_DELIVER:
-            apply_committed(n, x->height, x->msg, x->msg_len, x->cert, x->cert_len, x->block_hash);
-            break;
-        case PBFT_ACT_REQUEST_PROPOSAL:
-            n->want_proposal = x->height;
-            maybe_propose(n);
-            break;
-        case PBFT_ACT_REQUEST_VALIDATION: {
-            if (n->nvalq >= NODE_VALIDATION_QUEUE_MAX) {
-                node_log(n, NODE_LOG_WARN, "validation queue full; dropping height %llu", (unsigned long long)x->height);
-                break;
-            }
-            node_val_req *v = &n->valq[n->nvalq];
-            v->bytes = tem_malloc(x->msg_len ? x->msg_len : 1);
-            if (!v->bytes) break;
-            memcpy(v->bytes, x->msg, x->msg_len);
-            v->len = x->msg_len;
-            v->height = x->height;
-            memcpy(v->hash, x->block_hash, 32);
-            n->nvalq++;
-            break;
-        }
-        case PBFT_ACT_REQUEST_BLOCKS:
-            n->fetch_from = x->height;
-            request_blocks(n, x->height);
-            break;
-        }
-    }
-    pbft_actions_clear(a);
-}
-
-/* Steps every queued event; actions may queue more, which run in the same pump. */
-static void pump(node *n) {
-    if (!n->rep_ok || n->stepping) return;
-    n->stepping = true;
-    while (n->evq_n > 0 && !n->stopping) {
-        node_queued_event q = n->evq[n->evq_head];
-        n->evq_head = (n->evq_head + 1) % NODE_EVENT_QUEUE_MAX;
-        n->evq_n--;
-        uint64_t view_before = pbft_replica_view(&n->rep);
-        int rc = pbft_replica_step(&n->rep, &q.ev, n->acts);
-        if (rc != PBFT_OK && rc != PBFT_ESTALE && rc != PBFT_EDUP)
-            node_log(n, NODE_LOG_DEBUG, "consensus ignored event %d from %u: %s", q.ev.kind, q.ev.from, pbft_strerror(rc));
-        if (pbft_replica_view(&n->rep) != view_before) {
-            n->view_changes++;
-            node_log(n, NODE_LOG_WARN, "view change to %llu (primary %u)", (unsigned long long)pbft_replica_view(&n->rep),
-                     pbft_primary(pbft_replica_view(&n->rep), n->g.n_validators));
-        }
-        do_actions(n);
-        tem_free(q.data);
-        tem_free(q.cert);
-    }
-    n->stepping = false;
-    schedule_validation(n);
-}
-
-static void step_now(node *n, const pbft_event *ev) {
-    if (!n->rep_ok) return;
-    if (queue_event(n, ev, ev->data, ev->len, ev->cert, ev->cert_len) == NODE_OK) pump(n);
-}
-
 /* ------------------------------------------------------------------ proposals */
 static void on_propose(uv_timer_t *t) {
     node *n = t->data;
@@ -326,7 +187,7 @@ static void on_propose(uv_timer_t *t) {
     }
     node_log(n, NODE_LOG_DEBUG, "proposing block %llu with %u txs", (unsigned long long)h, cnt);
     pbft_event ev = {.kind = PBFT_EV_PROPOSAL, .height = h, .data = blk, .len = blen};
-    step_now(n, &ev);
+    node_replica_post(n, &ev);
     tem_free(blk);
 out:
     tem_free(txs);
@@ -335,7 +196,7 @@ out:
 
 /* Arms the proposal timer: soon when txs are waiting, after the idle interval otherwise, so
  * block time (which drives gate closure and settlement) keeps moving on an idle chain. */
-static void maybe_propose(node *n) {
+void node_maybe_propose(node *n) {
     if (!n->want_proposal || n->want_proposal != ledger_store_height(n->store) + 1) return;
     uint64_t delay = node_mempool_size(n->mp) > 0 ? n->cfg.batch_delay_ms : n->cfg.block_interval_ms;
     if (n->propose_armed) {
@@ -345,8 +206,6 @@ static void maybe_propose(node *n) {
     n->propose_armed = true;
     if (uv_timer_start(&n->t_propose, on_propose, delay, 0) != 0) n->propose_armed = false;
 }
-
-void node_kick_proposal(node *n) { maybe_propose(n); }
 
 /* ------------------------------------------------------------------ validation */
 typedef struct {
@@ -397,8 +256,7 @@ static void val_finish(node *n, val_job *j) {
     tem_free(j->txs);
     tem_free(j->known);
     tem_free(j);
-    if (!n->stopping) step_now(n, &ev);
-    schedule_validation(n);
+    if (!n->stopping) node_replica_validated(n, &ev);
 }
 
 static void val_after(uv_work_t *w, int status) {
@@ -409,41 +267,24 @@ static void val_after(uv_work_t *w, int status) {
     if (--j->parts_left == 0) val_finish(j->n, j);
 }
 
-/* Starts the next queued validation whose parent is applied. */
-static void schedule_validation(node *n) {
-    if (n->validating || n->stopping) return;
-    uint64_t h = ledger_store_height(n->store);
-    uint32_t k = 0;
-    while (k < n->nvalq) {
-        node_val_req *v = &n->valq[k];
-        if (v->height <= h) { /* stale: that height is already applied */
-            tem_free(v->bytes);
-            n->valq[k] = n->valq[--n->nvalq];
-            continue;
-        }
-        if (v->height == h + 1) break;
-        k++;
-    }
-    if (k >= n->nvalq) return;
-    node_val_req v = n->valq[k];
-    n->valq[k] = n->valq[--n->nvalq];
+/* Starts validating a proposal whose parent is applied: the host hands them out one at a time
+ * and gets the answer through node_replica_validated. PBFT_OK, or PBFT_ENOMEM (the host keeps the
+ * request and offers it again). */
+int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_t *bytes, size_t len) {
+    TEM_ASSERT(!n->validating);
     val_job *j = tem_calloc(1, sizeof *j);
-    if (!j) {
-        tem_free(v.bytes);
-        return;
-    }
+    if (!j) return PBFT_ENOMEM;
     j->n = n;
-    j->height = v.height;
-    memcpy(j->hash, v.hash, 32);
-    int rc = ledger_block_precheck(n->store, v.bytes, v.len, node_now_ms() + n->cfg.max_clock_drift_ms, &j->txs, &j->ntx);
-    tem_free(v.bytes);
+    j->height = height;
+    memcpy(j->hash, hash, 32);
+    int rc = ledger_block_precheck(n->store, bytes, len, node_now_ms() + n->cfg.max_clock_drift_ms, &j->txs, &j->ntx);
     n->validating = true;
     if (rc != LEDGER_OK) {
         j->rc = rc;
         j->txs = NULL;
         j->ntx = 0;
         val_finish(n, j);
-        return;
+        return PBFT_OK;
     }
     /* A tx whose (txid, signature) pair our mempool verified on admission needs no second
      * check: that would double every validator's signature work. The signature is part of the
@@ -454,7 +295,7 @@ static void schedule_validation(node *n) {
     else {
         j->rc = LEDGER_ENOMEM;
         val_finish(n, j);
-        return;
+        return PBFT_OK;
     }
     /* Two halves, one per core: the loop thread never verifies a signature. */
     size_t half = j->ntx / 2;
@@ -472,6 +313,7 @@ static void schedule_validation(node *n) {
             val_after(&p->w, 0);
         }
     }
+    return PBFT_OK;
 }
 
 /* ------------------------------------------------------------------ peer frames */
@@ -519,20 +361,19 @@ static void got_blocks(node *n, const Tem__V1__BlockBatch *bb) {
         if (n->rep_ok) {
             pbft_event ev = {.kind = PBFT_EV_BLOCK_FETCHED, .height = cb->height, .data = cb->block.data,
                              .len = cb->block.len, .cert = cb->cert.data, .cert_len = cb->cert.len};
-            (void)queue_event(n, &ev, cb->block.data, cb->block.len, cb->cert.data, cb->cert.len);
+            node_replica_post(n, &ev);
         } else {
             /* Observer: the store verifies the certificate against the genesis validators. */
             uint8_t h[32];
-            if (block_hash_cb(NULL, cb->block.data, cb->block.len, h) != 0) {
+            if (node_block_hash(NULL, cb->block.data, cb->block.len, h) != 0) {
                 node_log(n, NODE_LOG_WARN, "sync: peer sent a malformed block %llu", (unsigned long long)cb->height);
                 return;
             }
-            apply_committed(n, cb->height, cb->block.data, cb->block.len, cb->cert.data, cb->cert.len, NULL);
+            node_apply_committed(n, cb->height, cb->block.data, cb->block.len, cb->cert.data, cb->cert.len, NULL);
         }
     }
-    pump(n);
     n->sync_sent_ms = 0;
-    if (!n->rep_ok && bb->tip_height > ledger_store_height(n->store)) request_blocks(n, ledger_store_height(n->store) + 1);
+    if (!n->rep_ok && bb->tip_height > ledger_store_height(n->store)) node_request_blocks(n, ledger_store_height(n->store) + 1);
 }
 
 /* ------------------------------------------------------------------ verified-signature cache
@@ -586,7 +427,7 @@ static void on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, siz
     case TEM__V1__NODE_MESSAGE__KIND_PBFT:
         if (n->rep_ok && p->is_validator) {
             pbft_event ev = {.kind = PBFT_EV_MESSAGE, .from = p->id, .data = m->pbft.data, .len = m->pbft.len};
-            step_now(n, &ev);
+            node_replica_post(n, &ev);
         }
         break;
     case TEM__V1__NODE_MESSAGE__KIND_TXS:
@@ -638,7 +479,7 @@ void node_tx_accepted(node *n, const uint8_t txid[32], const uint8_t *tx, size_t
             n->gossip_len[n->ngossip++] = len;
         }
     }
-    maybe_propose(n);
+    node_maybe_propose(n);
 }
 
 static void flush_gossip(node *n) {
@@ -692,16 +533,16 @@ static void on_tick(uv_timer_t *t) {
         regossip(n);
     }
     /* Observers poll for new blocks; validators re-ask when a fetch got no answer. */
-    if (!n->rep_ok && (n->sync_sent_ms == 0 || now - n->sync_sent_ms > 1000)) request_blocks(n, ledger_store_height(n->store) + 1);
+    if (!n->rep_ok && (n->sync_sent_ms == 0 || now - n->sync_sent_ms > 1000)) node_request_blocks(n, ledger_store_height(n->store) + 1);
     if (n->rep_ok && n->fetch_from && n->fetch_from > ledger_store_height(n->store) && now - n->sync_sent_ms > 500)
-        request_blocks(n, ledger_store_height(n->store) + 1);
-    maybe_propose(n);
+        node_request_blocks(n, ledger_store_height(n->store) + 1);
+    node_maybe_propose(n);
 }
 
 /* ------------------------------------------------------------------ lifecycle */
 static void close_cb(uv_handle_t *h) { (void)h; }
 
-static void stop_node(node *n, int code) {
+void node_stop(node *n, int code) {
     if (n->stopping) return;
     n->stopping = true;
     if (code) n->exit_code = code;
@@ -721,50 +562,7 @@ static void stop_node(node *n, int code) {
 static void on_signal(uv_signal_t *s, int sig) {
     node *n = s->data;
     node_log(n, NODE_LOG_INFO, "signal %d", sig);
-    stop_node(n, 0);
-}
-
-static int start_consensus(node *n) {
-    pbft_config pc;
-    memset(&pc, 0, sizeof pc);
-    if (pbft_config_from_genesis(&pc, &n->g) != PBFT_OK) return NODE_ECONSENSUS;
-    pc.self = (uint32_t)n->self;
-    memcpy(pc.secret, n->key.ed_sec, sizeof pc.secret);
-    pc.view_timeout_doublings_max = 6;
-    pc.hash = block_hash_cb;
-    pc.ctx = n;
-    pc.start_height = ledger_store_height(n->store);
-    ledger_store_last_hash(n->store, pc.start_hash);
-    uint8_t *cert = NULL;
-    size_t cl = 0;
-    if (pc.start_height > 0 && ledger_store_cert(n->store, pc.start_height, &cert, &cl) != LEDGER_OK) return NODE_ESTORE;
-    pc.start_cert = cert;
-    pc.start_cert_len = cl;
-    int rc = pbft_replica_init(&n->rep, &pc);
-    tem_free(cert);
-    sodium_memzero(pc.secret, sizeof pc.secret);
-    if (rc != PBFT_OK) {
-        node_log(n, NODE_LOG_ERROR, "consensus init: %s", pbft_strerror(rc));
-        return NODE_ECONSENSUS;
-    }
-    n->rep_ok = true;
-    uint8_t *rec;
-    size_t rl;
-    if (ledger_store_meta_get(n->store, PBFT_VOTES_KEY, &rec, &rl) == LEDGER_OK) {
-        rc = pbft_replica_restore(&n->rep, rec, rl);
-        tem_free(rec);
-        if (rc != PBFT_OK) {
-            node_log(n, NODE_LOG_ERROR, "cannot restore persisted votes: %s", pbft_strerror(rc));
-            return NODE_ECONSENSUS;
-        }
-        node_log(n, NODE_LOG_INFO, "restored persisted votes");
-    }
-    if (pbft_replica_start(&n->rep, n->acts) != PBFT_OK) return NODE_ECONSENSUS;
-    n->stepping = true;
-    do_actions(n);
-    n->stepping = false;
-    pump(n);
-    return NODE_OK;
+    node_stop(n, 0);
 }
 
 static void walk_close(uv_handle_t *h, void *arg) {
@@ -780,13 +578,10 @@ int node_run(const node_config *cfg) {
     n->exit_code = 1;
     int rc;
     char err[512];
-    n->acts = tem_calloc(1, sizeof *n->acts);
-    if (!n->acts || uv_loop_init(&n->loop) != 0) {
-        tem_free(n->acts);
+    if (uv_loop_init(&n->loop) != 0) {
         tem_free(n);
         return 1;
     }
-    pbft_actions_init(n->acts);
     /* Every handle the node owns exists from here on, so one shutdown path closes them all. */
     uv_timer_t *timers[] = {&n->t_view, &n->t_fetch, &n->t_propose, &n->t_tick};
     for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++) {
@@ -862,7 +657,7 @@ int node_run(const node_config *cfg) {
     }
     n->started_wall_ms = node_now_ms();
     if (uv_timer_start(&n->t_tick, on_tick, 10, 10) != 0) goto stop;
-    if (n->self >= 0 && start_consensus(n) != NODE_OK) goto stop;
+    if (n->self >= 0 && node_replica_start(n) != NODE_OK) goto stop;
     n->exit_code = 0;
     /* Ready: the store is open, both ports listen and consensus has started. systemd's
      * Type=notify start (deploy/temd.service) waits for this; outside systemd it does nothing. */
@@ -870,7 +665,7 @@ int node_run(const node_config *cfg) {
                      n->self, n->g.chain_id, (unsigned long long)ledger_store_height(n->store));
     goto run;
 stop:
-    stop_node(n, 1);
+    node_stop(n, 1);
 run:
     (void)uv_run(&n->loop, UV_RUN_DEFAULT);
     int status = n->exit_code;
@@ -880,20 +675,13 @@ run:
     if (n->http) net_http_free(n->http);
     if (n->mp) node_mempool_free(n->mp);
     for (uint32_t i = 0; i < n->ngossip; i++) tem_free(n->gossip[i]);
-    for (uint32_t i = 0; i < n->nvalq; i++) tem_free(n->valq[i].bytes);
-    for (uint32_t i = 0; i < n->evq_n; i++) {
-        tem_free(n->evq[(n->evq_head + i) % NODE_EVENT_QUEUE_MAX].data);
-        tem_free(n->evq[(n->evq_head + i) % NODE_EVENT_QUEUE_MAX].cert);
-    }
-    if (n->rep_ok) pbft_replica_free(&n->rep);
+    node_replica_free(n);
     if (n->store) node_log(n, NODE_LOG_INFO, "stopped");
     ledger_store_close(n->store);
     n->store = NULL;
     contracts_market_free(n->mkt);
     ledger_genesis_free(&n->g);
     if (uv_loop_close(&n->loop) != 0) fprintf(stderr, "temd: loop still had handles at exit\n");
-    pbft_actions_clear(n->acts);
-    tem_free(n->acts);
     sodium_memzero(&n->key, sizeof n->key);
     tem_free(n);
     return status;

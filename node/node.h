@@ -11,14 +11,10 @@
 
 #define NODE_ERRNO_MAP(X)                                                                          \
     X(ECONFIG, -501, "invalid configuration")                                                      \
-    X(EKEY, -502, "unreadable or wrong kind of key file")                                          \
     X(ESTORE, -503, "cannot open the ledger store")                                                \
-    X(ENET, -504, "cannot start the network")                                                      \
     X(EHTTP, -505, "cannot start the HTTP API")                                                    \
     X(ECONSENSUS, -506, "cannot start consensus")                                                  \
-    X(EAPPLY, -507, "a certified block failed to apply")                                           \
-    X(ENOMEM, -508, "out of memory")                                                               \
-    X(EUV, -509, "event loop failure")
+    X(ENOMEM, -508, "out of memory")
 
 enum node_err {
     NODE_OK = 0,

@@ -1,21 +1,20 @@
-/* node_internal.h: the node's state, shared by node.c (wiring, consensus, sync) and api.c (the
- * HTTP API). Nothing outside node/ includes it. */
+/* node_internal.h: the node's state, shared by node.c (wiring, blocks, validation, sync),
+ * replica.c (the pBFT host's I/O) and api.c (the HTTP API). Nothing outside node/ includes it. */
 #ifndef NODE_INTERNAL_H
 #define NODE_INTERNAL_H
 
-#include "consensus/pbft.h"
+#include "consensus/host.h"
 #include "contracts/contracts.h"
 #include "net/http.h"
 #include "net/net.h"
 #include "node/mempool.h"
 #include "node/node.h"
+#include "node/replica.h"
 
 #include <jansson.h>
 #include <uv.h>
 
-#define NODE_VALIDATION_QUEUE_MAX PBFT_LOG_MAX
 #define NODE_VALIDATED_CACHE 16
-#define NODE_EVENT_QUEUE_MAX 256
 #define NODE_GOSSIP_TXS_MAX 4096
 #define NODE_SYNC_BLOCKS_MAX 64
 #define NODE_SYNC_BYTES_MAX (8u << 20)
@@ -32,19 +31,6 @@ typedef struct {
     char binding[48];
 } node_curtail;
 
-typedef struct {
-    uint64_t height;
-    uint8_t hash[32];
-    uint8_t *bytes;
-    size_t len;
-} node_val_req;
-
-/* A queued consensus event whose byte buffers the node owns until it is stepped. */
-typedef struct {
-    pbft_event ev;
-    uint8_t *data, *cert;
-} node_queued_event;
-
 typedef struct node {
     uv_loop_t loop;
     node_config cfg;
@@ -58,22 +44,20 @@ typedef struct node {
     net_http *http;
     node_mempool *mp;
 
-    /* consensus (validators only) */
+    /* consensus (validators only): the replica, driven by the host whose I/O is replica.c */
     bool rep_ok;
     pbft_replica rep;
-    pbft_actions *acts;
+    host host;
+    bool host_ok;
+    uint64_t rep_view; /* the view last logged, to count view changes */
     uv_timer_t t_view, t_fetch, t_propose, t_tick;
     uint64_t seq_view, seq_fetch;
     uint64_t want_proposal; /* height the replica asked a proposal for, 0 = none */
     bool propose_armed;
-    node_val_req valq[NODE_VALIDATION_QUEUE_MAX];
-    uint32_t nvalq;
-    bool validating;
+    bool validating; /* a node_validate job is under way */
     uint8_t validated[NODE_VALIDATED_CACHE][32];
     uint32_t validated_next;
-    node_queued_event evq[NODE_EVENT_QUEUE_MAX];
-    uint32_t evq_head, evq_n;
-    bool stepping;
+    uint64_t events_refused; /* consensus events the host refused (full FIFO, no memory) */
     uint64_t fetch_from;  /* block sync wanted from this height (0 = none) */
     uint32_t sync_rr;
     uint64_t sync_sent_ms;
@@ -89,7 +73,7 @@ typedef struct node {
     int exit_code;
 
     /* metrics */
-    uint64_t blocks_applied, txs_committed, txs_refused, view_changes, last_view;
+    uint64_t blocks_applied, txs_committed, txs_refused, view_changes;
     uint64_t last_commit_wall_ms, started_wall_ms;
     uint64_t http_txs_accepted, http_txs_rejected;
     uint64_t lat_key[NODE_LATENCY_TABLE];
@@ -115,8 +99,25 @@ void node_tx_accepted(node *n, const uint8_t txid[32], const uint8_t *tx, size_t
 /* Remembers that this SignedTx's signature verified (the mempool admitted it), and asks. */
 void node_sigcache_add_tx(node *n, const uint8_t *tx, size_t len);
 bool node_sigcache_has(node *n, const uint8_t txid[32], const uint8_t sig[64]);
-/* Asks for a proposal to be built sooner (a tx arrived while the primary waited idle). */
-void node_kick_proposal(node *n);
+
+/* node.c, for the host's I/O in replica.c. */
+/* Stops the node: closes every handle; node_run returns `code` (if non-zero). */
+void node_stop(node *n, int code);
+/* pbft_hash_fn for temd: ledger_block_hash of the block's header; -1 if the bytes are no block. */
+int node_block_hash(void *ctx, const uint8_t *blk, size_t len, uint8_t out[32]);
+/* A PbftMessage to validator `to` or to all (PBFT_TO_ALL); best effort, failures logged. */
+void node_send_pbft(node *n, uint32_t to, const uint8_t *msg, size_t len);
+/* Asks a connected validator (round-robin) for committed blocks from `from` on. */
+void node_request_blocks(node *n, uint64_t from);
+/* Applies a certified block durably and does the node's bookkeeping; on failure logs and stops
+ * the node (n->stopping). hash: the block's hash when the replica delivered it, or NULL. */
+void node_apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t len, const uint8_t *cert,
+                          size_t cert_len, const uint8_t hash[32]);
+/* Arms the proposal timer if the replica asked for a proposal on the current tip. */
+void node_maybe_propose(node *n);
+/* Starts validating a proposal whose parent is applied; answers through node_replica_validated.
+ * PBFT_OK or PBFT_ENOMEM. bytes are borrowed for the call. */
+int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_t *bytes, size_t len);
 
 /* api_market.c: before applying a block at time_ms, archive the trades of slots whose gate has
  * closed; after it, note the curtailed fills of the block's txs. */

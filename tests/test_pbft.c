@@ -2,7 +2,7 @@
  * wrong view, wrong signature, unknown sender, outside the watermarks, conflicting digest,
  * replayed), the vote record across a restart, the normal case in a small lossless cluster, and
  * the regression scenarios from the PBFT family's known failures. */
-#include "consensus/pbft.h"
+#include "consensus/host.h"
 
 #include <check.h>
 #include <sodium.h>
@@ -151,16 +151,27 @@ static uint32_t count_msgs(const pbft_actions *a, int kind) {
     return c;
 }
 
-/* ------------------------------------------------------------------ a small lossless cluster */
+/* ------------------------------------------------------------------ a small lossless cluster
+ * Each replica runs behind the shared host (consensus/host.c), as in temd and the simulator; the
+ * cluster implements the host's I/O in memory. */
 typedef struct {
     uint32_t to, from;
     uint8_t *msg;
     size_t len;
 } qmsg;
 
+struct cluster;
 typedef struct {
+    struct cluster *c;
+    uint32_t i;
+} cl_member;
+
+typedef struct cluster {
     uint32_t n, k;
     pbft_replica r[N_MAX];
+    host h[N_MAX];
+    cl_member m[N_MAX];
+    int last_rc[N_MAX]; /* the replica's answer to the last event its host stepped */
     bool up[N_MAX];
     bool cut[N_MAX]; /* messages to and from a cut replica are dropped */
     uint8_t *record[N_MAX];
@@ -185,82 +196,100 @@ typedef struct {
     } want_valid[N_MAX][8];
     uint32_t want_valid_n[N_MAX];
     uint8_t variant;
-    pbft_actions acts;
 } cluster;
 
-/* Node work whose outcome the cluster tests judge by delivered blocks, not by each return. */
-static void step_quiet(pbft_replica *r, const pbft_event *ev, pbft_actions *out) {
-    int rc = pbft_replica_step(r, ev, out);
-    ck_assert_int_ne(rc, PBFT_ENOMEM);
-    ck_assert_int_ne(rc, PBFT_EINVAL);
+/* The host's I/O. */
+static void cl_send(void *ctx, uint32_t dst, const uint8_t *msg, size_t len) {
+    cl_member *me = ctx;
+    cluster *c = me->c;
+    uint32_t i = me->i;
+    for (uint32_t to = 0; to < c->n; to++) {
+        if (to == i || (dst != PBFT_TO_ALL && dst != to)) continue;
+        if (c->cut[to] || c->cut[i]) continue;
+        if (c->qn == c->qcap) {
+            c->qcap = c->qcap ? 2 * c->qcap : 256;
+            c->q = tem_realloc(c->q, c->qcap * sizeof *c->q);
+            ck_assert_ptr_nonnull(c->q);
+        }
+        qmsg *m = &c->q[c->qn++];
+        m->to = to;
+        m->from = i;
+        m->msg = tem_malloc(len);
+        memcpy(m->msg, msg, len);
+        m->len = len;
+    }
 }
 
-static void cl_actions(cluster *c, uint32_t i) {
-    pbft_actions *a = &c->acts;
-    for (uint32_t j = 0; j < a->n; j++) {
-        pbft_action *x = &a->a[j];
-        switch (x->kind) {
-        case PBFT_ACT_SEND:
-        case PBFT_ACT_BROADCAST:
-            for (uint32_t to = 0; to < c->n; to++) {
-                if (to == i || (x->kind == PBFT_ACT_SEND && x->to != to)) continue;
-                if (c->cut[to] || c->cut[i]) continue;
-                if (c->qn == c->qcap) {
-                    c->qcap = c->qcap ? 2 * c->qcap : 256;
-                    c->q = tem_realloc(c->q, c->qcap * sizeof *c->q);
-                    ck_assert_ptr_nonnull(c->q);
-                }
-                qmsg *m = &c->q[c->qn++];
-                m->to = to;
-                m->from = i;
-                m->msg = tem_malloc(x->msg_len);
-                memcpy(m->msg, x->msg, x->msg_len);
-                m->len = x->msg_len;
-            }
-            break;
-        case PBFT_ACT_PERSIST:
-            tem_free(c->record[i]);
-            c->record[i] = tem_malloc(x->msg_len);
-            memcpy(c->record[i], x->msg, x->msg_len);
-            c->record_len[i] = x->msg_len;
-            break;
-        case PBFT_ACT_SET_TIMER:
-            if (x->timer == PBFT_TIMER_VIEW) {
-                c->view_timer[i] = x->timer_seq;
-                c->view_timer_ms[i] = x->duration_ms;
-            }
-            break;
-        case PBFT_ACT_CANCEL_TIMER:
-            break;
-        case PBFT_ACT_DELIVER: {
-            uint64_t h = x->height;
-            ck_assert_uint_eq(h, c->delivered_n[i] + 1);
-            ck_assert_uint_lt(h, 64);
-            memcpy(c->delivered[i][h], x->block_hash, 32);
-            c->blocks[i][h] = tem_malloc(x->msg_len);
-            memcpy(c->blocks[i][h], x->msg, x->msg_len);
-            c->block_len[i][h] = x->msg_len;
-            c->certs[i][h] = tem_malloc(x->cert_len);
-            memcpy(c->certs[i][h], x->cert, x->cert_len);
-            c->cert_len[i][h] = x->cert_len;
-            c->delivered_n[i] = h;
-            break;
-        }
-        case PBFT_ACT_REQUEST_PROPOSAL:
-            c->want_proposal[i] = x->height;
-            break;
-        case PBFT_ACT_REQUEST_VALIDATION:
-            ck_assert_uint_lt(c->want_valid_n[i], 8);
-            c->want_valid[i][c->want_valid_n[i]].h = x->height;
-            memcpy(c->want_valid[i][c->want_valid_n[i]].hash, x->block_hash, 32);
-            c->want_valid_n[i]++;
-            break;
-        case PBFT_ACT_REQUEST_BLOCKS:
-            c->want_fetch[i] = x->height;
-            break;
-        }
+static int cl_persist(void *ctx, const uint8_t *rec, size_t len) {
+    cl_member *me = ctx;
+    cluster *c = me->c;
+    tem_free(c->record[me->i]);
+    c->record[me->i] = tem_malloc(len);
+    memcpy(c->record[me->i], rec, len);
+    c->record_len[me->i] = len;
+    return PBFT_OK;
+}
+
+static void cl_set_timer(void *ctx, pbft_timer t, uint64_t ms, uint64_t seq) {
+    cl_member *me = ctx;
+    if (t == PBFT_TIMER_VIEW) {
+        me->c->view_timer[me->i] = seq;
+        me->c->view_timer_ms[me->i] = ms;
     }
-    pbft_actions_clear(a);
+}
+
+static void cl_cancel_timer(void *ctx, pbft_timer t) { (void)ctx, (void)t; }
+
+static int cl_deliver(void *ctx, const pbft_action *x) {
+    cl_member *me = ctx;
+    cluster *c = me->c;
+    uint32_t i = me->i;
+    uint64_t h = x->height;
+    ck_assert_uint_eq(h, c->delivered_n[i] + 1);
+    ck_assert_uint_lt(h, 64);
+    memcpy(c->delivered[i][h], x->block_hash, 32);
+    c->blocks[i][h] = tem_malloc(x->msg_len);
+    memcpy(c->blocks[i][h], x->msg, x->msg_len);
+    c->block_len[i][h] = x->msg_len;
+    c->certs[i][h] = tem_malloc(x->cert_len);
+    memcpy(c->certs[i][h], x->cert, x->cert_len);
+    c->cert_len[i][h] = x->cert_len;
+    c->delivered_n[i] = h;
+    return PBFT_OK;
+}
+
+static void cl_request_proposal(void *ctx, uint64_t height) {
+    cl_member *me = ctx;
+    me->c->want_proposal[me->i] = height;
+}
+
+static int cl_validate(void *ctx, uint64_t height, const uint8_t hash[32], const uint8_t *b, size_t len) {
+    (void)b, (void)len;
+    cl_member *me = ctx;
+    cluster *c = me->c;
+    uint32_t i = me->i;
+    ck_assert_uint_lt(c->want_valid_n[i], 8);
+    c->want_valid[i][c->want_valid_n[i]].h = height;
+    memcpy(c->want_valid[i][c->want_valid_n[i]].hash, hash, 32);
+    c->want_valid_n[i]++;
+    return PBFT_OK;
+}
+
+static void cl_request_blocks(void *ctx, uint64_t from) {
+    cl_member *me = ctx;
+    me->c->want_fetch[me->i] = from;
+}
+
+/* Node work whose outcome the cluster tests judge by delivered blocks, not by each return. */
+static void cl_stepped(void *ctx, const pbft_event *ev, int rc) {
+    cl_member *me = ctx;
+    me->c->last_rc[me->i] = rc;
+    ck_assert_int_ne(rc, PBFT_ENOMEM);
+    if (ev->kind != PBFT_EV_MESSAGE) ck_assert_int_ne(rc, PBFT_EINVAL);
+}
+
+static void cl_post(cluster *c, uint32_t i, const pbft_event *ev) {
+    ck_assert_int_eq(host_post(&c->h[i], ev), PBFT_OK);
 }
 
 static void cl_boot(cluster *c, uint32_t i) {
@@ -276,9 +305,14 @@ static void cl_boot(cluster *c, uint32_t i) {
     ck_assert_int_eq(pbft_replica_init(&c->r[i], &cfg), PBFT_OK);
     if (c->record[i])
         ck_assert_int_eq(pbft_replica_restore(&c->r[i], c->record[i], c->record_len[i]), PBFT_OK);
-    ck_assert_int_eq(pbft_replica_start(&c->r[i], &c->acts), PBFT_OK);
+    c->m[i] = (cl_member){c, i};
+    host_io io = {.ctx = &c->m[i], .send = cl_send, .persist = cl_persist, .set_timer = cl_set_timer,
+                  .cancel_timer = cl_cancel_timer, .deliver = cl_deliver,
+                  .request_proposal = cl_request_proposal, .validate = cl_validate,
+                  .request_blocks = cl_request_blocks, .stepped = cl_stepped};
+    ck_assert_int_eq(host_init(&c->h[i], &c->r[i], &io), PBFT_OK);
     c->up[i] = true;
-    cl_actions(c, i);
+    ck_assert_int_eq(host_start(&c->h[i]), PBFT_OK);
 }
 
 static void cl_init(cluster *c, uint32_t n, uint32_t k) {
@@ -287,11 +321,11 @@ static void cl_init(cluster *c, uint32_t n, uint32_t k) {
     c->n = n;
     c->k = k;
     c->max_height = 40;
-    pbft_actions_init(&c->acts);
     for (uint32_t i = 0; i < n; i++) cl_boot(c, i);
 }
 
 static void cl_crash(cluster *c, uint32_t i) {
+    host_free(&c->h[i]);
     pbft_replica_free(&c->r[i]);
     c->up[i] = false;
     c->want_proposal[i] = 0;
@@ -301,7 +335,10 @@ static void cl_crash(cluster *c, uint32_t i) {
 
 static void cl_free(cluster *c) {
     for (uint32_t i = 0; i < c->n; i++) {
-        if (c->up[i]) pbft_replica_free(&c->r[i]);
+        if (c->up[i]) {
+            host_free(&c->h[i]);
+            pbft_replica_free(&c->r[i]);
+        }
         tem_free(c->record[i]);
         for (int h = 0; h < 64; h++) {
             tem_free(c->blocks[i][h]);
@@ -310,7 +347,6 @@ static void cl_free(cluster *c) {
     }
     for (size_t j = c->qhead; j < c->qn; j++) tem_free(c->q[j].msg);
     tem_free(c->q);
-    pbft_actions_clear(&c->acts);
 }
 
 static void cl_fire_view_timer(cluster *c, uint32_t i) {
@@ -318,8 +354,8 @@ static void cl_fire_view_timer(cluster *c, uint32_t i) {
     ev.kind = PBFT_EV_TIMER;
     ev.timer = PBFT_TIMER_VIEW;
     ev.timer_seq = c->view_timer[i];
-    ck_assert_int_eq(pbft_replica_step(&c->r[i], &ev, &c->acts), PBFT_OK);
-    cl_actions(c, i);
+    cl_post(c, i, &ev);
+    ck_assert_int_eq(c->last_rc[i], PBFT_OK);
 }
 
 /* Runs messages and node work until nothing is left (or `budget` steps). Returns steps run. */
@@ -333,9 +369,8 @@ static uint32_t cl_run(cluster *c, uint32_t budget) {
             steps++;
             work = true;
             if (c->up[m.to] && !c->cut[m.to] && !c->cut[m.from]) {
-                int rc = feed(&c->r[m.to], &c->acts, m.from, m.msg, m.len);
-                ck_assert_int_ne(rc, PBFT_ENOMEM);
-                cl_actions(c, m.to);
+                pbft_event ev = {.kind = PBFT_EV_MESSAGE, .from = m.from, .data = m.msg, .len = m.len};
+                cl_post(c, m.to, &ev);
             }
             tem_free(m.msg);
         }
@@ -351,19 +386,13 @@ static uint32_t cl_run(cluster *c, uint32_t budget) {
                 ev.height = h;
                 ev.data = blk;
                 ev.len = bl;
-                step_quiet(&c->r[i], &ev, &c->acts);
-                cl_actions(c, i);
+                cl_post(c, i, &ev);
                 work = true;
             }
             while (c->want_valid_n[i] > 0) {
                 uint32_t k = --c->want_valid_n[i];
-                pbft_event ev = {0};
-                ev.kind = PBFT_EV_VALIDATED;
-                ev.height = c->want_valid[i][k].h;
-                memcpy(ev.block_hash, c->want_valid[i][k].hash, 32);
-                ev.ok = true;
-                step_quiet(&c->r[i], &ev, &c->acts);
-                cl_actions(c, i);
+                ck_assert_int_eq(host_validated(&c->h[i], c->want_valid[i][k].h, c->want_valid[i][k].hash, true),
+                                 PBFT_OK);
                 work = true;
             }
             if (c->want_fetch[i]) {
@@ -380,8 +409,7 @@ static uint32_t cl_run(cluster *c, uint32_t budget) {
                     ev.len = c->block_len[best][h];
                     ev.cert = c->certs[best][h];
                     ev.cert_len = c->cert_len[best][h];
-                    step_quiet(&c->r[i], &ev, &c->acts);
-                    cl_actions(c, i);
+                    cl_post(c, i, &ev);
                 }
                 work = true;
             }
@@ -1163,8 +1191,12 @@ START_TEST(pbft_timeouts_grow_on_failed_views_and_reset_on_progress) {
     ev.kind = PBFT_EV_TIMER;
     ev.timer = PBFT_TIMER_VIEW;
     ev.timer_seq = c->view_timer[2] - 1;
-    ck_assert_int_eq(pbft_replica_step(&c->r[2], &ev, &c->acts), PBFT_ESTALE);
-    ck_assert_uint_eq(c->acts.n, 0);
+    size_t sent = c->qn;
+    uint64_t armed = c->view_timer[2];
+    cl_post(c, 2, &ev);
+    ck_assert_int_eq(c->last_rc[2], PBFT_ESTALE);
+    ck_assert_uint_eq(c->qn, sent);
+    ck_assert_uint_eq(c->view_timer[2], armed);
     /* Progress resets the timeout. */
     cl_run_to(c, 1);
     ck_assert_uint_eq(cl_min_delivered(c), 1);

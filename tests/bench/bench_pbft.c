@@ -1,7 +1,8 @@
 /* bench_pbft.c: committed blocks per second and consensus signatures verified per second for a
  * pBFT cluster of n = 4 and n = 7 run in one process without network delay, 1,000 txs a block,
- * printed beside the machine's own Ed25519 verifications per second measured in the same run. */
-#include "consensus/pbft.h"
+ * printed beside the machine's own Ed25519 verifications per second measured in the same run.
+ * Each replica runs behind the shared host (consensus/host.c), as in temd and the simulator. */
+#include "consensus/host.h"
 
 #include <sodium.h>
 #include <time.h>
@@ -39,63 +40,79 @@ typedef struct {
     size_t len;
 } qmsg;
 
+struct cluster;
 typedef struct {
+    struct cluster *c;
+    uint32_t i;
+} member;
+
+typedef struct cluster {
     uint32_t n;
     pbft_replica r[N_MAX];
+    host h[N_MAX];
+    member m[N_MAX];
     qmsg *q;
     size_t qn, qhead, qcap;
     uint64_t want_proposal[N_MAX];
     uint64_t want_valid[N_MAX];
     uint8_t want_hash[N_MAX][32];
     uint64_t delivered[N_MAX];
-    pbft_actions acts;
     uint8_t *block;
     size_t block_len;
 } cluster;
 
-static void actions(cluster *c, uint32_t i) {
-    for (uint32_t j = 0; j < c->acts.n; j++) {
-        pbft_action *x = &c->acts.a[j];
-        switch (x->kind) {
-        case PBFT_ACT_SEND:
-        case PBFT_ACT_BROADCAST:
-            for (uint32_t to = 0; to < c->n; to++) {
-                if (to == i || (x->kind == PBFT_ACT_SEND && x->to != to)) continue;
-                if (c->qn == c->qcap) {
-                    c->qcap = c->qcap ? 2 * c->qcap : 1024;
-                    c->q = tem_realloc(c->q, c->qcap * sizeof *c->q);
-                    TEM_ASSERT(c->q != NULL);
-                }
-                qmsg *m = &c->q[c->qn++];
-                m->to = to;
-                m->from = i;
-                m->msg = tem_malloc(x->msg_len);
-                TEM_ASSERT(m->msg != NULL);
-                memcpy(m->msg, x->msg, x->msg_len);
-                m->len = x->msg_len;
-            }
-            break;
-        case PBFT_ACT_DELIVER:
-            c->delivered[i] = x->height;
-            break;
-        case PBFT_ACT_REQUEST_PROPOSAL:
-            c->want_proposal[i] = x->height;
-            break;
-        case PBFT_ACT_REQUEST_VALIDATION:
-            c->want_valid[i] = x->height;
-            memcpy(c->want_hash[i], x->block_hash, 32);
-            break;
-        default:
-            break; /* persist, timers, fetch: no disk, no clock, no loss here */
+/* The host's I/O: an in-memory network, no disk (writes are done at once), no clock. */
+static void io_send(void *ctx, uint32_t dst, const uint8_t *msg, size_t len) {
+    member *me = ctx;
+    cluster *c = me->c;
+    for (uint32_t to = 0; to < c->n; to++) {
+        if (to == me->i || (dst != PBFT_TO_ALL && dst != to)) continue;
+        if (c->qn == c->qcap) {
+            c->qcap = c->qcap ? 2 * c->qcap : 1024;
+            c->q = tem_realloc(c->q, c->qcap * sizeof *c->q);
+            TEM_ASSERT(c->q != NULL);
         }
+        qmsg *m = &c->q[c->qn++];
+        m->to = to;
+        m->from = me->i;
+        m->msg = tem_malloc(len);
+        TEM_ASSERT(m->msg != NULL);
+        memcpy(m->msg, msg, len);
+        m->len = len;
     }
-    pbft_actions_clear(&c->acts);
+}
+static int io_persist(void *ctx, const uint8_t *rec, size_t len) {
+    (void)ctx, (void)rec, (void)len;
+    return PBFT_OK;
+}
+static void io_set_timer(void *ctx, pbft_timer t, uint64_t ms, uint64_t seq) {
+    (void)ctx, (void)t, (void)ms, (void)seq; /* no clock, no loss: timers never fire */
+}
+static void io_cancel_timer(void *ctx, pbft_timer t) { (void)ctx, (void)t; }
+static int io_deliver(void *ctx, const pbft_action *a) {
+    member *me = ctx;
+    me->c->delivered[me->i] = a->height;
+    return PBFT_OK;
+}
+static void io_request_proposal(void *ctx, uint64_t height) {
+    member *me = ctx;
+    me->c->want_proposal[me->i] = height;
+}
+static int io_validate(void *ctx, uint64_t height, const uint8_t hash[32], const uint8_t *b, size_t len) {
+    (void)b, (void)len;
+    member *me = ctx;
+    me->c->want_valid[me->i] = height;
+    memcpy(me->c->want_hash[me->i], hash, 32);
+    return PBFT_OK;
+}
+static void io_request_blocks(void *ctx, uint64_t from) { (void)ctx, (void)from; }
+static void io_stepped(void *ctx, const pbft_event *ev, int rc) {
+    (void)ctx, (void)ev;
+    TEM_ASSERT(rc != PBFT_ENOMEM);
 }
 
 static void step(cluster *c, uint32_t i, const pbft_event *ev) {
-    int rc = pbft_replica_step(&c->r[i], ev, &c->acts);
-    TEM_ASSERT(rc != PBFT_ENOMEM);
-    actions(c, i);
+    TEM_ASSERT(host_post(&c->h[i], ev) == PBFT_OK);
 }
 
 static uint64_t min_delivered(const cluster *c) {
@@ -116,7 +133,6 @@ static double run(uint32_t n, uint64_t blocks, uint64_t *verifies) {
     cluster *c = tem_calloc(1, sizeof *c);
     TEM_ASSERT(c != NULL);
     c->n = n;
-    pbft_actions_init(&c->acts);
     c->block_len = 64 + (size_t)TXS_PER_BLOCK * TX_BYTES;
     c->block = tem_malloc(c->block_len);
     TEM_ASSERT(c->block != NULL);
@@ -135,8 +151,13 @@ static double run(uint32_t n, uint64_t blocks, uint64_t *verifies) {
         cfg.hash = hash_header;
         cfg.verify = count_verify;
         TEM_ASSERT(pbft_replica_init(&c->r[i], &cfg) == PBFT_OK);
-        TEM_ASSERT(pbft_replica_start(&c->r[i], &c->acts) == PBFT_OK);
-        actions(c, i);
+        c->m[i] = (member){c, i};
+        host_io io = {.ctx = &c->m[i], .send = io_send, .persist = io_persist, .set_timer = io_set_timer,
+                      .cancel_timer = io_cancel_timer, .deliver = io_deliver,
+                      .request_proposal = io_request_proposal, .validate = io_validate,
+                      .request_blocks = io_request_blocks, .stepped = io_stepped};
+        TEM_ASSERT(host_init(&c->h[i], &c->r[i], &io) == PBFT_OK);
+        TEM_ASSERT(host_start(&c->h[i]) == PBFT_OK);
     }
     g_verifies = 0;
     double t0 = now_s();
@@ -168,13 +189,9 @@ static double run(uint32_t n, uint64_t blocks, uint64_t *verifies) {
                 work = true;
             }
             if (c->want_valid[i]) {
-                pbft_event ev = {0};
-                ev.kind = PBFT_EV_VALIDATED;
-                ev.height = c->want_valid[i];
-                memcpy(ev.block_hash, c->want_hash[i], 32);
-                ev.ok = true;
+                uint64_t h = c->want_valid[i];
                 c->want_valid[i] = 0;
-                step(c, i, &ev);
+                TEM_ASSERT(host_validated(&c->h[i], h, c->want_hash[i], true) == PBFT_OK);
                 work = true;
             }
         }
@@ -182,11 +199,13 @@ static double run(uint32_t n, uint64_t blocks, uint64_t *verifies) {
     }
     double dt = now_s() - t0;
     *verifies = g_verifies;
-    for (uint32_t i = 0; i < n; i++) pbft_replica_free(&c->r[i]);
+    for (uint32_t i = 0; i < n; i++) {
+        host_free(&c->h[i]);
+        pbft_replica_free(&c->r[i]);
+    }
     for (size_t j = c->qhead; j < c->qn; j++) tem_free(c->q[j].msg);
     tem_free(c->q);
     tem_free(c->block);
-    pbft_actions_clear(&c->acts);
     tem_free(c);
     return dt;
 }

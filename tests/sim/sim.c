@@ -1,9 +1,15 @@
 /* sim.c: the deterministic cluster simulator. Runs n = 4 or 7 pBFT replicas (plus a Twin when the
  * seed asks for one) in one process over a simulated network driven by one seeded generator:
  * delays, drops, duplicates, reordering, partitions that heal, crashes that lose unsynced writes,
- * and Byzantine replicas. After every delivery it checks agreement and validity; after the faults
- * heal it checks that every honest replica reaches a target height within a bound. */
+ * and Byzantine replicas. Each replica is driven by the same host as temd's (consensus/host.c);
+ * this file implements the host's I/O in memory, with a disk whose writes complete a few
+ * milliseconds later and are lost by a crash before then. After every delivery it checks
+ * agreement and validity, on every vote an honest replica sends it checks that the replica never
+ * signed another block for the same (view, height), and after the faults heal it checks that
+ * every honest replica reaches a target height within a bound. */
 #include "tests/sim/sim.h"
+
+#include "consensus/host.h"
 
 #include <sodium.h>
 #include <stdarg.h>
@@ -19,6 +25,7 @@
 #define SIM_REPLAY_KEEP 32
 #define SIM_REG_SIZE 16384
 #define SIM_MEMO_SIZE 65536
+#define SIM_VOTES_SIZE 65536
 
 /* Byzantine behaviours (bits). */
 enum {
@@ -74,7 +81,6 @@ enum {
     E_VALIDATE,
     E_FETCHED,
     E_SYNC,
-    E_RELEASE,
     E_CRASH,
     E_RESTART,
     E_PARTITION,
@@ -104,7 +110,11 @@ typedef struct {
     size_t cert_len;
 } sim_blk;
 
+struct sim;
+
 typedef struct {
+    struct sim *s; /* the host's I/O context is the instance */
+    int ii;
     int key;
     uint32_t byz;  /* B_* bits; 0 = honest code, honest key */
     bool twin;     /* one of two instances sharing a key */
@@ -113,6 +123,8 @@ typedef struct {
     uint32_t inc;
     pbft_replica r;
     bool r_live;
+    host h;
+    bool h_live;
     sim_blk *chain;
     size_t chain_len, chain_cap;
     uint8_t *record;
@@ -142,7 +154,15 @@ typedef struct {
     uint8_t used, ok;
 } sim_memo;
 
+/* A vote an honest replica sent: (key, kind, view, height) -> hash. */
 typedef struct {
+    bool used;
+    uint8_t key, kind;
+    uint64_t view, height;
+    uint8_t hash[32];
+} sim_vote;
+
+typedef struct sim {
     const sim_options *opt;
     sim_result *res;
     rng_t rng;
@@ -164,10 +184,11 @@ typedef struct {
     uint64_t max_committed;
     sim_reg *reg;
     sim_memo *memo;
-    pbft_actions acts;
+    sim_vote *votes;
     uint32_t faults;
     uint64_t byz_keys; /* keys under Byzantine control (incl. twins) */
-    uint32_t vote_crashes, vote_crash_pm; /* crashes at kill points right after a vote */
+    uint32_t vote_crashes, vote_crash_pm; /* crashes at kill points around a vote's write */
+    uint64_t refused;                     /* events the host refused (EFULL): pushed back */
 } sim_t;
 
 static void fail(sim_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -629,7 +650,7 @@ static void inst_record_replay(sim_inst *a, const uint8_t *msg, size_t len) {
     a->replay_n++;
 }
 
-static void process_actions(sim_t *s, int ii);
+static const host_io sim_io;
 
 static void inst_boot(sim_t *s, int ii) {
     sim_inst *a = &s->inst[ii];
@@ -666,10 +687,19 @@ static void inst_boot(sim_t *s, int ii) {
         rc = pbft_replica_restore(&a->r, a->record, a->record_len);
         if (rc != PBFT_OK) fail(s, "instance %d: restore failed: %s", ii, pbft_strerror(rc));
     }
+    a->s = s;
+    a->ii = ii;
+    host_io io = sim_io;
+    io.ctx = a;
+    rc = host_init(&a->h, &a->r, &io);
+    if (rc != PBFT_OK) {
+        fail(s, "instance %d: host init failed: %s", ii, pbft_strerror(rc));
+        return;
+    }
+    a->h_live = true;
     a->up = true;
-    rc = pbft_replica_start(&a->r, &s->acts);
+    rc = host_start(&a->h);
     if (rc != PBFT_OK) fail(s, "instance %d: start failed: %s", ii, pbft_strerror(rc));
-    process_actions(s, ii);
 }
 
 static void inst_crash(sim_t *s, int ii) {
@@ -680,6 +710,10 @@ static void inst_crash(sim_t *s, int ii) {
     a->up = false;
     a->inc++; /* every pending timer, sync and held message of the old incarnation is lost */
     a->crashes++;
+    /* The host goes with the process: its queued events, a write in flight and everything it
+     * held back behind that write are lost. */
+    host_free(&a->h);
+    a->h_live = false;
     pbft_replica_free(&a->r);
     a->r_live = false;
     s->faults |= SIM_F_CRASH;
@@ -707,6 +741,16 @@ static bool cert_ok(sim_t *s, const uint8_t *cert, size_t len, uint64_t height,
     }
     tem__v1__commit_certificate__free_unpacked(c, &ledger_pb_allocator);
     return ok;
+}
+
+/* Whether a Byzantine primary showed this block to one side only at height h. */
+static bool equivocated(const sim_t *s, uint64_t h, const uint8_t hash[32]) {
+    for (uint32_t i = 0; i < s->ninst; i++) {
+        const sim_inst *b = &s->inst[i];
+        for (uint32_t k = 0; k < 16 && k < b->eq_n; k++)
+            if (b->eq[k].height == h && memcmp(b->eq[k].alt, hash, 32) == 0) return true;
+    }
+    return false;
 }
 
 static void on_deliver(sim_t *s, int ii, const pbft_action *act) {
@@ -784,6 +828,18 @@ static void on_deliver(sim_t *s, int ii, const pbft_action *act) {
         fail(s, "agreement: honest replicas committed different blocks at height %llu "
                 "(instance %d)", (unsigned long long)h, ii);
     }
+    /* Kill point: the lone replica an equivocating primary let commit its other block crashes
+     * at once and stays down past the next view change. That block is then decided but known
+     * only from the others' prepared certificates, which the next NEW-VIEW must re-propose. */
+    if (!s->healed && !a->twin && equivocated(s, h, b->hash) && rng_pct(&s->rng, 500)) {
+        TRACE(s, "i%d crash right after committing an equivocated block", ii);
+        sim_ev *c = ev_new(s, E_CRASH, s->now + 1);
+        c->inst = ii;
+        ev_push(s);
+        c = ev_new(s, E_RESTART, s->now + 2 * SIM_TIMEOUT_MS + rng_below(&s->rng, 600));
+        c->inst = ii;
+        ev_push(s);
+    }
 }
 
 /* ================================================================== actions */
@@ -842,91 +898,195 @@ static void request_blocks(sim_t *s, int ii, uint64_t from) {
     }
 }
 
-static void process_actions(sim_t *s, int ii) {
-    sim_inst *a = &s->inst[ii];
-    uint64_t hold = 0; /* sends wait for the last PERSIST's sync */
-    for (uint32_t i = 0; i < s->acts.n; i++) {
-        const pbft_action *act = &s->acts.a[i];
-        switch (act->kind) {
-        case PBFT_ACT_PERSIST: {
-            uint64_t t = s->now + rng_below(&s->rng, 4);
-            if (t < a->last_sync_t) t = a->last_sync_t;
-            a->last_sync_t = t;
-            hold = t;
-            sim_ev *e = ev_new(s, E_SYNC, t);
-            e->inst = ii;
-            e->inc = a->inc;
-            e->data = dup_bytes(act->msg, act->msg_len);
-            e->len = act->msg_len;
-            ev_push(s);
-            break;
-        }
-        case PBFT_ACT_SEND:
-        case PBFT_ACT_BROADCAST: {
-            uint32_t to = act->kind == PBFT_ACT_SEND ? act->to : PBFT_TO_ALL;
-            if (hold > s->now) {
-                sim_ev *e = ev_new(s, E_RELEASE, hold);
-                e->inst = ii;
-                e->inc = a->inc;
-                e->a = to;
-                e->data = dup_bytes(act->msg, act->msg_len);
-                e->len = act->msg_len;
-                ev_push(s);
-            } else {
-                net_out(s, ii, to, act->msg, act->msg_len);
-            }
-            break;
-        }
-        case PBFT_ACT_SET_TIMER: {
-            sim_ev *e = ev_new(s, E_TIMER, s->now + act->duration_ms);
-            e->inst = ii;
-            e->inc = a->inc;
-            e->a = act->timer;
-            e->b = act->timer_seq;
-            ev_push(s);
-            break;
-        }
-        case PBFT_ACT_CANCEL_TIMER:
-            break; /* the replica ignores firings it no longer armed */
-        case PBFT_ACT_DELIVER:
-            on_deliver(s, ii, act);
-            break;
-        case PBFT_ACT_REQUEST_PROPOSAL: {
-            sim_ev *e = ev_new(s, E_PROPOSE, s->now + s->block_ms);
-            e->inst = ii;
-            e->inc = a->inc;
-            e->a = act->height;
-            ev_push(s);
-            break;
-        }
-        case PBFT_ACT_REQUEST_VALIDATION: {
-            sim_ev *e = ev_new(s, E_VALIDATE, s->now + rng_below(&s->rng, 3));
-            e->inst = ii;
-            e->inc = a->inc;
-            e->a = act->height;
-            memcpy(e->hash, act->block_hash, 32);
-            e->data = dup_bytes(act->msg, act->msg_len);
-            e->len = act->msg_len;
-            ev_push(s);
-            break;
-        }
-        case PBFT_ACT_REQUEST_BLOCKS:
-            request_blocks(s, ii, act->height);
-            break;
-        }
+/* ================================================================== the host's I/O, in memory */
+/* Equivocation check: an honest replica never signs two blocks for one (view, height) and vote
+ * kind, even across restarts (that is what its persisted record is for). A PRE-PREPARE is its
+ * sender's PREPARE. */
+static void vote_check(sim_t *s, const sim_inst *a, const uint8_t *msg, size_t len) {
+    if (s->byz_keys >> a->key & 1) return;
+    Tem__V1__PbftMessage *m = tem__v1__pbft_message__unpack(&ledger_pb_allocator, len, msg);
+    if (!m) return;
+    uint64_t view = 0, height = 0;
+    ProtobufCBinaryData hash = {0, NULL};
+    int kind = 0;
+    if (m->kind_case == TEM__V1__PBFT_MESSAGE__KIND_PRE_PREPARE) {
+        kind = 1, view = m->pre_prepare->view, height = m->pre_prepare->height;
+        hash = m->pre_prepare->block_hash;
+    } else if (m->kind_case == TEM__V1__PBFT_MESSAGE__KIND_PREPARE) {
+        kind = 1, view = m->prepare->view, height = m->prepare->height;
+        hash = m->prepare->block_hash;
+    } else if (m->kind_case == TEM__V1__PBFT_MESSAGE__KIND_COMMIT) {
+        kind = 2, view = m->commit->view, height = m->commit->height;
+        hash = m->commit->block_hash;
     }
-    pbft_actions_clear(&s->acts);
+    if (kind && hash.len == 32) {
+        uint8_t k[32];
+        uint8_t raw[18];
+        raw[0] = (uint8_t)a->key;
+        raw[1] = (uint8_t)kind;
+        tem_put_u64le(raw + 2, view);
+        tem_put_u64le(raw + 10, height);
+        ledger_sha256(k, raw, sizeof raw);
+        uint64_t base = tem_get_u64le(k);
+        for (uint64_t i = 0; i < 64; i++) {
+            sim_vote *v = &s->votes[(base + i) % SIM_VOTES_SIZE];
+            if (!v->used) {
+                v->used = true;
+                v->key = (uint8_t)a->key;
+                v->kind = (uint8_t)kind;
+                v->view = view;
+                v->height = height;
+                memcpy(v->hash, hash.data, 32);
+                break;
+            }
+            if (v->key == a->key && v->kind == kind && v->view == view && v->height == height) {
+                if (memcmp(v->hash, hash.data, 32) != 0)
+                    fail(s, "equivocation: honest validator %d signed two blocks as its %s for "
+                            "view %llu height %llu (instance %d)", a->key,
+                         kind == 1 ? "prepare" : "commit", (unsigned long long)view,
+                         (unsigned long long)height, a->ii);
+                break;
+            }
+        }
+        /* 64 probes without a slot: the table is saturated and this vote goes unchecked (a
+         * weaker check, never a false failure). */
+    }
+    tem__v1__pbft_message__free_unpacked(m, &ledger_pb_allocator);
 }
 
-static void step(sim_t *s, int ii, const pbft_event *ev, const char *what) {
-    sim_inst *a = &s->inst[ii];
-    int rc = pbft_replica_step(&a->r, ev, &s->acts);
-    if (s->opt->trace)
-        printf("t=%llu i%d <- %s: %s (view %llu%s, delivered %llu, stable %llu)\n",
-               (unsigned long long)s->now, ii, what, rc ? pbft_strerror(rc) : "ok",
-               (unsigned long long)a->r.view, a->r.in_view_change ? " vc" : "",
-               (unsigned long long)a->r.delivered, (unsigned long long)a->r.stable);
-    process_actions(s, ii);
+static void io_send(void *ctx, uint32_t to, const uint8_t *msg, size_t len) {
+    sim_inst *a = ctx;
+    vote_check(a->s, a, msg, len);
+    net_out(a->s, a->ii, to, msg, len);
+}
+
+/* The disk: a write completes 0..3 ms later, in issue order, and a crash before then loses it
+ * (E_SYNC). The host waits for it before anything after it leaves. */
+static int io_persist(void *ctx, const uint8_t *rec, size_t len) {
+    sim_inst *a = ctx;
+    sim_t *s = a->s;
+    uint64_t t = s->now + rng_below(&s->rng, 4);
+    if (t < a->last_sync_t) t = a->last_sync_t;
+    a->last_sync_t = t;
+    sim_ev *e = ev_new(s, E_SYNC, t);
+    e->inst = a->ii;
+    e->inc = a->inc;
+    e->data = dup_bytes(rec, len);
+    e->len = len;
+    ev_push(s);
+    return HOST_PERSIST_PENDING;
+}
+
+static void io_set_timer(void *ctx, pbft_timer t, uint64_t ms, uint64_t seq) {
+    sim_inst *a = ctx;
+    sim_ev *e = ev_new(a->s, E_TIMER, a->s->now + ms);
+    e->inst = a->ii;
+    e->inc = a->inc;
+    e->a = t;
+    e->b = seq;
+    ev_push(a->s);
+}
+
+static void io_cancel_timer(void *ctx, pbft_timer t) {
+    (void)ctx;
+    (void)t; /* E_TIMER drops a firing whose seq the replica no longer holds */
+}
+
+static int io_deliver(void *ctx, const pbft_action *act) {
+    sim_inst *a = ctx;
+    on_deliver(a->s, a->ii, act);
+    return PBFT_OK;
+}
+
+static void io_request_proposal(void *ctx, uint64_t height) {
+    sim_inst *a = ctx;
+    sim_ev *e = ev_new(a->s, E_PROPOSE, a->s->now + a->s->block_ms);
+    e->inst = a->ii;
+    e->inc = a->inc;
+    e->a = height;
+    ev_push(a->s);
+}
+
+static int io_validate(void *ctx, uint64_t height, const uint8_t hash[32], const uint8_t *block,
+                       size_t len) {
+    sim_inst *a = ctx;
+    sim_t *s = a->s;
+    sim_ev *e = ev_new(s, E_VALIDATE, s->now + rng_below(&s->rng, 3));
+    e->inst = a->ii;
+    e->inc = a->inc;
+    e->a = height;
+    memcpy(e->hash, hash, 32);
+    e->data = dup_bytes(block, len);
+    e->len = len;
+    ev_push(s);
+    return PBFT_OK;
+}
+
+static void io_request_blocks(void *ctx, uint64_t from) {
+    sim_inst *a = ctx;
+    request_blocks(a->s, a->ii, from);
+}
+
+static const char *msg_kind(const uint8_t *p, size_t len, char *buf, size_t cap);
+
+static void io_stepped(void *ctx, const pbft_event *ev, int rc) {
+    sim_inst *a = ctx;
+    sim_t *s = a->s;
+    if (!s->opt->trace) return;
+    char buf[96];
+    const char *what = "?";
+    switch (ev->kind) {
+    case PBFT_EV_MESSAGE: what = msg_kind(ev->data, ev->len, buf, sizeof buf); break;
+    case PBFT_EV_TIMER: what = ev->timer == PBFT_TIMER_VIEW ? "view timer" : "fetch timer"; break;
+    case PBFT_EV_PROPOSAL: what = "proposal"; break;
+    case PBFT_EV_VALIDATED: what = ev->ok ? "validated ok" : "validated bad"; break;
+    case PBFT_EV_BLOCK_FETCHED: what = "fetched block"; break;
+    }
+    printf("t=%llu i%d <- %s: %s (view %llu%s, delivered %llu, stable %llu)\n",
+           (unsigned long long)s->now, a->ii, what, rc ? pbft_strerror(rc) : "ok",
+           (unsigned long long)a->r.view, a->r.in_view_change ? " vc" : "",
+           (unsigned long long)a->r.delivered, (unsigned long long)a->r.stable);
+}
+
+static void io_report(void *ctx, int err, const char *what, uint64_t height) {
+    sim_inst *a = ctx;
+    TRACE(a->s, "i%d host: %s at height %llu: %s", a->ii, what, (unsigned long long)height,
+          pbft_strerror(err));
+}
+
+static const host_io sim_io = {
+    .send = io_send,
+    .persist = io_persist,
+    .set_timer = io_set_timer,
+    .cancel_timer = io_cancel_timer,
+    .deliver = io_deliver,
+    .request_proposal = io_request_proposal,
+    .validate = io_validate,
+    .request_blocks = io_request_blocks,
+    .stepped = io_stepped,
+    .report = io_report,
+};
+
+/* Feeds an event to instance ii's host. A full FIFO is back-pressure: the event waits at the door
+ * and is offered again 1 ms later (the sim owns e's bytes, which move to the new event). */
+static void post(sim_t *s, sim_ev *e, const pbft_event *ev) {
+    sim_inst *a = &s->inst[e->inst];
+    int rc = host_post(&a->h, ev);
+    if (rc == PBFT_OK) return;
+    if (rc == PBFT_EFULL || rc == PBFT_ENOMEM) {
+        s->refused++;
+        TRACE(s, "i%d host refused an event (%s): retry in 1 ms", e->inst, pbft_strerror(rc));
+        sim_ev *r = ev_new(s, e->kind, s->now + 1);
+        sim_ev keep = *e;
+        keep.t = r->t;
+        keep.seq = r->seq;
+        *r = keep;
+        ev_push(s);
+        e->data = NULL;
+        e->data2 = NULL;
+        return;
+    }
+    fail(s, "instance %d: host refused an event: %s", e->inst, pbft_strerror(rc));
 }
 
 static const char *msg_kind(const uint8_t *p, size_t len, char *buf, size_t cap) {
@@ -969,7 +1129,6 @@ static void handle(sim_t *s, sim_ev *e) {
     if (a && e->kind != E_RESTART && e->kind != E_CRASH && (!a->up || e->inc != a->inc)) return;
     pbft_event ev;
     memset(&ev, 0, sizeof ev);
-    char what[96];
     switch (e->kind) {
     case E_MSG:
         if (a->byz & B_REPLAY) inst_record_replay(a, e->data, e->len);
@@ -977,7 +1136,7 @@ static void handle(sim_t *s, sim_ev *e) {
         ev.from = (uint32_t)e->from_key;
         ev.data = e->data;
         ev.len = e->len;
-        step(s, e->inst, &ev, s->opt->trace ? msg_kind(e->data, e->len, what, sizeof what) : "msg");
+        post(s, e, &ev);
         break;
     case E_TIMER:
         ev.kind = PBFT_EV_TIMER;
@@ -985,7 +1144,7 @@ static void handle(sim_t *s, sim_ev *e) {
         ev.timer_seq = e->b;
         if (e->b != (e->a == PBFT_TIMER_VIEW ? a->r.view_timer_seq : a->r.fetch_timer_seq))
             return; /* superseded: the node would have re-armed it */
-        step(s, e->inst, &ev, e->a == PBFT_TIMER_VIEW ? "view timer" : "fetch timer");
+        post(s, e, &ev);
         break;
     case E_PROPOSE: {
         uint64_t h = e->a;
@@ -1001,7 +1160,7 @@ static void handle(sim_t *s, sim_ev *e) {
         ev.height = h;
         ev.data = blk;
         ev.len = sizeof blk;
-        step(s, e->inst, &ev, "proposal");
+        post(s, e, &ev);
         break;
     }
     case E_VALIDATE: {
@@ -1012,11 +1171,9 @@ static void handle(sim_t *s, sim_ev *e) {
             ok = tem_get_u64le(e->data + 4) == h && memcmp(e->data + 12, parent, 32) == 0 &&
                  e->data[60] == 1;
         }
-        ev.kind = PBFT_EV_VALIDATED;
-        ev.height = h;
-        memcpy(ev.block_hash, e->hash, 32);
-        ev.ok = ok;
-        step(s, e->inst, &ev, ok ? "validated ok" : "validated bad");
+        if (host_validated(&a->h, h, e->hash, ok) != PBFT_OK)
+            fail(s, "instance %d: the host was not waiting for validation of height %llu",
+                 e->inst, (unsigned long long)h);
         break;
     }
     case E_FETCHED:
@@ -1026,16 +1183,30 @@ static void handle(sim_t *s, sim_ev *e) {
         ev.len = e->len;
         ev.cert = e->data2;
         ev.cert_len = e->len2;
-        step(s, e->inst, &ev, "fetched block");
+        post(s, e, &ev);
         break;
-    case E_SYNC:
+    case E_SYNC: {
+        bool kill = !s->healed && s->vote_crashes > 0 && !a->byz && !a->twin &&
+                    rng_pct(&s->rng, s->vote_crash_pm);
+        if (kill && rng_pct(&s->rng, 500)) {
+            /* Kill point: the power fails before the write reached the disk. The record is
+             * lost, and so is every vote the host held back behind it. */
+            s->vote_crashes--;
+            TRACE(s, "i%d crash before its vote record reached the disk", e->inst);
+            inst_crash(s, e->inst);
+            sim_ev *c = ev_new(s, E_RESTART, s->now + 2 + rng_below(&s->rng, 300));
+            c->inst = e->inst;
+            ev_push(s);
+            break;
+        }
         /* The write reached the disk: from now on it survives a crash. */
         tem_free(a->record);
         a->record = e->data;
         a->record_len = e->len;
         e->data = NULL;
-        if (!s->healed && s->vote_crashes > 0 && !a->byz && !a->twin &&
-            rng_pct(&s->rng, s->vote_crash_pm)) {
+        if (host_persist_done(&a->h, PBFT_OK) != PBFT_OK)
+            fail(s, "instance %d: the host was not waiting for a write", e->inst);
+        if (kill) {
             /* Kill point: right after the vote left, before the replica learns what follows. */
             s->vote_crashes--;
             sim_ev *c = ev_new(s, E_CRASH, s->now + 1);
@@ -1046,9 +1217,7 @@ static void handle(sim_t *s, sim_ev *e) {
             ev_push(s);
         }
         break;
-    case E_RELEASE:
-        net_out(s, e->inst, (uint32_t)e->a, e->data, e->len);
-        break;
+    }
     case E_CRASH:
         if (a->inc != e->inc) return;
         inst_crash(s, e->inst);
@@ -1211,7 +1380,8 @@ int sim_run(uint64_t seed, const sim_options *opt, sim_result *res) {
     s->committed_cap = 256;
     s->committed = tem_calloc(s->committed_cap, 32);
     TEM_ASSERT(s->reg && s->memo && s->committed);
-    pbft_actions_init(&s->acts);
+    s->votes = tem_calloc(SIM_VOTES_SIZE, sizeof *s->votes);
+    TEM_ASSERT(s->votes != NULL);
     setup(s, seed);
     res->n = s->n;
     if (opt->trace) {
@@ -1280,6 +1450,7 @@ int sim_run(uint64_t seed, const sim_options *opt, sim_result *res) {
     }
     for (uint32_t i = 0; i < s->ninst; i++) {
         sim_inst *a = &s->inst[i];
+        if (a->h_live) host_free(&a->h);
         if (a->r_live) pbft_replica_free(&a->r);
         for (size_t h = 0; h < a->chain_len; h++) {
             tem_free(a->chain[h].block);
@@ -1289,7 +1460,7 @@ int sim_run(uint64_t seed, const sim_options *opt, sim_result *res) {
         tem_free(a->record);
         for (int j = 0; j < SIM_REPLAY_KEEP; j++) tem_free(a->replay[j]);
     }
-    pbft_actions_clear(&s->acts);
+    tem_free(s->votes);
     tem_free(s->heap);
     tem_free(s->reg);
     tem_free(s->memo);
