@@ -118,7 +118,7 @@ for _ in $(seq 1 200); do
   [ "$(wc -l <<<"$roots")" = 1 ] && [ -n "$roots" ] && break
   sleep 0.1
 done
-[ "$(wc -l <<<"$roots")" = 1 ] || fail "state roots differ: $roots"
+[ "$(wc -l <<<"$roots")" = 1 ] || fail "state roots differ: $roots; statuses: $(for i in 0 1 2 3; do curl -s -m 5 -w ' HTTP %{http_code}' "http://$(http $i)/v1/status" | head -c 300; echo; done)"
 ok "identical state root on all nodes at height $(cut -d' ' -f1 <<<"$roots")"
 
 # ---- 2. kill -9 a validator while txs flow, restart, catch up, nothing accepted lost
