@@ -233,11 +233,14 @@ START_TEST(feeder_install_message_compiles_on_every_feeder) {
     size_t len;
     ck_assert_msg(grid_model_compile(&in.msg, UINT32_MAX, &blob, &len, err, sizeof err) == GRID_OK, "%s", err);
     ck_assert_uint_eq(grid_model_buses(blob, len), f.n_buses);
-    /* Every sensitivity is positive and near 1 for flows; loss factors below 10 %. */
+    /* The chain solves the AC power flow itself: the message carries the network, the base
+     * loads and the nominal voltage, which must match the files. */
+    ck_assert_uint_eq(in.msg.base_kv_mv, (uint64_t)llround(f.buses[f.slack].base_kv * 1e6));
+    for (uint32_t b = 0; b < in.msg.n_buses; b++)
+        ck_assert_int_eq(in.msg.buses[b]->base_p_w, llround(f.buses[b].pd_kw * 1000.0));
     for (uint32_t l = 0; l < in.msg.n_lines; l++) {
-        ck_assert_uint_ge(in.msg.lines[l]->flow_sens_ppm, 900000);
-        ck_assert_uint_le(in.msg.lines[l]->flow_sens_ppm, 1100000);
-        ck_assert_uint_le(in.msg.lines[l]->loss_factor_ppm, 100000);
+        ck_assert_uint_eq(in.msg.lines[l]->r_uohm, (uint64_t)llround(f.lines[l].r_ohm * 1e6));
+        ck_assert_uint_eq(in.msg.lines[l]->rate_va, (uint64_t)llround(f.lines[l].rate_kva * 1000.0));
     }
     /* The source hash is SHA-256(buses.csv || lines.csv). */
     char pb[2100], pl[2100];

@@ -299,7 +299,7 @@ static int verb_limit(int argc, char **argv) {
         goto out;
     }
     grid_match_result r;
-    g = grid_model_check(blob, len, slot, a, b, UINT64_MAX, CTL_FEEDER_LIMIT_SLOT_MS, &r);
+    g = grid_model_check(blob, len, slot, 0, a, b, UINT64_MAX, CTL_FEEDER_LIMIT_SLOT_MS, &r);
     if (g != GRID_OK) {
         snprintf(err, sizeof err, "%s (%u -> %u)", grid_strerror(g), a, b);
         input_error("limit", err);

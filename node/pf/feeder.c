@@ -522,38 +522,11 @@ int ctl_feeder_install_build(const ctl_feeder *f, uint32_t margin_ppm, ctl_feede
     TEM_ASSERT(f && out);
     memset(out, 0, sizeof *out);
     const uint32_t n = f->n_buses, m = f->n_lines;
-    ctl_feeder_flow base = {0}, pert = {0};
-    double *inj = tem_calloc(n, sizeof *inj), *dv = tem_calloc(n, sizeof *dv),
-           *kp = tem_calloc(m ? m : 1, sizeof *kp), *lf = tem_calloc(m ? m : 1, sizeof *lf);
-    int rc = GRID_ENOMEM;
-    if (!inj || !dv || !kp || !lf) goto fail;
-    if ((rc = ctl_feeder_flow_init(&base, f)) != GRID_OK || (rc = ctl_feeder_flow_init(&pert, f)) != GRID_OK)
-        goto fail;
+    ctl_feeder_flow base = {0};
+    int rc;
+    if ((rc = ctl_feeder_flow_init(&base, f)) != GRID_OK) goto fail;
     rc = ctl_feeder_flow_run(f, NULL, 1e-12, false, &base, err, errlen);
     if (rc != GRID_OK) goto fail;
-    /* Central differences around the base case. The step is small against the feeder's load
-     * (so the curvature does not leak in) and large against the solver tolerance. */
-    double total = 0;
-    for (uint32_t b = 0; b < n; b++) total += fabs(f->buses[b].pd_kw);
-    const double eps_kw = fmax(1.0, total * 1e-3);
-    for (uint32_t k = 1; k < n; k++) {
-        uint32_t b = f->order[k], l = f->parent_line[b];
-        double vm[2], pp[2], loss[2];
-        for (int s = 0; s < 2; s++) {
-            memcpy(((flow_work *)pert.work)->v, ((flow_work *)base.work)->v, sizeof(double complex) * n);
-            ((flow_work *)pert.work)->have_v = true;
-            inj[b] = s == 0 ? eps_kw : -eps_kw;
-            rc = ctl_feeder_flow_run(f, inj, 1e-13, true, &pert, err, errlen);
-            inj[b] = 0;
-            if (rc != GRID_OK) goto fail;
-            vm[s] = pert.vm_pu[b];
-            pp[s] = pert.p_par_kw[l];
-            loss[s] = pert.p_par_kw[l] - pert.p_child_kw[l];
-        }
-        dv[b] = (vm[0] - vm[1]) / (2 * eps_kw * 1000.0);        /* pu per W */
-        kp[l] = -(pp[0] - pp[1]) / (2 * eps_kw);                /* W per W */
-        lf[l] = fabs(loss[0] - loss[1]) / (2 * eps_kw);         /* W per W */
-    }
     out->bus_store = tem_calloc(n, sizeof *out->bus_store);
     out->bus_ptrs = tem_calloc(n, sizeof *out->bus_ptrs);
     out->line_store = tem_calloc(m ? m : 1, sizeof *out->line_store);
@@ -561,19 +534,6 @@ int ctl_feeder_install_build(const ctl_feeder *f, uint32_t margin_ppm, ctl_feede
     if (!out->bus_store || !out->bus_ptrs || !out->line_store || !out->line_ptrs) {
         rc = GRID_ENOMEM;
         goto fail;
-    }
-    /* Quantise down the tree so a bus' voltage sensitivity never falls below its parent's (the
-     * chain checks it; rounding near a zero-resistance line could otherwise break it). */
-    uint64_t *dvq = tem_calloc(n, sizeof *dvq);
-    if (!dvq) {
-        rc = GRID_ENOMEM;
-        goto fail;
-    }
-    for (uint32_t k = 1; k < n; k++) {
-        uint32_t b = f->order[k];
-        uint64_t q = u64_round(dv[b] * (double)GRID_FPU_PER_PU);
-        uint64_t pq = dvq[f->parent[b]];
-        dvq[b] = q < pq ? pq : q;
     }
     for (uint32_t b = 0; b < n; b++) {
         const ctl_feeder_bus *fb = &f->buses[b];
@@ -590,9 +550,7 @@ int ctl_feeder_install_build(const ctl_feeder *f, uint32_t margin_ppm, ctl_feede
         mb->base_v_npu = u64_round(base.vm_pu[b] * 1e9);
         mb->parent = f->buses[f->parent[b]].id;
         mb->parent_line = f->parent_line[b] == UINT32_MAX ? 0 : f->parent_line[b];
-        mb->dv_fpu_per_w = dvq[b];
     }
-    tem_free(dvq);
     for (uint32_t l = 0; l < m; l++) {
         const ctl_feeder_line *ln = &f->lines[l];
         Tem__V1__FeederLine *ml = &out->line_store[l];
@@ -615,8 +573,6 @@ int ctl_feeder_install_build(const ctl_feeder *f, uint32_t margin_ppm, ctl_feede
         double rate_va = ln->rate_kva * 1000.0;
         double lar = ceil(ln->r_ohm * rate_va * rate_va / (vlim * vlim));
         ml->loss_at_rate_w = lar > rate_va ? ml->rate_va : (uint64_t)lar;
-        ml->flow_sens_ppm = (uint32_t)llround(kp[l] * 1e6);
-        ml->loss_factor_ppm = (uint32_t)llround(fmin(lf[l], 1.0) * 1e6);
     }
     tem__v1__install_feeder__init(&out->msg);
     memcpy(out->hash, f->source_hash, sizeof out->hash);
@@ -632,10 +588,5 @@ int ctl_feeder_install_build(const ctl_feeder *f, uint32_t margin_ppm, ctl_feede
 fail:
     if (rc != GRID_OK) ctl_feeder_install_free(out);
     ctl_feeder_flow_free(&base);
-    ctl_feeder_flow_free(&pert);
-    tem_free(inj);
-    tem_free(dv);
-    tem_free(kp);
-    tem_free(lf);
     return rc;
 }
