@@ -751,7 +751,7 @@ typedef struct {
     uint32_t n;
     i128 *lim2;      /* per line: |S|^2 limit, 2^64 per pu^2 */
     uint32_t *par;
-    int64_t *zr, *zx, *sp, *sq, *m2, *vlo2, *vhi2;
+    int64_t *zr, *zx, *sp, *sq, *m2, *vlo2, *vhi2, *inv;
     grid__sol s[2];
     void *mem;
 } grid__ws;
@@ -761,12 +761,12 @@ static void ws_free(grid__ws *w) { tem_free(w->mem); }
 static int ws_init(const grid__view *v, grid__ws *w) {
     const size_t n = v->n;
     w->n = v->n;
-    w->mem = tem_malloc(n * (16 + 4 + 8 * 7 + 8 * 4 * 2));
+    w->mem = tem_malloc(n * (16 + 4 + 8 * 8 + 8 * 4 * 2));
     if (!w->mem) return GRID_ENOMEM;
     uint8_t *p = w->mem;
     w->lim2 = (i128 *)(void *)p;
     p += 16 * n;
-    int64_t **arrs[] = {&w->zr, &w->zx, &w->sp, &w->sq, &w->m2, &w->vlo2, &w->vhi2,
+    int64_t **arrs[] = {&w->zr, &w->zx, &w->sp, &w->sq, &w->m2, &w->vlo2, &w->vhi2, &w->inv,
                         &w->s[0].vr, &w->s[0].vi, &w->s[0].jr, &w->s[0].ji,
                         &w->s[1].vr, &w->s[1].vi, &w->s[1].jr, &w->s[1].ji};
     for (size_t i = 0; i < sizeof arrs / sizeof arrs[0]; i++) {
@@ -866,8 +866,17 @@ static int solve(const grid__ws *w, const grid__sol *x) {
             if (m2 < GRID__VMIN2) return GRID_ENOCONVERGE;
             const int64_t p = w->sp[k], q = w->sq[k];
             if (p | q) {
-                /* (2^64 - 1) / m2: one 64-bit division; m2 >= 2^30 keeps it <= 2^34 */
-                const int64_t inv = (int64_t)(UINT64_MAX / (uint64_t)m2);
+                /* 1 / |V|^2: a 64-bit division, (2^64 - 1) / m2, in the first sweep; after it one
+                 * Newton step from the last sweep's value, inv (2 - m2 inv), whose error is the
+                 * square of the relative change of |V|^2 since (docs/grid.md), unless |V|^2 moved
+                 * by half or more. m2 >= 2^30 keeps inv <= 2^34. */
+                int64_t inv = w->inv[k], e = 0;
+                if (it > 0) e = ((int64_t)2 << FP_SHIFT) - (int64_t)(((i128)m2 * inv) >> FP_SHIFT);
+                if (e > FP_ONE / 2 && e < FP_ONE + FP_ONE / 2)
+                    inv = (int64_t)(((i128)inv * e) >> FP_SHIFT);
+                else /* first sweep, or |V|^2 moved by more than half: divide */
+                    inv = (int64_t)(UINT64_MAX / (uint64_t)m2);
+                w->inv[k] = inv;
                 const int64_t nr = (int64_t)(((i128)p * a + (i128)q * b) >> FP_SHIFT);
                 const int64_t ni = (int64_t)(((i128)p * b - (i128)q * a) >> FP_SHIFT);
                 jr[k] += (int64_t)(((i128)nr * inv) >> FP_SHIFT);

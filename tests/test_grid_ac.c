@@ -25,7 +25,7 @@
 #define GRID_AC_SEEDS 10
 #endif
 #define SLOT_MS 900000 /* 15 min: 1 Wh = 4 W */
-#define GRID_AC_HASH 0xf0fdf75977df9f0full
+#define GRID_AC_HASH 0x3ce492b15ad9241cull
 #define LINE_TOL_PCT 0.1
 #define V_TOL_PU 0.0005
 #define ACCEPT_MIN 0.97
