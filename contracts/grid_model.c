@@ -279,7 +279,7 @@ out:
 /* ================================================================== compile */
 
 /* v * 2^32 / 1e6: W (or VA, var) to fixed-point pu on the 1 MVA base, truncated towards 0. */
-static int64_t w_to_fp(int64_t w) { return (int64_t)(((i128)w << FP_SHIFT) / 1000000); }
+static int64_t w_to_fp(int64_t w) { return (int64_t)((i128)w * FP_ONE / 1000000); }
 
 /* Voltage limit in npu -> |V|^2 in fixed point, rounded towards the inside of the band. */
 static int64_t npu_sq_fp(int64_t npu, bool up) {
@@ -784,7 +784,7 @@ static int ws_init(const grid__view *v, grid__ws *w) {
 }
 
 /* Wh in a slot of slot_ms -> fixed-point pu: q * 3.6e6 / slot_ms W, truncated towards 0. */
-static i128 wh_to_fp(int64_t q, int64_t slot_ms) { return ((i128)q * 36 << FP_SHIFT) / ((i128)slot_ms * 10); }
+static i128 wh_to_fp(int64_t q, int64_t slot_ms) { return (i128)q * 36 * FP_ONE / ((i128)slot_ms * 10); }
 /* Fixed-point pu -> Wh, truncated. */
 static i128 fp_to_wh(i128 p, int64_t slot_ms) { return p * slot_ms * 10 / ((i128)36 << FP_SHIFT); }
 
