@@ -220,6 +220,12 @@ TEM_WUR int grid_model_loss_factor(const uint8_t *blob, size_t blob_len, const u
 TEM_WUR int grid_model_commit(const uint8_t *blob, size_t blob_len, uint8_t *slot_blob,
                               uint32_t seller_bus, uint32_t buyer_bus, uint64_t qty_wh,
                               int64_t slot_ms);
+/* The fixed-point AC power flow of `slot` with the slot blob's trades (NULL = none): |V| of every
+ * record, 1e-9 pu (v_npu holds grid_model_buses entries; grid_model_bus_id names them). For
+ * tests and tools. GRID_OK, GRID_ENOCONVERGE (no solution), GRID_EINVAL, GRID_ECORRUPT,
+ * GRID_ENOMEM. */
+TEM_WUR int grid_model_voltages(const uint8_t *blob, size_t blob_len, const uint8_t *slot_blob, uint64_t slot,
+                                int64_t slot_ms, int64_t *v_npu);
 /* Path resistance (micro-ohm) and the bound on the path's |loss factor| (ppm) between two buses
  * of a compiled model. */
 TEM_WUR int grid_model_path(const uint8_t *blob, size_t blob_len, uint32_t a_bus, uint32_t b_bus,

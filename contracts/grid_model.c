@@ -1297,3 +1297,27 @@ int grid_model_commit(const uint8_t *blob, size_t blob_len, uint8_t *slot_blob, 
     st64(slot_blob + 8 * (size_t)b, sb);
     return GRID_OK;
 }
+
+int grid_model_voltages(const uint8_t *blob, size_t blob_len, const uint8_t *slot_blob, uint64_t slot,
+                        int64_t slot_ms, int64_t *v_npu) {
+    TEM_ASSERT(v_npu);
+    grid__view v;
+    int rc = args_ok(slot_ms);
+    if (rc == GRID_OK) rc = view_init(&v, blob, blob_len);
+    if (rc != GRID_OK) return rc;
+    grid__ws w;
+    if ((rc = ws_init(&v, &w)) != GRID_OK) return rc;
+    slot_loads(&v, &w, slot, slot_blob, slot_ms);
+    grid__sol *x = &w.s[0];
+    for (uint32_t k = 0; k < w.n; k++) {
+        x->vr[k] = FP_ONE;
+        x->vi[k] = 0;
+    }
+    rc = solve(&w, x);
+    for (uint32_t k = 0; rc == GRID_OK && k < w.n; k++) {
+        i128 m = sqrt_approx((i128)sol_m2(x, k) * FP_ONE); /* |V|, fixed point */
+        v_npu[k] = (int64_t)(m * GRID_NPU_PER_PU / FP_ONE);
+    }
+    ws_free(&w);
+    return rc;
+}
