@@ -376,7 +376,7 @@ int grid_model_compile(const Tem__V1__InstallFeeder *msg, uint32_t margin_ppm, u
              *to = tem_malloc(sizeof *to * (m ? m : 1)), *order = tem_malloc(sizeof *order * n),
              *parent = tem_malloc(sizeof *parent * n), *pline = tem_malloc(sizeof *pline * n),
              *pos = tem_malloc(sizeof *pos * n), *rpar = tem_malloc(sizeof *rpar * n);
-    int64_t *wr = tem_calloc(n, sizeof *wr), *wl = tem_calloc(n, sizeof *wl),
+    int64_t *wr = tem_calloc(n, sizeof *wr),
             *fr = tem_calloc(n, sizeof *fr), *fl = tem_calloc(n, sizeof *fl);
     grid__over *ov = tem_malloc(sizeof *ov * (no ? no : 1));
     uint8_t *out = NULL;
@@ -387,7 +387,7 @@ int grid_model_compile(const Tem__V1__InstallFeeder *msg, uint32_t margin_ppm, u
     size_t len = GRID__HDR + (size_t)n * GRID__REC + (size_t)n * 8 + (size_t)dense_n * 4 + np * 8 +
                  no * GRID__OVER;
     grid__pair *pairs = tem_malloc(sizeof *pairs * n);
-    if (!ids || !from || !to || !order || !parent || !pline || !pos || !rpar || !wr || !wl ||
+    if (!ids || !from || !to || !order || !parent || !pline || !pos || !rpar || !wr ||
         !fr || !fl || !pairs || !ov)
         goto fail;
     for (uint32_t i = 0; i < n; i++) ids[i] = msg->buses[i]->bus;
@@ -611,7 +611,6 @@ fail:
     tem_free(pos);
     tem_free(rpar);
     tem_free(wr);
-    tem_free(wl);
     tem_free(fr);
     tem_free(fl);
     tem_free(pairs);
