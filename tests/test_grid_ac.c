@@ -427,7 +427,7 @@ static void tally_init(tally *t) {
 }
 
 /* The chain's own fixed-point flow against the reference, bus by bus (docs/grid.md, "Error
- * budget"): within 1e-5 pu (measured 2.1e-6 over 40 seeds). The generated files carry loads to
+ * budget"): within 1e-5 pu (measured 2.3e-6 over 40 seeds). The generated files carry loads to
  * 0.1 W, which the message rounds to the W: that is nearly all of it, summed over rural paths of
  * up to 2 pu resistance (with whole-watt loads the worst is 8e-8 pu). */
 static double fp_worst = 0;
