@@ -95,7 +95,7 @@ int grid_check_match(ledger_state *st, uint64_t slot, uint32_t seller_bus, uint3
     if (bytes == 0) return GRID_ECORRUPT;
     rc = slot_get(st, slot, bytes, &sv);
     if (rc != GRID_OK) return rc;
-    return grid_model_check(blob, len, sv, seller_bus, buyer_bus, qty_wh, slot_ms, out);
+    return grid_model_check(blob, len, sv, slot, seller_bus, buyer_bus, qty_wh, slot_ms, out);
 }
 
 int grid_commit_match(ledger_state *st, uint64_t slot, uint32_t seller_bus, uint32_t buyer_bus,
@@ -110,7 +110,7 @@ int grid_commit_match(ledger_state *st, uint64_t slot, uint32_t seller_bus, uint
     if (bytes == 0) return GRID_ECORRUPT;
     if (seller_bus == buyer_bus || qty_wh == 0) {
         grid_match_result tmp; /* still refuse unknown buses */
-        return grid_model_check(blob, len, NULL, seller_bus, buyer_bus, 0, slot_ms, &tmp);
+        return grid_model_check(blob, len, NULL, 0, seller_bus, buyer_bus, 0, slot_ms, &tmp);
     }
     rc = slot_get(st, slot, bytes, &sv);
     if (rc != GRID_OK) return rc;
@@ -180,6 +180,49 @@ int grid_slot_prune(ledger_state *st, uint64_t before_slot) {
 
 /* ------------------------------------------------------------------ install */
 
+/* Re-indexes every open slot's blob from the old model's records to the new model's, by bus
+ * number. Pass `write` = false to only check that every bus with accepted trades exists in the
+ * new model (a refusal then names the bus and the slot in why). */
+static int remap_slots(ledger_state *st, const uint8_t *oblob, size_t olen, const uint8_t *nblob, size_t nlen,
+                       bool write, char *why, size_t whylen) {
+    grid__keylist kl = {.before = UINT64_MAX};
+    int irc = ledger_state_iter(st, GRID__KEY_SLOT, 2, collect_slot, &kl);
+    (void)irc; /* the callback's stop value; errors are reported through kl.oom */
+    int out = kl.oom ? GRID_ENOMEM : GRID_OK;
+    const uint32_t on = grid_model_buses(oblob, olen), nn = grid_model_buses(nblob, nlen);
+    uint8_t *buf = kl.n ? tem_calloc(nn, GRID_SLOT_BYTES_PER_BUS) : NULL;
+    if (kl.n && !buf) out = GRID_ENOMEM;
+    for (size_t i = 0; out == GRID_OK && i < kl.n; i++) {
+        const uint8_t *val;
+        size_t vlen;
+        if (ledger_state_get(st, kl.keys[i], GRID__SLOT_KEY_BYTES, &val, &vlen) != LEDGER_OK ||
+            vlen != (size_t)on * GRID_SLOT_BYTES_PER_BUS) {
+            out = GRID_ECORRUPT;
+            break;
+        }
+        memset(buf, 0, (size_t)nn * GRID_SLOT_BYTES_PER_BUS);
+        for (uint32_t k = 0; out == GRID_OK && k < on; k++) {
+            int64_t q = (int64_t)tem_get_u64le(val + 8 * (size_t)k);
+            if (q == 0) continue;
+            uint32_t bus = grid_model_bus_id(oblob, olen, k), nk;
+            int rc = grid_model_bus_record(nblob, nlen, bus, &nk);
+            if (rc != GRID_OK) {
+                snprintf(why, whylen, "bus %u has accepted trades in open slot %llu and is not in the new model",
+                         bus, (unsigned long long)tem_get_u64be(kl.keys[i] + 2));
+                out = rc;
+                break;
+            }
+            tem_put_u64le(buf + 8 * (size_t)nk, (uint64_t)q);
+        }
+        if (out == GRID_OK && write &&
+            ledger_state_put(st, kl.keys[i], GRID__SLOT_KEY_BYTES, buf, (size_t)nn * GRID_SLOT_BYTES_PER_BUS) != LEDGER_OK)
+            out = GRID_ENOMEM;
+    }
+    tem_free(buf);
+    tem_free(kl.keys);
+    return out;
+}
+
 int grid_exec_install(ledger_state *st, const ledger_block_ctx *b, const ledger_tx *tx,
                       Tem__V1__Receipt *rc) {
     TEM_ASSERT(st && b && tx && tx->body && rc);
@@ -190,19 +233,42 @@ int grid_exec_install(ledger_state *st, const ledger_block_ctx *b, const ledger_
         return rc->reason ? LEDGER_OK : LEDGER_ENOMEM;
     }
     char why[160];
-    uint8_t *blob = NULL;
-    size_t len = 0;
+    uint8_t *blob = NULL, *old = NULL;
+    size_t len = 0, olen = 0;
     int err = grid_model_compile(msg, UINT32_MAX, &blob, &len, why, sizeof why);
-    if (err == GRID_ENOMEM) return LEDGER_ENOMEM;
+    if (err == GRID_OK) {
+        /* A copy of the old model: the state's pointer does not survive the puts below. */
+        const uint8_t *ob;
+        err = model_get(st, &ob, &olen);
+        if (err == GRID_OK && ob && grid_model_buses(ob, olen) > 0) {
+            old = tem_malloc(olen);
+            if (!old) err = GRID_ENOMEM;
+            else memcpy(old, ob, olen);
+        }
+        why[0] = 0;
+        /* Accepted trades of open slots stay counted under the new model; one that the new model
+         * cannot place refuses the install (docs/grid.md, "Versioned models"). */
+        if (err == GRID_OK && old) err = remap_slots(st, old, olen, blob, len, false, why, sizeof why);
+    }
+    if (err == GRID_ENOMEM) {
+        tem_free(blob);
+        tem_free(old);
+        return LEDGER_ENOMEM;
+    }
     if (err != GRID_OK) {
+        tem_free(blob);
+        tem_free(old);
         rc->code = err;
         rc->reason = ledger_arena_strdup(b->arena, why[0] ? why : grid_strerror(err));
         return rc->reason ? LEDGER_OK : LEDGER_ENOMEM;
     }
-    /* Slot state is indexed by the old model's bus records: it cannot carry over. */
-    err = delete_slots(st, UINT64_MAX);
+    if (old)
+        err = remap_slots(st, old, olen, blob, len, true, why, sizeof why);
+    else
+        err = delete_slots(st, UINT64_MAX); /* no model (or one of an older format): nothing to map */
     if (err == GRID_OK && ledger_state_put(st, GRID__KEY_MODEL, 2, blob, len) != LEDGER_OK) err = GRID_ENOMEM;
     tem_free(blob);
+    tem_free(old);
     if (err != GRID_OK) return LEDGER_ENOMEM;
     rc->code = 0;
     return LEDGER_OK;
@@ -264,26 +330,43 @@ int grid_network_fee_max(ledger_state *st, uint32_t bus, uint64_t qty_wh,
     return mul3_div_ceil((int64_t)qty_wh, r, rate_uunit_per_kwh_per_ohm, 1000000000LL, fee_uunit);
 }
 
-int grid_loss_charge(ledger_state *st, uint32_t seller_bus, uint32_t buyer_bus, uint64_t qty_wh,
-                     int64_t loss_price_uunit_per_kwh, grid_loss *out) {
+/* ceil(p / d) for any sign of p, d > 0. */
+static int64_t div_ceil_i128(__int128 p, int64_t d, bool *ok) {
+    __int128 q = p / d;
+    if (p % d > 0) q++;
+    *ok = q <= INT64_MAX && q >= INT64_MIN;
+    return *ok ? (int64_t)q : 0;
+}
+
+int grid_loss_charge(ledger_state *st, uint64_t slot, int64_t slot_ms, uint32_t seller_bus, uint32_t buyer_bus,
+                     uint64_t qty_wh, int64_t loss_price_uunit_per_kwh, grid_loss *out) {
     TEM_ASSERT(st && out);
     const uint8_t *blob;
     size_t len;
+    if (slot_ms <= 0) return GRID_EINVAL;
     int rc = fee_model(st, qty_wh, loss_price_uunit_per_kwh, &blob, &len);
     if (rc != GRID_OK) return rc;
     grid_loss l = {0};
     if (blob) {
-        int64_t r, lf;
-        rc = grid_model_path(blob, len, seller_bus, buyer_bus, &r, &lf);
+        size_t bytes = grid_model_slot_bytes(blob, len);
+        const uint8_t *sv;
+        if (bytes == 0) return GRID_ECORRUPT;
+        if ((rc = slot_get(st, slot, bytes, &sv)) != GRID_OK) return rc;
+        int64_t lf;
+        rc = grid_model_loss_factor(blob, len, sv, slot, slot_ms, seller_bus, buyer_bus, &lf);
         if (rc != GRID_OK) return rc;
-        if (lf > UINT32_MAX) return GRID_EOVERFLOW;
-        l.loss_factor_ppm = (uint32_t)lf;
-        /* Wh * ppm / 1e3 = mWh; Wh * ppm * uunit/kWh / 1e9 = uunit. Both rounded up (DSO). */
-        rc = mul3_div_ceil((int64_t)qty_wh, lf, 1, 1000, &l.loss_mwh);
-        if (rc == GRID_OK)
-            rc = mul3_div_ceil((int64_t)qty_wh, lf, loss_price_uunit_per_kwh, 1000000000LL, &l.total_uunit);
-        if (rc != GRID_OK) return rc;
-        l.seller_uunit = l.total_uunit / 2;
+        l.loss_factor_ppm = lf;
+        /* Wh * ppm / 1e3 = mWh; Wh * ppm * uunit/kWh / 1e9 = uunit. Both rounded up (towards the
+         * DSO): a credit is rounded towards zero, a charge away from it. */
+        bool ok1, ok2;
+        __int128 p = (__int128)qty_wh * lf;
+        l.loss_mwh = div_ceil_i128(p, 1000, &ok1);
+        __int128 pv;
+        if (__builtin_mul_overflow(p, (__int128)loss_price_uunit_per_kwh, &pv)) return GRID_EOVERFLOW;
+        l.total_uunit = div_ceil_i128(pv, 1000000000LL, &ok2);
+        if (!ok1 || !ok2) return GRID_EOVERFLOW;
+        /* floor(total / 2) for either sign */
+        l.seller_uunit = l.total_uunit >= 0 ? l.total_uunit / 2 : -((-l.total_uunit + 1) / 2);
         l.buyer_uunit = l.total_uunit - l.seller_uunit;
     }
     *out = l;

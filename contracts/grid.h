@@ -2,19 +2,23 @@
  * model the DSO installs with an InstallFeeder admin tx and answers, in integers only, four
  * questions the market asks per match: how much of this trade can the feeder carry in its slot
  * (grid_check_match, then grid_commit_match once the trade executes), what network-use fee does
- * it pay (grid_network_fee), what loss charge (grid_loss_charge), and, at order time, the most
- * either could be (grid_network_fee_max, grid_loss_charge_max) so the order can escrow it.
+ * it pay (grid_network_fee), what loss charge or credit (grid_loss_charge), and, at order time,
+ * the most either could be (grid_network_fee_max, grid_loss_charge_max) so the order can escrow it.
  *
- * The model is linear around the AC power flow that `temctl feeder` ran offline: per line the
- * base active flow, its thermal band and a flow sensitivity; per bus the base voltage, its band
- * and a voltage sensitivity. The sensitivities are quantised (docs/grid.md, "Quantisation").
+ * The check is an AC power flow: for every candidate it solves the slot's whole operating point
+ * (the slot's base case, every accepted trade of the slot, the candidate) with a deterministic
+ * fixed-point backward/forward sweep and keeps the largest quantity for which every line (both
+ * ends, its own loss included) and every bus stays within its limits (docs/grid.md, "The on-chain
+ * check"). The base case of slot s is the model's daily profile entry s mod its length, with the
+ * model's per-slot overrides on top.
  *
  * State (prefix 'g', owned here; docs/grid.md, "State"):
- *   "gm"                    -> the compiled model (fixed little-endian records, see grid.c)
- *   "gs" || u64be(slot)     -> per slot and bus: the net Wh accepted trades inject below that bus
- *                              and its loss-weighted sum (grid_model_slot_bytes; absent = none)
- * Installing a new model deletes every "gs" key: accepted trades stay accepted, but the check
- * starts the slots afresh on the new model.
+ *   "gm"                    -> the compiled model (fixed little-endian records, see grid_model.c)
+ *   "gs" || u64be(slot)     -> per bus (model record order) the net Wh accepted trades inject
+ *                              there in that slot, i64le (grid_model_slot_bytes; absent = none)
+ * Installing a new model keeps every "gs" key: each is re-indexed to the new model's records by
+ * bus number, so accepted trades of open slots stay counted; a new model that lacks a bus with
+ * accepted trades in an open slot is refused (GRID_EUNKNOWNBUS).
  *
  * With no feeder installed every check allows the whole quantity, binds nothing, and every fee
  * and charge is 0. A trade whose seller and buyer share a bus uses no line: allowed, no fee.
@@ -83,20 +87,24 @@ typedef struct {
 } grid_binding;
 
 typedef struct {
-    uint64_t max_wh;       /* most the feeder carries for this pair in this slot (UINT64_MAX: no
-                              limit, e.g. no feeder or seller and buyer on one bus) */
+    uint64_t max_wh;       /* the largest quantity the check found feasible: qty_wh when all of it
+                              fits, else allowed_wh (UINT64_MAX: no limit, e.g. no feeder or
+                              seller and buyer on one bus) */
     uint64_t allowed_wh;   /* min(qty_wh, max_wh): what may execute */
     uint64_t curtailed_wh; /* qty_wh - allowed_wh */
-    grid_binding binding;  /* the tightest constraint (set even when nothing is curtailed, so
-                              the market may show it); GRID_BIND_NONE when max_wh == UINT64_MAX */
+    grid_binding binding;  /* when curtailed: the constraint the quantity above allowed_wh
+                              violates; GRID_BIND_NONE (text "" or "power flow" when the slot has
+                              no AC solution) otherwise */
 } grid_match_result;
 
 /* ------------------------------------------------------------------ the on-chain calls */
 
 /* Handles an InstallFeeder admin tx (the market's dispatcher has checked the admin key).
  * Validates the whole model (topology: one slack, radial, connected, known and unique buses;
- * positive impedances and ratings, voltage bands, sensitivities, source hash), compiles it
- * with the tx's margin_ppm and replaces "gm", deleting every "gs" key. A bad model is a refusal:
+ * positive impedances and ratings, voltage bands, nominal voltage, profiles and overrides,
+ * source hash), compiles it with the tx's margin_ppm and replaces "gm". Every open slot's "gs"
+ * key is re-indexed to the new model by bus number (accepted trades are never dropped); a model
+ * without a bus that has accepted trades in an open slot is refused. A bad model is a refusal:
  * rc->code = the grid code (< 0) and rc->reason names the line or bus ("line 3-4: zero
  * impedance"), allocated from b->arena; the state is unchanged. Returns LEDGER_OK (applied or
  * refused) or LEDGER_ENOMEM (the block must abort). */
@@ -110,9 +118,10 @@ bool grid_installed(ledger_state *st);
 TEM_WUR int grid_bus_check(ledger_state *st, uint32_t bus);
 
 /* How much of a trade of qty_wh from seller_bus to buyer_bus in `slot` (slot_ms long) the feeder
- * carries, given every trade committed to that slot. A trade of qty_wh is an average power of
- * qty_wh * 3600000 / slot_ms W. No state change. GRID_OK, GRID_EUNKNOWNBUS, GRID_EINVAL
- * (slot_ms <= 0), GRID_ECORRUPT, GRID_EOVERFLOW. */
+ * carries, given the slot's base case and every trade committed to that slot. A trade of qty_wh
+ * is an average power of qty_wh * 3600000 / slot_ms W at unity power factor. No state change.
+ * GRID_OK, GRID_EUNKNOWNBUS, GRID_EINVAL (slot_ms <= 0 or above a day), GRID_ECORRUPT,
+ * GRID_ENOMEM. */
 TEM_WUR int grid_check_match(ledger_state *st, uint64_t slot, uint32_t seller_bus,
                              uint32_t buyer_bus, uint64_t qty_wh, int64_t slot_ms,
                              grid_match_result *out);
@@ -140,23 +149,25 @@ TEM_WUR int grid_network_fee(ledger_state *st, uint32_t seller_bus, uint32_t buy
 TEM_WUR int grid_network_fee_max(ledger_state *st, uint32_t bus, uint64_t qty_wh,
                                  int64_t rate_uunit_per_kwh_per_ohm, int64_t *fee_uunit);
 
-/* Loss charge of a trade (docs/grid.md, "Losses"): the path's loss factor LF (ppm, the sum of
- * the per-line marginal loss factors of the base-case power flow on the lines between the two
- * buses) prices loss_wh = qty_wh * LF / 1e6 at loss_price; total_uunit =
- * ceil(qty_wh * LF * price / 1e9). The seller pays floor(total / 2), the buyer the rest; both go
- * to the DSO. Linear in qty_wh and rounded up, so splitting a trade never pays less.
- * GRID_OK, GRID_EUNKNOWNBUS, GRID_EINVAL (negative price), GRID_EOVERFLOW. */
+/* Loss charge of a trade (docs/grid.md, "Losses"): the signed marginal loss factor LF (ppm) of
+ * the trade at the slot's operating point before it (base case and accepted trades): the feeder's
+ * loss changes by LF * P for P W moved from seller to buyer. Negative when the trade lowers the
+ * losses. total_uunit = ceil(qty_wh * LF * price / 1e9), negative = a credit; the seller's share
+ * is floor(total / 2), the buyer's the rest. LF is clamped to +-(bound of the path), the bound
+ * grid_loss_charge_max escrows. GRID_OK, GRID_EUNKNOWNBUS, GRID_EINVAL (negative price, bad
+ * slot_ms), GRID_EOVERFLOW, GRID_ECORRUPT, GRID_ENOMEM. */
 typedef struct {
-    uint32_t loss_factor_ppm; /* LF of the path */
-    int64_t loss_mwh;         /* ceil(qty_wh * LF / 1000): energy lost, milliwatt-hours */
-    int64_t total_uunit;      /* seller_uunit + buyer_uunit */
+    int64_t loss_factor_ppm;  /* LF of the trade, signed */
+    int64_t loss_mwh;         /* ceil(qty_wh * LF / 1000): energy lost (negative: saved), mWh */
+    int64_t total_uunit;      /* seller_uunit + buyer_uunit; negative = credit */
     int64_t seller_uunit;
     int64_t buyer_uunit;
 } grid_loss;
-TEM_WUR int grid_loss_charge(ledger_state *st, uint32_t seller_bus, uint32_t buyer_bus,
-                             uint64_t qty_wh, int64_t loss_price_uunit_per_kwh, grid_loss *out);
-/* Largest total_uunit an order of qty_wh at `bus` can owe (to the farthest bus in loss terms);
- * it bounds either side's share. Same codes. */
+TEM_WUR int grid_loss_charge(ledger_state *st, uint64_t slot, int64_t slot_ms, uint32_t seller_bus,
+                             uint32_t buyer_bus, uint64_t qty_wh, int64_t loss_price_uunit_per_kwh,
+                             grid_loss *out);
+/* Largest total_uunit an order of qty_wh at `bus` can owe (the compile-time bound on any path's
+ * |LF| from that bus); it bounds either side's share. Same codes. */
 TEM_WUR int grid_loss_charge_max(ledger_state *st, uint32_t bus, uint64_t qty_wh,
                                  int64_t loss_price_uunit_per_kwh, int64_t *total_uunit);
 
@@ -186,23 +197,38 @@ TEM_WUR int grid_topology_build(uint32_t n, const uint32_t *bus_ids, uint32_t sl
 
 /* Number of buses of a compiled model, 0 if the blob is not one. */
 uint32_t grid_model_buses(const uint8_t *blob, size_t blob_len);
-/* Size of that model's slot blobs: per bus (in the model's BFS record order) S, i64le, the net
- * Wh committed below the bus (bytes 8k); W, i64le, the same weighted by each injection's
- * cumulative loss factor in Wh * ppm (bytes 8n + 8k); U, 128-bit little-endian, the bus'
- * accumulated voltage rise in fpu per W times Wh (bytes 16n + 16k). */
-#define GRID_SLOT_BYTES_PER_BUS 32
+/* Size of that model's slot blobs: per bus (in the model's BFS record order) the net Wh accepted
+ * trades inject there, i64le (bytes 8k; sellers +, buyers -). */
+#define GRID_SLOT_BYTES_PER_BUS 8
 size_t grid_model_slot_bytes(const uint8_t *blob, size_t blob_len);
-/* grid_check_match on a compiled model and a slot blob (NULL = empty slot). Same codes. */
+/* Bus number of record k (UINT32_MAX if none), and the record of a bus number (GRID_OK,
+ * GRID_EUNKNOWNBUS, GRID_ECORRUPT): to carry slot blobs from one model to the next. */
+uint32_t grid_model_bus_id(const uint8_t *blob, size_t blob_len, uint32_t k);
+TEM_WUR int grid_model_bus_record(const uint8_t *blob, size_t blob_len, uint32_t bus, uint32_t *k);
+/* grid_check_match on a compiled model and a slot blob (NULL = empty slot); `slot` selects the
+ * base case. Same codes. */
 TEM_WUR int grid_model_check(const uint8_t *blob, size_t blob_len, const uint8_t *slot_blob,
-                             uint32_t seller_bus, uint32_t buyer_bus, uint64_t qty_wh,
+                             uint64_t slot, uint32_t seller_bus, uint32_t buyer_bus, uint64_t qty_wh,
                              int64_t slot_ms, grid_match_result *out);
+/* The signed marginal loss factor (ppm) of a trade seller -> buyer at the operating point of
+ * `slot` with the slot blob's trades, clamped to the path's bound. Same codes. */
+TEM_WUR int grid_model_loss_factor(const uint8_t *blob, size_t blob_len, const uint8_t *slot_blob,
+                                   uint64_t slot, int64_t slot_ms, uint32_t seller_bus, uint32_t buyer_bus,
+                                   int64_t *lf_ppm);
 /* grid_commit_match on a slot blob the caller owns (grid_model_slot_bytes, zeroed for a new slot).
  * Leaves it unchanged on error. */
 TEM_WUR int grid_model_commit(const uint8_t *blob, size_t blob_len, uint8_t *slot_blob,
                               uint32_t seller_bus, uint32_t buyer_bus, uint64_t qty_wh,
                               int64_t slot_ms);
-/* Path resistance (micro-ohm) and loss factor (ppm) between two buses of a compiled model. */
+/* The fixed-point AC power flow of `slot` with the slot blob's trades (NULL = none): |V| of every
+ * record, 1e-9 pu (v_npu holds grid_model_buses entries; grid_model_bus_id names them). For
+ * tests and tools. GRID_OK, GRID_ENOCONVERGE (no solution), GRID_EINVAL, GRID_ECORRUPT,
+ * GRID_ENOMEM. */
+TEM_WUR int grid_model_voltages(const uint8_t *blob, size_t blob_len, const uint8_t *slot_blob, uint64_t slot,
+                                int64_t slot_ms, int64_t *v_npu);
+/* Path resistance (micro-ohm) and the bound on the path's |loss factor| (ppm) between two buses
+ * of a compiled model. */
 TEM_WUR int grid_model_path(const uint8_t *blob, size_t blob_len, uint32_t a_bus, uint32_t b_bus,
-                            int64_t *r_uohm, int64_t *loss_factor_ppm);
+                            int64_t *r_uohm, int64_t *loss_bound_ppm);
 
 #endif

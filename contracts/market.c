@@ -361,9 +361,11 @@ static int mk_fill(fill_env *e, mk_order *buy, mk_order *sell, uint64_t want, ui
         rc = grid_network_fee(e->st, sell->bus, buy->bus, q, g->market.network_fee_uunit_per_kwh_per_ohm, &nf);
         if (rc == GRID_ENOMEM) return LEDGER_ENOMEM;
         if (rc) nf = 0;
-        rc = grid_loss_charge(e->st, sell->bus, buy->bus, q, e->loss_price, &loss);
+        rc = grid_loss_charge(e->st, e->slot, slot_ms, sell->bus, buy->bus, q, e->loss_price, &loss);
         if (rc == GRID_ENOMEM) return LEDGER_ENOMEM;
-        if (rc) memset(&loss, 0, sizeof loss);
+        /* A loss-lowering trade (negative charge) pays nothing here: paying out its credit is the
+         * settlement's part (docs/grid.md, "Losses"). */
+        if (rc || loss.total_uunit < 0) memset(&loss, 0, sizeof loss);
     }
     /* The seller's loss share comes out of its proceeds; what exceeds them falls to the buyer.
      * The buyer's fees are capped at what its order escrowed for fees, because ceil-rounded

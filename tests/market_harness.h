@@ -273,6 +273,12 @@ static inline void mh_model_init(mh_model *m) {
         m->l[i].loss_factor_ppm = L[i].lf;
         m->lp[i] = &m->l[i];
     }
+    /* The grid check solves an AC power flow: loads that give the lines those base flows, at
+     * 12.66 kV. */
+    m->b[1].base_p_w = 350000;
+    m->b[2].base_p_w = 100000;
+    m->b[3].base_p_w = 50000;
+    m->msg.base_kv_mv = 12660000;
     memset(m->hash, 0xab, sizeof m->hash);
     m->msg.source_hash = (ProtobufCBinaryData){32, m->hash};
     m->msg.n_buses = 4;

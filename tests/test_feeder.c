@@ -233,11 +233,14 @@ START_TEST(feeder_install_message_compiles_on_every_feeder) {
     size_t len;
     ck_assert_msg(grid_model_compile(&in.msg, UINT32_MAX, &blob, &len, err, sizeof err) == GRID_OK, "%s", err);
     ck_assert_uint_eq(grid_model_buses(blob, len), f.n_buses);
-    /* Every sensitivity is positive and near 1 for flows; loss factors below 10 %. */
+    /* The chain solves the AC power flow itself: the message carries the network, the base
+     * loads and the nominal voltage, which must match the files. */
+    ck_assert_uint_eq(in.msg.base_kv_mv, (uint64_t)llround(f.buses[f.slack].base_kv * 1e6));
+    for (uint32_t b = 0; b < in.msg.n_buses; b++)
+        ck_assert_int_eq(in.msg.buses[b]->base_p_w, llround(f.buses[b].pd_kw * 1000.0));
     for (uint32_t l = 0; l < in.msg.n_lines; l++) {
-        ck_assert_uint_ge(in.msg.lines[l]->flow_sens_ppm, 900000);
-        ck_assert_uint_le(in.msg.lines[l]->flow_sens_ppm, 1100000);
-        ck_assert_uint_le(in.msg.lines[l]->loss_factor_ppm, 100000);
+        ck_assert_uint_eq(in.msg.lines[l]->r_uohm, (uint64_t)llround(f.lines[l].r_ohm * 1e6));
+        ck_assert_uint_eq(in.msg.lines[l]->rate_va, (uint64_t)llround(f.lines[l].rate_kva * 1000.0));
     }
     /* The source hash is SHA-256(buses.csv || lines.csv). */
     char pb[2100], pl[2100];
@@ -452,6 +455,70 @@ START_TEST(ctl_feeder_install_writes_a_signed_tx_the_chain_accepts) {
 }
 END_TEST
 
+/* The per-slot base case file: profile, generation and overrides reach the InstallFeeder, the
+ * chain answers per slot, and a bad row is an error naming the file line. */
+START_TEST(feeder_base_case_file_gives_each_slot_its_own_answer) {
+    ctl_feeder f;
+    char err[256];
+    ck_assert_int_eq(ctl_feeder_load(&f, feeder_path("case33bw"), err, sizeof err), GRID_OK);
+    char path[] = "/tmp/tem_base_case_XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    const char *txt = "# night, midday, evening\nprofile,0,60,0\nprofile,1,50,100\nprofile,2,120,0\n"
+                      "gen,18,300\nslot,7,18,-50,0\n";
+    ck_assert_int_eq(write(fd, txt, strlen(txt)), (int)strlen(txt));
+    close(fd);
+    ctl_feeder_base bc;
+    ck_assert_msg(ctl_feeder_base_load(&f, path, &bc, err, sizeof err) == GRID_OK, "%s", err);
+    ck_assert_uint_eq(bc.n_prof, 3);
+    ck_assert_uint_eq(bc.load_ppm[2], 1200000);
+    ck_assert_uint_eq(bc.gen_ppm[1], 1000000);
+    ck_assert_uint_eq(bc.n_over, 1);
+    double pd[64], qd[64];
+    ctl_feeder_base_slot(&f, &bc, 4, pd, qd); /* slot 4 = entry 1: half the loads, all the PV */
+    int64_t b18 = ctl_feeder_bus_index(&f, 18);
+    ck_assert(fabs(pd[b18] - (f.buses[b18].pd_kw * 0.5 - 300)) < 1e-9);
+    ctl_feeder_base_slot(&f, &bc, 7, pd, qd);
+    ck_assert(fabs(pd[b18] + 50) < 1e-9);
+    ctl_feeder_install in;
+    ck_assert_int_eq(ctl_feeder_install_build(&f, 0, &in, err, sizeof err), GRID_OK);
+    ck_assert_int_eq(ctl_feeder_install_set_base(&in, &f, &bc), GRID_OK);
+    ck_assert_uint_eq(in.msg.n_load_profile_ppm, 3);
+    ck_assert_uint_eq(in.msg.n_overrides, 1);
+    ck_assert_uint_eq(in.msg.overrides[0]->slot, 7);
+    ck_assert_int_eq(in.msg.overrides[0]->buses[0]->p_w, -50000);
+    uint8_t *blob;
+    size_t len;
+    ck_assert_msg(grid_model_compile(&in.msg, UINT32_MAX, &blob, &len, err, sizeof err) == GRID_OK, "%s", err);
+    /* 2 -> 18 in the evening peak (bus 18 below its band already: refused) and at night. */
+    grid_match_result night, evening, midday;
+    ck_assert_int_eq(grid_model_check(blob, len, NULL, 0, 2, 18, 1000000, 3600000, &night), GRID_OK);
+    ck_assert_int_eq(grid_model_check(blob, len, NULL, 2, 2, 18, 1000000, 3600000, &evening), GRID_OK);
+    ck_assert_int_eq(grid_model_check(blob, len, NULL, 1, 2, 18, 1000000, 3600000, &midday), GRID_OK);
+    ck_assert_uint_gt(night.allowed_wh, 50000);
+    ck_assert_uint_eq(evening.allowed_wh, 0);
+    ck_assert_int_eq(evening.binding.kind, GRID_BIND_BUS); /* a bus already below its band */
+    ck_assert_uint_gt(midday.allowed_wh, night.allowed_wh); /* PV at 18 feeds the buyer locally */
+    tem_free(blob);
+    ctl_feeder_install_free(&in);
+    ctl_feeder_base_free(&bc);
+    /* A bad row names its line. */
+    fd = open(path, O_WRONLY | O_TRUNC);
+    const char *bad = "profile,0,60,0\nprofile,2,50,100\n";
+    ck_assert_int_eq(write(fd, bad, strlen(bad)), (int)strlen(bad));
+    close(fd);
+    ck_assert_int_eq(ctl_feeder_base_load(&f, path, &bc, err, sizeof err), GRID_EPARSE);
+    ck_assert_msg(strstr(err, "line 2"), "%s", err);
+    fd = open(path, O_WRONLY | O_TRUNC);
+    const char *unk = "gen,99,10\n";
+    ck_assert_int_eq(write(fd, unk, strlen(unk)), (int)strlen(unk));
+    close(fd);
+    ck_assert_int_eq(ctl_feeder_base_load(&f, path, &bc, err, sizeof err), GRID_EUNKNOWNBUS);
+    unlink(path);
+    ctl_feeder_free(&f);
+}
+END_TEST
+
 static Suite *feeder_suite(void) {
     Suite *s = suite_create("feeder");
     TCase *tc = tcase_create("core");
@@ -471,6 +538,7 @@ static Suite *feeder_suite(void) {
     tcase_add_loop_test(tc, ctl_feeder_exit_codes_follow_the_convention, 0, (int)(sizeof CLI / sizeof CLI[0]));
     tcase_add_test(tc, ctl_feeder_limit_reports_the_binding_line_of_an_end_bus);
     tcase_add_test(tc, ctl_feeder_install_writes_a_signed_tx_the_chain_accepts);
+    tcase_add_test(tc, feeder_base_case_file_gives_each_slot_its_own_answer);
     suite_add_tcase(s, tc);
     return s;
 }

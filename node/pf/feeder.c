@@ -508,6 +508,12 @@ int ctl_feeder_flow_run(const ctl_feeder *f, const double *inject_kw, double tol
 
 void ctl_feeder_install_free(ctl_feeder_install *in) {
     if (!in) return;
+    tem_free(in->prof_load);
+    tem_free(in->prof_gen);
+    tem_free(in->slot_store);
+    tem_free(in->slot_ptrs);
+    tem_free(in->case_store);
+    tem_free(in->case_ptrs);
     tem_free(in->bus_store);
     tem_free(in->bus_ptrs);
     tem_free(in->line_store);
@@ -522,38 +528,11 @@ int ctl_feeder_install_build(const ctl_feeder *f, uint32_t margin_ppm, ctl_feede
     TEM_ASSERT(f && out);
     memset(out, 0, sizeof *out);
     const uint32_t n = f->n_buses, m = f->n_lines;
-    ctl_feeder_flow base = {0}, pert = {0};
-    double *inj = tem_calloc(n, sizeof *inj), *dv = tem_calloc(n, sizeof *dv),
-           *kp = tem_calloc(m ? m : 1, sizeof *kp), *lf = tem_calloc(m ? m : 1, sizeof *lf);
-    int rc = GRID_ENOMEM;
-    if (!inj || !dv || !kp || !lf) goto fail;
-    if ((rc = ctl_feeder_flow_init(&base, f)) != GRID_OK || (rc = ctl_feeder_flow_init(&pert, f)) != GRID_OK)
-        goto fail;
+    ctl_feeder_flow base = {0};
+    int rc;
+    if ((rc = ctl_feeder_flow_init(&base, f)) != GRID_OK) goto fail;
     rc = ctl_feeder_flow_run(f, NULL, 1e-12, false, &base, err, errlen);
     if (rc != GRID_OK) goto fail;
-    /* Central differences around the base case. The step is small against the feeder's load
-     * (so the curvature does not leak in) and large against the solver tolerance. */
-    double total = 0;
-    for (uint32_t b = 0; b < n; b++) total += fabs(f->buses[b].pd_kw);
-    const double eps_kw = fmax(1.0, total * 1e-3);
-    for (uint32_t k = 1; k < n; k++) {
-        uint32_t b = f->order[k], l = f->parent_line[b];
-        double vm[2], pp[2], loss[2];
-        for (int s = 0; s < 2; s++) {
-            memcpy(((flow_work *)pert.work)->v, ((flow_work *)base.work)->v, sizeof(double complex) * n);
-            ((flow_work *)pert.work)->have_v = true;
-            inj[b] = s == 0 ? eps_kw : -eps_kw;
-            rc = ctl_feeder_flow_run(f, inj, 1e-13, true, &pert, err, errlen);
-            inj[b] = 0;
-            if (rc != GRID_OK) goto fail;
-            vm[s] = pert.vm_pu[b];
-            pp[s] = pert.p_par_kw[l];
-            loss[s] = pert.p_par_kw[l] - pert.p_child_kw[l];
-        }
-        dv[b] = (vm[0] - vm[1]) / (2 * eps_kw * 1000.0);        /* pu per W */
-        kp[l] = -(pp[0] - pp[1]) / (2 * eps_kw);                /* W per W */
-        lf[l] = fabs(loss[0] - loss[1]) / (2 * eps_kw);         /* W per W */
-    }
     out->bus_store = tem_calloc(n, sizeof *out->bus_store);
     out->bus_ptrs = tem_calloc(n, sizeof *out->bus_ptrs);
     out->line_store = tem_calloc(m ? m : 1, sizeof *out->line_store);
@@ -561,19 +540,6 @@ int ctl_feeder_install_build(const ctl_feeder *f, uint32_t margin_ppm, ctl_feede
     if (!out->bus_store || !out->bus_ptrs || !out->line_store || !out->line_ptrs) {
         rc = GRID_ENOMEM;
         goto fail;
-    }
-    /* Quantise down the tree so a bus' voltage sensitivity never falls below its parent's (the
-     * chain checks it; rounding near a zero-resistance line could otherwise break it). */
-    uint64_t *dvq = tem_calloc(n, sizeof *dvq);
-    if (!dvq) {
-        rc = GRID_ENOMEM;
-        goto fail;
-    }
-    for (uint32_t k = 1; k < n; k++) {
-        uint32_t b = f->order[k];
-        uint64_t q = u64_round(dv[b] * (double)GRID_FPU_PER_PU);
-        uint64_t pq = dvq[f->parent[b]];
-        dvq[b] = q < pq ? pq : q;
     }
     for (uint32_t b = 0; b < n; b++) {
         const ctl_feeder_bus *fb = &f->buses[b];
@@ -590,9 +556,7 @@ int ctl_feeder_install_build(const ctl_feeder *f, uint32_t margin_ppm, ctl_feede
         mb->base_v_npu = u64_round(base.vm_pu[b] * 1e9);
         mb->parent = f->buses[f->parent[b]].id;
         mb->parent_line = f->parent_line[b] == UINT32_MAX ? 0 : f->parent_line[b];
-        mb->dv_fpu_per_w = dvq[b];
     }
-    tem_free(dvq);
     for (uint32_t l = 0; l < m; l++) {
         const ctl_feeder_line *ln = &f->lines[l];
         Tem__V1__FeederLine *ml = &out->line_store[l];
@@ -615,8 +579,6 @@ int ctl_feeder_install_build(const ctl_feeder *f, uint32_t margin_ppm, ctl_feede
         double rate_va = ln->rate_kva * 1000.0;
         double lar = ceil(ln->r_ohm * rate_va * rate_va / (vlim * vlim));
         ml->loss_at_rate_w = lar > rate_va ? ml->rate_va : (uint64_t)lar;
-        ml->flow_sens_ppm = (uint32_t)llround(kp[l] * 1e6);
-        ml->loss_factor_ppm = (uint32_t)llround(fmin(lf[l], 1.0) * 1e6);
     }
     tem__v1__install_feeder__init(&out->msg);
     memcpy(out->hash, f->source_hash, sizeof out->hash);
@@ -632,10 +594,159 @@ int ctl_feeder_install_build(const ctl_feeder *f, uint32_t margin_ppm, ctl_feede
 fail:
     if (rc != GRID_OK) ctl_feeder_install_free(out);
     ctl_feeder_flow_free(&base);
-    ctl_feeder_flow_free(&pert);
-    tem_free(inj);
-    tem_free(dv);
-    tem_free(kp);
-    tem_free(lf);
     return rc;
+}
+
+/* ================================================================== base case per slot */
+
+void ctl_feeder_base_free(ctl_feeder_base *bc) {
+    if (!bc) return;
+    tem_free(bc->load_ppm);
+    tem_free(bc->gen_ppm);
+    tem_free(bc->gen_kw);
+    tem_free(bc->over);
+    memset(bc, 0, sizeof *bc);
+}
+
+static int over_cmp(const void *a, const void *b) {
+    const ctl_feeder_override *x = a, *y = b;
+    if (x->slot != y->slot) return x->slot < y->slot ? -1 : 1;
+    return (x->bus > y->bus) - (x->bus < y->bus);
+}
+
+int ctl_feeder_base_load(const ctl_feeder *f, const char *path, ctl_feeder_base *bc, char *err, size_t errlen) {
+    memset(bc, 0, sizeof *bc);
+    char *txt = NULL;
+    size_t len = 0;
+    if (read_file(path, &txt, &len)) return fail(err, errlen, GRID_EIO, "cannot read %s: %s", path, strerror(errno));
+    csv_reader r = {txt, txt + len, 0};
+    char buf[CSV_LINE_MAX], *fld[CSV_FIELDS_MAX];
+    int nf, got, rc = GRID_OK;
+    uint32_t cap_p = 0, cap_o = 0;
+    bc->gen_kw = tem_calloc(f->n_buses, sizeof *bc->gen_kw);
+    if (!bc->gen_kw) rc = fail(err, errlen, GRID_ENOMEM, "out of memory");
+    while (rc == GRID_OK && (got = csv_next(&r, buf, fld, &nf)) != 0) {
+        if (got < 0) {
+            rc = fail(err, errlen, GRID_EPARSE, "%s line %u: too long", path, r.lineno);
+            break;
+        }
+        if (fld[0][0] == '#') continue;
+        double v[4];
+        uint32_t u;
+        if (strcmp(fld[0], "profile") == 0 && nf == 4 && parse_id(fld[1], &u) && parse_double(fld[2], &v[0]) &&
+            parse_double(fld[3], &v[1])) {
+            if (u != bc->n_prof || v[0] < 0 || v[1] < 0 || v[0] > 1000 || v[1] > 1000 || bc->n_prof >= 1440) {
+                rc = fail(err, errlen, GRID_EPARSE, "%s line %u: profile entries go 0, 1, ... (at most 1440), with "
+                          "percentages 0..1000", path, r.lineno);
+                break;
+            }
+            uint32_t *g = NULL;
+            if (grow((void **)&bc->load_ppm, &cap_p, bc->n_prof + 1, sizeof *bc->load_ppm) ||
+                !(g = tem_realloc(bc->gen_ppm, sizeof *bc->gen_ppm * cap_p))) {
+                rc = fail(err, errlen, GRID_ENOMEM, "out of memory");
+                break;
+            }
+            bc->gen_ppm = g;
+            bc->load_ppm[bc->n_prof] = (uint32_t)llround(v[0] * 1e4);
+            bc->gen_ppm[bc->n_prof] = (uint32_t)llround(v[1] * 1e4);
+            bc->n_prof++;
+        } else if (strcmp(fld[0], "gen") == 0 && nf == 3 && parse_id(fld[1], &u) && parse_double(fld[2], &v[0]) &&
+                   v[0] >= 0) {
+            int64_t b = ctl_feeder_bus_index(f, u);
+            if (b < 0) {
+                rc = fail(err, errlen, GRID_EUNKNOWNBUS, "%s line %u: unknown bus %u", path, r.lineno, u);
+                break;
+            }
+            bc->gen_kw[b] = v[0];
+        } else if (strcmp(fld[0], "slot") == 0 && nf == 5 && parse_id(fld[2], &u) && parse_double(fld[3], &v[0]) &&
+                   parse_double(fld[4], &v[1])) {
+            char *end;
+            errno = 0;
+            unsigned long long sl = strtoull(fld[1], &end, 10);
+            int64_t b = ctl_feeder_bus_index(f, u);
+            if (*end || errno || !fld[1][0] || fld[1][0] == '-') {
+                rc = fail(err, errlen, GRID_EPARSE, "%s line %u: slot '%s' is not a number", path, r.lineno, fld[1]);
+                break;
+            }
+            if (b < 0) {
+                rc = fail(err, errlen, GRID_EUNKNOWNBUS, "%s line %u: unknown bus %u", path, r.lineno, u);
+                break;
+            }
+            if (grow((void **)&bc->over, &cap_o, bc->n_over + 1, sizeof *bc->over)) {
+                rc = fail(err, errlen, GRID_ENOMEM, "out of memory");
+                break;
+            }
+            bc->over[bc->n_over++] = (ctl_feeder_override){sl, (uint32_t)b, v[0], v[1]};
+        } else {
+            rc = fail(err, errlen, GRID_EPARSE,
+                      "%s line %u: want profile,ENTRY,LOAD_PCT,GEN_PCT or gen,BUS,KW or slot,SLOT,BUS,P_KW,Q_KVAR",
+                      path, r.lineno);
+        }
+    }
+    tem_free(txt);
+    if (rc == GRID_OK && bc->n_over) qsort(bc->over, bc->n_over, sizeof *bc->over, over_cmp);
+    if (rc != GRID_OK) ctl_feeder_base_free(bc);
+    return rc;
+}
+
+void ctl_feeder_base_slot(const ctl_feeder *f, const ctl_feeder_base *bc, uint64_t slot, double *pd_kw,
+                          double *qd_kvar) {
+    double lp = 1, gp = 0;
+    if (bc && bc->n_prof) {
+        lp = bc->load_ppm[slot % bc->n_prof] / 1e6;
+        gp = bc->gen_ppm[slot % bc->n_prof] / 1e6;
+    }
+    for (uint32_t b = 0; b < f->n_buses; b++) {
+        pd_kw[b] = f->buses[b].pd_kw * lp - (bc && bc->n_prof ? bc->gen_kw[b] * gp : 0);
+        qd_kvar[b] = f->buses[b].qd_kvar * lp;
+    }
+    for (uint32_t i = 0; bc && i < bc->n_over; i++) {
+        if (bc->over[i].slot != slot) continue;
+        pd_kw[bc->over[i].bus] = bc->over[i].p_kw;
+        qd_kvar[bc->over[i].bus] = bc->over[i].q_kvar;
+    }
+}
+
+int ctl_feeder_install_set_base(ctl_feeder_install *in, const ctl_feeder *f, const ctl_feeder_base *bc) {
+    for (uint32_t b = 0; b < f->n_buses; b++) in->bus_store[b].gen_w = u64_round(bc->gen_kw[b] * 1000.0);
+    if (bc->n_prof) {
+        in->prof_load = tem_malloc(sizeof *in->prof_load * bc->n_prof);
+        in->prof_gen = tem_malloc(sizeof *in->prof_gen * bc->n_prof);
+        if (!in->prof_load || !in->prof_gen) return GRID_ENOMEM;
+        memcpy(in->prof_load, bc->load_ppm, sizeof *in->prof_load * bc->n_prof);
+        memcpy(in->prof_gen, bc->gen_ppm, sizeof *in->prof_gen * bc->n_prof);
+        in->msg.n_load_profile_ppm = in->msg.n_gen_profile_ppm = bc->n_prof;
+        in->msg.load_profile_ppm = in->prof_load;
+        in->msg.gen_profile_ppm = in->prof_gen;
+    }
+    if (bc->n_over) {
+        /* One FeederSlotCase per slot: the overrides are sorted by slot. */
+        uint32_t ns = 0;
+        for (uint32_t i = 0; i < bc->n_over; i++) ns += i == 0 || bc->over[i].slot != bc->over[i - 1].slot;
+        in->slot_store = tem_calloc(ns, sizeof *in->slot_store);
+        in->slot_ptrs = tem_calloc(ns, sizeof *in->slot_ptrs);
+        in->case_store = tem_calloc(bc->n_over, sizeof *in->case_store);
+        in->case_ptrs = tem_calloc(bc->n_over, sizeof *in->case_ptrs);
+        if (!in->slot_store || !in->slot_ptrs || !in->case_store || !in->case_ptrs) return GRID_ENOMEM;
+        uint32_t s = UINT32_MAX;
+        for (uint32_t i = 0; i < bc->n_over; i++) {
+            if (i == 0 || bc->over[i].slot != bc->over[i - 1].slot) {
+                s = s == UINT32_MAX ? 0 : s + 1;
+                tem__v1__feeder_slot_case__init(&in->slot_store[s]);
+                in->slot_store[s].slot = bc->over[i].slot;
+                in->slot_store[s].buses = &in->case_ptrs[i];
+                in->slot_ptrs[s] = &in->slot_store[s];
+            }
+            Tem__V1__FeederBusCase *c = &in->case_store[i];
+            tem__v1__feeder_bus_case__init(c);
+            c->bus = f->buses[bc->over[i].bus].id;
+            c->p_w = llround(bc->over[i].p_kw * 1000.0);
+            c->q_var = llround(bc->over[i].q_kvar * 1000.0);
+            in->case_ptrs[i] = c;
+            in->slot_store[s].n_buses++;
+        }
+        in->msg.n_overrides = ns;
+        in->msg.overrides = in->slot_ptrs;
+    }
+    return GRID_OK;
 }

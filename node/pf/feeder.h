@@ -86,10 +86,44 @@ typedef struct {
     Tem__V1__FeederBus *bus_store, **bus_ptrs;
     Tem__V1__FeederLine *line_store, **line_ptrs;
     uint8_t hash[LEDGER_HASH_BYTES];
+    /* set by ctl_feeder_install_set_base */
+    uint32_t *prof_load, *prof_gen;
+    Tem__V1__FeederSlotCase *slot_store, **slot_ptrs;
+    Tem__V1__FeederBusCase *case_store, **case_ptrs;
 } ctl_feeder_install;
 
 TEM_WUR int ctl_feeder_install_build(const ctl_feeder *f, uint32_t margin_ppm,
                                      ctl_feeder_install *out, char *err, size_t errlen);
 void ctl_feeder_install_free(ctl_feeder_install *in);
+
+/* The base case per slot (docs/grid.md, "Base case per slot"), read from one CSV file whose rows
+ * start with a keyword ('#' starts a comment):
+ *   profile,ENTRY,LOAD_PCT,GEN_PCT   daily profile entry ENTRY (0, 1, ... in order): slot s uses
+ *                                    entry s mod count; loads scaled by LOAD_PCT, installed
+ *                                    generation by GEN_PCT
+ *   gen,BUS,KW                       installed generation (PV peak) at BUS
+ *   slot,SLOT,BUS,P_KW,Q_KVAR        BUS's net load in absolute slot SLOT, replacing the profile
+ * Owned arrays; ctl_feeder_base_free frees them (safe on a zeroed struct). */
+typedef struct {
+    uint64_t slot;
+    uint32_t bus; /* bus index */
+    double p_kw, q_kvar;
+} ctl_feeder_override;
+typedef struct {
+    uint32_t n_prof, n_over;
+    uint32_t *load_ppm, *gen_ppm;
+    double *gen_kw; /* per bus index */
+    ctl_feeder_override *over;
+} ctl_feeder_base;
+
+TEM_WUR int ctl_feeder_base_load(const ctl_feeder *f, const char *path, ctl_feeder_base *bc, char *err,
+                                 size_t errlen);
+void ctl_feeder_base_free(ctl_feeder_base *bc);
+/* Net loads of `slot` per bus index (kW, kvar), by the chain's rule. */
+void ctl_feeder_base_slot(const ctl_feeder *f, const ctl_feeder_base *bc, uint64_t slot, double *pd_kw,
+                          double *qd_kvar);
+/* Puts the base case into an InstallFeeder built by ctl_feeder_install_build. GRID_OK or
+ * GRID_ENOMEM. */
+TEM_WUR int ctl_feeder_install_set_base(ctl_feeder_install *in, const ctl_feeder *f, const ctl_feeder_base *bc);
 
 #endif

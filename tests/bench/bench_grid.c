@@ -1,8 +1,9 @@
 /* bench_grid.c: the grid check's cost per match. The continuous double auction's matching core
  * (cda_book) runs the same order flow twice in one process: once with a fill callback that lets
  * everything execute (the limit: unchecked matches/s) and once with the grid check and commit
- * against ledger state (grid_check_match + grid_commit_match) in the callback. Feeders: case33bw
- * and a generated 1,000-bus radial feeder. Also: bare grid_check_match calls/s on case33bw.
+ * against ledger state (grid_check_match + grid_commit_match) in the callback. Feeders: case33bw,
+ * case533mt_hi and a generated 1,000-bus radial feeder. Also: bare grid_check_match calls/s on
+ * case33bw. Each check solves the slot's AC power flow (docs/grid.md, "Cost").
  * The models come from the offline power flow (node/pf), so they are the ones temctl emits. */
 #include "tests/bench/bench_util.h"
 
@@ -221,17 +222,24 @@ int main(void) {
     const char *env = getenv("TEM_FEEDERS");
     char dir[1024];
     snprintf(dir, sizeof dir, "%s/case33bw", env && *env ? env : "../shared/data/feeders");
-    ctl_feeder f33, f1k;
+    ctl_feeder f33, f533, f1k;
     char err[256];
     if (ctl_feeder_load(&f33, dir, err, sizeof err) != GRID_OK) {
         fprintf(stderr, "bench_grid: %s\n", err);
         return 1;
     }
+    snprintf(dir, sizeof dir, "%s/case533mt_hi", env && *env ? env : "../shared/data/feeders");
+    if (ctl_feeder_load(&f533, dir, err, sizeof err) != GRID_OK) {
+        fprintf(stderr, "bench_grid: %s\n", err);
+        return 1;
+    }
     bench_check_only(&f33);
     bench_feeder("case33bw", &f33, ORDERS);
+    bench_feeder("case533mt_hi", &f533, ORDERS / 8);
     generate(&f1k, 1000);
-    bench_feeder("gen1000", &f1k, ORDERS / 4);
+    bench_feeder("gen1000", &f1k, ORDERS / 16);
     ctl_feeder_free(&f33);
+    ctl_feeder_free(&f533);
     ctl_feeder_free(&f1k);
     return 0;
 }
