@@ -38,7 +38,7 @@ static int run_seed(uint64_t seed, int mech, bool feeder, bool restarts, uint8_t
     int npl = 0, nroots = 0;
     uint64_t s = (seed + 1) * 0x9E3779B97F4A7C15ull, rs = (seed + 7) * 0xD1B54A32D192ED03ull;
     uint64_t cs = (seed + 3) * 0xA0761D6478BD642Full;
-    mh_init(&h, mech);
+    mh_init_meters(&h, mech, 0);
     uint64_t now = T0 + 2 * SLOT_MS + 1000;
     mh_block(&h, now);
     if (feeder) {
