@@ -514,8 +514,10 @@ static int exec_order(contracts_market *m, ledger_state *st, const ledger_block_
     if (o->tif != TEM__V1__TIME_IN_FORCE__GTC && o->tif != TEM__V1__TIME_IN_FORCE__IOC)
         return mk_refuse(rc, b, CONTRACTS_ETIF);
     bool buy = o->side == TEM__V1__SIDE__BUY, ioc = o->tif == TEM__V1__TIME_IN_FORCE__IOC;
-    /* The DSO operates the network and stays out of the market; a consumer has nothing to sell. */
-    if (a.role == TEM__V1__ROLE__DSO || (!buy && a.role == TEM__V1__ROLE__CONSUMER))
+    /* The DSO (and its meter-data key) operates the network and stays out of the market; a
+     * consumer has nothing to sell. */
+    if (a.role == TEM__V1__ROLE__DSO || a.role == TEM__V1__ROLE__METER_DATA ||
+        (!buy && a.role == TEM__V1__ROLE__CONSUMER))
         return mk_refuse(rc, b, CONTRACTS_EROLE);
     if (o->quantity_wh == 0) return mk_refuse(rc, b, CONTRACTS_EQTY);
     if (o->quantity_wh > (uint64_t)CONTRACTS_QTY_MAX_WH) return mk_refuse(rc, b, CONTRACTS_EOVERFLOW);

@@ -234,6 +234,7 @@ static const bad_case bad_cases[] = {
     {"unknown time in force", O_ORDER, P1, SLOT, 100000, 10, SELL, 7, 0, CONTRACTS_ETIF},
     {"consumer selling", O_ORDER, C1, SLOT, 100000, 10, SELL, GTC, 0, CONTRACTS_EROLE},
     {"DSO trading", O_ORDER, DSOK, SLOT, 100000, 10, BUY, GTC, 0, CONTRACTS_EROLE},
+    {"meter-data key trading", O_ORDER, MDATA, SLOT, 100000, 10, BUY, GTC, 0, CONTRACTS_EROLE},
     {"cancel of someone else's order", O_CANCEL_OTHER, P2, 0, 0, 0, 0, 0, 0, CONTRACTS_ENOTOWNER},
     {"cancel of an unknown order", O_CANCEL_UNKNOWN, P1, 0, 0, 0, 0, 0, 0, CONTRACTS_ENOORDER},
     {"reading from an unregistered meter", O_READING, STRANGER, 1, 10, 10, 0, 0, 0, CONTRACTS_EMETER},
