@@ -414,7 +414,8 @@ int contracts_genesis_init(void *ctx, ledger_state *st, const ledger_genesis *g)
                 return LEDGER_EGENESIS;
             mt = (mk_meter){.bus = p->bus, .import_cap_w = p->import_capacity_w,
                             .export_cap_w = a.role == TEM__V1__ROLE__CONSUMER ? 0 : p->export_capacity_w,
-                            .from_slot = p->from_slot, .until_slot = UINT64_MAX};
+                            .from_slot = p->from_slot,
+                            .until_slot = p->until_slot ? p->until_slot : UINT64_MAX};
             memcpy(mt.owner, p->owner, PUB);
             int rc = mk_meter_put(st, p->pubkey, &mt);
             if (rc) return rc;

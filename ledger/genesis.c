@@ -126,6 +126,10 @@ int ledger_genesis_parse(const char *text, size_t len, ledger_genesis *g, char *
             int64_t fs = 0;
             if (!opt_int(v, "from_slot", &fs)) GERR("participants[%zu].from_slot must be an integer >= 0", i);
             p->from_slot = (uint64_t)fs;
+            int64_t us = 0;
+            if (!opt_int(v, "until_slot", &us) || (us != 0 && us <= fs))
+                GERR("participants[%zu].until_slot must be an integer above from_slot", i);
+            p->until_slot = (uint64_t)us;
         }
         int64_t bus = 0;
         if (!opt_int(v, "bus", &bus) || bus > UINT32_MAX) GERR("participants[%zu].bus must be an integer >= 0", i);

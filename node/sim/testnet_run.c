@@ -237,10 +237,9 @@ static int gen(tn *t) {
     ctl_sim_config_default(&sc);
     sc.seed = t->seed;
     if (t->power_scale > 0) sc.power_scale = t->power_scale;
-    /* The meters answer from the first slot the simulator can still order for once the nodes
-     * have had TN_METER_LEAD_MS to start (docs/sim.md): an earlier slot nobody simulates would
-     * be settled as a silent meter, at its import capacity. The run starts there at the
-     * earliest. */
+    /* The meters answer for the run's slots only, from the first one the simulator can still
+     * order for once the nodes have had TN_METER_LEAD_MS to start (docs/sim.md): a slot nobody
+     * simulates would be settled as a silent meter, at its import capacity. */
     {
         int64_t slot_ms = (int64_t)t->slot_seconds * 1000;
         int64_t rel = ctl_now_ms() + TN_METER_LEAD_MS + 3 * slot_ms - gt;
@@ -270,6 +269,7 @@ static int gen(tn *t) {
         json_object_set_new(e, "import_capacity_w", json_integer(iw));
         json_object_set_new(e, "export_capacity_w", json_integer(ew));
         json_object_set_new(e, "from_slot", json_integer((json_int_t)t->meter_from));
+        json_object_set_new(e, "until_slot", json_integer((json_int_t)(t->meter_from + t->slots)));
         json_array_append_new(parts, e);
     }
     json_t *tar = json_array(), *p0 = json_object();
@@ -863,8 +863,12 @@ static int run(tn *t) {
     r.n_nodes = TN_VALIDATORS;
     r.stop = &tn_stop;
     r.quiet = t->quiet;
-    r.first_slot = ctl_simrun_first_slot(&t->g, ctl_now_ms() + 500);
-    if (r.first_slot < t->meter_from) r.first_slot = t->meter_from;
+    /* The run covers exactly the slots the genesis meters answer for, so no slot is settled as
+     * a silent meter. Nodes slower to start than TN_METER_LEAD_MS miss the first orders (EGATE)
+     * but not the readings. */
+    r.first_slot = t->meter_from;
+    if (ctl_simrun_first_slot(&t->g, ctl_now_ms() + 500) > r.first_slot)
+        say(t, "late start: the first slots' orders will miss their gate closure");
     say(t, "simulating %u slots (chain slots %llu..%llu, %u s each = %u simulated minutes, from %02u:%02u)",
         t->slots, (unsigned long long)r.first_slot, (unsigned long long)(r.first_slot + t->slots - 1),
         t->slot_seconds, c.slot_minutes, c.start_minute / 60, c.start_minute % 60);
