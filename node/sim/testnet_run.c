@@ -48,6 +48,7 @@ typedef struct {
     uint8_t (*psec)[32], (*ppub)[33];
     uint8_t (*msec)[32], (*mpub)[33]; /* each prosumer's meter key: it signs the readings */
     uint64_t meter_from;              /* first slot the genesis meters answer for */
+    bool run_slots_only;              /* run: the meters answer for the simulated slots only */
     uint32_t *bus, *per_bus;
     double *bus_load_w;
     /* running */
@@ -269,7 +270,10 @@ static int gen(tn *t) {
         json_object_set_new(e, "import_capacity_w", json_integer(iw));
         json_object_set_new(e, "export_capacity_w", json_integer(ew));
         json_object_set_new(e, "from_slot", json_integer((json_int_t)t->meter_from));
-        json_object_set_new(e, "until_slot", json_integer((json_int_t)(t->meter_from + t->slots)));
+        /* `testnet run` knows its slots; after `testnet gen` the meters stay (whoever runs the
+         * simulator later must keep them reporting: silence is estimated). */
+        if (t->run_slots_only)
+            json_object_set_new(e, "until_slot", json_integer((json_int_t)(t->meter_from + t->slots)));
         json_array_append_new(parts, e);
     }
     json_t *tar = json_array(), *p0 = json_object();
@@ -838,6 +842,7 @@ static int run(tn *t) {
         fprintf(stderr, "testnet: no temd at %s (build it with make, or pass --temd)\n", t->temd);
         return CTL_INVALID;
     }
+    t->run_slots_only = true;
     if (gen(t) != 0) return CTL_INVALID;
     int status = CTL_INVALID;
     json_t *data = NULL;
