@@ -2,8 +2,8 @@
 # tem-compose-init: the one-shot `init` service of deploy/docker-compose.yml. Generates a testnet
 # (temctl testnet gen) for the compose network's fixed addresses, then hands each validator only
 # its own key and config (its own volume), the genesis and feeder install tx to /genesis, and the
-# prosumers' trading and meter keys to the simulator's volume. Does nothing if /genesis/genesis.json exists, so
-# restarting the stack keeps its chain.
+# prosumers' trading and meter keys to the simulator's volume. Does nothing if
+# /genesis/genesis.json exists, so restarting the stack keeps its chain.
 set -euo pipefail
 if [ -f /genesis/genesis.json ]; then
     echo "tem-compose-init: /genesis/genesis.json exists; keeping the existing testnet"
