@@ -62,7 +62,8 @@ const char *contracts_strerror(int code);
 /* Symbolic name ("EPRICE", grid names too), or NULL for a code that is neither. */
 const char *contracts_errname(int code);
 
-/* Largest quantity of one order or reading (1 GWh) and largest tariff price (1e9 micro-units
+/* Largest quantity of one order or reading (1 GWh; a reading is also capped by its meter's
+ * capacity x slot length) and largest tariff price (1e9 micro-units
  * per kWh). A bigger quantity is refused with CONTRACTS_EOVERFLOW; a bigger price lies outside
  * every tariff band (CONTRACTS_EPRICE). Together they keep every product and every sum of a book
  * in 64 bits. */
@@ -80,16 +81,20 @@ void contracts_market_free(contracts_market *m);
 void contracts_executor(contracts_market *m, ledger_executor *ex);
 
 /* The `init` callback of ledger_store_open (ctx unused, may be NULL): writes the genesis
- * participants (accounts with their money and tokens), the supply counters, the genesis tariffs
- * and the utility and DSO accounts into st. LEDGER_OK, LEDGER_EGENESIS (bad role, duplicate key,
- * negative or overflowing balance, invalid tariff or market parameter), LEDGER_ENOMEM. */
+ * participants (accounts with their money and tokens; meters as meter records bound to an owner
+ * listed before them), the supply counters, the genesis tariffs and the utility, DSO and
+ * meter-data role keys into st. LEDGER_OK, LEDGER_EGENESIS (bad role, duplicate key, negative or
+ * overflowing balance, a meter with money or without a prosumer/consumer owner, invalid tariff
+ * or market parameter), LEDGER_ENOMEM. */
 TEM_WUR int contracts_genesis_init(void *ctx, ledger_state *st, const ledger_genesis *g);
 
 /* Whether the signer of tx may send its kind at all, before any market rule: admin kinds need a
- * genesis admin key (deposits also the utility's), every other kind a registered participant.
- * The executor applies the same rule; the node's mempool calls it to refuse early.
- * CONTRACTS_OK, CONTRACTS_ENOTADMIN, CONTRACTS_ENOTREGISTERED, CONTRACTS_EMETER (a reading from
- * an unregistered meter), LEDGER_ECORRUPT. */
+ * genesis admin key (deposits also the utility's; a meter registration also the current DSO's
+ * or utility's), readings a registered meter key or the current meter-data key, every other
+ * kind a registered participant. The executor applies the same rule; the node's mempool calls
+ * it to refuse early. CONTRACTS_OK, CONTRACTS_ENOTADMIN, CONTRACTS_ENOTREGISTERED,
+ * CONTRACTS_EMETER (a reading from an unknown key), CONTRACTS_ENOTMETER (a reading signed by a
+ * trading key), LEDGER_ECORRUPT. */
 TEM_WUR int contracts_signer_check(ledger_state *st, const ledger_genesis *g, const ledger_tx *tx);
 
 /* ------------------------------------------------------------------ reading the state */
