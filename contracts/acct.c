@@ -1,6 +1,7 @@
-/* acct.c: accounts and energy tokens: the account and counter records, the genesis
- * initialisation, registration, deposits, transfers, meter readings (token minting), tariffs and
- * slot timing, plus the reason-code table. docs/market.md describes the rules. */
+/* acct.c: accounts, meters and role keys: the account, meter and counter records, the genesis
+ * initialisation, registration (participants, meters, role keys), deposits, transfers, meter
+ * readings (who may sign them, capacity, corrections), tariffs and slot timing, plus the
+ * reason-code table. docs/market.md describes the rules. */
 #include "contracts/grid.h"
 #include "contracts/market_internal.h"
 
