@@ -1,6 +1,7 @@
-/* acct.c: accounts and energy tokens: the account and counter records, the genesis
- * initialisation, registration, deposits, transfers, meter readings (token minting), tariffs and
- * slot timing, plus the reason-code table. docs/market.md describes the rules. */
+/* acct.c: accounts, meters and role keys: the account, meter and counter records, the genesis
+ * initialisation, registration (participants, meters, role keys), deposits, transfers, meter
+ * readings (who may sign them, capacity, corrections), tariffs and slot timing, plus the
+ * reason-code table. docs/market.md describes the rules. */
 #include "contracts/grid.h"
 #include "contracts/market_internal.h"
 
@@ -163,6 +164,74 @@ static bool role_get(ledger_state *st, char which, uint8_t pub[PUB]) {
 }
 bool mk_utility(ledger_state *st, uint8_t pub[PUB]) { return role_get(st, 'u', pub); }
 bool mk_dso(ledger_state *st, uint8_t pub[PUB]) { return role_get(st, 'd', pub); }
+bool mk_meter_data(ledger_state *st, uint8_t pub[PUB]) { return role_get(st, 'm', pub); }
+
+/* ------------------------------------------------------------------ meters */
+static void meter_key(uint8_t key[1 + PUB], const uint8_t pub[PUB]) {
+    key[0] = MK_METER;
+    memcpy(key + 1, pub, PUB);
+}
+
+void mk_meter_decode(const uint8_t v[MK_METER_BYTES], mk_meter *m) {
+    memcpy(m->owner, v, PUB);
+    m->bus = tem_get_u32le(v + 36);
+    m->import_cap_w = mk_get_i64(v + 40);
+    m->export_cap_w = mk_get_i64(v + 48);
+    m->from_slot = tem_get_u64le(v + 56);
+    m->until_slot = tem_get_u64le(v + 64);
+}
+
+int mk_meter_get(ledger_state *st, const uint8_t pub[PUB], mk_meter *m) {
+    uint8_t key[1 + PUB];
+    meter_key(key, pub);
+    const uint8_t *v;
+    size_t vlen;
+    int rc = ledger_state_get(st, key, sizeof key, &v, &vlen);
+    if (rc) return rc;
+    if (vlen != MK_METER_BYTES) return LEDGER_ECORRUPT;
+    mk_meter_decode(v, m);
+    return LEDGER_OK;
+}
+
+int mk_meter_put(ledger_state *st, const uint8_t pub[PUB], const mk_meter *m) {
+    uint8_t key[1 + PUB], v[MK_METER_BYTES] = {0};
+    meter_key(key, pub);
+    memcpy(v, m->owner, PUB);
+    tem_put_u32le(v + 36, m->bus);
+    mk_put_i64(v + 40, m->import_cap_w);
+    mk_put_i64(v + 48, m->export_cap_w);
+    tem_put_u64le(v + 56, m->from_slot);
+    tem_put_u64le(v + 64, m->until_slot);
+    return ledger_state_put(st, key, sizeof key, v, sizeof v);
+}
+
+int64_t mk_cap_wh(int64_t cap_w, int64_t slot_ms) {
+    int64_t wh;
+    if (cap_w <= 0 || slot_ms <= 0) return 0;
+    if (!tem_mul_div_floor(cap_w, slot_ms, 3600000, &wh) || wh > CONTRACTS_QTY_MAX_WH)
+        return CONTRACTS_QTY_MAX_WH;
+    return wh;
+}
+
+static const uint8_t settle_next_key[2] = {MK_PARAM, 'l'};
+
+int mk_settle_next_get(ledger_state *st, uint64_t *slot) {
+    const uint8_t *v;
+    size_t vlen;
+    int rc = ledger_state_get(st, settle_next_key, 2, &v, &vlen);
+    *slot = 0;
+    if (rc == LEDGER_ENOTFOUND) return LEDGER_OK;
+    if (rc) return rc;
+    if (vlen != 8) return LEDGER_ECORRUPT;
+    *slot = tem_get_u64le(v);
+    return LEDGER_OK;
+}
+
+int mk_settle_next_put(ledger_state *st, uint64_t slot) {
+    uint8_t v[8];
+    tem_put_u64le(v, slot);
+    return ledger_state_put(st, settle_next_key, 2, v, 8);
+}
 
 int mk_role_put(ledger_state *st, char which, const uint8_t pub[PUB]) {
     uint8_t key[2] = {MK_PARAM, (uint8_t)which};
@@ -327,14 +396,32 @@ int contracts_genesis_init(void *ctx, ledger_state *st, const ledger_genesis *g)
         m->loss_price_uunit_per_kwh > CONTRACTS_PRICE_MAX || m->book_orders_max < 0)
         return LEDGER_EGENESIS;
     mk_counters c = {0};
-    bool have_u = false, have_d = false;
+    bool have_u = false, have_d = false, have_m = false;
     for (uint32_t i = 0; i < g->n_participants; i++) {
         const ledger_participant *p = &g->participants[i];
         if (!mk_pubkey_ok(p->pubkey, PUB) || p->role < TEM__V1__ROLE__PROSUMER ||
-            p->role > TEM__V1__ROLE__AGGREGATOR || p->money_uunit < 0 || p->tokens_wh < 0)
+            p->role > TEM__V1__ROLE__METER_DATA || p->money_uunit < 0 || p->tokens_wh < 0)
             return LEDGER_EGENESIS;
         mk_acct a;
+        mk_meter mt;
         if (mk_acct_get(st, p->pubkey, &a) == LEDGER_OK) return LEDGER_EGENESIS; /* duplicate */
+        if (mk_meter_get(st, p->pubkey, &mt) == LEDGER_OK) return LEDGER_EGENESIS;
+        if (p->role == TEM__V1__ROLE__METER) {
+            /* A meter is a device, not an account: it holds nothing and never trades. Its owner
+             * must be listed before it. */
+            if (p->money_uunit || p->tokens_wh || p->import_capacity_w < 0 || p->export_capacity_w < 0 ||
+                mk_acct_get(st, p->owner, &a) != LEDGER_OK ||
+                (a.role != TEM__V1__ROLE__PROSUMER && a.role != TEM__V1__ROLE__CONSUMER))
+                return LEDGER_EGENESIS;
+            mt = (mk_meter){.bus = p->bus, .import_cap_w = p->import_capacity_w,
+                            .export_cap_w = a.role == TEM__V1__ROLE__CONSUMER ? 0 : p->export_capacity_w,
+                            .from_slot = p->from_slot,
+                            .until_slot = p->until_slot ? p->until_slot : UINT64_MAX};
+            memcpy(mt.owner, p->owner, PUB);
+            int rc = mk_meter_put(st, p->pubkey, &mt);
+            if (rc) return rc;
+            continue;
+        }
         if (!tem_add_i64(&c.money, p->money_uunit) || !tem_add_i64(&c.tokens, p->tokens_wh))
             return LEDGER_EGENESIS;
         a = (mk_acct){.bus = p->bus, .role = p->role, .money = p->money_uunit,
@@ -349,6 +436,10 @@ int contracts_genesis_init(void *ctx, ledger_state *st, const ledger_genesis *g)
         if (p->role == TEM__V1__ROLE__DSO && !have_d) {
             if ((rc = mk_role_put(st, 'd', p->pubkey))) return rc;
             have_d = true;
+        }
+        if (p->role == TEM__V1__ROLE__METER_DATA && !have_m) {
+            if ((rc = mk_role_put(st, 'm', p->pubkey))) return rc;
+            have_m = true;
         }
     }
     c.minted = 0;
@@ -371,29 +462,99 @@ static bool is_admin(const ledger_block_ctx *b, const ledger_tx *tx) {
     return ledger_genesis_is_admin(b->genesis, tx->body->signer.data);
 }
 
+/* The three role pointers ('p' 'u' utility, 'p' 'd' DSO, 'p' 'm' meter-data key) follow the
+ * latest registration: registering a key in the role moves the role's rights to it, and
+ * re-registering the holder in another role leaves the role vacant. The old key keeps none. */
+static int role_pointers_update(ledger_state *st, const uint8_t pub[PUB], int role) {
+    static const struct { char which; int role; } R[] = {
+        {'u', TEM__V1__ROLE__UTILITY}, {'d', TEM__V1__ROLE__DSO}, {'m', TEM__V1__ROLE__METER_DATA}};
+    for (size_t i = 0; i < sizeof R / sizeof R[0]; i++) {
+        uint8_t cur[PUB];
+        bool have = role_get(st, R[i].which, cur);
+        int e = LEDGER_OK;
+        uint8_t key[2] = {MK_PARAM, (uint8_t)R[i].which};
+        if (role == R[i].role)
+            e = mk_role_put(st, R[i].which, pub);
+        else if (have && memcmp(cur, pub, PUB) == 0)
+            e = ledger_state_del(st, key, 2);
+        if (e) return e;
+    }
+    return LEDGER_OK;
+}
+
+/* First slot a meter registered in a block at time_ms answers for: the first slot starting at or
+ * after the block, so it is never estimated for energy measured before it existed. */
+static uint64_t first_full_slot(const ledger_genesis *g, uint64_t time_ms) {
+    if (time_ms <= g->genesis_time_ms) return 0;
+    uint64_t rel = time_ms - g->genesis_time_ms, sm = (uint64_t)g->market.slot_ms;
+    return rel / sm + (rel % sm ? 1 : 0);
+}
+
+static int register_meter(ledger_state *st, const ledger_block_ctx *b,
+                          const Tem__V1__RegisterParticipant *r, Tem__V1__Receipt *rc) {
+    const uint8_t *pub = r->pubkey.data;
+    mk_acct a;
+    int e = mk_acct_get(st, pub, &a);
+    if (e == LEDGER_OK) return mk_refuse(rc, b, CONTRACTS_EMETERKEY); /* a trading key */
+    if (e != LEDGER_ENOTFOUND) return e;
+    if (r->import_capacity_w > (uint64_t)INT64_MAX || r->export_capacity_w > (uint64_t)INT64_MAX)
+        return mk_refuse(rc, b, CONTRACTS_EOVERFLOW);
+    int g = grid_bus_check(st, r->bus);
+    if (g != GRID_OK) return mk_refuse(rc, b, g);
+    mk_meter m;
+    e = mk_meter_get(st, pub, &m);
+    if (e != LEDGER_OK && e != LEDGER_ENOTFOUND) return e;
+    uint64_t next = first_full_slot(b->genesis, b->time_ms);
+    if (r->owner.len == 0) {
+        /* Retirement: the meter answers for no slot from the next one on. */
+        if (e == LEDGER_ENOTFOUND) return mk_refuse(rc, b, CONTRACTS_EMETER);
+        if (m.until_slot > next) m.until_slot = next < m.from_slot ? m.from_slot : next;
+        return mk_meter_put(st, pub, &m);
+    }
+    if (!mk_pubkey_ok(r->owner.data, r->owner.len)) return mk_refuse(rc, b, CONTRACTS_EPUBKEY);
+    mk_acct owner;
+    int oe = mk_acct_get(st, r->owner.data, &owner);
+    if (oe == LEDGER_ENOTFOUND) return mk_refuse(rc, b, CONTRACTS_ENORECIPIENT);
+    if (oe) return oe;
+    if (owner.role != TEM__V1__ROLE__PROSUMER && owner.role != TEM__V1__ROLE__CONSUMER)
+        return mk_refuse(rc, b, CONTRACTS_EROLE);
+    if (e == LEDGER_OK && memcmp(m.owner, r->owner.data, PUB) != 0)
+        return mk_refuse(rc, b, CONTRACTS_EMETERKEY); /* bound to one participant for life */
+    if (e == LEDGER_ENOTFOUND) {
+        m = (mk_meter){.from_slot = next, .until_slot = UINT64_MAX};
+        memcpy(m.owner, r->owner.data, PUB);
+    }
+    m.bus = r->bus;
+    m.import_cap_w = (int64_t)r->import_capacity_w;
+    /* A consumer's meter measures no export. */
+    m.export_cap_w = owner.role == TEM__V1__ROLE__CONSUMER ? 0 : (int64_t)r->export_capacity_w;
+    return mk_meter_put(st, pub, &m);
+}
+
 int mk_exec_register(ledger_state *st, const ledger_block_ctx *b, const ledger_tx *tx,
                      Tem__V1__Receipt *rc) {
     const Tem__V1__RegisterParticipant *r = tx->body->register_;
-    if (!is_admin(b, tx)) return mk_refuse(rc, b, CONTRACTS_ENOTADMIN);
+    int ce = contracts_signer_check(st, b->genesis, tx);
+    if (ce == CONTRACTS_ENOTADMIN) return mk_refuse(rc, b, ce);
+    if (ce) return ce;
     if (!mk_pubkey_ok(r->pubkey.data, r->pubkey.len)) return mk_refuse(rc, b, CONTRACTS_EPUBKEY);
-    if (r->role < TEM__V1__ROLE__PROSUMER || r->role > TEM__V1__ROLE__AGGREGATOR)
+    if (r->role < TEM__V1__ROLE__PROSUMER || r->role > TEM__V1__ROLE__METER_DATA)
         return mk_refuse(rc, b, CONTRACTS_EBADROLE);
+    if (r->role == TEM__V1__ROLE__METER) return register_meter(st, b, r, rc);
+    mk_meter mt;
+    int e = mk_meter_get(st, r->pubkey.data, &mt);
+    if (e == LEDGER_OK) return mk_refuse(rc, b, CONTRACTS_EMETERKEY); /* a meter never trades */
+    if (e != LEDGER_ENOTFOUND) return e;
     int g = grid_bus_check(st, r->bus);
     if (g != GRID_OK) return mk_refuse(rc, b, g);
     mk_acct a = {0};
-    int e = mk_acct_get(st, r->pubkey.data, &a);
+    e = mk_acct_get(st, r->pubkey.data, &a);
     if (e != LEDGER_OK && e != LEDGER_ENOTFOUND) return e;
     /* Re-registration moves the participant (bus, role) and keeps its balances. */
     a.bus = r->bus;
     a.role = (int32_t)r->role;
     if ((e = mk_acct_put(st, r->pubkey.data, &a))) return e;
-    uint8_t tmp[PUB];
-    if (r->role == TEM__V1__ROLE__UTILITY && !mk_utility(st, tmp) &&
-        (e = mk_role_put(st, 'u', r->pubkey.data)))
-        return e;
-    if (r->role == TEM__V1__ROLE__DSO && !mk_dso(st, tmp) && (e = mk_role_put(st, 'd', r->pubkey.data)))
-        return e;
-    return LEDGER_OK;
+    return role_pointers_update(st, r->pubkey.data, (int)r->role);
 }
 
 static int amount_i64(uint64_t amount, int64_t *out) {
@@ -415,10 +576,27 @@ int contracts_signer_check(ledger_state *st, const ledger_genesis *g, const ledg
          * (docs/market.md, "Participants and roles"). */
         if (kind == TEM__V1__TX_BODY__KIND_DEPOSIT && e == LEDGER_OK && a.role == TEM__V1__ROLE__UTILITY)
             return CONTRACTS_OK;
+        /* The DSO and the utility install meters: only the current holders of the roles. */
+        if (kind == TEM__V1__TX_BODY__KIND_REGISTER && tx->body->register_ &&
+            tx->body->register_->role == TEM__V1__ROLE__METER) {
+            uint8_t d[PUB], u[PUB];
+            if ((mk_dso(st, d) && memcmp(d, signer, PUB) == 0) ||
+                (mk_utility(st, u) && memcmp(u, signer, PUB) == 0))
+                return CONTRACTS_OK;
+        }
         return CONTRACTS_ENOTADMIN;
     }
-    if (e == LEDGER_ENOTFOUND)
-        return kind == TEM__V1__TX_BODY__KIND_READING ? CONTRACTS_EMETER : CONTRACTS_ENOTREGISTERED;
+    if (kind == TEM__V1__TX_BODY__KIND_READING) {
+        /* Readings come from meter devices or the DSO's meter-data key, never a trading key. */
+        mk_meter m;
+        int me = mk_meter_get(st, signer, &m);
+        if (me == LEDGER_OK) return CONTRACTS_OK;
+        if (me != LEDGER_ENOTFOUND) return me;
+        uint8_t md[PUB];
+        if (mk_meter_data(st, md) && memcmp(md, signer, PUB) == 0) return CONTRACTS_OK;
+        return e == LEDGER_OK ? CONTRACTS_ENOTMETER : CONTRACTS_EMETER;
+    }
+    if (e == LEDGER_ENOTFOUND) return CONTRACTS_ENOTREGISTERED;
     return CONTRACTS_OK;
 }
 
@@ -473,12 +651,25 @@ int mk_exec_reading(ledger_state *st, const ledger_block_ctx *b, const ledger_tx
                     Tem__V1__Receipt *rc) {
     const Tem__V1__MeterReading *r = tx->body->reading;
     const uint8_t *signer = tx->body->signer.data;
-    mk_acct a;
-    int e = mk_acct_get(st, signer, &a);
-    if (e == LEDGER_ENOTFOUND) return mk_refuse(rc, b, CONTRACTS_EMETER);
+    int e = contracts_signer_check(st, b->genesis, tx);
+    if (e == CONTRACTS_EMETER || e == CONTRACTS_ENOTMETER) return mk_refuse(rc, b, e);
     if (e) return e;
-    if (a.role != TEM__V1__ROLE__PROSUMER && a.role != TEM__V1__ROLE__CONSUMER)
-        return mk_refuse(rc, b, CONTRACTS_EROLE);
+    /* The meter-data key names the meter; a meter signs for itself. */
+    mk_meter m;
+    const uint8_t *meter = signer;
+    e = mk_meter_get(st, signer, &m);
+    bool bulk = e == LEDGER_ENOTFOUND;
+    if (e != LEDGER_OK && !bulk) return e;
+    if (bulk) {
+        if (!mk_pubkey_ok(r->meter.data, r->meter.len)) return mk_refuse(rc, b, CONTRACTS_EPUBKEY);
+        meter = r->meter.data;
+        e = mk_meter_get(st, meter, &m);
+        if (e == LEDGER_ENOTFOUND) return mk_refuse(rc, b, CONTRACTS_EMETER);
+        if (e) return e;
+    } else if (r->meter.len != 0 && (r->meter.len != PUB || memcmp(r->meter.data, signer, PUB) != 0)) {
+        return mk_refuse(rc, b, CONTRACTS_ENOTMETER); /* a meter speaks only for itself */
+    }
+    if (r->slot < m.from_slot || r->slot >= m.until_slot) return mk_refuse(rc, b, CONTRACTS_EMETER);
     int64_t end, deadline;
     if (!mk_slot_times(b->genesis, r->slot, NULL, NULL, &end, &deadline))
         return mk_refuse(rc, b, CONTRACTS_ESLOT);
@@ -486,36 +677,27 @@ int mk_exec_reading(ledger_state *st, const ledger_block_ctx *b, const ledger_tx
     if ((int64_t)b->time_ms > deadline) return mk_refuse(rc, b, CONTRACTS_ELATE);
     if (r->import_wh > (uint64_t)CONTRACTS_QTY_MAX_WH || r->export_wh > (uint64_t)CONTRACTS_QTY_MAX_WH)
         return mk_refuse(rc, b, CONTRACTS_EOVERFLOW);
-    if (a.role == TEM__V1__ROLE__CONSUMER && r->export_wh > 0)
-        return mk_refuse(rc, b, CONTRACTS_EEXPORT);
+    if (m.export_cap_w == 0 && r->export_wh > 0) return mk_refuse(rc, b, CONTRACTS_EEXPORT);
+    int64_t slot_ms = b->genesis->market.slot_ms;
+    if ((int64_t)r->import_wh > mk_cap_wh(m.import_cap_w, slot_ms) ||
+        (int64_t)r->export_wh > mk_cap_wh(m.export_cap_w, slot_ms))
+        return mk_refuse(rc, b, CONTRACTS_ECAPACITY);
     uint8_t key[1 + 8 + PUB];
     key[0] = MK_READ;
     tem_put_u64be(key + 1, r->slot);
-    memcpy(key + 9, signer, PUB);
+    memcpy(key + 9, meter, PUB);
     const uint8_t *v;
     size_t vlen;
     e = ledger_state_get(st, key, sizeof key, &v, &vlen);
-    if (e == LEDGER_OK) return mk_refuse(rc, b, CONTRACTS_EDUPREADING);
-    if (e != LEDGER_ENOTFOUND) return e;
-    mk_counters c;
-    if ((e = mk_counters_get(st, &c))) return e;
-    int64_t ex = (int64_t)r->export_wh;
-    if (!tem_add_i64(&c.tokens, ex) || !tem_add_i64(&c.minted, ex))
-        return mk_refuse(rc, b, CONTRACTS_EOVERFLOW);
-    bool ok = tem_add_i64(&a.tokens, ex);
-    TEM_ASSERT(ok);
+    /* A meter reports once; the meter-data key may correct until the deadline. */
+    if (e == LEDGER_OK && !bulk) return mk_refuse(rc, b, CONTRACTS_EDUPREADING);
+    if (e != LEDGER_OK && e != LEDGER_ENOTFOUND) return e;
     uint8_t val[16];
     tem_put_u64le(val, r->import_wh);
     tem_put_u64le(val + 8, r->export_wh);
     if ((e = ledger_state_put(st, key, sizeof key, val, sizeof val))) return e;
-    if ((e = mk_acct_put(st, signer, &a)) || (e = mk_counters_put(st, &c))) return e;
-    /* The slot now has something to settle. */
-    mk_slot s;
-    bool found;
-    if ((e = mk_slot_get(st, r->slot, &s, &found))) return e;
-    if (!found && (e = mk_slot_put(st, r->slot, &(mk_slot){0}))) return e;
-    /* Imports are burnt at settlement, once the tokens bought for the slot have arrived. */
-    rc->minted_wh = ex;
+    /* The energy belongs to the slot: nothing is credited to an account until it settles. */
+    rc->minted_wh = (int64_t)r->export_wh;
     return LEDGER_OK;
 }
 
@@ -545,7 +727,12 @@ int mk_exec_set_tariff(ledger_state *st, const ledger_block_ctx *b, const ledger
     int64_t since = (int64_t)b->time_ms - (int64_t)b->genesis->genesis_time_ms - mp->settlement_deadline_ms;
     uint64_t keep = since > 0 ? (uint64_t)(since / mp->slot_ms) : 0;
     keep = keep > 1 ? keep - 1 : 0;
-    int e = mk_tariff_put(st, s->from_slot, keep, &t);
+    /* Settlement may lag behind time (a bounded number of slots per block): keep what it needs. */
+    uint64_t next;
+    int e = mk_settle_next_get(st, &next);
+    if (e) return e;
+    if (next < keep) keep = next;
+    e = mk_tariff_put(st, s->from_slot, keep, &t);
     if (e == CONTRACTS_ETARIFF) return mk_refuse(rc, b, CONTRACTS_ETARIFF);
     return e;
 }

@@ -45,7 +45,10 @@
     X(ESELF, -326, "transfer to oneself")                                                          \
     X(EMECH, -327, "IOC orders are not available in a call auction market")                        \
     X(EKIND, -328, "tx kind not handled by the market")                                            \
-    X(EEXPORT, -329, "a consumer meter cannot report export")
+    X(EEXPORT, -329, "a consumer meter cannot report export")                                    \
+    X(ENOTMETER, -330, "readings must be signed by a registered meter or the meter-data key")     \
+    X(ECAPACITY, -331, "reading above the meter's capacity times the slot length")                 \
+    X(EMETERKEY, -332, "key already registered in another role (meter keys never trade)")
 
 enum contracts_err {
     CONTRACTS_OK = 0,
@@ -59,7 +62,8 @@ const char *contracts_strerror(int code);
 /* Symbolic name ("EPRICE", grid names too), or NULL for a code that is neither. */
 const char *contracts_errname(int code);
 
-/* Largest quantity of one order or reading (1 GWh) and largest tariff price (1e9 micro-units
+/* Largest quantity of one order or reading (1 GWh; a reading is also capped by its meter's
+ * capacity x slot length) and largest tariff price (1e9 micro-units
  * per kWh). A bigger quantity is refused with CONTRACTS_EOVERFLOW; a bigger price lies outside
  * every tariff band (CONTRACTS_EPRICE). Together they keep every product and every sum of a book
  * in 64 bits. */
@@ -77,16 +81,20 @@ void contracts_market_free(contracts_market *m);
 void contracts_executor(contracts_market *m, ledger_executor *ex);
 
 /* The `init` callback of ledger_store_open (ctx unused, may be NULL): writes the genesis
- * participants (accounts with their money and tokens), the supply counters, the genesis tariffs
- * and the utility and DSO accounts into st. LEDGER_OK, LEDGER_EGENESIS (bad role, duplicate key,
- * negative or overflowing balance, invalid tariff or market parameter), LEDGER_ENOMEM. */
+ * participants (accounts with their money and tokens; meters as meter records bound to an owner
+ * listed before them), the supply counters, the genesis tariffs and the utility, DSO and
+ * meter-data role keys into st. LEDGER_OK, LEDGER_EGENESIS (bad role, duplicate key, negative or
+ * overflowing balance, a meter with money or without a prosumer/consumer owner, invalid tariff
+ * or market parameter), LEDGER_ENOMEM. */
 TEM_WUR int contracts_genesis_init(void *ctx, ledger_state *st, const ledger_genesis *g);
 
 /* Whether the signer of tx may send its kind at all, before any market rule: admin kinds need a
- * genesis admin key (deposits also the utility's), every other kind a registered participant.
- * The executor applies the same rule; the node's mempool calls it to refuse early.
- * CONTRACTS_OK, CONTRACTS_ENOTADMIN, CONTRACTS_ENOTREGISTERED, CONTRACTS_EMETER (a reading from
- * an unregistered meter), LEDGER_ECORRUPT. */
+ * genesis admin key (deposits also the utility's; a meter registration also the current DSO's
+ * or utility's), readings a registered meter key or the current meter-data key, every other
+ * kind a registered participant. The executor applies the same rule; the node's mempool calls
+ * it to refuse early. CONTRACTS_OK, CONTRACTS_ENOTADMIN, CONTRACTS_ENOTREGISTERED,
+ * CONTRACTS_EMETER (a reading from an unknown key), CONTRACTS_ENOTMETER (a reading signed by a
+ * trading key), LEDGER_ECORRUPT. */
 TEM_WUR int contracts_signer_check(ledger_state *st, const ledger_genesis *g, const ledger_tx *tx);
 
 /* ------------------------------------------------------------------ reading the state */
@@ -95,9 +103,10 @@ typedef struct {
     uint32_t bus;
     int32_t role;                /* Tem__V1__Role */
     int64_t money_uunit;         /* free money */
-    int64_t money_escrow_uunit;  /* held for open buy orders and unsettled trades */
-    int64_t tokens_wh;           /* free energy tokens */
-    int64_t tokens_escrow_wh;    /* sellers' collateral for open orders and unsettled trades */
+    int64_t money_escrow_uunit;  /* held for open orders (buy price and fees, sell collateral) and
+                                    unsettled trades */
+    int64_t tokens_wh;           /* genesis energy tokens: no market rule moves them any more */
+    int64_t tokens_escrow_wh;    /* always 0: collateral is money now (docs/market.md) */
     int64_t debt_uunit;          /* settlement charges it could not pay (docs/market.md) */
 } contracts_account;
 
@@ -131,7 +140,7 @@ typedef struct {
     uint64_t price;         /* limit, micro-units per kWh */
     uint64_t qty_wh, remaining_wh;
     int64_t escrow_uunit;   /* money the order still holds (price part + fee part) */
-    int64_t escrow_tokens_wh;
+    int64_t escrow_collateral_uunit;
 } contracts_order;
 /* Resting orders of `slot` in arrival order (seq); priority order is (price, seq). */
 TEM_WUR int contracts_order_iter(ledger_state *st, uint64_t slot,
@@ -141,7 +150,7 @@ typedef struct {
     uint64_t slot, seq; /* seq: execution order within the slot */
     uint8_t seller[LEDGER_SECP_PUB_BYTES], buyer[LEDGER_SECP_PUB_BYTES];
     uint64_t qty_wh, price;
-    int64_t value_uunit, buyer_fee_uunit, seller_fee_uunit, collateral_wh;
+    int64_t value_uunit, buyer_fee_uunit, seller_fee_uunit, collateral_uunit;
 } contracts_trade;
 /* Unsettled trades of `slot` in execution order. */
 TEM_WUR int contracts_trade_iter(ledger_state *st, uint64_t slot,
@@ -168,6 +177,7 @@ typedef struct {
     int64_t export_wh, import_wh, sold_wh, bought_wh, delivered_wh, received_wh, shortfall_wh;
     int64_t burnt_wh, lack_wh, surplus_wh;
     int64_t trade_net_uunit, penalty_net_uunit, utility_net_uunit, unpaid_uunit;
+    int64_t covered_wh, cover_wh, withheld_wh, fees_uunit, estimated, total_uunit;
 } contracts_settlement;
 /* Settlement lines of a settled `slot`, by public key (docs/market.md, "Settlement"). */
 TEM_WUR int contracts_settlement_iter(ledger_state *st, uint64_t slot,

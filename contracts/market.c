@@ -19,7 +19,7 @@ void mk_order_encode(const mk_order *o, uint8_t out[MK_ORDER_BYTES]) {
     tem_put_u64le(out + 88, o->remaining_wh);
     mk_put_i64(out + 96, o->escrow_price);
     mk_put_i64(out + 104, o->escrow_fee);
-    mk_put_i64(out + 112, o->escrow_tokens);
+    mk_put_i64(out + 112, o->escrow_coll);
 }
 
 void mk_order_decode(const uint8_t in[MK_ORDER_BYTES], mk_order *o) {
@@ -33,7 +33,7 @@ void mk_order_decode(const uint8_t in[MK_ORDER_BYTES], mk_order *o) {
     o->remaining_wh = tem_get_u64le(in + 88);
     o->escrow_price = mk_get_i64(in + 96);
     o->escrow_fee = mk_get_i64(in + 104);
-    o->escrow_tokens = mk_get_i64(in + 112);
+    o->escrow_coll = mk_get_i64(in + 112);
 }
 
 void mk_trade_encode(const mk_trade *t, uint8_t out[MK_TRADE_BYTES]) {
@@ -241,6 +241,7 @@ typedef struct {
     int64_t taker_released, taker_fee;
     uint32_t skips; /* grid-blocked counter-orders so far (MK_GRID_SKIPS_MAX) */
     uint64_t blocked; /* fully blocked matches of this call clearing ('q' ids 2^63 + n) */
+    bool self_stop;   /* the taker reached its owner's own resting order */
     int err;
 } fill_env;
 
@@ -248,8 +249,12 @@ static bool price_part(uint64_t qty, uint64_t price, int64_t *out) {
     return tem_mul_div_ceil((int64_t)qty, (int64_t)price, 1000, out);
 }
 
-static bool collateral_part(const ledger_genesis *g, uint64_t qty, int64_t *out) {
-    return tem_mul_div_ceil((int64_t)qty, g->market.seller_collateral_ppm, 1000000, out);
+/* A seller's money collateral: ceil(ceil(qty * retail / 1000) * ppm / 1e6), held apart from any
+ * metered energy, to pay the cover and withholding charges of a shortfall at settlement. */
+static bool collateral_part(const ledger_genesis *g, uint64_t qty, int64_t retail, int64_t *out) {
+    int64_t v;
+    return tem_mul_div_ceil((int64_t)qty, retail, 1000, &v) &&
+           tem_mul_div_ceil(v, g->market.seller_collateral_ppm, 1000000, out);
 }
 
 /* Most fees an order of qty at `bus` can owe: grid codes, GRID_OK. */
@@ -269,16 +274,14 @@ static int release_order(ledger_state *st, mk_order *o, int64_t *money, int64_t 
     mk_acct a;
     int rc = mk_acct_get(st, o->owner, &a);
     if (rc) return rc == LEDGER_ENOTFOUND ? LEDGER_ECORRUPT : rc;
-    int64_t mr = o->escrow_price + o->escrow_fee, tr = o->escrow_tokens;
-    TEM_ASSERT(mr >= 0 && tr >= 0);
-    TEM_ASSERT(a.money_escrow >= mr && a.tokens_escrow >= tr);
+    int64_t mr = o->escrow_price + o->escrow_fee + o->escrow_coll;
+    TEM_ASSERT(mr >= 0 && o->escrow_coll >= 0);
+    TEM_ASSERT(a.money_escrow >= mr);
     a.money_escrow -= mr;
     a.money += mr;
-    a.tokens_escrow -= tr;
-    a.tokens += tr;
-    o->escrow_price = o->escrow_fee = o->escrow_tokens = 0;
+    o->escrow_price = o->escrow_fee = o->escrow_coll = 0;
     if (money) *money += mr;
-    if (tokens) *tokens += tr;
+    (void)tokens; /* nothing escrows tokens any more */
     return mk_acct_put(st, o->owner, &a);
 }
 
@@ -317,6 +320,8 @@ static int mk_fill(fill_env *e, mk_order *buy, mk_order *sell, uint64_t want, ui
         q = gr.allowed_wh;
         if (gr.curtailed_wh > 0) binding = gr.binding.text;
     }
+    /* Capacity was scarce in this slot: undelivered trade energy will pay for what it withheld. */
+    if (q < want) e->srec.flags |= MK_SLOT_BOUND;
     mk_order *taker = e->taker;
     mk_order *counter = taker == buy ? sell : buy;
     if (!taker && q < want) {
@@ -400,14 +405,15 @@ static int mk_fill(fill_env *e, mk_order *buy, mk_order *sell, uint64_t want, ui
     ba.money += rel_p + rel_f;
     if ((rc = mk_acct_put(e->st, buy->owner, &ba))) return rc;
 
-    /* Seller collateral: the part for q moves from the order to the trade. */
+    /* Seller collateral: the part for q moves from the order to the trade, in proportion (so a
+     * tariff change while the order rests cannot make it negative). */
     uint64_t sr = sell->remaining_wh - q;
     int64_t new_et;
-    ok = collateral_part(g, sr, &new_et);
-    TEM_ASSERT(ok);
-    int64_t coll = sell->escrow_tokens - new_et;
+    ok = tem_mul_div_ceil(sell->escrow_coll, (int64_t)sr, (int64_t)sell->remaining_wh, &new_et);
+    TEM_ASSERT(ok && new_et <= sell->escrow_coll);
+    int64_t coll = sell->escrow_coll - new_et;
     TEM_ASSERT(coll >= 0);
-    sell->escrow_tokens = new_et;
+    sell->escrow_coll = new_et;
     buy->remaining_wh = br;
     sell->remaining_wh = sr;
 
@@ -450,6 +456,10 @@ static int64_t cda_fill_cb(void *ctx, const cda_order *r, uint64_t want) {
     int rc = order_get(e->st, e->slot, r->id, &rest);
     if (rc) return e->err = rc, -1;
     TEM_ASSERT(rest.remaining_wh == r->qty_wh);
+    if (memcmp(rest.owner, e->taker->owner, PUB) == 0) {
+        e->self_stop = true;
+        return CDA_FILL_STOP;
+    }
     mk_order *buy = e->taker->side == TEM__V1__SIDE__BUY ? e->taker : &rest;
     mk_order *sell = buy == e->taker ? &rest : e->taker;
     uint64_t got;
@@ -506,8 +516,10 @@ static int exec_order(contracts_market *m, ledger_state *st, const ledger_block_
     if (o->tif != TEM__V1__TIME_IN_FORCE__GTC && o->tif != TEM__V1__TIME_IN_FORCE__IOC)
         return mk_refuse(rc, b, CONTRACTS_ETIF);
     bool buy = o->side == TEM__V1__SIDE__BUY, ioc = o->tif == TEM__V1__TIME_IN_FORCE__IOC;
-    /* The DSO operates the network and stays out of the market; a consumer has nothing to sell. */
-    if (a.role == TEM__V1__ROLE__DSO || (!buy && a.role == TEM__V1__ROLE__CONSUMER))
+    /* The DSO (and its meter-data key) operates the network and stays out of the market; a
+     * consumer has nothing to sell. */
+    if (a.role == TEM__V1__ROLE__DSO || a.role == TEM__V1__ROLE__METER_DATA ||
+        (!buy && a.role == TEM__V1__ROLE__CONSUMER))
         return mk_refuse(rc, b, CONTRACTS_EROLE);
     if (o->quantity_wh == 0) return mk_refuse(rc, b, CONTRACTS_EQTY);
     if (o->quantity_wh > (uint64_t)CONTRACTS_QTY_MAX_WH) return mk_refuse(rc, b, CONTRACTS_EOVERFLOW);
@@ -553,12 +565,12 @@ static int exec_order(contracts_market *m, ledger_state *st, const ledger_block_
         a.money_escrow += total;
         rc->escrow_held = (uint64_t)total;
     } else {
-        if (!collateral_part(b->genesis, o->quantity_wh, &ord.escrow_tokens))
+        if (!collateral_part(b->genesis, o->quantity_wh, tariff.retail, &ord.escrow_coll))
             return mk_refuse(rc, b, CONTRACTS_EOVERFLOW);
-        if (a.tokens < ord.escrow_tokens) return mk_refuse(rc, b, CONTRACTS_ECOLLATERAL);
-        a.tokens -= ord.escrow_tokens;
-        a.tokens_escrow += ord.escrow_tokens;
-        rc->tokens_escrowed = (uint64_t)ord.escrow_tokens;
+        if (a.money < ord.escrow_coll) return mk_refuse(rc, b, CONTRACTS_EFUNDS);
+        a.money -= ord.escrow_coll;
+        a.money_escrow += ord.escrow_coll;
+        rc->escrow_held = (uint64_t)ord.escrow_coll;
     }
     /* ---- nothing below refuses: the book may change from here on. */
     if (!bk && !(bk = book_get(m, o->slot))) return LEDGER_ENOMEM;
@@ -579,7 +591,9 @@ static int exec_order(contracts_market *m, ledger_state *st, const ledger_block_
         }
         TEM_ASSERT(rem == ord.remaining_wh);
     }
-    if (rem > 0 && !ioc) {
+    /* Self-trade prevention, cancel-newest: an order that reaches one of its owner's own resting
+     * orders stops there and its remainder is cancelled, as if it were IOC. */
+    if (rem > 0 && !ioc && !env.self_stop) {
         if ((e = order_put(st, &ord, true))) goto out;
         int r = cda_book_add(bk, ord.seq, side, ord.price, rem);
         if (r) {
@@ -591,12 +605,11 @@ static int exec_order(contracts_market *m, ledger_state *st, const ledger_block_
         int64_t mr = 0, tr = 0;
         if ((e = release_order(st, &ord, &mr, &tr))) goto out;
         env.taker_released += mr;
-        rc->tokens_released += (uint64_t)tr;
     }
     bool found;
     mk_slot cur;
     if ((e = mk_slot_get(st, o->slot, &cur, &found))) goto out;
-    env.srec.flags = cur.flags;
+    env.srec.flags |= cur.flags;
     if ((e = mk_slot_put(st, o->slot, &env.srec))) goto out;
     rc->escrow_released += (uint64_t)env.taker_released;
     rc->fee += (uint64_t)env.taker_fee;
@@ -641,7 +654,7 @@ static int exec_cancel(contracts_market *m, ledger_state *st, const ledger_block
     e = cda_book_remove(bk, seq, NULL);
     TEM_ASSERT(e == CDA_BOOK_OK);
     rc->escrow_released = (uint64_t)mr;
-    rc->tokens_released = (uint64_t)tr;
+    (void)tr;
     return LEDGER_OK;
 }
 
@@ -713,6 +726,8 @@ static int call_clear_slot(fill_env *e, cda_book *bk) {
                 if (j == j0) j0++;
                 continue;
             }
+            /* Self-trade prevention: a buyer never meets its owner's own sell. */
+            if (memcmp(sell.owner, buy.owner, PUB) == 0) continue;
             uint64_t want = buy.remaining_wh < sell.remaining_wh ? buy.remaining_wh : sell.remaining_wh;
             if (want > cr.volume_wh - done) want = cr.volume_wh - done;
             uint64_t got;
@@ -746,6 +761,7 @@ static int close_slot(contracts_market *m, ledger_state *st, const ledger_block_
         tem_free(env.fills);
         if (rc) return rc;
         s->next_tseq = env.srec.next_tseq;
+        s->flags |= env.srec.flags & MK_SLOT_BOUND;
     }
     seq_list l = {0};
     uint8_t prefix[9];
@@ -796,6 +812,59 @@ static int collect_slot(void *ctx, const uint8_t *key, size_t klen, const uint8_
     return 0;
 }
 
+static int first_key(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen) {
+    (void)val;
+    (void)vlen;
+    uint64_t *out = ctx;
+    if (klen == 9) *out = tem_get_u64be(key + 1);
+    return 1;
+}
+
+static bool any_meter(ledger_state *st) {
+    uint8_t prefix = MK_METER;
+    uint64_t dummy = 0;
+    return ledger_state_iter(st, &prefix, 1, first_key, &dummy) == 1;
+}
+
+/* Settlement runs strictly in slot order from 'p' 'l' on: every slot whose reading deadline has
+ * passed settles once. While any meter is registered every such slot settles (a silent meter is
+ * estimated, docs/market.md section 8), at most MK_SETTLE_SLOTS_PER_BLOCK per block; without
+ * meters only slots with a record (orders or trades) have anything to settle. */
+static int settle_due(ledger_state *st, const ledger_block_ctx *b) {
+    const ledger_market_params *mp = &b->genesis->market;
+    uint64_t next;
+    int rc = mk_settle_next_get(st, &next);
+    if (rc) return rc;
+    /* Slots s with deadline(s) = genesis + (s + 1) * slot_ms + settlement_deadline_ms < time. */
+    int64_t rel = (int64_t)b->time_ms - (int64_t)b->genesis->genesis_time_ms;
+    if (!tem_sub_i64(&rel, mp->settlement_deadline_ms) || rel <= 0) return LEDGER_OK;
+    uint64_t end = (uint64_t)((rel - 1) / mp->slot_ms); /* settle slots < end */
+    if (next >= end) return LEDGER_OK;
+    bool meters = any_meter(st);
+    for (uint32_t done = 0; next < end && done < MK_SETTLE_SLOTS_PER_BLOCK; done++) {
+        uint64_t slot = next;
+        if (!meters) {
+            /* The next slot with a record, if it is due. */
+            uint8_t prefix = MK_SLOT;
+            uint64_t first = UINT64_MAX;
+            rc = ledger_state_iter(st, &prefix, 1, first_key, &first);
+            if (rc < 0) return rc;
+            if (first == UINT64_MAX || first >= end) {
+                next = end;
+                break;
+            }
+            slot = first < next ? next : first;
+            if (first < next) {
+                /* A record below the settle mark cannot exist: it would have settled. */
+                return LEDGER_ECORRUPT;
+            }
+        }
+        if ((rc = settle_slot(st, b, slot))) return rc;
+        next = slot + 1;
+    }
+    return mk_settle_next_put(st, next);
+}
+
 static int market_begin_block(void *ctx, ledger_state *st, const ledger_block_ctx *b) {
     contracts_market *m = ctx;
     int rc;
@@ -823,10 +892,10 @@ static int market_begin_block(void *ctx, ledger_state *st, const ledger_block_ct
         if (!(s.flags & MK_SLOT_CLOSED) && (int64_t)b->time_ms >= gate) {
             if ((rc = close_slot(m, st, b, slot, &s)) || (rc = mk_slot_put(st, slot, &s))) break;
         }
-        if ((s.flags & MK_SLOT_CLOSED) && (int64_t)b->time_ms > deadline)
-            rc = settle_slot(st, b, slot);
+        (void)deadline;
     }
     tem_free(l.slots);
+    if (rc == LEDGER_OK) rc = settle_due(st, b);
     if (rc) m->valid = false;
     return rc;
 }

@@ -19,8 +19,10 @@ enum {
     MK_CURT = 'q',   /* 'q' slot(be8) id(be8)             -> call-auction curtailment (130 bytes):
                         id = the trade's tseq when part of the match executed, else
                         2^63 + n for the clearing's n-th fully blocked match */
+    MK_METER = 'm',  /* 'm' meter pub33                   -> meter binding (72 bytes) */
     MK_PARAM = 'p',  /* 'p' 'c' -> counters; 'p' 't' from_slot(be8) -> tariffs;
-                        'p' 'u' -> utility pub33; 'p' 'd' -> DSO pub33 */
+                        'p' 'u' -> utility pub33; 'p' 'd' -> DSO pub33;
+                        'p' 'm' -> meter-data pub33; 'p' 'l' -> next slot to settle (le8) */
 };
 
 #define PUB LEDGER_SECP_PUB_BYTES
@@ -47,7 +49,7 @@ typedef struct {
     uint64_t price, qty_wh, remaining_wh;
     int64_t escrow_price; /* buyer: money held for the price part = ceil(remaining * price / 1000) */
     int64_t escrow_fee;   /* buyer: money held for fees of the remaining part */
-    int64_t escrow_tokens;/* seller: tokens held = ceil(remaining * collateral_ppm / 1e6) */
+    int64_t escrow_coll;  /* seller: money held as collateral (docs/market.md, section 4) */
     uint64_t slot, seq;   /* from the key */
 } mk_order;
 #define MK_ORDER_BYTES 120
@@ -58,7 +60,7 @@ typedef struct {
     int64_t value;      /* floor(qty * price / 1000): what the buyer pays the seller */
     int64_t buyer_fee;  /* network fee + buyer's loss share (+ seller share above value) */
     int64_t seller_fee; /* seller's loss share, taken from value */
-    int64_t collateral; /* seller tokens held for this trade */
+    int64_t collateral; /* seller money held for this trade until settlement */
 } mk_trade;
 #define MK_TRADE_BYTES 120
 /* 'q' value: seller33 buyer33 wanted_wh(le8) allowed_wh(le8) price(le8) binding(40, NUL-padded) */
@@ -67,10 +69,26 @@ typedef struct {
 
 typedef struct {
     uint64_t next_tseq;
-    uint32_t flags; /* MK_SLOT_CLOSED */
+    uint32_t flags; /* MK_SLOT_CLOSED, MK_SLOT_BOUND */
 } mk_slot;
 #define MK_SLOT_BYTES 16
 #define MK_SLOT_CLOSED 1u
+/* The grid check curtailed a match of this slot: capacity was scarce, so undelivered trade
+ * energy pays the withholding charge at settlement (docs/market.md, "Capacity hoarding"). */
+#define MK_SLOT_BOUND 2u
+
+/* A meter device ('m'): registered by an admin, the DSO or the utility, bound for life to one
+ * participant (docs/market.md, "Meters"). Active for slots from_slot <= s < until_slot. */
+typedef struct {
+    uint8_t owner[PUB];
+    uint32_t bus;
+    int64_t import_cap_w, export_cap_w;
+    uint64_t from_slot, until_slot;
+} mk_meter;
+#define MK_METER_BYTES 72
+/* Catch-up settlement of slots that only have meters (no orders or trades): at most this many
+ * slots per block, so a block after a long pause does bounded work. */
+#define MK_SETTLE_SLOTS_PER_BLOCK 256
 
 typedef struct {
     int64_t money, tokens, minted, burnt, deposited;
@@ -87,16 +105,24 @@ typedef struct {
     mk_period p[LEDGER_TARIFF_PERIODS_MAX];
 } mk_tariff;
 
-/* One line of a slot's settlement ('x'), all Wh or micro-units (docs/market.md). */
+/* One line of a slot's settlement ('x'), all Wh or micro-units (docs/market.md, section 8). */
 typedef struct {
     int64_t export_wh, import_wh, sold_wh, bought_wh, delivered_wh, received_wh, shortfall_wh;
-    int64_t burnt_wh, lack_wh, surplus_wh;
-    int64_t trade_net_uunit;   /* + received from buyers (after loss share), - paid to sellers and fees */
-    int64_t penalty_net_uunit; /* + received as a buyer, - paid as a short seller */
-    int64_t utility_net_uunit; /* + feed-in received, - retail paid */
+    int64_t burnt_wh;          /* import met by trades: received + covered */
+    int64_t lack_wh, surplus_wh;
+    int64_t trade_net_uunit;   /* + from buyers for delivered and covered Wh, - to sellers */
+    int64_t penalty_net_uunit; /* - cover at retail and withholding charge (seller); + charge (DSO) */
+    int64_t utility_net_uunit; /* + feed-in for surplus, - retail for lack */
     int64_t unpaid_uunit;      /* what it could not pay (added to its debt) */
+    int64_t covered_wh;        /* buyer: undelivered Wh it imported, bought by the seller at retail */
+    int64_t cover_wh;          /* seller: its shortfall Wh its buyers imported (it paid retail) */
+    int64_t withheld_wh;       /* seller: undelivered Wh in a slot whose capacity bound */
+    int64_t fees_uunit;        /* network and loss fees paid for the slot's trades */
+    int64_t estimated;         /* meters of this participant settled without a reading */
+    int64_t total_uunit;       /* the money the slot moved to (+) or from (-) it, fees excluded */
 } mk_settle_line;
-#define MK_SETTLE_BYTES 112
+#define MK_SETTLE_FIELDS 20
+#define MK_SETTLE_BYTES (8 * MK_SETTLE_FIELDS)
 
 /* ------------------------------------------------------------------ the executor context */
 typedef struct {
@@ -124,7 +150,19 @@ TEM_WUR int mk_counters_put(ledger_state *st, const mk_counters *c);
 /* The utility's / DSO's account key, if one is set. */
 bool mk_utility(ledger_state *st, uint8_t pub[PUB]);
 bool mk_dso(ledger_state *st, uint8_t pub[PUB]);
+bool mk_meter_data(ledger_state *st, uint8_t pub[PUB]);
 TEM_WUR int mk_role_put(ledger_state *st, char which, const uint8_t pub[PUB]);
+
+/* Meters. LEDGER_OK, LEDGER_ENOTFOUND, LEDGER_ECORRUPT. */
+TEM_WUR int mk_meter_get(ledger_state *st, const uint8_t pub[PUB], mk_meter *m);
+TEM_WUR int mk_meter_put(ledger_state *st, const uint8_t pub[PUB], const mk_meter *m);
+void mk_meter_decode(const uint8_t v[MK_METER_BYTES], mk_meter *m);
+/* Most Wh a meter of cap_w can measure in one slot: floor(cap_w * slot_ms / 3600000), at most
+ * CONTRACTS_QTY_MAX_WH. */
+int64_t mk_cap_wh(int64_t cap_w, int64_t slot_ms);
+/* Next slot to settle ('p' 'l'; 0 when absent). */
+TEM_WUR int mk_settle_next_get(ledger_state *st, uint64_t *slot);
+TEM_WUR int mk_settle_next_put(ledger_state *st, uint64_t slot);
 bool mk_pubkey_ok(const uint8_t *p, size_t len);
 
 /* Tariffs: the set in force for `slot` and the period of its start minute. LEDGER_OK,

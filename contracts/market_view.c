@@ -23,7 +23,7 @@ static int order_one(void *c, const uint8_t *key, size_t klen, const uint8_t *va
                            .seq = tem_get_u64be(key + 9), .price = o.price, .qty_wh = o.qty_wh,
                            .remaining_wh = o.remaining_wh,
                            .escrow_uunit = o.escrow_price + o.escrow_fee,
-                           .escrow_tokens_wh = o.escrow_tokens};
+                           .escrow_collateral_uunit = o.escrow_coll};
     memcpy(out.txid, o.txid, 32);
     memcpy(out.owner, o.owner, PUB);
     return v->fn.order(v->ctx, &out);
@@ -36,7 +36,7 @@ static int trade_one(void *c, const uint8_t *key, size_t klen, const uint8_t *va
     mk_trade_decode(val, &t);
     contracts_trade out = {.slot = v->slot, .seq = tem_get_u64be(key + 9), .qty_wh = t.qty_wh,
                            .price = t.price, .value_uunit = t.value, .buyer_fee_uunit = t.buyer_fee,
-                           .seller_fee_uunit = t.seller_fee, .collateral_wh = t.collateral};
+                           .seller_fee_uunit = t.seller_fee, .collateral_uunit = t.collateral};
     memcpy(out.seller, t.seller, PUB);
     memcpy(out.buyer, t.buyer, PUB);
     return v->fn.trade(v->ctx, &out);
@@ -45,15 +45,17 @@ static int trade_one(void *c, const uint8_t *key, size_t klen, const uint8_t *va
 static int line_one(void *c, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen) {
     view_ctx *v = c;
     if (klen != 1 + 8 + PUB || vlen != MK_SETTLE_BYTES) return LEDGER_ECORRUPT;
-    /* 14 little-endian i64 in the order of mk_settle_line. */
-    int64_t f[14];
-    for (int i = 0; i < 14; i++) f[i] = mk_get_i64(val + 8 * i);
+    /* MK_SETTLE_FIELDS little-endian i64 in the order of mk_settle_line. */
+    int64_t f[MK_SETTLE_FIELDS];
+    for (int i = 0; i < MK_SETTLE_FIELDS; i++) f[i] = mk_get_i64(val + 8 * i);
     contracts_settlement out = {.slot = tem_get_u64be(key + 1), .export_wh = f[0], .import_wh = f[1],
                                 .sold_wh = f[2], .bought_wh = f[3], .delivered_wh = f[4],
                                 .received_wh = f[5], .shortfall_wh = f[6], .burnt_wh = f[7],
                                 .lack_wh = f[8], .surplus_wh = f[9], .trade_net_uunit = f[10],
                                 .penalty_net_uunit = f[11], .utility_net_uunit = f[12],
-                                .unpaid_uunit = f[13]};
+                                .unpaid_uunit = f[13], .covered_wh = f[14], .cover_wh = f[15],
+                                .withheld_wh = f[16], .fees_uunit = f[17], .estimated = f[18],
+                                .total_uunit = f[19]};
     memcpy(out.pubkey, key + 9, PUB);
     return v->fn.line(v->ctx, &out);
 }

@@ -1,45 +1,67 @@
-/* settle.c: settlement of one delivery slot after its reading deadline (docs/market.md,
- * "Settlement"): trades deliver tokens and money, short sellers compensate their buyers at the
- * retail tariff, imports burn tokens and what they do not cover is bought from the utility at
- * retail, unsold exports are sold to the utility at feed-in; every line lands in an 'x' record. */
+/* settle.c: settlement of one delivery slot after its reading deadline (docs/market.md, section 8,
+ * "Settlement"). Everything is computed from the slot's own records: the readings of every meter
+ * active in the slot (a silent meter is estimated at its import capacity and zero export), and
+ * the slot's trades. Energy of the slot settles only the slot: sellers deliver from the slot's
+ * metered export, a buyer's import the trades did not deliver is covered at its seller's cost
+ * (retail) as far as the buyer actually imported it, what is left is bought from or sold to the
+ * utility at the slot's tariff, and undelivered trade energy in a slot whose grid capacity bound
+ * pays the withholding charge to the DSO. Each participant's money result is computed exactly
+ * (in thousandths of a micro-unit) and rounded once, down; the utility is the counterparty of
+ * every net amount and keeps the rounding remainder. Nothing carries to a later slot. */
 #include "contracts/grid.h"
 #include "contracts/market_internal.h"
 
+typedef __int128 mu_t; /* thousandths of a micro-unit: Wh x micro-units per kWh */
+
 typedef struct {
     uint8_t pub[PUB];
-    bool has_reading;
-    int64_t export_left;
+    bool involved;             /* has a meter or a trade in the slot */
+    int64_t export_left;       /* metered export not yet delivered */
+    int64_t need_left;         /* import not met by deliveries, still to be covered */
+    mu_t trade_mu, penalty_mu, utility_mu;
     mk_settle_line line;
 } party;
+
+typedef struct {
+    uint8_t owner[PUB];
+    int64_t import_wh, export_wh;
+    bool estimated;
+} meter_amt;
 
 typedef struct {
     party *p;
     size_t n, cap;
     mk_trade *t;
+    int64_t *d, *c; /* per trade: delivered, covered */
     size_t nt, capt;
+    meter_amt *m;
+    size_t nm, capm;
     uint64_t slot;
+    ledger_state *st;
+    const ledger_block_ctx *b;
     int err;
 } settle_ctx;
 
+static bool grow(void **arr, size_t *cap, size_t n, size_t elem) {
+    if (n < *cap) return true;
+    size_t nc = *cap ? *cap * 2 : 16;
+    void *na = tem_realloc(*arr, elem * nc);
+    if (!na) return false;
+    *arr = na;
+    *cap = nc;
+    return true;
+}
+
 static party *party_push(settle_ctx *c, const uint8_t pub[PUB]) {
-    if (c->n == c->cap) {
-        size_t cap = c->cap ? c->cap * 2 : 16;
-        party *np = tem_realloc(c->p, sizeof(*np) * cap);
-        if (!np) return NULL;
-        c->p = np;
-        c->cap = cap;
-    }
+    if (!grow((void **)&c->p, &c->cap, c->n, sizeof *c->p)) return NULL;
     party *p = &c->p[c->n++];
     memset(p, 0, sizeof *p);
     memcpy(p->pub, pub, PUB);
     return p;
 }
 
-/* By key, and for one key the entry with the reading first (the one dedupe keeps). */
 static int party_cmp(const void *a, const void *b) {
-    const party *x = a, *y = b;
-    int c = memcmp(x->pub, y->pub, PUB);
-    return c ? c : (int)y->has_reading - (int)x->has_reading;
+    return memcmp(((const party *)a)->pub, ((const party *)b)->pub, PUB);
 }
 
 static int party_key_cmp(const void *key, const void *elem) {
@@ -52,38 +74,6 @@ static party *party_find(settle_ctx *c, const uint8_t pub[PUB]) {
     return p;
 }
 
-static int load_reading(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val,
-                        size_t vlen) {
-    settle_ctx *c = ctx;
-    if (klen != 1 + 8 + PUB || vlen != 16) return c->err = LEDGER_ECORRUPT, 1;
-    party *p = party_push(c, key + 9);
-    if (!p) return c->err = LEDGER_ENOMEM, 1;
-    p->has_reading = true;
-    p->line.import_wh = (int64_t)tem_get_u64le(val);
-    p->line.export_wh = (int64_t)tem_get_u64le(val + 8);
-    p->export_left = p->line.export_wh;
-    return 0;
-}
-
-static int load_trade(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen) {
-    settle_ctx *c = ctx;
-    (void)key;
-    if (klen != 17 || vlen != MK_TRADE_BYTES) return c->err = LEDGER_ECORRUPT, 1;
-    if (c->nt == c->capt) {
-        size_t cap = c->capt ? c->capt * 2 : 16;
-        mk_trade *nt = tem_realloc(c->t, sizeof(*nt) * cap);
-        if (!nt) return c->err = LEDGER_ENOMEM, 1;
-        c->t = nt;
-        c->capt = cap;
-    }
-    mk_trade *t = &c->t[c->nt++];
-    mk_trade_decode(val, t);
-    /* Both sides take part even without a reading; duplicates go at the dedupe below. */
-    if (!party_push(c, t->seller) || !party_push(c, t->buyer)) return c->err = LEDGER_ENOMEM, 1;
-    return 0;
-}
-
-/* Sorts the parties by key and keeps one entry per key (the one holding the reading). */
 static void party_dedupe(settle_ctx *c) {
     if (c->n > 1) qsort(c->p, c->n, sizeof *c->p, party_cmp);
     size_t w = 0;
@@ -92,14 +82,56 @@ static void party_dedupe(settle_ctx *c) {
     c->n = w;
 }
 
+/* Every meter active in the slot, with its reading or, without one, the estimate: import at the
+ * registered import capacity times the slot length, export 0 (the worst reading the meter could
+ * have sent, so that staying silent never pays). */
+static int load_meter(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen) {
+    settle_ctx *c = ctx;
+    if (klen != 1 + PUB || vlen != MK_METER_BYTES) return c->err = LEDGER_ECORRUPT, 1;
+    mk_meter m;
+    mk_meter_decode(val, &m);
+    if (c->slot < m.from_slot || c->slot >= m.until_slot) return 0;
+    if (!grow((void **)&c->m, &c->capm, c->nm, sizeof *c->m)) return c->err = LEDGER_ENOMEM, 1;
+    meter_amt *a = &c->m[c->nm++];
+    memcpy(a->owner, m.owner, PUB);
+    uint8_t rk[1 + 8 + PUB];
+    rk[0] = MK_READ;
+    tem_put_u64be(rk + 1, c->slot);
+    memcpy(rk + 9, key + 1, PUB);
+    const uint8_t *v;
+    size_t rl;
+    int rc = ledger_state_get(c->st, rk, sizeof rk, &v, &rl);
+    if (rc == LEDGER_OK) {
+        if (rl != 16) return c->err = LEDGER_ECORRUPT, 1;
+        a->import_wh = (int64_t)tem_get_u64le(v);
+        a->export_wh = (int64_t)tem_get_u64le(v + 8);
+        a->estimated = false;
+    } else if (rc == LEDGER_ENOTFOUND) {
+        a->import_wh = mk_cap_wh(m.import_cap_w, c->b->genesis->market.slot_ms);
+        a->export_wh = 0;
+        a->estimated = true;
+    } else {
+        return c->err = rc, 1;
+    }
+    return 0;
+}
+
+static int load_trade(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen) {
+    settle_ctx *c = ctx;
+    (void)key;
+    if (klen != 17 || vlen != MK_TRADE_BYTES) return c->err = LEDGER_ECORRUPT, 1;
+    if (!grow((void **)&c->t, &c->capt, c->nt, sizeof *c->t)) return c->err = LEDGER_ENOMEM, 1;
+    mk_trade_decode(val, &c->t[c->nt++]);
+    return 0;
+}
+
 /* Adds deltas to an account (read, change, write, so two roles of one key never race). */
 static int acct_add(ledger_state *st, const uint8_t pub[PUB], int64_t money, int64_t money_escrow,
-                    int64_t tokens, int64_t tokens_escrow, int64_t debt) {
+                    int64_t debt) {
     mk_acct a;
     int rc = mk_acct_get(st, pub, &a);
     if (rc) return rc == LEDGER_ENOTFOUND ? LEDGER_ECORRUPT : rc;
-    bool ok = tem_add_i64(&a.money, money) && tem_add_i64(&a.money_escrow, money_escrow) &&
-              tem_add_i64(&a.tokens, tokens) && tem_add_i64(&a.tokens_escrow, tokens_escrow);
+    bool ok = tem_add_i64(&a.money, money) && tem_add_i64(&a.money_escrow, money_escrow);
     TEM_ASSERT(ok);
     /* Debt is a record, not money: it saturates instead of refusing a settlement. */
     if (!tem_add_i64(&a.debt, debt)) a.debt = INT64_MAX;
@@ -115,99 +147,30 @@ static int pay(ledger_state *st, const uint8_t from[PUB], const uint8_t to[PUB],
     int rc = mk_acct_get(st, from, &a);
     if (rc) return rc == LEDGER_ENOTFOUND ? LEDGER_ECORRUPT : rc;
     int64_t p = a.money < amount ? a.money : amount;
-    if ((rc = acct_add(st, from, -p, 0, 0, 0, amount - p))) return rc;
-    if ((rc = acct_add(st, to, p, 0, 0, 0, 0))) return rc;
+    if ((rc = acct_add(st, from, -p, 0, amount - p))) return rc;
+    if ((rc = acct_add(st, to, p, 0, 0))) return rc;
     *paid = p;
     *unpaid = amount - p;
     return LEDGER_OK;
 }
 
-static int64_t tokens_of(ledger_state *st, const uint8_t pub[PUB]) {
-    mk_acct a;
-    return mk_acct_get(st, pub, &a) == LEDGER_OK ? a.tokens : 0;
-}
-
-static int settle_trade(ledger_state *st, settle_ctx *c, const mk_trade *t, const mk_period *tar,
-                        const uint8_t *dso) {
-    party *s = party_find(c, t->seller), *bp = party_find(c, t->buyer);
-    int rc;
-    int64_t q = (int64_t)t->qty_wh, fees = t->buyer_fee + t->seller_fee;
-    /* Money: the buyer's escrow pays the value and its fees; the seller gets the value less its
-     * loss share; the DSO gets both fee shares. */
-    if ((rc = acct_add(st, t->buyer, 0, -(t->value + t->buyer_fee), 0, 0, 0))) return rc;
-    if ((rc = acct_add(st, t->seller, t->value - t->seller_fee, 0, t->collateral, -t->collateral, 0)))
-        return rc;
-    if (fees > 0) {
-        if (!dso) return LEDGER_ECORRUPT;
-        if ((rc = acct_add(st, dso, fees, 0, 0, 0, 0))) return rc;
-    }
-    /* Energy: the seller delivers from this slot's metered export, as far as it still holds
-     * the tokens the export minted. */
-    int64_t d = q < s->export_left ? q : s->export_left, have = tokens_of(st, t->seller);
-    if (d > have) d = have;
-    if (d > 0) {
-        if ((rc = acct_add(st, t->seller, 0, 0, -d, 0, 0))) return rc;
-        if ((rc = acct_add(st, t->buyer, 0, 0, d, 0, 0))) return rc;
-    }
-    s->export_left -= d;
-    /* Penalty: a short seller pays its buyer the retail price of the missing energy, which the
-     * buyer then buys from the utility as part of its uncovered import. */
-    int64_t sh = q - d, penalty = 0, paid = 0, unpaid = 0;
-    if (sh > 0) {
-        bool ok = tem_mul_div_ceil(sh, tar->retail, 1000, &penalty);
-        TEM_ASSERT(ok);
-        if ((rc = pay(st, t->seller, t->buyer, penalty, &paid, &unpaid))) return rc;
-    }
-    s->line.sold_wh += q;
-    s->line.delivered_wh += d;
-    s->line.shortfall_wh += sh;
-    s->line.trade_net_uunit += t->value - t->seller_fee;
-    s->line.penalty_net_uunit -= paid;
-    s->line.unpaid_uunit += unpaid;
-    bp->line.bought_wh += q;
-    bp->line.received_wh += d;
-    bp->line.trade_net_uunit -= t->value + t->buyer_fee;
-    bp->line.penalty_net_uunit += paid;
-    return LEDGER_OK;
-}
-
-static int settle_meter(ledger_state *st, party *p, const mk_period *tar, const uint8_t *utility,
-                        mk_counters *cnt) {
-    int rc;
-    /* Imports burn the tokens the participant holds; the rest came from the utility. */
-    int64_t have = tokens_of(st, p->pub);
-    int64_t burn = p->line.import_wh < have ? p->line.import_wh : have;
-    int64_t lack = p->line.import_wh - burn;
-    have -= burn;
-    /* Exports no trade took are sold to the utility at feed-in; their tokens leave with them. */
-    int64_t surplus = p->export_left < have ? p->export_left : have;
-    if (surplus < 0) surplus = 0;
-    if ((rc = acct_add(st, p->pub, 0, 0, -(burn + surplus), 0, 0))) return rc;
-    bool ok = tem_sub_i64(&cnt->tokens, burn + surplus) && tem_add_i64(&cnt->burnt, burn + surplus);
-    TEM_ASSERT(ok);
-    p->line.burnt_wh = burn + surplus;
-    p->line.lack_wh = lack;
-    p->line.surplus_wh = surplus;
-    if (!utility || memcmp(utility, p->pub, PUB) == 0) return LEDGER_OK;
-    int64_t cost = 0, income = 0, paid, unpaid;
-    ok = tem_mul_div_ceil(lack, tar->retail, 1000, &cost) &&
-         tem_mul_div_floor(surplus, tar->feed_in, 1000, &income);
-    TEM_ASSERT(ok);
-    if ((rc = pay(st, p->pub, utility, cost, &paid, &unpaid))) return rc;
-    p->line.utility_net_uunit -= paid;
-    p->line.unpaid_uunit += unpaid;
-    /* The utility's own shortfall is its debt; the participant's line shows what it got. */
-    if ((rc = pay(st, utility, p->pub, income, &paid, &unpaid))) return rc;
-    p->line.utility_net_uunit += paid;
-    return LEDGER_OK;
+/* floor(x / 1000), clamped to int64. */
+static int64_t mu_floor(mu_t x) {
+    mu_t q = x / 1000;
+    if (x % 1000 != 0 && x < 0) q -= 1;
+    if (q > INT64_MAX) return INT64_MAX;
+    if (q < -INT64_MAX) return -INT64_MAX;
+    return (int64_t)q;
 }
 
 static void line_encode(const mk_settle_line *l, uint8_t v[MK_SETTLE_BYTES]) {
-    const int64_t f[14] = {l->export_wh, l->import_wh, l->sold_wh, l->bought_wh,
-                           l->delivered_wh, l->received_wh, l->shortfall_wh, l->burnt_wh,
-                           l->lack_wh, l->surplus_wh, l->trade_net_uunit, l->penalty_net_uunit,
-                           l->utility_net_uunit, l->unpaid_uunit};
-    for (int i = 0; i < 14; i++) mk_put_i64(v + 8 * i, f[i]);
+    const int64_t f[MK_SETTLE_FIELDS] = {
+        l->export_wh,  l->import_wh,      l->sold_wh,        l->bought_wh,         l->delivered_wh,
+        l->received_wh, l->shortfall_wh,  l->burnt_wh,       l->lack_wh,           l->surplus_wh,
+        l->trade_net_uunit, l->penalty_net_uunit, l->utility_net_uunit, l->unpaid_uunit,
+        l->covered_wh, l->cover_wh,       l->withheld_wh,    l->fees_uunit,        l->estimated,
+        l->total_uunit};
+    for (int i = 0; i < MK_SETTLE_FIELDS; i++) mk_put_i64(v + 8 * i, f[i]);
 }
 
 int settle_line_get(ledger_state *st, uint64_t slot, const uint8_t pub[PUB], mk_settle_line *l) {
@@ -220,10 +183,10 @@ int settle_line_get(ledger_state *st, uint64_t slot, const uint8_t pub[PUB], mk_
     int rc = ledger_state_get(st, k, sizeof k, &v, &vlen);
     if (rc) return rc;
     if (vlen != MK_SETTLE_BYTES) return LEDGER_ECORRUPT;
-    int64_t f[14];
-    for (int i = 0; i < 14; i++) f[i] = mk_get_i64(v + 8 * i);
-    *l = (mk_settle_line){f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10],
-                          f[11], f[12], f[13]};
+    int64_t f[MK_SETTLE_FIELDS];
+    for (int i = 0; i < MK_SETTLE_FIELDS; i++) f[i] = mk_get_i64(v + 8 * i);
+    *l = (mk_settle_line){f[0],  f[1],  f[2],  f[3],  f[4],  f[5],  f[6],  f[7],  f[8],  f[9],
+                          f[10], f[11], f[12], f[13], f[14], f[15], f[16], f[17], f[18], f[19]};
     return LEDGER_OK;
 }
 
@@ -267,46 +230,193 @@ static int delete_prefix(ledger_state *st, uint8_t kind, uint64_t slot) {
     return rc;
 }
 
+/* The energy and money of the slot, before anything moves (steps 1-4 of docs/market.md 8). */
+static void settle_compute(settle_ctx *c, const mk_period *tar, const uint8_t *dso, bool bound) {
+    for (size_t i = 0; i < c->nm; i++) {
+        party *p = party_find(c, c->m[i].owner);
+        p->involved = true;
+        p->line.import_wh += c->m[i].import_wh;
+        p->line.export_wh += c->m[i].export_wh;
+        p->line.estimated += c->m[i].estimated;
+    }
+    for (size_t i = 0; i < c->n; i++) c->p[i].export_left = c->p[i].line.export_wh;
+    /* 1. Delivery, in trade order, from the seller's metered export of this slot only. */
+    for (size_t i = 0; i < c->nt; i++) {
+        const mk_trade *t = &c->t[i];
+        party *s = party_find(c, t->seller), *bp = party_find(c, t->buyer);
+        int64_t q = (int64_t)t->qty_wh, d = q < s->export_left ? q : s->export_left;
+        s->export_left -= d;
+        c->d[i] = d;
+        s->involved = bp->involved = true;
+        s->line.sold_wh += q;
+        s->line.delivered_wh += d;
+        s->line.shortfall_wh += q - d;
+        bp->line.bought_wh += q;
+        bp->line.received_wh += d;
+    }
+    /* 2. Cover: what a buyer imported beyond its deliveries is covered by its short trades, in
+     * trade order, at the seller's cost; a buyer that did not import the energy gets nothing. */
+    for (size_t i = 0; i < c->n; i++) {
+        party *p = &c->p[i];
+        int64_t need = p->line.import_wh - p->line.received_wh;
+        p->need_left = need > 0 ? need : 0;
+    }
+    mu_t charge_rate = (mu_t)(tar->retail - tar->feed_in);
+    for (size_t i = 0; i < c->nt; i++) {
+        const mk_trade *t = &c->t[i];
+        party *s = party_find(c, t->seller), *bp = party_find(c, t->buyer);
+        int64_t q = (int64_t)t->qty_wh, d = c->d[i], miss = q - d;
+        int64_t cv = miss < bp->need_left ? miss : bp->need_left;
+        bp->need_left -= cv;
+        c->c[i] = cv;
+        bp->line.covered_wh += cv;
+        s->line.cover_wh += cv;
+        /* 3. Money of the trade, exact: the buyer pays the price for what it got (delivered or
+         * covered), the seller pays retail for the cover. */
+        mu_t got = (mu_t)(d + cv) * (mu_t)t->price;
+        bp->trade_mu -= got;
+        s->trade_mu += got;
+        s->penalty_mu -= (mu_t)cv * tar->retail;
+        /* Withholding: capacity reserved in a slot where it was scarce and not used. */
+        if (bound && miss > 0) {
+            s->line.withheld_wh += miss;
+            mu_t ch = (mu_t)miss * charge_rate;
+            s->penalty_mu -= ch;
+            if (dso) party_find(c, dso)->penalty_mu += ch;
+        }
+    }
+    /* 4. The rest with the utility: import not met is bought at retail, energy received but not
+     * imported and export not delivered are sold at feed-in. */
+    for (size_t i = 0; i < c->n; i++) {
+        party *p = &c->p[i];
+        mk_settle_line *l = &p->line;
+        int64_t met = l->received_wh + l->covered_wh;
+        int64_t used = l->import_wh < met ? l->import_wh : met;
+        l->burnt_wh = used;
+        l->lack_wh = l->import_wh - used;
+        l->surplus_wh = met - used + p->export_left;
+        p->utility_mu = (mu_t)l->surplus_wh * tar->feed_in - (mu_t)l->lack_wh * tar->retail;
+        l->trade_net_uunit = mu_floor(p->trade_mu);
+        l->penalty_net_uunit = mu_floor(p->penalty_mu);
+        l->utility_net_uunit = mu_floor(p->utility_mu);
+    }
+}
+
+/* Escrow of the slot's trades goes back to its owners, then the fees go to the current DSO
+ * (refunded when the role is vacant). */
+static int settle_escrow_and_fees(settle_ctx *c, const uint8_t *dso) {
+    int rc;
+    for (size_t i = 0; i < c->nt; i++) {
+        const mk_trade *t = &c->t[i];
+        int64_t b = t->value + t->buyer_fee;
+        if ((rc = acct_add(c->st, t->buyer, b, -b, 0))) return rc;
+        if ((rc = acct_add(c->st, t->seller, t->collateral, -t->collateral, 0))) return rc;
+        if (!dso) continue;
+        int64_t paid, unpaid;
+        party *bp = party_find(c, t->buyer), *s = party_find(c, t->seller);
+        if ((rc = pay(c->st, t->buyer, dso, t->buyer_fee, &paid, &unpaid))) return rc;
+        bp->line.fees_uunit += t->buyer_fee;
+        bp->line.unpaid_uunit += unpaid;
+        if ((rc = pay(c->st, t->seller, dso, t->seller_fee, &paid, &unpaid))) return rc;
+        s->line.fees_uunit += t->seller_fee;
+        s->line.unpaid_uunit += unpaid;
+    }
+    return LEDGER_OK;
+}
+
+/* Every participant's rounded net against the counterparty: payers first, so the counterparty
+ * holds what it pays out. */
+static int settle_pay(settle_ctx *c, const uint8_t *cp) {
+    int rc;
+    party *cpp = party_find(c, cp);
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < c->n; i++) {
+            party *p = &c->p[i];
+            if (p == cpp) continue;
+            int64_t delta = mu_floor(p->trade_mu + p->penalty_mu + p->utility_mu), paid, unpaid;
+            if (pass == 0 && delta < 0) {
+                if ((rc = pay(c->st, p->pub, cp, -delta, &paid, &unpaid))) return rc;
+                p->line.total_uunit = delta;
+                p->line.unpaid_uunit += unpaid;
+                cpp->line.total_uunit += paid;
+            } else if (pass == 1 && delta > 0) {
+                /* What the counterparty cannot pay is its debt; the line shows what arrived. */
+                if ((rc = pay(c->st, cp, p->pub, delta, &paid, &unpaid))) return rc;
+                p->line.total_uunit = paid;
+                cpp->line.total_uunit -= paid;
+                cpp->line.unpaid_uunit += unpaid;
+            }
+        }
+    }
+    return LEDGER_OK;
+}
+
 int settle_slot(ledger_state *st, const ledger_block_ctx *b, uint64_t slot) {
-    settle_ctx c = {.slot = slot};
+    settle_ctx c = {.slot = slot, .st = st, .b = b};
     mk_period tar = {0};
     int rc = mk_tariff_for_slot(st, b->genesis, slot, &tar);
-    /* Without a tariff there is nothing to price shortfalls and imbalances at: they settle at 0. */
+    /* Without a tariff there is nothing to price imbalances at: they settle at 0. */
     if (rc == LEDGER_ENOTFOUND || rc == LEDGER_EINVAL) rc = LEDGER_OK;
     if (rc) return rc;
+    mk_slot srec;
+    bool found;
+    if ((rc = mk_slot_get(st, slot, &srec, &found))) return rc;
     uint8_t prefix[9];
-    tem_put_u64be(prefix + 1, slot);
-    prefix[0] = MK_READ;
-    rc = ledger_state_iter(st, prefix, sizeof prefix, load_reading, &c);
+    prefix[0] = MK_METER;
+    rc = ledger_state_iter(st, prefix, 1, load_meter, &c);
     if (c.err) rc = c.err;
     if (rc == LEDGER_OK) {
         prefix[0] = MK_TRADE;
+        tem_put_u64be(prefix + 1, slot);
         rc = ledger_state_iter(st, prefix, sizeof prefix, load_trade, &c);
         if (c.err) rc = c.err;
     }
     uint8_t upub[PUB], dpub[PUB];
     const uint8_t *utility = mk_utility(st, upub) ? upub : NULL;
     const uint8_t *dso = mk_dso(st, dpub) ? dpub : NULL;
+    /* The counterparty of every net amount: the utility (retailer of last resort), else the
+     * DSO; with neither, the lines are written and no money moves. */
+    const uint8_t *cp = utility ? utility : dso;
     mk_counters cnt;
     if (rc == LEDGER_OK) rc = mk_counters_get(st, &cnt);
-    if (rc == LEDGER_OK) party_dedupe(&c);
-    /* Trades in the order they happened. */
-    for (size_t i = 0; rc == LEDGER_OK && i < c.nt; i++) rc = settle_trade(st, &c, &c.t[i], &tar, dso);
-    /* Meters in key order, so the result does not depend on who reported first. */
-    for (size_t i = 0; rc == LEDGER_OK && i < c.n; i++)
-        if (c.p[i].has_reading) rc = settle_meter(st, &c.p[i], &tar, utility, &cnt);
-    if (rc == LEDGER_OK) rc = mk_counters_put(st, &cnt);
+    if (rc == LEDGER_OK && c.nt > 0) {
+        c.d = tem_malloc(sizeof *c.d * c.nt);
+        c.c = tem_malloc(sizeof *c.c * c.nt);
+        if (!c.d || !c.c) rc = LEDGER_ENOMEM;
+    }
+    for (size_t i = 0; rc == LEDGER_OK && i < c.nm; i++)
+        if (!party_push(&c, c.m[i].owner)) rc = LEDGER_ENOMEM;
+    for (size_t i = 0; rc == LEDGER_OK && i < c.nt; i++)
+        if (!party_push(&c, c.t[i].seller) || !party_push(&c, c.t[i].buyer)) rc = LEDGER_ENOMEM;
+    if (rc == LEDGER_OK && utility && !party_push(&c, utility)) rc = LEDGER_ENOMEM;
+    if (rc == LEDGER_OK && dso && !party_push(&c, dso)) rc = LEDGER_ENOMEM;
+    if (rc == LEDGER_OK) {
+        party_dedupe(&c);
+        settle_compute(&c, &tar, dso, (srec.flags & MK_SLOT_BOUND) != 0);
+        rc = settle_escrow_and_fees(&c, dso);
+    }
+    if (rc == LEDGER_OK && cp) rc = settle_pay(&c, cp);
+    if (rc == LEDGER_OK) {
+        /* The slot's metered export existed only inside the slot: counted in and out. */
+        int64_t ex = 0;
+        for (size_t i = 0; i < c.n; i++) ex += c.p[i].line.export_wh;
+        if (!tem_add_i64(&cnt.minted, ex) || !tem_add_i64(&cnt.burnt, ex)) cnt.minted = cnt.burnt = INT64_MAX;
+        rc = mk_counters_put(st, &cnt);
+    }
     for (size_t i = 0; rc == LEDGER_OK && i < c.n; i++) {
+        party *p = &c.p[i];
+        if (!p->involved && p->line.total_uunit == 0 && p->penalty_mu == 0 && p->line.unpaid_uunit == 0)
+            continue;
         uint8_t k[1 + 8 + PUB], v[MK_SETTLE_BYTES];
         k[0] = MK_SETTLED;
         tem_put_u64be(k + 1, slot);
-        memcpy(k + 9, c.p[i].pub, PUB);
-        line_encode(&c.p[i].line, v);
+        memcpy(k + 9, p->pub, PUB);
+        line_encode(&p->line, v);
         rc = ledger_state_put(st, k, sizeof k, v, sizeof v);
     }
     if (rc == LEDGER_OK) rc = delete_prefix(st, MK_READ, slot);
     if (rc == LEDGER_OK) rc = delete_prefix(st, MK_TRADE, slot);
-    if (rc == LEDGER_OK) {
+    if (rc == LEDGER_OK && found) {
         uint8_t sk[9];
         sk[0] = MK_SLOT;
         tem_put_u64be(sk + 1, slot);
@@ -318,5 +428,8 @@ int settle_slot(ledger_state *st, const ledger_block_ctx *b, uint64_t slot) {
     }
     tem_free(c.p);
     tem_free(c.t);
+    tem_free(c.d);
+    tem_free(c.c);
+    tem_free(c.m);
     return rc;
 }

@@ -2,8 +2,8 @@
 # tem-compose-init: the one-shot `init` service of deploy/docker-compose.yml. Generates a testnet
 # (temctl testnet gen) for the compose network's fixed addresses, then hands each validator only
 # its own key and config (its own volume), the genesis and feeder install tx to /genesis, and the
-# prosumers' keys to the simulator's volume. Does nothing if /genesis/genesis.json exists, so
-# restarting the stack keeps its chain.
+# prosumers' trading and meter keys to the simulator's volume. Does nothing if
+# /genesis/genesis.json exists, so restarting the stack keeps its chain.
 set -euo pipefail
 if [ -f /genesis/genesis.json ]; then
     echo "tem-compose-init: /genesis/genesis.json exists; keeping the existing testnet"
@@ -29,7 +29,7 @@ CONF
 done
 install -m 0644 "$work/tn/genesis.json" /genesis/genesis.json.tmp
 install -m 0644 "$work/tn/feeder-install.tx" /genesis/feeder-install.tx
-install -m 0600 "$work/tn/keys"/p*.key /sim/
+install -m 0600 "$work/tn/keys"/p*.key "$work/tn/keys"/m*.key /sim/  # trading and meter keys
 mv /genesis/genesis.json.tmp /genesis/genesis.json
 rm -rf "$work"
 echo "tem-compose-init: testnet written"

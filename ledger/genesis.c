@@ -13,8 +13,9 @@
     } while (0)
 
 static int role_from_name(const char *s) {
-    static const char *names[] = {NULL, "prosumer", "consumer", "utility", "dso", "aggregator"};
-    for (int i = 1; i <= 5; i++)
+    static const char *names[] = {NULL,       "prosumer", "consumer", "utility",
+                                  "dso",      "aggregator", "meter", "meter_data"};
+    for (int i = 1; i <= 7; i++)
         if (s && strcmp(s, names[i]) == 0) return i;
     return -1;
 }
@@ -120,8 +121,22 @@ int ledger_genesis_parse(const char *text, size_t len, ledger_genesis *g, char *
         if (!pk || tem_unhex(p->pubkey, LEDGER_SECP_PUB_BYTES, pk) != 0 || (p->pubkey[0] != 2 && p->pubkey[0] != 3))
             GERR("participants[%zu].pubkey must be a 33-byte compressed secp256k1 key in hex", i);
         int role = role_from_name(json_string_value(json_object_get(v, "role")));
-        if (role < 0) GERR("participants[%zu].role must be prosumer, consumer, utility, dso or aggregator", i);
+        if (role < 0) GERR("participants[%zu].role must be prosumer, consumer, utility, dso, aggregator, meter or meter_data", i);
         p->role = role;
+        if (role == TEM__V1__ROLE__METER) {
+            const char *ow = json_string_value(json_object_get(v, "owner"));
+            if (!ow || tem_unhex(p->owner, LEDGER_SECP_PUB_BYTES, ow) != 0 || (p->owner[0] != 2 && p->owner[0] != 3))
+                GERR("participants[%zu].owner must be the metered participant's 33-byte key in hex", i);
+            if (!opt_int(v, "import_capacity_w", &p->import_capacity_w) || !opt_int(v, "export_capacity_w", &p->export_capacity_w))
+                GERR("participants[%zu]: import_capacity_w and export_capacity_w must be integers >= 0", i);
+            int64_t fs = 0;
+            if (!opt_int(v, "from_slot", &fs)) GERR("participants[%zu].from_slot must be an integer >= 0", i);
+            p->from_slot = (uint64_t)fs;
+            int64_t us = 0;
+            if (!opt_int(v, "until_slot", &us) || (us != 0 && us <= fs))
+                GERR("participants[%zu].until_slot must be an integer above from_slot", i);
+            p->until_slot = (uint64_t)us;
+        }
         int64_t bus = 0;
         if (!opt_int(v, "bus", &bus) || bus > UINT32_MAX) GERR("participants[%zu].bus must be an integer >= 0", i);
         p->bus = (uint32_t)bus;

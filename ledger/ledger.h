@@ -143,6 +143,12 @@ typedef struct {
     int32_t role; /* Tem__V1__Role */
     int64_t money_uunit;
     int64_t tokens_wh;
+    /* role METER only (docs/market.md, "Meters"): the participant it measures and its import
+     * and export capacity, W. */
+    uint8_t owner[LEDGER_SECP_PUB_BYTES];
+    int64_t import_capacity_w, export_capacity_w;
+    uint64_t from_slot;  /* first slot the meter answers for (default 0) */
+    uint64_t until_slot; /* first slot it no longer answers for (0: none) */
 } ledger_participant;
 
 typedef struct {

@@ -61,7 +61,7 @@ static int check_kind_fields(const Tem__V1__TxBody *b) {
         return LEDGER_OK;
     case TEM__V1__TX_BODY__KIND_REGISTER:
         if (!b->register_ || b->register_->pubkey.len != LEDGER_SECP_PUB_BYTES) return LEDGER_EFIELD;
-        if (b->register_->role < TEM__V1__ROLE__PROSUMER || b->register_->role > TEM__V1__ROLE__AGGREGATOR) return LEDGER_EFIELD;
+        if (b->register_->role < TEM__V1__ROLE__PROSUMER || b->register_->role > TEM__V1__ROLE__METER_DATA) return LEDGER_EFIELD;
         return LEDGER_OK;
     case TEM__V1__TX_BODY__KIND_INSTALL_FEEDER:
         if (!b->install_feeder || b->install_feeder->n_buses == 0) return LEDGER_EFIELD;

@@ -24,11 +24,18 @@
 #define RETAIL 300000
 #define FEEDIN 50000
 
-enum { ADMIN, UTIL, DSOK, P1, P2, P3, C1, C2, STRANGER, NKEYS };
+enum { ADMIN, UTIL, DSOK, P1, P2, P3, C1, C2, STRANGER, MDATA, MP1, MP2, MP3, MC1, MC2, NKEYS };
+/* The meter of trader P1..C2, and each meter's import and export capacity: 40 kW, so at most
+ * 10 kWh per 15-minute slot (a silent meter is estimated at 10 kWh import, 0 export). */
+#define MH_METER(who) (MP1 + (who) - P1)
+#define MH_CAP_W 40000
+#define MH_CAP_WH 10000
+/* Meters answer from this slot on (mh_init_meters); mh_init leaves them inactive. */
+#define MH_NO_METERS UINT64_MAX
 
 typedef struct {
     ledger_genesis g;
-    ledger_participant parts[16];
+    ledger_participant parts[24];
     ledger_state *st;
     contracts_market *m;
     ledger_executor ex;
@@ -48,8 +55,9 @@ static inline void mh_key(uint8_t out[PUB], int i) {
     out[32] = (uint8_t)i;
 }
 
-/* mechanism: LEDGER_MECH_CDA or LEDGER_MECH_CALL. */
-static inline void mh_init(mh *h, int mechanism) {
+/* mechanism: LEDGER_MECH_CDA or LEDGER_MECH_CALL; the traders' meters answer from slot
+ * meter_from on (MH_NO_METERS: never, so no slot is estimated). */
+static inline void mh_init_meters(mh *h, int mechanism, uint64_t meter_from) {
     memset(h, 0, sizeof *h);
     for (int i = 0; i < NKEYS; i++) mh_key(h->keys[i], i);
     ledger_genesis *g = &h->g;
@@ -69,6 +77,12 @@ static inline void mh_init(mh *h, int mechanism) {
         {P3, TEM__V1__ROLE__PROSUMER, 1000000000ll, 10000, 4},
         {C1, TEM__V1__ROLE__CONSUMER, 1000000000ll, 0, 5},
         {C2, TEM__V1__ROLE__CONSUMER, 1000000000ll, 0, 6},
+        {MDATA, TEM__V1__ROLE__METER_DATA, 0, 0, 1},
+        {MP1, TEM__V1__ROLE__METER, 0, 0, 2},
+        {MP2, TEM__V1__ROLE__METER, 0, 0, 3},
+        {MP3, TEM__V1__ROLE__METER, 0, 0, 4},
+        {MC1, TEM__V1__ROLE__METER, 0, 0, 5},
+        {MC2, TEM__V1__ROLE__METER, 0, 0, 6},
     };
     g->n_participants = sizeof ps / sizeof ps[0];
     g->participants = h->parts;
@@ -78,6 +92,12 @@ static inline void mh_init(mh *h, int mechanism) {
         h->parts[i].money_uunit = ps[i].money;
         h->parts[i].tokens_wh = ps[i].tokens;
         h->parts[i].bus = ps[i].bus;
+        if (ps[i].role == TEM__V1__ROLE__METER) {
+            memcpy(h->parts[i].owner, h->keys[P1 + ps[i].k - MP1], PUB);
+            h->parts[i].import_capacity_w = MH_CAP_W;
+            h->parts[i].export_capacity_w = MH_CAP_W;
+            h->parts[i].from_slot = meter_from;
+        }
     }
     g->n_tariffs = 1;
     g->tariffs[0] = (ledger_tariff){0, RETAIL, FEEDIN};
@@ -92,6 +112,8 @@ static inline void mh_init(mh *h, int mechanism) {
     contracts_executor(h->m, &h->ex);
     h->time_ms = T0;
 }
+
+static inline void mh_init(mh *h, int mechanism) { mh_init_meters(h, mechanism, MH_NO_METERS); }
 
 static inline void mh_free(mh *h) {
     ledger_arena_reset(&h->arena);
@@ -158,15 +180,24 @@ static inline int mh_cancel(mh *h, int who, const uint8_t txid[32]) {
     return mh_exec(h, who, &body);
 }
 
-static inline int mh_reading(mh *h, int who, uint64_t slot, uint64_t import_wh, uint64_t export_wh) {
+/* A reading signed by `signer`, naming meter key `meter` (-1: none, as a meter signs). */
+static inline int mh_reading_raw(mh *h, int signer, int meter, uint64_t slot, uint64_t import_wh,
+                                 uint64_t export_wh) {
     Tem__V1__TxBody body = TEM__V1__TX_BODY__INIT;
     Tem__V1__MeterReading r = TEM__V1__METER_READING__INIT;
     r.slot = slot;
     r.import_wh = import_wh;
     r.export_wh = export_wh;
+    if (meter >= 0) r.meter = (ProtobufCBinaryData){PUB, h->keys[meter]};
     body.kind_case = TEM__V1__TX_BODY__KIND_READING;
     body.reading = &r;
-    return mh_exec(h, who, &body);
+    return mh_exec(h, signer, &body);
+}
+
+/* Trader who's meter (P1..C2) reports; any other key signs for itself. */
+static inline int mh_reading(mh *h, int who, uint64_t slot, uint64_t import_wh, uint64_t export_wh) {
+    int signer = who >= P1 && who <= C2 ? MH_METER(who) : who;
+    return mh_reading_raw(h, signer, -1, slot, import_wh, export_wh);
 }
 
 static inline int mh_deposit(mh *h, int who, int to, uint64_t amount) {
@@ -196,6 +227,22 @@ static inline int mh_register(mh *h, int who, const uint8_t *pub, size_t publen,
     r.pubkey = (ProtobufCBinaryData){publen, (uint8_t *)pub};
     r.bus = bus;
     r.role = role;
+    body.kind_case = TEM__V1__TX_BODY__KIND_REGISTER;
+    body.register_ = &r;
+    return mh_exec(h, who, &body);
+}
+
+/* Registers (or retires, owner NULL) a meter key for `owner`, signed by `who`. */
+static inline int mh_register_meter(mh *h, int who, const uint8_t *meter, const uint8_t *owner,
+                                    uint32_t bus, uint64_t import_w, uint64_t export_w) {
+    Tem__V1__TxBody body = TEM__V1__TX_BODY__INIT;
+    Tem__V1__RegisterParticipant r = TEM__V1__REGISTER_PARTICIPANT__INIT;
+    r.pubkey = (ProtobufCBinaryData){PUB, (uint8_t *)meter};
+    if (owner) r.owner = (ProtobufCBinaryData){PUB, (uint8_t *)owner};
+    r.bus = bus;
+    r.role = TEM__V1__ROLE__METER;
+    r.import_capacity_w = import_w;
+    r.export_capacity_w = export_w;
     body.kind_case = TEM__V1__TX_BODY__KIND_REGISTER;
     body.register_ = &r;
     return mh_exec(h, who, &body);
@@ -351,8 +398,7 @@ static inline int mh_sum_order(void *ctx, const uint8_t *key, size_t klen, const
     if (o.side == BUY && o.price > s->best_bid) s->best_bid = o.price;
     if (o.side == SELL && (s->best_ask == 0 || o.price < s->best_ask)) s->best_ask = o.price;
     if (o.remaining_wh == 0 || o.remaining_wh > o.qty_wh) s->overfill = true;
-    s->order_money += o.escrow_price + o.escrow_fee;
-    s->order_tokens += o.escrow_tokens;
+    s->order_money += o.escrow_price + o.escrow_fee + o.escrow_coll;
     return 0;
 }
 
@@ -364,13 +410,13 @@ static inline int mh_sum_trade(void *ctx, const uint8_t *key, size_t klen, const
     MH_CHECK(vlen == MK_TRADE_BYTES, "trade length");
     mk_trade t;
     mk_trade_decode(val, &t);
-    s->trade_money += t.value + t.buyer_fee;
-    s->trade_tokens += t.collateral;
+    s->trade_money += t.value + t.buyer_fee + t.collateral;
     return 0;
 }
 
 /* Conservation of money and tokens (balances + escrow == supply; escrow == what orders and
- * trades hold), no overfilled order, and (for a CDA without feeder) no crossed book. */
+ * trades hold; no token escrow and the genesis 30000 tokens never move: energy lives in its
+ * slot), no overfilled order, and (for a CDA without feeder) no crossed book. */
 static inline void mh_check_invariants(mh *h, bool check_cross) {
     mh_sums s = {0};
     MH_CHECK(contracts_account_iter(h->st, mh_sum_acct, &s) == 0, "account iter");
@@ -388,8 +434,8 @@ static inline void mh_check_invariants(mh *h, bool check_cross) {
     MH_CHECK(ledger_state_iter(h->st, &p, 1, mh_sum_trade, &e) == 0, "trade iter");
     MH_CHECK(s.money_escrow == e.order_money + e.trade_money, "money escrow %ld != %ld + %ld",
              (long)s.money_escrow, (long)e.order_money, (long)e.trade_money);
-    MH_CHECK(s.tokens_escrow == e.order_tokens + e.trade_tokens, "token escrow %ld != %ld + %ld",
-             (long)s.tokens_escrow, (long)e.order_tokens, (long)e.trade_tokens);
+    MH_CHECK(s.tokens_escrow == 0, "tokens escrowed: %ld", (long)s.tokens_escrow);
+    MH_CHECK(sup.tokens_wh == sup.minted_wh - sup.burnt_wh + 30000, "token supply moved");
     MH_CHECK(!e.overfill, "an order is overfilled or empty");
     MH_CHECK(!check_cross || !e.crossed, "book crossed in slot %lu", (unsigned long)e.cur_slot);
 }

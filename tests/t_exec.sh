@@ -9,7 +9,7 @@ T="$B/temctl"
 d=$(mktemp -d /tmp/tem-exec-XXXXXX)
 trap 'rm -rf "$d"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
-for k in admin util p1 c1 stranger; do "$T" keygen --type meter --out "$d/$k.key" >"$d/$k.pub"; done
+for k in admin util p1 c1 stranger mp1 mc1; do "$T" keygen --type meter --out "$d/$k.key" >"$d/$k.pub"; done
 "$T" keygen --type validator --out "$d/v.key" >"$d/v.pub"
 GT=1767225600000
 "$T" genesis --offline --chain-id tem-exec --validator "v0:$(cat "$d/v.pub"):127.0.0.1:26600" \
@@ -17,6 +17,7 @@ GT=1767225600000
   --participant "$(cat "$d/util.pub"):1:utility:1000000000" \
   --participant "$(cat "$d/p1.pub"):2:prosumer:1000000" \
   --participant "$(cat "$d/c1.pub"):3:consumer:1000000" \
+  --meter "$d/mp1.key:$(cat "$d/p1.pub"):2:40000:40000:5" --meter "$(cat "$d/mc1.pub"):$d/c1.key:3:40000:0:5" \
   --tariff 0:300000:50000 --time-ms $GT --out "$d/g.json" 2>/dev/null
 sign() { # key nonce out kind...
   local key=$1 nonce=$2 out=$3; shift 3
@@ -75,8 +76,13 @@ has "$(tail -1 <<<"$out")" '"height":2'
 
 # Readings after slot 5 ends, then a final block past its deadline (the genesis default, one
 # hour after the slot): the slot settles.
-sign p1 1 r1.tx reading --slot 5 --import 0 --export 100
-sign c1 1 r2.tx reading --slot 5 --import 60 --export 0
+# Readings are signed by the meters (registered in the genesis from slot 5 on), never by the
+# trading keys.
+sign mp1 0 r1.tx reading --slot 5 --import 0 --export 100
+sign mc1 0 r2.tx reading --slot 5 --import 60 --export 0
+sign p1 0 r3.tx reading --slot 5 --import 0 --export 1000000000
+out=$("$T" exec --genesis "$d/g.json" --time-ms $((GT + 6 * 900000)) "$d/r3.tx")
+has "$(head -1 <<<"$out")" '"reason_code":"ENOTMETER"'
 out=$("$T" exec --genesis "$d/g.json" --block-size 2 --time-ms $((GT + 1)) --step-ms $((6 * 900000)) \
   --final-time-ms $((GT + 6 * 900000 + 3600000 + 2)) --dump "$d/t1.tx" "$d/t2.tx" "$d/r1.tx" "$d/r2.tx")
 has "$(sed -n 3p <<<"$out")" '"minted_wh":100'

@@ -99,7 +99,7 @@ echo "chain ($src): $sum_n trades, $sum_wh Wh = report"
 
 money0=$(jq '[.participants[].money_uunit] | add' "$dir/genesis.json")
 money1=0
-for k in $(jq -r '.participants[].pubkey' "$dir/genesis.json"); do
+for k in $(jq -r '.participants[] | select(.role != "meter") | .pubkey' "$dir/genesis.json"); do
     m=$(api 0 "/v1/accounts/$k" | jq '.money_uunit + .escrow_uunit')
     money1=$((money1 + m))
 done

@@ -29,6 +29,11 @@ sign order --slot 5 --side sell --price 120000 --qty 750 --tif ioc
 check order '"slot":5' '"side":"sell"' '"price":120000' '"quantity_wh":750' '"tif":"ioc"'
 sign cancel --order "$TXID";                check cancel "\"order_txid\":\"$TXID\""
 sign reading --slot 9 --import 12 --export 3400; check reading '"slot":9' '"import_wh":12' '"export_wh":3400'
+sign reading --slot 9 --import 12 --export 0 --meter "$PUB"
+check reading '"slot":9' "\"meter\":\"$PUB\""
+sign register --pubkey "$PUB" --bus 7 --role meter --owner "$PUB" --import-w 40000 --export-w 5000
+check register '"role":"meter"' "\"owner\":\"$PUB\"" '"import_capacity_w":40000' '"export_capacity_w":5000'
+sign register --pubkey "$PUB" --bus 1 --role meter_data; check register '"role":"meter_data"'
 sign transfer --to "$PUB" --amount 99;      check transfer "\"to\":\"$PUB\"" '"amount":99'
 sign register --pubkey "$PUB" --bus 18 --role prosumer; check register '"bus":18' '"role":"prosumer"'
 sign deposit --to "$PUB" --amount 5000000;  check deposit '"amount":5000000'

@@ -72,8 +72,8 @@ START_TEST(call_clears_at_the_midpoint_and_rations_ties_by_time) {
     ck_assert_int_eq(p3.money_escrow_uunit, 10750);
     ck_assert_int_eq(p3.money_uunit, 1000000000 - 10750);
     /* P2: collateral of the 300 Wh sold stays for settlement; the unsold order's came back. */
-    ck_assert_int_eq(p2.tokens_escrow_wh, 30);
-    ck_assert_int_eq(p2.tokens_wh, 10000 - 30);
+    ck_assert_int_eq(p2.money_escrow_uunit, 9000); /* 10 % of 300 Wh at retail 0.30 */
+    ck_assert_int_eq(p2.money_uunit, 1000000000 - 9000);
     mh_check_invariants(&H, false);
     uint8_t po = MK_ORDER;
     mh_escrow_sums e = {0};

@@ -10,7 +10,7 @@
 static mh H;
 
 static void setup(void) {
-    mh_init(&H, LEDGER_MECH_CDA);
+    mh_init_meters(&H, LEDGER_MECH_CDA, 1);
     mh_block(&H, NOW);
 }
 static void teardown(void) { mh_free(&H); }
@@ -19,7 +19,7 @@ START_TEST(market_buy_fills_resting_sell_at_the_resting_price) {
     ck_assert_int_eq(mh_order(&H, P1, SLOT, SELL, 100000, 1000, GTC), 0);
     uint8_t sell_txid[32];
     memcpy(sell_txid, H.last_txid, 32);
-    ck_assert_uint_eq(H.rc.tokens_escrowed, 100); /* 10 % collateral */
+    ck_assert_uint_eq(H.rc.escrow_held, 30000); /* collateral: 10 % of 1000 Wh at retail 0.30 */
     ck_assert_uint_eq(H.rc.remaining_wh, 1000);
     ck_assert_int_eq(mh_order(&H, C1, SLOT, BUY, 120000, 600, GTC), 0);
     ck_assert_uint_eq(H.rc.n_fills, 1);
@@ -32,9 +32,9 @@ START_TEST(market_buy_fills_resting_sell_at_the_resting_price) {
     contracts_account c1 = mh_acct(&H, C1), p1 = mh_acct(&H, P1);
     ck_assert_int_eq(c1.money_uunit, 1000000000 - 60000);
     ck_assert_int_eq(c1.money_escrow_uunit, 60000);
-    ck_assert_int_eq(p1.tokens_wh, 9900);
-    ck_assert_int_eq(p1.tokens_escrow_wh, 100); /* 40 on the order, 60 on the trade */
-    ck_assert_int_eq(p1.money_uunit, 1000000000); /* paid at settlement */
+    ck_assert_int_eq(p1.tokens_wh, 10000); /* tokens never move */
+    ck_assert_int_eq(p1.money_escrow_uunit, 30000); /* 12000 on the order, 18000 on the trade */
+    ck_assert_int_eq(p1.money_uunit, 1000000000 - 30000); /* the value is paid at settlement */
     mh_check_invariants(&H, true);
 }
 END_TEST
@@ -119,8 +119,8 @@ START_TEST(market_cancel_releases_escrow_to_the_micro_unit) {
     ck_assert_int_eq(mh_order(&H, P1, SLOT, SELL, 100000, 1000, GTC), 0);
     memcpy(t, H.last_txid, 32);
     ck_assert_int_eq(mh_cancel(&H, P1, t), 0);
-    ck_assert_uint_eq(H.rc.tokens_released, 100);
-    ck_assert_int_eq(mh_acct(&H, P1).tokens_wh, 10000);
+    ck_assert_uint_eq(H.rc.escrow_released, 30000);
+    ck_assert_int_eq(mh_acct(&H, P1).money_uunit, 1000000000);
     mh_check_invariants(&H, true);
 }
 END_TEST
@@ -145,11 +145,12 @@ START_TEST(market_gate_closure_expires_orders_and_refuses_later_ones) {
     mh_block(&H, mh_gate(SLOT));
     ck_assert_int_eq(mh_order(&H, P2, SLOT, SELL, 95000, 100, GTC), CONTRACTS_EGATE);
     contracts_account c1 = mh_acct(&H, C1), p1 = mh_acct(&H, P1), p2 = mh_acct(&H, P2);
-    ck_assert_int_eq(c1.money_uunit, 1000000000);
+    /* Slot 1 has settled meanwhile: C1's meter never reported, so it was estimated at its
+     * import capacity: 10 kWh at retail 0.30 (docs/market.md, section 8). */
+    ck_assert_int_eq(c1.money_uunit, 1000000000 - 3000000);
     ck_assert_int_eq(c1.money_escrow_uunit, 0);
-    ck_assert_int_eq(p1.tokens_wh, 10000);
-    ck_assert_int_eq(p1.tokens_escrow_wh, 0);
-    ck_assert_int_eq(p2.tokens_escrow_wh, 0);
+    ck_assert_int_eq(p1.money_escrow_uunit, 0);
+    ck_assert_int_eq(p2.money_escrow_uunit, 0);
     uint8_t p = MK_ORDER;
     mh_escrow_sums e = {0};
     ck_assert_int_eq(ledger_state_iter(H.st, &p, 1, mh_sum_order, &e), 0);
@@ -208,7 +209,7 @@ END_TEST
 
 /* ------------------------------------------------------------------ refusals */
 enum op { O_ORDER, O_CANCEL_OTHER, O_CANCEL_UNKNOWN, O_READING, O_DEPOSIT, O_TRANSFER, O_REGISTER,
-          O_TARIFF };
+          O_TARIFF, O_READING_AS, O_METER };
 
 typedef struct {
     const char *name;
@@ -226,22 +227,39 @@ static const bad_case bad_cases[] = {
     {"price above the retail tariff", O_ORDER, C1, SLOT, RETAIL + 1, 10, BUY, GTC, 0, CONTRACTS_EPRICE},
     {"price below the feed-in tariff", O_ORDER, P1, SLOT, FEEDIN - 1, 10, SELL, GTC, 0, CONTRACTS_EPRICE},
     {"buy without the money for its escrow", O_ORDER, C1, SLOT, RETAIL, 100000000, BUY, GTC, 0, CONTRACTS_EFUNDS},
-    {"sell without the tokens for its collateral", O_ORDER, P1, SLOT, 100000, 100001, SELL, GTC, 0, CONTRACTS_ECOLLATERAL},
+    {"sell without the money for its collateral", O_ORDER, P1, SLOT, 100000, 40000000, SELL, GTC, 0, CONTRACTS_EFUNDS},
     {"zero quantity", O_ORDER, P1, SLOT, 100000, 0, SELL, GTC, 0, CONTRACTS_EQTY},
     {"overflowing quantity", O_ORDER, C1, SLOT, 100000, 2000000000ull, BUY, GTC, 0, CONTRACTS_EOVERFLOW},
     {"unspecified side", O_ORDER, P1, SLOT, 100000, 10, 0, GTC, 0, CONTRACTS_ESIDE},
     {"unknown time in force", O_ORDER, P1, SLOT, 100000, 10, SELL, 7, 0, CONTRACTS_ETIF},
     {"consumer selling", O_ORDER, C1, SLOT, 100000, 10, SELL, GTC, 0, CONTRACTS_EROLE},
     {"DSO trading", O_ORDER, DSOK, SLOT, 100000, 10, BUY, GTC, 0, CONTRACTS_EROLE},
+    {"meter-data key trading", O_ORDER, MDATA, SLOT, 100000, 10, BUY, GTC, 0, CONTRACTS_EROLE},
     {"cancel of someone else's order", O_CANCEL_OTHER, P2, 0, 0, 0, 0, 0, 0, CONTRACTS_ENOTOWNER},
     {"cancel of an unknown order", O_CANCEL_UNKNOWN, P1, 0, 0, 0, 0, 0, 0, CONTRACTS_ENOORDER},
     {"reading from an unregistered meter", O_READING, STRANGER, 1, 10, 10, 0, 0, 0, CONTRACTS_EMETER},
     {"duplicate reading", O_READING, P3, 1, 10, 10, 0, 0, 0, CONTRACTS_EDUPREADING},
     {"reading before its slot ends", O_READING, P1, 2, 10, 10, 0, 0, 0, CONTRACTS_EEARLY},
-    {"reading after the settlement deadline", O_READING, P1, 0, 10, 10, 0, 0, 0, CONTRACTS_ELATE},
     {"reading with an overflowing export", O_READING, P1, 1, 0, 2000000000ull, 0, 0, 0, CONTRACTS_EOVERFLOW},
     {"consumer meter reporting export", O_READING, C1, 1, 10, 10, 0, 0, 0, CONTRACTS_EEXPORT},
-    {"reading from a utility", O_READING, UTIL, 1, 10, 10, 0, 0, 0, CONTRACTS_EROLE},
+    {"reading from a utility", O_READING, UTIL, 1, 10, 10, 0, 0, 0, CONTRACTS_ENOTMETER},
+    /* O_READING_AS: signer `who`, meter field `role` (-1: none) */
+    {"reading signed by the trading key", O_READING_AS, P1, 1, 10, 10, 0, 0, -1, CONTRACTS_ENOTMETER},
+    {"meter signing for another meter", O_READING_AS, MP1, 1, 10, 10, 0, 0, MP2, CONTRACTS_ENOTMETER},
+    {"meter-data key naming no meter", O_READING_AS, MDATA, 1, 10, 10, 0, 0, STRANGER, CONTRACTS_EMETER},
+    {"meter-data key naming a trading key", O_READING_AS, MDATA, 1, 10, 10, 0, 0, P1, CONTRACTS_EMETER},
+    {"import above capacity x slot length", O_READING, P1, 1, MH_CAP_WH + 1, 0, 0, 0, 0, CONTRACTS_ECAPACITY},
+    {"export above capacity x slot length", O_READING, P2, 1, 0, MH_CAP_WH + 1, 0, 0, 0, CONTRACTS_ECAPACITY},
+    {"the 1 GWh of the old rule", O_READING, P2, 1, 0, 1000000000ull, 0, 0, 0, CONTRACTS_ECAPACITY},
+    {"bulk import above capacity", O_READING_AS, MDATA, 1, MH_CAP_WH + 1, 0, 0, 0, MP1, CONTRACTS_ECAPACITY},
+    {"reading before the meter existed", O_READING, P1, 0, 10, 10, 0, 0, 0, CONTRACTS_EMETER},
+    /* O_METER: register key (slot: 0 new key, else that key index) for owner `role` */
+    {"meter registered by a prosumer", O_METER, P1, 0, 0, 0, 0, 0, P1, CONTRACTS_ENOTADMIN},
+    {"meter key that is a trading key", O_METER, ADMIN, P2, 0, 0, 0, 0, P1, CONTRACTS_EMETERKEY},
+    {"meter rebound to another owner", O_METER, ADMIN, MP1, 0, 0, 0, 0, P2, CONTRACTS_EMETERKEY},
+    {"meter for the DSO", O_METER, ADMIN, 0, 0, 0, 0, 0, DSOK, CONTRACTS_EROLE},
+    {"meter for an unknown owner", O_METER, ADMIN, 0, 0, 0, 0, 0, STRANGER, CONTRACTS_ENORECIPIENT},
+    {"trading registration of a meter key", O_REGISTER, ADMIN, 2, 7, 0, 0, 0, TEM__V1__ROLE__PROSUMER, CONTRACTS_EMETERKEY},
     {"deposit by a prosumer", O_DEPOSIT, P1, 0, 1000, 0, 0, 0, P2, CONTRACTS_ENOTADMIN},
     {"deposit to an unknown participant", O_DEPOSIT, ADMIN, 0, 1000, 0, 0, 0, STRANGER, CONTRACTS_ENORECIPIENT},
     {"deposit of zero", O_DEPOSIT, UTIL, 0, 0, 0, 0, 0, P2, CONTRACTS_EAMOUNT},
@@ -291,7 +309,13 @@ START_TEST(market_bad_input_is_refused_with_its_code_and_changes_nothing) {
         break;
     case O_TRANSFER: got = mh_transfer(&H, c->who, c->role, c->a); break;
     case O_REGISTER:
-        got = mh_register(&H, c->who, c->slot ? badkey : newkey, PUB, (uint32_t)c->a, c->role);
+        got = mh_register(&H, c->who, c->slot == 1 ? badkey : c->slot == 2 ? H.keys[MP1] : newkey,
+                          PUB, (uint32_t)c->a, c->role);
+        break;
+    case O_READING_AS: got = mh_reading_raw(&H, c->who, c->role, c->slot, c->a, c->b); break;
+    case O_METER:
+        got = mh_register_meter(&H, c->who, c->slot ? H.keys[c->slot] : newkey, H.keys[c->role], 2,
+                                MH_CAP_W, MH_CAP_W);
         break;
     case O_TARIFF: {
         uint32_t start = 0;
@@ -390,6 +414,11 @@ START_TEST(market_signer_check_names_who_may_send_each_kind) {
         {"stranger orders", STRANGER, TEM__V1__TX_BODY__KIND_ORDER, CONTRACTS_ENOTREGISTERED},
         {"stranger transfers", STRANGER, TEM__V1__TX_BODY__KIND_TRANSFER, CONTRACTS_ENOTREGISTERED},
         {"stranger reads a meter", STRANGER, TEM__V1__TX_BODY__KIND_READING, CONTRACTS_EMETER},
+        {"trading key reads its meter", P1, TEM__V1__TX_BODY__KIND_READING, CONTRACTS_ENOTMETER},
+        {"DSO reads a meter", DSOK, TEM__V1__TX_BODY__KIND_READING, CONTRACTS_ENOTMETER},
+        {"meter reads", MP1, TEM__V1__TX_BODY__KIND_READING, CONTRACTS_OK},
+        {"meter-data key reads", MDATA, TEM__V1__TX_BODY__KIND_READING, CONTRACTS_OK},
+        {"meter orders", MP1, TEM__V1__TX_BODY__KIND_ORDER, CONTRACTS_ENOTREGISTERED},
         {"stranger deposits", STRANGER, TEM__V1__TX_BODY__KIND_DEPOSIT, CONTRACTS_ENOTADMIN},
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {

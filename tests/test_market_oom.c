@@ -10,7 +10,7 @@
 #define NOW (T0 + 2 * SLOT_MS + 1000)
 
 static void prepare(mh *h) {
-    mh_init(h, LEDGER_MECH_CDA);
+    mh_init_meters(h, LEDGER_MECH_CDA, SLOT);
     mh_block(h, NOW);
     MH_CHECK(mh_order(h, P1, SLOT, SELL, 100000, 300, GTC) == 0, "prepare");
     MH_CHECK(mh_order(h, P2, SLOT, SELL, 101000, 300, GTC) == 0, "prepare");

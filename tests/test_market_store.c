@@ -24,7 +24,7 @@ typedef struct {
 } blk;
 
 static blk blocks[NBLOCKS];
-static uint64_t nonces[16];
+static uint64_t nonces[32];
 static uint8_t order_txids[512][32];
 static int n_orders;
 
@@ -47,7 +47,8 @@ static uint64_t xs(uint64_t *s) {
     return *s;
 }
 
-/* Keys 2..4 prosumers, 5..6 consumers, 7 utility, 8 DSO; the admin is key 1. */
+/* Keys 2..4 prosumers, 5..6 consumers, 7 utility, 8 DSO; the admin is key 1; key 10 + k is
+ * the meter of participant k. */
 static void make_blocks(void) {
     uint64_t s = 0x5eed;
     memset(nonces, 0, sizeof nonces);
@@ -89,7 +90,7 @@ static void make_blocks(void) {
                 r.export_wh = who >= 5 ? 0 : xs(&s) % 2500;
                 body.kind_case = TEM__V1__TX_BODY__KIND_READING;
                 body.reading = &r;
-                add_tx(b, who, &body, NULL);
+                add_tx(b, 10 + who, &body, NULL);
             }
         }
     }
@@ -113,6 +114,18 @@ static void genesis(ledger_genesis *g) {
                               "%s{\"pubkey\":\"%s\",\"bus\":%u,\"role\":\"%s\",\"money_uunit\":%s,"
                               "\"tokens_wh\":50000}",
                               i > 2 ? "," : "", h, i, roles[i - 2], i == 7 ? "1000000000000" : "1000000000");
+    }
+    for (uint32_t i = 2; i <= 6; i++) {
+        uint8_t sec[32], pub[33], opub[33];
+        char h[67], oh[67];
+        fx_key(10 + i, sec, pub);
+        fx_key(i, sec, opub);
+        tem_hex(h, pub, 33);
+        tem_hex(oh, opub, 33);
+        k += (size_t)snprintf(parts + k, sizeof parts - k,
+                              ",{\"pubkey\":\"%s\",\"bus\":%u,\"role\":\"meter\",\"owner\":\"%s\","
+                              "\"import_capacity_w\":40000,\"export_capacity_w\":40000,\"from_slot\":1}",
+                              h, i, oh);
     }
     snprintf(parts + k, sizeof parts - k,
              "],\"market\":{\"slot_ms\":900000,\"gate_closure_ms\":300000,"

@@ -49,6 +49,38 @@ START_TEST(sim_step_balances_energy_in_every_slot_of_a_day) {
 }
 END_TEST
 
+/* The meter capacities the testnet registers: no reading of a simulated day reaches them, for
+ * a 15-minute and a 2-second chain slot and a stressed feeder (the market refuses a reading
+ * above capacity x slot length, docs/market.md section 7). */
+START_TEST(sim_readings_stay_inside_the_meter_capacity) {
+    const int64_t slots_ms[2] = {900000, 2000};
+    for (int z = 0; z < 2; z++)
+        for (int ps = 1; ps <= 3; ps += 2) {
+            ctl_sim_config c = cfg(11 + (uint64_t)ps);
+            c.slot_ms = slots_ms[z];
+            c.power_scale = ps;
+            for (uint32_t i = 0; i < 24; i++) {
+                ctl_sim_prosumer p;
+                ctl_sim_prosumer_init(&p, &c, i, 2 + i, 30000.0 + 7000.0 * i, 1 + i % 3);
+                int64_t iw, ew;
+                ctl_sim_meter_caps(&p, &iw, &ew);
+                ck_assert_int_gt(iw, 0);
+                if (p.cls == CTL_SIM_CONSUMER) ck_assert_int_eq(ew, 0);
+                /* The chain's rule: floor(capacity_W * slot_ms / 3600000). */
+                uint64_t icap = (uint64_t)(iw * c.slot_ms / 3600000), ecap = (uint64_t)(ew * c.slot_ms / 3600000);
+                for (uint32_t k = 0; k < 96; k++) {
+                    ctl_sim_slot s;
+                    ck_assert_int_eq(ctl_sim_step(&c, &p, k, &BAND, &s), 0);
+                    ck_assert_msg(s.import_wh <= icap && s.export_wh <= ecap,
+                                  "prosumer %u slot %u: %lu/%lu Wh over caps %lu/%lu", i, k,
+                                  (unsigned long)s.import_wh, (unsigned long)s.export_wh,
+                                  (unsigned long)icap, (unsigned long)ecap);
+                }
+            }
+        }
+}
+END_TEST
+
 START_TEST(sim_chain_energy_scales_with_the_chain_slot_not_the_simulated_slot) {
     ctl_sim_config c = cfg(1);
     c.slot_ms = 900000; /* 15 min: 40 kW for a quarter hour is 10 kWh */
@@ -486,6 +518,7 @@ static Suite *prosumer_suite(void) {
     TCase *t = tcase_create("sim");
     tcase_add_test(t, sim_step_balances_energy_in_every_slot_of_a_day);
     tcase_add_test(t, sim_chain_energy_scales_with_the_chain_slot_not_the_simulated_slot);
+    tcase_add_test(t, sim_readings_stay_inside_the_meter_capacity);
     tcase_add_test(t, sim_clear_sky_is_dark_at_night_and_peaks_at_solar_noon);
     tcase_add_test(t, sim_load_shapes_peak_at_one_in_the_evening);
     tcase_add_test(t, sim_same_seed_gives_the_same_day_and_another_seed_another);

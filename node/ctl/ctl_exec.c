@@ -134,8 +134,8 @@ static json_t *receipt_json(const Tem__V1__Receipt *r) {
 
 static const char *role_name(int32_t r) {
     static const char *const names[] = {"unspecified", "prosumer", "consumer", "utility", "dso",
-                                        "aggregator"};
-    return r >= 0 && r <= 5 ? names[r] : "unknown";
+                                        "aggregator",  "meter",    "meter_data"};
+    return r >= 0 && r <= 7 ? names[r] : "unknown";
 }
 
 static int dump_line(void *ctx, const contracts_settlement *l) {
@@ -151,7 +151,10 @@ static int dump_line(void *ctx, const contracts_settlement *l) {
              {"received_wh", l->received_wh}, {"shortfall_wh", l->shortfall_wh},
              {"burnt_wh", l->burnt_wh}, {"lack_wh", l->lack_wh}, {"surplus_wh", l->surplus_wh},
              {"trade_net_uunit", l->trade_net_uunit}, {"penalty_net_uunit", l->penalty_net_uunit},
-             {"utility_net_uunit", l->utility_net_uunit}, {"unpaid_uunit", l->unpaid_uunit}};
+             {"utility_net_uunit", l->utility_net_uunit}, {"unpaid_uunit", l->unpaid_uunit},
+             {"covered_wh", l->covered_wh}, {"cover_wh", l->cover_wh},
+             {"withheld_wh", l->withheld_wh}, {"fees_uunit", l->fees_uunit},
+             {"estimated", l->estimated}, {"total_uunit", l->total_uunit}};
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) json_object_set_new(j, f[i].name, json_integer(f[i].v));
     return json_array_append_new(arr, j) ? -1 : 0;
 }

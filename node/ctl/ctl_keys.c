@@ -64,7 +64,21 @@ static int resolve_spec(json_t *spec) {
     size_t i;
     json_t *v;
     json_array_foreach(json_object_get(spec, "validators"), i, v) if (resolve_key(v, "pubkey")) return -1;
-    json_array_foreach(json_object_get(spec, "participants"), i, v) if (resolve_key(v, "pubkey")) return -1;
+    json_array_foreach(json_object_get(spec, "participants"), i, v) {
+        if (resolve_key(v, "pubkey")) return -1;
+        /* A meter's owner may be named by its key file too ("owner_key_file"). */
+        const char *of = json_string_value(json_object_get(v, "owner_key_file"));
+        if (of) {
+            json_t *tmp = json_pack("{s:s}", "key_file", of);
+            if (!tmp || resolve_key(tmp, "owner")) {
+                json_decref(tmp);
+                return -1;
+            }
+            json_object_set(v, "owner", json_object_get(tmp, "owner"));
+            json_object_del(v, "owner_key_file");
+            json_decref(tmp);
+        }
+    }
     json_t *admins = json_object_get(spec, "admins");
     json_array_foreach(admins, i, v) {
         const char *s = json_string_value(v);
@@ -153,6 +167,26 @@ static json_t *spec_from_flags(const ctl_opts *o) {
         json_array_append_new(parts, e);
     }
     it = 0;
+    while ((v = ctl_opt_next(o, "meter", &it))) {
+        /* KEY:OWNER:BUS:IMPORT_W:EXPORT_W[:FROM_SLOT] (KEY and OWNER hex or key files) */
+        char buf[1024], *f[6];
+        snprintf(buf, sizeof buf, "%s", v);
+        uint64_t bus, iw, ew, from = 0;
+        int n = split(buf, f, 6);
+        if (n < 5 || !ctl_parse_u64(f[2], &bus) || !ctl_parse_u64(f[3], &iw) || !ctl_parse_u64(f[4], &ew) ||
+            (n == 6 && !ctl_parse_u64(f[5], &from)))
+            goto bad;
+        json_t *e = json_object();
+        json_object_set_new(e, strlen(f[0]) == 66 ? "pubkey" : "key_file", json_string(f[0]));
+        json_object_set_new(e, "bus", json_integer((json_int_t)bus));
+        json_object_set_new(e, "role", json_string("meter"));
+        json_object_set_new(e, strlen(f[1]) == 66 ? "owner" : "owner_key_file", json_string(f[1]));
+        json_object_set_new(e, "import_capacity_w", json_integer((json_int_t)iw));
+        json_object_set_new(e, "export_capacity_w", json_integer((json_int_t)ew));
+        if (from) json_object_set_new(e, "from_slot", json_integer((json_int_t)from));
+        json_array_append_new(parts, e);
+    }
+    it = 0;
     while ((v = ctl_opt_next(o, "tariff", &it))) {
         char buf[128], *f[3];
         snprintf(buf, sizeof buf, "%s", v);
@@ -193,6 +227,7 @@ int ctl_genesis_main(int argc, char **argv) {
                 "usage: temctl genesis --spec SPEC.json [--out FILE]\n"
                 "       temctl genesis --chain-id ID --validator NAME:KEY:HOST:PORT[@HTTPHOST:PORT]...\n"
                 "                      --admin KEY... --participant KEY:BUS:ROLE[:MONEY]...\n"
+                "                      [--meter KEY:OWNER:BUS:IMPORT_W:EXPORT_W[:FROM_SLOT]...]\n"
                 "                      --tariff START_MINUTE:RETAIL:FEED_IN... [--time-ms T (default: now, at a slot start)]\n"
                 "                      [--slot-ms MS] [--gate-closure-ms MS] [--settlement-deadline-ms MS]\n"
                 "                      [--mechanism cda|call] [--seller-collateral-ppm P] [--network-fee R]\n"

@@ -10,9 +10,12 @@ static const char TX_USAGE[] =
     "kinds and options:\n"
     "  order     --slot S --side buy|sell --price UUNIT_PER_KWH --qty WH [--tif gtc|ioc]\n"
     "  cancel    --order TXID\n"
-    "  reading   --slot S --import WH --export WH\n"
+    "  reading   --slot S --import WH --export WH [--meter METERKEY]   (signed by the meter, or by\n"
+    "            the meter-data key naming --meter)\n"
     "  transfer  --to PUBKEY --amount UUNIT\n"
-    "  register  --pubkey PUBKEY --bus BUS --role prosumer|consumer|utility|dso|aggregator   (admin)\n"
+    "  register  --pubkey PUBKEY --bus BUS --role prosumer|consumer|utility|dso|aggregator|meter_data\n"
+    "            (admin); --role meter --owner PUBKEY --import-w W --export-w W (admin, DSO or\n"
+    "            utility; without --owner: retires the meter)\n"
     "  deposit   --to PUBKEY --amount UUNIT                                                 (admin)\n"
     "  set-tariff --from-slot S --period START_MINUTE:RETAIL:FEED_IN [--period ...]          (admin)\n"
     "  (install-feeder txs come from `temctl feeder install`)\n"
@@ -20,8 +23,8 @@ static const char TX_USAGE[] =
     "encoding, the signature or (if given) the chain id is invalid, with the reason.\n";
 
 static int role_of(const char *s) {
-    static const char *n[] = {"prosumer", "consumer", "utility", "dso", "aggregator"};
-    for (int i = 0; i < 5; i++)
+    static const char *n[] = {"prosumer", "consumer", "utility", "dso", "aggregator", "meter", "meter_data"};
+    for (int i = 0; i < 7; i++)
         if (s && strcmp(s, n[i]) == 0) return i + 1;
     return -1;
 }
@@ -76,7 +79,7 @@ int ctl_tx_build(ctl_opts *o, const char *kind, const ledger_keyfile *kp, const 
     Tem__V1__Deposit dep = TEM__V1__DEPOSIT__INIT;
     Tem__V1__SetTariff st = TEM__V1__SET_TARIFF__INIT;
     Tem__V1__TariffPeriod periods[LEDGER_TARIFF_PERIODS_MAX], *pp[LEDGER_TARIFF_PERIODS_MAX];
-    uint8_t txid_buf[32], pub_buf[33];
+    uint8_t txid_buf[32], pub_buf[33], owner_buf[33];
     body.chain_id = (char *)chain;
     body.nonce = nonce;
     int status = CTL_USAGE;
@@ -98,6 +101,11 @@ int ctl_tx_build(ctl_opts *o, const char *kind, const ledger_keyfile *kp, const 
         body.cancel = &cancel;
     } else if (strcmp(kind, "reading") == 0) {
         if (!need_u64(o, "slot", &reading.slot) || !need_u64(o, "import", &reading.import_wh) || !need_u64(o, "export", &reading.export_wh)) goto out;
+        /* --meter: the meter-data key signs for that meter (bulk or correction). */
+        if (ctl_opt(o, "meter")) {
+            if (!need_hex(o, "meter", pub_buf, 33)) goto out;
+            reading.meter = (ProtobufCBinaryData){33, pub_buf};
+        }
         body.kind_case = TEM__V1__TX_BODY__KIND_READING;
         body.reading = &reading;
     } else if (strcmp(kind, "transfer") == 0) {
@@ -109,7 +117,17 @@ int ctl_tx_build(ctl_opts *o, const char *kind, const ledger_keyfile *kp, const 
         uint64_t bus;
         if (!need_hex(o, "pubkey", pub_buf, 33) || !need_u64(o, "bus", &bus) || bus > UINT32_MAX) goto out;
         reg.role = role_of(ctl_opt(o, "role"));
-        if ((int)reg.role < 0) { fprintf(stderr, "tx sign: --role must be prosumer, consumer, utility, dso or aggregator\n"); goto out; }
+        if ((int)reg.role < 0) { fprintf(stderr, "tx sign: --role must be prosumer, consumer, utility, dso, aggregator, meter or meter_data\n"); goto out; }
+        if (reg.role == TEM__V1__ROLE__METER) {
+            /* --owner KEY (omit it to retire the meter), --import-w W, --export-w W */
+            if (ctl_opt(o, "owner")) {
+                if (!need_hex(o, "owner", owner_buf, 33)) goto out;
+                reg.owner = (ProtobufCBinaryData){33, owner_buf};
+            }
+            if ((ctl_opt(o, "import-w") && !need_u64(o, "import-w", &reg.import_capacity_w)) ||
+                (ctl_opt(o, "export-w") && !need_u64(o, "export-w", &reg.export_capacity_w)))
+                goto out;
+        }
         reg.pubkey = (ProtobufCBinaryData){33, pub_buf};
         reg.bus = (uint32_t)bus;
         body.kind_case = TEM__V1__TX_BODY__KIND_REGISTER;

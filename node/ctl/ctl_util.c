@@ -158,8 +158,9 @@ void ctl_print_json(json_t *j) {
 
 static const char *side_name(int s) { return s == 1 ? "buy" : s == 2 ? "sell" : "unspecified"; }
 static const char *role_name(int r) {
-    static const char *n[] = {"unspecified", "prosumer", "consumer", "utility", "dso", "aggregator"};
-    return r >= 0 && r <= 5 ? n[r] : "unknown";
+    static const char *n[] = {"unspecified", "prosumer", "consumer", "utility",
+                              "dso",         "aggregator", "meter",  "meter_data"};
+    return r >= 0 && r <= 7 ? n[r] : "unknown";
 }
 
 json_t *ctl_tx_json(const ledger_tx *tx) {
@@ -190,6 +191,8 @@ json_t *ctl_tx_json(const ledger_tx *tx) {
         json_object_set_new(k, "slot", json_integer((json_int_t)b->reading->slot));
         json_object_set_new(k, "import_wh", json_integer((json_int_t)b->reading->import_wh));
         json_object_set_new(k, "export_wh", json_integer((json_int_t)b->reading->export_wh));
+        if (b->reading->meter.len)
+            json_object_set_new(k, "meter", ctl_json_hex(b->reading->meter.data, b->reading->meter.len));
         break;
     case TEM__V1__TX_BODY__KIND_TRANSFER:
         json_object_set_new(k, "to", ctl_json_hex(b->transfer->to.data, b->transfer->to.len));
@@ -199,6 +202,12 @@ json_t *ctl_tx_json(const ledger_tx *tx) {
         json_object_set_new(k, "pubkey", ctl_json_hex(b->register_->pubkey.data, b->register_->pubkey.len));
         json_object_set_new(k, "bus", json_integer(b->register_->bus));
         json_object_set_new(k, "role", json_string(role_name(b->register_->role)));
+        if (b->register_->role == TEM__V1__ROLE__METER) {
+            if (b->register_->owner.len)
+                json_object_set_new(k, "owner", ctl_json_hex(b->register_->owner.data, b->register_->owner.len));
+            json_object_set_new(k, "import_capacity_w", json_integer((json_int_t)b->register_->import_capacity_w));
+            json_object_set_new(k, "export_capacity_w", json_integer((json_int_t)b->register_->export_capacity_w));
+        }
         break;
     case TEM__V1__TX_BODY__KIND_DEPOSIT:
         json_object_set_new(k, "to", ctl_json_hex(b->deposit->to.data, b->deposit->to.len));

@@ -86,6 +86,11 @@ uint64_t ctl_sim_chain_wh(const ctl_sim_config *c, double power_w) {
     return (uint64_t)llround(power_w * (double)c->slot_ms / 3600000.0);
 }
 
+void ctl_sim_meter_caps(const ctl_sim_prosumer *p, int64_t *import_w, int64_t *export_w) {
+    *import_w = (int64_t)ceil(2.0 * p->load_peak_w + p->batt_w) + 1000;
+    *export_w = p->cls == CTL_SIM_CONSUMER ? 0 : (int64_t)ceil(2.0 * p->pv_peak_w + p->batt_w) + 1000;
+}
+
 void ctl_sim_prosumer_init(ctl_sim_prosumer *p, const ctl_sim_config *c, uint32_t index,
                            uint32_t bus, double bus_load_w, uint32_t per_bus) {
     memset(p, 0, sizeof *p);

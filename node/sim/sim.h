@@ -67,6 +67,10 @@ typedef struct {
  * ZIC; batteries use CTL_SIM_BATTERY), shape, PV ratio and valuation from the seed. */
 void ctl_sim_prosumer_init(ctl_sim_prosumer *p, const ctl_sim_config *c, uint32_t index,
                            uint32_t bus, double bus_load_w, uint32_t per_bus);
+/* The import and export capacity (W) its meter is registered with: twice the peak load (PV)
+ * plus the battery's power, so no reading of the simulation reaches it; a consumer's meter
+ * exports nothing (docs/market.md, "Meters"). */
+void ctl_sim_meter_caps(const ctl_sim_prosumer *p, int64_t *import_w, int64_t *export_w);
 
 /* What a prosumer sees of the market when it plans a slot: the slot's tariff band and the last
  * clearing price it observed (0 = none yet). */

@@ -93,13 +93,17 @@ int ctl_simrun_init(ctl_simrun *r, const ledger_genesis *g, const ctl_sim_config
     r->sec = tem_calloc(n ? n : 1, sizeof *r->sec);
     r->pub = tem_calloc(n ? n : 1, sizeof *r->pub);
     r->nonce = tem_calloc(n ? n : 1, sizeof *r->nonce);
+    r->msec = tem_calloc(n ? n : 1, sizeof *r->msec);
+    r->mpub = tem_calloc(n ? n : 1, sizeof *r->mpub);
+    r->mnonce = tem_calloc(n ? n : 1, sizeof *r->mnonce);
+    r->has_meter = tem_calloc(n ? n : 1, sizeof *r->has_meter);
     r->rec = tem_calloc((size_t)n * slots + 1, sizeof *r->rec);
     r->last_price = tem_calloc(slots + 1, sizeof *r->last_price);
     r->snap = tem_calloc(slots + 1, sizeof *r->snap);
     r->n_snap = tem_calloc(slots + 1, sizeof *r->n_snap);
     r->have_snap = tem_calloc(slots + 1, sizeof *r->have_snap);
     r->snap_from_receipts = tem_calloc(slots + 1, sizeof *r->snap_from_receipts);
-    if (!r->snap_from_receipts || !r->p || !r->sec || !r->pub || !r->nonce || !r->rec || !r->last_price || !r->snap ||
+    if (!r->msec || !r->mpub || !r->mnonce || !r->has_meter || !r->snap_from_receipts || !r->p || !r->sec || !r->pub || !r->nonce || !r->rec || !r->last_price || !r->snap ||
         !r->n_snap || !r->have_snap) {
         ctl_simrun_free(r);
         return -1;
@@ -109,6 +113,11 @@ int ctl_simrun_init(ctl_simrun *r, const ledger_genesis *g, const ctl_sim_config
 
 void ctl_simrun_free(ctl_simrun *r) {
     if (r->sec) sodium_memzero(r->sec, sizeof(*r->sec) * (r->n ? r->n : 1));
+    if (r->msec) sodium_memzero(r->msec, sizeof(*r->msec) * (r->n ? r->n : 1));
+    tem_free(r->msec);
+    tem_free(r->mpub);
+    tem_free(r->mnonce);
+    tem_free(r->has_meter);
     for (uint32_t k = 0; r->snap && k < r->slots; k++) tem_free(r->snap[k]);
     tem_free(r->p);
     tem_free(r->sec);
@@ -144,25 +153,29 @@ static int log_tx(ctl_simrun *r, const uint8_t txid[32], uint32_t i, uint32_t k,
     return 0;
 }
 
-/* Signs body with prosumer i's key at its next nonce and posts it to its node, falling over to
- * the next node on a transport error. A nonce complaint resyncs from the node once (a tx of
- * ours refused at the door leaves a gap the node does not know about). */
+/* Signs body with prosumer i's key (its meter's key for a reading: the market refuses readings
+ * signed by a trading key) at its next nonce and posts it to its node, falling over to the next
+ * node on a transport error. A nonce complaint resyncs from the node once (a tx of ours refused
+ * at the door leaves a gap the node does not know about). */
 static int submit(ctl_simrun *r, uint32_t i, uint32_t k, uint8_t kind, Tem__V1__TxBody *body) {
     int http = -1;
     uint8_t txid[32] = {0};
     bool resynced = false;
+    bool meter = kind == 'r' && r->has_meter[i];
+    uint64_t *nonce = meter ? &r->mnonce[i] : &r->nonce[i];
+    const uint8_t *sec = meter ? r->msec[i] : r->sec[i], *pub = meter ? r->mpub[i] : r->pub[i];
     for (int attempt = 0; attempt < 6; attempt++) {
         body->chain_id = (char *)r->g->chain_id;
-        body->nonce = r->nonce[i];
+        body->nonce = *nonce;
         uint8_t *tx = NULL;
         size_t len = 0;
-        if (ledger_tx_build(body, r->sec[i], &tx, &len, txid) != LEDGER_OK) return -1;
+        if (ledger_tx_build(body, sec, &tx, &len, txid) != LEDGER_OK) return -1;
         char err[128];
         ctl_http_conn *c = &r->nodes[(i + (uint32_t)attempt) % r->n_nodes];
         http = ctl_api_submit(c, tx, len, err, sizeof err);
         tem_free(tx);
         if (http == 202) {
-            r->nonce[i]++;
+            (*nonce)++;
             break;
         }
         if (http == -1) continue;
@@ -172,7 +185,7 @@ static int submit(ctl_simrun *r, uint32_t i, uint32_t k, uint8_t kind, Tem__V1__
         }
         if (!resynced && strstr(err, "NONCE")) {
             ctl_api_account a;
-            if (ctl_api_account_get(c, r->pub[i], &a) == 0) r->nonce[i] = a.next_nonce;
+            if (ctl_api_account_get(c, pub, &a) == 0) *nonce = a.next_nonce;
             resynced = true;
             continue;
         }
@@ -498,6 +511,22 @@ static int sim_run(const ctl_opts *o) {
         memcpy(r.sec[i], k.secp_sec, 32);
         memcpy(r.pub[i], k.secp_pub, 33);
         sodium_memzero(&k, sizeof k);
+        /* Its meter's key: DIR/pNNN.key -> DIR/mNNN.key (registered as its meter). */
+        char mpath[4200];
+        snprintf(mpath, sizeof mpath, "%s", gl.gl_pathv[i]);
+        char *base = strrchr(mpath, '/');
+        base = base ? base + 1 : mpath;
+        if (base[0] == 'p') {
+            base[0] = 'm';
+            if (ledger_keyfile_read(mpath, &k) == LEDGER_OK && !k.is_validator) {
+                memcpy(r.msec[i], k.secp_sec, 32);
+                memcpy(r.mpub[i], k.secp_pub, 33);
+                r.has_meter[i] = true;
+            } else if (!r.quiet) {
+                fprintf(stderr, "sim: no meter key %s: readings will be refused\n", mpath);
+            }
+            sodium_memzero(&k, sizeof k);
+        }
     }
     /* Bus from the genesis; the bus' load from the feeder, shared among its prosumers. */
     uint32_t *bus = tem_calloc(r.n, sizeof *bus);

@@ -31,6 +31,10 @@ typedef struct {
     uint8_t (*sec)[32];             /* n secret keys, owned, wiped on free */
     uint8_t (*pub)[33];
     uint64_t *nonce;                /* next nonce per prosumer */
+    uint8_t (*msec)[32];            /* n meter secret keys (readings), owned, wiped on free */
+    uint8_t (*mpub)[33];
+    uint64_t *mnonce;               /* next nonce per meter */
+    bool *has_meter;                /* false: readings go out under the trading key (refused) */
     uint64_t first_slot;            /* chain slot of run slot 0 */
     uint32_t slots;
     ctl_http_conn *nodes;           /* borrowed: where prosumer i submits (i % n_nodes) */

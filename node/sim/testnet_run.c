@@ -28,6 +28,7 @@
 #define TN_RETAIL 300000
 #define TN_FEED_IN 80000
 #define TN_NETWORK_FEE 1000 /* uunit per kWh per ohm of path resistance */
+#define TN_METER_LEAD_MS 8000 /* time the nodes get to start before the meters' first slot */
 
 typedef struct {
     /* options */
@@ -45,6 +46,9 @@ typedef struct {
     ctl_feeder f;
     uint8_t dso_sec[32], dso_pub[33], util_sec[32], util_pub[33];
     uint8_t (*psec)[32], (*ppub)[33];
+    uint8_t (*msec)[32], (*mpub)[33]; /* each prosumer's meter key: it signs the readings */
+    uint64_t meter_from;              /* first slot the genesis meters answer for */
+    bool run_slots_only;              /* run: the meters answer for the simulated slots only */
     uint32_t *bus, *per_bus;
     double *bus_load_w;
     /* running */
@@ -73,6 +77,9 @@ static void tn_free(tn *t) {
     if (t->have_g) ledger_genesis_free(&t->g);
     ctl_feeder_free(&t->f);
     if (t->psec) sodium_memzero(t->psec, sizeof(*t->psec) * t->prosumers);
+    if (t->msec) sodium_memzero(t->msec, sizeof(*t->msec) * t->prosumers);
+    tem_free(t->msec);
+    tem_free(t->mpub);
     sodium_memzero(t->dso_sec, 32);
     sodium_memzero(t->util_sec, 32);
     tem_free(t->psec);
@@ -173,10 +180,12 @@ static int gen(tn *t) {
     uint32_t n = t->prosumers;
     t->psec = tem_calloc(n, sizeof *t->psec);
     t->ppub = tem_calloc(n, sizeof *t->ppub);
+    t->msec = tem_calloc(n, sizeof *t->msec);
+    t->mpub = tem_calloc(n, sizeof *t->mpub);
     t->bus = tem_calloc(n, sizeof *t->bus);
     t->per_bus = tem_calloc(n, sizeof *t->per_bus);
     t->bus_load_w = tem_calloc(n, sizeof *t->bus_load_w);
-    if (!t->psec || !t->ppub || !t->bus || !t->per_bus || !t->bus_load_w) return -1;
+    if (!t->psec || !t->ppub || !t->msec || !t->mpub || !t->bus || !t->per_bus || !t->bus_load_w) return -1;
     if (ctl_sim_place(&t->f, n, t->bus, t->bus_load_w, t->per_bus) != 0) {
         fprintf(stderr, "testnet: feeder %s has no bus to place prosumers on\n", t->feeder);
         return -1;
@@ -184,7 +193,8 @@ static int gen(tn *t) {
     json_t *spec = json_object(), *vals = json_array(), *admins = json_array(), *parts = json_array();
     json_object_set_new(spec, "chain_id", json_string("tem-testnet"));
     /* Slots count from here; whole seconds keep the slot boundaries readable in logs. */
-    json_object_set_new(spec, "genesis_time_ms", json_integer(ctl_now_ms() / 1000 * 1000));
+    int64_t gt = ctl_now_ms() / 1000 * 1000;
+    json_object_set_new(spec, "genesis_time_ms", json_integer(gt));
     json_object_set_new(spec, "validators", vals);
     json_object_set_new(spec, "admins", admins);
     json_object_set_new(spec, "participants", parts);
@@ -226,6 +236,16 @@ static int gen(tn *t) {
     json_array_append_new(parts, e);
     ctl_sim_config sc;
     ctl_sim_config_default(&sc);
+    sc.seed = t->seed;
+    if (t->power_scale > 0) sc.power_scale = t->power_scale;
+    /* The meters answer for the run's slots only, from the first one the simulator can still
+     * order for once the nodes have had TN_METER_LEAD_MS to start (docs/sim.md): a slot nobody
+     * simulates would be settled as a silent meter, at its import capacity. */
+    {
+        int64_t slot_ms = (int64_t)t->slot_seconds * 1000;
+        int64_t rel = ctl_now_ms() + TN_METER_LEAD_MS + 3 * slot_ms - gt;
+        t->meter_from = rel <= 0 ? 0 : (uint64_t)((rel + slot_ms - 1) / slot_ms);
+    }
     for (uint32_t i = 0; i < n; i++) {
         snprintf(path, sizeof path, "%s/keys/p%03u.key", t->dir, i);
         if (new_meter_key(path, t->psec[i], t->ppub[i]) != 0) goto fail;
@@ -236,6 +256,24 @@ static int gen(tn *t) {
         json_object_set_new(e, "bus", json_integer(t->bus[i]));
         json_object_set_new(e, "role", json_string(p.cls == CTL_SIM_CONSUMER ? "consumer" : "prosumer"));
         json_object_set_new(e, "money_uunit", json_integer(TN_MONEY_PROSUMER));
+        json_array_append_new(parts, e);
+        /* Its meter, registered by the genesis with capacities the simulation never reaches. */
+        snprintf(path, sizeof path, "%s/keys/m%03u.key", t->dir, i);
+        if (new_meter_key(path, t->msec[i], t->mpub[i]) != 0) goto fail;
+        int64_t iw, ew;
+        ctl_sim_meter_caps(&p, &iw, &ew);
+        e = json_object();
+        json_object_set_new(e, "key_file", json_string(path));
+        json_object_set_new(e, "bus", json_integer(t->bus[i]));
+        json_object_set_new(e, "role", json_string("meter"));
+        json_object_set_new(e, "owner", ctl_json_hex(t->ppub[i], 33));
+        json_object_set_new(e, "import_capacity_w", json_integer(iw));
+        json_object_set_new(e, "export_capacity_w", json_integer(ew));
+        json_object_set_new(e, "from_slot", json_integer((json_int_t)t->meter_from));
+        /* `testnet run` knows its slots; after `testnet gen` the meters stay (whoever runs the
+         * simulator later must keep them reporting: silence is estimated). */
+        if (t->run_slots_only)
+            json_object_set_new(e, "until_slot", json_integer((json_int_t)(t->meter_from + t->slots)));
         json_array_append_new(parts, e);
     }
     json_t *tar = json_array(), *p0 = json_object();
@@ -749,6 +787,8 @@ static json_t *collect(tn *t, ctl_simrun *r) {
     int64_t money0 = 0, money1 = 0, tokens1 = 0;
     bool all_accounts = true;
     for (uint32_t j = 0; j < g->n_participants; j++) {
+        /* Meters are devices, not accounts: they hold nothing. */
+        if (g->participants[j].role == TEM__V1__ROLE__METER) continue;
         ctl_api_account a;
         money0 += g->participants[j].money_uunit;
         if (ctl_api_account_get(&t->conn[0], g->participants[j].pubkey, &a) != 0) {
@@ -806,6 +846,7 @@ static int run(tn *t) {
         fprintf(stderr, "testnet: no temd at %s (build it with make, or pass --temd)\n", t->temd);
         return CTL_INVALID;
     }
+    t->run_slots_only = true;
     if (gen(t) != 0) return CTL_INVALID;
     int status = CTL_INVALID;
     json_t *data = NULL;
@@ -822,13 +863,21 @@ static int run(tn *t) {
     for (uint32_t i = 0; i < t->prosumers; i++) {
         memcpy(r.sec[i], t->psec[i], 32);
         memcpy(r.pub[i], t->ppub[i], 33);
+        memcpy(r.msec[i], t->msec[i], 32);
+        memcpy(r.mpub[i], t->mpub[i], 33);
+        r.has_meter[i] = true;
         ctl_sim_prosumer_init(&r.p[i], &c, i, t->bus[i], t->bus_load_w[i], t->per_bus[i]);
     }
     r.nodes = t->conn;
     r.n_nodes = TN_VALIDATORS;
     r.stop = &tn_stop;
     r.quiet = t->quiet;
-    r.first_slot = ctl_simrun_first_slot(&t->g, ctl_now_ms() + 500);
+    /* The run covers exactly the slots the genesis meters answer for, so no slot is settled as
+     * a silent meter. Nodes slower to start than TN_METER_LEAD_MS miss the first orders (EGATE)
+     * but not the readings. */
+    r.first_slot = t->meter_from;
+    if (ctl_simrun_first_slot(&t->g, ctl_now_ms() + 500) > r.first_slot)
+        say(t, "late start: the first slots' orders will miss their gate closure");
     say(t, "simulating %u slots (chain slots %llu..%llu, %u s each = %u simulated minutes, from %02u:%02u)",
         t->slots, (unsigned long long)r.first_slot, (unsigned long long)(r.first_slot + t->slots - 1),
         t->slot_seconds, c.slot_minutes, c.start_minute / 60, c.start_minute % 60);

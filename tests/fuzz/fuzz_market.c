@@ -1,6 +1,6 @@
 /* fuzz_market.c: libFuzzer target for the market executor. The input is read as a stream of
  * 12-byte operations (orders with any side, tif, price and quantity, cancels, readings, deposits,
- * transfers, registrations, and blocks that move time through gate closures and settlements) on
+ * transfers, registrations (meters too), and blocks that move time through gate closures and settlements) on
  * a fixed genesis; after every operation money and tokens must be conserved and a refused tx
  * must have changed nothing. Any crash, leak, TEM_ASSERT or broken invariant is a finding. */
 #include "contracts/contracts.h"
@@ -8,7 +8,7 @@
 
 #define FZ_T0 1699920000000ull
 #define FZ_SLOT 900000
-enum { FZ_KEYS = 6 };
+enum { FZ_KEYS = 6, FZ_ALL = FZ_KEYS + 3 }; /* + two meters and the meter-data key */
 
 typedef struct {
     int64_t money, tokens;
@@ -31,9 +31,9 @@ static void fz_check(ledger_state *st) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    static ledger_participant parts[FZ_KEYS];
-    uint8_t keys[FZ_KEYS + 1][LEDGER_SECP_PUB_BYTES];
-    for (int i = 0; i <= FZ_KEYS; i++) {
+    static ledger_participant parts[FZ_ALL];
+    uint8_t keys[FZ_ALL + 1][LEDGER_SECP_PUB_BYTES];
+    for (int i = 0; i <= FZ_ALL; i++) {
         memset(keys[i], 0, sizeof keys[i]);
         keys[i][0] = 0x02;
         keys[i][1] = (uint8_t)(i + 1);
@@ -52,7 +52,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         parts[i].money_uunit = 1000000000;
         parts[i].tokens_wh = 100000;
     }
-    g.n_participants = FZ_KEYS;
+    /* Meters of the prosumer (key 2) and the consumer (key 4), and the meter-data key. */
+    for (int i = FZ_KEYS; i < FZ_ALL; i++) {
+        memset(&parts[i], 0, sizeof parts[i]);
+        memcpy(parts[i].pubkey, keys[i], LEDGER_SECP_PUB_BYTES);
+        parts[i].role = i < FZ_ALL - 1 ? TEM__V1__ROLE__METER : TEM__V1__ROLE__METER_DATA;
+        memcpy(parts[i].owner, keys[i == FZ_KEYS ? 2 : 4], LEDGER_SECP_PUB_BYTES);
+        parts[i].import_capacity_w = 100000;
+        parts[i].export_capacity_w = 100000;
+        parts[i].from_slot = 2;
+    }
+    g.n_participants = FZ_ALL;
     g.participants = parts;
     g.n_tariffs = 2;
     g.tariffs[0] = (ledger_tariff){0, 300000, 50000};
@@ -75,7 +85,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint8_t txids[64][32];
     for (size_t off = 1; off + 12 <= size; off += 12) {
         const uint8_t *p = data + off;
-        int who = p[1] % (FZ_KEYS + 1);
+        int who = p[1] % (FZ_ALL + 1);
         uint64_t slot = (now - FZ_T0) / FZ_SLOT + (uint64_t)(int8_t)p[2];
         uint64_t a = tem_get_u32le(p + 4), q = tem_get_u32le(p + 8);
         Tem__V1__TxBody body = TEM__V1__TX_BODY__INIT;
@@ -112,26 +122,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             r.slot = slot;
             r.import_wh = a % 100000;
             r.export_wh = (p[3] & 1) ? q : q % 100000;
+            if (p[3] & 2) r.meter = (ProtobufCBinaryData){LEDGER_SECP_PUB_BYTES, keys[p[2] % (FZ_ALL + 1)]};
             body.kind_case = TEM__V1__TX_BODY__KIND_READING;
             body.reading = &r;
             break;
         case 6:
             if (p[3] & 1) {
-                d.to = (ProtobufCBinaryData){LEDGER_SECP_PUB_BYTES, keys[p[2] % (FZ_KEYS + 1)]};
+                d.to = (ProtobufCBinaryData){LEDGER_SECP_PUB_BYTES, keys[p[2] % (FZ_ALL + 1)]};
                 d.amount = (p[3] & 2) ? UINT64_MAX - a : a;
                 body.kind_case = TEM__V1__TX_BODY__KIND_DEPOSIT;
                 body.deposit = &d;
             } else {
-                t.to = (ProtobufCBinaryData){LEDGER_SECP_PUB_BYTES, keys[p[2] % (FZ_KEYS + 1)]};
+                t.to = (ProtobufCBinaryData){LEDGER_SECP_PUB_BYTES, keys[p[2] % (FZ_ALL + 1)]};
                 t.amount = a;
                 body.kind_case = TEM__V1__TX_BODY__KIND_TRANSFER;
                 body.transfer = &t;
             }
             break;
         default:
-            reg.pubkey = (ProtobufCBinaryData){LEDGER_SECP_PUB_BYTES, keys[p[2] % (FZ_KEYS + 1)]};
+            reg.pubkey = (ProtobufCBinaryData){LEDGER_SECP_PUB_BYTES, keys[p[2] % (FZ_ALL + 1)]};
             reg.bus = p[3];
-            reg.role = p[3] % 7;
+            reg.role = p[3] % 9;
+            if (p[3] & 0x80) reg.owner = (ProtobufCBinaryData){LEDGER_SECP_PUB_BYTES, keys[(p[3] >> 4) % (FZ_ALL + 1)]};
+            reg.import_capacity_w = a;
+            reg.export_capacity_w = q;
             body.kind_case = TEM__V1__TX_BODY__KIND_REGISTER;
             body.register_ = &reg;
             break;
