@@ -139,4 +139,30 @@ expect_rc 1 "$T" replay "$dir/no-such-dir" --genesis "$dir/g.json"
 [ ! -e "$dir/no-such-dir" ] || fail "replay created a store at a mistyped path"
 ok "replay: passes as stored, an edited receipt fails at height $height naming the tx, a mistyped path creates nothing"
 
+# testnet: refuses to start without --dir; names a port another chain serves before starting
+# anything; Ctrl-C in the middle writes the summary and the report of the slots that ran, in DIR.
+expect_rc 2 "$T" testnet run
+grep -q -- '--dir DIR is required' "$dir/err" || fail "testnet run without --dir: $(cat "$dir/err")"
+expect_rc 1 "$T" testnet run --dir "$dir/tn-busy" --base-port $((base + 11 - 100)) --exit --quiet
+grep -q "port $((base + 11)) already serves chain tem-temctl" "$dir/err" || fail "busy port not named: $(cat "$dir/err")"
+[ ! -e "$dir/tn-busy/node0" ] || fail "testnet started work although a port was busy"
+ok "testnet run: --dir required; a port another chain serves is named before anything starts"
+
+tb=$((base + 200))
+"$T" testnet run --dir "$dir/tn" --base-port $tb --slots 30 --slot-seconds 1 --prosumers 8 --exit \
+  >"$dir/tn.out" 2>"$dir/tn.err" &
+tpid=$!; PID[testnet]=$tpid
+for _ in $(seq 1 600); do grep -q 'orders in for [3-9] of 30' "$dir/tn.err" 2>/dev/null && break; sleep 0.1; done
+grep -q 'orders in for [3-9] of 30' "$dir/tn.err" || fail "testnet did not get 3 slots in: $(tail -5 "$dir/tn.err")"
+sleep 2
+kill -INT $tpid
+for _ in $(seq 1 900); do kill -0 $tpid 2>/dev/null || break; sleep 0.1; done
+kill -0 $tpid 2>/dev/null && fail "testnet run did not stop within 90 s of Ctrl-C"
+unset 'PID[testnet]'
+[ -s "$dir/tn/testnet-report.html" ] || fail "no report in DIR after Ctrl-C: $(tail -5 "$dir/tn.err")"
+jq -e '.interrupted == true and .slots >= 1 and .slots < 30' "$dir/tn/testnet-data.json" >/dev/null || fail "dataset after Ctrl-C: $(jq -c '{interrupted, slots}' "$dir/tn/testnet-data.json")"
+grep -q '^INTERRUPTED' "$dir/tn.out" || fail "summary does not say it was interrupted"
+pgrep -f "temd --config $dir/tn/" >/dev/null && fail "temd processes of the testnet survived Ctrl-C"
+ok "testnet run: Ctrl-C after $(jq .slots "$dir/tn/testnet-data.json") slots writes the summary and DIR/testnet-report.html"
+
 echo "t_temctl: $passed passed, 0 failed"

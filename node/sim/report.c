@@ -85,6 +85,9 @@ int ctl_report_text(const json_t *d, FILE *f) {
             (long long)I(d, "first_slot"), (long long)(I(d, "first_slot") + nslots - 1), (long long)nslots,
             I(d, "slot_ms") / 1000.0, (long long)nslots, (long long)sm, a, b, (long long)I(d, "seed"));
     const json_t *nodes = json_object_get(ag, "nodes"), *n0 = json_array_get(nodes, 0);
+    if (B(d, "interrupted"))
+        fprintf(f, "INTERRUPTED          (Ctrl-C): the figures cover the %lld slots whose readings were in\n",
+                (long long)nslots);
     fprintf(f, "blocks committed     %lld, with %lld txs; nodes %s at height %lld, state root %.16s...\n",
             (long long)I(d, "blocks"), (long long)I(d, "txs"),
             B(ag, "agree") ? "agree" : "DISAGREE", (long long)I(n0, "height"), S(n0, "state_root"));

@@ -5,6 +5,8 @@
  * battery strategies can react to the last clearing price. */
 #include "node/sim/testnet.h"
 
+#include <unistd.h>
+
 #include <glob.h>
 #include <sodium.h>
 
@@ -306,13 +308,17 @@ int ctl_simrun_run(ctl_simrun *r) {
         if (r->stop && *r->stop) return -1;
         if (order) {
             if (do_orders(r, next_o) != 0) return -1;
-            if (!r->quiet)
-                fprintf(stderr, "sim: slot %llu: orders in (%u/%u)\n",
-                        (unsigned long long)(r->first_slot + next_o), next_o + 1, r->slots);
             next_o++;
+            /* One progress line, rewritten in place on a terminal; in a log, a line per tenth. */
+            bool tty = isatty(2), tenth = next_o % (r->slots >= 10 ? r->slots / 10 : 1) == 0;
+            if (!r->quiet && (tty || tenth || next_o == r->slots))
+                fprintf(stderr, "%ssim: slot %llu: orders in for %u of %u slots, readings for %u%s", tty ? "\r" : "",
+                        (unsigned long long)(r->first_slot + next_o - 1), next_o, r->slots, next_r,
+                        tty && next_o < r->slots ? "   " : "\n");
         } else {
             if (do_readings(r, next_r) != 0) return -1;
             next_r++;
+            r->slots_read = next_r;
         }
     }
     return 0;

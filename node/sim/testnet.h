@@ -37,6 +37,7 @@ typedef struct {
     bool *has_meter;                /* false: readings go out under the trading key (refused) */
     uint64_t first_slot;            /* chain slot of run slot 0 */
     uint32_t slots;
+    uint32_t slots_read;            /* slots whose readings are in: what an interrupted run covers */
     ctl_http_conn *nodes;           /* borrowed: where prosumer i submits (i % n_nodes) */
     uint32_t n_nodes;
     ctl_sim_slot *rec;              /* n * slots, rec[slot * n + i] */

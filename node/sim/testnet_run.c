@@ -8,6 +8,9 @@
  * Every process it starts is recorded by pid and stopped with SIGTERM (then SIGKILL after 10 s)
  * on exit, on error and on SIGINT/SIGTERM. */
 #include "node/sim/testnet.h"
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 
 #include <dirent.h>
 #include <errno.h>
@@ -841,12 +844,48 @@ static json_t *collect(tn *t, ctl_simrun *r) {
 }
 
 /* ------------------------------------------------------------------ run */
+/* Every port the run will bind must be free on 127.0.0.1. A busy HTTP port that answers
+ * /v1/status is another chain (a testnet still running): say which, instead of later talking to
+ * it and failing with a foreign chain's errors (ENOTADMIN). */
+static int ports_free(const tn *t) {
+    for (int i = 0; i < TN_NODES; i++) {
+        uint32_t ports[2] = {peer_port(t, i), http_port(t, i)};
+        for (int k = 0; k < 2; k++) {
+            int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            if (fd < 0) return -1;
+            struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)ports[k]),
+                                    .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+            int one = 1;
+            (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            int rc = bind(fd, (struct sockaddr *)&a, sizeof a);
+            int err = errno;
+            close(fd);
+            if (rc == 0) continue;
+            char h[64];
+            ctl_http_conn c;
+            ctl_api_status st;
+            addr(h, sizeof h, ports[k]);
+            if (ctl_http_init(&c, h, 2000) == 0 && ctl_api_status_get(&c, &st) == 0)
+                fprintf(stderr, "testnet: port %u already serves chain %s (height %llu): another testnet is running; "
+                                "stop it or pass --base-port\n",
+                        ports[k], st.chain_id, (unsigned long long)st.height);
+            else
+                fprintf(stderr, "testnet: port %u on 127.0.0.1 is in use (%s); pass another --base-port\n", ports[k],
+                        strerror(err));
+            ctl_http_close(&c);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int run(tn *t) {
     if (access(t->temd, X_OK) != 0) {
         fprintf(stderr, "testnet: no temd at %s (build it with make, or pass --temd)\n", t->temd);
         return CTL_INVALID;
     }
     t->run_slots_only = true;
+    if (ports_free(t) != 0) return CTL_INVALID;
     if (gen(t) != 0) return CTL_INVALID;
     int status = CTL_INVALID;
     json_t *data = NULL;
@@ -881,9 +920,20 @@ static int run(tn *t) {
     say(t, "simulating %u slots (chain slots %llu..%llu, %u s each = %u simulated minutes, from %02u:%02u)",
         t->slots, (unsigned long long)r.first_slot, (unsigned long long)(r.first_slot + t->slots - 1),
         t->slot_seconds, c.slot_minutes, c.start_minute / 60, c.start_minute % 60);
-    if (ctl_simrun_run(&r) != 0 || wait_settled(t, &r) != 0) goto out;
+    bool interrupted = false;
+    if (ctl_simrun_run(&r) != 0) {
+        /* Ctrl-C: report what ran (the slots whose readings are in), not nothing. */
+        if (!tn_stop || r.slots_read == 0) goto out;
+        interrupted = true;
+        say(t, "interrupted after %u of %u slots: reporting those", r.slots_read, t->slots);
+        r.slots = r.slots_read;
+    } else if (wait_settled(t, &r) != 0) {
+        if (!tn_stop) goto out;
+        interrupted = true;
+    }
     ctl_simrun_collect(&r, 30000);
     data = collect(t, &r);
+    if (interrupted) json_object_set_new(data, "interrupted", json_true());
     char path[4400];
     snprintf(path, sizeof path, "%s/testnet-data.json", t->dir);
     if (json_dump_file(data, path, JSON_INDENT(1) | JSON_PRESERVE_ORDER) != 0) {
@@ -893,7 +943,7 @@ static int run(tn *t) {
     if (ctl_report_text(data, stdout) != 0 || ctl_report_html(data, t->report) != 0) goto out;
     fflush(stdout);
     say(t, "report: %s, data: %s", t->report, path);
-    status = CTL_OK;
+    status = interrupted ? CTL_INVALID : CTL_OK;
     if (!json_is_true(json_object_get(json_object_get(data, "agreement"), "agree"))) {
         fprintf(stderr, "testnet: the nodes do not agree on height and state root\n");
         status = CTL_INVALID;
@@ -914,8 +964,8 @@ out:
 
 /* ------------------------------------------------------------------ the verb */
 static const char USAGE[] =
-    "usage: temctl testnet run [--prosumers N] [--slots N] [--slot-seconds S] [--mechanism cda|call]\n"
-    "                          [--feeder DIR] [--exit] [--dir DIR] [--base-port P] [--seed N]\n"
+    "usage: temctl testnet run --dir DIR [--prosumers N] [--slots N] [--slot-seconds S] [--mechanism cda|call]\n"
+    "                          [--feeder DIR] [--exit] [--base-port P] [--seed N]\n"
     "                          [--temd PATH] [--report FILE] [--quiet] [--power-scale X]\n"
     "  --power-scale X multiplies every prosumer's load and PV (default 1): a larger X loads the\n"
     "  feeder until the DSO's grid check curtails trades and names the binding line or bus.\n"
@@ -923,12 +973,14 @@ static const char USAGE[] =
     "  prosumers on the feeder (default 32 on case33bw), 4 temd validators + 1 observer on\n"
     "  127.0.0.1 (peer ports P..P+4, HTTP P+100..P+104; P = 26600), the feeder installed, the\n"
     "  prosumer simulator for N slots of S seconds (default 96 x 3 s: a day of 15-minute slots),\n"
-    "  then a summary, FILE (default testnet-report.html) and DIR/testnet-data.json. Nodes keep\n"
-    "  running until Ctrl-C unless --exit. DIR defaults to ./testnet-data.\n"
+    "  then a summary, FILE (default DIR/testnet-report.html) and DIR/testnet-data.json. Nodes keep\n"
+    "  running until Ctrl-C unless --exit; Ctrl-C during the run reports the slots that ran.\n"
+    "  --dir is required. A port in use (another testnet, another program) is named before\n"
+    "  anything starts: pick another --base-port.\n"
     "       temctl testnet gen [same options] [--hosts H0,H1,H2,H3,H4]\n"
     "  Only writes DIR (keys, genesis, configs, feeder tx). --hosts gives each node its own\n"
     "  address (containers, network namespaces): all use ports P and P+100 and listen on 0.0.0.0.\n"
-    "       temctl testnet report --data DIR/testnet-data.json [--report FILE]\n";
+    "       temctl testnet report --data DIR/testnet-data.json [--report FILE (default DIR/testnet-report.html)]\n";
 
 static const char *default_feeder(void) {
     static const char *const cands[] = {"../shared/data/feeders/case33bw", "deploy/feeders/case33bw"};
@@ -992,7 +1044,13 @@ static int parse(tn *t, const ctl_opts *o) {
     t->mechanism = m && !strcmp(m, "call") ? LEDGER_MECH_CALL : LEDGER_MECH_CDA;
     t->exit_after = ctl_flag(o, "exit");
     t->quiet = ctl_flag(o, "quiet");
-    const char *dir = ctl_opt(o, "dir") ? ctl_opt(o, "dir") : "testnet-data";
+    /* run and gen write keys, data dirs and a report: refuse to start that in whatever folder
+     * the command happened to run in. */
+    const char *dir = ctl_opt(o, "dir");
+    if (!dir) {
+        fprintf(stderr, "testnet: --dir DIR is required (keys, genesis, data dirs, logs and the report go there)\n");
+        return -1;
+    }
     /* Absolute paths: node configs are read by processes that may run elsewhere. */
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
         fprintf(stderr, "testnet: cannot create %s: %s\n", dir, strerror(errno));
@@ -1004,7 +1062,9 @@ static int parse(tn *t, const ctl_opts *o) {
         fprintf(stderr, "testnet: feeder folder %s: %s\n", fd, strerror(errno));
         return -1;
     }
-    snprintf(t->report, sizeof t->report, "%s", ctl_opt(o, "report") ? ctl_opt(o, "report") : "testnet-report.html");
+    /* The report lands beside the dataset, in DIR, not wherever the command ran (the repo root). */
+    if (ctl_opt(o, "report")) snprintf(t->report, sizeof t->report, "%s", ctl_opt(o, "report"));
+    else if ((size_t)snprintf(t->report, sizeof t->report, "%s/testnet-report.html", t->dir) >= sizeof t->report) return -1;
     if (ctl_opt(o, "temd")) {
         snprintf(t->temd, sizeof t->temd, "%s", ctl_opt(o, "temd"));
     } else {
@@ -1046,7 +1106,11 @@ int ctl_testnet_main(int argc, char **argv) {
             fprintf(stderr, "testnet: %s:%d: %s\n", dp, je.line, je.text);
             return CTL_INVALID;
         }
-        const char *rp = ctl_opt(&o, "report") ? ctl_opt(&o, "report") : "testnet-report.html";
+        /* Default: beside the dataset. */
+        char rpbuf[4200];
+        const char *slash = strrchr(dp, '/');
+        snprintf(rpbuf, sizeof rpbuf, "%.*s%stestnet-report.html", slash ? (int)(slash - dp) : 0, dp, slash ? "/" : "");
+        const char *rp = ctl_opt(&o, "report") ? ctl_opt(&o, "report") : rpbuf;
         int rc = ctl_report_text(d, stdout) == 0 && ctl_report_html(d, rp) == 0 ? CTL_OK : CTL_INVALID;
         json_decref(d);
         return rc;
