@@ -227,61 +227,81 @@ static void feeder_on(void) {
         ck_assert_int_eq(mh_register(&H, ADMIN, H.keys[who[i]], PUB, bus[i], role[i]), 0);
 }
 
+/* What the AC grid check lets seller_bus -> buyer_bus carry now in SLOT (line 4-2 carries its
+ * rating less its own loss, so a little under 37.5 kWh). */
+static int64_t allowed(uint32_t seller_bus, uint32_t buyer_bus, uint64_t qty) {
+    grid_match_result g;
+    ck_assert_int_eq(grid_check_match(H.st, SLOT, seller_bus, buyer_bus, qty, SLOT_MS, &g), GRID_OK);
+    return (int64_t)g.allowed_wh;
+}
+
 START_TEST(attack_capacity_hoarding_pays_for_the_capacity_it_withheld) {
     feeder_on();
     /* Colluders P2 (bus 3) and P3 (bus 4) fill line 4-2 at the start of the slot... */
-    ck_assert_int_eq(mh_order(&H, P2, SLOT, SELL, 100000, 37500, GTC), 0);
-    ck_assert_int_eq(mh_order(&H, P3, SLOT, BUY, 100000, 37500, GTC), 0);
-    ck_assert_uint_eq(H.rc.fills[0]->quantity_wh, 37500);
-    /* ...so an honest seller P1 (bus 2) is curtailed to 0 towards C2 (bus 4). */
+    const int64_t q = allowed(3, 4, 37500);
+    ck_assert_msg(q > 37000 && q <= 37500, "%lld", (long long)q);
+    ck_assert_int_eq(mh_order(&H, P2, SLOT, SELL, 100000, (uint64_t)q, GTC), 0);
+    ck_assert_int_eq(mh_order(&H, P3, SLOT, BUY, 100000, (uint64_t)q, GTC), 0);
+    ck_assert_uint_eq(H.rc.fills[0]->quantity_wh, (uint64_t)q);
+    /* ...so an honest seller P1 (bus 2) is curtailed to (nearly) 0 towards C2 (bus 4): what the
+     * check's search leaves of the line is under 1 % of the order. */
+    const int64_t y = allowed(2, 4, 5000);
+    ck_assert_int_le(y * 100, 5000);
     ck_assert_int_eq(mh_order(&H, P1, SLOT, SELL, 100000, 5000, GTC), 0);
     ck_assert_int_eq(mh_order(&H, C2, SLOT, BUY, 120000, 5000, GTC), 0);
     ck_assert_uint_eq(H.rc.n_fills, 1);
-    ck_assert_uint_eq(H.rc.fills[0]->quantity_wh, 0);
-    ck_assert_uint_eq(H.rc.fills[0]->curtailed_wh, 5000);
+    ck_assert_uint_eq(H.rc.fills[0]->quantity_wh, (uint64_t)y);
+    ck_assert_uint_eq(H.rc.fills[0]->curtailed_wh, (uint64_t)(5000 - y));
     ck_assert_str_eq(H.rc.fills[0]->binding, "line 4-2");
     mh_block(&H, slot_end(SLOT));
     /* The colluders deliver nothing; C2 imports its 5 kWh from the utility instead. */
     zero_readings(&H, SLOT, BIT(C2));
     ck_assert_int_eq(mh_reading(&H, C2, SLOT, 5000, 0), 0);
     mh_block(&H, mh_deadline(SLOT) + 1);
-    /* Before: the colluders paid only their fees (2.58 units on case33bw). Now the 37.5 kWh
-     * withheld in a slot whose capacity bound pay retail - feed-in = 0.25/kWh to the DSO. */
+    /* Before: the colluders paid only their fees (2.58 units on case33bw). Now the q Wh withheld
+     * in a slot whose capacity bound pay retail - feed-in = 0.25/kWh to the DSO (and P1 the y Wh
+     * it sold and did not deliver). */
     mk_settle_line s = line_of(SLOT, P2), b = line_of(SLOT, P3), d = line_of(SLOT, DSOK);
-    ck_assert_int_eq(s.withheld_wh, 37500);
-    ck_assert_int_eq(s.penalty_net_uunit, -9375000);
-    ck_assert_int_eq(s.total_uunit, -9375000);
+    mk_settle_line l1 = line_of(SLOT, P1), lc = line_of(SLOT, C2);
+    ck_assert_int_eq(s.withheld_wh, q);
+    ck_assert_int_eq(s.penalty_net_uunit, -q * 250);
+    ck_assert_int_eq(s.total_uunit, -q * 250);
     ck_assert_int_eq(b.total_uunit, 0); /* P3 imported nothing and pays nothing for it */
-    ck_assert_int_eq(d.penalty_net_uunit, 9375000);
-    ck_assert_int_eq(mh_acct(&H, P2).money_uunit, M0 - s.fees_uunit - 9375000);
+    ck_assert_int_eq(d.penalty_net_uunit, (q + y) * 250);
+    ck_assert_int_eq(mh_acct(&H, P2).money_uunit, M0 - s.fees_uunit - q * 250);
     ck_assert_int_eq(mh_acct(&H, P3).money_uunit, M0 - b.fees_uunit);
-    ck_assert_int_eq(mh_acct(&H, DSOK).money_uunit, s.fees_uunit + b.fees_uunit + 9375000);
-    /* What the curtailment cost C2: 5 kWh at retail instead of its 0.12 limit (0.9 units); at
-     * most 5 kWh x (retail - feed-in) = 1.25 units for any honest pair. The colluders pay more. */
+    ck_assert_int_eq(mh_acct(&H, DSOK).money_uunit,
+                     s.fees_uunit + b.fees_uunit + l1.fees_uunit + lc.fees_uunit + (q + y) * 250);
+    /* What the curtailment cost C2: its 5 kWh at retail instead of its 0.12 limit; at most
+     * 5 kWh x (retail - feed-in) = 1.25 units for any honest pair. The colluders pay more. */
     int64_t lost_max = 5000 * (RETAIL - FEEDIN) / 1000;
     ck_assert_int_ge(-s.total_uunit - b.total_uunit, lost_max);
-    ck_assert_int_eq(mh_acct(&H, C2).money_uunit, M0 - 1500000);
+    /* C2 pays the y Wh it bought at 0.1 (P1's price, as if delivered: P1 covers the rest of
+     * retail) and the other 5000 - y Wh at retail 0.3. */
+    ck_assert_int_eq(mh_acct(&H, C2).money_uunit, M0 - (1500000 - 200 * y) - lc.fees_uunit);
     mh_check_invariants(&H, false);
 }
 END_TEST
 
 START_TEST(attack_withholding_charges_only_the_undelivered_part) {
     feeder_on();
-    ck_assert_int_eq(mh_order(&H, P2, SLOT, SELL, 100000, 37500, GTC), 0);
-    ck_assert_int_eq(mh_order(&H, P3, SLOT, BUY, 100000, 37500, GTC), 0);
+    const int64_t q = allowed(3, 4, 37500);
+    ck_assert_int_eq(mh_order(&H, P2, SLOT, SELL, 100000, (uint64_t)q, GTC), 0);
+    ck_assert_int_eq(mh_order(&H, P3, SLOT, BUY, 100000, (uint64_t)q, GTC), 0);
+    const int64_t y = allowed(2, 4, 5000);
     ck_assert_int_eq(mh_order(&H, P1, SLOT, SELL, 100000, 5000, GTC), 0);
     ck_assert_int_eq(mh_order(&H, C2, SLOT, BUY, 120000, 5000, GTC), 0);
-    ck_assert_uint_eq(H.rc.fills[0]->curtailed_wh, 5000);
+    ck_assert_uint_eq(H.rc.fills[0]->curtailed_wh, (uint64_t)(5000 - y));
     mh_block(&H, slot_end(SLOT));
-    /* P2 delivers 10 kWh of the 37.5 (its meter's capacity); P3 imports them. */
+    /* P2 delivers 10 kWh of the q (its meter's capacity); P3 imports them. */
     zero_readings(&H, SLOT, BIT(P2) | BIT(P3));
     ck_assert_int_eq(mh_reading(&H, P2, SLOT, 0, 10000), 0);
     ck_assert_int_eq(mh_reading(&H, P3, SLOT, 10000, 0), 0);
     mh_block(&H, mh_deadline(SLOT) + 1);
     mk_settle_line s = line_of(SLOT, P2);
     ck_assert_int_eq(s.delivered_wh, 10000);
-    ck_assert_int_eq(s.withheld_wh, 27500);
-    ck_assert_int_eq(s.penalty_net_uunit, -27500ll * 250);
+    ck_assert_int_eq(s.withheld_wh, q - 10000);
+    ck_assert_int_eq(s.penalty_net_uunit, -(q - 10000) * 250);
     ck_assert_int_eq(s.trade_net_uunit, 1000000);
     ck_assert_int_eq(line_of(SLOT, P3).total_uunit, -1000000);
     mh_check_invariants(&H, false);
