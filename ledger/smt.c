@@ -141,6 +141,12 @@ typedef struct {
     MDB_txn *txn;
     MDB_dbi dbi;
     ledger__smt_stats *stats;
+    /* Bulk mode (an empty table): records are collected per depth instead of put one by one.
+     * A depth-first build emits each depth's records in path order, which is key order within
+     * that depth, so every bucket is appended to LMDB already sorted (MDB_APPEND). */
+    bool bulk;
+    uint8_t *bk[256];
+    size_t bklen[256], bkcap[256];
 } tctx;
 
 static int map_err(int rc) {
@@ -184,6 +190,25 @@ static int node_put(tctx *c, unsigned d, const uint8_t path[32], const node *n) 
     uint8_t key[33], val[65];
     MDB_val k = {node_key(key, d, path), key};
     c->stats->writes++;
+    if (c->bulk) {
+        TEM_ASSERT(n->kind != N_EMPTY);
+        size_t rec = k.mv_size + 65;
+        if (c->bklen[d] + rec > c->bkcap[d]) {
+            size_t nc = c->bkcap[d] ? 2 * c->bkcap[d] : 4096;
+            while (nc < c->bklen[d] + rec) nc *= 2;
+            uint8_t *nb = tem_realloc(c->bk[d], nc);
+            if (!nb) return LEDGER_ENOMEM;
+            c->bk[d] = nb;
+            c->bkcap[d] = nc;
+        }
+        uint8_t *w = c->bk[d] + c->bklen[d];
+        memcpy(w, key, k.mv_size);
+        w[k.mv_size] = (uint8_t)n->kind;
+        memcpy(w + k.mv_size + 1, n->a, 32);
+        memcpy(w + k.mv_size + 33, n->b, 32);
+        c->bklen[d] += rec;
+        return LEDGER_OK;
+    }
     if (n->kind == N_EMPTY) {
         int rc = mdb_del(c->txn, c->dbi, &k, NULL);
         return rc == MDB_NOTFOUND ? LEDGER_OK : map_err(rc);
@@ -325,6 +350,26 @@ static int update(tctx *c, unsigned d, const node *cur, const ledger__smt_op *op
     return LEDGER_OK;
 }
 
+/* Writes the collected buckets, depth by depth, each already in key order. */
+static int bulk_flush(tctx *c) {
+    MDB_cursor *cur;
+    int rc = map_err(mdb_cursor_open(c->txn, c->dbi, &cur));
+    if (rc != LEDGER_OK) return rc;
+    for (unsigned d = 0; d < 256 && rc == LEDGER_OK; d++) {
+        size_t rec = 1 + (d + 7) / 8 + 65;
+        for (size_t off = 0; off < c->bklen[d] && rc == LEDGER_OK; off += rec) {
+            MDB_val k = {rec - 65, c->bk[d] + off}, v = {65, c->bk[d] + off + rec - 65};
+            rc = map_err(mdb_cursor_put(cur, &k, &v, MDB_APPEND));
+        }
+    }
+    mdb_cursor_close(cur);
+    return rc;
+}
+
+static void bulk_free(tctx *c) {
+    for (unsigned d = 0; d < 256; d++) tem_free(c->bk[d]);
+}
+
 int ledger__smt_update(void *txn, unsigned dbi, const ledger__smt_op *ops, size_t n, uint8_t root[32],
                        ledger__smt_stats *stats) {
     ledger__smt_stats local = {0};
@@ -333,6 +378,17 @@ int ledger__smt_update(void *txn, unsigned dbi, const ledger__smt_op *ops, size_
     node cur, nw;
     int rc = node_get(&c, 0, ZERO, &cur);
     if (rc != LEDGER_OK) return rc;
+    MDB_stat ms;
+    if (n >= 1024 && cur.kind == N_EMPTY && mdb_stat(txn, dbi, &ms) == 0 && ms.ms_entries == 0) {
+        /* A genesis: build the whole tree in one pass and append it sorted. */
+        c.bulk = true;
+        rc = build(&c, 0, ops, n, NULL, &nw);
+        if (rc == LEDGER_OK && nw.kind != N_EMPTY) rc = node_put(&c, 0, ZERO, &nw);
+        if (rc == LEDGER_OK) rc = bulk_flush(&c);
+        bulk_free(&c);
+        if (rc == LEDGER_OK) node_hash(&c, &nw, root);
+        return rc;
+    }
     if (n == 0) nw = cur;
     else {
         if ((rc = update(&c, 0, &cur, ops, n, &nw)) != LEDGER_OK) return rc;
