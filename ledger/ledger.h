@@ -20,8 +20,8 @@
 #define LEDGER_VALIDATORS_MAX 64
 #define LEDGER_ADMINS_MAX 16
 #define LEDGER_TARIFF_PERIODS_MAX 48
-#define LEDGER_PARTICIPANTS_MAX 100000
-#define LEDGER_GENESIS_BYTES_MAX (16u << 20)
+#define LEDGER_PARTICIPANTS_MAX 1000000 /* a DSO region: docs/performance.md, "State root and scale" */
+#define LEDGER_GENESIS_BYTES_MAX (256u << 20) /* 1M participants at ~150 bytes of JSON each */
 #define LEDGER_BLOCK_TXS_MAX 100000
 
 /* ------------------------------------------------------------------ errors */
