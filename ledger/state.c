@@ -393,7 +393,7 @@ static int entry_keycmp(const void *a, const void *b) {
 
 int ledger__state_flush(ledger_state *st, ledger__flush_fn fn, void *ctx) {
     /* Key order keeps LMDB's page splits local; the list holds each entry once. */
-    qsort(st->dl, st->ndl, sizeof *st->dl, entry_keycmp);
+    if (st->ndl > 1) qsort(st->dl, st->ndl, sizeof *st->dl, entry_keycmp);
     for (size_t i = 0; i < st->ndl; i++) {
         entry *e = st->dl[i];
         if (!e->dirty) continue;
