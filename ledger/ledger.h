@@ -20,8 +20,8 @@
 #define LEDGER_VALIDATORS_MAX 64
 #define LEDGER_ADMINS_MAX 16
 #define LEDGER_TARIFF_PERIODS_MAX 48
-#define LEDGER_PARTICIPANTS_MAX 100000
-#define LEDGER_GENESIS_BYTES_MAX (16u << 20)
+#define LEDGER_PARTICIPANTS_MAX 1000000 /* a DSO region: docs/performance.md, "State root and scale" */
+#define LEDGER_GENESIS_BYTES_MAX (256u << 20) /* 1M participants at ~150 bytes of JSON each */
 #define LEDGER_BLOCK_TXS_MAX 100000
 
 /* ------------------------------------------------------------------ errors */
@@ -254,8 +254,9 @@ void ledger_arena_reset(ledger_arena *a);
 
 /* ------------------------------------------------------------------ state
  * The whole state is an ordered key-value map held in memory and mirrored in the LMDB table
- * "state". Its root is the Merkle root (above) over leaves SHA-256(0x02 || u32le(klen) || key ||
- * value) in key order. Key prefixes are owned by modules (docs/ledger.md, "State"). */
+ * "state". Its root is the root of a sparse Merkle tree over SHA-256(key) with shortcut leaves
+ * (docs/ledger.md, "State tree"); a store keeps that tree in LMDB and updates it per block in
+ * O(changed keys x log N). Key prefixes are owned by modules (docs/ledger.md, "State"). */
 typedef struct ledger_state ledger_state;
 
 TEM_WUR int ledger_state_new(ledger_state **out);
@@ -276,15 +277,42 @@ typedef int (*ledger_state_iter_fn)(void *ctx, const uint8_t *key, size_t klen, 
 TEM_WUR int ledger_state_iter(ledger_state *st, const void *prefix, size_t plen,
                               ledger_state_iter_fn fn, void *ctx);
 size_t ledger_state_count(ledger_state *st);
-/* Root of the current state. LEDGER_OK or LEDGER_ENOMEM. */
+/* Root of the current state. A store's state at a block boundary answers from the store's
+ * tree in O(1); otherwise the root is recomputed from every entry (O(N log N)).
+ * LEDGER_OK or LEDGER_ENOMEM. */
 TEM_WUR int ledger_state_root(ledger_state *st, uint8_t out[LEDGER_HASH_BYTES]);
-/* Proof that key has its current value under the current root. LEDGER_ENOTFOUND if absent. */
-TEM_WUR int ledger_state_prove(ledger_state *st, const void *key, size_t klen,
-                               ledger_merkle_proof *out);
-/* 0 when (key, val) with proof gives root, -1 otherwise. */
+
+/* A proof that a key has a value, or has none, under a state root (docs/ledger.md, "State tree
+ * proofs"). sibling[i] is the hash of the subtree beside the key's path at depth i (32 zero bytes
+ * for an empty one); the path ends at depth `depth` in the key's leaf (PRESENT), in an empty
+ * subtree (ABSENT_EMPTY) or in another key's leaf (ABSENT_LEAF: leaf_kh/leaf_vh are that key's
+ * hashes). For PRESENT, leaf_kh/leaf_vh are SHA-256 of the key and of its value. */
+#define LEDGER_STATE_PROOF_DEPTH_MAX 256
+#define LEDGER_STATE_PROOF_BYTES_MAX (4 + LEDGER_STATE_PROOF_DEPTH_MAX / 8 + 32 * LEDGER_STATE_PROOF_DEPTH_MAX + 64)
+enum { LEDGER_PROOF_PRESENT = 0, LEDGER_PROOF_ABSENT_EMPTY = 1, LEDGER_PROOF_ABSENT_LEAF = 2 };
+typedef struct {
+    uint8_t kind;
+    uint16_t depth;
+    uint8_t sibling[LEDGER_STATE_PROOF_DEPTH_MAX][LEDGER_HASH_BYTES];
+    uint8_t leaf_kh[LEDGER_HASH_BYTES], leaf_vh[LEDGER_HASH_BYTES];
+} ledger_state_proof;
+/* Proof for key (present or absent) under the current root, recomputed from every entry (O(N);
+ * ledger_store_prove answers from the store's tree in O(log N)). LEDGER_OK, LEDGER_ENOMEM. */
+TEM_WUR int ledger_state_prove(ledger_state *st, const void *key, size_t klen, ledger_state_proof *out);
+/* 0 when the proof shows (key, val) under root, -1 otherwise (including absence proofs). */
 TEM_WUR int ledger_state_proof_verify(const uint8_t root[LEDGER_HASH_BYTES], const void *key,
                                       size_t klen, const void *val, size_t vlen,
-                                      const ledger_merkle_proof *p);
+                                      const ledger_state_proof *p);
+/* 0 when the proof shows that key has no value under root, -1 otherwise. */
+TEM_WUR int ledger_state_proof_verify_absent(const uint8_t root[LEDGER_HASH_BYTES], const void *key,
+                                             size_t klen, const ledger_state_proof *p);
+/* The wire form (docs/ledger.md): u8 version 1 || u8 kind || u16le depth || bitmap of non-empty
+ * siblings (ceil(depth/8) bytes, MSB first) || those siblings || leaf_kh || leaf_vh (not for
+ * ABSENT_EMPTY). encode: LEDGER_OK, LEDGER_EINVAL, LEDGER_EFULL (cap too small; at most
+ * LEDGER_STATE_PROOF_BYTES_MAX is needed). decode: LEDGER_OK, LEDGER_EDECODE (any malformed or
+ * non-canonical input). */
+TEM_WUR int ledger_state_proof_encode(const ledger_state_proof *p, uint8_t *out, size_t cap, size_t *len);
+TEM_WUR int ledger_state_proof_decode(const uint8_t *buf, size_t len, ledger_state_proof *p);
 
 /* Savepoints: writes after a savepoint can be undone. Contracts take one per tx so a refused tx
  * leaves nothing behind. Savepoints nest; rollback/release take the value savepoint returned. */
@@ -396,6 +424,9 @@ TEM_WUR int ledger_store_receipt(ledger_store *s, const uint8_t txid[32], uint64
                                  uint32_t *pos, uint8_t **out, size_t *len);
 TEM_WUR int ledger_store_block_roots(ledger_store *s, uint64_t height, uint8_t state_root[32],
                                      uint8_t receipts_root[32]);
+/* Proof of key (present or absent) against the current state root (ledger_store_roots), read
+ * from the store's tree in O(log N). LEDGER_OK, LEDGER_EIO, LEDGER_ECORRUPT. */
+TEM_WUR int ledger_store_prove(ledger_store *s, const void *key, size_t klen, ledger_state_proof *out);
 /* Small named records (consensus votes, node metadata) in the same environment; a put is its
  * own write transaction, fsync'd before it returns. */
 TEM_WUR int ledger_store_meta_put(ledger_store *s, const char *name, const void *val, size_t len);

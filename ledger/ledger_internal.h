@@ -15,4 +15,40 @@ int ledger__state_flush(ledger_state *st, ledger__flush_fn fn, void *ctx);
 void ledger__state_clear_dirty(ledger_state *st);
 size_t ledger__state_journal_depth(const ledger_state *st);
 
+/* ---- the state tree (smt.c; docs/ledger.md, "State tree") */
+typedef struct {
+    uint8_t kh[32]; /* SHA-256(key) */
+    uint8_t vh[32]; /* SHA-256(value) */
+} ledger__smt_leafrec;
+typedef struct {
+    uint8_t kh[32], vh[32];
+    bool del; /* vh unused when set */
+} ledger__smt_op;
+/* Work counters of one update: nodes hashed, LMDB node reads and writes. */
+typedef struct {
+    uint64_t hashes, reads, writes;
+} ledger__smt_stats;
+
+void ledger__smt_leaf(uint8_t out[32], const uint8_t kh[32], const uint8_t vh[32]);
+/* Full recomputation over n leaves sorted by kh (distinct). */
+void ledger__smt_root_mem(const ledger__smt_leafrec *a, size_t n, uint8_t out[32]);
+void ledger__smt_prove_mem(const ledger__smt_leafrec *a, size_t n, const uint8_t kh[32], ledger_state_proof *p);
+/* 0 when the proof takes the leaf (kh, vh) (vh NULL: kh absent) to root, -1 otherwise. */
+int ledger__smt_verify(const uint8_t root[32], const uint8_t kh[32], const uint8_t *vh, const ledger_state_proof *p);
+/* The LMDB tree in table dbi of write txn `txn` (an MDB_txn *): applies ops (sorted by kh,
+ * distinct; del of an absent key is a no-op) and returns the new root. stats may be NULL.
+ * LEDGER_EIO, LEDGER_EFULL, LEDGER_ENOMEM, LEDGER_ECORRUPT; on error the txn must be aborted. */
+int ledger__smt_update(void *txn, unsigned dbi, const ledger__smt_op *ops, size_t n, uint8_t root[32],
+                       ledger__smt_stats *stats);
+int ledger__smt_root_db(void *txn, unsigned dbi, uint8_t root[32]);
+int ledger__smt_prove_db(void *txn, unsigned dbi, const uint8_t kh[32], ledger_state_proof *p);
+
+/* The tree ops of every entry written since the last clear_dirty, sorted by key hash
+ * (tem_malloc'd; caller frees). LEDGER_ENOMEM. */
+int ledger__state_tree_ops(ledger_state *st, ledger__smt_op **ops, size_t *n);
+/* Counters of the store's last tree update (bench and tests). */
+void ledger__store_tree_stats(const ledger_store *s, ledger__smt_stats *out);
+/* Records the root of the current (clean) state, computed by the store's tree. */
+void ledger__state_set_root(ledger_state *st, const uint8_t root[32]);
+
 #endif

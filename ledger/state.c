@@ -1,19 +1,21 @@
-/* state.c: the in-memory ordered key-value state, its Merkle root and inclusion proofs, and
- * savepoints. The state is small enough to hold in memory (accounts, open orders, a few slots of
+/* state.c: the in-memory ordered key-value state, its root and proofs by full recomputation,
+ * the dirty set a store turns into state-tree updates, and savepoints. The state is small enough to hold in memory (accounts, open orders, a few slots of
  * trades) and is mirrored in LMDB by store.c; keeping it here makes contract reads cheap and
  * lets a block's execution be undone without touching the disk.
  *
  * Layout: `base` is a sorted array of entries; keys created since the last merge go to the small
  * sorted array `pend` and are merged into `base` before anything needs the full order (iteration,
  * roots, proofs, flushes). A deleted entry stays as a tombstone until the next flush, so the store
- * knows which LMDB keys to delete. Savepoints journal the previous value of every write. */
+ * knows which LMDB keys to delete. Every entry written since the last flush is also on the
+ * `dirty` list, so a block's flush and tree update cost O(changed keys), not O(N). Savepoints
+ * journal the previous value of every write. */
 #include "ledger/ledger_internal.h"
 
 typedef struct entry {
     uint8_t *val;
     uint32_t klen, vlen;
-    uint8_t leaf[32];
-    bool leaf_ok, dirty, deleted;
+    uint8_t kh[32], vh[32]; /* SHA-256 of key and value, cached for the state tree */
+    bool kh_ok, vh_ok, dirty, deleted, listed;
     uint8_t key[];
 } entry;
 
@@ -31,6 +33,8 @@ struct ledger_state {
     size_t npend, cappend;
     journal_rec *jr;
     size_t njr, capjr;
+    entry **dl;    /* entries written since the last clear_dirty (listed = true) */
+    size_t ndl, capdl;
     size_t live;   /* entries not deleted */
     size_t open_sp; /* savepoints open; the journal is kept while > 0 */
     bool root_ok;
@@ -60,6 +64,7 @@ void ledger_state_free(ledger_state *st) {
     tem_free(st->base);
     tem_free(st->pend);
     tem_free(st->jr);
+    tem_free(st->dl);
     tem_free(st);
 }
 
@@ -124,11 +129,21 @@ int ledger_state_get(ledger_state *st, const void *key, size_t klen, const uint8
     return LEDGER_OK;
 }
 
+/* The caller reserved a dl slot before changing anything, so this cannot fail. */
+static void mark_dirty(ledger_state *st, entry *e) {
+    e->dirty = true;
+    if (e->listed) return;
+    TEM_ASSERT(st->ndl < st->capdl);
+    st->dl[st->ndl++] = e;
+    e->listed = true;
+}
+
 /* Journals are kept only while a savepoint is open (a block or a tx is executing). */
 static bool in_savepoint(const ledger_state *st) { return st->open_sp > 0; }
 
 int ledger_state_put(ledger_state *st, const void *key, size_t klen, const void *val, size_t vlen) {
     TEM_ASSERT(klen > 0 && klen <= UINT32_MAX && vlen <= UINT32_MAX);
+    if (!grow((void **)&st->dl, &st->capdl, st->ndl + 1, sizeof(entry *))) return LEDGER_ENOMEM;
     uint8_t *nv = tem_malloc(vlen);
     if (!nv) return LEDGER_ENOMEM;
     memcpy(nv, val, vlen);
@@ -161,8 +176,8 @@ int ledger_state_put(ledger_state *st, const void *key, size_t klen, const void 
     e->val = nv;
     e->vlen = (uint32_t)vlen;
     e->deleted = false;
-    e->dirty = true;
-    e->leaf_ok = false;
+    mark_dirty(st, e);
+    e->vh_ok = false;
     st->root_ok = false;
     if (st->npend >= PEND_MERGE_AT && merge_pending(st) != LEDGER_OK) {
         /* The entry is in place either way; the merge is only retried later. */
@@ -176,6 +191,7 @@ oom:
 int ledger_state_del(ledger_state *st, const void *key, size_t klen) {
     entry *e = find(st, key, klen);
     if (!e || e->deleted) return LEDGER_OK;
+    if (!grow((void **)&st->dl, &st->capdl, st->ndl + 1, sizeof(entry *))) return LEDGER_ENOMEM;
     if (in_savepoint(st)) {
         if (!grow((void **)&st->jr, &st->capjr, st->njr + 1, sizeof(journal_rec))) return LEDGER_ENOMEM;
         st->jr[st->njr++] = (journal_rec){.e = e, .old_val = e->val, .old_vlen = e->vlen,
@@ -186,7 +202,8 @@ int ledger_state_del(ledger_state *st, const void *key, size_t klen) {
     e->val = NULL;
     e->vlen = 0;
     e->deleted = true;
-    e->dirty = true;
+    mark_dirty(st, e);
+    e->vh_ok = false;
     st->live--;
     st->root_ok = false;
     return LEDGER_OK;
@@ -208,31 +225,39 @@ int ledger_state_iter(ledger_state *st, const void *prefix, size_t plen, ledger_
 
 size_t ledger_state_count(ledger_state *st) { return st->live; }
 
-static void leaf_hash(entry *e) {
-    if (e->leaf_ok) return;
-    uint8_t tag = 0x02, kl[4];
-    tem_put_u32le(kl, e->klen);
-    const void *parts[4] = {&tag, kl, e->key, e->val ? (const void *)e->val : (const void *)""};
-    size_t lens[4] = {1, 4, e->klen, e->vlen};
-    ledger_sha256_parts(e->leaf, 4, parts, lens);
-    e->leaf_ok = true;
+static void entry_hashes(entry *e) {
+    if (!e->kh_ok) {
+        ledger_sha256(e->kh, e->key, e->klen);
+        e->kh_ok = true;
+    }
+    if (!e->vh_ok && !e->deleted) {
+        ledger_sha256(e->vh, e->val ? (const void *)e->val : (const void *)"", e->vlen);
+        e->vh_ok = true;
+    }
 }
 
-/* Leaves of every live entry in key order (tem_malloc'd). */
-static int collect_leaves(ledger_state *st, uint8_t (**out)[32], size_t *n) {
+static int leafrec_cmp(const void *a, const void *b) {
+    return memcmp(((const ledger__smt_leafrec *)a)->kh, ((const ledger__smt_leafrec *)b)->kh, 32);
+}
+
+/* (key hash, value hash) of every live entry, sorted by key hash (tem_malloc'd). */
+static int collect_leaves(ledger_state *st, ledger__smt_leafrec **out, size_t *n) {
     int rc = merge_pending(st);
     if (rc != LEDGER_OK) return rc;
-    uint8_t(*leaves)[32] = tem_malloc((st->live ? st->live : 1) * 32);
-    if (!leaves) return LEDGER_ENOMEM;
+    ledger__smt_leafrec *a = tem_malloc((st->live ? st->live : 1) * sizeof *a);
+    if (!a) return LEDGER_ENOMEM;
     size_t k = 0;
     for (size_t i = 0; i < st->nbase; i++) {
         entry *e = st->base[i];
         if (e->deleted) continue;
-        leaf_hash(e);
-        memcpy(leaves[k++], e->leaf, 32);
+        entry_hashes(e);
+        memcpy(a[k].kh, e->kh, 32);
+        memcpy(a[k].vh, e->vh, 32);
+        k++;
     }
     TEM_ASSERT(k == st->live);
-    *out = leaves;
+    qsort(a, k, sizeof *a, leafrec_cmp);
+    *out = a;
     *n = k;
     return LEDGER_OK;
 }
@@ -242,43 +267,49 @@ int ledger_state_root(ledger_state *st, uint8_t out[LEDGER_HASH_BYTES]) {
         memcpy(out, st->root, 32);
         return LEDGER_OK;
     }
-    uint8_t(*leaves)[32];
+    ledger__smt_leafrec *a;
     size_t n;
-    int rc = collect_leaves(st, &leaves, &n);
+    int rc = collect_leaves(st, &a, &n);
     if (rc != LEDGER_OK) return rc;
-    rc = ledger_merkle_root(st->root, (const uint8_t(*)[32])leaves, n);
-    tem_free(leaves);
-    if (rc != LEDGER_OK) return rc;
+    ledger__smt_root_mem(a, n, st->root);
+    tem_free(a);
     st->root_ok = true;
     memcpy(out, st->root, 32);
     return LEDGER_OK;
 }
 
-int ledger_state_prove(ledger_state *st, const void *key, size_t klen, ledger_merkle_proof *out) {
-    int rc = merge_pending(st);
-    if (rc != LEDGER_OK) return rc;
-    size_t i = lower_bound(st->base, st->nbase, key, klen);
-    if (i >= st->nbase || st->base[i]->deleted || keycmp(st->base[i]->key, st->base[i]->klen, key, klen) != 0)
-        return LEDGER_ENOTFOUND;
-    size_t index = 0;
-    for (size_t j = 0; j < i; j++) index += !st->base[j]->deleted;
-    uint8_t(*leaves)[32];
+void ledger__state_set_root(ledger_state *st, const uint8_t root[32]) {
+    memcpy(st->root, root, 32);
+    st->root_ok = true;
+}
+
+int ledger_state_prove(ledger_state *st, const void *key, size_t klen, ledger_state_proof *out) {
+    ledger__smt_leafrec *a;
     size_t n;
-    if ((rc = collect_leaves(st, &leaves, &n)) != LEDGER_OK) return rc;
-    rc = ledger_merkle_prove((const uint8_t(*)[32])leaves, n, index, out);
-    tem_free(leaves);
-    return rc;
+    int rc = collect_leaves(st, &a, &n);
+    if (rc != LEDGER_OK) return rc;
+    uint8_t kh[32];
+    ledger_sha256(kh, key, klen);
+    ledger__smt_prove_mem(a, n, kh, out);
+    tem_free(a);
+    return LEDGER_OK;
 }
 
 int ledger_state_proof_verify(const uint8_t root[LEDGER_HASH_BYTES], const void *key, size_t klen,
-                              const void *val, size_t vlen, const ledger_merkle_proof *p) {
-    if (klen == 0 || klen > UINT32_MAX) return -1;
-    uint8_t tag = 0x02, kl[4], leaf[32];
-    tem_put_u32le(kl, (uint32_t)klen);
-    const void *parts[4] = {&tag, kl, key, vlen ? val : ""};
-    size_t lens[4] = {1, 4, klen, vlen};
-    ledger_sha256_parts(leaf, 4, parts, lens);
-    return ledger_merkle_verify(root, leaf, p);
+                              const void *val, size_t vlen, const ledger_state_proof *p) {
+    if (klen == 0) return -1;
+    uint8_t kh[32], vh[32];
+    ledger_sha256(kh, key, klen);
+    ledger_sha256(vh, vlen ? val : "", vlen);
+    return ledger__smt_verify(root, kh, vh, p);
+}
+
+int ledger_state_proof_verify_absent(const uint8_t root[LEDGER_HASH_BYTES], const void *key, size_t klen,
+                                     const ledger_state_proof *p) {
+    if (klen == 0) return -1;
+    uint8_t kh[32];
+    ledger_sha256(kh, key, klen);
+    return ledger__smt_verify(root, kh, NULL, p);
 }
 
 /* ------------------------------------------------------------------ savepoints
@@ -303,7 +334,7 @@ void ledger_state_rollback(ledger_state *st, size_t mark) {
         e->vlen = r->old_vlen;
         e->deleted = r->old_deleted;
         e->dirty = r->old_dirty;
-        e->leaf_ok = false;
+        e->vh_ok = false;
         if (!e->deleted) st->live++;
     }
     st->root_ok = false;
@@ -355,33 +386,113 @@ int ledger__state_load(ledger_state *st, const void *key, size_t klen, const voi
     return LEDGER_OK;
 }
 
+static int entry_keycmp(const void *a, const void *b) {
+    const entry *x = *(entry *const *)a, *y = *(entry *const *)b;
+    return keycmp(x->key, x->klen, y->key, y->klen);
+}
+
 int ledger__state_flush(ledger_state *st, ledger__flush_fn fn, void *ctx) {
-    int rc = merge_pending(st);
-    if (rc != LEDGER_OK) return rc;
-    for (size_t i = 0; i < st->nbase; i++) {
-        entry *e = st->base[i];
+    /* Key order keeps LMDB's page splits local; the list holds each entry once. */
+    if (st->ndl > 1) qsort(st->dl, st->ndl, sizeof *st->dl, entry_keycmp);
+    for (size_t i = 0; i < st->ndl; i++) {
+        entry *e = st->dl[i];
         if (!e->dirty) continue;
-        rc = fn(ctx, e->key, e->klen, e->deleted ? NULL : e->val, e->vlen);
+        int rc = fn(ctx, e->key, e->klen, e->deleted ? NULL : e->val, e->vlen);
         if (rc != LEDGER_OK) return rc;
     }
     return LEDGER_OK;
 }
 
+static int op_cmp(const void *a, const void *b) {
+    return memcmp(((const ledger__smt_op *)a)->kh, ((const ledger__smt_op *)b)->kh, 32);
+}
+
+int ledger__state_tree_ops(ledger_state *st, ledger__smt_op **out, size_t *n) {
+    ledger__smt_op *ops = tem_malloc((st->ndl ? st->ndl : 1) * sizeof *ops);
+    if (!ops) return LEDGER_ENOMEM;
+    size_t k = 0;
+    for (size_t i = 0; i < st->ndl; i++) {
+        entry *e = st->dl[i];
+        if (!e->dirty) continue;
+        entry_hashes(e);
+        memcpy(ops[k].kh, e->kh, 32);
+        if (e->deleted) memset(ops[k].vh, 0, 32);
+        else memcpy(ops[k].vh, e->vh, 32);
+        ops[k].del = e->deleted;
+        k++;
+    }
+    qsort(ops, k, sizeof *ops, op_cmp);
+    *out = ops;
+    *n = k;
+    return LEDGER_OK;
+}
+
+static int size_cmp(const void *a, const void *b) {
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int ptr_cmp(const void *a, const void *b) {
+    uintptr_t x = (uintptr_t)*(entry *const *)a, y = (uintptr_t)*(entry *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Removes the tombstones in dead[0..nd) (all in `arr`, which is sorted by key) in one pass. */
+static void drop_from(entry **arr, size_t *n, entry **dead, size_t nd) {
+    if (nd == 0) return;
+    qsort(dead, nd, sizeof *dead, ptr_cmp);
+    size_t k = 0;
+    for (size_t i = 0; i < *n; i++) {
+        entry *e = arr[i];
+        if (e->deleted && bsearch(&e, dead, nd, sizeof *dead, ptr_cmp)) continue;
+        arr[k++] = e;
+    }
+    *n = k;
+}
+
 void ledger__state_clear_dirty(ledger_state *st) {
     /* Tombstones are freed here, so no journal may still point at them. */
     TEM_ASSERT(st->open_sp == 0);
-    TEM_ASSERT(st->npend == 0);
-    size_t k = 0;
-    for (size_t i = 0; i < st->nbase; i++) {
-        entry *e = st->base[i];
+    size_t nd = 0;
+    for (size_t i = 0; i < st->ndl; i++) {
+        entry *e = st->dl[i];
         e->dirty = false;
-        if (e->deleted) {
-            entry_free(e);
-            continue;
-        }
-        st->base[k++] = e;
+        e->listed = false;
+        if (e->deleted) st->dl[nd++] = e; /* reuse the list's front for the dead */
     }
-    st->nbase = k;
+    st->ndl = 0;
+    if (nd == 0) return;
+    /* Each dead entry is found by binary search; base is then compacted in one sequential pass
+     * of pointer moves (no entry is touched), so a block's cost does not grow with N beyond a
+     * memmove. */
+    size_t *idx = tem_malloc(nd * sizeof *idx);
+    size_t ni = 0, np = 0;
+    for (size_t i = 0; i < nd; i++) {
+        entry *e = st->dl[i];
+        size_t j = lower_bound(st->base, st->nbase, e->key, e->klen);
+        if (idx && j < st->nbase && st->base[j] == e) idx[ni++] = j;
+        else np++;
+    }
+    if (idx && ni > 0) {
+        qsort(idx, ni, sizeof *idx, size_cmp);
+        size_t w = idx[0];
+        for (size_t i = 0; i < ni; i++) {
+            size_t from = idx[i] + 1, to = i + 1 < ni ? idx[i + 1] : st->nbase;
+            memmove(st->base + w, st->base + from, (to - from) * sizeof(entry *));
+            w += to - from;
+        }
+        st->nbase = w;
+        tem_free(idx);
+        if (np) drop_from(st->pend, &st->npend, st->dl, nd);
+    } else if (idx) {
+        tem_free(idx); /* every dead entry is still in pend */
+        drop_from(st->pend, &st->npend, st->dl, nd);
+    } else {
+        /* Out of memory for the index list: the slower pass needs none. */
+        drop_from(st->base, &st->nbase, st->dl, nd);
+        drop_from(st->pend, &st->npend, st->dl, nd);
+    }
+    for (size_t i = 0; i < nd; i++) entry_free(st->dl[i]);
 }
 
 int ledger_state_clone(ledger_state *st, ledger_state **out) {

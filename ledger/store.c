@@ -1,15 +1,16 @@
 /* store.c: the LMDB ledger (docs/ledger.md, "LMDB layout"). One environment per node holds the
  * blocks, their certificates, the tx index, receipts, the state and small metadata. Applying a
  * block is one write transaction: block, certificate, index, receipts, state changes and roots
- * land together or not at all, so a crash at any point leaves the store at a block boundary. */
+ * land together or not at all, so a crash at any point leaves the store at a block boundary. The
+ * state tree (smt.c) lives in the table "tree" and is updated in that same transaction. */
 #include "ledger/ledger_internal.h"
 
 #include <errno.h>
 #include <lmdb.h>
 #include <sys/stat.h>
 
-enum { DB_BLOCKS, DB_CERTS, DB_TXS, DB_RECEIPTS, DB_STATE, DB_ROOTS, DB_META, DB_COUNT };
-static const char *const DB_NAMES[DB_COUNT] = {"blocks", "certs", "txs", "receipts", "state", "roots", "meta"};
+enum { DB_BLOCKS, DB_CERTS, DB_TXS, DB_RECEIPTS, DB_STATE, DB_ROOTS, DB_META, DB_TREE, DB_COUNT };
+static const char *const DB_NAMES[DB_COUNT] = {"blocks", "certs", "txs", "receipts", "state", "roots", "meta", "tree"};
 
 /* roots[height] = state_root || receipts_root || block_hash || u64le time_ms */
 #define ROOTS_VAL_BYTES (32 * 3 + 8)
@@ -22,6 +23,7 @@ struct ledger_store {
     uint64_t height, last_time_ms;
     uint8_t last_hash[32], state_root[32], receipts_root[32];
     void (*hook)(int point);
+    ledger__smt_stats tree_stats; /* work of the last tree update */
 };
 
 static int map_mdb(int rc, const char *what) {
@@ -61,6 +63,19 @@ static int flush_one(void *ctx, const uint8_t *key, size_t klen, const uint8_t *
     return map_mdb(mdb_put(txn, s->dbi[DB_STATE], &k, &v, 0), "put state");
 }
 
+/* Writes the changed entries to the state table and the state tree; returns the new root. */
+static int flush_state(ledger_store *s, MDB_txn *txn, uint8_t root[32]) {
+    void *a[2] = {s, txn};
+    int rc = ledger__state_flush(s->st, flush_one, a);
+    if (rc != LEDGER_OK) return rc;
+    ledger__smt_op *ops;
+    size_t n;
+    if ((rc = ledger__state_tree_ops(s->st, &ops, &n)) != LEDGER_OK) return rc;
+    rc = ledger__smt_update(txn, s->dbi[DB_TREE], ops, n, root, &s->tree_stats);
+    tem_free(ops);
+    return rc;
+}
+
 static int put_roots(ledger_store *s, MDB_txn *txn, uint64_t height, const uint8_t sr[32],
                      const uint8_t rr[32], const uint8_t bh[32], uint64_t time_ms) {
     uint8_t key[8], val[ROOTS_VAL_BYTES];
@@ -86,11 +101,11 @@ static int store_init(ledger_store *s, int (*init)(void *, ledger_state *, const
     if (init && (rc = init(ictx, s->st, s->g)) != LEDGER_OK) return rc;
     MDB_txn *txn;
     if ((rc = map_mdb(mdb_txn_begin(s->env, NULL, 0, &txn), "begin")) != LEDGER_OK) return rc;
-    void *a[2] = {s, txn};
     uint8_t sr[32], rr[32], h8[8];
     empty_root(rr);
-    if ((rc = ledger__state_flush(s->st, flush_one, a)) != LEDGER_OK) goto fail;
-    if ((rc = ledger_state_root(s->st, sr)) != LEDGER_OK) goto fail;
+    /* The genesis tree is built in one pass over the sorted key hashes (no record exists yet, so
+     * each node is written once). */
+    if ((rc = flush_state(s, txn, sr)) != LEDGER_OK) goto fail;
     if ((rc = put_roots(s, txn, 0, sr, rr, s->g->hash, s->g->genesis_time_ms)) != LEDGER_OK) goto fail;
     tem_put_u64le(h8, 0);
     if ((rc = meta_put_txn(s, txn, "height", h8, 8)) != LEDGER_OK) goto fail;
@@ -137,15 +152,19 @@ static int store_load(ledger_store *s) {
     mdb_cursor_close(cur);
     if (rc == LEDGER_OK && mrc != MDB_NOTFOUND) rc = map_mdb(mrc, "cursor get");
     if (rc != LEDGER_OK) goto out;
-    /* The loaded state must reproduce the root stored with the last block: anything else means
-     * the state table and the chain disagree and the node must not run on it. */
+    /* The tree must give the root stored with the last block: anything else means the tree and
+     * the chain disagree and the node must not run on it. (The tree and the state table are
+     * written in the same transactions; tests/test_state_tree.c recomputes the root from the
+     * table after crashes. A full recomputation here would cost O(N) at every start.) */
     uint8_t root[32];
-    if ((rc = ledger_state_root(s->st, root)) != LEDGER_OK) goto out;
+    if ((rc = ledger__smt_root_db(txn, s->dbi[DB_TREE], root)) != LEDGER_OK) goto out;
     if (memcmp(root, s->state_root, 32) != 0) {
-        fprintf(stderr, "ledger: state table does not match the stored state root at height %llu\n",
+        fprintf(stderr, "ledger: state tree does not match the stored state root at height %llu\n",
                 (unsigned long long)s->height);
         rc = LEDGER_ECORRUPT;
+        goto out;
     }
+    ledger__state_set_root(s->st, root);
 out:
     mdb_txn_abort(txn);
     return rc;
@@ -395,7 +414,6 @@ int ledger_store_apply(ledger_store *s, const uint8_t *blk, size_t blen, const u
     }
     if (ex && ex->end_block && (rc = ex->end_block(ex->ctx, s->st, &bctx)) != LEDGER_OK) goto out;
     uint8_t sroot[32], rroot[32];
-    if ((rc = ledger_state_root(s->st, sroot)) != LEDGER_OK) goto out;
     if ((rc = ledger_merkle_root(rroot, (const uint8_t(*)[32])rhash, n)) != LEDGER_OK) goto out;
 
     /* ---- one LMDB write transaction for everything the block changes */
@@ -423,8 +441,7 @@ int ledger_store_apply(ledger_store *s, const uint8_t *blk, size_t blen, const u
         if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_RECEIPTS], &rk, &rv, 0), "put receipt")) != LEDGER_OK) goto out;
     }
     hook(s, 2);
-    void *fa[2] = {s, txn};
-    if ((rc = ledger__state_flush(s->st, flush_one, fa)) != LEDGER_OK) goto out;
+    if ((rc = flush_state(s, txn, sroot)) != LEDGER_OK) goto out;
     hook(s, 3);
     if ((rc = put_roots(s, txn, h, sroot, rroot, bhash, b->header->time_ms)) != LEDGER_OK) goto out;
     uint8_t h8[8];
@@ -439,6 +456,7 @@ int ledger_store_apply(ledger_store *s, const uint8_t *blk, size_t blen, const u
     ledger_state_release(s->st, sp);
     sp_open = false;
     ledger__state_clear_dirty(s->st);
+    ledger__state_set_root(s->st, sroot);
     s->height = h;
     s->last_time_ms = b->header->time_ms;
     memcpy(s->last_hash, bhash, 32);
@@ -454,7 +472,11 @@ int ledger_store_apply(ledger_store *s, const uint8_t *blk, size_t blen, const u
     }
 out:
     if (txn) mdb_txn_abort(txn);
-    if (sp_open) ledger_state_rollback(s->st, sp);
+    if (sp_open) {
+        ledger_state_rollback(s->st, sp);
+        /* Back at the last block: its root is known without recomputation. */
+        ledger__state_set_root(s->st, s->state_root);
+    }
     if (txs)
         for (size_t i = 0; i < n; i++) ledger_tx_free(&txs[i]);
     tem_free(txs);
@@ -527,6 +549,20 @@ int ledger_store_block_roots(ledger_store *s, uint64_t height, uint8_t sr[32], u
     tem_free(v);
     return rc;
 }
+
+int ledger_store_prove(ledger_store *s, const void *key, size_t klen, ledger_state_proof *out) {
+    if (klen == 0) return LEDGER_EINVAL;
+    MDB_txn *txn;
+    int rc = map_mdb(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "begin ro");
+    if (rc != LEDGER_OK) return rc;
+    uint8_t kh[32];
+    ledger_sha256(kh, key, klen);
+    rc = ledger__smt_prove_db(txn, s->dbi[DB_TREE], kh, out);
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+void ledger__store_tree_stats(const ledger_store *s, ledger__smt_stats *out) { *out = s->tree_stats; }
 
 int ledger_store_meta_put(ledger_store *s, const char *name, const void *val, size_t len) {
     MDB_txn *txn;

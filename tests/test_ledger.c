@@ -531,16 +531,23 @@ START_TEST(state_proof_of_one_account_verifies_and_tampering_fails) {
     key[0] = 'b';
     memcpy(key + 1, p, 33);
     tem_put_u64le(val, 1017);
-    ledger_merkle_proof pr;
+    ledger_state_proof pr;
     ck_assert_int_eq(ledger_state_prove(st, key, 34, &pr), LEDGER_OK);
+    ck_assert_int_eq(pr.kind, LEDGER_PROOF_PRESENT);
     ck_assert_int_eq(ledger_state_proof_verify(root, key, 34, val, 8, &pr), 0);
+    ck_assert_int_eq(ledger_state_proof_verify_absent(root, key, 34, &pr), -1);
     tem_put_u64le(val, 1018);
     ck_assert_int_eq(ledger_state_proof_verify(root, key, 34, val, 8, &pr), -1);
     tem_put_u64le(val, 1017);
-    pr.sibling[1][0] ^= 1;
+    ck_assert_uint_gt(pr.depth, 0);
+    pr.sibling[0][0] ^= 1;
     ck_assert_int_eq(ledger_state_proof_verify(root, key, 34, val, 8, &pr), -1);
+    /* an absent key gets an absence proof that verifies, and no inclusion */
     key[5] ^= 1;
-    ck_assert_int_eq(ledger_state_prove(st, key, 34, &pr), LEDGER_ENOTFOUND);
+    ck_assert_int_eq(ledger_state_prove(st, key, 34, &pr), LEDGER_OK);
+    ck_assert_int_ne(pr.kind, LEDGER_PROOF_PRESENT);
+    ck_assert_int_eq(ledger_state_proof_verify_absent(root, key, 34, &pr), 0);
+    ck_assert_int_eq(ledger_state_proof_verify(root, key, 34, val, 8, &pr), -1);
     ledger_state_free(st);
 }
 END_TEST
