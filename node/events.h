@@ -21,11 +21,11 @@
 #include <stdint.h>
 
 #define NODE_EVENTS_ERRNO_MAP(X)                                                                   \
-    X(EINVAL, -531, "invalid argument or filter")                                                  \
-    X(EFULL, -532, "too many event subscribers on this node")                                      \
-    X(ELIMIT, -533, "too many event subscribers from this address")                                \
-    X(EREPLAY, -534, "resume point is older than the replay window")                               \
-    X(ENOMEM, -535, "out of memory")
+    X(EINVAL, -540, "invalid argument or filter")                                                  \
+    X(EFULL, -541, "too many event subscribers on this node")                                      \
+    X(ELIMIT, -542, "too many event subscribers from this address")                                \
+    X(EREPLAY, -543, "resume point is older than the replay window")                               \
+    X(ENOMEM, -544, "out of memory")
 
 enum node_events_err {
     NODE_EVENTS_OK = 0,

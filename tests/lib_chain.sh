@@ -23,7 +23,15 @@ fail() {
   for f in "$dir"/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 20 "$f"; }; done
   exit 1
 }
-base=$((24000 + ($$ % 300) * 20))
+# Ports 30000..31999 (other scripted tests use lower ones); skip a block where any port answers.
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+base=$((30000 + ($$ % 100) * 20))
+for _ in $(seq 1 100); do
+  busy=0
+  for o in 0 1 2 3 10 11 12 13; do port_busy $((base + o)) && busy=1 && break; done
+  [ $busy = 0 ] && break
+  base=$((30000 + (base - 30000 + 20) % 2000))
+done
 http() { echo "127.0.0.1:$((base + 10 + $1))"; }
 chain_start() {
   local args=() i
