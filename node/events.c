@@ -326,11 +326,13 @@ static void pump(node_events *h, sub *s) {
         node_events_batch_init(&b, s->next_height);
         if (h->load(h->load_ctx, s->next_height, &b) != 0) {
             node_events_batch_free(&b);
+            /* The stream ends with the reason; the client may retry from the same id. */
             h->len = 0;
             if (buf_addf(h, "event: error\ndata: {\"code\":\"EREPLAY\",\"error\":\"cannot read block %llu\"}\n\n",
-                         (unsigned long long)s->next_height) &&
-                flush_to(h, s))
-                release(h, s);
+                         (unsigned long long)s->next_height))
+                (void)h->ops.write(s->sink, h->buf, h->len);
+            h->len = 0;
+            release(h, s);
             return;
         }
         h->len = 0;

@@ -70,9 +70,10 @@ static const uint8_t *acct(int i) {
 /* Block h: a block event, then h % 4 events of kinds tx/trade/curtailment/settlement with one
  * or two accounts and slot h % 3. `pad` bytes of payload make events bigger. */
 static size_t pad = 0;
+static uint64_t unreadable = 0; /* a height the loader fails on (0 = none) */
 static int load_fn(void *ctx, uint64_t h, node_events_batch *out) {
     uint64_t tip = *(uint64_t *)ctx;
-    if (h == 0 || h > tip) return -1;
+    if (h == 0 || h > tip || h == unreadable) return -1;
     char js[4096];
     snprintf(js, sizeof js, "{\"height\":%llu}", (unsigned long long)h);
     ck_assert_int_eq(node_events_batch_add(out, NODE_EV_BLOCK, false, 0, NULL, 0, js), 0);
@@ -313,6 +314,27 @@ START_TEST(events_resume_older_than_the_window_is_refused_and_changes_nothing) {
 }
 END_TEST
 
+START_TEST(events_unreadable_block_ends_the_replay_with_an_error_event) {
+    tip = 10;
+    pad = 0;
+    unreadable = 5;
+    node_events *h = hub_new(0, 0, 0, 0);
+    fsink s = {0};
+    node_events_filter f;
+    char err[128];
+    ck_assert_int_eq(node_events_filter_parse(&f, "from_height=2&kinds=block", NULL, err, sizeof err), 0);
+    ck_assert_int_eq(node_events_subscribe(h, "a", &f, &s), 0);
+    unreadable = 0;
+    ck_assert(s.ended);
+    ck_assert_uint_eq(node_events_count(h), 0);
+    ck_assert_ptr_nonnull(strstr(s.got, "id: 4:0"));
+    ck_assert_ptr_eq(strstr(s.got, "id: 5:0"), NULL);
+    ck_assert_ptr_nonnull(strstr(s.got, "event: error\ndata: {\"code\":\"EREPLAY\",\"error\":\"cannot read block 5\"}"));
+    node_events_free(h);
+    f_free(&s);
+}
+END_TEST
+
 START_TEST(events_subscribers_are_bounded_per_address_and_in_total) {
     tip = 1;
     node_events *h = hub_new(5, 2, 0, 0);
@@ -478,6 +500,7 @@ int main(void) {
     tcase_add_test(tc, events_resume_from_last_event_id_replays_exactly_what_follows_it);
     tcase_add_test(tc, events_replay_is_paced_by_the_reader);
     tcase_add_test(tc, events_resume_older_than_the_window_is_refused_and_changes_nothing);
+    tcase_add_test(tc, events_unreadable_block_ends_the_replay_with_an_error_event);
     tcase_add_test(tc, events_subscribers_are_bounded_per_address_and_in_total);
     tcase_add_test(tc, events_slow_subscriber_is_dropped_with_a_final_event_and_others_continue);
     tcase_add_test(tc, events_random_subscribers_match_the_reference_over_200_seeds);
