@@ -599,7 +599,8 @@ void net_http_free(net_http *h) {
  * H2O's generator protocol: after h2o_send(IN_PROGRESS) the buffers must stay untouched until
  * H2O calls proceed; only then may the next h2o_send run. So a stream has two buffers: `q`
  * collects what the owner writes, `out` is what H2O is sending. Neither lives in the request's
- * pool, which would grow for as long as the stream is open. The owner bounds `q`. */
+ * pool, which would grow for as long as the stream is open. The owner bounds `q`; `out` holds
+ * at most one chunk. */
 struct net__stream {
     h2o_generator_t gen; /* first: H2O hands proceed and stop this pointer */
     net_http *h;
@@ -647,17 +648,23 @@ static void stream_final(net__stream *s) {
     h2o_send(req, &b, n, H2O_SEND_STATE_FINAL);
 }
 
+/* Hands at most STREAM_CHUNK_BYTES to H2O at a time, so what is in flight stays small and a
+ * discard (net_http_stream_discard) can still drop most of a slow client's backlog. */
+#define STREAM_CHUNK_BYTES (64u << 10)
+
 static void stream_flush(net__stream *s) {
     if (s->sending || s->qlen == 0 || s->r->req == NULL) return;
-    char *t = s->out;
-    size_t tc = s->outcap;
-    s->out = s->q;
-    s->outcap = s->qcap;
-    s->q = t;
-    s->qcap = tc;
-    h2o_iovec_t b = h2o_iovec_init(s->out, s->qlen);
-    s->outlen = s->qlen;
-    s->qlen = 0;
+    if (s->out == NULL) {
+        s->out = tem_malloc(STREAM_CHUNK_BYTES);
+        if (s->out == NULL) return; /* retried at the next write or proceed */
+        s->outcap = STREAM_CHUNK_BYTES;
+    }
+    size_t n = s->qlen < STREAM_CHUNK_BYTES ? s->qlen : STREAM_CHUNK_BYTES;
+    memcpy(s->out, s->q, n);
+    memmove(s->q, s->q + n, s->qlen - n);
+    s->qlen -= n;
+    s->outlen = n;
+    h2o_iovec_t b = h2o_iovec_init(s->out, n);
     s->sending = true;
     h2o_send(s->r->req, &b, 1, H2O_SEND_STATE_IN_PROGRESS);
 }
