@@ -1,6 +1,7 @@
 # lib_chain.sh: sourced by tests that need a live local chain (t_pyclient.sh, t_openapi.sh):
-# 4 validators on 127.0.0.1, an admin, a utility and participants p1..p3, genesis time two
-# slots in the past (so slot 0 takes meter readings at once) and 60 s slots. Every process is
+# 4 validators on 127.0.0.1, an admin, a utility and participants p1..p3; 10 s slots whose
+# readings are due 5 s after the slot ends (so a test sees a slot settle within 15 s), genesis
+# time two slots in the past; gate closure stays 5 minutes (orders go 30 slots ahead). Every process is
 # started here, tracked by pid, killed on exit; every wait is bounded. Needs $B (build dir).
 T="$B/temctl"
 D="$B/temd"
@@ -38,10 +39,10 @@ chain_start() {
   for i in 0 1 2 3; do "$T" keygen --type validator --out "$dir/v$i.key" >/dev/null; done
   for k in admin util p1 p2 p3; do "$T" keygen --type meter --out "$dir/$k.key" >/dev/null; done
   for i in 0 1 2 3; do args+=(--validator "v$i:$dir/v$i.key:127.0.0.1:$((base + i))@$(http $i)"); done
-  "$T" genesis --chain-id tem-chain --time-ms $(( ($(date +%s) - 120) * 1000 )) "${args[@]}" --admin "$dir/admin.key" \
+  "$T" genesis --chain-id tem-chain --time-ms $(( ($(date +%s) - 20) * 1000 )) "${args[@]}" --admin "$dir/admin.key" \
     --participant "$dir/util.key:1:utility:0" --participant "$dir/p1.key:2:prosumer:100000000000" \
     --participant "$dir/p2.key:3:prosumer:100000000000" --participant "$dir/p3.key:4:consumer:100000000000" \
-    --tariff 0:300000:80000 --slot-ms 60000 --out "$dir/g.json" 2>/dev/null || fail "genesis"
+    --tariff 0:300000:80000 --slot-ms 10000 --settlement-deadline-ms 5000 --out "$dir/g.json" 2>/dev/null || fail "genesis"
   for i in 0 1 2 3; do
     "$D" --data-dir "$dir/n$i" --genesis "$dir/g.json" --key "$dir/v$i.key" --log-level info 2>>"$dir/n$i.log" &
     PID[n$i]=$!

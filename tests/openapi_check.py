@@ -128,6 +128,18 @@ call("GET", "/metrics")
 call("GET", "/v1/nope")
 call("POST", "/v1/status", b"", "application/json")
 
+# ---- a meter reading in an open window, so that its slot's settlement shows on the stream
+import time  # noqa: E402
+for _ in range(300):
+    c = node.status()["clock"]
+    if c["reading_window_start_ms"] + 300 <= c["now_ms"] <= c["next_reading_deadline_ms"] - 2500:
+        break
+    time.sleep(0.05)
+reading_deadline = c["next_reading_deadline_ms"]
+r_id, r_tx = tx_of(p2, tc.TxBody.reading, c["reading_slot"], 10, 700)
+call("POST", "/v1/tx", r_tx, "application/x-protobuf")
+node.wait(r_id)
+
 # ---- submissions, good and bad
 slot = node.status()["clock"]["next_open_slot"] + 2
 sell_id, sell = tx_of(p1, tc.TxBody.order, slot, "sell", 100000, 1000)
@@ -190,8 +202,11 @@ event_schema = {"block": "BlockEvent", "tx": "TxEvent", "trade": "TradeEvent",
                 "curtailment": "CurtailmentEvent", "settlement": "SettlementEvent",
                 "dropped": "DroppedEvent", "error": "ErrorEvent"}
 kinds = {}
+for _ in range(300):  # until a block past the reading deadline (it settles the slot) committed
+    if node.status()["last_block_time_ms"] > reading_deadline:
+        break
+    time.sleep(0.1)
 tip = node.status()["height"]
-import time  # noqa: E402
 first = None
 for attempt in range(50):  # the closed streams' places free up at the next block
     try:
@@ -212,7 +227,7 @@ for ev in itertools.chain([first] if first else [], gen):
         failures.append("event without a HEIGHT:INDEX id: %r" % ev)
     if ev["event"] == "block" and ev["data"]["height"] > tip:  # block tip was read whole
         break
-for k in ("block", "tx", "trade"):
+for k in ("block", "tx", "trade", "settlement"):
     if not kinds.get(k):
         failures.append("the stream carried no %s event" % k)
 

@@ -9,6 +9,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 import unittest
 
 import tem_client as tc
@@ -113,10 +114,13 @@ class Live(unittest.TestCase):
         g = self.genesis["genesis"]
         self.assertEqual(st["chain_id"], g["chain_id"])
         c = st["clock"]
-        self.assertEqual(c["slot_ms"], 60000)
-        # genesis two slots back: slot 2 or 3 now, depending on how long the start took
-        self.assertEqual(st["current_slot"], (c["now_ms"] - g["genesis_time_ms"]) // 60000)
-        self.assertEqual(st["gate_closure_ms"], g["genesis_time_ms"] + st["current_slot"] * 60000 - 300000)
+        sm = g["market"]["slot_ms"]
+        self.assertEqual(c["slot_ms"], sm)
+        self.assertEqual(st["current_slot"], (c["now_ms"] - g["genesis_time_ms"]) // sm)
+        gc = g["market"].get("gate_closure_ms", 300000)
+        self.assertEqual(st["gate_closure_ms"], g["genesis_time_ms"] + st["current_slot"] * sm - gc)
+        self.assertEqual(c["next_open_slot_gate_closure_ms"], g["genesis_time_ms"] + c["next_open_slot"] * sm - gc)
+        self.assertLessEqual(c["next_open_slot_gate_closure_ms"] - sm, c["now_ms"])
         self.assertGreater(c["next_open_slot_gate_closure_ms"], c["now_ms"])
         self.assertGreaterEqual(st["next_reading_deadline_ms"], c["now_ms"])
 
@@ -171,14 +175,29 @@ class Live(unittest.TestCase):
             next(self.n.events(kinds=["nope"]))
         self.assertEqual((e.exception.status, e.exception.code), (400, "EFILTER"))
 
-    def test_meter_reading_mints_tokens(self):
-        # slot 0 ended when the chain started (genesis two slots back) and its window is open
-        before = self.n.account(self.p1.public)["tokens_wh"]
-        txid = self.n.send(self.p1, tc.TxBody.reading, 0, 100, 2500)
+    def test_meter_reading_mints_tokens_and_its_slot_settles_on_the_stream(self):
+        # Wait, by the node's clock, for a reading window with 2.5 s left (10 s slots, 5 s windows).
+        for _ in range(300):
+            c = self.n.status()["clock"]
+            if c["reading_window_start_ms"] + 300 <= c["now_ms"] <= c["next_reading_deadline_ms"] - 2500:
+                break
+            time.sleep(0.05)
+        r = c["reading_slot"]
+        start = self.n.status()["height"] + 1
+        txid = self.n.send(self.p1, tc.TxBody.reading, r, 100, 2500)
         doc = self.n.wait(txid)
         self.assertEqual(doc["status"], "committed", doc)
         self.assertEqual(doc["receipt"]["minted_wh"], 2500)
-        self.assertEqual(self.n.account(self.p1.public)["tokens_wh"], before + 2500)
+        # The first block after the deadline settles slot r: one line for p1, on any node.
+        ev = next(self.nodes[1].events(kinds=["settlement"], account=self.p1.public, slot=r,
+                                       from_height=start, timeout=30))
+        d = ev["data"]
+        self.assertEqual(ev["event"], "settlement")
+        self.assertEqual((d["slot"], d["pubkey"], d["export_wh"], d["import_wh"]), (r, self.p1.public.hex(), 2500, 100))
+        # docs/market.md section 8: the import burns tokens or is bought (lack); the surplus
+        # export is sold to the utility and its tokens burnt too.
+        self.assertGreater(d["surplus_wh"], 0)
+        self.assertEqual(d["burnt_wh"], (100 - d["lack_wh"]) + d["surplus_wh"])
 
     def test_blocks_verify_against_the_genesis_and_tampering_is_named(self):
         tip = self.n.status()["height"]
