@@ -461,14 +461,14 @@ static void schedule_validation(node *n) {
 }
 
 /* ------------------------------------------------------------------ peer frames */
-static void serve_blocks(node *n, const net_peer_info *p, const Tem__V1__BlockRequest *r) {
+static void serve_blocks(node *n, uint32_t peer_id, uint64_t from, uint32_t max_blocks, size_t bytes_max) {
     uint64_t tip = ledger_store_height(n->store);
-    uint32_t max = r->max_blocks && r->max_blocks < NODE_SYNC_BLOCKS_MAX ? r->max_blocks : NODE_SYNC_BLOCKS_MAX;
+    uint32_t max = max_blocks && max_blocks < NODE_SYNC_BLOCKS_MAX ? max_blocks : NODE_SYNC_BLOCKS_MAX;
     Tem__V1__CommittedBlock cbs[NODE_SYNC_BLOCKS_MAX], *cbp[NODE_SYNC_BLOCKS_MAX];
     uint8_t *bufs[2 * NODE_SYNC_BLOCKS_MAX];
     uint32_t k = 0, nb = 0;
     size_t bytes = 0;
-    for (uint64_t h = r->from_height ? r->from_height : 1; h <= tip && k < max && bytes < NODE_SYNC_BYTES_MAX; h++) {
+    for (uint64_t h = from ? from : 1; h <= tip && k < max && bytes < bytes_max; h++) {
         uint8_t *b, *c;
         size_t bl, cl;
         if (ledger_store_block(n->store, h, &b, &bl) != LEDGER_OK) break;
@@ -494,8 +494,44 @@ static void serve_blocks(node *n, const net_peer_info *p, const Tem__V1__BlockRe
     tem__v1__node_message__init(&m);
     m.kind_case = TEM__V1__NODE_MESSAGE__KIND_BLOCKS;
     m.blocks = &bb;
-    (void)send_node_msg(n, p->id, &m);
+    (void)send_node_msg(n, peer_id, &m);
     for (uint32_t i = 0; i < nb; i++) tem_free(bufs[i]);
+}
+
+/* An observer's block request: charged to its bucket and parked; on_tick serves it. */
+static void park_observer_request(node *n, const net_peer_info *p, const Tem__V1__BlockRequest *r) {
+    uint32_t slot = p->id - NET_OBSERVER_ID_BASE;
+    if (p->id < NET_OBSERVER_ID_BASE || slot >= NET_OBSERVERS_MAX) return;
+    node_obs_req *o = &n->obs_req[slot];
+    uint64_t now = uv_now(&n->loop), cap = (uint64_t)NODE_OBS_REQS_PER_S * 1000;
+    if (o->last_ms == 0 || now < o->last_ms) o->tokens_m = cap;
+    else o->tokens_m += (now - o->last_ms) * NODE_OBS_REQS_PER_S;
+    if (o->tokens_m > cap) o->tokens_m = cap;
+    o->last_ms = now;
+    if (o->tokens_m < 1000) {
+        if (n->obs_reqs_dropped++ % 1000 == 0)
+            node_log(n, NODE_LOG_WARN, "observer %u (%s) asks for blocks too often; dropping requests (%llu so far)", slot,
+                     p->remote, (unsigned long long)n->obs_reqs_dropped);
+        return;
+    }
+    o->tokens_m -= 1000;
+    o->want = true;
+    o->from = r->from_height;
+    o->max = r->max_blocks;
+}
+
+static void serve_observers(node *n) {
+    uint32_t served = 0;
+    for (uint32_t k = 0; k < NET_OBSERVERS_MAX && served < NODE_OBS_SERVES_PER_TICK; k++) {
+        uint32_t slot = (n->obs_rr + k) % NET_OBSERVERS_MAX;
+        node_obs_req *o = &n->obs_req[slot];
+        if (!o->want) continue;
+        o->want = false;
+        if (!net_peer_connected(n->net, NET_OBSERVER_ID_BASE + slot)) continue;
+        serve_blocks(n, NET_OBSERVER_ID_BASE + slot, o->from, o->max, NODE_OBS_SYNC_BYTES_MAX);
+        served++;
+        n->obs_rr = slot + 1;
+    }
 }
 
 static void got_blocks(node *n, const Tem__V1__BlockBatch *bb) {
@@ -589,7 +625,12 @@ static void on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, siz
             }
         break;
     case TEM__V1__NODE_MESSAGE__KIND_BLOCK_REQUEST:
-        if (m->block_request) serve_blocks(n, p, m->block_request);
+        /* Validators are answered at once (they may be catching up to vote); observers wait
+         * for the tick, rate-limited, so they cannot crowd out consensus work. */
+        if (m->block_request && p->is_validator)
+            serve_blocks(n, p->id, m->block_request->from_height, m->block_request->max_blocks, NODE_SYNC_BYTES_MAX);
+        else if (m->block_request)
+            park_observer_request(n, p, m->block_request);
         break;
     case TEM__V1__NODE_MESSAGE__KIND_BLOCKS:
         if (m->blocks) got_blocks(n, m->blocks);
@@ -606,6 +647,8 @@ static void on_peer_up(void *ctx, const net_peer_info *p) {
 }
 static void on_peer_down(void *ctx, const net_peer_info *p, int reason) {
     node *n = ctx;
+    if (p->id >= NET_OBSERVER_ID_BASE && p->id - NET_OBSERVER_ID_BASE < NET_OBSERVERS_MAX)
+        memset(&n->obs_req[p->id - NET_OBSERVER_ID_BASE], 0, sizeof n->obs_req[0]); /* the slot's next holder starts afresh */
     node_log(n, reason == NET_ECLOSING ? NODE_LOG_DEBUG : NODE_LOG_INFO, "peer %u down: %s", p->id, net_strerror(reason));
 }
 
@@ -672,6 +715,7 @@ static void on_tick(uv_timer_t *t) {
     node *n = t->data;
     if (n->stopping) return;
     flush_gossip(n);
+    serve_observers(n);
     uint64_t now = uv_now(&n->loop);
     if (n->rep_ok && now - n->last_regossip_ms >= 1000) {
         n->last_regossip_ms = now;
@@ -826,6 +870,13 @@ int node_run(const node_config *cfg) {
     memcpy(nc.sec, n->key.ed_sec, sizeof nc.sec);
     nc.listen = n->self >= 0 && n->cfg.listen[0] ? n->cfg.listen : NULL;
     nc.accept_observers = cfg->accept_observers;
+    nc.observer_keys = (const uint8_t(*)[LEDGER_ED_PUB_BYTES])cfg->observer_keys;
+    nc.n_observer_keys = cfg->n_observer_keys;
+    nc.handshakes_max = (uint32_t)cfg->peer_handshakes_max;
+    nc.handshakes_per_addr_max = (uint32_t)cfg->peer_handshakes_per_addr_max;
+    nc.observer_send_queue_bytes_max = cfg->peer_observer_queue_bytes_max;
+    nc.send_stall_timeout_ms = cfg->peer_send_stall_timeout_ms;
+    nc.frame_timeout_ms = cfg->peer_frame_timeout_ms;
     nc.rate_bytes_per_s = cfg->peer_rate_bytes_per_s;
     nc.rate_msgs_per_s = cfg->peer_rate_msgs_per_s;
     nc.rate_policy = NET_LIMIT_DROP;

@@ -24,6 +24,20 @@
 #define NODE_SIGCACHE (1u << 16)
 #define NODE_ARCHIVED_KEEP 64
 
+/* Block requests from observers: a token bucket per observer slot (NODE_OBS_REQS_PER_S, a
+ * burst of as many), at most one waiting per observer (a newer one replaces it), served from
+ * the tick at most NODE_OBS_SERVES_PER_TICK at a time with replies of at most
+ * NODE_OBS_SYNC_BYTES_MAX, so observers never delay a consensus message. */
+#define NODE_OBS_REQS_PER_S 20
+#define NODE_OBS_SERVES_PER_TICK 2
+#define NODE_OBS_SYNC_BYTES_MAX (2u << 20)
+typedef struct {
+    bool want;
+    uint64_t from;
+    uint32_t max;
+    uint64_t tokens_m, last_ms; /* milli-tokens */
+} node_obs_req;
+
 #define NODE_CURTAIL_KEEP 32
 typedef struct {
     uint64_t height;
@@ -102,6 +116,9 @@ typedef struct node {
     node_curtail curtail[NODE_CURTAIL_KEEP];
     uint32_t curtail_next;
     uint64_t ncurtail;
+    node_obs_req obs_req[NET_OBSERVERS_MAX];
+    uint32_t obs_rr;
+    uint64_t obs_reqs_dropped;
 } node;
 
 /* Wall-clock milliseconds since the Unix epoch. */
