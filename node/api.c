@@ -449,7 +449,12 @@ static void h_block(void *ctx, net_http_req *req, const net_http_request *r) {
     }
     uint8_t *b, *c = NULL;
     size_t bl, cl = 0;
-    if (ledger_store_block(n->store, h, &b, &bl) != LEDGER_OK) {
+    int brc = ledger_store_block(n->store, h, &b, &bl);
+    if (brc == LEDGER_ECORRUPT) {
+        node_reply_err(req, 500, "ECORRUPT", "the stored block at that height is damaged; the operator must restore it");
+        return;
+    }
+    if (brc != LEDGER_OK) {
         node_reply_err(req, 404, "ENOTFOUND", "no block at that height");
         return;
     }

@@ -80,6 +80,7 @@ static int set_key(node_config *c, const char *k, const char *v) {
     }
     if (!strcmp(k, "observer")) return parse_bool(v, &c->observer) ? 1 : -1;
     if (!strcmp(k, "accept_observers")) return parse_bool(v, &c->accept_observers) ? 1 : -1;
+    if (!strcmp(k, "mempool_log_reset")) return parse_bool(v, &c->mempool_log_reset) ? 1 : -1;
     if (!strcmp(k, "observer_key")) {
         uint8_t pk[32];
         if (c->n_observer_keys >= NODE_OBSERVER_KEYS_MAX || strlen(v) != 64 || tem_unhex(pk, 32, v) != 0) return -1;
@@ -192,7 +193,7 @@ int node_config_flags(node_config *c, int argc, char **argv, char *err, size_t e
         if (eq) {
             *eq = 0;
             v = a + 2 + (eq - name) + 1;
-        } else if (!strcmp(name, "observer") || !strcmp(name, "accept_observers")) {
+        } else if (!strcmp(name, "observer") || !strcmp(name, "accept_observers") || !strcmp(name, "mempool_log_reset")) {
             v = "true";
         } else {
             if (i + 1 >= argc) {

@@ -913,7 +913,23 @@ drop:
     return NODE_MEMPOOL_OK;
 }
 
-/* Reads every intact record; stops at the first short, oversize or mis-checked one. */
+/* Whether an intact record starts at r->buf + r->pos: its length is in range and its check
+ * matches. 1 = yes, 0 = no, -1 = I/O error. Reads ahead as needed. */
+static int record_at(node_mempool *m, mp__reader *r) {
+    int got = reader_need(r, 4);
+    if (got <= 0) return got;
+    uint32_t len = tem_get_u32le(r->buf + r->pos);
+    if (len < 2 || len > m->payload_max) return 0;
+    if ((got = reader_need(r, (size_t)len + 8)) <= 0) return got;
+    const uint8_t *rec = r->buf + r->pos;
+    return tem_get_u32le(rec + 4 + len) == rec_check(rec[4], rec + 5, len - 1);
+}
+
+/* Reads every intact record. A damaged one (flipped bits, a bad length) is skipped: the reader
+ * slides forward byte by byte to the next offset where an intact record starts, logs an ERROR
+ * naming the damaged range, and goes on, so one bad sector costs the txs it holds and never
+ * the acknowledged txs after it. Damage with no intact record after it is a torn tail (a crash
+ * mid-write), counted in recover_torn_bytes. */
 static int recover_read(node_mempool *m, int fd) {
     struct stat sb;
     if (fstat(fd, &sb) != 0) return NODE_MEMPOOL_EIO;
@@ -934,12 +950,35 @@ static int recover_read(node_mempool *m, int fd) {
     r.pos += NODE_MEMPOOL_LOG_HEADER_BYTES;
     r.consumed = NODE_MEMPOOL_LOG_HEADER_BYTES;
     for (;;) {
-        if ((got = reader_need(&r, 4)) <= 0) break;
+        if ((got = record_at(m, &r)) < 0) break;
+        if (got == 0) {
+            if (r.end - r.pos == 0 && reader_need(&r, 1) == 0) break; /* clean end of the log */
+            /* Damaged here: find the next intact record, if any. */
+            uint64_t bad_at = r.consumed;
+            int found = 0;
+            while (r.end - r.pos > 0 || reader_need(&r, 1) > 0) {
+                r.pos++;
+                r.consumed++;
+                if ((found = record_at(m, &r)) != 0) break;
+            }
+            if (found < 0) {
+                got = -1;
+                break;
+            }
+            if (found == 0) { /* nothing intact after it: a torn tail */
+                r.consumed = bad_at;
+                break;
+            }
+            m->st.recover_skipped_bytes += r.consumed - bad_at;
+            m->st.recover_damaged++;
+            fprintf(stderr,
+                    "mempool: ERROR: %s: damaged record at offset %llu; skipped %llu bytes (the txs in them are lost) "
+                    "and recovered on from the intact record at offset %llu\n",
+                    m->log_path, (unsigned long long)bad_at, (unsigned long long)(r.consumed - bad_at),
+                    (unsigned long long)r.consumed);
+        }
         uint32_t len = tem_get_u32le(r.buf + r.pos);
-        if (len < 2 || len > m->payload_max) break;
-        if ((got = reader_need(&r, (size_t)len + 8)) <= 0) break;
         const uint8_t *rec = r.buf + r.pos;
-        if (tem_get_u32le(rec + 4 + len) != rec_check(rec[4], rec + 5, len - 1)) break;
         if (rec[4] == NODE_MEMPOOL_REC_TX) {
             if ((rc = recover_one(m, rec + 5, len - 1)) != NODE_MEMPOOL_OK) goto out;
         } else {

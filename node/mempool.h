@@ -117,6 +117,8 @@ typedef struct {
     uint64_t recovered;         /* txs brought back by node_mempool_recover */
     uint64_t recover_dropped;   /* log records recovery dropped (committed, stale, bad) */
     uint64_t recover_torn_bytes;/* bytes ignored at the end of the log (torn last record) */
+    uint64_t recover_damaged;   /* damaged stretches skipped with intact records after them */
+    uint64_t recover_skipped_bytes; /* bytes in those stretches (their txs are lost, logged) */
 } node_mempool_stats;
 
 /* Allocates the pool and every table at their maximum size and initialises its loop handles.

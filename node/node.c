@@ -6,6 +6,7 @@
  * block sync, verifying every certificate. */
 #include "node/node_internal.h"
 
+#include <errno.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <time.h>
@@ -861,8 +862,40 @@ int node_run(const node_config *cfg) {
         goto stop;
     }
     uint32_t recovered = 0;
-    if (node_mempool_recover(n->mp, &recovered) != 0) node_log(n, NODE_LOG_WARN, "mempool recovery failed");
-    else if (recovered) node_log(n, NODE_LOG_INFO, "recovered %u txs from the mempool log", recovered);
+    rc = node_mempool_recover(n->mp, &recovered);
+    if (rc == NODE_MEMPOOL_ECORRUPT && cfg->mempool_log_reset) {
+        /* The operator asked for it: keep the damaged file for inspection, start empty. */
+        char aside[NODE_PATH_MAX + 64];
+        snprintf(aside, sizeof aside, "%s.damaged-%llu", logpath, (unsigned long long)(node_now_ms() / 1000));
+        if (rename(logpath, aside) != 0) {
+            node_log(n, NODE_LOG_ERROR, "cannot move the damaged mempool log %s aside: %s", logpath, strerror(errno));
+            goto stop;
+        }
+        node_log(n, NODE_LOG_ERROR, "mempool log %s was damaged: moved to %s (--mempool-log-reset); its txs are not recovered",
+                 logpath, aside);
+        rc = node_mempool_recover(n->mp, &recovered);
+    }
+    if (rc != 0) {
+        /* A node that cannot make accepted txs durable must not run as if it could: stop with
+         * the reason instead of answering 503 forever (docs/operate.md, "Limits and faults"). */
+        node_log(n, NODE_LOG_ERROR, "mempool log %s: %s (%s); not starting. %s", logpath, node_mempool_strerror(rc),
+                 node_mempool_errname(rc),
+                 rc == NODE_MEMPOOL_ECORRUPT ? "Its header is damaged or belongs to another chain: inspect it, then start "
+                                               "once with --mempool-log-reset to move it aside"
+                 : rc == NODE_MEMPOOL_EFULL ? "It holds more txs than mempool_txs_max: raise the limit"
+                                            : "Check the disk and the file's permissions");
+        n->exit_code = NODE_EXIT_OPERATOR;
+        goto stop_keep_code;
+    }
+    {
+        node_mempool_stats ms;
+        node_mempool_get_stats(n->mp, &ms);
+        if (ms.recover_damaged)
+            node_log(n, NODE_LOG_ERROR, "mempool log %s: %llu damaged stretch(es), %llu bytes skipped; the intact records "
+                     "after them were recovered", logpath, (unsigned long long)ms.recover_damaged,
+                     (unsigned long long)ms.recover_skipped_bytes);
+    }
+    if (recovered) node_log(n, NODE_LOG_INFO, "recovered %u txs from the mempool log", recovered);
 
     net_config nc;
     memset(&nc, 0, sizeof nc);
@@ -899,6 +932,9 @@ int node_run(const node_config *cfg) {
     goto run;
 stop:
     stop_node(n, 1);
+    goto run;
+stop_keep_code:
+    stop_node(n, 0);
 run:
     (void)uv_run(&n->loop, UV_RUN_DEFAULT);
     int status = n->exit_code;

@@ -9,6 +9,9 @@
 #define NODE_VERSION "0.1.0"
 #define NODE_PATH_MAX 512
 #define NODE_OBSERVER_KEYS_MAX 64
+/* temd's exit status when it refuses to start until an operator acts (a damaged mempool log):
+ * systemd's RestartPreventExitStatus should name it, so the unit does not restart in a loop. */
+#define NODE_EXIT_OPERATOR 3
 
 #define NODE_ERRNO_MAP(X)                                                                          \
     X(ECONFIG, -501, "invalid configuration")                                                      \
@@ -45,6 +48,7 @@ typedef struct {
     bool accept_observers;
     uint8_t observer_keys[NODE_OBSERVER_KEYS_MAX][32];
     uint32_t n_observer_keys;
+    bool mempool_log_reset;         /* move a damaged mempool log aside and start empty */
     int log_level;                  /* NODE_LOG_* */
     uint32_t mempool_txs_max;       /* default 100000 */
     uint32_t mempool_nonce_window;  /* default 64 */
