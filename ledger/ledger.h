@@ -52,7 +52,8 @@
     X(ETIME, -124, "block time not after its parent's")                                            \
     X(EBLOCK, -125, "malformed block")                                                             \
     X(ECORRUPT, -126, "stored data is corrupt")                                                    \
-    X(EKEYFILE, -127, "unreadable or malformed key file")
+    X(EKEYFILE, -127, "unreadable or malformed key file")                                          \
+    X(EDISKFULL, -128, "disk full")
 
 enum ledger_err {
     LEDGER_OK = 0,

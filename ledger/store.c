@@ -29,6 +29,8 @@ static int map_mdb(int rc, const char *what) {
     if (rc == MDB_NOTFOUND) return LEDGER_ENOTFOUND;
     fprintf(stderr, "ledger: lmdb %s: %s\n", what, mdb_strerror(rc));
     if (rc == MDB_MAP_FULL) return LEDGER_EFULL;
+    /* Its own code: a full disk is an operator's problem to fix, not corruption or a bug. */
+    if (rc == ENOSPC || rc == EDQUOT) return LEDGER_EDISKFULL;
     if (rc == ENOMEM) return LEDGER_ENOMEM;
     return LEDGER_EIO;
 }

@@ -102,7 +102,7 @@ static const char *err_msg(int rc) {
 /* HTTP status of a refusal: malformed input 400, conflicts with known txs 409, semantic
  * refusals 422, a full or closing node 503. */
 static int http_status_of(int rc) {
-    if (rc == NODE_MEMPOOL_EFULL || rc == NODE_MEMPOOL_ECLOSING || rc == NODE_MEMPOOL_EIO || rc == NODE_MEMPOOL_ENOMEM ||
+    if (rc == NODE_MEMPOOL_EFULL || rc == NODE_MEMPOOL_ECLOSING || rc == NODE_MEMPOOL_EDISKFULL || rc == NODE_MEMPOOL_EIO || rc == NODE_MEMPOOL_ENOMEM ||
         rc == LEDGER_ENOMEM)
         return 503;
     if (rc == NODE_MEMPOOL_EDUP || rc == NODE_MEMPOOL_ECOMMITTED || rc == NODE_MEMPOOL_ENONCELOW ||
@@ -211,8 +211,17 @@ static int submit_one(node *n, const uint8_t *tx, size_t len, net_http_req *req,
     return rc;
 }
 
+/* Refuses a submission the node cannot make durable: 503 EDISKFULL. True if it answered. */
+static bool refuse_disk_full(node *n, net_http_req *req) {
+    if (!n->disk_full) return false;
+    n->http_txs_rejected++;
+    node_reply_err(req, 503, "EDISKFULL", "disk full: this node cannot store txs now; submit to another node or retry later");
+    return true;
+}
+
 static void h_post_tx(void *ctx, net_http_req *req, const net_http_request *r) {
     node *n = ctx;
+    if (refuse_disk_full(n, req)) return;
     uint8_t *buf = NULL;
     size_t len = r->body_len;
     const uint8_t *tx = r->body;
@@ -241,6 +250,7 @@ static void h_post_tx(void *ctx, net_http_req *req, const net_http_request *r) {
 
 static void h_post_txs(void *ctx, net_http_req *req, const net_http_request *r) {
     node *n = ctx;
+    if (refuse_disk_full(n, req)) return;
     /* Two encodings: a JSON array of hex strings, or a stream of u32 big-endian length-prefixed
      * SignedTx (application/x-protobuf), the same framing `temctl exec` reads. */
     const uint8_t *items[4096];
@@ -402,6 +412,7 @@ static void h_status(void *ctx, net_http_req *req, const net_http_request *r) {
     json_object_set_new(o, "peers", peers);
     json_object_set_new(o, "observers", json_integer(net_observers_connected(n->net)));
     json_object_set_new(o, "mempool", json_integer(node_mempool_size(n->mp)));
+    json_object_set_new(o, "disk_full", json_boolean(n->disk_full));
     uint64_t now = node_now_ms(), last = n->last_commit_wall_ms ? n->last_commit_wall_ms : n->started_wall_ms;
     uint64_t since = now > last ? now - last : 0;
     json_object_set_new(o, "ms_since_last_commit", json_integer((json_int_t)since));
@@ -547,6 +558,8 @@ static void h_metrics(void *ctx, net_http_req *req, const net_http_request *r) {
       (unsigned long long)net_http_conns_refused(n->http));
     M("# HELP tem_http_conns_timed_out_total Connections cut for not sending a whole request in time.\n# TYPE tem_http_conns_timed_out_total counter\ntem_http_conns_timed_out_total %llu\n",
       (unsigned long long)net_http_conns_timed_out(n->http));
+    M("# HELP tem_disk_full 1 while the node paused for a full disk (not voting, refusing txs).\n# TYPE tem_disk_full gauge\ntem_disk_full %d\n",
+      n->disk_full ? 1 : 0);
     M("# HELP tem_peers_connected Validators with an authenticated session.\n# TYPE tem_peers_connected gauge\ntem_peers_connected %u\n",
       net_validators_connected(n->net));
     M("# HELP tem_blocks_applied_total Blocks applied since start.\n# TYPE tem_blocks_applied_total counter\ntem_blocks_applied_total %llu\n",

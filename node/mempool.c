@@ -131,6 +131,7 @@ struct node_mempool {
 
     int fd;
     bool recovered, broken, writing, compacting, closing;
+    bool disk_full; /* the last log failure was ENOSPC/EDQUOT */
     uint8_t *acc, *fly; /* records accumulating / being written */
     size_t acc_len, acc_cap, fly_len, fly_cap, fly_off;
     uint32_t acc_head, acc_tail, fly_head;
@@ -453,6 +454,7 @@ static void compact_after(uv_work_t *req, int status) {
         m->fd = c->new_fd;
         m->st.log_bytes = c->len;
         m->broken = false;
+        m->disk_full = false;
         m->st.compactions++;
     } else if (status == 0) {
         fprintf(stderr, "mempool: rewriting %s failed (%s)\n", m->log_path,
@@ -494,7 +496,9 @@ static void on_sync(uv_fs_t *req);
  * (after a failed fdatasync the kernel may have dropped the dirty pages), so its txs are
  * refused with EIO, and the log is rewritten from the durable entries before the next append. */
 static void log_failed(node_mempool *m, const char *what, ssize_t uvrc) {
-    fprintf(stderr, "mempool: %s %s: %s\n", what, m->log_path, uv_strerror((int)uvrc));
+    m->disk_full = uvrc == UV_ENOSPC || uvrc == -EDQUOT;
+    fprintf(stderr, "mempool: %s%s %s: %s\n", m->disk_full ? "ERROR: disk full: " : "", what, m->log_path,
+            uv_strerror((int)uvrc));
     m->broken = true;
     uint32_t i = m->fly_head;
     m->fly_head = NIL;
@@ -504,7 +508,7 @@ static void log_failed(node_mempool *m, const char *what, ssize_t uvrc) {
     while (i != NIL) {
         uint32_t next = m->ents[i].q_next;
         mp__entry *e = &m->ents[i];
-        ent_finish(m, i, e->gone ? gone_rc(e) : NODE_MEMPOOL_EIO);
+        ent_finish(m, i, e->gone ? gone_rc(e) : m->disk_full ? NODE_MEMPOOL_EDISKFULL : NODE_MEMPOOL_EIO);
         i = next;
     }
     m->writing = false;
@@ -1060,7 +1064,7 @@ static int submit(node_mempool *m, const uint8_t *tx, size_t len, node_mempool_d
     /* No log to make the tx durable in: never recovered (or recovery failed), or a failed
      * write not yet repaired by a rewrite. */
     if (m->broken || !m->recovered) {
-        rc = NODE_MEMPOOL_EIO;
+        rc = m->disk_full ? NODE_MEMPOOL_EDISKFULL : NODE_MEMPOOL_EIO;
         goto out;
     }
     if (m->cfg.precheck && (rc = m->cfg.precheck(m->cfg.precheck_ctx, &t)) != 0) {
@@ -1207,5 +1211,6 @@ int node_mempool_status(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BY
 }
 
 uint32_t node_mempool_size(const node_mempool *m) { return m->count; }
+bool node_mempool_disk_full(const node_mempool *m) { return m->disk_full; }
 
 void node_mempool_get_stats(const node_mempool *m, node_mempool_stats *out) { *out = m->st; }

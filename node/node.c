@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <sodium.h>
 #include <stdarg.h>
+#include <sys/statvfs.h>
 #include <time.h>
 
 uint64_t node_now_ms(void) {
@@ -129,6 +130,20 @@ static bool was_validated(node *n, const uint8_t hash[32]) {
 
 static void stop_node(node *n, int code);
 
+static bool is_disk_full(int rc) { return rc == LEDGER_EDISKFULL || rc == LEDGER_EFULL; }
+
+/* A write failed for lack of space: stop taking part (a vote or block we cannot store must
+ * not be acted on), keep serving reads, and wait for space (on_tick). */
+static void enter_disk_full(node *n, const char *what, int rc) {
+    if (n->disk_full) return;
+    n->disk_full = true;
+    n->disk_checked_ms = uv_now(&n->loop);
+    node_log(n, NODE_LOG_ERROR,
+             "disk full (%s): %s failed (%s); not voting, refusing txs (503 EDISKFULL), serving reads; "
+             "resumes by itself once %u MiB are free",
+             n->cfg.data_dir, what, ledger_strerror(rc), NODE_DISK_RESUME_BYTES >> 20);
+}
+
 /* Applies a committed block and everything that follows from it. */
 static void apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t len, const uint8_t *cert,
                             size_t cert_len, const uint8_t hash[32]) {
@@ -139,6 +154,13 @@ static void apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t
     if (b && b->header) node_archive_trades(n, b->header->time_ms);
     ledger_apply_info info;
     int rc = ledger_store_apply(n->store, blk, len, cert, cert_len, &n->ex, flags, &info);
+    if (is_disk_full(rc)) {
+        char what[64];
+        snprintf(what, sizeof what, "storing block %llu", (unsigned long long)height);
+        enter_disk_full(n, what, rc);
+        if (b) tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
+        return;
+    }
     if (rc != LEDGER_OK) {
         /* A certified block that does not apply means this node's state or code differs from
          * 2f+1 validators'. Running on would diverge: stop and let the operator look. */
@@ -202,7 +224,7 @@ static void on_fetch_timer(uv_timer_t *t) {
 
 static void do_actions(node *n) {
     pbft_actions *a = n->acts;
-    for (uint32_t i = 0; i < a->n && !n->stopping; i++) {
+    for (uint32_t i = 0; i < a->n && !n->stopping && !n->disk_full; i++) {
         pbft_action *x = &a->a[i];
         switch (x->kind) {
         case PBFT_ACT_SEND: send_pbft(n, x->to, x->msg, x->msg_len); break;
@@ -211,6 +233,12 @@ static void do_actions(node *n) {
             /* The vote record must be on disk before the vote leaves: a restart that forgot it
              * could sign a different block for the same (view, height). meta_put fsyncs. */
             int rc = ledger_store_meta_put(n->store, PBFT_VOTES_KEY, x->msg, x->msg_len);
+            if (is_disk_full(rc)) {
+                /* Nothing after an unpersisted vote may leave. */
+                enter_disk_full(n, "persisting a vote", rc);
+                pbft_actions_clear(a);
+                return;
+            }
             if (rc != LEDGER_OK) {
                 node_log(n, NODE_LOG_ERROR, "cannot persist votes: %s; stopping", ledger_strerror(rc));
                 stop_node(n, 1);
@@ -264,7 +292,7 @@ static void do_actions(node *n) {
 static void pump(node *n) {
     if (!n->rep_ok || n->stepping) return;
     n->stepping = true;
-    while (n->evq_n > 0 && !n->stopping) {
+    while (n->evq_n > 0 && !n->stopping && !n->disk_full) {
         node_queued_event q = n->evq[n->evq_head];
         n->evq_head = (n->evq_head + 1) % NODE_EVENT_QUEUE_MAX;
         n->evq_n--;
@@ -286,7 +314,7 @@ static void pump(node *n) {
 }
 
 static void step_now(node *n, const pbft_event *ev) {
-    if (!n->rep_ok) return;
+    if (!n->rep_ok || n->disk_full) return;
     if (queue_event(n, ev, ev->data, ev->len, ev->cert, ev->cert_len) == NODE_OK) pump(n);
 }
 
@@ -295,7 +323,7 @@ static void on_propose(uv_timer_t *t) {
     node *n = t->data;
     n->propose_armed = false;
     uint64_t h = n->want_proposal;
-    if (!h || h != ledger_store_height(n->store) + 1 || n->stopping) return;
+    if (!h || h != ledger_store_height(n->store) + 1 || n->stopping || n->disk_full) return;
     n->want_proposal = 0;
     uint32_t max = n->g.max_block_txs, cnt = 0;
     const uint8_t **txs = tem_calloc(max, sizeof *txs);
@@ -718,6 +746,18 @@ static void on_tick(uv_timer_t *t) {
     flush_gossip(n);
     serve_observers(n);
     uint64_t now = uv_now(&n->loop);
+    if (!n->disk_full && n->mp && node_mempool_disk_full(n->mp)) enter_disk_full(n, "a mempool log write", LEDGER_EDISKFULL);
+    if (n->disk_full) {
+        if (now - n->disk_checked_ms < NODE_DISK_CHECK_MS) return;
+        n->disk_checked_ms = now;
+        struct statvfs sv;
+        if (statvfs(n->cfg.data_dir, &sv) == 0 && (uint64_t)sv.f_bavail * sv.f_frsize >= NODE_DISK_RESUME_BYTES) {
+            node_log(n, NODE_LOG_INFO, "disk space is back (%llu MiB free in %s): restarting to resume",
+                     (unsigned long long)((uint64_t)sv.f_bavail * sv.f_frsize >> 20), n->cfg.data_dir);
+            stop_node(n, NODE_EXIT_RESTART);
+        }
+        return;
+    }
     if (n->rep_ok && now - n->last_regossip_ms >= 1000) {
         n->last_regossip_ms = now;
         regossip(n);

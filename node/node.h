@@ -12,6 +12,9 @@
 /* temd's exit status when it refuses to start until an operator acts (a damaged mempool log):
  * systemd's RestartPreventExitStatus should name it, so the unit does not restart in a loop. */
 #define NODE_EXIT_OPERATOR 3
+/* node_run's status when temd should start again in place (space came back after a full
+ * disk): temd re-executes itself with the same arguments. */
+#define NODE_EXIT_RESTART 75
 
 #define NODE_ERRNO_MAP(X)                                                                          \
     X(ECONFIG, -501, "invalid configuration")                                                      \

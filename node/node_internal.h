@@ -38,6 +38,9 @@ typedef struct {
     uint64_t tokens_m, last_ms; /* milli-tokens */
 } node_obs_req;
 
+#define NODE_DISK_CHECK_MS 2000
+#define NODE_DISK_RESUME_BYTES (16u << 20)
+
 #define NODE_CURTAIL_KEEP 32
 typedef struct {
     uint64_t height;
@@ -116,6 +119,11 @@ typedef struct node {
     node_curtail curtail[NODE_CURTAIL_KEEP];
     uint32_t curtail_next;
     uint64_t ncurtail;
+    /* Disk full (docs/operate.md "Limits and faults"): no voting, no applying, txs refused
+     * 503 EDISKFULL, reads served; free space is checked every NODE_DISK_CHECK_MS and once
+     * NODE_DISK_RESUME_BYTES are free temd restarts itself (NODE_EXIT_RESTART) to resume. */
+    bool disk_full;
+    uint64_t disk_checked_ms;
     node_obs_req obs_req[NET_OBSERVERS_MAX];
     uint32_t obs_rr;
     uint64_t obs_reqs_dropped;
