@@ -563,6 +563,31 @@ static void serve_observers(node *n) {
     }
 }
 
+static int start_consensus(node *n);
+
+/* sync_first: notes a validator's tip; starts voting once f+1 validators have answered and
+ * this node is past the highest tip they named (at once on a chain nobody has extended). */
+static void sync_first_progress(node *n, uint32_t from, uint64_t tip) {
+    if (!n->sync_first || from >= n->g.n_validators || from >= 64) return;
+    uint32_t f = (n->g.n_validators - 1) / 3;
+    uint32_t heard = (uint32_t)__builtin_popcountll(n->sf_tip_mask);
+    /* The target is fixed once f+1 have answered: chasing later tips would never end. */
+    if (heard < f + 1 && !(n->sf_tip_mask >> from & 1)) {
+        n->sf_tip_mask |= 1ull << from;
+        if (tip > n->sf_tip) n->sf_tip = tip;
+        heard++;
+    }
+    uint64_t h = ledger_store_height(n->store);
+    if (heard < f + 1 || (n->sf_tip > 0 && h <= n->sf_tip)) return;
+    n->sync_first = false;
+    node_log(n, NODE_LOG_INFO, "caught up to height %llu past the tip %llu named by %u validators: voting from now on",
+             (unsigned long long)h, (unsigned long long)n->sf_tip, heard);
+    if (start_consensus(n) != NODE_OK) {
+        node_log(n, NODE_LOG_ERROR, "cannot start consensus after catching up; stopping");
+        stop_node(n, 1);
+    }
+}
+
 static void got_blocks(node *n, const Tem__V1__BlockBatch *bb) {
     for (size_t i = 0; i < bb->n_blocks && !n->stopping; i++) {
         Tem__V1__CommittedBlock *cb = bb->blocks[i];
@@ -635,6 +660,7 @@ static void on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, siz
     }
     switch (m->kind_case) {
     case TEM__V1__NODE_MESSAGE__KIND_PBFT:
+        if (p->is_validator && p->id < LEDGER_VALIDATORS_MAX) n->last_pbft_ms[p->id] = uv_now(&n->loop);
         if (n->rep_ok && p->is_validator) {
             pbft_event ev = {.kind = PBFT_EV_MESSAGE, .from = p->id, .data = m->pbft.data, .len = m->pbft.len};
             step_now(n, &ev);
@@ -662,7 +688,10 @@ static void on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, siz
             park_observer_request(n, p, m->block_request);
         break;
     case TEM__V1__NODE_MESSAGE__KIND_BLOCKS:
-        if (m->blocks) got_blocks(n, m->blocks);
+        if (m->blocks) {
+            got_blocks(n, m->blocks);
+            if (p->is_validator && !n->stopping) sync_first_progress(n, p->id, m->blocks->tip_height);
+        }
         break;
     default:
         node_log(n, NODE_LOG_DEBUG, "unknown message kind from peer %u", p->id);
@@ -967,7 +996,19 @@ int node_run(const node_config *cfg) {
     }
     n->started_wall_ms = node_now_ms();
     if (uv_timer_start(&n->t_tick, on_tick, 10, 10) != 0) goto stop;
-    if (n->self >= 0 && start_consensus(n) != NODE_OK) goto stop;
+    if (n->self >= 0) {
+        uint8_t *rec;
+        size_t rl;
+        bool has_votes = ledger_store_meta_get(n->store, PBFT_VOTES_KEY, &rec, &rl) == LEDGER_OK;
+        if (has_votes) tem_free(rec);
+        if (ledger_store_height(n->store) == 0 && !has_votes) {
+            n->sync_first = true;
+            node_log(n, NODE_LOG_INFO, "empty data dir: following the chain without voting until past the tip that "
+                                       "f+1 validators name (it may have voted before it lost its data)");
+        } else if (start_consensus(n) != NODE_OK) {
+            goto stop;
+        }
+    }
     n->exit_code = 0;
     goto run;
 stop:

@@ -124,6 +124,15 @@ typedef struct node {
      * NODE_DISK_RESUME_BYTES are free temd restarts itself (NODE_EXIT_RESTART) to resume. */
     bool disk_full;
     uint64_t disk_checked_ms;
+    /* uv_now of the last consensus message from each validator (0 = none yet): /v1/status
+     * names as disconnected the validators silent for a view timeout, whatever TCP says. */
+    uint64_t last_pbft_ms[LEDGER_VALIDATORS_MAX];
+    /* A validator started on an empty data dir may have voted before it lost its disk: it
+     * follows the chain without voting until it has heard the tip from f+1 validators (one at
+     * least honest) and passed the highest of them (docs/operate.md). */
+    bool sync_first;
+    uint64_t sf_tip_mask;
+    uint64_t sf_tip;
     node_obs_req obs_req[NET_OBSERVERS_MAX];
     uint32_t obs_rr;
     uint64_t obs_reqs_dropped;
