@@ -929,7 +929,7 @@ int net_new(uv_loop_t *loop, const net_config *cfg, const net_callbacks *cb, net
         if (has_addr && net_addr_split(g->validators[i].address, host, sizeof host, &port) == NET_OK &&
             (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) == 0 || uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) == 0) &&
             strlen(host) < sizeof n->val_ip[i])
-            snprintf(n->val_ip[i], sizeof n->val_ip[i], "%s", host);
+            memcpy(n->val_ip[i], host, strlen(host) + 1); /* fits: checked just above */
     }
     for (uint32_t i = 0; i < c->observers_max; i++) {
         n->observers[i].n = n;
