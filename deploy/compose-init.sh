@@ -13,6 +13,8 @@ work=$(mktemp -d)
 temctl testnet gen --dir "$work/tn" --hosts "${TEM_HOSTS:?}" --prosumers "${TEM_PROSUMERS:-32}" \
     --slot-seconds "${TEM_SLOT_SECONDS:-3}" --mechanism "${TEM_MECHANISM:-cda}" \
     --feeder /usr/share/tem/feeders/case33bw --quiet
+# Validators admit only listed observers: the testnet's one.
+obs_pub=$(sed -n 's/.*"public" *: *"\([0-9a-f]*\)".*/\1/p' "$work/tn/keys/observer.key")
 for i in 0 1 2 3 4; do
     if [ "$i" = 4 ]; then key=observer.key; out=/keys/observer; obs=true; else key=v$i.key; out=/keys/v$i; obs=false; fi
     install -m 0600 "$work/tn/keys/$key" "$out/node.key"
@@ -25,6 +27,7 @@ listen = 0.0.0.0:26600
 http = 0.0.0.0:26700
 observer = $obs
 log_level = info
+observer_key = $obs_pub
 CONF
 done
 install -m 0644 "$work/tn/genesis.json" /genesis/genesis.json.tmp

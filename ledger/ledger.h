@@ -52,7 +52,8 @@
     X(ETIME, -124, "block time not after its parent's")                                            \
     X(EBLOCK, -125, "malformed block")                                                             \
     X(ECORRUPT, -126, "stored data is corrupt")                                                    \
-    X(EKEYFILE, -127, "unreadable or malformed key file")
+    X(EKEYFILE, -127, "unreadable or malformed key file")                                          \
+    X(EDISKFULL, -128, "disk full")
 
 enum ledger_err {
     LEDGER_OK = 0,
@@ -417,7 +418,9 @@ TEM_WUR int ledger_store_apply(ledger_store *s, const uint8_t *block, size_t blo
 TEM_WUR int ledger_block_precheck(ledger_store *s, const uint8_t *block, size_t block_len,
                                   uint64_t max_time_ms, ledger_tx **txs_out, size_t *n_out);
 
-/* Copies of stored records (tem_malloc'd, caller frees). LEDGER_ENOTFOUND, LEDGER_EIO. */
+/* Copies of stored records (tem_malloc'd, caller frees). LEDGER_ENOTFOUND, LEDGER_EIO.
+ * ledger_store_block also checks the bytes against the block's recorded hash (certificate,
+ * successor or tip) and tx_root: LEDGER_ECORRUPT (logged) instead of a damaged block. */
 TEM_WUR int ledger_store_block(ledger_store *s, uint64_t height, uint8_t **out, size_t *len);
 TEM_WUR int ledger_store_cert(ledger_store *s, uint64_t height, uint8_t **out, size_t *len);
 TEM_WUR int ledger_store_receipt(ledger_store *s, const uint8_t txid[32], uint64_t *height,

@@ -31,6 +31,8 @@ static int map_mdb(int rc, const char *what) {
     if (rc == MDB_NOTFOUND) return LEDGER_ENOTFOUND;
     fprintf(stderr, "ledger: lmdb %s: %s\n", what, mdb_strerror(rc));
     if (rc == MDB_MAP_FULL) return LEDGER_EFULL;
+    /* Its own code: a full disk is an operator's problem to fix, not corruption or a bug. */
+    if (rc == ENOSPC || rc == EDQUOT) return LEDGER_EDISKFULL;
     if (rc == ENOMEM) return LEDGER_ENOMEM;
     return LEDGER_EIO;
 }
@@ -509,10 +511,79 @@ static int get_copy(ledger_store *s, int db, const void *key, size_t klen, uint8
     return rc;
 }
 
+/* The hash a stored block must have: its certificate's, or (offline-executed chains have no
+ * certificates) the next block's prev_hash, or the tip's. 0 found, -1 none to compare with. */
+static int expected_hash(ledger_store *s, uint64_t height, uint8_t out[32]) {
+    uint8_t k[8], *v;
+    size_t vl;
+    tem_put_u64be(k, height);
+    if (get_copy(s, DB_CERTS, k, 8, &v, &vl) == LEDGER_OK) {
+        Tem__V1__CommitCertificate *c = tem__v1__commit_certificate__unpack(&ledger_pb_allocator, vl, v);
+        tem_free(v);
+        int rc = c && c->block_hash.len == 32 ? 0 : 1;
+        if (rc == 0) memcpy(out, c->block_hash.data, 32);
+        if (c) tem__v1__commit_certificate__free_unpacked(c, &ledger_pb_allocator);
+        return rc == 0 ? 0 : -2; /* an undecodable certificate is corruption too */
+    }
+    if (height == s->height) {
+        memcpy(out, s->last_hash, 32);
+        return 0;
+    }
+    tem_put_u64be(k, height + 1);
+    if (get_copy(s, DB_BLOCKS, k, 8, &v, &vl) != LEDGER_OK) return -1;
+    Tem__V1__Block *nb = tem__v1__block__unpack(&ledger_pb_allocator, vl, v);
+    tem_free(v);
+    int rc = nb && nb->header && nb->header->prev_hash.len == 32 ? 0 : -2;
+    if (rc == 0) memcpy(out, nb->header->prev_hash.data, 32);
+    if (nb) tem__v1__block__free_unpacked(nb, &ledger_pb_allocator);
+    return rc;
+}
+
+/* Checks stored block bytes before they leave the store: they decode, their header hash is the
+ * one recorded for that height, and their txs hash to the header's tx_root. A flipped byte on
+ * disk is reported (LEDGER_ECORRUPT, logged) instead of served with a wrong hash. */
+static int check_stored_block(ledger_store *s, uint64_t height, const uint8_t *b, size_t len) {
+    Tem__V1__Block *blk = tem__v1__block__unpack(&ledger_pb_allocator, len, b);
+    const char *why = NULL;
+    uint8_t h[32], want[32];
+    if (blk == NULL || blk->header == NULL || blk->header->height != height) {
+        why = "does not decode or has another height";
+    } else if (ledger_block_hash(blk->header, h) != LEDGER_OK || blk->header->tx_root.len != 32) {
+        why = "header has malformed hash fields";
+    } else {
+        int e = expected_hash(s, height, want);
+        if (e == -2) why = "its certificate or successor does not decode";
+        else if (e == 0 && memcmp(h, want, 32) != 0) why = "header hash differs from its certificate's";
+    }
+    if (why == NULL) {
+        uint8_t(*ids)[32] = tem_malloc((blk->n_txs ? blk->n_txs : 1) * 32), root[32];
+        if (ids == NULL) {
+            tem__v1__block__free_unpacked(blk, &ledger_pb_allocator);
+            return LEDGER_ENOMEM;
+        }
+        for (size_t i = 0; i < blk->n_txs; i++) ledger_sha256(ids[i], blk->txs[i]->body.data, blk->txs[i]->body.len);
+        if (ledger_merkle_root(root, (const uint8_t(*)[32])ids, blk->n_txs) != LEDGER_OK ||
+            memcmp(root, blk->header->tx_root.data, 32) != 0)
+            why = "txs do not match the header's tx_root";
+        tem_free(ids);
+    }
+    if (blk) tem__v1__block__free_unpacked(blk, &ledger_pb_allocator);
+    if (why == NULL) return LEDGER_OK;
+    fprintf(stderr, "ledger: ERROR: stored block %llu is corrupt (%s); not serving it\n", (unsigned long long)height, why);
+    return LEDGER_ECORRUPT;
+}
+
 int ledger_store_block(ledger_store *s, uint64_t height, uint8_t **out, size_t *len) {
     uint8_t k[8];
     tem_put_u64be(k, height);
-    return get_copy(s, DB_BLOCKS, k, 8, out, len);
+    int rc = get_copy(s, DB_BLOCKS, k, 8, out, len);
+    if (rc != LEDGER_OK) return rc;
+    if ((rc = check_stored_block(s, height, *out, *len)) != LEDGER_OK) {
+        tem_free(*out);
+        *out = NULL;
+        *len = 0;
+    }
+    return rc;
 }
 int ledger_store_cert(ledger_store *s, uint64_t height, uint8_t **out, size_t *len) {
     uint8_t k[8];

@@ -144,6 +144,11 @@ int net_hs_init(net_hs *hs, int role, const ledger_genesis *g, const uint8_t sec
 
 bool net_hs_done(const net_hs *hs) { return hs->step == 4; }
 
+void net_hs_allow_observers(net_hs *hs, const uint8_t (*keys)[LEDGER_ED_PUB_BYTES], uint32_t n) {
+    hs->allowed = keys;
+    hs->n_allowed = keys ? n : 0;
+}
+
 static bool my_turn(const net_hs *hs) {
     if (hs->step == 1 || hs->step == 3) return hs->role == NET_HS_INITIATOR;
     if (hs->step == 2) return hs->role == NET_HS_RESPONDER;
@@ -230,7 +235,9 @@ static int admit_key(net_hs *hs, const uint8_t pk[32]) {
         if (idx < 0) return NET_EUNKNOWN;
         if (hs->has_expected && memcmp(pk, hs->expected_pk, 32) != 0) return NET_EAUTH;
     } else if (idx < 0 && !hs->accept_observers) {
-        return NET_EUNKNOWN;
+        bool listed = false;
+        for (uint32_t i = 0; i < hs->n_allowed && !listed; i++) listed = memcmp(hs->allowed[i], pk, 32) == 0;
+        if (!listed) return NET_EUNKNOWN;
     }
     hs->peer_index = idx;
     memcpy(hs->peer_pk, pk, 32);

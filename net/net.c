@@ -8,6 +8,8 @@
 #include <sodium.h>
 
 #define RXBUF_BYTES 65536
+/* First allocation for a partial frame; it doubles as bytes arrive, up to the frame's length. */
+#define FRAME_CHUNK_BYTES 65536
 
 enum { C_CONNECTING = 1, C_HANDSHAKE, C_OPEN, C_CLOSING };
 
@@ -42,11 +44,16 @@ struct net__conn {
     net_hs hs;
     net_session sess;
     char remote[64];
+    char ip[48];  /* remote IP alone, for the per-address handshake cap */
+    bool quiet;   /* close logged at debug level (refused floods) */
+    bool paused;  /* reading stopped for back-pressure */
+    uint64_t last_progress_ms; /* last write completion, or when the queue became non-empty */
     /* frame reader */
     uint8_t hdr[4];
     size_t hdr_got;
     uint8_t *frame;
-    uint32_t frame_len, frame_got;
+    uint32_t frame_len, frame_got, frame_cap;
+    uint64_t frame_started_ms;
     /* token buckets, in milli-tokens so integer refills stay exact at low rates */
     uint64_t tok_bytes_m, tok_msgs_m, refill_ms;
     uint64_t dropped_since_log;
@@ -69,6 +76,9 @@ struct net {
     net__peer *observers;
     net__conn *conns; /* every connection, any state */
     uint32_t n_conns;
+    uint8_t (*obs_keys)[LEDGER_ED_PUB_BYTES]; /* listed observer keys (owned copy) */
+    char val_ip[LEDGER_VALIDATORS_MAX][48];  /* numeric hosts of the genesis validators, "" if named */
+    uint32_t n_obs_keys;
     net_stats stats;
 };
 
@@ -166,8 +176,9 @@ static void conn_close(net__conn *c, int reason) {
     c->state = C_CLOSING;
     char name[128];
     peer_name(c, name, sizeof name);
-    int level = (reason == NET_ECLOSING || reason == NET_EEOF || reason == NET_EREPLACED) ? NET_LOG_INFO
-                                                                                           : NET_LOG_WARN;
+    int level = c->quiet ? NET_LOG_DEBUG
+                : (reason == NET_ECLOSING || reason == NET_EEOF || reason == NET_EREPLACED) ? NET_LOG_INFO
+                                                                                            : NET_LOG_WARN;
     nlog(n, level, "close %s: %s (%s)", name, net_strerror(reason), net_errname(reason));
     count_close(n, reason);
     if (was == C_HANDSHAKE || was == C_CONNECTING) {
@@ -234,6 +245,39 @@ static void fill_remote(net__conn *c) {
         port = ntohs(a->sin6_port);
     }
     snprintf(c->remote, sizeof c->remote, "%s:%d", ip, port);
+    snprintf(c->ip, sizeof c->ip, "%s", ip);
+}
+
+/* Send-queue cap of a connection: observers get a smaller one than validators. */
+static uint64_t queue_max(const net__conn *c) {
+    const net *n = c->n;
+    if (c->peer != NULL && !c->peer->is_validator) return n->cfg.observer_send_queue_bytes_max;
+    return n->cfg.send_queue_bytes_max;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/* Stops reading from a peer whose send queue is over half its cap: whatever it asks for
+ * could not be sent anyway, and its requests are what fills the queue. */
+static void maybe_pause(net__conn *c) {
+    if (c->state != C_OPEN || c->paused || c->tcp.write_queue_size <= queue_max(c) / 2) return;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->paused = true;
+    c->n->stats.paused_reads++;
+    char name[128];
+    nlog(c->n, NET_LOG_DEBUG, "back-pressure: not reading %s (%zu bytes queued to it)", peer_name(c, name, sizeof name),
+         c->tcp.write_queue_size);
+}
+
+static void maybe_resume(net__conn *c) {
+    if (c->state != C_OPEN || !c->paused || c->tcp.write_queue_size > queue_max(c) / 4) return;
+    c->paused = false;
+    int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (rc != 0) {
+        nlog(c->n, NET_LOG_WARN, "uv_read_start: %s", uv_strerror(rc));
+        conn_close(c, NET_EUV);
+    }
 }
 
 /* ------------------------------------------------------------------ writing */
@@ -245,12 +289,17 @@ static void on_write(uv_write_t *req, int status) {
         conn_close(c, NET_EUV);
     }
     tem_free(w);
+    if (status == 0 && c->state != C_CLOSING) {
+        c->last_progress_ms = uv_now(c->n->loop);
+        maybe_resume(c);
+    }
 }
 
 /* Queues `w` (its data is the complete wire frame). Takes ownership of w. */
 static int conn_write(net__conn *c, net__wreq *w) {
     uv_buf_t buf = uv_buf_init((char *)w->data, (unsigned)w->len);
     w->req.data = c;
+    if (c->tcp.write_queue_size == 0) c->last_progress_ms = uv_now(c->n->loop);
     int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, on_write);
     if (rc != 0) {
         tem_free(w);
@@ -282,9 +331,8 @@ static int send_hs(net__conn *c) {
 }
 
 static int conn_send(net__conn *c, const void *data, size_t len) {
-    net *n = c->n;
     if (c->state != C_OPEN) return NET_ENOTCONN;
-    if (c->tcp.write_queue_size + len > n->cfg.send_queue_bytes_max) return NET_EFULL;
+    if (c->tcp.write_queue_size + len > queue_max(c)) return NET_EFULL;
     net__wreq *w = tem_malloc(sizeof *w + NET_FRAME_HEADER_BYTES + len + NET_AEAD_TAG_BYTES);
     if (w == NULL) return NET_ENOMEM;
     int rc = net_session_seal(&c->sess, data, len, w->data);
@@ -520,6 +568,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
                     handle_hs_frame(c, f, len);
                 else
                     handle_data_frame(c, f, len);
+                maybe_pause(c);
                 continue;
             }
         }
@@ -537,16 +586,32 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
                 conn_close(c, rc);
                 return;
             }
-            c->frame = tem_malloc(len);
+            /* Only a first chunk: a peer that announces 16 MiB and sends 1 KiB pins 64 KiB,
+             * and the frame deadline frees even that. */
+            c->frame_cap = len < FRAME_CHUNK_BYTES ? len : FRAME_CHUNK_BYTES;
+            c->frame = tem_malloc(c->frame_cap);
             if (c->frame == NULL) {
                 conn_close(c, NET_ENOMEM);
                 return;
             }
             c->frame_len = len;
             c->frame_got = 0;
+            c->frame_started_ms = uv_now(n->loop);
         }
         size_t need = c->frame_len - c->frame_got;
         size_t k = need < left ? need : left;
+        if (c->frame_got + k > c->frame_cap) {
+            uint64_t cap = (uint64_t)c->frame_cap * 2;
+            if (cap < c->frame_got + k) cap = c->frame_got + k;
+            if (cap > c->frame_len) cap = c->frame_len;
+            uint8_t *grown = tem_realloc(c->frame, (size_t)cap);
+            if (grown == NULL) {
+                conn_close(c, NET_ENOMEM);
+                return;
+            }
+            c->frame = grown;
+            c->frame_cap = (uint32_t)cap;
+        }
         memcpy(c->frame + c->frame_got, p, k);
         c->frame_got += (uint32_t)k;
         p += k;
@@ -563,7 +628,25 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
         else
             handle_data_frame(c, f, flen);
         tem_free(f);
+        maybe_pause(c);
     }
+}
+
+/* Whether a new inbound connection from `ip` gets a handshake slot. An address that is a
+ * genesis validator's (numeric) host only has its per-address cap: strangers filling the
+ * shared table cannot keep a restarted validator out. */
+static bool handshake_slot_free(net *n, const net__conn *self, const char *ip) {
+    uint32_t all = 0, same = 0;
+    for (const net__conn *c = n->conns; c; c = c->next) {
+        if (c == self || c->outbound || c->state != C_HANDSHAKE) continue;
+        all++;
+        same += strcmp(c->ip, ip) == 0;
+    }
+    bool validator_host = false;
+    for (uint32_t i = 0; i < n->cfg.genesis->n_validators && !validator_host; i++)
+        validator_host = n->val_ip[i][0] && strcmp(n->val_ip[i], ip) == 0;
+    if (same >= n->cfg.handshakes_per_addr_max) return false;
+    return validator_host || all < n->cfg.handshakes_max;
 }
 
 /* ------------------------------------------------------------------ accepting */
@@ -594,11 +677,17 @@ static void on_connection(uv_stream_t *server, int status) {
         return;
     }
     fill_remote(c);
-    c->state = C_HANDSHAKE;
-    if (n->n_conns > n->cfg.conns_max) {
+    if (!handshake_slot_free(n, c, c->ip) || n->n_conns > n->cfg.conns_max) {
+        c->state = C_HANDSHAKE;
+        /* One line per 100 refusals: a flood must not also flood the log. */
+        c->quiet = n->stats.refused_handshake_slots++ % 100 != 0;
+        if (!c->quiet)
+            nlog(n, NET_LOG_WARN, "no handshake slot for %s (%llu refused so far; limits %u, %u per address)", c->remote,
+                 (unsigned long long)n->stats.refused_handshake_slots, n->cfg.handshakes_max, n->cfg.handshakes_per_addr_max);
         conn_close(c, NET_ELIMIT);
         return;
     }
+    c->state = C_HANDSHAKE;
     if ((rc = uv_tcp_nodelay(&c->tcp, 1)) != 0) nlog(n, NET_LOG_DEBUG, "nodelay: %s", uv_strerror(rc));
     /* A peer that vanished without a FIN (power loss, cut link) is noticed by the kernel's
      * probes within about a minute, which starts the redial. */
@@ -608,6 +697,7 @@ static void on_connection(uv_stream_t *server, int status) {
         conn_close(c, rc);
         return;
     }
+    net_hs_allow_observers(&c->hs, (const uint8_t(*)[LEDGER_ED_PUB_BYTES])n->obs_keys, n->n_obs_keys);
     if ((rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read)) != 0) {
         nlog(n, NET_LOG_WARN, "uv_read_start: %s", uv_strerror(rc));
         conn_close(c, NET_EUV);
@@ -719,8 +809,24 @@ static void on_tick(uv_timer_t *t) {
     uint64_t now = uv_now(n->loop);
     for (net__conn *c = n->conns, *next; c; c = next) {
         next = c->next;
-        if ((c->state == C_CONNECTING || c->state == C_HANDSHAKE) && now >= c->deadline_ms)
+        if ((c->state == C_CONNECTING || c->state == C_HANDSHAKE) && now >= c->deadline_ms) {
             conn_close(c, NET_ETIMEOUT);
+            continue;
+        }
+        if (c->state == C_OPEN && c->tcp.write_queue_size > 0 && now - c->last_progress_ms >= n->cfg.send_stall_timeout_ms) {
+            char name[128];
+            nlog(n, NET_LOG_WARN, "%s has read nothing for %llu ms (%zu bytes queued): closing", peer_name(c, name, sizeof name),
+                 (unsigned long long)(now - c->last_progress_ms), c->tcp.write_queue_size);
+            n->stats.closed_stalled++;
+            conn_close(c, NET_ETIMEOUT);
+            continue;
+        }
+        if (c->frame != NULL && c->state != C_CLOSING && now - c->frame_started_ms >= n->cfg.frame_timeout_ms) {
+            char name[128];
+            nlog(n, NET_LOG_WARN, "%s left a frame unfinished (%u of %u bytes) for %llu ms", peer_name(c, name, sizeof name),
+                 c->frame_got, c->frame_len, (unsigned long long)(now - c->frame_started_ms));
+            conn_close(c, NET_ETIMEOUT);
+        }
     }
     for (uint32_t i = 0; i < n->cfg.genesis->n_validators; i++) {
         net__peer *p = &n->validators[i];
@@ -735,6 +841,8 @@ int net_new(uv_loop_t *loop, const net_config *cfg, const net_callbacks *cb, net
     const ledger_genesis *g = cfg->genesis;
     if (g->n_validators == 0 || g->n_validators > LEDGER_VALIDATORS_MAX) return NET_EINVAL;
     if (cfg->observers_max > NET_OBSERVERS_MAX) return NET_EINVAL;
+    if (cfg->n_observer_keys > NET_OBSERVER_KEYS_MAX || (cfg->n_observer_keys > 0 && cfg->observer_keys == NULL))
+        return NET_EINVAL;
     if (cfg->frame_bytes_max > NET_FRAME_BYTES_MAX_LIMIT) return NET_EINVAL;
     if (cfg->rate_policy != NET_LIMIT_DROP && cfg->rate_policy != NET_LIMIT_CLOSE) return NET_EINVAL;
     /* Token buckets hold rate * burst_ms milli-tokens in a u64. */
@@ -780,12 +888,23 @@ int net_new(uv_loop_t *loop, const net_config *cfg, const net_callbacks *cb, net
     if (c->backoff_max_ms == 0) c->backoff_max_ms = 10000;
     if (c->backoff_max_ms < c->backoff_min_ms) c->backoff_max_ms = c->backoff_min_ms;
     if (c->tick_ms == 0) c->tick_ms = 25;
+    if (c->handshakes_max == 0) c->handshakes_max = 32;
+    if (c->handshakes_per_addr_max == 0) c->handshakes_per_addr_max = 4;
+    if (c->observer_send_queue_bytes_max == 0) c->observer_send_queue_bytes_max = 16u << 20;
+    if (c->send_stall_timeout_ms == 0) c->send_stall_timeout_ms = 20000;
+    if (c->frame_timeout_ms == 0) c->frame_timeout_ms = 30000;
     n->observers = tem_calloc(c->observers_max, sizeof *n->observers);
-    if (n->observers == NULL) {
+    if (cfg->n_observer_keys > 0) n->obs_keys = tem_calloc(cfg->n_observer_keys, sizeof *n->obs_keys);
+    if (n->observers == NULL || (cfg->n_observer_keys > 0 && n->obs_keys == NULL)) {
+        tem_free(n->observers);
+        tem_free(n->obs_keys);
         sodium_memzero(n, sizeof *n);
         tem_free(n);
         return NET_ENOMEM;
     }
+    if (cfg->n_observer_keys > 0) memcpy(n->obs_keys, cfg->observer_keys, cfg->n_observer_keys * sizeof *n->obs_keys);
+    n->n_obs_keys = cfg->n_observer_keys;
+    c->observer_keys = NULL; /* borrowed by the caller: only the copy is kept */
     memcpy(n->self_pk, pk, 32);
     n->self_index = -1;
     for (uint32_t i = 0; i < g->n_validators; i++)
@@ -804,6 +923,13 @@ int net_new(uv_loop_t *loop, const net_config *cfg, const net_callbacks *cb, net
                                          : (c->observer_dial_mask == 0 || (c->observer_dial_mask >> i) & 1);
         p->dial = has_addr && (int)i != n->self_index && wanted;
         p->next_dial_ms = 0;
+        char host[128];
+        uint16_t port;
+        struct sockaddr_storage ss;
+        if (has_addr && net_addr_split(g->validators[i].address, host, sizeof host, &port) == NET_OK &&
+            (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) == 0 || uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) == 0) &&
+            strlen(host) < sizeof n->val_ip[i])
+            memcpy(n->val_ip[i], host, strlen(host) + 1); /* fits: checked just above */
     }
     for (uint32_t i = 0; i < c->observers_max; i++) {
         n->observers[i].n = n;
@@ -968,6 +1094,7 @@ void net_free(net *n) {
     TEM_ASSERT(n->conns == NULL);
     TEM_ASSERT(n->resolving == 0);
     tem_free(n->observers);
+    tem_free(n->obs_keys);
     sodium_memzero(n, sizeof *n);
     tem_free(n);
 }

@@ -94,6 +94,10 @@ typedef struct {
     const ledger_genesis *genesis;
     uint8_t my_sec[LEDGER_ED_SEC_BYTES];
     bool accept_observers;
+    /* Responder: observer keys admitted even when accept_observers is false (borrowed; set
+     * with net_hs_allow_observers). */
+    const uint8_t (*allowed)[LEDGER_ED_PUB_BYTES];
+    uint32_t n_allowed;
     bool has_expected;
     uint8_t expected_pk[LEDGER_ED_PUB_BYTES];
     uint8_t e_sk[32], e_pk[32], peer_e_pk[32];
@@ -111,6 +115,10 @@ typedef struct {
 TEM_WUR int net_hs_init(net_hs *hs, int role, const ledger_genesis *g,
                         const uint8_t sec[LEDGER_ED_SEC_BYTES], const uint8_t *expected,
                         bool accept_observers);
+/* Responder: admits these observer keys too (borrowed: must outlive the handshake). A key
+ * that is neither a genesis validator nor listed is refused with NET_EUNKNOWN unless
+ * accept_observers was given to net_hs_init. */
+void net_hs_allow_observers(net_hs *hs, const uint8_t (*keys)[LEDGER_ED_PUB_BYTES], uint32_t n);
 /* Writes our next message into out (cap >= its size). NET_OK, NET_ESTATE (not our turn),
  * NET_EINVAL (cap too small), NET_ECRYPTO. */
 TEM_WUR int net_hs_write(net_hs *hs, uint8_t *out, size_t cap, size_t *len);
@@ -145,6 +153,7 @@ TEM_WUR int net_addr_split(const char *addr, char *host, size_t host_cap, uint16
  * slot for an observer connected to us. */
 #define NET_OBSERVER_ID_BASE 1000u
 #define NET_OBSERVERS_MAX 256
+#define NET_OBSERVER_KEYS_MAX 256
 #define NET_PEER_ID_NONE UINT32_MAX
 
 enum { NET_LIMIT_DROP = 0, NET_LIMIT_CLOSE = 1 };
@@ -175,13 +184,33 @@ typedef struct {
     uint8_t sec[LEDGER_ED_SEC_BYTES]; /* our Ed25519 key (copied, wiped by net_free) */
     /* Our listener, "host:port" (numeric host; port 0 picks a free port), or NULL for none. */
     const char *listen;
-    bool accept_observers; /* accept keys that are not genesis validators, as observers */
+    /* Observers: keys that are not genesis validators are refused (EUNKNOWN) unless listed in
+     * observer_keys (copied) or accept_observers is set (any key; for open read-only nodes). */
+    bool accept_observers;
+    const uint8_t (*observer_keys)[LEDGER_ED_PUB_BYTES];
+    uint32_t n_observer_keys; /* <= NET_OBSERVER_KEYS_MAX */
     /* Observers only: bit i set = dial validator i; 0 = every validator with an address. */
     uint64_t observer_dial_mask;
     uint32_t observers_max; /* observer slots, <= NET_OBSERVERS_MAX; 0 -> 16 */
     uint32_t conns_max; /* connections at once, handshaking ones included; 0 -> 256 */
+    /* Inbound connections that have not finished the handshake: at most handshakes_max
+     * (0 -> 32) in all and handshakes_per_addr_max (0 -> 4) from one IP address; more are
+     * closed at once (ELIMIT). Authenticated sessions never count against these, so a flood
+     * of half-open connections cannot keep a validator from its peers. */
+    uint32_t handshakes_max;
+    uint32_t handshakes_per_addr_max;
     uint32_t frame_bytes_max; /* largest plaintext payload; 0 -> NET_FRAME_BYTES_MAX_DEFAULT */
-    uint64_t send_queue_bytes_max; /* per peer, bytes waiting in libuv; 0 -> 64 MiB */
+    uint64_t send_queue_bytes_max; /* per validator, bytes waiting in libuv; 0 -> 64 MiB */
+    uint64_t observer_send_queue_bytes_max; /* per observer; 0 -> 16 MiB */
+    /* Back-pressure: while a peer's send queue holds more than half its cap we stop reading
+     * from it (so it cannot make us produce more); reading resumes below a quarter. A queue
+     * that makes no progress for send_stall_timeout_ms (0 -> 20000) closes the connection
+     * (ETIMEOUT): a peer that never reads is disconnected. */
+    uint64_t send_stall_timeout_ms;
+    /* A frame whose first bytes arrived must be complete within frame_timeout_ms (0 -> 30000),
+     * else ETIMEOUT. Its buffer grows with the bytes received, never to the announced length
+     * at once. */
+    uint64_t frame_timeout_ms;
     /* Inbound limits per peer: token buckets refilled at these rates holding `rate_burst_ms`
      * worth of tokens. 0 = unlimited. Excess frames are dropped or close the connection. */
     uint64_t rate_bytes_per_s;
@@ -201,6 +230,9 @@ typedef struct {
     uint64_t frames_dropped_rate; /* dropped by NET_LIMIT_DROP */
     uint64_t closed_rate, closed_decrypt, closed_frame, closed_toobig, closed_auth;
     uint64_t dials, dial_failures;
+    uint64_t refused_handshake_slots; /* inbound connections closed for lack of a handshake slot */
+    uint64_t closed_stalled;          /* sessions closed because their send queue made no progress */
+    uint64_t paused_reads;            /* times reading from a peer stopped for back-pressure */
     int last_close_reason; /* NET_E* of the most recent connection close, 0 if none */
 } net_stats;
 

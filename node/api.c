@@ -103,7 +103,7 @@ static const char *err_msg(int rc) {
 /* HTTP status of a refusal: malformed input 400, conflicts with known txs 409, semantic
  * refusals 422, a full or closing node 503. */
 static int http_status_of(int rc) {
-    if (rc == NODE_MEMPOOL_EFULL || rc == NODE_MEMPOOL_ECLOSING || rc == NODE_MEMPOOL_EIO || rc == NODE_MEMPOOL_ENOMEM ||
+    if (rc == NODE_MEMPOOL_EFULL || rc == NODE_MEMPOOL_ECLOSING || rc == NODE_MEMPOOL_EDISKFULL || rc == NODE_MEMPOOL_EIO || rc == NODE_MEMPOOL_ENOMEM ||
         rc == LEDGER_ENOMEM)
         return 503;
     if (rc == NODE_MEMPOOL_EDUP || rc == NODE_MEMPOOL_ECOMMITTED || rc == NODE_MEMPOOL_ENONCELOW ||
@@ -212,12 +212,43 @@ static int submit_one(node *n, const uint8_t *tx, size_t len, net_http_req *req,
     return rc;
 }
 
+/* Media type of a tx submission: 1 JSON, 0 binary (application/x-protobuf, octet-stream, or no
+ * Content-Type), -1 anything else (answered 415: a binary tx sent as text/plain is a client
+ * bug that would otherwise be decoded by luck). */
+static int tx_media(const char *ct) {
+    size_t n = strcspn(ct, ";");
+    while (n > 0 && (ct[n - 1] == ' ' || ct[n - 1] == '\t')) n--;
+    if (n == 0) return 0;
+    if (n == 16 && !strncasecmp(ct, "application/json", n)) return 1;
+    if ((n == 22 && !strncasecmp(ct, "application/x-protobuf", n)) || (n == 24 && !strncasecmp(ct, "application/octet-stream", n)))
+        return 0;
+    return -1;
+}
+
+static bool refuse_media(node *n, net_http_req *req, int media) {
+    if (media >= 0) return false;
+    n->http_txs_rejected++;
+    node_reply_err(req, 415, "ECONTENTTYPE",
+                   "Content-Type must be application/json, application/x-protobuf or application/octet-stream");
+    return true;
+}
+
+/* Refuses a submission the node cannot make durable: 503 EDISKFULL. True if it answered. */
+static bool refuse_disk_full(node *n, net_http_req *req) {
+    if (!n->disk_full) return false;
+    n->http_txs_rejected++;
+    node_reply_err(req, 503, "EDISKFULL", "disk full: this node cannot store txs now; submit to another node or retry later");
+    return true;
+}
+
 static void h_post_tx(void *ctx, net_http_req *req, const net_http_request *r) {
     node *n = ctx;
+    int media = tx_media(r->content_type);
+    if (refuse_media(n, req, media) || refuse_disk_full(n, req)) return;
     uint8_t *buf = NULL;
     size_t len = r->body_len;
     const uint8_t *tx = r->body;
-    if (strstr(r->content_type, "json")) {
+    if (media == 1) {
         json_error_t je;
         json_t *j = json_loadb((const char *)r->body, r->body_len, 0, &je);
         const char *hex = j ? json_string_value(json_object_get(j, "tx")) : NULL;
@@ -242,6 +273,8 @@ static void h_post_tx(void *ctx, net_http_req *req, const net_http_request *r) {
 
 static void h_post_txs(void *ctx, net_http_req *req, const net_http_request *r) {
     node *n = ctx;
+    int media = tx_media(r->content_type);
+    if (refuse_media(n, req, media) || refuse_disk_full(n, req)) return;
     /* Two encodings: a JSON array of hex strings, or a stream of u32 big-endian length-prefixed
      * SignedTx (application/x-protobuf), the same framing `temctl exec` reads. */
     const uint8_t *items[4096];
@@ -249,7 +282,7 @@ static void h_post_txs(void *ctx, net_http_req *req, const net_http_request *r) 
     uint8_t *owned[4096];
     uint32_t cnt = 0, nown = 0;
     json_t *j = NULL;
-    if (strstr(r->content_type, "json")) {
+    if (media == 1) {
         json_error_t je;
         j = json_loadb((const char *)r->body, r->body_len, 0, &je);
         if (!json_is_array(j) || json_array_size(j) > 4096) {
@@ -385,6 +418,7 @@ static void h_status(void *ctx, net_http_req *req, const net_http_request *r) {
     json_object_set_new(o, "last_block_time_ms", json_integer((json_int_t)ledger_store_last_time(n->store)));
     json_object_set_new(o, "role", json_string(n->self >= 0 ? "validator" : "observer"));
     if (n->self >= 0) json_object_set_new(o, "validator_index", json_integer(n->self));
+    if (n->self >= 0) json_object_set_new(o, "voting", json_boolean(n->rep_ok));
     uint64_t view = n->rep_ok ? pbft_replica_view(&n->rep) : 0;
     json_object_set_new(o, "view", json_integer((json_int_t)view));
     json_object_set_new(o, "primary", json_integer(pbft_primary(view, n->g.n_validators)));
@@ -397,12 +431,18 @@ static void h_status(void *ctx, net_http_req *req, const net_http_request *r) {
         json_object_set_new(p, "name", json_string(n->g.validators[i].name));
         bool up = net_peer_connected(n->net, i);
         json_object_set_new(p, "connected", json_boolean(up));
+        /* A stopped process keeps its TCP session open: what counts is whether it still takes
+         * part, i.e. sent a consensus message within a view timeout. */
+        uint64_t nowl = uv_now(&n->loop), last = n->last_pbft_ms[i];
+        bool silent = !up || last == 0 || nowl - last > n->g.view_timeout_ms;
+        if (last) json_object_set_new(p, "last_message_ms_ago", json_integer((json_int_t)(nowl - last)));
         json_array_append_new(peers, p);
-        if (!up) json_array_append_new(missing, json_integer(i));
+        if (silent) json_array_append_new(missing, json_integer(i));
     }
     json_object_set_new(o, "peers", peers);
     json_object_set_new(o, "observers", json_integer(net_observers_connected(n->net)));
     json_object_set_new(o, "mempool", json_integer(node_mempool_size(n->mp)));
+    json_object_set_new(o, "disk_full", json_boolean(n->disk_full));
     uint64_t now = node_now_ms(), last = n->last_commit_wall_ms ? n->last_commit_wall_ms : n->started_wall_ms;
     uint64_t since = now > last ? now - last : 0;
     json_object_set_new(o, "ms_since_last_commit", json_integer((json_int_t)since));
@@ -451,7 +491,12 @@ static void h_block(void *ctx, net_http_req *req, const net_http_request *r) {
     }
     uint8_t *b, *c = NULL;
     size_t bl, cl = 0;
-    if (ledger_store_block(n->store, h, &b, &bl) != LEDGER_OK) {
+    int brc = ledger_store_block(n->store, h, &b, &bl);
+    if (brc == LEDGER_ECORRUPT) {
+        node_reply_err(req, 500, "ECORRUPT", "the stored block at that height is damaged; the operator must restore it");
+        return;
+    }
+    if (brc != LEDGER_OK) {
         node_reply_err(req, 404, "ENOTFOUND", "no block at that height");
         return;
     }

@@ -18,7 +18,7 @@ const char *node_strerror(int err) {
 
 void node_config_defaults(node_config *c) {
     memset(c, 0, sizeof *c);
-    c->accept_observers = true;
+    c->accept_observers = false;
     c->log_level = NODE_LOG_INFO;
     c->mempool_txs_max = 100000;
     c->mempool_nonce_window = 64;
@@ -32,6 +32,11 @@ void node_config_defaults(node_config *c) {
     c->http_rate_reqs_per_s = 200;
     c->http_rate_burst_ms = 5000;
     c->http_request_timeout_ms = NET_HTTP_REQUEST_TIMEOUT_MS_DEFAULT;
+    c->peer_handshakes_max = 32;
+    c->peer_handshakes_per_addr_max = 4;
+    c->peer_observer_queue_bytes_max = 16u << 20;
+    c->peer_send_stall_timeout_ms = 20000;
+    c->peer_frame_timeout_ms = 30000;
 }
 
 static bool parse_bool(const char *v, bool *out) {
@@ -81,6 +86,13 @@ static int set_key(node_config *c, const char *k, const char *v) {
         else return -1;
         return 1;
     }
+    if (!strcmp(k, "mempool_log_reset")) return parse_bool(v, &c->mempool_log_reset) ? 1 : -1;
+    if (!strcmp(k, "observer_key")) {
+        uint8_t pk[32];
+        if (c->n_observer_keys >= NODE_OBSERVER_KEYS_MAX || strlen(v) != 64 || tem_unhex(pk, 32, v) != 0) return -1;
+        memcpy(c->observer_keys[c->n_observer_keys++], pk, 32);
+        return 1;
+    }
     if (!strcmp(k, "log_level")) {
         int l = level_of(v);
         if (l < 0) return -1;
@@ -103,7 +115,12 @@ static int set_key(node_config *c, const char *k, const char *v) {
     } lims[] = {{"http_conns_max", &c->http_conns_max, 1u << 20},
                 {"http_conns_per_addr_max", &c->http_conns_per_addr_max, 1u << 20},
                 {"http_rate_burst_ms", &c->http_rate_burst_ms, 3600000},
-                {"http_request_timeout_ms", &c->http_request_timeout_ms, 3600000}};
+                {"http_request_timeout_ms", &c->http_request_timeout_ms, 3600000},
+                {"peer_handshakes_max", &c->peer_handshakes_max, 4096},
+                {"peer_handshakes_per_addr_max", &c->peer_handshakes_per_addr_max, 4096},
+                {"peer_observer_queue_bytes_max", &c->peer_observer_queue_bytes_max, 1ull << 32},
+                {"peer_send_stall_timeout_ms", &c->peer_send_stall_timeout_ms, 3600000},
+                {"peer_frame_timeout_ms", &c->peer_frame_timeout_ms, 3600000}};
     for (size_t i = 0; i < sizeof lims / sizeof lims[0]; i++) {
         if (strcmp(k, lims[i].name)) continue;
         uint64_t y;
@@ -216,7 +233,7 @@ int node_config_flags(node_config *c, int argc, char **argv, char *err, size_t e
         if (eq) {
             *eq = 0;
             v = a + 2 + (eq - name) + 1;
-        } else if (!strcmp(name, "observer") || !strcmp(name, "accept_observers")) {
+        } else if (!strcmp(name, "observer") || !strcmp(name, "accept_observers") || !strcmp(name, "mempool_log_reset")) {
             v = "true";
         } else {
             if (i + 1 >= argc) {

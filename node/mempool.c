@@ -131,6 +131,7 @@ struct node_mempool {
 
     int fd;
     bool recovered, broken, writing, compacting, closing;
+    bool disk_full; /* the last log failure was ENOSPC/EDQUOT */
     uint8_t *acc, *fly; /* records accumulating / being written */
     size_t acc_len, acc_cap, fly_len, fly_cap, fly_off;
     uint32_t acc_head, acc_tail, fly_head;
@@ -453,6 +454,7 @@ static void compact_after(uv_work_t *req, int status) {
         m->fd = c->new_fd;
         m->st.log_bytes = c->len;
         m->broken = false;
+        m->disk_full = false;
         m->st.compactions++;
     } else if (status == 0) {
         fprintf(stderr, "mempool: rewriting %s failed (%s)\n", m->log_path,
@@ -494,7 +496,9 @@ static void on_sync(uv_fs_t *req);
  * (after a failed fdatasync the kernel may have dropped the dirty pages), so its txs are
  * refused with EIO, and the log is rewritten from the durable entries before the next append. */
 static void log_failed(node_mempool *m, const char *what, ssize_t uvrc) {
-    fprintf(stderr, "mempool: %s %s: %s\n", what, m->log_path, uv_strerror((int)uvrc));
+    m->disk_full = uvrc == UV_ENOSPC || uvrc == -EDQUOT;
+    fprintf(stderr, "mempool: %s%s %s: %s\n", m->disk_full ? "ERROR: disk full: " : "", what, m->log_path,
+            uv_strerror((int)uvrc));
     m->broken = true;
     uint32_t i = m->fly_head;
     m->fly_head = NIL;
@@ -504,7 +508,7 @@ static void log_failed(node_mempool *m, const char *what, ssize_t uvrc) {
     while (i != NIL) {
         uint32_t next = m->ents[i].q_next;
         mp__entry *e = &m->ents[i];
-        ent_finish(m, i, e->gone ? gone_rc(e) : NODE_MEMPOOL_EIO);
+        ent_finish(m, i, e->gone ? gone_rc(e) : m->disk_full ? NODE_MEMPOOL_EDISKFULL : NODE_MEMPOOL_EIO);
         i = next;
     }
     m->writing = false;
@@ -913,7 +917,23 @@ drop:
     return NODE_MEMPOOL_OK;
 }
 
-/* Reads every intact record; stops at the first short, oversize or mis-checked one. */
+/* Whether an intact record starts at r->buf + r->pos: its length is in range and its check
+ * matches. 1 = yes, 0 = no, -1 = I/O error. Reads ahead as needed. */
+static int record_at(node_mempool *m, mp__reader *r) {
+    int got = reader_need(r, 4);
+    if (got <= 0) return got;
+    uint32_t len = tem_get_u32le(r->buf + r->pos);
+    if (len < 2 || len > m->payload_max) return 0;
+    if ((got = reader_need(r, (size_t)len + 8)) <= 0) return got;
+    const uint8_t *rec = r->buf + r->pos;
+    return tem_get_u32le(rec + 4 + len) == rec_check(rec[4], rec + 5, len - 1);
+}
+
+/* Reads every intact record. A damaged one (flipped bits, a bad length) is skipped: the reader
+ * slides forward byte by byte to the next offset where an intact record starts, logs an ERROR
+ * naming the damaged range, and goes on, so one bad sector costs the txs it holds and never
+ * the acknowledged txs after it. Damage with no intact record after it is a torn tail (a crash
+ * mid-write), counted in recover_torn_bytes. */
 static int recover_read(node_mempool *m, int fd) {
     struct stat sb;
     if (fstat(fd, &sb) != 0) return NODE_MEMPOOL_EIO;
@@ -934,12 +954,35 @@ static int recover_read(node_mempool *m, int fd) {
     r.pos += NODE_MEMPOOL_LOG_HEADER_BYTES;
     r.consumed = NODE_MEMPOOL_LOG_HEADER_BYTES;
     for (;;) {
-        if ((got = reader_need(&r, 4)) <= 0) break;
+        if ((got = record_at(m, &r)) < 0) break;
+        if (got == 0) {
+            if (r.end - r.pos == 0 && reader_need(&r, 1) == 0) break; /* clean end of the log */
+            /* Damaged here: find the next intact record, if any. */
+            uint64_t bad_at = r.consumed;
+            int found = 0;
+            while (r.end - r.pos > 0 || reader_need(&r, 1) > 0) {
+                r.pos++;
+                r.consumed++;
+                if ((found = record_at(m, &r)) != 0) break;
+            }
+            if (found < 0) {
+                got = -1;
+                break;
+            }
+            if (found == 0) { /* nothing intact after it: a torn tail */
+                r.consumed = bad_at;
+                break;
+            }
+            m->st.recover_skipped_bytes += r.consumed - bad_at;
+            m->st.recover_damaged++;
+            fprintf(stderr,
+                    "mempool: ERROR: %s: damaged record at offset %llu; skipped %llu bytes (the txs in them are lost) "
+                    "and recovered on from the intact record at offset %llu\n",
+                    m->log_path, (unsigned long long)bad_at, (unsigned long long)(r.consumed - bad_at),
+                    (unsigned long long)r.consumed);
+        }
         uint32_t len = tem_get_u32le(r.buf + r.pos);
-        if (len < 2 || len > m->payload_max) break;
-        if ((got = reader_need(&r, (size_t)len + 8)) <= 0) break;
         const uint8_t *rec = r.buf + r.pos;
-        if (tem_get_u32le(rec + 4 + len) != rec_check(rec[4], rec + 5, len - 1)) break;
         if (rec[4] == NODE_MEMPOOL_REC_TX) {
             if ((rc = recover_one(m, rec + 5, len - 1)) != NODE_MEMPOOL_OK) goto out;
         } else {
@@ -1021,7 +1064,7 @@ static int submit(node_mempool *m, const uint8_t *tx, size_t len, node_mempool_d
     /* No log to make the tx durable in: never recovered (or recovery failed), or a failed
      * write not yet repaired by a rewrite. */
     if (m->broken || !m->recovered) {
-        rc = NODE_MEMPOOL_EIO;
+        rc = m->disk_full ? NODE_MEMPOOL_EDISKFULL : NODE_MEMPOOL_EIO;
         goto out;
     }
     if (m->cfg.precheck && (rc = m->cfg.precheck(m->cfg.precheck_ctx, &t)) != 0) {
@@ -1168,5 +1211,6 @@ int node_mempool_status(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BY
 }
 
 uint32_t node_mempool_size(const node_mempool *m) { return m->count; }
+bool node_mempool_disk_full(const node_mempool *m) { return m->disk_full; }
 
 void node_mempool_get_stats(const node_mempool *m, node_mempool_stats *out) { *out = m->st; }

@@ -56,7 +56,8 @@
     X(ECORRUPT, -529, "mempool log is unreadable or belongs to another chain")                     \
     X(ENOMEM, -530, "out of memory")                                                               \
     X(ECLOSING, -531, "mempool is closing")                                                        \
-    X(EINVAL, -532, "invalid mempool configuration")
+    X(EINVAL, -532, "invalid mempool configuration")                                               \
+    X(EDISKFULL, -533, "disk full: the mempool log cannot grow")
 
 enum node_mempool_err {
     NODE_MEMPOOL_OK = 0,
@@ -117,6 +118,8 @@ typedef struct {
     uint64_t recovered;         /* txs brought back by node_mempool_recover */
     uint64_t recover_dropped;   /* log records recovery dropped (committed, stale, bad) */
     uint64_t recover_torn_bytes;/* bytes ignored at the end of the log (torn last record) */
+    uint64_t recover_damaged;   /* damaged stretches skipped with intact records after them */
+    uint64_t recover_skipped_bytes; /* bytes in those stretches (their txs are lost, logged) */
 } node_mempool_stats;
 
 /* Allocates the pool and every table at their maximum size and initialises its loop handles.
@@ -184,6 +187,9 @@ enum {
 int node_mempool_status(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES]);
 /* Txs held (in flight + pending). */
 uint32_t node_mempool_size(const node_mempool *m);
+/* True while the last log write failed for lack of space (ENOSPC/EDQUOT): submissions get
+ * NODE_MEMPOOL_EDISKFULL until a log rewrite succeeds (retried on every round). */
+bool node_mempool_disk_full(const node_mempool *m);
 void node_mempool_get_stats(const node_mempool *m, node_mempool_stats *out);
 
 /* Starts closing: submissions not yet durable get done(NODE_MEMPOOL_ECLOSING) (at once, or

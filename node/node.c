@@ -6,9 +6,12 @@
  * every certificate. */
 #include "node/node_internal.h"
 
+#include <errno.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <systemd/sd-daemon.h>
+#include <errno.h>
+#include <sys/statvfs.h>
 #include <time.h>
 
 uint64_t node_now_ms(void) {
@@ -110,6 +113,20 @@ static bool was_validated(node *n, const uint8_t hash[32]) {
     return false;
 }
 
+bool node_is_disk_full(int rc) { return rc == LEDGER_EDISKFULL || rc == LEDGER_EFULL; }
+
+/* A write failed for lack of space: stop taking part (a vote or block we cannot store must
+ * not be acted on), keep serving reads, and wait for space (on_tick). */
+void node_enter_disk_full(node *n, const char *what, int rc) {
+    if (n->disk_full) return;
+    n->disk_full = true;
+    n->disk_checked_ms = uv_now(&n->loop);
+    node_log(n, NODE_LOG_ERROR,
+             "disk full (%s): %s failed (%s); not voting, refusing txs (503 EDISKFULL), serving reads; "
+             "resumes by itself once %u MiB are free",
+             n->cfg.data_dir, what, ledger_strerror(rc), NODE_DISK_RESUME_BYTES >> 20);
+}
+
 /* Applies a committed block and everything that follows from it. */
 void node_apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t len, const uint8_t *cert,
                             size_t cert_len, const uint8_t hash[32]) {
@@ -120,6 +137,13 @@ void node_apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t l
     if (b && b->header) node_archive_trades(n, b->header->time_ms);
     ledger_apply_info info;
     int rc = ledger_store_apply(n->store, blk, len, cert, cert_len, &n->ex, flags, &info);
+    if (node_is_disk_full(rc)) {
+        char what[64];
+        snprintf(what, sizeof what, "storing block %llu", (unsigned long long)height);
+        node_enter_disk_full(n, what, rc);
+        if (b) tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
+        return;
+    }
     if (rc != LEDGER_OK) {
         /* A certified block that does not apply means this node's state or code differs from
          * 2f+1 validators'. Running on would diverge: stop and let the operator look. */
@@ -170,7 +194,7 @@ static void on_propose(uv_timer_t *t) {
     node *n = t->data;
     n->propose_armed = false;
     uint64_t h = n->want_proposal;
-    if (!h || h != ledger_store_height(n->store) + 1 || n->stopping) return;
+    if (!h || h != ledger_store_height(n->store) + 1 || n->stopping || n->disk_full) return;
     n->want_proposal = 0;
     uint32_t max = n->g.max_block_txs, cnt = 0;
     const uint8_t **txs = tem_calloc(max, sizeof *txs);
@@ -318,14 +342,14 @@ int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_
 }
 
 /* ------------------------------------------------------------------ peer frames */
-static void serve_blocks(node *n, const net_peer_info *p, const Tem__V1__BlockRequest *r) {
+static void serve_blocks(node *n, uint32_t peer_id, uint64_t from, uint32_t max_blocks, size_t bytes_max) {
     uint64_t tip = ledger_store_height(n->store);
-    uint32_t max = r->max_blocks && r->max_blocks < NODE_SYNC_BLOCKS_MAX ? r->max_blocks : NODE_SYNC_BLOCKS_MAX;
+    uint32_t max = max_blocks && max_blocks < NODE_SYNC_BLOCKS_MAX ? max_blocks : NODE_SYNC_BLOCKS_MAX;
     Tem__V1__CommittedBlock cbs[NODE_SYNC_BLOCKS_MAX], *cbp[NODE_SYNC_BLOCKS_MAX];
     uint8_t *bufs[2 * NODE_SYNC_BLOCKS_MAX];
     uint32_t k = 0, nb = 0;
     size_t bytes = 0;
-    for (uint64_t h = r->from_height ? r->from_height : 1; h <= tip && k < max && bytes < NODE_SYNC_BYTES_MAX; h++) {
+    for (uint64_t h = from ? from : 1; h <= tip && k < max && bytes < bytes_max; h++) {
         uint8_t *b, *c;
         size_t bl, cl;
         if (ledger_store_block(n->store, h, &b, &bl) != LEDGER_OK) break;
@@ -351,8 +375,68 @@ static void serve_blocks(node *n, const net_peer_info *p, const Tem__V1__BlockRe
     tem__v1__node_message__init(&m);
     m.kind_case = TEM__V1__NODE_MESSAGE__KIND_BLOCKS;
     m.blocks = &bb;
-    (void)send_node_msg(n, p->id, &m);
+    (void)send_node_msg(n, peer_id, &m);
     for (uint32_t i = 0; i < nb; i++) tem_free(bufs[i]);
+}
+
+/* An observer's block request: charged to its bucket and parked; on_tick serves it. */
+static void park_observer_request(node *n, const net_peer_info *p, const Tem__V1__BlockRequest *r) {
+    uint32_t slot = p->id - NET_OBSERVER_ID_BASE;
+    if (p->id < NET_OBSERVER_ID_BASE || slot >= NET_OBSERVERS_MAX) return;
+    node_obs_req *o = &n->obs_req[slot];
+    uint64_t now = uv_now(&n->loop), cap = (uint64_t)NODE_OBS_REQS_PER_S * 1000;
+    if (o->last_ms == 0 || now < o->last_ms) o->tokens_m = cap;
+    else o->tokens_m += (now - o->last_ms) * NODE_OBS_REQS_PER_S;
+    if (o->tokens_m > cap) o->tokens_m = cap;
+    o->last_ms = now;
+    if (o->tokens_m < 1000) {
+        if (n->obs_reqs_dropped++ % 1000 == 0)
+            node_log(n, NODE_LOG_WARN, "observer %u (%s) asks for blocks too often; dropping requests (%llu so far)", slot,
+                     p->remote, (unsigned long long)n->obs_reqs_dropped);
+        return;
+    }
+    o->tokens_m -= 1000;
+    o->want = true;
+    o->from = r->from_height;
+    o->max = r->max_blocks;
+}
+
+static void serve_observers(node *n) {
+    uint32_t served = 0;
+    for (uint32_t k = 0; k < NET_OBSERVERS_MAX && served < NODE_OBS_SERVES_PER_TICK; k++) {
+        uint32_t slot = (n->obs_rr + k) % NET_OBSERVERS_MAX;
+        node_obs_req *o = &n->obs_req[slot];
+        if (!o->want) continue;
+        o->want = false;
+        if (!net_peer_connected(n->net, NET_OBSERVER_ID_BASE + slot)) continue;
+        serve_blocks(n, NET_OBSERVER_ID_BASE + slot, o->from, o->max, NODE_OBS_SYNC_BYTES_MAX);
+        served++;
+        n->obs_rr = slot + 1;
+    }
+}
+
+
+/* sync_first: notes a validator's tip; starts voting once f+1 validators have answered and
+ * this node is past the highest tip they named (at once on a chain nobody has extended). */
+static void sync_first_progress(node *n, uint32_t from, uint64_t tip) {
+    if (!n->sync_first || from >= n->g.n_validators || from >= 64) return;
+    uint32_t f = (n->g.n_validators - 1) / 3;
+    uint32_t heard = (uint32_t)__builtin_popcountll(n->sf_tip_mask);
+    /* The target is fixed once f+1 have answered: chasing later tips would never end. */
+    if (heard < f + 1 && !(n->sf_tip_mask >> from & 1)) {
+        n->sf_tip_mask |= 1ull << from;
+        if (tip > n->sf_tip) n->sf_tip = tip;
+        heard++;
+    }
+    uint64_t h = ledger_store_height(n->store);
+    if (heard < f + 1 || (n->sf_tip > 0 && h <= n->sf_tip)) return;
+    n->sync_first = false;
+    node_log(n, NODE_LOG_INFO, "caught up to height %llu past the tip %llu named by %u validators: voting from now on",
+             (unsigned long long)h, (unsigned long long)n->sf_tip, heard);
+    if (node_replica_start(n) != NODE_OK) {
+        node_log(n, NODE_LOG_ERROR, "cannot start consensus after catching up; stopping");
+        node_stop(n, 1);
+    }
 }
 
 static void got_blocks(node *n, const Tem__V1__BlockBatch *bb) {
@@ -426,6 +510,7 @@ static void on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, siz
     }
     switch (m->kind_case) {
     case TEM__V1__NODE_MESSAGE__KIND_PBFT:
+        if (p->is_validator && p->id < LEDGER_VALIDATORS_MAX) n->last_pbft_ms[p->id] = uv_now(&n->loop);
         if (n->rep_ok && p->is_validator) {
             pbft_event ev = {.kind = PBFT_EV_MESSAGE, .from = p->id, .data = m->pbft.data, .len = m->pbft.len};
             node_replica_post(n, &ev);
@@ -445,10 +530,18 @@ static void on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, siz
             }
         break;
     case TEM__V1__NODE_MESSAGE__KIND_BLOCK_REQUEST:
-        if (m->block_request) serve_blocks(n, p, m->block_request);
+        /* Validators are answered at once (they may be catching up to vote); observers wait
+         * for the tick, rate-limited, so they cannot crowd out consensus work. */
+        if (m->block_request && p->is_validator)
+            serve_blocks(n, p->id, m->block_request->from_height, m->block_request->max_blocks, NODE_SYNC_BYTES_MAX);
+        else if (m->block_request)
+            park_observer_request(n, p, m->block_request);
         break;
     case TEM__V1__NODE_MESSAGE__KIND_BLOCKS:
-        if (m->blocks) got_blocks(n, m->blocks);
+        if (m->blocks) {
+            got_blocks(n, m->blocks);
+            if (p->is_validator && !n->stopping) sync_first_progress(n, p->id, m->blocks->tip_height);
+        }
         break;
     default:
         node_log(n, NODE_LOG_DEBUG, "unknown message kind from peer %u", p->id);
@@ -462,6 +555,8 @@ static void on_peer_up(void *ctx, const net_peer_info *p) {
 }
 static void on_peer_down(void *ctx, const net_peer_info *p, int reason) {
     node *n = ctx;
+    if (p->id >= NET_OBSERVER_ID_BASE && p->id - NET_OBSERVER_ID_BASE < NET_OBSERVERS_MAX)
+        memset(&n->obs_req[p->id - NET_OBSERVER_ID_BASE], 0, sizeof n->obs_req[0]); /* the slot's next holder starts afresh */
     node_log(n, reason == NET_ECLOSING ? NODE_LOG_DEBUG : NODE_LOG_INFO, "peer %u down: %s", p->id, net_strerror(reason));
 }
 
@@ -528,7 +623,20 @@ static void on_tick(uv_timer_t *t) {
     node *n = t->data;
     if (n->stopping) return;
     flush_gossip(n);
+    serve_observers(n);
     uint64_t now = uv_now(&n->loop);
+    if (!n->disk_full && n->mp && node_mempool_disk_full(n->mp)) node_enter_disk_full(n, "a mempool log write", LEDGER_EDISKFULL);
+    if (n->disk_full) {
+        if (now - n->disk_checked_ms < NODE_DISK_CHECK_MS) return;
+        n->disk_checked_ms = now;
+        struct statvfs sv;
+        if (statvfs(n->cfg.data_dir, &sv) == 0 && (uint64_t)sv.f_bavail * sv.f_frsize >= NODE_DISK_RESUME_BYTES) {
+            node_log(n, NODE_LOG_INFO, "disk space is back (%llu MiB free in %s): restarting to resume",
+                     (unsigned long long)((uint64_t)sv.f_bavail * sv.f_frsize >> 20), n->cfg.data_dir);
+            node_stop(n, NODE_EXIT_RESTART);
+        }
+        return;
+    }
     if (n->rep_ok && now - n->last_regossip_ms >= 1000) {
         n->last_regossip_ms = now;
         regossip(n);
@@ -632,8 +740,40 @@ int node_run(const node_config *cfg) {
         goto stop;
     }
     uint32_t recovered = 0;
-    if (node_mempool_recover(n->mp, &recovered) != 0) node_log(n, NODE_LOG_WARN, "mempool recovery failed");
-    else if (recovered) node_log(n, NODE_LOG_INFO, "recovered %u txs from the mempool log", recovered);
+    rc = node_mempool_recover(n->mp, &recovered);
+    if (rc == NODE_MEMPOOL_ECORRUPT && cfg->mempool_log_reset) {
+        /* The operator asked for it: keep the damaged file for inspection, start empty. */
+        char aside[NODE_PATH_MAX + 64];
+        snprintf(aside, sizeof aside, "%s.damaged-%llu", logpath, (unsigned long long)(node_now_ms() / 1000));
+        if (rename(logpath, aside) != 0) {
+            node_log(n, NODE_LOG_ERROR, "cannot move the damaged mempool log %s aside: %s", logpath, strerror(errno));
+            goto stop;
+        }
+        node_log(n, NODE_LOG_ERROR, "mempool log %s was damaged: moved to %s (--mempool-log-reset); its txs are not recovered",
+                 logpath, aside);
+        rc = node_mempool_recover(n->mp, &recovered);
+    }
+    if (rc != 0) {
+        /* A node that cannot make accepted txs durable must not run as if it could: stop with
+         * the reason instead of answering 503 forever (docs/operate.md, "Limits and faults"). */
+        node_log(n, NODE_LOG_ERROR, "mempool log %s: %s (%s); not starting. %s", logpath, node_mempool_strerror(rc),
+                 node_mempool_errname(rc),
+                 rc == NODE_MEMPOOL_ECORRUPT ? "Its header is damaged or belongs to another chain: inspect it, then start "
+                                               "once with --mempool-log-reset to move it aside"
+                 : rc == NODE_MEMPOOL_EFULL ? "It holds more txs than mempool_txs_max: raise the limit"
+                                            : "Check the disk and the file's permissions");
+        n->exit_code = NODE_EXIT_OPERATOR;
+        goto stop_keep_code;
+    }
+    {
+        node_mempool_stats ms;
+        node_mempool_get_stats(n->mp, &ms);
+        if (ms.recover_damaged)
+            node_log(n, NODE_LOG_ERROR, "mempool log %s: %llu damaged stretch(es), %llu bytes skipped; the intact records "
+                     "after them were recovered", logpath, (unsigned long long)ms.recover_damaged,
+                     (unsigned long long)ms.recover_skipped_bytes);
+    }
+    if (recovered) node_log(n, NODE_LOG_INFO, "recovered %u txs from the mempool log", recovered);
 
     net_config nc;
     memset(&nc, 0, sizeof nc);
@@ -641,6 +781,13 @@ int node_run(const node_config *cfg) {
     memcpy(nc.sec, n->key.ed_sec, sizeof nc.sec);
     nc.listen = n->self >= 0 && n->cfg.listen[0] ? n->cfg.listen : NULL;
     nc.accept_observers = cfg->accept_observers;
+    nc.observer_keys = (const uint8_t(*)[LEDGER_ED_PUB_BYTES])cfg->observer_keys;
+    nc.n_observer_keys = cfg->n_observer_keys;
+    nc.handshakes_max = (uint32_t)cfg->peer_handshakes_max;
+    nc.handshakes_per_addr_max = (uint32_t)cfg->peer_handshakes_per_addr_max;
+    nc.observer_send_queue_bytes_max = cfg->peer_observer_queue_bytes_max;
+    nc.send_stall_timeout_ms = cfg->peer_send_stall_timeout_ms;
+    nc.frame_timeout_ms = cfg->peer_frame_timeout_ms;
     nc.rate_bytes_per_s = cfg->peer_rate_bytes_per_s;
     nc.rate_msgs_per_s = cfg->peer_rate_msgs_per_s;
     nc.rate_policy = NET_LIMIT_DROP;
@@ -658,7 +805,19 @@ int node_run(const node_config *cfg) {
     }
     n->started_wall_ms = node_now_ms();
     if (uv_timer_start(&n->t_tick, on_tick, 10, 10) != 0) goto stop;
-    if (n->self >= 0 && node_replica_start(n) != NODE_OK) goto stop;
+    if (n->self >= 0) {
+        uint8_t *rec;
+        size_t rl;
+        bool has_votes = ledger_store_meta_get(n->store, PBFT_VOTES_KEY, &rec, &rl) == LEDGER_OK;
+        if (has_votes) tem_free(rec);
+        if (ledger_store_height(n->store) == 0 && !has_votes) {
+            n->sync_first = true;
+            node_log(n, NODE_LOG_INFO, "empty data dir: following the chain without voting until past the tip that "
+                                       "f+1 validators name (it may have voted before it lost its data)");
+        } else if (node_replica_start(n) != NODE_OK) {
+            goto stop;
+        }
+    }
     n->exit_code = 0;
     /* Ready: the store is open, both ports listen and consensus has started. systemd's
      * Type=notify start (deploy/temd.service) waits for this; outside systemd it does nothing. */
@@ -667,6 +826,9 @@ int node_run(const node_config *cfg) {
     goto run;
 stop:
     node_stop(n, 1);
+    goto run;
+stop_keep_code:
+    node_stop(n, 0);
 run:
     (void)uv_run(&n->loop, UV_RUN_DEFAULT);
     int status = n->exit_code;

@@ -8,6 +8,13 @@
 
 #define NODE_VERSION "0.1.0"
 #define NODE_PATH_MAX 512
+#define NODE_OBSERVER_KEYS_MAX 64
+/* temd's exit status when it refuses to start until an operator acts (a damaged mempool log):
+ * systemd's RestartPreventExitStatus should name it, so the unit does not restart in a loop. */
+#define NODE_EXIT_OPERATOR 3
+/* node_run's status when temd should start again in place (space came back after a full
+ * disk): temd re-executes itself with the same arguments. */
+#define NODE_EXIT_RESTART 75
 
 #define NODE_ERRNO_MAP(X)                                                                          \
     X(ECONFIG, -501, "invalid configuration")                                                      \
@@ -38,7 +45,12 @@ typedef struct {
     char tls_cert[NODE_PATH_MAX];   /* optional TLS for the HTTP API */
     char tls_key[NODE_PATH_MAX];
     bool observer;                  /* follow the chain without voting */
-    bool accept_observers;          /* let observers connect to this validator (default true) */
+    /* Observers: only keys listed with observer_key (repeatable; 64-hex Ed25519) may connect;
+     * accept_observers = true admits any key (an open read-only node; default false). */
+    bool accept_observers;
+    uint8_t observer_keys[NODE_OBSERVER_KEYS_MAX][32];
+    uint32_t n_observer_keys;
+    bool mempool_log_reset;         /* move a damaged mempool log aside and start empty */
     int log_level;                  /* NODE_LOG_* */
     int log_format;                 /* NODE_LOG_TEXT (default) or NODE_LOG_JSON */
     uint32_t mempool_txs_max;       /* default 100000 */
@@ -56,13 +68,20 @@ typedef struct {
     uint64_t http_rate_reqs_per_s;    /* default 200; 0 = unlimited */
     uint64_t http_rate_burst_ms;      /* default 5000 (1000 requests at the default rate) */
     uint64_t http_request_timeout_ms; /* default 10000 */
+    /* Peer port (net/net.h): pre-handshake slots, in all and per address; observers' send
+     * queue; how long a send queue may make no progress, and a frame may stay unfinished. */
+    uint64_t peer_handshakes_max;           /* default 32 */
+    uint64_t peer_handshakes_per_addr_max;  /* default 4 */
+    uint64_t peer_observer_queue_bytes_max; /* default 16 MiB */
+    uint64_t peer_send_stall_timeout_ms;    /* default 20000 */
+    uint64_t peer_frame_timeout_ms;         /* default 30000 */
 } node_config;
 
 /* Defaults for every field (paths empty). */
 void node_config_defaults(node_config *c);
 /* Reads an INI file (section [node], keys named like the fields: data_dir, genesis, key, listen,
- * http, tls_cert, tls_key, observer, accept_observers, log_level (debug|info|warn|error),
- * log_format (text|json),
+ * http, tls_cert, tls_key, observer, accept_observers, observer_key (repeatable: each adds one
+ * key), log_level (debug|info|warn|error), log_format (text|json),
  * mempool_txs_max, mempool_nonce_window, block_interval_ms, batch_delay_ms,
  * max_clock_drift_ms, peer_rate_bytes_per_s, peer_rate_msgs_per_s, http_body_bytes_max,
  * http_conns_max, http_conns_per_addr_max, http_rate_reqs_per_s, http_rate_burst_ms,

@@ -23,6 +23,23 @@
 #define NODE_SIGCACHE (1u << 16)
 #define NODE_ARCHIVED_KEEP 64
 
+/* Block requests from observers: a token bucket per observer slot (NODE_OBS_REQS_PER_S, a
+ * burst of as many), at most one waiting per observer (a newer one replaces it), served from
+ * the tick at most NODE_OBS_SERVES_PER_TICK at a time with replies of at most
+ * NODE_OBS_SYNC_BYTES_MAX, so observers never delay a consensus message. */
+#define NODE_OBS_REQS_PER_S 20
+#define NODE_OBS_SERVES_PER_TICK 2
+#define NODE_OBS_SYNC_BYTES_MAX (2u << 20)
+typedef struct {
+    bool want;
+    uint64_t from;
+    uint32_t max;
+    uint64_t tokens_m, last_ms; /* milli-tokens */
+} node_obs_req;
+
+#define NODE_DISK_CHECK_MS 2000
+#define NODE_DISK_RESUME_BYTES (16u << 20)
+
 #define NODE_CURTAIL_KEEP 32
 typedef struct {
     uint64_t height;
@@ -87,6 +104,23 @@ typedef struct node {
     uint32_t curtail_next;
     uint64_t ncurtail;
     struct node_events_src *events; /* GET /v1/events (api_events.c); NULL until first used */
+    /* Disk full (docs/operate.md "Limits and faults"): no voting, no applying, txs refused
+     * 503 EDISKFULL, reads served; free space is checked every NODE_DISK_CHECK_MS and once
+     * NODE_DISK_RESUME_BYTES are free temd restarts itself (NODE_EXIT_RESTART) to resume. */
+    bool disk_full;
+    uint64_t disk_checked_ms;
+    /* uv_now of the last consensus message from each validator (0 = none yet): /v1/status
+     * names as disconnected the validators silent for a view timeout, whatever TCP says. */
+    uint64_t last_pbft_ms[LEDGER_VALIDATORS_MAX];
+    /* A validator started on an empty data dir may have voted before it lost its disk: it
+     * follows the chain without voting until it has heard the tip from f+1 validators (one at
+     * least honest) and passed the highest of them (docs/operate.md). */
+    bool sync_first;
+    uint64_t sf_tip_mask;
+    uint64_t sf_tip;
+    node_obs_req obs_req[NET_OBSERVERS_MAX];
+    uint32_t obs_rr;
+    uint64_t obs_reqs_dropped;
 } node;
 
 /* Wall-clock milliseconds since the Unix epoch. */
@@ -104,6 +138,11 @@ bool node_sigcache_has(node *n, const uint8_t txid[32], const uint8_t sig[64]);
 /* node.c, for the host's I/O in replica.c. */
 /* Stops the node: closes every handle; node_run returns `code` (if non-zero). */
 void node_stop(node *n, int code);
+/* Disk full (LEDGER_EDISKFULL, or LMDB's map full): true for those codes. node_enter_disk_full
+ * pauses the node (no voting, txs refused 503 EDISKFULL, reads served) until on_tick sees
+ * space again and restarts it. */
+bool node_is_disk_full(int rc);
+void node_enter_disk_full(node *n, const char *what, int rc);
 /* pbft_hash_fn for temd: ledger_block_hash of the block's header; -1 if the bytes are no block. */
 int node_block_hash(void *ctx, const uint8_t *blk, size_t len, uint8_t out[32]);
 /* A PbftMessage to validator `to` or to all (PBFT_TO_ALL); best effort, failures logged. */

@@ -17,6 +17,12 @@ static int io_persist(void *ctx, const uint8_t *rec, size_t len) {
     /* Durable on return (meta_put fsyncs), so the host may let the vote leave right after. A
      * write that failed leaves this node unable to vote safely: stop and let the operator look. */
     int rc = ledger_store_meta_put(n->store, PBFT_VOTES_KEY, rec, len);
+    if (node_is_disk_full(rc)) {
+        /* No space for the record: the vote must not leave. The host halts (this replica stops
+         * voting); the node keeps serving reads and restarts itself once space is back. */
+        node_enter_disk_full(n, "persisting a vote", rc);
+        return rc;
+    }
     if (rc != LEDGER_OK) {
         node_log(n, NODE_LOG_ERROR, "cannot persist votes: %s; stopping", ledger_strerror(rc));
         node_stop(n, 1);
@@ -54,9 +60,9 @@ static void io_cancel_timer(void *ctx, pbft_timer t) {
 static int io_deliver(void *ctx, const pbft_action *a) {
     node *n = ctx;
     node_apply_committed(n, a->height, a->msg, a->msg_len, a->cert, a->cert_len, a->block_hash);
-    /* node_apply_committed logged the failure and stopped the node; the host performs nothing
-     * after this block. */
-    return n->stopping ? PBFT_EHALTED : PBFT_OK;
+    /* node_apply_committed logged the failure and stopped (or paused, disk full) the node; the
+     * host performs nothing after this block. */
+    return n->stopping || n->disk_full ? PBFT_EHALTED : PBFT_OK;
 }
 
 static void io_request_proposal(void *ctx, uint64_t height) {
@@ -96,7 +102,7 @@ static void io_report(void *ctx, int err, const char *what, uint64_t height) {
 
 /* ------------------------------------------------------------------ entry points */
 void node_replica_post(node *n, const pbft_event *ev) {
-    if (!n->host_ok || n->stopping) return;
+    if (!n->host_ok || n->stopping || n->disk_full) return;
     int rc = host_post(&n->host, ev);
     if (rc == PBFT_OK || rc == PBFT_EHALTED) return;
     /* A logged refusal, not a silent drop: the sender retransmits, the fetch timer re-asks. */

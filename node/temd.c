@@ -2,7 +2,9 @@
  * then node_run() until SIGTERM or SIGINT. */
 #include "node/node.h"
 
+#include <errno.h>
 #include <signal.h>
+#include <unistd.h>
 
 static void usage(FILE *f) {
     fprintf(f, "usage: temd --config FILE [--data-dir DIR] [--genesis FILE] [--key FILE]\n"
@@ -46,5 +48,14 @@ int main(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    return node_run(&c);
+    int rc = node_run(&c);
+    if (rc == NODE_EXIT_RESTART) {
+        /* Everything node_run opened is closed (its descriptors are close-on-exec anyway):
+         * start over in place, so a node that paused for a full disk resumes on its own. */
+        fprintf(stderr, "temd: restarting\n");
+        execv("/proc/self/exe", argv);
+        fprintf(stderr, "temd: cannot restart: %s\n", strerror(errno));
+        return 1;
+    }
+    return rc;
 }

@@ -39,7 +39,7 @@ peer() { echo "127.0.0.1:$((base + $1))"; }
 http() { echo "127.0.0.1:$((base + 10 + $1))"; }
 
 for i in $(seq 0 $((NV - 1))); do "$T" keygen --type validator --out "$dir/v$i.key" >/dev/null; done
-"$T" keygen --type validator --out "$dir/obs.key" >/dev/null
+for k in obs obs1 obs2 obs3 obs4; do "$T" keygen --type validator --out "$dir/$k.key" >/dev/null; done
 "$T" keygen --type validator --out "$dir/stranger.key" >/dev/null
 for k in admin p1 p2 p3 p4 p5 p6 p7 p8 p9; do "$T" keygen --type meter --out "$dir/$k.key" >/dev/null; done
 gargs=()
@@ -66,7 +66,11 @@ wait_height() { # node min timeout_s
 alive() { kill -0 "${PID[$1]}" 2>/dev/null; }
 ghash() { status 0 | j .genesis_hash; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/${PID[$1]}/status"; }
+# Validators list the observer keys obs, obs1..obs4 (not "stranger"). OLD=1: a build from before
+# issue #12, which has no observer_key and admits any key.
+obsargs=()
+if [ "${OLD:-}" != 1 ]; then for k in obs obs1 obs2 obs3 obs4; do obsargs+=(--observer-key "$(pub $k)"); done; fi
 start_all() { # extra args for every validator
-  for i in $(seq 0 $((NV - 1))); do start "n$i" --key "$dir/v$i.key" "$@"; done
+  for i in $(seq 0 $((NV - 1))); do start "n$i" --key "$dir/v$i.key" "${obsargs[@]}" "$@"; done
   for i in $(seq 0 $((NV - 1))); do wait_height $i 2 40 || fail "node $i did not commit 2 blocks"; done
 }

@@ -10,8 +10,9 @@ set -u
 BUILD=${BUILD:-build}
 ver=$("$BUILD/temd" --version 2>/dev/null | head -1)
 if [[ $ver != temd\ * ]]; then
-    echo "SKIP: temd not ready ($BUILD/temd --version does not report a node)"
-    exit 0
+    # A broken build is a failure, not a reason to skip (issue #12).
+    echo "FAIL: $BUILD/temd --version does not report a node (got '$ver')"
+    exit 1
 fi
 for tool in curl jq; do
     command -v $tool >/dev/null || { echo "FAIL: $tool is missing (make deps installs it)"; exit 1; }

@@ -19,7 +19,29 @@ START_TEST(config_file_values_and_flags_override_them) {
     node_config_defaults(&c);
     ck_assert_int_eq(c.log_level, NODE_LOG_INFO);
     ck_assert_uint_eq(c.mempool_txs_max, 100000);
-    ck_assert(c.accept_observers);
+    ck_assert(!c.accept_observers); /* issue #12: observers only when listed */
+    ck_assert_uint_eq(c.n_observer_keys, 0);
+    ck_assert_uint_eq(c.http_conns_per_addr_max, 32);
+    ck_assert_uint_eq(c.http_rate_reqs_per_s, 200);
+    ck_assert_uint_eq(c.peer_handshakes_max, 32);
+    {
+        node_config o;
+        node_config_defaults(&o);
+        char e[256];
+        char *av[] = {"temd", "--observer-key", "8d18fc5ae5a5889006079233e91302c3b26b208d470f0e1875bdd8a67ec643a2",
+                      "--observer-key", "00000000000000000000000000000000000000000000000000000000000000ff",
+                      "--http-conns-per-addr-max", "8", "--mempool-log-reset", NULL};
+        ck_assert_int_eq(node_config_flags(&o, 8, av, e, sizeof e), NODE_OK);
+        ck_assert_uint_eq(o.n_observer_keys, 2);
+        ck_assert_uint_eq(o.observer_keys[0][0], 0x8d);
+        ck_assert_uint_eq(o.observer_keys[1][31], 0xff);
+        ck_assert_uint_eq(o.http_conns_per_addr_max, 8);
+        ck_assert(o.mempool_log_reset);
+        char *bad1[] = {"temd", "--observer-key", "abcd", NULL};
+        ck_assert_int_eq(node_config_flags(&o, 3, bad1, e, sizeof e), NODE_ECONFIG);
+        char *bad2[] = {"temd", "--http-conns-per-addr-max", "0", NULL};
+        ck_assert_int_eq(node_config_flags(&o, 3, bad2, e, sizeof e), NODE_ECONFIG);
+    }
     char *p = write_ini("[node]\ndata_dir = /var/lib/tem\ngenesis = /etc/tem/g.json\nkey = /etc/tem/v.key\n"
                         "listen = 0.0.0.0:26600\nhttp = 127.0.0.1:8080\nlog_level = debug\n"
                         "mempool_txs_max = 5000\nobserver = false\nblock_interval_ms = 250\n");

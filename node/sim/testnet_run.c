@@ -330,6 +330,18 @@ static int gen(tn *t) {
     tem_free(tx);
     if (rc != 0) return -1;
 
+    /* Validators admit only listed observers (docs/operate.md): list the testnet's one. */
+    char obs_pub[65] = "";
+    {
+        char kp[4400];
+        snprintf(kp, sizeof kp, "%s/keys/observer.key", t->dir);
+        json_error_t je;
+        json_t *kj = json_load_file(kp, 0, &je);
+        const char *pubhex = kj ? json_string_value(json_object_get(kj, "public")) : NULL;
+        if (pubhex && strlen(pubhex) == 64) snprintf(obs_pub, sizeof obs_pub, "%s", pubhex);
+        json_decref(kj);
+        if (!obs_pub[0]) return -1;
+    }
     for (int i = 0; i < TN_NODES; i++) {
         bool obs = i == TN_VALIDATORS;
         char conf[4400], text[8192], a[64], h[64];
@@ -343,8 +355,9 @@ static int gen(tn *t) {
                            "# temd config written by temctl testnet (docs/operate.md); paths are\n"
                            "# relative to this file's folder, so the folder can be moved.\n[node]\n"
                            "data_dir = node%d\ngenesis = genesis.json\nkey = keys/%s\n"
-                           "listen = %s\nhttp = %s\nobserver = %s\nlog_level = info\n",
-                           i, key, a, h, obs ? "true" : "false");
+                           "listen = %s\nhttp = %s\nobserver = %s\nlog_level = info\n%s%s%s",
+                           i, key, a, h, obs ? "true" : "false", obs ? "" : "observer_key = ",
+                           obs ? "" : obs_pub, obs ? "" : "\n");
         if (len < 0 || (size_t)len >= sizeof text || ctl_write_file(conf, text, (size_t)len) != 0) return -1;
         snprintf(path, sizeof path, "%s/node%d", t->dir, i);
         if (mkdir(path, 0700) != 0 && errno != EEXIST) return -1;
