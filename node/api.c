@@ -113,14 +113,6 @@ static int http_status_of(int rc) {
     return 400;
 }
 
-/* ------------------------------------------------------------------ precheck */
-int node_api_precheck(void *ctx, const ledger_tx *tx) {
-    node *n = ctx;
-    /* The contracts' own rule, so the mempool never admits what the executor would refuse for
-     * its signer alone. */
-    return contracts_signer_check(ledger_store_state(n->store), &n->g, tx);
-}
-
 /* ------------------------------------------------------------------ POST /v1/tx, /v1/txs */
 typedef struct batch batch;
 typedef struct {
@@ -128,8 +120,6 @@ typedef struct {
     net_http_req *req; /* single submission */
     batch *b;          /* or one item of a batch */
     uint32_t index;
-    uint8_t *tx;
-    size_t len;
 } submit_ctx;
 
 struct batch {
@@ -160,7 +150,7 @@ static void submit_done(void *ctx, int rc, const uint8_t txid[32]) {
     node *n = s->n;
     if (rc == 0) {
         n->http_txs_accepted++;
-        if (!n->stopping) node_tx_accepted(n, txid, s->tx, s->len);
+        if (!n->stopping) node_tx_accepted(n, txid);
     } else {
         n->http_txs_rejected++;
     }
@@ -180,7 +170,6 @@ static void submit_done(void *ctx, int rc, const uint8_t txid[32]) {
     } else {
         node_reply_json(s->req, http_status_of(rc), err_json(rc, txid));
     }
-    tem_free(s->tx);
     tem_free(s);
 }
 
@@ -189,13 +178,6 @@ static int submit_one(node *n, const uint8_t *tx, size_t len, net_http_req *req,
                       uint8_t txid[32], bool *have_id) {
     submit_ctx *s = tem_calloc(1, sizeof *s);
     if (!s) return LEDGER_ENOMEM;
-    s->tx = tem_malloc(len ? len : 1);
-    if (!s->tx) {
-        tem_free(s);
-        return LEDGER_ENOMEM;
-    }
-    memcpy(s->tx, tx, len);
-    s->len = len;
     s->n = n;
     s->req = req;
     s->b = b;
@@ -204,10 +186,7 @@ static int submit_one(node *n, const uint8_t *tx, size_t len, net_http_req *req,
     int rc = node_mempool_submit(n->mp, tx, len, submit_done, s, txid);
     *have_id = false;
     for (int i = 0; i < 32; i++) *have_id |= txid[i] != 0;
-    if (rc != 0) {
-        tem_free(s->tx);
-        tem_free(s);
-    }
+    if (rc != 0) tem_free(s);
     return rc;
 }
 

@@ -7,6 +7,7 @@
 #include "contracts/contracts.h"
 #include "net/http.h"
 #include "net/net.h"
+#include "node/archive.h"
 #include "node/mempool.h"
 #include "node/node.h"
 
@@ -22,15 +23,12 @@
 #define NODE_LATENCY_TABLE (1u << 16)
 #define NODE_LATENCY_BUCKETS 14
 #define NODE_SIGCACHE (1u << 16)
-#define NODE_ARCHIVED_KEEP 64
 
-#define NODE_CURTAIL_KEEP 32
+/* One verified (txid, signature) pair: the pair itself, so a hit needs no hashing. */
 typedef struct {
-    uint64_t height;
     uint8_t txid[32];
-    uint64_t curtailed_wh;
-    char binding[48];
-} node_curtail;
+    uint8_t sig[64];
+} node_sigcache_entry;
 
 typedef struct {
     uint64_t height;
@@ -70,6 +68,9 @@ typedef struct node {
     uint32_t nvalq;
     bool validating;
     uint8_t validated[NODE_VALIDATED_CACHE][32];
+    /* validated[i]'s block view, kept for its apply (NULL once used or dropped). Its txs may be
+     * borrowed from the mempool, so every view is freed before node_mempool_block_applied. */
+    ledger_block_view *views[NODE_VALIDATED_CACHE];
     uint32_t validated_next;
     node_queued_event evq[NODE_EVENT_QUEUE_MAX];
     uint32_t evq_head, evq_n;
@@ -79,9 +80,9 @@ typedef struct node {
     uint64_t sync_sent_ms;
     uint64_t last_regossip_ms;
 
-    /* gossip of client txs to the other validators */
-    uint8_t *gossip[NODE_GOSSIP_TXS_MAX];
-    size_t gossip_len[NODE_GOSSIP_TXS_MAX];
+    /* gossip of client txs to the other validators: txids of durable mempool txs, whose bytes
+     * are read from the mempool when the batch is sent */
+    uint8_t gossip[NODE_GOSSIP_TXS_MAX][32];
     uint32_t ngossip;
 
     uv_signal_t sig_int, sig_term;
@@ -96,12 +97,8 @@ typedef struct node {
     uint64_t lat_ms[NODE_LATENCY_TABLE];
     uint64_t lat_bucket[NODE_LATENCY_BUCKETS + 1];
     uint64_t lat_sum_ms, lat_count;
-    uint8_t sigcache[NODE_SIGCACHE][32];
-    uint64_t archived[NODE_ARCHIVED_KEEP]; /* slot + 1 of recently archived trade lists */
-    uint32_t archived_next;
-    node_curtail curtail[NODE_CURTAIL_KEEP];
-    uint32_t curtail_next;
-    uint64_t ncurtail;
+    node_sigcache_entry sigcache[NODE_SIGCACHE];
+    node_archive archive;
 } node;
 
 /* Wall-clock milliseconds since the Unix epoch. */
@@ -109,19 +106,14 @@ uint64_t node_now_ms(void);
 /* One log line: time, level, height, view, message. */
 void node_log(node *n, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-/* Called when the mempool has made a client tx durable: queue it for gossip and note its time
- * for the commit-latency histogram. */
-void node_tx_accepted(node *n, const uint8_t txid[32], const uint8_t *tx, size_t len);
-/* Remembers that this SignedTx's signature verified (the mempool admitted it), and asks. */
-void node_sigcache_add_tx(node *n, const uint8_t *tx, size_t len);
-bool node_sigcache_has(node *n, const uint8_t txid[32], const uint8_t sig[64]);
+/* Called when the mempool has made a client tx durable (it is PENDING there): queue it for
+ * gossip and note its time for the commit-latency histogram. */
+void node_tx_accepted(node *n, const uint8_t txid[32]);
+/* Remembers that the pair (txid, sig) verified (the mempool admitted the tx), and asks. */
+void node_sigcache_add(node *n, const uint8_t txid[32], const uint8_t sig[64]);
+bool node_sigcache_has(const node *n, const uint8_t txid[32], const uint8_t sig[64]);
 /* Asks for a proposal to be built sooner (a tx arrived while the primary waited idle). */
 void node_kick_proposal(node *n);
-
-/* api_market.c: before applying a block at time_ms, archive the trades of slots whose gate has
- * closed; after it, note the curtailed fills of the block's txs. */
-void node_archive_trades(node *n, uint64_t time_ms);
-void node_note_curtailments(node *n, uint64_t height, const uint8_t (*txids)[32], size_t ntx);
 
 /* api.c */
 TEM_WUR int node_api_start(node *n);
@@ -131,7 +123,5 @@ json_t *node_hexj(const uint8_t *b, size_t n);
 json_t *node_pb_json(const ProtobufCMessage *m);
 void node_reply_json(net_http_req *req, int status, json_t *j);
 void node_reply_err(net_http_req *req, int status, const char *code, const char *msg);
-/* The mempool's pre-check: contracts_signer_check on the current state. 0 or its code. */
-int node_api_precheck(void *ctx, const ledger_tx *tx);
 
 #endif
