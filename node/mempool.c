@@ -1018,6 +1018,13 @@ int node_mempool_recover(node_mempool *m, uint32_t *recovered) {
 static int submit(node_mempool *m, const uint8_t *tx, size_t len, node_mempool_done_fn done,
                   void *ctx, uint8_t txid_out[LEDGER_HASH_BYTES]) {
     if (m->closing) return NODE_MEMPOOL_ECLOSING;
+    /* A durable tx sent again (gossip, regossip, a client retry) is found by its bytes before
+     * anything is decoded or hashed: the answer is the one decoding would give. */
+    const ledger_tx *held = node_mempool_find_bytes(m, tx, len);
+    if (held) {
+        if (txid_out) memcpy(txid_out, held->txid, LEDGER_HASH_BYTES);
+        return NODE_MEMPOOL_EDUP;
+    }
     ledger_tx t;
     int rc = ledger_tx_decode(tx, len, &m->lim, &t);
     if (rc != LEDGER_OK) return rc;
