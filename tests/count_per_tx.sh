@@ -90,7 +90,7 @@ def per(x): return f"{x / n:.2f}"
 tx_kinds = ["txid", "mempool_log", "sigcache_key", "receipt", "other"]
 print(f"\nper tx per node (N={n}):")
 print("| node | SignedTx unpacks | TxBody unpacks | unpacks | SHA-256 " + " | ".join(tx_kinds) + " | SHA-256 total (tx) | tx copies |")
-print("|---" * (7 + len(tx_kinds)) + "|")
+print("|---" * (6 + len(tx_kinds)) + "|")
 for i, un, sh, copies in rows:
     s, b = un["tem.v1.SignedTx"], un["tem.v1.TxBody"]
     tot = sum(sh[k] for k in tx_kinds)
