@@ -115,10 +115,13 @@ bool node_sigcache_has(const node *n, const uint8_t txid[32], const uint8_t sig[
 /* Asks for a proposal to be built sooner (a tx arrived while the primary waited idle). */
 void node_kick_proposal(node *n);
 
-/* api.c */
+/* api.c: starts the HTTP API (its own routes and api_market.c's). */
 TEM_WUR int node_api_start(node *n);
-/* JSON answers: bytes as hex; j is consumed; errors as {"error","code"}. A client that has gone
- * away is not an error for the node. */
+/* api_market.c: the market views' routes. */
+void node_api_market_routes(node *n, net_http *h);
+/* api_json.c: JSON answers: bytes as hex; j is consumed; errors as {"error","code"}. A client
+ * that has gone away is not an error for the node. */
+void node_reply_raw(net_http_req *req, int status, const char *ct, const void *body, size_t len);
 json_t *node_hexj(const uint8_t *b, size_t n);
 json_t *node_pb_json(const ProtobufCMessage *m);
 void node_reply_json(net_http_req *req, int status, json_t *j);
