@@ -160,7 +160,7 @@ TEM_WUR int node_mempool_submit(node_mempool *m, const uint8_t *tx, size_t len,
  * predecessor nonce arrived later follows that predecessor at once; a gap ends the signer's
  * run. Deterministic for a given pool and state. txs[i]/lens[i] (arrays of `max`, caller's)
  * point into the pool: borrowed until the next node_mempool_block_applied or _close.
- * *n = count written. NODE_MEMPOOL_OK only. */
+ * *n = count written. NODE_MEMPOOL_OK, NODE_MEMPOOL_ENOMEM (*n = 0). */
 TEM_WUR int node_mempool_select(node_mempool *m, ledger_state *st, uint32_t max,
                                 const uint8_t **txs, size_t *lens, uint32_t *n);
 

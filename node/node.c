@@ -160,8 +160,23 @@ static ledger_block_view *take_view(node *n, const uint8_t hash[32], const uint8
     return NULL;
 }
 
+/* A new view of blk (borrowed), its known txs marked; NULL with *rc on failure. */
+static ledger_block_view *view_new(node *n, const uint8_t *blk, size_t len, int *rc) {
+    ledger_block_view *v = tem_calloc(1, sizeof *v);
+    *rc = v ? ledger_block_view_build(&n->g, blk, len, NULL, mempool_lookup, n, v) : LEDGER_ENOMEM;
+    if (*rc != LEDGER_OK) {
+        tem_free(v);
+        return NULL;
+    }
+    mark_known(n, v);
+    return v;
+}
+
+static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uint8_t *cert, size_t cert_len,
+                       unsigned flags);
+
 /* Applies a committed block and everything that follows from it, from one block view: the one
- * validation built for it, or one built here (observers, fetched blocks, the primary's own). */
+ * validation built for it, or one built here (fetched blocks, the primary's own). */
 static void apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t len, const uint8_t *cert,
                             size_t cert_len, const uint8_t hash[32]) {
     if (height <= ledger_store_height(n->store)) return; /* already applied (replayed delivery) */
@@ -170,17 +185,20 @@ static void apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t
     if (v) {
         flags = LEDGER_APPLY_SIGS_OK; /* validation verified every signature of these bytes */
     } else {
-        v = tem_calloc(1, sizeof *v);
-        int rc = v ? ledger_block_view_build(&n->g, blk, len, NULL, mempool_lookup, n, v) : LEDGER_ENOMEM;
-        if (rc != LEDGER_OK) {
+        int rc;
+        if (!(v = view_new(n, blk, len, &rc))) {
             node_log(n, NODE_LOG_ERROR, "certified block %llu does not decode: %s; stopping",
                      (unsigned long long)height, ledger_strerror(rc));
-            tem_free(v);
             stop_node(n, 1);
             return;
         }
-        mark_known(n, v);
     }
+    apply_view(n, height, v, cert, cert_len, flags);
+}
+
+/* Applies v (consumed) and does the node's bookkeeping from it. */
+static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uint8_t *cert, size_t cert_len,
+                       unsigned flags) {
     if (v->header) {
         uint64_t slot = 0;
         if (node_archive_trades(&n->archive, n->store, v->header->time_ms, &slot) > 0)
@@ -562,13 +580,16 @@ static void got_blocks(node *n, const Tem__V1__BlockBatch *bb) {
                              .len = cb->block.len, .cert = cb->cert.data, .cert_len = cb->cert.len};
             (void)queue_event(n, &ev, cb->block.data, cb->block.len, cb->cert.data, cb->cert.len);
         } else {
-            /* Observer: the store verifies the certificate against the genesis validators. */
-            uint8_t h[32];
-            if (block_hash_cb(NULL, cb->block.data, cb->block.len, h) != 0) {
+            /* Observer: a block that does not even decode is the peer's fault, not a divergence;
+             * the store verifies the certificate against the genesis validators. */
+            int rc;
+            ledger_block_view *v = view_new(n, cb->block.data, cb->block.len, &rc);
+            if (!v || v->hash_rc != LEDGER_OK || v->tx_rc != LEDGER_OK) {
                 node_log(n, NODE_LOG_WARN, "sync: peer sent a malformed block %llu", (unsigned long long)cb->height);
+                if (v) view_drop(v);
                 return;
             }
-            apply_committed(n, cb->height, cb->block.data, cb->block.len, cb->cert.data, cb->cert.len, NULL);
+            apply_view(n, cb->height, v, cb->cert.data, cb->cert.len, 0);
         }
     }
     pump(n);
