@@ -12,7 +12,6 @@ B=${BUILD:-build}
 N=${N:-120}
 T="$B/temctl"
 D="$B/temd"
-LIB="$(cd "$(dirname "$B/tools/tem_count.so")" 2>/dev/null && pwd)/tem_count.so"
 make -s "$B/tools/tem_count.so" BUILD="$B" >/dev/null
 LIB="$(cd "$B/tools" && pwd)/tem_count.so"
 command -v curl >/dev/null && command -v jq >/dev/null || { echo "count_per_tx: SKIP: curl or jq missing"; exit 0; }
