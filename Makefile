@@ -180,3 +180,10 @@ clean:
 	rm -rf build
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# ---------------------------------------------------------------- per-tx counter (docs/performance.md)
+# An LD_PRELOAD library counting protobuf unpacks, SHA-256 calls and copies in a running temd;
+# tests/count_per_tx.sh builds it and runs a 4-validator cluster under it.
+$(BUILD)/tools/tem_count.so: tests/tools/tem_count.c
+	@mkdir -p $(dir $@)
+	$(CC) $(PKG_CFLAGS) -std=gnu17 $(WARN) -O2 -g -shared -fPIC -o $@ $< -ldl

@@ -386,6 +386,11 @@ const ledger_genesis *ledger_store_genesis(const ledger_store *s);
 TEM_WUR int ledger_block_build(ledger_store *s, const uint8_t *const *txs, const size_t *tx_lens,
                                size_t n, uint64_t time_ms, const uint8_t proposer[32],
                                uint8_t **out, size_t *out_len);
+/* The same from txs already decoded (borrowed for the call): nothing is decoded or hashed again.
+ * The bytes equal ledger_block_build's for the same txs. LEDGER_EINVAL (n > max_block_txs),
+ * LEDGER_ENOMEM. */
+TEM_WUR int ledger_block_build_txs(ledger_store *s, const ledger_tx *const *txs, size_t n, uint64_t time_ms,
+                                   const uint8_t proposer[32], uint8_t **out, size_t *out_len);
 
 enum {
     LEDGER_APPLY_NO_CERT = 1,    /* offline execution (temctl exec, tests): no certificate */
@@ -400,11 +405,63 @@ typedef struct {
     uint32_t n_txs, n_refused;
 } ledger_apply_info;
 
-/* Checks block (header links, roots, time, every tx's encoding, chain, signature and nonce) and
- * the certificate, executes it with ex and writes block, certificate, tx index, receipts, state
- * changes and roots in ONE LMDB write transaction. On any error nothing is written and the
- * in-memory state is rolled back. LEDGER_EHEIGHT, EPREV, EROOT, ETIME, EBLOCK, ECERT, ENONCE,
- * the tx decode/verify codes, EIO, EFULL, ENOMEM. */
+/* ------------------------------------------------------------------ block view
+ * A block decoded once (docs/ledger.md, "Block view"): built when a proposal or a fetched block
+ * arrives, then passed to validation, apply and the node's bookkeeping, so no step unpacks or
+ * hashes a tx again. The block and its SignedTxs are split at the wire level; each tx is either
+ * recognised by `lookup` (a tx the caller holds decoded and verified, e.g. in its mempool) or
+ * decoded once with ledger_tx_decode. */
+typedef struct {
+    const uint8_t *bytes;  /* the SignedTx as it sits in the block: points into view->block */
+    size_t len;
+    const ledger_tx *tx;   /* decoded: &own, or the lookup's (borrowed); NULL if not decoded */
+    ledger_tx own;
+    bool verified;         /* signature known good (the lookup's tx); the caller may set it */
+} ledger_view_tx;
+
+typedef struct {
+    const uint8_t *block;  /* the serialised Block */
+    size_t block_len;
+    uint8_t *block_owned;  /* tem_free'd with the view, or NULL when the bytes are borrowed */
+    Tem__V1__BlockHeader *header;      /* owned; NULL when the block has none */
+    int hash_rc;                       /* LEDGER_OK when block_hash is set, else EBLOCK */
+    uint8_t block_hash[LEDGER_HASH_BYTES];
+    size_t n;                          /* txs in the block */
+    ledger_view_tx *txs;               /* owned, n entries */
+    uint8_t (*txids)[LEDGER_HASH_BYTES]; /* owned, n entries (valid when tx_rc is LEDGER_OK) */
+    int tx_rc;       /* LEDGER_OK, the first tx's decode code, or EBLOCK (more than max txs) */
+    bool tx_root_ok; /* the header's tx_root matches the txids */
+} ledger_block_view;
+
+/* Returns a decoded tx whose serialised SignedTx is exactly (stx, len) and whose signature is
+ * verified, or NULL. The tx must stay valid until the view is freed. */
+typedef const ledger_tx *(*ledger_tx_lookup_fn)(void *ctx, const uint8_t *stx, size_t len);
+
+/* Builds the view of `block` (borrowed; must outlive the view unless `owned` is that buffer,
+ * which the view then frees). lookup may be NULL. Header, tx decode and tx root problems are
+ * recorded in the view (hash_rc, tx_rc, tx_root_ok) and reported by the checks below in their
+ * usual order. Returns LEDGER_EDECODE (the block or its header does not parse), LEDGER_ENOMEM;
+ * on error nothing is kept and `owned` stays the caller's. */
+TEM_WUR int ledger_block_view_build(const ledger_genesis *g, const uint8_t *block, size_t block_len,
+                                    uint8_t *owned, ledger_tx_lookup_fn lookup, void *ctx,
+                                    ledger_block_view *out);
+/* Frees what the view owns (not the lookup's txs). Safe on a zeroed view. */
+void ledger_block_view_free(ledger_block_view *v);
+/* The block hash from a serialised Block, decoding only its header. LEDGER_EDECODE, EBLOCK. */
+TEM_WUR int ledger_block_hash_bytes(const uint8_t *block, size_t len, uint8_t out[LEDGER_HASH_BYTES]);
+/* The 64-byte signature inside a serialised SignedTx, without decoding it: *sig points into
+ * buf. LEDGER_EDECODE, LEDGER_ESIGLEN. */
+TEM_WUR int ledger_tx_wire_sig(const uint8_t *buf, size_t len, const uint8_t **sig);
+
+/* Checks the view's block and the certificate, executes it with ex and writes block,
+ * certificate, tx index, receipts, state changes and roots in ONE LMDB write transaction. On any
+ * error nothing is written and the in-memory state is rolled back. Signatures are verified
+ * except for txs marked verified (or all, with LEDGER_APPLY_SIGS_OK). LEDGER_EHEIGHT, EPREV,
+ * EROOT, ETIME, EBLOCK, ECERT, ENONCE, the tx decode/verify codes, EIO, EFULL, ENOMEM. */
+TEM_WUR int ledger_store_apply_view(ledger_store *s, const ledger_block_view *v, const uint8_t *cert,
+                                    size_t cert_len, const ledger_executor *ex, unsigned flags,
+                                    ledger_apply_info *info);
+/* ledger_store_apply_view on a view built here without a lookup. */
 TEM_WUR int ledger_store_apply(ledger_store *s, const uint8_t *block, size_t block_len,
                                const uint8_t *cert, size_t cert_len, const ledger_executor *ex,
                                unsigned flags, ledger_apply_info *info);
@@ -412,11 +469,9 @@ TEM_WUR int ledger_store_apply(ledger_store *s, const uint8_t *block, size_t blo
 /* Checks a proposed block for the next height without executing it: header links, roots, time
  * (after the parent's and at most `max_time_ms`), proposer, tx root, every tx's encoding and
  * chain id, and that each signer's nonces run on from its state nonce without gaps. Signatures
- * are NOT verified: *txs_out (tem_malloc'd array of *n_out decoded txs; free each with
- * ledger_tx_free, then the array) lets the caller verify them off the loop thread. The codes of
- * ledger_store_apply. */
-TEM_WUR int ledger_block_precheck(ledger_store *s, const uint8_t *block, size_t block_len,
-                                  uint64_t max_time_ms, ledger_tx **txs_out, size_t *n_out);
+ * are NOT verified (the caller verifies the view's unverified txs off the loop thread). The
+ * codes of ledger_store_apply. */
+TEM_WUR int ledger_block_view_precheck(ledger_store *s, const ledger_block_view *v, uint64_t max_time_ms);
 
 /* Copies of stored records (tem_malloc'd, caller frees). LEDGER_ENOTFOUND, LEDGER_EIO.
  * ledger_store_block also checks the bytes against the block's recorded hash (certificate,

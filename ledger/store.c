@@ -227,23 +227,17 @@ void ledger_store_close(ledger_store *s) {
 }
 
 /* ------------------------------------------------------------------ building and applying */
-int ledger_block_build(ledger_store *s, const uint8_t *const *txs, const size_t *tx_lens, size_t n,
-                       uint64_t time_ms, const uint8_t proposer[32], uint8_t **out, size_t *out_len) {
+int ledger_block_build_txs(ledger_store *s, const ledger_tx *const *txs, size_t n, uint64_t time_ms,
+                           const uint8_t proposer[32], uint8_t **out, size_t *out_len) {
     if (n > s->g->max_block_txs) return LEDGER_EINVAL;
     int rc = LEDGER_OK;
-    ledger_tx_limits lim;
-    ledger_tx_limits_from_genesis(s->g, &lim);
     Tem__V1__SignedTx **stx = tem_calloc(n ? n : 1, sizeof *stx);
     uint8_t(*ids)[32] = tem_malloc((n ? n : 1) * 32);
-    size_t done = 0;
     if (!stx || !ids) { rc = LEDGER_ENOMEM; goto out; }
-    for (; done < n; done++) {
-        ledger_tx tx;
-        if ((rc = ledger_tx_decode(txs[done], tx_lens[done], &lim, &tx)) != LEDGER_OK) goto out;
-        memcpy(ids[done], tx.txid, 32);
-        stx[done] = tx.stx;
-        tx.stx = NULL;
-        ledger_tx_free(&tx);
+    for (size_t i = 0; i < n; i++) {
+        TEM_ASSERT(txs[i]->stx != NULL);
+        stx[i] = txs[i]->stx;
+        memcpy(ids[i], txs[i]->txid, 32);
     }
     uint8_t txroot[32], sr[32], rr[32];
     if ((rc = ledger_merkle_root(txroot, (const uint8_t(*)[32])ids, n)) != LEDGER_OK) goto out;
@@ -269,27 +263,31 @@ int ledger_block_build(ledger_store *s, const uint8_t *const *txs, const size_t 
     *out = buf;
     *out_len = len;
 out:
-    for (size_t i = 0; i < done; i++) tem__v1__signed_tx__free_unpacked(stx[i], &ledger_pb_allocator);
     tem_free(stx);
     tem_free(ids);
     return rc;
 }
 
-/* Decodes every tx of a block into txs[] (re-packing the parsed SignedTx is byte-exact for the
- * body, which is all the txid and signature cover). */
-static int decode_block_txs(const ledger_genesis *g, Tem__V1__Block *b, ledger_tx *txs) {
+int ledger_block_build(ledger_store *s, const uint8_t *const *txs, const size_t *tx_lens, size_t n,
+                       uint64_t time_ms, const uint8_t proposer[32], uint8_t **out, size_t *out_len) {
+    if (n > s->g->max_block_txs) return LEDGER_EINVAL;
+    int rc = LEDGER_OK;
     ledger_tx_limits lim;
-    ledger_tx_limits_from_genesis(g, &lim);
-    for (size_t i = 0; i < b->n_txs; i++) {
-        size_t len = tem__v1__signed_tx__get_packed_size(b->txs[i]);
-        uint8_t *buf = tem_malloc(len ? len : 1);
-        if (!buf) return LEDGER_ENOMEM;
-        TEM_ASSERT(tem__v1__signed_tx__pack(b->txs[i], buf) == len);
-        int rc = ledger_tx_decode(buf, len, &lim, &txs[i]);
-        tem_free(buf);
-        if (rc != LEDGER_OK) return rc;
+    ledger_tx_limits_from_genesis(s->g, &lim);
+    ledger_tx *dec = tem_calloc(n ? n : 1, sizeof *dec);
+    const ledger_tx **ptrs = tem_calloc(n ? n : 1, sizeof *ptrs);
+    size_t done = 0;
+    if (!dec || !ptrs) { rc = LEDGER_ENOMEM; goto out; }
+    for (; done < n; done++) {
+        if ((rc = ledger_tx_decode(txs[done], tx_lens[done], &lim, &dec[done])) != LEDGER_OK) goto out;
+        ptrs[done] = &dec[done];
     }
-    return LEDGER_OK;
+    rc = ledger_block_build_txs(s, ptrs, n, time_ms, proposer, out, out_len);
+out:
+    for (size_t i = 0; i < done; i++) ledger_tx_free(&dec[i]);
+    tem_free(dec);
+    tem_free(ptrs);
+    return rc;
 }
 
 static int check_header(ledger_store *s, const Tem__V1__BlockHeader *h) {
@@ -305,108 +303,91 @@ static int check_header(ledger_store *s, const Tem__V1__BlockHeader *h) {
     return LEDGER_OK;
 }
 
-int ledger_block_precheck(ledger_store *s, const uint8_t *blk, size_t blen, uint64_t max_time_ms,
-                          ledger_tx **txs_out, size_t *n_out) {
-    Tem__V1__Block *b = tem__v1__block__unpack(&ledger_pb_allocator, blen, blk);
-    if (!b) return LEDGER_EDECODE;
-    ledger_tx *txs = NULL;
-    size_t n = b->n_txs;
-    int rc;
-    if ((rc = check_header(s, b->header)) != LEDGER_OK) goto out;
-    if (b->header->time_ms > max_time_ms) { rc = LEDGER_ETIME; goto out; }
-    if (n > s->g->max_block_txs) { rc = LEDGER_EBLOCK; goto out; }
-    txs = tem_calloc(n ? n : 1, sizeof *txs);
-    uint8_t(*ids)[32] = tem_malloc((n ? n : 1) * 32);
-    if (!txs || !ids) {
-        tem_free(ids);
-        rc = LEDGER_ENOMEM;
-        goto out;
-    }
-    if ((rc = decode_block_txs(s->g, b, txs)) == LEDGER_OK) {
-        for (size_t i = 0; i < n; i++) memcpy(ids[i], txs[i].txid, 32);
-        uint8_t root[32];
-        if ((rc = ledger_merkle_root(root, (const uint8_t(*)[32])ids, n)) == LEDGER_OK &&
-            (b->header->tx_root.len != 32 || memcmp(root, b->header->tx_root.data, 32) != 0))
-            rc = LEDGER_EROOT;
-    }
-    tem_free(ids);
-    if (rc != LEDGER_OK) goto out;
+/* The checks every block passes before it executes, in the order callers have always seen:
+ * header links, tx count, each tx's encoding, the tx root. */
+static int check_view(ledger_store *s, const ledger_block_view *v) {
+    int rc = check_header(s, v->header);
+    if (rc != LEDGER_OK) return rc;
+    if (v->n > s->g->max_block_txs) return LEDGER_EBLOCK;
+    if (v->tx_rc != LEDGER_OK) return v->tx_rc;
+    return v->tx_root_ok ? LEDGER_OK : LEDGER_EROOT;
+}
+
+int ledger_block_view_precheck(ledger_store *s, const ledger_block_view *v, uint64_t max_time_ms) {
+    int rc = check_header(s, v->header);
+    if (rc != LEDGER_OK) return rc;
+    if (v->header->time_ms > max_time_ms) return LEDGER_ETIME;
+    if ((rc = check_view(s, v)) != LEDGER_OK) return rc;
     /* Nonces: every tx of a signer must continue that signer's sequence. Quadratic in the
      * number of txs of one signer only: earlier txs of the same signer are counted. */
-    for (size_t i = 0; i < n; i++) {
-        const uint8_t *signer = txs[i].body->signer.data;
+    for (size_t i = 0; i < v->n; i++) {
+        const uint8_t *signer = v->txs[i].tx->body->signer.data;
         uint64_t want = ledger_state_nonce(s->st, signer);
         for (size_t j = 0; j < i; j++)
-            if (memcmp(txs[j].body->signer.data, signer, LEDGER_SECP_PUB_BYTES) == 0) want++;
-        if (txs[i].body->nonce != want) { rc = LEDGER_ENONCE; goto out; }
+            if (memcmp(v->txs[j].tx->body->signer.data, signer, LEDGER_SECP_PUB_BYTES) == 0) want++;
+        if (v->txs[i].tx->body->nonce != want) return LEDGER_ENONCE;
     }
-    *txs_out = txs;
-    *n_out = n;
-    txs = NULL;
-out:
-    if (txs) {
-        for (size_t i = 0; i < n; i++) ledger_tx_free(&txs[i]);
-        tem_free(txs);
-    }
-    tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
-    return rc;
+    return LEDGER_OK;
 }
 
 int ledger_store_apply(ledger_store *s, const uint8_t *blk, size_t blen, const uint8_t *cert,
                        size_t clen, const ledger_executor *ex, unsigned flags, ledger_apply_info *info) {
+    ledger_block_view v;
+    int rc = ledger_block_view_build(s->g, blk, blen, NULL, NULL, NULL, &v);
+    if (rc != LEDGER_OK) return rc;
+    rc = ledger_store_apply_view(s, &v, cert, clen, ex, flags, info);
+    ledger_block_view_free(&v);
+    return rc;
+}
+
+int ledger_store_apply_view(ledger_store *s, const ledger_block_view *v, const uint8_t *cert,
+                            size_t clen, const ledger_executor *ex, unsigned flags, ledger_apply_info *info) {
     int rc;
-    Tem__V1__Block *b = tem__v1__block__unpack(&ledger_pb_allocator, blen, blk);
-    if (!b) return LEDGER_EDECODE;
-    ledger_tx *txs = NULL;
-    uint8_t(*ids)[32] = NULL, (*rhash)[32] = NULL;
+    uint8_t(*rhash)[32] = NULL;
     uint8_t **rbuf = NULL;
     size_t *rlen = NULL;
     ledger_arena arena = {0};
     MDB_txn *txn = NULL;
     size_t sp = 0;
     bool sp_open = false;
-    size_t n = b->n_txs;
-    if ((rc = check_header(s, b->header)) != LEDGER_OK) goto out;
-    if (n > s->g->max_block_txs) { rc = LEDGER_EBLOCK; goto out; }
-    txs = tem_calloc(n ? n : 1, sizeof *txs);
-    ids = tem_malloc((n ? n : 1) * 32);
+    size_t n = v->n;
+    const Tem__V1__BlockHeader *hdr = v->header;
+    if ((rc = check_view(s, v)) != LEDGER_OK) goto out;
     rhash = tem_malloc((n ? n : 1) * 32);
     rbuf = tem_calloc(n ? n : 1, sizeof *rbuf);
     rlen = tem_calloc(n ? n : 1, sizeof *rlen);
-    if (!txs || !ids || !rhash || !rbuf || !rlen) { rc = LEDGER_ENOMEM; goto out; }
-    if ((rc = decode_block_txs(s->g, b, txs)) != LEDGER_OK) goto out;
-    for (size_t i = 0; i < n; i++) memcpy(ids[i], txs[i].txid, 32);
-    uint8_t root[32], bhash[32];
-    if ((rc = ledger_merkle_root(root, (const uint8_t(*)[32])ids, n)) != LEDGER_OK) goto out;
-    if (b->header->tx_root.len != 32 || memcmp(root, b->header->tx_root.data, 32) != 0) { rc = LEDGER_EROOT; goto out; }
-    if ((rc = ledger_block_hash(b->header, bhash)) != LEDGER_OK) goto out;
+    if (!rhash || !rbuf || !rlen) { rc = LEDGER_ENOMEM; goto out; }
+    uint8_t bhash[32];
+    if ((rc = v->hash_rc) != LEDGER_OK) goto out;
+    memcpy(bhash, v->block_hash, 32);
     if (!(flags & LEDGER_APPLY_NO_CERT)) {
         if (!cert) { rc = LEDGER_ECERT; goto out; }
-        if ((rc = ledger_cert_verify(s->g, cert, clen, b->header->height, bhash)) != LEDGER_OK) goto out;
+        if ((rc = ledger_cert_verify(s->g, cert, clen, hdr->height, bhash)) != LEDGER_OK) goto out;
     }
     if (!(flags & LEDGER_APPLY_SIGS_OK))
         for (size_t i = 0; i < n; i++)
-            if ((rc = ledger_tx_verify(&txs[i])) != LEDGER_OK) goto out;
+            if (!v->txs[i].verified && (rc = ledger_tx_verify(v->txs[i].tx)) != LEDGER_OK) goto out;
 
     /* Execute under one savepoint: any failure below rolls the in-memory state back to the
      * previous block, matching what LMDB still holds. */
     if ((rc = ledger_state_savepoint(s->st, &sp)) != LEDGER_OK) goto out;
     sp_open = true;
-    ledger_block_ctx bctx = {.height = b->header->height, .time_ms = b->header->time_ms, .genesis = s->g, .arena = &arena};
+    ledger_block_ctx bctx = {.height = hdr->height, .time_ms = hdr->time_ms, .genesis = s->g, .arena = &arena};
     if (ex && ex->begin_block && (rc = ex->begin_block(ex->ctx, s->st, &bctx)) != LEDGER_OK) goto out;
     uint32_t refused = 0;
     for (size_t i = 0; i < n; i++) {
-        const uint8_t *signer = txs[i].body->signer.data;
+        const ledger_tx *tx = v->txs[i].tx;
+        const uint8_t *signer = tx->body->signer.data;
         uint64_t next = ledger_state_nonce(s->st, signer);
-        if (txs[i].body->nonce != next || next == UINT64_MAX) { rc = LEDGER_ENONCE; goto out; }
+        if (tx->body->nonce != next || next == UINT64_MAX) { rc = LEDGER_ENONCE; goto out; }
         uint8_t nk[1 + LEDGER_SECP_PUB_BYTES], nv[8];
         nk[0] = 'n';
         memcpy(nk + 1, signer, LEDGER_SECP_PUB_BYTES);
         tem_put_u64le(nv, next + 1);
         if ((rc = ledger_state_put(s->st, nk, sizeof nk, nv, 8)) != LEDGER_OK) goto out;
         Tem__V1__Receipt r = TEM__V1__RECEIPT__INIT;
-        if (ex && ex->exec_tx && (rc = ex->exec_tx(ex->ctx, s->st, &bctx, &txs[i], &r)) != LEDGER_OK) goto out;
-        r.txid = (ProtobufCBinaryData){32, txs[i].txid};
+        if (ex && ex->exec_tx && (rc = ex->exec_tx(ex->ctx, s->st, &bctx, tx, &r)) != LEDGER_OK) goto out;
+        r.txid = (ProtobufCBinaryData){32, (uint8_t *)tx->txid};
         if (r.code != 0) refused++;
         rlen[i] = tem__v1__receipt__get_packed_size(&r);
         rbuf[i] = ledger_arena_alloc(&arena, rlen[i] ? rlen[i] : 1);
@@ -419,15 +400,15 @@ int ledger_store_apply(ledger_store *s, const uint8_t *blk, size_t blen, const u
     if ((rc = ledger_merkle_root(rroot, (const uint8_t(*)[32])rhash, n)) != LEDGER_OK) goto out;
 
     /* ---- one LMDB write transaction for everything the block changes */
-    uint64_t h = b->header->height;
+    uint64_t h = hdr->height;
     uint8_t hk[8];
     tem_put_u64be(hk, h);
     if ((rc = map_mdb(mdb_txn_begin(s->env, NULL, 0, &txn), "begin")) != LEDGER_OK) goto out;
-    MDB_val k = {8, hk}, v = {blen, (void *)blk};
-    if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_BLOCKS], &k, &v, MDB_NOOVERWRITE), "put block")) != LEDGER_OK) goto out;
+    MDB_val k = {8, hk}, bv = {v->block_len, (void *)v->block};
+    if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_BLOCKS], &k, &bv, MDB_NOOVERWRITE), "put block")) != LEDGER_OK) goto out;
     if (cert) {
-        v = (MDB_val){clen, (void *)cert};
-        if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_CERTS], &k, &v, 0), "put cert")) != LEDGER_OK) goto out;
+        bv = (MDB_val){clen, (void *)cert};
+        if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_CERTS], &k, &bv, 0), "put cert")) != LEDGER_OK) goto out;
     }
     hook(s, 1);
     for (size_t i = 0; i < n; i++) {
@@ -435,7 +416,7 @@ int ledger_store_apply(ledger_store *s, const uint8_t *blk, size_t blen, const u
         tem_put_u64be(ik, h);
         tem_put_u32be(ik + 8, (uint32_t)i);
         memcpy(iv, ik, 12);
-        MDB_val tk = {32, txs[i].txid}, tv = {12, iv};
+        MDB_val tk = {32, (void *)v->txids[i]}, tv = {12, iv};
         /* A txid already in the index means the tx was included twice: its nonce check above
          * makes that impossible, so this is a store inconsistency, not bad input. */
         if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_TXS], &tk, &tv, MDB_NOOVERWRITE), "put txidx")) != LEDGER_OK) goto out;
@@ -445,7 +426,7 @@ int ledger_store_apply(ledger_store *s, const uint8_t *blk, size_t blen, const u
     hook(s, 2);
     if ((rc = flush_state(s, txn, sroot)) != LEDGER_OK) goto out;
     hook(s, 3);
-    if ((rc = put_roots(s, txn, h, sroot, rroot, bhash, b->header->time_ms)) != LEDGER_OK) goto out;
+    if ((rc = put_roots(s, txn, h, sroot, rroot, bhash, hdr->time_ms)) != LEDGER_OK) goto out;
     uint8_t h8[8];
     tem_put_u64le(h8, h);
     if ((rc = meta_put_txn(s, txn, "height", h8, 8)) != LEDGER_OK) goto out;
@@ -460,7 +441,7 @@ int ledger_store_apply(ledger_store *s, const uint8_t *blk, size_t blen, const u
     ledger__state_clear_dirty(s->st);
     ledger__state_set_root(s->st, sroot);
     s->height = h;
-    s->last_time_ms = b->header->time_ms;
+    s->last_time_ms = hdr->time_ms;
     memcpy(s->last_hash, bhash, 32);
     memcpy(s->state_root, sroot, 32);
     memcpy(s->receipts_root, rroot, 32);
@@ -479,15 +460,10 @@ out:
         /* Back at the last block: its root is known without recomputation. */
         ledger__state_set_root(s->st, s->state_root);
     }
-    if (txs)
-        for (size_t i = 0; i < n; i++) ledger_tx_free(&txs[i]);
-    tem_free(txs);
-    tem_free(ids);
     tem_free(rhash);
     tem_free(rbuf);
     tem_free(rlen);
     ledger_arena_reset(&arena);
-    tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
     return rc;
 }
 

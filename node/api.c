@@ -6,91 +6,6 @@
 
 #include <jansson.h>
 
-/* ------------------------------------------------------------------ JSON helpers */
-void node_reply_err(net_http_req *req, int status, const char *code, const char *msg) {
-    /* NET_EGONE only means the client left; nothing else to do with the answer. */
-    if (net_http_reply_error(req, status, code, msg) != NET_OK) return;
-}
-static void reply_raw(net_http_req *req, int status, const char *ct, const void *body, size_t len) {
-    if (net_http_reply(req, status, ct, body, len) != NET_OK) return;
-}
-
-json_t *node_hexj(const uint8_t *b, size_t n) {
-    char *h = tem_malloc(2 * n + 1);
-    if (!h) return json_null();
-    tem_hex(h, b, n);
-    json_t *j = json_string(h);
-    tem_free(h);
-    return j;
-}
-
-/* Any protobuf-c message as JSON: bytes as hex, enums as numbers, nested messages recursively.
- * Used for receipts and headers so fields added to the schema show up without code changes. */
-json_t *node_pb_json(const ProtobufCMessage *m) {
-    json_t *o = json_object();
-    const ProtobufCMessageDescriptor *d = m->descriptor;
-    for (unsigned i = 0; i < d->n_fields; i++) {
-        const ProtobufCFieldDescriptor *f = &d->fields[i];
-        const uint8_t *base = (const uint8_t *)m + f->offset;
-        if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
-            uint32_t qc = *(const uint32_t *)((const uint8_t *)m + f->quantifier_offset);
-            if (qc != f->id) continue;
-        }
-        size_t count = 1;
-        const uint8_t *items = base;
-        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-            count = *(const size_t *)((const uint8_t *)m + f->quantifier_offset);
-            items = *(const uint8_t *const *)base;
-        }
-        json_t *arr = f->label == PROTOBUF_C_LABEL_REPEATED ? json_array() : NULL;
-        for (size_t k = 0; k < count; k++) {
-            json_t *v = NULL;
-            switch (f->type) {
-            case PROTOBUF_C_TYPE_INT32: case PROTOBUF_C_TYPE_SINT32: case PROTOBUF_C_TYPE_SFIXED32: case PROTOBUF_C_TYPE_ENUM:
-                v = json_integer(((const int32_t *)items)[k]); break;
-            case PROTOBUF_C_TYPE_UINT32: case PROTOBUF_C_TYPE_FIXED32:
-                v = json_integer(((const uint32_t *)items)[k]); break;
-            case PROTOBUF_C_TYPE_INT64: case PROTOBUF_C_TYPE_SINT64: case PROTOBUF_C_TYPE_SFIXED64:
-                v = json_integer(((const int64_t *)items)[k]); break;
-            case PROTOBUF_C_TYPE_UINT64: case PROTOBUF_C_TYPE_FIXED64:
-                v = json_integer((json_int_t)((const uint64_t *)items)[k]); break;
-            case PROTOBUF_C_TYPE_BOOL: v = json_boolean(((const protobuf_c_boolean *)items)[k]); break;
-            case PROTOBUF_C_TYPE_STRING: {
-                const char *s = ((const char *const *)items)[k];
-                v = json_string(s ? s : "");
-                break;
-            }
-            case PROTOBUF_C_TYPE_BYTES: {
-                const ProtobufCBinaryData *b = &((const ProtobufCBinaryData *)items)[k];
-                v = node_hexj(b->data, b->len);
-                break;
-            }
-            case PROTOBUF_C_TYPE_MESSAGE: {
-                const ProtobufCMessage *sub = ((const ProtobufCMessage *const *)items)[k];
-                v = sub ? node_pb_json(sub) : json_null();
-                break;
-            }
-            default: v = json_null();
-            }
-            if (arr) json_array_append_new(arr, v);
-            else json_object_set_new(o, f->name, v);
-        }
-        if (arr) json_object_set_new(o, f->name, arr);
-    }
-    return o;
-}
-
-void node_reply_json(net_http_req *req, int status, json_t *j) {
-    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(j);
-    if (!s) {
-        node_reply_err(req, 500, "ENOMEM", "out of memory");
-        return;
-    }
-    reply_raw(req, status, "application/json", s, strlen(s));
-    free(s);
-}
-
 static const char *err_name(int rc) {
     const char *s = contracts_errname(rc);
     return s ? s : node_mempool_errname(rc);
@@ -114,14 +29,6 @@ static int http_status_of(int rc) {
     return 400;
 }
 
-/* ------------------------------------------------------------------ precheck */
-int node_api_precheck(void *ctx, const ledger_tx *tx) {
-    node *n = ctx;
-    /* The contracts' own rule, so the mempool never admits what the executor would refuse for
-     * its signer alone. */
-    return contracts_signer_check(ledger_store_state(n->store), &n->g, tx);
-}
-
 /* ------------------------------------------------------------------ POST /v1/tx, /v1/txs */
 typedef struct batch batch;
 typedef struct {
@@ -129,8 +36,6 @@ typedef struct {
     net_http_req *req; /* single submission */
     batch *b;          /* or one item of a batch */
     uint32_t index;
-    uint8_t *tx;
-    size_t len;
 } submit_ctx;
 
 struct batch {
@@ -161,7 +66,7 @@ static void submit_done(void *ctx, int rc, const uint8_t txid[32]) {
     node *n = s->n;
     if (rc == 0) {
         n->http_txs_accepted++;
-        if (!n->stopping) node_tx_accepted(n, txid, s->tx, s->len);
+        if (!n->stopping) node_tx_accepted(n, txid);
     } else {
         n->http_txs_rejected++;
     }
@@ -181,7 +86,6 @@ static void submit_done(void *ctx, int rc, const uint8_t txid[32]) {
     } else {
         node_reply_json(s->req, http_status_of(rc), err_json(rc, txid));
     }
-    tem_free(s->tx);
     tem_free(s);
 }
 
@@ -190,13 +94,6 @@ static int submit_one(node *n, const uint8_t *tx, size_t len, net_http_req *req,
                       uint8_t txid[32], bool *have_id) {
     submit_ctx *s = tem_calloc(1, sizeof *s);
     if (!s) return LEDGER_ENOMEM;
-    s->tx = tem_malloc(len ? len : 1);
-    if (!s->tx) {
-        tem_free(s);
-        return LEDGER_ENOMEM;
-    }
-    memcpy(s->tx, tx, len);
-    s->len = len;
     s->n = n;
     s->req = req;
     s->b = b;
@@ -205,10 +102,7 @@ static int submit_one(node *n, const uint8_t *tx, size_t len, net_http_req *req,
     int rc = node_mempool_submit(n->mp, tx, len, submit_done, s, txid);
     *have_id = false;
     for (int i = 0; i < 32; i++) *have_id |= txid[i] != 0;
-    if (rc != 0) {
-        tem_free(s->tx);
-        tem_free(s);
-    }
+    if (rc != 0) tem_free(s);
     return rc;
 }
 
@@ -560,8 +454,6 @@ static void h_account(void *ctx, net_http_req *req, const net_http_request *r) {
     node_reply_json(req, 200, o);
 }
 
-/* ------------------------------------------------------------------ market views */
-extern void node_api_market_routes(node *n, net_http *h);
 
 int node_api_start(node *n) {
     net_http_config hc;

@@ -4,6 +4,8 @@
  * after the fdatasync), its recovery after a crash and its rewrite when mostly dead. */
 #include "node/mempool.h"
 
+#include "contracts/contracts.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -51,11 +53,13 @@ typedef struct {
     uint8_t signer[LEDGER_SECP_PUB_BYTES];
     uint8_t *bytes; /* the SignedTx as submitted, owned */
     size_t len;
+    ledger_tx tx;   /* decoded once at submission, owned; lent out while PENDING */
     /* Written by the verify worker (only). */
     int32_t vrc;
     uint32_t check; /* the log record's check value */
     /* Loop thread only. */
     uint8_t state, gone;
+    bool in_by_sig; /* indexed by signature (PENDING entries only) */
     uint64_t nonce, seq;
     uint32_t signer_idx;
     uint32_t fifo_prev, fifo_next; /* every held entry, in arrival order */
@@ -110,6 +114,7 @@ struct node_mempool {
     uint64_t bytes, next_seq;
     uint32_t fifo_head, fifo_tail;
     mp__tab by_txid;
+    mp__tab by_sig; /* PENDING entries by signature: node_mempool_find_bytes */
 
     mp__signer *signers;
     uint32_t signer_free, n_active;
@@ -146,6 +151,7 @@ struct node_mempool {
 typedef const uint8_t *(*mp__key_fn)(const node_mempool *m, uint32_t idx);
 
 static const uint8_t *key_txid(const node_mempool *m, uint32_t i) { return m->ents[i].txid; }
+static const uint8_t *key_sig(const node_mempool *m, uint32_t i) { return m->ents[i].sig; }
 static const uint8_t *key_signer(const node_mempool *m, uint32_t i) { return m->signers[i].key; }
 static const uint8_t *key_sup(const node_mempool *m, uint32_t i) { return m->sup[i]; }
 
@@ -267,8 +273,9 @@ static void signer_put(node_mempool *m, uint32_t si) {
     m->signer_free = si;
 }
 
-/* Takes ownership of bytes. The caller has checked every bound. */
-static uint32_t ent_add(node_mempool *m, const ledger_tx *t, uint8_t *bytes, size_t len, uint8_t state) {
+/* Takes ownership of bytes and of the decoded *t (zeroed here). The caller has checked every
+ * bound. */
+static uint32_t ent_add(node_mempool *m, ledger_tx *t, uint8_t *bytes, size_t len, uint8_t state) {
     uint32_t i = m->ent_free;
     TEM_ASSERT(i != NIL);
     mp__entry *e = &m->ents[i];
@@ -279,8 +286,10 @@ static uint32_t ent_add(node_mempool *m, const ledger_tx *t, uint8_t *bytes, siz
     memcpy(e->signer, t->body->signer.data, LEDGER_SECP_PUB_BYTES);
     e->bytes = bytes;
     e->len = len;
+    e->tx = *t;
+    memset(t, 0, sizeof *t);
     e->state = state;
-    e->nonce = t->body->nonce;
+    e->nonce = e->tx.body->nonce;
     e->seq = m->next_seq++;
     e->q_next = NIL;
     tab_insert(m, &m->by_txid, e->txid, LEDGER_HASH_BYTES, key_txid, i);
@@ -320,6 +329,8 @@ static void ent_remove(node_mempool *m, uint32_t i) {
         m->st.log_live_bytes -= rec_bytes(e->len);
     }
     tab_erase(m, &m->by_txid, e->txid, LEDGER_HASH_BYTES, key_txid);
+    if (e->in_by_sig) tab_erase(m, &m->by_sig, e->sig, LEDGER_SECP_SIG_BYTES, key_sig);
+    e->in_by_sig = false;
     if (e->fifo_prev != NIL) m->ents[e->fifo_prev].fifo_next = e->fifo_next;
     else m->fifo_head = e->fifo_next;
     if (e->fifo_next != NIL) m->ents[e->fifo_next].fifo_prev = e->fifo_prev;
@@ -338,9 +349,21 @@ static void ent_remove(node_mempool *m, uint32_t i) {
     m->bytes -= e->len;
     tem_free(e->bytes);
     e->bytes = NULL;
+    ledger_tx_free(&e->tx);
     e->state = MP__FREE;
     e->q_next = m->ent_free;
     m->ent_free = i;
+}
+
+/* Entry i is durable and verified: lend its decoded form out by signature. Two held txs with
+ * the same signature bytes would need one ECDSA signature valid for two digests; the second is
+ * simply not indexed. */
+static void ent_pending(node_mempool *m, uint32_t i) {
+    mp__entry *e = &m->ents[i];
+    e->state = MP__PENDING;
+    if (tab_find(m, &m->by_sig, e->sig, LEDGER_SECP_SIG_BYTES, key_sig, NULL) != NIL) return;
+    tab_insert(m, &m->by_sig, e->sig, LEDGER_SECP_SIG_BYTES, key_sig, i);
+    e->in_by_sig = true;
 }
 
 /* Removes entry i and reports rc to its submitter (the last thing done, so the callback sees
@@ -561,7 +584,7 @@ static void on_sync(uv_fs_t *req) {
         if (e->gone) {
             ent_finish(m, i, gone_rc(e));
         } else {
-            e->state = MP__PENDING;
+            ent_pending(m, i);
             m->st.log_live_bytes += rec_bytes(e->len);
             m->st.durable++;
             if (e->done) e->done(e->done_ctx, 0, e->txid);
@@ -711,9 +734,13 @@ static char *dup_str(const char *s, const char *suffix) {
 
 static void free_tables(node_mempool *m) {
     if (m->ents)
-        for (uint32_t i = 0; i < m->cfg.txs_max; i++) tem_free(m->ents[i].bytes);
+        for (uint32_t i = 0; i < m->cfg.txs_max; i++) {
+            tem_free(m->ents[i].bytes);
+            ledger_tx_free(&m->ents[i].tx);
+        }
     tem_free(m->ents);
     tem_free(m->by_txid.slot);
+    tem_free(m->by_sig.slot);
     tem_free(m->signers);
     tem_free(m->active);
     tem_free(m->by_signer.slot);
@@ -770,9 +797,9 @@ int node_mempool_new(uv_loop_t *loop, const node_mempool_config *cfg, ledger_sto
     m->jobs = tem_calloc(c.verify_jobs_max, sizeof *m->jobs);
     m->job_idx = tem_calloc((size_t)c.verify_jobs_max * c.verify_batch_max, sizeof *m->job_idx);
     int t1 = tab_init(&m->by_txid, c.txs_max), t2 = tab_init(&m->by_signer, c.txs_max),
-        t3 = tab_init(&m->by_sup, c.superseded_max);
+        t3 = tab_init(&m->by_sup, c.superseded_max), t4 = tab_init(&m->by_sig, c.txs_max);
     if (!m->log_path || !m->tmp_path || !m->dir_path || !m->ents || !m->signers || !m->active ||
-        !m->sup || !m->jobs || !m->job_idx || t1 || t2 || t3) {
+        !m->sup || !m->jobs || !m->job_idx || t1 || t2 || t3 || t4) {
         free_tables(m);
         return NODE_MEMPOOL_ENOMEM;
     }
@@ -905,7 +932,8 @@ static int recover_one(node_mempool *m, const uint8_t *p, size_t n) {
         return NODE_MEMPOOL_ENOMEM;
     }
     memcpy(copy, p, n);
-    uint32_t i = ent_add(m, &t, copy, n, MP__PENDING);
+    uint32_t i = ent_add(m, &t, copy, n, MP__VERIFY);
+    ent_pending(m, i);
     m->ents[i].check = rec_check(NODE_MEMPOOL_REC_TX, copy, n);
     m->st.log_live_bytes += rec_bytes(n);
     m->st.recovered++;
@@ -1033,6 +1061,13 @@ int node_mempool_recover(node_mempool *m, uint32_t *recovered) {
 static int submit(node_mempool *m, const uint8_t *tx, size_t len, node_mempool_done_fn done,
                   void *ctx, uint8_t txid_out[LEDGER_HASH_BYTES]) {
     if (m->closing) return NODE_MEMPOOL_ECLOSING;
+    /* A durable tx sent again (gossip, regossip, a client retry) is found by its bytes before
+     * anything is decoded or hashed: the answer is the one decoding would give. */
+    const ledger_tx *held = node_mempool_find_bytes(m, tx, len);
+    if (held) {
+        if (txid_out) memcpy(txid_out, held->txid, LEDGER_HASH_BYTES);
+        return NODE_MEMPOOL_EDUP;
+    }
     ledger_tx t;
     int rc = ledger_tx_decode(tx, len, &m->lim, &t);
     if (rc != LEDGER_OK) return rc;
@@ -1108,8 +1143,8 @@ int node_mempool_submit(node_mempool *m, const uint8_t *tx, size_t len, node_mem
 }
 
 /* ================================================================== blocks */
-int node_mempool_select(node_mempool *m, ledger_state *st, uint32_t max, const uint8_t **txs,
-                        size_t *lens, uint32_t *n) {
+/* Writes up to max entry indices valid for the next block on st (mempool.h, select). */
+static uint32_t select_idx(node_mempool *m, ledger_state *st, uint32_t max, uint32_t *out) {
     uint32_t k = 0;
     uint64_t epoch = ++m->sel_epoch;
     for (uint32_t i = m->fifo_head; i != NIL && k < max; i = m->ents[i].fifo_next) {
@@ -1125,9 +1160,7 @@ int node_mempool_select(node_mempool *m, ledger_state *st, uint32_t max, const u
          * their predecessor was missing); later ones are met in order. */
         uint32_t j = i;
         for (;;) {
-            txs[k] = m->ents[j].bytes;
-            lens[k] = m->ents[j].len;
-            k++;
+            out[k++] = j;
             s->sel_next++;
             uint32_t f = m->ents[j].s_next;
             if (k >= max || f == NIL) break;
@@ -1136,8 +1169,65 @@ int node_mempool_select(node_mempool *m, ledger_state *st, uint32_t max, const u
             j = f;
         }
     }
+    return k;
+}
+
+int node_mempool_select(node_mempool *m, ledger_state *st, uint32_t max, const uint8_t **txs,
+                        size_t *lens, uint32_t *n) {
+    uint32_t *idx = tem_malloc((max ? max : 1) * sizeof *idx);
+    if (!idx) {
+        *n = 0;
+        return NODE_MEMPOOL_ENOMEM;
+    }
+    uint32_t k = select_idx(m, st, max, idx);
+    for (uint32_t i = 0; i < k; i++) {
+        txs[i] = m->ents[idx[i]].bytes;
+        lens[i] = m->ents[idx[i]].len;
+    }
+    tem_free(idx);
     *n = k;
     return NODE_MEMPOOL_OK;
+}
+
+int node_mempool_select_txs(node_mempool *m, ledger_state *st, uint32_t max, const ledger_tx **txs, uint32_t *n) {
+    uint32_t *idx = tem_malloc((max ? max : 1) * sizeof *idx);
+    if (!idx) {
+        *n = 0;
+        return NODE_MEMPOOL_ENOMEM;
+    }
+    uint32_t k = select_idx(m, st, max, idx);
+    for (uint32_t i = 0; i < k; i++) txs[i] = &m->ents[idx[i]].tx;
+    tem_free(idx);
+    *n = k;
+    return NODE_MEMPOOL_OK;
+}
+
+const ledger_tx *node_mempool_find_bytes(const node_mempool *m, const uint8_t *stx, size_t len) {
+    const uint8_t *sig;
+    if (ledger_tx_wire_sig(stx, len, &sig) != LEDGER_OK) return NULL;
+    uint32_t i = tab_find(m, &m->by_sig, sig, LEDGER_SECP_SIG_BYTES, key_sig, NULL);
+    if (i == NIL) return NULL;
+    const mp__entry *e = &m->ents[i];
+    TEM_ASSERT(e->state == MP__PENDING);
+    /* The same signature over other bytes is another tx (or a forgery): decode that one. */
+    if (e->len != len || memcmp(e->bytes, stx, len) != 0) return NULL;
+    return &e->tx;
+}
+
+const ledger_tx *node_mempool_get(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES],
+                                  const uint8_t **bytes, size_t *len) {
+    uint32_t i = tab_find(m, &m->by_txid, txid, LEDGER_HASH_BYTES, key_txid, NULL);
+    if (i == NIL || m->ents[i].state != MP__PENDING) return NULL;
+    if (bytes) *bytes = m->ents[i].bytes;
+    if (len) *len = m->ents[i].len;
+    return &m->ents[i].tx;
+}
+
+int node_mempool_precheck_signer(void *store, const ledger_tx *tx) {
+    ledger_store *s = store;
+    /* The contracts' own rule, so the mempool never admits what the executor would refuse for
+     * its signer alone. */
+    return contracts_signer_check(ledger_store_state(s), ledger_store_genesis(s), tx);
 }
 
 /* Drops signer si's held txs whose nonce its state nonce has passed. Returns true when that

@@ -163,9 +163,31 @@ TEM_WUR int node_mempool_submit(node_mempool *m, const uint8_t *tx, size_t len,
  * predecessor nonce arrived later follows that predecessor at once; a gap ends the signer's
  * run. Deterministic for a given pool and state. txs[i]/lens[i] (arrays of `max`, caller's)
  * point into the pool: borrowed until the next node_mempool_block_applied or _close.
- * *n = count written. NODE_MEMPOOL_OK only. */
+ * *n = count written. NODE_MEMPOOL_OK, NODE_MEMPOOL_ENOMEM (*n = 0). */
 TEM_WUR int node_mempool_select(node_mempool *m, ledger_state *st, uint32_t max,
                                 const uint8_t **txs, size_t *lens, uint32_t *n);
+
+/* As node_mempool_select, but hands out the pool's decoded txs (txid, body, SignedTx) so a
+ * proposal is built without decoding or hashing them again. Borrowed like select's bytes.
+ * NODE_MEMPOOL_OK, NODE_MEMPOOL_ENOMEM (*n = 0). */
+TEM_WUR int node_mempool_select_txs(node_mempool *m, ledger_state *st, uint32_t max,
+                                    const ledger_tx **txs, uint32_t *n);
+
+/* The decoded form of a durable (PENDING, signature verified) tx whose serialised SignedTx is
+ * exactly (stx, len), found by its signature without decoding or hashing stx; NULL otherwise.
+ * Borrowed: valid until the next node_mempool_block_applied, _close or _free (only those remove
+ * durable txs). Fits ledger_tx_lookup_fn, so a block view reuses what the pool decoded. */
+const ledger_tx *node_mempool_find_bytes(const node_mempool *m, const uint8_t *stx, size_t len);
+
+/* The durable tx `txid`: its decoded form, and its bytes in *bytes and *len (each may be NULL).
+ * NULL when the tx is not held or not durable yet. Borrowed as for node_mempool_find_bytes. */
+const ledger_tx *node_mempool_get(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES],
+                                  const uint8_t **bytes, size_t *len);
+
+/* The node's precheck (node_mempool_config.precheck, with precheck_ctx = the ledger_store):
+ * contracts_signer_check on the store's current state, so the pool never admits what the
+ * executor would refuse for its signer alone. 0 or the contracts' code. */
+int node_mempool_precheck_signer(void *store, const ledger_tx *tx);
 
 /* After a block is applied (the store is at its height): drops those txids and every held tx
  * whose nonce is now below its signer's state nonce (remembered as superseded unless a receipt

@@ -100,17 +100,8 @@ void node_request_blocks(node *n, uint64_t from) {
 /* ------------------------------------------------------------------ blocks */
 int node_block_hash(void *ctx, const uint8_t *blk, size_t len, uint8_t out[32]) {
     (void)ctx;
-    Tem__V1__Block *b = tem__v1__block__unpack(&ledger_pb_allocator, len, blk);
-    if (!b) return -1;
-    int rc = b->header ? ledger_block_hash(b->header, out) : LEDGER_EBLOCK;
-    tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
-    return rc == LEDGER_OK ? 0 : -1;
-}
-
-static bool was_validated(node *n, const uint8_t hash[32]) {
-    for (uint32_t i = 0; i < NODE_VALIDATED_CACHE; i++)
-        if (memcmp(n->validated[i], hash, 32) == 0) return true;
-    return false;
+    /* The header only: the txs are decoded once, in the block view. */
+    return ledger_block_hash_bytes(blk, len, out) == LEDGER_OK ? 0 : -1;
 }
 
 bool node_is_disk_full(int rc) { return rc == LEDGER_EDISKFULL || rc == LEDGER_EFULL; }
@@ -127,21 +118,98 @@ void node_enter_disk_full(node *n, const char *what, int rc) {
              n->cfg.data_dir, what, ledger_strerror(rc), NODE_DISK_RESUME_BYTES >> 20);
 }
 
-/* Applies a committed block and everything that follows from it. */
+/* ------------------------------------------------------------------ block views */
+/* ledger_tx_lookup_fn over the mempool: a tx this node admitted is neither decoded nor hashed
+ * nor verified again when a block brings it back. */
+static const ledger_tx *mempool_lookup(void *ctx, const uint8_t *stx, size_t len) {
+    node *n = ctx;
+    return n->mp ? node_mempool_find_bytes(n->mp, stx, len) : NULL;
+}
+
+/* Marks the view's txs whose (txid, signature) pair this node already verified. */
+static void mark_known(node *n, ledger_block_view *v) {
+    if (v->tx_rc != LEDGER_OK) return;
+    for (size_t i = 0; i < v->n; i++)
+        if (!v->txs[i].verified)
+            v->txs[i].verified = node_sigcache_has(n, v->txs[i].tx->txid, v->txs[i].tx->stx->sig.data);
+}
+
+static void view_drop(ledger_block_view *v) {
+    ledger_block_view_free(v);
+    tem_free(v);
+}
+
+/* Frees every kept view: they may borrow mempool txs that the next block_applied releases. */
+static void drop_views(node *n) {
+    for (uint32_t i = 0; i < NODE_VALIDATED_CACHE; i++) {
+        if (n->views[i]) view_drop(n->views[i]);
+        n->views[i] = NULL;
+    }
+}
+
+/* Takes the view validation kept for this block, if its bytes are these. */
+static ledger_block_view *take_view(node *n, const uint8_t hash[32], const uint8_t *blk, size_t len) {
+    for (uint32_t i = 0; i < NODE_VALIDATED_CACHE; i++) {
+        ledger_block_view *v = n->views[i];
+        if (!v || memcmp(n->validated[i], hash, 32) != 0) continue;
+        if (v->block_len != len || memcmp(v->block, blk, len) != 0) return NULL;
+        n->views[i] = NULL;
+        return v;
+    }
+    return NULL;
+}
+
+/* A new view of blk (borrowed), its known txs marked; NULL with *rc on failure. */
+static ledger_block_view *view_new(node *n, const uint8_t *blk, size_t len, int *rc) {
+    ledger_block_view *v = tem_calloc(1, sizeof *v);
+    *rc = v ? ledger_block_view_build(&n->g, blk, len, NULL, mempool_lookup, n, v) : LEDGER_ENOMEM;
+    if (*rc != LEDGER_OK) {
+        tem_free(v);
+        return NULL;
+    }
+    mark_known(n, v);
+    return v;
+}
+
+static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uint8_t *cert, size_t cert_len,
+                       unsigned flags);
+
+/* Applies a committed block and everything that follows from it, from one block view: the one
+ * validation built for it, or one built here (fetched blocks, the primary's own). */
 void node_apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t len, const uint8_t *cert,
                             size_t cert_len, const uint8_t hash[32]) {
     if (height <= ledger_store_height(n->store)) return; /* already applied (replayed delivery) */
-    unsigned flags = hash && was_validated(n, hash) ? LEDGER_APPLY_SIGS_OK : 0;
-    /* Decoded once here for the node's own bookkeeping; the store decodes the bytes itself. */
-    Tem__V1__Block *b = tem__v1__block__unpack(&ledger_pb_allocator, len, blk);
-    if (b && b->header) node_archive_trades(n, b->header->time_ms);
+    unsigned flags = 0;
+    ledger_block_view *v = hash ? take_view(n, hash, blk, len) : NULL;
+    if (v) {
+        flags = LEDGER_APPLY_SIGS_OK; /* validation verified every signature of these bytes */
+    } else {
+        int rc;
+        if (!(v = view_new(n, blk, len, &rc))) {
+            node_log(n, NODE_LOG_ERROR, "certified block %llu does not decode: %s; stopping",
+                     (unsigned long long)height, ledger_strerror(rc));
+            node_stop(n, 1);
+            return;
+        }
+    }
+    apply_view(n, height, v, cert, cert_len, flags);
+}
+
+/* Applies v (consumed) and does the node's bookkeeping from it. */
+static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uint8_t *cert, size_t cert_len,
+                       unsigned flags) {
+    if (v->header) {
+        uint64_t slot = 0;
+        if (node_archive_trades(&n->archive, n->store, v->header->time_ms, &slot) > 0)
+            node_log(n, NODE_LOG_WARN, "cannot archive the trades of slot %llu", (unsigned long long)slot);
+    }
     ledger_apply_info info;
-    int rc = ledger_store_apply(n->store, blk, len, cert, cert_len, &n->ex, flags, &info);
+    int rc = ledger_store_apply_view(n->store, v, cert, cert_len, &n->ex, flags, &info);
     if (node_is_disk_full(rc)) {
         char what[64];
         snprintf(what, sizeof what, "storing block %llu", (unsigned long long)height);
         node_enter_disk_full(n, what, rc);
-        if (b) tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
+        view_drop(v);
         return;
     }
     if (rc != LEDGER_OK) {
@@ -149,7 +217,7 @@ void node_apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t l
          * 2f+1 validators'. Running on would diverge: stop and let the operator look. */
         node_log(n, NODE_LOG_ERROR, "certified block %llu does not apply: %s; stopping",
                  (unsigned long long)height, ledger_strerror(rc));
-        if (b) tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
+        view_drop(v);
         node_stop(n, 1);
         return;
     }
@@ -158,30 +226,29 @@ void node_apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t l
     n->txs_refused += info.n_refused;
     uint64_t now = node_now_ms();
     n->last_commit_wall_ms = now;
-    /* txids of the block, for the mempool and the latency histogram */
-    if (b) {
-        uint8_t(*ids)[32] = tem_malloc((b->n_txs ? b->n_txs : 1) * 32);
-        if (ids) {
-            for (size_t i = 0; i < b->n_txs; i++) {
-                ledger_sha256(ids[i], b->txs[i]->body.data, b->txs[i]->body.len);
-                uint64_t k = tem_get_u64le(ids[i]);
-                uint32_t slot = (uint32_t)(k % NODE_LATENCY_TABLE);
-                if (n->lat_key[slot] == k && k) {
-                    uint64_t ms = now > n->lat_ms[slot] ? now - n->lat_ms[slot] : 0;
-                    uint32_t bkt = 0;
-                    while (bkt < NODE_LATENCY_BUCKETS && ms > (5ull << bkt)) bkt++;
-                    n->lat_bucket[bkt]++;
-                    n->lat_sum_ms += ms;
-                    n->lat_count++;
-                    n->lat_key[slot] = 0;
-                }
-            }
-            if (n->mp) node_mempool_block_applied(n->mp, (const uint8_t(*)[32])ids, b->n_txs);
-            node_note_curtailments(n, height, (const uint8_t(*)[32])ids, b->n_txs);
-            tem_free(ids);
+    /* the latency histogram, from the view's txids */
+    for (size_t i = 0; i < v->n; i++) {
+        uint64_t k = tem_get_u64le(v->txids[i]);
+        uint32_t slot = (uint32_t)(k % NODE_LATENCY_TABLE);
+        if (n->lat_key[slot] == k && k) {
+            uint64_t ms = now > n->lat_ms[slot] ? now - n->lat_ms[slot] : 0;
+            uint32_t bkt = 0;
+            while (bkt < NODE_LATENCY_BUCKETS && ms > (5ull << bkt)) bkt++;
+            n->lat_bucket[bkt]++;
+            n->lat_sum_ms += ms;
+            n->lat_count++;
+            n->lat_key[slot] = 0;
         }
-        tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
     }
+    node_archive_note_curtailments(&n->archive, n->store, height, (const uint8_t(*)[32])v->txids, v->n);
+    /* Every view may borrow mempool txs: all go before the mempool lets the block's txs go. */
+    uint8_t(*ids)[32] = v->txids;
+    size_t nids = v->n;
+    v->txids = NULL;
+    view_drop(v);
+    drop_views(n);
+    if (n->mp) node_mempool_block_applied(n->mp, (const uint8_t(*)[32])ids, nids);
+    tem_free(ids);
     node_events_committed(n, height);
     char hh[17];
     tem_hex(hh, info.block_hash, 8);
@@ -197,15 +264,14 @@ static void on_propose(uv_timer_t *t) {
     if (!h || h != ledger_store_height(n->store) + 1 || n->stopping || n->disk_full) return;
     n->want_proposal = 0;
     uint32_t max = n->g.max_block_txs, cnt = 0;
-    const uint8_t **txs = tem_calloc(max, sizeof *txs);
-    size_t *lens = tem_calloc(max, sizeof *lens);
-    if (!txs || !lens) goto out;
-    if (node_mempool_select(n->mp, ledger_store_state(n->store), max, txs, lens, &cnt) != 0) cnt = 0;
+    const ledger_tx **txs = tem_calloc(max ? max : 1, sizeof *txs);
+    if (!txs) goto out;
+    if (node_mempool_select_txs(n->mp, ledger_store_state(n->store), max, txs, &cnt) != 0) cnt = 0;
     uint64_t now = node_now_ms(), last = ledger_store_last_time(n->store);
     uint64_t tms = now > last ? now : last + 1;
     uint8_t *blk;
     size_t blen;
-    int rc = ledger_block_build(n->store, (const uint8_t *const *)txs, lens, cnt, tms, n->key.ed_pub, &blk, &blen);
+    int rc = ledger_block_build_txs(n->store, txs, cnt, tms, n->key.ed_pub, &blk, &blen);
     if (rc != LEDGER_OK) {
         node_log(n, NODE_LOG_WARN, "cannot build block %llu: %s", (unsigned long long)h, ledger_strerror(rc));
         goto out;
@@ -216,7 +282,6 @@ static void on_propose(uv_timer_t *t) {
     tem_free(blk);
 out:
     tem_free(txs);
-    tem_free(lens);
 }
 
 /* Arms the proposal timer: soon when txs are waiting, after the idle interval otherwise, so
@@ -236,7 +301,6 @@ void node_maybe_propose(node *n) {
 typedef struct {
     uv_work_t w;
     node *n;
-    ledger_tx *txs;
     size_t lo, hi;
     int rc;
     struct val_job *job;
@@ -246,20 +310,21 @@ typedef struct val_job {
     node *n;
     uint64_t height;
     uint8_t hash[32];
-    ledger_tx *txs;
-    size_t ntx;
-    uint8_t *known; /* per tx: already verified by this node's mempool */
+    ledger_block_view *view; /* owned until val_finish keeps or frees it */
     int parts_left;
     int rc;
     val_part parts[2];
 } val_job;
 
+/* Thread pool: verifies the view's txs not yet known good. Reads only txs the view owns (a
+ * verified tx may be borrowed from the mempool and is never touched here). */
 static void val_work(uv_work_t *w) {
     val_part *p = w->data;
     p->rc = LEDGER_OK;
+    const ledger_block_view *v = p->job->view;
     for (size_t i = p->lo; i < p->hi; i++) {
-        if (p->job->known[i]) continue; /* verified when our mempool admitted it */
-        int rc = ledger_tx_verify(&p->txs[i]);
+        if (v->txs[i].verified) continue; /* admitted by our mempool or in the signature cache */
+        int rc = ledger_tx_verify(v->txs[i].tx);
         if (rc != LEDGER_OK) {
             p->rc = rc;
             return;
@@ -270,16 +335,23 @@ static void val_work(uv_work_t *w) {
 static void val_finish(node *n, val_job *j) {
     n->validating = false;
     if (j->rc == LEDGER_OK) {
-        memcpy(n->validated[n->validated_next], j->hash, 32);
-        n->validated_next = (n->validated_next + 1) % NODE_VALIDATED_CACHE;
+        uint32_t k = n->validated_next;
+        memcpy(n->validated[k], j->hash, 32);
+        if (n->views[k]) view_drop(n->views[k]);
+        n->views[k] = NULL;
+        /* Kept for the apply only while its height is still to come: a view of an applied height
+         * may borrow mempool txs that are gone. */
+        if (j->view && j->height == ledger_store_height(n->store) + 1 && !n->stopping) {
+            n->views[k] = j->view;
+            j->view = NULL;
+        }
+        n->validated_next = (k + 1) % NODE_VALIDATED_CACHE;
     } else {
         node_log(n, NODE_LOG_WARN, "proposal %llu is invalid: %s", (unsigned long long)j->height, ledger_strerror(j->rc));
     }
     pbft_event ev = {.kind = PBFT_EV_VALIDATED, .height = j->height, .ok = j->rc == LEDGER_OK};
     memcpy(ev.block_hash, j->hash, 32);
-    for (size_t i = 0; i < j->ntx; i++) ledger_tx_free(&j->txs[i]);
-    tem_free(j->txs);
-    tem_free(j->known);
+    if (j->view) view_drop(j->view);
     tem_free(j);
     if (!n->stopping) node_replica_validated(n, &ev);
 }
@@ -292,46 +364,58 @@ static void val_after(uv_work_t *w, int status) {
     if (--j->parts_left == 0) val_finish(j->n, j);
 }
 
-/* Starts validating a proposal whose parent is applied: the host hands them out one at a time
- * and gets the answer through node_replica_validated. PBFT_OK, or PBFT_ENOMEM (the host keeps the
- * request and offers it again). */
+/* Starts validating a proposal whose parent is applied: builds the proposal's block view (kept
+ * for its apply), prechecks it on the loop thread and verifies the unknown signatures in the
+ * thread pool. The host hands proposals out one at a time and gets the answer through
+ * node_replica_validated. PBFT_OK, or PBFT_ENOMEM (the host keeps the request and offers it
+ * again). bytes are borrowed for the call: the view keeps its own copy. */
 int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_t *bytes, size_t len) {
     TEM_ASSERT(!n->validating);
     val_job *j = tem_calloc(1, sizeof *j);
-    if (!j) return PBFT_ENOMEM;
+    uint8_t *copy = tem_malloc(len ? len : 1);
+    if (j) j->view = tem_calloc(1, sizeof *j->view);
+    if (!j || !j->view || !copy) {
+        if (j) tem_free(j->view);
+        tem_free(j);
+        tem_free(copy);
+        return PBFT_ENOMEM;
+    }
+    memcpy(copy, bytes, len);
+    struct {
+        uint8_t *bytes;
+        size_t len;
+    } v = {copy, len};
     j->n = n;
     j->height = height;
     memcpy(j->hash, hash, 32);
-    int rc = ledger_block_precheck(n->store, bytes, len, node_now_ms() + n->cfg.max_clock_drift_ms, &j->txs, &j->ntx);
     n->validating = true;
+    /* The view takes the proposal's buffer. */
+    int rc = ledger_block_view_build(&n->g, v.bytes, v.len, v.bytes, mempool_lookup, n, j->view);
+    if (rc != LEDGER_OK) {
+        tem_free(v.bytes);
+        tem_free(j->view);
+        j->view = NULL;
+    } else {
+        rc = ledger_block_view_precheck(n->store, j->view, node_now_ms() + n->cfg.max_clock_drift_ms);
+    }
     if (rc != LEDGER_OK) {
         j->rc = rc;
-        j->txs = NULL;
-        j->ntx = 0;
         val_finish(n, j);
         return PBFT_OK;
     }
-    /* A tx whose (txid, signature) pair our mempool verified on admission needs no second
-     * check: that would double every validator's signature work. The signature is part of the
-     * key because the txid covers only the body. */
-    j->known = tem_calloc(j->ntx ? j->ntx : 1, 1);
-    if (j->known)
-        for (size_t i = 0; i < j->ntx; i++) j->known[i] = node_sigcache_has(n, j->txs[i].txid, j->txs[i].stx->sig.data);
-    else {
-        j->rc = LEDGER_ENOMEM;
-        val_finish(n, j);
-        return PBFT_OK;
-    }
+    /* A tx whose (txid, signature) pair this node verified on admission needs no second check:
+     * that would double every validator's signature work. The signature is part of the key
+     * because the txid covers only the body. */
+    mark_known(n, j->view);
     /* Two halves, one per core: the loop thread never verifies a signature. */
-    size_t half = j->ntx / 2;
+    size_t ntx = j->view->n, half = ntx / 2;
     j->parts_left = 2;
     for (int i = 0; i < 2; i++) {
         val_part *p = &j->parts[i];
         p->n = n;
         p->job = j;
-        p->txs = j->txs;
         p->lo = i == 0 ? 0 : half;
-        p->hi = i == 0 ? half : j->ntx;
+        p->hi = i == 0 ? half : ntx;
         p->w.data = p;
         if (uv_queue_work(&n->loop, &p->w, val_work, val_after) != 0) {
             p->rc = LEDGER_EIO;
@@ -448,13 +532,16 @@ static void got_blocks(node *n, const Tem__V1__BlockBatch *bb) {
                              .len = cb->block.len, .cert = cb->cert.data, .cert_len = cb->cert.len};
             node_replica_post(n, &ev);
         } else {
-            /* Observer: the store verifies the certificate against the genesis validators. */
-            uint8_t h[32];
-            if (node_block_hash(NULL, cb->block.data, cb->block.len, h) != 0) {
+            /* Observer: a block that does not even decode is the peer's fault, not a divergence;
+             * the store verifies the certificate against the genesis validators. */
+            int rc;
+            ledger_block_view *v = view_new(n, cb->block.data, cb->block.len, &rc);
+            if (!v || v->hash_rc != LEDGER_OK || v->tx_rc != LEDGER_OK) {
                 node_log(n, NODE_LOG_WARN, "sync: peer sent a malformed block %llu", (unsigned long long)cb->height);
+                if (v) view_drop(v);
                 return;
             }
-            node_apply_committed(n, cb->height, cb->block.data, cb->block.len, cb->cert.data, cb->cert.len, NULL);
+            apply_view(n, cb->height, v, cb->cert.data, cb->cert.len, 0);
         }
     }
     n->sync_sent_ms = 0;
@@ -462,42 +549,28 @@ static void got_blocks(node *n, const Tem__V1__BlockBatch *bb) {
 }
 
 /* ------------------------------------------------------------------ verified-signature cache
- * Direct-mapped: a collision only evicts, and an evicted pair is simply verified again. */
-static void sigcache_key(const uint8_t txid[32], const uint8_t sig[64], uint8_t out[32]) {
-    const void *parts[2] = {txid, sig};
-    size_t lens[2] = {32, 64};
-    ledger_sha256_parts(out, 2, parts, lens);
+ * Direct-mapped on the txid (already a SHA-256, so nothing is hashed again): a collision only
+ * evicts, and an evicted pair is simply verified again. The whole pair is kept and compared. */
+void node_sigcache_add(node *n, const uint8_t txid[32], const uint8_t sig[64]) {
+    node_sigcache_entry *e = &n->sigcache[tem_get_u32le(txid) % NODE_SIGCACHE];
+    memcpy(e->txid, txid, 32);
+    memcpy(e->sig, sig, 64);
 }
 
-void node_sigcache_add_tx(node *n, const uint8_t *tx, size_t len) {
-    Tem__V1__SignedTx *s = tem__v1__signed_tx__unpack(&ledger_pb_allocator, len, tx);
-    if (!s) return;
-    if (s->sig.len == 64) {
-        uint8_t txid[32], k[32];
-        ledger_sha256(txid, s->body.data, s->body.len);
-        sigcache_key(txid, s->sig.data, k);
-        memcpy(n->sigcache[tem_get_u32le(k) % NODE_SIGCACHE], k, 32);
-    }
-    tem__v1__signed_tx__free_unpacked(s, &ledger_pb_allocator);
+bool node_sigcache_has(const node *n, const uint8_t txid[32], const uint8_t sig[64]) {
+    const node_sigcache_entry *e = &n->sigcache[tem_get_u32le(txid) % NODE_SIGCACHE];
+    return memcmp(e->txid, txid, 32) == 0 && memcmp(e->sig, sig, 64) == 0;
 }
 
-bool node_sigcache_has(node *n, const uint8_t txid[32], const uint8_t sig[64]) {
-    uint8_t k[32];
-    sigcache_key(txid, sig, k);
-    return memcmp(n->sigcache[tem_get_u32le(k) % NODE_SIGCACHE], k, 32) == 0;
+/* Remembers a tx the mempool made durable: it is PENDING there now, decoded and verified. */
+static void sigcache_add_pending(node *n, const uint8_t txid[32]) {
+    const ledger_tx *t = n->mp ? node_mempool_get(n->mp, txid, NULL, NULL) : NULL;
+    if (t) node_sigcache_add(n, t->txid, t->stx->sig.data);
 }
-
-typedef struct {
-    node *n;
-    size_t len;
-    uint8_t tx[];
-} gossip_ctx;
 
 static void gossip_done(void *ctx, int rc, const uint8_t txid[32]) {
-    gossip_ctx *g = ctx;
-    (void)txid;
-    if (rc == 0 && !g->n->stopping) node_sigcache_add_tx(g->n, g->tx, g->len);
-    tem_free(g);
+    node *n = ctx;
+    if (rc == 0 && !n->stopping) sigcache_add_pending(n, txid);
 }
 
 static void on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, size_t len) {
@@ -519,14 +592,10 @@ static void on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, siz
     case TEM__V1__NODE_MESSAGE__KIND_TXS:
         if (n->mp && p->is_validator && m->txs)
             for (size_t i = 0; i < m->txs->n_txs; i++) {
-                size_t l = m->txs->txs[i].len;
-                gossip_ctx *g = tem_malloc(sizeof *g + (l ? l : 1));
-                if (!g) break;
-                g->n = n;
-                g->len = l;
-                memcpy(g->tx, m->txs->txs[i].data, l);
-                /* already known or refused here too: gossip is best effort */
-                if (node_mempool_submit(n->mp, g->tx, l, gossip_done, g, NULL) != 0) tem_free(g);
+                /* already known or refused here too: gossip is best effort. The mempool keeps
+                 * its own copy; the frame is freed below. */
+                if (node_mempool_submit(n->mp, m->txs->txs[i].data, m->txs->txs[i].len, gossip_done, n, NULL) != 0)
+                    continue;
             }
         break;
     case TEM__V1__NODE_MESSAGE__KIND_BLOCK_REQUEST:
@@ -561,39 +630,38 @@ static void on_peer_down(void *ctx, const net_peer_info *p, int reason) {
 }
 
 /* ------------------------------------------------------------------ gossip, sync, tick */
-void node_tx_accepted(node *n, const uint8_t txid[32], const uint8_t *tx, size_t len) {
-    node_sigcache_add_tx(n, tx, len);
+void node_tx_accepted(node *n, const uint8_t txid[32]) {
+    sigcache_add_pending(n, txid);
     uint64_t k = tem_get_u64le(txid);
     uint32_t slot = (uint32_t)(k % NODE_LATENCY_TABLE);
     n->lat_key[slot] = k;
     n->lat_ms[slot] = node_now_ms();
-    if (n->ngossip < NODE_GOSSIP_TXS_MAX) {
-        uint8_t *c = tem_malloc(len ? len : 1);
-        if (c) {
-            memcpy(c, tx, len);
-            n->gossip[n->ngossip] = c;
-            n->gossip_len[n->ngossip++] = len;
-        }
-    }
+    if (n->ngossip < NODE_GOSSIP_TXS_MAX) memcpy(n->gossip[n->ngossip++], txid, 32);
     node_maybe_propose(n);
 }
 
+/* Sends the txs accepted since the last tick, read from the mempool (one committed meanwhile is
+ * skipped: the others have it or will fetch its block). */
 static void flush_gossip(node *n) {
     if (!n->ngossip) return;
     Tem__V1__TxBatch tb = TEM__V1__TX_BATCH__INIT;
     ProtobufCBinaryData *items = tem_calloc(n->ngossip, sizeof *items);
     if (items) {
-        for (uint32_t i = 0; i < n->ngossip; i++) items[i] = (ProtobufCBinaryData){n->gossip_len[i], n->gossip[i]};
-        tb.n_txs = n->ngossip;
+        uint32_t k = 0;
+        for (uint32_t i = 0; i < n->ngossip; i++) {
+            const uint8_t *b;
+            size_t l;
+            if (node_mempool_get(n->mp, n->gossip[i], &b, &l)) items[k++] = (ProtobufCBinaryData){l, (uint8_t *)b};
+        }
+        tb.n_txs = k;
         tb.txs = items;
         Tem__V1__NodeMessage m;
-    tem__v1__node_message__init(&m);
+        tem__v1__node_message__init(&m);
         m.kind_case = TEM__V1__NODE_MESSAGE__KIND_TXS;
         m.txs = &tb;
-        (void)send_node_msg(n, PBFT_TO_ALL, &m);
+        if (k) (void)send_node_msg(n, PBFT_TO_ALL, &m);
         tem_free(items);
     }
-    for (uint32_t i = 0; i < n->ngossip; i++) tem_free(n->gossip[i]);
     n->ngossip = 0;
 }
 
@@ -733,8 +801,8 @@ int node_run(const node_config *cfg) {
     snprintf(logpath, sizeof logpath, "%s/mempool.log", cfg->data_dir);
     node_mempool_config mc = {.log_path = logpath, .txs_max = cfg->mempool_txs_max, .nonce_window = cfg->mempool_nonce_window,
                               .per_signer_max = cfg->mempool_nonce_window, .genesis = &n->g};
-    mc.precheck = node_api_precheck;
-    mc.precheck_ctx = n;
+    mc.precheck = node_mempool_precheck_signer;
+    mc.precheck_ctx = n->store;
     if (node_mempool_new(&n->loop, &mc, n->store, &n->mp) != 0) {
         node_log(n, NODE_LOG_ERROR, "cannot open the mempool log %s", logpath);
         goto stop;
@@ -838,7 +906,7 @@ run:
     node_events_stop(n);
     if (n->http) net_http_free(n->http);
     if (n->mp) node_mempool_free(n->mp);
-    for (uint32_t i = 0; i < n->ngossip; i++) tem_free(n->gossip[i]);
+    drop_views(n);
     node_replica_free(n);
     if (n->store) node_log(n, NODE_LOG_INFO, "stopped");
     ledger_store_close(n->store);

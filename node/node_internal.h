@@ -7,6 +7,7 @@
 #include "contracts/contracts.h"
 #include "net/http.h"
 #include "net/net.h"
+#include "node/archive.h"
 #include "node/mempool.h"
 #include "node/node.h"
 #include "node/replica.h"
@@ -21,7 +22,6 @@
 #define NODE_LATENCY_TABLE (1u << 16)
 #define NODE_LATENCY_BUCKETS 14
 #define NODE_SIGCACHE (1u << 16)
-#define NODE_ARCHIVED_KEEP 64
 
 /* Block requests from observers: a token bucket per observer slot (NODE_OBS_REQS_PER_S, a
  * burst of as many), at most one waiting per observer (a newer one replaces it), served from
@@ -40,13 +40,11 @@ typedef struct {
 #define NODE_DISK_CHECK_MS 2000
 #define NODE_DISK_RESUME_BYTES (16u << 20)
 
-#define NODE_CURTAIL_KEEP 32
+/* One verified (txid, signature) pair: the pair itself, so a hit needs no hashing. */
 typedef struct {
-    uint64_t height;
     uint8_t txid[32];
-    uint64_t curtailed_wh;
-    char binding[48];
-} node_curtail;
+    uint8_t sig[64];
+} node_sigcache_entry;
 
 typedef struct node {
     uv_loop_t loop;
@@ -73,6 +71,9 @@ typedef struct node {
     bool propose_armed;
     bool validating; /* a node_validate job is under way */
     uint8_t validated[NODE_VALIDATED_CACHE][32];
+    /* validated[i]'s block view, kept for its apply (NULL once used or dropped). Its txs may be
+     * borrowed from the mempool, so every view is freed before node_mempool_block_applied. */
+    ledger_block_view *views[NODE_VALIDATED_CACHE];
     uint32_t validated_next;
     uint64_t events_refused; /* consensus events the host refused (full FIFO, no memory) */
     uint64_t fetch_from;  /* block sync wanted from this height (0 = none) */
@@ -80,9 +81,9 @@ typedef struct node {
     uint64_t sync_sent_ms;
     uint64_t last_regossip_ms;
 
-    /* gossip of client txs to the other validators */
-    uint8_t *gossip[NODE_GOSSIP_TXS_MAX];
-    size_t gossip_len[NODE_GOSSIP_TXS_MAX];
+    /* gossip of client txs to the other validators: txids of durable mempool txs, whose bytes
+     * are read from the mempool when the batch is sent */
+    uint8_t gossip[NODE_GOSSIP_TXS_MAX][32];
     uint32_t ngossip;
 
     uv_signal_t sig_int, sig_term;
@@ -97,12 +98,8 @@ typedef struct node {
     uint64_t lat_ms[NODE_LATENCY_TABLE];
     uint64_t lat_bucket[NODE_LATENCY_BUCKETS + 1];
     uint64_t lat_sum_ms, lat_count;
-    uint8_t sigcache[NODE_SIGCACHE][32];
-    uint64_t archived[NODE_ARCHIVED_KEEP]; /* slot + 1 of recently archived trade lists */
-    uint32_t archived_next;
-    node_curtail curtail[NODE_CURTAIL_KEEP];
-    uint32_t curtail_next;
-    uint64_t ncurtail;
+    node_sigcache_entry sigcache[NODE_SIGCACHE];
+    node_archive archive;
     struct node_events_src *events; /* GET /v1/events (api_events.c); NULL until first used */
     /* Disk full (docs/operate.md "Limits and faults"): no voting, no applying, txs refused
      * 503 EDISKFULL, reads served; free space is checked every NODE_DISK_CHECK_MS and once
@@ -128,12 +125,12 @@ uint64_t node_now_ms(void);
 /* One log line: time, level, height, view, message. */
 void node_log(node *n, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-/* Called when the mempool has made a client tx durable: queue it for gossip and note its time
- * for the commit-latency histogram. */
-void node_tx_accepted(node *n, const uint8_t txid[32], const uint8_t *tx, size_t len);
-/* Remembers that this SignedTx's signature verified (the mempool admitted it), and asks. */
-void node_sigcache_add_tx(node *n, const uint8_t *tx, size_t len);
-bool node_sigcache_has(node *n, const uint8_t txid[32], const uint8_t sig[64]);
+/* Called when the mempool has made a client tx durable (it is PENDING there): queue it for
+ * gossip and note its time for the commit-latency histogram. */
+void node_tx_accepted(node *n, const uint8_t txid[32]);
+/* Remembers that the pair (txid, sig) verified (the mempool admitted the tx), and asks. */
+void node_sigcache_add(node *n, const uint8_t txid[32], const uint8_t sig[64]);
+bool node_sigcache_has(const node *n, const uint8_t txid[32], const uint8_t sig[64]);
 
 /* node.c, for the host's I/O in replica.c. */
 /* Stops the node: closes every handle; node_run returns `code` (if non-zero). */
@@ -159,10 +156,6 @@ void node_maybe_propose(node *n);
  * PBFT_OK or PBFT_ENOMEM. bytes are borrowed for the call. */
 int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_t *bytes, size_t len);
 
-/* api_market.c: before applying a block at time_ms, archive the trades of slots whose gate has
- * closed; after it, note the curtailed fills of the block's txs. */
-void node_archive_trades(node *n, uint64_t time_ms);
-void node_note_curtailments(node *n, uint64_t height, const uint8_t (*txids)[32], size_t ntx);
 
 /* api_events.c: GET /v1/events; after each applied block; at shutdown after the loop ends. */
 void node_events_http(void *ctx, net_http_req *req, const net_http_request *r);
@@ -172,15 +165,16 @@ void node_events_stop(node *n);
 void node_genesis_http(void *ctx, net_http_req *req, const net_http_request *r);
 void node_status_clock(node *n, json_t *status);
 
-/* api.c */
+/* api.c: starts the HTTP API (its own routes and api_market.c's). */
 TEM_WUR int node_api_start(node *n);
-/* JSON answers: bytes as hex; j is consumed; errors as {"error","code"}. A client that has gone
- * away is not an error for the node. */
+/* api_market.c: the market views' routes. */
+void node_api_market_routes(node *n, net_http *h);
+/* api_json.c: JSON answers: bytes as hex; j is consumed; errors as {"error","code"}. A client
+ * that has gone away is not an error for the node. */
+void node_reply_raw(net_http_req *req, int status, const char *ct, const void *body, size_t len);
 json_t *node_hexj(const uint8_t *b, size_t n);
 json_t *node_pb_json(const ProtobufCMessage *m);
 void node_reply_json(net_http_req *req, int status, json_t *j);
 void node_reply_err(net_http_req *req, int status, const char *code, const char *msg);
-/* The mempool's pre-check: contracts_signer_check on the current state. 0 or its code. */
-int node_api_precheck(void *ctx, const ledger_tx *tx);
 
 #endif

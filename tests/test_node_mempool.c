@@ -238,6 +238,77 @@ START_TEST(mempool_tx_is_in_flight_until_durable_then_pending_and_selectable) {
 }
 END_TEST
 
+/* What a block view and gossip borrow: a durable tx is found by its bytes (not while in flight,
+ * not with another tx's signature bytes, not once a block committed it), select_txs hands out the
+ * same txs as select, and a durable tx sent again is EDUP with its txid. */
+START_TEST(mempool_lends_durable_txs_decoded_by_bytes_and_txid_until_a_block_commits_them) {
+    node_mempool_config c = cfg_default();
+    ck_assert_uint_eq(mp_open(&c), 0);
+    tx_t x[3] = {mk(2, 0, 5), mk(2, 1, 6), mk(3, 0, 7)};
+    ck_assert_int_eq(submit(&x[0]), NODE_MEMPOOL_OK);
+    ck_assert_ptr_null(node_mempool_find_bytes(M, x[0].b, x[0].len)); /* in flight */
+    ck_assert_ptr_null(node_mempool_get(M, x[0].txid, NULL, NULL));
+    wait_done(1);
+    ck_assert_int_eq(submit_ok_and_wait(&x[1]), 0);
+    ck_assert_int_eq(submit_ok_and_wait(&x[2]), 0);
+    for (int i = 0; i < 3; i++) {
+        const ledger_tx *t = node_mempool_find_bytes(M, x[i].b, x[i].len);
+        ck_assert_ptr_nonnull(t);
+        ck_assert(memcmp(t->txid, x[i].txid, 32) == 0);
+        const uint8_t *b;
+        size_t l;
+        ck_assert_ptr_eq(node_mempool_get(M, x[i].txid, &b, &l), t);
+        ck_assert_uint_eq(l, x[i].len);
+        ck_assert(memcmp(b, x[i].b, l) == 0);
+        ck_assert_int_eq(ledger_tx_verify(t), LEDGER_OK);
+    }
+    /* x[0]'s signature in front of x[1]'s body: the same signature bytes, other bytes -> not lent */
+    uint8_t *forged = tem_malloc(x[1].len + 8);
+    {
+        ledger_tx_limits lim;
+        ledger_tx_limits_from_genesis(&G, &lim);
+        ledger_tx a, b2;
+        ck_assert_int_eq(ledger_tx_decode(x[0].b, x[0].len, &lim, &a), LEDGER_OK);
+        ck_assert_int_eq(ledger_tx_decode(x[1].b, x[1].len, &lim, &b2), LEDGER_OK);
+        Tem__V1__SignedTx st = TEM__V1__SIGNED_TX__INIT;
+        st.body = b2.stx->body;
+        st.sig = a.stx->sig;
+        size_t fl = tem__v1__signed_tx__get_packed_size(&st);
+        ck_assert_uint_le(fl, x[1].len + 8);
+        tem__v1__signed_tx__pack(&st, forged);
+        ck_assert_ptr_null(node_mempool_find_bytes(M, forged, fl));
+        /* submitted, it is decoded (its txid is x[1]'s) and refused as a duplicate */
+        uint8_t id[32];
+        ck_assert_int_eq(node_mempool_submit(M, forged, fl, on_done, &R, id), NODE_MEMPOOL_EDUP);
+        ck_assert(memcmp(id, x[1].txid, 32) == 0);
+        ledger_tx_free(&a);
+        ledger_tx_free(&b2);
+    }
+    tem_free(forged);
+    uint8_t id[32];
+    ck_assert_int_eq(node_mempool_submit(M, x[2].b, x[2].len, on_done, &R, id), NODE_MEMPOOL_EDUP);
+    ck_assert(memcmp(id, x[2].txid, 32) == 0);
+    ck_assert_ptr_null(node_mempool_find_bytes(M, (const uint8_t *)"\x12\x01", 2));
+    /* select_txs: the same txs in the same order as select */
+    const uint8_t *sel[8];
+    size_t lens[8];
+    const ledger_tx *dec[8];
+    uint32_t n1 = 0, n2 = 0;
+    ck_assert_int_eq(node_mempool_select(M, ledger_store_state(S), 8, sel, lens, &n1), NODE_MEMPOOL_OK);
+    ck_assert_int_eq(node_mempool_select_txs(M, ledger_store_state(S), 8, dec, &n2), NODE_MEMPOOL_OK);
+    ck_assert_uint_eq(n1, 3);
+    ck_assert_uint_eq(n2, 3);
+    for (uint32_t i = 0; i < n1; i++) ck_assert_ptr_eq(node_mempool_find_bytes(M, sel[i], lens[i]), dec[i]);
+    /* committed: no longer lent */
+    apply_block(&x[0], 1);
+    block_applied(&x[0], 1);
+    ck_assert_ptr_null(node_mempool_find_bytes(M, x[0].b, x[0].len));
+    ck_assert_ptr_null(node_mempool_get(M, x[0].txid, NULL, NULL));
+    ck_assert_ptr_nonnull(node_mempool_find_bytes(M, x[1].b, x[1].len));
+    free_txs(x, 3);
+}
+END_TEST
+
 START_TEST(mempool_select_follows_arrival_and_nonce_order_across_signers) {
     node_mempool_config c = cfg_default();
     mp_open(&c);
@@ -1044,6 +1115,7 @@ static Suite *mempool_suite(void) {
     tcase_set_timeout(t, 120);
     tcase_add_checked_fixture(t, setup, teardown);
     tcase_add_test(t, mempool_tx_is_in_flight_until_durable_then_pending_and_selectable);
+    tcase_add_test(t, mempool_lends_durable_txs_decoded_by_bytes_and_txid_until_a_block_commits_them);
     tcase_add_test(t, mempool_select_follows_arrival_and_nonce_order_across_signers);
     tcase_add_test(t, mempool_bad_txs_are_refused_synchronously_and_never_reach_done);
     tcase_add_test(t, mempool_refuses_duplicates_in_flight_pending_and_committed);

@@ -17,9 +17,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int rc = ledger_cert_verify(&G, data, size, 1, h);
     TEM_ASSERT(rc == LEDGER_ECERT || rc == LEDGER_EDECODE);
     Tem__V1__Block *b = tem__v1__block__unpack(&ledger_pb_allocator, size, data);
+    uint8_t hv[32];
+    int rv = ledger_block_hash_bytes(data, size, hv);
     if (b) {
-        if (b->header) (void)ledger_block_hash(b->header, h);
+        /* the block view's wire-level header read agrees with protobuf-c's */
+        if (b->header && ledger_block_hash(b->header, h) == LEDGER_OK && rv == LEDGER_OK) TEM_ASSERT(memcmp(h, hv, 32) == 0);
         tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
+    }
+    ledger_block_view v;
+    if (ledger_block_view_build(&G, data, size, NULL, NULL, NULL, &v) == LEDGER_OK) {
+        TEM_ASSERT(v.n <= size);
+        ledger_block_view_free(&v);
     }
     return 0;
 }

@@ -1,0 +1,182 @@
+/* view.c: the block view (ledger.h, "Block view"; docs/ledger.md, "Block view"): a block decoded
+ * once when it arrives, then handed to validation, apply and the node's bookkeeping. The block
+ * and each SignedTx are split at the protobuf wire level, so a tx the caller already holds
+ * decoded (the node's mempool) is recognised by its bytes and neither unpacked nor hashed again;
+ * every other tx is decoded once with ledger_tx_decode. */
+#include "ledger/ledger.h"
+
+/* ------------------------------------------------------------------ wire format */
+static int wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *out) {
+    uint64_t v = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (*p >= end) return -1;
+        uint8_t b = *(*p)++;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *out = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* One field at *p: its number, wire type and, for a length-delimited field, its payload. Skips
+ * varint and fixed fields. -1 for anything protobuf-c would refuse to parse (truncation, field
+ * number 0, groups, unknown wire types). */
+static int wire_field(const uint8_t **p, const uint8_t *end, uint32_t *num, const uint8_t **val, size_t *len) {
+    uint64_t tag, x;
+    if (wire_varint(p, end, &tag) != 0) return -1;
+    uint32_t wt = (uint32_t)(tag & 7);
+    if ((tag >> 3) == 0 || (tag >> 3) > 0x1fffffff) return -1;
+    *num = (uint32_t)(tag >> 3);
+    *val = NULL;
+    *len = 0;
+    switch (wt) {
+    case 0: return wire_varint(p, end, &x);
+    case 1: if ((size_t)(end - *p) < 8) return -1; *p += 8; return 0;
+    case 5: if ((size_t)(end - *p) < 4) return -1; *p += 4; return 0;
+    case 2:
+        if (wire_varint(p, end, &x) != 0 || x > (uint64_t)(end - *p)) return -1;
+        *val = *p;
+        *len = (size_t)x;
+        *p += x;
+        return 2;
+    default: return -1;
+    }
+}
+
+int ledger_tx_wire_sig(const uint8_t *buf, size_t len, const uint8_t **sig) {
+    const uint8_t *p = buf, *end = buf + len, *s = NULL;
+    while (p < end) {
+        uint32_t num;
+        const uint8_t *v;
+        size_t l;
+        int wt = wire_field(&p, end, &num, &v, &l);
+        if (wt < 0) return LEDGER_EDECODE;
+        /* protobuf: the last occurrence of a scalar field wins */
+        if (num == 2) s = wt == 2 && l == LEDGER_SECP_SIG_BYTES ? v : NULL;
+    }
+    if (!s) return LEDGER_ESIGLEN;
+    *sig = s;
+    return LEDGER_OK;
+}
+
+/* Splits a Block into its header bytes and its tx slices. txs may be NULL to count only. A
+ * second header is refused: protobuf would merge the two, and nothing honest writes one. */
+static int split_block(const uint8_t *blk, size_t len, const uint8_t **hdr, size_t *hdr_len, ledger_view_tx *txs,
+                       size_t *n) {
+    const uint8_t *p = blk, *end = blk + len;
+    size_t k = 0;
+    *hdr = NULL;
+    *hdr_len = 0;
+    bool have_hdr = false;
+    while (p < end) {
+        uint32_t num;
+        const uint8_t *v;
+        size_t l;
+        int wt = wire_field(&p, end, &num, &v, &l);
+        if (wt < 0) return LEDGER_EDECODE;
+        if (num == 1) {
+            if (wt != 2 || have_hdr) return LEDGER_EDECODE;
+            have_hdr = true;
+            *hdr = v;
+            *hdr_len = l;
+        } else if (num == 2) {
+            if (wt != 2) return LEDGER_EDECODE;
+            if (txs) {
+                txs[k].bytes = v;
+                txs[k].len = l;
+            }
+            k++;
+        }
+    }
+    *n = k;
+    return LEDGER_OK;
+}
+
+static int header_decode(const uint8_t *blk, size_t len, Tem__V1__BlockHeader **out, size_t *n) {
+    const uint8_t *hb;
+    size_t hl;
+    int rc = split_block(blk, len, &hb, &hl, NULL, n);
+    if (rc != LEDGER_OK) return rc;
+    *out = NULL;
+    if (!hb) return LEDGER_OK;
+    *out = tem__v1__block_header__unpack(&ledger_pb_allocator, hl, hb);
+    return *out ? LEDGER_OK : LEDGER_EDECODE;
+}
+
+int ledger_block_hash_bytes(const uint8_t *blk, size_t len, uint8_t out[LEDGER_HASH_BYTES]) {
+    Tem__V1__BlockHeader *h;
+    size_t n;
+    int rc = header_decode(blk, len, &h, &n);
+    if (rc != LEDGER_OK) return rc;
+    rc = h ? ledger_block_hash(h, out) : LEDGER_EBLOCK;
+    if (h) tem__v1__block_header__free_unpacked(h, &ledger_pb_allocator);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ the view */
+void ledger_block_view_free(ledger_block_view *v) {
+    if (!v) return;
+    if (v->txs)
+        for (size_t i = 0; i < v->n; i++) ledger_tx_free(&v->txs[i].own);
+    tem_free(v->txs);
+    tem_free(v->txids);
+    if (v->header) tem__v1__block_header__free_unpacked(v->header, &ledger_pb_allocator);
+    tem_free(v->block_owned);
+    memset(v, 0, sizeof *v);
+}
+
+int ledger_block_view_build(const ledger_genesis *g, const uint8_t *blk, size_t len, uint8_t *owned,
+                            ledger_tx_lookup_fn lookup, void *ctx, ledger_block_view *v) {
+    memset(v, 0, sizeof *v);
+    v->block = blk;
+    v->block_len = len;
+    v->block_owned = owned;
+    v->tx_rc = LEDGER_OK;
+    size_t n;
+    int rc = header_decode(blk, len, &v->header, &n);
+    if (rc != LEDGER_OK) goto fail;
+    v->hash_rc = v->header ? ledger_block_hash(v->header, v->block_hash) : LEDGER_EBLOCK;
+    v->n = n;
+    v->txs = tem_calloc(n ? n : 1, sizeof *v->txs);
+    v->txids = tem_malloc((n ? n : 1) * LEDGER_HASH_BYTES);
+    if (!v->txs || !v->txids) { rc = LEDGER_ENOMEM; goto fail; }
+    const uint8_t *hb;
+    size_t hl;
+    TEM_ASSERT(split_block(blk, len, &hb, &hl, v->txs, &n) == LEDGER_OK);
+    TEM_ASSERT(n == v->n);
+    /* Too many txs: nothing is decoded; the checks report EBLOCK in their usual order. */
+    if (n > g->max_block_txs) {
+        v->tx_rc = LEDGER_EBLOCK;
+        return LEDGER_OK;
+    }
+    ledger_tx_limits lim;
+    ledger_tx_limits_from_genesis(g, &lim);
+    for (size_t i = 0; i < n; i++) {
+        ledger_view_tx *t = &v->txs[i];
+        const ledger_tx *known = lookup ? lookup(ctx, t->bytes, t->len) : NULL;
+        if (known) {
+            t->tx = known;
+            t->verified = true;
+        } else {
+            int trc = ledger_tx_decode(t->bytes, t->len, &lim, &t->own);
+            if (trc == LEDGER_ENOMEM) { rc = trc; goto fail; }
+            if (trc != LEDGER_OK) {
+                v->tx_rc = trc;
+                return LEDGER_OK;
+            }
+            t->tx = &t->own;
+        }
+        memcpy(v->txids[i], t->tx->txid, LEDGER_HASH_BYTES);
+    }
+    uint8_t root[LEDGER_HASH_BYTES];
+    if ((rc = ledger_merkle_root(root, (const uint8_t(*)[32])v->txids, n)) != LEDGER_OK) goto fail;
+    v->tx_root_ok = v->header && v->header->tx_root.len == LEDGER_HASH_BYTES &&
+                    memcmp(root, v->header->tx_root.data, LEDGER_HASH_BYTES) == 0;
+    return LEDGER_OK;
+fail:
+    v->block_owned = NULL; /* on failure the caller keeps its buffer */
+    ledger_block_view_free(v);
+    return rc;
+}

@@ -1,0 +1,90 @@
+/* api_json.c: the JSON answers every HTTP handler of the node shares (api.c, api_market.c), kept
+ * apart so the handler files call into it and never into each other. */
+#include "node/node_internal.h"
+
+#include <jansson.h>
+
+void node_reply_err(net_http_req *req, int status, const char *code, const char *msg) {
+    /* NET_EGONE only means the client left; nothing else to do with the answer. */
+    if (net_http_reply_error(req, status, code, msg) != NET_OK) return;
+}
+void node_reply_raw(net_http_req *req, int status, const char *ct, const void *body, size_t len) {
+    if (net_http_reply(req, status, ct, body, len) != NET_OK) return;
+}
+
+json_t *node_hexj(const uint8_t *b, size_t n) {
+    char *h = tem_malloc(2 * n + 1);
+    if (!h) return json_null();
+    tem_hex(h, b, n);
+    json_t *j = json_string(h);
+    tem_free(h);
+    return j;
+}
+
+/* Any protobuf-c message as JSON: bytes as hex, enums as numbers, nested messages recursively.
+ * Used for receipts and headers so fields added to the schema show up without code changes. */
+json_t *node_pb_json(const ProtobufCMessage *m) {
+    json_t *o = json_object();
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        const uint8_t *base = (const uint8_t *)m + f->offset;
+        if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+            uint32_t qc = *(const uint32_t *)((const uint8_t *)m + f->quantifier_offset);
+            if (qc != f->id) continue;
+        }
+        size_t count = 1;
+        const uint8_t *items = base;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            count = *(const size_t *)((const uint8_t *)m + f->quantifier_offset);
+            items = *(const uint8_t *const *)base;
+        }
+        json_t *arr = f->label == PROTOBUF_C_LABEL_REPEATED ? json_array() : NULL;
+        for (size_t k = 0; k < count; k++) {
+            json_t *v = NULL;
+            switch (f->type) {
+            case PROTOBUF_C_TYPE_INT32: case PROTOBUF_C_TYPE_SINT32: case PROTOBUF_C_TYPE_SFIXED32: case PROTOBUF_C_TYPE_ENUM:
+                v = json_integer(((const int32_t *)items)[k]); break;
+            case PROTOBUF_C_TYPE_UINT32: case PROTOBUF_C_TYPE_FIXED32:
+                v = json_integer(((const uint32_t *)items)[k]); break;
+            case PROTOBUF_C_TYPE_INT64: case PROTOBUF_C_TYPE_SINT64: case PROTOBUF_C_TYPE_SFIXED64:
+                v = json_integer(((const int64_t *)items)[k]); break;
+            case PROTOBUF_C_TYPE_UINT64: case PROTOBUF_C_TYPE_FIXED64:
+                v = json_integer((json_int_t)((const uint64_t *)items)[k]); break;
+            case PROTOBUF_C_TYPE_BOOL: v = json_boolean(((const protobuf_c_boolean *)items)[k]); break;
+            case PROTOBUF_C_TYPE_STRING: {
+                const char *s = ((const char *const *)items)[k];
+                v = json_string(s ? s : "");
+                break;
+            }
+            case PROTOBUF_C_TYPE_BYTES: {
+                const ProtobufCBinaryData *b = &((const ProtobufCBinaryData *)items)[k];
+                v = node_hexj(b->data, b->len);
+                break;
+            }
+            case PROTOBUF_C_TYPE_MESSAGE: {
+                const ProtobufCMessage *sub = ((const ProtobufCMessage *const *)items)[k];
+                v = sub ? node_pb_json(sub) : json_null();
+                break;
+            }
+            default: v = json_null();
+            }
+            if (arr) json_array_append_new(arr, v);
+            else json_object_set_new(o, f->name, v);
+        }
+        if (arr) json_object_set_new(o, f->name, arr);
+    }
+    return o;
+}
+
+void node_reply_json(net_http_req *req, int status, json_t *j) {
+    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(j);
+    if (!s) {
+        node_reply_err(req, 500, "ENOMEM", "out of memory");
+        return;
+    }
+    node_reply_raw(req, status, "application/json", s, strlen(s));
+    free(s);
+}
+
