@@ -979,7 +979,7 @@ static void *worker(void *arg) {
         size_t len;
         int rc = ledger_store_block(ix->src, l + 1, &blk, &len);
         if (rc == LEDGER_ENOTFOUND) {
-            if (!caught_up_logged) ix_log(ix, NODE_LOG_INFO, "caught up at height %llu", (unsigned long long)l);
+            if (!caught_up_logged) ix_log(ix, NODE_LOG_DEBUG, "caught up at height %llu", (unsigned long long)l);
             caught_up_logged = true;
             ix_sleep(ix, ix->poll_ms);
             continue;
