@@ -351,19 +351,16 @@ static int replay_apply(node_indexer *ix, const uint8_t *blk, size_t len) {
     return rc;
 }
 
-/* ------------------------------------------------------------------ slot arithmetic
- * start(s) = genesis_time + s * slot_ms. Slots whose `start(s) + off` lies in (lo, hi]:
- * [*first, *last], or false when none. In 128 bits, so no input overflows. */
-static bool slot_range(const ledger_genesis *g, __int128 off, __int128 lo, __int128 hi, uint64_t *first,
-                       uint64_t *last) {
-    __int128 S = g->market.slot_ms, base = (__int128)g->genesis_time_ms + off;
-    if (S <= 0 || hi <= lo) return false;
-    /* smallest s with base + s*S > lo */
-    __int128 x = lo - base, f;
-    f = x >= 0 ? x / S + 1 : -((-x) / S) + ((-x) % S == 0 ? 1 : 0);
-    /* largest s with base + s*S <= hi */
-    __int128 y = hi - base, l;
-    l = y >= 0 ? y / S : -((-y + S - 1) / S);
+/* ------------------------------------------------------------------ slot arithmetic */
+bool node_indexer_slot_range(int64_t genesis_ms, int64_t slot_ms, int64_t off, int64_t lo, int64_t hi,
+                             uint64_t *first, uint64_t *last) {
+    /* In 128 bits, so no input overflows; lo = INT64_MIN stands for minus infinity. */
+    __int128 S = slot_ms, base = (__int128)genesis_ms + off, L = lo == INT64_MIN ? -((__int128)1 << 100) : lo;
+    if (S <= 0 || (__int128)hi <= L) return false;
+    /* smallest s with base + s*S > L: floor((L - base) / S) + 1 */
+    __int128 x = L - base, f = (x >= 0 ? x / S : -((-x + S - 1) / S)) + 1;
+    /* largest s with base + s*S <= hi: floor((hi - base) / S) */
+    __int128 y = (__int128)hi - base, l = y >= 0 ? y / S : -((-y + S - 1) / S);
     if (f < 0) f = 0;
     if (l < f || l > (__int128)INT64_MAX) return false;
     *first = (uint64_t)f;
@@ -569,8 +566,10 @@ static int build_block(node_indexer *ix, uint64_t h, const uint8_t *blk, size_t 
     }
     /* Call auctions clear at gate closure: the first block with time >= gate(s). */
     uint64_t gf, gl;
-    __int128 lo = h == 1 ? (__int128)INT64_MIN * 4 : prev;
-    bool gates = slot_range(g, -(__int128)g->market.gate_closure_ms, lo, now, &gf, &gl);
+    /* Block 1 has no parent: everything due up to its time is due in it. */
+    int64_t lo = h == 1 ? INT64_MIN : prev;
+    bool gates = node_indexer_slot_range((int64_t)g->genesis_time_ms, g->market.slot_ms, -g->market.gate_closure_ms,
+                                         lo, now, &gf, &gl);
     if (call && gates)
         for (uint64_t s = gf; s <= gl && nts < IX_TRADE_SLOTS_MAX; s++) add_tslot(ts, &nts, s, true);
     ledger_state *st = ledger_store_state(ix->replay);
@@ -740,8 +739,12 @@ static int build_block(node_indexer *ix, uint64_t h, const uint8_t *blk, size_t 
     if (rc != LEDGER_OK) goto out;
     /* settlements: the first block with time > deadline(s) settles s */
     uint64_t sf, sl;
-    __int128 off = (__int128)g->market.slot_ms + g->market.settlement_deadline_ms;
-    if (slot_range(g, off, h == 1 ? (__int128)INT64_MIN * 4 : (__int128)prev - 1, (__int128)now - 1, &sf, &sl))
+    /* deadline(s) = start(s) + slot_ms + settlement_deadline_ms, settled where prev <= deadline < now,
+     * i.e. deadline in (prev - 1, now - 1]. An offset past int64 means no slot ever settles. */
+    int64_t soff;
+    if (!__builtin_add_overflow(g->market.slot_ms, g->market.settlement_deadline_ms, &soff) &&
+        node_indexer_slot_range((int64_t)g->genesis_time_ms, g->market.slot_ms, soff, h == 1 ? INT64_MIN : prev - 1,
+                                now - 1, &sf, &sl))
         for (uint64_t s = sf; s <= sl && rc == LEDGER_OK; s++) rc = contracts_settlement_iter(st, s, settle_emit, &rcx);
     if (rc != LEDGER_OK) goto out;
     if ((rc = balance_rows(ix, h)) != LEDGER_OK) goto out;
@@ -886,8 +889,7 @@ static int pg_write(node_indexer *ix) {
     uint64_t l = PQntuples(r) == 1 ? strtoull(PQgetvalue(r, 0, 0), NULL, 10) : UINT64_MAX;
     PQclear(r);
     if (l + 1 != h) {
-        pg_fail(ix);
-        pg_run(ix, "ROLLBACK", 0, NULL, PGRES_COMMAND_OK, NULL);
+        pg_fail(ix); /* rolls back */
         return 1;
     }
     for (size_t i = 0; i < ix->nst; i++)

@@ -41,4 +41,10 @@ void node_indexer_stop(node_indexer *ix);
 /* Heights the worker has reached (for logs and tests): last block written to PostgreSQL. */
 uint64_t node_indexer_height(const node_indexer *ix);
 
+/* Slots s >= 0 whose time genesis_ms + s * slot_ms + off lies in (lo, hi] (lo = INT64_MIN:
+ * unbounded below): true and [*first, *last], or false when there is none. The worker uses it
+ * to find the slots a block closes (off = -gate_closure_ms) and settles. */
+bool node_indexer_slot_range(int64_t genesis_ms, int64_t slot_ms, int64_t off, int64_t lo, int64_t hi,
+                             uint64_t *first, uint64_t *last);
+
 #endif
