@@ -171,10 +171,39 @@ kill -KILL "${PID[n0]}"; wait "${PID[n0]}" 2>/dev/null || true; unset "PID[n0]"
 at_kill=$(indexed)
 for _ in $(seq 1 8); do transfer 3; sleep 0.1; done
 start_n0
+# the restarted indexer replays, then writes the backlog block after block: kill postgres in it
+for _ in $(seq 1 100); do [ "$(indexed)" -gt "$at_kill" ] && break; sleep 0.02; done
+at_pgkill2=$(indexed)
+pg_kill
+h_pgkill2=$(height 1)
+sleep 1
+pg_start || fail "postgres did not restart"
 H=$(height 1)
 wait_height 0 "$H" 40 || fail "restarted node 0 did not catch up"
 wait_indexed "$H" 60 || fail "indexer did not catch up to $H (at $(indexed))"
-ok "postgres restarted (indexed $at_pgkill when it died, node at $h_pgup); temd killed -9 at indexed height $at_kill; after restart the index reached $H"
+ok "postgres killed -9 with the index at $at_pgkill, node at $h_pgup when it came back; temd killed -9 at indexed height $at_kill; restarted, postgres killed -9 again during its catch-up at $at_pgkill2 (node at $h_pgkill2); the index reached $H"
+
+# ---- 1b. kill -9 postgres while the indexer's block transaction is half written: a session
+# holds a lock on balance_changes, so the indexer's next transaction stops at that table after
+# writing its block and tx rows, and postgres dies under it.
+echo "BEGIN; LOCK TABLE balance_changes IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120);" | psql -X -q "$URL" >/dev/null 2>&1 &
+PID[locker]=$!
+for _ in $(seq 1 100); do [ "$(q -c "select count(*) from pg_locks l join pg_class c on c.oid = l.relation where c.relname = 'balance_changes' and l.mode = 'AccessExclusiveLock' and l.granted")" = 1 ] && break; sleep 0.05; done
+transfer 2
+waiting=0
+for _ in $(seq 1 200); do
+  waiting=$(q -c "select count(*) from pg_stat_activity where application_name = 'temd-indexer' and wait_event_type = 'Lock' and state = 'active'")
+  [ "$waiting" = 1 ] && break
+  sleep 0.1
+done
+[ "$waiting" = 1 ] || fail "the indexer never waited on the locked table"
+at_mid=$(indexed)
+pg_kill
+kill -KILL "${PID[locker]}" 2>/dev/null || true; wait "${PID[locker]}" 2>/dev/null || true; unset "PID[locker]"
+pg_start || fail "postgres did not restart"
+H=$(height 0)
+wait_indexed "$H" 60 || fail "indexer did not catch up to $H after the mid-transaction kill (at $(indexed))"
+ok "postgres killed -9 inside the indexer's transaction for block $((at_mid + 1)); after restart the index reached $H"
 
 # ---- 2. market: orders that trade and get curtailed, readings, settlement
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
@@ -235,12 +264,11 @@ read -r cnt dist lo hi <<<"$(q -F ' ' -c 'select count(*), count(distinct height
 [ "$cnt" = "$H" ] && [ "$dist" = "$H" ] && [ "$lo" = 1 ] && [ "$hi" = "$H" ] || fail "blocks: count $cnt distinct $dist min $lo max $hi, indexed height $H"
 q -F ' ' -c 'select height, encode(hash,'"'hex'"'), n_txs from blocks where height <= '"$H"' order by height' >"$dir/sql_blocks"
 q -F ' ' -c 'select height, pos, encode(txid,'"'hex'"'), code from txs where height <= '"$H"' order by height, pos' >"$dir/sql_txs"
-: >"$dir/api_blocks"; : >"$dir/api_txs"
-for h in $(seq 1 "$H"); do
-  curl -s "$N0/v1/blocks/$h" >"$dir/blk.json"
-  jq -r '"\(.height) \(.hash) \(.txids | length)"' "$dir/blk.json" >>"$dir/api_blocks"
-  jq -r '.height as $h | .txids | to_entries[] | "\($h) \(.key) \(.value)"' "$dir/blk.json" >>"$dir/api_txs"
-done
+# one curl for every block (one connection, kept alive)
+for h in $(seq 1 "$H"); do printf 'url = "%s/v1/blocks/%s"\n' "$N0" "$h"; done | curl -s -K - >"$dir/blocks.json"
+jq -r '"\(.height) \(.hash) \(.txids | length)"' "$dir/blocks.json" >"$dir/api_blocks"
+jq -r '.height as $h | .txids | to_entries[] | "\($h) \(.key) \(.value)"' "$dir/blocks.json" >"$dir/api_txs"
+[ "$(wc -l <"$dir/api_blocks")" = "$H" ] || fail "the API answered $(wc -l <"$dir/api_blocks") of $H blocks"
 diff "$dir/api_blocks" "$dir/sql_blocks" >/dev/null || fail "blocks differ: $(diff "$dir/api_blocks" "$dir/sql_blocks" | head -5)"
 cut -d' ' -f1-3 "$dir/sql_txs" | diff "$dir/api_txs" - >/dev/null || fail "txs differ: $(cut -d' ' -f1-3 "$dir/sql_txs" | diff "$dir/api_txs" - | head -5)"
 ntx=$(wc -l <"$dir/sql_txs")
