@@ -175,7 +175,9 @@ static int ini_cb(void *user, const char *section, const char *name, const char 
     }
     int r = set_key(x->c, name, value);
     if (r == 1) return 1;
-    snprintf(x->err, x->errlen, r == 0 ? "unknown key %s" : "bad value for %s: %s", name, value);
+    /* the database URL may hold a password: never echo it */
+    if (r != 0 && !strcmp(name, "indexer_postgres_url")) snprintf(x->err, x->errlen, "bad value for %s", name);
+    else snprintf(x->err, x->errlen, r == 0 ? "unknown key %s" : "bad value for %s: %s", name, value);
     x->bad = true;
     return 0;
 }
