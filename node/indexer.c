@@ -971,8 +971,7 @@ static void *worker(void *arg) {
                     ix_log(ix, NODE_LOG_WARN, "database indexed height %llu but this node has only %llu; waiting",
                            (unsigned long long)l, (unsigned long long)sh);
                 ix->warned_ahead = true;
-                replay_close(ix);
-                ix_backoff(ix);
+                ix_backoff(ix); /* the replay stays where it is and goes on from there */
             }
             continue;
         }

@@ -26,7 +26,8 @@ typedef struct node_indexer node_indexer;
  * node_indexer_stop returns (the worker reads the store from its own thread, which LMDB
  * allows: the environment is opened MDB_NOTLS and ledger_store_block/receipt only touch
  * handles fixed at open). Nothing is contacted yet: connection failures are retried by the
- * worker. Returns 0, or -1 (out of memory, cannot create the thread or the replay directory). */
+ * worker, and so are failures to create the replay store (logged). Returns 0, or -1 (out of
+ * memory, cannot create the thread). */
 TEM_WUR int node_indexer_start(const node_indexer_config *cfg, ledger_store *store, const ledger_genesis *g,
                                node_indexer **out);
 /* node_indexer_start with temd's settings: the replay store in <data_dir>/indexer-replay. Logs
