@@ -28,10 +28,10 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Slots a block may close or settle are found by time ranges; a range wider than this (a chain
- * idle for a very long time with a very short slot) is walked in full anyway, this only bounds
- * the log noise. */
 #define IX_PARAMS_MAX 32
+/* Settled slots are found by a time range; one wider than this is searched among all settlement
+ * lines instead of slot by slot. */
+#define IX_SLOT_WALK_MAX 100000
 #define IX_TRADE_SLOTS_MAX 4096
 
 struct node_indexer {
@@ -425,6 +425,7 @@ static int trade_emit(void *ctx, const contracts_trade *t) {
 typedef struct {
     node_indexer *ix;
     uint64_t height;
+    uint64_t first, last; /* slot range, for the settlement walk over every line */
 } row_ctx;
 
 static int curt_emit(void *ctx, const contracts_curtailment *k) {
@@ -448,6 +449,11 @@ static int settle_emit(void *ctx, const contracts_settlement *l) {
         p_i64(ix, l->lack_wh), p_i64(ix, l->surplus_wh), p_i64(ix, l->trade_net_uunit),
         p_i64(ix, l->penalty_net_uunit), p_i64(ix, l->utility_net_uunit), p_i64(ix, l->unpaid_uunit));
     return 0;
+}
+
+static int settle_emit_in_range(void *ctx, const contracts_settlement *l) {
+    row_ctx *c = ctx;
+    return l->slot >= c->first && l->slot <= c->last ? settle_emit(ctx, l) : 0;
 }
 
 static void bal_row(node_indexer *ix, uint64_t height, const contracts_account *a, const contracts_account *old) {
@@ -732,7 +738,7 @@ static int build_block(node_indexer *ix, uint64_t h, const uint8_t *blk, size_t 
     tem_free(fill_pos);
     if (rc != LEDGER_OK) goto out;
 
-    row_ctx rcx = {ix, h};
+    row_ctx rcx = {ix, h, 0, 0};
     /* call-auction curtailments of the slots this block closed */
     if (call && gates)
         for (uint64_t s = gf; s <= gl && rc == LEDGER_OK; s++) rc = contracts_curtailment_iter(st, s, curt_emit, &rcx);
@@ -744,8 +750,17 @@ static int build_block(node_indexer *ix, uint64_t h, const uint8_t *blk, size_t 
     int64_t soff;
     if (!__builtin_add_overflow(g->market.slot_ms, g->market.settlement_deadline_ms, &soff) &&
         node_indexer_slot_range((int64_t)g->genesis_time_ms, g->market.slot_ms, soff, h == 1 ? INT64_MIN : prev - 1,
-                                now - 1, &sf, &sl))
-        for (uint64_t s = sf; s <= sl && rc == LEDGER_OK; s++) rc = contracts_settlement_iter(st, s, settle_emit, &rcx);
+                                now - 1, &sf, &sl)) {
+        /* Slot by slot normally; after a long pause (or a first block long after the genesis
+         * time) over every settlement line instead, whose number is bounded by the state. */
+        if (sl - sf < IX_SLOT_WALK_MAX)
+            for (uint64_t s = sf; s <= sl && rc == LEDGER_OK; s++) rc = contracts_settlement_iter(st, s, settle_emit, &rcx);
+        else {
+            rcx.first = sf;
+            rcx.last = sl;
+            rc = contracts_settlement_iter_all(st, settle_emit_in_range, &rcx);
+        }
+    }
     if (rc != LEDGER_OK) goto out;
     if ((rc = balance_rows(ix, h)) != LEDGER_OK) goto out;
     if (ix->oom) {
