@@ -63,6 +63,7 @@ struct node_indexer {
     bool batch_ready, oom;
     int curt_idx;
     bool warned_ahead;
+    bool tip_checked; /* the database's last block was compared with the node's since connecting */
 };
 
 typedef struct ix_stmt {
@@ -786,6 +787,7 @@ out:
 static void pg_drop(node_indexer *ix) {
     if (ix->pg) PQfinish(ix->pg);
     ix->pg = NULL;
+    ix->tip_checked = false;
 }
 
 static void pg_quiet(void *arg, const char *msg) {
@@ -919,6 +921,43 @@ static int pg_write(node_indexer *ix) {
     return 0;
 }
 
+/* The block the database holds at height l must be the node's block l: a database filled from
+ * another chain with the same genesis (a fork, a mixed-up restore) is never continued.
+ * 1 same, -1 different (logged), 0 cannot tell yet. */
+static int pg_check_tip(node_indexer *ix, uint64_t l) {
+    uint8_t *blk;
+    size_t len;
+    int grc = ledger_store_block(ix->src, l, &blk, &len);
+    if (grc != LEDGER_OK) {
+        if (!ix->warned_ahead)
+            ix_log(ix, NODE_LOG_WARN, "the database indexed height %llu, this node has no block %llu yet (%s); waiting",
+                   (unsigned long long)l, (unsigned long long)l, ledger_strerror(grc));
+        ix->warned_ahead = true;
+        return 0;
+    }
+    Tem__V1__Block *b = tem__v1__block__unpack(&ledger_pb_allocator, len, blk);
+    tem_free(blk);
+    uint8_t bh[32];
+    int hrc = b && b->header ? ledger_block_hash(b->header, bh) : LEDGER_EDECODE;
+    if (b) tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
+    if (hrc != LEDGER_OK) return 0;
+    char hs[24], hex[65];
+    snprintf(hs, sizeof hs, "%llu", (unsigned long long)l);
+    tem_hex(hex, bh, 32);
+    const char *v[] = {hs};
+    PGresult *r = NULL;
+    if (!pg_run(ix, "SELECT encode(hash, 'hex') FROM blocks WHERE height = $1", 1, v, PGRES_TUPLES_OK, &r)) {
+        pg_fail(ix);
+        return 0;
+    }
+    int rc = PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), hex) == 0 ? 1 : -1;
+    PQclear(r);
+    if (rc < 0)
+        ix_log(ix, NODE_LOG_ERROR, "the database's block %llu is not this node's block %llu (%.16s...); not writing",
+               (unsigned long long)l, (unsigned long long)l, hex);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ the worker */
 static void *worker(void *arg) {
     node_indexer *ix = arg;
@@ -939,6 +978,19 @@ static void *worker(void *arg) {
             continue;
         }
         ix->pg_height = l;
+        if (!ix->tip_checked && l > 0) {
+            int t = pg_check_tip(ix, l);
+            if (t == 0) {
+                ix_backoff(ix); /* the node has no block l yet, or the database is unreachable */
+                continue;
+            }
+            if (t < 0) {
+                pg_drop(ix);
+                ix_backoff(ix);
+                continue;
+            }
+        }
+        ix->tip_checked = true;
         if (ix->batch_ready) {
             if (l >= ix->batch_height) { /* the commit went through before the connection died */
                 batch_clear(ix);

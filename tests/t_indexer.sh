@@ -344,4 +344,16 @@ ok "congested slots of $line: slot $S, $exp_n curtailed matches, $exp_wh Wh, as 
 [ "$(q -c "select count(distinct height) from settlements where slot = $S")" = 1 ] || fail "slot $S settled in two blocks"
 for f in "$dir"/n0.log; do grep -q 'ERROR.*indexer' "$f" && fail "indexer logged an error"; done
 ok "settlement lines of slot $S written once, in one block; no indexer error logged"
+
+# ---- 4. a database whose last block is not the node's (a fork, a mixed-up restore) is refused
+kill -TERM "${PID[n0]}"; wait "${PID[n0]}" 2>/dev/null || true; unset "PID[n0]"
+L=$(indexed)
+q -c "update blocks set hash = '\\x$(printf '%064d' 0)'::bytea where height = $L"
+start_n0
+end=$((SECONDS + 30))
+until grep -q "database's block $L is not this node's" "$dir/n0.log" || [ $SECONDS -ge $end ]; do sleep 0.2; done
+grep -q "database's block $L is not this node's" "$dir/n0.log" || fail "the indexer did not refuse a database with a foreign block $L"
+wait_height 0 $((L + 3)) 30 || fail "node 0 did not commit with a refused database"
+[ "$(indexed)" = "$L" ] || fail "the indexer wrote past a foreign block: height $(indexed)"
+ok "a database whose block $L differs from the node's is refused (nothing written) while the node commits on"
 echo "t_indexer: $passed passed, 0 failed"
