@@ -336,7 +336,7 @@ static int replay_open(node_indexer *ix) {
         if (acc_snapshot(ix) != LEDGER_OK) return replay_close(ix), -1;
         ix->gacc = tem_malloc((ix->nacc ? ix->nacc : 1) * sizeof *ix->gacc);
         if (!ix->gacc) return replay_close(ix), -1;
-        memcpy(ix->gacc, ix->acc, ix->nacc * sizeof *ix->gacc);
+        if (ix->nacc) memcpy(ix->gacc, ix->acc, ix->nacc * sizeof *ix->gacc);
         ix->ngacc = ix->nacc;
     }
     return 0;

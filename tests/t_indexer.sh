@@ -101,7 +101,7 @@ SLOT_MS=6000
 GEN_MS=$(( $(date +%s) * 1000 ))
 "$T" genesis --chain-id tem-ix --time-ms "$GEN_MS" "${args[@]}" --admin "$dir/admin.key" \
   --participant "$dir/util.key:1:utility:$MONEY" --participant "$dir/dso.key:1:dso:0" \
-  --tariff 0:300000:80000 --slot-ms $SLOT_MS --gate-closure-ms 1000 --settlement-deadline-ms 4000 \
+  --tariff 0:300000:80000 --slot-ms $SLOT_MS --gate-closure-ms 1000 --settlement-deadline-ms 10000 \
   --seller-collateral-ppm 0 --out "$dir/g.json" 2>/dev/null
 mkdir -p "$dir/feeder"
 cat >"$dir/feeder/buses.csv" <<'EOF'
@@ -208,7 +208,7 @@ ok "postgres killed -9 inside the indexer's transaction for block $((at_mid + 1)
 # ---- 2. market: orders that trade and get curtailed, readings, settlement
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 cur=$(( ($(now_ms) - GEN_MS) / SLOT_MS ))
-S=$((cur + 2))
+S=$((cur + 3))
 G="--genesis $dir/g.json"
 order() { # key node side price qty
   "$T" submit --node "http://$(http "$2")" --key "$dir/$1.key" order --slot $S --side "$3" --price "$4" --qty "$5" \
@@ -250,7 +250,7 @@ for id in "${readings[@]}"; do
   [ "$s" = committed ] || fail "reading $id refused: $(curl -s "http://$(http 1)/v1/tx/$id")"
 done
 pg_kill
-deadline_ms=$((end_ms + 4000))
+deadline_ms=$((end_ms + 10000))
 while [ "$(now_ms)" -lt $((deadline_ms + 1500)) ]; do sleep 0.1; done
 pg_start || fail "postgres did not restart"
 H=$(height 0)
