@@ -32,6 +32,8 @@
 /* Settled slots are found by a time range; one wider than this is searched among all settlement
  * lines instead of slot by slot. */
 #define IX_SLOT_WALK_MAX 100000
+/* statements in flight in one pipeline round trip */
+#define IX_PIPELINE_MAX 256
 #define IX_TRADE_SLOTS_MAX 4096
 
 struct node_indexer {
@@ -63,6 +65,7 @@ struct node_indexer {
     bool batch_ready, oom;
     int curt_idx;
     bool warned_ahead;
+    uint64_t run_first, run_blocks, run_rows, run_start_ms; /* blocks written since last caught up */
     bool tip_checked; /* the database's last block was compared with the node's since connecting */
 };
 
@@ -97,6 +100,12 @@ static void ix_sleep(node_indexer *ix, uint64_t ms) {
         nanosleep(&ts, NULL);
         ms -= step;
     }
+}
+
+static uint64_t ix_mono_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000u + (uint64_t)t.tv_nsec / 1000000u;
 }
 
 static void ix_backoff(node_indexer *ix) {
@@ -894,6 +903,62 @@ static int pg_height(node_indexer *ix, uint64_t *out) {
     return rc;
 }
 
+/* Results of `sent` pipelined statements and the sync after them. false when one failed (the
+ * first failure is logged; the rest of the pipeline is then aborted by the server). */
+static bool pg_pipeline_results(node_indexer *ix, size_t sent) {
+    bool ok = true;
+    for (size_t k = 0; k < sent; k++) {
+        PGresult *r = PQgetResult(ix->pg);
+        if (!r) return false; /* the connection broke */
+        ExecStatusType st = PQresultStatus(r);
+        if (st != PGRES_COMMAND_OK) {
+            if (ok && st != PGRES_PIPELINE_ABORTED)
+                ix_log(ix, NODE_LOG_WARN, "postgres: pipelined insert: %s", PQresultErrorMessage(r));
+            ok = false;
+        }
+        PQclear(r);
+        if ((r = PQgetResult(ix->pg)) != NULL) { /* each statement's results end with NULL */
+            PQclear(r);
+            return false;
+        }
+    }
+    PGresult *r = PQgetResult(ix->pg);
+    if (!r || PQresultStatus(r) != PGRES_PIPELINE_SYNC) ok = false;
+    PQclear(r);
+    return ok;
+}
+
+/* The batch's INSERTs inside the open transaction. In pipeline mode (libpq 14+), in groups of
+ * IX_PIPELINE_MAX statements: one round trip per group instead of one per row, and the results
+ * the server holds for us stay small, so neither side can block the other on a full socket.
+ * A Sync inside an explicit transaction does not commit it. */
+static bool pg_send_rows(node_indexer *ix) {
+    if (PQenterPipelineMode(ix->pg) != 1) {
+        for (size_t i = 0; i < ix->nst; i++)
+            if (!pg_run(ix, ix->st[i].sql, ix->st[i].n, ix->st[i].vals, PGRES_COMMAND_OK, NULL)) return false;
+        return true;
+    }
+    bool ok = true;
+    for (size_t i = 0; ok && i < ix->nst;) {
+        size_t end = ix->nst - i > IX_PIPELINE_MAX ? i + IX_PIPELINE_MAX : ix->nst, sent = 0;
+        for (size_t k = i; k < end; k++, sent++)
+            if (!PQsendQueryParams(ix->pg, ix->st[k].sql, ix->st[k].n, NULL, ix->st[k].vals, NULL, NULL, 0)) {
+                ix_log(ix, NODE_LOG_WARN, "postgres: cannot send: %s", PQerrorMessage(ix->pg));
+                ok = false;
+                break;
+            }
+        if (PQpipelineSync(ix->pg) != 1) ok = false;
+        if (!pg_pipeline_results(ix, sent)) ok = false;
+        i = end;
+    }
+    if (PQexitPipelineMode(ix->pg) != 1) {
+        /* results still pending: the connection is unusable for the synchronous calls that follow */
+        pg_drop(ix);
+        return false;
+    }
+    return ok;
+}
+
 /* Writes the batch in one transaction. 0 written, 1 the height moved (someone else wrote it, or
  * the database went back): nothing written, -1 database error. */
 static int pg_write(node_indexer *ix) {
@@ -909,8 +974,7 @@ static int pg_write(node_indexer *ix) {
         pg_fail(ix); /* rolls back */
         return 1;
     }
-    for (size_t i = 0; i < ix->nst; i++)
-        if (!pg_run(ix, ix->st[i].sql, ix->st[i].n, ix->st[i].vals, PGRES_COMMAND_OK, NULL)) return pg_fail(ix), -1;
+    if (!pg_send_rows(ix)) return pg_fail(ix), -1;
     char hs[24];
     snprintf(hs, sizeof hs, "%llu", (unsigned long long)h);
     const char *v[] = {hs};
@@ -1000,6 +1064,11 @@ static void *worker(void *arg) {
                 int rc = pg_write(ix);
                 if (rc == 0) {
                     ix->pg_height = ix->batch_height;
+                    if (ix->run_blocks++ == 0) {
+                        ix->run_first = ix->batch_height;
+                        ix->run_start_ms = ix_mono_ms();
+                    }
+                    ix->run_rows += ix->nst;
                     ix_log(ix, NODE_LOG_DEBUG, "indexed block %llu (%zu rows)", (unsigned long long)ix->batch_height,
                            ix->nst);
                     batch_clear(ix);
@@ -1047,6 +1116,13 @@ static void *worker(void *arg) {
         size_t len;
         int rc = ledger_store_block(ix->src, l + 1, &blk, &len);
         if (rc == LEDGER_ENOTFOUND) {
+            if (ix->run_blocks > 1) { /* a backlog was written: say how fast */
+                uint64_t ms = ix_mono_ms() - ix->run_start_ms;
+                ix_log(ix, NODE_LOG_INFO, "caught up: blocks %llu..%llu, %llu rows in %llu ms (%llu rows/s)",
+                       (unsigned long long)ix->run_first, (unsigned long long)l, (unsigned long long)ix->run_rows,
+                       (unsigned long long)ms, (unsigned long long)(ix->run_rows * 1000 / (ms ? ms : 1)));
+            }
+            ix->run_blocks = ix->run_rows = 0;
             if (!caught_up_logged) ix_log(ix, NODE_LOG_DEBUG, "caught up at height %llu", (unsigned long long)l);
             caught_up_logged = true;
             ix_sleep(ix, ix->poll_ms);
