@@ -20,6 +20,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <jansson.h>
 #include <libpq-fe.h>
 #include <pthread.h>
 #include <sodium.h>
@@ -44,7 +45,7 @@ struct node_indexer {
     char *url;
     char dir[NODE_PATH_MAX + 64];
     uint64_t poll_ms, retry_max_ms, backoff_ms;
-    int log_level;
+    int log_level, log_format;
     ledger_store *src; /* the node's store: read only */
     const ledger_genesis *g;
     ledger_store *replay;
@@ -89,6 +90,18 @@ __attribute__((format(printf, 3, 4))) static void ix_log(node_indexer *ix, int l
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (ix->log_format == NODE_LOG_JSON) {
+        /* the node's JSON lines, without height and view (this thread has neither) */
+        char t[64], m[800];
+        snprintf(t, sizeof t, "%s.%03dZ", ts, (int)(now.tv_nsec / 1000000) % 1000);
+        snprintf(m, sizeof m, "indexer: %s", msg);
+        json_t *j = json_pack("{s:s, s:s, s:s}", "ts", t, "level", names[level & 3], "msg", m);
+        char *line = j ? json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+        if (line) fprintf(stderr, "%s\n", line);
+        free(line);
+        json_decref(j);
+        return;
+    }
     fprintf(stderr, "%s.%03ldZ %-5s indexer: %s\n", ts, now.tv_nsec / 1000000, names[level & 3], msg);
 }
 
@@ -1164,6 +1177,7 @@ int node_indexer_start(const node_indexer_config *cfg, ledger_store *store, cons
     ix->poll_ms = cfg->poll_ms ? cfg->poll_ms : 1;
     ix->retry_max_ms = cfg->retry_max_ms > ix->poll_ms ? cfg->retry_max_ms : ix->poll_ms;
     ix->log_level = cfg->log_level;
+    ix->log_format = cfg->log_format;
     ix->src = store;
     ix->g = g;
     if (pthread_create(&ix->th, NULL, worker, ix) != 0) {
@@ -1180,7 +1194,8 @@ int node_indexer_start_for(const node_config *c, ledger_store *store, const ledg
     char dir[NODE_PATH_MAX + 32];
     snprintf(dir, sizeof dir, "%s/indexer-replay", c->data_dir);
     node_indexer_config ic = {.postgres_url = c->indexer_postgres_url, .replay_dir = dir, .poll_ms = c->indexer_poll_ms,
-                              .retry_max_ms = c->indexer_retry_max_ms, .log_level = c->log_level};
+                              .retry_max_ms = c->indexer_retry_max_ms, .log_level = c->log_level,
+                              .log_format = c->log_format};
     if (node_indexer_start(&ic, store, g, out) == 0) return 0;
     fprintf(stderr, "temd: cannot start the indexer thread\n");
     return -1;

@@ -18,6 +18,7 @@ typedef struct {
     uint64_t poll_ms;         /* wait for the next block when caught up (>= 1) */
     uint64_t retry_max_ms;    /* backoff cap after a database error (>= poll_ms) */
     int log_level;            /* NODE_LOG_* */
+    int log_format;           /* NODE_LOG_TEXT or NODE_LOG_JSON, as the node logs */
 } node_indexer_config;
 
 typedef struct node_indexer node_indexer;
