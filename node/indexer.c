@@ -56,6 +56,8 @@ struct node_indexer {
     contracts_account *acc;
     size_t nacc, acc_cap;
     bool acc_valid;
+    uint64_t settle_from; /* every slot below it that settled has its lines written (settle_valid) */
+    bool settle_valid;
     contracts_account *gacc; /* genesis accounts, for height 0 rows */
     size_t ngacc;
     /* rows of the block waiting to be written */
@@ -157,7 +159,7 @@ static const char SCHEMA[] =
     " slot bigint NOT NULL, seq bigint NOT NULL, height bigint NOT NULL REFERENCES blocks(height),"
     " mechanism text NOT NULL, seller bytea NOT NULL, buyer bytea NOT NULL, quantity_wh bigint NOT NULL,"
     " price bigint NOT NULL, value_uunit bigint NOT NULL, buyer_fee_uunit bigint NOT NULL,"
-    " seller_fee_uunit bigint NOT NULL, collateral_wh bigint NOT NULL, taker_txid bytea, maker_txid bytea,"
+    " seller_fee_uunit bigint NOT NULL, collateral_uunit bigint NOT NULL, taker_txid bytea, maker_txid bytea,"
     " PRIMARY KEY (slot, seq));"
     "CREATE TABLE IF NOT EXISTS curtailments ("
     " height bigint NOT NULL REFERENCES blocks(height), idx integer NOT NULL, slot numeric(20,0) NOT NULL,"
@@ -172,6 +174,8 @@ static const char SCHEMA[] =
     " received_wh bigint NOT NULL, shortfall_wh bigint NOT NULL, burnt_wh bigint NOT NULL,"
     " lack_wh bigint NOT NULL, surplus_wh bigint NOT NULL, trade_net_uunit bigint NOT NULL,"
     " penalty_net_uunit bigint NOT NULL, utility_net_uunit bigint NOT NULL, unpaid_uunit bigint NOT NULL,"
+    " covered_wh bigint NOT NULL, cover_wh bigint NOT NULL, withheld_wh bigint NOT NULL,"
+    " fees_uunit bigint NOT NULL, estimated bigint NOT NULL, total_uunit bigint NOT NULL,"
     " PRIMARY KEY (slot, account));"
     "CREATE TABLE IF NOT EXISTS balance_changes ("
     " height bigint NOT NULL, account bytea NOT NULL, bus bigint NOT NULL, role text NOT NULL,"
@@ -200,14 +204,15 @@ static const char SQL_FILL[] =
     "binding) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)";
 static const char SQL_TRADE[] =
     "INSERT INTO trades (slot,seq,height,mechanism,seller,buyer,quantity_wh,price,value_uunit,buyer_fee_uunit,"
-    "seller_fee_uunit,collateral_wh,taker_txid,maker_txid) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)";
+    "seller_fee_uunit,collateral_uunit,taker_txid,maker_txid) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)";
 static const char SQL_CURT[] =
     "INSERT INTO curtailments (height,idx,slot,mechanism,txid,fill_idx,counter_txid,trade_seq,seller,buyer,"
     "wanted_wh,allowed_wh,curtailed_wh,price,binding) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)";
 static const char SQL_SETTLE[] =
     "INSERT INTO settlements (slot,account,height,slot_start,export_wh,import_wh,sold_wh,bought_wh,delivered_wh,"
     "received_wh,shortfall_wh,burnt_wh,lack_wh,surplus_wh,trade_net_uunit,penalty_net_uunit,utility_net_uunit,"
-    "unpaid_uunit) VALUES ($1,$2,$3," MS_TS("$4") ",$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)";
+    "unpaid_uunit,covered_wh,cover_wh,withheld_wh,fees_uunit,estimated,total_uunit) VALUES ($1,$2,$3,"
+    MS_TS("$4") ",$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24)";
 static const char SQL_BAL[] =
     "INSERT INTO balance_changes (height,account,bus,role,money_uunit,money_escrow_uunit,tokens_wh,"
     "tokens_escrow_wh,debt_uunit,d_money_uunit,d_money_escrow_uunit,d_tokens_wh,d_tokens_escrow_wh,d_debt_uunit)"
@@ -335,6 +340,7 @@ static void replay_close(node_indexer *ix) {
     contracts_market_free(ix->mkt);
     ix->mkt = NULL;
     ix->acc_valid = false;
+    ix->settle_valid = false;
 }
 
 /* A fresh replay store at height 0 (whatever the directory held is deleted: it is rebuilt from
@@ -441,7 +447,7 @@ static int trade_emit(void *ctx, const contracts_trade *t) {
     ADD(ix, SQL_TRADE, p_u64(ix, t->slot), p_u64(ix, t->seq), p_u64(ix, c->height),
         c->ts->is_call ? "call" : "cda", p_hex(ix, t->seller, 33), p_hex(ix, t->buyer, 33), p_u64(ix, t->qty_wh),
         p_u64(ix, t->price), p_i64(ix, t->value_uunit), p_i64(ix, t->buyer_fee_uunit), p_i64(ix, t->seller_fee_uunit),
-        p_i64(ix, t->collateral_wh), taker ? p_hex(ix, taker, 32) : NULL, maker ? p_hex(ix, maker, 32) : NULL);
+        p_i64(ix, t->collateral_uunit), taker ? p_hex(ix, taker, 32) : NULL, maker ? p_hex(ix, maker, 32) : NULL);
     return 0;
 }
 
@@ -449,7 +455,16 @@ typedef struct {
     node_indexer *ix;
     uint64_t height;
     uint64_t first, last; /* slot range, for the settlement walk over every line */
+    bool found;           /* a settlement line was seen; max_slot is the highest slot */
+    uint64_t max_slot;
 } row_ctx;
+
+static int settle_max(void *ctx, const contracts_settlement *l) {
+    row_ctx *c = ctx;
+    if (!c->found || l->slot > c->max_slot) c->max_slot = l->slot;
+    c->found = true;
+    return 0;
+}
 
 static int curt_emit(void *ctx, const contracts_curtailment *k) {
     row_ctx *c = ctx;
@@ -465,12 +480,15 @@ static int curt_emit(void *ctx, const contracts_curtailment *k) {
 static int settle_emit(void *ctx, const contracts_settlement *l) {
     row_ctx *c = ctx;
     node_indexer *ix = c->ix;
+    (void)settle_max(ctx, l);
     int64_t start = (int64_t)ix->g->genesis_time_ms + (int64_t)l->slot * ix->g->market.slot_ms;
     ADD(ix, SQL_SETTLE, p_u64(ix, l->slot), p_hex(ix, l->pubkey, 33), p_u64(ix, c->height), p_i64(ix, start),
         p_i64(ix, l->export_wh), p_i64(ix, l->import_wh), p_i64(ix, l->sold_wh), p_i64(ix, l->bought_wh),
         p_i64(ix, l->delivered_wh), p_i64(ix, l->received_wh), p_i64(ix, l->shortfall_wh), p_i64(ix, l->burnt_wh),
         p_i64(ix, l->lack_wh), p_i64(ix, l->surplus_wh), p_i64(ix, l->trade_net_uunit),
-        p_i64(ix, l->penalty_net_uunit), p_i64(ix, l->utility_net_uunit), p_i64(ix, l->unpaid_uunit));
+        p_i64(ix, l->penalty_net_uunit), p_i64(ix, l->utility_net_uunit), p_i64(ix, l->unpaid_uunit),
+        p_i64(ix, l->covered_wh), p_i64(ix, l->cover_wh), p_i64(ix, l->withheld_wh), p_i64(ix, l->fees_uunit),
+        p_i64(ix, l->estimated), p_i64(ix, l->total_uunit));
     return 0;
 }
 
@@ -608,6 +626,12 @@ static int build_block(node_indexer *ix, uint64_t h, const uint8_t *blk, size_t 
         ts[i].next_seq = c.seen_max ? c.max_seq + 1 : 0;
     }
 
+    if (!ix->settle_valid) { /* the first slot without lines yet, from the state before the block */
+        row_ctx mc = {.ix = ix};
+        if ((rc = contracts_settlement_iter_all(st, settle_max, &mc)) != LEDGER_OK) goto out;
+        ix->settle_from = mc.found ? mc.max_slot + 1 : 0;
+        ix->settle_valid = true;
+    }
     if ((rc = replay_apply(ix, blk, len)) != LEDGER_OK) goto out;
     st = ledger_store_state(ix->replay);
 
@@ -761,30 +785,32 @@ static int build_block(node_indexer *ix, uint64_t h, const uint8_t *blk, size_t 
     tem_free(fill_pos);
     if (rc != LEDGER_OK) goto out;
 
-    row_ctx rcx = {ix, h, 0, 0};
+    row_ctx rcx = {.ix = ix, .height = h};
     /* call-auction curtailments of the slots this block closed */
     if (call && gates)
         for (uint64_t s = gf; s <= gl && rc == LEDGER_OK; s++) rc = contracts_curtailment_iter(st, s, curt_emit, &rcx);
     if (rc != LEDGER_OK) goto out;
-    /* settlements: the first block with time > deadline(s) settles s */
+    /* settlements: slots settle strictly in slot order, past their deadline, at most a bounded
+     * number per block (docs/market.md, section 8), and their lines stay. So every line of a slot
+     * at or after settle_from that exists now appeared in this block. */
     uint64_t sf, sl;
-    /* deadline(s) = start(s) + slot_ms + settlement_deadline_ms, settled where prev <= deadline < now,
-     * i.e. deadline in (prev - 1, now - 1]. An offset past int64 means no slot ever settles. */
     int64_t soff;
     if (!__builtin_add_overflow(g->market.slot_ms, g->market.settlement_deadline_ms, &soff) &&
-        node_indexer_slot_range((int64_t)g->genesis_time_ms, g->market.slot_ms, soff, h == 1 ? INT64_MIN : prev - 1,
-                                now - 1, &sf, &sl)) {
-        /* Slot by slot normally; after a long pause (or a first block long after the genesis
-         * time) over every settlement line instead, whose number is bounded by the state. */
+        node_indexer_slot_range((int64_t)g->genesis_time_ms, g->market.slot_ms, soff, INT64_MIN, now - 1, &sf, &sl) &&
+        ix->settle_from <= sl) {
+        sf = ix->settle_from;
+        rcx.first = sf;
+        rcx.last = sl;
+        rcx.found = false;
+        /* Slot by slot normally; over every settlement line when the range is wide (a chain
+         * without meters settles only slots that traded, so the range can grow). */
         if (sl - sf < IX_SLOT_WALK_MAX)
             for (uint64_t s = sf; s <= sl && rc == LEDGER_OK; s++) rc = contracts_settlement_iter(st, s, settle_emit, &rcx);
-        else {
-            rcx.first = sf;
-            rcx.last = sl;
+        else
             rc = contracts_settlement_iter_all(st, settle_emit_in_range, &rcx);
-        }
+        if (rc != LEDGER_OK) goto out;
+        if (rcx.found) ix->settle_from = rcx.max_slot + 1;
     }
-    if (rc != LEDGER_OK) goto out;
     if ((rc = balance_rows(ix, h)) != LEDGER_OK) goto out;
     if (ix->oom) {
         rc = LEDGER_ENOMEM;
@@ -1113,6 +1139,7 @@ static void *worker(void *arg) {
                 tem_free(blk);
                 if (rc != LEDGER_OK) break;
                 ix->acc_valid = false;
+                ix->settle_valid = false;
                 sh++;
             }
             if (sh < l && !ix->stop) {
