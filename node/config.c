@@ -37,6 +37,8 @@ void node_config_defaults(node_config *c) {
     c->peer_observer_queue_bytes_max = 16u << 20;
     c->peer_send_stall_timeout_ms = 20000;
     c->peer_frame_timeout_ms = 30000;
+    c->indexer_poll_ms = 100;
+    c->indexer_retry_max_ms = 5000;
 }
 
 static bool parse_bool(const char *v, bool *out) {
@@ -129,6 +131,17 @@ static int set_key(node_config *c, const char *k, const char *v) {
         return 1;
     }
     uint64_t x;
+    /* [indexer] keys arrive here prefixed "indexer_" (from the section or a --indexer-* flag) */
+    if (!strcmp(k, "indexer_postgres_url")) {
+        if (strlen(v) >= sizeof c->indexer_postgres_url) return -1;
+        snprintf(c->indexer_postgres_url, sizeof c->indexer_postgres_url, "%s", v);
+        return 1;
+    }
+    if (!strcmp(k, "indexer_poll_ms") || !strcmp(k, "indexer_retry_max_ms")) {
+        if (!parse_u64(v, &x) || x == 0 || x > 3600000) return -1;
+        *(k[8] == 'p' ? &c->indexer_poll_ms : &c->indexer_retry_max_ms) = x;
+        return 1;
+    }
     if (!strcmp(k, "mempool_txs_max")) {
         if (!parse_u64(v, &x) || x == 0 || x > 10000000) return -1;
         c->mempool_txs_max = (uint32_t)x;
@@ -151,14 +164,20 @@ typedef struct {
 
 static int ini_cb(void *user, const char *section, const char *name, const char *value) {
     ini_ctx *x = user;
-    if (strcmp(section, "node") != 0) {
+    char pname[96];
+    if (!strcmp(section, "indexer")) {
+        snprintf(pname, sizeof pname, "indexer_%s", name);
+        name = pname;
+    } else if (strcmp(section, "node") != 0) {
         snprintf(x->err, x->errlen, "unknown section [%s]", section);
         x->bad = true;
         return 0;
     }
     int r = set_key(x->c, name, value);
     if (r == 1) return 1;
-    snprintf(x->err, x->errlen, r == 0 ? "unknown key %s" : "bad value for %s: %s", name, value);
+    /* the database URL may hold a password: never echo it */
+    if (r != 0 && !strcmp(name, "indexer_postgres_url")) snprintf(x->err, x->errlen, "bad value for %s", name);
+    else snprintf(x->err, x->errlen, r == 0 ? "unknown key %s" : "bad value for %s: %s", name, value);
     x->bad = true;
     return 0;
 }

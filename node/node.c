@@ -5,6 +5,7 @@
  * from peers when behind. Observers skip consensus and follow the chain by block sync, verifying
  * every certificate. */
 #include "node/node_internal.h"
+#include "node/indexer.h"
 
 #include <errno.h>
 #include <sodium.h>
@@ -750,6 +751,7 @@ static void walk_close(uv_handle_t *h, void *arg) {
 int node_run(const node_config *cfg) {
     node *n = tem_calloc(1, sizeof *n);
     if (!n) return 1;
+    node_indexer *ix = NULL;
     n->cfg = *cfg;
     n->self = -1;
     n->exit_code = 1;
@@ -795,6 +797,7 @@ int node_run(const node_config *cfg) {
     node_log(n, NODE_LOG_INFO, "temd %s config %s chain %s genesis %s, %s %d, data %s", NODE_VERSION,
              cfg->config[0] ? cfg->config : "(flags)", n->g.chain_id, gh, n->self >= 0 ? "validator" : "observer",
              n->self, cfg->data_dir);
+    if (cfg->indexer_postgres_url[0] && node_indexer_start_for(cfg, n->store, &n->g, &ix) != 0) goto stop;
     if (uv_signal_start(&n->sig_int, on_signal, SIGINT) != 0 || uv_signal_start(&n->sig_term, on_signal, SIGTERM) != 0) goto stop;
 
     char logpath[NODE_PATH_MAX + 32];
@@ -908,6 +911,7 @@ run:
     if (n->mp) node_mempool_free(n->mp);
     drop_views(n);
     node_replica_free(n);
+    node_indexer_stop(ix); /* before the store it reads closes */
     if (n->store) node_log(n, NODE_LOG_INFO, "stopped");
     ledger_store_close(n->store);
     n->store = NULL;

@@ -75,6 +75,10 @@ typedef struct {
     uint64_t peer_observer_queue_bytes_max; /* default 16 MiB */
     uint64_t peer_send_stall_timeout_ms;    /* default 20000 */
     uint64_t peer_frame_timeout_ms;         /* default 30000 */
+    /* [indexer] section (docs/indexer.md); flags --indexer-postgres-url etc. */
+    char indexer_postgres_url[1024]; /* libpq URI; empty = no indexer */
+    uint64_t indexer_poll_ms;        /* wait for the next block when caught up; default 100 */
+    uint64_t indexer_retry_max_ms;   /* backoff cap after a database error; default 5000 */
 } node_config;
 
 /* Defaults for every field (paths empty). */
@@ -85,7 +89,7 @@ void node_config_defaults(node_config *c);
  * mempool_txs_max, mempool_nonce_window, block_interval_ms, batch_delay_ms,
  * max_clock_drift_ms, peer_rate_bytes_per_s, peer_rate_msgs_per_s, http_body_bytes_max,
  * http_conns_max, http_conns_per_addr_max, http_rate_reqs_per_s, http_rate_burst_ms,
- * http_request_timeout_ms).
+ * http_request_timeout_ms) and section [indexer] (postgres_url, poll_ms, retry_max_ms).
  * Relative paths in the file (data_dir, genesis, key, tls_cert, tls_key) are taken from the
  * file's folder, as systemd and most daemons do, not from the current directory; flags keep the
  * current directory. NODE_OK or NODE_ECONFIG with a message in err. */
