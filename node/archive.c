@@ -151,6 +151,35 @@ void node_archive_note_curtailments(node_archive *a, ledger_store *s, uint64_t h
         Tem__V1__Receipt *rc = tem__v1__receipt__unpack(&ledger_pb_allocator, rl, rb);
         tem_free(rb);
         if (!rc) continue;
+        node_market_counts *mc = &a->mc;
+        uint64_t bwh = 0, bval = 0;
+        for (size_t k = 0; k < rc->n_fills; k++) {
+            const Tem__V1__Fill *f = rc->fills[k];
+            if (f->quantity_wh) {
+                mc->trades++;
+                mc->traded_wh += f->quantity_wh;
+                bwh += f->quantity_wh;
+                bval += f->quantity_wh * f->price / 1000;
+            }
+            mc->fees_uunit += f->network_fee + f->loss_fee;
+            if (!f->curtailed_wh) continue;
+            mc->curtailed_matches++;
+            mc->curtailed_wh += f->curtailed_wh;
+            const char *bn = f->binding && f->binding[0] ? f->binding : "unnamed";
+            uint32_t b = 0;
+            while (b < mc->nbindings && strcmp(mc->bindings[b].name, bn) != 0) b++;
+            if (b == mc->nbindings && b < NODE_BINDINGS_MAX && strlen(bn) < sizeof mc->bindings[b].name) {
+                snprintf(mc->bindings[b].name, sizeof mc->bindings[b].name, "%s", bn);
+                mc->nbindings++;
+            }
+            if (b < mc->nbindings) mc->bindings[b].count++;
+            else mc->bindings_other++;
+        }
+        mc->value_uunit += bval;
+        if (bwh) {
+            mc->last_price = bval * 1000 / bwh;
+            mc->last_height = height;
+        }
         for (size_t k = 0; k < rc->n_fills; k++) {
             if (!rc->fills[k]->curtailed_wh) continue;
             node_curtail *c = &a->curtail[a->curtail_next];

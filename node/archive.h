@@ -27,8 +27,28 @@ typedef struct {
     char binding[48];
 } node_curtail;
 
+/* Market and grid counters for /metrics, from the same receipts (every CDA trade is a fill of
+ * the order that took liquidity, so each trade is counted once; call-auction clearings happen at
+ * gate closure, outside receipts, and are not counted here). Bindings: one counter per
+ * constraint named, up to NODE_BINDINGS_MAX names, the rest in `bindings_other`. */
+#define NODE_BINDINGS_MAX 32
+typedef struct {
+    char name[48];
+    uint64_t count;
+} node_binding_count;
+
+typedef struct {
+    uint64_t trades, traded_wh, value_uunit, fees_uunit, curtailed_matches, curtailed_wh;
+    uint64_t last_price;  /* VWAP of the last block with trades, micro-units per kWh */
+    uint64_t last_height; /* that block */
+    node_binding_count bindings[NODE_BINDINGS_MAX];
+    uint32_t nbindings;
+    uint64_t bindings_other;
+} node_market_counts;
+
 /* Zero-initialised by its owner; lives as long as the node. */
 typedef struct {
+    node_market_counts mc;
     uint64_t archived[NODE_ARCHIVED_KEEP]; /* slot + 1 of recently archived trade lists */
     uint32_t archived_next;
     node_curtail curtail[NODE_CURTAIL_KEEP];
@@ -40,8 +60,8 @@ typedef struct {
  * closed by then. Returns how many slots could not be written (retried before the next block);
  * *failed_slot (may be NULL) receives the first of them. */
 uint32_t node_archive_trades(node_archive *a, ledger_store *s, uint64_t time_ms, uint64_t *failed_slot);
-/* After a block at `height` is applied: notes its txs' curtailed fills (read from their stored
- * receipts). txids is borrowed. */
+/* After a block at `height` is applied: notes its txs' curtailed fills and counts its trades,
+ * fees and bindings (read from their stored receipts). txids is borrowed. */
 void node_archive_note_curtailments(node_archive *a, ledger_store *s, uint64_t height, const uint8_t (*txids)[32],
                                     size_t ntx);
 /* The i-th most recent curtailment note (0 = newest), or NULL past the last one kept. */

@@ -111,6 +111,26 @@ int node_metrics_write(node *n, FILE *f) {
         COUNTER("tem_net_frames_dropped_total", "Peer frames dropped by the per-peer rate limit.", ns.frames_dropped_rate);
         COUNTER("tem_net_handshakes_failed_total", "Peer handshakes that failed.", ns.handshakes_failed);
     }
+    /* The market and the grid, from the applied blocks' receipts (node/archive.h). */
+    const node_market_counts *mc = &n->archive.mc;
+    COUNTER("tem_market_orders_total", "Order txs in applied blocks (applied or refused).", n->orders_committed);
+    COUNTER("tem_market_trades_total", "Continuous-auction trades with energy (fills over 0 Wh).", mc->trades);
+    COUNTER("tem_market_traded_wh_total", "Energy traded between peers, Wh.", mc->traded_wh);
+    COUNTER("tem_market_traded_value_uunits_total", "Money paid for traded energy, micro-units.", mc->value_uunit);
+    COUNTER("tem_market_fees_uunits_total", "Network and loss fees charged on fills, micro-units.", mc->fees_uunit);
+    GAUGE("tem_market_clearing_price_uunits_per_kwh", "Volume-weighted trade price of the last block with trades.",
+          "%llu", (unsigned long long)mc->last_price);
+    COUNTER("tem_grid_curtailed_matches_total", "Matches the DSO's grid check curtailed.", mc->curtailed_matches);
+    COUNTER("tem_grid_curtailed_wh_total", "Energy the DSO's grid check removed from matches, Wh.", mc->curtailed_wh);
+    fprintf(f, "# HELP tem_grid_binding_total Curtailed matches per binding constraint (line F-T or bus B).\n"
+               "# TYPE tem_grid_binding_total counter\n");
+    for (uint32_t b = 0; b < mc->nbindings; b++) {
+        /* Constraint names are "line F-T" or "bus B" from the chain: no quotes or backslashes. */
+        fprintf(f, "tem_grid_binding_total{constraint=\"%s\"} %llu\n", mc->bindings[b].name,
+                (unsigned long long)mc->bindings[b].count);
+    }
+    if (mc->bindings_other)
+        fprintf(f, "tem_grid_binding_total{constraint=\"other\"} %llu\n", (unsigned long long)mc->bindings_other);
     /* Latency buckets are kept in ms (5 ms << b); exposed in seconds. */
     fprintf(f, "# HELP tem_commit_latency_seconds Time from a tx's 202 on this node to its block's commit.\n"
                "# TYPE tem_commit_latency_seconds histogram\n");

@@ -100,6 +100,7 @@ typedef struct node {
     uint64_t lat_sum_ms, lat_count;
     node_sigcache_entry sigcache[NODE_SIGCACHE];
     node_archive archive;
+    uint64_t orders_committed; /* order txs in applied blocks (applied or refused) */
     struct node_events_src *events; /* GET /v1/events (api_events.c); NULL until first used */
     /* Disk full (docs/operate.md "Limits and faults"): no voting, no applying, txs refused
      * 503 EDISKFULL, reads served; free space is checked every NODE_DISK_CHECK_MS and once

@@ -65,7 +65,12 @@ for s in process_cpu_seconds_total process_resident_memory_bytes process_open_fd
   grep -Eq "^$s [0-9.e+]+$" "$dir/m.txt" || fail "no $s"
 done
 [ "$(grep -c '^tem_peer_up{peer="[123]",name="v[123]"} 1$' "$dir/m.txt")" = 3 ] || fail "want tem_peer_up 1 for peers 1-3: $(grep tem_peer_up "$dir/m.txt")"
-ok "tem_build_info, process metrics, tem_peer_up for each of 3 peers"
+for s in tem_market_orders_total tem_market_trades_total tem_market_traded_wh_total tem_market_fees_uunits_total \
+         tem_market_clearing_price_uunits_per_kwh tem_grid_curtailed_matches_total tem_grid_curtailed_wh_total; do
+  grep -Eq "^$s 0$" "$dir/m.txt" || fail "no $s 0 on an idle chain"
+done
+grep -q '^# TYPE tem_grid_binding_total counter$' "$dir/m.txt" || fail "no tem_grid_binding_total"
+ok "tem_build_info, process metrics, tem_peer_up for each of 3 peers, market and grid series"
 
 kill -TERM "${PID[n3]}"; wait "${PID[n3]}" 2>/dev/null || true; unset 'PID[n3]'
 for _ in $(seq 1 50); do
