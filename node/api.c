@@ -440,11 +440,11 @@ static void h_account(void *ctx, net_http_req *req, const net_http_request *r) {
         node_reply_err(req, 404, "ENOTFOUND", "no such participant");
         return;
     }
-    static const char *roles[] = {"unspecified", "prosumer", "consumer", "utility", "dso", "aggregator"};
+    static const char *roles[] = {"unspecified", "prosumer", "consumer", "utility", "dso", "aggregator", "meter", "meter_data"};
     json_t *o = json_object();
     json_object_set_new(o, "pubkey", node_hexj(pub, 33));
     json_object_set_new(o, "bus", json_integer(a.bus));
-    json_object_set_new(o, "role", json_string(a.role >= 0 && a.role <= 5 ? roles[a.role] : "unknown"));
+    json_object_set_new(o, "role", json_string(a.role >= 0 && a.role <= 7 ? roles[a.role] : "unknown"));
     json_object_set_new(o, "money_uunit", json_integer(a.money_uunit));
     json_object_set_new(o, "escrow_uunit", json_integer(a.money_escrow_uunit));
     json_object_set_new(o, "tokens_wh", json_integer(a.tokens_wh));

@@ -292,6 +292,8 @@ static const char *role_name(int32_t r) {
     case TEM__V1__ROLE__UTILITY: return "utility";
     case TEM__V1__ROLE__DSO: return "dso";
     case TEM__V1__ROLE__AGGREGATOR: return "aggregator";
+    case TEM__V1__ROLE__METER: return "meter";
+    case TEM__V1__ROLE__METER_DATA: return "meter_data";
     default: return "unspecified";
     }
 }
