@@ -26,10 +26,27 @@ struct ledger_store {
     ledger__smt_stats tree_stats; /* work of the last tree update */
 };
 
+/* The symbolic name of an LMDB or errno code, so a log line can be searched for and matched
+ * against the LMDB and errno documentation whatever the message's wording. */
+static const char *mdb_name(int rc) {
+    switch (rc) {
+#define N(x) case x: return #x;
+    N(MDB_KEYEXIST) N(MDB_NOTFOUND) N(MDB_PAGE_NOTFOUND) N(MDB_CORRUPTED) N(MDB_PANIC)
+    N(MDB_VERSION_MISMATCH) N(MDB_INVALID) N(MDB_MAP_FULL) N(MDB_DBS_FULL) N(MDB_READERS_FULL)
+    N(MDB_TLS_FULL) N(MDB_TXN_FULL) N(MDB_CURSOR_FULL) N(MDB_PAGE_FULL) N(MDB_MAP_RESIZED)
+    N(MDB_INCOMPATIBLE) N(MDB_BAD_RSLOT) N(MDB_BAD_TXN) N(MDB_BAD_VALSIZE) N(MDB_BAD_DBI)
+#undef N
+    default: {
+        const char *e = strerrorname_np(rc);
+        return e ? e : "unknown";
+    }
+    }
+}
+
 static int map_mdb(int rc, const char *what) {
     if (rc == 0) return LEDGER_OK;
     if (rc == MDB_NOTFOUND) return LEDGER_ENOTFOUND;
-    fprintf(stderr, "ledger: lmdb %s: %s\n", what, mdb_strerror(rc));
+    fprintf(stderr, "ledger: lmdb %s: %s (%s)\n", what, mdb_strerror(rc), mdb_name(rc));
     if (rc == MDB_MAP_FULL) return LEDGER_EFULL;
     /* Its own code: a full disk is an operator's problem to fix, not corruption or a bug. */
     if (rc == ENOSPC || rc == EDQUOT) return LEDGER_EDISKFULL;

@@ -2,6 +2,7 @@
  * caller's loop, routing (method, prefix) to handlers, request handles that survive the client
  * leaving, JSON errors, optional TLS, and a shutdown that closes every connection before the
  * H2O context is disposed. */
+#include "net/net.h"
 #include "net/http.h"
 
 #include <h2o.h>
@@ -487,7 +488,7 @@ static const char *admit_conn(net_http *h, const uint8_t addr[16], int *status, 
 static void on_accept(uv_stream_t *listener, int status) {
     net_http *h = listener->data;
     if (status != 0) {
-        hlog(h, NET_LOG_WARN, "accept: %s", uv_strerror(status));
+        hlog(h, NET_LOG_WARN, "accept: %s", net_uv_error(status));
         return;
     }
     /* Sized for either record: a refused connection is moved into an net__rsock view. */
@@ -499,13 +500,13 @@ static void on_accept(uv_stream_t *listener, int status) {
     s->h = h;
     int rc = uv_tcp_init(h->loop, &s->tcp);
     if (rc != 0) {
-        hlog(h, NET_LOG_ERROR, "uv_tcp_init: %s", uv_strerror(rc));
+        hlog(h, NET_LOG_ERROR, "uv_tcp_init: %s", net_uv_error(rc));
         tem_free(s);
         return;
     }
     h->handles_open++;
     if ((rc = uv_accept(listener, (uv_stream_t *)&s->tcp)) != 0) {
-        hlog(h, NET_LOG_WARN, "uv_accept: %s", uv_strerror(rc));
+        hlog(h, NET_LOG_WARN, "uv_accept: %s", net_uv_error(rc));
         uv_close((uv_handle_t *)&s->tcp, on_plain_closed);
         return;
     }
@@ -679,7 +680,7 @@ int net_http_start(net_http *h) {
     h->accept_ctx.ssl_ctx = h->ssl;
     int rc = uv_tcp_init(h->loop, &h->listener);
     if (rc != 0) {
-        hlog(h, NET_LOG_ERROR, "uv_tcp_init: %s", uv_strerror(rc));
+        hlog(h, NET_LOG_ERROR, "uv_tcp_init: %s", net_uv_error(rc));
         return NET_EUV;
     }
     h->listener.data = h;
@@ -687,26 +688,26 @@ int net_http_start(net_http *h) {
     h->listening = true;
     if ((rc = uv_tcp_bind(&h->listener, (struct sockaddr *)&ss, 0)) != 0 ||
         (rc = uv_listen((uv_stream_t *)&h->listener, 511, on_accept)) != 0) {
-        hlog(h, NET_LOG_ERROR, "listen on %s: %s", h->listen_addr, uv_strerror(rc));
+        hlog(h, NET_LOG_ERROR, "listen on %s: %s", h->listen_addr, net_uv_error(rc));
         return NET_EUV;
     }
     struct sockaddr_storage bound;
     int blen = sizeof bound;
     if ((rc = uv_tcp_getsockname(&h->listener, (struct sockaddr *)&bound, &blen)) != 0) {
-        hlog(h, NET_LOG_ERROR, "getsockname: %s", uv_strerror(rc));
+        hlog(h, NET_LOG_ERROR, "getsockname: %s", net_uv_error(rc));
         return NET_EUV;
     }
     h->port = ntohs(bound.ss_family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port
                                                : ((struct sockaddr_in6 *)&bound)->sin6_port);
     if ((rc = uv_timer_init(h->loop, &h->sweep)) != 0) {
-        hlog(h, NET_LOG_ERROR, "sweep timer: %s", uv_strerror(rc));
+        hlog(h, NET_LOG_ERROR, "sweep timer: %s", net_uv_error(rc));
         return NET_EUV;
     }
     h->sweep.data = h;
     h->handles_open++;
     h->sweep_on = true;
     if ((rc = uv_timer_start(&h->sweep, on_sweep, SWEEP_MS, SWEEP_MS)) != 0) {
-        hlog(h, NET_LOG_ERROR, "sweep timer: %s", uv_strerror(rc));
+        hlog(h, NET_LOG_ERROR, "sweep timer: %s", net_uv_error(rc));
         return NET_EUV;
     }
     hlog(h, NET_LOG_INFO, "HTTP%s listening on %s (port %u)", h->ssl ? "S" : "", h->listen_addr, h->port);
@@ -793,7 +794,7 @@ void net_http_close(net_http *h) {
         h->drain_on = true;
         rc = uv_timer_start(&h->drain, on_drain, 1, 5);
     }
-    if (rc != 0) hlog(h, NET_LOG_ERROR, "drain timer: %s", uv_strerror(rc));
+    if (rc != 0) hlog(h, NET_LOG_ERROR, "drain timer: %s", net_uv_error(rc));
 }
 
 bool net_http_is_closed(const net_http *h) {

@@ -214,7 +214,7 @@ static net__conn *conn_new(net *n, bool outbound) {
     c->outbound = outbound;
     int rc = uv_tcp_init(n->loop, &c->tcp);
     if (rc != 0) {
-        nlog(n, NET_LOG_ERROR, "uv_tcp_init: %s", uv_strerror(rc));
+        nlog(n, NET_LOG_ERROR, "uv_tcp_init: %s", net_uv_error(rc));
         tem_free(c);
         return NULL;
     }
@@ -275,7 +275,7 @@ static void maybe_resume(net__conn *c) {
     c->paused = false;
     int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     if (rc != 0) {
-        nlog(c->n, NET_LOG_WARN, "uv_read_start: %s", uv_strerror(rc));
+        nlog(c->n, NET_LOG_WARN, "uv_read_start: %s", net_uv_error(rc));
         conn_close(c, NET_EUV);
     }
 }
@@ -285,7 +285,7 @@ static void on_write(uv_write_t *req, int status) {
     net__wreq *w = (net__wreq *)req;
     net__conn *c = req->data;
     if (status < 0 && status != UV_ECANCELED && c->state != C_CLOSING) {
-        nlog(c->n, NET_LOG_WARN, "write to %s: %s", c->remote, uv_strerror(status));
+        nlog(c->n, NET_LOG_WARN, "write to %s: %s", c->remote, net_uv_error(status));
         conn_close(c, NET_EUV);
     }
     tem_free(w);
@@ -303,7 +303,7 @@ static int conn_write(net__conn *c, net__wreq *w) {
     int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, on_write);
     if (rc != 0) {
         tem_free(w);
-        nlog(c->n, NET_LOG_WARN, "uv_write to %s: %s", c->remote, uv_strerror(rc));
+        nlog(c->n, NET_LOG_WARN, "uv_write to %s: %s", c->remote, net_uv_error(rc));
         conn_close(c, NET_EUV);
         return NET_EUV;
     }
@@ -541,7 +541,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     (void)buf;
     if (nread == 0) return;
     if (nread < 0) {
-        if (nread != UV_EOF) nlog(n, NET_LOG_INFO, "read from %s: %s", c->remote, uv_strerror((int)nread));
+        if (nread != UV_EOF) nlog(n, NET_LOG_INFO, "read from %s: %s", c->remote, net_uv_error((int)nread));
         conn_close(c, nread == UV_EOF ? NET_EEOF : NET_EUV);
         return;
     }
@@ -655,7 +655,7 @@ static void free_handle(uv_handle_t *h) { tem_free(h); }
 static void on_connection(uv_stream_t *server, int status) {
     net *n = server->data;
     if (status < 0) {
-        nlog(n, NET_LOG_WARN, "accept: %s", uv_strerror(status));
+        nlog(n, NET_LOG_WARN, "accept: %s", net_uv_error(status));
         return;
     }
     net__conn *c = conn_new(n, false);
@@ -672,7 +672,7 @@ static void on_connection(uv_stream_t *server, int status) {
     }
     int rc = uv_accept(server, (uv_stream_t *)&c->tcp);
     if (rc != 0) {
-        nlog(n, NET_LOG_WARN, "uv_accept: %s", uv_strerror(rc));
+        nlog(n, NET_LOG_WARN, "uv_accept: %s", net_uv_error(rc));
         conn_close(c, NET_EUV);
         return;
     }
@@ -688,10 +688,10 @@ static void on_connection(uv_stream_t *server, int status) {
         return;
     }
     c->state = C_HANDSHAKE;
-    if ((rc = uv_tcp_nodelay(&c->tcp, 1)) != 0) nlog(n, NET_LOG_DEBUG, "nodelay: %s", uv_strerror(rc));
+    if ((rc = uv_tcp_nodelay(&c->tcp, 1)) != 0) nlog(n, NET_LOG_DEBUG, "nodelay: %s", net_uv_error(rc));
     /* A peer that vanished without a FIN (power loss, cut link) is noticed by the kernel's
      * probes within about a minute, which starts the redial. */
-    if ((rc = uv_tcp_keepalive(&c->tcp, 1, 30)) != 0) nlog(n, NET_LOG_DEBUG, "keepalive: %s", uv_strerror(rc));
+    if ((rc = uv_tcp_keepalive(&c->tcp, 1, 30)) != 0) nlog(n, NET_LOG_DEBUG, "keepalive: %s", net_uv_error(rc));
     rc = net_hs_init(&c->hs, NET_HS_RESPONDER, n->cfg.genesis, n->cfg.sec, NULL, n->cfg.accept_observers);
     if (rc != NET_OK) {
         conn_close(c, rc);
@@ -699,7 +699,7 @@ static void on_connection(uv_stream_t *server, int status) {
     }
     net_hs_allow_observers(&c->hs, (const uint8_t(*)[LEDGER_ED_PUB_BYTES])n->obs_keys, n->n_obs_keys);
     if ((rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read)) != 0) {
-        nlog(n, NET_LOG_WARN, "uv_read_start: %s", uv_strerror(rc));
+        nlog(n, NET_LOG_WARN, "uv_read_start: %s", net_uv_error(rc));
         conn_close(c, NET_EUV);
     }
 }
@@ -710,24 +710,24 @@ static void on_connect(uv_connect_t *req, int status) {
     net *n = c->n;
     if (c->state == C_CLOSING) return; /* UV_ECANCELED from our own close */
     if (status < 0) {
-        nlog(n, NET_LOG_DEBUG, "connect to validator %u: %s", c->target->id, uv_strerror(status));
+        nlog(n, NET_LOG_DEBUG, "connect to validator %u: %s", c->target->id, net_uv_error(status));
         conn_close(c, NET_EUV);
         return;
     }
     fill_remote(c);
     c->state = C_HANDSHAKE;
     int rc;
-    if ((rc = uv_tcp_nodelay(&c->tcp, 1)) != 0) nlog(n, NET_LOG_DEBUG, "nodelay: %s", uv_strerror(rc));
+    if ((rc = uv_tcp_nodelay(&c->tcp, 1)) != 0) nlog(n, NET_LOG_DEBUG, "nodelay: %s", net_uv_error(rc));
     /* A peer that vanished without a FIN (power loss, cut link) is noticed by the kernel's
      * probes within about a minute, which starts the redial. */
-    if ((rc = uv_tcp_keepalive(&c->tcp, 1, 30)) != 0) nlog(n, NET_LOG_DEBUG, "keepalive: %s", uv_strerror(rc));
+    if ((rc = uv_tcp_keepalive(&c->tcp, 1, 30)) != 0) nlog(n, NET_LOG_DEBUG, "keepalive: %s", net_uv_error(rc));
     rc = net_hs_init(&c->hs, NET_HS_INITIATOR, n->cfg.genesis, n->cfg.sec, c->target->pk, false);
     if (rc != NET_OK) {
         conn_close(c, rc);
         return;
     }
     if ((rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read)) != 0) {
-        nlog(n, NET_LOG_WARN, "uv_read_start: %s", uv_strerror(rc));
+        nlog(n, NET_LOG_WARN, "uv_read_start: %s", net_uv_error(rc));
         conn_close(c, NET_EUV);
         return;
     }
@@ -747,7 +747,7 @@ static void dial_addr(net *n, net__peer *p, const struct sockaddr *sa) {
     c->connect_req.data = c;
     int rc = uv_tcp_connect(&c->connect_req, &c->tcp, sa, on_connect);
     if (rc != 0) {
-        nlog(n, NET_LOG_DEBUG, "uv_tcp_connect validator %u: %s", p->id, uv_strerror(rc));
+        nlog(n, NET_LOG_DEBUG, "uv_tcp_connect validator %u: %s", p->id, net_uv_error(rc));
         conn_close(c, NET_EUV);
     }
 }
@@ -764,7 +764,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     }
     if (status < 0 || res == NULL) {
         nlog(n, NET_LOG_WARN, "resolve %s: %s", n->cfg.genesis->validators[p->id].address,
-             uv_strerror(status));
+             net_uv_error(status));
         p->failures++;
         n->stats.dial_failures++;
         schedule_redial(n, p);
@@ -796,7 +796,7 @@ static void dial(net *n, net__peer *p) {
     p->gai.data = p;
     int rc = uv_getaddrinfo(n->loop, &p->gai, on_resolved, host, portstr, &hints);
     if (rc != 0) {
-        nlog(n, NET_LOG_WARN, "uv_getaddrinfo %s: %s", addr, uv_strerror(rc));
+        nlog(n, NET_LOG_WARN, "uv_getaddrinfo %s: %s", addr, net_uv_error(rc));
         schedule_redial(n, p);
         return;
     }
@@ -949,7 +949,7 @@ static int start_listener(net *n, const char *addr) {
         return NET_EADDR;
     int rc = uv_tcp_init(n->loop, &n->listener);
     if (rc != 0) {
-        nlog(n, NET_LOG_ERROR, "uv_tcp_init: %s", uv_strerror(rc));
+        nlog(n, NET_LOG_ERROR, "uv_tcp_init: %s", net_uv_error(rc));
         return NET_EUV;
     }
     n->listener.data = n;
@@ -957,13 +957,13 @@ static int start_listener(net *n, const char *addr) {
     n->listening = true;
     if ((rc = uv_tcp_bind(&n->listener, (struct sockaddr *)&ss, 0)) != 0 ||
         (rc = uv_listen((uv_stream_t *)&n->listener, 128, on_connection)) != 0) {
-        nlog(n, NET_LOG_ERROR, "listen on %s: %s", addr, uv_strerror(rc));
+        nlog(n, NET_LOG_ERROR, "listen on %s: %s", addr, net_uv_error(rc));
         return NET_EUV;
     }
     struct sockaddr_storage bound;
     int blen = sizeof bound;
     if ((rc = uv_tcp_getsockname(&n->listener, (struct sockaddr *)&bound, &blen)) != 0) {
-        nlog(n, NET_LOG_ERROR, "getsockname: %s", uv_strerror(rc));
+        nlog(n, NET_LOG_ERROR, "getsockname: %s", net_uv_error(rc));
         return NET_EUV;
     }
     n->port = ntohs(bound.ss_family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port
@@ -980,14 +980,14 @@ int net_start(net *n) {
     int rc;
     if (n->listen_addr[0] != '\0' && (rc = start_listener(n, n->listen_addr)) != NET_OK) return rc;
     if ((rc = uv_timer_init(n->loop, &n->tick)) != 0) {
-        nlog(n, NET_LOG_ERROR, "uv_timer_init: %s", uv_strerror(rc));
+        nlog(n, NET_LOG_ERROR, "uv_timer_init: %s", net_uv_error(rc));
         return NET_EUV;
     }
     n->tick.data = n;
     n->handles_open++;
     n->tick_on = true;
     if ((rc = uv_timer_start(&n->tick, on_tick, 0, n->cfg.tick_ms)) != 0) {
-        nlog(n, NET_LOG_ERROR, "uv_timer_start: %s", uv_strerror(rc));
+        nlog(n, NET_LOG_ERROR, "uv_timer_start: %s", net_uv_error(rc));
         return NET_EUV;
     }
     return NET_OK;
@@ -1097,4 +1097,12 @@ void net_free(net *n) {
     tem_free(n->obs_keys);
     sodium_memzero(n, sizeof *n);
     tem_free(n);
+}
+
+const char *net_uv_error(int rc) {
+    static char bufs[8][96];
+    static unsigned next;
+    char *b = bufs[next++ % 8];
+    snprintf(b, sizeof bufs[0], "%s (%s)", uv_strerror(rc), uv_err_name(rc));
+    return b;
 }

@@ -271,6 +271,10 @@ TEM_WUR int net_peer_info_get(const net *n, uint32_t peer_id, net_peer_info *out
 uint32_t net_validators_connected(const net *n);
 uint32_t net_observers_connected(const net *n);
 void net_stats_get(const net *n, net_stats *out);
+/* "message (NAME)" of a libuv error code, e.g. "connection reset by peer (ECONNRESET)", for log
+ * lines: the name is what operators search for. Points into one of 8 rotating static buffers
+ * (loop thread only; valid until 8 later calls). */
+const char *net_uv_error(int rc);
 
 /* Starts closing every handle the transport owns (listener, connections, timer); peer_down
  * runs for open sessions with NET_ECLOSING. Idempotent. The loop must then run until

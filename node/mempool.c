@@ -2,6 +2,7 @@
  * txids sized at startup; signature verification batched into libuv thread-pool work items;
  * a group-committed append-only log (one write + one fdatasync per batch, done callbacks only
  * after the fdatasync), its recovery after a crash and its rewrite when mostly dead. */
+#include "net/net.h"
 #include "node/mempool.h"
 
 #include "contracts/contracts.h"
@@ -521,7 +522,7 @@ static void on_sync(uv_fs_t *req);
 static void log_failed(node_mempool *m, const char *what, ssize_t uvrc) {
     m->disk_full = uvrc == UV_ENOSPC || uvrc == -EDQUOT;
     fprintf(stderr, "mempool: %s%s %s: %s\n", m->disk_full ? "ERROR: disk full: " : "", what, m->log_path,
-            uv_strerror((int)uvrc));
+            net_uv_error((int)uvrc));
     m->broken = true;
     uint32_t i = m->fly_head;
     m->fly_head = NIL;
@@ -820,7 +821,7 @@ int node_mempool_new(uv_loop_t *loop, const node_mempool_config *cfg, ledger_sto
     }
     int rc = uv_idle_init(loop, &m->idle);
     if (rc != 0) {
-        fprintf(stderr, "mempool: uv_idle_init: %s\n", uv_strerror(rc));
+        fprintf(stderr, "mempool: uv_idle_init: %s\n", net_uv_error(rc));
         free_tables(m);
         return NODE_MEMPOOL_EIO;
     }

@@ -1155,6 +1155,18 @@ START_TEST(config_errors_are_refused) {
 }
 END_TEST
 
+/* Log lines name libuv errors by their symbol as well as their message. */
+START_TEST(uv_errors_are_named_in_log_text) {
+    ck_assert_str_eq(net_uv_error(UV_ECONNRESET), "connection reset by peer (ECONNRESET)");
+    ck_assert_str_eq(net_uv_error(UV_EPIPE), "broken pipe (EPIPE)");
+    /* eight rotating buffers: two in one printf stay distinct */
+    const char *a = net_uv_error(UV_EADDRINUSE), *b = net_uv_error(UV_ETIMEDOUT);
+    ck_assert_ptr_ne(a, b);
+    ck_assert_ptr_nonnull(strstr(a, "(EADDRINUSE)"));
+    ck_assert_ptr_nonnull(strstr(b, "(ETIMEDOUT)"));
+}
+END_TEST
+
 static Suite *net_suite(void) {
     Suite *s = suite_create("net");
     TCase *pure = tcase_create("handshake");
@@ -1182,6 +1194,7 @@ static Suite *net_suite(void) {
     tcase_add_test(tr, four_validators_form_a_full_mesh_with_one_connection_per_pair);
     tcase_add_test(tr, out_of_memory_refuses_a_send_and_keeps_the_session);
     tcase_add_test(tr, config_errors_are_refused);
+    tcase_add_test(tr, uv_errors_are_named_in_log_text);
     suite_add_tcase(s, tr);
     return s;
 }
