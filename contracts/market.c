@@ -368,9 +368,15 @@ static int mk_fill(fill_env *e, mk_order *buy, mk_order *sell, uint64_t want, ui
         if (rc) nf = 0;
         rc = grid_loss_charge(e->st, e->slot, slot_ms, sell->bus, buy->bus, q, e->loss_price, &loss);
         if (rc == GRID_ENOMEM) return LEDGER_ENOMEM;
-        /* A loss-lowering trade (negative charge) pays nothing here: paying out its credit is the
-         * settlement's part (docs/grid.md, "Losses"). */
-        if (rc || loss.total_uunit < 0) memset(&loss, 0, sizeof loss);
+        if (rc) memset(&loss, 0, sizeof loss);
+    }
+    /* A loss-lowering trade earns a credit instead of a charge: nobody pays a loss share now,
+     * and the trade records its whole credit as a negative seller_fee, which the DSO pays out
+     * at settlement (contracts/settle.c; docs/grid.md, "Loss allocation"). */
+    int64_t loss_credit = 0;
+    if (loss.total_uunit < 0) {
+        loss_credit = -loss.total_uunit;
+        loss.seller_uunit = loss.buyer_uunit = 0;
     }
     /* The seller's loss share comes out of its proceeds; what exceeds them falls to the buyer.
      * The buyer's fees are capped at what its order escrowed for fees, because ceil-rounded
@@ -418,7 +424,7 @@ static int mk_fill(fill_env *e, mk_order *buy, mk_order *sell, uint64_t want, ui
     sell->remaining_wh = sr;
 
     mk_trade t = {.qty_wh = q, .price = price, .value = value, .buyer_fee = buyer_fee,
-                  .seller_fee = seller_fee, .collateral = coll};
+                  .seller_fee = loss_credit ? -loss_credit : seller_fee, .collateral = coll};
     memcpy(t.seller, sell->owner, PUB);
     memcpy(t.buyer, buy->owner, PUB);
     uint8_t tk[17], tv[MK_TRADE_BYTES];

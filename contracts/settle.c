@@ -317,9 +317,29 @@ static int settle_escrow_and_fees(settle_ctx *c, const uint8_t *dso) {
         if ((rc = pay(c->st, t->buyer, dso, t->buyer_fee, &paid, &unpaid))) return rc;
         bp->line.fees_uunit += t->buyer_fee;
         bp->line.unpaid_uunit += unpaid;
+        if (t->seller_fee <= 0) continue;
         if ((rc = pay(c->st, t->seller, dso, t->seller_fee, &paid, &unpaid))) return rc;
         s->line.fees_uunit += t->seller_fee;
         s->line.unpaid_uunit += unpaid;
+    }
+    /* Loss credits (a negative seller_fee: the trade's whole credit C) after every charge, so the
+     * slot's fees fund them. The DSO pays the seller ceil(C/2) and the buyer floor(C/2), as a
+     * charge is split; what it cannot pay from its free money becomes its debt, and each line's
+     * fees show what arrived (docs/grid.md, "Loss allocation"). */
+    for (size_t i = 0; dso && i < c->nt; i++) {
+        const mk_trade *t = &c->t[i];
+        if (t->seller_fee >= 0) continue;
+        int64_t cr = -t->seller_fee, paid, unpaid;
+        const int64_t share[2] = {cr - cr / 2, cr / 2};
+        const uint8_t *to[2] = {t->seller, t->buyer};
+        party *dp = party_find(c, dso);
+        for (int k = 0; k < 2; k++) {
+            if (memcmp(to[k], dso, PUB) == 0) continue; /* the DSO trading: nothing moves */
+            if ((rc = pay(c->st, dso, to[k], share[k], &paid, &unpaid))) return rc;
+            party_find(c, to[k])->line.fees_uunit -= paid;
+            dp->line.fees_uunit += paid;
+            dp->line.unpaid_uunit += unpaid;
+        }
     }
     return LEDGER_OK;
 }

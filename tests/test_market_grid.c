@@ -2,7 +2,8 @@
  * only), orders from buses the feeder lacks, a match curtailed by a line limit with the binding
  * constraint and curtailed Wh in the receipt, a match curtailed to zero that leaves both orders
  * resting while matching moves on, network fees and loss charges paid to the DSO at settlement,
- * and conservation throughout.
+ * loss credits paid by the DSO (its debt when it lacks the money), splitting a credited trade
+ * never earning more, and conservation throughout.
  *
  * The model is grid's hand-computed one (tests/test_grid.c): slack 1 - 2 - 3, and 4 off 2 via a
  * line written "4-2" rated 200 kVA with 50 kW base flow; R(2-3) = 0.2 ohm, R(4-2) = 0.3 ohm. In a
@@ -58,6 +59,11 @@ START_TEST(market_grid_curtails_a_match_names_the_line_and_charges_fees) {
     ck_assert_int_eq(grid_loss_charge_max(H.st, 4, 50000, 300000, &lmax), GRID_OK);
     ck_assert_int_gt(lmax, 0);
     ck_assert_int_eq(grid_network_fee(H.st, 3, 4, x, 1000, &nf_x), GRID_OK);
+    /* 3 -> 4 moves power off the lossier line 2-3: a loss credit, at the empty slot's point. */
+    grid_loss l_x;
+    ck_assert_int_eq(grid_loss_charge(H.st, SLOT, SLOT_MS, 3, 4, x, 300000, &l_x), GRID_OK);
+    ck_assert_int_lt(l_x.total_uunit, 0);
+    const int64_t cr_x = -l_x.total_uunit;
     ck_assert_int_eq(mh_order(&H, P2, SLOT, SELL, 100000, 50000, GTC), 0);
     ck_assert_int_eq(mh_order(&H, P3, SLOT, BUY, 100000, 50000, GTC), 0);
     /* Fee escrow: network fee to the farthest bus (3, 0.5 ohm) and the loss bound. */
@@ -69,8 +75,7 @@ START_TEST(market_grid_curtails_a_match_names_the_line_and_charges_fees) {
     ck_assert_str_eq(f->binding, "line 4-2");
     ck_assert_int_eq(nf_x, (int64_t)(x + 1) / 2); /* x Wh x 0.5 ohm x 1000, rounded up */
     ck_assert_uint_eq(f->network_fee, (uint64_t)nf_x);
-    /* 3 -> 4 moves power off the lossier line 2-3: a loss credit, which the market does not
-     * charge (docs/grid.md, "Losses"). */
+    /* The credit is no fee now: the DSO pays it at settlement. */
     ck_assert_uint_eq(f->loss_fee, 0);
     ck_assert_uint_eq(H.rc.fee, (uint64_t)nf_x);
     ck_assert_uint_eq(H.rc.remaining_wh, 50000 - x); /* rests, crossed with P2's rest: the grid blocks it */
@@ -107,14 +112,18 @@ START_TEST(market_grid_curtails_a_match_names_the_line_and_charges_fees) {
      * delivered (no meters): their buyers imported nothing either, so they pay nothing and get no
      * cover, but line 4-2 bound in this slot, so every withheld Wh pays retail - feed-in
      * (0.25 / Wh here) to the DSO (docs/market.md, "Capacity hoarding"). P2 also pays its share
-     * of the loss charge of its sale to P1. */
+     * of the loss charge of its sale to P1. The 3 -> 4 trade's credit goes the other way: the
+     * DSO pays P2 (seller) ceil(cr_x / 2) and P3 (buyer) floor(cr_x / 2), out of the fees. */
     mh_block(&H, mh_deadline(SLOT) + 1);
     contracts_account dso = mh_acct(&H, DSOK);
     int64_t sold = (int64_t)x + 10000;
-    ck_assert_int_eq(dso.money_uunit, nf_x + nf_y + l_y.total_uunit + 2000 + l_z.total_uunit + (sold + (int64_t)y) * 250);
+    ck_assert_int_eq(dso.money_uunit,
+                     nf_x + nf_y + l_y.total_uunit + 2000 + l_z.total_uunit + (sold + (int64_t)y) * 250 - cr_x);
     contracts_account p2 = mh_acct(&H, P2);
-    ck_assert_int_eq(p2.money_uunit, 1000000000 - l_z.seller_uunit - sold * 250);
+    ck_assert_int_eq(p2.money_uunit, 1000000000 - l_z.seller_uunit - sold * 250 + (cr_x - cr_x / 2));
     ck_assert_int_eq(p2.debt_uunit, 0);
+    contracts_account p3 = mh_acct(&H, P3);
+    ck_assert_int_eq(p3.debt_uunit, 0);
     mh_check_invariants(&H, true);
 }
 END_TEST
@@ -196,6 +205,146 @@ START_TEST(market_grid_call_clearing_records_its_curtailment_in_the_state) {
 }
 END_TEST
 
+typedef struct {
+    uint8_t k[17], v[MK_TRADE_BYTES];
+    int n;
+} one_trade;
+static int get_trade(void *ctx, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl) {
+    one_trade *t = ctx;
+    ck_assert_uint_eq(kl, 17);
+    ck_assert_uint_eq(vl, MK_TRADE_BYTES);
+    memcpy(t->k, k, 17);
+    memcpy(t->v, v, MK_TRADE_BYTES);
+    t->n++;
+    return 0;
+}
+
+/* A loss-lowering trade (3 -> 4, small enough not to bind) ends with the seller better off by
+ * ceil(C/2), the buyer by floor(C/2) and the DSO worse off by C, C the credit at the empty
+ * slot's point. No meters: nobody delivers or imports, so apart from the network fee (buyer to
+ * DSO) the credit is the only money that moves. dso_funds 0: this small feeder's credits are
+ * far below the fees, so the trade's record is raised to a credit of nf + 777 between blocks:
+ * the DSO holds only the slot's fee nf, pays that (seller first) and owes 777 as debt. */
+static void credit_scenario(int64_t dso_funds) {
+    if (dso_funds) ck_assert_int_eq(mh_transfer(&H, UTIL, DSOK, (uint64_t)dso_funds), 0);
+    const uint64_t q = 10000;
+    ck_assert_uint_eq(allowed(3, 4, q), q);
+    grid_loss l;
+    int64_t nf;
+    ck_assert_int_eq(grid_loss_charge(H.st, SLOT, SLOT_MS, 3, 4, q, RETAIL, &l), GRID_OK);
+    ck_assert_int_eq(grid_network_fee(H.st, 3, 4, q, 1000, &nf), GRID_OK);
+    int64_t cr = -l.total_uunit;
+    ck_assert_int_gt(cr, 0);
+    contracts_account p2a = mh_acct(&H, P2), p3a = mh_acct(&H, P3), da = mh_acct(&H, DSOK);
+    ck_assert_int_eq(mh_order(&H, P2, SLOT, SELL, 100000, q, GTC), 0);
+    ck_assert_int_eq(mh_order(&H, P3, SLOT, BUY, 100000, q, GTC), 0);
+    ck_assert_uint_eq(H.rc.n_fills, 1);
+    ck_assert_uint_eq(H.rc.fills[0]->quantity_wh, q);
+    ck_assert_uint_eq(H.rc.fills[0]->loss_fee, 0);
+    ck_assert_uint_eq(H.rc.fee, (uint64_t)nf);
+    mh_check_invariants(&H, false);
+    mh_end(&H);
+    one_trade ot = {0};
+    uint8_t pre[9] = {MK_TRADE};
+    tem_put_u64be(pre + 1, SLOT);
+    ck_assert_int_eq(ledger_state_iter(H.st, pre, sizeof pre, get_trade, &ot), 0);
+    ck_assert_int_eq(ot.n, 1);
+    mk_trade t;
+    mk_trade_decode(ot.v, &t);
+    ck_assert_int_eq(t.seller_fee, -cr); /* the whole credit, as a negative seller fee */
+    ck_assert_int_eq(t.buyer_fee, nf);
+    if (!dso_funds) {
+        cr = nf + 777;
+        t.seller_fee = -cr;
+        mk_trade_encode(&t, ot.v);
+        ck_assert_int_eq(ledger_state_put(H.st, ot.k, 17, ot.v, MK_TRADE_BYTES), 0);
+    }
+    mh_block(&H, mh_deadline(SLOT) + 1);
+    contracts_account p2 = mh_acct(&H, P2), p3 = mh_acct(&H, P3), d = mh_acct(&H, DSOK);
+    const int64_t avail = dso_funds ? cr : nf; /* the DSO pays the seller first */
+    const int64_t to_s = cr - cr / 2 < avail ? cr - cr / 2 : avail, to_b = avail - to_s;
+    ck_assert_int_eq(p2.money_uunit - p2a.money_uunit, to_s);
+    ck_assert_int_eq(p3.money_uunit - p3a.money_uunit, -nf + to_b);
+    ck_assert_int_eq(d.money_uunit - da.money_uunit, nf - avail);
+    ck_assert_int_eq(d.debt_uunit - da.debt_uunit, cr - avail);
+    ck_assert_int_eq(p2.debt_uunit, 0);
+    ck_assert_int_eq(p3.debt_uunit, 0);
+    if (dso_funds) {
+        ck_assert_int_eq(to_s, cr - cr / 2);
+        ck_assert_int_eq(to_b, cr / 2);
+    }
+    mh_check_invariants(&H, true);
+}
+
+START_TEST(market_grid_pays_a_loss_credit_at_settlement) { credit_scenario(100000000); }
+END_TEST
+
+START_TEST(market_grid_loss_credit_beyond_the_dsos_money_is_its_debt) { credit_scenario(0); }
+END_TEST
+
+/* Total credit the DSO pays for q Wh from bus 3 to bus 4, sold as the given pieces (each a
+ * resting sell that P3's one buy takes in order). */
+static int64_t credit_of_pieces(const uint64_t *pieces, int n) {
+    mh h;
+    mh_model m;
+    mh_init(&h, LEDGER_MECH_CDA);
+    mh_block(&h, NOW);
+    mh_model_init(&m);
+    ck_assert_int_eq(mh_install(&h, ADMIN, &m), 0);
+    ck_assert_int_eq(mh_register(&h, ADMIN, h.keys[P2], PUB, 3, TEM__V1__ROLE__PROSUMER), 0);
+    ck_assert_int_eq(mh_register(&h, ADMIN, h.keys[P3], PUB, 4, TEM__V1__ROLE__PROSUMER), 0);
+    ck_assert_int_eq(mh_transfer(&h, UTIL, DSOK, 1000000000), 0);
+    uint64_t q = 0;
+    for (int i = 0; i < n; i++) {
+        ck_assert_int_eq(mh_order(&h, P2, SLOT, SELL, 100000, pieces[i], GTC), 0);
+        q += pieces[i];
+    }
+    ck_assert_int_eq(mh_order(&h, P3, SLOT, BUY, 100000, q, GTC), 0);
+    ck_assert_uint_eq(h.rc.n_fills, (uint64_t)n);
+    int64_t nf = 0;
+    for (int i = 0; i < n; i++) {
+        ck_assert_uint_eq(h.rc.fills[i]->quantity_wh, pieces[i]);
+        nf += (int64_t)h.rc.fills[i]->network_fee;
+    }
+    const int64_t before = mh_acct(&h, P2).money_uunit + mh_acct(&h, P3).money_uunit + nf;
+    mh_block(&h, mh_deadline(SLOT) + 1);
+    mh_check_invariants(&h, true);
+    const int64_t got = mh_acct(&h, P2).money_uunit + mh_acct(&h, P3).money_uunit + nf - before;
+    mh_free(&h);
+    return got;
+}
+
+/* Splitting a loss-lowering trade never earns more credit: 40 seeds, 2-6 random pieces of a
+ * trade of 5-30 kWh (each piece priced at the point the earlier ones left, which is less
+ * negative by convexity, and each rounded towards zero). */
+START_TEST(market_grid_splitting_a_credited_trade_never_earns_more) {
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    int more = 0, less = 0;
+    for (int seed = 1; seed <= 40; seed++) {
+        x ^= (uint64_t)seed * 0xbf58476d1ce4e5b9ull;
+        x ^= x >> 31;
+        x *= 0x94d049bb133111ebull;
+        const uint64_t q = 5000 + x % 25001;
+        const int n = 2 + (int)((x >> 20) % 5);
+        uint64_t pieces[6], left = q;
+        for (int i = 0; i < n - 1; i++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            pieces[i] = 1 + (x >> 33) % (left - (uint64_t)(n - 1 - i));
+            left -= pieces[i];
+        }
+        pieces[n - 1] = left;
+        const uint64_t whole[1] = {q};
+        const int64_t cw = credit_of_pieces(whole, 1), cs = credit_of_pieces(pieces, n);
+        ck_assert_msg(cw > 0, "seed %d: no credit", seed);
+        ck_assert_msg(cs <= cw, "seed %d: %d pieces earn %lld > %lld", seed, n, (long long)cs, (long long)cw);
+        more += cs > cw;
+        less += cs < cw;
+    }
+    ck_assert_int_eq(more, 0);
+    ck_assert_int_gt(less, 0); /* the property is not vacuous: splits do earn less */
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("market_grid");
     TCase *t = tcase_create("grid");
@@ -204,6 +353,10 @@ int main(void) {
     tcase_add_test(t, market_grid_curtails_a_match_names_the_line_and_charges_fees);
     tcase_add_test(t, market_grid_stops_after_64_blocked_counter_orders);
     tcase_add_test(t, market_grid_call_clearing_records_its_curtailment_in_the_state);
+    tcase_add_test(t, market_grid_pays_a_loss_credit_at_settlement);
+    tcase_add_test(t, market_grid_loss_credit_beyond_the_dsos_money_is_its_debt);
+    tcase_add_test(t, market_grid_splitting_a_credited_trade_never_earns_more);
+    tcase_set_timeout(t, 120);
     suite_add_tcase(s, t);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -23,6 +23,8 @@ static const char *S(const json_t *o, const char *k) {
     return s ? s : "";
 }
 static bool B(const json_t *o, const char *k) { return json_is_true(json_object_get(o, k)); }
+/* The slot's most loaded line in its base case ("-" for a dataset without one). */
+static const char *base_line(const json_t *s) { return *S(s, "base_max_line") ? S(s, "base_max_line") : "-"; }
 
 static double units(int64_t uunit) { return (double)uunit / 1e6; }
 static double per_kwh(int64_t uunit_per_kwh) { return (double)uunit_per_kwh / 1e6; }
@@ -107,7 +109,8 @@ int ctl_report_text(const json_t *d, FILE *f) {
             (long long)I(tot, "curtailed_trades"), (long long)I(tot, "curtailed_wh"), line);
     fprintf(f, "met locally          %.1f%% of metered import (%lld of %lld Wh) came from peer trades\n",
             100.0 * D(tot, "local_share"), (long long)I(tot, "energy_wh"), (long long)I(tot, "import_wh"));
-    fprintf(f, "\n slot  time   orders trades  energy_wh  avg_price  feed_in   retail  curtailed_wh\n");
+    fprintf(f, "\n slot  time   orders trades  energy_wh  avg_price  feed_in   retail  curtailed_wh   base_kw"
+               "  base: most loaded line\n");
     size_t i;
     json_t *s;
     json_array_foreach(json_object_get(d, "per_slot"), i, s) {
@@ -115,9 +118,10 @@ int ctl_report_text(const json_t *d, FILE *f) {
         char avg[16];
         if (I(s, "energy_wh")) snprintf(avg, sizeof avg, "%.4f", per_kwh(I(s, "avg_price")));
         else snprintf(avg, sizeof avg, "-");
-        fprintf(f, "%5lld  %s %6lld %6lld %10lld %10s %8.4f %8.4f %13lld\n", (long long)I(s, "slot"), a,
+        fprintf(f, "%5lld  %s %6lld %6lld %10lld %10s %8.4f %8.4f %13lld %9.1f  %s %.1f%%\n", (long long)I(s, "slot"), a,
                 (long long)I(s, "orders"), (long long)I(s, "trades"), (long long)I(s, "energy_wh"), avg,
-                per_kwh(I(s, "feed_in")), per_kwh(I(s, "retail")), (long long)I(s, "curtailed_wh"));
+                per_kwh(I(s, "feed_in")), per_kwh(I(s, "retail")), (long long)I(s, "curtailed_wh"),
+                D(s, "base_net_kw"), base_line(s), D(s, "base_max_loading_pct"));
     }
     fprintf(f, "\nbills (units, + = paid)   prosumers      market   feed-in baseline   saving, units (+ = better off)\n");
     const char *k;
@@ -396,7 +400,8 @@ static void feeder_chart(FILE *f, const json_t *fm) {
 static void slot_table(FILE *f, const json_t *slots) {
     fputs("<h2>Slot by slot</h2>\n<table><tr><th>slot</th><th>time</th><th>orders</th><th>trades</th>"
           "<th>traded, Wh</th><th>avg price</th><th>feed-in</th><th>retail</th><th>curtailed, Wh</th>"
-          "<th>fees, units</th><th>metered import, Wh</th></tr>\n", f);
+          "<th>fees, units</th><th>metered import, Wh</th><th>base case: feeder net load, kW</th>"
+          "<th>base case: most loaded line</th><th>base case: vmin-vmax, pu</th></tr>\n", f);
     size_t i;
     json_t *s;
     json_array_foreach(slots, i, s) {
@@ -405,10 +410,14 @@ static void slot_table(FILE *f, const json_t *slots) {
         if (I(s, "energy_wh")) snprintf(avg, sizeof avg, "%.4f", per_kwh(I(s, "avg_price")));
         else snprintf(avg, sizeof avg, "-");
         fprintf(f, "<tr id='slot-%lld'><td>%lld</td><td>%s</td><td>%lld</td><td>%lld</td><td>%lld</td><td>%s</td>"
-                   "<td>%.4f</td><td>%.4f</td><td>%lld</td><td>%.4f</td><td>%lld</td></tr>\n",
+                   "<td>%.4f</td><td>%.4f</td><td>%lld</td><td>%.4f</td><td>%lld</td><td>%.1f</td><td>",
                 (long long)I(s, "slot"), (long long)I(s, "slot"), a, (long long)I(s, "orders"), (long long)I(s, "trades"),
                 (long long)I(s, "energy_wh"), avg, per_kwh(I(s, "feed_in")), per_kwh(I(s, "retail")),
-                (long long)I(s, "curtailed_wh"), units(I(s, "fees_uunit")), (long long)I(s, "import_wh"));
+                (long long)I(s, "curtailed_wh"), units(I(s, "fees_uunit")), (long long)I(s, "import_wh"),
+                D(s, "base_net_kw"));
+        esc(f, base_line(s));
+        fprintf(f, " %.1f %%</td><td>%.4f-%.4f</td></tr>\n", D(s, "base_max_loading_pct"), D(s, "base_vmin_pu"),
+                D(s, "base_vmax_pu"));
     }
     fputs("</table>\n", f);
 }
@@ -454,7 +463,9 @@ int ctl_report_html(const json_t *d, const char *path) {
     char a[8];
     int64_t rs = I(fm, "run_slot");
     hhmm(a, I(json_array_get(slots, (size_t)rs), "minute"));
-    fprintf(f, "<h2>The feeder at %s (the slot with the largest export)</h2>\n", a);
+    fprintf(f, "<h2>The feeder at %s (the slot with the largest export)</h2>\n<p>Line loadings: that slot's "
+               "published base case (the DSO's expected loads and PV), then with the prosumers' metered net "
+               "injections on top.</p>\n", a);
     feeder_chart(f, fm);
     slot_table(f, slots);
     fputs("<h2>Bills by prosumer class</h2>\n<table><tr><th>class</th><th>prosumers</th><th>market bill, units"

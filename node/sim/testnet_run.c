@@ -47,6 +47,7 @@ typedef struct {
     ledger_genesis g;
     bool have_g;
     ctl_feeder f;
+    ctl_feeder_base bc; /* the per-slot base case the DSO publishes (base-case.csv) */
     uint8_t dso_sec[32], dso_pub[33], util_sec[32], util_pub[33];
     uint8_t (*psec)[32], (*ppub)[33];
     uint8_t (*msec)[32], (*mpub)[33]; /* each prosumer's meter key: it signs the readings */
@@ -79,6 +80,7 @@ static void say(const tn *t, const char *fmt, ...) {
 static void tn_free(tn *t) {
     if (t->have_g) ledger_genesis_free(&t->g);
     ctl_feeder_free(&t->f);
+    ctl_feeder_base_free(&t->bc);
     if (t->psec) sodium_memzero(t->psec, sizeof(*t->psec) * t->prosumers);
     if (t->msec) sodium_memzero(t->msec, sizeof(*t->msec) * t->prosumers);
     tem_free(t->msec);
@@ -173,6 +175,45 @@ static void listen_addr(const tn *t, char *out, size_t n, uint32_t port) {
 static void addr(char *out, size_t n, uint32_t port) { snprintf(out, n, "127.0.0.1:%u", port); }
 
 /* ------------------------------------------------------------------ gen */
+/* The DSO's expected base case, as temctl's --base-case CSV in DIR/base-case.csv (so
+ * `temctl feeder flow DIR --base-case FILE --slot S` reproduces any slot), then loaded into
+ * t->bc. A daily profile of 1440 / slot_minutes entries: loads follow the simulator's residential
+ * and commercial shapes averaged (peak 100 % = the feeder files' loads, at 19:00), and every bus
+ * has rooftop PV of the feeder's other customers, installed at its peak load, at the clear-sky
+ * output (midday net export: reverse flow). Slot s uses entry s mod N (docs/grid.md), so the
+ * entries are rotated to put the run's first slot (meter_from) at the simulator's start minute. */
+static int write_base_case(tn *t, char *path, size_t pathlen) {
+    ctl_sim_config sc;
+    ctl_sim_config_default(&sc);
+    const uint32_t n = CTL_SIM_DAY_MINUTES / sc.slot_minutes, start = ctl_sim_start_minute(t->slots, sc.slot_minutes);
+    snprintf(path, pathlen, "%s/base-case.csv", t->dir);
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "testnet: cannot write %s\n", path);
+        return -1;
+    }
+    fprintf(f, "# testnet base case: entry e is simulated minute %u + ((e - %llu) mod %u) x %u\n", start,
+            (unsigned long long)t->meter_from, n, sc.slot_minutes);
+    for (uint32_t e = 0; e < n; e++) {
+        uint64_t k = ((uint64_t)e + n - t->meter_from % n) % n;
+        double m = start + (double)k * sc.slot_minutes;
+        double load = 50.0 * (ctl_sim_load_shape(0, m) + ctl_sim_load_shape(1, m));
+        fprintf(f, "profile,%u,%.3f,%.3f\n", e, load, 100.0 * ctl_sim_clear_sky(&sc, m));
+    }
+    for (uint32_t b = 0; b < t->f.n_buses; b++)
+        if (t->f.buses[b].pd_kw > 0) fprintf(f, "gen,%u,%.3f\n", t->f.buses[b].id, t->f.buses[b].pd_kw);
+    if (fclose(f) != 0) {
+        fprintf(stderr, "testnet: cannot write %s\n", path);
+        return -1;
+    }
+    char err[CTL_FEEDER_ERR_BYTES];
+    if (ctl_feeder_base_load(&t->f, path, &t->bc, err, sizeof err) != 0) {
+        fprintf(stderr, "testnet: base case: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
 static int gen(tn *t) {
     char path[4400], err[CTL_FEEDER_ERR_BYTES];
     if (prepare_dir(t->dir) != 0) return -1;
@@ -309,10 +350,15 @@ static int gen(tn *t) {
     }
     t->have_g = true;
 
-    /* The DSO's first tx installs the feeder model the grid check uses. */
+    /* The DSO's first tx installs the feeder model the grid check uses, with its base case. */
+    if (write_base_case(t, path, sizeof path) != 0) return -1;
     ctl_feeder_install inst = {0};
     if (ctl_feeder_install_build(&t->f, CTL_FEEDER_MARGIN_PPM_DEFAULT, &inst, err, sizeof err) != 0) {
         fprintf(stderr, "testnet: feeder install: %s\n", err);
+        return -1;
+    }
+    if (ctl_feeder_install_set_base(&inst, &t->f, &t->bc) != 0) {
+        ctl_feeder_install_free(&inst);
         return -1;
     }
     Tem__V1__TxBody body = TEM__V1__TX_BODY__INIT;
@@ -571,6 +617,57 @@ static void class_add(json_t *cls, const char *name, int64_t bill, int64_t basel
                         json_integer(json_integer_value(json_object_get(c, "baseline_uunit")) + baseline));
 }
 
+/* Solves the feeder at chain slot `slot`'s published base case plus inj (kW per bus index, may
+ * be NULL) into fl (initialised by the caller). The feeder's loads are swapped for the slot's and
+ * put back. 0, or -1 (out of memory or no solution). */
+static int slot_flow(tn *t, uint64_t slot, const double *inj, ctl_feeder_flow *fl) {
+    ctl_feeder *f = &t->f;
+    uint32_t nb = f->n_buses;
+    double *pd = tem_calloc(2 * (size_t)nb, sizeof *pd), *save = tem_calloc(2 * (size_t)nb, sizeof *save);
+    int rc = -1;
+    if (pd && save) {
+        ctl_feeder_base_slot(f, &t->bc, slot, pd, pd + nb);
+        for (uint32_t b = 0; b < nb; b++) {
+            save[b] = f->buses[b].pd_kw, save[nb + b] = f->buses[b].qd_kvar;
+            f->buses[b].pd_kw = pd[b], f->buses[b].qd_kvar = pd[nb + b];
+        }
+        char err[CTL_FEEDER_ERR_BYTES];
+        rc = ctl_feeder_flow_run(f, inj, CTL_FEEDER_TOL_PU, false, fl, err, sizeof err) == 0 ? 0 : -1;
+        for (uint32_t b = 0; b < nb; b++) f->buses[b].pd_kw = save[b], f->buses[b].qd_kvar = save[nb + b];
+    }
+    tem_free(pd);
+    tem_free(save);
+    return rc;
+}
+
+/* Per-slot base-case figures for the report: the feeder's net load (negative: PV export, the
+ * flow reversed at the substation), the most loaded line and its loading, and the lowest and
+ * highest bus voltage, all before any trade. */
+static void base_case_json(tn *t, uint64_t slot, json_t *e) {
+    ctl_feeder_flow fl = {0};
+    if (ctl_feeder_flow_init(&fl, &t->f) == 0 && slot_flow(t, slot, NULL, &fl) == 0) {
+        double *pd = tem_calloc(2 * (size_t)t->f.n_buses, sizeof *pd), net = 0, vmax = 0;
+        if (pd) {
+            ctl_feeder_base_slot(&t->f, &t->bc, slot, pd, pd + t->f.n_buses);
+            for (uint32_t b = 0; b < t->f.n_buses; b++) net += pd[b];
+        }
+        tem_free(pd);
+        uint32_t ml = 0;
+        for (uint32_t l = 1; l < t->f.n_lines; l++)
+            if (fl.loading_pct[l] > fl.loading_pct[ml]) ml = l;
+        for (uint32_t b = 0; b < t->f.n_buses; b++)
+            if (fl.vm_pu[b] > vmax) vmax = fl.vm_pu[b];
+        char name[48];
+        snprintf(name, sizeof name, "line %u-%u", t->f.lines[ml].from, t->f.lines[ml].to);
+        json_object_set_new(e, "base_net_kw", json_real(round(net * 10) / 10));
+        json_object_set_new(e, "base_max_line", json_string(name));
+        json_object_set_new(e, "base_max_loading_pct", json_real(round(fl.loading_pct[ml] * 10) / 10));
+        json_object_set_new(e, "base_vmin_pu", json_real(round(fl.vmin_pu * 1e4) / 1e4));
+        json_object_set_new(e, "base_vmax_pu", json_real(round(vmax * 1e4) / 1e4));
+    }
+    ctl_feeder_flow_free(&fl);
+}
+
 /* The feeder drawn as a tree from the slack (depth across, branches down) with each line's
  * loading in the base case and at the run slot with the largest export. */
 static json_t *feeder_json(tn *t, const ctl_simrun *r, uint32_t peak_slot, json_t *bindings) {
@@ -608,12 +705,16 @@ static json_t *feeder_json(tn *t, const ctl_simrun *r, uint32_t peak_slot, json_
     tem_free(done_);
     ctl_feeder_flow base = {0}, peak = {0};
     char err[CTL_FEEDER_ERR_BYTES];
-    bool ok_base = ctl_feeder_flow_init(&base, f) == 0 && ctl_feeder_flow_run(f, NULL, CTL_FEEDER_TOL_PU, false, &base, err, sizeof err) == 0;
+    (void)err;
+    /* Both at that slot's published base case: before the prosumers, and with their metered
+     * net injections on top. */
+    const uint64_t cs = (r ? r->first_slot : 0) + peak_slot;
+    bool ok_base = ctl_feeder_flow_init(&base, f) == 0 && slot_flow(t, cs, NULL, &base) == 0;
     for (uint32_t i = 0; r && i < r->n; i++) {
         int64_t bi = ctl_feeder_bus_index(f, r->p[i].bus);
         if (bi >= 0) inj[bi] += -r->rec[(size_t)peak_slot * r->n + i].net_w / 1000.0;
     }
-    bool ok_peak = ctl_feeder_flow_init(&peak, f) == 0 && ctl_feeder_flow_run(f, inj, CTL_FEEDER_TOL_PU, false, &peak, err, sizeof err) == 0;
+    bool ok_peak = ctl_feeder_flow_init(&peak, f) == 0 && slot_flow(t, cs, inj, &peak) == 0;
     for (uint32_t b = 0; b < nb; b++) {
         json_t *e = json_object();
         json_object_set_new(e, "bus", json_integer(f->buses[b].id));
@@ -778,6 +879,7 @@ static json_t *collect(tn *t, ctl_simrun *r) {
         json_object_set_new(e, "import_wh", json_integer(imp));
         json_object_set_new(e, "export_wh", json_integer(exp));
         json_object_set_new(e, "source", json_string(use == tr ? "api" : r->snap_from_receipts[k] ? "receipts" : "snapshot"));
+        base_case_json(t, r->first_slot + k, e);
         json_array_append_new(slots, e);
         tot_n += ntr, tot_wh += wh, tot_val += val, tot_curt += curt, tot_curt_n += curt_n;
         tot_imp += imp, tot_exp += exp, tot_fees += fees;
