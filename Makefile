@@ -12,7 +12,7 @@ SEEDS   ?= 0..999
 # Debian 12 packages the build and the tests need. `make deps` installs the missing ones.
 DEB_PKGS = gcc make pkg-config clang libclang-rt-14-dev protobuf-c-compiler libprotobuf-c-dev \
            libsodium-dev libsecp256k1-dev liblmdb-dev libuv1-dev check libsubunit-dev \
-           libh2o-dev libssl-dev libjansson-dev libinih-dev libcurl4-openssl-dev libsystemd-dev prometheus curl jq openssl python3 python3-lmdb python3-cryptography iproute2 nftables docker-compose
+           libh2o-dev libssl-dev libjansson-dev libinih-dev libcurl4-openssl-dev libsystemd-dev prometheus curl jq openssl python3 python3-lmdb python3-ecdsa python3-cryptography python3-jsonschema python3-yaml iproute2 nftables docker-compose
 
 PKG_LIBS = libsodium libsecp256k1 lmdb libuv libprotobuf-c jansson inih libcurl libsystemd
 WARN     = -Wall -Wextra -Werror

@@ -8,6 +8,7 @@
 #include <jansson.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <sys/socket.h>
 
@@ -46,12 +47,14 @@ typedef struct {
     void *ctx;
 } net__route;
 
+typedef struct net__stream net__stream;
 struct net_http_req {
     net_http *h;           /* NULL once detached by net_http_close */
     net__hsock *s;         /* its connection; NULL once that closed or the server detached it */
     h2o_req_t *req;        /* NULL once H2O disposed the request */
     net_http_req **guard;  /* slot in the request's pool pointing back here */
     net_http_req *prev, *next;
+    net__stream *stream;   /* set once the answer is a stream (net_http_stream_start) */
 };
 
 /* One client address in the rate table (milli-tokens, like net.c's buckets). */
@@ -85,6 +88,8 @@ struct net_http {
     net__rsock *refused;
     net_http_req *pending;
     uint32_t n_pending;
+    net__stream *streams; /* streamed answers still open (net_http_stream_*) */
+    uint32_t n_streams;
     net__route routes[NET_HTTP_ROUTES_MAX];
 };
 
@@ -193,6 +198,18 @@ static void pending_unlink(net_http_req *r) {
 }
 
 bool net_http_req_alive(const net_http_req *r) { return r != NULL && r->req != NULL; }
+
+int net_http_req_header(const net_http_req *r, const char *name, char *out, size_t cap) {
+    if (r == NULL || r->req == NULL || name == NULL || out == NULL || cap == 0) return NET_EINVAL;
+    out[0] = '\0';
+    ssize_t i = h2o_find_header_by_str(&r->req->headers, name, strlen(name), -1);
+    if (i < 0) return NET_EINVAL;
+    const h2o_iovec_t *v = &r->req->headers.entries[i].value;
+    if (v->len >= cap) return NET_EINVAL;
+    memcpy(out, v->base, v->len);
+    out[v->len] = '\0';
+    return NET_OK;
+}
 
 int net_http_reply(net_http_req *r, int status, const char *content_type, const void *body, size_t len) {
     if (r == NULL || status < 100 || status > 599 || (body == NULL && len > 0)) return NET_EINVAL;
@@ -645,6 +662,9 @@ int net_http_start(net_http *h) {
     if (h == NULL) return NET_EINVAL;
     if (h->started || h->closing) return NET_ESTATE;
     h->started = true;
+    /* A client that leaves while its answer (a stream above all) is written must cost an EPIPE
+     * that H2O handles, not a SIGPIPE that kills the node. */
+    (void)signal(SIGPIPE, SIG_IGN);
     char host[128];
     uint16_t port;
     if (net_addr_split(h->listen_addr, host, sizeof host, &port) != NET_OK) return NET_EADDR;
@@ -733,6 +753,8 @@ static void on_listener_closed(uv_handle_t *handle) {
     on_handle_closed(handle);
 }
 
+static void streams_close_all(net_http *h);
+
 void net_http_close(net_http *h) {
     if (h == NULL || h->closing) return;
     h->closing = true;
@@ -762,6 +784,7 @@ void net_http_close(net_http *h) {
         r->s = NULL;
         pending_unlink(r);
     }
+    streams_close_all(h);
     shut_socks(h, SHUT_RD);
     int rc = uv_timer_init(h->loop, &h->drain);
     if (rc == 0) {
@@ -781,8 +804,209 @@ void net_http_free(net_http *h) {
     if (h == NULL) return;
     TEM_ASSERT(!h->ctx_inited);
     TEM_ASSERT(h->handles_open == 0);
+    TEM_ASSERT(h->n_streams == 0);
     if (h->conf_inited) h2o_config_dispose(&h->conf);
     if (h->ssl) SSL_CTX_free(h->ssl);
     tem_free(h->clients);
     tem_free(h);
+}
+
+/* ------------------------------------------------------------------ streamed answers
+ * H2O's generator protocol: after h2o_send(IN_PROGRESS) the buffers must stay untouched until
+ * H2O calls proceed; only then may the next h2o_send run. So a stream has two buffers: `q`
+ * collects what the owner writes, `out` is what H2O is sending. Neither lives in the request's
+ * pool, which would grow for as long as the stream is open. The owner bounds `q`; `out` holds
+ * at most one chunk. */
+struct net__stream {
+    h2o_generator_t gen; /* first: H2O hands proceed and stop this pointer */
+    net_http *h;
+    net_http_req *r;
+    net_http_stream_fn fn; /* NULL once the owner ended the stream */
+    void *ctx;
+    char *q, *out;
+    size_t qlen, qcap, outcap, outlen;
+    bool told_gone; /* the owner has had NET_HTTP_STREAM_GONE */
+    bool sending; /* an IN_PROGRESS send is outstanding: wait for proceed or stop */
+    bool ended;   /* the owner called net_http_stream_end */
+    net__stream *prev, *next;
+};
+
+static void stream_free(net__stream *s) {
+    net_http *h = s->h;
+    if (s->prev) s->prev->next = s->next;
+    else h->streams = s->next;
+    if (s->next) s->next->prev = s->prev;
+    TEM_ASSERT(h->n_streams > 0);
+    h->n_streams--;
+    tem_free(s->q);
+    tem_free(s->out);
+    tem_free(s->r);
+    tem_free(s);
+}
+
+/* Detaches the request from the stream; later writes get NET_EGONE. */
+static void stream_detach(net__stream *s) {
+    if (s->r->guard) *s->r->guard = NULL;
+    s->r->guard = NULL;
+    s->r->req = NULL;
+}
+
+/* Sends what is queued with the final chunk. The bytes are copied into the request's pool,
+ * which H2O keeps until the response is written. */
+static void stream_final(net__stream *s) {
+    h2o_req_t *req = s->r->req;
+    TEM_ASSERT(req != NULL);
+    TEM_ASSERT(!s->sending);
+    stream_detach(s);
+    h2o_iovec_t b = h2o_strdup(&req->pool, s->qlen ? s->q : "", s->qlen);
+    size_t n = s->qlen ? 1 : 0;
+    s->qlen = 0;
+    h2o_send(req, &b, n, H2O_SEND_STATE_FINAL);
+}
+
+/* Hands at most STREAM_CHUNK_BYTES to H2O at a time, so what is in flight stays small and a
+ * discard (net_http_stream_discard) can still drop most of a slow client's backlog. */
+#define STREAM_CHUNK_BYTES (64u << 10)
+
+static void stream_flush(net__stream *s) {
+    if (s->sending || s->qlen == 0 || s->r->req == NULL) return;
+    if (s->out == NULL) {
+        s->out = tem_malloc(STREAM_CHUNK_BYTES);
+        if (s->out == NULL) return; /* retried at the next write or proceed */
+        s->outcap = STREAM_CHUNK_BYTES;
+    }
+    size_t n = s->qlen < STREAM_CHUNK_BYTES ? s->qlen : STREAM_CHUNK_BYTES;
+    memcpy(s->out, s->q, n);
+    memmove(s->q, s->q + n, s->qlen - n);
+    s->qlen -= n;
+    s->outlen = n;
+    h2o_iovec_t b = h2o_iovec_init(s->out, n);
+    s->sending = true;
+    h2o_send(s->r->req, &b, 1, H2O_SEND_STATE_IN_PROGRESS);
+}
+
+static void stream_proceed(h2o_generator_t *g, h2o_req_t *req) {
+    (void)req;
+    net__stream *s = (net__stream *)g;
+    s->sending = false;
+    if (s->ended || s->h->closing) {
+        if (s->r->req) stream_final(s);
+        if (s->ended) stream_free(s);
+        return;
+    }
+    if (s->qlen) {
+        stream_flush(s);
+        return;
+    }
+    /* May write (flushing at once) or end, which may free s: nothing touches s after. */
+    s->fn(s->ctx, s->r, NET_HTTP_STREAM_DRAINED);
+}
+
+static void stream_stop(h2o_generator_t *g, h2o_req_t *req) {
+    (void)req;
+    net__stream *s = (net__stream *)g;
+    /* H2O is disposing the request (client gone or connection torn down). */
+    stream_detach(s);
+    s->sending = false;
+    if (s->ended) {
+        stream_free(s);
+        return;
+    }
+    if (s->told_gone) return;
+    s->told_gone = true;
+    s->fn(s->ctx, s->r, NET_HTTP_STREAM_GONE);
+}
+
+int net_http_stream_start(net_http_req *r, int status, const char *content_type, net_http_stream_fn fn, void *ctx) {
+    if (r == NULL || fn == NULL || r->stream != NULL || status < 200 || status > 299) return NET_EINVAL;
+    net_http *h = r->h;
+    if (r->req == NULL || h == NULL) {
+        pending_unlink(r);
+        tem_free(r);
+        return NET_EGONE;
+    }
+    net__stream *s = tem_calloc(1, sizeof *s);
+    if (s == NULL) {
+        if (net_http_reply_error(r, 503, "ENOMEM", "out of memory") != NET_OK) return NET_ENOMEM;
+        return NET_ENOMEM;
+    }
+    h->served++;
+    pending_unlink(r); /* a stream is not a pending answer: close handles it separately */
+    s->h = h;
+    s->r = r;
+    s->fn = fn;
+    s->ctx = ctx;
+    s->gen.proceed = stream_proceed;
+    s->gen.stop = stream_stop;
+    r->stream = s;
+    s->next = h->streams;
+    if (h->streams) h->streams->prev = s;
+    h->streams = s;
+    h->n_streams++;
+    h2o_req_t *req = r->req;
+    req->res.status = status;
+    req->res.reason = reason_of(status);
+    if (content_type && *content_type)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, content_type, strlen(content_type));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
+    h2o_start_response(req, &s->gen);
+    return NET_OK;
+}
+
+int net_http_stream_write(net_http_req *r, const void *data, size_t len) {
+    if (r == NULL || r->stream == NULL || r->stream->ended || (data == NULL && len > 0)) return NET_EINVAL;
+    net__stream *s = r->stream;
+    if (r->req == NULL) return NET_EGONE;
+    if (len == 0) return NET_OK;
+    if (s->qlen + len > s->qcap) {
+        size_t cap = s->qcap ? s->qcap : 4096;
+        while (cap < s->qlen + len) cap *= 2;
+        char *nq = tem_realloc(s->q, cap);
+        if (nq == NULL) return NET_ENOMEM;
+        s->q = nq;
+        s->qcap = cap;
+    }
+    memcpy(s->q + s->qlen, data, len);
+    s->qlen += len;
+    stream_flush(s);
+    return NET_OK;
+}
+
+size_t net_http_stream_queued(const net_http_req *r) {
+    if (r == NULL || r->stream == NULL) return 0;
+    const net__stream *s = r->stream;
+    /* `out` is being sent: count it as still queued until H2O is done with it. */
+    return s->qlen + (s->sending ? s->outlen : 0);
+}
+
+void net_http_stream_discard(net_http_req *r) {
+    if (r != NULL && r->stream != NULL) r->stream->qlen = 0;
+}
+
+void net_http_stream_end(net_http_req *r) {
+    if (r == NULL || r->stream == NULL || r->stream->ended) return;
+    net__stream *s = r->stream;
+    s->ended = true;
+    s->fn = NULL;
+    if (s->sending) return; /* proceed or stop finishes and frees it */
+    if (r->req) stream_final(s);
+    stream_free(s);
+}
+
+uint32_t net_http_streams(const net_http *h) { return h ? h->n_streams : 0; }
+
+/* Server closing: end every stream the way a finished response ends, and tell each owner
+ * (which then calls net_http_stream_end). */
+static void streams_close_all(net_http *h) {
+    net__stream *s = h->streams;
+    while (s) {
+        net__stream *next = s->next;
+        if (!s->ended) {
+            if (s->r->req && !s->sending) stream_final(s);
+            /* A stream with a send in flight is finished in proceed (h->closing) or stop. */
+            s->told_gone = true;
+            s->fn(s->ctx, s->r, NET_HTTP_STREAM_GONE);
+        }
+        s = next;
+    }
 }

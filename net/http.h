@@ -94,8 +94,43 @@ TEM_WUR int net_http_reply(net_http_req *req, int status, const char *content_ty
 /* Answers with {"error":message,"code":code}, application/json. Same returns. */
 TEM_WUR int net_http_reply_error(net_http_req *req, int status, const char *code,
                                  const char *message);
+/* Copies the value of request header `name` (lower case) into out, NUL-terminated. NET_OK,
+ * NET_EINVAL when absent, too long for cap, or the client is gone. */
+TEM_WUR int net_http_req_header(const net_http_req *req, const char *name, char *out, size_t cap);
 /* False once the answer can no longer reach the client. */
 bool net_http_req_alive(const net_http_req *req);
+
+/* ------------------------------------------------------------------ streamed answers
+ * A handler may answer with a stream (Server-Sent Events) instead of one body: status and
+ * headers go out at once, then chunks as the owner writes them, until the owner ends it or the
+ * client leaves. Writes never block: bytes wait in a queue owned by the stream, and the owner
+ * bounds it (net_http_stream_queued). Everything runs on the loop thread. */
+enum {
+    NET_HTTP_STREAM_DRAINED = 1, /* every queued byte has been handed to the socket */
+    NET_HTTP_STREAM_GONE = 2,    /* the client left or the server is closing: call end */
+};
+/* Called from inside the server's write path: it may write to or end the stream. */
+typedef void (*net_http_stream_fn)(void *ctx, net_http_req *req, int what);
+
+/* Turns req into a stream: sends `status` with content_type (plus Cache-Control: no-store)
+ * and starts chunked transfer. From then on req belongs to the stream until
+ * net_http_stream_end. NET_OK, NET_EGONE (the client already left; req is freed),
+ * NET_EINVAL (req NULL or status outside 200..299; req is NOT freed), NET_ENOMEM (req freed,
+ * the client gets nothing). */
+TEM_WUR int net_http_stream_start(net_http_req *req, int status, const char *content_type,
+                                  net_http_stream_fn fn, void *ctx);
+/* Queues a copy of data. NET_OK, NET_EGONE (client gone: end the stream), NET_ENOMEM,
+ * NET_EINVAL (not a started stream). */
+TEM_WUR int net_http_stream_write(net_http_req *req, const void *data, size_t len);
+/* Bytes written but not yet handed to the socket. */
+size_t net_http_stream_queued(const net_http_req *req);
+/* Forgets queued bytes not yet handed to the socket (the chunk being sent still goes). */
+void net_http_stream_discard(net_http_req *req);
+/* Sends what is queued (when the client is still there), ends the response and frees req.
+ * Call exactly once per started stream, also after NET_HTTP_STREAM_GONE. */
+void net_http_stream_end(net_http_req *req);
+/* Streams open now. */
+uint32_t net_http_streams(const net_http *h);
 
 /* Writes {"error":message,"code":code} (JSON-escaped, NUL-terminated) into out. Returns its
  * length, or NET_EINVAL when it does not fit in cap. */

@@ -435,6 +435,7 @@ static void h_status(void *ctx, net_http_req *req, const net_http_request *r) {
         json_object_set_new(o, "stalled", w);
     }
     json_decref(missing);
+    node_status_clock(n, o);
     node_reply_json(req, 200, o);
 }
 
@@ -537,7 +538,9 @@ int node_api_start(node *n) {
     } routes[] = {{"POST", "/v1/tx", h_post_tx},        {"POST", "/v1/txs", h_post_txs},
                   {"GET", "/v1/tx/", h_get_tx},         {"GET", "/v1/status", h_status},
                   {"GET", "/v1/blocks/", h_block},      {"GET", "/v1/accounts/", h_account},
-                  {"GET", "/metrics", node_metrics_http}};
+                  {"GET", "/metrics", node_metrics_http},
+                  {"GET", "/v1/events", node_events_http},
+                  {"GET", "/v1/genesis", node_genesis_http}};
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
         if (net_http_route(n->http, routes[i].m, routes[i].p, routes[i].fn, n) != NET_OK) return NODE_EHTTP;
     node_api_market_routes(n, n->http);

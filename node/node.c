@@ -158,6 +158,7 @@ void node_apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t l
         }
         tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
     }
+    node_events_committed(n, height);
     char hh[17];
     tem_hex(hh, info.block_hash, 8);
     node_log(n, NODE_LOG_INFO, "committed block %llu txs=%u refused=%u hash=%s", (unsigned long long)height, info.n_txs,
@@ -672,6 +673,7 @@ run:
     uv_walk(&n->loop, walk_close, NULL);
     (void)uv_run(&n->loop, UV_RUN_DEFAULT);
     if (n->net) net_free(n->net);
+    node_events_stop(n);
     if (n->http) net_http_free(n->http);
     if (n->mp) node_mempool_free(n->mp);
     for (uint32_t i = 0; i < n->ngossip; i++) tem_free(n->gossip[i]);

@@ -86,6 +86,7 @@ typedef struct node {
     node_curtail curtail[NODE_CURTAIL_KEEP];
     uint32_t curtail_next;
     uint64_t ncurtail;
+    struct node_events_src *events; /* GET /v1/events (api_events.c); NULL until first used */
 } node;
 
 /* Wall-clock milliseconds since the Unix epoch. */
@@ -123,6 +124,14 @@ int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_
  * closed; after it, note the curtailed fills of the block's txs. */
 void node_archive_trades(node *n, uint64_t time_ms);
 void node_note_curtailments(node *n, uint64_t height, const uint8_t (*txids)[32], size_t ntx);
+
+/* api_events.c: GET /v1/events; after each applied block; at shutdown after the loop ends. */
+void node_events_http(void *ctx, net_http_req *req, const net_http_request *r);
+void node_events_committed(node *n, uint64_t height);
+void node_events_stop(node *n);
+/* api_clock.c: GET /v1/genesis; the clock fields of /v1/status. */
+void node_genesis_http(void *ctx, net_http_req *req, const net_http_request *r);
+void node_status_clock(node *n, json_t *status);
 
 /* api.c */
 TEM_WUR int node_api_start(node *n);
