@@ -64,6 +64,7 @@ grep -qi '^content-type: text/html' "$dir/hdr" || fail "/ui content type: $(cat 
 csp=$(grep -i '^content-security-policy:' "$dir/hdr" | tr -d '\r') || fail "/ui has no Content-Security-Policy"
 grep -q "default-src 'self'" <<<"$csp" || fail "CSP lacks default-src 'self': $csp"
 grep -q "unsafe-inline\|unsafe-eval\|http:\|https:" <<<"$csp" && fail "CSP is not strict: $csp"
+grep -qi '^x-content-type-options: nosniff' "$dir/hdr" || fail "/ui lacks X-Content-Type-Options: nosniff"
 cmp -s "$dir/page.html" node/ui/index.html || fail "/ui does not serve node/ui/index.html as built"
 script_hash=$(python3 -c 'import sys,hashlib,base64,re; s=open(sys.argv[1]).read(); m=re.search(r"<script>(.*?)</script>",s,re.S); print(base64.b64encode(hashlib.sha256(m.group(1).encode()).digest()).decode())' "$dir/page.html")
 grep -qF "script-src 'sha256-$script_hash'" <<<"$csp" || fail "CSP script hash is not the inline script's: $csp"
