@@ -234,6 +234,17 @@ int net_http_reply(net_http_req *r, int status, const char *content_type, const 
     return rc;
 }
 
+int net_http_reply_header(net_http_req *r, const char *name, const char *value) {
+    if (r == NULL || name == NULL || value == NULL || r->stream != NULL) return NET_EINVAL;
+    if (r->req == NULL) return NET_EGONE;
+    h2o_req_t *req = r->req;
+    /* Copied into the request's pool: the answer is written after the caller's strings are gone. */
+    h2o_iovec_t n = h2o_strdup(&req->pool, name, strlen(name));
+    h2o_iovec_t v = h2o_strdup(&req->pool, value, strlen(value));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, n.base, n.len, 1, NULL, v.base, v.len);
+    return NET_OK;
+}
+
 int net_http_reply_error(net_http_req *r, int status, const char *code, const char *message) {
     char buf[1024];
     int n = net_json_error(buf, sizeof buf, message, code);

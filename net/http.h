@@ -91,6 +91,10 @@ uint64_t net_http_conns_timed_out(const net_http *h);
  * outside 100..599; req is NOT freed). */
 TEM_WUR int net_http_reply(net_http_req *req, int status, const char *content_type,
                            const void *body, size_t len);
+/* Adds a response header (e.g. Content-Security-Policy) to the answer the next
+ * net_http_reply gives; name and value are copied. NET_OK, NET_EGONE (client gone; req still
+ * needs its reply), NET_EINVAL (NULL argument or a started stream). */
+TEM_WUR int net_http_reply_header(net_http_req *req, const char *name, const char *value);
 /* Answers with {"error":message,"code":code}, application/json. Same returns. */
 TEM_WUR int net_http_reply_error(net_http_req *req, int status, const char *code,
                                  const char *message);

@@ -477,7 +477,7 @@ int node_api_start(node *n) {
                   {"GET", "/v1/blocks/", h_block},      {"GET", "/v1/accounts/", h_account},
                   {"GET", "/metrics", node_metrics_http},
                   {"GET", "/v1/events", node_events_http},
-                  {"GET", "/v1/genesis", node_genesis_http}};
+                  {"GET", "/v1/genesis", node_genesis_http}, {"GET", "/ui", node_ui_http}};
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
         if (net_http_route(n->http, routes[i].m, routes[i].p, routes[i].fn, n) != NET_OK) return NODE_EHTTP;
     node_api_market_routes(n, n->http);

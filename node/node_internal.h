@@ -166,6 +166,9 @@ void node_events_stop(node *n);
 void node_genesis_http(void *ctx, net_http_req *req, const net_http_request *r);
 void node_status_clock(node *n, json_t *status);
 
+/* ui.c: GET /ui and /ui/, the live page (node/ui/index.html, embedded at build time). */
+void node_ui_http(void *ctx, net_http_req *req, const net_http_request *r);
+
 /* api.c: starts the HTTP API (its own routes and api_market.c's). */
 TEM_WUR int node_api_start(node *n);
 /* api_market.c: the market views' routes. */
