@@ -309,13 +309,16 @@ ok "$ntr trades of slot $S equal GET /v1/trades (seller, buyer, Wh, price, value
 at_height() { # pubkey -> "height money escrow tokens escrow_tokens debt"
   local h1 h2 a
   for _ in $(seq 1 50); do
-    h1=$(height 0); a=$(curl -s "$N0/v1/accounts/$1" | jq -r '"\(.money_uunit) \(.escrow_uunit) \(.tokens_wh) \(.escrow_tokens_wh) \(.debt_uunit)"'); h2=$(height 0)
-    [ "$h1" = "$h2" ] && { wait_indexed "$h1" 30 || return 1; echo "$h1 $a"; return 0; }
+    # status, account, status on one connection, back to back
+    read -r h1 a h2 <<<"$(curl -s "$N0/v1/status" "$N0/v1/accounts/$1" "$N0/v1/status" |
+      jq -rs '"\(.[0].height) \(.[1].money_uunit)_\(.[1].escrow_uunit)_\(.[1].tokens_wh)_\(.[1].escrow_tokens_wh)_\(.[1].debt_uunit) \(.[2].height)"')"
+    [ -n "$h1" ] && [ "$h1" = "$h2" ] && { wait_indexed "$h1" 30 || return 1; echo "$h1 ${a//_/ }"; return 0; }
   done
   return 1
 }
 for k in p1 p2 p3 p4 p5 p6 t1 t2 util dso; do
-  read -r hk a <<<"$(at_height "$(pub $k)")" || fail "no stable height for $k"
+  r=$(at_height "$(pub $k)") || fail "no stable height for $k"
+  read -r hk a <<<"$r"
   b=$(q -F ' ' -c "select money_uunit, money_escrow_uunit, tokens_wh, tokens_escrow_wh, debt_uunit from balance_changes where account = decode('$(pub $k)','hex') and height <= $hk order by height desc limit 1")
   [ "$a" = "$b" ] || fail "balance of $k at height $hk: API [$a] index [$b]"
   s=$(q -c "select sum(d_money_uunit) from balance_changes where account = decode('$(pub $k)','hex') and height <= $hk")
@@ -339,7 +342,8 @@ GROUP BY 1 ORDER BY 1;
 SQL
 }
 for k in p1 p2 p3; do
-  read -r hk money _ <<<"$(at_height "$(pub $k)")" || fail "no stable height for $k"
+  r=$(at_height "$(pub $k)") || fail "no stable height for $k"
+  read -r hk money _ <<<"$r"
   out=$(bill "$(pub $k)" "$hk")
   [ "$(wc -l <<<"$out")" = 1 ] || fail "bill of $k: $out"
   net=$(cut -d' ' -f9 <<<"$out")
