@@ -154,6 +154,8 @@ static int map_err(int rc) {
     if (rc == MDB_NOTFOUND) return LEDGER_ENOTFOUND;
     fprintf(stderr, "ledger: lmdb state tree: %s\n", mdb_strerror(rc));
     if (rc == MDB_MAP_FULL) return LEDGER_EFULL;
+    /* A full disk is its own error, as in store.c: the node pauses instead of stopping. */
+    if (rc == ENOSPC || rc == EDQUOT) return LEDGER_EDISKFULL;
     if (rc == ENOMEM) return LEDGER_ENOMEM;
     return LEDGER_EIO;
 }

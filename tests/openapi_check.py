@@ -136,7 +136,9 @@ for _ in range(300):
         break
     time.sleep(0.05)
 reading_deadline = c["next_reading_deadline_ms"]
-r_id, r_tx = tx_of(p2, tc.TxBody.reading, c["reading_slot"], 10, 700)
+# Readings are signed by the meter key (docs/market.md): p2's meter m2, its first tx.
+m2 = tc.Key.load(os.path.join(keys, "m2.key"))
+r_id, r_tx = tx_of(m2, tc.TxBody.reading, c["reading_slot"], 10, 700, nonce=0)
 call("POST", "/v1/tx", r_tx, "application/x-protobuf")
 node.wait(r_id)
 

@@ -13,26 +13,7 @@ T="$B/temctl"
 D="$B/temd"
 for c in curl jq promtool /usr/bin/python3; do command -v "$c" >/dev/null || { echo "t_metrics: FAIL: $c missing (make deps installs it)"; exit 1; }; done
 dir=$(mktemp -d /tmp/tem-metrics-XXXXXX)
-declare -A PID=()
-passed=0
-cleanup() {
-  for k in "${!PID[@]}"; do kill -TERM "${PID[$k]}" 2>/dev/null || true; done
-  for _ in $(seq 1 30); do
-    alive=0
-    for k in "${!PID[@]}"; do kill -0 "${PID[$k]}" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    sleep 0.1
-  done
-  for k in "${!PID[@]}"; do kill -KILL "${PID[$k]}" 2>/dev/null || true; done
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-fail() {
-  echo "FAIL: $*"
-  for f in "$dir"/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 10 "$f"; }; done
-  exit 1
-}
-ok() { passed=$((passed+1)); echo "ok - $*"; }
+. "$(dirname "$0")/lib_proc.sh"
 
 promtool check rules deploy/prometheus/alerts.yml >"$dir/rules.out" 2>&1 || fail "promtool check rules: $(cat "$dir/rules.out")"
 (cd deploy/prometheus && promtool test rules alerts_test.yml) >"$dir/rtest.out" 2>&1 || fail "promtool test rules: $(cat "$dir/rtest.out")"

@@ -12,31 +12,7 @@ D="$B/temd"
 for c in curl jq openssl; do command -v $c >/dev/null || { echo "t_temctl: FAIL: $c missing (make deps installs it)"; exit 1; }; done
 "$T" --version | grep -Eq '^temctl [0-9]+\.[0-9]+\.[0-9]+$' || { echo "t_temctl: FAIL: temctl --version"; exit 1; }
 dir=$(mktemp -d /tmp/tem-temctl-XXXXXX)
-declare -A PID=()
-passed=0
-cleanup() {
-  for k in "${!PID[@]}"; do kill -TERM "${PID[$k]}" 2>/dev/null || true; done
-  for _ in $(seq 1 30); do
-    alive=0
-    for k in "${!PID[@]}"; do kill -0 "${PID[$k]}" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    sleep 0.1
-  done
-  for k in "${!PID[@]}"; do kill -KILL "${PID[$k]}" 2>/dev/null || true; done
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-fail() {
-  echo "FAIL: $*"
-  for f in "$dir"/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 15 "$f"; }; done
-  exit 1
-}
-ok() { passed=$((passed+1)); echo "ok - $*"; }
-expect_rc() { # want cmd...
-  local want=$1; shift
-  set +e; "$@" >"$dir/out" 2>"$dir/err"; local rc=$?; set -e
-  [ "$rc" = "$want" ] || fail "$* exited $rc, want $want: $(head -c 300 "$dir/err")"
-}
+. "$(dirname "$0")/lib_proc.sh"
 
 # Ports below the kernel's ephemeral range (32768-60999), spread by pid.
 base=$((12000 + ($$ % 500) * 20))

@@ -106,6 +106,7 @@ class Live(unittest.TestCase):
         cls.p1 = tc.Key.load(os.path.join(KEYS, "p1.key"))
         cls.p2 = tc.Key.load(os.path.join(KEYS, "p2.key"))
         cls.p3 = tc.Key.load(os.path.join(KEYS, "p3.key"))
+        cls.m1 = tc.Key.load(os.path.join(KEYS, "m1.key"))  # p1's meter: it signs p1's readings
         cls.genesis = cls.n.genesis()
 
     def test_genesis_and_status_clock(self):
@@ -184,7 +185,11 @@ class Live(unittest.TestCase):
             time.sleep(0.05)
         r = c["reading_slot"]
         start = self.n.status()["height"] + 1
-        txid = self.n.send(self.p1, tc.TxBody.reading, r, 100, 2500)
+        # A meter is a device, not an account: its first reading has nonce 0. p1's own trading
+        # key may not sign a reading (ENOTMETER).
+        with self.assertRaises(tc.NodeError):
+            self.n.wait(self.n.send(self.p1, tc.TxBody.reading, r, 100, 2500))
+        txid = self.n.send(self.m1, tc.TxBody.reading, r, 100, 2500, nonce=0)
         doc = self.n.wait(txid)
         self.assertEqual(doc["status"], "committed", doc)
         self.assertEqual(doc["receipt"]["minted_wh"], 2500)
@@ -196,8 +201,10 @@ class Live(unittest.TestCase):
         self.assertEqual((d["slot"], d["pubkey"], d["export_wh"], d["import_wh"]), (r, self.p1.public.hex(), 2500, 100))
         # docs/market.md section 8: the import burns tokens or is bought (lack); the surplus
         # export is sold to the utility and its tokens burnt too.
+        # docs/market.md: the slot's surplus is sold to the utility at feed-in (0.08/kWh), its
+        # lack bought at retail (0.3/kWh), rounded down once.
         self.assertGreater(d["surplus_wh"], 0)
-        self.assertEqual(d["burnt_wh"], (100 - d["lack_wh"]) + d["surplus_wh"])
+        self.assertEqual(d["utility_net_uunit"], (d["surplus_wh"] * 80000 - d["lack_wh"] * 300000) // 1000)
 
     def test_blocks_verify_against_the_genesis_and_tampering_is_named(self):
         tip = self.n.status()["height"]
