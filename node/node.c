@@ -105,7 +105,14 @@ int node_block_hash(void *ctx, const uint8_t *blk, size_t len, uint8_t out[32]) 
     return ledger_block_hash_bytes(blk, len, out) == LEDGER_OK ? 0 : -1;
 }
 
-bool node_is_disk_full(int rc) { return rc == LEDGER_EDISKFULL || rc == LEDGER_EFULL; }
+bool node_is_disk_full(const node *n, int rc) {
+    if (rc == LEDGER_EDISKFULL || rc == LEDGER_EFULL) return true;
+    /* LMDB reports a write cut short by a full file system as EIO ("short write"), not ENOSPC:
+     * an I/O error while the data dir's file system is (nearly) full is taken as a full disk. */
+    if (rc != LEDGER_EIO) return false;
+    struct statvfs sv;
+    return statvfs(n->cfg.data_dir, &sv) == 0 && (uint64_t)sv.f_bavail * sv.f_frsize < NODE_DISK_RESUME_BYTES;
+}
 
 /* A write failed for lack of space: stop taking part (a vote or block we cannot store must
  * not be acted on), keep serving reads, and wait for space (on_tick). */
@@ -206,7 +213,7 @@ static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uin
     }
     ledger_apply_info info;
     int rc = ledger_store_apply_view(n->store, v, cert, cert_len, &n->ex, flags, &info);
-    if (node_is_disk_full(rc)) {
+    if (node_is_disk_full(n, rc)) {
         char what[64];
         snprintf(what, sizeof what, "storing block %llu", (unsigned long long)height);
         node_enter_disk_full(n, what, rc);

@@ -136,10 +136,11 @@ bool node_sigcache_has(const node *n, const uint8_t txid[32], const uint8_t sig[
 /* node.c, for the host's I/O in replica.c. */
 /* Stops the node: closes every handle; node_run returns `code` (if non-zero). */
 void node_stop(node *n, int code);
-/* Disk full (LEDGER_EDISKFULL, or LMDB's map full): true for those codes. node_enter_disk_full
+/* Disk full: true for LEDGER_EDISKFULL and LMDB's map full, and for LEDGER_EIO while the data
+ * dir's file system has less than NODE_DISK_RESUME_BYTES free (LMDB's short writes). node_enter_disk_full
  * pauses the node (no voting, txs refused 503 EDISKFULL, reads served) until on_tick sees
  * space again and restarts it. */
-bool node_is_disk_full(int rc);
+bool node_is_disk_full(const node *n, int rc);
 void node_enter_disk_full(node *n, const char *what, int rc);
 /* pbft_hash_fn for temd: ledger_block_hash of the block's header; -1 if the bytes are no block. */
 int node_block_hash(void *ctx, const uint8_t *blk, size_t len, uint8_t out[32]);

@@ -17,7 +17,7 @@ static int io_persist(void *ctx, const uint8_t *rec, size_t len) {
     /* Durable on return (meta_put fsyncs), so the host may let the vote leave right after. A
      * write that failed leaves this node unable to vote safely: stop and let the operator look. */
     int rc = ledger_store_meta_put(n->store, PBFT_VOTES_KEY, rec, len);
-    if (node_is_disk_full(rc)) {
+    if (node_is_disk_full(n, rc)) {
         /* No space for the record: the vote must not leave. The host halts (this replica stops
          * voting); the node keeps serving reads and restarts itself once space is back. */
         node_enter_disk_full(n, "persisting a vote", rc);
