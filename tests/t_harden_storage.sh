@@ -68,9 +68,14 @@ import sys
 path, hexs = sys.argv[1], sys.argv[2]
 blk = bytes.fromhex(hexs)
 data = bytearray(open(path, 'rb').read())
-i = data.find(blk)
-if i < 0: sys.exit(1)
-data[i + len(blk) // 2] ^= 0x40
+# LMDB writes pages copy-on-write: stale copies of the record may sit in freed pages, so every
+# copy is damaged (the live one among them).
+i, n = data.find(blk), 0
+while i >= 0:
+    data[i + len(blk) // 2] ^= 0x40
+    n += 1
+    i = data.find(blk, i + 1)
+if n == 0: sys.exit(1)
 open(path, 'wb').write(data)
 PY
 start n3 --key "$dir/v3.key" "${obsargs[@]}"
