@@ -128,9 +128,9 @@ tb=$((base + 200))
 "$T" testnet run --dir "$dir/tn" --base-port $tb --slots 30 --slot-seconds 1 --prosumers 8 --exit \
   >"$dir/tn.out" 2>"$dir/tn.err" &
 tpid=$!; PID[testnet]=$tpid
-for _ in $(seq 1 600); do grep -q 'orders in for [3-9] of 30' "$dir/tn.err" 2>/dev/null && break; sleep 0.1; done
-grep -q 'orders in for [3-9] of 30' "$dir/tn.err" || fail "testnet did not get 3 slots in: $(tail -5 "$dir/tn.err")"
-sleep 2
+# Ctrl-C once at least one slot's readings are in (the progress line counts them).
+for _ in $(seq 1 900); do grep -q 'readings for [1-9]' "$dir/tn.err" 2>/dev/null && break; sleep 0.1; done
+grep -q 'readings for [1-9]' "$dir/tn.err" || fail "testnet read no slot in 90 s: $(tail -5 "$dir/tn.err")"
 kill -INT $tpid
 for _ in $(seq 1 900); do kill -0 $tpid 2>/dev/null || break; sleep 0.1; done
 kill -0 $tpid 2>/dev/null && fail "testnet run did not stop within 90 s of Ctrl-C"
