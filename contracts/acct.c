@@ -47,16 +47,22 @@ static void acct_decode(const uint8_t *v, mk_acct *a) {
     a->debt = mk_get_i64(v + 40);
 }
 
+/* The fixed-size record under key: LEDGER_OK with *v pointing into the state, the state's code
+ * (LEDGER_ENOTFOUND), or LEDGER_ECORRUPT when its size is not `bytes`. */
+static int fixed_record_get(ledger_state *st, const uint8_t key[1 + PUB], size_t bytes, const uint8_t **v) {
+    size_t vlen;
+    int rc = ledger_state_get(st, key, 1 + PUB, v, &vlen);
+    if (rc) return rc;
+    return vlen == bytes ? LEDGER_OK : LEDGER_ECORRUPT;
+}
+
 int mk_acct_get(ledger_state *st, const uint8_t pub[PUB], mk_acct *a) {
     uint8_t key[1 + PUB];
     mk_acct_key(key, pub);
     const uint8_t *v;
-    size_t vlen;
-    int rc = ledger_state_get(st, key, sizeof key, &v, &vlen);
-    if (rc) return rc;
-    if (vlen != MK_ACCT_BYTES) return LEDGER_ECORRUPT;
-    acct_decode(v, a);
-    return LEDGER_OK;
+    int rc = fixed_record_get(st, key, MK_ACCT_BYTES, &v);
+    if (rc == LEDGER_OK) acct_decode(v, a);
+    return rc;
 }
 
 int mk_acct_put(ledger_state *st, const uint8_t pub[PUB], const mk_acct *a) {
@@ -185,12 +191,9 @@ int mk_meter_get(ledger_state *st, const uint8_t pub[PUB], mk_meter *m) {
     uint8_t key[1 + PUB];
     meter_key(key, pub);
     const uint8_t *v;
-    size_t vlen;
-    int rc = ledger_state_get(st, key, sizeof key, &v, &vlen);
-    if (rc) return rc;
-    if (vlen != MK_METER_BYTES) return LEDGER_ECORRUPT;
-    mk_meter_decode(v, m);
-    return LEDGER_OK;
+    int rc = fixed_record_get(st, key, MK_METER_BYTES, &v);
+    if (rc == LEDGER_OK) mk_meter_decode(v, m);
+    return rc;
 }
 
 int mk_meter_put(ledger_state *st, const uint8_t pub[PUB], const mk_meter *m) {
