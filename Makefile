@@ -140,9 +140,14 @@ test: deps
 	$(MAKE) sh-test
 	$(MAKE) test-asan
 
+# `make bench RUNS=3` runs every bench three times and ends with min/median/max per line
+# (tests/bench/summary.sh); the raw lines stay in $(BUILD)/bench.log.
+RUNS ?= 1
 bench: deps
 	$(MAKE) $(BENCH_BINS) $(TEMCTL)
-	@set -e; for b in $(BENCH_BINS); do BUILD=$(BUILD) $$b; done
+	@set -eo pipefail; : > $(BUILD)/bench.log; for r in $$(seq 1 $(RUNS)); do \
+	  for b in $(BENCH_BINS); do BUILD=$(BUILD) $$b | tee -a $(BUILD)/bench.log; done; done; \
+	  if [ $(RUNS) -gt 1 ]; then sh tests/bench/summary.sh $(BUILD)/bench.log; fi
 
 # ---------------------------------------------------------------- testnet
 # `make testnet ARGS="--slots 8 --exit"`: a local market on 4 validators + 1 observer
