@@ -12,9 +12,9 @@
  *   odd:  raw. The rest of the input follows a valid header (byte 1 bit 0 clear) or is the whole
  *         file: recovery must not crash and must return a documented code.
  * In both modes a successful recovery rewrites the log, and recovering that rewrite again must
- * bring back the same txs with nothing damaged or torn. Files live on /dev/shm when it exists
- * (the rewrite fsyncs). */
+ * bring back the same txs with nothing damaged or torn. */
 #include "node/mempool.h"
+#include "tests/fuzz/fuzz_tmp.h"
 #include "tests/ledger_fixture.h"
 
 #include <fcntl.h>
@@ -41,9 +41,7 @@ static uint32_t rec_check(const uint8_t *rec, size_t body_len) {
 }
 
 static void setup(void) {
-    char dir[128];
-    snprintf(dir, sizeof dir, "%s/tem-fuzz-mplog-XXXXXX", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
-    TEM_ASSERT(mkdtemp(dir) != NULL);
+    const char *dir = fuzz_tmpdir("tem-fuzz-mplog");
     char store[192];
     snprintf(store, sizeof store, "%s/store", dir);
     snprintf(LOG, sizeof LOG, "%s/mempool.log", dir);
@@ -65,7 +63,6 @@ static void setup(void) {
         memcpy(TXID[i], t.txid, 32);
         ledger_tx_free(&t);
     }
-    /* The dir is left behind on purpose: libFuzzer exits without a hook, and it is tiny. */
 }
 
 static void write_file(const uint8_t *b, size_t n) {

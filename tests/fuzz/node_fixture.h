@@ -1,13 +1,14 @@
 /* node_fixture.h: a real temd validator (validator 0 of a 4-validator genesis whose keys are
  * tests/ledger_fixture.h's) for the fuzz targets that drive the node itself: the same steps as
  * node_run (store with the market contracts, mempool log, peer transport, consensus, optionally
- * the HTTP API on 127.0.0.1 with a free port), on a data dir under /dev/shm, without signals
+ * the HTTP API on 127.0.0.1 with a free port), on a scratch data dir (fuzz_tmp.h), without signals
  * and without starting the peer listener (messages come in through node_on_frame). Created once
- * per process and never torn down: libFuzzer has no exit hook. */
+ * per process; the node itself is never torn down (libFuzzer has no exit hook), its dir is. */
 #ifndef FUZZ_NODE_FIXTURE_H
 #define FUZZ_NODE_FIXTURE_H
 
 #include "node/node_internal.h"
+#include "tests/fuzz/fuzz_tmp.h"
 #include "tests/ledger_fixture.h"
 
 #include <unistd.h>
@@ -17,9 +18,7 @@ static node *fxn_open(bool with_http) {
     TEM_ASSERT(n != NULL);
     node_config_defaults(&n->cfg);
     n->cfg.log_level = NODE_LOG_ERROR + 1; /* quiet: fuzzing logs every refusal */
-    snprintf(n->cfg.data_dir, sizeof n->cfg.data_dir, "%s/tem-fuzz-node-XXXXXX",
-             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
-    TEM_ASSERT(mkdtemp(n->cfg.data_dir) != NULL);
+    snprintf(n->cfg.data_dir, sizeof n->cfg.data_dir, "%s", fuzz_tmpdir("tem-fuzz-node"));
     if (with_http) snprintf(n->cfg.http, sizeof n->cfg.http, "127.0.0.1:0");
     n->cfg.http_rate_reqs_per_s = 0; /* one client sends every input: no 429s in the way */
     n->cfg.mempool_txs_max = 4096;
