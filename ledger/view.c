@@ -46,6 +46,8 @@ static int wire_field(const uint8_t **p, const uint8_t *end, uint32_t *num, cons
 }
 
 int ledger_tx_wire_sig(const uint8_t *buf, size_t len, const uint8_t **sig) {
+    /* An empty tx (protobuf-c hands it over as NULL, 0) has no signature; NULL + 0 is UB. */
+    if (buf == NULL || len == 0) return LEDGER_ESIGLEN;
     const uint8_t *p = buf, *end = buf + len, *s = NULL;
     while (p < end) {
         uint32_t num;
@@ -65,7 +67,8 @@ int ledger_tx_wire_sig(const uint8_t *buf, size_t len, const uint8_t **sig) {
  * second header is refused: protobuf would merge the two, and nothing honest writes one. */
 static int split_block(const uint8_t *blk, size_t len, const uint8_t **hdr, size_t *hdr_len, ledger_view_tx *txs,
                        size_t *n) {
-    const uint8_t *p = blk, *end = blk + len;
+    /* An empty block arrives as (NULL, 0) from protobuf-c: NULL + 0 is UB, so no arithmetic. */
+    const uint8_t *p = blk, *end = len ? blk + len : blk;
     size_t k = 0;
     *hdr = NULL;
     *hdr_len = 0;

@@ -583,7 +583,7 @@ static void gossip_done(void *ctx, int rc, const uint8_t txid[32]) {
     if (rc == 0 && !n->stopping) sigcache_add_pending(n, txid);
 }
 
-static void on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, size_t len) {
+void node_on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, size_t len) {
     node *n = ctx;
     if (n->stopping) return;
     Tem__V1__NodeMessage *m = tem__v1__node_message__unpack(&ledger_pb_allocator, len, data);
@@ -872,7 +872,7 @@ int node_run(const node_config *cfg) {
     nc.rate_msgs_per_s = cfg->peer_rate_msgs_per_s;
     nc.rate_policy = NET_LIMIT_DROP;
     nc.log_level = cfg->log_level;
-    net_callbacks cb = {.peer_up = on_peer_up, .peer_down = on_peer_down, .frame = on_frame, .log = net_log_cb, .ctx = n};
+    net_callbacks cb = {.peer_up = on_peer_up, .peer_down = on_peer_down, .frame = node_on_frame, .log = net_log_cb, .ctx = n};
     rc = net_new(&n->loop, &nc, &cb, &n->net);
     sodium_memzero(nc.sec, sizeof nc.sec);
     if (rc != NET_OK || net_start(n->net) != NET_OK) {

@@ -133,6 +133,10 @@ void node_tx_accepted(node *n, const uint8_t txid[32]);
 void node_sigcache_add(node *n, const uint8_t txid[32], const uint8_t sig[64]);
 bool node_sigcache_has(const node *n, const uint8_t txid[32], const uint8_t sig[64]);
 
+/* The peer transport's frame callback: decodes one NodeMessage from peer p and dispatches it
+ * (consensus, tx gossip, block requests and replies). Exposed for tests/fuzz/fuzz_dispatch.c. */
+void node_on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, size_t len);
+
 /* node.c, for the host's I/O in replica.c. */
 /* Stops the node: closes every handle; node_run returns `code` (if non-zero). */
 void node_stop(node *n, int code);
