@@ -578,6 +578,115 @@ int ledger_store_block(ledger_store *s, uint64_t height, uint8_t **out, size_t *
     }
     return rc;
 }
+/* The block hash recorded for `height` in the roots table (written in the block's own apply
+ * transaction, so it is independent of the block and certificate records). */
+static int recorded_hash(ledger_store *s, uint64_t height, uint8_t out[32]) {
+    uint8_t k[8], *v;
+    size_t vl;
+    tem_put_u64be(k, height);
+    int rc = get_copy(s, DB_ROOTS, k, 8, &v, &vl);
+    if (rc != LEDGER_OK) return rc == LEDGER_ENOTFOUND ? LEDGER_ECORRUPT : rc;
+    if (vl != ROOTS_VAL_BYTES) rc = LEDGER_ECORRUPT;
+    else memcpy(out, v + 64, 32);
+    tem_free(v);
+    return rc;
+}
+
+/* The checks shared by the tail check and the repair: blk decodes as the block at `height`,
+ * its header hashes to `want`, its prev_hash is the recorded hash of height - 1 and its txs hash
+ * to its tx_root. NULL when it passes, else why not. */
+static const char *block_mismatch(ledger_store *s, uint64_t height, const uint8_t want[32], const uint8_t *b, size_t len) {
+    Tem__V1__Block *blk = tem__v1__block__unpack(&ledger_pb_allocator, len, b);
+    const char *why = NULL;
+    uint8_t h[32], prev[32];
+    if (blk == NULL || blk->header == NULL || blk->header->height != height) why = "does not decode or has another height";
+    else if (ledger_block_hash(blk->header, h) != LEDGER_OK || blk->header->tx_root.len != 32) why = "header has malformed hash fields";
+    else if (memcmp(h, want, 32) != 0) why = "header hash differs from the recorded block hash";
+    else if (recorded_hash(s, height - 1, prev) != LEDGER_OK || blk->header->prev_hash.len != 32 ||
+             memcmp(blk->header->prev_hash.data, prev, 32) != 0)
+        why = "prev_hash does not link to the block below";
+    if (why == NULL) {
+        uint8_t(*ids)[32] = tem_malloc((blk->n_txs ? blk->n_txs : 1) * 32), root[32];
+        if (ids == NULL) why = "out of memory";
+        else {
+            for (size_t i = 0; i < blk->n_txs; i++) ledger_sha256(ids[i], blk->txs[i]->body.data, blk->txs[i]->body.len);
+            if (ledger_merkle_root(root, (const uint8_t(*)[32])ids, blk->n_txs) != LEDGER_OK ||
+                memcmp(root, blk->header->tx_root.data, 32) != 0)
+                why = "txs do not match the header's tx_root";
+            tem_free(ids);
+        }
+    }
+    if (blk) tem__v1__block__free_unpacked(blk, &ledger_pb_allocator);
+    return why;
+}
+
+int ledger_store_check_block(ledger_store *s, uint64_t height, uint8_t hash[32], char *why, size_t why_len) {
+    if (height == 0 || height > s->height) return LEDGER_ENOTFOUND;
+    const char *bad = NULL;
+    uint8_t k[8], *b = NULL, *c = NULL;
+    size_t bl = 0, cl = 0;
+    memset(hash, 0, 32);
+    tem_put_u64be(k, height);
+    int rc = recorded_hash(s, height, hash);
+    if (rc == LEDGER_ECORRUPT) bad = "no readable roots record";
+    else if (rc != LEDGER_OK) return rc;
+    else if (height == s->height && memcmp(hash, s->last_hash, 32) != 0) bad = "roots record differs from the tip's hash";
+    if (!bad && (rc = get_copy(s, DB_BLOCKS, k, 8, &b, &bl)) != LEDGER_OK) {
+        if (rc != LEDGER_ENOTFOUND) return rc;
+        bad = "block record missing";
+    }
+    if (!bad) bad = block_mismatch(s, height, hash, b, bl);
+    if (!bad && (rc = get_copy(s, DB_CERTS, k, 8, &c, &cl)) != LEDGER_OK) {
+        if (rc != LEDGER_ENOTFOUND) {
+            tem_free(b);
+            return rc;
+        }
+        bad = "commit certificate missing";
+    }
+    if (!bad && ledger_cert_verify(s->g, c, cl, height, hash) != LEDGER_OK) bad = "commit certificate does not verify for it";
+    tem_free(b);
+    tem_free(c);
+    if (!bad) return LEDGER_OK;
+    if (why && why_len) snprintf(why, why_len, "%s", bad);
+    return LEDGER_ECORRUPT;
+}
+
+int ledger_store_repair_block(ledger_store *s, uint64_t height, const uint8_t *blk, size_t blk_len,
+                              const uint8_t *cert, size_t cert_len, char *why, size_t why_len) {
+    if (height == 0 || height > s->height) return LEDGER_EHEIGHT;
+    uint8_t want[32], k[8], *old = NULL;
+    size_t ol = 0;
+    int rc = recorded_hash(s, height, want);
+    if (rc != LEDGER_OK) {
+        if (why && why_len) snprintf(why, why_len, "this node has no readable hash recorded for the height");
+        return rc;
+    }
+    const char *bad = block_mismatch(s, height, want, blk, blk_len);
+    if (bad) {
+        if (why && why_len) snprintf(why, why_len, "the block %s", bad);
+        return LEDGER_EBLOCK;
+    }
+    /* The fetched certificate must prove the recorded hash: 2f+1 validators signed this block. */
+    if ((rc = ledger_cert_verify(s->g, cert, cert_len, height, want)) != LEDGER_OK) {
+        if (why && why_len) snprintf(why, why_len, "its commit certificate does not verify");
+        return LEDGER_ECERT;
+    }
+    /* The stored certificate is kept when it still verifies: only damaged records change. */
+    tem_put_u64be(k, height);
+    bool cert_ok = get_copy(s, DB_CERTS, k, 8, &old, &ol) == LEDGER_OK && ledger_cert_verify(s->g, old, ol, height, want) == LEDGER_OK;
+    tem_free(old);
+    MDB_txn *txn;
+    if ((rc = map_mdb(mdb_txn_begin(s->env, NULL, 0, &txn), "begin")) != LEDGER_OK) return rc;
+    MDB_val kv = {8, k}, bv = {blk_len, (void *)blk}, cv = {cert_len, (void *)cert};
+    if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_BLOCKS], &kv, &bv, 0), "repair block")) == LEDGER_OK && !cert_ok)
+        rc = map_mdb(mdb_put(txn, s->dbi[DB_CERTS], &kv, &cv, 0), "repair cert");
+    if (rc != LEDGER_OK) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    return map_mdb(mdb_txn_commit(txn), "commit repair");
+}
+
 int ledger_store_cert(ledger_store *s, uint64_t height, uint8_t **out, size_t *len) {
     uint8_t k[8];
     tem_put_u64be(k, height);
