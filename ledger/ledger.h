@@ -483,8 +483,8 @@ TEM_WUR int ledger_store_receipt(ledger_store *s, const uint8_t txid[32], uint64
 TEM_WUR int ledger_store_block_roots(ledger_store *s, uint64_t height, uint8_t state_root[32],
                                      uint8_t receipts_root[32]);
 /* The start-up tail check of one stored block (1..height): the hash recorded for it in the
- * roots table, the block's header hash, its prev_hash link to the block below, its tx_root and
- * its commit certificate (verified against the genesis validators for that hash). hash gets the
+ * roots table, the block's header hash, its prev_hash link to the block below, its tx_root, every
+ * tx's signature (not covered by the tx root) and its commit certificate (verified against the genesis validators for that hash). hash gets the
  * recorded hash (zeros if unreadable). LEDGER_OK; LEDGER_ECORRUPT with the reason in why;
  * LEDGER_ENOTFOUND (height out of range), LEDGER_EIO, LEDGER_ENOMEM. */
 TEM_WUR int ledger_store_check_block(ledger_store *s, uint64_t height, uint8_t hash[32], char *why, size_t why_len);
