@@ -9,8 +9,11 @@
 #include <lmdb.h>
 #include <sys/stat.h>
 
-enum { DB_BLOCKS, DB_CERTS, DB_TXS, DB_RECEIPTS, DB_STATE, DB_ROOTS, DB_META, DB_TREE, DB_COUNT };
-static const char *const DB_NAMES[DB_COUNT] = {"blocks", "certs", "txs", "receipts", "state", "roots", "meta", "tree"};
+/* blocksum: SHA-256 of each block's bytes as applied, so the start-up tail check and every read
+ * can tell exact bytes from damaged ones without verifying every tx signature again (stores from
+ * before it lack the record; their blocks get the signature check instead). */
+enum { DB_BLOCKS, DB_CERTS, DB_TXS, DB_RECEIPTS, DB_STATE, DB_ROOTS, DB_META, DB_TREE, DB_BSUM, DB_COUNT };
+static const char *const DB_NAMES[DB_COUNT] = {"blocks", "certs", "txs", "receipts", "state", "roots", "meta", "tree", "blocksum"};
 
 /* roots[height] = state_root || receipts_root || block_hash || u64le time_ms */
 #define ROOTS_VAL_BYTES (32 * 3 + 8)
@@ -423,6 +426,10 @@ int ledger_store_apply_view(ledger_store *s, const ledger_block_view *v, const u
     if ((rc = map_mdb(mdb_txn_begin(s->env, NULL, 0, &txn), "begin")) != LEDGER_OK) goto out;
     MDB_val k = {8, hk}, bv = {v->block_len, (void *)v->block};
     if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_BLOCKS], &k, &bv, MDB_NOOVERWRITE), "put block")) != LEDGER_OK) goto out;
+    uint8_t bsum[32];
+    ledger_sha256(bsum, v->block, v->block_len);
+    bv = (MDB_val){32, bsum};
+    if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_BSUM], &k, &bv, 0), "put blocksum")) != LEDGER_OK) goto out;
     if (cert) {
         bv = (MDB_val){clen, (void *)cert};
         if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_CERTS], &k, &bv, 0), "put cert")) != LEDGER_OK) goto out;
@@ -561,6 +568,16 @@ static int check_stored_block(ledger_store *s, uint64_t height, const uint8_t *b
         tem_free(ids);
     }
     if (blk) tem__v1__block__free_unpacked(blk, &ledger_pb_allocator);
+    if (why == NULL) {
+        uint8_t k[8], *sum, d[32];
+        size_t sl;
+        tem_put_u64be(k, height);
+        if (get_copy(s, DB_BSUM, k, 8, &sum, &sl) == LEDGER_OK) {
+            ledger_sha256(d, b, len);
+            if (sl != 32 || memcmp(d, sum, 32) != 0) why = "bytes differ from the digest recorded when it was applied";
+            tem_free(sum);
+        }
+    }
     if (why == NULL) return LEDGER_OK;
     fprintf(stderr, "ledger: ERROR: stored block %llu is corrupt (%s); not serving it\n", (unsigned long long)height, why);
     return LEDGER_ECORRUPT;
@@ -593,9 +610,10 @@ static int recorded_hash(ledger_store *s, uint64_t height, uint8_t out[32]) {
 }
 
 /* The checks shared by the tail check and the repair: blk decodes as the block at `height`,
- * its header hashes to `want`, its prev_hash is the recorded hash of height - 1 and its txs hash
- * to its tx_root. NULL when it passes, else why not. */
-static const char *block_mismatch(ledger_store *s, uint64_t height, const uint8_t want[32], const uint8_t *b, size_t len) {
+ * its header hashes to `want`, its prev_hash is the recorded hash of height - 1, its txs hash
+ * to its tx_root and (verify_sigs) every tx signature verifies. NULL when it passes, else why. */
+static const char *block_mismatch(ledger_store *s, uint64_t height, const uint8_t want[32], const uint8_t *b, size_t len,
+                                  bool verify_sigs) {
     Tem__V1__Block *blk = tem__v1__block__unpack(&ledger_pb_allocator, len, b);
     const char *why = NULL;
     uint8_t h[32], prev[32];
@@ -617,7 +635,7 @@ static const char *block_mismatch(ledger_store *s, uint64_t height, const uint8_
         }
     }
     if (blk) tem__v1__block__free_unpacked(blk, &ledger_pb_allocator);
-    if (why) return why;
+    if (why || !verify_sigs) return why;
     /* The tx root covers the bodies only: a flipped byte in a signature shows only here. */
     ledger_block_view v;
     memset(&v, 0, sizeof v);
@@ -644,7 +662,24 @@ int ledger_store_check_block(ledger_store *s, uint64_t height, uint8_t hash[32],
         if (rc != LEDGER_ENOTFOUND) return rc;
         bad = "block record missing";
     }
-    if (!bad) bad = block_mismatch(s, height, hash, b, bl);
+    if (!bad) {
+        /* Bytes equal to the digest taken when the block was applied are the bytes whose
+         * signatures were verified then; without a digest (an older store) verify them here. */
+        uint8_t *sum = NULL, d[32];
+        size_t sl = 0;
+        int src = get_copy(s, DB_BSUM, k, 8, &sum, &sl);
+        if (src != LEDGER_OK && src != LEDGER_ENOTFOUND) {
+            tem_free(b);
+            return src;
+        }
+        bool have = src == LEDGER_OK && sl == 32;
+        bad = block_mismatch(s, height, hash, b, bl, !have);
+        if (!bad && have) {
+            ledger_sha256(d, b, bl);
+            if (memcmp(d, sum, 32) != 0) bad = "block bytes differ from the digest recorded when it was applied";
+        }
+        tem_free(sum);
+    }
     if (!bad && (rc = get_copy(s, DB_CERTS, k, 8, &c, &cl)) != LEDGER_OK) {
         if (rc != LEDGER_ENOTFOUND) {
             tem_free(b);
@@ -670,9 +705,9 @@ int ledger_store_repair_block(ledger_store *s, uint64_t height, const uint8_t *b
         if (why && why_len) snprintf(why, why_len, "this node has no readable hash recorded for the height");
         return rc;
     }
-    const char *bad = block_mismatch(s, height, want, blk, blk_len);
+    const char *bad = block_mismatch(s, height, want, blk, blk_len, true);
     if (bad) {
-        if (why && why_len) snprintf(why, why_len, "the block %s", bad);
+        if (why && why_len) snprintf(why, why_len, "fetched block: %s", bad);
         return LEDGER_EBLOCK;
     }
     /* The fetched certificate must prove the recorded hash: 2f+1 validators signed this block. */
@@ -686,9 +721,12 @@ int ledger_store_repair_block(ledger_store *s, uint64_t height, const uint8_t *b
     tem_free(old);
     MDB_txn *txn;
     if ((rc = map_mdb(mdb_txn_begin(s->env, NULL, 0, &txn), "begin")) != LEDGER_OK) return rc;
-    MDB_val kv = {8, k}, bv = {blk_len, (void *)blk}, cv = {cert_len, (void *)cert};
-    if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_BLOCKS], &kv, &bv, 0), "repair block")) == LEDGER_OK && !cert_ok)
-        rc = map_mdb(mdb_put(txn, s->dbi[DB_CERTS], &kv, &cv, 0), "repair cert");
+    uint8_t bsum[32];
+    ledger_sha256(bsum, blk, blk_len);
+    MDB_val kv = {8, k}, bv = {blk_len, (void *)blk}, cv = {cert_len, (void *)cert}, sv = {32, bsum};
+    if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_BLOCKS], &kv, &bv, 0), "repair block")) == LEDGER_OK)
+        rc = map_mdb(mdb_put(txn, s->dbi[DB_BSUM], &kv, &sv, 0), "repair blocksum");
+    if (rc == LEDGER_OK && !cert_ok) rc = map_mdb(mdb_put(txn, s->dbi[DB_CERTS], &kv, &cv, 0), "repair cert");
     if (rc != LEDGER_OK) {
         mdb_txn_abort(txn);
         return rc;

@@ -215,13 +215,21 @@ START_TEST(damaged_block_is_flagged_refused_copies_rejected_and_peer_copy_restor
     assert_reads_back(a, &ch);
 
     /* a flipped byte in a tx signature: outside the header hash and the tx root, so only the
-     * tail check's signature pass sees it (reads check hash and root only) */
+     * digest of the block's bytes taken at apply shows it, on check and on read */
     const uint64_t HS = 10;
     ledger_store_close(a);
     ck_assert_int_ge(flip_on_disk(da, ch.blk[HS], ch.bl[HS], ch.bl[HS] - 10), 1);
     ck_assert_int_eq(ledger_store_open(da, &g, NULL, NULL, &a), LEDGER_OK);
     ck_assert_int_eq(ledger_store_check_block(a, HS, hash, why, sizeof why), LEDGER_ECORRUPT);
-    ck_assert_str_eq(why, "a tx signature does not verify");
+    ck_assert_str_eq(why, "block bytes differ from the digest recorded when it was applied");
+    ck_assert_int_eq(ledger_store_block(a, HS, &rb, &rl), LEDGER_ECORRUPT);
+    /* a peer copy with the signature damaged the same way is refused (it is verified in full) */
+    uint8_t *bad = tem_malloc(ch.bl[HS]);
+    memcpy(bad, ch.blk[HS], ch.bl[HS]);
+    bad[ch.bl[HS] - 10] ^= 0x10;
+    ck_assert_int_eq(ledger_store_repair_block(a, HS, bad, ch.bl[HS], ch.cert[HS], ch.cl[HS], why, sizeof why), LEDGER_EBLOCK);
+    ck_assert_str_eq(why, "fetched block: a tx signature does not verify");
+    tem_free(bad);
     ck_assert_int_eq(ledger_store_repair_block(a, HS, ch.blk[HS], ch.bl[HS], ch.cert[HS], ch.cl[HS], why, sizeof why), LEDGER_OK);
     assert_reads_back(a, &ch);
 
