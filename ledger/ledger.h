@@ -482,6 +482,19 @@ TEM_WUR int ledger_store_receipt(ledger_store *s, const uint8_t txid[32], uint64
                                  uint32_t *pos, uint8_t **out, size_t *len);
 TEM_WUR int ledger_store_block_roots(ledger_store *s, uint64_t height, uint8_t state_root[32],
                                      uint8_t receipts_root[32]);
+/* The start-up tail check of one stored block (1..height): the hash recorded for it in the
+ * roots table, the block's header hash, its prev_hash link to the block below, its tx_root, every
+ * tx's signature (not covered by the tx root) and its commit certificate (verified against the genesis validators for that hash). hash gets the
+ * recorded hash (zeros if unreadable). LEDGER_OK; LEDGER_ECORRUPT with the reason in why;
+ * LEDGER_ENOTFOUND (height out of range), LEDGER_EIO, LEDGER_ENOMEM. */
+TEM_WUR int ledger_store_check_block(ledger_store *s, uint64_t height, uint8_t hash[32], char *why, size_t why_len);
+/* Rewrites a damaged stored block with a copy fetched from a peer, in one write transaction,
+ * only if that copy passes every check of ledger_store_check_block against this node's recorded
+ * hash and cert verifies for it; the certificate is rewritten too when the stored one does not
+ * verify. The bytes are borrowed. LEDGER_OK; LEDGER_EBLOCK or LEDGER_ECERT (nothing written,
+ * reason in why); LEDGER_EHEIGHT, LEDGER_ECORRUPT (no recorded hash), EIO, EDISKFULL, EFULL. */
+TEM_WUR int ledger_store_repair_block(ledger_store *s, uint64_t height, const uint8_t *blk, size_t blk_len,
+                                      const uint8_t *cert, size_t cert_len, char *why, size_t why_len);
 /* Proof of key (present or absent) against the current state root (ledger_store_roots), read
  * from the store's tree in O(log N). LEDGER_OK, LEDGER_EIO, LEDGER_ECORRUPT. */
 TEM_WUR int ledger_store_prove(ledger_store *s, const void *key, size_t klen, ledger_state_proof *out);

@@ -138,7 +138,7 @@ static bool refuse_disk_full(node *n, net_http_req *req) {
 static void h_post_tx(void *ctx, net_http_req *req, const net_http_request *r) {
     node *n = ctx;
     int media = tx_media(r->content_type);
-    if (refuse_media(n, req, media) || refuse_disk_full(n, req)) return;
+    if (refuse_media(n, req, media) || refuse_disk_full(n, req) || node_faults_refuse_submit(n, req)) return;
     uint8_t *buf = NULL;
     size_t len = r->body_len;
     const uint8_t *tx = r->body;
@@ -168,7 +168,7 @@ static void h_post_tx(void *ctx, net_http_req *req, const net_http_request *r) {
 static void h_post_txs(void *ctx, net_http_req *req, const net_http_request *r) {
     node *n = ctx;
     int media = tx_media(r->content_type);
-    if (refuse_media(n, req, media) || refuse_disk_full(n, req)) return;
+    if (refuse_media(n, req, media) || refuse_disk_full(n, req) || node_faults_refuse_submit(n, req)) return;
     /* Two encodings: a JSON array of hex strings, or a stream of u32 big-endian length-prefixed
      * SignedTx (application/x-protobuf), the same framing `temctl exec` reads. */
     const uint8_t *items[4096];
@@ -337,6 +337,7 @@ static void h_status(void *ctx, net_http_req *req, const net_http_request *r) {
     json_object_set_new(o, "observers", json_integer(net_observers_connected(n->net)));
     json_object_set_new(o, "mempool", json_integer(node_mempool_size(n->mp)));
     json_object_set_new(o, "disk_full", json_boolean(n->disk_full));
+    node_faults_status(n, o);
     uint64_t now = node_now_ms(), last = n->last_commit_wall_ms ? n->last_commit_wall_ms : n->started_wall_ms;
     uint64_t since = now > last ? now - last : 0;
     json_object_set_new(o, "ms_since_last_commit", json_integer((json_int_t)since));
@@ -385,7 +386,12 @@ static void h_block(void *ctx, net_http_req *req, const net_http_request *r) {
     }
     uint8_t *b, *c = NULL;
     size_t bl, cl = 0;
-    int brc = ledger_store_block(n->store, h, &b, &bl);
+    int brc = node_tail_is_bad(n, h) ? LEDGER_ECORRUPT : ledger_store_block(n->store, h, &b, &bl);
+    if (brc == LEDGER_ECORRUPT && node_tail_read_failed(n, h)) {
+        node_reply_err(req, 503, "EREPAIRING", "the stored block at that height is damaged and being refetched from "
+                                               "peers; retry later or ask another node");
+        return;
+    }
     if (brc == LEDGER_ECORRUPT) {
         node_reply_err(req, 500, "ECORRUPT", "the stored block at that height is damaged; the operator must restore it");
         return;

@@ -22,6 +22,7 @@ void node_config_defaults(node_config *c) {
     c->log_level = NODE_LOG_INFO;
     c->mempool_txs_max = 100000;
     c->mempool_nonce_window = 64;
+    c->tail_check_blocks = 64;
     c->batch_delay_ms = 20;
     c->max_clock_drift_ms = 5000;
     c->peer_rate_bytes_per_s = 64u << 20;
@@ -107,7 +108,7 @@ static int set_key(node_config *c, const char *k, const char *v) {
     } nums[] = {{"block_interval_ms", &c->block_interval_ms}, {"batch_delay_ms", &c->batch_delay_ms},
                 {"max_clock_drift_ms", &c->max_clock_drift_ms}, {"peer_rate_bytes_per_s", &c->peer_rate_bytes_per_s},
                 {"peer_rate_msgs_per_s", &c->peer_rate_msgs_per_s}, {"http_body_bytes_max", &c->http_body_bytes_max},
-                {"http_rate_reqs_per_s", &c->http_rate_reqs_per_s}};
+                {"http_rate_reqs_per_s", &c->http_rate_reqs_per_s}, {"tail_check_blocks", &c->tail_check_blocks}};
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
         if (!strcmp(k, nums[i].name)) return parse_u64(v, nums[i].dst) ? 1 : -1;
     /* Limits that must be positive and fit the HTTP server's ranges. */

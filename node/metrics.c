@@ -92,6 +92,7 @@ int node_metrics_write(node *n, FILE *f) {
         COUNTER("tem_http_conns_timed_out_total", "Connections cut for not sending a whole request in time.",
                 net_http_conns_timed_out(n->http));
     }
+    node_faults_metrics(n, f);
     GAUGE("tem_disk_full", "1 while the node paused for a full disk (not voting, refusing txs).", "%d", n->disk_full ? 1 : 0);
     GAUGE("tem_validators", "Validators in the genesis.", "%u", n->g.n_validators);
     GAUGE("tem_peers_connected", "Validators with an authenticated session.", "%u", n->net ? net_validators_connected(n->net) : 0);

@@ -446,7 +446,10 @@ static void serve_blocks(node *n, uint32_t peer_id, uint64_t from, uint32_t max_
     for (uint64_t h = from ? from : 1; h <= tip && k < max && bytes < bytes_max; h++) {
         uint8_t *b, *c;
         size_t bl, cl;
-        if (ledger_store_block(n->store, h, &b, &bl) != LEDGER_OK) break;
+        if (node_tail_is_bad(n, h)) break; /* damaged, being refetched: never served */
+        int brc = ledger_store_block(n->store, h, &b, &bl);
+        if (brc == LEDGER_ECORRUPT) (void)node_tail_read_failed(n, h);
+        if (brc != LEDGER_OK) break;
         if (ledger_store_cert(n->store, h, &c, &cl) != LEDGER_OK) {
             tem_free(b);
             break;
@@ -618,6 +621,7 @@ void node_on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, size_
         break;
     case TEM__V1__NODE_MESSAGE__KIND_BLOCKS:
         if (m->blocks) {
+            node_tail_got_blocks(n, p->id, m->blocks);
             got_blocks(n, m->blocks);
             if (p->is_validator && !n->stopping) sync_first_progress(n, p->id, m->blocks->tip_height);
         }
@@ -702,6 +706,7 @@ static void on_tick(uv_timer_t *t) {
     if (n->stopping) return;
     flush_gossip(n);
     serve_observers(n);
+    node_tail_tick(n);
     uint64_t now = uv_now(&n->loop);
     if (!n->disk_full && n->mp && node_mempool_disk_full(n->mp)) node_enter_disk_full(n, "a mempool log write", LEDGER_EDISKFULL);
     if (n->disk_full) {
@@ -806,6 +811,7 @@ int node_run(const node_config *cfg) {
     node_log(n, NODE_LOG_INFO, "temd %s config %s chain %s genesis %s, %s %d, data %s", NODE_VERSION,
              cfg->config[0] ? cfg->config : "(flags)", n->g.chain_id, gh, n->self >= 0 ? "validator" : "observer",
              n->self, cfg->data_dir);
+    node_tail_check(n); /* damaged blocks found here are refetched once peers are up */
     if (cfg->indexer_postgres_url[0] && node_indexer_start_for(cfg, n->store, &n->g, &ix) != 0) goto stop;
     if (uv_signal_start(&n->sig_int, on_signal, SIGINT) != 0 || uv_signal_start(&n->sig_term, on_signal, SIGTERM) != 0) goto stop;
 
@@ -819,41 +825,8 @@ int node_run(const node_config *cfg) {
         node_log(n, NODE_LOG_ERROR, "cannot open the mempool log %s", logpath);
         goto stop;
     }
-    uint32_t recovered = 0;
-    rc = node_mempool_recover(n->mp, &recovered);
-    if (rc == NODE_MEMPOOL_ECORRUPT && cfg->mempool_log_reset) {
-        /* The operator asked for it: keep the damaged file for inspection, start empty. */
-        char aside[NODE_PATH_MAX + 64];
-        snprintf(aside, sizeof aside, "%s.damaged-%llu", logpath, (unsigned long long)(node_now_ms() / 1000));
-        if (rename(logpath, aside) != 0) {
-            node_log(n, NODE_LOG_ERROR, "cannot move the damaged mempool log %s aside: %s", logpath, strerror(errno));
-            goto stop;
-        }
-        node_log(n, NODE_LOG_ERROR, "mempool log %s was damaged: moved to %s (--mempool-log-reset); its txs are not recovered",
-                 logpath, aside);
-        rc = node_mempool_recover(n->mp, &recovered);
-    }
-    if (rc != 0) {
-        /* A node that cannot make accepted txs durable must not run as if it could: stop with
-         * the reason instead of answering 503 forever (docs/operate.md, "Limits and faults"). */
-        node_log(n, NODE_LOG_ERROR, "mempool log %s: %s (%s); not starting. %s", logpath, node_mempool_strerror(rc),
-                 node_mempool_errname(rc),
-                 rc == NODE_MEMPOOL_ECORRUPT ? "Its header is damaged or belongs to another chain: inspect it, then start "
-                                               "once with --mempool-log-reset to move it aside"
-                 : rc == NODE_MEMPOOL_EFULL ? "It holds more txs than mempool_txs_max: raise the limit"
-                                            : "Check the disk and the file's permissions");
-        n->exit_code = NODE_EXIT_OPERATOR;
-        goto stop_keep_code;
-    }
-    {
-        node_mempool_stats ms;
-        node_mempool_get_stats(n->mp, &ms);
-        if (ms.recover_damaged)
-            node_log(n, NODE_LOG_ERROR, "mempool log %s: %llu damaged stretch(es), %llu bytes skipped; the intact records "
-                     "after them were recovered", logpath, (unsigned long long)ms.recover_damaged,
-                     (unsigned long long)ms.recover_skipped_bytes);
-    }
-    if (recovered) node_log(n, NODE_LOG_INFO, "recovered %u txs from the mempool log", recovered);
+    /* A log that cannot be recovered leaves the node up but degraded (tailcheck.c). */
+    if (node_faults_mempool_recover(n, logpath) != 0) goto stop;
 
     net_config nc;
     memset(&nc, 0, sizeof nc);
@@ -885,7 +858,9 @@ int node_run(const node_config *cfg) {
     }
     n->started_wall_ms = node_now_ms();
     if (uv_timer_start(&n->t_tick, on_tick, 10, 10) != 0) goto stop;
-    if (n->self >= 0) {
+    if (n->self >= 0 && !node_faults_may_vote(n)) {
+        /* Degraded (the ERROR said why): follow the chain by block sync, as an observer does. */
+    } else if (n->self >= 0) {
         uint8_t *rec;
         size_t rl;
         bool has_votes = ledger_store_meta_get(n->store, PBFT_VOTES_KEY, &rec, &rl) == LEDGER_OK;
@@ -906,9 +881,6 @@ int node_run(const node_config *cfg) {
     goto run;
 stop:
     node_stop(n, 1);
-    goto run;
-stop_keep_code:
-    node_stop(n, 0);
 run:
     (void)uv_run(&n->loop, UV_RUN_DEFAULT);
     int status = n->exit_code;

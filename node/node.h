@@ -9,9 +9,6 @@
 #define NODE_VERSION "0.1.0"
 #define NODE_PATH_MAX 512
 #define NODE_OBSERVER_KEYS_MAX 64
-/* temd's exit status when it refuses to start until an operator acts (a damaged mempool log):
- * systemd's RestartPreventExitStatus should name it, so the unit does not restart in a loop. */
-#define NODE_EXIT_OPERATOR 3
 /* node_run's status when temd should start again in place (space came back after a full
  * disk): temd re-executes itself with the same arguments. */
 #define NODE_EXIT_RESTART 75
@@ -51,6 +48,7 @@ typedef struct {
     uint8_t observer_keys[NODE_OBSERVER_KEYS_MAX][32];
     uint32_t n_observer_keys;
     bool mempool_log_reset;         /* move a damaged mempool log aside and start empty */
+    uint64_t tail_check_blocks;     /* stored blocks below the tip checked at start; default 64, 0 = off */
     int log_level;                  /* NODE_LOG_* */
     int log_format;                 /* NODE_LOG_TEXT (default) or NODE_LOG_JSON */
     uint32_t mempool_txs_max;       /* default 100000 */
@@ -86,7 +84,7 @@ void node_config_defaults(node_config *c);
 /* Reads an INI file (section [node], keys named like the fields: data_dir, genesis, key, listen,
  * http, tls_cert, tls_key, observer, accept_observers, observer_key (repeatable: each adds one
  * key), log_level (debug|info|warn|error), log_format (text|json),
- * mempool_txs_max, mempool_nonce_window, block_interval_ms, batch_delay_ms,
+ * mempool_txs_max, mempool_nonce_window, mempool_log_reset, tail_check_blocks, block_interval_ms, batch_delay_ms,
  * max_clock_drift_ms, peer_rate_bytes_per_s, peer_rate_msgs_per_s, http_body_bytes_max,
  * http_conns_max, http_conns_per_addr_max, http_rate_reqs_per_s, http_rate_burst_ms,
  * http_request_timeout_ms) and section [indexer] (postgres_url, poll_ms, retry_max_ms).

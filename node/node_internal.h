@@ -11,6 +11,7 @@
 #include "node/mempool.h"
 #include "node/node.h"
 #include "node/replica.h"
+#include "node/tailcheck.h"
 
 #include <jansson.h>
 #include <uv.h>
@@ -119,6 +120,7 @@ typedef struct node {
     node_obs_req obs_req[NET_OBSERVERS_MAX];
     uint32_t obs_rr;
     uint64_t obs_reqs_dropped;
+    node_faults faults; /* tailcheck.c: failed mempool recovery, damaged stored blocks */
 } node;
 
 /* Wall-clock milliseconds since the Unix epoch. */
