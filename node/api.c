@@ -430,7 +430,7 @@ static void h_account(void *ctx, net_http_req *req, const net_http_request *r) {
     node *n = ctx;
     uint8_t pub[33];
     size_t pl = strlen(r->path);
-    if (pl > 6 && !strcmp(r->path + pl - 6, "/proof")) { /* /v1/accounts/{key}/proof */
+    if (pl >= strlen("/v1/accounts//proof") && !strcmp(r->path + pl - 6, "/proof")) { /* /v1/accounts/{key}/proof */
         node_account_proof_http(ctx, req, r);
         return;
     }
