@@ -4,7 +4,8 @@
 # (--proof, after --save), refuses each tampered copy of tests/tools/proof_tamper.py with exit 1
 # naming the step that caught it (certificate, header, root, path, record), refuses a genuine
 # proof of another account and a genesis of another chain, verifies an exclusion proof of an
-# unknown key, and the route's refusals (bad key, old height) are the documented ones.
+# unknown key, the route's refusals (bad key, old height) are the documented ones, and on a
+# stalled chain waiting proofs are bounded per address and time out.
 set -euo pipefail
 B=${BUILD:-build}
 PY=/usr/bin/python3
@@ -80,4 +81,25 @@ expect_rc 2 "$T" account "$p1" --prove
 expect_rc 0 "$T" account "$p1" --node "$N0" --json
 [ "$(jq -r .pubkey "$dir/out")" = "$p1" ] || fail "plain account query"
 ok "route refusals (400 EPUBKEY, 409 EHEIGHT, 400 EQUERY), usage exit 2, plain query unchanged"
+
+# 5. a stalled chain (2 of 4 validators stopped): proofs wait for the certifying block, at most
+# 8 per address (the 9th: 429 ELIMIT), and time out with 503 ETIMEOUT; once the chain moves
+# again proofs are answered.
+kill -STOP "${PID[n2]}" "${PID[n3]}"
+sleep 1
+urls=()
+for _ in $(seq 1 9); do urls+=("http://$N0/v1/accounts/$p1/proof"); done
+curl -s -m 40 -Z --parallel-immediate --parallel-max 16 -w '\n%{http_code}\n' "${urls[@]}" >"$dir/par" 2>/dev/null || true
+kill -CONT "${PID[n2]}" "${PID[n3]}"
+[ "$(grep -c '^503$' "$dir/par")" = 8 ] && [ "$(grep -c '^429$' "$dir/par")" = 1 ] || fail "stalled chain: $(cat "$dir/par")"
+[ "$(grep -o '"code":"ETIMEOUT"' "$dir/par" | wc -l)" = 8 ] && [ "$(grep -o '"code":"ELIMIT"' "$dir/par" | wc -l)" = 1 ] ||
+  fail "stalled chain codes: $(cat "$dir/par")"
+h0=$(curl -s -m 5 "http://$N0/v1/status" | jq .height)
+end=$((SECONDS + 60))
+until [ "$(curl -s -m 5 "http://$N0/v1/status" | jq .height)" -gt "$h0" ]; do
+  [ $SECONDS -lt $end ] || fail "the chain did not resume"
+  sleep 0.2
+done
+expect_rc 0 "$T" account "$p1" --prove --genesis "$G" --node "$N0"
+ok "stalled chain: 8 proofs wait and time out (503 ETIMEOUT), the 9th of one address is 429 ELIMIT; resumed: verified"
 echo "ok - t_proof: $passed checks [${SECONDS}s]"
