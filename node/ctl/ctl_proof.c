@@ -63,17 +63,33 @@ static bool hex_alloc(const json_t *obj, const char *name, uint8_t **out, size_t
     return tem_unhex_alloc(s, out, len) == 0;
 }
 
-/* The first key of `want` whose value differs in `got` (or that `got` lacks or adds), or NULL. */
-static const char *first_diff(const json_t *want, const json_t *got) {
+/* Copies into out (cap bytes) the first key of `want` whose value differs in `got` (or that
+ * `got` lacks or adds) and returns true; false when they agree. The copy outlives `want`. */
+static bool first_diff(const json_t *want, const json_t *got, char *out, size_t cap) {
     const char *k;
     json_t *v;
     json_object_foreach((json_t *)want, k, v) {
-        if (!json_equal(v, json_object_get(got, k))) return k;
+        if (!json_equal(v, json_object_get(got, k))) {
+            snprintf(out, cap, "%s", k);
+            return true;
+        }
     }
     json_object_foreach((json_t *)got, k, v) {
-        if (!json_object_get(want, k)) return k;
+        if (!json_object_get(want, k)) {
+            snprintf(out, cap, "%s", k);
+            return true;
+        }
     }
-    return NULL;
+    return false;
+}
+
+/* Whether the decoded part `got` says what `want` (decoded here from the hex) says; a NULL
+ * want (out of memory) counts as a disagreement. */
+static bool disagrees(json_t *want, const json_t *got, char *field, size_t cap) {
+    snprintf(field, cap, "?");
+    bool d = !want || first_diff(want, got, field, cap);
+    json_decref(want);
+    return d;
 }
 
 static void hex8(char out[17], const uint8_t *b) { tem_hex(out, b, 8); }
@@ -103,10 +119,9 @@ static int step_certificate(const json_t *doc, const ledger_genesis *g, parts *x
         return fail(f, S, "no cert.hex in the document");
     x->cc = tem__v1__commit_certificate__unpack(&ledger_pb_allocator, x->cert_len, x->cert);
     if (!x->cc) return fail(f, S, "cert.hex does not decode as a CommitCertificate");
-    json_t *want = node_proof_cert_json(x->cc, x->cert, x->cert_len);
-    const char *d = want ? first_diff(want, cj) : "?";
-    json_decref(want);
-    if (d) return fail(f, S, "the decoded certificate disagrees with cert.hex (field %s)", d);
+    char d[64];
+    if (disagrees(node_proof_cert_json(x->cc, x->cert, x->cert_len), cj, d, sizeof d))
+        return fail(f, S, "the decoded certificate disagrees with cert.hex (field %s)", d);
     if (x->cc->block_hash.len != LEDGER_HASH_BYTES) return fail(f, S, "the certified block hash is not 32 bytes");
     uint32_t n = g->n_validators, quorum = ledger_quorum_of(n), distinct = 0;
     uint8_t digest[LEDGER_HASH_BYTES];
@@ -146,10 +161,9 @@ static int step_header(const json_t *doc, const ledger_genesis *g, parts *x, fai
     if (!x->h) return fail(f, S, "header.hex does not decode as a BlockHeader");
     uint8_t hash[LEDGER_HASH_BYTES];
     if (ledger_block_hash(x->h, hash) != LEDGER_OK) return fail(f, S, "a hash field of the header is not 32 bytes");
-    json_t *want = node_proof_header_json(x->h, hash);
-    const char *d = want ? first_diff(want, hj) : "?";
-    json_decref(want);
-    if (d) return fail(f, S, "the decoded header disagrees with header.hex (field %s)", d);
+    char d[64];
+    if (disagrees(node_proof_header_json(x->h, hash), hj, d, sizeof d))
+        return fail(f, S, "the decoded header disagrees with header.hex (field %s)", d);
     if (memcmp(hash, x->cc->block_hash.data, 32) != 0) {
         char a[17], b[17];
         hex8(a, hash);
@@ -200,10 +214,9 @@ static int step_path(const json_t *doc, parts *x, const uint8_t kpub[33], fail_i
     if (!(x->p = tem_malloc(sizeof *x->p))) return fail(f, S, "out of memory");
     if (ledger_state_proof_decode(x->proof, x->proof_len, x->p) != LEDGER_OK)
         return fail(f, S, "proof.hex is not a state proof in the wire form of docs/ledger.md");
-    json_t *want = node_proof_path_json(x->p);
-    const char *d = want ? first_diff(want, pj) : "?";
-    json_decref(want);
-    if (d) return fail(f, S, "the decoded proof disagrees with proof.hex (field %s)", d);
+    char d[64];
+    if (disagrees(node_proof_path_json(x->p), pj, d, sizeof d))
+        return fail(f, S, "the decoded proof disagrees with proof.hex (field %s)", d);
     const json_t *pr = json_object_get(doc, "present");
     if (!json_is_boolean(pr)) return fail(f, S, "no present flag in the document");
     bool present = json_is_true(pr);
@@ -234,9 +247,9 @@ static int step_record(const json_t *doc, parts *x, const uint8_t kpub[33], cons
     if (x->rec) {
         json_t *want = node_proof_record_json(x->rec, x->rec_len);
         if (!want) return fail(f, S, "the record is not a %d-byte account record", NODE_PROOF_ACCT_RECORD_BYTES);
-        const char *d = first_diff(want, rj);
-        json_decref(want);
-        if (d) return fail(f, S, "the decoded record disagrees with record.hex (field %s)", d);
+        char d[64];
+        if (disagrees(want, rj, d, sizeof d))
+            return fail(f, S, "the decoded record disagrees with record.hex (field %s)", d);
     }
     json_array_append_new(out, json_pack("{s:s}", "step", S));
     return 0;

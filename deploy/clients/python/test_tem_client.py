@@ -283,6 +283,25 @@ class Live(unittest.TestCase):
             tc.verify_account_proof(doc, json.dumps(other).encode())
         self.assertEqual(e.exception.step, "certificate")
 
+    def test_proofs_of_every_participant_and_of_random_unknown_keys_verify(self):
+        # Both proof kinds for absence show up over enough unknown keys; all are fetched at once
+        # (8 at a time: the node's per-address bound) and most share one certifying block.
+        from concurrent.futures import ThreadPoolExecutor
+        with open(os.path.join(KEYS, "g.json"), "rb") as f:
+            gbytes = f.read()
+        known = [bytes.fromhex(p["pubkey"]) for p in json.loads(gbytes)["participants"]
+                 if p.get("role") not in ("meter", "meter_data")]
+        unknown = [tc.Key(hashlib.sha256(b"unknown %d" % i).digest()).public for i in range(24)]
+        with ThreadPoolExecutor(8) as ex:
+            docs = list(ex.map(lambda k: self.nodes[1].account_proof(k), known + unknown))
+        kinds = set()
+        for k, d in zip(known + unknown, docs):
+            got = tc.verify_account_proof(d, gbytes, k)
+            self.assertEqual(got["present"], k in known, k.hex())
+            kinds.add(d["proof"]["kind"])
+        self.assertIn("present", kinds)
+        self.assertTrue(kinds & {"absent_empty", "absent_leaf"})
+
     def test_unknown_account_has_a_verified_exclusion_proof(self):
         with open(os.path.join(KEYS, "g.json"), "rb") as f:
             gbytes = f.read()
