@@ -18,5 +18,5 @@ out=$(TEM_NODES="$nodes" TEM_KEYS="$dir" timeout 180 $PY -m unittest -v test_tem
 echo "$out" | grep -E ' \.\.\. ' | sed 's/^/  /'
 grep -q "skipped" <<<"$(echo "$out" | tail -1)" && fail "live tests skipped"
 n=$(echo "$out" | grep -c ' \.\.\. ok$')
-[ "$n" -ge 14 ] || fail "only $n python tests passed"
+[ "$n" -ge 15 ] || fail "only $n python tests passed"
 echo "ok - python client: $n tests against a 4-validator chain [${SECONDS}s]"
