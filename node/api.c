@@ -435,6 +435,11 @@ static void h_block(void *ctx, net_http_req *req, const net_http_request *r) {
 static void h_account(void *ctx, net_http_req *req, const net_http_request *r) {
     node *n = ctx;
     uint8_t pub[33];
+    size_t pl = strlen(r->path);
+    if (pl >= strlen("/v1/accounts//proof") && !strcmp(r->path + pl - 6, "/proof")) { /* /v1/accounts/{key}/proof */
+        node_account_proof_http(ctx, req, r);
+        return;
+    }
     if (tem_unhex(pub, 33, r->path + strlen("/v1/accounts/")) != 0) {
         node_reply_err(req, 400, "EPUBKEY", "key must be 33 bytes of hex");
         return;

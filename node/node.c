@@ -888,6 +888,7 @@ run:
     (void)uv_run(&n->loop, UV_RUN_DEFAULT);
     if (n->net) net_free(n->net);
     node_events_stop(n);
+    node_proofs_stop(n);
     if (n->http) net_http_free(n->http);
     if (n->mp) node_mempool_free(n->mp);
     drop_views(n);

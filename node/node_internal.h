@@ -103,6 +103,7 @@ typedef struct node {
     node_archive archive;
     uint64_t orders_committed; /* order txs in applied blocks (applied or refused) */
     struct node_events_src *events; /* GET /v1/events (api_events.c); NULL until first used */
+    struct node_proofs *proofs;     /* proofs waiting for their header (api_proof.c); NULL until used */
     /* Disk full (docs/operate.md "Limits and faults"): no voting, no applying, txs refused
      * 503 EDISKFULL, reads served; free space is checked every NODE_DISK_CHECK_MS and once
      * NODE_DISK_RESUME_BYTES are free temd restarts itself (NODE_EXIT_RESTART) to resume. */
@@ -169,6 +170,10 @@ int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_
 void node_events_http(void *ctx, net_http_req *req, const net_http_request *r);
 void node_events_committed(node *n, uint64_t height);
 void node_events_stop(node *n);
+/* api_proof.c: GET /v1/accounts/{key}/proof (dispatched from api.c's accounts route); at
+ * shutdown after the loop ends. */
+void node_account_proof_http(void *ctx, net_http_req *req, const net_http_request *r);
+void node_proofs_stop(node *n);
 /* api_clock.c: GET /v1/genesis; the clock fields of /v1/status. */
 void node_genesis_http(void *ctx, net_http_req *req, const net_http_request *r);
 void node_status_clock(node *n, json_t *status);

@@ -24,7 +24,7 @@ int main(int argc, char **argv) {
         {"submit", ctl_node_main, "sign and submit a tx to a node"},
         {"status", ctl_node_main, "node status"},
         {"block", ctl_node_main, "a block from a node"},
-        {"account", ctl_node_main, "an account from a node"},
+        {"account", ctl_account_main, "an account from a node; --prove checks its proof"},
         {"book", ctl_node_main, "a slot's order book from a node"},
         {"trades", ctl_node_main, "a slot's trades from a node"},
         {"testnet", ctl_testnet_main, "run a local testnet"},
