@@ -161,4 +161,21 @@ for i in 0 1 3; do
   [ "$(jq -cS 'del(.height)' "$dir/other.json")" = "$(jq -cS 'del(.height)' "$dir/settled.json")" ] || fail "node $i's view differs"
 done
 ok "settled slot: archived trades keep curtailed_wh, the view is unchanged and the same on all 4 nodes"
+# ---- 6. every answer above against docs/openapi.yaml (t_openapi.sh's chain has no feeder)
+/usr/bin/python3 - "$dir" <<'PY' || fail "responses do not match docs/openapi.yaml"
+import json, sys, yaml
+from jsonschema import Draft202012Validator, RefResolver
+spec = yaml.safe_load(open("docs/openapi.yaml"))
+res = RefResolver.from_schema(spec)
+sch = spec["components"]["schemas"]
+trades = spec["paths"]["/v1/trades"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+bad = 0
+for f, s in [("empty.json", sch["FeederSlot"]), ("view.json", sch["FeederSlot"]), ("closed.json", sch["FeederSlot"]),
+             ("settled.json", sch["FeederSlot"]), ("trades.json", trades), ("trades2.json", trades)]:
+    for e in list(Draft202012Validator(s, resolver=res).iter_errors(json.load(open(sys.argv[1] + "/" + f))))[:3]:
+        print("%s: %s at %s" % (f, e.message[:200], "/".join(map(str, e.path))))
+        bad += 1
+sys.exit(1 if bad else 0)
+PY
+ok "the views and trade lists match docs/openapi.yaml"
 echo "t_feeder_view: $passed passed"
