@@ -6,10 +6,12 @@
  * The consensus state forgets a slot's grid state ("gs") at settlement and keeps only the current
  * model, so the node records what the view needs as blocks apply (node records, not consensus
  * data; every node that applied the blocks holds the same):
- *   "fills/<slot>"        JSON {"height","pos","fills":[...]}: every fill of a continuous-auction
- *                         order of the slot, in chain order, with its curtailed Wh and binding
- *                         (the receipts carry them; the trade records do not). /v1/trades pairs
- *                         the k-th fill that moved energy with the slot's k-th trade.
+ *   "fills/<slot>"        JSON {"height","chunks"}; "fills/<slot>/<i>" the i-th chunk, a JSON
+ *                         array: every fill of a continuous-auction order of the slot, in chain
+ *                         order, one chunk per block that had some, with its curtailed Wh and
+ *                         binding (the receipts carry them; the trade records do not), so a
+ *                         block's bookkeeping costs one small write per slot it touched.
+ *                         /v1/trades pairs the k-th fill that moved energy with the k-th trade.
  *   "feeder/slot/<slot>"  model hash (32) || the slot's "gs" value (empty: no trades), written in
  *                         the block whose time passes the slot's gate closure (after its call
  *                         auction cleared), when a feeder is installed
@@ -27,8 +29,6 @@
 /* Slot records written per block at most: a chain resuming after a long pause skips the oldest
  * (their view answers 404) rather than doing unbounded work in one block. */
 #define FEEDER_RECORDS_PER_BLOCK 4096
-/* Fills noted per slot at most (the record is rewritten per block). */
-#define FEEDER_FILLS_PER_SLOT_MAX 100000
 
 static uint64_t slot_max(const node *n) {
     int64_t ms = n->g.market.slot_ms > 0 ? n->g.market.slot_ms : 1;
@@ -82,24 +82,15 @@ static int owner_fn(void *ctx, const contracts_order *o) {
     return 0;
 }
 
-/* The fills of tx `pos` of block `height` (a continuous-auction order of `slot`). */
-static void note_fills(node *n, uint64_t height, uint32_t pos, const ledger_tx *tx, const Tem__V1__Receipt *rc) {
+/* Adds the fills of one continuous-auction order's receipt to byslot[slot]. */
+static void note_fills(node *n, uint64_t height, const ledger_tx *tx, const Tem__V1__Receipt *rc, json_t *byslot) {
     const Tem__V1__Order *o = tx->body->order;
-    char name[48];
-    snprintf(name, sizeof name, "fills/%" PRIu64, o->slot);
-    json_t *rec = meta_json(n, name);
-    if (!json_is_object(rec)) {
-        json_decref(rec);
-        rec = json_pack("{s:I,s:i,s:[]}", "height", (json_int_t)0, "pos", -1, "fills");
-    }
-    json_t *fills = json_object_get(rec, "fills");
-    uint64_t h = (uint64_t)json_integer_value(json_object_get(rec, "height"));
-    json_int_t p = json_integer_value(json_object_get(rec, "pos"));
-    /* Once per tx, even if a block's bookkeeping ran twice. */
-    if (!json_is_array(fills) || h > height || (h == height && p >= (json_int_t)pos) ||
-        json_array_size(fills) + rc->n_fills > FEEDER_FILLS_PER_SLOT_MAX) {
-        json_decref(rec);
-        return;
+    char key[24];
+    snprintf(key, sizeof key, "%" PRIu64, o->slot);
+    json_t *fills = json_object_get(byslot, key);
+    if (!fills) {
+        fills = json_array();
+        json_object_set_new(byslot, key, fills);
     }
     /* A fill the grid check blocked entirely made no trade to name its maker: take the owner of
      * the counter-order, which still rests (one walk of the slot's book for all of them). */
@@ -135,11 +126,44 @@ static void note_fills(node *n, uint64_t height, uint32_t pos, const ledger_tx *
         json_array_append_new(fills, j);
     }
     json_decref(oc.want);
-    json_object_set_new(rec, "height", json_integer((json_int_t)height));
-    json_object_set_new(rec, "pos", json_integer((json_int_t)pos));
-    if (!meta_put_json(n, name, rec))
-        node_log(n, NODE_LOG_WARN, "cannot record the fills of slot %" PRIu64, o->slot);
-    json_decref(rec);
+}
+
+/* Writes one block's fills of one slot as the slot's next chunk, once per block. */
+static void fills_store(node *n, uint64_t height, const char *slot, json_t *fills) {
+    char name[64];
+    snprintf(name, sizeof name, "fills/%s", slot);
+    json_t *head = meta_json(n, name);
+    uint64_t h = (uint64_t)json_integer_value(json_object_get(head, "height"));
+    json_int_t chunks = json_integer_value(json_object_get(head, "chunks"));
+    json_decref(head);
+    if (h >= height) return; /* this block's bookkeeping ran already */
+    snprintf(name, sizeof name, "fills/%s/%lld", slot, (long long)chunks);
+    bool ok = meta_put_json(n, name, fills);
+    if (ok) {
+        head = json_pack("{s:I,s:I}", "height", (json_int_t)height, "chunks", chunks + 1);
+        snprintf(name, sizeof name, "fills/%s", slot);
+        ok = head && meta_put_json(n, name, head);
+        json_decref(head);
+    }
+    if (!ok) node_log(n, NODE_LOG_WARN, "cannot record the fills of slot %s", slot);
+}
+
+/* Every recorded fill of a continuous-auction slot in chain order (new reference; an empty
+ * array when none). */
+static json_t *fills_load(node *n, uint64_t slot) {
+    json_t *all = json_array();
+    char name[64];
+    snprintf(name, sizeof name, "fills/%" PRIu64, slot);
+    json_t *head = n->g.market.mechanism == LEDGER_MECH_CDA ? meta_json(n, name) : NULL;
+    json_int_t chunks = json_integer_value(json_object_get(head, "chunks"));
+    json_decref(head);
+    for (json_int_t c = 0; c < chunks; c++) {
+        snprintf(name, sizeof name, "fills/%" PRIu64 "/%lld", slot, (long long)c);
+        json_t *a = meta_json(n, name);
+        if (json_is_array(a)) json_array_extend(all, a);
+        json_decref(a);
+    }
+    return all;
 }
 
 /* Records the grid state of every slot whose gate closed by `t`. */
@@ -211,6 +235,7 @@ store_next:;
 
 void node_feeder_note_block(node *n, uint64_t height, const ledger_block_view *v) {
     if (n->g.market.mechanism == LEDGER_MECH_CDA) {
+        json_t *byslot = json_object();
         for (size_t i = 0; i < v->n; i++) {
             const ledger_tx *tx = v->txs[i].tx;
             if (!tx || tx->body->kind_case != TEM__V1__TX_BODY__KIND_ORDER || !tx->body->order) continue;
@@ -222,9 +247,13 @@ void node_feeder_note_block(node *n, uint64_t height, const ledger_block_view *v
             Tem__V1__Receipt *rc = tem__v1__receipt__unpack(&ledger_pb_allocator, rl, rb);
             tem_free(rb);
             if (!rc) continue;
-            if (rc->code == 0 && rc->n_fills > 0) note_fills(n, height, (uint32_t)i, tx, rc);
+            if (rc->code == 0 && rc->n_fills > 0) note_fills(n, height, tx, rc, byslot);
             tem__v1__receipt__free_unpacked(rc, &ledger_pb_allocator);
         }
+        const char *k;
+        json_t *fills;
+        json_object_foreach(byslot, k, fills) fills_store(n, height, k, fills);
+        json_decref(byslot);
     }
     if (v->header) note_gates(n, v->header->time_ms);
 }
@@ -235,10 +264,7 @@ void node_feeder_note_block(node *n, uint64_t height, const ledger_block_view *v
  * the fills the grid check blocked entirely as trades of 0 Wh (as call-auction ones are listed);
  * every entry gets both fields (0 and "" when nothing was curtailed). */
 void node_feeder_trades_annotate(node *n, uint64_t slot, json_t *arr) {
-    char name[48];
-    snprintf(name, sizeof name, "fills/%" PRIu64, slot);
-    json_t *rec = n->g.market.mechanism == LEDGER_MECH_CDA ? meta_json(n, name) : NULL;
-    json_t *fills = json_object_get(rec, "fills");
+    json_t *fills = fills_load(n, slot);
     size_t ti = 0, nt = json_array_size(arr), i;
     json_t *f;
     json_array_foreach(fills, i, f) {
@@ -267,7 +293,7 @@ void node_feeder_trades_annotate(node *n, uint64_t slot, json_t *arr) {
         json_object_set(j, "binding", bd);
         json_array_append_new(arr, j);
     }
-    json_decref(rec);
+    json_decref(fills);
     json_array_foreach(arr, i, f) {
         if (!json_object_get(f, "curtailed_wh")) json_object_set_new(f, "curtailed_wh", json_integer(0));
         if (!json_object_get(f, "binding")) json_object_set_new(f, "binding", json_string(""));
@@ -390,11 +416,9 @@ static void h_feeder_slot(void *ctx, net_http_req *req, const net_http_request *
 
     /* Curtailments: the continuous auction's from the fills, the call auction's from the state. */
     curt_ctx cc = {json_array(), 0};
-    char name[48];
-    snprintf(name, sizeof name, "fills/%" PRIu64, slot);
-    json_t *frec = meta_json(n, name), *f;
+    json_t *frec = fills_load(n, slot), *f;
     size_t i;
-    json_array_foreach(json_object_get(frec, "fills"), i, f) {
+    json_array_foreach(frec, i, f) {
         json_int_t cw = json_integer_value(json_object_get(f, "curtailed_wh"));
         if (cw <= 0) continue;
         json_t *j = json_object();
