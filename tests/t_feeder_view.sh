@@ -5,7 +5,8 @@
 # its curtailed Wh must equal the sum of /v1/trades' curtailed_wh (every fill carries
 # curtailed_wh and binding, the blocked one too), voltages stay in band, fees add up to the
 # trades'; the same view after gate closure (from the node's records) and after settlement;
-# 400 for a bad slot, 404 before a feeder is installed and for a slot never recorded.
+# 400 for a bad slot, 404 before a feeder is installed and for a slot never recorded. Then a
+# call-auction chain: the clearing at gate closure curtails, and the view agrees with /v1/trades.
 # Every process is started here, tracked by pid and killed on exit; every wait is bounded.
 set -euo pipefail
 B=${BUILD:-build}
@@ -105,7 +106,8 @@ jq -e '[.trades[] | select(.curtailed_wh > 0) | .binding] | all(. == "line 2-3")
   fail "a curtailment not bound by line 2-3: $(cat "$dir/trades.json")"
 ok "/v1/trades: $moved trade(s) and $blocked blocked fill(s), every fill with curtailed_wh and binding, $tcut Wh curtailed at line 2-3"
 
-check_view() { # FILE what
+AUCTION=continuous TR="$dir/trades.json"
+check_view() { # FILE what (AUCTION: the curtailments' auction, TR: the slot's /v1/trades)
   local f=$1 what=$2
   jq -e '.solved and .binding == ["line 2-3"]' "$f" >/dev/null || fail "$what: binding: $(cat "$f")"
   local lp; lp=$(jq '.lines[] | select(.from == 2 and .to == 3) | select(.binding) | .loading_ppm' "$f")
@@ -115,14 +117,14 @@ check_view() { # FILE what
   [ "$(jq .max_loading.line "$f")" = '"line 2-3"' ] || fail "$what: max_loading $(jq -c .max_loading "$f")"
   [ "$(jq .curtailed_wh "$f")" = "$tcut" ] || fail "$what: curtailed_wh $(jq .curtailed_wh "$f") != trades' $tcut"
   [ "$(jq '[.curtailments[].curtailed_wh] | add' "$f")" = "$tcut" ] || fail "$what: curtailments list"
-  jq -e 'all(.curtailments[]; .auction == "continuous" and .binding == "line 2-3")' "$f" >/dev/null || fail "$what: curtailments"
+  jq -e --arg a "$AUCTION" 'all(.curtailments[]; .auction == $a and .binding == "line 2-3")' "$f" >/dev/null || fail "$what: curtailments"
   jq -e 'all(.buses[] | select(.slack | not); .v_npu >= .vmin_npu and .v_npu <= .vmax_npu and .vmin_npu >= 900000000 and .vmax_npu <= 1100000000)' "$f" >/dev/null ||
     fail "$what: a voltage out of band: $(jq -c .buses "$f")"
   # what the trades moved: bus 3 injects, bus 2 withdraws, both equal to the traded Wh
-  local tw; tw=$(jq '[.trades[].quantity_wh] | add' "$dir/trades.json")
+  local tw; tw=$(jq '[.trades[].quantity_wh] | add' "$TR")
   jq -e --argjson tw "$tw" '(.buses[] | select(.bus == 3) | .traded_wh) == $tw and (.buses[] | select(.bus == 2) | .traded_wh) == -$tw and .traded_wh == $tw' "$f" >/dev/null ||
     fail "$what: traded Wh per bus, want $tw: $(jq -c .buses "$f")"
-  local fees; fees=$(jq '[.trades[] | select(.quantity_wh > 0) | .buyer_fee_uunit + (if .seller_fee_uunit > 0 then .seller_fee_uunit else 0 end)] | add' "$dir/trades.json")
+  local fees; fees=$(jq '[.trades[] | select(.quantity_wh > 0) | .buyer_fee_uunit + (if .seller_fee_uunit > 0 then .seller_fee_uunit else 0 end)] | add' "$TR")
   jq -e --argjson f "$fees" '.fees.total_uunit == $f and .fees.network_uunit + .fees.loss_charge_uunit == $f and .fees.network_uunit > 0' "$f" >/dev/null ||
     fail "$what: fees want $fees: $(jq -c .fees "$f")"
 }
@@ -161,7 +163,57 @@ for i in 0 1 3; do
   [ "$(jq -cS 'del(.height)' "$dir/other.json")" = "$(jq -cS 'del(.height)' "$dir/settled.json")" ] || fail "node $i's view differs"
 done
 ok "settled slot: archived trades keep curtailed_wh, the view is unchanged and the same on all 4 nodes"
-# ---- 6. every answer above against docs/openapi.yaml (t_openapi.sh's chain has no feeder)
+# ---- 6. the same in a call-auction market: the clearing at gate closure curtails, the view
+# takes its curtailments from the state
+for i in 0 1 2 3; do kill -TERM "${PID[n$i]}"; wait "${PID[n$i]}" 2>/dev/null || true; unset "PID[n$i]"; done
+base=$((base + 40))
+mkdir -p "$dir/c"
+args=()
+for i in 0 1 2 3; do args+=(--validator "v$i:$dir/v$i.key:$(peer $i)@$(http $i)"); done
+"$T" genesis --chain-id tem-fv --time-ms $(( $(date +%s) * 1000 )) "${args[@]}" --admin "$dir/admin.key" \
+  --participant "$dir/p1.key:3:prosumer:100000000000" --participant "$dir/p2.key:2:prosumer:100000000000" \
+  --participant "$dir/p3.key:2:prosumer:100000000000" \
+  --participant "$dir/util.key:1:utility:0" --participant "$dir/dso.key:1:dso:0" \
+  --tariff 0:300000:80000 --slot-ms $SLOT_MS --gate-closure-ms 2000 --settlement-deadline-ms 3000 \
+  --seller-collateral-ppm 0 --network-fee 100000 --mechanism call --out "$dir/c/g.json" 2>/dev/null || fail "genesis (call)"
+for i in 0 1 2 3; do
+  "$D" --data-dir "$dir/c/n$i" --genesis "$dir/c/g.json" --key "$dir/v$i.key" --log-level info 2>>"$dir/c$i.log" &
+  PID[c$i]=$!
+done
+N="http://$(http 2)"
+h=0
+for _ in $(seq 1 150); do
+  h=$(curl -s -m 1 "$N/v1/status" | jq -r .height 2>/dev/null || echo 0)
+  [ "${h:-0}" -ge 2 ] 2>/dev/null && break
+  sleep 0.2
+done
+[ "${h:-0}" -ge 2 ] || fail "call-auction cluster did not commit 2 blocks"
+"$T" feeder install "$dir/feeder" --key "$dir/admin.key" --chain-id tem-fv --nonce 0 --margin 0 --out "$dir/c/feeder.bin" >/dev/null
+"$T" submit --node "$N" --file "$dir/c/feeder.bin" --wait >/dev/null || fail "feeder install refused (call)"
+slot=$(( $(open_slot) + 1 ))
+sub p1 --side sell --price 100000 --qty 300
+sub p2 --side buy --price 200000 --qty 100
+sub p3 --side buy --price 190000 --qty 100
+curl -s "$N/v1/feeder/slots/$slot" >"$dir/c_open.json"
+jq -e '.open and .curtailed_wh == 0 and .binding == [] and .traded_wh == 0' "$dir/c_open.json" >/dev/null ||
+  fail "call auction before its clearing: $(jq -c 'del(.lines, .buses)' "$dir/c_open.json")"
+end=$((SECONDS + 40))
+while :; do
+  curl -s "$N/v1/feeder/slots/$slot" >"$dir/c_closed.json"
+  [ "$(jq .open "$dir/c_closed.json")" = false ] && break
+  [ $SECONDS -lt $end ] || fail "slot $slot did not close (call)"
+  sleep 0.5
+done
+curl -s "$N/v1/trades?slot=$slot" >"$dir/c_trades.json"
+jq -e '.trades | length > 0 and all(has("curtailed_wh") and has("binding"))' "$dir/c_trades.json" >/dev/null ||
+  fail "call auction: a trade without curtailed_wh/binding: $(cat "$dir/c_trades.json")"
+tcut=$(jq '[.trades[].curtailed_wh] | add' "$dir/c_trades.json")
+[ "$tcut" -gt 0 ] || fail "the call auction's clearing was not curtailed: $(cat "$dir/c_trades.json")"
+AUCTION=call TR="$dir/c_trades.json"
+check_view "$dir/c_closed.json" "call auction"
+ok "call auction: its clearing curtailed $tcut Wh at line 2-3 ($LP ppm), the view and /v1/trades agree"
+
+# ---- 7. every answer above against docs/openapi.yaml (t_openapi.sh's chain has no feeder)
 /usr/bin/python3 - "$dir" <<'PY' || fail "responses do not match docs/openapi.yaml"
 import json, sys, yaml
 from jsonschema import Draft202012Validator, RefResolver
@@ -171,7 +223,8 @@ sch = spec["components"]["schemas"]
 trades = spec["paths"]["/v1/trades"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
 bad = 0
 for f, s in [("empty.json", sch["FeederSlot"]), ("view.json", sch["FeederSlot"]), ("closed.json", sch["FeederSlot"]),
-             ("settled.json", sch["FeederSlot"]), ("trades.json", trades), ("trades2.json", trades)]:
+             ("settled.json", sch["FeederSlot"]), ("c_open.json", sch["FeederSlot"]), ("c_closed.json", sch["FeederSlot"]),
+             ("trades.json", trades), ("trades2.json", trades), ("c_trades.json", trades)]:
     for e in list(Draft202012Validator(s, resolver=res).iter_errors(json.load(open(sys.argv[1] + "/" + f))))[:3]:
         print("%s: %s at %s" % (f, e.message[:200], "/".join(map(str, e.path))))
         bad += 1
