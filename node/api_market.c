@@ -161,8 +161,12 @@ static void h_supply(void *ctx, net_http_req *req, const net_http_request *r) {
 }
 
 static void h_feeder(void *ctx, net_http_req *req, const net_http_request *r) {
-    (void)r;
     node *n = ctx;
+    /* The route is a prefix: /v1/feeder/slots/{s} has its own, anything else below is no page. */
+    if (strcmp(r->path, "/v1/feeder") != 0) {
+        node_reply_err(req, 404, "ENOTFOUND", "no such endpoint (the slot view is /v1/feeder/slots/{slot})");
+        return;
+    }
     ledger_state *st = ledger_store_state(n->store);
     json_t *o = json_object();
     bool inst = grid_installed(st);

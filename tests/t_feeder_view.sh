@@ -65,6 +65,8 @@ open_slot() { curl -s "$N/v1/status" | jq .clock.next_open_slot; }
 [ "$(code /v1/feeder/slots/99999999999999999999999)" = 400 ] || fail "huge slot: $(cat "$dir/body")"
 [ "$(code /v1/feeder/slots/-1)" = 400 ] || fail "slot -1: $(cat "$dir/body")"
 [ "$(code /v1/feeder/slots/)" = 400 ] || fail "empty slot: $(cat "$dir/body")"
+[ "$(code /v1/feeder/slots)" = 404 ] && [ "$(err)" = ENOTFOUND ] || fail "/v1/feeder/slots: $(cat "$dir/body")"
+[ "$(code '/v1/feeder?x=1')" = 200 ] || fail "/v1/feeder with a query: $(cat "$dir/body")"
 s_open=$(( $(open_slot) + 1 ))
 [ "$(code /v1/feeder/slots/$s_open)" = 404 ] && [ "$(err)" = ENOFEEDER ] || fail "no feeder yet: $(cat "$dir/body")"
 ok "bad slots are 400 ESLOT; with no feeder installed an open slot is 404 ENOFEEDER"
