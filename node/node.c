@@ -249,6 +249,7 @@ static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uin
         }
     }
     node_archive_note_curtailments(&n->archive, n->store, height, (const uint8_t(*)[32])v->txids, v->n);
+    node_feeder_note_block(n, height, v);
     for (size_t i = 0; i < v->n; i++)
         if (v->txs[i].tx && v->txs[i].tx->body->kind_case == TEM__V1__TX_BODY__KIND_ORDER) n->orders_committed++;
     /* Every view may borrow mempool txs: all go before the mempool lets the block's txs go. */

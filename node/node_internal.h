@@ -178,6 +178,11 @@ void node_proofs_stop(node *n);
 void node_genesis_http(void *ctx, net_http_req *req, const net_http_request *r);
 void node_status_clock(node *n, json_t *status);
 
+/* api_feeder.c: GET /v1/feeder/slots/{s}; the records it needs, noted after every applied block;
+ * the curtailed_wh and binding of /v1/trades' continuous-auction fills. */
+void node_api_feeder_routes(node *n, net_http *h);
+void node_feeder_note_block(node *n, uint64_t height, const ledger_block_view *v);
+void node_feeder_trades_annotate(node *n, uint64_t slot, json_t *arr);
 /* ui.c: GET /ui and /ui/, the live page (node/ui/index.html, embedded at build time). */
 void node_ui_http(void *ctx, net_http_req *req, const net_http_request *r);
 

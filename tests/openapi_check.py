@@ -128,6 +128,8 @@ call("GET", "/v1/tx/" + "ab" * 32)
 call("GET", "/v1/tx/xyz")
 call("GET", "/v1/supply")
 call("GET", "/v1/feeder")
+call("GET", "/v1/feeder/slots/0")                                               # 404 ENOFEEDER
+call("GET", "/v1/feeder/slots/x")                                               # 400 ESLOT
 call("GET", "/metrics")
 call("GET", "/v1/nope")
 call("POST", "/v1/status", b"", "application/json")
