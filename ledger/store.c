@@ -176,7 +176,12 @@ static int store_load(ledger_store *s) {
      * written in the same transactions; tests/test_state_tree.c recomputes the root from the
      * table after crashes. A full recomputation here would cost O(N) at every start.) */
     uint8_t root[32];
-    if ((rc = ledger__smt_root_db(txn, s->dbi[DB_TREE], root)) != LEDGER_OK) goto out;
+    if ((rc = ledger__smt_root_db(txn, s->dbi[DB_TREE], root)) != LEDGER_OK) {
+        if (rc == LEDGER_ECORRUPT)
+            fprintf(stderr, "ledger: the state tree's root record does not decode (a data dir from before the "
+                            "grouped tree layout? re-create it from the genesis)\n");
+        goto out;
+    }
     if (memcmp(root, s->state_root, 32) != 0) {
         fprintf(stderr, "ledger: state tree does not match the stored state root at height %llu\n",
                 (unsigned long long)s->height);
