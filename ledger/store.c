@@ -72,23 +72,29 @@ void ledger_store_roots(const ledger_store *s, uint8_t sr[32], uint8_t rr[32]) {
 ledger_state *ledger_store_state(ledger_store *s) { return s->st; }
 const ledger_genesis *ledger_store_genesis(const ledger_store *s) { return s->g; }
 
+typedef struct {
+    ledger_store *s;
+    MDB_txn *txn;
+    bool append; /* the table was empty: the flush's key order lets LMDB append */
+} flush_ctx;
+
 static int flush_one(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen) {
-    void **a = ctx;
-    ledger_store *s = a[0];
-    MDB_txn *txn = a[1];
+    flush_ctx *f = ctx;
     MDB_val k = {klen, (void *)key};
     if (!val) {
-        int rc = mdb_del(txn, s->dbi[DB_STATE], &k, NULL);
+        int rc = mdb_del(f->txn, f->s->dbi[DB_STATE], &k, NULL);
         return rc == MDB_NOTFOUND ? LEDGER_OK : map_mdb(rc, "del state");
     }
     MDB_val v = {vlen, (void *)val};
-    return map_mdb(mdb_put(txn, s->dbi[DB_STATE], &k, &v, 0), "put state");
+    return map_mdb(mdb_put(f->txn, f->s->dbi[DB_STATE], &k, &v, f->append ? MDB_APPEND : 0), "put state");
 }
 
 /* Writes the changed entries to the state table and the state tree; returns the new root. */
 static int flush_state(ledger_store *s, MDB_txn *txn, uint8_t root[32]) {
-    void *a[2] = {s, txn};
-    int rc = ledger__state_flush(s->st, flush_one, a);
+    MDB_stat ms;
+    flush_ctx a = {.s = s, .txn = txn};
+    a.append = mdb_stat(txn, s->dbi[DB_STATE], &ms) == 0 && ms.ms_entries == 0;
+    int rc = ledger__state_flush(s->st, flush_one, &a);
     if (rc != LEDGER_OK) return rc;
     ledger__smt_op *ops;
     size_t n;
@@ -179,7 +185,12 @@ static int store_load(ledger_store *s) {
      * written in the same transactions; tests/test_state_tree.c recomputes the root from the
      * table after crashes. A full recomputation here would cost O(N) at every start.) */
     uint8_t root[32];
-    if ((rc = ledger__smt_root_db(txn, s->dbi[DB_TREE], root)) != LEDGER_OK) goto out;
+    if ((rc = ledger__smt_root_db(txn, s->dbi[DB_TREE], root)) != LEDGER_OK) {
+        if (rc == LEDGER_ECORRUPT)
+            fprintf(stderr, "ledger: the state tree's root record does not decode (a data dir from before the "
+                            "grouped tree layout? re-create it from the genesis)\n");
+        goto out;
+    }
     if (memcmp(root, s->state_root, 32) != 0) {
         fprintf(stderr, "ledger: state tree does not match the stored state root at height %llu\n",
                 (unsigned long long)s->height);
