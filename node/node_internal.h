@@ -119,6 +119,7 @@ typedef struct node {
     node_obs_req obs_req[NET_OBSERVERS_MAX];
     uint32_t obs_rr;
     uint64_t obs_reqs_dropped;
+    struct node_sync *sync; /* state sync (sync.c): serving snapshots, joining from one */
 } node;
 
 /* Wall-clock milliseconds since the Unix epoch. */
