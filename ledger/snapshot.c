@@ -311,7 +311,10 @@ void ledger_snapshot_close(ledger_snapshot *sn) {
 
 /* ------------------------------------------------------------------ joining */
 /* Tables: "meta" ("target" -> the target's bytes; "c" || u32be index -> u64le entries) and
- * "entries" (key -> value, every stored chunk's entries). */
+ * "entries" (u32be chunk index || key -> value, every stored chunk's entries). The index comes
+ * first so that one chunk's entries, put in key order, land on neighbouring pages: keyed by the
+ * bare key they would scatter over the whole table (a chunk is a hash prefix), and staging 1M
+ * entries cost several times more. */
 struct ledger_snap_stage {
     MDB_env *env;
     MDB_dbi meta, entries;
@@ -411,6 +414,15 @@ uint32_t ledger_snap_stage_count(ledger_snap_stage *st) {
     return n;
 }
 
+static int keycmp(const uint8_t *a, size_t al, const uint8_t *b, size_t bl) {
+    int c = memcmp(a, b, al < bl ? al : bl);
+    return c ? c : (al > bl) - (al < bl);
+}
+static int entry_ptr_cmp(const void *a, const void *b) {
+    const ledger_snap_entry *x = *(const ledger_snap_entry *const *)a, *y = *(const ledger_snap_entry *const *)b;
+    return keycmp(x->key, x->klen, y->key, y->klen);
+}
+
 int ledger_snap_stage_put(ledger_snap_stage *st, uint32_t index, const ledger_snap_entry *e, size_t n) {
     MDB_txn *txn;
     int rc = map_err(mdb_txn_begin(st->env, NULL, 0, &txn), "begin");
@@ -421,12 +433,23 @@ int ledger_snap_stage_put(ledger_snap_stage *st, uint32_t index, const ledger_sn
     MDB_val k = {5, key}, v = {8, cnt};
     int mrc = mdb_put(txn, st->meta, &k, &v, MDB_NOOVERWRITE);
     rc = mrc == MDB_KEYEXIST ? LEDGER_EEXISTS : map_err(mrc, "put chunk mark");
+    const ledger_snap_entry **ord = rc == LEDGER_OK ? tem_malloc((n ? n : 1) * sizeof *ord) : NULL;
+    if (rc == LEDGER_OK && !ord) rc = LEDGER_ENOMEM;
+    for (size_t i = 0; i < n && rc == LEDGER_OK; i++) ord[i] = &e[i];
+    if (rc == LEDGER_OK) qsort(ord, n, sizeof *ord, entry_ptr_cmp);
+    uint8_t kb[4 + 512];
+    tem_put_u32be(kb, index);
     for (size_t i = 0; i < n && rc == LEDGER_OK; i++) {
-        MDB_val ek = {e[i].klen, (void *)e[i].key}, ev = {e[i].vlen, (void *)e[i].val};
-        /* A key in two chunks is impossible for verified chunks (its hash names one prefix). */
+        if (ord[i]->klen > sizeof kb - 4) {
+            rc = LEDGER_EINVAL;
+            break;
+        }
+        memcpy(kb + 4, ord[i]->key, ord[i]->klen);
+        MDB_val ek = {4 + ord[i]->klen, kb}, ev = {ord[i]->vlen, (void *)ord[i]->val};
         mrc = mdb_put(txn, st->entries, &ek, &ev, MDB_NOOVERWRITE);
         rc = mrc == MDB_KEYEXIST ? LEDGER_EEXISTS : map_err(mrc, "put entry");
     }
+    tem_free(ord);
     if (rc != LEDGER_OK) {
         mdb_txn_abort(txn);
         return rc;
@@ -436,41 +459,63 @@ int ledger_snap_stage_put(ledger_snap_stage *st, uint32_t index, const ledger_sn
 
 static int op_cmp(const void *a, const void *b) { return memcmp(a, b, 32); }
 
+typedef struct {
+    const uint8_t *k, *v;
+    size_t kl, vl;
+} staged;
+static int staged_cmp(const void *a, const void *b) {
+    const staged *x = a, *y = b;
+    return keycmp(x->k, x->kl, y->k, y->kl);
+}
+
 int ledger_snap_stage_install(ledger_snap_stage *st, ledger_store *s, const ledger_snap_anchor *a) {
     if (ledger_store_height(s) >= a->height) return LEDGER_EHEIGHT;
     ledger__store_handles h;
     ledger__store_handles_get(s, &h);
     MDB_txn *rtxn = NULL, *wtxn = NULL;
-    MDB_cursor *rc_cur = NULL, *w_cur = NULL;
+    MDB_cursor *r_cur = NULL, *w_cur = NULL;
     ledger__smt_op *ops = NULL;
+    staged *all = NULL;
     MDB_stat ms;
     int rc = map_err(mdb_txn_begin(st->env, NULL, MDB_RDONLY, &rtxn), "begin ro");
     if (rc == LEDGER_OK) rc = map_err(mdb_stat(rtxn, st->entries, &ms), "stat");
     size_t n = rc == LEDGER_OK ? ms.ms_entries : 0, got = 0;
-    if (rc == LEDGER_OK && !(ops = tem_malloc((n ? n : 1) * sizeof *ops))) rc = LEDGER_ENOMEM;
+    if (rc == LEDGER_OK && (!(ops = tem_malloc((n ? n : 1) * sizeof *ops)) || !(all = tem_malloc((n ? n : 1) * sizeof *all))))
+        rc = LEDGER_ENOMEM;
+    /* Staged in chunk order; the state table wants key order. The pointers stay valid while
+     * the read txn is open. */
+    if (rc == LEDGER_OK) rc = map_err(mdb_cursor_open(rtxn, st->entries, &r_cur), "cursor");
+    if (rc == LEDGER_OK) {
+        MDB_val k, v;
+        int mrc = mdb_cursor_get(r_cur, &k, &v, MDB_FIRST);
+        while (mrc == 0 && rc == LEDGER_OK && got < n) {
+            if (k.mv_size <= 4) rc = LEDGER_ECORRUPT;
+            all[got++] = (staged){(const uint8_t *)k.mv_data + 4, v.mv_data, k.mv_size - 4, v.mv_size};
+            mrc = mdb_cursor_get(r_cur, &k, &v, MDB_NEXT);
+        }
+        if (rc == LEDGER_OK && mrc != MDB_NOTFOUND) rc = mrc == 0 ? LEDGER_ECORRUPT : map_err(mrc, "cursor get");
+        mdb_cursor_close(r_cur);
+    }
+    if (rc == LEDGER_OK) qsort(all, got, sizeof *all, staged_cmp);
     if (rc == LEDGER_OK) rc = map_err(mdb_txn_begin(h.env, NULL, 0, &wtxn), "begin");
     /* The genesis state (or whatever the store held) goes: the snapshot replaces it whole. */
     if (rc == LEDGER_OK) rc = map_err(mdb_drop(wtxn, h.state, 0), "drop state");
     if (rc == LEDGER_OK) rc = map_err(mdb_drop(wtxn, h.tree, 0), "drop tree");
-    if (rc == LEDGER_OK) rc = map_err(mdb_cursor_open(rtxn, st->entries, &rc_cur), "cursor");
     if (rc == LEDGER_OK) rc = map_err(mdb_cursor_open(wtxn, h.state, &w_cur), "cursor");
-    if (rc == LEDGER_OK) {
-        MDB_val k, v;
-        int mrc = mdb_cursor_get(rc_cur, &k, &v, MDB_FIRST);
-        while (mrc == 0 && rc == LEDGER_OK && got < n) {
-            /* Both tables use LMDB's default order: the staged order appends. */
-            rc = map_err(mdb_cursor_put(w_cur, &k, &v, MDB_APPEND), "put state");
-            ledger_sha256(ops[got].kh, k.mv_data, k.mv_size);
-            ledger_sha256(ops[got].vh, v.mv_data, v.mv_size);
-            ops[got].del = false;
-            got++;
-            mrc = mdb_cursor_get(rc_cur, &k, &v, MDB_NEXT);
+    for (size_t i = 0; i < got && rc == LEDGER_OK; i++) {
+        if (i && keycmp(all[i - 1].k, all[i - 1].kl, all[i].k, all[i].kl) == 0) {
+            rc = LEDGER_ECORRUPT; /* one key in two chunks: impossible for verified chunks */
+            break;
         }
-        if (rc == LEDGER_OK && mrc != MDB_NOTFOUND) rc = mrc == 0 ? LEDGER_ECORRUPT : map_err(mrc, "cursor get");
+        MDB_val k = {all[i].kl, (void *)all[i].k}, v = {all[i].vl, (void *)all[i].v};
+        rc = map_err(mdb_cursor_put(w_cur, &k, &v, MDB_APPEND), "put state");
+        ledger_sha256(ops[i].kh, all[i].k, all[i].kl);
+        ledger_sha256(ops[i].vh, all[i].v, all[i].vl);
+        ops[i].del = false;
     }
     if (w_cur) mdb_cursor_close(w_cur);
-    if (rc_cur) mdb_cursor_close(rc_cur);
     if (rtxn) mdb_txn_abort(rtxn);
+    tem_free(all);
     uint8_t root[32];
     if (rc == LEDGER_OK) {
         qsort(ops, got, sizeof *ops, op_cmp);
