@@ -328,7 +328,9 @@ int ledger_snap_stage_open(const char *dir, ledger_snap_stage **out) {
     int rc = map_err(mdb_env_create(&st->env), "env create");
     if (rc == LEDGER_OK) rc = map_err(mdb_env_set_maxdbs(st->env, 4), "maxdbs");
     if (rc == LEDGER_OK) rc = map_err(mdb_env_set_mapsize(st->env, (size_t)64 << 30), "mapsize");
-    if (rc == LEDGER_OK) rc = map_err(mdb_env_open(st->env, dir, MDB_NOTLS, 0600), "env open");
+    /* MDB_NOMETASYNC: a system crash may undo the last chunk committed (fetched again), never
+     * split a chunk from its record; the install's root check catches anything worse. */
+    if (rc == LEDGER_OK) rc = map_err(mdb_env_open(st->env, dir, MDB_NOTLS | MDB_NOMETASYNC, 0600), "env open");
     if (rc == LEDGER_OK) rc = map_err(mdb_txn_begin(st->env, NULL, 0, &txn), "begin");
     if (rc == LEDGER_OK) rc = map_err(mdb_dbi_open(txn, "meta", MDB_CREATE, &st->meta), "dbi");
     if (rc == LEDGER_OK) rc = map_err(mdb_dbi_open(txn, "entries", MDB_CREATE, &st->entries), "dbi");

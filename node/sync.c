@@ -365,6 +365,17 @@ static void install(node_sync *y) {
     node *n = y->n;
     uint64_t t0 = uv_hrtime();
     int rc = ledger_snap_stage_install(y->stage, n->store, &y->anchor);
+    if (rc == LEDGER_EROOT) {
+        /* Every chunk verified when it arrived: the staged copy was damaged on disk. Start over. */
+        node_log(n, NODE_LOG_ERROR, "state sync: the staged state does not hash to the root of height %llu; starting over",
+                 (unsigned long long)y->anchor.height);
+        if (ledger_snap_stage_clear(y->stage) != LEDGER_OK) {
+            node_stop(n, 1);
+            return;
+        }
+        to_offers(y);
+        return;
+    }
     if (rc != LEDGER_OK) {
         node_log(n, NODE_LOG_ERROR, "state sync: cannot install the state of height %llu: %s; stopping",
                  (unsigned long long)y->anchor.height, ledger_strerror(rc));
