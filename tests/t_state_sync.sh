@@ -7,7 +7,9 @@
 #      and the two runs together fetch exactly the chunks the target has;
 #   4. it installs the state, applies block h+1 and follows: its state root at its height is the
 #      one the validators' next header holds, its blocks hash as theirs, and it holds no block
-#      below h+1 (no history was replayed).
+#      below h+1 (no history was replayed);
+#   5. a validator whose data dir is wiped rejoins by state sync and votes: with another
+#      validator stopped, blocks still commit (they need its votes).
 # Every process is started here, tracked by pid and killed on exit; every wait is bounded.
 set -euo pipefail
 B=${BUILD:-build}
@@ -121,4 +123,31 @@ done
 code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 "http://$OBS_HTTP/v1/blocks/$target")
 [ "$code" = 404 ] || fail "observer answers $code for block $target: it should hold no history below $((target + 1))"
 ok "observer at $oh has the validators' root $oroot and their blocks $((target + 1))..$oh, none below"
+
+# ---- 5. a validator that lost its data dir rejoins by state sync and votes again
+kill -KILL "${PID[n3]}"; wait "${PID[n3]}" 2>/dev/null || true; unset "PID[n3]"
+rm -rf "$dir/n3"
+start n3 n3b --key "$dir/v3.key" --observer-key "$(pub obs)" --sync-snapshot-interval 10 --block-interval-ms 1000 --state-sync
+end=$((SECONDS + 60))
+until grep -q "voting from now on" "$dir/n3b.log"; do
+  [ $SECONDS -lt $end ] || fail "validator 3 did not rejoin by state sync and vote"
+  kill -0 "${PID[n3]}" 2>/dev/null || fail "validator 3 exited"
+  sleep 0.2
+done
+grep -q "state sync: done" "$dir/n3b.log" || fail "validator 3 rejoined without state sync"
+vt=$(sed -n 's/.*state sync: target height \([0-9]*\) .*/\1/p' "$dir/n3b.log" | head -1)
+# with validator 1 stopped, blocks need validator 3's votes
+kill -STOP "${PID[n1]}"
+H1=$(height "$(http 0)")
+end=$((SECONDS + 40))
+until [ "$(height "$(http 0)")" -ge $((H1 + 3)) ] 2>/dev/null; do
+  [ $SECONDS -lt $end ] || { kill -CONT "${PID[n1]}"; fail "no blocks without validator 1: validator 3 does not vote"; }
+  sleep 0.2
+done
+kill -CONT "${PID[n1]}"
+h3=$(height "$(http 3)")
+a=$(curl -s -m 2 "http://$(http 3)/v1/blocks/$h3" | jq -r .hash)
+b=$(curl -s -m 2 "http://$(http 0)/v1/blocks/$h3" | jq -r .hash)
+[ "$a" = "$b" ] && [ "$a" != null ] || fail "validator 3 block $h3 is $a, validator 0 has $b"
+ok "validator 3 lost its data dir, rejoined from the snapshot of height $vt, and its votes commit blocks (same hash at $h3)"
 echo "t_state_sync: $passed passed"
