@@ -51,4 +51,19 @@ void ledger__store_tree_stats(const ledger_store *s, ledger__smt_stats *out);
 /* Records the root of the current (clean) state, computed by the store's tree. */
 void ledger__state_set_root(ledger_state *st, const uint8_t root[32]);
 
+/* ---- snapshots (snapshot.c; docs/ledger.md, "State sync"): the store's LMDB handles, its tip
+ * record written inside a caller's write txn, and a reload of height, roots and state after
+ * snapshot.c installed a state. */
+typedef struct {
+    void *env; /* MDB_env * */
+    unsigned state, tree, meta;
+} ledger__store_handles;
+void ledger__store_handles_get(ledger_store *s, ledger__store_handles *h);
+/* Writes roots[h] and the height record in write txn `txn` (an MDB_txn *). LEDGER_EIO etc. */
+int ledger__store_put_tip(ledger_store *s, void *txn, uint64_t h, const uint8_t state_root[32],
+                          const uint8_t receipts_root[32], const uint8_t block_hash[32], uint64_t time_ms);
+/* Drops the in-memory state and loads height, roots and state again from LMDB (checking the tree
+ * against the stored root). On error the store must be closed. */
+int ledger__store_reload(ledger_store *s);
+
 #endif

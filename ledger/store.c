@@ -795,6 +795,29 @@ int ledger_store_prove(ledger_store *s, const void *key, size_t klen, ledger_sta
 
 void ledger__store_tree_stats(const ledger_store *s, ledger__smt_stats *out) { *out = s->tree_stats; }
 
+/* ---- for snapshot.c (state sync) */
+void ledger__store_handles_get(ledger_store *s, ledger__store_handles *h) {
+    h->env = s->env;
+    h->state = s->dbi[DB_STATE];
+    h->tree = s->dbi[DB_TREE];
+    h->meta = s->dbi[DB_META];
+}
+
+int ledger__store_put_tip(ledger_store *s, void *txn, uint64_t h, const uint8_t sr[32], const uint8_t rr[32],
+                          const uint8_t bh[32], uint64_t time_ms) {
+    int rc = put_roots(s, txn, h, sr, rr, bh, time_ms);
+    uint8_t h8[8];
+    tem_put_u64le(h8, h);
+    return rc != LEDGER_OK ? rc : meta_put_txn(s, txn, "height", h8, 8);
+}
+
+int ledger__store_reload(ledger_store *s) {
+    ledger_state_free(s->st);
+    s->st = NULL;
+    int rc = ledger_state_new(&s->st);
+    return rc != LEDGER_OK ? rc : store_load(s);
+}
+
 int ledger_store_meta_put(ledger_store *s, const char *name, const void *val, size_t len) {
     MDB_txn *txn;
     int rc = map_mdb(mdb_txn_begin(s->env, NULL, 0, &txn), "begin");

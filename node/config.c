@@ -40,6 +40,10 @@ void node_config_defaults(node_config *c) {
     c->peer_frame_timeout_ms = 30000;
     c->indexer_poll_ms = 100;
     c->indexer_retry_max_ms = 5000;
+    c->sync_snapshot_interval = 1000;
+    c->sync_chunk_timeout_ms = 5000;
+    c->sync_peer_inflight_max = 4;
+    c->sync_serve_chunks_per_s = 20;
 }
 
 static bool parse_bool(const char *v, bool *out) {
@@ -143,6 +147,28 @@ static int set_key(node_config *c, const char *k, const char *v) {
         *(k[8] == 'p' ? &c->indexer_poll_ms : &c->indexer_retry_max_ms) = x;
         return 1;
     }
+    /* [sync] keys arrive prefixed "sync_"; --state-sync is sync_enable */
+    if (!strcmp(k, "sync_enable") || !strcmp(k, "state_sync")) return parse_bool(v, &c->sync_enable) ? 1 : -1;
+    if (!strcmp(k, "sync_trust_hash")) {
+        if (strlen(v) != 64 || tem_unhex(c->sync_trust_hash, 32, v) != 0) return -1;
+        c->sync_trust_hash_set = true;
+        return 1;
+    }
+    struct {
+        const char *name;
+        uint64_t *dst, min, max;
+    } syn[] = {{"sync_snapshot_interval", &c->sync_snapshot_interval, 0, 1ull << 32},
+               {"sync_trust_height", &c->sync_trust_height, 0, UINT64_MAX - 1},
+               {"sync_chunk_timeout_ms", &c->sync_chunk_timeout_ms, 1, 3600000},
+               {"sync_peer_inflight_max", &c->sync_peer_inflight_max, 1, 64},
+               {"sync_chunk_delay_ms", &c->sync_chunk_delay_ms, 0, 3600000},
+               {"sync_serve_chunks_per_s", &c->sync_serve_chunks_per_s, 1, 100000}};
+    for (size_t i = 0; i < sizeof syn / sizeof syn[0]; i++) {
+        if (strcmp(k, syn[i].name)) continue;
+        if (!parse_u64(v, &x) || x < syn[i].min || x > syn[i].max) return -1;
+        *syn[i].dst = x;
+        return 1;
+    }
     if (!strcmp(k, "mempool_txs_max")) {
         if (!parse_u64(v, &x) || x == 0 || x > 10000000) return -1;
         c->mempool_txs_max = (uint32_t)x;
@@ -166,8 +192,8 @@ typedef struct {
 static int ini_cb(void *user, const char *section, const char *name, const char *value) {
     ini_ctx *x = user;
     char pname[96];
-    if (!strcmp(section, "indexer")) {
-        snprintf(pname, sizeof pname, "indexer_%s", name);
+    if (!strcmp(section, "indexer") || !strcmp(section, "sync")) {
+        snprintf(pname, sizeof pname, "%s_%s", section, name);
         name = pname;
     } else if (strcmp(section, "node") != 0) {
         snprintf(x->err, x->errlen, "unknown section [%s]", section);
@@ -253,7 +279,8 @@ int node_config_flags(node_config *c, int argc, char **argv, char *err, size_t e
         if (eq) {
             *eq = 0;
             v = a + 2 + (eq - name) + 1;
-        } else if (!strcmp(name, "observer") || !strcmp(name, "accept_observers") || !strcmp(name, "mempool_log_reset")) {
+        } else if (!strcmp(name, "observer") || !strcmp(name, "accept_observers") || !strcmp(name, "mempool_log_reset") ||
+                   !strcmp(name, "state_sync") || !strcmp(name, "sync_enable")) {
             v = "true";
         } else {
             if (i + 1 >= argc) {

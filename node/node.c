@@ -6,6 +6,7 @@
  * every certificate. */
 #include "node/node_internal.h"
 #include "node/indexer.h"
+#include "node/sync.h"
 
 #include <errno.h>
 #include <sodium.h>
@@ -261,6 +262,7 @@ static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uin
     if (n->mp) node_mempool_block_applied(n->mp, (const uint8_t(*)[32])ids, nids);
     tem_free(ids);
     node_events_committed(n, height);
+    node_sync_block_applied(n, height);
     char hh[17];
     tem_hex(hh, info.block_hash, 8);
     node_log(n, NODE_LOG_INFO, "committed block %llu txs=%u refused=%u hash=%s", (unsigned long long)height, info.n_txs,
@@ -620,8 +622,14 @@ void node_on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, size_
         else if (m->block_request)
             park_observer_request(n, p, m->block_request);
         break;
+    case TEM__V1__NODE_MESSAGE__KIND_SNAPSHOT_REQUEST:
+    case TEM__V1__NODE_MESSAGE__KIND_SNAPSHOT_OFFER:
+    case TEM__V1__NODE_MESSAGE__KIND_CHUNK_REQUEST:
+    case TEM__V1__NODE_MESSAGE__KIND_CHUNK:
+        node_sync_frame(n, p, m);
+        break;
     case TEM__V1__NODE_MESSAGE__KIND_BLOCKS:
-        if (m->blocks) {
+        if (m->blocks && !node_sync_joining(n)) {
             node_tail_got_blocks(n, p->id, m->blocks);
             got_blocks(n, m->blocks);
             if (p->is_validator && !n->stopping) sync_first_progress(n, p->id, m->blocks->tip_height);
@@ -641,6 +649,7 @@ static void on_peer_down(void *ctx, const net_peer_info *p, int reason) {
     node *n = ctx;
     if (p->id >= NET_OBSERVER_ID_BASE && p->id - NET_OBSERVER_ID_BASE < NET_OBSERVERS_MAX)
         memset(&n->obs_req[p->id - NET_OBSERVER_ID_BASE], 0, sizeof n->obs_req[0]); /* the slot's next holder starts afresh */
+    node_sync_peer_down(n, p->id);
     node_log(n, reason == NET_ECLOSING ? NODE_LOG_DEBUG : NODE_LOG_INFO, "peer %u down: %s", p->id, net_strerror(reason));
 }
 
@@ -708,6 +717,7 @@ static void on_tick(uv_timer_t *t) {
     flush_gossip(n);
     serve_observers(n);
     node_tail_tick(n);
+    node_sync_tick(n);
     uint64_t now = uv_now(&n->loop);
     if (!n->disk_full && n->mp && node_mempool_disk_full(n->mp)) node_enter_disk_full(n, "a mempool log write", LEDGER_EDISKFULL);
     if (n->disk_full) {
@@ -726,7 +736,7 @@ static void on_tick(uv_timer_t *t) {
         regossip(n);
     }
     /* Observers poll for new blocks; validators re-ask when a fetch got no answer. */
-    if (!n->rep_ok && (n->sync_sent_ms == 0 || now - n->sync_sent_ms > 1000)) node_request_blocks(n, ledger_store_height(n->store) + 1);
+    if (!n->rep_ok && !node_sync_joining(n) && (n->sync_sent_ms == 0 || now - n->sync_sent_ms > 1000)) node_request_blocks(n, ledger_store_height(n->store) + 1);
     if (n->rep_ok && n->fetch_from && n->fetch_from > ledger_store_height(n->store) && now - n->sync_sent_ms > 500)
         node_request_blocks(n, ledger_store_height(n->store) + 1);
     node_maybe_propose(n);
@@ -857,6 +867,7 @@ int node_run(const node_config *cfg) {
         node_log(n, NODE_LOG_ERROR, "cannot start the HTTP API on %s", n->cfg.http);
         goto stop;
     }
+    if (node_sync_start(n) != NODE_OK) goto stop;
     n->started_wall_ms = node_now_ms();
     if (uv_timer_start(&n->t_tick, on_tick, 10, 10) != 0) goto stop;
     if (n->self >= 0 && !node_faults_may_vote(n)) {
@@ -895,6 +906,7 @@ run:
     drop_views(n);
     node_replica_free(n);
     node_indexer_stop(ix); /* before the store it reads closes */
+    node_sync_free(n);
     if (n->store) node_log(n, NODE_LOG_INFO, "stopped");
     ledger_store_close(n->store);
     n->store = NULL;

@@ -77,6 +77,17 @@ typedef struct {
     char indexer_postgres_url[1024]; /* libpq URI; empty = no indexer */
     uint64_t indexer_poll_ms;        /* wait for the next block when caught up; default 100 */
     uint64_t indexer_retry_max_ms;   /* backoff cap after a database error; default 5000 */
+    /* [sync] section (docs/operate.md, "Joining by state sync"); keys as below without the
+     * sync_ prefix there, flags --state-sync and --sync-*. */
+    bool sync_enable;                 /* join from a snapshot when the store is empty */
+    uint64_t sync_snapshot_interval;  /* keep a snapshot every this many blocks; default 1000, 0 = none */
+    uint64_t sync_trust_height;       /* take only a snapshot of this height (0 = the newest offered) */
+    bool sync_trust_hash_set;
+    uint8_t sync_trust_hash[32];      /* ... whose block has this hash (64 hex) */
+    uint64_t sync_chunk_timeout_ms;   /* a chunk not answered this long goes to another peer; 5000 */
+    uint64_t sync_peer_inflight_max;  /* chunk requests outstanding per peer; default 4 */
+    uint64_t sync_chunk_delay_ms;     /* pause between chunk requests (tests, slow links); 0 */
+    uint64_t sync_serve_chunks_per_s; /* requests served per peer per second; default 20 */
 } node_config;
 
 /* Defaults for every field (paths empty). */

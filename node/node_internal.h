@@ -122,6 +122,7 @@ typedef struct node {
     uint32_t obs_rr;
     uint64_t obs_reqs_dropped;
     node_faults faults; /* tailcheck.c: failed mempool recovery, damaged stored blocks */
+    struct node_sync *sync; /* state sync (sync.c): serving snapshots, joining from one */
 } node;
 
 /* Wall-clock milliseconds since the Unix epoch. */
