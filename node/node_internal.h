@@ -7,6 +7,7 @@
 #include "contracts/contracts.h"
 #include "net/http.h"
 #include "net/net.h"
+#include "node/admission.h"
 #include "node/archive.h"
 #include "node/mempool.h"
 #include "node/node.h"
@@ -119,6 +120,10 @@ typedef struct node {
     node_obs_req obs_req[NET_OBSERVERS_MAX];
     uint32_t obs_rr;
     uint64_t obs_reqs_dropped;
+    /* Admission at the HTTP door (admission.h) and re-gossip (node.c regossip). */
+    node_admission adm;
+    uint64_t regossip_txs_sent;
+    uint64_t regossip_budget; /* txs still allowed this second */
 } node;
 
 /* Wall-clock milliseconds since the Unix epoch. */

@@ -1,0 +1,117 @@
+/* admission.c: the node's admission estimator and fair shares (admission.h). Integer
+ * arithmetic throughout so the estimate is exact to reason about in tests: capacity is kept in
+ * milli-txs per second, times in ms. */
+#include "node/admission.h"
+
+#include "ledger/tem.h"
+
+#include <sodium.h>
+#include <string.h>
+
+void node_admission_init(node_admission *a, const node_admission_config *cfg) {
+    TEM_ASSERT(cfg->signer_share_pct >= 1 && cfg->signer_share_pct <= 100);
+    TEM_ASSERT(cfg->addr_share_pct >= 1 && cfg->addr_share_pct <= 100);
+    memset(a, 0, sizeof *a);
+    a->cfg = *cfg;
+    if (a->cfg.block_txs_max == 0) a->cfg.block_txs_max = 1;
+    randombytes_buf(a->key, sizeof a->key);
+}
+
+void node_admission_block(node_admission *a, uint64_t now_ms, uint32_t txs, uint32_t depth_after) {
+    uint64_t prev = a->last_block_ms;
+    a->last_block_ms = now_ms;
+    if (prev == 0 || now_ms <= prev || txs == 0) return;
+    uint64_t obs = (uint64_t)txs * 1000000u / (now_ms - prev); /* milli-txs/s */
+    bool backlogged = depth_after > 0 || txs >= a->cfg.block_txs_max;
+    if (a->cap_mtps == 0) {
+        a->cap_mtps = obs;
+    } else if (backlogged) {
+        /* EWMA with weight 1/8: rounds towards the old value, never leaves [old, obs]. */
+        if (obs >= a->cap_mtps) a->cap_mtps += (obs - a->cap_mtps) >> NODE_ADMISSION_EWMA_SHIFT;
+        else a->cap_mtps -= (a->cap_mtps - obs) >> NODE_ADMISSION_EWMA_SHIFT;
+    } else if (obs > a->cap_mtps) {
+        /* The queue ran dry: the chain took all there was, so it can take at least this. */
+        a->cap_mtps = obs;
+    }
+    if (a->cap_mtps == 0) a->cap_mtps = 1;
+    TEM_ASSERT(a->last_block_ms == now_ms);
+}
+
+uint64_t node_admission_wait_ms(const node_admission *a, uint64_t now_ms, uint32_t depth) {
+    if (depth == 0) return 0;
+    uint64_t stall_ms = a->cfg.wait_ms_max + 2 * a->cfg.block_interval_ms;
+    if (a->last_block_ms && now_ms > a->last_block_ms && now_ms - a->last_block_ms > stall_ms) return UINT64_MAX;
+    if (a->cap_mtps == 0) {
+        /* No estimate yet: what fits in the next block waits about one block. */
+        return depth < a->cfg.block_txs_max ? 0 : UINT64_MAX;
+    }
+    return (uint64_t)depth * 1000000u / a->cap_mtps;
+}
+
+uint32_t node_admission_depth_max(const node_admission *a) {
+    if (a->cap_mtps == 0) return a->cfg.block_txs_max;
+    uint64_t d = a->cap_mtps * a->cfg.wait_ms_max / 1000000u;
+    return d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+}
+
+static uint32_t share_of(uint32_t depth, uint32_t pct) {
+    uint64_t s = (uint64_t)depth * pct / 100u;
+    return s < NODE_ADMISSION_SHARE_MIN ? NODE_ADMISSION_SHARE_MIN : (uint32_t)s;
+}
+
+uint32_t node_admission_signer_max(const node_admission *a) {
+    return share_of(node_admission_depth_max(a), a->cfg.signer_share_pct);
+}
+
+uint32_t node_admission_addr_max(const node_admission *a) {
+    return share_of(node_admission_depth_max(a), a->cfg.addr_share_pct);
+}
+
+uint32_t node_admission_addr_tag(const node_admission *a, const char *addr) {
+    uint8_t h[crypto_shorthash_BYTES];
+    crypto_shorthash(h, (const uint8_t *)addr, strlen(addr), a->key);
+    return (uint32_t)(tem_get_u64le(h) % NODE_ADMISSION_ADDR_BUCKETS) + 1;
+}
+
+uint32_t node_admission_retry_after_s(const node_admission *a, uint32_t txs) {
+    if (a->cap_mtps == 0 || txs == 0) return 1;
+    uint64_t s = ((uint64_t)txs * 1000000u + a->cap_mtps * 1000u - 1) / (a->cap_mtps * 1000u);
+    if (s < 1) s = 1;
+    return s > NODE_ADMISSION_RETRY_AFTER_S_MAX ? NODE_ADMISSION_RETRY_AFTER_S_MAX : (uint32_t)s;
+}
+
+/* Seconds until a queue of `depth` has drained back to the bound. */
+static uint32_t retry_after_s(const node_admission *a, uint32_t depth) {
+    uint32_t dmax = node_admission_depth_max(a);
+    return node_admission_retry_after_s(a, depth > dmax ? depth - dmax : 0);
+}
+
+int node_admission_check(node_admission *a, uint64_t now_ms, uint32_t depth, uint32_t tag, uint32_t *retry_after) {
+    TEM_ASSERT(tag >= 1 && tag <= NODE_ADMISSION_ADDR_BUCKETS);
+    *retry_after = 1;
+    if (a->cfg.wait_ms_max == 0) return NODE_ADMISSION_OK;
+    uint64_t w = node_admission_wait_ms(a, now_ms, depth);
+    if (w > a->cfg.wait_ms_max) {
+        a->refused_busy++;
+        *retry_after = w == UINT64_MAX ? 1 : retry_after_s(a, depth);
+        return NODE_ADMISSION_BUSY;
+    }
+    if (a->addr_count[tag - 1] >= node_admission_addr_max(a)) {
+        a->refused_addr++;
+        /* This client's own txs must drain first: about its share's worth of queue time. */
+        *retry_after = node_admission_retry_after_s(a, a->addr_count[tag - 1]);
+        return NODE_ADMISSION_ADDR_SHARE;
+    }
+    return NODE_ADMISSION_OK;
+}
+
+void node_admission_hold(node_admission *a, uint32_t tag) {
+    if (tag == 0 || tag > NODE_ADMISSION_ADDR_BUCKETS) return;
+    a->addr_count[tag - 1]++;
+}
+
+void node_admission_release(node_admission *a, uint32_t tag) {
+    if (tag == 0 || tag > NODE_ADMISSION_ADDR_BUCKETS) return;
+    TEM_ASSERT(a->addr_count[tag - 1] > 0);
+    a->addr_count[tag - 1]--;
+}
