@@ -17,24 +17,37 @@ void node_admission_init(node_admission *a, const node_admission_config *cfg) {
     randombytes_buf(a->key, sizeof a->key);
 }
 
+/* txs per second (in milli) of the newest `n` samples of the window; 0 when they span no time. */
+static uint64_t window_rate(const node_admission *a, uint32_t n) {
+    uint64_t sum_txs = 0, sum_ms = 0;
+    for (uint32_t k = 1; k <= n && k <= a->win_n; k++) {
+        uint32_t i = (a->win_next + NODE_ADMISSION_WINDOW_BLOCKS - k) % NODE_ADMISSION_WINDOW_BLOCKS;
+        sum_txs += a->win_txs[i];
+        sum_ms += a->win_ms[i];
+    }
+    return sum_ms ? sum_txs * 1000000u / sum_ms : 0;
+}
+
 void node_admission_block(node_admission *a, uint64_t now_ms, uint32_t txs, uint32_t depth_after) {
     uint64_t prev = a->last_block_ms;
+    bool worked = a->prev_depth_after > 0; /* txs waited through the whole interval */
     a->last_block_ms = now_ms;
-    if (prev == 0 || now_ms <= prev || txs == 0) return;
-    uint64_t obs = (uint64_t)txs * 1000000u / (now_ms - prev); /* milli-txs/s */
-    bool backlogged = depth_after > 0 || txs >= a->cfg.block_txs_max;
-    if (a->cap_mtps == 0) {
-        a->cap_mtps = obs;
-    } else if (backlogged) {
-        /* EWMA with weight 1/8: rounds towards the old value, never leaves [old, obs]. */
-        if (obs >= a->cap_mtps) a->cap_mtps += (obs - a->cap_mtps) >> NODE_ADMISSION_EWMA_SHIFT;
-        else a->cap_mtps -= (a->cap_mtps - obs) >> NODE_ADMISSION_EWMA_SHIFT;
-    } else if (obs > a->cap_mtps) {
-        /* The queue ran dry: the chain took all there was, so it can take at least this. */
-        a->cap_mtps = obs;
-    }
-    if (a->cap_mtps == 0) a->cap_mtps = 1;
-    TEM_ASSERT(a->last_block_ms == now_ms);
+    a->prev_depth_after = depth_after;
+    /* An interval that began with an empty queue was partly idle: it says nothing about what
+     * the chain can take. */
+    if (prev == 0 || now_ms < prev || txs == 0 || !worked) return;
+    a->win_txs[a->win_next] = txs;
+    a->win_ms[a->win_next] = now_ms - prev;
+    a->win_next = (a->win_next + 1) % NODE_ADMISSION_WINDOW_BLOCKS;
+    if (a->win_n < NODE_ADMISSION_WINDOW_BLOCKS) a->win_n++;
+    /* The lower of the long and the short window: a chain that slows down (a slow validator, a
+     * busy machine) is believed at once, one that speeds up over a few blocks. */
+    uint64_t lng = window_rate(a, NODE_ADMISSION_WINDOW_BLOCKS), shrt = window_rate(a, NODE_ADMISSION_SHORT_BLOCKS);
+    uint64_t c = shrt && shrt < lng ? shrt : lng;
+    /* A window applied within one ms (a catch-up burst) says nothing: keep the estimate. */
+    if (c == 0) return;
+    a->cap_mtps = c;
+    TEM_ASSERT(a->win_n >= 1);
 }
 
 uint64_t node_admission_wait_ms(const node_admission *a, uint64_t now_ms, uint32_t depth) {
@@ -42,14 +55,14 @@ uint64_t node_admission_wait_ms(const node_admission *a, uint64_t now_ms, uint32
     uint64_t stall_ms = a->cfg.wait_ms_max + 2 * a->cfg.block_interval_ms;
     if (a->last_block_ms && now_ms > a->last_block_ms && now_ms - a->last_block_ms > stall_ms) return UINT64_MAX;
     if (a->cap_mtps == 0) {
-        /* No estimate yet: what fits in the next block waits about one block. */
-        return depth < a->cfg.block_txs_max ? 0 : UINT64_MAX;
+        /* No estimate yet: a modest queue, as if a block took it. */
+        return depth < node_admission_depth_max(a) ? 0 : UINT64_MAX;
     }
     return (uint64_t)depth * 1000000u / a->cap_mtps;
 }
 
 uint32_t node_admission_depth_max(const node_admission *a) {
-    if (a->cap_mtps == 0) return a->cfg.block_txs_max;
+    if (a->cap_mtps == 0) return a->cfg.block_txs_max < NODE_ADMISSION_DEPTH_PRIOR ? a->cfg.block_txs_max : NODE_ADMISSION_DEPTH_PRIOR;
     uint64_t d = a->cap_mtps * a->cfg.wait_ms_max / 1000000u;
     return d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
 }

@@ -21,8 +21,13 @@
 /* A share is never smaller than this many txs, so a small queue does not refuse a client's
  * second tx. */
 #define NODE_ADMISSION_SHARE_MIN 8u
-/* Weight of the newest backlogged block in the capacity estimate: 1/8 (about the last 8). */
-#define NODE_ADMISSION_EWMA_SHIFT 3
+/* The capacity estimate is the txs of the last this-many blocks that carried txs over the
+ * time they took (a ratio of sums, so blocks applied in a burst do not inflate it). */
+#define NODE_ADMISSION_WINDOW_BLOCKS 16u
+#define NODE_ADMISSION_SHORT_BLOCKS 4u
+/* Before the first estimate (a node just started) the queue admitted is this deep at most (or
+ * max_block_txs if smaller). */
+#define NODE_ADMISSION_DEPTH_PRIOR 512u
 #define NODE_ADMISSION_RETRY_AFTER_S_MAX 30u
 
 /* Defaults of the config keys (docs/operate.md). */
@@ -44,9 +49,13 @@ enum { NODE_ADMISSION_OK = 0, NODE_ADMISSION_BUSY = 1, NODE_ADMISSION_ADDR_SHARE
 
 typedef struct {
     node_admission_config cfg;
-    /* capacity estimate, in milli-txs per second (integer EWMA); 0 = none yet */
+    /* capacity estimate, in milli-txs per second; 0 = none yet */
     uint64_t cap_mtps;
     uint64_t last_block_ms; /* time of the last applied block, 0 = none yet */
+    uint32_t win_txs[NODE_ADMISSION_WINDOW_BLOCKS];
+    uint64_t win_ms[NODE_ADMISSION_WINDOW_BLOCKS];
+    uint32_t win_next, win_n;
+    uint32_t prev_depth_after; /* depth left by the previous block */
     uint8_t key[16];        /* keys the address hash, so a client cannot aim at another's bucket */
     uint32_t addr_count[NODE_ADMISSION_ADDR_BUCKETS];
     /* counters for /metrics */
@@ -57,16 +66,18 @@ typedef struct {
 void node_admission_init(node_admission *a, const node_admission_config *cfg);
 
 /* A block was applied at now_ms taking `txs` txs; `depth_after` txs are still held. A block
- * that left txs behind (or was full) measured what the chain can take: it moves the estimate
- * towards txs / (time since the previous block). A block that emptied the queue only shows a
- * lower bound: it can raise the estimate, never lower it. */
+ * with txs whose previous block left txs waiting adds (txs, time since the previous block) to
+ * the window; the estimate is the lower of the rates over the last 16 and the last 4 samples. While the queue is short the window measures demand, not
+ * capacity; that is safe: the bound admits wait_ms_max of that rate, many blocks' worth, so
+ * blocks grow and the estimate climbs within a few blocks to what the chain really takes. */
 void node_admission_block(node_admission *a, uint64_t now_ms, uint32_t txs, uint32_t depth_after);
 
 /* Estimated wait in ms of a tx joining a queue of `depth` txs at now_ms; UINT64_MAX when the
  * chain looks stalled (no block for wait_ms_max + 2 block intervals with txs waiting). */
 uint64_t node_admission_wait_ms(const node_admission *a, uint64_t now_ms, uint32_t depth);
 
-/* The depth the bound admits: capacity x wait_ms_max (block_txs_max before any estimate). */
+/* The depth the bound admits: capacity x wait_ms_max (before any estimate the smaller of
+ * NODE_ADMISSION_DEPTH_PRIOR and block_txs_max). */
 uint32_t node_admission_depth_max(const node_admission *a);
 /* The most txs one signer / one client address may hold: their share of depth_max, at least
  * NODE_ADMISSION_SHARE_MIN. */

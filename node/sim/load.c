@@ -168,6 +168,7 @@ typedef struct {
     uint32_t phase;        /* phase whose offer was accepted, 0 = not accepted */
     double due;            /* due time of its latest offer */
     double commit;         /* arrival of its commit event, 0 = not seen */
+    double ack;            /* arrival of its 202 */
     bool accepted, refused_in_block;
 } ld_tx;
 
@@ -220,6 +221,8 @@ struct ctl_load {
     double run_t0, run_end;
     double last_block_t, gap_max;
     uint64_t blocks, committed_in_window;
+    double srv_sum_ms;
+    uint64_t srv_n;
     uint64_t ph_accepted, ph_committed; /* this phase's accepted txs, and those seen committed */
     double block_first, block_last;
     double warm_from;
@@ -342,6 +345,9 @@ int ctl_load_new(const ctl_load_config *cfg, ctl_load **out) {
         ld_signer *s = &l->s[i];
         ctl_load_signer_key(cfg->seed, i, s->sec, s->pub);
         s->node = i % cfg->n_nodes;
+        ld_node *nd0 = &l->node[s->node];
+        nd0->ring[(nd0->head + nd0->len++) % nd0->cap] = i;
+        if (cfg->fresh) continue; /* a chain just started: every nonce is 0 */
         char hex[67], path[128];
         tem_hex(hex, s->pub, 33);
         snprintf(path, sizeof path, "/v1/accounts/%s", hex);
@@ -355,8 +361,6 @@ int ctl_load_new(const ctl_load_config *cfg, ctl_load **out) {
         }
         s->nonce0 = (uint64_t)json_integer_value(json_object_get(j, "next_nonce"));
         json_decref(j);
-        ld_node *nd = &l->node[s->node];
-        nd->ring[(nd->head + nd->len++) % nd->cap] = i;
     }
     ctl_http_close(&c);
     *out = l;
@@ -576,6 +580,7 @@ static void item_result(ctl_load *l, uint32_t si, double due, int status, const 
     if (!code) {
         res->accepted++;
         t->accepted = true;
+        t->ack = mono_s();
         t->phase = l->phase;
         l->ph_accepted++;
         if (t->commit > 0) l->ph_committed++; /* its commit event came before the answer */
@@ -608,6 +613,15 @@ static void req_done(ctl_load *l, CURL *e, CURLcode rc) {
     curl_off_t ra = 0;
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_getinfo(e, CURLINFO_RETRY_AFTER, &ra);
+    curl_off_t total_us = 0, pre_us = 0;
+    curl_easy_getinfo(e, CURLINFO_TOTAL_TIME_T, &total_us);
+    curl_easy_getinfo(e, CURLINFO_PRETRANSFER_TIME_T, &pre_us);
+    double srv_ms = (double)(total_us - pre_us) / 1000.0;
+    if (rc == CURLE_OK && srv_ms > l->res->server_max_ms) l->res->server_max_ms = srv_ms;
+    if (rc == CURLE_OK) {
+        l->srv_sum_ms += srv_ms;
+        l->srv_n++;
+    }
     if (rc != CURLE_OK || status == 0) {
         l->res->transport_errors += r->n;
         /* The tx may or may not have been taken: its signer's nonce is unknown now. */
@@ -681,6 +695,8 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
     l->last_block_t = 0;
     l->committed_in_window = 0;
     l->ph_accepted = l->ph_committed = 0;
+    l->srv_sum_ms = 0;
+    l->srv_n = 0;
     l->run_t0 = l->run_end = 1e300;
     l->warm_from = 1e300;
     int ret = -1, running = 0;
@@ -789,25 +805,45 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
     }
     free(sig);
     free(dues);
-    /* Results of this phase's accepted txs. */
-    double *lat = malloc((out->accepted ? out->accepted : 1) * sizeof *lat);
-    size_t nl = 0;
-    for (size_t i = 0; i < l->ntx && lat; i++) {
+    /* Results of this phase's accepted txs: due -> commit, due -> 202, 202 -> commit. */
+    size_t cap = out->accepted ? out->accepted : 1;
+    double *lat = malloc(cap * sizeof *lat), *ack = malloc(cap * sizeof *ack), *wait = malloc(cap * sizeof *wait);
+    size_t nl = 0, na = 0;
+    for (size_t i = 0; i < l->ntx && lat && ack && wait; i++) {
         ld_tx *t = &l->tx[i];
-        if (t->phase != l->phase || t->commit == 0) continue;
+        if (t->phase != l->phase) continue;
+        if (na < cap) ack[na++] = (t->ack - t->due) * 1000.0;
+        if (t->commit == 0) continue;
         out->committed++;
         if (t->refused_in_block) out->committed_refused++;
-        if (nl < out->accepted) lat[nl++] = (t->commit - t->due) * 1000.0;
+        if (nl < cap) {
+            wait[nl] = (t->commit > t->ack ? t->commit - t->ack : 0) * 1000.0;
+            lat[nl++] = (t->commit - t->due) * 1000.0;
+        }
     }
-    if (lat && nl) {
+    if (lat && ack && wait && nl) {
         qsort(lat, nl, sizeof *lat, cmp_d);
+        qsort(wait, nl, sizeof *wait, cmp_d);
+        size_t p99 = (nl * 99) / 100 < nl ? (nl * 99) / 100 : nl - 1;
         out->lat_p50_ms = lat[nl / 2];
-        out->lat_p99_ms = lat[(nl * 99) / 100 < nl ? (nl * 99) / 100 : nl - 1];
+        out->lat_p99_ms = lat[p99];
         out->lat_max_ms = lat[nl - 1];
+        out->wait_p50_ms = wait[nl / 2];
+        out->wait_p99_ms = wait[p99];
+        out->wait_max_ms = wait[nl - 1];
+    }
+    if (ack && na) {
+        qsort(ack, na, sizeof *ack, cmp_d);
+        out->ack_p50_ms = ack[na / 2];
+        out->ack_p99_ms = ack[(na * 99) / 100 < na ? (na * 99) / 100 : na - 1];
     }
     free(lat);
+    free(ack);
+    free(wait);
     double win = ph->duration_s - ph->warmup_s;
     out->committed_per_s = win > 0 ? (double)l->committed_in_window / win : 0;
+    out->uncommitted = out->accepted - out->committed;
+    out->server_mean_ms = l->srv_n ? l->srv_sum_ms / (double)l->srv_n : 0;
     out->blocks = l->blocks;
     out->block_interval_ms = l->blocks > 1 ? (l->block_last - l->block_first) * 1000.0 / (double)(l->blocks - 1) : 0;
     out->block_gap_max_ms = l->gap_max * 1000.0;
@@ -829,15 +865,19 @@ void ctl_load_result_print(const ctl_load_result *r, FILE *f) {
     fprintf(f,
             "{\"offered_per_s\":%.1f,\"duration_s\":%.1f,\"offered\":%llu,\"accepted\":%llu,\"refused_busy\":%llu,"
             "\"refused_share\":%llu,\"refused_other\":%llu,\"refused_retry_after\":%llu,\"retry_after_max_s\":%llu,"
-            "\"transport_errors\":%llu,\"no_signer\":%llu,\"committed\":%llu,\"committed_refused\":%llu,"
-            "\"committed_per_s\":%.1f,\"lat_p50_ms\":%.1f,\"lat_p99_ms\":%.1f,\"lat_max_ms\":%.1f,\"send_lag_max_ms\":%.1f,"
+            "\"transport_errors\":%llu,\"no_signer\":%llu,\"committed\":%llu,\"uncommitted\":%llu,\"committed_refused\":%llu,"
+            "\"committed_per_s\":%.1f,\"lat_p50_ms\":%.1f,\"lat_p99_ms\":%.1f,\"lat_max_ms\":%.1f,\"ack_p50_ms\":%.1f,"
+            "\"ack_p99_ms\":%.1f,\"wait_p50_ms\":%.1f,\"wait_p99_ms\":%.1f,\"wait_max_ms\":%.1f,\"send_lag_max_ms\":%.1f,"
+            "\"server_mean_ms\":%.1f,\"server_max_ms\":%.1f,"
             "\"blocks\":%llu,\"block_interval_ms\":%.1f,\"block_gap_max_ms\":%.1f}\n",
             r->offered_per_s, r->duration_s, (unsigned long long)r->offered, (unsigned long long)r->accepted,
             (unsigned long long)r->refused_busy, (unsigned long long)r->refused_share, (unsigned long long)r->refused_other,
             (unsigned long long)r->refused_retry_after, (unsigned long long)r->retry_after_max_s,
             (unsigned long long)r->transport_errors, (unsigned long long)r->no_signer, (unsigned long long)r->committed,
+            (unsigned long long)r->uncommitted,
             (unsigned long long)r->committed_refused, r->committed_per_s, r->lat_p50_ms, r->lat_p99_ms, r->lat_max_ms,
-            r->send_lag_max_ms, (unsigned long long)r->blocks, r->block_interval_ms, r->block_gap_max_ms);
+            r->ack_p50_ms, r->ack_p99_ms, r->wait_p50_ms, r->wait_p99_ms, r->wait_max_ms, r->send_lag_max_ms,
+            r->server_mean_ms, r->server_max_ms, (unsigned long long)r->blocks, r->block_interval_ms, r->block_gap_max_ms);
     fflush(f);
 }
 
@@ -863,6 +903,7 @@ int ctl_load_main(int argc, char **argv) {
     uint32_t n_temd_args = 0, batch = 1, conns = 16, signers = 2048, cluster_nodes = 4;
     double rate = 500, duration = 10, drain = 10, warmup = 1;
     uint64_t seed = 1;
+    bool fresh = false;
     int base_port = 20000 + (int)(getpid() % 500) * 20;
     ctl_load_phase phases[16];
     uint32_t nph = 0;
@@ -934,6 +975,7 @@ int ctl_load_main(int argc, char **argv) {
             fprintf(stderr, "temctl load: cannot create %s: %s\n", cluster_dir, strerror(errno));
             return 1;
         }
+        fresh = true;
         ctl_load_cluster_config cc = {.temd = temd, .dir = cluster_dir, .base_port = base_port, .n_nodes = cluster_nodes,
                                       .signers = signers, .seed = seed, .temd_args = temd_args, .n_temd_args = n_temd_args};
         if (ctl_load_cluster_start(&cc, &cl) != 0) return 1;
@@ -947,7 +989,7 @@ int ctl_load_main(int argc, char **argv) {
     /* A signal stops the cluster we started rather than leaving it behind. */
     ctl_load *l = NULL;
     ctl_load_config lc = {.nodes = nodes, .n_nodes = n_nodes, .genesis = genesis, .seed = seed, .signers = signers,
-                          .conns_per_node = conns};
+                          .conns_per_node = conns, .fresh = fresh};
     int rc = 1;
     if (ctl_load_new(&lc, &l) != 0) goto done;
     rc = 0;

@@ -66,6 +66,7 @@ typedef struct {
     uint32_t signers;         /* 1..CTL_LOAD_SIGNERS_MAX; must be participants of the chain */
     uint32_t conns_per_node;  /* keep-alive connections per node; 0 = 16 */
     int timeout_ms;           /* per request; 0 = 10000 */
+    bool fresh;               /* the chain is new: every signer's nonce is 0 (no lookups) */
 } ctl_load_config;
 
 typedef struct {
@@ -89,9 +90,13 @@ typedef struct {
     uint64_t no_signer;        /* due with no idle signer left for its node: not sent */
     uint64_t committed;        /* accepted txs seen committed (or refused in a block) */
     uint64_t committed_refused;/* ... of which the contracts refused (receipt code != 0) */
+    uint64_t uncommitted;      /* accepted txs not seen committed by the end of the drain */
     double committed_per_s;    /* our txs committed per second after warmup, while offering */
     double lat_p50_ms, lat_p99_ms, lat_max_ms; /* due time -> commit event, accepted txs */
+    double ack_p50_ms, ack_p99_ms;             /* due time -> its 202 */
+    double wait_p50_ms, wait_p99_ms, wait_max_ms; /* 202 -> commit event: what admission bounds */
     double send_lag_max_ms;    /* longest gap between a due time and its request's start */
+    double server_mean_ms, server_max_ms; /* request sent -> answer (libcurl's total minus pretransfer) */
     uint64_t blocks;           /* blocks seen while offering */
     double block_interval_ms;  /* mean interval of those blocks */
     double block_gap_max_ms;   /* longest time without a block while offering */
