@@ -50,15 +50,20 @@ void node_admission_block(node_admission *a, uint64_t now_ms, uint32_t txs, uint
     TEM_ASSERT(a->win_n >= 1);
 }
 
+void node_admission_intake(node_admission *a, uint64_t ms) {
+    if (ms >= a->intake_ms) a->intake_ms += (ms - a->intake_ms) >> 3;
+    else a->intake_ms -= (a->intake_ms - ms) >> 3;
+}
+
 uint64_t node_admission_wait_ms(const node_admission *a, uint64_t now_ms, uint32_t depth) {
     if (depth == 0) return 0;
     uint64_t stall_ms = a->cfg.wait_ms_max + 2 * a->cfg.block_interval_ms;
     if (a->last_block_ms && now_ms > a->last_block_ms && now_ms - a->last_block_ms > stall_ms) return UINT64_MAX;
     if (a->cap_mtps == 0) {
         /* No estimate yet: a modest queue, as if a block took it. */
-        return depth < node_admission_depth_max(a) ? 0 : UINT64_MAX;
+        return depth < node_admission_depth_max(a) ? a->intake_ms : UINT64_MAX;
     }
-    return (uint64_t)depth * 1000000u / a->cap_mtps;
+    return (uint64_t)depth * 1000000u / a->cap_mtps + a->intake_ms;
 }
 
 uint32_t node_admission_depth_max(const node_admission *a) {

@@ -56,6 +56,10 @@ typedef struct {
     uint64_t win_ms[NODE_ADMISSION_WINDOW_BLOCKS];
     uint32_t win_next, win_n;
     uint32_t prev_depth_after; /* depth left by the previous block */
+    /* How long a tx takes from submission to durable (verified, in the log), EWMA 1/8: every
+     * validator's copy goes through the same steps before the primary can propose it, so it
+     * adds to the wait whatever the depth. */
+    uint64_t intake_ms;
     uint8_t key[16];        /* keys the address hash, so a client cannot aim at another's bucket */
     uint32_t addr_count[NODE_ADMISSION_ADDR_BUCKETS];
     /* counters for /metrics */
@@ -72,8 +76,12 @@ void node_admission_init(node_admission *a, const node_admission_config *cfg);
  * blocks grow and the estimate climbs within a few blocks to what the chain really takes. */
 void node_admission_block(node_admission *a, uint64_t now_ms, uint32_t txs, uint32_t depth_after);
 
-/* Estimated wait in ms of a tx joining a queue of `depth` txs at now_ms; UINT64_MAX when the
- * chain looks stalled (no block for wait_ms_max + 2 block intervals with txs waiting). */
+/* A client tx became durable `ms` after its submission: feeds intake_ms. */
+void node_admission_intake(node_admission *a, uint64_t ms);
+
+/* Estimated wait in ms of a tx joining a queue of `depth` txs at now_ms: depth / capacity plus
+ * intake_ms; UINT64_MAX when the chain looks stalled (no block for wait_ms_max + 2 block
+ * intervals with txs waiting). */
 uint64_t node_admission_wait_ms(const node_admission *a, uint64_t now_ms, uint32_t depth);
 
 /* The depth the bound admits: capacity x wait_ms_max (before any estimate the smaller of

@@ -38,6 +38,7 @@ typedef struct {
     net_http_req *req; /* single submission */
     batch *b;          /* or one item of a batch */
     uint32_t index;
+    uint64_t t_ms;     /* uv_now at submission: admission's intake time */
 } submit_ctx;
 
 struct batch {
@@ -82,6 +83,8 @@ static void submit_done(void *ctx, int rc, const uint8_t txid[32]) {
     node *n = s->n;
     if (rc == 0) {
         n->http_txs_accepted++;
+        uint64_t now = uv_now(&n->loop);
+        node_admission_intake(&n->adm, now > s->t_ms ? now - s->t_ms : 0);
         if (!n->stopping) node_tx_accepted(n, txid);
     } else {
         n->http_txs_rejected++;
@@ -125,6 +128,7 @@ static int submit_one(node *n, const uint8_t *tx, size_t len, net_http_req *req,
     s->req = req;
     s->b = b;
     s->index = index;
+    s->t_ms = uv_now(&n->loop);
     node_mempool_admit adm = {.signer_max = n->adm.cfg.wait_ms_max ? node_admission_signer_max(&n->adm) : 0, .tag = tag};
     /* Held before the submit so the mempool's release can never run ahead of it. */
     node_admission_hold(&n->adm, tag);
