@@ -10,6 +10,7 @@
 #include <sodium.h>
 #include <math.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -126,12 +127,19 @@ int ctl_load_cluster_start(const ctl_load_cluster_config *cfg, ctl_load_cluster 
             return -1;
         }
         if (p == 0) {
-            if (!freopen(logp, "w", stderr)) _exit(126);
+            /* If the generator dies, its nodes go with it: nothing is left behind. */
+            if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || !freopen(logp, "w", stderr)) _exit(126);
             execv(cfg->temd, (char *const *)argv);
             _exit(127);
         }
         c->pid[c->n++] = p;
     }
+    /* The pids, for a script that must be able to kill every process its test started. */
+    char pidp[600];
+    snprintf(pidp, sizeof pidp, "%s/pids", cfg->dir);
+    FILE *pf = fopen(pidp, "w");
+    for (uint32_t i = 0; pf && i < c->n; i++) fprintf(pf, "%d\n", (int)c->pid[i]);
+    if (pf) fclose(pf);
     ctl_http_conn mon;
     if (ctl_http_init(&mon, c->http[0], 2000) != 0) {
         ctl_load_cluster_stop(c);

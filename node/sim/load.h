@@ -49,7 +49,8 @@ typedef struct {
 } ctl_load_cluster;
 
 /* Writes validator keys and a genesis (60 s slots; every signer a prosumer with money and
- * tokens), starts n temd and waits (60 s at most) until node 0 has committed 2 blocks. On -1
+ * tokens), starts n temd (their pids also in DIR/pids; each gets SIGTERM if the generator
+ * dies) and waits (60 s at most) until node 0 has committed 2 blocks. On -1
  * every process started is already stopped. */
 int ctl_load_cluster_start(const ctl_load_cluster_config *cfg, ctl_load_cluster *out);
 /* SIGTERM, then SIGKILL after 5 s, to every pid started; waits for each. Idempotent. */
