@@ -9,6 +9,7 @@
  *     (limit: admission_wait_ms_max + the mean block interval), p99 from due time to commit,
  *     and the share of offers refused (limit: 50%, what a perfect shedder refuses at 2x).
  * Every process it starts is killed by pid before it exits. */
+#include "node/ctl/http.h"
 #include "node/sim/load.h"
 #include "tests/bench/bench_util.h"
 
@@ -137,6 +138,23 @@ int main(void) {
            (unsigned long long)o.offered, (unsigned long long)o.accepted, (unsigned long long)o.refused_busy,
            (unsigned long long)o.refused_share, (unsigned long long)o.no_signer, (unsigned long long)o.uncommitted,
            (unsigned long long)o.blocks, o.block_gap_max_ms);
+    /* Re-gossip must not amplify: txs re-sent by all nodes together per committed tx. */
+    double regossip = 0, committed = 0;
+    for (int i = 0; i < NODES; i++) {
+        ctl_http_conn c;
+        ctl_http_resp r;
+        if (ctl_http_init(&c, cl.http[i], 5000) != 0) continue;
+        if (ctl_http_request(&c, "GET", "/metrics", NULL, NULL, 0, &r) == 0) {
+            const char *p = strstr(r.body, "\ntem_regossip_txs_total ");
+            if (p) regossip += atof(p + strlen("\ntem_regossip_txs_total "));
+            p = strstr(r.body, "\ntem_txs_committed_total ");
+            if (p && i == 0) committed = atof(p + strlen("\ntem_txs_committed_total "));
+            ctl_http_resp_free(&r);
+        }
+        ctl_http_close(&c);
+    }
+    printf("# re-gossip: %.0f txs re-sent by all nodes for %.0f committed (%.3f per committed tx)\n", regossip, committed,
+           committed > 0 ? regossip / committed : 0);
     ctl_load_free(l);
     cleanup();
     return 0;
