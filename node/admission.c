@@ -55,6 +55,18 @@ void node_admission_intake(node_admission *a, uint64_t ms) {
     else a->intake_ms -= (a->intake_ms - ms) >> 3;
 }
 
+void node_admission_intake_begin(node_admission *a) { a->inflight++; }
+
+void node_admission_intake_end(node_admission *a) {
+    TEM_ASSERT(a->inflight > 0);
+    a->inflight--;
+}
+
+uint32_t node_admission_queue(const node_admission *a, uint32_t depth) {
+    uint64_t q = (uint64_t)depth + (uint64_t)a->cfg.peers * a->inflight;
+    return q > UINT32_MAX ? UINT32_MAX : (uint32_t)q;
+}
+
 uint64_t node_admission_wait_ms(const node_admission *a, uint64_t now_ms, uint32_t depth) {
     if (depth == 0) return 0;
     uint64_t stall_ms = a->cfg.wait_ms_max + 2 * a->cfg.block_interval_ms;
@@ -108,6 +120,7 @@ int node_admission_check(node_admission *a, uint64_t now_ms, uint32_t depth, uin
     TEM_ASSERT(tag >= 1 && tag <= NODE_ADMISSION_ADDR_BUCKETS);
     *retry_after = 1;
     if (a->cfg.wait_ms_max == 0) return NODE_ADMISSION_OK;
+    depth = node_admission_queue(a, depth);
     uint64_t w = node_admission_wait_ms(a, now_ms, depth);
     if (w > a->cfg.wait_ms_max) {
         a->refused_busy++;

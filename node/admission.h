@@ -42,6 +42,8 @@ typedef struct {
     uint32_t block_txs_max;     /* the genesis' max_block_txs: the depth admitted with no estimate yet */
     uint64_t block_interval_ms; /* the idle block interval: a chain silent for wait_ms_max plus two
                                  * of these counts as stalled */
+    uint32_t peers;             /* other validators, each assumed to have as many client txs in
+                                 * intake as this node (their copies reach us only once durable) */
 } node_admission_config;
 
 /* Verdicts of node_admission_check. */
@@ -60,6 +62,7 @@ typedef struct {
      * validator's copy goes through the same steps before the primary can propose it, so it
      * adds to the wait whatever the depth. */
     uint64_t intake_ms;
+    uint32_t inflight; /* client txs submitted here and not yet durable or refused */
     uint8_t key[16];        /* keys the address hash, so a client cannot aim at another's bucket */
     uint32_t addr_count[NODE_ADMISSION_ADDR_BUCKETS];
     /* counters for /metrics */
@@ -78,6 +81,12 @@ void node_admission_block(node_admission *a, uint64_t now_ms, uint32_t txs, uint
 
 /* A client tx became durable `ms` after its submission: feeds intake_ms. */
 void node_admission_intake(node_admission *a, uint64_t ms);
+/* A client tx entered intake here (queued for verification) / left it (durable or refused). */
+void node_admission_intake_begin(node_admission *a);
+void node_admission_intake_end(node_admission *a);
+/* The queue a new tx joins: `depth` held here plus the txs the other validators are taking in
+ * (peers x inflight), which this node cannot see yet. */
+uint32_t node_admission_queue(const node_admission *a, uint32_t depth);
 
 /* Estimated wait in ms of a tx joining a queue of `depth` txs at now_ms: depth / capacity plus
  * intake_ms; UINT64_MAX when the chain looks stalled (no block for wait_ms_max + 2 block

@@ -81,6 +81,7 @@ static json_t *err_json(int rc, const uint8_t *txid) {
 static void submit_done(void *ctx, int rc, const uint8_t txid[32]) {
     submit_ctx *s = ctx;
     node *n = s->n;
+    node_admission_intake_end(&n->adm);
     if (rc == 0) {
         n->http_txs_accepted++;
         uint64_t now = uv_now(&n->loop);
@@ -137,6 +138,8 @@ static int submit_one(node *n, const uint8_t *tx, size_t len, net_http_req *req,
     if (rc != 0) {
         node_admission_release(&n->adm, tag);
         tem_free(s);
+    } else {
+        node_admission_intake_begin(&n->adm);
     }
     if (rc == NODE_MEMPOOL_ESIGNERSHARE) {
         n->adm.refused_signer++;

@@ -839,7 +839,8 @@ int node_run(const node_config *cfg) {
                                 .signer_share_pct = (uint32_t)cfg->admission_signer_share_pct,
                                 .addr_share_pct = (uint32_t)cfg->admission_addr_share_pct,
                                 .block_txs_max = n->g.max_block_txs,
-                                .block_interval_ms = n->cfg.block_interval_ms};
+                                .block_interval_ms = n->cfg.block_interval_ms,
+                                .peers = n->g.n_validators > 0 ? n->g.n_validators - 1 : 0};
     node_admission_init(&n->adm, &ac);
     mc.release = adm_release;
     mc.release_ctx = n;

@@ -130,6 +130,17 @@ START_TEST(admission_slow_intake_adds_to_the_wait) {
     for (int i = 0; i < 200; i++) node_admission_intake(&a, 10);
     ck_assert_uint_le(a.intake_ms, 20);
     ck_assert_int_eq(node_admission_check(&a, t, 1000, tag, &ra), NODE_ADMISSION_OK);
+    /* Txs in intake here stand for as many at each other validator, not yet visible here. */
+    a.cfg.peers = 3;
+    for (int i = 0; i < 300; i++) node_admission_intake_begin(&a);
+    ck_assert_uint_eq(node_admission_queue(&a, 1000), 1900);
+    ck_assert_int_eq(node_admission_check(&a, t, 1000, tag, &ra), NODE_ADMISSION_OK);
+    for (int i = 0; i < 34; i++) node_admission_intake_begin(&a);
+    /* 1000 + 3 x 334 = 2002 queued at 1000/s: over the bound whatever the intake. */
+    ck_assert_uint_eq(node_admission_queue(&a, 1000), 2002);
+    ck_assert_int_eq(node_admission_check(&a, t, 1000, tag, &ra), NODE_ADMISSION_BUSY);
+    for (int i = 0; i < 334; i++) node_admission_intake_end(&a);
+    ck_assert_uint_eq(node_admission_queue(&a, 1000), 1000);
 }
 END_TEST
 
