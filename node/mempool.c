@@ -66,6 +66,9 @@ typedef struct {
     uint32_t fifo_prev, fifo_next; /* every held entry, in arrival order */
     uint32_t s_prev, s_next;       /* the signer's entries, by nonce */
     uint32_t q_next;               /* verify queue, write list or free list */
+    uint32_t tag;                  /* admission's client tag, released when the entry goes */
+    uint64_t arrived_ms, regossip_ms; /* uv_now at submit / last re-gossip (0 = never) */
+    uint64_t have_mask;            /* validators known to hold the tx (bit = index) */
     node_mempool_done_fn done;
     void *done_ctx;
 } mp__entry;
@@ -293,6 +296,7 @@ static uint32_t ent_add(node_mempool *m, ledger_tx *t, uint8_t *bytes, size_t le
     e->nonce = e->tx.body->nonce;
     e->seq = m->next_seq++;
     e->q_next = NIL;
+    e->arrived_ms = uv_now(m->loop);
     tab_insert(m, &m->by_txid, e->txid, LEDGER_HASH_BYTES, key_txid, i);
 
     e->fifo_next = NIL;
@@ -352,6 +356,8 @@ static void ent_remove(node_mempool *m, uint32_t i) {
     e->bytes = NULL;
     ledger_tx_free(&e->tx);
     e->state = MP__FREE;
+    if (e->tag && m->cfg.release) m->cfg.release(m->cfg.release_ctx, e->tag);
+    e->tag = 0;
     e->q_next = m->ent_free;
     m->ent_free = i;
 }
@@ -1059,8 +1065,8 @@ int node_mempool_recover(node_mempool *m, uint32_t *recovered) {
 }
 
 /* ================================================================== submit */
-static int submit(node_mempool *m, const uint8_t *tx, size_t len, node_mempool_done_fn done,
-                  void *ctx, uint8_t txid_out[LEDGER_HASH_BYTES]) {
+static int submit(node_mempool *m, const uint8_t *tx, size_t len, const node_mempool_admit *adm,
+                  node_mempool_done_fn done, void *ctx, uint8_t txid_out[LEDGER_HASH_BYTES]) {
     if (m->closing) return NODE_MEMPOOL_ECLOSING;
     /* A durable tx sent again (gossip, regossip, a client retry) is found by its bytes before
      * anything is decoded or hashed: the answer is the one decoding would give. */
@@ -1115,6 +1121,10 @@ static int submit(node_mempool *m, const uint8_t *tx, size_t len, node_mempool_d
         rc = NODE_MEMPOOL_ESIGNERFULL;
         goto out;
     }
+    if (adm && adm->signer_max && si != NIL && m->signers[si].count >= adm->signer_max) {
+        rc = NODE_MEMPOOL_ESIGNERSHARE;
+        goto out;
+    }
     uint8_t *copy = tem_malloc(len);
     if (!copy) {
         rc = NODE_MEMPOOL_ENOMEM;
@@ -1124,6 +1134,7 @@ static int submit(node_mempool *m, const uint8_t *tx, size_t len, node_mempool_d
     uint32_t i = ent_add(m, &t, copy, len, MP__VERIFY);
     m->ents[i].done = done;
     m->ents[i].done_ctx = ctx;
+    m->ents[i].tag = adm ? adm->tag : 0;
     if (m->vq_tail != NIL) m->ents[m->vq_tail].q_next = i;
     else m->vq_head = i;
     m->vq_tail = i;
@@ -1136,8 +1147,13 @@ out:
 
 int node_mempool_submit(node_mempool *m, const uint8_t *tx, size_t len, node_mempool_done_fn done,
                         void *ctx, uint8_t txid_out[LEDGER_HASH_BYTES]) {
+    return node_mempool_submit_admit(m, tx, len, NULL, done, ctx, txid_out);
+}
+
+int node_mempool_submit_admit(node_mempool *m, const uint8_t *tx, size_t len, const node_mempool_admit *adm,
+                              node_mempool_done_fn done, void *ctx, uint8_t txid_out[LEDGER_HASH_BYTES]) {
     TEM_ASSERT(done != NULL);
-    int rc = submit(m, tx, len, done, ctx, txid_out);
+    int rc = submit(m, tx, len, adm, done, ctx, txid_out);
     if (rc == NODE_MEMPOOL_OK) m->st.submitted++;
     else m->st.refused++;
     return rc;
@@ -1302,6 +1318,31 @@ int node_mempool_status(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BY
 }
 
 uint32_t node_mempool_size(const node_mempool *m) { return m->count; }
+
+/* ================================================================== re-gossip */
+void node_mempool_peer_has(node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES], uint32_t peer) {
+    if (peer >= 64) return;
+    uint32_t i = tab_find(m, &m->by_txid, txid, LEDGER_HASH_BYTES, key_txid, NULL);
+    if (i != NIL) m->ents[i].have_mask |= 1ull << peer;
+}
+
+uint32_t node_mempool_regossip(node_mempool *m, uint64_t now_ms, uint64_t age_ms, uint32_t peer, uint32_t max,
+                               uint32_t scan_max, const uint8_t **txs, size_t *lens) {
+    TEM_ASSERT(peer < 64);
+    uint32_t k = 0, seen = 0;
+    /* The FIFO is in arrival order: once a tx is too young, every later one is too. */
+    for (uint32_t i = m->fifo_head; i != NIL && k < max && seen < scan_max; i = m->ents[i].fifo_next, seen++) {
+        mp__entry *e = &m->ents[i];
+        if (now_ms < e->arrived_ms + age_ms) break;
+        if (e->state != MP__PENDING || e->gone || (e->have_mask >> peer & 1)) continue;
+        if (e->regossip_ms && now_ms < e->regossip_ms + age_ms) continue;
+        e->regossip_ms = now_ms;
+        txs[k] = e->bytes;
+        lens[k++] = e->len;
+    }
+    TEM_ASSERT(k <= max);
+    return k;
+}
 bool node_mempool_disk_full(const node_mempool *m) { return m->disk_full; }
 
 void node_mempool_get_stats(const node_mempool *m, node_mempool_stats *out) { *out = m->st; }

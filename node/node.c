@@ -259,7 +259,10 @@ static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uin
     v->txids = NULL;
     view_drop(v);
     drop_views(n);
-    if (n->mp) node_mempool_block_applied(n->mp, (const uint8_t(*)[32])ids, nids);
+    if (n->mp) {
+        node_mempool_block_applied(n->mp, (const uint8_t(*)[32])ids, nids);
+        node_admission_block(&n->adm, uv_now(&n->loop), (uint32_t)nids, node_mempool_size(n->mp));
+    }
     tem_free(ids);
     node_events_committed(n, height);
     node_sync_block_applied(n, height);
@@ -610,8 +613,10 @@ void node_on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, size_
             for (size_t i = 0; i < m->txs->n_txs; i++) {
                 /* already known or refused here too: gossip is best effort. The mempool keeps
                  * its own copy; the frame is freed below. */
-                if (node_mempool_submit(n->mp, m->txs->txs[i].data, m->txs->txs[i].len, gossip_done, n, NULL) != 0)
-                    continue;
+                uint8_t id[32];
+                int rc = node_mempool_submit(n->mp, m->txs->txs[i].data, m->txs->txs[i].len, gossip_done, n, id);
+                /* The sender holds it: re-gossip never sends it back there. */
+                if (rc == 0 || rc == NODE_MEMPOOL_EDUP) node_mempool_peer_has(n->mp, id, p->id);
             }
         break;
     case TEM__V1__NODE_MESSAGE__KIND_BLOCK_REQUEST:
@@ -689,16 +694,22 @@ static void flush_gossip(node *n) {
     n->ngossip = 0;
 }
 
-/* Re-sends the txs this node holds that could go into the next block. Gossip is best effort
- * (a peer may be down or restarting when a tx arrives, and recovered txs were never gossiped),
- * and only the primary proposes: without this a tx accepted here could wait forever. Receivers
- * drop what they already hold. */
-static void regossip(node *n) {
-    enum { REGOSSIP_MAX = 512 };
+/* Re-sends txs that have waited here for regossip_age_ms. Gossip is best effort (a peer may be
+ * down or restarting when a tx arrives, or refuse it while full, and recovered txs were never
+ * gossiped), and only the primary proposes: without this a tx accepted here could wait
+ * forever. It cannot amplify load: only the current primary is sent anything (the one node
+ * whose copy matters), never a tx it is known to hold (it gossiped it to us), each tx at most
+ * once per regossip_age_ms, and at most regossip_txs_per_s txs per second in all. */
+static void regossip(node *n, uint64_t now) {
+    enum { REGOSSIP_MAX = 512, REGOSSIP_SCAN_MAX = 8192 };
+    if (!n->rep_ok || n->regossip_budget == 0) return;
+    uint32_t primary = pbft_primary(pbft_replica_view(&n->rep), n->g.n_validators);
+    if ((int)primary == n->self || !net_peer_connected(n->net, primary)) return;
     const uint8_t *txs[REGOSSIP_MAX];
     size_t lens[REGOSSIP_MAX];
-    uint32_t cnt = 0;
-    if (node_mempool_select(n->mp, ledger_store_state(n->store), REGOSSIP_MAX, txs, lens, &cnt) != 0 || cnt == 0) return;
+    uint32_t max = n->regossip_budget < REGOSSIP_MAX ? (uint32_t)n->regossip_budget : REGOSSIP_MAX;
+    uint32_t cnt = node_mempool_regossip(n->mp, now, n->cfg.regossip_age_ms, primary, max, REGOSSIP_SCAN_MAX, txs, lens);
+    if (cnt == 0) return;
     ProtobufCBinaryData items[REGOSSIP_MAX];
     for (uint32_t i = 0; i < cnt; i++) items[i] = (ProtobufCBinaryData){lens[i], (uint8_t *)txs[i]};
     Tem__V1__TxBatch tb = TEM__V1__TX_BATCH__INIT;
@@ -708,7 +719,9 @@ static void regossip(node *n) {
     tem__v1__node_message__init(&m);
     m.kind_case = TEM__V1__NODE_MESSAGE__KIND_TXS;
     m.txs = &tb;
-    (void)send_node_msg(n, PBFT_TO_ALL, &m);
+    (void)send_node_msg(n, primary, &m);
+    n->regossip_budget -= cnt;
+    n->regossip_txs_sent += cnt;
 }
 
 static void on_tick(uv_timer_t *t) {
@@ -731,10 +744,11 @@ static void on_tick(uv_timer_t *t) {
         }
         return;
     }
-    if (n->rep_ok && now - n->last_regossip_ms >= 1000) {
+    if (now - n->last_regossip_ms >= 1000) {
         n->last_regossip_ms = now;
-        regossip(n);
+        n->regossip_budget = n->cfg.regossip_txs_per_s;
     }
+    regossip(n, now);
     /* Observers poll for new blocks; validators re-ask when a fetch got no answer. */
     if (!n->rep_ok && !node_sync_joining(n) && (n->sync_sent_ms == 0 || now - n->sync_sent_ms > 1000)) node_request_blocks(n, ledger_store_height(n->store) + 1);
     if (n->rep_ok && n->fetch_from && n->fetch_from > ledger_store_height(n->store) && now - n->sync_sent_ms > 500)
@@ -766,6 +780,12 @@ static void on_signal(uv_signal_t *s, int sig) {
     node *n = s->data;
     node_log(n, NODE_LOG_INFO, "signal %d", sig);
     node_stop(n, 0);
+}
+
+/* A client's tx left the mempool: its address bucket holds one fewer. */
+static void adm_release(void *ctx, uint32_t tag) {
+    node *n = ctx;
+    node_admission_release(&n->adm, tag);
 }
 
 static void walk_close(uv_handle_t *h, void *arg) {
@@ -832,6 +852,15 @@ int node_run(const node_config *cfg) {
                               .per_signer_max = cfg->mempool_nonce_window, .genesis = &n->g};
     mc.precheck = node_mempool_precheck_signer;
     mc.precheck_ctx = n->store;
+    node_admission_config ac = {.wait_ms_max = cfg->admission_wait_ms_max,
+                                .signer_share_pct = (uint32_t)cfg->admission_signer_share_pct,
+                                .addr_share_pct = (uint32_t)cfg->admission_addr_share_pct,
+                                .block_txs_max = n->g.max_block_txs,
+                                .block_interval_ms = n->cfg.block_interval_ms,
+                                .peers = n->g.n_validators > 0 ? n->g.n_validators - 1 : 0};
+    node_admission_init(&n->adm, &ac);
+    mc.release = adm_release;
+    mc.release_ctx = n;
     if (node_mempool_new(&n->loop, &mc, n->store, &n->mp) != 0) {
         node_log(n, NODE_LOG_ERROR, "cannot open the mempool log %s", logpath);
         goto stop;

@@ -73,6 +73,16 @@ typedef struct {
     uint64_t peer_observer_queue_bytes_max; /* default 16 MiB */
     uint64_t peer_send_stall_timeout_ms;    /* default 20000 */
     uint64_t peer_frame_timeout_ms;         /* default 30000 */
+    /* Admission (docs/operate.md "Admission"): the longest estimated wait a client's tx may
+     * face (beyond it 503 EBUSY with Retry-After; 0 = off), and the share of that queue one
+     * signer / one client address may hold (percent, 429 ESIGNERSHARE / EADDRSHARE). */
+    uint64_t admission_wait_ms_max;     /* default 2000 */
+    uint64_t admission_signer_share_pct; /* default 2 */
+    uint64_t admission_addr_share_pct;  /* default 50 */
+    /* Re-gossip of txs still waiting: only those held this long, at most this many per second,
+     * to the current primary only and never to a validator known to hold them. */
+    uint64_t regossip_age_ms;           /* default 2000 */
+    uint64_t regossip_txs_per_s;        /* default 1000; 0 = no re-gossip */
     /* [indexer] section (docs/indexer.md); flags --indexer-postgres-url etc. */
     char indexer_postgres_url[1024]; /* libpq URI; empty = no indexer */
     uint64_t indexer_poll_ms;        /* wait for the next block when caught up; default 100 */

@@ -7,6 +7,7 @@
 #include "contracts/contracts.h"
 #include "net/http.h"
 #include "net/net.h"
+#include "node/admission.h"
 #include "node/archive.h"
 #include "node/mempool.h"
 #include "node/node.h"
@@ -123,6 +124,10 @@ typedef struct node {
     uint64_t obs_reqs_dropped;
     node_faults faults; /* tailcheck.c: failed mempool recovery, damaged stored blocks */
     struct node_sync *sync; /* state sync (sync.c): serving snapshots, joining from one */
+    /* Admission at the HTTP door (admission.h) and re-gossip (node.c regossip). */
+    node_admission adm;
+    uint64_t regossip_txs_sent;
+    uint64_t regossip_budget; /* txs still allowed this second */
 } node;
 
 /* Wall-clock milliseconds since the Unix epoch. */
