@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <sys/statvfs.h>
 #include <time.h>
+#include <unistd.h>
 
 uint64_t node_now_ms(void) {
     struct timespec ts;
@@ -218,6 +219,13 @@ static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uin
         uint64_t slot = 0;
         if (node_archive_trades(&n->archive, n->store, v->header->time_ms, &slot) > 0)
             node_log(n, NODE_LOG_WARN, "cannot archive the trades of slot %llu", (unsigned long long)slot);
+    }
+    /* A block no validation saw (fetched while catching up, or followed as an observer): its
+     * signatures are checked on every core, not one after the other on the loop thread. */
+    if (!(flags & LEDGER_APPLY_SIGS_OK)) {
+        static long cores;
+        if (!cores) cores = sysconf(_SC_NPROCESSORS_ONLN) > 0 ? sysconf(_SC_NPROCESSORS_ONLN) : 1;
+        ledger_block_view_verify(v, (unsigned)cores);
     }
     ledger_apply_info info;
     int rc = ledger_store_apply_view(n->store, v, cert, cert_len, &n->ex, flags, &info);
