@@ -207,3 +207,5 @@ clean:
 $(BUILD)/tools/tem_count.so: tests/tools/tem_count.c
 	@mkdir -p $(dir $@)
 	$(CC) $(PKG_CFLAGS) -std=gnu17 $(WARN) -O2 -g -shared -fPIC -o $@ $< -ldl
+# bench_per_tx runs the nodes under the counter.
+$(BUILD)/bench/bench_per_tx: | $(BUILD)/tools/tem_count.so $(TEMD)

@@ -250,6 +250,8 @@ fail:
     return rc;
 }
 
+int ledger_store_scratch(ledger_store *s) { return map_mdb(mdb_env_set_flags(s->env, MDB_NOSYNC, 1), "set nosync"); }
+
 void ledger_store_close(ledger_store *s) {
     if (!s) return;
     if (s->env) mdb_env_close(s->env);

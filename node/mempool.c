@@ -52,6 +52,7 @@ typedef struct {
     uint8_t txid[LEDGER_HASH_BYTES];
     uint8_t sig[LEDGER_SECP_SIG_BYTES];
     uint8_t signer[LEDGER_SECP_PUB_BYTES];
+    bool sig_known; /* the node verified this (txid, sig) already: cfg.sig_known, at dispatch */
     uint8_t *bytes; /* the SignedTx as submitted, owned */
     size_t len;
     ledger_tx tx;   /* decoded once at submission, owned; lent out while PENDING */
@@ -651,7 +652,7 @@ static void verify_work(uv_work_t *req) {
     node_mempool *m = j->m;
     for (uint32_t k = 0; k < j->n; k++) {
         mp__entry *e = &m->ents[j->idx[k]];
-        e->vrc = ledger_secp_verify(e->signer, e->txid, e->sig);
+        e->vrc = e->sig_known ? LEDGER_OK : ledger_secp_verify(e->signer, e->txid, e->sig);
         if (e->vrc == LEDGER_OK) e->check = rec_check(NODE_MEMPOOL_REC_TX, e->bytes, e->len);
     }
 }
@@ -700,6 +701,8 @@ static void vq_dispatch(node_mempool *m) {
             uint32_t i = m->vq_head;
             m->vq_head = m->ents[i].q_next;
             m->ents[i].q_next = NIL;
+            /* A proposal's validation may have verified this pair while it waited here. */
+            m->ents[i].sig_known = m->cfg.sig_known && m->cfg.sig_known(m->cfg.sig_known_ctx, m->ents[i].txid, m->ents[i].sig);
             j->idx[j->n++] = i;
             m->vq_len--;
         }
@@ -1229,6 +1232,15 @@ const ledger_tx *node_mempool_find_bytes(const node_mempool *m, const uint8_t *s
     /* The same signature over other bytes is another tx (or a forgery): decode that one. */
     if (e->len != len || memcmp(e->bytes, stx, len) != 0) return NULL;
     return &e->tx;
+}
+
+int node_mempool_sig_state(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES],
+                           const uint8_t sig[LEDGER_SECP_SIG_BYTES]) {
+    uint32_t i = tab_find(m, &m->by_txid, txid, LEDGER_HASH_BYTES, key_txid, NULL);
+    if (i == NIL) return NODE_MEMPOOL_SIG_UNKNOWN;
+    const mp__entry *e = &m->ents[i];
+    if (e->gone || memcmp(e->sig, sig, LEDGER_SECP_SIG_BYTES) != 0) return NODE_MEMPOOL_SIG_UNKNOWN;
+    return e->state == MP__VERIFY ? NODE_MEMPOOL_SIG_VERIFYING : NODE_MEMPOOL_SIG_VERIFIED;
 }
 
 const ledger_tx *node_mempool_get(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES],

@@ -98,6 +98,11 @@ typedef struct {
      * admission's per-client counts follow the pool exactly. */
     void (*release)(void *ctx, uint32_t tag);
     void *release_ctx;
+    /* Optional, on the loop thread when a queued tx is handed to the thread pool: true if the
+     * node already verified this (txid, signature) pair (a proposal's validation did), and the
+     * signature is then not verified again. Every validator verifies each tx once. */
+    bool (*sig_known)(void *ctx, const uint8_t txid[LEDGER_HASH_BYTES], const uint8_t sig[LEDGER_SECP_SIG_BYTES]);
+    void *sig_known_ctx;
 } node_mempool_config;
 
 /* What admission asks of one submission (node/admission.h): a client's tx is refused with
@@ -213,6 +218,13 @@ TEM_WUR int node_mempool_select_txs(node_mempool *m, ledger_state *st, uint32_t 
  * durable txs). Fits ledger_tx_lookup_fn, so a block view reuses what the pool decoded. */
 const ledger_tx *node_mempool_find_bytes(const node_mempool *m, const uint8_t *stx, size_t len);
 
+/* What the pool knows of the signature of the tx `txid` carrying `sig`: UNKNOWN (no such
+ * entry, another signature, or one leaving), VERIFYING (queued or in the thread pool), VERIFIED
+ * (verified: being written or durable). Lets a proposal's validation wait for a check already
+ * under way instead of repeating it. */
+enum { NODE_MEMPOOL_SIG_UNKNOWN = 0, NODE_MEMPOOL_SIG_VERIFYING, NODE_MEMPOOL_SIG_VERIFIED };
+int node_mempool_sig_state(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES],
+                           const uint8_t sig[LEDGER_SECP_SIG_BYTES]);
 /* The durable tx `txid`: its decoded form, and its bytes in *bytes and *len (each may be NULL).
  * NULL when the tx is not held or not durable yet. Borrowed as for node_mempool_find_bytes. */
 const ledger_tx *node_mempool_get(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES],

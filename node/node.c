@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <sys/statvfs.h>
 #include <time.h>
+#include <unistd.h>
 
 uint64_t node_now_ms(void) {
     struct timespec ts;
@@ -135,12 +136,20 @@ static const ledger_tx *mempool_lookup(void *ctx, const uint8_t *stx, size_t len
     return n->mp ? node_mempool_find_bytes(n->mp, stx, len) : NULL;
 }
 
-/* Marks the view's txs whose (txid, signature) pair this node already verified. */
-static void mark_known(node *n, ledger_block_view *v) {
-    if (v->tx_rc != LEDGER_OK) return;
-    for (size_t i = 0; i < v->n; i++)
-        if (!v->txs[i].verified)
-            v->txs[i].verified = node_sigcache_has(n, v->txs[i].tx->txid, v->txs[i].tx->stx->sig.data);
+/* Marks the view's txs whose (txid, signature) pair this node already verified: in the
+ * signature cache, or verified by the mempool and not yet durable. Returns how many of the rest
+ * the mempool is verifying right now. */
+static size_t mark_known(node *n, ledger_block_view *v) {
+    size_t verifying = 0;
+    if (v->tx_rc != LEDGER_OK) return 0;
+    for (size_t i = 0; i < v->n; i++) {
+        if (v->txs[i].verified) continue;
+        const uint8_t *id = v->txs[i].tx->txid, *sig = v->txs[i].tx->stx->sig.data;
+        int st = n->mp ? node_mempool_sig_state(n->mp, id, sig) : NODE_MEMPOOL_SIG_UNKNOWN;
+        v->txs[i].verified = st == NODE_MEMPOOL_SIG_VERIFIED || node_sigcache_has(n, id, sig);
+        if (!v->txs[i].verified && st == NODE_MEMPOOL_SIG_VERIFYING) verifying++;
+    }
+    return verifying;
 }
 
 static void view_drop(ledger_block_view *v) {
@@ -176,7 +185,7 @@ static ledger_block_view *view_new(node *n, const uint8_t *blk, size_t len, int 
         tem_free(v);
         return NULL;
     }
-    mark_known(n, v);
+    (void)mark_known(n, v);
     return v;
 }
 
@@ -211,6 +220,13 @@ static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uin
         uint64_t slot = 0;
         if (node_archive_trades(&n->archive, n->store, v->header->time_ms, &slot) > 0)
             node_log(n, NODE_LOG_WARN, "cannot archive the trades of slot %llu", (unsigned long long)slot);
+    }
+    /* A block no validation saw (fetched while catching up, or followed as an observer): its
+     * signatures are checked on every core, not one after the other on the loop thread. */
+    if (!(flags & LEDGER_APPLY_SIGS_OK)) {
+        static long cores;
+        if (!cores) cores = sysconf(_SC_NPROCESSORS_ONLN) > 0 ? sysconf(_SC_NPROCESSORS_ONLN) : 1;
+        ledger_block_view_verify(v, (unsigned)cores);
     }
     ledger_apply_info info;
     int rc = ledger_store_apply_view(n->store, v, cert, cert_len, &n->ex, flags, &info);
@@ -324,6 +340,7 @@ typedef struct {
 
 typedef struct val_job {
     node *n;
+    uint64_t wait_until; /* uv_now past which it stops waiting for the mempool's checks */
     uint64_t height;
     uint8_t hash[32];
     ledger_block_view *view; /* owned until val_finish keeps or frees it */
@@ -351,6 +368,10 @@ static void val_work(uv_work_t *w) {
 static void val_finish(node *n, val_job *j) {
     n->validating = false;
     if (j->rc == LEDGER_OK) {
+        /* Every signature of the proposal is good now: the mempool need not check them again
+         * when their gossiped copies arrive (node_mempool_config.sig_known). */
+        for (size_t i = 0; j->view && i < j->view->n; i++)
+            if (!j->view->txs[i].verified) node_sigcache_add(n, j->view->txs[i].tx->txid, j->view->txs[i].tx->stx->sig.data);
         uint32_t k = n->validated_next;
         memcpy(n->validated[k], j->hash, 32);
         if (n->views[k]) view_drop(n->views[k]);
@@ -379,6 +400,9 @@ static void val_after(uv_work_t *w, int status) {
     if (p->rc != LEDGER_OK && j->rc == LEDGER_OK) j->rc = p->rc;
     if (--j->parts_left == 0) val_finish(j->n, j);
 }
+
+static void on_val_wait(uv_timer_t *t);
+static void val_dispatch(node *n, val_job *j);
 
 /* Starts validating a proposal whose parent is applied: builds the proposal's block view (kept
  * for its apply), prechecks it on the loop thread and verifies the unknown signatures in the
@@ -421,9 +445,33 @@ int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_
     }
     /* A tx whose (txid, signature) pair this node verified on admission needs no second check:
      * that would double every validator's signature work. The signature is part of the key
-     * because the txid covers only the body. */
-    mark_known(n, j->view);
-    /* Two halves, one per core: the loop thread never verifies a signature. */
+     * because the txid covers only the body. A tx the mempool is verifying right now (its
+     * gossiped copy came just before the proposal) is waited for, not verified twice. */
+    j->wait_until = uv_now(&n->loop) + NODE_VAL_WAIT_MS;
+    if (mark_known(n, j->view) > 0) {
+        n->val_waiting = j;
+        if (uv_timer_start(&n->t_valwait, on_val_wait, 1, 1) == 0) return PBFT_OK;
+        n->val_waiting = NULL;
+    }
+    val_dispatch(n, j);
+    return PBFT_OK;
+}
+
+/* Polls, every millisecond, the mempool checks the waiting validation depends on; past
+ * NODE_VAL_WAIT_MS it verifies the rest itself. */
+static void on_val_wait(uv_timer_t *t) {
+    node *n = t->data;
+    val_job *j = n->val_waiting;
+    if (!j || n->stopping) return;
+    if (mark_known(n, j->view) > 0 && uv_now(&n->loop) < j->wait_until) return;
+    (void)uv_timer_stop(t);
+    n->val_waiting = NULL;
+    val_dispatch(n, j);
+}
+
+/* Verifies the view's txs not yet known good in the thread pool, in two halves (one per core:
+ * the loop thread never verifies a signature), and answers the host when both are done. */
+static void val_dispatch(node *n, val_job *j) {
     size_t ntx = j->view->n, half = ntx / 2;
     j->parts_left = 2;
     for (int i = 0; i < 2; i++) {
@@ -438,7 +486,6 @@ int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_
             val_after(&p->w, 0);
         }
     }
-    return PBFT_OK;
 }
 
 /* ------------------------------------------------------------------ peer frames */
@@ -586,6 +633,8 @@ static void sigcache_add_pending(node *n, const uint8_t txid[32]) {
     const ledger_tx *t = n->mp ? node_mempool_get(n->mp, txid, NULL, NULL) : NULL;
     if (t) node_sigcache_add(n, t->txid, t->stx->sig.data);
 }
+
+static bool sig_known(void *ctx, const uint8_t txid[32], const uint8_t sig[64]) { return node_sigcache_has(ctx, txid, sig); }
 
 static void gossip_done(void *ctx, int rc, const uint8_t txid[32]) {
     node *n = ctx;
@@ -766,7 +815,7 @@ void node_stop(node *n, int code) {
     node_log(n, NODE_LOG_INFO, "stopping");
     /* systemd (Type=notify) learns the stop is ours, not a crash; a no-op outside systemd. */
     (void)sd_notify(0, "STOPPING=1");
-    uv_timer_t *timers[] = {&n->t_view, &n->t_fetch, &n->t_propose, &n->t_tick};
+    uv_timer_t *timers[] = {&n->t_view, &n->t_fetch, &n->t_propose, &n->t_tick, &n->t_valwait};
     for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
         if (!uv_is_closing((uv_handle_t *)timers[i])) uv_close((uv_handle_t *)timers[i], close_cb);
     if (!uv_is_closing((uv_handle_t *)&n->sig_int)) uv_close((uv_handle_t *)&n->sig_int, close_cb);
@@ -807,7 +856,7 @@ int node_run(const node_config *cfg) {
         return 1;
     }
     /* Every handle the node owns exists from here on, so one shutdown path closes them all. */
-    uv_timer_t *timers[] = {&n->t_view, &n->t_fetch, &n->t_propose, &n->t_tick};
+    uv_timer_t *timers[] = {&n->t_view, &n->t_fetch, &n->t_propose, &n->t_tick, &n->t_valwait};
     for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++) {
         TEM_ASSERT(uv_timer_init(&n->loop, timers[i]) == 0);
         timers[i]->data = n;
@@ -861,6 +910,8 @@ int node_run(const node_config *cfg) {
     node_admission_init(&n->adm, &ac);
     mc.release = adm_release;
     mc.release_ctx = n;
+    mc.sig_known = sig_known;
+    mc.sig_known_ctx = n;
     if (node_mempool_new(&n->loop, &mc, n->store, &n->mp) != 0) {
         node_log(n, NODE_LOG_ERROR, "cannot open the mempool log %s", logpath);
         goto stop;
@@ -933,6 +984,10 @@ run:
     if (n->http) net_http_free(n->http);
     if (n->mp) node_mempool_free(n->mp);
     drop_views(n);
+    if (n->val_waiting) { /* stopped while it waited for the mempool */
+        view_drop(n->val_waiting->view);
+        tem_free(n->val_waiting);
+    }
     node_replica_free(n);
     node_indexer_stop(ix); /* before the store it reads closes */
     node_sync_free(n);

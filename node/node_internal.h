@@ -24,6 +24,9 @@
 #define NODE_LATENCY_TABLE (1u << 16)
 #define NODE_LATENCY_BUCKETS 14
 #define NODE_SIGCACHE (1u << 16)
+/* Longest a proposal's validation waits for the mempool to finish verifying txs it holds
+ * (then it verifies them itself): a little more than one thread-pool batch takes. */
+#define NODE_VAL_WAIT_MS 200
 
 /* Block requests from observers: a token bucket per observer slot (NODE_OBS_REQS_PER_S, a
  * burst of as many), at most one waiting per observer (a newer one replaces it), served from
@@ -68,6 +71,8 @@ typedef struct node {
     bool host_ok;
     uint64_t rep_view; /* the view last logged, to count view changes */
     uv_timer_t t_view, t_fetch, t_propose, t_tick;
+    uv_timer_t t_valwait;             /* polls the mempool's checks a validation waits for */
+    struct val_job *val_waiting;      /* that validation, or NULL */
     uint64_t seq_view, seq_fetch;
     uint64_t want_proposal; /* height the replica asked a proposal for, 0 = none */
     bool propose_armed;
