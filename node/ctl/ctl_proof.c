@@ -392,6 +392,7 @@ static int prove_main(int argc, char **argv) {
     } else {
         print_human(steps, doc, &f, ok);
     }
+    fflush(stdout); /* the steps first, then the verdict, also when both go to one pipe */
     if (!ok) fprintf(stderr, "temctl account: proof refused at step %s: %s\n", f.step, f.why);
     st = ok ? CTL_OK : CTL_INVALID;
 out:
