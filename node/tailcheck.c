@@ -154,7 +154,10 @@ void node_tail_tick(node *n) {
     uint64_t now = uv_now(&n->loop);
     if (now < f->next_round_ms) return;
     f->next_round_ms = now + NODE_TAIL_RETRY_MS;
-    for (uint32_t i = 0; i < f->nbad && i < NODE_TAIL_REQS_PER_ROUND; i++) request_block(n, f->bad[i]);
+    /* A window that moves each round, so blocks no peer can give do not hold up the rest. */
+    uint32_t k = f->nbad < NODE_TAIL_REQS_PER_ROUND ? f->nbad : NODE_TAIL_REQS_PER_ROUND;
+    for (uint32_t i = 0; i < k; i++) request_block(n, f->bad[(f->round * NODE_TAIL_REQS_PER_ROUND + i) % f->nbad]);
+    f->round++;
 }
 
 void node_tail_got_blocks(node *n, uint32_t peer, const Tem__V1__BlockBatch *bb) {

@@ -39,7 +39,7 @@ typedef struct {
     uint64_t found, repaired, refetch_refused; /* since start */
     uint64_t checked_from, checked_to;          /* the start-up check's range (0, 0 = none) */
     uint64_t next_round_ms;
-    uint32_t rr;
+    uint32_t rr, round;
 } node_faults;
 
 struct node;

@@ -11,7 +11,9 @@
 #      naming height and hash; with no peer up GET /v1/blocks/H answers 503 EREPAIRING; once
 #      peers are back the block is refetched, verified against its certificate and rewritten,
 #      served with the chain's hash, and `temctl replay` of the data dir passes (before: 200 with
-#      a hash other than the chain's, later 500 ECORRUPT until the operator restored it).
+#      a hash other than the chain's, later 500 ECORRUPT until the operator restored it);
+#   d. the same below the checked tail (--tail-check-blocks 0): the first read finds it, answers
+#      503 EREPAIRING and the block is refetched.
 NAME=harden-storage
 source "$(dirname "$0")/harden_lib.sh"
 start n0 --key "$dir/v0.key" "${obsargs[@]}"
@@ -141,6 +143,9 @@ done
 [ "$got" = "$want" ] || fail "validator 3 did not repair block $target (answers hash $got, want $want)"
 [ "$(curl -s "http://$(http 3)/v1/blocks/$target" | j .block_hex)" = "$hex" ] || fail "repaired block $target differs from validator 2's bytes"
 grep -q "INFO.*repaired stored block $target (hash $want)" "$dir/n3.log" || fail "no log line for the repair"
+up=$(awk '/tail check: blocks/ {s = 1} s && /peer [0-2] up/ {print substr($0, 12, 12); exit}' "$dir/n3.log")
+fixed=$(grep -m1 "repaired stored block $target" "$dir/n3.log" | cut -c12-23)
+echo "validator 3: first peer up at $up, block $target repaired at $fixed"
 st=$(status 3)
 [ "$(j '.faults|length' <<<"$st")" = 0 ] && [ "$(j .blocks_repaired <<<"$st")" = 1 ] || fail "after the repair: $(jq -c '{faults,blocks_repaired}' <<<"$st")"
 curl -s "http://$(http 3)/metrics" | grep -x >/dev/null "tem_blocks_repaired_total 1" || fail "metrics do not count the repair"
@@ -152,4 +157,37 @@ rp=$("$T" replay "$dir/n3" --genesis "$dir/g.json" 2>/dev/null) || fail "replay 
 echo "replay of validator 3's data dir: $rp"
 [ "$(j .ok <<<"$rp")" = true ] || fail "replay: $rp"
 ok "flipped byte in a stored block: ERROR names it, 503 EREPAIRING while alone, refetched and verified from peers, replay passes"
+
+# Damage below the checked tail (the check is off here) is found by the first read of the block,
+# which answers 503 EREPAIRING instead of the damaged bytes, and is refetched the same way.
+t2=3
+want2=$(curl -s "http://$(http 2)/v1/blocks/$t2" | j .hash)
+hex2=$(curl -s "http://$(http 2)/v1/blocks/$t2" | j .block_hex)
+python3 - "$dir/n3/data.mdb" "$hex2" <<'PY' || fail "block bytes not found in data.mdb"
+import sys
+path, hexs = sys.argv[1], sys.argv[2]
+blk = bytes.fromhex(hexs)
+data = bytearray(open(path, 'rb').read())
+i, n = data.find(blk), 0
+while i >= 0:
+    data[i + len(blk) // 3] ^= 0x08
+    n += 1
+    i = data.find(blk, i + 1)
+if n == 0: sys.exit(1)
+open(path, 'wb').write(data)
+PY
+start n3 --key "$dir/v3.key" "${obsargs[@]}" --tail-check-blocks 0
+for _ in $(seq 1 100); do status 3 >/dev/null 2>&1 && break; sleep 0.2; done
+code=$(curl -s -o "$dir/b.json" -w '%{http_code}' "http://$(http 3)/v1/blocks/$t2")
+echo "flipped byte in stored block $t2, tail check off: first GET answered $code $(j .code <"$dir/b.json")"
+[ "$code" = 503 ] && [ "$(j .code <"$dir/b.json")" = EREPAIRING ] || fail "damaged block $t2 answered $code on first read, want 503 EREPAIRING"
+got=
+for _ in $(seq 1 100); do
+  got=$(curl -s "http://$(http 3)/v1/blocks/$t2" | j .hash 2>/dev/null || true)
+  [ "$got" = "$want2" ] && break
+  sleep 0.2
+done
+[ "$got" = "$want2" ] && [ "$(curl -s "http://$(http 3)/v1/blocks/$t2" | j .block_hex)" = "$hex2" ] || fail "block $t2 not repaired after a read found it"
+grep -q "ERROR.*stored block $t2 (hash $want2) is damaged" "$dir/n3.log" || fail "no ERROR names block $t2"
+ok "damage below the checked tail: the first read answers 503 EREPAIRING, then the block is refetched"
 echo "t_harden_storage: $passed passed"
