@@ -1105,6 +1105,29 @@ static void saw(pbft_replica *r, uint32_t j, uint64_t h) {
     if (h > r->seen_height[j]) r->seen_height[j] = h;
 }
 
+/* f+1 validators signed votes in views above this replica's: at least one of them is honest
+ * and has moved on, so the others finished a view change this replica missed (it was stopped,
+ * restarted or cut off while they changed view, and no timer of its own will fire while it
+ * sees progress). Ask for the lowest such view: the primary of that view answers a VIEW-CHANGE
+ * for its current view by re-sending its NEW-VIEW, which brings this replica in by the normal
+ * checks. Joining a view only on a NEW-VIEW keeps safety as it was; f Byzantine validators
+ * alone cannot push an honest replica into a view change. */
+static int join_later_view(pbft_replica *r, pbft_actions *out) {
+    uint32_t cnt = 0;
+    uint64_t lowest = UINT64_MAX;
+    for (uint32_t j = 0; j < r->cfg.n; j++) {
+        if (j == r->cfg.self || r->seen_view[j] <= r->view) continue;
+        cnt++;
+        if (r->seen_view[j] < lowest) lowest = r->seen_view[j];
+    }
+    if (cnt < r->f + 1) return PBFT_OK;
+    return start_view_change(r, lowest, out);
+}
+
+static void saw_view(pbft_replica *r, uint32_t j, uint64_t v) {
+    if (v > r->seen_view[j]) r->seen_view[j] = v;
+}
+
 static int verify_env(const pbft_replica *r, const Tem__V1__PbftMessage *m) {
     uint8_t d[32];
     int rc = pbft_msg_digest(r->cfg.genesis_hash, m, d);
@@ -1139,6 +1162,7 @@ static int on_pre_prepare(pbft_replica *r, const Tem__V1__PbftMessage *m, pbft_a
     rc = block_add(s, h, p->block.data, p->block.len, NULL);
     if (rc != PBFT_OK) return rc;
     saw(r, m->sender, p->height);
+    saw_view(r, m->sender, p->view);
     s->has_pp = true;
     s->pp_view = p->view;
     hash_copy(s->pp_hash, h);
@@ -1180,6 +1204,11 @@ static int on_vote(pbft_replica *r, const Tem__V1__PbftMessage *m, uint64_t view
     /* A commit certificate from any view proves the block committed, even one this replica
      * has left behind. */
     if (is_commit) check_commit(r, s, view, hashb.data);
+    saw_view(r, m->sender, view);
+    if (view > r->view) {
+        rc = join_later_view(r, out);
+        if (rc != PBFT_OK) return rc;
+    }
     return advance(r, out);
 }
 

@@ -270,6 +270,9 @@ typedef struct {
     pbft__slot *slots; /* window entries, index height % window; tem_calloc'd */
     pbft__ckpt ckpts[PBFT_REPLICAS_MAX][PBFT__CKPT_KEEP];
     uint64_t seen_height[PBFT_REPLICAS_MAX];
+    /* Highest view each validator signed a PRE-PREPARE, PREPARE or COMMIT in (verified): how a
+     * replica that missed a view change (stopped, restarted, cut off) learns it is behind. */
+    uint64_t seen_view[PBFT_REPLICAS_MAX];
     /* Latest VIEW-CHANGE per sender (verified): its view and serialised signed message. */
     uint64_t vc_view[PBFT_REPLICAS_MAX];
     uint8_t *vc_msg[PBFT_REPLICAS_MAX];

@@ -877,6 +877,39 @@ START_TEST(pbft_view_change_replaces_a_silent_primary_and_keeps_committed_blocks
 }
 END_TEST
 
+/* Regression: a validator that was away while the others changed view (stopped, restarted) and
+ * whose own view timer does not fire used to stay in its old view for good, following blocks
+ * by fetching but never voting. f+1 votes of a later view now make it ask for that view. */
+START_TEST(pbft_replica_that_missed_a_view_change_joins_it_from_votes) {
+    cluster *c = tem_calloc(1, sizeof *c);
+    cl_init(c, 4, 4);
+    cl_run_to(c, 3);
+    cl_run(c, 200000);
+    uint64_t before = cl_min_delivered(c);
+    c->cut[0] = true;
+    for (uint32_t i = 1; i < 4; i++) cl_fire_view_timer(c, i);
+    cl_run(c, 200000);
+    cl_run_to(c, before + 3);
+    ck_assert_uint_eq(pbft_replica_view(&c->r[1]), 1);
+    ck_assert_uint_eq(pbft_replica_view(&c->r[0]), 0);
+    /* Back, with no timer fired: only the others' view-1 votes can tell it. */
+    c->cut[0] = false;
+    cl_run_to(c, before + 12);
+    ck_assert_uint_eq(pbft_replica_view(&c->r[0]), 1);
+    ck_assert(!pbft_replica_in_view_change(&c->r[0]));
+    ck_assert_uint_ge(c->delivered_n[0], before + 10);
+    /* It votes again: with replica 3 cut off, 0, 1 and 2 are exactly a quorum of 4. */
+    uint64_t h = cl_min_delivered(c);
+    c->cut[3] = true;
+    cl_run_to(c, h + 4);
+    ck_assert_uint_ge(c->delivered_n[1], h + 4);
+    ck_assert_uint_ge(c->delivered_n[0], h + 4);
+    cl_assert_agreement(c);
+    cl_free(c);
+    tem_free(c);
+}
+END_TEST
+
 /* Regression: a view-change storm. Timeouts keep firing while the new primary is still
  * collecting VIEW-CHANGEs; replicas must not race ahead through views on their own. */
 START_TEST(pbft_regression_view_change_storm_does_not_run_views_away) {
@@ -1307,6 +1340,7 @@ static Suite *suite(void) {
     tcase_add_test(c, pbft_cluster_of_four_commits_blocks_with_valid_certificates);
     tcase_add_test(c, pbft_restored_votes_stop_a_second_block_at_the_same_view_and_height);
     tcase_add_test(c, pbft_view_change_replaces_a_silent_primary_and_keeps_committed_blocks);
+    tcase_add_test(c, pbft_replica_that_missed_a_view_change_joins_it_from_votes);
     tcase_add_test(c, pbft_regression_view_change_storm_does_not_run_views_away);
     tcase_add_test(c, pbft_regression_checkpoint_stable_during_view_change);
     tcase_add_test(c, pbft_regression_restart_mid_view_change_resumes_it);
