@@ -219,6 +219,14 @@ static void serve_work(uv_work_t *w) {
         sc.keys = keys;
         sc.values = vals;
     }
+    /* Fault injection for tests (sync_test_corrupt_chunks): the last entry's value changes, as
+     * a lying peer's would. */
+    uint8_t bad[8] = {0};
+    if (y->n->cfg.sync_test_corrupt_chunks && !sc.unavailable && k > 0) {
+        vals[k - 1] = (ProtobufCBinaryData){sizeof bad, bad};
+        memcpy(bad, e[k - 1].val, e[k - 1].vlen < sizeof bad ? e[k - 1].vlen : sizeof bad);
+        bad[0] ^= 1;
+    }
     Tem__V1__NodeMessage m;
     tem__v1__node_message__init(&m);
     m.kind_case = TEM__V1__NODE_MESSAGE__KIND_CHUNK;

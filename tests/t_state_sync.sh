@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # State sync across processes (issue #15; docs/operate.md "Joining by state sync"):
 #   1. 4 validators (snapshot every 10 blocks) make blocks on a genesis of 50 participants;
+#      validator 2 serves tampered chunks (a lying peer): each is refused and fetched elsewhere;
 #   2. an observer with an empty data dir joins with --state-sync, throttled (one chunk request
 #      per 150 ms) so it can be killed (-9) mid-sync once 5 chunks are stored;
 #   3. restarted, it resumes the same target: no chunk stored before the kill is fetched again,
@@ -43,8 +44,10 @@ start() { # start NAME LOG extra-args...
   "$D" --data-dir "$dir/$name" --genesis "$dir/g.json" "$@" --log-level info 2>>"$dir/$log.log" &
   PID[$name]=$!
 }
+# validator 2 lies: every chunk it serves has one value changed (sync_test_corrupt_chunks)
 for i in 0 1 2 3; do
-  start "n$i" "n$i" --key "$dir/v$i.key" --observer-key "$(pub obs)" --sync-snapshot-interval 10 --block-interval-ms 1000
+  bad=(); [ $i = 2 ] && bad=(--sync-test-corrupt-chunks true)
+  start "n$i" "n$i" --key "$dir/v$i.key" --observer-key "$(pub obs)" --sync-snapshot-interval 10 --block-interval-ms 1000 "${bad[@]}"
 done
 status() { curl -s -m 2 "http://$1/v1/status"; }
 height() { status "$1" | jq -r .height 2>/dev/null || echo 0; }
@@ -96,6 +99,10 @@ again=$(comm -12 "$dir/run1" "$dir/run2" | wc -l)
 n2=$(wc -l <"$dir/run2")
 [ $((stored + n2)) = "$tofetch" ] || fail "stored $stored before + $n2 after the restart, want $tofetch"
 ok "restart resumed height $target with $stored chunks stored; fetched the other $n2, none twice"
+refused=$(cat "$dir/obs1.log" "$dir/obs2.log" | grep -c "state sync: refused chunk [0-9]* from peer 2" || true)
+[ "$refused" -ge 1 ] || fail "no chunk from the lying validator 2 was refused"
+cat "$dir/obs1.log" "$dir/obs2.log" | grep -q "state sync: stored chunk [0-9]* ([0-9]* entries) from peer 2," && fail "a chunk from the lying validator 2 was stored"
+ok "$refused tampered chunks from validator 2 refused and fetched from the others"
 
 # ---- 4. same root, then it follows
 grep -q "state sync: installed the state of height $target" "$dir/obs2.log" || fail "no install line"
