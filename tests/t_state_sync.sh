@@ -2,6 +2,8 @@
 # State sync across processes (issue #15; docs/operate.md "Joining by state sync"):
 #   1. 4 validators (snapshot every 10 blocks) make blocks on a genesis of 50 participants;
 #      validator 2 serves tampered chunks (a lying peer): each is refused and fetched elsewhere;
+#      a peer flooding validator 0 with chunk requests (never reading) is dropped over its
+#      budget while blocks keep coming;
 #   2. an observer with an empty data dir joins with --state-sync, throttled (one chunk request
 #      per 150 ms) so it can be killed (-9) mid-sync once 5 chunks are stored;
 #   3. restarted, it resumes the same target: no chunk stored before the kill is fetched again,
@@ -27,6 +29,7 @@ OBS_HTTP="127.0.0.1:$((base + 19))"
 
 for i in 0 1 2 3; do "$T" keygen --type validator --out "$dir/v$i.key" >/dev/null; done
 "$T" keygen --type validator --out "$dir/obs.key" >/dev/null
+"$T" keygen --type validator --out "$dir/flood.key" >/dev/null
 args=()
 for i in 0 1 2 3; do args+=(--validator "v$i:$dir/v$i.key:$(peer $i)@$(http $i)"); done
 "$T" keygen --type meter --out "$dir/admin.key" >/dev/null
@@ -47,7 +50,8 @@ start() { # start NAME LOG extra-args...
 # validator 2 lies: every chunk it serves has one value changed (sync_test_corrupt_chunks)
 for i in 0 1 2 3; do
   bad=(); [ $i = 2 ] && bad=(--sync-test-corrupt-chunks true)
-  start "n$i" "n$i" --key "$dir/v$i.key" --observer-key "$(pub obs)" --sync-snapshot-interval 10 --block-interval-ms 1000 "${bad[@]}"
+  start "n$i" "n$i" --key "$dir/v$i.key" --observer-key "$(pub obs)" --observer-key "$(pub flood)" \
+    --sync-snapshot-interval 10 --block-interval-ms 1000 "${bad[@]}"
 done
 status() { curl -s -m 2 "http://$1/v1/status"; }
 height() { status "$1" | jq -r .height 2>/dev/null || echo 0; }
@@ -59,6 +63,21 @@ until [ "$(height "$(http 0)")" -ge 12 ] 2>/dev/null; do
 done
 grep -q "state sync: serving the snapshot of height 10" "$dir/n0.log" || fail "validator 0 keeps no snapshot of height 10"
 ok "4 validators at height $(height "$(http 0)") serve the snapshot of height 10"
+
+# ---- 1b. a peer asking for chunks every 1 ms and never reading: dropped over its budget, the
+# chain keeps its pace (harden_peer.py needs python3-cryptography)
+if python3 -c "import cryptography" 2>/dev/null; then
+  G=$(status "$(http 0)" | jq -r .genesis_hash)
+  h0=$(height "$(http 0)")
+  python3 "$(dirname "${BASH_SOURCE[0]}")/harden_peer.py" "$(peer 0)" "$G" "$dir/flood.key" chunkflood 6 10 >"$dir/flood.out" 2>&1 \
+    || fail "chunkflood: $(cat "$dir/flood.out")"
+  h1=$(height "$(http 0)")
+  grep -q "state sync: peer [0-9]* asks for chunks too fast; dropping" "$dir/n0.log" || fail "validator 0 did not drop the flood"
+  [ $((h1 - h0)) -ge 3 ] || fail "only $((h1 - h0)) blocks in the 6 s flood"
+  ok "chunk flood on validator 0 ($(cat "$dir/flood.out")): dropped over budget, $((h1 - h0)) blocks meanwhile"
+else
+  echo "SKIP: chunk flood: python3-cryptography missing"
+fi
 
 # ---- 2. join by state sync, killed mid-sync
 obs_args=(--key "$dir/obs.key" --observer --http "$OBS_HTTP" --state-sync --sync-chunk-delay-ms 150)
