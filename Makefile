@@ -140,9 +140,14 @@ test: deps
 	$(MAKE) sh-test
 	$(MAKE) test-asan
 
+# `make bench RUNS=3` runs every bench three times and ends with min/median/max per line
+# (tests/bench/summary.sh); the raw lines stay in $(BUILD)/bench.log.
+RUNS ?= 1
 bench: deps
 	$(MAKE) $(BENCH_BINS) $(TEMCTL)
-	@set -e; for b in $(BENCH_BINS); do BUILD=$(BUILD) $$b; done
+	@set -eo pipefail; : > $(BUILD)/bench.log; for r in $$(seq 1 $(RUNS)); do \
+	  for b in $(BENCH_BINS); do BUILD=$(BUILD) $$b | tee -a $(BUILD)/bench.log; done; done; \
+	  if [ $(RUNS) -gt 1 ]; then sh tests/bench/summary.sh $(BUILD)/bench.log; fi
 
 # ---------------------------------------------------------------- testnet
 # `make testnet ARGS="--slots 8 --exit"`: a local market on 4 validators + 1 observer
@@ -155,12 +160,17 @@ testnet: deps
 
 # ---------------------------------------------------------------- fuzz (clang + libFuzzer)
 FUZZ_BUILD = build/fuzz
-FUZZ_CFLAGS = -std=gnu17 -g -O1 -fsanitize=fuzzer-no-link,address,undefined $(WARN) -Wno-unused-command-line-argument
+FUZZ_CFLAGS = -std=gnu17 -g -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined $(WARN) -Wno-unused-command-line-argument -MMD -MP
 FUZZ_LIB_SRCS = $(call src_of,ledger)
 FUZZ_LIB_OBJS = $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_LIB_SRCS)) $(FUZZ_BUILD)/obj/proto.o
 # fuzz_market runs the market executor, so it links the contracts too (added by issue 4).
 $(FUZZ_BUILD)/fuzz_market: $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(call src_of,contracts))
+# The peer, dispatch, HTTP and mempool-log targets drive temd's own code (issue 12): every
+# module temd links, plus the embedded UI page (plain data, no sanitizer needed).
+FUZZ_NODE_OBJS = $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(foreach m,node contracts consensus net,$(call src_of,$(m)))) $(UI_OBJ)
+$(addprefix $(FUZZ_BUILD)/fuzz_,peer dispatch http mempool_log): $(FUZZ_NODE_OBJS)
 FUZZ_BINS = $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(FUZZ_SRCS))
+$(FUZZ_BINS): $(wildcard tests/fuzz/*.h) tests/ledger_fixture.h
 $(FUZZ_BUILD)/obj/proto.o: $(PROTO_C)
 	@mkdir -p $(dir $@)
 	clang $(CPPFLAGS) $(PKG_CFLAGS) -std=gnu17 -g -O1 -fsanitize=fuzzer-no-link,address -w -c $< -o $@
@@ -168,7 +178,7 @@ $(FUZZ_BUILD)/obj/%.o: %.c | $(PROTO_H)
 	@mkdir -p $(dir $@)
 	clang $(CPPFLAGS) $(PKG_CFLAGS) $(FUZZ_CFLAGS) -c $< -o $@
 $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJS)
-	clang $(CPPFLAGS) $(PKG_CFLAGS) -std=gnu17 -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $^ $(LDLIBS)
+	clang $(CPPFLAGS) $(PKG_CFLAGS) -std=gnu17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -o $@ $(filter-out %.h,$^) $(LDLIBS)
 fuzz: deps
 	$(MAKE) $(FUZZ_BINS)
 	@set -e; for f in $(FUZZ_BINS); do n=$$(basename $$f); mkdir -p $(FUZZ_BUILD)/corpus/$$n; \
@@ -189,6 +199,7 @@ clean:
 	rm -rf build
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
 
 # ---------------------------------------------------------------- per-tx counter (docs/performance.md)
 # An LD_PRELOAD library counting protobuf unpacks, SHA-256 calls and copies in a running temd;
@@ -196,3 +207,5 @@ clean:
 $(BUILD)/tools/tem_count.so: tests/tools/tem_count.c
 	@mkdir -p $(dir $@)
 	$(CC) $(PKG_CFLAGS) -std=gnu17 $(WARN) -O2 -g -shared -fPIC -o $@ $< -ldl
+# bench_per_tx runs the nodes under the counter.
+$(BUILD)/bench/bench_per_tx: | $(BUILD)/tools/tem_count.so $(TEMD)

@@ -226,6 +226,33 @@ TEM_WUR int grid_model_commit(const uint8_t *blob, size_t blob_len, uint8_t *slo
  * GRID_ENOMEM. */
 TEM_WUR int grid_model_voltages(const uint8_t *blob, size_t blob_len, const uint8_t *slot_blob, uint64_t slot,
                                 int64_t slot_ms, int64_t *v_npu);
+/* The slot's operating point as the check sees it (docs/grid.md, "The DSO's view"): the fixed-point
+ * AC power flow of `slot`'s base case with the slot blob's accepted trades (NULL = none), the very
+ * solve and the very limits grid_model_check uses, read out per bus and per line. The arrays are
+ * the caller's: buses[grid_model_buses] in record order (record 0 is the slack), lines[that - 1],
+ * line i being the line from record i + 1 to its parent. Limits are the model's own, after the
+ * margin and the guard; loadings are |S| at the line's worse end (its own loss inside) against the
+ * check's rating, as the check compares them, so a line the check named binding after a
+ * curtailment sits just below 1,000,000 ppm. The slack's band is 0..0 (it is held at 1 pu).
+ * GRID_OK; GRID_ENOCONVERGE (the slot has no AC solution: buses[] holds the base case, the trades
+ * and the bands, v_npu 0, lines[] is not written); GRID_EINVAL, GRID_ECORRUPT, GRID_ENOMEM
+ * (nothing written). */
+typedef struct {
+    uint32_t bus;
+    int64_t base_p_w, base_q_var; /* the slot's base case: net load, W and var (+ draws) */
+    int64_t traded_wh;            /* net Wh accepted trades inject here (sellers +, buyers -) */
+    int64_t v_npu;                /* |V| with the trades, 1e-9 pu */
+    int64_t vmin_npu, vmax_npu;   /* the check's band: after the margin and the guard */
+} grid_bus_state;
+typedef struct {
+    uint32_t from, to;  /* as written in lines.csv */
+    uint32_t bus;       /* the end farther from the slack */
+    int64_t s_va;       /* |S| at the worse end, VA */
+    int64_t limit_va;   /* the check's rating: rate (1 - margin) (1 - 1e-6), VA */
+    int64_t loading_ppm; /* s_va / limit_va as the check compares them, ppm (above 1e6: beyond) */
+} grid_line_state;
+TEM_WUR int grid_model_state(const uint8_t *blob, size_t blob_len, const uint8_t *slot_blob, uint64_t slot,
+                             int64_t slot_ms, grid_bus_state *buses, grid_line_state *lines);
 /* Path resistance (micro-ohm) and the bound on the path's |loss factor| (ppm) between two buses
  * of a compiled model. */
 TEM_WUR int grid_model_path(const uint8_t *blob, size_t blob_len, uint32_t a_bus, uint32_t b_bus,

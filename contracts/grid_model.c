@@ -1320,3 +1320,71 @@ int grid_model_voltages(const uint8_t *blob, size_t blob_len, const uint8_t *slo
     ws_free(&w);
     return rc;
 }
+
+/* fixed-point pu (2^32 per pu on the 1 MVA base) -> W, VA or var, rounded to nearest. */
+static int64_t fp_to_w(i128 x) {
+    i128 m = x * GRID_PPM;
+    return (int64_t)(m >= 0 ? (m + (FP_ONE / 2)) >> FP_SHIFT : -((-m + (FP_ONE / 2)) >> FP_SHIFT));
+}
+/* |V|^2 (fixed point) -> |V| in npu, the way grid_model_voltages rounds it. */
+static int64_t m2_to_npu(int64_t m2) {
+    i128 m = sqrt_approx((i128)m2 * FP_ONE);
+    return (int64_t)(m * GRID_NPU_PER_PU / FP_ONE);
+}
+
+int grid_model_state(const uint8_t *blob, size_t blob_len, const uint8_t *slot_blob, uint64_t slot,
+                     int64_t slot_ms, grid_bus_state *buses, grid_line_state *lines) {
+    TEM_ASSERT(buses && lines);
+    grid__view v;
+    int rc = args_ok(slot_ms);
+    if (rc == GRID_OK) rc = view_init(&v, blob, blob_len);
+    if (rc != GRID_OK) return rc;
+    grid__ws w;
+    if ((rc = ws_init(&v, &w)) != GRID_OK) return rc;
+    /* The base case alone first (no slot blob), for the injections it reports; then the solve
+     * with the trades, which is the check's operating point before its next candidate. */
+    slot_loads(&v, &w, slot, NULL, slot_ms);
+    int64_t *bp = w.m2, *bq = w.inv; /* scratch until the solve: read out before it */
+    grid__sol *x = &w.s[0];
+    for (uint32_t k = 0; k < w.n; k++) {
+        x->jr[k] = w.sp[k];
+        x->ji[k] = w.sq[k];
+    }
+    slot_loads(&v, &w, slot, slot_blob, slot_ms);
+    for (uint32_t k = 0; k < w.n; k++) {
+        bp[k] = x->jr[k];
+        bq[k] = x->ji[k];
+        x->vr[k] = FP_ONE;
+        x->vi[k] = 0;
+    }
+    for (uint32_t k = 0; k < w.n; k++) {
+        const uint8_t *r = rec(&v, k);
+        grid_bus_state *b = &buses[k];
+        memset(b, 0, sizeof *b);
+        b->bus = rd32(r, R_ID);
+        b->base_p_w = fp_to_w(bp[k]);
+        b->base_q_var = fp_to_w(bq[k]);
+        b->traded_wh = slot_blob ? ld64(slot_blob + 8 * (size_t)k) : 0;
+        if (k > 0) {
+            b->vmin_npu = m2_to_npu(rd64(r, R_VLO2));
+            b->vmax_npu = m2_to_npu(rd64(r, R_VHI2));
+        }
+    }
+    rc = solve(&w, x);
+    for (uint32_t k = 0; rc == GRID_OK && k < w.n; k++) {
+        buses[k].v_npu = m2_to_npu(sol_m2(x, k));
+        if (k == 0) continue;
+        const uint8_t *r = rec(&v, k);
+        grid_line_state *l = &lines[k - 1];
+        const int64_t rate = rd64(r, R_RATE);
+        const i128 s = sqrt_approx(sol_s2(&w, x, k)); /* |S|, fixed point */
+        l->from = rd32(r, R_LFROM);
+        l->to = rd32(r, R_LTO);
+        l->bus = rd32(r, R_ID);
+        l->s_va = fp_to_w(s);
+        l->limit_va = fp_to_w(rate);
+        l->loading_ppm = rate > 0 ? (int64_t)(s * GRID_PPM / rate) : INT64_MAX;
+    }
+    ws_free(&w);
+    return rc;
+}

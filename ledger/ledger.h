@@ -371,6 +371,9 @@ TEM_WUR int ledger_store_open(const char *dir, const ledger_genesis *g,
                               int (*init)(void *ctx, ledger_state *st, const ledger_genesis *g),
                               void *init_ctx, ledger_store **out);
 void ledger_store_close(ledger_store *s);
+/* Scratch stores only (temctl replay's re-execution, benches): commits stop waiting for the
+ * disk (LMDB's MDB_NOSYNC), so a crash may lose or damage the store. LEDGER_OK or LEDGER_EIO. */
+TEM_WUR int ledger_store_scratch(ledger_store *s);
 uint64_t ledger_store_height(const ledger_store *s);
 /* Hash of the last block (the genesis hash at height 0). */
 void ledger_store_last_hash(const ledger_store *s, uint8_t out[LEDGER_HASH_BYTES]);
@@ -447,6 +450,13 @@ TEM_WUR int ledger_block_view_build(const ledger_genesis *g, const uint8_t *bloc
                                     ledger_block_view *out);
 /* Frees what the view owns (not the lookup's txs). Safe on a zeroed view. */
 void ledger_block_view_free(ledger_block_view *v);
+/* Verifies the signatures of the view's txs not yet marked verified on `threads` threads (the
+ * caller's and threads-1 more; at most LEDGER_VIEW_VERIFY_THREADS) and marks those that pass.
+ * A tx that fails stays unmarked, so ledger_store_apply_view verifies it again and reports it
+ * in its usual order (after the header and certificate checks). Nothing is done for a view whose
+ * txs did not decode. A thread that cannot be started is replaced by the caller's. */
+#define LEDGER_VIEW_VERIFY_THREADS 8
+void ledger_block_view_verify(ledger_block_view *v, unsigned threads);
 /* The block hash from a serialised Block, decoding only its header. LEDGER_EDECODE, EBLOCK. */
 TEM_WUR int ledger_block_hash_bytes(const uint8_t *block, size_t len, uint8_t out[LEDGER_HASH_BYTES]);
 /* The 64-byte signature inside a serialised SignedTx, without decoding it: *sig points into
@@ -482,6 +492,19 @@ TEM_WUR int ledger_store_receipt(ledger_store *s, const uint8_t txid[32], uint64
                                  uint32_t *pos, uint8_t **out, size_t *len);
 TEM_WUR int ledger_store_block_roots(ledger_store *s, uint64_t height, uint8_t state_root[32],
                                      uint8_t receipts_root[32]);
+/* The start-up tail check of one stored block (1..height): the hash recorded for it in the
+ * roots table, the block's header hash, its prev_hash link to the block below, its tx_root, every
+ * tx's signature (not covered by the tx root) and its commit certificate (verified against the genesis validators for that hash). hash gets the
+ * recorded hash (zeros if unreadable). LEDGER_OK; LEDGER_ECORRUPT with the reason in why;
+ * LEDGER_ENOTFOUND (height out of range), LEDGER_EIO, LEDGER_ENOMEM. */
+TEM_WUR int ledger_store_check_block(ledger_store *s, uint64_t height, uint8_t hash[32], char *why, size_t why_len);
+/* Rewrites a damaged stored block with a copy fetched from a peer, in one write transaction,
+ * only if that copy passes every check of ledger_store_check_block against this node's recorded
+ * hash and cert verifies for it; the certificate is rewritten too when the stored one does not
+ * verify. The bytes are borrowed. LEDGER_OK; LEDGER_EBLOCK or LEDGER_ECERT (nothing written,
+ * reason in why); LEDGER_EHEIGHT, LEDGER_ECORRUPT (no recorded hash), EIO, EDISKFULL, EFULL. */
+TEM_WUR int ledger_store_repair_block(ledger_store *s, uint64_t height, const uint8_t *blk, size_t blk_len,
+                                      const uint8_t *cert, size_t cert_len, char *why, size_t why_len);
 /* Proof of key (present or absent) against the current state root (ledger_store_roots), read
  * from the store's tree in O(log N). LEDGER_OK, LEDGER_EIO, LEDGER_ECORRUPT. */
 TEM_WUR int ledger_store_prove(ledger_store *s, const void *key, size_t klen, ledger_state_proof *out);

@@ -131,23 +131,46 @@ int ledger__smt_verify(const uint8_t root[32], const uint8_t kh[32], const uint8
 }
 
 /* ------------------------------------------------------------------ LMDB tree */
+/* Nodes are stored in groups of GROUP_LEVELS levels: the group of depth d is g = d / 4, and one
+ * LMDB record holds every node of one group under one 4g-bit path prefix (a 4-level subtree, up
+ * to 15 nodes). A changed key's path of ~log2(N) nodes touches ~log2(N)/4 records instead of
+ * log2(N), which is what an update pays for in LMDB (B-tree lookups, copy-on-write pages). The
+ * tree's definition, root and proofs do not depend on this layout. */
 enum { N_EMPTY = 0, N_LEAF = 1, N_INNER = 2 };
+enum { GROUP_LEVELS = 4, GROUP_SLOTS = 15, GROUP_VAL_MAX = 2 + GROUP_SLOTS * 65 };
 typedef struct {
     int kind;
     uint8_t a[32], b[32]; /* leaf: kh, vh; inner: left, right */
 } node;
 
+/* One group record as loaded in an update: slot s = 2^r - 1 + (the r path bits below the
+ * group's root) for the node r levels below it. */
+typedef struct grec {
+    uint8_t key[33], klen;
+    bool dirty;
+    uint16_t present; /* bit s: slot s holds a node */
+    uint8_t kind[GROUP_SLOTS];
+    uint8_t ab[GROUP_SLOTS][64];
+} grec;
+
 typedef struct {
     MDB_txn *txn;
     MDB_dbi dbi;
     ledger__smt_stats *stats;
-    /* Bulk mode (an empty table): records are collected per depth instead of put one by one.
-     * A depth-first build emits each depth's records in path order, which is key order within
-     * that depth, so every bucket is appended to LMDB already sorted (MDB_APPEND). */
+    /* The records this update has read or written, by key (open addressing; cap a power of 2).
+     * Written back once, sorted, at the end. */
+    grec **map;
+    size_t nmap, cap;
+    grec **chunks; /* records are allocated CHUNK at a time */
+    size_t nchunks, used_in_last;
+    /* Bulk mode (an empty table): node records are collected per depth instead, then merged
+     * into group records. A depth-first build emits each depth's nodes in path order, so every
+     * group's records come out in key order and are appended to LMDB sorted (MDB_APPEND). */
     bool bulk;
     uint8_t *bk[256];
     size_t bklen[256], bkcap[256];
 } tctx;
+enum { CHUNK = 64 };
 
 static int map_err(int rc) {
     if (rc == 0) return LEDGER_OK;
@@ -160,6 +183,137 @@ static int map_err(int rc) {
     return LEDGER_EIO;
 }
 
+/* Record key of group g on path: u8(g) || the first ceil(4g/8) bytes of path, bits past 4g
+ * zeroed. Keys sort by group, then by prefix. */
+static size_t group_key(uint8_t key[33], unsigned g, const uint8_t path[32]) {
+    TEM_ASSERT(g < 64);
+    unsigned bits = g * GROUP_LEVELS;
+    size_t nb = (bits + 7) / 8;
+    key[0] = (uint8_t)g;
+    memcpy(key + 1, path, nb);
+    if (bits & 7) key[nb] &= (uint8_t)(0xFF << (8 - (bits & 7)));
+    return 1 + nb;
+}
+
+static unsigned group_slot(unsigned d, const uint8_t path[32]) {
+    unsigned g0 = d - d % GROUP_LEVELS, r = d - g0, bits = 0;
+    for (unsigned i = g0; i < d; i++) bits = bits << 1 | (unsigned)bit_at(path, i);
+    return (1u << r) - 1 + bits;
+}
+
+static int group_decode(grec *r, const uint8_t *p, size_t len) {
+    if (len < 2) return LEDGER_ECORRUPT;
+    r->present = (uint16_t)(p[0] << 8 | p[1]);
+    if (r->present >> GROUP_SLOTS) return LEDGER_ECORRUPT;
+    size_t off = 2;
+    for (unsigned s = 0; s < GROUP_SLOTS; s++) {
+        if (!(r->present >> s & 1)) continue;
+        if (len - off < 65 || (p[off] != N_LEAF && p[off] != N_INNER)) return LEDGER_ECORRUPT;
+        r->kind[s] = p[off];
+        memcpy(r->ab[s], p + off + 1, 64);
+        off += 65;
+    }
+    return off == len ? LEDGER_OK : LEDGER_ECORRUPT;
+}
+
+static size_t group_encode(const grec *r, uint8_t out[GROUP_VAL_MAX]) {
+    out[0] = (uint8_t)(r->present >> 8);
+    out[1] = (uint8_t)r->present;
+    size_t off = 2;
+    for (unsigned s = 0; s < GROUP_SLOTS; s++) {
+        if (!(r->present >> s & 1)) continue;
+        out[off] = r->kind[s];
+        memcpy(out + off + 1, r->ab[s], 64);
+        off += 65;
+    }
+    return off;
+}
+
+static uint64_t key_hash(const uint8_t *key, size_t klen) {
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+    for (size_t i = 0; i < klen; i++) h = (h ^ key[i]) * 0x100000001b3ull;
+    return h ^ h >> 29;
+}
+
+static grec *rec_alloc(tctx *c) {
+    if (c->nchunks == 0 || c->used_in_last == CHUNK) {
+        grec **nc = tem_realloc(c->chunks, (c->nchunks + 1) * sizeof *nc);
+        if (!nc) return NULL;
+        c->chunks = nc;
+        if (!(nc[c->nchunks] = tem_malloc(CHUNK * sizeof(grec)))) return NULL;
+        c->nchunks++;
+        c->used_in_last = 0;
+    }
+    return &c->chunks[c->nchunks - 1][c->used_in_last++];
+}
+
+static void map_insert(grec **map, size_t cap, grec *r) {
+    size_t i = key_hash(r->key, r->klen) & (cap - 1);
+    while (map[i]) i = (i + 1) & (cap - 1);
+    map[i] = r;
+}
+
+/* The record of group g on path, read from LMDB on first use (an absent record is empty). */
+static int group_get(tctx *c, unsigned g, const uint8_t path[32], grec **out) {
+    uint8_t key[33];
+    size_t klen = group_key(key, g, path);
+    if (c->cap) {
+        size_t i = key_hash(key, klen) & (c->cap - 1);
+        for (; c->map[i]; i = (i + 1) & (c->cap - 1))
+            if (c->map[i]->klen == klen && memcmp(c->map[i]->key, key, klen) == 0) {
+                *out = c->map[i];
+                return LEDGER_OK;
+            }
+    }
+    if (2 * (c->nmap + 1) > c->cap) {
+        size_t nc = c->cap ? 2 * c->cap : 256;
+        grec **nm = tem_calloc(nc, sizeof *nm);
+        if (!nm) return LEDGER_ENOMEM;
+        for (size_t i = 0; i < c->cap; i++)
+            if (c->map[i]) map_insert(nm, nc, c->map[i]);
+        tem_free(c->map);
+        c->map = nm;
+        c->cap = nc;
+    }
+    grec *r = rec_alloc(c);
+    if (!r) return LEDGER_ENOMEM;
+    memcpy(r->key, key, klen);
+    r->klen = (uint8_t)klen;
+    r->dirty = false;
+    r->present = 0;
+    MDB_val k = {klen, key}, v;
+    c->stats->reads++;
+    int rc = mdb_get(c->txn, c->dbi, &k, &v);
+    if (rc == 0) rc = group_decode(r, v.mv_data, v.mv_size);
+    else if (rc == MDB_NOTFOUND) rc = LEDGER_OK;
+    else rc = map_err(rc);
+    if (rc != LEDGER_OK) {
+        c->used_in_last--;
+        return rc;
+    }
+    map_insert(c->map, c->cap, r);
+    c->nmap++;
+    *out = r;
+    return LEDGER_OK;
+}
+
+static int node_get(tctx *c, unsigned d, const uint8_t path[32], node *out) {
+    TEM_ASSERT(d < 256);
+    grec *r;
+    int rc = group_get(c, d / GROUP_LEVELS, path, &r);
+    if (rc != LEDGER_OK) return rc;
+    unsigned s = group_slot(d, path);
+    if (!(r->present >> s & 1)) {
+        out->kind = N_EMPTY;
+        return LEDGER_OK;
+    }
+    out->kind = r->kind[s];
+    memcpy(out->a, r->ab[s], 32);
+    memcpy(out->b, r->ab[s] + 32, 32);
+    return LEDGER_OK;
+}
+
+/* Bulk mode's node record: u8(d) || ceil(d/8) path bytes (bits past d zeroed) || kind || a || b. */
 static size_t node_key(uint8_t key[33], unsigned d, const uint8_t path[32]) {
     TEM_ASSERT(d < 256);
     size_t nb = (d + 7) / 8;
@@ -169,32 +323,13 @@ static size_t node_key(uint8_t key[33], unsigned d, const uint8_t path[32]) {
     return 1 + nb;
 }
 
-static int node_get(tctx *c, unsigned d, const uint8_t path[32], node *out) {
-    uint8_t key[33];
-    MDB_val k = {node_key(key, d, path), key}, v;
-    c->stats->reads++;
-    int rc = mdb_get(c->txn, c->dbi, &k, &v);
-    if (rc == MDB_NOTFOUND) {
-        out->kind = N_EMPTY;
-        return LEDGER_OK;
-    }
-    if (rc) return map_err(rc);
-    const uint8_t *p = v.mv_data;
-    if (v.mv_size != 65 || (p[0] != N_LEAF && p[0] != N_INNER)) return LEDGER_ECORRUPT;
-    out->kind = p[0];
-    memcpy(out->a, p + 1, 32);
-    memcpy(out->b, p + 33, 32);
-    return LEDGER_OK;
-}
-
-/* Writes n at (d, path), or deletes the record when n is empty. */
+/* Sets n at (d, path), or clears the slot when n is empty. */
 static int node_put(tctx *c, unsigned d, const uint8_t path[32], const node *n) {
-    uint8_t key[33], val[65];
-    MDB_val k = {node_key(key, d, path), key};
     c->stats->writes++;
     if (c->bulk) {
         TEM_ASSERT(n->kind != N_EMPTY);
-        size_t rec = k.mv_size + 65;
+        uint8_t key[33];
+        size_t kl = node_key(key, d, path), rec = kl + 65;
         if (c->bklen[d] + rec > c->bkcap[d]) {
             size_t nc = c->bkcap[d] ? 2 * c->bkcap[d] : 4096;
             while (nc < c->bklen[d] + rec) nc *= 2;
@@ -204,22 +339,66 @@ static int node_put(tctx *c, unsigned d, const uint8_t path[32], const node *n) 
             c->bkcap[d] = nc;
         }
         uint8_t *w = c->bk[d] + c->bklen[d];
-        memcpy(w, key, k.mv_size);
-        w[k.mv_size] = (uint8_t)n->kind;
-        memcpy(w + k.mv_size + 1, n->a, 32);
-        memcpy(w + k.mv_size + 33, n->b, 32);
+        memcpy(w, key, kl);
+        w[kl] = (uint8_t)n->kind;
+        memcpy(w + kl + 1, n->a, 32);
+        memcpy(w + kl + 33, n->b, 32);
         c->bklen[d] += rec;
         return LEDGER_OK;
     }
+    grec *r;
+    int rc = group_get(c, d / GROUP_LEVELS, path, &r);
+    if (rc != LEDGER_OK) return rc;
+    unsigned s = group_slot(d, path);
     if (n->kind == N_EMPTY) {
-        int rc = mdb_del(c->txn, c->dbi, &k, NULL);
-        return rc == MDB_NOTFOUND ? LEDGER_OK : map_err(rc);
+        if (r->present >> s & 1) r->dirty = true;
+        r->present &= (uint16_t)~(1u << s);
+        return LEDGER_OK;
     }
-    val[0] = (uint8_t)n->kind;
-    memcpy(val + 1, n->a, 32);
-    memcpy(val + 33, n->b, 32);
-    MDB_val v = {sizeof val, val};
-    return map_err(mdb_put(c->txn, c->dbi, &k, &v, 0));
+    r->present |= (uint16_t)(1u << s);
+    r->kind[s] = (uint8_t)n->kind;
+    memcpy(r->ab[s], n->a, 32);
+    memcpy(r->ab[s] + 32, n->b, 32);
+    r->dirty = true;
+    return LEDGER_OK;
+}
+
+static int grec_cmp(const void *a, const void *b) {
+    const grec *x = *(const grec *const *)a, *y = *(const grec *const *)b;
+    size_t n = x->klen < y->klen ? x->klen : y->klen;
+    int c = memcmp(x->key, y->key, n);
+    return c ? c : (int)x->klen - (int)y->klen;
+}
+
+/* Writes back the changed records in key order (neighbouring puts share B-tree pages). */
+static int groups_flush(tctx *c) {
+    size_t nd = 0;
+    for (size_t i = 0; i < c->cap; i++)
+        if (c->map[i] && c->map[i]->dirty) c->map[nd++] = c->map[i];
+    qsort(c->map, nd, sizeof *c->map, grec_cmp);
+    int rc = LEDGER_OK;
+    for (size_t i = 0; i < nd && rc == LEDGER_OK; i++) {
+        grec *r = c->map[i];
+        MDB_val k = {r->klen, r->key};
+        if (r->present == 0) {
+            int mrc = mdb_del(c->txn, c->dbi, &k, NULL);
+            rc = mrc == MDB_NOTFOUND ? LEDGER_OK : map_err(mrc);
+            continue;
+        }
+        uint8_t val[GROUP_VAL_MAX];
+        MDB_val v = {group_encode(r, val), val};
+        rc = map_err(mdb_put(c->txn, c->dbi, &k, &v, 0));
+    }
+    /* The map's order is gone: the update is over. */
+    c->nmap = 0;
+    memset(c->map, 0, c->cap * sizeof *c->map);
+    return rc;
+}
+
+static void groups_free(tctx *c) {
+    for (size_t i = 0; i < c->nchunks; i++) tem_free(c->chunks[i]);
+    tem_free(c->chunks);
+    tem_free(c->map);
 }
 
 static void node_hash(tctx *c, const node *n, uint8_t out[32]) {
@@ -352,16 +531,49 @@ static int update(tctx *c, unsigned d, const node *cur, const ledger__smt_op *op
     return LEDGER_OK;
 }
 
-/* Writes the collected buckets, depth by depth, each already in key order. */
+/* Bulk mode's end: merges the per-depth node buckets of each group into group records and
+ * appends them, group by group, each group's records in prefix order. */
 static int bulk_flush(tctx *c) {
     MDB_cursor *cur;
     int rc = map_err(mdb_cursor_open(c->txn, c->dbi, &cur));
     if (rc != LEDGER_OK) return rc;
-    for (unsigned d = 0; d < 256 && rc == LEDGER_OK; d++) {
-        size_t rec = 1 + (d + 7) / 8 + 65;
-        for (size_t off = 0; off < c->bklen[d] && rc == LEDGER_OK; off += rec) {
-            MDB_val k = {rec - 65, c->bk[d] + off}, v = {65, c->bk[d] + off + rec - 65};
-            rc = map_err(mdb_cursor_put(cur, &k, &v, MDB_APPEND));
+    for (unsigned g = 0; g < 64 && rc == LEDGER_OK; g++) {
+        size_t off[GROUP_LEVELS] = {0}, rec[GROUP_LEVELS];
+        for (unsigned r = 0; r < GROUP_LEVELS; r++) rec[r] = 1 + (g * GROUP_LEVELS + r + 7) / 8 + 65;
+        for (;;) {
+            /* the smallest group prefix among the four depths' next nodes */
+            uint8_t best[33], k[33];
+            size_t bl = 0;
+            for (unsigned r = 0; r < GROUP_LEVELS; r++) {
+                unsigned d = g * GROUP_LEVELS + r;
+                if (off[r] >= c->bklen[d]) continue;
+                size_t kl = group_key(k, g, c->bk[d] + off[r] + 1);
+                if (bl == 0 || memcmp(k, best, kl) < 0) {
+                    memcpy(best, k, kl);
+                    bl = kl;
+                }
+            }
+            if (bl == 0) break;
+            grec gr = {.present = 0};
+            for (unsigned r = 0; r < GROUP_LEVELS; r++) {
+                unsigned d = g * GROUP_LEVELS + r;
+                while (off[r] < c->bklen[d]) {
+                    const uint8_t *e = c->bk[d] + off[r];
+                    group_key(k, g, e + 1);
+                    if (memcmp(k, best, bl) != 0) break;
+                    uint8_t path[32] = {0};
+                    memcpy(path, e + 1, rec[r] - 66);
+                    unsigned s = group_slot(d, path);
+                    TEM_ASSERT(!(gr.present >> s & 1));
+                    gr.present |= (uint16_t)(1u << s);
+                    gr.kind[s] = e[rec[r] - 65];
+                    memcpy(gr.ab[s], e + rec[r] - 64, 64);
+                    off[r] += rec[r];
+                }
+            }
+            uint8_t val[GROUP_VAL_MAX];
+            MDB_val mk = {bl, best}, mv = {group_encode(&gr, val), val};
+            if ((rc = map_err(mdb_cursor_put(cur, &mk, &mv, MDB_APPEND))) != LEDGER_OK) break;
         }
     }
     mdb_cursor_close(cur);
@@ -379,7 +591,7 @@ int ledger__smt_update(void *txn, unsigned dbi, const ledger__smt_op *ops, size_
     for (size_t i = 1; i < n; i++) TEM_ASSERT(memcmp(ops[i - 1].kh, ops[i].kh, 32) < 0);
     node cur, nw;
     int rc = node_get(&c, 0, ZERO, &cur);
-    if (rc != LEDGER_OK) return rc;
+    if (rc != LEDGER_OK) goto out;
     MDB_stat ms;
     if (n >= 1024 && cur.kind == N_EMPTY && mdb_stat(txn, dbi, &ms) == 0 && ms.ms_entries == 0) {
         /* A genesis: build the whole tree in one pass and append it sorted. */
@@ -389,15 +601,18 @@ int ledger__smt_update(void *txn, unsigned dbi, const ledger__smt_op *ops, size_
         if (rc == LEDGER_OK) rc = bulk_flush(&c);
         bulk_free(&c);
         if (rc == LEDGER_OK) node_hash(&c, &nw, root);
-        return rc;
+        goto out;
     }
     if (n == 0) nw = cur;
     else {
-        if ((rc = update(&c, 0, &cur, ops, n, &nw)) != LEDGER_OK) return rc;
-        if ((rc = node_put(&c, 0, ZERO, &nw)) != LEDGER_OK) return rc;
+        if ((rc = update(&c, 0, &cur, ops, n, &nw)) != LEDGER_OK) goto out;
+        if ((rc = node_put(&c, 0, ZERO, &nw)) != LEDGER_OK) goto out;
+        if ((rc = groups_flush(&c)) != LEDGER_OK) goto out;
     }
     node_hash(&c, &nw, root);
-    return LEDGER_OK;
+out:
+    groups_free(&c);
+    return rc;
 }
 
 int ledger__smt_prove_db(void *txn, unsigned dbi, const uint8_t kh[32], ledger_state_proof *p) {
@@ -418,7 +633,10 @@ int ledger__smt_prove_db(void *txn, unsigned dbi, const uint8_t kh[32], ledger_s
             memcpy(p->leaf_vh, cur.b, 32);
             break;
         }
-        if (d >= 255) return LEDGER_ECORRUPT;
+        if (d >= 255) {
+            rc = LEDGER_ECORRUPT;
+            break;
+        }
         int b = bit_at(kh, d);
         memcpy(p->sibling[d], b ? cur.a : cur.b, 32);
         uint8_t child[32];
@@ -437,6 +655,7 @@ int ledger__smt_prove_db(void *txn, unsigned dbi, const uint8_t kh[32], ledger_s
         }
     }
     p->depth = (uint16_t)d;
+    groups_free(&c);
     return rc;
 }
 

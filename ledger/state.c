@@ -108,14 +108,21 @@ static bool grow(void **arr, size_t *cap, size_t need, size_t elem) {
 static int merge_pending(ledger_state *st) {
     if (st->npend == 0) return LEDGER_OK;
     if (!grow((void **)&st->base, &st->capbase, st->nbase + st->npend, sizeof(entry *))) return LEDGER_ENOMEM;
-    /* Merge from the back so it runs in place in O(nbase + npend). */
-    size_t i = st->nbase, j = st->npend, k = st->nbase + st->npend;
-    while (j > 0) {
-        if (i > 0 && keycmp(st->base[i - 1]->key, st->base[i - 1]->klen, st->pend[j - 1]->key, st->pend[j - 1]->klen) > 0)
-            st->base[--k] = st->base[--i];
-        else
-            st->base[--k] = st->pend[--j];
+    /* From the back, in place: each pending entry's place in base is found by binary search and
+     * the base entries above it move up in one memmove. A merge costs npend searches and one
+     * pass of pointer moves, not a key comparison (a cache miss into the entry) per base entry:
+     * at 1M entries that is ~1 ms instead of tens, and a genesis's 1M creations (a merge every
+     * PEND_MERGE_AT) no longer take seconds. Keys in pend are never in base. */
+    size_t hi = st->nbase, k = st->nbase + st->npend;
+    for (size_t j = st->npend; j-- > 0;) {
+        entry *p = st->pend[j];
+        size_t pos = lower_bound(st->base, hi, p->key, p->klen);
+        k -= hi - pos;
+        memmove(st->base + k, st->base + pos, (hi - pos) * sizeof(entry *));
+        st->base[--k] = p;
+        hi = pos;
     }
+    TEM_ASSERT(k == hi);
     st->nbase += st->npend;
     st->npend = 0;
     return LEDGER_OK;
@@ -392,8 +399,13 @@ static int entry_keycmp(const void *a, const void *b) {
 }
 
 int ledger__state_flush(ledger_state *st, ledger__flush_fn fn, void *ctx) {
-    /* Key order keeps LMDB's page splits local; the list holds each entry once. */
-    if (st->ndl > 1) qsort(st->dl, st->ndl, sizeof *st->dl, entry_keycmp);
+    /* Key order keeps LMDB's page splits local; the list holds each entry once. When every
+     * entry is on it (a genesis: 1M entries), the merged base is that order already and a sort
+     * of a million pointers to scattered entries (about a second) is skipped. */
+    if (st->ndl > 1 && st->ndl == st->nbase + st->npend && merge_pending(st) == LEDGER_OK)
+        memcpy(st->dl, st->base, st->ndl * sizeof *st->dl);
+    else if (st->ndl > 1)
+        qsort(st->dl, st->ndl, sizeof *st->dl, entry_keycmp);
     for (size_t i = 0; i < st->ndl; i++) {
         entry *e = st->dl[i];
         if (!e->dirty) continue;

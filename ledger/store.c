@@ -9,8 +9,11 @@
 #include <lmdb.h>
 #include <sys/stat.h>
 
-enum { DB_BLOCKS, DB_CERTS, DB_TXS, DB_RECEIPTS, DB_STATE, DB_ROOTS, DB_META, DB_TREE, DB_COUNT };
-static const char *const DB_NAMES[DB_COUNT] = {"blocks", "certs", "txs", "receipts", "state", "roots", "meta", "tree"};
+/* blocksum: SHA-256 of each block's bytes as applied, so the start-up tail check and every read
+ * can tell exact bytes from damaged ones without verifying every tx signature again (stores from
+ * before it lack the record; their blocks get the signature check instead). */
+enum { DB_BLOCKS, DB_CERTS, DB_TXS, DB_RECEIPTS, DB_STATE, DB_ROOTS, DB_META, DB_TREE, DB_BSUM, DB_COUNT };
+static const char *const DB_NAMES[DB_COUNT] = {"blocks", "certs", "txs", "receipts", "state", "roots", "meta", "tree", "blocksum"};
 
 /* roots[height] = state_root || receipts_root || block_hash || u64le time_ms */
 #define ROOTS_VAL_BYTES (32 * 3 + 8)
@@ -69,23 +72,29 @@ void ledger_store_roots(const ledger_store *s, uint8_t sr[32], uint8_t rr[32]) {
 ledger_state *ledger_store_state(ledger_store *s) { return s->st; }
 const ledger_genesis *ledger_store_genesis(const ledger_store *s) { return s->g; }
 
+typedef struct {
+    ledger_store *s;
+    MDB_txn *txn;
+    bool append; /* the table was empty: the flush's key order lets LMDB append */
+} flush_ctx;
+
 static int flush_one(void *ctx, const uint8_t *key, size_t klen, const uint8_t *val, size_t vlen) {
-    void **a = ctx;
-    ledger_store *s = a[0];
-    MDB_txn *txn = a[1];
+    flush_ctx *f = ctx;
     MDB_val k = {klen, (void *)key};
     if (!val) {
-        int rc = mdb_del(txn, s->dbi[DB_STATE], &k, NULL);
+        int rc = mdb_del(f->txn, f->s->dbi[DB_STATE], &k, NULL);
         return rc == MDB_NOTFOUND ? LEDGER_OK : map_mdb(rc, "del state");
     }
     MDB_val v = {vlen, (void *)val};
-    return map_mdb(mdb_put(txn, s->dbi[DB_STATE], &k, &v, 0), "put state");
+    return map_mdb(mdb_put(f->txn, f->s->dbi[DB_STATE], &k, &v, f->append ? MDB_APPEND : 0), "put state");
 }
 
 /* Writes the changed entries to the state table and the state tree; returns the new root. */
 static int flush_state(ledger_store *s, MDB_txn *txn, uint8_t root[32]) {
-    void *a[2] = {s, txn};
-    int rc = ledger__state_flush(s->st, flush_one, a);
+    MDB_stat ms;
+    flush_ctx a = {.s = s, .txn = txn};
+    a.append = mdb_stat(txn, s->dbi[DB_STATE], &ms) == 0 && ms.ms_entries == 0;
+    int rc = ledger__state_flush(s->st, flush_one, &a);
     if (rc != LEDGER_OK) return rc;
     ledger__smt_op *ops;
     size_t n;
@@ -176,7 +185,12 @@ static int store_load(ledger_store *s) {
      * written in the same transactions; tests/test_state_tree.c recomputes the root from the
      * table after crashes. A full recomputation here would cost O(N) at every start.) */
     uint8_t root[32];
-    if ((rc = ledger__smt_root_db(txn, s->dbi[DB_TREE], root)) != LEDGER_OK) goto out;
+    if ((rc = ledger__smt_root_db(txn, s->dbi[DB_TREE], root)) != LEDGER_OK) {
+        if (rc == LEDGER_ECORRUPT)
+            fprintf(stderr, "ledger: the state tree's root record does not decode (a data dir from before the "
+                            "grouped tree layout? re-create it from the genesis)\n");
+        goto out;
+    }
     if (memcmp(root, s->state_root, 32) != 0) {
         fprintf(stderr, "ledger: state tree does not match the stored state root at height %llu\n",
                 (unsigned long long)s->height);
@@ -235,6 +249,8 @@ fail:
     ledger_store_close(s);
     return rc;
 }
+
+int ledger_store_scratch(ledger_store *s) { return map_mdb(mdb_env_set_flags(s->env, MDB_NOSYNC, 1), "set nosync"); }
 
 void ledger_store_close(ledger_store *s) {
     if (!s) return;
@@ -423,6 +439,10 @@ int ledger_store_apply_view(ledger_store *s, const ledger_block_view *v, const u
     if ((rc = map_mdb(mdb_txn_begin(s->env, NULL, 0, &txn), "begin")) != LEDGER_OK) goto out;
     MDB_val k = {8, hk}, bv = {v->block_len, (void *)v->block};
     if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_BLOCKS], &k, &bv, MDB_NOOVERWRITE), "put block")) != LEDGER_OK) goto out;
+    uint8_t bsum[32];
+    ledger_sha256(bsum, v->block, v->block_len);
+    bv = (MDB_val){32, bsum};
+    if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_BSUM], &k, &bv, 0), "put blocksum")) != LEDGER_OK) goto out;
     if (cert) {
         bv = (MDB_val){clen, (void *)cert};
         if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_CERTS], &k, &bv, 0), "put cert")) != LEDGER_OK) goto out;
@@ -561,6 +581,16 @@ static int check_stored_block(ledger_store *s, uint64_t height, const uint8_t *b
         tem_free(ids);
     }
     if (blk) tem__v1__block__free_unpacked(blk, &ledger_pb_allocator);
+    if (why == NULL) {
+        uint8_t k[8], *sum, d[32];
+        size_t sl;
+        tem_put_u64be(k, height);
+        if (get_copy(s, DB_BSUM, k, 8, &sum, &sl) == LEDGER_OK) {
+            ledger_sha256(d, b, len);
+            if (sl != 32 || memcmp(d, sum, 32) != 0) why = "bytes differ from the digest recorded when it was applied";
+            tem_free(sum);
+        }
+    }
     if (why == NULL) return LEDGER_OK;
     fprintf(stderr, "ledger: ERROR: stored block %llu is corrupt (%s); not serving it\n", (unsigned long long)height, why);
     return LEDGER_ECORRUPT;
@@ -578,6 +608,145 @@ int ledger_store_block(ledger_store *s, uint64_t height, uint8_t **out, size_t *
     }
     return rc;
 }
+/* The block hash recorded for `height` in the roots table (written in the block's own apply
+ * transaction, so it is independent of the block and certificate records). */
+static int recorded_hash(ledger_store *s, uint64_t height, uint8_t out[32]) {
+    uint8_t k[8], *v;
+    size_t vl;
+    tem_put_u64be(k, height);
+    int rc = get_copy(s, DB_ROOTS, k, 8, &v, &vl);
+    if (rc != LEDGER_OK) return rc == LEDGER_ENOTFOUND ? LEDGER_ECORRUPT : rc;
+    if (vl != ROOTS_VAL_BYTES) rc = LEDGER_ECORRUPT;
+    else memcpy(out, v + 64, 32);
+    tem_free(v);
+    return rc;
+}
+
+/* The checks shared by the tail check and the repair: blk decodes as the block at `height`,
+ * its header hashes to `want`, its prev_hash is the recorded hash of height - 1, its txs hash
+ * to its tx_root and (verify_sigs) every tx signature verifies. NULL when it passes, else why. */
+static const char *block_mismatch(ledger_store *s, uint64_t height, const uint8_t want[32], const uint8_t *b, size_t len,
+                                  bool verify_sigs) {
+    Tem__V1__Block *blk = tem__v1__block__unpack(&ledger_pb_allocator, len, b);
+    const char *why = NULL;
+    uint8_t h[32], prev[32];
+    if (blk == NULL || blk->header == NULL || blk->header->height != height) why = "does not decode or has another height";
+    else if (ledger_block_hash(blk->header, h) != LEDGER_OK || blk->header->tx_root.len != 32) why = "header has malformed hash fields";
+    else if (memcmp(h, want, 32) != 0) why = "header hash differs from the recorded block hash";
+    else if (recorded_hash(s, height - 1, prev) != LEDGER_OK || blk->header->prev_hash.len != 32 ||
+             memcmp(blk->header->prev_hash.data, prev, 32) != 0)
+        why = "prev_hash does not link to the block below";
+    if (why == NULL) {
+        uint8_t(*ids)[32] = tem_malloc((blk->n_txs ? blk->n_txs : 1) * 32), root[32];
+        if (ids == NULL) why = "out of memory";
+        else {
+            for (size_t i = 0; i < blk->n_txs; i++) ledger_sha256(ids[i], blk->txs[i]->body.data, blk->txs[i]->body.len);
+            if (ledger_merkle_root(root, (const uint8_t(*)[32])ids, blk->n_txs) != LEDGER_OK ||
+                memcmp(root, blk->header->tx_root.data, 32) != 0)
+                why = "txs do not match the header's tx_root";
+            tem_free(ids);
+        }
+    }
+    if (blk) tem__v1__block__free_unpacked(blk, &ledger_pb_allocator);
+    if (why || !verify_sigs) return why;
+    /* The tx root covers the bodies only: a flipped byte in a signature shows only here. */
+    ledger_block_view v;
+    memset(&v, 0, sizeof v);
+    if (ledger_block_view_build(s->g, b, len, NULL, NULL, NULL, &v) != LEDGER_OK || v.tx_rc != LEDGER_OK)
+        why = "a tx does not decode";
+    for (size_t i = 0; why == NULL && i < v.n; i++)
+        if (ledger_tx_verify(v.txs[i].tx) != LEDGER_OK) why = "a tx signature does not verify";
+    ledger_block_view_free(&v);
+    return why;
+}
+
+int ledger_store_check_block(ledger_store *s, uint64_t height, uint8_t hash[32], char *why, size_t why_len) {
+    if (height == 0 || height > s->height) return LEDGER_ENOTFOUND;
+    const char *bad = NULL;
+    uint8_t k[8], *b = NULL, *c = NULL;
+    size_t bl = 0, cl = 0;
+    memset(hash, 0, 32);
+    tem_put_u64be(k, height);
+    int rc = recorded_hash(s, height, hash);
+    if (rc == LEDGER_ECORRUPT) bad = "no readable roots record";
+    else if (rc != LEDGER_OK) return rc;
+    else if (height == s->height && memcmp(hash, s->last_hash, 32) != 0) bad = "roots record differs from the tip's hash";
+    if (!bad && (rc = get_copy(s, DB_BLOCKS, k, 8, &b, &bl)) != LEDGER_OK) {
+        if (rc != LEDGER_ENOTFOUND) return rc;
+        bad = "block record missing";
+    }
+    if (!bad) {
+        /* Bytes equal to the digest taken when the block was applied are the bytes whose
+         * signatures were verified then; without a digest (an older store) verify them here. */
+        uint8_t *sum = NULL, d[32];
+        size_t sl = 0;
+        int src = get_copy(s, DB_BSUM, k, 8, &sum, &sl);
+        if (src != LEDGER_OK && src != LEDGER_ENOTFOUND) {
+            tem_free(b);
+            return src;
+        }
+        bool have = src == LEDGER_OK && sl == 32;
+        bad = block_mismatch(s, height, hash, b, bl, !have);
+        if (!bad && have) {
+            ledger_sha256(d, b, bl);
+            if (memcmp(d, sum, 32) != 0) bad = "block bytes differ from the digest recorded when it was applied";
+        }
+        tem_free(sum);
+    }
+    if (!bad && (rc = get_copy(s, DB_CERTS, k, 8, &c, &cl)) != LEDGER_OK) {
+        if (rc != LEDGER_ENOTFOUND) {
+            tem_free(b);
+            return rc;
+        }
+        bad = "commit certificate missing";
+    }
+    if (!bad && ledger_cert_verify(s->g, c, cl, height, hash) != LEDGER_OK) bad = "commit certificate does not verify for it";
+    tem_free(b);
+    tem_free(c);
+    if (!bad) return LEDGER_OK;
+    if (why && why_len) snprintf(why, why_len, "%s", bad);
+    return LEDGER_ECORRUPT;
+}
+
+int ledger_store_repair_block(ledger_store *s, uint64_t height, const uint8_t *blk, size_t blk_len,
+                              const uint8_t *cert, size_t cert_len, char *why, size_t why_len) {
+    if (height == 0 || height > s->height) return LEDGER_EHEIGHT;
+    uint8_t want[32], k[8], *old = NULL;
+    size_t ol = 0;
+    int rc = recorded_hash(s, height, want);
+    if (rc != LEDGER_OK) {
+        if (why && why_len) snprintf(why, why_len, "this node has no readable hash recorded for the height");
+        return rc;
+    }
+    const char *bad = block_mismatch(s, height, want, blk, blk_len, true);
+    if (bad) {
+        if (why && why_len) snprintf(why, why_len, "fetched block: %s", bad);
+        return LEDGER_EBLOCK;
+    }
+    /* The fetched certificate must prove the recorded hash: 2f+1 validators signed this block. */
+    if ((rc = ledger_cert_verify(s->g, cert, cert_len, height, want)) != LEDGER_OK) {
+        if (why && why_len) snprintf(why, why_len, "its commit certificate does not verify");
+        return LEDGER_ECERT;
+    }
+    /* The stored certificate is kept when it still verifies: only damaged records change. */
+    tem_put_u64be(k, height);
+    bool cert_ok = get_copy(s, DB_CERTS, k, 8, &old, &ol) == LEDGER_OK && ledger_cert_verify(s->g, old, ol, height, want) == LEDGER_OK;
+    tem_free(old);
+    MDB_txn *txn;
+    if ((rc = map_mdb(mdb_txn_begin(s->env, NULL, 0, &txn), "begin")) != LEDGER_OK) return rc;
+    uint8_t bsum[32];
+    ledger_sha256(bsum, blk, blk_len);
+    MDB_val kv = {8, k}, bv = {blk_len, (void *)blk}, cv = {cert_len, (void *)cert}, sv = {32, bsum};
+    if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_BLOCKS], &kv, &bv, 0), "repair block")) == LEDGER_OK)
+        rc = map_mdb(mdb_put(txn, s->dbi[DB_BSUM], &kv, &sv, 0), "repair blocksum");
+    if (rc == LEDGER_OK && !cert_ok) rc = map_mdb(mdb_put(txn, s->dbi[DB_CERTS], &kv, &cv, 0), "repair cert");
+    if (rc != LEDGER_OK) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    return map_mdb(mdb_txn_commit(txn), "commit repair");
+}
+
 int ledger_store_cert(ledger_store *s, uint64_t height, uint8_t **out, size_t *len) {
     uint8_t k[8];
     tem_put_u64be(k, height);

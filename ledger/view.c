@@ -5,6 +5,8 @@
  * every other tx is decoded once with ledger_tx_decode. */
 #include "ledger/ledger.h"
 
+#include <pthread.h>
+
 /* ------------------------------------------------------------------ wire format */
 static int wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *out) {
     uint64_t v = 0;
@@ -46,6 +48,8 @@ static int wire_field(const uint8_t **p, const uint8_t *end, uint32_t *num, cons
 }
 
 int ledger_tx_wire_sig(const uint8_t *buf, size_t len, const uint8_t **sig) {
+    /* An empty tx (protobuf-c hands it over as NULL, 0) has no signature; NULL + 0 is UB. */
+    if (buf == NULL || len == 0) return LEDGER_ESIGLEN;
     const uint8_t *p = buf, *end = buf + len, *s = NULL;
     while (p < end) {
         uint32_t num;
@@ -65,7 +69,8 @@ int ledger_tx_wire_sig(const uint8_t *buf, size_t len, const uint8_t **sig) {
  * second header is refused: protobuf would merge the two, and nothing honest writes one. */
 static int split_block(const uint8_t *blk, size_t len, const uint8_t **hdr, size_t *hdr_len, ledger_view_tx *txs,
                        size_t *n) {
-    const uint8_t *p = blk, *end = blk + len;
+    /* An empty block arrives as (NULL, 0) from protobuf-c: NULL + 0 is UB, so no arithmetic. */
+    const uint8_t *p = blk, *end = len ? blk + len : blk;
     size_t k = 0;
     *hdr = NULL;
     *hdr_len = 0;
@@ -179,4 +184,38 @@ fail:
     v->block_owned = NULL; /* on failure the caller keeps its buffer */
     ledger_block_view_free(v);
     return rc;
+}
+
+/* ------------------------------------------------------------------ parallel verification */
+typedef struct {
+    ledger_block_view *v;
+    size_t lo, hi;
+} verify_part;
+
+/* Each part writes only its own txs' flags, so the parts share nothing. */
+static void *verify_range(void *arg) {
+    verify_part *p = arg;
+    for (size_t i = p->lo; i < p->hi; i++) {
+        ledger_view_tx *t = &p->v->txs[i];
+        if (!t->verified && ledger_tx_verify(t->tx) == LEDGER_OK) t->verified = true;
+    }
+    return NULL;
+}
+
+void ledger_block_view_verify(ledger_block_view *v, unsigned threads) {
+    if (v->tx_rc != LEDGER_OK || v->n == 0) return;
+    if (threads < 1) threads = 1;
+    if (threads > LEDGER_VIEW_VERIFY_THREADS) threads = LEDGER_VIEW_VERIFY_THREADS;
+    if (threads > v->n) threads = (unsigned)v->n;
+    verify_part parts[LEDGER_VIEW_VERIFY_THREADS];
+    pthread_t th[LEDGER_VIEW_VERIFY_THREADS];
+    bool started[LEDGER_VIEW_VERIFY_THREADS] = {false};
+    for (unsigned k = 0; k < threads; k++)
+        parts[k] = (verify_part){v, v->n * k / threads, v->n * (k + 1) / threads};
+    for (unsigned k = 1; k < threads; k++) started[k] = pthread_create(&th[k], NULL, verify_range, &parts[k]) == 0;
+    (void)verify_range(&parts[0]);
+    for (unsigned k = 1; k < threads; k++) {
+        if (started[k]) pthread_join(th[k], NULL);
+        else (void)verify_range(&parts[k]);
+    }
 }

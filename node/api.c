@@ -18,6 +18,8 @@ static const char *err_msg(int rc) {
 /* HTTP status of a refusal: malformed input 400, conflicts with known txs 409, semantic
  * refusals 422, a full or closing node 503. */
 static int http_status_of(int rc) {
+    if (rc == NODE_MEMPOOL_EBUSY) return 503;
+    if (rc == NODE_MEMPOOL_ESIGNERSHARE || rc == NODE_MEMPOOL_EADDRSHARE) return 429;
     if (rc == NODE_MEMPOOL_EFULL || rc == NODE_MEMPOOL_ECLOSING || rc == NODE_MEMPOOL_EDISKFULL || rc == NODE_MEMPOOL_EIO || rc == NODE_MEMPOOL_ENOMEM ||
         rc == LEDGER_ENOMEM)
         return 503;
@@ -36,19 +38,34 @@ typedef struct {
     net_http_req *req; /* single submission */
     batch *b;          /* or one item of a batch */
     uint32_t index;
+    uint64_t t_ms;     /* uv_now at submission: admission's intake time */
 } submit_ctx;
 
 struct batch {
     node *n;
     net_http_req *req;
     uint32_t left;
+    uint32_t retry_after_s; /* the largest Retry-After of an item refused by admission, 0 = none */
     json_t *results;
 };
+
+/* An answer that may carry Retry-After (seconds; 0 = none): admission's refusals say when
+ * the queue will have room again. */
+static void reply_json_retry(net_http_req *req, int status, json_t *j, uint32_t retry_after_s) {
+    if (retry_after_s) {
+        char v[16];
+        snprintf(v, sizeof v, "%u", retry_after_s);
+        if (net_http_reply_header(req, "Retry-After", v) != NET_OK) {
+            /* the client left; the reply below frees req */
+        }
+    }
+    node_reply_json(req, status, j);
+}
 
 static void batch_item_done(batch *b, uint32_t i, json_t *res) {
     json_array_set_new(b->results, i, res);
     if (--b->left == 0) {
-        node_reply_json(b->req, 200, b->results);
+        reply_json_retry(b->req, 200, b->results, b->retry_after_s);
         tem_free(b);
     }
 }
@@ -64,8 +81,11 @@ static json_t *err_json(int rc, const uint8_t *txid) {
 static void submit_done(void *ctx, int rc, const uint8_t txid[32]) {
     submit_ctx *s = ctx;
     node *n = s->n;
+    node_admission_intake_end(&n->adm);
     if (rc == 0) {
         n->http_txs_accepted++;
+        uint64_t now = uv_now(&n->loop);
+        node_admission_intake(&n->adm, now > s->t_ms ? now - s->t_ms : 0);
         if (!n->stopping) node_tx_accepted(n, txid);
     } else {
         n->http_txs_rejected++;
@@ -89,20 +109,42 @@ static void submit_done(void *ctx, int rc, const uint8_t txid[32]) {
     tem_free(s);
 }
 
-/* Queues one tx; on a synchronous refusal returns its code (nothing queued). */
+/* Queues one client tx through admission (admission.h): the estimated wait against the bound,
+ * the client address' share, then in the mempool the signer's share. On a synchronous refusal
+ * returns its code (nothing queued) and, for admission's refusals, *retry_after_s. */
 static int submit_one(node *n, const uint8_t *tx, size_t len, net_http_req *req, batch *b, uint32_t index,
-                      uint8_t txid[32], bool *have_id) {
+                      uint32_t tag, uint8_t txid[32], bool *have_id, uint32_t *retry_after_s) {
+    memset(txid, 0, 32);
+    *have_id = false;
+    *retry_after_s = 0;
+    uint32_t ra;
+    int v = node_admission_check(&n->adm, uv_now(&n->loop), node_mempool_size(n->mp), tag, &ra);
+    if (v != NODE_ADMISSION_OK) {
+        *retry_after_s = ra;
+        return v == NODE_ADMISSION_BUSY ? NODE_MEMPOOL_EBUSY : NODE_MEMPOOL_EADDRSHARE;
+    }
     submit_ctx *s = tem_calloc(1, sizeof *s);
     if (!s) return LEDGER_ENOMEM;
     s->n = n;
     s->req = req;
     s->b = b;
     s->index = index;
-    memset(txid, 0, 32);
-    int rc = node_mempool_submit(n->mp, tx, len, submit_done, s, txid);
-    *have_id = false;
+    s->t_ms = uv_now(&n->loop);
+    node_mempool_admit adm = {.signer_max = n->adm.cfg.wait_ms_max ? node_admission_signer_max(&n->adm) : 0, .tag = tag};
+    /* Held before the submit so the mempool's release can never run ahead of it. */
+    node_admission_hold(&n->adm, tag);
+    int rc = node_mempool_submit_admit(n->mp, tx, len, &adm, submit_done, s, txid);
     for (int i = 0; i < 32; i++) *have_id |= txid[i] != 0;
-    if (rc != 0) tem_free(s);
+    if (rc != 0) {
+        node_admission_release(&n->adm, tag);
+        tem_free(s);
+    } else {
+        node_admission_intake_begin(&n->adm);
+    }
+    if (rc == NODE_MEMPOOL_ESIGNERSHARE) {
+        n->adm.refused_signer++;
+        *retry_after_s = node_admission_retry_after_s(&n->adm, adm.signer_max);
+    }
     return rc;
 }
 
@@ -138,7 +180,7 @@ static bool refuse_disk_full(node *n, net_http_req *req) {
 static void h_post_tx(void *ctx, net_http_req *req, const net_http_request *r) {
     node *n = ctx;
     int media = tx_media(r->content_type);
-    if (refuse_media(n, req, media) || refuse_disk_full(n, req)) return;
+    if (refuse_media(n, req, media) || refuse_disk_full(n, req) || node_faults_refuse_submit(n, req)) return;
     uint8_t *buf = NULL;
     size_t len = r->body_len;
     const uint8_t *tx = r->body;
@@ -157,18 +199,26 @@ static void h_post_tx(void *ctx, net_http_req *req, const net_http_request *r) {
     }
     uint8_t txid[32];
     bool have_id;
-    int rc = submit_one(n, tx, len, req, NULL, 0, txid, &have_id);
+    uint32_t ra;
+    int rc = submit_one(n, tx, len, req, NULL, 0, node_admission_addr_tag(&n->adm, r->remote), txid, &have_id, &ra);
     tem_free(buf);
     if (rc != 0) {
         n->http_txs_rejected++;
-        node_reply_json(req, http_status_of(rc), err_json(rc, have_id ? txid : NULL));
+        reply_json_retry(req, http_status_of(rc), err_json(rc, have_id ? txid : NULL), ra);
     }
 }
 
 static void h_post_txs(void *ctx, net_http_req *req, const net_http_request *r) {
     node *n = ctx;
     int media = tx_media(r->content_type);
-    if (refuse_media(n, req, media) || refuse_disk_full(n, req)) return;
+    if (refuse_media(n, req, media) || refuse_disk_full(n, req) || node_faults_refuse_submit(n, req)) return;
+    uint32_t tag = node_admission_addr_tag(&n->adm, r->remote), ra;
+    /* A batch that would not get its first tx in is refused whole, before anything is parsed. */
+    if (node_admission_check(&n->adm, uv_now(&n->loop), node_mempool_size(n->mp), tag, &ra) == NODE_ADMISSION_BUSY) {
+        n->http_txs_rejected++;
+        reply_json_retry(req, 503, err_json(NODE_MEMPOOL_EBUSY, NULL), ra);
+        return;
+    }
     /* Two encodings: a JSON array of hex strings, or a stream of u32 big-endian length-prefixed
      * SignedTx (application/x-protobuf), the same framing `temctl exec` reads. */
     const uint8_t *items[4096];
@@ -230,8 +280,10 @@ static void h_post_txs(void *ctx, net_http_req *req, const net_http_request *r) 
     for (uint32_t i = 0; i < cnt; i++) {
         uint8_t txid[32];
         bool have_id;
-        int rc = lens[i] ? submit_one(n, items[i], lens[i], NULL, b, i, txid, &have_id) : LEDGER_EEMPTY;
+        have_id = false;
+        int rc = lens[i] ? submit_one(n, items[i], lens[i], NULL, b, i, tag, txid, &have_id, &ra) : LEDGER_EEMPTY;
         if (rc != 0) {
+            if (lens[i] && ra > b->retry_after_s) b->retry_after_s = ra;
             n->http_txs_rejected++;
             batch_item_done(b, i, err_json(rc, lens[i] && have_id ? txid : NULL));
         }
@@ -242,7 +294,7 @@ static void h_post_txs(void *ctx, net_http_req *req, const net_http_request *r) 
     }
     /* release the hold */
     if (--b->left == 0) {
-        node_reply_json(req, 200, b->results);
+        reply_json_retry(req, 200, b->results, b->retry_after_s);
         tem_free(b);
     }
 }
@@ -337,6 +389,7 @@ static void h_status(void *ctx, net_http_req *req, const net_http_request *r) {
     json_object_set_new(o, "observers", json_integer(net_observers_connected(n->net)));
     json_object_set_new(o, "mempool", json_integer(node_mempool_size(n->mp)));
     json_object_set_new(o, "disk_full", json_boolean(n->disk_full));
+    node_faults_status(n, o);
     uint64_t now = node_now_ms(), last = n->last_commit_wall_ms ? n->last_commit_wall_ms : n->started_wall_ms;
     uint64_t since = now > last ? now - last : 0;
     json_object_set_new(o, "ms_since_last_commit", json_integer((json_int_t)since));
@@ -385,7 +438,12 @@ static void h_block(void *ctx, net_http_req *req, const net_http_request *r) {
     }
     uint8_t *b, *c = NULL;
     size_t bl, cl = 0;
-    int brc = ledger_store_block(n->store, h, &b, &bl);
+    int brc = node_tail_is_bad(n, h) ? LEDGER_ECORRUPT : ledger_store_block(n->store, h, &b, &bl);
+    if (brc == LEDGER_ECORRUPT && node_tail_read_failed(n, h)) {
+        node_reply_err(req, 503, "EREPAIRING", "the stored block at that height is damaged and being refetched from "
+                                               "peers; retry later or ask another node");
+        return;
+    }
     if (brc == LEDGER_ECORRUPT) {
         node_reply_err(req, 500, "ECORRUPT", "the stored block at that height is damaged; the operator must restore it");
         return;
@@ -429,6 +487,11 @@ static void h_block(void *ctx, net_http_req *req, const net_http_request *r) {
 static void h_account(void *ctx, net_http_req *req, const net_http_request *r) {
     node *n = ctx;
     uint8_t pub[33];
+    size_t pl = strlen(r->path);
+    if (pl >= strlen("/v1/accounts//proof") && !strcmp(r->path + pl - 6, "/proof")) { /* /v1/accounts/{key}/proof */
+        node_account_proof_http(ctx, req, r);
+        return;
+    }
     if (tem_unhex(pub, 33, r->path + strlen("/v1/accounts/")) != 0) {
         node_reply_err(req, 400, "EPUBKEY", "key must be 33 bytes of hex");
         return;

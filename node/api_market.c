@@ -133,6 +133,7 @@ static void h_trades(void *ctx, net_http_req *req, const net_http_request *r) {
         node_reply_err(req, 500, "ECORRUPT", "trade records do not decode");
         return;
     }
+    node_feeder_trades_annotate(n, slot, arr);
     json_t *o = json_object();
     json_object_set_new(o, "slot", json_integer((json_int_t)slot));
     json_object_set_new(o, "source", json_string(source));
@@ -160,8 +161,12 @@ static void h_supply(void *ctx, net_http_req *req, const net_http_request *r) {
 }
 
 static void h_feeder(void *ctx, net_http_req *req, const net_http_request *r) {
-    (void)r;
     node *n = ctx;
+    /* The route is a prefix: /v1/feeder/slots/{s} has its own, anything else below is no page. */
+    if (strcmp(r->path, "/v1/feeder") != 0) {
+        node_reply_err(req, 404, "ENOTFOUND", "no such endpoint (the slot view is /v1/feeder/slots/{slot})");
+        return;
+    }
     ledger_state *st = ledger_store_state(n->store);
     json_t *o = json_object();
     bool inst = grid_installed(st);
@@ -196,4 +201,5 @@ void node_api_market_routes(node *n, net_http *h) {
     TEM_ASSERT(net_http_route(h, "GET", "/v1/trades", h_trades, n) == NET_OK);
     TEM_ASSERT(net_http_route(h, "GET", "/v1/supply", h_supply, n) == NET_OK);
     TEM_ASSERT(net_http_route(h, "GET", "/v1/feeder", h_feeder, n) == NET_OK);
+    node_api_feeder_routes(n, h);
 }

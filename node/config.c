@@ -22,6 +22,7 @@ void node_config_defaults(node_config *c) {
     c->log_level = NODE_LOG_INFO;
     c->mempool_txs_max = 100000;
     c->mempool_nonce_window = 64;
+    c->tail_check_blocks = 64;
     c->batch_delay_ms = 20;
     c->max_clock_drift_ms = 5000;
     c->peer_rate_bytes_per_s = 64u << 20;
@@ -37,6 +38,11 @@ void node_config_defaults(node_config *c) {
     c->peer_observer_queue_bytes_max = 16u << 20;
     c->peer_send_stall_timeout_ms = 20000;
     c->peer_frame_timeout_ms = 30000;
+    c->admission_wait_ms_max = 2000;
+    c->admission_signer_share_pct = 2;
+    c->admission_addr_share_pct = 50;
+    c->regossip_age_ms = 2000;
+    c->regossip_txs_per_s = 1000;
     c->indexer_poll_ms = 100;
     c->indexer_retry_max_ms = 5000;
     c->sync_snapshot_interval = 1000;
@@ -111,7 +117,8 @@ static int set_key(node_config *c, const char *k, const char *v) {
     } nums[] = {{"block_interval_ms", &c->block_interval_ms}, {"batch_delay_ms", &c->batch_delay_ms},
                 {"max_clock_drift_ms", &c->max_clock_drift_ms}, {"peer_rate_bytes_per_s", &c->peer_rate_bytes_per_s},
                 {"peer_rate_msgs_per_s", &c->peer_rate_msgs_per_s}, {"http_body_bytes_max", &c->http_body_bytes_max},
-                {"http_rate_reqs_per_s", &c->http_rate_reqs_per_s}};
+                {"http_rate_reqs_per_s", &c->http_rate_reqs_per_s}, {"tail_check_blocks", &c->tail_check_blocks},
+                {"admission_wait_ms_max", &c->admission_wait_ms_max}, {"regossip_txs_per_s", &c->regossip_txs_per_s}};
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
         if (!strcmp(k, nums[i].name)) return parse_u64(v, nums[i].dst) ? 1 : -1;
     /* Limits that must be positive and fit the HTTP server's ranges. */
@@ -126,7 +133,10 @@ static int set_key(node_config *c, const char *k, const char *v) {
                 {"peer_handshakes_per_addr_max", &c->peer_handshakes_per_addr_max, 4096},
                 {"peer_observer_queue_bytes_max", &c->peer_observer_queue_bytes_max, 1ull << 32},
                 {"peer_send_stall_timeout_ms", &c->peer_send_stall_timeout_ms, 3600000},
-                {"peer_frame_timeout_ms", &c->peer_frame_timeout_ms, 3600000}};
+                {"peer_frame_timeout_ms", &c->peer_frame_timeout_ms, 3600000},
+                {"admission_signer_share_pct", &c->admission_signer_share_pct, 100},
+                {"admission_addr_share_pct", &c->admission_addr_share_pct, 100},
+                {"regossip_age_ms", &c->regossip_age_ms, 3600000}};
     for (size_t i = 0; i < sizeof lims / sizeof lims[0]; i++) {
         if (strcmp(k, lims[i].name)) continue;
         uint64_t y;

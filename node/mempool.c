@@ -52,6 +52,7 @@ typedef struct {
     uint8_t txid[LEDGER_HASH_BYTES];
     uint8_t sig[LEDGER_SECP_SIG_BYTES];
     uint8_t signer[LEDGER_SECP_PUB_BYTES];
+    bool sig_known; /* the node verified this (txid, sig) already: cfg.sig_known, at dispatch */
     uint8_t *bytes; /* the SignedTx as submitted, owned */
     size_t len;
     ledger_tx tx;   /* decoded once at submission, owned; lent out while PENDING */
@@ -66,6 +67,9 @@ typedef struct {
     uint32_t fifo_prev, fifo_next; /* every held entry, in arrival order */
     uint32_t s_prev, s_next;       /* the signer's entries, by nonce */
     uint32_t q_next;               /* verify queue, write list or free list */
+    uint32_t tag;                  /* admission's client tag, released when the entry goes */
+    uint64_t arrived_ms, regossip_ms; /* uv_now at submit / last re-gossip (0 = never) */
+    uint64_t have_mask;            /* validators known to hold the tx (bit = index) */
     node_mempool_done_fn done;
     void *done_ctx;
 } mp__entry;
@@ -293,6 +297,7 @@ static uint32_t ent_add(node_mempool *m, ledger_tx *t, uint8_t *bytes, size_t le
     e->nonce = e->tx.body->nonce;
     e->seq = m->next_seq++;
     e->q_next = NIL;
+    e->arrived_ms = uv_now(m->loop);
     tab_insert(m, &m->by_txid, e->txid, LEDGER_HASH_BYTES, key_txid, i);
 
     e->fifo_next = NIL;
@@ -352,6 +357,8 @@ static void ent_remove(node_mempool *m, uint32_t i) {
     e->bytes = NULL;
     ledger_tx_free(&e->tx);
     e->state = MP__FREE;
+    if (e->tag && m->cfg.release) m->cfg.release(m->cfg.release_ctx, e->tag);
+    e->tag = 0;
     e->q_next = m->ent_free;
     m->ent_free = i;
 }
@@ -645,7 +652,7 @@ static void verify_work(uv_work_t *req) {
     node_mempool *m = j->m;
     for (uint32_t k = 0; k < j->n; k++) {
         mp__entry *e = &m->ents[j->idx[k]];
-        e->vrc = ledger_secp_verify(e->signer, e->txid, e->sig);
+        e->vrc = e->sig_known ? LEDGER_OK : ledger_secp_verify(e->signer, e->txid, e->sig);
         if (e->vrc == LEDGER_OK) e->check = rec_check(NODE_MEMPOOL_REC_TX, e->bytes, e->len);
     }
 }
@@ -694,6 +701,8 @@ static void vq_dispatch(node_mempool *m) {
             uint32_t i = m->vq_head;
             m->vq_head = m->ents[i].q_next;
             m->ents[i].q_next = NIL;
+            /* A proposal's validation may have verified this pair while it waited here. */
+            m->ents[i].sig_known = m->cfg.sig_known && m->cfg.sig_known(m->cfg.sig_known_ctx, m->ents[i].txid, m->ents[i].sig);
             j->idx[j->n++] = i;
             m->vq_len--;
         }
@@ -1059,8 +1068,8 @@ int node_mempool_recover(node_mempool *m, uint32_t *recovered) {
 }
 
 /* ================================================================== submit */
-static int submit(node_mempool *m, const uint8_t *tx, size_t len, node_mempool_done_fn done,
-                  void *ctx, uint8_t txid_out[LEDGER_HASH_BYTES]) {
+static int submit(node_mempool *m, const uint8_t *tx, size_t len, const node_mempool_admit *adm,
+                  node_mempool_done_fn done, void *ctx, uint8_t txid_out[LEDGER_HASH_BYTES]) {
     if (m->closing) return NODE_MEMPOOL_ECLOSING;
     /* A durable tx sent again (gossip, regossip, a client retry) is found by its bytes before
      * anything is decoded or hashed: the answer is the one decoding would give. */
@@ -1115,6 +1124,10 @@ static int submit(node_mempool *m, const uint8_t *tx, size_t len, node_mempool_d
         rc = NODE_MEMPOOL_ESIGNERFULL;
         goto out;
     }
+    if (adm && adm->signer_max && si != NIL && m->signers[si].count >= adm->signer_max) {
+        rc = NODE_MEMPOOL_ESIGNERSHARE;
+        goto out;
+    }
     uint8_t *copy = tem_malloc(len);
     if (!copy) {
         rc = NODE_MEMPOOL_ENOMEM;
@@ -1124,6 +1137,7 @@ static int submit(node_mempool *m, const uint8_t *tx, size_t len, node_mempool_d
     uint32_t i = ent_add(m, &t, copy, len, MP__VERIFY);
     m->ents[i].done = done;
     m->ents[i].done_ctx = ctx;
+    m->ents[i].tag = adm ? adm->tag : 0;
     if (m->vq_tail != NIL) m->ents[m->vq_tail].q_next = i;
     else m->vq_head = i;
     m->vq_tail = i;
@@ -1136,8 +1150,13 @@ out:
 
 int node_mempool_submit(node_mempool *m, const uint8_t *tx, size_t len, node_mempool_done_fn done,
                         void *ctx, uint8_t txid_out[LEDGER_HASH_BYTES]) {
+    return node_mempool_submit_admit(m, tx, len, NULL, done, ctx, txid_out);
+}
+
+int node_mempool_submit_admit(node_mempool *m, const uint8_t *tx, size_t len, const node_mempool_admit *adm,
+                              node_mempool_done_fn done, void *ctx, uint8_t txid_out[LEDGER_HASH_BYTES]) {
     TEM_ASSERT(done != NULL);
-    int rc = submit(m, tx, len, done, ctx, txid_out);
+    int rc = submit(m, tx, len, adm, done, ctx, txid_out);
     if (rc == NODE_MEMPOOL_OK) m->st.submitted++;
     else m->st.refused++;
     return rc;
@@ -1213,6 +1232,15 @@ const ledger_tx *node_mempool_find_bytes(const node_mempool *m, const uint8_t *s
     /* The same signature over other bytes is another tx (or a forgery): decode that one. */
     if (e->len != len || memcmp(e->bytes, stx, len) != 0) return NULL;
     return &e->tx;
+}
+
+int node_mempool_sig_state(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES],
+                           const uint8_t sig[LEDGER_SECP_SIG_BYTES]) {
+    uint32_t i = tab_find(m, &m->by_txid, txid, LEDGER_HASH_BYTES, key_txid, NULL);
+    if (i == NIL) return NODE_MEMPOOL_SIG_UNKNOWN;
+    const mp__entry *e = &m->ents[i];
+    if (e->gone || memcmp(e->sig, sig, LEDGER_SECP_SIG_BYTES) != 0) return NODE_MEMPOOL_SIG_UNKNOWN;
+    return e->state == MP__VERIFY ? NODE_MEMPOOL_SIG_VERIFYING : NODE_MEMPOOL_SIG_VERIFIED;
 }
 
 const ledger_tx *node_mempool_get(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES],
@@ -1302,6 +1330,31 @@ int node_mempool_status(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BY
 }
 
 uint32_t node_mempool_size(const node_mempool *m) { return m->count; }
+
+/* ================================================================== re-gossip */
+void node_mempool_peer_has(node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES], uint32_t peer) {
+    if (peer >= 64) return;
+    uint32_t i = tab_find(m, &m->by_txid, txid, LEDGER_HASH_BYTES, key_txid, NULL);
+    if (i != NIL) m->ents[i].have_mask |= 1ull << peer;
+}
+
+uint32_t node_mempool_regossip(node_mempool *m, uint64_t now_ms, uint64_t age_ms, uint32_t peer, uint32_t max,
+                               uint32_t scan_max, const uint8_t **txs, size_t *lens) {
+    TEM_ASSERT(peer < 64);
+    uint32_t k = 0, seen = 0;
+    /* The FIFO is in arrival order: once a tx is too young, every later one is too. */
+    for (uint32_t i = m->fifo_head; i != NIL && k < max && seen < scan_max; i = m->ents[i].fifo_next, seen++) {
+        mp__entry *e = &m->ents[i];
+        if (now_ms < e->arrived_ms + age_ms) break;
+        if (e->state != MP__PENDING || e->gone || (e->have_mask >> peer & 1)) continue;
+        if (e->regossip_ms && now_ms < e->regossip_ms + age_ms) continue;
+        e->regossip_ms = now_ms;
+        txs[k] = e->bytes;
+        lens[k++] = e->len;
+    }
+    TEM_ASSERT(k <= max);
+    return k;
+}
 bool node_mempool_disk_full(const node_mempool *m) { return m->disk_full; }
 
 void node_mempool_get_stats(const node_mempool *m, node_mempool_stats *out) { *out = m->st; }

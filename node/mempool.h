@@ -57,7 +57,10 @@
     X(ENOMEM, -530, "out of memory")                                                               \
     X(ECLOSING, -531, "mempool is closing")                                                        \
     X(EINVAL, -532, "invalid mempool configuration")                                               \
-    X(EDISKFULL, -533, "disk full: the mempool log cannot grow")
+    X(EDISKFULL, -533, "disk full: the mempool log cannot grow")                                   \
+    X(EBUSY, -534, "node is busy: the estimated wait for a block exceeds the admission bound")     \
+    X(ESIGNERSHARE, -535, "this signer holds its fair share of the queue")                         \
+    X(EADDRSHARE, -536, "this client address holds its fair share of the queue")
 
 enum node_mempool_err {
     NODE_MEMPOOL_OK = 0,
@@ -90,7 +93,25 @@ typedef struct {
      * (returned by node_mempool_submit unchanged). tx is borrowed for the call. */
     int (*precheck)(void *ctx, const ledger_tx *tx);
     void *precheck_ctx;
+    /* Optional: called on the loop thread whenever a tx submitted with a non-zero
+     * node_mempool_admit.tag leaves the pool (committed, superseded, refused, closed), so the
+     * admission's per-client counts follow the pool exactly. */
+    void (*release)(void *ctx, uint32_t tag);
+    void *release_ctx;
+    /* Optional, on the loop thread when a queued tx is handed to the thread pool: true if the
+     * node already verified this (txid, signature) pair (a proposal's validation did), and the
+     * signature is then not verified again. Every validator verifies each tx once. */
+    bool (*sig_known)(void *ctx, const uint8_t txid[LEDGER_HASH_BYTES], const uint8_t sig[LEDGER_SECP_SIG_BYTES]);
+    void *sig_known_ctx;
 } node_mempool_config;
+
+/* What admission asks of one submission (node/admission.h): a client's tx is refused with
+ * NODE_MEMPOOL_ESIGNERSHARE when its signer already holds signer_max txs (0 = no share), and
+ * carries `tag` (0 = none) until it leaves the pool (config.release). */
+typedef struct {
+    uint32_t signer_max;
+    uint32_t tag;
+} node_mempool_admit;
 
 /* Called exactly once for every node_mempool_submit that returned 0, on the loop thread:
  *   rc 0: the signature verified and the record is on disk (its fdatasync completed);
@@ -158,6 +179,24 @@ TEM_WUR int node_mempool_submit(node_mempool *m, const uint8_t *tx, size_t len,
                                 node_mempool_done_fn done, void *ctx,
                                 uint8_t txid_out[LEDGER_HASH_BYTES]);
 
+/* node_mempool_submit with admission: as above, plus NODE_MEMPOOL_ESIGNERSHARE (adm->signer_max
+ * reached; checked after the nonce checks, so a duplicate or replay keeps its own code). adm
+ * may be NULL (= node_mempool_submit). On 0, a non-zero adm->tag is released exactly once. */
+TEM_WUR int node_mempool_submit_admit(node_mempool *m, const uint8_t *tx, size_t len,
+                                      const node_mempool_admit *adm, node_mempool_done_fn done,
+                                      void *ctx, uint8_t txid_out[LEDGER_HASH_BYTES]);
+
+/* Re-gossip bookkeeping (docs/mempool.md): peer `peer` (validator index < 64) holds `txid`
+ * (it gossiped the tx to us), so re-gossip never sends it there. No-op for a tx not held. */
+void node_mempool_peer_has(node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES], uint32_t peer);
+
+/* Picks, oldest first, up to `max` durable txs to re-gossip to `peer` at now_ms (uv_now):
+ * held for at least age_ms, not re-gossiped in the last age_ms, and not known to be held by
+ * `peer`. Marks them re-gossiped at now_ms. Walks at most scan_max held txs. txs/lens are
+ * arrays of max (caller's), borrowed like select's. Returns the count. */
+uint32_t node_mempool_regossip(node_mempool *m, uint64_t now_ms, uint64_t age_ms, uint32_t peer,
+                               uint32_t max, uint32_t scan_max, const uint8_t **txs, size_t *lens);
+
 /* Up to `max` durable txs valid for the next block on `st` (read-only here): per signer,
  * consecutive nonces from its nonce in `st`. Order: by arrival, except that a tx whose
  * predecessor nonce arrived later follows that predecessor at once; a gap ends the signer's
@@ -179,6 +218,13 @@ TEM_WUR int node_mempool_select_txs(node_mempool *m, ledger_state *st, uint32_t 
  * durable txs). Fits ledger_tx_lookup_fn, so a block view reuses what the pool decoded. */
 const ledger_tx *node_mempool_find_bytes(const node_mempool *m, const uint8_t *stx, size_t len);
 
+/* What the pool knows of the signature of the tx `txid` carrying `sig`: UNKNOWN (no such
+ * entry, another signature, or one leaving), VERIFYING (queued or in the thread pool), VERIFIED
+ * (verified: being written or durable). Lets a proposal's validation wait for a check already
+ * under way instead of repeating it. */
+enum { NODE_MEMPOOL_SIG_UNKNOWN = 0, NODE_MEMPOOL_SIG_VERIFYING, NODE_MEMPOOL_SIG_VERIFIED };
+int node_mempool_sig_state(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES],
+                           const uint8_t sig[LEDGER_SECP_SIG_BYTES]);
 /* The durable tx `txid`: its decoded form, and its bytes in *bytes and *len (each may be NULL).
  * NULL when the tx is not held or not durable yet. Borrowed as for node_mempool_find_bytes. */
 const ledger_tx *node_mempool_get(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES],

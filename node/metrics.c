@@ -84,6 +84,17 @@ int node_metrics_write(node *n, FILE *f) {
     COUNTER("tem_http_txs_accepted_total", "Transactions answered 202 at submission.", n->http_txs_accepted);
     COUNTER("tem_http_txs_rejected_total", "Transactions refused at submission.", n->http_txs_rejected);
     COUNTER("tem_blocks_applied_total", "Blocks applied since start.", n->blocks_applied);
+    /* Admission (docs/operate.md "Admission") and re-gossip. */
+    COUNTER("tem_admission_refused_busy_total", "Client txs answered 503 EBUSY (estimated wait over the bound).",
+            n->adm.refused_busy);
+    COUNTER("tem_admission_refused_share_total", "Client txs answered 429 ESIGNERSHARE or EADDRSHARE.",
+            n->adm.refused_signer + n->adm.refused_addr);
+    GAUGE("tem_admission_capacity_txs_per_second", "Estimated rate at which blocks take txs off the mempool.", "%.1f",
+          (double)n->adm.cap_mtps / 1000.0);
+    GAUGE("tem_admission_depth_max", "Mempool depth the admission bound admits at the estimated rate.", "%u",
+          node_admission_depth_max(&n->adm));
+    COUNTER("tem_regossip_txs_total", "Txs re-sent to the primary because they waited here over regossip_age_ms.",
+            n->regossip_txs_sent);
     if (n->http) {
         COUNTER("tem_http_requests_limited_total", "Requests answered 429 ERATE (per-address rate limit).",
                 net_http_requests_limited(n->http));
@@ -92,6 +103,7 @@ int node_metrics_write(node *n, FILE *f) {
         COUNTER("tem_http_conns_timed_out_total", "Connections cut for not sending a whole request in time.",
                 net_http_conns_timed_out(n->http));
     }
+    node_faults_metrics(n, f);
     GAUGE("tem_disk_full", "1 while the node paused for a full disk (not voting, refusing txs).", "%d", n->disk_full ? 1 : 0);
     GAUGE("tem_validators", "Validators in the genesis.", "%u", n->g.n_validators);
     GAUGE("tem_peers_connected", "Validators with an authenticated session.", "%u", n->net ? net_validators_connected(n->net) : 0);

@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <sys/statvfs.h>
 #include <time.h>
+#include <unistd.h>
 
 uint64_t node_now_ms(void) {
     struct timespec ts;
@@ -135,12 +136,20 @@ static const ledger_tx *mempool_lookup(void *ctx, const uint8_t *stx, size_t len
     return n->mp ? node_mempool_find_bytes(n->mp, stx, len) : NULL;
 }
 
-/* Marks the view's txs whose (txid, signature) pair this node already verified. */
-static void mark_known(node *n, ledger_block_view *v) {
-    if (v->tx_rc != LEDGER_OK) return;
-    for (size_t i = 0; i < v->n; i++)
-        if (!v->txs[i].verified)
-            v->txs[i].verified = node_sigcache_has(n, v->txs[i].tx->txid, v->txs[i].tx->stx->sig.data);
+/* Marks the view's txs whose (txid, signature) pair this node already verified: in the
+ * signature cache, or verified by the mempool and not yet durable. Returns how many of the rest
+ * the mempool is verifying right now. */
+static size_t mark_known(node *n, ledger_block_view *v) {
+    size_t verifying = 0;
+    if (v->tx_rc != LEDGER_OK) return 0;
+    for (size_t i = 0; i < v->n; i++) {
+        if (v->txs[i].verified) continue;
+        const uint8_t *id = v->txs[i].tx->txid, *sig = v->txs[i].tx->stx->sig.data;
+        int st = n->mp ? node_mempool_sig_state(n->mp, id, sig) : NODE_MEMPOOL_SIG_UNKNOWN;
+        v->txs[i].verified = st == NODE_MEMPOOL_SIG_VERIFIED || node_sigcache_has(n, id, sig);
+        if (!v->txs[i].verified && st == NODE_MEMPOOL_SIG_VERIFYING) verifying++;
+    }
+    return verifying;
 }
 
 static void view_drop(ledger_block_view *v) {
@@ -176,7 +185,7 @@ static ledger_block_view *view_new(node *n, const uint8_t *blk, size_t len, int 
         tem_free(v);
         return NULL;
     }
-    mark_known(n, v);
+    (void)mark_known(n, v);
     return v;
 }
 
@@ -211,6 +220,13 @@ static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uin
         uint64_t slot = 0;
         if (node_archive_trades(&n->archive, n->store, v->header->time_ms, &slot) > 0)
             node_log(n, NODE_LOG_WARN, "cannot archive the trades of slot %llu", (unsigned long long)slot);
+    }
+    /* A block no validation saw (fetched while catching up, or followed as an observer): its
+     * signatures are checked on every core, not one after the other on the loop thread. */
+    if (!(flags & LEDGER_APPLY_SIGS_OK)) {
+        static long cores;
+        if (!cores) cores = sysconf(_SC_NPROCESSORS_ONLN) > 0 ? sysconf(_SC_NPROCESSORS_ONLN) : 1;
+        ledger_block_view_verify(v, (unsigned)cores);
     }
     ledger_apply_info info;
     int rc = ledger_store_apply_view(n->store, v, cert, cert_len, &n->ex, flags, &info);
@@ -250,6 +266,7 @@ static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uin
         }
     }
     node_archive_note_curtailments(&n->archive, n->store, height, (const uint8_t(*)[32])v->txids, v->n);
+    node_feeder_note_block(n, height, v);
     for (size_t i = 0; i < v->n; i++)
         if (v->txs[i].tx && v->txs[i].tx->body->kind_case == TEM__V1__TX_BODY__KIND_ORDER) n->orders_committed++;
     /* Every view may borrow mempool txs: all go before the mempool lets the block's txs go. */
@@ -258,7 +275,10 @@ static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uin
     v->txids = NULL;
     view_drop(v);
     drop_views(n);
-    if (n->mp) node_mempool_block_applied(n->mp, (const uint8_t(*)[32])ids, nids);
+    if (n->mp) {
+        node_mempool_block_applied(n->mp, (const uint8_t(*)[32])ids, nids);
+        node_admission_block(&n->adm, uv_now(&n->loop), (uint32_t)nids, node_mempool_size(n->mp));
+    }
     tem_free(ids);
     node_events_committed(n, height);
     node_sync_block_applied(n, height);
@@ -320,6 +340,7 @@ typedef struct {
 
 typedef struct val_job {
     node *n;
+    uint64_t wait_until; /* uv_now past which it stops waiting for the mempool's checks */
     uint64_t height;
     uint8_t hash[32];
     ledger_block_view *view; /* owned until val_finish keeps or frees it */
@@ -347,6 +368,10 @@ static void val_work(uv_work_t *w) {
 static void val_finish(node *n, val_job *j) {
     n->validating = false;
     if (j->rc == LEDGER_OK) {
+        /* Every signature of the proposal is good now: the mempool need not check them again
+         * when their gossiped copies arrive (node_mempool_config.sig_known). */
+        for (size_t i = 0; j->view && i < j->view->n; i++)
+            if (!j->view->txs[i].verified) node_sigcache_add(n, j->view->txs[i].tx->txid, j->view->txs[i].tx->stx->sig.data);
         uint32_t k = n->validated_next;
         memcpy(n->validated[k], j->hash, 32);
         if (n->views[k]) view_drop(n->views[k]);
@@ -375,6 +400,9 @@ static void val_after(uv_work_t *w, int status) {
     if (p->rc != LEDGER_OK && j->rc == LEDGER_OK) j->rc = p->rc;
     if (--j->parts_left == 0) val_finish(j->n, j);
 }
+
+static void on_val_wait(uv_timer_t *t);
+static void val_dispatch(node *n, val_job *j);
 
 /* Starts validating a proposal whose parent is applied: builds the proposal's block view (kept
  * for its apply), prechecks it on the loop thread and verifies the unknown signatures in the
@@ -417,9 +445,33 @@ int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_
     }
     /* A tx whose (txid, signature) pair this node verified on admission needs no second check:
      * that would double every validator's signature work. The signature is part of the key
-     * because the txid covers only the body. */
-    mark_known(n, j->view);
-    /* Two halves, one per core: the loop thread never verifies a signature. */
+     * because the txid covers only the body. A tx the mempool is verifying right now (its
+     * gossiped copy came just before the proposal) is waited for, not verified twice. */
+    j->wait_until = uv_now(&n->loop) + NODE_VAL_WAIT_MS;
+    if (mark_known(n, j->view) > 0) {
+        n->val_waiting = j;
+        if (uv_timer_start(&n->t_valwait, on_val_wait, 1, 1) == 0) return PBFT_OK;
+        n->val_waiting = NULL;
+    }
+    val_dispatch(n, j);
+    return PBFT_OK;
+}
+
+/* Polls, every millisecond, the mempool checks the waiting validation depends on; past
+ * NODE_VAL_WAIT_MS it verifies the rest itself. */
+static void on_val_wait(uv_timer_t *t) {
+    node *n = t->data;
+    val_job *j = n->val_waiting;
+    if (!j || n->stopping) return;
+    if (mark_known(n, j->view) > 0 && uv_now(&n->loop) < j->wait_until) return;
+    (void)uv_timer_stop(t);
+    n->val_waiting = NULL;
+    val_dispatch(n, j);
+}
+
+/* Verifies the view's txs not yet known good in the thread pool, in two halves (one per core:
+ * the loop thread never verifies a signature), and answers the host when both are done. */
+static void val_dispatch(node *n, val_job *j) {
     size_t ntx = j->view->n, half = ntx / 2;
     j->parts_left = 2;
     for (int i = 0; i < 2; i++) {
@@ -434,7 +486,6 @@ int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_
             val_after(&p->w, 0);
         }
     }
-    return PBFT_OK;
 }
 
 /* ------------------------------------------------------------------ peer frames */
@@ -448,7 +499,10 @@ static void serve_blocks(node *n, uint32_t peer_id, uint64_t from, uint32_t max_
     for (uint64_t h = from ? from : 1; h <= tip && k < max && bytes < bytes_max; h++) {
         uint8_t *b, *c;
         size_t bl, cl;
-        if (ledger_store_block(n->store, h, &b, &bl) != LEDGER_OK) break;
+        if (node_tail_is_bad(n, h)) break; /* damaged, being refetched: never served */
+        int brc = ledger_store_block(n->store, h, &b, &bl);
+        if (brc == LEDGER_ECORRUPT) (void)node_tail_read_failed(n, h);
+        if (brc != LEDGER_OK) break;
         if (ledger_store_cert(n->store, h, &c, &cl) != LEDGER_OK) {
             tem_free(b);
             break;
@@ -580,12 +634,14 @@ static void sigcache_add_pending(node *n, const uint8_t txid[32]) {
     if (t) node_sigcache_add(n, t->txid, t->stx->sig.data);
 }
 
+static bool sig_known(void *ctx, const uint8_t txid[32], const uint8_t sig[64]) { return node_sigcache_has(ctx, txid, sig); }
+
 static void gossip_done(void *ctx, int rc, const uint8_t txid[32]) {
     node *n = ctx;
     if (rc == 0 && !n->stopping) sigcache_add_pending(n, txid);
 }
 
-static void on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, size_t len) {
+void node_on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, size_t len) {
     node *n = ctx;
     if (n->stopping) return;
     Tem__V1__NodeMessage *m = tem__v1__node_message__unpack(&ledger_pb_allocator, len, data);
@@ -606,8 +662,10 @@ static void on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, siz
             for (size_t i = 0; i < m->txs->n_txs; i++) {
                 /* already known or refused here too: gossip is best effort. The mempool keeps
                  * its own copy; the frame is freed below. */
-                if (node_mempool_submit(n->mp, m->txs->txs[i].data, m->txs->txs[i].len, gossip_done, n, NULL) != 0)
-                    continue;
+                uint8_t id[32];
+                int rc = node_mempool_submit(n->mp, m->txs->txs[i].data, m->txs->txs[i].len, gossip_done, n, id);
+                /* The sender holds it: re-gossip never sends it back there. */
+                if (rc == 0 || rc == NODE_MEMPOOL_EDUP) node_mempool_peer_has(n->mp, id, p->id);
             }
         break;
     case TEM__V1__NODE_MESSAGE__KIND_BLOCK_REQUEST:
@@ -626,6 +684,7 @@ static void on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, siz
         break;
     case TEM__V1__NODE_MESSAGE__KIND_BLOCKS:
         if (m->blocks && !node_sync_joining(n)) {
+            node_tail_got_blocks(n, p->id, m->blocks);
             got_blocks(n, m->blocks);
             if (p->is_validator && !n->stopping) sync_first_progress(n, p->id, m->blocks->tip_height);
         }
@@ -684,16 +743,22 @@ static void flush_gossip(node *n) {
     n->ngossip = 0;
 }
 
-/* Re-sends the txs this node holds that could go into the next block. Gossip is best effort
- * (a peer may be down or restarting when a tx arrives, and recovered txs were never gossiped),
- * and only the primary proposes: without this a tx accepted here could wait forever. Receivers
- * drop what they already hold. */
-static void regossip(node *n) {
-    enum { REGOSSIP_MAX = 512 };
+/* Re-sends txs that have waited here for regossip_age_ms. Gossip is best effort (a peer may be
+ * down or restarting when a tx arrives, or refuse it while full, and recovered txs were never
+ * gossiped), and only the primary proposes: without this a tx accepted here could wait
+ * forever. It cannot amplify load: only the current primary is sent anything (the one node
+ * whose copy matters), never a tx it is known to hold (it gossiped it to us), each tx at most
+ * once per regossip_age_ms, and at most regossip_txs_per_s txs per second in all. */
+static void regossip(node *n, uint64_t now) {
+    enum { REGOSSIP_MAX = 512, REGOSSIP_SCAN_MAX = 8192 };
+    if (!n->rep_ok || n->regossip_budget == 0) return;
+    uint32_t primary = pbft_primary(pbft_replica_view(&n->rep), n->g.n_validators);
+    if ((int)primary == n->self || !net_peer_connected(n->net, primary)) return;
     const uint8_t *txs[REGOSSIP_MAX];
     size_t lens[REGOSSIP_MAX];
-    uint32_t cnt = 0;
-    if (node_mempool_select(n->mp, ledger_store_state(n->store), REGOSSIP_MAX, txs, lens, &cnt) != 0 || cnt == 0) return;
+    uint32_t max = n->regossip_budget < REGOSSIP_MAX ? (uint32_t)n->regossip_budget : REGOSSIP_MAX;
+    uint32_t cnt = node_mempool_regossip(n->mp, now, n->cfg.regossip_age_ms, primary, max, REGOSSIP_SCAN_MAX, txs, lens);
+    if (cnt == 0) return;
     ProtobufCBinaryData items[REGOSSIP_MAX];
     for (uint32_t i = 0; i < cnt; i++) items[i] = (ProtobufCBinaryData){lens[i], (uint8_t *)txs[i]};
     Tem__V1__TxBatch tb = TEM__V1__TX_BATCH__INIT;
@@ -703,7 +768,9 @@ static void regossip(node *n) {
     tem__v1__node_message__init(&m);
     m.kind_case = TEM__V1__NODE_MESSAGE__KIND_TXS;
     m.txs = &tb;
-    (void)send_node_msg(n, PBFT_TO_ALL, &m);
+    (void)send_node_msg(n, primary, &m);
+    n->regossip_budget -= cnt;
+    n->regossip_txs_sent += cnt;
 }
 
 static void on_tick(uv_timer_t *t) {
@@ -711,6 +778,7 @@ static void on_tick(uv_timer_t *t) {
     if (n->stopping) return;
     flush_gossip(n);
     serve_observers(n);
+    node_tail_tick(n);
     node_sync_tick(n);
     uint64_t now = uv_now(&n->loop);
     if (!n->disk_full && n->mp && node_mempool_disk_full(n->mp)) node_enter_disk_full(n, "a mempool log write", LEDGER_EDISKFULL);
@@ -725,10 +793,11 @@ static void on_tick(uv_timer_t *t) {
         }
         return;
     }
-    if (n->rep_ok && now - n->last_regossip_ms >= 1000) {
+    if (now - n->last_regossip_ms >= 1000) {
         n->last_regossip_ms = now;
-        regossip(n);
+        n->regossip_budget = n->cfg.regossip_txs_per_s;
     }
+    regossip(n, now);
     /* Observers poll for new blocks; validators re-ask when a fetch got no answer. */
     if (!n->rep_ok && !node_sync_joining(n) && (n->sync_sent_ms == 0 || now - n->sync_sent_ms > 1000)) node_request_blocks(n, ledger_store_height(n->store) + 1);
     if (n->rep_ok && n->fetch_from && n->fetch_from > ledger_store_height(n->store) && now - n->sync_sent_ms > 500)
@@ -746,7 +815,7 @@ void node_stop(node *n, int code) {
     node_log(n, NODE_LOG_INFO, "stopping");
     /* systemd (Type=notify) learns the stop is ours, not a crash; a no-op outside systemd. */
     (void)sd_notify(0, "STOPPING=1");
-    uv_timer_t *timers[] = {&n->t_view, &n->t_fetch, &n->t_propose, &n->t_tick};
+    uv_timer_t *timers[] = {&n->t_view, &n->t_fetch, &n->t_propose, &n->t_tick, &n->t_valwait};
     for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
         if (!uv_is_closing((uv_handle_t *)timers[i])) uv_close((uv_handle_t *)timers[i], close_cb);
     if (!uv_is_closing((uv_handle_t *)&n->sig_int)) uv_close((uv_handle_t *)&n->sig_int, close_cb);
@@ -760,6 +829,12 @@ static void on_signal(uv_signal_t *s, int sig) {
     node *n = s->data;
     node_log(n, NODE_LOG_INFO, "signal %d", sig);
     node_stop(n, 0);
+}
+
+/* A client's tx left the mempool: its address bucket holds one fewer. */
+static void adm_release(void *ctx, uint32_t tag) {
+    node *n = ctx;
+    node_admission_release(&n->adm, tag);
 }
 
 static void walk_close(uv_handle_t *h, void *arg) {
@@ -781,7 +856,7 @@ int node_run(const node_config *cfg) {
         return 1;
     }
     /* Every handle the node owns exists from here on, so one shutdown path closes them all. */
-    uv_timer_t *timers[] = {&n->t_view, &n->t_fetch, &n->t_propose, &n->t_tick};
+    uv_timer_t *timers[] = {&n->t_view, &n->t_fetch, &n->t_propose, &n->t_tick, &n->t_valwait};
     for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++) {
         TEM_ASSERT(uv_timer_init(&n->loop, timers[i]) == 0);
         timers[i]->data = n;
@@ -816,6 +891,7 @@ int node_run(const node_config *cfg) {
     node_log(n, NODE_LOG_INFO, "temd %s config %s chain %s genesis %s, %s %d, data %s", NODE_VERSION,
              cfg->config[0] ? cfg->config : "(flags)", n->g.chain_id, gh, n->self >= 0 ? "validator" : "observer",
              n->self, cfg->data_dir);
+    node_tail_check(n); /* damaged blocks found here are refetched once peers are up */
     if (cfg->indexer_postgres_url[0] && node_indexer_start_for(cfg, n->store, &n->g, &ix) != 0) goto stop;
     if (uv_signal_start(&n->sig_int, on_signal, SIGINT) != 0 || uv_signal_start(&n->sig_term, on_signal, SIGTERM) != 0) goto stop;
 
@@ -825,45 +901,23 @@ int node_run(const node_config *cfg) {
                               .per_signer_max = cfg->mempool_nonce_window, .genesis = &n->g};
     mc.precheck = node_mempool_precheck_signer;
     mc.precheck_ctx = n->store;
+    node_admission_config ac = {.wait_ms_max = cfg->admission_wait_ms_max,
+                                .signer_share_pct = (uint32_t)cfg->admission_signer_share_pct,
+                                .addr_share_pct = (uint32_t)cfg->admission_addr_share_pct,
+                                .block_txs_max = n->g.max_block_txs,
+                                .block_interval_ms = n->cfg.block_interval_ms,
+                                .peers = n->g.n_validators > 0 ? n->g.n_validators - 1 : 0};
+    node_admission_init(&n->adm, &ac);
+    mc.release = adm_release;
+    mc.release_ctx = n;
+    mc.sig_known = sig_known;
+    mc.sig_known_ctx = n;
     if (node_mempool_new(&n->loop, &mc, n->store, &n->mp) != 0) {
         node_log(n, NODE_LOG_ERROR, "cannot open the mempool log %s", logpath);
         goto stop;
     }
-    uint32_t recovered = 0;
-    rc = node_mempool_recover(n->mp, &recovered);
-    if (rc == NODE_MEMPOOL_ECORRUPT && cfg->mempool_log_reset) {
-        /* The operator asked for it: keep the damaged file for inspection, start empty. */
-        char aside[NODE_PATH_MAX + 64];
-        snprintf(aside, sizeof aside, "%s.damaged-%llu", logpath, (unsigned long long)(node_now_ms() / 1000));
-        if (rename(logpath, aside) != 0) {
-            node_log(n, NODE_LOG_ERROR, "cannot move the damaged mempool log %s aside: %s", logpath, strerror(errno));
-            goto stop;
-        }
-        node_log(n, NODE_LOG_ERROR, "mempool log %s was damaged: moved to %s (--mempool-log-reset); its txs are not recovered",
-                 logpath, aside);
-        rc = node_mempool_recover(n->mp, &recovered);
-    }
-    if (rc != 0) {
-        /* A node that cannot make accepted txs durable must not run as if it could: stop with
-         * the reason instead of answering 503 forever (docs/operate.md, "Limits and faults"). */
-        node_log(n, NODE_LOG_ERROR, "mempool log %s: %s (%s); not starting. %s", logpath, node_mempool_strerror(rc),
-                 node_mempool_errname(rc),
-                 rc == NODE_MEMPOOL_ECORRUPT ? "Its header is damaged or belongs to another chain: inspect it, then start "
-                                               "once with --mempool-log-reset to move it aside"
-                 : rc == NODE_MEMPOOL_EFULL ? "It holds more txs than mempool_txs_max: raise the limit"
-                                            : "Check the disk and the file's permissions");
-        n->exit_code = NODE_EXIT_OPERATOR;
-        goto stop_keep_code;
-    }
-    {
-        node_mempool_stats ms;
-        node_mempool_get_stats(n->mp, &ms);
-        if (ms.recover_damaged)
-            node_log(n, NODE_LOG_ERROR, "mempool log %s: %llu damaged stretch(es), %llu bytes skipped; the intact records "
-                     "after them were recovered", logpath, (unsigned long long)ms.recover_damaged,
-                     (unsigned long long)ms.recover_skipped_bytes);
-    }
-    if (recovered) node_log(n, NODE_LOG_INFO, "recovered %u txs from the mempool log", recovered);
+    /* A log that cannot be recovered leaves the node up but degraded (tailcheck.c). */
+    if (node_faults_mempool_recover(n, logpath) != 0) goto stop;
 
     net_config nc;
     memset(&nc, 0, sizeof nc);
@@ -882,7 +936,7 @@ int node_run(const node_config *cfg) {
     nc.rate_msgs_per_s = cfg->peer_rate_msgs_per_s;
     nc.rate_policy = NET_LIMIT_DROP;
     nc.log_level = cfg->log_level;
-    net_callbacks cb = {.peer_up = on_peer_up, .peer_down = on_peer_down, .frame = on_frame, .log = net_log_cb, .ctx = n};
+    net_callbacks cb = {.peer_up = on_peer_up, .peer_down = on_peer_down, .frame = node_on_frame, .log = net_log_cb, .ctx = n};
     rc = net_new(&n->loop, &nc, &cb, &n->net);
     sodium_memzero(nc.sec, sizeof nc.sec);
     if (rc != NET_OK || net_start(n->net) != NET_OK) {
@@ -896,7 +950,9 @@ int node_run(const node_config *cfg) {
     if (node_sync_start(n) != NODE_OK) goto stop;
     n->started_wall_ms = node_now_ms();
     if (uv_timer_start(&n->t_tick, on_tick, 10, 10) != 0) goto stop;
-    if (n->self >= 0) {
+    if (n->self >= 0 && !node_faults_may_vote(n)) {
+        /* Degraded (the ERROR said why): follow the chain by block sync, as an observer does. */
+    } else if (n->self >= 0) {
         uint8_t *rec;
         size_t rl;
         bool has_votes = ledger_store_meta_get(n->store, PBFT_VOTES_KEY, &rec, &rl) == LEDGER_OK;
@@ -917,9 +973,6 @@ int node_run(const node_config *cfg) {
     goto run;
 stop:
     node_stop(n, 1);
-    goto run;
-stop_keep_code:
-    node_stop(n, 0);
 run:
     (void)uv_run(&n->loop, UV_RUN_DEFAULT);
     int status = n->exit_code;
@@ -927,9 +980,14 @@ run:
     (void)uv_run(&n->loop, UV_RUN_DEFAULT);
     if (n->net) net_free(n->net);
     node_events_stop(n);
+    node_proofs_stop(n);
     if (n->http) net_http_free(n->http);
     if (n->mp) node_mempool_free(n->mp);
     drop_views(n);
+    if (n->val_waiting) { /* stopped while it waited for the mempool */
+        view_drop(n->val_waiting->view);
+        tem_free(n->val_waiting);
+    }
     node_replica_free(n);
     node_indexer_stop(ix); /* before the store it reads closes */
     node_sync_free(n);

@@ -9,9 +9,6 @@
 #define NODE_VERSION "0.1.0"
 #define NODE_PATH_MAX 512
 #define NODE_OBSERVER_KEYS_MAX 64
-/* temd's exit status when it refuses to start until an operator acts (a damaged mempool log):
- * systemd's RestartPreventExitStatus should name it, so the unit does not restart in a loop. */
-#define NODE_EXIT_OPERATOR 3
 /* node_run's status when temd should start again in place (space came back after a full
  * disk): temd re-executes itself with the same arguments. */
 #define NODE_EXIT_RESTART 75
@@ -51,6 +48,7 @@ typedef struct {
     uint8_t observer_keys[NODE_OBSERVER_KEYS_MAX][32];
     uint32_t n_observer_keys;
     bool mempool_log_reset;         /* move a damaged mempool log aside and start empty */
+    uint64_t tail_check_blocks;     /* stored blocks below the tip checked at start; default 64, 0 = off */
     int log_level;                  /* NODE_LOG_* */
     int log_format;                 /* NODE_LOG_TEXT (default) or NODE_LOG_JSON */
     uint32_t mempool_txs_max;       /* default 100000 */
@@ -75,6 +73,16 @@ typedef struct {
     uint64_t peer_observer_queue_bytes_max; /* default 16 MiB */
     uint64_t peer_send_stall_timeout_ms;    /* default 20000 */
     uint64_t peer_frame_timeout_ms;         /* default 30000 */
+    /* Admission (docs/operate.md "Admission"): the longest estimated wait a client's tx may
+     * face (beyond it 503 EBUSY with Retry-After; 0 = off), and the share of that queue one
+     * signer / one client address may hold (percent, 429 ESIGNERSHARE / EADDRSHARE). */
+    uint64_t admission_wait_ms_max;     /* default 2000 */
+    uint64_t admission_signer_share_pct; /* default 2 */
+    uint64_t admission_addr_share_pct;  /* default 50 */
+    /* Re-gossip of txs still waiting: only those held this long, at most this many per second,
+     * to the current primary only and never to a validator known to hold them. */
+    uint64_t regossip_age_ms;           /* default 2000 */
+    uint64_t regossip_txs_per_s;        /* default 1000; 0 = no re-gossip */
     /* [indexer] section (docs/indexer.md); flags --indexer-postgres-url etc. */
     char indexer_postgres_url[1024]; /* libpq URI; empty = no indexer */
     uint64_t indexer_poll_ms;        /* wait for the next block when caught up; default 100 */
@@ -98,7 +106,7 @@ void node_config_defaults(node_config *c);
 /* Reads an INI file (section [node], keys named like the fields: data_dir, genesis, key, listen,
  * http, tls_cert, tls_key, observer, accept_observers, observer_key (repeatable: each adds one
  * key), log_level (debug|info|warn|error), log_format (text|json),
- * mempool_txs_max, mempool_nonce_window, block_interval_ms, batch_delay_ms,
+ * mempool_txs_max, mempool_nonce_window, mempool_log_reset, tail_check_blocks, block_interval_ms, batch_delay_ms,
  * max_clock_drift_ms, peer_rate_bytes_per_s, peer_rate_msgs_per_s, http_body_bytes_max,
  * http_conns_max, http_conns_per_addr_max, http_rate_reqs_per_s, http_rate_burst_ms,
  * http_request_timeout_ms) and section [indexer] (postgres_url, poll_ms, retry_max_ms).

@@ -7,10 +7,12 @@
 #include "contracts/contracts.h"
 #include "net/http.h"
 #include "net/net.h"
+#include "node/admission.h"
 #include "node/archive.h"
 #include "node/mempool.h"
 #include "node/node.h"
 #include "node/replica.h"
+#include "node/tailcheck.h"
 
 #include <jansson.h>
 #include <uv.h>
@@ -22,6 +24,9 @@
 #define NODE_LATENCY_TABLE (1u << 16)
 #define NODE_LATENCY_BUCKETS 14
 #define NODE_SIGCACHE (1u << 16)
+/* Longest a proposal's validation waits for the mempool to finish verifying txs it holds
+ * (then it verifies them itself): a little more than one thread-pool batch takes. */
+#define NODE_VAL_WAIT_MS 200
 
 /* Block requests from observers: a token bucket per observer slot (NODE_OBS_REQS_PER_S, a
  * burst of as many), at most one waiting per observer (a newer one replaces it), served from
@@ -66,6 +71,8 @@ typedef struct node {
     bool host_ok;
     uint64_t rep_view; /* the view last logged, to count view changes */
     uv_timer_t t_view, t_fetch, t_propose, t_tick;
+    uv_timer_t t_valwait;             /* polls the mempool's checks a validation waits for */
+    struct val_job *val_waiting;      /* that validation, or NULL */
     uint64_t seq_view, seq_fetch;
     uint64_t want_proposal; /* height the replica asked a proposal for, 0 = none */
     bool propose_armed;
@@ -102,6 +109,7 @@ typedef struct node {
     node_archive archive;
     uint64_t orders_committed; /* order txs in applied blocks (applied or refused) */
     struct node_events_src *events; /* GET /v1/events (api_events.c); NULL until first used */
+    struct node_proofs *proofs;     /* proofs waiting for their header (api_proof.c); NULL until used */
     /* Disk full (docs/operate.md "Limits and faults"): no voting, no applying, txs refused
      * 503 EDISKFULL, reads served; free space is checked every NODE_DISK_CHECK_MS and once
      * NODE_DISK_RESUME_BYTES are free temd restarts itself (NODE_EXIT_RESTART) to resume. */
@@ -119,7 +127,12 @@ typedef struct node {
     node_obs_req obs_req[NET_OBSERVERS_MAX];
     uint32_t obs_rr;
     uint64_t obs_reqs_dropped;
+    node_faults faults; /* tailcheck.c: failed mempool recovery, damaged stored blocks */
     struct node_sync *sync; /* state sync (sync.c): serving snapshots, joining from one */
+    /* Admission at the HTTP door (admission.h) and re-gossip (node.c regossip). */
+    node_admission adm;
+    uint64_t regossip_txs_sent;
+    uint64_t regossip_budget; /* txs still allowed this second */
 } node;
 
 /* Wall-clock milliseconds since the Unix epoch. */
@@ -133,6 +146,10 @@ void node_tx_accepted(node *n, const uint8_t txid[32]);
 /* Remembers that the pair (txid, sig) verified (the mempool admitted the tx), and asks. */
 void node_sigcache_add(node *n, const uint8_t txid[32], const uint8_t sig[64]);
 bool node_sigcache_has(const node *n, const uint8_t txid[32], const uint8_t sig[64]);
+
+/* The peer transport's frame callback: decodes one NodeMessage from peer p and dispatches it
+ * (consensus, tx gossip, block requests and replies). Exposed for tests/fuzz/fuzz_dispatch.c. */
+void node_on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, size_t len);
 
 /* node.c, for the host's I/O in replica.c. */
 /* Stops the node: closes every handle; node_run returns `code` (if non-zero). */
@@ -164,10 +181,19 @@ int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_
 void node_events_http(void *ctx, net_http_req *req, const net_http_request *r);
 void node_events_committed(node *n, uint64_t height);
 void node_events_stop(node *n);
+/* api_proof.c: GET /v1/accounts/{key}/proof (dispatched from api.c's accounts route); at
+ * shutdown after the loop ends. */
+void node_account_proof_http(void *ctx, net_http_req *req, const net_http_request *r);
+void node_proofs_stop(node *n);
 /* api_clock.c: GET /v1/genesis; the clock fields of /v1/status. */
 void node_genesis_http(void *ctx, net_http_req *req, const net_http_request *r);
 void node_status_clock(node *n, json_t *status);
 
+/* api_feeder.c: GET /v1/feeder/slots/{s}; the records it needs, noted after every applied block;
+ * the curtailed_wh and binding of /v1/trades' continuous-auction fills. */
+void node_api_feeder_routes(node *n, net_http *h);
+void node_feeder_note_block(node *n, uint64_t height, const ledger_block_view *v);
+void node_feeder_trades_annotate(node *n, uint64_t slot, json_t *arr);
 /* ui.c: GET /ui and /ui/, the live page (node/ui/index.html, embedded at build time). */
 void node_ui_http(void *ctx, net_http_req *req, const net_http_request *r);
 

@@ -10,6 +10,8 @@ static void usage(FILE *f) {
     fprintf(f, "usage: temd --config FILE [--data-dir DIR] [--genesis FILE] [--key FILE]\n"
                "            [--listen HOST:PORT] [--http HOST:PORT] [--observer] [--log-level LEVEL]\n"
                "            [--tls-cert PEM --tls-key PEM] [--block-interval-ms MS] ...\n"
+               "            [--mempool-log-reset] (once, after an ERROR about a damaged mempool log:\n"
+               "            moves it aside; until then temd serves reads but neither votes nor takes txs)\n"
                "       temd --version | --help\n"
                "Every [node] key of the config file is also a flag (underscores as dashes);\n"
                "flags override the file. See docs/operate.md.\n");

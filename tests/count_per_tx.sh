@@ -69,33 +69,56 @@ for i in 0 1 2 3; do kill -TERM "${PID[n$i]}"; done
 for i in 0 1 2 3; do wait "${PID[n$i]}" 2>/dev/null || true; unset "PID[n$i]"; done
 echo "count_per_tx: $N transfers committed on 4 validators (heights $heights)"
 python3 - "$dir" "$N" <<'PY'
-import glob, sys, collections
+import glob, os, sys, collections
 d, n = sys.argv[1], int(sys.argv[2])
 rows = []
 for i in range(4):
     files = glob.glob(f"{d}/count.n{i}.*")
     if not files: sys.exit(f"no counter file for node {i}")
     un, sh, hist, lens = collections.Counter(), collections.Counter(), collections.Counter(), set()
+    ver, al = collections.Counter(), collections.Counter()
     for f in files:
         for line in open(f):
             w = line.split()
             if w[0] == "unpack": un[w[1]] += int(w[2])
             elif w[0] == "sha256": sh[w[1]] += int(w[2])
             elif w[0] == "copy": hist[int(w[1])] += int(w[2])
+            elif w[0] == "verify": ver[w[1]] += int(w[2])
+            elif w[0] == "alloc": al[w[1]] += int(w[2])
             elif w[0] in ("signed_len", "body_len"): lens.add(int(w[1]))
     copies = sum(hist[l] for l in lens)
-    rows.append((i, un, sh, copies))
+    rows.append((i, un, sh, copies, ver, al))
 def per(x): return f"{x / n:.2f}"
 tx_kinds = ["txid", "mempool_log", "sigcache_key", "receipt", "other"]
 print(f"\nper tx per node (N={n}):")
-print("| node | SignedTx unpacks | TxBody unpacks | unpacks | SHA-256 " + " | ".join(tx_kinds) + " | SHA-256 total (tx) | tx copies |")
-print("|---" * (6 + len(tx_kinds)) + "|")
-for i, un, sh, copies in rows:
+print("| node | secp256k1 verifies | Ed25519 verifies | SignedTx unpacks | TxBody unpacks | unpacks | all unpacks | SHA-256 " + " | ".join(tx_kinds) + " | SHA-256 total (tx) | SHA-256 all | tx copies | mallocs (malloc+calloc) | reallocs |")
+print("|---" * (12 + len(tx_kinds)) + "|")
+tot = collections.Counter()
+for i, un, sh, copies, ver, al in rows:
     s, b = un["tem.v1.SignedTx"], un["tem.v1.TxBody"]
-    tot = sum(sh[k] for k in tx_kinds)
-    print(f"| n{i} | {per(s)} | {per(b)} | {per(s + b)} | " + " | ".join(per(sh[k]) for k in tx_kinds) + f" | {per(tot)} | {per(copies)} |")
+    txh = sum(sh[k] for k in tx_kinds)
+    allun, allsh, mall = sum(un.values()), sum(sh.values()), al["malloc"] + al["calloc"]
+    tot.update({"secp": ver["secp256k1"], "ed": ver["ed25519"], "unpack": allun, "txunpack": s + b, "sha": allsh,
+                "txsha": txh, "malloc": mall})
+    print(f"| n{i} | {per(ver['secp256k1'])} | {per(ver['ed25519'])} | {per(s)} | {per(b)} | {per(s + b)} | {per(allun)} | "
+          + " | ".join(per(sh[k]) for k in tx_kinds) + f" | {per(txh)} | {per(allsh)} | {per(copies)} | {per(mall)} | {per(al['realloc'])} |")
 print("\nper node totals (not per tx): unpacks by type; SHA-256 by kind")
-for i, un, sh, copies in rows:
+for i, un, sh, copies, ver, al in rows:
     print(f"n{i}: " + ", ".join(f"{k.replace('tem.v1.','')}={v}" for k, v in sorted(un.items())))
     print(f"    " + ", ".join(f"{k}={v}" for k, v in sorted(sh.items()) if v))
+    print(f"    verify secp256k1={ver['secp256k1']} ed25519={ver['ed25519']}; alloc " + ", ".join(f"{k}={v}" for k, v in sorted(al.items())))
+c = {k: v / n for k, v in tot.items()}
+print(f"\ncluster per committed tx (4 nodes): secp256k1 verifies {c['secp']:.2f}, Ed25519 verifies {c['ed']:.2f}, "
+      f"unpacks {c['unpack']:.1f} (SignedTx+TxBody {c['txunpack']:.2f}), SHA-256 {c['sha']:.1f} (of tx bytes {c['txsha']:.2f}), "
+      f"mallocs {c['malloc']:.0f}")
+if os.environ.get("BENCH_LINES") == "1":
+    # bench lines (tests/bench/bench_per_tx.c): per committed tx, cluster-wide or per node, each
+    # beside the target of issue #15 (verifications) or #11 (unpacks, hashes of the tx's bytes:
+    # 2 per node). mallocs have no target: the limit printed is the per-node unpack count x 10.
+    def line(name, v, unit, lim, lunit, ratio): print(f"bench {name} {v:.2f} {unit} limit {lim:.2f} {lunit} ratio {ratio:.3f}")
+    line("per_tx_secp_verifies_cluster", c["secp"], "count", 4.1, "count", 4.1 / c["secp"] if c["secp"] else 0)
+    line("per_tx_unpacks_per_node", c["txunpack"] / 4, "count", 2.0, "count", 2.0 / (c["txunpack"] / 4) if c["txunpack"] else 0)
+    line("per_tx_sha256_tx_bytes_per_node", c["txsha"] / 4, "count", 2.0, "count", 2.0 / (c["txsha"] / 4) if c["txsha"] else 0)
+    line("per_tx_sha256_all_per_node", c["sha"] / 4, "count", c["txsha"] / 4, "count_of_tx_bytes", (c["txsha"] / c["sha"]) if c["sha"] else 0)
+    line("per_tx_mallocs_per_node", c["malloc"] / 4, "count", c["unpack"] / 4, "unpacks", (c["unpack"] / c["malloc"]) if c["malloc"] else 0)
 PY

@@ -120,10 +120,16 @@ call("GET", "/v1/blocks/99999999")
 call("GET", "/v1/accounts/" + p1.public.hex())
 call("GET", "/v1/accounts/zz")
 call("GET", "/v1/accounts/" + stranger.public.hex())
+call("GET", "/v1/accounts/%s/proof" % p1.public.hex())
+call("GET", "/v1/accounts/%s/proof" % stranger.public.hex())  # 200, present false
+call("GET", "/v1/accounts/zz/proof")
+call("GET", "/v1/accounts/%s/proof?height=0" % p1.public.hex())
 call("GET", "/v1/tx/" + "ab" * 32)
 call("GET", "/v1/tx/xyz")
 call("GET", "/v1/supply")
 call("GET", "/v1/feeder")
+call("GET", "/v1/feeder/slots/0")                                               # 404 ENOFEEDER
+call("GET", "/v1/feeder/slots/x")                                               # 400 ESLOT
 call("GET", "/metrics")
 call("GET", "/v1/nope")
 call("POST", "/v1/status", b"", "application/json")

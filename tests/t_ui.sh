@@ -54,7 +54,17 @@ grep -qF "script-src 'sha256-$script_hash'" <<<"$csp" || fail "CSP script hash i
 [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "$N/ui")" = 405 ] || fail "POST /ui is not 405"
 ok "/ui is the built page, text/html with a hash-only CSP; /ui/x 404, POST 405"
 
-# ---- 2. orders that trade, in a slot whose gate is comfortably ahead.
+# ---- 2. a 3-bus feeder (p1 at bus 2 sells to p2 at bus 3 across line 2-3), so the page has
+# loadings to show; its line 2-3 carries the trades well within its rating.
+mkdir -p "$dir/feeder"
+printf '%s\n' bus,type,pd_kw,qd_kvar,vmin_pu,vmax_pu,base_kv 1,slack,0,0,1,1,12.66 2,pq,20,4,0.9,1.1,12.66 \
+  3,pq,10,2,0.9,1.1,12.66 >"$dir/feeder/buses.csv"
+printf '%s\n' from,to,r_ohm,x_ohm,rate_kva 1,2,0.0922,0.047,400 2,3,0.366,0.1864,150 >"$dir/feeder/lines.csv"
+"$T" feeder install "$dir/feeder" --key "$dir/admin.key" --chain-id tem-ui --nonce 0 --out "$dir/feeder.bin" >/dev/null
+"$T" submit --node "$N" --file "$dir/feeder.bin" --wait >/dev/null || fail "feeder install refused"
+ok "a 3-bus feeder is installed"
+
+# ---- 3. orders that trade, in a slot whose gate is comfortably ahead.
 slot=$(( $(curl -s "$N/v1/status" | jq .clock.next_open_slot) + 2 ))
 sub() { "$T" submit --node "$N" --key "$dir/$1.key" --wait --json order --slot "$slot" "${@:2}" >"$dir/sub.out" 2>&1 || fail "order $*: $(cat "$dir/sub.out")"; }
 sub p1 --side sell --price 150000 --qty 2000
@@ -64,15 +74,16 @@ sub p2 --side buy --price 120000 --qty 400
 sub p1 --side sell --price 250000 --qty 300
 curl -s "$N/v1/trades?slot=$slot" >"$dir/trades.json"
 curl -s "$N/v1/book/$slot" >"$dir/book.json"
+curl -s "$N/v1/feeder/slots/$slot" >"$dir/view.json"
 ntr=$(jq '.trades | length' "$dir/trades.json")
 [ "$ntr" = 2 ] || fail "want 2 trades in slot $slot, have $ntr: $(cat "$dir/trades.json")"
 ok "five orders in slot $slot: $ntr trades, a resting bid and ask"
 
-# ---- 3. headless Chromium, driven over the DevTools pipe (tests/tools/cdp.py): the page keeps
+# ---- 4. headless Chromium, driven over the DevTools pipe (tests/tools/cdp.py): the page keeps
 # an EventSource open, so the test waits for conditions in the page, bounded by CDP_TIMEOUT.
 export CDP_TIMEOUT=30 CDP_LOG="$dir/chromium.log"
 js_val() { echo "document.getElementById('$1').dataset.value"; }
-ready="document.getElementById('live').className=='on' && $(js_val trades-count)=='$ntr' && $(js_val best-bid)!=''"
+ready="document.getElementById('live').className=='on' && $(js_val trades-count)=='$ntr' && $(js_val best-bid)!='' && $(js_val max-loading)=='$(jq .max_loading.loading_ppm "$dir/view.json")'"
 h0=$(curl -s "$N/v1/status" | jq .height)
 shot="$dir/ui.png"
 # After the first snapshot a crossing buy of 100 Wh commits; the page must show the third trade
@@ -80,7 +91,8 @@ shot="$dir/ui.png"
 python3 tests/tools/cdp.py "$N/ui?slot=$slot" "wait:$ready" "dom:$dir/dom.html" \
   "run:curl -s $N/v1/status | jq .height >$dir/h1" \
   "run:$T submit --node $N --key $dir/p2.key --wait --json order --slot $slot --side buy --price 160000 --qty 100 >$dir/sub3.out 2>&1" \
-  "wait:$(js_val trades-count)=='$((ntr + 1))'" "dom:$dir/dom2.html" "shot:$shot" ||
+  "wait:$(js_val trades-count)=='$((ntr + 1))' && $(js_val max-loading)!='$(jq .max_loading.loading_ppm "$dir/view.json")'" \
+  "dom:$dir/dom2.html" "shot:$shot" ||
   fail "the page in Chromium did not reach: $ready, then $((ntr + 1)) trades"
 h1=$(cat "$dir/h1")
 val() { # FILE id -> data-value of the element with that id
@@ -116,6 +128,48 @@ expect "$D2" trades-volume "$(jq '[.trades[].quantity_wh] | add' "$dir/trades.js
 expect "$D2" best-ask "$(jq '.asks[0].price' "$dir/book.json")"
 ok "a trade committed while the page is open appears through /v1/events, without a reload"
 
+# The feeder's loading: every line the page lists (the most loaded first) shows the loading the
+# slot view /v1/feeder/slots/{s} gives, the most loaded one and the binding list too; after the
+# third trade, the loadings it raised.
+loading_matches() { # DOM VIEW
+  /usr/bin/python3 - "$1" "$2" <<'PY' || fail "the page's feeder loading does not match /v1/feeder/slots/$slot"
+import json, re, sys
+dom, view = open(sys.argv[1]).read(), json.load(open(sys.argv[2]))
+rows = {m.group(1): (m.group(0)) for m in re.finditer(r'<tr[^>]*\bid="line-(\d+-\d+)"[^>]*>', dom)}
+lines = sorted(view["lines"], key=lambda l: (-l["loading_ppm"], l["from"], l["to"]))[:12]
+bad = []
+if len(rows) != len(lines):
+    bad.append("page lists %d lines, the view %d" % (len(rows), len(lines)))
+for l in lines:
+    k = "%d-%d" % (l["from"], l["to"])
+    tag = rows.get(k)
+    v = re.search(r'data-value="(\d+)"', tag or "")
+    b = re.search(r'data-binding="(\d)"', tag or "")
+    if not v or int(v.group(1)) != l["loading_ppm"] or not b or (b.group(1) == "1") != l["binding"]:
+        bad.append("line %s: page %r, view %d ppm binding %s" % (k, tag, l["loading_ppm"], l["binding"]))
+def val(i):
+    m = re.search(r'<[^>]*\bid="%s"[^>]*>' % i, dom)
+    v = m and re.search(r'data-value="([^"]*)"', m.group(0))
+    return v.group(1) if v else None
+if val("max-loading") != str(view["max_loading"]["loading_ppm"]) or val("max-line") != view["max_loading"]["line"]:
+    bad.append("max loading: page %s %s, view %s" % (val("max-line"), val("max-loading"), view["max_loading"]))
+if val("feeder-binding") != ", ".join(view["binding"]) or val("feeder-curtailed") != str(view["curtailed_wh"]):
+    bad.append("binding/curtailed: page %s / %s, view %s / %s" % (val("feeder-binding"), val("feeder-curtailed"), view["binding"], view["curtailed_wh"]))
+if val("feeder-vmin") != str(view["voltage_npu"]["min"]):
+    bad.append("vmin: page %s, view %s" % (val("feeder-vmin"), view["voltage_npu"]["min"]))
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+PY
+}
+loading_matches "$D1" "$dir/view.json"
+l23=$(jq '.lines[] | select(.from == 2 and .to == 3) | .loading_ppm' "$dir/view.json")
+[ "$l23" -gt 0 ] || fail "line 2-3 carries nothing: $(cat "$dir/view.json")"
+curl -s "$N/v1/feeder/slots/$slot" >"$dir/view2.json"
+loading_matches "$D2" "$dir/view2.json"
+l23b=$(jq '.lines[] | select(.from == 2 and .to == 3) | .loading_ppm' "$dir/view2.json")
+[ "$l23b" -gt "$l23" ] || fail "the third trade did not raise line 2-3's loading ($l23 -> $l23b ppm)"
+ok "DOM: line loadings, the most loaded line, binding and lowest voltage match /v1/feeder/slots/$slot (line 2-3: $l23 -> $l23b ppm)"
+
 # Without ?slot the page follows the open slot the status names (read before and after, as a
 # minute boundary may pass in between).
 s0=$(curl -s "$N/v1/status" | jq .clock.next_open_slot)
@@ -125,9 +179,29 @@ sd=$(val "$dir/dom3.html" slot)
 [ "$sd" = "$s0" ] || [ "$sd" = "$s1" ] || fail "unpinned page shows slot '$sd', the API's open slot is $s0..$s1"
 ok "without ?slot the page shows the next open slot ($sd)"
 
-# ---- 4. the screenshot (copied for the docs when UI_SHOT names a path).
-[ -s "$shot" ] && [ "$(head -c 8 "$shot" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] || fail "no PNG screenshot"
+# A slot where the grid check curtails: 4,000 Wh (240 kW) across line 2-3 (147 kVA after the
+# default 2 % margin). The page marks the line binding, at its limit, as the view does.
+slot2=$((slot + 1))
+sub2() { "$T" submit --node "$N" --key "$dir/$1.key" --wait --json order --slot "$slot2" "${@:2}" >"$dir/sub.out" 2>&1 || fail "order $*: $(cat "$dir/sub.out")"; }
+sub2 p1 --side sell --price 150000 --qty 4000
+sub2 p2 --side buy --price 200000 --qty 4000
+curl -s "$N/v1/feeder/slots/$slot2" >"$dir/view3.json"
+jq -e '.binding == ["line 2-3"] and .curtailed_wh > 0' "$dir/view3.json" >/dev/null || fail "slot $slot2 did not bind line 2-3: $(cat "$dir/view3.json")"
+shot2="$dir/ui-binding.png"
+python3 tests/tools/cdp.py "$N/ui?slot=$slot2" "wait:$(js_val feeder-binding)=='line 2-3' && $(js_val max-loading)=='$(jq .max_loading.loading_ppm "$dir/view3.json")'" \
+  "dom:$dir/dom4.html" "shot:$shot2" || fail "the page did not show slot $slot2's binding line"
+loading_matches "$dir/dom4.html" "$dir/view3.json"
+grep -q '<tr class="binding" id="line-2-3"' "$dir/dom4.html" || fail "line 2-3's row is not marked binding"
+grep -Eq 'id="line-2-3"[^>]*>.*<span class="full"' "$dir/dom4.html" || fail "line 2-3's bar is not red at its limit"
+expect "$dir/dom4.html" feeder-curtailed "$(jq .curtailed_wh "$dir/view3.json")"
+expect "$dir/dom4.html" trades-curtailed "$(curl -s "$N/v1/trades?slot=$slot2" | jq '[.trades[].curtailed_wh] | add')"
+ok "slot $slot2: the page marks line 2-3 binding at $(jq '.max_loading.loading_ppm' "$dir/view3.json") ppm, red, curtailed Wh as the API"
+
+# ---- 5. the screenshot (copied for the docs when UI_SHOT names a path).
+for f in "$shot" "$shot2"; do
+  [ -s "$f" ] && [ "$(head -c 8 "$f" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] || fail "no PNG screenshot $f"
+done
 grep -q "Content Security Policy" "$dir/chromium.log" && fail "Chromium reports CSP violations: $(grep -m2 'Content Security Policy' "$dir/chromium.log")"
-[ -n "${UI_SHOT:-}" ] && cp "$shot" "$UI_SHOT"
+[ -n "${UI_SHOT:-}" ] && cp "$shot2" "$UI_SHOT"
 ok "screenshot $(stat -c %s "$shot") bytes, no CSP violation logged"
 echo "t_ui: $passed passed"

@@ -24,6 +24,7 @@ START_TEST(config_file_values_and_flags_override_them) {
     ck_assert_uint_eq(c.http_conns_per_addr_max, 32);
     ck_assert_uint_eq(c.http_rate_reqs_per_s, 200);
     ck_assert_uint_eq(c.peer_handshakes_max, 32);
+    ck_assert_uint_eq(c.tail_check_blocks, 64);
     {
         node_config o;
         node_config_defaults(&o);
@@ -41,6 +42,11 @@ START_TEST(config_file_values_and_flags_override_them) {
         ck_assert_int_eq(node_config_flags(&o, 3, bad1, e, sizeof e), NODE_ECONFIG);
         char *bad2[] = {"temd", "--http-conns-per-addr-max", "0", NULL};
         ck_assert_int_eq(node_config_flags(&o, 3, bad2, e, sizeof e), NODE_ECONFIG);
+        char *tc[] = {"temd", "--tail-check-blocks", "0", NULL}; /* 0 turns the start-up check off */
+        ck_assert_int_eq(node_config_flags(&o, 3, tc, e, sizeof e), NODE_OK);
+        ck_assert_uint_eq(o.tail_check_blocks, 0);
+        char *bad3[] = {"temd", "--tail-check-blocks", "-1", NULL};
+        ck_assert_int_eq(node_config_flags(&o, 3, bad3, e, sizeof e), NODE_ECONFIG);
     }
     char *p = write_ini("[node]\ndata_dir = /var/lib/tem\ngenesis = /etc/tem/g.json\nkey = /etc/tem/v.key\n"
                         "listen = 0.0.0.0:26600\nhttp = 127.0.0.1:8080\nlog_level = debug\n"

@@ -594,6 +594,47 @@ START_TEST(mempool_bad_signatures_are_reported_through_done_and_dropped) {
 }
 END_TEST
 
+/* The node's verified set (node_mempool_config.sig_known): a pair it names is not verified
+ * again, which the test sees because a tampered signature it names is accepted; one it does not
+ * name is verified and refused. node_mempool_sig_state follows an entry VERIFYING -> VERIFIED
+ * and names nothing for another signature or an unknown txid. */
+static const uint8_t *KNOWN_SIG;
+static int KNOWN_CALLS;
+static bool known_one(void *ctx, const uint8_t txid[32], const uint8_t sig[64]) {
+    (void)ctx;
+    (void)txid;
+    KNOWN_CALLS++;
+    return KNOWN_SIG && memcmp(sig, KNOWN_SIG, 64) == 0;
+}
+
+START_TEST(mempool_skips_verifying_pairs_the_node_already_verified) {
+    node_mempool_config c = cfg_default();
+    c.sig_known = known_one;
+    mp_open(&c);
+    tx_t named = mk(2, 0, 1), other = mk(3, 0, 1);
+    named.b[named.len - 64 + 5] ^= 0x01; /* both signatures are now wrong */
+    other.b[other.len - 64 + 5] ^= 0x01;
+    KNOWN_SIG = named.b + named.len - 64;
+    KNOWN_CALLS = 0;
+    ck_assert_int_eq(submit(&named), 0);
+    ck_assert_int_eq(node_mempool_sig_state(M, named.txid, named.b + named.len - 64), NODE_MEMPOOL_SIG_VERIFYING);
+    uint8_t zero[64] = {0}, nope[32] = {1};
+    ck_assert_int_eq(node_mempool_sig_state(M, named.txid, zero), NODE_MEMPOOL_SIG_UNKNOWN);
+    ck_assert_int_eq(node_mempool_sig_state(M, nope, named.b + named.len - 64), NODE_MEMPOOL_SIG_UNKNOWN);
+    ck_assert_int_eq(submit_ok_and_wait(&other), LEDGER_ESIG);
+    wait_done(2);
+    int k = memcmp(R.txid[0], named.txid, 32) == 0 ? 0 : 1;
+    ck_assert_int_eq(R.rc[k], 0);
+    ck_assert_int_eq(KNOWN_CALLS, 2);
+    ck_assert_int_eq(node_mempool_sig_state(M, named.txid, named.b + named.len - 64), NODE_MEMPOOL_SIG_VERIFIED);
+    ck_assert_int_eq(node_mempool_sig_state(M, other.txid, other.b + other.len - 64), NODE_MEMPOOL_SIG_UNKNOWN);
+    ck_assert_uint_eq(stats().verify_failed, 1);
+    KNOWN_SIG = NULL;
+    tem_free(named.b);
+    tem_free(other.b);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ blocks */
 START_TEST(mempool_block_applied_drops_committed_and_superseded_txs) {
     node_mempool_config c = cfg_default();
@@ -1125,6 +1166,7 @@ static Suite *mempool_suite(void) {
     tcase_add_test(t, mempool_byte_bound_refuses_with_efull);
     tcase_add_test(t, mempool_per_signer_limit_refuses_with_esignerfull);
     tcase_add_test(t, mempool_bad_signatures_are_reported_through_done_and_dropped);
+    tcase_add_test(t, mempool_skips_verifying_pairs_the_node_already_verified);
     tcase_add_test(t, mempool_block_applied_drops_committed_and_superseded_txs);
     tcase_add_test(t, mempool_txs_committed_or_superseded_while_in_flight_settle_when_work_returns);
     tcase_add_test(t, mempool_large_pool_finds_superseded_txs_round_robin_within_two_blocks);

@@ -7,6 +7,7 @@
 #include "tests/ledger_fixture.h"
 
 #include <check.h>
+#include <lmdb.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -548,6 +549,113 @@ START_TEST(sigkill_inside_apply_leaves_tree_and_state_at_one_block_boundary) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------ the LMDB layout itself */
+/* Crafted paths (not SHA-256 outputs): clusters of keys sharing 0..200 leading bits, so nodes
+ * fall in every group of the stored layout (4 levels a record, docs/ledger.md "Storage") and
+ * subtrees collapse and split across record boundaries. The table is fed random batches of
+ * inserts, rewrites and deletes (the first one large enough for the bulk build), committed one
+ * by one; after each, the root equals the naive one and stored proofs verify. */
+static void crafted_path(uint8_t kh[32], uint64_t *rng) {
+    static const uint8_t bases[3][32] = {{0x00}, {0x5a, 0x5a, 0x5a, 0x5a}, {0xff, 0xff, 0xff, 0xff, 0xff, 0xff}};
+    memcpy(kh, bases[rng_next(rng) % 3], 32);
+    unsigned shared = (unsigned)(rng_next(rng) % 201); /* keys may agree on up to ~200 bits */
+    for (unsigned i = shared; i < 256; i++)
+        if (rng_next(rng) & 1) kh[i / 8] ^= (uint8_t)(0x80 >> (i % 8));
+}
+
+static int item_cmp(const void *a, const void *b) { return memcmp(a, b, 32); }
+
+START_TEST(stored_tree_with_crafted_deep_paths_matches_the_naive_root) {
+    for (uint64_t seed = 1; seed <= 8; seed++) {
+        uint64_t rng = seed * 0x2545F4914F6CDD1Dull;
+        char *dir = tmpdir();
+        MDB_env *env;
+        MDB_dbi dbi;
+        MDB_txn *txn;
+        ck_assert_int_eq(mdb_env_create(&env), 0);
+        ck_assert_int_eq(mdb_env_set_mapsize(env, (size_t)1 << 30), 0);
+        ck_assert_int_eq(mdb_env_set_maxdbs(env, 2), 0);
+        ck_assert_int_eq(mdb_env_open(env, dir, MDB_NOSYNC, 0600), 0);
+        size_t pool_n = 1500;
+        item *pool = malloc(pool_n * sizeof *pool);
+        bool *live = calloc(pool_n, sizeof *live);
+        for (size_t i = 0; i < pool_n; i++) {
+            crafted_path(pool[i].kh, &rng);
+            memset(pool[i].vh, 0, 32);
+        }
+        qsort(pool, pool_n, sizeof *pool, item_cmp);
+        size_t w = 1; /* drop repeated paths */
+        for (size_t i = 1; i < pool_n; i++)
+            if (memcmp(pool[i].kh, pool[w - 1].kh, 32) != 0) pool[w++] = pool[i];
+        pool_n = w;
+        ledger__smt_op *ops = malloc(pool_n * sizeof *ops);
+        item *cur = malloc(pool_n * sizeof *cur);
+        for (int batch = 0; batch < 25; batch++) {
+            size_t n = 0;
+            /* batch 0 inserts 1,100 keys at once (the bulk build); later ones 1..60 changes */
+            size_t want = batch == 0 ? 1100 : 1 + rng_next(&rng) % 60;
+            bool *pick = calloc(pool_n, sizeof *pick);
+            for (size_t t = 0; t < want; t++) pick[batch == 0 ? t * pool_n / want : rng_next(&rng) % pool_n] = true;
+            for (size_t i = 0; i < pool_n; i++) {
+                if (!pick[i]) continue;
+                memcpy(ops[n].kh, pool[i].kh, 32);
+                bool del = batch > 0 && live[i] && rng_next(&rng) % 3 == 0;
+                ops[n].del = del;
+                memset(ops[n].vh, 0, 32);
+                if (!del) {
+                    pool[i].vh[0] = (uint8_t)batch;
+                    pool[i].vh[1] = (uint8_t)rng_next(&rng);
+                    memcpy(ops[n].vh, pool[i].vh, 32);
+                }
+                live[i] = !del;
+                n++;
+            }
+            free(pick);
+            uint8_t root[32], want_root[32];
+            ck_assert_int_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+            ck_assert_int_eq(mdb_dbi_open(txn, "tree", MDB_CREATE, &dbi), 0);
+            ck_assert_int_eq(ledger__smt_update(txn, dbi, ops, n, root, NULL), LEDGER_OK);
+            ck_assert_int_eq(mdb_txn_commit(txn), 0);
+            size_t nc = 0;
+            for (size_t i = 0; i < pool_n; i++)
+                if (live[i]) cur[nc++] = pool[i];
+            naive_root(cur, nc, 0, want_root);
+            ck_assert_msg(memcmp(root, want_root, 32) == 0, "seed %llu batch %d", (unsigned long long)seed, batch);
+            /* the stored root, and proofs read from the table, for present and absent paths */
+            ck_assert_int_eq(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+            uint8_t again[32];
+            ck_assert_int_eq(ledger__smt_root_db(txn, dbi, again), LEDGER_OK);
+            ck_assert(memcmp(again, want_root, 32) == 0);
+            for (int t = 0; t < 12; t++) {
+                size_t i = rng_next(&rng) % pool_n;
+                ledger_state_proof p;
+                ck_assert_int_eq(ledger__smt_prove_db(txn, dbi, pool[i].kh, &p), LEDGER_OK);
+                ck_assert_int_eq(ledger__smt_verify(want_root, pool[i].kh, live[i] ? pool[i].vh : NULL, &p), 0);
+                ledger_state_proof pm;
+                ledger__smt_leafrec *lr = malloc((nc ? nc : 1) * sizeof *lr);
+                for (size_t j = 0; j < nc; j++) {
+                    memcpy(lr[j].kh, cur[j].kh, 32);
+                    memcpy(lr[j].vh, cur[j].vh, 32);
+                }
+                ledger__smt_prove_mem(lr, nc, pool[i].kh, &pm);
+                free(lr);
+                ck_assert_int_eq(p.kind, pm.kind);
+                ck_assert_int_eq(p.depth, pm.depth);
+                ck_assert(memcmp(p.sibling, pm.sibling, sizeof p.sibling) == 0);
+            }
+            mdb_txn_abort(txn);
+        }
+        free(ops);
+        free(cur);
+        free(pool);
+        free(live);
+        mdb_env_close(env);
+        rmrf(dir);
+        free(dir);
+    }
+}
+END_TEST
+
 /* ------------------------------------------------------------------ the worked example */
 /* docs/ledger.md, "Worked example": four entries, the root, and two proofs in wire form. */
 static const char *const EX_KEYS[] = {"alice", "bob", "carol", "dave"};
@@ -605,6 +713,7 @@ Suite *tree_suite(void) {
     tcase_add_test(t, store_tree_follows_random_blocks_and_matches_the_naive_root);
     tcase_add_test(t, store_delete_of_a_blocks_creations_returns_the_tree_to_the_earlier_root);
     tcase_add_test(t, sigkill_inside_apply_leaves_tree_and_state_at_one_block_boundary);
+    tcase_add_test(t, stored_tree_with_crafted_deep_paths_matches_the_naive_root);
     tcase_add_test(t, worked_example_of_docs_ledger_md_is_reproduced);
     suite_add_tcase(s, t);
     return s;

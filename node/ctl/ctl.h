@@ -70,5 +70,7 @@ int ctl_replay_main(int argc, char **argv);
 /* `temctl feeder VERB ...`: argv[1] = "flow" | "limit" | "install" | "help" (node/ctl/ctl_feeder.c). */
 /* Node queries (node/ctl/ctl_node.c): submit, status, block, account, book, trades, tx TXID. */
 int ctl_node_main(int argc, char **argv);
+/* `account`: with --prove the proof check of node/ctl/ctl_proof.c, else ctl_node_main. */
+int ctl_account_main(int argc, char **argv);
 
 #endif

@@ -20,7 +20,9 @@ static const struct {
     {"status", "usage: temctl status [--node URL] [--json]\n"},
     {"block", "usage: temctl block [--node URL] [--json] HEIGHT\n"},
     {"tx", "usage: temctl tx [--node URL] [--json] TXID   (the receipt; `temctl tx sign|inspect` work offline)\n"},
-    {"account", "usage: temctl account [--node URL] [--json] PUBKEY\n"},
+    {"account", "usage: temctl account [--node URL] [--json] PUBKEY\n"
+                "       temctl account PUBKEY --prove --genesis FILE [--proof FILE | --node URL] [--save FILE]\n"
+                "                     (checks the account's proof: temctl account --prove --help)\n"},
     {"book", "usage: temctl book [--node URL] [--json] SLOT\n"},
     {"trades", "usage: temctl trades [--node URL] [--json] SLOT\n"},
 };

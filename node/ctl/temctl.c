@@ -1,6 +1,7 @@
 /* temctl.c: the TEM command-line tool: one verb per subcommand, dispatched from a table. Verbs
  * live in node/ctl/ctl_*.c and node/sim/ (testnet, sim); each returns the exit status (0 ok, 1 invalid input, 2 usage). */
 #include "node/ctl/ctl.h"
+#include "node/sim/load.h"
 #include "node/sim/testnet.h"
 
 #include <signal.h>
@@ -24,11 +25,12 @@ int main(int argc, char **argv) {
         {"submit", ctl_node_main, "sign and submit a tx to a node"},
         {"status", ctl_node_main, "node status"},
         {"block", ctl_node_main, "a block from a node"},
-        {"account", ctl_node_main, "an account from a node"},
+        {"account", ctl_account_main, "an account from a node; --prove checks its proof"},
         {"book", ctl_node_main, "a slot's order book from a node"},
         {"trades", ctl_node_main, "a slot's trades from a node"},
         {"testnet", ctl_testnet_main, "run a local testnet"},
         {"sim", ctl_sim_main, "run the prosumer simulator against a node"},
+        {"load", ctl_load_main, "open-loop load generator (docs/performance.md)"},
     };
     size_t nv = sizeof verbs / sizeof verbs[0];
     if (argc >= 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0)) {

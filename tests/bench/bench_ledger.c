@@ -245,7 +245,17 @@ static void next_block(ledger_store *s, uint32_t n, uint32_t senders, uint64_t t
     free(nonces);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    /* `bench_ledger tree`: the state-tree lines alone (for work on the tree). */
+    if (argc > 1 && strcmp(argv[1], "tree") == 0) {
+        char tdir[] = "/tmp/tem-bench-XXXXXX";
+        TEM_ASSERT(mkdtemp(tdir) != NULL);
+        bench_state_tree(tdir);
+        char cmd[400];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", tdir);
+        TEM_ASSERT(system(cmd) == 0);
+        return 0;
+    }
     uint8_t **txs = malloc(NTX * sizeof *txs);
     size_t *lens = malloc(NTX * sizeof *lens);
     for (int i = 0; i < NTX; i++) txs[i] = fx_transfer("tem-test", 2 + i % 50, 3 + i % 50, (uint64_t)i, 5, &lens[i]);

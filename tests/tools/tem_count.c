@@ -14,6 +14,12 @@
  *   memcpy / memmove            a histogram of lengths (1..65535); the analysis counts as "tx
  *                               copies" the calls whose length equals the length of a SignedTx
  *                               or a TxBody this process unpacked.
+ *   secp256k1_ecdsa_verify      meter signature verifications ("verify secp256k1 N"); every tx
+ *                               signature check of temd ends here (ledger_secp_verify).
+ *   crypto_sign_verify_detached Ed25519 verifications (pBFT votes, certificates, handshakes).
+ *   malloc/calloc/realloc       allocations ("alloc malloc N"), through glibc's __libc_* entry
+ *                               points so no dlsym runs inside an allocation; realloc(NULL, n)
+ *                               counts as a malloc.
  *
  * Not for production: a test tool only. Thread-safe through atomics; the sha256 state of each
  * thread is tracked in a small thread-local table keyed by the state's address. */
@@ -50,6 +56,7 @@ static const char *const HNAMES[H_COUNT] = {"merkle_leaf", "merkle_node", "merkl
                                              "block_hash", "commit_digest", "pbft", "net", "mempool_log",
                                              "txid", "receipt", "sigcache_key", "other"};
 static _Atomic uint64_t hashes[H_COUNT];
+static _Atomic uint64_t secp_verifies, ed_verifies, n_malloc, n_calloc, n_realloc;
 
 typedef struct {
     const void *st;
@@ -208,6 +215,42 @@ int crypto_hash_sha256(unsigned char *out, const unsigned char *in, unsigned lon
     return rc;
 }
 
+/* ------------------------------------------------------------------ signatures */
+typedef struct secp256k1_context_struct secp256k1_context;
+int secp256k1_ecdsa_verify(const secp256k1_context *ctx, const void *sig, const unsigned char *msg32,
+                           const void *pubkey) {
+    static int (*real)(const secp256k1_context *, const void *, const unsigned char *, const void *);
+    if (!real) real = dlsym(RTLD_NEXT, "secp256k1_ecdsa_verify");
+    atomic_fetch_add_explicit(&secp_verifies, 1, memory_order_relaxed);
+    return real(ctx, sig, msg32, pubkey);
+}
+
+int crypto_sign_verify_detached(const unsigned char *sig, const unsigned char *m, unsigned long long mlen,
+                                const unsigned char *pk) {
+    static int (*real)(const unsigned char *, const unsigned char *, unsigned long long, const unsigned char *);
+    if (!real) real = dlsym(RTLD_NEXT, "crypto_sign_verify_detached");
+    atomic_fetch_add_explicit(&ed_verifies, 1, memory_order_relaxed);
+    return real(sig, m, mlen, pk);
+}
+
+/* ------------------------------------------------------------------ allocations */
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+
+void *malloc(size_t n) {
+    atomic_fetch_add_explicit(&n_malloc, 1, memory_order_relaxed);
+    return __libc_malloc(n);
+}
+void *calloc(size_t k, size_t n) {
+    atomic_fetch_add_explicit(&n_calloc, 1, memory_order_relaxed);
+    return __libc_calloc(k, n);
+}
+void *realloc(void *p, size_t n) {
+    atomic_fetch_add_explicit(p ? &n_realloc : &n_malloc, 1, memory_order_relaxed);
+    return __libc_realloc(p, n);
+}
+
 __attribute__((constructor)) static void tc_init(void) {
     real_memcpy = dlsym(RTLD_NEXT, "memcpy");
     real_memmove = dlsym(RTLD_NEXT, "memmove");
@@ -223,6 +266,10 @@ __attribute__((destructor)) static void tc_dump(void) {
     int k = atomic_load(&ntypes);
     for (int i = 0; i < k && i < TYPES_MAX; i++) fprintf(f, "unpack %s %llu\n", types[i].name, (unsigned long long)types[i].n);
     for (int i = 0; i < H_COUNT; i++) fprintf(f, "sha256 %s %llu\n", HNAMES[i], (unsigned long long)hashes[i]);
+    fprintf(f, "verify secp256k1 %llu\n", (unsigned long long)secp_verifies);
+    fprintf(f, "verify ed25519 %llu\n", (unsigned long long)ed_verifies);
+    fprintf(f, "alloc malloc %llu\nalloc calloc %llu\nalloc realloc %llu\n", (unsigned long long)n_malloc,
+            (unsigned long long)n_calloc, (unsigned long long)n_realloc);
     for (size_t l = 1; l < LEN_MAX; l++) {
         if (copy_hist[l]) fprintf(f, "copy %zu %llu\n", l, (unsigned long long)copy_hist[l]);
         if (signed_len_seen[l]) fprintf(f, "signed_len %zu\n", l);

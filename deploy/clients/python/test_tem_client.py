@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -16,6 +17,8 @@ import tem_client as tc
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
 LEDGER_MD = os.path.join(ROOT, "docs", "ledger.md")
+sys.path.insert(0, os.path.join(ROOT, "tests", "tools"))
+import proof_tamper  # noqa: E402  (tampered account proofs, shared with tests/t_proof.sh)
 WORKED_SECRET = bytes.fromhex("d2cdbbcaca7a4add9478da3b6f342e1d11ab2b525091bb870872de8a15a558c7")
 
 
@@ -91,6 +94,31 @@ class Offline(unittest.TestCase):
         self.assertFalse(tc.merkle_verify(a, 0, 3, [lb], root))
         self.assertFalse(tc.merkle_verify(c, 2, 3, [H(b"\1", la, lb), la], root))
         self.assertFalse(tc.merkle_verify(b, 0, 3, [lb, lc], root))
+
+    def test_state_tree_worked_example_proofs_of_docs_verify(self):
+        # docs/ledger.md 4.1: root over alice=100, bob=250, carol=75, dave=0; the proof that
+        # bob = 250 and the proof that erin is absent, each in the wire form as printed there.
+        with open(LEDGER_MD, encoding="utf-8") as f:
+            text = f.read()
+        root = doc_value("root = H(0x01 || N1 || leaf(bob))          =")
+        blocks = re.findall(r"```\n(01 0[02] [0-9a-f ]+\n(?:[0-9a-f]{64}.*\n)+)```", text)
+        self.assertEqual(len(blocks), 2)
+        wire = [bytes.fromhex("".join(re.findall(r"^([0-9a-f ]+?)(?:\s{2,}.*)?$", b, re.M)).replace(" ", "")) for b in blocks]
+        bob, erin = (tc.state_proof_decode(w) for w in wire)
+        self.assertEqual((bob["kind"], bob["depth"], erin["kind"], erin["depth"]), (0, 1, 2, 3))
+        self.assertTrue(tc.state_proof_verify(root, b"bob", b"250", bob))
+        self.assertFalse(tc.state_proof_verify(root, b"bob", b"251", bob))
+        self.assertFalse(tc.state_proof_verify(root, b"bob", None, bob))
+        self.assertTrue(tc.state_proof_verify(root, b"erin", None, erin))
+        self.assertFalse(tc.state_proof_verify(root, b"dave", None, erin))
+        for i in range(len(wire[1])):  # every single-bit change is refused or proves nothing
+            t = bytearray(wire[1])
+            t[i] ^= 0x04
+            try:
+                p = tc.state_proof_decode(bytes(t))
+            except ValueError:
+                continue
+            self.assertFalse(tc.state_proof_verify(root, b"erin", None, p), "byte %d" % i)
 
 
 NODES = [u for u in os.environ.get("TEM_NODES", "").split(",") if u]
@@ -228,8 +256,63 @@ class Live(unittest.TestCase):
         t = json.loads(json.dumps(blk))
         t["cert"]["sigs"].append(t["cert"]["sigs"][0])
         self.assertIn("repeated", tc.verify_block(t, self.genesis))
-        with self.assertRaises(NotImplementedError):
-            tc.verify_account_proof({}, self.genesis)
+
+    def test_account_proof_verifies_and_each_tampering_names_its_step(self):
+        with open(os.path.join(KEYS, "g.json"), "rb") as f:
+            gbytes = f.read()  # the auditor's own copy of the genesis, not the node's word
+        acct = self.n.account(self.p3.public)
+        for node in self.nodes[:2]:
+            doc = node.account_proof(self.p3.public)
+            got = tc.verify_account_proof(doc, gbytes, self.p3.public)
+            self.assertTrue(got["present"])
+            self.assertEqual((got["record"]["bus"], got["record"]["role"]), (acct["bus"], acct["role"]))
+            self.assertEqual(doc["header"]["height"], doc["height"] + 1)
+            self.assertEqual(tc.verify_account_proof(doc, self.genesis)["record"], got["record"])
+        for name, step, t in proof_tamper.tampered(doc):
+            with self.assertRaises(tc.ProofError, msg=name) as e:
+                tc.verify_account_proof(t, gbytes, self.p3.public)
+            self.assertEqual(e.exception.step, step, "%s: %s" % (name, e.exception))
+        # a genuine proof of another account is refused for this one
+        with self.assertRaises(tc.ProofError) as e:
+            tc.verify_account_proof(self.n.account_proof(self.p2.public), gbytes, self.p3.public)
+        self.assertEqual(e.exception.step, "record")
+        # a proof checked against another chain's genesis fails at the certificate
+        other = json.loads(gbytes)
+        other["chain_id"] = "another-chain"
+        with self.assertRaises(tc.ProofError) as e:
+            tc.verify_account_proof(doc, json.dumps(other).encode())
+        self.assertEqual(e.exception.step, "certificate")
+
+    def test_proofs_of_every_participant_and_of_random_unknown_keys_verify(self):
+        # Both proof kinds for absence show up over enough unknown keys; all are fetched at once
+        # (8 at a time: the node's per-address bound) and most share one certifying block.
+        from concurrent.futures import ThreadPoolExecutor
+        with open(os.path.join(KEYS, "g.json"), "rb") as f:
+            gbytes = f.read()
+        known = [bytes.fromhex(p["pubkey"]) for p in json.loads(gbytes)["participants"]
+                 if p.get("role") not in ("meter", "meter_data")]
+        unknown = [tc.Key(hashlib.sha256(b"unknown %d" % i).digest()).public for i in range(24)]
+        with ThreadPoolExecutor(8) as ex:
+            docs = list(ex.map(lambda k: self.nodes[1].account_proof(k), known + unknown))
+        kinds = set()
+        for k, d in zip(known + unknown, docs):
+            got = tc.verify_account_proof(d, gbytes, k)
+            self.assertEqual(got["present"], k in known, k.hex())
+            kinds.add(d["proof"]["kind"])
+        self.assertIn("present", kinds)
+        self.assertTrue(kinds & {"absent_empty", "absent_leaf"})
+
+    def test_unknown_account_has_a_verified_exclusion_proof(self):
+        with open(os.path.join(KEYS, "g.json"), "rb") as f:
+            gbytes = f.read()
+        k = tc.Key.generate().public
+        doc = self.nodes[3].account_proof(k)
+        got = tc.verify_account_proof(doc, gbytes, k)
+        self.assertEqual((got["present"], got["record"]), (False, None))
+        self.assertIn(doc["proof"]["kind"], ("absent_empty", "absent_leaf"))
+        with self.assertRaises(tc.NodeError) as e:
+            self.n.get("/v1/accounts/%s/proof?height=0" % k.hex())
+        self.assertEqual((e.exception.status, e.exception.code), (409, "EHEIGHT"))
 
 
 if __name__ == "__main__":

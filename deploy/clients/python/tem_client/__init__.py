@@ -9,9 +9,9 @@ What it does, each step as docs/ledger.md and docs/api.md specify it:
   * submit, wait for a receipt, read status, accounts, blocks, the genesis;
   * follow GET /v1/events (Server-Sent Events), resuming with Last-Event-ID after a drop;
   * verify: Merkle roots (docs/ledger.md section 2), block hashes and commit certificates
-    against the genesis validators (section 3). Account proofs (GET /v1/accounts/{key}/proof)
-    plug in at verify_account_proof once the node serves them: the Merkle path check and the
-    certificate check it needs are here already.
+    against the genesis validators (section 3), and account proofs (GET /v1/accounts/{key}/proof:
+    certificate, header, root, state tree path, record; docs/ledger.md "Account proofs over
+    HTTP") with verify_account_proof.
 """
 import hashlib
 import json
@@ -25,7 +25,9 @@ import ecdsa
 from ecdsa.util import sigencode_string_canonize
 
 __all__ = ["Key", "TxBody", "sign_body", "signed_tx", "Node", "NodeError", "merkle_root",
-           "merkle_verify", "block_hash", "commit_digest", "verify_block", "verify_account_proof"]
+           "merkle_verify", "block_hash", "commit_digest", "verify_block", "verify_account_proof", "ProofError",
+           "state_proof_decode", "state_proof_verify", "decode_block_header", "decode_commit_certificate",
+           "decode_account_record", "quorum_of"]
 
 SECP256K1_N = ecdsa.SECP256k1.order
 
@@ -200,6 +202,11 @@ class Node:
     def account(self, pubkey: bytes):
         return self.get("/v1/accounts/" + pubkey.hex())
 
+    def account_proof(self, pubkey: bytes):
+        """GET /v1/accounts/{key}/proof (unverified: see verify_account_proof). The node answers
+        once the next block has certified its state, about one block interval."""
+        return self.get("/v1/accounts/" + pubkey.hex() + "/proof")
+
     def block(self, height: int):
         return self.get("/v1/blocks/%d" % height)
 
@@ -313,11 +320,6 @@ def merkle_verify(leaf: bytes, index: int, count: int, siblings, root: bytes) ->
     return next(it, None) is None and node == root
 
 
-def state_leaf(key: bytes, value: bytes) -> bytes:
-    """Section 4: the state tree's leaf for one entry."""
-    return _h(b"\x02", struct.pack("<I", len(key)), key, value)
-
-
 def block_hash(header: dict) -> bytes:
     """Section 3, from the JSON header of GET /v1/blocks/{h} (hex byte fields)."""
     cid = header["chain_id"].encode()
@@ -354,7 +356,7 @@ def verify_block(blk: dict, genesis: dict):
         return "certificate names another block"
     vals = genesis["genesis"]["validators"]
     n = len(vals)
-    quorum = 2 * ((n - 1) // 3) + 1
+    quorum = quorum_of(n)
     digest = commit_digest(gh, cert.get("view", 0), cert["height"], bh)
     seen = set()
     for s in cert["sigs"]:
@@ -372,8 +374,328 @@ def verify_block(blk: dict, genesis: dict):
     return None
 
 
-def verify_account_proof(proof: dict, genesis: dict):
-    """Account proofs are not served yet (issue #16 item 1 waits for the new state tree). The
-    check will be: verify_block(proof's block and certificate) -> merkle_verify(state_leaf(key,
-    record), path, header state_root). Raises NotImplementedError until then."""
-    raise NotImplementedError("GET /v1/accounts/{key}/proof is not served by this node version")
+# ---------------------------------------------------------------- account proofs
+# docs/ledger.md, "State tree" (4.1) and "Account proofs over HTTP". Everything below is checked
+# from the hex fields; the decoded fields beside them must say the same.
+SMT_EMPTY = b"\x00" * 32
+PROOF_KINDS = {0: "present", 1: "absent_empty", 2: "absent_leaf"}
+RECORD_ROLES = ["unspecified", "prosumer", "consumer", "utility", "dso", "aggregator", "meter", "meter_data"]
+PROOF_STEPS = ("certificate", "header", "root", "path", "record")
+
+
+class ProofError(ValueError):
+    """An account proof refused: .step is the first step that failed (one of PROOF_STEPS)."""
+
+    def __init__(self, step, why):
+        super().__init__("proof refused at step %s: %s" % (step, why))
+        self.step, self.why = step, why
+
+
+def _pb_fields(buf: bytes):
+    """Splits a protobuf message into (field number, wire type, value) triples: varints as ints,
+    length-delimited fields as bytes. Raises ValueError on a truncated or unknown encoding."""
+    out, i, n = [], 0, len(buf)
+
+    def varint():
+        nonlocal i
+        v = shift = 0
+        while True:
+            if i >= n or shift > 63:
+                raise ValueError("truncated varint")
+            b = buf[i]
+            i += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return v
+
+    while i < n:
+        tag = varint()
+        field, wt = tag >> 3, tag & 7
+        if field == 0:
+            raise ValueError("field number 0")
+        if wt == 0:
+            out.append((field, 0, varint()))
+        elif wt == 2:
+            ln = varint()
+            if ln > n - i:
+                raise ValueError("truncated field %d" % field)
+            out.append((field, 2, bytes(buf[i:i + ln])))
+            i += ln
+        elif wt in (1, 5):
+            w = 8 if wt == 1 else 4
+            if w > n - i:
+                raise ValueError("truncated field %d" % field)
+            out.append((field, wt, int.from_bytes(buf[i:i + w], "little")))
+            i += w
+        else:
+            raise ValueError("wire type %d" % wt)
+    return out
+
+
+def _pb_decode(buf: bytes, schema: dict) -> dict:
+    """schema: field number -> (name, "u" varint | "b" bytes | "s" string | callable for a
+    repeated sub-message). proto3 defaults for absent fields; the last of repeated scalars wins."""
+    out = {}
+    for name, kind in schema.values():
+        out[name] = [] if callable(kind) else (0 if kind == "u" else b"" if kind == "b" else "")
+    for field, wt, v in _pb_fields(buf):
+        if field not in schema:
+            continue  # unknown fields are skipped, as protobuf-c does
+        name, kind = schema[field]
+        if (kind == "u") != (wt == 0) or wt not in (0, 2):
+            raise ValueError("field %s has the wrong wire type" % name)
+        if callable(kind):
+            out[name].append(kind(v))
+        elif kind == "s":
+            out[name] = v.decode("utf-8")
+        else:
+            out[name] = v
+    return out
+
+
+def decode_block_header(b: bytes) -> dict:
+    """proto/tem.proto BlockHeader; byte fields as bytes."""
+    return _pb_decode(b, {1: ("chain_id", "s"), 2: ("height", "u"), 3: ("prev_hash", "b"), 4: ("time_ms", "u"),
+                          5: ("proposer", "b"), 6: ("tx_root", "b"), 7: ("state_root", "b"),
+                          8: ("receipts_root", "b"), 9: ("genesis_hash", "b")})
+
+
+def decode_commit_certificate(b: bytes) -> dict:
+    """proto/tem.proto CommitCertificate {view, height, block_hash, sigs: [{validator, sig}]}."""
+    sig = lambda m: _pb_decode(m, {1: ("validator", "u"), 2: ("sig", "b")})
+    return _pb_decode(b, {1: ("view", "u"), 2: ("height", "u"), 3: ("block_hash", "b"), 4: ("sigs", sig)})
+
+
+def state_proof_decode(b: bytes) -> dict:
+    """The wire form of a state proof: version 1, kind, u16le depth, bitmap of non-empty
+    siblings (MSB first), those siblings, then kh || vh (kinds present and absent_leaf). Any other
+    length, version, kind, a depth over 256 or set bits past the depth raise ValueError."""
+    if len(b) < 4 or b[0] != 1 or b[1] > 2:
+        raise ValueError("not a version 1 state proof")
+    kind, depth = b[1], b[2] | b[3] << 8
+    if depth > 256:
+        raise ValueError("depth over 256")
+    nb = (depth + 7) // 8
+    if len(b) < 4 + nb:
+        raise ValueError("truncated bitmap")
+    bm, r = b[4:4 + nb], 4 + nb
+    if depth % 8 and bm[-1] & (0xFF >> (depth % 8)):
+        raise ValueError("bits set past the depth")
+    sib = []
+    for i in range(depth):
+        if bm[i // 8] & (0x80 >> (i % 8)):
+            if len(b) - r < 32:
+                raise ValueError("truncated sibling")
+            sib.append(b[r:r + 32])
+            r += 32
+        else:
+            sib.append(SMT_EMPTY)
+    kh = vh = None
+    if kind != 1:
+        if len(b) - r < 64:
+            raise ValueError("truncated leaf")
+        kh, vh = b[r:r + 32], b[r + 32:r + 64]
+        r += 64
+    if r != len(b):
+        raise ValueError("trailing bytes")
+    return {"kind": kind, "depth": depth, "siblings": sib, "leaf_kh": kh, "leaf_vh": vh}
+
+
+def _bit(h: bytes, i: int) -> int:
+    return h[i // 8] >> (7 - i % 8) & 1
+
+
+def smt_leaf(kh: bytes, vh: bytes) -> bytes:
+    """Section 4.1: the leaf of an entry, H(0x00 || H(key) || H(value))."""
+    return _h(b"\x00", kh, vh)
+
+
+def state_proof_verify(root: bytes, key: bytes, value, p: dict) -> bool:
+    """True when proof p (state_proof_decode) shows key = value under root, or, with value None,
+    that key has no value. Section 4.1's rule, independent of the node's code."""
+    kh, d = _h(key), p["depth"]
+    if value is not None:
+        if p["kind"] != 0 or p["leaf_kh"] != kh or p["leaf_vh"] != _h(value):
+            return False
+        node = smt_leaf(kh, p["leaf_vh"])
+    elif p["kind"] == 2:
+        if p["leaf_kh"] == kh or any(_bit(p["leaf_kh"], i) != _bit(kh, i) for i in range(d)):
+            return False
+        node = smt_leaf(p["leaf_kh"], p["leaf_vh"])
+    elif p["kind"] == 1:
+        node = SMT_EMPTY
+    else:
+        return False
+    if d > 0 and p["siblings"][d - 1] == SMT_EMPTY:
+        return False  # the tree would have stored this node higher up: not the canonical proof
+    for i in range(d - 1, -1, -1):
+        s = p["siblings"][i]
+        node = _h(b"\x01", s, node) if _bit(kh, i) else _h(b"\x01", node, s)
+    return node == root
+
+
+def decode_account_record(b: bytes) -> dict:
+    """docs/market.md "State layout": u32le bus, u8 role, 3 zero bytes, then i64le money, money
+    escrow, tokens, tokens escrow, debt (48 bytes)."""
+    if len(b) != 48 or b[5:8] != b"\0\0\0":
+        raise ValueError("not a 48-byte account record")
+    bus, role = struct.unpack_from("<IB", b)
+    money, escrow, tokens, tescrow, debt = struct.unpack_from("<5q", b, 8)
+    return {"bus": bus, "role": RECORD_ROLES[role] if role < len(RECORD_ROLES) else "unknown",
+            "money_uunit": money, "escrow_uunit": escrow, "tokens_wh": tokens, "escrow_tokens_wh": tescrow,
+            "debt_uunit": debt}
+
+
+def quorum_of(n: int) -> int:
+    """f = (n-1)//3 and the quorum floor((n+f)/2)+1: 2f+1 when n = 3f+1 (docs/ledger.md)."""
+    f = (n - 1) // 3
+    return (n + f) // 2 + 1
+
+
+def _genesis_parts(genesis):
+    """(hash, document) from the genesis file's bytes (preferred: the hash is computed here) or
+    from Node.genesis()'s {"hash", "genesis"}."""
+    if isinstance(genesis, (bytes, bytearray)):
+        return hashlib.sha256(genesis).digest(), json.loads(genesis)
+    return bytes.fromhex(genesis["hash"]), genesis["genesis"]
+
+
+def _hexfield(obj, name, step, size=None):
+    try:
+        b = bytes.fromhex(obj[name])
+    except (KeyError, TypeError, ValueError):
+        raise ProofError(step, "no hex field %s" % name) from None
+    if size is not None and len(b) != size:
+        raise ProofError(step, "%s is not %d bytes" % (name, size))
+    return b
+
+
+def _same(step, what, want: dict, got):
+    if not isinstance(got, dict):
+        raise ProofError(step, "no decoded %s" % what)
+    for k in set(want) | set(got):
+        if k not in want or got.get(k) != want[k]:
+            raise ProofError(step, "the decoded %s disagrees with its hex (field %s)" % (what, k))
+
+
+def verify_account_proof(proof: dict, genesis, key: bytes = None) -> dict:
+    """Checks an answer of GET /v1/accounts/{key}/proof against the genesis (the genesis file's
+    bytes, or Node.genesis()'s answer): certificate, header, root, path, record, in this order
+    (docs/ledger.md, "Account proofs over HTTP"). `key`, when given, is the account the caller
+    asked about. Returns {"key","height","present","record"} (record None when absent); raises
+    ProofError naming the first step that fails."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.exceptions import InvalidSignature
+
+    gh, g = _genesis_parts(genesis)
+    vals = g["validators"]
+    if not isinstance(proof, dict):
+        raise ProofError("certificate", "the document is not a JSON object")
+    # certificate
+    S = "certificate"
+    cj = proof.get("cert")
+    if not isinstance(cj, dict):
+        raise ProofError(S, "no certificate")
+    cb = _hexfield(cj, "hex", S)
+    try:
+        c = decode_commit_certificate(cb)
+    except ValueError as e:
+        raise ProofError(S, "cert.hex does not decode: %s" % e) from None
+    _same(S, "certificate", {"hex": cb.hex(), "view": c["view"], "height": c["height"],
+                             "block_hash": c["block_hash"].hex(),
+                             "sigs": [{"validator": s["validator"], "sig": s["sig"].hex()} for s in c["sigs"]]}, cj)
+    if len(c["block_hash"]) != 32:
+        raise ProofError(S, "the certified block hash is not 32 bytes")
+    digest = commit_digest(gh, c["view"], c["height"], c["block_hash"])
+    seen = set()
+    for s in c["sigs"]:
+        i = s["validator"]
+        if i >= len(vals):
+            raise ProofError(S, "signature of unknown validator %d" % i)
+        if i in seen:
+            raise ProofError(S, "validator %d signed twice" % i)
+        seen.add(i)
+        try:
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(vals[i]["pubkey"])).verify(s["sig"], digest)
+        except (InvalidSignature, ValueError):
+            raise ProofError(S, "the signature of validator %d does not verify" % i) from None
+    q = quorum_of(len(vals))
+    if len(seen) < q:
+        raise ProofError(S, "%d distinct validators signed; the quorum of %d is %d" % (len(seen), len(vals), q))
+    # header
+    S = "header"
+    hj = proof.get("header")
+    if not isinstance(hj, dict):
+        raise ProofError(S, "no header")
+    hb = _hexfield(hj, "hex", S)
+    try:
+        h = decode_block_header(hb)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProofError(S, "header.hex does not decode: %s" % e) from None
+    for f in ("prev_hash", "proposer", "tx_root", "state_root", "receipts_root", "genesis_hash"):
+        if len(h[f]) != 32:
+            raise ProofError(S, "header field %s is not 32 bytes" % f)
+    hdict = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in h.items()}
+    bh = block_hash(hdict)
+    _same(S, "header", dict(hdict, hash=bh.hex(), hex=hb.hex()), hj)
+    if bh != c["block_hash"]:
+        raise ProofError(S, "the header hashes to %s, the certificate commits %s" % (bh.hex(), c["block_hash"].hex()))
+    if h["height"] != c["height"]:
+        raise ProofError(S, "header height %d, certificate height %d" % (h["height"], c["height"]))
+    if h["chain_id"] != g["chain_id"] or h["genesis_hash"] != gh:
+        raise ProofError(S, "the header is of another chain")
+    # root
+    S = "root"
+    root = _hexfield(proof, "state_root", S, 32)
+    if root != h["state_root"]:
+        raise ProofError(S, "the document's state root is not the header's")
+    if not isinstance(proof.get("height"), int) or proof["height"] + 1 != h["height"]:
+        raise ProofError(S, "the document's height is not the header's height - 1")
+    # path
+    S = "path"
+    pub = _hexfield(proof, "key", S, 33)
+    skey = b"a" + pub
+    if _hexfield(proof, "state_key", S) != skey:
+        raise ProofError(S, "state_key is not 'a' || key")
+    pj = proof.get("proof")
+    if not isinstance(pj, dict):
+        raise ProofError(S, "no proof")
+    pb = _hexfield(pj, "hex", S)
+    try:
+        p = state_proof_decode(pb)
+    except ValueError as e:
+        raise ProofError(S, "proof.hex does not decode: %s" % e) from None
+    want = {"hex": pb.hex(), "kind": PROOF_KINDS[p["kind"]], "depth": p["depth"],
+            "siblings": [x.hex() for x in p["siblings"]]}
+    if p["kind"] != 1:
+        want.update(leaf_kh=p["leaf_kh"].hex(), leaf_vh=p["leaf_vh"].hex())
+    _same(S, "proof", want, pj)
+    present = proof.get("present")
+    if not isinstance(present, bool):
+        raise ProofError(S, "no present flag")
+    rj = proof.get("record")
+    rec = None
+    if present:
+        if not isinstance(rj, dict):
+            raise ProofError(S, "present, but no record")
+        rec = _hexfield(rj, "hex", S)
+        if not state_proof_verify(h["state_root"], skey, rec, p):
+            raise ProofError(S, "the path does not lead from this record to the header's state root")
+    else:
+        if rj is not None:
+            raise ProofError(S, "absent, but a record is given")
+        if not state_proof_verify(h["state_root"], skey, None, p):
+            raise ProofError(S, "the path does not show the key absent under the header's state root")
+    # record
+    S = "record"
+    if key is not None and bytes(key) != pub:
+        raise ProofError(S, "the proof is for account %s, not %s" % (pub.hex(), bytes(key).hex()))
+    fields = None
+    if present:
+        try:
+            fields = decode_account_record(rec)
+        except ValueError as e:
+            raise ProofError(S, str(e)) from None
+        _same(S, "record", dict(fields, hex=rec.hex()), rj)
+    return {"key": pub.hex(), "height": proof["height"], "present": present, "record": fields}

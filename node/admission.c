@@ -1,0 +1,148 @@
+/* admission.c: the node's admission estimator and fair shares (admission.h). Integer
+ * arithmetic throughout so the estimate is exact to reason about in tests: capacity is kept in
+ * milli-txs per second, times in ms. */
+#include "node/admission.h"
+
+#include "ledger/tem.h"
+
+#include <sodium.h>
+#include <string.h>
+
+void node_admission_init(node_admission *a, const node_admission_config *cfg) {
+    TEM_ASSERT(cfg->signer_share_pct >= 1 && cfg->signer_share_pct <= 100);
+    TEM_ASSERT(cfg->addr_share_pct >= 1 && cfg->addr_share_pct <= 100);
+    memset(a, 0, sizeof *a);
+    a->cfg = *cfg;
+    if (a->cfg.block_txs_max == 0) a->cfg.block_txs_max = 1;
+    randombytes_buf(a->key, sizeof a->key);
+}
+
+/* txs per second (in milli) of the newest `n` samples of the window; 0 when they span no time. */
+static uint64_t window_rate(const node_admission *a, uint32_t n) {
+    uint64_t sum_txs = 0, sum_ms = 0;
+    for (uint32_t k = 1; k <= n && k <= a->win_n; k++) {
+        uint32_t i = (a->win_next + NODE_ADMISSION_WINDOW_BLOCKS - k) % NODE_ADMISSION_WINDOW_BLOCKS;
+        sum_txs += a->win_txs[i];
+        sum_ms += a->win_ms[i];
+    }
+    return sum_ms ? sum_txs * 1000000u / sum_ms : 0;
+}
+
+void node_admission_block(node_admission *a, uint64_t now_ms, uint32_t txs, uint32_t depth_after) {
+    uint64_t prev = a->last_block_ms;
+    bool worked = a->prev_depth_after > 0; /* txs waited through the whole interval */
+    a->last_block_ms = now_ms;
+    a->prev_depth_after = depth_after;
+    /* An interval that began with an empty queue was partly idle: it says nothing about what
+     * the chain can take. */
+    if (prev == 0 || now_ms < prev || txs == 0 || !worked) return;
+    a->win_txs[a->win_next] = txs;
+    a->win_ms[a->win_next] = now_ms - prev;
+    a->win_next = (a->win_next + 1) % NODE_ADMISSION_WINDOW_BLOCKS;
+    if (a->win_n < NODE_ADMISSION_WINDOW_BLOCKS) a->win_n++;
+    /* The lower of the long and the short window: a chain that slows down (a slow validator, a
+     * busy machine) is believed at once, one that speeds up over a few blocks. */
+    uint64_t lng = window_rate(a, NODE_ADMISSION_WINDOW_BLOCKS), shrt = window_rate(a, NODE_ADMISSION_SHORT_BLOCKS);
+    uint64_t c = shrt && shrt < lng ? shrt : lng;
+    /* A window applied within one ms (a catch-up burst) says nothing: keep the estimate. */
+    if (c == 0) return;
+    a->cap_mtps = c;
+    TEM_ASSERT(a->win_n >= 1);
+}
+
+void node_admission_intake(node_admission *a, uint64_t ms) {
+    if (ms >= a->intake_ms) a->intake_ms += (ms - a->intake_ms) >> 3;
+    else a->intake_ms -= (a->intake_ms - ms) >> 3;
+}
+
+void node_admission_intake_begin(node_admission *a) { a->inflight++; }
+
+void node_admission_intake_end(node_admission *a) {
+    TEM_ASSERT(a->inflight > 0);
+    a->inflight--;
+}
+
+uint32_t node_admission_queue(const node_admission *a, uint32_t depth) {
+    uint64_t q = (uint64_t)depth + (uint64_t)a->cfg.peers * a->inflight;
+    return q > UINT32_MAX ? UINT32_MAX : (uint32_t)q;
+}
+
+uint64_t node_admission_wait_ms(const node_admission *a, uint64_t now_ms, uint32_t depth) {
+    if (depth == 0) return 0;
+    uint64_t stall_ms = a->cfg.wait_ms_max + 2 * a->cfg.block_interval_ms;
+    if (a->last_block_ms && now_ms > a->last_block_ms && now_ms - a->last_block_ms > stall_ms) return UINT64_MAX;
+    if (a->cap_mtps == 0) {
+        /* No estimate yet: a modest queue, as if a block took it. */
+        return depth < node_admission_depth_max(a) ? a->intake_ms : UINT64_MAX;
+    }
+    return (uint64_t)depth * 1000000u / a->cap_mtps + a->intake_ms;
+}
+
+uint32_t node_admission_depth_max(const node_admission *a) {
+    if (a->cap_mtps == 0) return a->cfg.block_txs_max < NODE_ADMISSION_DEPTH_PRIOR ? a->cfg.block_txs_max : NODE_ADMISSION_DEPTH_PRIOR;
+    uint64_t d = a->cap_mtps * a->cfg.wait_ms_max / 1000000u;
+    return d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+}
+
+static uint32_t share_of(uint32_t depth, uint32_t pct) {
+    uint64_t s = (uint64_t)depth * pct / 100u;
+    return s < NODE_ADMISSION_SHARE_MIN ? NODE_ADMISSION_SHARE_MIN : (uint32_t)s;
+}
+
+uint32_t node_admission_signer_max(const node_admission *a) {
+    return share_of(node_admission_depth_max(a), a->cfg.signer_share_pct);
+}
+
+uint32_t node_admission_addr_max(const node_admission *a) {
+    return share_of(node_admission_depth_max(a), a->cfg.addr_share_pct);
+}
+
+uint32_t node_admission_addr_tag(const node_admission *a, const char *addr) {
+    uint8_t h[crypto_shorthash_BYTES];
+    crypto_shorthash(h, (const uint8_t *)addr, strlen(addr), a->key);
+    return (uint32_t)(tem_get_u64le(h) % NODE_ADMISSION_ADDR_BUCKETS) + 1;
+}
+
+uint32_t node_admission_retry_after_s(const node_admission *a, uint32_t txs) {
+    if (a->cap_mtps == 0 || txs == 0) return 1;
+    uint64_t s = ((uint64_t)txs * 1000000u + a->cap_mtps * 1000u - 1) / (a->cap_mtps * 1000u);
+    if (s < 1) s = 1;
+    return s > NODE_ADMISSION_RETRY_AFTER_S_MAX ? NODE_ADMISSION_RETRY_AFTER_S_MAX : (uint32_t)s;
+}
+
+/* Seconds until a queue of `depth` has drained back to the bound. */
+static uint32_t retry_after_s(const node_admission *a, uint32_t depth) {
+    uint32_t dmax = node_admission_depth_max(a);
+    return node_admission_retry_after_s(a, depth > dmax ? depth - dmax : 0);
+}
+
+int node_admission_check(node_admission *a, uint64_t now_ms, uint32_t depth, uint32_t tag, uint32_t *retry_after) {
+    TEM_ASSERT(tag >= 1 && tag <= NODE_ADMISSION_ADDR_BUCKETS);
+    *retry_after = 1;
+    if (a->cfg.wait_ms_max == 0) return NODE_ADMISSION_OK;
+    depth = node_admission_queue(a, depth);
+    uint64_t w = node_admission_wait_ms(a, now_ms, depth);
+    if (w > a->cfg.wait_ms_max) {
+        a->refused_busy++;
+        *retry_after = w == UINT64_MAX ? 1 : retry_after_s(a, depth);
+        return NODE_ADMISSION_BUSY;
+    }
+    if (a->addr_count[tag - 1] >= node_admission_addr_max(a)) {
+        a->refused_addr++;
+        /* This client's own txs must drain first: about its share's worth of queue time. */
+        *retry_after = node_admission_retry_after_s(a, a->addr_count[tag - 1]);
+        return NODE_ADMISSION_ADDR_SHARE;
+    }
+    return NODE_ADMISSION_OK;
+}
+
+void node_admission_hold(node_admission *a, uint32_t tag) {
+    if (tag == 0 || tag > NODE_ADMISSION_ADDR_BUCKETS) return;
+    a->addr_count[tag - 1]++;
+}
+
+void node_admission_release(node_admission *a, uint32_t tag) {
+    if (tag == 0 || tag > NODE_ADMISSION_ADDR_BUCKETS) return;
+    TEM_ASSERT(a->addr_count[tag - 1] > 0);
+    a->addr_count[tag - 1]--;
+}

@@ -1,0 +1,1016 @@
+/* load.c: the open-loop load generator (load.h): seed-derived signers, a local cluster for
+ * benches and tests, pre-signed orders offered at a fixed rate over libcurl's multi interface,
+ * commits followed on GET /v1/events, one JSON line of results per phase; and `temctl load`. */
+#include "node/sim/load.h"
+
+#include "node/ctl/http.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <sodium.h>
+#include <math.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static double mono_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void ctl_load_signer_key(uint64_t seed, uint32_t i, uint8_t sec[32], uint8_t pub[33]) {
+    for (uint32_t k = 0;; k++) {
+        uint8_t in[8 + 8 + 4 + 4];
+        memcpy(in, "tem-load", 8);
+        tem_put_u64le(in + 8, seed);
+        tem_put_u32le(in + 16, i);
+        tem_put_u32le(in + 20, k);
+        ledger_sha256(sec, in, sizeof in);
+        if (ledger_secp_pubkey(sec, pub) == LEDGER_OK) return;
+    }
+}
+
+/* ================================================================== local cluster */
+void ctl_load_cluster_stop(ctl_load_cluster *c) {
+    for (uint32_t i = 0; i < c->n; i++)
+        if (c->pid[i] > 0) kill(c->pid[i], SIGTERM);
+    for (uint32_t i = 0; i < c->n; i++) {
+        if (c->pid[i] <= 0) continue;
+        for (int k = 0; k < 50; k++) {
+            if (waitpid(c->pid[i], NULL, WNOHANG) == c->pid[i]) {
+                c->pid[i] = 0;
+                break;
+            }
+            usleep(100 * 1000);
+        }
+        if (c->pid[i] > 0) {
+            kill(c->pid[i], SIGKILL);
+            waitpid(c->pid[i], NULL, 0);
+            c->pid[i] = 0;
+        }
+    }
+}
+
+static int write_genesis(const ctl_load_cluster_config *cfg, ctl_load_cluster *c) {
+    char path[600], h[67];
+    json_t *g = json_object(), *vals = json_array(), *parts = json_array();
+    uint64_t now_ms = (uint64_t)time(NULL) * 1000;
+    json_object_set_new(g, "chain_id", json_string("tem-load"));
+    /* Whole minutes: slots start on the minute, as a reader of the logs expects. */
+    json_object_set_new(g, "genesis_time_ms", json_integer((json_int_t)(now_ms - now_ms % 60000)));
+    for (uint32_t i = 0; i < cfg->n_nodes; i++) {
+        ledger_keyfile kf = {.is_validator = 1};
+        if (ledger_ed_keygen(kf.ed_sec, kf.ed_pub) != LEDGER_OK) goto fail;
+        snprintf(path, sizeof path, "%s/v%u.key", cfg->dir, i);
+        if (ledger_keyfile_write(path, &kf) != LEDGER_OK) goto fail;
+        tem_hex(h, kf.ed_pub, 32);
+        char name[16], addr[32];
+        snprintf(name, sizeof name, "v%u", i);
+        snprintf(addr, sizeof addr, "127.0.0.1:%d", cfg->base_port + (int)i);
+        snprintf(c->http[i], sizeof c->http[i], "127.0.0.1:%d", cfg->base_port + 10 + (int)i);
+        json_array_append_new(vals, json_pack("{s:s,s:s,s:s,s:s}", "name", name, "pubkey", h, "address", addr, "http", c->http[i]));
+    }
+    for (uint32_t i = 0; i < cfg->signers; i++) {
+        uint8_t sec[32], pub[33];
+        ctl_load_signer_key(cfg->seed, i, sec, pub);
+        tem_hex(h, pub, 33);
+        json_array_append_new(parts, json_pack("{s:s,s:i,s:s,s:I,s:I}", "pubkey", h, "bus", 1, "role", "prosumer", "money_uunit",
+                                               (json_int_t)1000000000000, "tokens_wh", (json_int_t)1000000000));
+    }
+    json_object_set_new(g, "validators", vals);
+    json_object_set_new(g, "admins", json_array());
+    json_object_set_new(g, "participants", parts);
+    json_object_set_new(g, "tariffs", json_pack("[{s:i,s:i,s:i}]", "start_minute", 0, "retail_uunit_per_kwh", 300000,
+                                                "feed_in_uunit_per_kwh", 80000));
+    json_object_set_new(g, "market", json_pack("{s:i,s:i,s:i}", "slot_ms", 60000, "gate_closure_ms", 1000, "book_orders_max", 1000000));
+    json_object_set_new(g, "limits", json_pack("{s:i}", "max_block_txs", cfg->max_block_txs ? (int)cfg->max_block_txs : 4000));
+    snprintf(c->genesis, sizeof c->genesis, "%s/genesis.json", cfg->dir);
+    if (json_dump_file(g, c->genesis, JSON_COMPACT) != 0) goto fail;
+    json_decref(g);
+    return 0;
+fail:
+    json_decref(g);
+    fprintf(stderr, "load: cannot write the cluster's keys or genesis in %s\n", cfg->dir);
+    return -1;
+}
+
+int ctl_load_cluster_start(const ctl_load_cluster_config *cfg, ctl_load_cluster *c) {
+    memset(c, 0, sizeof *c);
+    if (cfg->n_nodes < 1 || cfg->n_nodes > CTL_LOAD_NODES_MAX || cfg->n_temd_args > 32) {
+        fprintf(stderr, "load: 1..%d nodes, at most 32 extra temd flags\n", CTL_LOAD_NODES_MAX);
+        return -1;
+    }
+    if (write_genesis(cfg, c) != 0) return -1;
+    for (uint32_t i = 0; i < cfg->n_nodes; i++) {
+        char dd[600], key[600], logp[600];
+        snprintf(dd, sizeof dd, "%s/n%u", cfg->dir, i);
+        snprintf(key, sizeof key, "%s/v%u.key", cfg->dir, i);
+        snprintf(logp, sizeof logp, "%s/n%u.log", cfg->dir, i);
+        const char *argv[48];
+        int a = 0;
+        argv[a++] = cfg->temd;
+        argv[a++] = "--data-dir";
+        argv[a++] = dd;
+        argv[a++] = "--genesis";
+        argv[a++] = c->genesis;
+        argv[a++] = "--key";
+        argv[a++] = key;
+        for (uint32_t k = 0; k < cfg->n_temd_args; k++) argv[a++] = cfg->temd_args[k];
+        argv[a] = NULL;
+        pid_t p = fork();
+        if (p < 0) {
+            ctl_load_cluster_stop(c);
+            return -1;
+        }
+        if (p == 0) {
+            /* If the generator dies, its nodes go with it: nothing is left behind. */
+            if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || !freopen(logp, "w", stderr)) _exit(126);
+            execv(cfg->temd, (char *const *)argv);
+            _exit(127);
+        }
+        c->pid[c->n++] = p;
+    }
+    /* The pids, for a script that must be able to kill every process its test started. */
+    char pidp[600];
+    snprintf(pidp, sizeof pidp, "%s/pids", cfg->dir);
+    FILE *pf = fopen(pidp, "w");
+    for (uint32_t i = 0; pf && i < c->n; i++) fprintf(pf, "%d\n", (int)c->pid[i]);
+    if (pf) fclose(pf);
+    ctl_http_conn mon;
+    if (ctl_http_init(&mon, c->http[0], 2000) != 0) {
+        ctl_load_cluster_stop(c);
+        return -1;
+    }
+    ctl_api_status st;
+    double end = mono_s() + 60;
+    while (ctl_api_status_get(&mon, &st) != 0 || st.height < 2) {
+        bool exited = false;
+        for (uint32_t i = 0; i < c->n; i++)
+            if (waitpid(c->pid[i], NULL, WNOHANG) == c->pid[i]) {
+                c->pid[i] = 0;
+                exited = true;
+            }
+        if (exited || mono_s() > end) {
+            fprintf(stderr, "load: the cluster did not commit 2 blocks within 60 s or a temd exited (logs in %s)\n", cfg->dir);
+            ctl_http_close(&mon);
+            ctl_load_cluster_stop(c);
+            return -1;
+        }
+        usleep(100 * 1000);
+    }
+    ctl_http_close(&mon);
+    return 0;
+}
+
+/* ================================================================== the generator */
+/* One pre-signed tx. */
+typedef struct {
+    uint8_t *bytes;
+    size_t len;
+    uint8_t txid[32];
+    uint32_t signer;
+    uint32_t phase;        /* phase whose offer was accepted, 0 = not accepted */
+    double due;            /* due time of its latest offer */
+    double commit;         /* arrival of its commit event, 0 = not seen */
+    double ack;            /* arrival of its 202 */
+    bool accepted, refused_in_block;
+} ld_tx;
+
+typedef struct {
+    uint8_t sec[32], pub[33];
+    uint32_t node;
+    uint64_t nonce0;       /* chain nonce of txs[0] */
+    uint32_t cur;          /* index of the next tx to offer */
+    uint32_t n, cap;
+    uint32_t *txs;         /* indices into ctl_load.tx */
+    bool busy, dead;
+} ld_signer;
+
+typedef struct {
+    uint32_t *ring;        /* idle signers of this node, FIFO */
+    uint32_t head, len, cap;
+    uint32_t *due_sig;     /* offers due and not yet sent: signer */
+    double *due_t;         /*                                 and due time */
+    uint32_t ndue, cap_due;
+} ld_node;
+
+typedef struct {
+    uint32_t node, n;
+    uint32_t *sig;
+    double *due;
+    uint8_t *body;
+    char *resp;
+    size_t resp_len, resp_cap;
+    struct curl_slist *hdr;
+} ld_req;
+
+struct ctl_load {
+    ctl_load_config cfg;
+    char nodes[CTL_LOAD_NODES_MAX][160];
+    ledger_genesis g;
+    ld_signer *s;
+    ld_tx *tx;
+    size_t ntx, cap_tx;
+    uint32_t *tab; /* txid -> tx index + 1, open addressing */
+    uint32_t tab_mask;
+    ld_node node[CTL_LOAD_NODES_MAX];
+    uint32_t phase;
+    /* the event stream */
+    CURL *sse;
+    char sse_line[1 << 16];
+    size_t sse_len;
+    char sse_event[32];
+    char last_id[64];
+    bool sse_live;
+    double run_t0, run_end;
+    double last_block_t, gap_max;
+    uint64_t blocks, committed_in_window;
+    double srv_sum_ms;
+    uint64_t srv_n;
+    uint64_t ph_accepted, ph_committed; /* this phase's accepted txs, and those seen committed */
+    double block_first, block_last;
+    double warm_from;
+    ctl_load_result *res;
+};
+
+static uint32_t tab_home(const ctl_load *l, const uint8_t *txid) { return tem_get_u32le(txid) & l->tab_mask; }
+
+static int tab_grow(ctl_load *l, size_t want) {
+    if ((size_t)l->tab_mask + 1 >= 2 * want && l->tab) return 0;
+    size_t cap = 1024;
+    while (cap < 2 * want) cap <<= 1;
+    uint32_t *t = calloc(cap, sizeof *t);
+    if (!t) return -1;
+    free(l->tab);
+    l->tab = t;
+    l->tab_mask = (uint32_t)(cap - 1);
+    for (size_t i = 0; i < l->ntx; i++) {
+        uint32_t p = tab_home(l, l->tx[i].txid);
+        while (l->tab[p]) p = (p + 1) & l->tab_mask;
+        l->tab[p] = (uint32_t)i + 1;
+    }
+    return 0;
+}
+
+static ld_tx *tab_find(const ctl_load *l, const uint8_t *txid) {
+    for (uint32_t p = tab_home(l, txid); l->tab[p]; p = (p + 1) & l->tab_mask)
+        if (memcmp(l->tx[l->tab[p] - 1].txid, txid, 32) == 0) return &l->tx[l->tab[p] - 1];
+    return NULL;
+}
+
+static int64_t now_wall_ms(void) { return ctl_now_ms(); }
+
+/* Signs signer si's txs up to index `upto` (exclusive). Orders alternate sides with prices
+ * crossing around 150000 so they match; the slot lies ahead far enough that its gate stays
+ * open for minutes. */
+static int presign(ctl_load *l, uint32_t si, uint32_t upto) {
+    ld_signer *s = &l->s[si];
+    if (upto <= s->n) return 0;
+    if (upto > s->cap) {
+        uint32_t cap = s->cap ? s->cap : 16;
+        while (cap < upto) cap *= 2;
+        uint32_t *t = realloc(s->txs, cap * sizeof *t);
+        if (!t) return -1;
+        s->txs = t;
+        s->cap = cap;
+    }
+    int64_t slot_ms = l->g.market.slot_ms > 0 ? l->g.market.slot_ms : 900000;
+    int64_t ahead = (240000 + l->g.market.gate_closure_ms) / slot_ms + 2;
+    uint64_t slot = (uint64_t)((now_wall_ms() - (int64_t)l->g.genesis_time_ms) / slot_ms + ahead);
+    while (s->n < upto) {
+        if (l->ntx == l->cap_tx) {
+            size_t cap = l->cap_tx ? 2 * l->cap_tx : 65536;
+            ld_tx *t = realloc(l->tx, cap * sizeof *t);
+            if (!t) return -1;
+            l->tx = t;
+            l->cap_tx = cap;
+        }
+        if (tab_grow(l, l->ntx + 1) != 0) return -1;
+        uint32_t j = s->n;
+        uint64_t nonce = s->nonce0 + j;
+        Tem__V1__TxBody b = TEM__V1__TX_BODY__INIT;
+        Tem__V1__Order o = TEM__V1__ORDER__INIT;
+        o.slot = slot + (si + j) % 3;
+        o.side = (si + j) % 2 ? TEM__V1__SIDE__BUY : TEM__V1__SIDE__SELL;
+        o.price = 120000 + (uint64_t)((si * 7919u + j * 104729u) % 60000u);
+        o.quantity_wh = 100 + (uint64_t)((si + j * 13u) % 900u);
+        b.chain_id = l->g.chain_id;
+        b.nonce = nonce;
+        b.kind_case = TEM__V1__TX_BODY__KIND_ORDER;
+        b.order = &o;
+        ld_tx *t = &l->tx[l->ntx];
+        memset(t, 0, sizeof *t);
+        if (ledger_tx_build(&b, s->sec, &t->bytes, &t->len, t->txid) != LEDGER_OK) return -1;
+        t->signer = si;
+        uint32_t p = tab_home(l, t->txid);
+        while (l->tab[p]) p = (p + 1) & l->tab_mask;
+        l->tab[p] = (uint32_t)l->ntx + 1;
+        s->txs[s->n++] = (uint32_t)l->ntx++;
+    }
+    return 0;
+}
+
+int ctl_load_new(const ctl_load_config *cfg, ctl_load **out) {
+    *out = NULL;
+    if (cfg->n_nodes < 1 || cfg->n_nodes > CTL_LOAD_NODES_MAX || cfg->signers < 1 || cfg->signers > CTL_LOAD_SIGNERS_MAX) {
+        fprintf(stderr, "load: 1..%d nodes and 1..%u signers\n", CTL_LOAD_NODES_MAX, CTL_LOAD_SIGNERS_MAX);
+        return -1;
+    }
+    ctl_load *l = calloc(1, sizeof *l);
+    if (!l) return -1;
+    l->cfg = *cfg;
+    if (!l->cfg.conns_per_node) l->cfg.conns_per_node = 16;
+    if (!l->cfg.timeout_ms) l->cfg.timeout_ms = 10000;
+    for (uint32_t i = 0; i < cfg->n_nodes; i++) {
+        const char *u = cfg->nodes[i];
+        if (!strncmp(u, "http://", 7)) u += 7;
+        snprintf(l->nodes[i], sizeof l->nodes[i], "%s", u);
+        size_t k = strlen(l->nodes[i]);
+        if (k && l->nodes[i][k - 1] == '/') l->nodes[i][k - 1] = 0;
+    }
+    char err[256];
+    if (ledger_genesis_load(cfg->genesis, &l->g, err, sizeof err) != LEDGER_OK) {
+        fprintf(stderr, "load: %s: %s\n", cfg->genesis, err);
+        free(l);
+        return -1;
+    }
+    l->s = calloc(cfg->signers, sizeof *l->s);
+    if (!l->s) goto fail;
+    for (uint32_t n = 0; n < cfg->n_nodes; n++) {
+        ld_node *nd = &l->node[n];
+        nd->cap = cfg->signers / cfg->n_nodes + 1;
+        nd->ring = calloc(nd->cap, sizeof *nd->ring);
+        if (!nd->ring) goto fail;
+    }
+    ctl_http_conn c;
+    if (ctl_http_init(&c, l->nodes[0], 5000) != 0) goto fail;
+    /* Each signer's next nonce, so phases and runs can follow each other on one chain. */
+    for (uint32_t i = 0; i < cfg->signers; i++) {
+        ld_signer *s = &l->s[i];
+        ctl_load_signer_key(cfg->seed, i, s->sec, s->pub);
+        s->node = i % cfg->n_nodes;
+        ld_node *nd0 = &l->node[s->node];
+        nd0->ring[(nd0->head + nd0->len++) % nd0->cap] = i;
+        if (cfg->fresh) continue; /* a chain just started: every nonce is 0 */
+        char hex[67], path[128];
+        tem_hex(hex, s->pub, 33);
+        snprintf(path, sizeof path, "/v1/accounts/%s", hex);
+        int st;
+        json_t *j = ctl_api_get(&c, path, &st);
+        if (!j || st != 200) {
+            fprintf(stderr, "load: signer %u (%s) is not a participant of the chain at %s (HTTP %d)\n", i, hex, l->nodes[0], st);
+            json_decref(j);
+            ctl_http_close(&c);
+            goto fail;
+        }
+        s->nonce0 = (uint64_t)json_integer_value(json_object_get(j, "next_nonce"));
+        json_decref(j);
+    }
+    ctl_http_close(&c);
+    *out = l;
+    return 0;
+fail:
+    ctl_load_free(l);
+    return -1;
+}
+
+void ctl_load_free(ctl_load *l) {
+    if (!l) return;
+    for (size_t i = 0; i < l->ntx; i++) tem_free(l->tx[i].bytes);
+    free(l->tx);
+    free(l->tab);
+    if (l->s)
+        for (uint32_t i = 0; i < l->cfg.signers; i++) {
+            sodium_memzero(l->s[i].sec, 32);
+            free(l->s[i].txs);
+        }
+    free(l->s);
+    for (uint32_t n = 0; n < CTL_LOAD_NODES_MAX; n++) {
+        free(l->node[n].ring);
+        free(l->node[n].due_sig);
+        free(l->node[n].due_t);
+    }
+    ledger_genesis_free(&l->g);
+    free(l);
+}
+
+/* ------------------------------------------------------------------ the event stream */
+static void sse_data(ctl_load *l, const char *data) {
+    double now = mono_s();
+    if (!strcmp(l->sse_event, "block")) {
+        if (now >= l->run_t0 && now <= l->run_end) {
+            if (l->blocks == 0) l->block_first = now;
+            l->block_last = now;
+            l->blocks++;
+        }
+        if (now >= l->run_t0 && l->last_block_t > 0) {
+            double from = l->last_block_t > l->run_t0 ? l->last_block_t : l->run_t0;
+            if (now <= l->run_end && now - from > l->gap_max) l->gap_max = now - from;
+        }
+        l->last_block_t = now;
+        return;
+    }
+    if (strcmp(l->sse_event, "tx") != 0) return;
+    const char *p = strstr(data, "\"txid\":\"");
+    uint8_t id[32];
+    char hex[65];
+    if (!p || strlen(p + 8) < 64) return;
+    memcpy(hex, p + 8, 64);
+    hex[64] = 0;
+    if (tem_unhex(id, 32, hex) != 0) return;
+    ld_tx *t = tab_find(l, id);
+    if (!t || t->commit > 0) return;
+    t->commit = now;
+    t->refused_in_block = strstr(data, "\"status\":\"refused\"") != NULL;
+    if (t->phase == l->phase) l->ph_committed++;
+    if (now >= l->warm_from && now <= l->run_end) l->committed_in_window++;
+}
+
+static size_t sse_write(char *ptr, size_t size, size_t nmemb, void *ud) {
+    ctl_load *l = ud;
+    size_t n = size * nmemb;
+    for (size_t i = 0; i < n; i++) {
+        char ch = ptr[i];
+        if (ch != '\n') {
+            if (l->sse_len < sizeof l->sse_line - 1) l->sse_line[l->sse_len++] = ch;
+            continue;
+        }
+        l->sse_line[l->sse_len] = 0;
+        const char *line = l->sse_line;
+        l->sse_live = true;
+        if (!line[0]) l->sse_event[0] = 0;
+        else if (!strncmp(line, "event: ", 7)) snprintf(l->sse_event, sizeof l->sse_event, "%s", line + 7);
+        else if (!strncmp(line, "id: ", 4)) snprintf(l->last_id, sizeof l->last_id, "%s", line + 4);
+        else if (!strncmp(line, "data: ", 6)) sse_data(l, line + 6);
+        l->sse_len = 0;
+    }
+    return n;
+}
+
+static struct curl_slist *sse_hdrs;
+
+static int sse_open(ctl_load *l, CURLM *m) {
+    char url[256];
+    snprintf(url, sizeof url, "http://%s/v1/events?kinds=block,tx", l->nodes[0]);
+    CURL *e = curl_easy_init();
+    if (!e) return -1;
+    curl_slist_free_all(sse_hdrs);
+    sse_hdrs = curl_slist_append(NULL, "Accept: text/event-stream");
+    if (l->last_id[0]) {
+        char h[96];
+        snprintf(h, sizeof h, "Last-Event-ID: %s", l->last_id);
+        sse_hdrs = curl_slist_append(sse_hdrs, h);
+    }
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, sse_hdrs);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, sse_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, l);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
+    l->sse_len = 0;
+    l->sse_event[0] = 0;
+    if (curl_multi_add_handle(m, e) != CURLM_OK) {
+        curl_easy_cleanup(e);
+        return -1;
+    }
+    l->sse = e;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ requests */
+static size_t req_write(char *ptr, size_t size, size_t nmemb, void *ud) {
+    ld_req *r = ud;
+    size_t n = size * nmemb;
+    if (r->resp_len + n + 1 > r->resp_cap) {
+        size_t cap = r->resp_cap ? r->resp_cap : 4096;
+        while (cap < r->resp_len + n + 1) cap *= 2;
+        char *p = realloc(r->resp, cap);
+        if (!p) return 0;
+        r->resp = p;
+        r->resp_cap = cap;
+    }
+    memcpy(r->resp + r->resp_len, ptr, n);
+    r->resp_len += n;
+    r->resp[r->resp_len] = 0;
+    return n;
+}
+
+static void req_free(ld_req *r) {
+    if (!r) return;
+    free(r->sig);
+    free(r->due);
+    free(r->body);
+    free(r->resp);
+    curl_slist_free_all(r->hdr);
+    free(r);
+}
+
+static int send_req(ctl_load *l, CURLM *m, uint32_t node, const uint32_t *sig, const double *due, uint32_t n, uint32_t batch,
+                    uint32_t *inflight) {
+    ld_req *r = calloc(1, sizeof *r);
+    if (!r) return -1;
+    r->node = node;
+    r->n = n;
+    r->sig = malloc(n * sizeof *r->sig);
+    r->due = malloc(n * sizeof *r->due);
+    size_t blen = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const ld_signer *s = &l->s[sig[i]];
+        blen += l->tx[s->txs[s->cur]].len + 4;
+    }
+    r->body = malloc(blen ? blen : 1);
+    if (!r->sig || !r->due || !r->body) {
+        req_free(r);
+        return -1;
+    }
+    size_t off = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const ld_signer *s = &l->s[sig[i]];
+        ld_tx *t = &l->tx[s->txs[s->cur]];
+        t->due = due[i];
+        r->sig[i] = sig[i];
+        r->due[i] = due[i];
+        if (batch > 1) {
+            tem_put_u32be(r->body + off, (uint32_t)t->len);
+            off += 4;
+        }
+        memcpy(r->body + off, t->bytes, t->len);
+        off += t->len;
+    }
+    char url[256];
+    snprintf(url, sizeof url, "http://%s%s", l->nodes[node], batch > 1 ? "/v1/txs" : "/v1/tx");
+    r->hdr = curl_slist_append(NULL, "Content-Type: application/x-protobuf");
+    r->hdr = curl_slist_append(r->hdr, "Expect:");
+    CURL *e = curl_easy_init();
+    if (!e) {
+        req_free(r);
+        return -1;
+    }
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)off);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->hdr);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, req_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, r);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)l->cfg.timeout_ms);
+    if (curl_multi_add_handle(m, e) != CURLM_OK) {
+        curl_easy_cleanup(e);
+        req_free(r);
+        return -1;
+    }
+    for (uint32_t i = 0; i < n; i++) l->s[sig[i]].busy = true;
+    (*inflight)++;
+    return 0;
+}
+
+static void signer_idle(ctl_load *l, uint32_t si) {
+    ld_signer *s = &l->s[si];
+    s->busy = false;
+    if (s->dead) return;
+    ld_node *nd = &l->node[s->node];
+    TEM_ASSERT(nd->len < nd->cap);
+    nd->ring[(nd->head + nd->len++) % nd->cap] = si;
+}
+
+/* What became of one tx of a request: code NULL = accepted. */
+static void item_result(ctl_load *l, uint32_t si, double due, int status, const char *code, long retry_after) {
+    ld_signer *s = &l->s[si];
+    ld_tx *t = &l->tx[s->txs[s->cur]];
+    ctl_load_result *res = l->res;
+    (void)due;
+    if (!code) {
+        res->accepted++;
+        t->accepted = true;
+        t->ack = mono_s();
+        t->phase = l->phase;
+        l->ph_accepted++;
+        if (t->commit > 0) l->ph_committed++; /* its commit event came before the answer */
+        s->cur++;
+    } else if (!strcmp(code, "EBUSY") || !strcmp(code, "ESIGNERSHARE") || !strcmp(code, "EADDRSHARE")) {
+        if (code[1] == 'B') res->refused_busy++;
+        else res->refused_share++;
+        if (retry_after > 0) res->refused_retry_after++;
+        if ((uint64_t)retry_after > res->retry_after_max_s) res->retry_after_max_s = (uint64_t)retry_after;
+    } else {
+        res->refused_other++;
+        /* Already held or committed there: the nonce is taken, move on. Any other refusal
+         * leaves the signer's nonce where it was. */
+        if (!strcmp(code, "EDUP") || !strcmp(code, "ECOMMITTED")) s->cur++;
+        else if (!strcmp(code, "ENONCELOW") || !strcmp(code, "ENONCETAKEN")) s->dead = true;
+        if (l->res->refused_other <= 3) fprintf(stderr, "load: refused %s (HTTP %d)\n", code, status);
+    }
+    signer_idle(l, si);
+}
+
+static const char *code_of(json_t *j) {
+    const char *c = json_string_value(json_object_get(j, "code"));
+    return c ? c : "EUNKNOWN";
+}
+
+static void req_done(ctl_load *l, CURL *e, CURLcode rc) {
+    ld_req *r = NULL;
+    curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r);
+    long status = 0;
+    curl_off_t ra = 0;
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(e, CURLINFO_RETRY_AFTER, &ra);
+    curl_off_t total_us = 0, pre_us = 0;
+    curl_easy_getinfo(e, CURLINFO_TOTAL_TIME_T, &total_us);
+    curl_easy_getinfo(e, CURLINFO_PRETRANSFER_TIME_T, &pre_us);
+    double srv_ms = (double)(total_us - pre_us) / 1000.0;
+    if (rc == CURLE_OK && srv_ms > l->res->server_max_ms) l->res->server_max_ms = srv_ms;
+    if (rc == CURLE_OK) {
+        l->srv_sum_ms += srv_ms;
+        l->srv_n++;
+    }
+    if (rc != CURLE_OK || status == 0) {
+        l->res->transport_errors += r->n;
+        /* The tx may or may not have been taken: its signer's nonce is unknown now. */
+        for (uint32_t i = 0; i < r->n; i++) {
+            l->s[r->sig[i]].dead = true;
+            signer_idle(l, r->sig[i]);
+        }
+        if (l->res->transport_errors <= 3) fprintf(stderr, "load: %s\n", curl_easy_strerror(rc));
+        req_free(r);
+        return;
+    }
+    json_t *j = r->resp ? json_loads(r->resp, 0, NULL) : NULL;
+    bool batch = json_is_array(j);
+    for (uint32_t i = 0; i < r->n; i++) {
+        const char *code = NULL;
+        if (batch) {
+            json_t *it = json_array_get(j, i);
+            if (!it) code = "EUNKNOWN";
+            else if (json_object_get(it, "error")) code = code_of(it);
+        } else if (status != 202) {
+            code = j ? code_of(j) : "EUNKNOWN";
+        }
+        item_result(l, r->sig[i], r->due[i], (int)status, code, (long)ra);
+    }
+    json_decref(j);
+    req_free(r);
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
+    memset(out, 0, sizeof *out);
+    if (ph->rate_per_s <= 0 || ph->duration_s <= 0 || ph->batch > CTL_LOAD_BATCH_MAX) {
+        fprintf(stderr, "load: rate and duration must be positive, batch at most %u\n", CTL_LOAD_BATCH_MAX);
+        return -1;
+    }
+    uint32_t batch = ph->batch ? ph->batch : 1;
+    l->phase++;
+    l->res = out;
+    out->offered_per_s = ph->rate_per_s;
+    out->duration_s = ph->duration_s;
+    /* Pre-sign what this phase can use: an even spread of the offers with a margin. */
+    double per = ph->rate_per_s * ph->duration_s / l->cfg.signers;
+    uint32_t ahead = (uint32_t)ceil(per * 1.25) + 4;
+    for (uint32_t i = 0; i < l->cfg.signers; i++)
+        if (!l->s[i].dead && presign(l, i, l->s[i].cur + ahead) != 0) return -1;
+    size_t due_cap = (size_t)(ph->rate_per_s * 0.5) + 64;
+    for (uint32_t n = 0; n < l->cfg.n_nodes; n++) {
+        ld_node *nd = &l->node[n];
+        if (nd->cap_due < due_cap) {
+            free(nd->due_sig);
+            free(nd->due_t);
+            nd->due_sig = malloc(due_cap * sizeof *nd->due_sig);
+            nd->due_t = malloc(due_cap * sizeof *nd->due_t);
+            if (!nd->due_sig || !nd->due_t) return -1;
+            nd->cap_due = (uint32_t)due_cap;
+        }
+        nd->ndue = 0;
+    }
+    CURLM *m = curl_multi_init();
+    if (!m) return -1;
+    curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, (long)l->cfg.conns_per_node);
+    curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)(l->cfg.conns_per_node * l->cfg.n_nodes + 4));
+    l->sse_live = false;
+    l->last_id[0] = 0;
+    l->blocks = 0;
+    l->gap_max = 0;
+    l->last_block_t = 0;
+    l->committed_in_window = 0;
+    l->ph_accepted = l->ph_committed = 0;
+    l->srv_sum_ms = 0;
+    l->srv_n = 0;
+    l->run_t0 = l->run_end = 1e300;
+    l->warm_from = 1e300;
+    int ret = -1, running = 0;
+    if (sse_open(l, m) != 0) goto out;
+    /* The stream must be live before the first offer, or early commits would be missed. */
+    for (double until = mono_s() + 10; !l->sse_live;) {
+        curl_multi_perform(m, &running);
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(m, &left)))
+            if (msg->msg == CURLMSG_DONE && msg->easy_handle == l->sse) {
+                fprintf(stderr, "load: GET /v1/events on %s: %s\n", l->nodes[0], curl_easy_strerror(msg->data.result));
+                goto out;
+            }
+        if (mono_s() > until) {
+            fprintf(stderr, "load: no event stream from %s\n", l->nodes[0]);
+            goto out;
+        }
+        curl_multi_poll(m, NULL, 0, 10, NULL);
+    }
+    double t0 = mono_s(), t_end = t0 + ph->duration_s, t_stop = t_end + ph->drain_s;
+    l->run_t0 = t0;
+    l->run_end = t_end;
+    l->warm_from = t0 + ph->warmup_s;
+    uint64_t k = 0;
+    uint32_t inflight = 0, rr = 0;
+    uint32_t *sig = malloc(batch * sizeof *sig);
+    double *dues = malloc(batch * sizeof *dues);
+    if (!sig || !dues) {
+        free(sig);
+        free(dues);
+        goto out;
+    }
+    for (;;) {
+        double now = mono_s();
+        /* Every offer whose due time has come, each to the next node in turn. */
+        for (;;) {
+            double due = t0 + (double)k / ph->rate_per_s;
+            if (due > now || due >= t_end) break;
+            k++;
+            out->offered++;
+            uint32_t n = rr++ % l->cfg.n_nodes;
+            ld_node *nd = &l->node[n];
+            uint32_t si = UINT32_MAX;
+            while (nd->len > 0) {
+                uint32_t c = nd->ring[nd->head];
+                nd->head = (nd->head + 1) % nd->cap;
+                nd->len--;
+                ld_signer *s = &l->s[c];
+                if (s->dead) continue;
+                if (s->cur >= s->n && presign(l, c, s->cur + 8) != 0) continue;
+                si = c;
+                break;
+            }
+            if (si == UINT32_MAX || nd->ndue >= nd->cap_due) {
+                if (si != UINT32_MAX) signer_idle(l, si);
+                out->no_signer++;
+                continue;
+            }
+            l->s[si].busy = true;
+            nd->due_sig[nd->ndue] = si;
+            nd->due_t[nd->ndue++] = due;
+        }
+        /* Send what is due, in requests of up to `batch` txs. */
+        for (uint32_t n = 0; n < l->cfg.n_nodes; n++) {
+            ld_node *nd = &l->node[n];
+            for (uint32_t off = 0; off < nd->ndue; off += batch) {
+                uint32_t c = nd->ndue - off < batch ? nd->ndue - off : batch;
+                memcpy(sig, nd->due_sig + off, c * sizeof *sig);
+                memcpy(dues, nd->due_t + off, c * sizeof *dues);
+                double lag = (now - dues[0]) * 1000.0;
+                if (lag > out->send_lag_max_ms) out->send_lag_max_ms = lag;
+                if (send_req(l, m, n, sig, dues, c, batch, &inflight) != 0) {
+                    for (uint32_t i = 0; i < c; i++) signer_idle(l, sig[i]);
+                    out->transport_errors += c;
+                }
+            }
+            nd->ndue = 0;
+        }
+        curl_multi_perform(m, &running);
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(m, &left))) {
+            if (msg->msg != CURLMSG_DONE) continue;
+            CURL *e = msg->easy_handle;
+            CURLcode rc = msg->data.result;
+            curl_multi_remove_handle(m, e);
+            if (e == l->sse) {
+                /* The node dropped the stream (slow reader, restart): resume after the last id. */
+                curl_easy_cleanup(e);
+                l->sse = NULL;
+                if (sse_open(l, m) != 0) l->sse = NULL;
+                continue;
+            }
+            req_done(l, e, rc);
+            curl_easy_cleanup(e);
+            inflight--;
+        }
+        now = mono_s();
+        if (now >= t_end && inflight == 0 && (l->ph_committed >= l->ph_accepted || now >= t_stop)) break;
+        double next = t0 + (double)k / ph->rate_per_s;
+        int wait_ms = now >= t_end ? 20 : (int)((next - now) * 1000.0);
+        if (wait_ms < 0) wait_ms = 0;
+        if (wait_ms > 20) wait_ms = 20;
+        if (wait_ms > 0) curl_multi_poll(m, NULL, 0, wait_ms, NULL);
+    }
+    free(sig);
+    free(dues);
+    /* Results of this phase's accepted txs: due -> commit, due -> 202, 202 -> commit. */
+    size_t cap = out->accepted ? out->accepted : 1;
+    double *lat = malloc(cap * sizeof *lat), *ack = malloc(cap * sizeof *ack), *wait = malloc(cap * sizeof *wait);
+    size_t nl = 0, na = 0;
+    for (size_t i = 0; i < l->ntx && lat && ack && wait; i++) {
+        ld_tx *t = &l->tx[i];
+        if (t->phase != l->phase) continue;
+        if (na < cap) ack[na++] = (t->ack - t->due) * 1000.0;
+        if (t->commit == 0) continue;
+        out->committed++;
+        if (t->refused_in_block) out->committed_refused++;
+        if (nl < cap) {
+            wait[nl] = (t->commit > t->ack ? t->commit - t->ack : 0) * 1000.0;
+            lat[nl++] = (t->commit - t->due) * 1000.0;
+        }
+    }
+    if (lat && ack && wait && nl) {
+        qsort(lat, nl, sizeof *lat, cmp_d);
+        qsort(wait, nl, sizeof *wait, cmp_d);
+        size_t p99 = (nl * 99) / 100 < nl ? (nl * 99) / 100 : nl - 1;
+        out->lat_p50_ms = lat[nl / 2];
+        out->lat_p99_ms = lat[p99];
+        out->lat_max_ms = lat[nl - 1];
+        out->wait_p50_ms = wait[nl / 2];
+        out->wait_p99_ms = wait[p99];
+        out->wait_max_ms = wait[nl - 1];
+    }
+    if (ack && na) {
+        qsort(ack, na, sizeof *ack, cmp_d);
+        out->ack_p50_ms = ack[na / 2];
+        out->ack_p99_ms = ack[(na * 99) / 100 < na ? (na * 99) / 100 : na - 1];
+    }
+    free(lat);
+    free(ack);
+    free(wait);
+    double win = ph->duration_s - ph->warmup_s;
+    out->committed_per_s = win > 0 ? (double)l->committed_in_window / win : 0;
+    out->uncommitted = out->accepted - out->committed;
+    out->server_mean_ms = l->srv_n ? l->srv_sum_ms / (double)l->srv_n : 0;
+    out->blocks = l->blocks;
+    out->block_interval_ms = l->blocks > 1 ? (l->block_last - l->block_first) * 1000.0 / (double)(l->blocks - 1) : 0;
+    out->block_gap_max_ms = l->gap_max * 1000.0;
+    ret = 0;
+out:
+    if (l->sse) {
+        curl_multi_remove_handle(m, l->sse);
+        curl_easy_cleanup(l->sse);
+        l->sse = NULL;
+    }
+    /* Requests still in flight (only on an early exit) are abandoned with their handles. */
+    curl_multi_cleanup(m);
+    curl_slist_free_all(sse_hdrs);
+    sse_hdrs = NULL;
+    return ret;
+}
+
+void ctl_load_result_print(const ctl_load_result *r, FILE *f) {
+    fprintf(f,
+            "{\"offered_per_s\":%.1f,\"duration_s\":%.1f,\"offered\":%llu,\"accepted\":%llu,\"refused_busy\":%llu,"
+            "\"refused_share\":%llu,\"refused_other\":%llu,\"refused_retry_after\":%llu,\"retry_after_max_s\":%llu,"
+            "\"transport_errors\":%llu,\"no_signer\":%llu,\"committed\":%llu,\"uncommitted\":%llu,\"committed_refused\":%llu,"
+            "\"committed_per_s\":%.1f,\"lat_p50_ms\":%.1f,\"lat_p99_ms\":%.1f,\"lat_max_ms\":%.1f,\"ack_p50_ms\":%.1f,"
+            "\"ack_p99_ms\":%.1f,\"wait_p50_ms\":%.1f,\"wait_p99_ms\":%.1f,\"wait_max_ms\":%.1f,\"send_lag_max_ms\":%.1f,"
+            "\"server_mean_ms\":%.1f,\"server_max_ms\":%.1f,"
+            "\"blocks\":%llu,\"block_interval_ms\":%.1f,\"block_gap_max_ms\":%.1f}\n",
+            r->offered_per_s, r->duration_s, (unsigned long long)r->offered, (unsigned long long)r->accepted,
+            (unsigned long long)r->refused_busy, (unsigned long long)r->refused_share, (unsigned long long)r->refused_other,
+            (unsigned long long)r->refused_retry_after, (unsigned long long)r->retry_after_max_s,
+            (unsigned long long)r->transport_errors, (unsigned long long)r->no_signer, (unsigned long long)r->committed,
+            (unsigned long long)r->uncommitted,
+            (unsigned long long)r->committed_refused, r->committed_per_s, r->lat_p50_ms, r->lat_p99_ms, r->lat_max_ms,
+            r->ack_p50_ms, r->ack_p99_ms, r->wait_p50_ms, r->wait_p99_ms, r->wait_max_ms, r->send_lag_max_ms,
+            r->server_mean_ms, r->server_max_ms, (unsigned long long)r->blocks, r->block_interval_ms, r->block_gap_max_ms);
+    fflush(f);
+}
+
+/* ================================================================== temctl load */
+static void load_usage(void) {
+    fprintf(stderr,
+            "usage: temctl load --nodes H:P[,H:P..] --genesis FILE [options]   (signers must be in the genesis)\n"
+            "       temctl load --cluster DIR [--temd PATH] [--base-port P] [--temd-arg ARG].. [options]\n"
+            "Offers pre-signed orders open-loop at a fixed rate and prints one JSON line per phase\n"
+            "(docs/performance.md \"Load generator\").\n"
+            "  --phase RATE:SECONDS   a phase (repeatable, run in order); default --rate/--duration\n"
+            "  --rate R (500)  --duration S (10)  --batch N (1: POST /v1/tx; more: POST /v1/txs)\n"
+            "  --drain S (10)  --warmup S (1)  --conns N (16 per node)\n"
+            "  --seed N (1)  --signers N (2048)\n"
+            "  --cluster DIR: start a local cluster of --cluster-nodes (4) temd in DIR (keys, genesis\n"
+            "      with the seed's signers, logs), peers on --base-port P+i, HTTP on P+10+i (default\n"
+            "      P = 20000 + pid %% 500 * 20, below the ephemeral range); stopped at the end\n");
+}
+
+int ctl_load_main(int argc, char **argv) {
+    const char *nodes_arg = NULL, *genesis = NULL, *cluster_dir = NULL, *temd = "build/temd";
+    const char *temd_args[32];
+    uint32_t n_temd_args = 0, batch = 1, conns = 16, signers = 2048, cluster_nodes = 4;
+    double rate = 500, duration = 10, drain = 10, warmup = 1;
+    uint64_t seed = 1;
+    bool fresh = false;
+    int base_port = 20000 + (int)(getpid() % 500) * 20;
+    ctl_load_phase phases[16];
+    uint32_t nph = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            load_usage();
+            return 0;
+        }
+        if (!v) {
+            load_usage();
+            return 2;
+        }
+        i++;
+        if (!strcmp(a, "--nodes")) nodes_arg = v;
+        else if (!strcmp(a, "--genesis")) genesis = v;
+        else if (!strcmp(a, "--cluster")) cluster_dir = v;
+        else if (!strcmp(a, "--cluster-nodes")) cluster_nodes = (uint32_t)atoi(v);
+        else if (!strcmp(a, "--temd")) temd = v;
+        else if (!strcmp(a, "--base-port")) base_port = atoi(v);
+        else if (!strcmp(a, "--temd-arg") && n_temd_args < 32) temd_args[n_temd_args++] = v;
+        else if (!strcmp(a, "--rate")) rate = atof(v);
+        else if (!strcmp(a, "--duration")) duration = atof(v);
+        else if (!strcmp(a, "--batch")) batch = (uint32_t)atoi(v);
+        else if (!strcmp(a, "--drain")) drain = atof(v);
+        else if (!strcmp(a, "--warmup")) warmup = atof(v);
+        else if (!strcmp(a, "--conns")) conns = (uint32_t)atoi(v);
+        else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--signers")) signers = (uint32_t)atoi(v);
+        else if (!strcmp(a, "--phase") && nph < 16) {
+            char *colon;
+            phases[nph].rate_per_s = strtod(v, &colon);
+            if (*colon != ':') {
+                load_usage();
+                return 2;
+            }
+            phases[nph].duration_s = atof(colon + 1);
+            nph++;
+        } else {
+            fprintf(stderr, "temctl load: unknown option %s\n", a);
+            load_usage();
+            return 2;
+        }
+    }
+    if (nph == 0) phases[nph++] = (ctl_load_phase){.rate_per_s = rate, .duration_s = duration};
+    for (uint32_t p = 0; p < nph; p++) {
+        phases[p].batch = batch;
+        phases[p].drain_s = drain;
+        phases[p].warmup_s = warmup < phases[p].duration_s ? warmup : 0;
+        if (phases[p].rate_per_s <= 0 || phases[p].duration_s <= 0) {
+            load_usage();
+            return 2;
+        }
+    }
+    if (!cluster_dir && (!nodes_arg || !genesis)) {
+        load_usage();
+        return 2;
+    }
+    if (base_port < 1024 || base_port + 10 + (int)cluster_nodes >= 32768) {
+        fprintf(stderr, "temctl load: --base-port must leave every port in 1024..32767\n");
+        return 2;
+    }
+    ctl_load_cluster cl = {0};
+    const char *nodes[CTL_LOAD_NODES_MAX];
+    uint32_t n_nodes = 0;
+    char nodes_buf[CTL_LOAD_NODES_MAX * 160];
+    if (cluster_dir) {
+        if (mkdir(cluster_dir, 0700) != 0 && errno != EEXIST) {
+            fprintf(stderr, "temctl load: cannot create %s: %s\n", cluster_dir, strerror(errno));
+            return 1;
+        }
+        fresh = true;
+        ctl_load_cluster_config cc = {.temd = temd, .dir = cluster_dir, .base_port = base_port, .n_nodes = cluster_nodes,
+                                      .signers = signers, .seed = seed, .temd_args = temd_args, .n_temd_args = n_temd_args};
+        if (ctl_load_cluster_start(&cc, &cl) != 0) return 1;
+        for (uint32_t i = 0; i < cl.n; i++) nodes[n_nodes++] = cl.http[i];
+        genesis = cl.genesis;
+    } else {
+        snprintf(nodes_buf, sizeof nodes_buf, "%s", nodes_arg);
+        for (char *save, *t = strtok_r(nodes_buf, ",", &save); t && n_nodes < CTL_LOAD_NODES_MAX; t = strtok_r(NULL, ",", &save))
+            nodes[n_nodes++] = t;
+    }
+    /* A signal stops the cluster we started rather than leaving it behind. */
+    ctl_load *l = NULL;
+    ctl_load_config lc = {.nodes = nodes, .n_nodes = n_nodes, .genesis = genesis, .seed = seed, .signers = signers,
+                          .conns_per_node = conns, .fresh = fresh};
+    int rc = 1;
+    if (ctl_load_new(&lc, &l) != 0) goto done;
+    rc = 0;
+    for (uint32_t p = 0; p < nph; p++) {
+        ctl_load_result r;
+        if (ctl_load_run(l, &phases[p], &r) != 0) {
+            rc = 1;
+            break;
+        }
+        ctl_load_result_print(&r, stdout);
+    }
+done:
+    ctl_load_free(l);
+    if (cluster_dir) ctl_load_cluster_stop(&cl);
+    return rc;
+}

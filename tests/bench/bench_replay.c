@@ -1,0 +1,70 @@
+/* bench_replay.c: how fast a chain is checked again (docs/performance.md, "Replay and catch-up").
+ * A 4-validator cluster on 127.0.0.1 with validator 3 stopped commits NTX pre-signed orders;
+ * then validator 3 starts again and is timed until it reaches the others' tip (catch-up: block
+ * fetch, certificate and signature checks, execution, LMDB writes); then all stop and
+ * `temctl replay DATA_DIR` re-verifies validator 0's whole chain from genesis (timed as a
+ * process). Both rates are printed beside one core's secp256k1 verifications/s measured in the
+ * same run: every tx's signature has to be checked once, so that is the ceiling for one core
+ * (issue #15's target for replay: at least 0.8 of it).
+ *
+ *   bench replay_txs_per_s V txs/s limit L secp256k1_verifies/s ratio R
+ *   bench catchup_txs_per_s V txs/s limit L secp256k1_verifies/s ratio R
+ *   bench catchup_s_<blocks>_blocks S s limit S0 s_of_secp256k1 ratio R  (lower is better)
+ */
+#include "tests/bench/cluster_lib.h"
+
+#define SIGNERS 256
+#define PER_SIGNER 32
+
+int main(void) {
+    const char *build = getenv("BUILD") ? getenv("BUILD") : "build";
+    char temctl[256];
+    snprintf(temctl, sizeof temctl, "%s/temctl", build);
+    if (access(temctl, X_OK) != 0) {
+        printf("bench replay: SKIP: %s not built\n", temctl);
+        return 0;
+    }
+    cl_init("replay", SIGNERS, PER_SIGNER, 4000);
+    for (int i = 0; i < CL_NODES; i++) cl_start_node(i);
+    for (int i = 0; i < CL_NODES; i++) cl_wait_height(i, 2, 60);
+    cl_sign_orders();
+    int64_t h3 = cl_height(3);
+    cl_stop_node(3, SIGTERM);
+    int accepted = cl_load(0, PER_SIGNER, 0x7);
+    int64_t done = 0;
+    for (int t = 0; t < 3000 && (done = cl_txs_done(0)) < accepted; t++) usleep(100 * 1000);
+    if (done < accepted) cl_die("the txs did not commit in 300 s");
+    int64_t tip = cl_height(0);
+    double verify_rate = cl_secp_verifies_per_s();
+
+    /* catch-up of validator 3 */
+    double t0 = bench_now();
+    cl_start_node(3);
+    int64_t h = -1;
+    for (int t = 0; t < 6000 && (h = cl_height(3)) < tip; t++) usleep(50 * 1000);
+    double catchup = bench_now() - t0;
+    if (h < tip) cl_die("validator 3 did not catch up in 300 s");
+    for (int i = 0; i < CL_NODES; i++) cl_stop_node(i, SIGTERM);
+
+    /* replay of validator 0's chain */
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "%s replay %s/n0 --genesis %s/genesis.json > %s/replay.out 2>&1", temctl, CL.dir, CL.dir,
+             CL.dir);
+    t0 = bench_now();
+    int rc = system(cmd);
+    double replay = bench_now() - t0;
+    if (rc != 0) cl_die("temctl replay failed");
+    double verify_rate2 = cl_secp_verifies_per_s();
+    double limit = verify_rate > verify_rate2 ? verify_rate : verify_rate2;
+    printf("# %d txs in %lld blocks; validator 3 was %lld blocks behind; secp256k1 verifies/s on one core %.0f and "
+           "%.0f (the higher is the limit)\n",
+           accepted, (long long)tip, (long long)(tip - h3), verify_rate, verify_rate2);
+    bench_line("replay_txs_per_s", accepted / replay, "txs/s", limit, "secp256k1_verifies/s");
+    bench_line("catchup_txs_per_s", accepted / catchup, "txs/s", limit, "secp256k1_verifies/s");
+    char name[64];
+    snprintf(name, sizeof name, "catchup_s_%lld_blocks", (long long)(tip - h3));
+    printf("bench %s %.2f s limit %.2f s_of_secp256k1 ratio %.3f\n", name, catchup, accepted / limit,
+           catchup > 0 ? accepted / limit / catchup : 0.0);
+    cl_kill_all();
+    return 0;
+}
