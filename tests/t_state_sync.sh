@@ -10,7 +10,7 @@
 #      and the two runs together fetch exactly the chunks the target has;
 #   4. it installs the state, applies block h+1 and follows: its state root at its height is the
 #      one the validators' next header holds, its blocks hash as theirs, and it holds no block
-#      below h+1 (no history was replayed);
+#      below h+1 (no history was replayed); restarted, it reports no damage and follows on;
 #   5. a validator whose data dir is wiped rejoins by state sync and votes: with another
 #      validator stopped, blocks still commit (they need its votes).
 # Every process is started here, tracked by pid and killed on exit; every wait is bounded.
@@ -22,7 +22,15 @@ command -v curl >/dev/null && command -v jq >/dev/null || { echo "t_state_sync: 
 dir=$(mktemp -d /tmp/tem-ssync-XXXXXX)
 . "$(dirname "${BASH_SOURCE[0]}")/lib_proc.sh"
 
+# Ports 20000..20999; skip a block where any port answers (other tests share the machine).
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 base=$((20000 + ($$ % 50) * 20))
+for _ in $(seq 1 50); do
+  busy=0
+  for o in 0 1 2 3 10 11 12 13 19; do port_busy $((base + o)) && busy=1 && break; done
+  [ $busy = 0 ] && break
+  base=$((20000 + (base - 20000 + 20) % 1000))
+done
 peer() { echo "127.0.0.1:$((base + $1))"; }
 http() { echo "127.0.0.1:$((base + 10 + $1))"; }
 OBS_HTTP="127.0.0.1:$((base + 19))"
@@ -149,6 +157,21 @@ done
 code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 "http://$OBS_HTTP/v1/blocks/$target")
 [ "$code" = 404 ] || fail "observer answers $code for block $target: it should hold no history below $((target + 1))"
 ok "observer at $oh has the validators' root $oroot and their blocks $((target + 1))..$oh, none below"
+
+# ---- 4b. restarted, the synced observer finds its store whole (no block below h+1 is missing
+# damage) and follows on
+kill -TERM "${PID[obs]}"; wait "${PID[obs]}" 2>/dev/null || true; unset "PID[obs]"
+start obs obs3 "${obs_args[@]}"
+end=$((SECONDS + 30))
+until [ "$(height "$OBS_HTTP")" -gt "$oh" ] 2>/dev/null; do
+  [ $SECONDS -lt $end ] || fail "restarted synced observer does not follow"
+  sleep 0.2
+done
+grep -Eq "is damaged|is corrupt" "$dir/obs3.log" && fail "restarted synced observer reports damage: $(grep -E "is damaged|is corrupt" "$dir/obs3.log" | head -2)"
+grep -q "tail check: blocks $((target + 1))\.\.[0-9]* checked against their certificates, 0 damaged" "$dir/obs3.log" \
+  || fail "restarted synced observer: no clean tail check from $((target + 1)): $(grep "tail check" "$dir/obs3.log")"
+grep -q "state sync: the store is at height" "$dir/obs3.log" || fail "restarted observer did not skip the sync"
+ok "restarted synced observer: no damage reported, follows from $oh"
 
 # ---- 5. a validator that lost its data dir rejoins by state sync and votes again
 kill -KILL "${PID[n3]}"; wait "${PID[n3]}" 2>/dev/null || true; unset "PID[n3]"
