@@ -603,6 +603,12 @@ int node_sync_start(node *n) {
     y->n = n;
     n->sync = y;
     if (!n->cfg.sync_enable) return NODE_OK;
+    if (n->cfg.indexer_postgres_url[0]) {
+        /* The indexer loads every block from height 1; a synced store starts above its snapshot. */
+        node_log(n, NODE_LOG_ERROR, "state sync: cannot be combined with the indexer, which needs every block from "
+                                    "height 1; run the indexer beside a node that replayed the chain");
+        return NODE_ECONFIG;
+    }
     char dir[NODE_PATH_MAX + 16];
     snprintf(dir, sizeof dir, "%s/statesync", n->cfg.data_dir);
     int rc = ledger_snap_stage_open(dir, &y->stage);

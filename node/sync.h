@@ -21,7 +21,7 @@ struct node;
 
 /* After the store and the transport are up. Opens the staging env when joining (resuming a
  * recorded target, or dropping it when the store is already past it). NODE_OK, NODE_ENOMEM,
- * NODE_ESTORE. */
+ * NODE_ESTORE, NODE_ECONFIG (state sync with the indexer). */
 int node_sync_start(struct node *n);
 /* After the loop has ended, before the store closes. */
 void node_sync_free(struct node *n);
