@@ -375,6 +375,9 @@ void ledger_store_close(ledger_store *s);
  * disk (LMDB's MDB_NOSYNC), so a crash may lose or damage the store. LEDGER_OK or LEDGER_EIO. */
 TEM_WUR int ledger_store_scratch(ledger_store *s);
 uint64_t ledger_store_height(const ledger_store *s);
+/* Blocks 1..base are not held: 0 for a store built from the genesis, h for one installed from a
+ * state-sync snapshot of height h (docs/ledger.md, "State sync"), whose history starts at h+1. */
+uint64_t ledger_store_base_height(const ledger_store *s);
 /* Hash of the last block (the genesis hash at height 0). */
 void ledger_store_last_hash(const ledger_store *s, uint8_t out[LEDGER_HASH_BYTES]);
 uint64_t ledger_store_last_time(const ledger_store *s);

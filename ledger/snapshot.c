@@ -209,15 +209,10 @@ int ledger_snapshot_build(ledger_snapshot *sn) {
     int rc = map_err(mdb_stat(sn->txn, sn->state, &ms), "stat");
     if (rc != LEDGER_OK) return rc;
     size_t n = ms.ms_entries, got = 0;
-    unsigned depth = LEDGER_SNAP_DEPTH_DEFAULT;
-    while (depth < LEDGER_SNAP_DEPTH_MAX && (n >> depth) > LEDGER_SNAP_CHUNK_ENTRIES) depth++;
-    size_t w = (size_t)1 << depth;
+    uint64_t bytes = 0;
     build_rec *a = tem_malloc((n ? n : 1) * sizeof *a);
     sn->keys = tem_malloc((n ? n : 1) * sizeof *sn->keys);
-    sn->start = tem_calloc(w + 1, sizeof *sn->start);
-    sn->hashes = tem_calloc(w, 32);
-    sn->counts = tem_calloc(w, sizeof *sn->counts);
-    if (!a || !sn->keys || !sn->start || !sn->hashes || !sn->counts) {
+    if (!a || !sn->keys) {
         tem_free(a);
         return LEDGER_ENOMEM;
     }
@@ -234,11 +229,23 @@ int ledger_snapshot_build(ledger_snapshot *sn) {
         ledger_sha256(r->vh, v.mv_data, v.mv_size);
         r->key = k.mv_data; /* points into the map: valid while the read txn is open */
         r->klen = (uint32_t)k.mv_size;
+        bytes += k.mv_size + v.mv_size;
         mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }
     mdb_cursor_close(cur);
     if (mrc != 0 && mrc != MDB_NOTFOUND) rc = map_err(mrc, "cursor get");
     else if (got != n || mrc == 0) rc = LEDGER_ECORRUPT;
+    /* Deeper cuts while the average chunk is over its entry or byte budget. */
+    unsigned depth = LEDGER_SNAP_DEPTH_DEFAULT;
+    while (depth < LEDGER_SNAP_DEPTH_MAX && ((n >> depth) > LEDGER_SNAP_CHUNK_ENTRIES || (bytes >> depth) > LEDGER_SNAP_CHUNK_BYTES))
+        depth++;
+    size_t w = (size_t)1 << depth;
+    if (rc == LEDGER_OK) {
+        sn->start = tem_calloc(w + 1, sizeof *sn->start);
+        sn->hashes = tem_calloc(w, 32);
+        sn->counts = tem_calloc(w, sizeof *sn->counts);
+        if (!sn->start || !sn->hashes || !sn->counts) rc = LEDGER_ENOMEM;
+    }
     if (rc == LEDGER_OK) {
         /* In key-hash order every chunk is one run, and a run is already in the order the
          * tree splits it. */

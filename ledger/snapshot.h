@@ -19,8 +19,10 @@
 #define LEDGER_SNAP_DEPTH_MIN 4
 #define LEDGER_SNAP_DEPTH_MAX 16
 #define LEDGER_SNAP_DEPTH_DEFAULT 8
-/* A server deepens the cut past 8 until the average chunk holds at most this many entries. */
+/* A server deepens the cut past 8 until the average chunk holds at most this many entries and
+ * bytes (keys and values), so a reply stays far below the 16 MiB frame limit. */
 #define LEDGER_SNAP_CHUNK_ENTRIES 4096
+#define LEDGER_SNAP_CHUNK_BYTES (1u << 20)
 
 typedef struct {
     const uint8_t *key;

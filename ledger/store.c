@@ -24,6 +24,7 @@ struct ledger_store {
     const ledger_genesis *g;
     ledger_state *st;
     uint64_t height, last_time_ms;
+    uint64_t base_height; /* blocks 1..base_height are not held (a state-synced store) */
     uint8_t last_hash[32], state_root[32], receipts_root[32];
     void (*hook)(int point);
     ledger__smt_stats tree_stats; /* work of the last tree update */
@@ -63,6 +64,7 @@ static void hook(ledger_store *s, int point) {
 }
 
 uint64_t ledger_store_height(const ledger_store *s) { return s->height; }
+uint64_t ledger_store_base_height(const ledger_store *s) { return s->base_height; }
 void ledger_store_last_hash(const ledger_store *s, uint8_t out[32]) { memcpy(out, s->last_hash, 32); }
 uint64_t ledger_store_last_time(const ledger_store *s) { return s->last_time_ms; }
 void ledger_store_roots(const ledger_store *s, uint8_t sr[32], uint8_t rr[32]) {
@@ -159,6 +161,10 @@ static int store_load(ledger_store *s) {
         goto out;
     }
     s->height = tem_get_u64le(v.mv_data);
+    /* Written by a state sync's install (snapshot.c): history starts above it. */
+    MDB_val bk = {13, "u/sync_height"};
+    s->base_height = 0;
+    if (mdb_get(txn, s->dbi[DB_META], &bk, &v) == 0 && v.mv_size == 8) s->base_height = tem_get_u64le(v.mv_data);
     uint8_t key[8];
     tem_put_u64be(key, s->height);
     k = (MDB_val){8, key};
@@ -661,7 +667,7 @@ static const char *block_mismatch(ledger_store *s, uint64_t height, const uint8_
 }
 
 int ledger_store_check_block(ledger_store *s, uint64_t height, uint8_t hash[32], char *why, size_t why_len) {
-    if (height == 0 || height > s->height) return LEDGER_ENOTFOUND;
+    if (height <= s->base_height || height > s->height) return LEDGER_ENOTFOUND; /* also height 0 */
     const char *bad = NULL;
     uint8_t k[8], *b = NULL, *c = NULL;
     size_t bl = 0, cl = 0;
@@ -710,7 +716,7 @@ int ledger_store_check_block(ledger_store *s, uint64_t height, uint8_t hash[32],
 
 int ledger_store_repair_block(ledger_store *s, uint64_t height, const uint8_t *blk, size_t blk_len,
                               const uint8_t *cert, size_t cert_len, char *why, size_t why_len) {
-    if (height == 0 || height > s->height) return LEDGER_EHEIGHT;
+    if (height <= s->base_height || height > s->height) return LEDGER_EHEIGHT; /* also height 0 */
     uint8_t want[32], k[8], *old = NULL;
     size_t ol = 0;
     int rc = recorded_hash(s, height, want);

@@ -158,6 +158,7 @@ static int set_key(node_config *c, const char *k, const char *v) {
     }
     /* [sync] keys arrive prefixed "sync_"; --state-sync is sync_enable */
     if (!strcmp(k, "sync_enable") || !strcmp(k, "state_sync")) return parse_bool(v, &c->sync_enable) ? 1 : -1;
+    if (!strcmp(k, "sync_test_corrupt_chunks")) return parse_bool(v, &c->sync_test_corrupt_chunks) ? 1 : -1;
     if (!strcmp(k, "sync_trust_hash")) {
         if (strlen(v) != 64 || tem_unhex(c->sync_trust_hash, 32, v) != 0) return -1;
         c->sync_trust_hash_set = true;

@@ -98,6 +98,7 @@ typedef struct {
     uint64_t sync_peer_inflight_max;  /* chunk requests outstanding per peer; default 4 */
     uint64_t sync_chunk_delay_ms;     /* pause between chunk requests (tests, slow links); 0 */
     uint64_t sync_serve_chunks_per_s; /* requests served per peer per second; default 20 */
+    bool sync_test_corrupt_chunks;    /* tests only: flip a byte of every chunk served (a bad peer) */
 } node_config;
 
 /* Defaults for every field (paths empty). */

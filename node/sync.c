@@ -10,7 +10,6 @@
 
 #define SYNC_PEERS (LEDGER_VALIDATORS_MAX + NET_OBSERVERS_MAX)
 #define SYNC_QUEUE 4               /* chunk requests parked per peer; more are dropped */
-#define SYNC_SERVES_PER_TICK 2     /* chunks served per 10 ms tick, all peers together */
 #define SYNC_OFFER_WAIT_MS 1000    /* after the first good offer, wait this long for better ones */
 #define SYNC_ASK_EVERY_MS 2000     /* re-ask for offers (more sources) */
 #define SYNC_ASK_EMPTY_MS 250      /* ... while there is none at all */
@@ -36,6 +35,14 @@ typedef struct node_sync {
     bool build_busy;
     serve_peer peers[SYNC_PEERS];
     uint32_t serve_rr;
+    /* the one chunk being read and encoded in the thread pool */
+    bool serve_busy;
+    uv_work_t serve_work;
+    ledger_snapshot *job_sn, *retired;
+    uint64_t job_h;
+    uint32_t job_index, job_to;
+    uint8_t *job_buf;
+    size_t job_len;
     uint64_t served_chunks, served_offers, dropped;
     /* ---- joining */
     bool joining;
@@ -95,7 +102,8 @@ static void build_after(uv_work_t *w, int status) {
         return;
     }
     /* Two are kept, so a joiner that started on the previous one can finish (or resume). */
-    ledger_snapshot_close(y->snaps[1]);
+    if (y->serve_busy && y->job_sn == y->snaps[1]) y->retired = y->snaps[1];
+    else ledger_snapshot_close(y->snaps[1]);
     y->snaps[1] = y->snaps[0];
     y->snaps[0] = y->building;
     y->building = NULL;
@@ -183,16 +191,18 @@ static void serve_offer(node_sync *y, uint32_t to, uint64_t want) {
     tem_free(c);
 }
 
-static void serve_chunk(node_sync *y, uint32_t to, uint64_t h, uint32_t index) {
-    node *n = y->n;
+/* Thread pool: reads chunk `index` of the job's snapshot and encodes the reply. One job at a
+ * time (a read transaction is used by one thread at a time), so serving takes at most one
+ * worker and no loop time beyond the send. */
+static void serve_work(uv_work_t *w) {
+    node_sync *y = w->data;
     Tem__V1__StateChunk sc = TEM__V1__STATE_CHUNK__INIT;
-    sc.height = h;
-    sc.index = index;
-    ledger_snapshot *s = h ? snap_at(y, h) : NULL;
+    sc.height = y->job_h;
+    sc.index = y->job_index;
     ledger_snap_entry *e = NULL;
     size_t k = 0;
     ProtobufCBinaryData *keys = NULL, *vals = NULL;
-    if (!s || ledger_snapshot_chunk(s, index, &e, &k) != LEDGER_OK) {
+    if (!y->job_sn || ledger_snapshot_chunk(y->job_sn, y->job_index, &e, &k) != LEDGER_OK) {
         sc.unavailable = true;
     } else {
         keys = tem_malloc((k ? k : 1) * sizeof *keys);
@@ -209,15 +219,40 @@ static void serve_chunk(node_sync *y, uint32_t to, uint64_t h, uint32_t index) {
         sc.keys = keys;
         sc.values = vals;
     }
+    /* Fault injection for tests (sync_test_corrupt_chunks): the last entry's value changes, as
+     * a lying peer's would. */
+    uint8_t bad[8] = {0};
+    if (y->n->cfg.sync_test_corrupt_chunks && !sc.unavailable && k > 0) {
+        vals[k - 1] = (ProtobufCBinaryData){sizeof bad, bad};
+        memcpy(bad, e[k - 1].val, e[k - 1].vlen < sizeof bad ? e[k - 1].vlen : sizeof bad);
+        bad[0] ^= 1;
+    }
     Tem__V1__NodeMessage m;
     tem__v1__node_message__init(&m);
     m.kind_case = TEM__V1__NODE_MESSAGE__KIND_CHUNK;
     m.chunk = &sc;
-    (void)send_msg(n, to, &m);
-    y->served_chunks++;
+    y->job_len = tem__v1__node_message__get_packed_size(&m);
+    y->job_buf = tem_malloc(y->job_len ? y->job_len : 1);
+    if (y->job_buf) tem__v1__node_message__pack(&m, y->job_buf);
     tem_free(e);
     tem_free(keys);
     tem_free(vals);
+}
+
+static void serve_after(uv_work_t *w, int status) {
+    node_sync *y = w->data;
+    node *n = y->n;
+    y->serve_busy = false;
+    if (status == 0 && y->job_buf && !n->stopping && net_peer_connected(n->net, y->job_to)) {
+        int rc = net_send(n->net, y->job_to, y->job_buf, y->job_len);
+        if (rc != NET_OK) node_log(n, NODE_LOG_DEBUG, "state sync: chunk to %u: %s", y->job_to, net_strerror(rc));
+        else y->served_chunks++;
+    }
+    tem_free(y->job_buf);
+    y->job_buf = NULL;
+    /* a snapshot replaced while this job read it */
+    ledger_snapshot_close(y->retired);
+    y->retired = NULL;
 }
 
 static uint32_t slot_id(int slot) {
@@ -225,8 +260,7 @@ static uint32_t slot_id(int slot) {
 }
 
 static void serve_queued(node_sync *y) {
-    uint32_t served = 0;
-    for (uint32_t k = 0; k < SYNC_PEERS && served < SYNC_SERVES_PER_TICK; k++) {
+    for (uint32_t k = 0; k < SYNC_PEERS && !y->serve_busy; k++) {
         int slot = (int)((y->serve_rr + k) % SYNC_PEERS);
         serve_peer *p = &y->peers[slot];
         if (!p->nq) continue;
@@ -236,9 +270,14 @@ static void serve_queued(node_sync *y) {
         memmove(p->qh, p->qh + 1, (p->nq - 1) * sizeof p->qh[0]);
         p->nq--;
         if (!net_peer_connected(y->n->net, slot_id(slot))) continue;
-        serve_chunk(y, slot_id(slot), h, idx);
-        served++;
         y->serve_rr = (uint32_t)slot + 1;
+        y->job_sn = h ? snap_at(y, h) : NULL;
+        y->job_h = h;
+        y->job_index = idx;
+        y->job_to = slot_id(slot);
+        y->serve_work.data = y;
+        y->serve_busy = true;
+        if (uv_queue_work(&y->n->loop, &y->serve_work, serve_work, serve_after) != 0) y->serve_busy = false;
     }
 }
 
@@ -564,6 +603,12 @@ int node_sync_start(node *n) {
     y->n = n;
     n->sync = y;
     if (!n->cfg.sync_enable) return NODE_OK;
+    if (n->cfg.indexer_postgres_url[0]) {
+        /* The indexer loads every block from height 1; a synced store starts above its snapshot. */
+        node_log(n, NODE_LOG_ERROR, "state sync: cannot be combined with the indexer, which needs every block from "
+                                    "height 1; run the indexer beside a node that replayed the chain");
+        return NODE_ECONFIG;
+    }
     char dir[NODE_PATH_MAX + 16];
     snprintf(dir, sizeof dir, "%s/statesync", n->cfg.data_dir);
     int rc = ledger_snap_stage_open(dir, &y->stage);
@@ -606,7 +651,9 @@ int node_sync_start(node *n) {
 void node_sync_free(node *n) {
     node_sync *y = n->sync;
     if (!y) return;
-    TEM_ASSERT(!y->build_busy);
+    TEM_ASSERT(!y->build_busy && !y->serve_busy);
+    ledger_snapshot_close(y->retired);
+    tem_free(y->job_buf);
     ledger_snapshot_close(y->building);
     ledger_snapshot_close(y->snaps[0]);
     ledger_snapshot_close(y->snaps[1]);

@@ -1,8 +1,8 @@
 /* sync.h: state sync in temd (docs/ledger.md "State sync", docs/operate.md "Joining by state
  * sync"). Serving: every sync_snapshot_interval blocks a node keeps an LMDB read view of its
  * state (the newest two), indexes it in the thread pool and answers SnapshotRequest and
- * ChunkRequest from it, each peer limited by a token bucket and a short queue served from the
- * tick. Joining (sync_enable on an empty store): the node asks the validators for snapshots,
+ * ChunkRequest from it, each peer limited by a token bucket and a short queue; chunks are read
+ * and encoded in the thread pool one at a time, so serving costs the loop thread only the send. Joining (sync_enable on an empty store): the node asks the validators for snapshots,
  * checks the newest offer's certificate and manifest, fetches the chunks from every validator
  * that offers the same snapshot (round-robin, a cap per peer, a timeout that moves a chunk to
  * another peer), stores each verified chunk durably (data_dir/statesync, so a restart resumes),
@@ -21,7 +21,7 @@ struct node;
 
 /* After the store and the transport are up. Opens the staging env when joining (resuming a
  * recorded target, or dropping it when the store is already past it). NODE_OK, NODE_ENOMEM,
- * NODE_ESTORE. */
+ * NODE_ESTORE, NODE_ECONFIG (state sync with the indexer). */
 int node_sync_start(struct node *n);
 /* After the loop has ended, before the store closes. */
 void node_sync_free(struct node *n);

@@ -99,6 +99,9 @@ void node_tail_check(node *n) {
     uint64_t tip = ledger_store_height(n->store), k = n->cfg.tail_check_blocks;
     if (tip == 0 || k == 0) return;
     uint64_t from = tip > k ? tip - k + 1 : 1;
+    uint64_t base = ledger_store_base_height(n->store); /* a state-synced store holds nothing below */
+    if (from <= base) from = base + 1;
+    if (from > tip) return;
     n->faults.checked_from = from;
     n->faults.checked_to = tip;
     uint32_t bad = 0;

@@ -12,6 +12,8 @@ static void usage(FILE *f) {
                "            [--tls-cert PEM --tls-key PEM] [--block-interval-ms MS] ...\n"
                "            [--mempool-log-reset] (once, after an ERROR about a damaged mempool log:\n"
                "            moves it aside; until then temd serves reads but neither votes nor takes txs)\n"
+               "            [--state-sync] (an empty data dir joins from a certified snapshot; [sync] keys\n"
+               "            are flags --sync-<key>)\n"
                "       temd --version | --help\n"
                "Every [node] key of the config file is also a flag (underscores as dashes);\n"
                "flags override the file. See docs/operate.md.\n");

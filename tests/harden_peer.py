@@ -14,6 +14,8 @@ MODE
   partial N SECONDS     N connections: handshake, send a frame header claiming 16 MiB and
                         1 KiB of it, then hold them open SECONDS
   halfopen N SECONDS    N TCP connections that never send a byte, held SECONDS
+  chunkflood SECONDS H  handshake, then ask for a state sync chunk of height H every 1 ms
+                        for SECONDS, never reading (t_state_sync.sh)
 """
 import hashlib
 import hmac
@@ -115,6 +117,11 @@ def block_request(from_h=1, maxb=64):
     return b"\x1a" + varint(len(br)) + br
 
 
+def chunk_request(height, index):
+    cr = b"\x08" + varint(height) + b"\x10" + varint(index)
+    return b"\x3a" + varint(len(cr)) + cr  # NodeMessage.chunk_request = 7
+
+
 def varint(v):
     out = b""
     while True:
@@ -173,6 +180,25 @@ def main():
                 return
             time.sleep(0.002)
         print("noread: sent %d requests, still connected" % sent)
+        return
+    if mode == "chunkflood":
+        sess = handshake(addr, ghash, sk)
+        sess.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        end = time.time() + float(args[0])
+        height = int(args[1])
+        sent = 0
+        sess.s.settimeout(1.0)
+        while time.time() < end:
+            try:
+                sess.send(chunk_request(height, sent % 256))
+                sent += 1
+            except socket.timeout:
+                pass
+            except OSError as ex:
+                print("chunkflood: node closed us after %d requests: %s" % (sent, ex))
+                return
+            time.sleep(0.001)
+        print("chunkflood: sent %d requests, still connected" % sent)
         return
     if mode == "partial":
         n, secs = int(args[0]), float(args[1])

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # State sync across processes (issue #15; docs/operate.md "Joining by state sync"):
 #   1. 4 validators (snapshot every 10 blocks) make blocks on a genesis of 50 participants;
+#      validator 2 serves tampered chunks (a lying peer): each is refused and fetched elsewhere;
+#      a peer flooding validator 0 with chunk requests (never reading) is dropped over its
+#      budget while blocks keep coming;
 #   2. an observer with an empty data dir joins with --state-sync, throttled (one chunk request
 #      per 150 ms) so it can be killed (-9) mid-sync once 5 chunks are stored;
 #   3. restarted, it resumes the same target: no chunk stored before the kill is fetched again,
 #      and the two runs together fetch exactly the chunks the target has;
 #   4. it installs the state, applies block h+1 and follows: its state root at its height is the
 #      one the validators' next header holds, its blocks hash as theirs, and it holds no block
-#      below h+1 (no history was replayed);
+#      below h+1 (no history was replayed); restarted, it reports no damage and follows on;
 #   5. a validator whose data dir is wiped rejoins by state sync and votes: with another
 #      validator stopped, blocks still commit (they need its votes).
 # Every process is started here, tracked by pid and killed on exit; every wait is bounded.
@@ -19,13 +22,22 @@ command -v curl >/dev/null && command -v jq >/dev/null || { echo "t_state_sync: 
 dir=$(mktemp -d /tmp/tem-ssync-XXXXXX)
 . "$(dirname "${BASH_SOURCE[0]}")/lib_proc.sh"
 
+# Ports 20000..20999; skip a block where any port answers (other tests share the machine).
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 base=$((20000 + ($$ % 50) * 20))
+for _ in $(seq 1 50); do
+  busy=0
+  for o in 0 1 2 3 10 11 12 13 19; do port_busy $((base + o)) && busy=1 && break; done
+  [ $busy = 0 ] && break
+  base=$((20000 + (base - 20000 + 20) % 1000))
+done
 peer() { echo "127.0.0.1:$((base + $1))"; }
 http() { echo "127.0.0.1:$((base + 10 + $1))"; }
 OBS_HTTP="127.0.0.1:$((base + 19))"
 
 for i in 0 1 2 3; do "$T" keygen --type validator --out "$dir/v$i.key" >/dev/null; done
 "$T" keygen --type validator --out "$dir/obs.key" >/dev/null
+"$T" keygen --type validator --out "$dir/flood.key" >/dev/null
 args=()
 for i in 0 1 2 3; do args+=(--validator "v$i:$dir/v$i.key:$(peer $i)@$(http $i)"); done
 "$T" keygen --type meter --out "$dir/admin.key" >/dev/null
@@ -43,8 +55,11 @@ start() { # start NAME LOG extra-args...
   "$D" --data-dir "$dir/$name" --genesis "$dir/g.json" "$@" --log-level info 2>>"$dir/$log.log" &
   PID[$name]=$!
 }
+# validator 2 lies: every chunk it serves has one value changed (sync_test_corrupt_chunks)
 for i in 0 1 2 3; do
-  start "n$i" "n$i" --key "$dir/v$i.key" --observer-key "$(pub obs)" --sync-snapshot-interval 10 --block-interval-ms 1000
+  bad=(); [ $i = 2 ] && bad=(--sync-test-corrupt-chunks true)
+  start "n$i" "n$i" --key "$dir/v$i.key" --observer-key "$(pub obs)" --observer-key "$(pub flood)" \
+    --sync-snapshot-interval 10 --block-interval-ms 1000 "${bad[@]}"
 done
 status() { curl -s -m 2 "http://$1/v1/status"; }
 height() { status "$1" | jq -r .height 2>/dev/null || echo 0; }
@@ -56,6 +71,21 @@ until [ "$(height "$(http 0)")" -ge 12 ] 2>/dev/null; do
 done
 grep -q "state sync: serving the snapshot of height 10" "$dir/n0.log" || fail "validator 0 keeps no snapshot of height 10"
 ok "4 validators at height $(height "$(http 0)") serve the snapshot of height 10"
+
+# ---- 1b. a peer asking for chunks every 1 ms and never reading: dropped over its budget, the
+# chain keeps its pace (harden_peer.py needs python3-cryptography)
+if python3 -c "import cryptography" 2>/dev/null; then
+  G=$(status "$(http 0)" | jq -r .genesis_hash)
+  h0=$(height "$(http 0)")
+  python3 "$(dirname "${BASH_SOURCE[0]}")/harden_peer.py" "$(peer 0)" "$G" "$dir/flood.key" chunkflood 6 10 >"$dir/flood.out" 2>&1 \
+    || fail "chunkflood: $(cat "$dir/flood.out")"
+  h1=$(height "$(http 0)")
+  grep -q "state sync: peer [0-9]* asks for chunks too fast; dropping" "$dir/n0.log" || fail "validator 0 did not drop the flood"
+  [ $((h1 - h0)) -ge 3 ] || fail "only $((h1 - h0)) blocks in the 6 s flood"
+  ok "chunk flood on validator 0 ($(cat "$dir/flood.out")): dropped over budget, $((h1 - h0)) blocks meanwhile"
+else
+  echo "SKIP: chunk flood: python3-cryptography missing"
+fi
 
 # ---- 2. join by state sync, killed mid-sync
 obs_args=(--key "$dir/obs.key" --observer --http "$OBS_HTTP" --state-sync --sync-chunk-delay-ms 150)
@@ -96,6 +126,10 @@ again=$(comm -12 "$dir/run1" "$dir/run2" | wc -l)
 n2=$(wc -l <"$dir/run2")
 [ $((stored + n2)) = "$tofetch" ] || fail "stored $stored before + $n2 after the restart, want $tofetch"
 ok "restart resumed height $target with $stored chunks stored; fetched the other $n2, none twice"
+refused=$(cat "$dir/obs1.log" "$dir/obs2.log" | grep -c "state sync: refused chunk [0-9]* from peer 2" || true)
+[ "$refused" -ge 1 ] || fail "no chunk from the lying validator 2 was refused"
+cat "$dir/obs1.log" "$dir/obs2.log" | grep -q "state sync: stored chunk [0-9]* ([0-9]* entries) from peer 2," && fail "a chunk from the lying validator 2 was stored"
+ok "$refused tampered chunks from validator 2 refused and fetched from the others"
 
 # ---- 4. same root, then it follows
 grep -q "state sync: installed the state of height $target" "$dir/obs2.log" || fail "no install line"
@@ -123,6 +157,21 @@ done
 code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 "http://$OBS_HTTP/v1/blocks/$target")
 [ "$code" = 404 ] || fail "observer answers $code for block $target: it should hold no history below $((target + 1))"
 ok "observer at $oh has the validators' root $oroot and their blocks $((target + 1))..$oh, none below"
+
+# ---- 4b. restarted, the synced observer finds its store whole (no block below h+1 is missing
+# damage) and follows on
+kill -TERM "${PID[obs]}"; wait "${PID[obs]}" 2>/dev/null || true; unset "PID[obs]"
+start obs obs3 "${obs_args[@]}"
+end=$((SECONDS + 30))
+until [ "$(height "$OBS_HTTP")" -gt "$oh" ] 2>/dev/null; do
+  [ $SECONDS -lt $end ] || fail "restarted synced observer does not follow"
+  sleep 0.2
+done
+grep -Eq "is damaged|is corrupt" "$dir/obs3.log" && fail "restarted synced observer reports damage: $(grep -E "is damaged|is corrupt" "$dir/obs3.log" | head -2)"
+grep -q "tail check: blocks $((target + 1))\.\.[0-9]* checked against their certificates, 0 damaged" "$dir/obs3.log" \
+  || fail "restarted synced observer: no clean tail check from $((target + 1)): $(grep "tail check" "$dir/obs3.log")"
+grep -q "state sync: the store is at height" "$dir/obs3.log" || fail "restarted observer did not skip the sync"
+ok "restarted synced observer: no damage reported, follows from $oh"
 
 # ---- 5. a validator that lost its data dir rejoins by state sync and votes again
 kill -KILL "${PID[n3]}"; wait "${PID[n3]}" 2>/dev/null || true; unset "PID[n3]"

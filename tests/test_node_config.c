@@ -107,6 +107,50 @@ START_TEST(config_bad_input_is_refused_with_the_key_named) {
 }
 END_TEST
 
+/* [sync] (docs/operate.md, "Joining by state sync"): defaults, the section, flags, bad values. */
+START_TEST(config_sync_section_and_flags) {
+    node_config c;
+    node_config_defaults(&c);
+    ck_assert(!c.sync_enable);
+    ck_assert_uint_eq(c.sync_snapshot_interval, 1000);
+    ck_assert_uint_eq(c.sync_chunk_timeout_ms, 5000);
+    ck_assert_uint_eq(c.sync_peer_inflight_max, 4);
+    ck_assert_uint_eq(c.sync_serve_chunks_per_s, 20);
+    char *p = write_ini("[node]\nobserver = true\n[sync]\nenable = true\nsnapshot_interval = 0\ntrust_height = 70\n"
+                        "trust_hash = 00000000000000000000000000000000000000000000000000000000000000ab\n"
+                        "chunk_delay_ms = 150\n");
+    char err[256];
+    ck_assert_int_eq(node_config_load(&c, p, err, sizeof err), NODE_OK);
+    ck_assert(c.sync_enable && c.sync_trust_hash_set);
+    ck_assert_uint_eq(c.sync_snapshot_interval, 0);
+    ck_assert_uint_eq(c.sync_trust_height, 70);
+    ck_assert_uint_eq(c.sync_trust_hash[31], 0xab);
+    ck_assert_uint_eq(c.sync_chunk_delay_ms, 150);
+    unlink(p);
+    free(p);
+    node_config f;
+    node_config_defaults(&f);
+    char *av[] = {"temd", "--state-sync", "--sync-peer-inflight-max", "8", "--sync-serve-chunks-per-s", "5", NULL};
+    ck_assert_int_eq(node_config_flags(&f, 6, av, err, sizeof err), NODE_OK);
+    ck_assert(f.sync_enable);
+    ck_assert_uint_eq(f.sync_peer_inflight_max, 8);
+    ck_assert_uint_eq(f.sync_serve_chunks_per_s, 5);
+    static const char *const bad[] = {"[sync]\npeer_inflight_max = 0\n", "[sync]\npeer_inflight_max = 65\n",
+                                      "[sync]\nchunk_timeout_ms = 0\n", "[sync]\ntrust_hash = abcd\n",
+                                      "[sync]\nenable = perhaps\n", "[sync]\nserve_chunks_per_s = 0\n",
+                                      "[sync]\nfrobnicate = 1\n"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        node_config b;
+        node_config_defaults(&b);
+        char *q = write_ini(bad[i]);
+        ck_assert_msg(node_config_load(&b, q, err, sizeof err) == NODE_ECONFIG, "accepted: %s", bad[i]);
+        ck_assert_msg(strstr(err, "sync_") != NULL, "'%s' does not name the key", err);
+        unlink(q);
+        free(q);
+    }
+}
+END_TEST
+
 START_TEST(config_relative_paths_are_taken_from_the_file_folder) {
     char d[] = "/tmp/tem-confdir-XXXXXX";
     ck_assert_ptr_nonnull(mkdtemp(d));
@@ -150,6 +194,7 @@ int main(void) {
     TCase *t = tcase_create("config");
     tcase_add_test(t, config_file_values_and_flags_override_them);
     tcase_add_test(t, config_bad_input_is_refused_with_the_key_named);
+    tcase_add_test(t, config_sync_section_and_flags);
     tcase_add_test(t, config_relative_paths_are_taken_from_the_file_folder);
     suite_add_tcase(s, t);
     SRunner *sr = srunner_create(s);

@@ -10,7 +10,9 @@
  * temd asks several peers at once, so on a network this is the time with the transfer free.
  *
  * limit: the SHA-256 work a verifying joiner cannot skip (each key and value hashed once, one
- * leaf and one inner node per entry), timed alone in the same run; ratio = limit / value. */
+ * leaf and one inner node per entry), timed alone in the same run; ratio = limit / value.
+ * Catch-up: 50 more certified blocks applied by the synced store, beside the same blocks applied
+ * by the source (its own ceiling for the same work). */
 #include "ledger/ledger_internal.h"
 #include "ledger/snapshot.h"
 #include "tests/bench/bench_util.h"
@@ -175,6 +177,29 @@ int main(void) {
     ledger_store_roots(dst, s2, rr);
     TEM_ASSERT(memcmp(s1, s2, 32) == 0 && ledger_store_height(dst) == 2);
 
+    /* ---- catch-up after the join: the next blocks, applied by the synced store and (the
+     * limit) by the source, which has the whole history */
+    enum { CATCH_UP = 50 };
+    uint8_t *cb[CATCH_UP], *cc[CATCH_UP];
+    size_t cbl[CATCH_UP], ccl[CATCH_UP];
+    double t_src = 0, t_dst = 0;
+    for (int i = 0; i < CATCH_UP; i++) {
+        next_block(src, &cb[i], &cbl[i], &cc[i], &ccl[i]);
+        double a = bench_now();
+        TEM_ASSERT(ledger_store_apply(src, cb[i], cbl[i], cc[i], ccl[i], &FX_EXEC, 0, NULL) == LEDGER_OK);
+        t_src += bench_now() - a;
+    }
+    for (int i = 0; i < CATCH_UP; i++) {
+        double a = bench_now();
+        TEM_ASSERT(ledger_store_apply(dst, cb[i], cbl[i], cc[i], ccl[i], &FX_EXEC, 0, NULL) == LEDGER_OK);
+        t_dst += bench_now() - a;
+        tem_free(cb[i]);
+        tem_free(cc[i]);
+    }
+    ledger_store_roots(src, s1, rr);
+    ledger_store_roots(dst, s2, rr);
+    TEM_ASSERT(memcmp(s1, s2, 32) == 0);
+
     /* ---- the limit: the hashing a verifying joiner must do, alone */
     double t_floor = 0;
     uint8_t acc[32] = {0}, buf[65] = {0};
@@ -195,6 +220,10 @@ int main(void) {
     }
     if (ACCOUNTS != 1000000u) printf("# BENCH_SYNC_ACCOUNTS=%u: not the 1M figure\n", ACCOUNTS);
     printf("bench state_sync_join_1m_accounts %.2f s limit %.2f s_of_sha256 ratio %.3f\n", t_join, t_floor, t_floor / t_join);
+    printf("bench state_sync_catch_up_ms_per_block_1m_accounts %.2f ms limit %.2f ms_on_the_source ratio %.3f\n",
+           1000 * t_dst / CATCH_UP, 1000 * t_src / CATCH_UP, t_src / t_dst);
+    printf("# catch-up: %d certified blocks of 4 transfers applied by the synced store after the join; limit: the "
+           "same blocks applied by the source store, which replayed from the genesis\n", CATCH_UP);
     printf("# %zu entries in %u chunks (depth %u), %.1f MiB on the wire; join: read+encode+decode %.2f s, verify %.2f s, "
            "stage (fsync per chunk) %.2f s, install %.2f s; serving side's snapshot build %.2f s (ahead of time); "
            "seeding the source %.1f s; one thread, no network (docs/performance.md)%s\n",
