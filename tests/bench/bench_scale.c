@@ -183,10 +183,12 @@ int main(int argc, char **argv) {
     printf("# genesis of %u participants: %.0f MiB of JSON, written in %.1f s\n", n, (double)sb.st_size / (1 << 20),
            bench_now() - t0);
 
-    if (argc > 2 && strcmp(argv[2], "start") == 0) {
-        /* `bench_scale N start`: one first start in this process (for a profiler) */
+    if (argc > 2 && (strcmp(argv[2], "start") == 0 || strcmp(argv[2], "blocks") == 0)) {
+        /* `bench_scale N start|blocks`: one first start (and 1,000 light blocks) in this process,
+         * for a profiler */
         child_out o = {0};
-        child_run(g_big, d_big, 0, &o);
+        child_run(g_big, d_big, argv[2][0] == 'b' ? 1000 : 0, &o);
+        printf("# light block %.2f ms wall %.2f ms CPU\n", o.block_ms, o.block_cpu_ms);
         printf("# first start in-process: genesis load %.1f s, store open %.1f s\n", o.load_s, o.open_s);
         char cmd[400];
         snprintf(cmd, sizeof cmd, "rm -rf %s", base);
