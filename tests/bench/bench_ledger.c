@@ -120,9 +120,9 @@ static void account_op(uint32_t i, uint32_t version, ledger__smt_op *op) {
 }
 
 /* Median CPU ms of `rounds` updates of accounts 0..changed-1 to version `ver`, each in a write
- * txn that is aborted (so every round sees the same tree); *hashes: SHA-256 calls of one. */
+ * txn that is aborted (so every round sees the same tree); *work: the counters of one. */
 static double median_update_ms(MDB_env *env, MDB_dbi dbi, ledger__smt_op *ops, uint32_t changed, int rounds,
-                               uint64_t *hashes) {
+                               ledger__smt_stats *work) {
     for (uint32_t i = 0; i < changed; i++) account_op(i, 1, &ops[i]);
     qsort(ops, changed, sizeof *ops, op_cmp);
     double *ms = malloc((size_t)rounds * sizeof *ms);
@@ -135,7 +135,7 @@ static double median_update_ms(MDB_env *env, MDB_dbi dbi, ledger__smt_op *ops, u
         TEM_ASSERT(ledger__smt_update(txn, dbi, ops, changed, root, &st) == LEDGER_OK);
         ms[r] = 1000 * (cpu_now() - t1);
         mdb_txn_abort(txn);
-        *hashes = st.hashes;
+        *work = st;
     }
     for (int i = 1; i < rounds; i++)
         for (int j = i; j > 0 && ms[j] < ms[j - 1]; j--) {
@@ -150,7 +150,7 @@ static double median_update_ms(MDB_env *env, MDB_dbi dbi, ledger__smt_op *ops, u
 
 typedef struct {
     double heavy_ms, light_ms, build_s;
-    uint64_t heavy_hashes, light_hashes;
+    ledger__smt_stats heavy, light;
 } tree_fig;
 
 /* The tree of n accounts in a fresh LMDB env (built in one bulk pass, as at a genesis), then
@@ -176,8 +176,8 @@ static tree_fig tree_figures(const char *dir, uint32_t n) {
     TEM_ASSERT(ledger__smt_update(txn, dbi, ops, n, root, NULL) == LEDGER_OK);
     TEM_ASSERT(mdb_txn_commit(txn) == 0);
     f.build_s = cpu_now() - t0;
-    f.heavy_ms = median_update_ms(env, dbi, ops, HEAVY, 7, &f.heavy_hashes);
-    f.light_ms = median_update_ms(env, dbi, ops, LIGHT, 101, &f.light_hashes);
+    f.heavy_ms = median_update_ms(env, dbi, ops, HEAVY, 7, &f.heavy);
+    f.light_ms = median_update_ms(env, dbi, ops, LIGHT, 101, &f.light);
     free(ops);
     mdb_env_close(env);
     char cmd[400];
@@ -201,13 +201,14 @@ static void bench_state_tree(const char *base) {
         double rate = sha256_65_per_s();
         /* limit: the same number of 65-byte SHA-256 calls and nothing else (no LMDB); the
          * ratio is limit / value, the share of the time that is hashing */
-        double limit_ms = 1000.0 * (double)f[i].heavy_hashes / rate;
+        double limit_ms = 1000.0 * (double)f[i].heavy.hashes / rate;
         printf("bench %s %.2f ms limit %.2f ms_of_sha256 ratio %.3f\n", sizes[i].name, f[i].heavy_ms, limit_ms,
                limit_ms / f[i].heavy_ms);
-        printf("# %u accounts: block of %d changed keys %llu SHA-256 calls (%.1f per key); %d changed keys "
-               "%.3f ms, %llu calls; bulk build %.2f s cpu\n",
-               sizes[i].n, HEAVY, (unsigned long long)f[i].heavy_hashes, (double)f[i].heavy_hashes / HEAVY, LIGHT,
-               f[i].light_ms, (unsigned long long)f[i].light_hashes, f[i].build_s);
+        printf("# %u accounts: block of %d changed keys %llu SHA-256 calls (%.1f per key), %llu records read; %d "
+               "changed keys %.3f ms, %llu calls, %llu records read; bulk build %.2f s cpu\n",
+               sizes[i].n, HEAVY, (unsigned long long)f[i].heavy.hashes, (double)f[i].heavy.hashes / HEAVY,
+               (unsigned long long)f[i].heavy.reads, LIGHT, f[i].light_ms, (unsigned long long)f[i].light.hashes,
+               (unsigned long long)f[i].light.reads, f[i].build_s);
     }
     /* A light block's keys have (nearly) disjoint paths of ~log2(N) nodes, so its cost grows
      * with log N: 2x from 1k to 1M in hashes. A block that rewrites all of a 1k state instead
@@ -216,8 +217,8 @@ static void bench_state_tree(const char *base) {
     printf("bench state_root_1m_over_1k_light_block %.2f x limit 2.00 x ratio %.3f\n", light, 2.0 / light);
     printf("# heavy block (%d keys) 1m/1k: %.2f x in time, %.2f x in SHA-256 calls; light block (%d keys): "
            "%.2f x in calls\n",
-           HEAVY, heavy, (double)f[2].heavy_hashes / (double)f[0].heavy_hashes, LIGHT,
-           (double)f[2].light_hashes / (double)f[0].light_hashes);
+           HEAVY, heavy, (double)f[2].heavy.hashes / (double)f[0].heavy.hashes, LIGHT,
+           (double)f[2].light.hashes / (double)f[0].light.hashes);
     fflush(stdout);
 }
 
