@@ -28,6 +28,7 @@ typedef struct {
 
 struct ledger_state {
     entry **base;
+    uint64_t *bpfx; /* bpfx[i]: the first 8 bytes of base[i]'s key, big-endian, zero-padded */
     size_t nbase, capbase;
     entry **pend;
     size_t npend, cappend;
@@ -62,6 +63,7 @@ void ledger_state_free(ledger_state *st) {
     for (size_t i = 0; i < st->nbase; i++) entry_free(st->base[i]);
     for (size_t i = 0; i < st->npend; i++) entry_free(st->pend[i]);
     tem_free(st->base);
+    tem_free(st->bpfx);
     tem_free(st->pend);
     tem_free(st->jr);
     tem_free(st->dl);
@@ -86,8 +88,46 @@ static size_t lower_bound(entry **arr, size_t n, const uint8_t *key, size_t klen
     return lo;
 }
 
+static uint64_t key_pfx(const uint8_t *key, size_t klen) {
+    uint64_t p = 0;
+    for (size_t i = 0; i < 8; i++) p = p << 8 | (i < klen ? key[i] : 0);
+    return p;
+}
+
+/* lower_bound over base[0..n): the prefixes decide most probes without touching the entries,
+ * which at 1M entries are scattered over ~200 MiB (one cache miss a probe otherwise). The
+ * prefix order agrees with keycmp (memcmp, then shorter first), so only equal prefixes need the
+ * keys. */
+static size_t lower_bound_base(const ledger_state *st, size_t n, const uint8_t *key, size_t klen) {
+    uint64_t kp = key_pfx(key, klen);
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        bool less = st->bpfx[mid] != kp ? st->bpfx[mid] < kp
+                                         : keycmp(st->base[mid]->key, st->base[mid]->klen, key, klen) < 0;
+        if (less) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* Grows base and bpfx together to hold `need` entries. */
+static bool grow_base(ledger_state *st, size_t need) {
+    if (need <= st->capbase) return true;
+    size_t nc = st->capbase ? st->capbase * 2 : 64;
+    while (nc < need) nc *= 2;
+    entry **b = tem_realloc(st->base, nc * sizeof *b);
+    if (!b) return false;
+    st->base = b;
+    uint64_t *p = tem_realloc(st->bpfx, nc * sizeof *p);
+    if (!p) return false; /* base is larger, capbase unchanged: the next call retries */
+    st->bpfx = p;
+    st->capbase = nc;
+    return true;
+}
+
 static entry *find(ledger_state *st, const uint8_t *key, size_t klen) {
-    size_t i = lower_bound(st->base, st->nbase, key, klen);
+    size_t i = lower_bound_base(st, st->nbase, key, klen);
     if (i < st->nbase && keycmp(st->base[i]->key, st->base[i]->klen, key, klen) == 0) return st->base[i];
     i = lower_bound(st->pend, st->npend, key, klen);
     if (i < st->npend && keycmp(st->pend[i]->key, st->pend[i]->klen, key, klen) == 0) return st->pend[i];
@@ -107,7 +147,7 @@ static bool grow(void **arr, size_t *cap, size_t need, size_t elem) {
 
 static int merge_pending(ledger_state *st) {
     if (st->npend == 0) return LEDGER_OK;
-    if (!grow((void **)&st->base, &st->capbase, st->nbase + st->npend, sizeof(entry *))) return LEDGER_ENOMEM;
+    if (!grow_base(st, st->nbase + st->npend)) return LEDGER_ENOMEM;
     /* From the back, in place: each pending entry's place in base is found by binary search and
      * the base entries above it move up in one memmove. A merge costs npend searches and one
      * pass of pointer moves, not a key comparison (a cache miss into the entry) per base entry:
@@ -116,10 +156,12 @@ static int merge_pending(ledger_state *st) {
     size_t hi = st->nbase, k = st->nbase + st->npend;
     for (size_t j = st->npend; j-- > 0;) {
         entry *p = st->pend[j];
-        size_t pos = lower_bound(st->base, hi, p->key, p->klen);
+        size_t pos = lower_bound_base(st, hi, p->key, p->klen);
         k -= hi - pos;
         memmove(st->base + k, st->base + pos, (hi - pos) * sizeof(entry *));
+        memmove(st->bpfx + k, st->bpfx + pos, (hi - pos) * sizeof(uint64_t));
         st->base[--k] = p;
+        st->bpfx[k] = key_pfx(p->key, p->klen);
         hi = pos;
     }
     TEM_ASSERT(k == hi);
@@ -219,7 +261,7 @@ int ledger_state_del(ledger_state *st, const void *key, size_t klen) {
 int ledger_state_iter(ledger_state *st, const void *prefix, size_t plen, ledger_state_iter_fn fn, void *ctx) {
     int rc = merge_pending(st);
     if (rc != LEDGER_OK) return rc;
-    size_t i = plen ? lower_bound(st->base, st->nbase, prefix, plen) : 0;
+    size_t i = plen ? lower_bound_base(st, st->nbase, prefix, plen) : 0;
     for (; i < st->nbase; i++) {
         entry *e = st->base[i];
         if (plen && (e->klen < plen || memcmp(e->key, prefix, plen) != 0)) break;
@@ -374,7 +416,7 @@ int ledger__state_load(ledger_state *st, const void *key, size_t klen, const voi
     if (klen == 0 || klen > UINT32_MAX || vlen > UINT32_MAX) return LEDGER_ECORRUPT;
     if (st->nbase && keycmp(st->base[st->nbase - 1]->key, st->base[st->nbase - 1]->klen, key, klen) >= 0)
         return LEDGER_ECORRUPT;
-    if (!grow((void **)&st->base, &st->capbase, st->nbase + 1, sizeof(entry *))) return LEDGER_ENOMEM;
+    if (!grow_base(st, st->nbase + 1)) return LEDGER_ENOMEM;
     entry *e = tem_calloc(1, sizeof *e + klen);
     uint8_t *v = tem_malloc(vlen);
     if (!e || !v) {
@@ -387,6 +429,7 @@ int ledger__state_load(ledger_state *st, const void *key, size_t klen, const voi
     e->klen = (uint32_t)klen;
     e->val = v;
     e->vlen = (uint32_t)vlen;
+    st->bpfx[st->nbase] = key_pfx(key, klen);
     st->base[st->nbase++] = e;
     st->live++;
     st->root_ok = false;
@@ -450,13 +493,14 @@ static int ptr_cmp(const void *a, const void *b) {
 }
 
 /* Removes the tombstones in dead[0..nd) (all in `arr`, which is sorted by key) in one pass. */
-static void drop_from(entry **arr, size_t *n, entry **dead, size_t nd) {
+static void drop_from(entry **arr, uint64_t *pfx, size_t *n, entry **dead, size_t nd) {
     if (nd == 0) return;
     qsort(dead, nd, sizeof *dead, ptr_cmp);
     size_t k = 0;
     for (size_t i = 0; i < *n; i++) {
         entry *e = arr[i];
         if (e->deleted && bsearch(&e, dead, nd, sizeof *dead, ptr_cmp)) continue;
+        if (pfx) pfx[k] = pfx[i];
         arr[k++] = e;
     }
     *n = k;
@@ -481,7 +525,7 @@ void ledger__state_clear_dirty(ledger_state *st) {
     size_t ni = 0, np = 0;
     for (size_t i = 0; i < nd; i++) {
         entry *e = st->dl[i];
-        size_t j = lower_bound(st->base, st->nbase, e->key, e->klen);
+        size_t j = lower_bound_base(st, st->nbase, e->key, e->klen);
         if (idx && j < st->nbase && st->base[j] == e) idx[ni++] = j;
         else np++;
     }
@@ -491,18 +535,19 @@ void ledger__state_clear_dirty(ledger_state *st) {
         for (size_t i = 0; i < ni; i++) {
             size_t from = idx[i] + 1, to = i + 1 < ni ? idx[i + 1] : st->nbase;
             memmove(st->base + w, st->base + from, (to - from) * sizeof(entry *));
+            memmove(st->bpfx + w, st->bpfx + from, (to - from) * sizeof(uint64_t));
             w += to - from;
         }
         st->nbase = w;
         tem_free(idx);
-        if (np) drop_from(st->pend, &st->npend, st->dl, nd);
+        if (np) drop_from(st->pend, NULL, &st->npend, st->dl, nd);
     } else if (idx) {
         tem_free(idx); /* every dead entry is still in pend */
-        drop_from(st->pend, &st->npend, st->dl, nd);
+        drop_from(st->pend, NULL, &st->npend, st->dl, nd);
     } else {
         /* Out of memory for the index list: the slower pass needs none. */
-        drop_from(st->base, &st->nbase, st->dl, nd);
-        drop_from(st->pend, &st->npend, st->dl, nd);
+        drop_from(st->base, st->bpfx, &st->nbase, st->dl, nd);
+        drop_from(st->pend, NULL, &st->npend, st->dl, nd);
     }
     for (size_t i = 0; i < nd; i++) entry_free(st->dl[i]);
 }

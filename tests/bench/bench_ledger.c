@@ -119,72 +119,82 @@ static void account_op(uint32_t i, uint32_t version, ledger__smt_op *op) {
     op->del = false;
 }
 
-/* Median CPU ms of `rounds` updates of accounts 0..changed-1 to version `ver`, each in a write
- * txn that is aborted (so every round sees the same tree); *hashes: SHA-256 calls of one. */
-static double median_update_ms(MDB_env *env, MDB_dbi dbi, ledger__smt_op *ops, uint32_t changed, int rounds,
-                               uint64_t *hashes) {
-    for (uint32_t i = 0; i < changed; i++) account_op(i, 1, &ops[i]);
-    qsort(ops, changed, sizeof *ops, op_cmp);
-    double *ms = malloc((size_t)rounds * sizeof *ms);
-    uint8_t root[32];
-    for (int r = 0; r < rounds; r++) {
-        ledger__smt_stats st = {0};
-        MDB_txn *txn;
-        TEM_ASSERT(mdb_txn_begin(env, NULL, 0, &txn) == 0);
-        double t1 = cpu_now();
-        TEM_ASSERT(ledger__smt_update(txn, dbi, ops, changed, root, &st) == LEDGER_OK);
-        ms[r] = 1000 * (cpu_now() - t1);
-        mdb_txn_abort(txn);
-        *hashes = st.hashes;
-    }
-    for (int i = 1; i < rounds; i++)
-        for (int j = i; j > 0 && ms[j] < ms[j - 1]; j--) {
-            double t = ms[j];
-            ms[j] = ms[j - 1];
-            ms[j - 1] = t;
+static double median_of(double *v, int n) {
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+            double t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
         }
-    double m = ms[rounds / 2];
-    free(ms);
-    return m;
+    return v[n / 2];
+}
+
+/* CPU ms of one update of ops[0..changed) in a write txn that is then aborted (so every round
+ * sees the same tree); *work: its counters. */
+static double one_update_ms(MDB_env *env, MDB_dbi dbi, const ledger__smt_op *ops, uint32_t changed,
+                            ledger__smt_stats *work) {
+    ledger__smt_stats st = {0};
+    MDB_txn *txn;
+    uint8_t root[32];
+    TEM_ASSERT(mdb_txn_begin(env, NULL, 0, &txn) == 0);
+    double t1 = cpu_now();
+    TEM_ASSERT(ledger__smt_update(txn, dbi, ops, changed, root, &st) == LEDGER_OK);
+    double ms = 1000 * (cpu_now() - t1);
+    mdb_txn_abort(txn);
+    *work = st;
+    return ms;
 }
 
 typedef struct {
+    MDB_env *env;
+    MDB_dbi dbi;
     double heavy_ms, light_ms, build_s;
-    uint64_t heavy_hashes, light_hashes;
+    ledger__smt_stats heavy, light;
 } tree_fig;
 
-/* The tree of n accounts in a fresh LMDB env (built in one bulk pass, as at a genesis), then
- * the same heavy block (HEAVY changed accounts) and light block (LIGHT changed accounts). */
-enum { HEAVY = 1000, LIGHT = 16 };
-static tree_fig tree_figures(const char *dir, uint32_t n) {
-    tree_fig f = {0};
-    MDB_env *env;
+/* The tree of n accounts in a fresh LMDB env, built in one bulk pass as at a genesis. */
+static void tree_build(const char *dir, uint32_t n, tree_fig *f) {
     MDB_txn *txn;
-    MDB_dbi dbi;
     mkdir(dir, 0700);
-    TEM_ASSERT(mdb_env_create(&env) == 0);
-    TEM_ASSERT(mdb_env_set_mapsize(env, (size_t)16 << 30) == 0);
-    TEM_ASSERT(mdb_env_set_maxdbs(env, 2) == 0);
-    TEM_ASSERT(mdb_env_open(env, dir, MDB_NOSYNC, 0600) == 0);
+    TEM_ASSERT(mdb_env_create(&f->env) == 0);
+    TEM_ASSERT(mdb_env_set_mapsize(f->env, (size_t)16 << 30) == 0);
+    TEM_ASSERT(mdb_env_set_maxdbs(f->env, 2) == 0);
+    TEM_ASSERT(mdb_env_open(f->env, dir, MDB_NOSYNC, 0600) == 0);
     ledger__smt_op *ops = malloc((size_t)n * sizeof *ops);
     for (uint32_t i = 0; i < n; i++) account_op(i, 0, &ops[i]);
     qsort(ops, n, sizeof *ops, op_cmp);
     uint8_t root[32];
     double t0 = cpu_now();
-    TEM_ASSERT(mdb_txn_begin(env, NULL, 0, &txn) == 0);
-    TEM_ASSERT(mdb_dbi_open(txn, "tree", MDB_CREATE, &dbi) == 0);
-    TEM_ASSERT(ledger__smt_update(txn, dbi, ops, n, root, NULL) == LEDGER_OK);
+    TEM_ASSERT(mdb_txn_begin(f->env, NULL, 0, &txn) == 0);
+    TEM_ASSERT(mdb_dbi_open(txn, "tree", MDB_CREATE, &f->dbi) == 0);
+    TEM_ASSERT(ledger__smt_update(txn, f->dbi, ops, n, root, NULL) == LEDGER_OK);
     TEM_ASSERT(mdb_txn_commit(txn) == 0);
-    f.build_s = cpu_now() - t0;
-    f.heavy_ms = median_update_ms(env, dbi, ops, HEAVY, 7, &f.heavy_hashes);
-    f.light_ms = median_update_ms(env, dbi, ops, LIGHT, 101, &f.light_hashes);
+    f->build_s = cpu_now() - t0;
     free(ops);
-    mdb_env_close(env);
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    TEM_ASSERT(system(cmd) == 0);
-    return f;
 }
+
+/* The same block (accounts 0..changed-1 rewritten) on every tree, `rounds` times, the trees
+ * taking turns within each round: on a shared machine the trees then see the same load, and a
+ * ratio between them is not one tree's quiet minute against another's busy one. Medians. */
+static void same_block_on_each(tree_fig *f, size_t nf, uint32_t changed, int rounds, bool heavy) {
+    ledger__smt_op *ops = malloc(changed * sizeof *ops);
+    for (uint32_t i = 0; i < changed; i++) account_op(i, 1, &ops[i]);
+    qsort(ops, changed, sizeof *ops, op_cmp);
+    double *ms = malloc(nf * (size_t)rounds * sizeof *ms);
+    for (int r = 0; r < rounds; r++)
+        for (size_t i = 0; i < nf; i++)
+            ms[i * (size_t)rounds + (size_t)r] =
+                one_update_ms(f[i].env, f[i].dbi, ops, changed, heavy ? &f[i].heavy : &f[i].light);
+    for (size_t i = 0; i < nf; i++) {
+        double m = median_of(ms + i * (size_t)rounds, rounds);
+        if (heavy) f[i].heavy_ms = m;
+        else f[i].light_ms = m;
+    }
+    free(ms);
+    free(ops);
+}
+
+enum { HEAVY = 1000, LIGHT = 16 };
 
 static void bench_state_tree(const char *base) {
     static const struct {
@@ -197,17 +207,22 @@ static void bench_state_tree(const char *base) {
     for (size_t i = 0; i < 3; i++) {
         char dir[300];
         snprintf(dir, sizeof dir, "%s/tree%zu", base, i);
-        f[i] = tree_figures(dir, sizes[i].n);
+        tree_build(dir, sizes[i].n, &f[i]);
+    }
+    same_block_on_each(f, 3, HEAVY, 7, true);
+    same_block_on_each(f, 3, LIGHT, 101, false);
+    for (size_t i = 0; i < 3; i++) {
         double rate = sha256_65_per_s();
         /* limit: the same number of 65-byte SHA-256 calls and nothing else (no LMDB); the
          * ratio is limit / value, the share of the time that is hashing */
-        double limit_ms = 1000.0 * (double)f[i].heavy_hashes / rate;
+        double limit_ms = 1000.0 * (double)f[i].heavy.hashes / rate;
         printf("bench %s %.2f ms limit %.2f ms_of_sha256 ratio %.3f\n", sizes[i].name, f[i].heavy_ms, limit_ms,
                limit_ms / f[i].heavy_ms);
-        printf("# %u accounts: block of %d changed keys %llu SHA-256 calls (%.1f per key); %d changed keys "
-               "%.3f ms, %llu calls; bulk build %.2f s cpu\n",
-               sizes[i].n, HEAVY, (unsigned long long)f[i].heavy_hashes, (double)f[i].heavy_hashes / HEAVY, LIGHT,
-               f[i].light_ms, (unsigned long long)f[i].light_hashes, f[i].build_s);
+        printf("# %u accounts: block of %d changed keys %llu SHA-256 calls (%.1f per key), %llu records read; %d "
+               "changed keys %.3f ms, %llu calls, %llu records read; bulk build %.2f s cpu\n",
+               sizes[i].n, HEAVY, (unsigned long long)f[i].heavy.hashes, (double)f[i].heavy.hashes / HEAVY,
+               (unsigned long long)f[i].heavy.reads, LIGHT, f[i].light_ms, (unsigned long long)f[i].light.hashes,
+               (unsigned long long)f[i].light.reads, f[i].build_s);
     }
     /* A light block's keys have (nearly) disjoint paths of ~log2(N) nodes, so its cost grows
      * with log N: 2x from 1k to 1M in hashes. A block that rewrites all of a 1k state instead
@@ -216,9 +231,10 @@ static void bench_state_tree(const char *base) {
     printf("bench state_root_1m_over_1k_light_block %.2f x limit 2.00 x ratio %.3f\n", light, 2.0 / light);
     printf("# heavy block (%d keys) 1m/1k: %.2f x in time, %.2f x in SHA-256 calls; light block (%d keys): "
            "%.2f x in calls\n",
-           HEAVY, heavy, (double)f[2].heavy_hashes / (double)f[0].heavy_hashes, LIGHT,
-           (double)f[2].light_hashes / (double)f[0].light_hashes);
+           HEAVY, heavy, (double)f[2].heavy.hashes / (double)f[0].heavy.hashes, LIGHT,
+           (double)f[2].light.hashes / (double)f[0].light.hashes);
     fflush(stdout);
+    for (size_t i = 0; i < 3; i++) mdb_env_close(f[i].env);
 }
 
 /* Builds (and signs) the next block of n transfers, untimed. */
