@@ -84,17 +84,17 @@ uint32_t node_admission_depth_max(const node_admission *a) {
     return d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
 }
 
-static uint32_t share_of(uint32_t depth, uint32_t pct) {
+static uint32_t share_of(uint32_t depth, uint32_t pct, uint32_t min) {
     uint64_t s = (uint64_t)depth * pct / 100u;
-    return s < NODE_ADMISSION_SHARE_MIN ? NODE_ADMISSION_SHARE_MIN : (uint32_t)s;
+    return s < min ? min : (uint32_t)s;
 }
 
 uint32_t node_admission_signer_max(const node_admission *a) {
-    return share_of(node_admission_depth_max(a), a->cfg.signer_share_pct);
+    return share_of(node_admission_depth_max(a), a->cfg.signer_share_pct, NODE_ADMISSION_SIGNER_SHARE_MIN);
 }
 
 uint32_t node_admission_addr_max(const node_admission *a) {
-    return share_of(node_admission_depth_max(a), a->cfg.addr_share_pct);
+    return share_of(node_admission_depth_max(a), a->cfg.addr_share_pct, NODE_ADMISSION_ADDR_SHARE_MIN);
 }
 
 uint32_t node_admission_addr_tag(const node_admission *a, const char *addr) {
