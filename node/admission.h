@@ -90,7 +90,7 @@ void node_admission_intake_end(node_admission *a);
 uint32_t node_admission_queue(const node_admission *a, uint32_t depth);
 
 /* Estimated wait in ms of a tx joining a queue of `depth` txs at now_ms: depth / capacity plus
- * intake_ms; UINT64_MAX when the chain looks stalled (no block for wait_ms_max + 2 block
+ * intake_ms (while client txs are in intake here); UINT64_MAX when the chain looks stalled (no block for wait_ms_max + 2 block
  * intervals with txs waiting). */
 uint64_t node_admission_wait_ms(const node_admission *a, uint64_t now_ms, uint32_t depth);
 
