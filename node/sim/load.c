@@ -296,7 +296,7 @@ static int presign(ctl_load *l, uint32_t si, uint32_t upto) {
         uint64_t nonce = s->nonce0 + j;
         Tem__V1__TxBody b = TEM__V1__TX_BODY__INIT;
         Tem__V1__Order o = TEM__V1__ORDER__INIT;
-        o.slot = slot + (si + j) % 3;
+        o.slot = slot + (si + j) % 8; /* several books, each smaller */
         o.side = (si + j) % 2 ? TEM__V1__SIDE__BUY : TEM__V1__SIDE__SELL;
         o.price = 120000 + (uint64_t)((si * 7919u + j * 104729u) % 60000u);
         o.quantity_wh = 100 + (uint64_t)((si + j * 13u) % 900u);
