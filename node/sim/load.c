@@ -933,6 +933,31 @@ static void load_usage(void) {
             "      P = 20000 + pid %% 500 * 20, below the ephemeral range); stopped at the end\n");
 }
 
+/* Strict numbers: the whole text, in range; false otherwise. */
+static bool num_u32(const char *v, uint32_t lo, uint32_t hi, uint32_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno || !*v || *end || *v == '-' || x < lo || x > hi) return false;
+    *out = (uint32_t)x;
+    return true;
+}
+static bool num_pos(const char *v, double *out) {
+    char *end;
+    double x = strtod(v, &end);
+    if (!*v || *end || !(x > 0) || x > 1e7) return false;
+    *out = x;
+    return true;
+}
+
+static bool num_nonneg(const char *v, double *out) {
+    if (!strcmp(v, "0")) {
+        *out = 0;
+        return true;
+    }
+    return num_pos(v, out);
+}
+
 int ctl_load_main(int argc, char **argv) {
     const char *nodes_arg = NULL, *genesis = NULL, *cluster_dir = NULL, *temd = "build/temd";
     const char *temd_args[32];
@@ -954,33 +979,40 @@ int ctl_load_main(int argc, char **argv) {
             return 2;
         }
         i++;
+        bool good = true;
+        uint32_t u;
         if (!strcmp(a, "--nodes")) nodes_arg = v;
         else if (!strcmp(a, "--genesis")) genesis = v;
         else if (!strcmp(a, "--cluster")) cluster_dir = v;
-        else if (!strcmp(a, "--cluster-nodes")) cluster_nodes = (uint32_t)atoi(v);
+        else if (!strcmp(a, "--cluster-nodes")) good = num_u32(v, 1, CTL_LOAD_NODES_MAX, &cluster_nodes);
         else if (!strcmp(a, "--temd")) temd = v;
-        else if (!strcmp(a, "--base-port")) base_port = atoi(v);
-        else if (!strcmp(a, "--temd-arg") && n_temd_args < 32) temd_args[n_temd_args++] = v;
-        else if (!strcmp(a, "--rate")) rate = atof(v);
-        else if (!strcmp(a, "--duration")) duration = atof(v);
-        else if (!strcmp(a, "--batch")) batch = (uint32_t)atoi(v);
-        else if (!strcmp(a, "--drain")) drain = atof(v);
-        else if (!strcmp(a, "--warmup")) warmup = atof(v);
-        else if (!strcmp(a, "--conns")) conns = (uint32_t)atoi(v);
-        else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
-        else if (!strcmp(a, "--signers")) signers = (uint32_t)atoi(v);
+        else if (!strcmp(a, "--base-port")) {
+            if ((good = num_u32(v, 1024, 32767, &u))) base_port = (int)u;
+        } else if (!strcmp(a, "--temd-arg")) {
+            if ((good = n_temd_args < 32)) temd_args[n_temd_args++] = v;
+        }
+        else if (!strcmp(a, "--rate")) good = num_pos(v, &rate);
+        else if (!strcmp(a, "--duration")) good = num_pos(v, &duration);
+        else if (!strcmp(a, "--batch")) good = num_u32(v, 1, CTL_LOAD_BATCH_MAX, &batch);
+        else if (!strcmp(a, "--drain")) good = num_nonneg(v, &drain);
+        else if (!strcmp(a, "--warmup")) good = num_nonneg(v, &warmup);
+        else if (!strcmp(a, "--conns")) good = num_u32(v, 1, 1024, &conns);
+        else if (!strcmp(a, "--seed")) {
+            if ((good = num_u32(v, 0, UINT32_MAX, &u))) seed = u;
+        }
+        else if (!strcmp(a, "--signers")) good = num_u32(v, 1, CTL_LOAD_SIGNERS_MAX, &signers);
         else if (!strcmp(a, "--phase") && nph < 16) {
             char *colon;
             phases[nph].rate_per_s = strtod(v, &colon);
-            if (*colon != ':') {
-                load_usage();
-                return 2;
-            }
-            phases[nph].duration_s = atof(colon + 1);
+            good = *colon == ':' && num_pos(colon + 1, &phases[nph].duration_s);
             nph++;
         } else {
             fprintf(stderr, "temctl load: unknown option %s\n", a);
             load_usage();
+            return 2;
+        }
+        if (!good) {
+            fprintf(stderr, "temctl load: bad value for %s: %s\n", a, v);
             return 2;
         }
     }
