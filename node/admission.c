@@ -67,15 +67,20 @@ uint32_t node_admission_queue(const node_admission *a, uint32_t depth) {
     return q > UINT32_MAX ? UINT32_MAX : (uint32_t)q;
 }
 
+/* With nothing in intake here the queue behind a new tx's verification is empty: the last
+ * slow intake says nothing about it (and would otherwise refuse the very txs that could show
+ * intake is fast again). */
+static uint64_t intake_now(const node_admission *a) { return a->inflight ? a->intake_ms : 0; }
+
 uint64_t node_admission_wait_ms(const node_admission *a, uint64_t now_ms, uint32_t depth) {
     if (depth == 0) return 0;
     uint64_t stall_ms = a->cfg.wait_ms_max + 2 * a->cfg.block_interval_ms;
     if (a->last_block_ms && now_ms > a->last_block_ms && now_ms - a->last_block_ms > stall_ms) return UINT64_MAX;
     if (a->cap_mtps == 0) {
         /* No estimate yet: a modest queue, as if a block took it. */
-        return depth < node_admission_depth_max(a) ? a->intake_ms : UINT64_MAX;
+        return depth < node_admission_depth_max(a) ? intake_now(a) : UINT64_MAX;
     }
-    return (uint64_t)depth * 1000000u / a->cap_mtps + a->intake_ms;
+    return (uint64_t)depth * 1000000u / a->cap_mtps + intake_now(a);
 }
 
 uint32_t node_admission_depth_max(const node_admission *a) {
@@ -84,17 +89,17 @@ uint32_t node_admission_depth_max(const node_admission *a) {
     return d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
 }
 
-static uint32_t share_of(uint32_t depth, uint32_t pct) {
+static uint32_t share_of(uint32_t depth, uint32_t pct, uint32_t min) {
     uint64_t s = (uint64_t)depth * pct / 100u;
-    return s < NODE_ADMISSION_SHARE_MIN ? NODE_ADMISSION_SHARE_MIN : (uint32_t)s;
+    return s < min ? min : (uint32_t)s;
 }
 
 uint32_t node_admission_signer_max(const node_admission *a) {
-    return share_of(node_admission_depth_max(a), a->cfg.signer_share_pct);
+    return share_of(node_admission_depth_max(a), a->cfg.signer_share_pct, NODE_ADMISSION_SIGNER_SHARE_MIN);
 }
 
 uint32_t node_admission_addr_max(const node_admission *a) {
-    return share_of(node_admission_depth_max(a), a->cfg.addr_share_pct);
+    return share_of(node_admission_depth_max(a), a->cfg.addr_share_pct, NODE_ADMISSION_ADDR_SHARE_MIN);
 }
 
 uint32_t node_admission_addr_tag(const node_admission *a, const char *addr) {

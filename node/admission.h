@@ -18,9 +18,10 @@
 /* Client addresses are counted in this many buckets (keyed hash of the address text):
  * addresses that share a bucket share its share, never more. */
 #define NODE_ADMISSION_ADDR_BUCKETS 4096u
-/* A share is never smaller than this many txs, so a small queue does not refuse a client's
- * second tx. */
-#define NODE_ADMISSION_SHARE_MIN 8u
+/* A share is never smaller than this many txs, so a short queue does not refuse a client's
+ * ordinary burst (half the default nonce window for a signer). */
+#define NODE_ADMISSION_SIGNER_SHARE_MIN 32u
+#define NODE_ADMISSION_ADDR_SHARE_MIN 64u
 /* The capacity estimate is the txs of the last this-many blocks that carried txs over the
  * time they took (a ratio of sums, so blocks applied in a burst do not inflate it). */
 #define NODE_ADMISSION_WINDOW_BLOCKS 16u
@@ -89,7 +90,7 @@ void node_admission_intake_end(node_admission *a);
 uint32_t node_admission_queue(const node_admission *a, uint32_t depth);
 
 /* Estimated wait in ms of a tx joining a queue of `depth` txs at now_ms: depth / capacity plus
- * intake_ms; UINT64_MAX when the chain looks stalled (no block for wait_ms_max + 2 block
+ * intake_ms (while client txs are in intake here); UINT64_MAX when the chain looks stalled (no block for wait_ms_max + 2 block
  * intervals with txs waiting). */
 uint64_t node_admission_wait_ms(const node_admission *a, uint64_t now_ms, uint32_t depth);
 
@@ -97,7 +98,7 @@ uint64_t node_admission_wait_ms(const node_admission *a, uint64_t now_ms, uint32
  * NODE_ADMISSION_DEPTH_PRIOR and block_txs_max). */
 uint32_t node_admission_depth_max(const node_admission *a);
 /* The most txs one signer / one client address may hold: their share of depth_max, at least
- * NODE_ADMISSION_SHARE_MIN. */
+ * NODE_ADMISSION_SIGNER_SHARE_MIN / NODE_ADMISSION_ADDR_SHARE_MIN. */
 uint32_t node_admission_signer_max(const node_admission *a);
 uint32_t node_admission_addr_max(const node_admission *a);
 

@@ -186,7 +186,7 @@ TEM_WUR int node_mempool_submit_admit(node_mempool *m, const uint8_t *tx, size_t
                                       const node_mempool_admit *adm, node_mempool_done_fn done,
                                       void *ctx, uint8_t txid_out[LEDGER_HASH_BYTES]);
 
-/* Re-gossip bookkeeping (docs/mempool.md): peer `peer` (validator index < 64) holds `txid`
+/* Re-gossip bookkeeping (docs/mempool.md, docs/operate.md "Admission"): peer `peer` (validator index < 64) holds `txid`
  * (it gossiped the tx to us), so re-gossip never sends it there. No-op for a tx not held. */
 void node_mempool_peer_has(node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES], uint32_t peer);
 

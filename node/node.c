@@ -797,7 +797,11 @@ static void on_tick(uv_timer_t *t) {
         n->last_regossip_ms = now;
         n->regossip_budget = n->cfg.regossip_txs_per_s;
     }
-    regossip(n, now);
+    /* Ten rounds a second spread the budget; each walks at most REGOSSIP_SCAN_MAX txs. */
+    if (now - n->regossip_round_ms >= 100) {
+        n->regossip_round_ms = now;
+        regossip(n, now);
+    }
     /* Observers poll for new blocks; validators re-ask when a fetch got no answer. */
     if (!n->rep_ok && !node_sync_joining(n) && (n->sync_sent_ms == 0 || now - n->sync_sent_ms > 1000)) node_request_blocks(n, ledger_store_height(n->store) + 1);
     if (n->rep_ok && n->fetch_from && n->fetch_from > ledger_store_height(n->store) && now - n->sync_sent_ms > 500)

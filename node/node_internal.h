@@ -133,6 +133,7 @@ typedef struct node {
     node_admission adm;
     uint64_t regossip_txs_sent;
     uint64_t regossip_budget; /* txs still allowed this second */
+    uint64_t regossip_round_ms;
 } node;
 
 /* Wall-clock milliseconds since the Unix epoch. */

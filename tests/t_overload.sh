@@ -34,9 +34,9 @@ done
 
 BOUND=2000
 RATE=${OVERLOAD_RATE:-1500}
-"$T" load --cluster "$dir/c" --temd "$D" --base-port "$base" --signers 8192 --conns 32 --drain 15 \
+"$T" load --cluster "$dir/c" --temd "$D" --base-port "$base" --signers 8192 --conns 64 --drain 15 \
   --temd-arg --log-level --temd-arg warn --temd-arg --http-rate-reqs-per-s --temd-arg 0 \
-  --temd-arg --http-conns-per-addr-max --temd-arg 256 --temd-arg --admission-addr-share-pct --temd-arg 100 \
+  --temd-arg --http-conns-per-addr-max --temd-arg 512 --temd-arg --admission-addr-share-pct --temd-arg 100 \
   --temd-arg --admission-wait-ms-max --temd-arg $BOUND \
   --phase "$RATE:30" --phase 50:5 >"$dir/out.json" 2>"$dir/load.log" &
 PID[load]=$!

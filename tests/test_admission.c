@@ -124,9 +124,13 @@ START_TEST(admission_slow_intake_adds_to_the_wait) {
     ck_assert_uint_ge(a.intake_ms, 1490);
     ck_assert_uint_le(a.intake_ms, 1500);
     uint32_t ra, tag = node_admission_addr_tag(&a, "10.0.0.1");
+    /* Nothing in intake now: the old slow intake does not count. */
+    ck_assert_int_eq(node_admission_check(&a, t, 1000, tag, &ra), NODE_ADMISSION_OK);
+    node_admission_intake_begin(&a);
     /* 1000 queued now wait 1 s in the queue and 1.5 s to become durable: over the bound. */
     ck_assert_int_eq(node_admission_check(&a, t, 1000, tag, &ra), NODE_ADMISSION_BUSY);
     ck_assert_int_eq(node_admission_check(&a, t, 400, tag, &ra), NODE_ADMISSION_OK);
+    node_admission_intake_end(&a);
     for (int i = 0; i < 200; i++) node_admission_intake(&a, 10);
     ck_assert_uint_le(a.intake_ms, 20);
     ck_assert_int_eq(node_admission_check(&a, t, 1000, tag, &ra), NODE_ADMISSION_OK);
@@ -160,7 +164,7 @@ START_TEST(admission_address_share_bounds_one_client) {
     node_admission_init(&a, &c);
     uint64_t t = blocks(&a, 1000, 20, 100, 100, 5); /* 1000/s: depth_max 2000, addr share 1000 */
     ck_assert_uint_eq(node_admission_addr_max(&a), 1000);
-    ck_assert_uint_eq(node_admission_signer_max(&a), 40);
+    ck_assert_uint_eq(node_admission_signer_max(&a), 40); /* 2 % of 2000 */
     uint32_t ra, busy = node_admission_addr_tag(&a, "10.0.0.1"), other = node_admission_addr_tag(&a, "10.0.0.2");
     ck_assert_uint_ge(busy, 1);
     ck_assert_uint_le(busy, NODE_ADMISSION_ADDR_BUCKETS);
@@ -175,11 +179,15 @@ START_TEST(admission_address_share_bounds_one_client) {
     if (other != busy) ck_assert_int_eq(node_admission_check(&a, t, 1000, other, &ra), NODE_ADMISSION_OK);
     node_admission_release(&a, busy);
     ck_assert_int_eq(node_admission_check(&a, t, 999, busy, &ra), NODE_ADMISSION_OK);
-    /* Shares never fall below NODE_ADMISSION_SHARE_MIN. */
+    /* Shares never fall below their floors; above them they follow the depth. */
     node_admission_init(&a, &c);
     blocks(&a, 1000, 20, 1, 1000, 5); /* 1/s: depth_max 2 */
-    ck_assert_uint_eq(node_admission_signer_max(&a), NODE_ADMISSION_SHARE_MIN);
-    ck_assert_uint_eq(node_admission_addr_max(&a), NODE_ADMISSION_SHARE_MIN);
+    ck_assert_uint_eq(node_admission_signer_max(&a), NODE_ADMISSION_SIGNER_SHARE_MIN);
+    ck_assert_uint_eq(node_admission_addr_max(&a), NODE_ADMISSION_ADDR_SHARE_MIN);
+    node_admission_init(&a, &c);
+    blocks(&a, 1000, 20, 1000, 100, 5); /* 10000/s: depth_max 20000 */
+    ck_assert_uint_eq(node_admission_signer_max(&a), 400);
+    ck_assert_uint_eq(node_admission_addr_max(&a), 10000);
 }
 END_TEST
 

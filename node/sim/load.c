@@ -11,6 +11,7 @@
 #include <math.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -196,6 +197,7 @@ typedef struct {
     uint32_t *due_sig;     /* offers due and not yet sent: signer */
     double *due_t;         /*                                 and due time */
     uint32_t ndue, cap_due;
+    uint32_t inflight;     /* requests sent and not answered: at most conns_per_node */
 } ld_node;
 
 typedef struct {
@@ -294,7 +296,7 @@ static int presign(ctl_load *l, uint32_t si, uint32_t upto) {
         uint64_t nonce = s->nonce0 + j;
         Tem__V1__TxBody b = TEM__V1__TX_BODY__INIT;
         Tem__V1__Order o = TEM__V1__ORDER__INIT;
-        o.slot = slot + (si + j) % 3;
+        o.slot = slot + (si + j) % 8; /* several books, each smaller */
         o.side = (si + j) % 2 ? TEM__V1__SIDE__BUY : TEM__V1__SIDE__SELL;
         o.price = 120000 + (uint64_t)((si * 7919u + j * 104729u) % 60000u);
         o.quantity_wh = 100 + (uint64_t)((si + j * 13u) % 900u);
@@ -323,6 +325,12 @@ int ctl_load_new(const ctl_load_config *cfg, ctl_load **out) {
     ctl_load *l = calloc(1, sizeof *l);
     if (!l) return -1;
     l->cfg = *cfg;
+    /* One descriptor per connection: take the hard limit. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &rl);
+    }
     if (!l->cfg.conns_per_node) l->cfg.conns_per_node = 16;
     if (!l->cfg.timeout_ms) l->cfg.timeout_ms = 10000;
     for (uint32_t i = 0; i < cfg->n_nodes; i++) {
@@ -617,6 +625,8 @@ static const char *code_of(json_t *j) {
 static void req_done(ctl_load *l, CURL *e, CURLcode rc) {
     ld_req *r = NULL;
     curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r);
+    TEM_ASSERT(l->node[r->node].inflight > 0);
+    l->node[r->node].inflight--;
     long status = 0;
     curl_off_t ra = 0;
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
@@ -679,7 +689,8 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
     uint32_t ahead = (uint32_t)ceil(per * 1.25) + 4;
     for (uint32_t i = 0; i < l->cfg.signers; i++)
         if (!l->s[i].dead && presign(l, i, l->s[i].cur + ahead) != 0) return -1;
-    size_t due_cap = (size_t)(ph->rate_per_s * 0.5) + 64;
+    /* The generator holds at most 2 s of offers waiting for a connection. */
+    size_t due_cap = (size_t)(ph->rate_per_s * 2) + 64;
     for (uint32_t n = 0; n < l->cfg.n_nodes; n++) {
         ld_node *nd = &l->node[n];
         if (nd->cap_due < due_cap) {
@@ -691,6 +702,7 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
             nd->cap_due = (uint32_t)due_cap;
         }
         nd->ndue = 0;
+        nd->inflight = 0;
     }
     CURLM *m = curl_multi_init();
     if (!m) return -1;
@@ -759,19 +771,25 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
                 si = c;
                 break;
             }
-            if (si == UINT32_MAX || nd->ndue >= nd->cap_due) {
-                if (si != UINT32_MAX) signer_idle(l, si);
+            if (si == UINT32_MAX) {
                 out->no_signer++;
+                continue;
+            }
+            if (nd->ndue >= nd->cap_due) {
+                signer_idle(l, si);
+                out->unsent_backlog++;
                 continue;
             }
             l->s[si].busy = true;
             nd->due_sig[nd->ndue] = si;
             nd->due_t[nd->ndue++] = due;
         }
-        /* Send what is due, in requests of up to `batch` txs. */
+        /* Send what is due, in requests of up to `batch` txs, while the node has a free
+         * connection; the rest waits here (its wait counts: latency runs from the due time). */
         for (uint32_t n = 0; n < l->cfg.n_nodes; n++) {
             ld_node *nd = &l->node[n];
-            for (uint32_t off = 0; off < nd->ndue; off += batch) {
+            uint32_t off = 0;
+            for (; off < nd->ndue && nd->inflight < l->cfg.conns_per_node; off += batch) {
                 uint32_t c = nd->ndue - off < batch ? nd->ndue - off : batch;
                 memcpy(sig, nd->due_sig + off, c * sizeof *sig);
                 memcpy(dues, nd->due_t + off, c * sizeof *dues);
@@ -780,9 +798,17 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
                 if (send_req(l, m, n, sig, dues, c, batch, &inflight) != 0) {
                     for (uint32_t i = 0; i < c; i++) signer_idle(l, sig[i]);
                     out->transport_errors += c;
+                } else {
+                    nd->inflight++;
                 }
             }
-            nd->ndue = 0;
+            if (off >= nd->ndue) {
+                nd->ndue = 0;
+            } else if (off > 0) {
+                memmove(nd->due_sig, nd->due_sig + off, (nd->ndue - off) * sizeof *nd->due_sig);
+                memmove(nd->due_t, nd->due_t + off, (nd->ndue - off) * sizeof *nd->due_t);
+                nd->ndue -= off;
+            }
         }
         curl_multi_perform(m, &running);
         CURLMsg *msg;
@@ -804,7 +830,9 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
             inflight--;
         }
         now = mono_s();
-        if (now >= t_end && inflight == 0 && (l->ph_committed >= l->ph_accepted || now >= t_stop)) break;
+        bool queued = false;
+        for (uint32_t n = 0; n < l->cfg.n_nodes; n++) queued |= l->node[n].ndue > 0;
+        if (now >= t_end && inflight == 0 && !queued && (l->ph_committed >= l->ph_accepted || now >= t_stop)) break;
         double next = t0 + (double)k / ph->rate_per_s;
         int wait_ms = now >= t_end ? 20 : (int)((next - now) * 1000.0);
         if (wait_ms < 0) wait_ms = 0;
@@ -873,7 +901,7 @@ void ctl_load_result_print(const ctl_load_result *r, FILE *f) {
     fprintf(f,
             "{\"offered_per_s\":%.1f,\"duration_s\":%.1f,\"offered\":%llu,\"accepted\":%llu,\"refused_busy\":%llu,"
             "\"refused_share\":%llu,\"refused_other\":%llu,\"refused_retry_after\":%llu,\"retry_after_max_s\":%llu,"
-            "\"transport_errors\":%llu,\"no_signer\":%llu,\"committed\":%llu,\"uncommitted\":%llu,\"committed_refused\":%llu,"
+            "\"transport_errors\":%llu,\"no_signer\":%llu,\"unsent_backlog\":%llu,\"committed\":%llu,\"uncommitted\":%llu,\"committed_refused\":%llu,"
             "\"committed_per_s\":%.1f,\"lat_p50_ms\":%.1f,\"lat_p99_ms\":%.1f,\"lat_max_ms\":%.1f,\"ack_p50_ms\":%.1f,"
             "\"ack_p99_ms\":%.1f,\"wait_p50_ms\":%.1f,\"wait_p99_ms\":%.1f,\"wait_max_ms\":%.1f,\"send_lag_max_ms\":%.1f,"
             "\"server_mean_ms\":%.1f,\"server_max_ms\":%.1f,"
@@ -881,7 +909,7 @@ void ctl_load_result_print(const ctl_load_result *r, FILE *f) {
             r->offered_per_s, r->duration_s, (unsigned long long)r->offered, (unsigned long long)r->accepted,
             (unsigned long long)r->refused_busy, (unsigned long long)r->refused_share, (unsigned long long)r->refused_other,
             (unsigned long long)r->refused_retry_after, (unsigned long long)r->retry_after_max_s,
-            (unsigned long long)r->transport_errors, (unsigned long long)r->no_signer, (unsigned long long)r->committed,
+            (unsigned long long)r->transport_errors, (unsigned long long)r->no_signer, (unsigned long long)r->unsent_backlog, (unsigned long long)r->committed,
             (unsigned long long)r->uncommitted,
             (unsigned long long)r->committed_refused, r->committed_per_s, r->lat_p50_ms, r->lat_p99_ms, r->lat_max_ms,
             r->ack_p50_ms, r->ack_p99_ms, r->wait_p50_ms, r->wait_p99_ms, r->wait_max_ms, r->send_lag_max_ms,
@@ -905,6 +933,31 @@ static void load_usage(void) {
             "      P = 20000 + pid %% 500 * 20, below the ephemeral range); stopped at the end\n");
 }
 
+/* Strict numbers: the whole text, in range; false otherwise. */
+static bool num_u32(const char *v, uint32_t lo, uint32_t hi, uint32_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno || !*v || *end || *v == '-' || x < lo || x > hi) return false;
+    *out = (uint32_t)x;
+    return true;
+}
+static bool num_pos(const char *v, double *out) {
+    char *end;
+    double x = strtod(v, &end);
+    if (!*v || *end || !(x > 0) || x > 1e7) return false;
+    *out = x;
+    return true;
+}
+
+static bool num_nonneg(const char *v, double *out) {
+    if (!strcmp(v, "0")) {
+        *out = 0;
+        return true;
+    }
+    return num_pos(v, out);
+}
+
 int ctl_load_main(int argc, char **argv) {
     const char *nodes_arg = NULL, *genesis = NULL, *cluster_dir = NULL, *temd = "build/temd";
     const char *temd_args[32];
@@ -926,33 +979,40 @@ int ctl_load_main(int argc, char **argv) {
             return 2;
         }
         i++;
+        bool good = true;
+        uint32_t u;
         if (!strcmp(a, "--nodes")) nodes_arg = v;
         else if (!strcmp(a, "--genesis")) genesis = v;
         else if (!strcmp(a, "--cluster")) cluster_dir = v;
-        else if (!strcmp(a, "--cluster-nodes")) cluster_nodes = (uint32_t)atoi(v);
+        else if (!strcmp(a, "--cluster-nodes")) good = num_u32(v, 1, CTL_LOAD_NODES_MAX, &cluster_nodes);
         else if (!strcmp(a, "--temd")) temd = v;
-        else if (!strcmp(a, "--base-port")) base_port = atoi(v);
-        else if (!strcmp(a, "--temd-arg") && n_temd_args < 32) temd_args[n_temd_args++] = v;
-        else if (!strcmp(a, "--rate")) rate = atof(v);
-        else if (!strcmp(a, "--duration")) duration = atof(v);
-        else if (!strcmp(a, "--batch")) batch = (uint32_t)atoi(v);
-        else if (!strcmp(a, "--drain")) drain = atof(v);
-        else if (!strcmp(a, "--warmup")) warmup = atof(v);
-        else if (!strcmp(a, "--conns")) conns = (uint32_t)atoi(v);
-        else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
-        else if (!strcmp(a, "--signers")) signers = (uint32_t)atoi(v);
+        else if (!strcmp(a, "--base-port")) {
+            if ((good = num_u32(v, 1024, 32767, &u))) base_port = (int)u;
+        } else if (!strcmp(a, "--temd-arg")) {
+            if ((good = n_temd_args < 32)) temd_args[n_temd_args++] = v;
+        }
+        else if (!strcmp(a, "--rate")) good = num_pos(v, &rate);
+        else if (!strcmp(a, "--duration")) good = num_pos(v, &duration);
+        else if (!strcmp(a, "--batch")) good = num_u32(v, 1, CTL_LOAD_BATCH_MAX, &batch);
+        else if (!strcmp(a, "--drain")) good = num_nonneg(v, &drain);
+        else if (!strcmp(a, "--warmup")) good = num_nonneg(v, &warmup);
+        else if (!strcmp(a, "--conns")) good = num_u32(v, 1, 1024, &conns);
+        else if (!strcmp(a, "--seed")) {
+            if ((good = num_u32(v, 0, UINT32_MAX, &u))) seed = u;
+        }
+        else if (!strcmp(a, "--signers")) good = num_u32(v, 1, CTL_LOAD_SIGNERS_MAX, &signers);
         else if (!strcmp(a, "--phase") && nph < 16) {
             char *colon;
             phases[nph].rate_per_s = strtod(v, &colon);
-            if (*colon != ':') {
-                load_usage();
-                return 2;
-            }
-            phases[nph].duration_s = atof(colon + 1);
+            good = *colon == ':' && num_pos(colon + 1, &phases[nph].duration_s);
             nph++;
         } else {
             fprintf(stderr, "temctl load: unknown option %s\n", a);
             load_usage();
+            return 2;
+        }
+        if (!good) {
+            fprintf(stderr, "temctl load: bad value for %s: %s\n", a, v);
             return 2;
         }
     }

@@ -2,7 +2,7 @@
  * (docs/performance.md "Load generator"). Orders are pre-signed for many signers whose keys
  * derive from a seed; they are offered at a fixed rate, each at its due time whatever the
  * nodes answer (a slow node does not slow the offered rate: requests that cannot start at once
- * queue in the generator and their wait counts), over libcurl's multi interface with keep-alive
+ * queue in the generator, at most 2 s of them, and their wait counts), over libcurl's multi interface with keep-alive
  * connections, spread over the validators. Commits are learned from one node's GET /v1/events;
  * latency is from a tx's due time to the arrival of its commit event, so queueing anywhere is
  * never hidden.
@@ -89,6 +89,7 @@ typedef struct {
     uint64_t retry_after_max_s;
     uint64_t transport_errors; /* no HTTP answer (timeout, connection refused) */
     uint64_t no_signer;        /* due with no idle signer left for its node: not sent */
+    uint64_t unsent_backlog;   /* due while 2 s of offers already waited for a connection: not sent */
     uint64_t committed;        /* accepted txs seen committed (or refused in a block) */
     uint64_t committed_refused;/* ... of which the contracts refused (receipt code != 0) */
     uint64_t uncommitted;      /* accepted txs not seen committed by the end of the drain */

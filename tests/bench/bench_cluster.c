@@ -7,7 +7,8 @@
  *   - p50 and p99 from due time to commit at half of saturation (limit: the mean block interval);
  *   - overload: twice saturation offered for 30 s: p99 from 202 to commit of the accepted txs
  *     (limit: admission_wait_ms_max + the mean block interval), p99 from due time to commit,
- *     and the share of offers refused (limit: 50%, what a perfect shedder refuses at 2x).
+ *     and the share of the offers reaching a node that it refused (limit: 50%, what a perfect
+ *     shedder refuses at 2x).
  * Every process it starts is killed by pid before it exits. */
 #include "node/ctl/http.h"
 #include "node/sim/load.h"
@@ -96,7 +97,7 @@ int main(void) {
         if (tries > 50) die("no free block of ports below 32768");
         base = 20000 + (base - 20000 + 20) % 8000;
     }
-    const char *targs[] = {"--log-level", "warn", "--http-rate-reqs-per-s", "0", "--http-conns-per-addr-max", "256",
+    const char *targs[] = {"--log-level", "warn", "--http-rate-reqs-per-s", "0", "--http-conns-per-addr-max", "512",
                            "--admission-addr-share-pct", "100", "--admission-wait-ms-max", "2000"};
     ctl_load_cluster_config cc = {.temd = temd, .dir = dir, .base_port = base, .n_nodes = NODES, .signers = SIGNERS,
                                   .seed = 7, .temd_args = targs, .n_temd_args = sizeof targs / sizeof targs[0]};
@@ -104,14 +105,17 @@ int main(void) {
     const char *nodes[NODES];
     for (int i = 0; i < NODES; i++) nodes[i] = cl.http[i];
     ctl_load_config lc = {.nodes = nodes, .n_nodes = NODES, .genesis = cl.genesis, .seed = 7, .signers = SIGNERS,
-                          .conns_per_node = 32, .fresh = true};
+                          .conns_per_node = 64, .fresh = true};
     ctl_load *l;
     if (ctl_load_new(&lc, &l) != 0) die("load generator");
 
+    /* A light warm-up first, so admission has measured the chain before the steps (a node
+     * that has seen no block with txs admits a small queue only). */
+    (void)run(l, 100, 3, 3, batch);
     /* Saturation: double the offered rate until the chain falls behind. */
     double sat = 0, sat_interval = 0;
     for (double rate = 250; rate <= 8000; rate *= 2) {
-        ctl_load_result r = run(l, rate, 4, 4, batch);
+        ctl_load_result r = run(l, rate, 5, 4, batch);
         if (r.committed_per_s > sat) {
             sat = r.committed_per_s;
             sat_interval = r.block_interval_ms;
@@ -130,13 +134,17 @@ int main(void) {
     double bound = BOUND_MS + o.block_interval_ms;
     bench_line("cluster4_overload_accepted_wait_p99", o.wait_p99_ms, "ms", bound, "ms_admission_bound+block_interval");
     bench_line("cluster4_overload_accepted_latency_p99", o.lat_p99_ms, "ms", bound, "ms_admission_bound+block_interval");
-    double refused = o.offered ? (double)(o.refused_busy + o.refused_share + o.no_signer) / (double)o.offered : 0;
+    /* Of the offers that reached a node (the generator's own backlog is reported apart). */
+    uint64_t answered = o.accepted + o.refused_busy + o.refused_share + o.refused_other;
+    double refused = answered ? (double)(o.refused_busy + o.refused_share) / (double)answered : 0;
     bench_line("cluster4_overload_refused_share", 100 * refused, "pct_of_offered", 50, "pct_at_2x_saturation");
     bench_line("cluster4_overload_committed_txs", o.committed_per_s, "txs/s", sat, "txs/s_saturation");
-    printf("# overload: %llu offered, %llu accepted, %llu refused busy, %llu refused share, %llu unsent (no idle signer), "
+    printf("# overload: %llu offered, %llu accepted, %llu refused busy, %llu refused share, %llu unsent (no idle signer or "
+           "2 s backlog full: %llu), "
            "%llu accepted not committed, %llu blocks, longest gap %.0f ms\n",
            (unsigned long long)o.offered, (unsigned long long)o.accepted, (unsigned long long)o.refused_busy,
-           (unsigned long long)o.refused_share, (unsigned long long)o.no_signer, (unsigned long long)o.uncommitted,
+           (unsigned long long)o.refused_share, (unsigned long long)o.no_signer, (unsigned long long)o.unsent_backlog,
+           (unsigned long long)o.uncommitted,
            (unsigned long long)o.blocks, o.block_gap_max_ms);
     /* Re-gossip must not amplify: txs re-sent by all nodes together per committed tx. */
     double regossip = 0, committed = 0;
