@@ -32,6 +32,9 @@ typedef struct {
 void ledger__smt_leaf(uint8_t out[32], const uint8_t kh[32], const uint8_t vh[32]);
 /* Full recomputation over n leaves sorted by kh (distinct). */
 void ledger__smt_root_mem(const ledger__smt_leafrec *a, size_t n, uint8_t out[32]);
+/* The tree's hash of the subtree at depth d holding a[lo, hi) (sorted by kh, all sharing their
+ * first d bits): what a state-sync chunk is checked against. */
+void ledger__smt_subtree_mem(const ledger__smt_leafrec *a, size_t lo, size_t hi, unsigned d, uint8_t out[32]);
 void ledger__smt_prove_mem(const ledger__smt_leafrec *a, size_t n, const uint8_t kh[32], ledger_state_proof *p);
 /* 0 when the proof takes the leaf (kh, vh) (vh NULL: kh absent) to root, -1 otherwise. */
 int ledger__smt_verify(const uint8_t root[32], const uint8_t kh[32], const uint8_t *vh, const ledger_state_proof *p);

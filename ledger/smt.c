@@ -66,6 +66,9 @@ static void mem_root(const ledger__smt_leafrec *a, size_t lo, size_t hi, unsigne
 }
 
 void ledger__smt_root_mem(const ledger__smt_leafrec *a, size_t n, uint8_t out[32]) { mem_root(a, 0, n, 0, out); }
+void ledger__smt_subtree_mem(const ledger__smt_leafrec *a, size_t lo, size_t hi, unsigned d, uint8_t out[32]) {
+    mem_root(a, lo, hi, d, out);
+}
 
 void ledger__smt_prove_mem(const ledger__smt_leafrec *a, size_t n, const uint8_t kh[32], ledger_state_proof *p) {
     memset(p, 0, sizeof *p);

@@ -46,25 +46,6 @@ static void inner(uint8_t out[32], const uint8_t l[32], const uint8_t r[32]) {
 
 static int rec_cmp(const void *a, const void *b) { return memcmp(a, b, 32); }
 
-/* The tree's definition over a[lo, hi) (sorted by kh, all sharing the first d bits). */
-static void subtree(const ledger__smt_leafrec *a, size_t lo, size_t hi, unsigned d, uint8_t out[32]) {
-    if (hi == lo) {
-        memcpy(out, ZERO, 32);
-        return;
-    }
-    if (hi - lo == 1) {
-        ledger__smt_leaf(out, a[lo].kh, a[lo].vh);
-        return;
-    }
-    TEM_ASSERT(d < 256);
-    size_t s = lo;
-    while (s < hi && !bit_at(a[s].kh, d)) s++;
-    uint8_t l[32], r[32];
-    subtree(a, lo, s, d + 1, l);
-    subtree(a, s, hi, d + 1, r);
-    inner(out, l, r);
-}
-
 int ledger_snap_chunk_hash(unsigned depth, uint32_t index, const ledger_snap_entry *e, size_t n, uint8_t out[32]) {
     if (depth < LEDGER_SNAP_DEPTH_MIN || depth > LEDGER_SNAP_DEPTH_MAX || index >> depth) return LEDGER_EINVAL;
     ledger__smt_leafrec *a = tem_malloc((n ? n : 1) * sizeof *a);
@@ -81,7 +62,7 @@ int ledger_snap_chunk_hash(unsigned depth, uint32_t index, const ledger_snap_ent
         for (size_t i = 1; i < n; i++)
             if (memcmp(a[i - 1].kh, a[i].kh, 32) == 0) rc = LEDGER_EINVAL; /* the same key twice */
     }
-    if (rc == LEDGER_OK) subtree(a, 0, n, depth, out);
+    if (rc == LEDGER_OK) ledger__smt_subtree_mem(a, 0, n, depth, out);
     tem_free(a);
     return rc;
 }
@@ -262,7 +243,7 @@ int ledger_snapshot_build(ledger_snapshot *sn) {
             sn->start[c] = i;
             while (i < n && prefix_of(depth, a[i].kh) == c) i++;
             sn->counts[c] = i - sn->start[c];
-            subtree(lr, sn->start[c], i, depth, sn->hashes[c]);
+            ledger__smt_subtree_mem(lr, sn->start[c], i, depth, sn->hashes[c]);
         }
         sn->start[w] = n;
         tem_free(lr);

@@ -30,22 +30,6 @@
  * (their view answers 404) rather than doing unbounded work in one block. */
 #define FEEDER_RECORDS_PER_BLOCK 4096
 
-static uint64_t slot_max(const node *n) {
-    int64_t ms = n->g.market.slot_ms > 0 ? n->g.market.slot_ms : 1;
-    return (uint64_t)((INT64_MAX - (int64_t)n->g.genesis_time_ms) / ms);
-}
-
-static bool parse_slot(const node *n, const char *s, uint64_t *out) {
-    char *end;
-    if (!s || !*s || *s < '0' || *s > '9') return false;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (*end || errno == ERANGE || v > slot_max(n)) return false;
-    *out = v;
-    return true;
-}
-
-/* Gate closure of `slot`, ms; false when it does not fit the clock. */
 static bool gate_of(const node *n, uint64_t slot, int64_t *gate) {
     const ledger_market_params *m = &n->g.market;
     return !__builtin_mul_overflow((int64_t)slot, m->slot_ms, gate) &&
@@ -348,10 +332,8 @@ static void h_feeder_slot(void *ctx, net_http_req *req, const net_http_request *
     node *n = ctx;
     uint64_t slot;
     const char *arg = r->path + strlen("/v1/feeder/slots/");
-    if (!parse_slot(n, arg, &slot)) {
-        char msg[128];
-        snprintf(msg, sizeof msg, "slot must be a number from 0 to %" PRIu64, slot_max(n));
-        node_reply_err(req, 400, "ESLOT", msg);
+    if (!node_parse_slot(n, arg, &slot)) {
+        node_reply_bad_slot(n, req);
         return;
     }
     ledger_state *st = ledger_store_state(n->store);

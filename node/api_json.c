@@ -88,3 +88,27 @@ void node_reply_json(net_http_req *req, int status, json_t *j) {
     free(s);
 }
 
+
+/* The largest slot whose start (genesis time + slot * slot_ms) fits the chain's int64 clock. */
+static uint64_t slot_max(const node *n) {
+    int64_t ms = n->g.market.slot_ms > 0 ? n->g.market.slot_ms : 1;
+    return (uint64_t)((INT64_MAX - (int64_t)n->g.genesis_time_ms) / ms);
+}
+
+/* A slot number in 0..slot_max; anything else (not a number, past 2^64, past the clock) is
+ * refused so a client gets 400 naming the range rather than an empty 200. */
+bool node_parse_slot(const node *n, const char *s, uint64_t *out) {
+    char *end;
+    if (!s || !*s || *s < '0' || *s > '9') return false;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end || errno == ERANGE || v > slot_max(n)) return false;
+    *out = v;
+    return true;
+}
+
+void node_reply_bad_slot(const node *n, net_http_req *req) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "slot must be a number from 0 to %llu", (unsigned long long)slot_max(n));
+    node_reply_err(req, 400, "ESLOT", msg);
+}

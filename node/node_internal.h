@@ -209,5 +209,9 @@ json_t *node_hexj(const uint8_t *b, size_t n);
 json_t *node_pb_json(const ProtobufCMessage *m);
 void node_reply_json(net_http_req *req, int status, json_t *j);
 void node_reply_err(net_http_req *req, int status, const char *code, const char *msg);
+/* A delivery slot in a path or query: a decimal from 0 to the last slot the chain's clock can
+ * hold. node_reply_bad_slot answers 400 ESLOT naming that range. */
+bool node_parse_slot(const node *n, const char *s, uint64_t *out);
+void node_reply_bad_slot(const node *n, net_http_req *req);
 
 #endif
