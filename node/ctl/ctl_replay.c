@@ -92,6 +92,14 @@ static int compare_receipts(ledger_store *src, ledger_store *dst, uint64_t h, co
     return bad ? -1 : 0;
 }
 
+#define REPLAY_AHEAD 8
+typedef struct {
+    uint8_t *blk, *cert;
+    size_t bl, cl;
+    ledger_block_view v; /* valid when rc == LEDGER_OK; submitted to the verifier */
+    int rc;
+} ahead;
+
 static int finish(bool ok, uint64_t h, const char *err, const uint8_t root[32]) {
     json_t *j = json_object();
     json_object_set_new(j, "ok", json_boolean(ok));
@@ -127,6 +135,13 @@ int ctl_replay_main(int argc, char **argv) {
     bool tmp_ok = mkdtemp(tmp) != NULL;
     uint64_t h = 0;
     uint8_t root[32] = {0};
+    ledger_verifier *vf = NULL;
+    ahead win[REPLAY_AHEAD];
+    unsigned whead = 0, wn = 0;
+    bool fetch_end = false;
+    int fetch_rc = 0;
+    uint64_t fetch_h = 0;
+    char fetch_msg[256] = "";
     if (!tmp_ok) {
         fprintf(stderr, "replay: cannot create a temporary directory\n");
         goto out;
@@ -167,29 +182,49 @@ int ctl_replay_main(int argc, char **argv) {
         status = finish(false, 0, ledger_strerror(rc), NULL);
         goto out;
     }
+    /* Blocks are read up to REPLAY_AHEAD ahead and their signatures checked by helper
+     * threads while this thread applies the earlier ones: replay is bound by the signatures. */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (ledger_verifier_new(cores > 1 ? (unsigned)cores - 1 : 1, &vf) != LEDGER_OK) goto out;
     for (h = 1;; h++) {
-        uint8_t *blk, *cert;
-        size_t bl, cl;
         char msg[256];
-        int f = fetch(&s, h, &blk, &bl, &cert, &cl, msg, sizeof msg);
-        if (f == 0) break;
-        if (f < 0) {
-            status = finish(false, h, msg, NULL);
-            goto out;
+        while (!fetch_end && wn < REPLAY_AHEAD) {
+            ahead *a = &win[(whead + wn) % REPLAY_AHEAD];
+            memset(a, 0, sizeof *a);
+            int f = fetch(&s, h + wn, &a->blk, &a->bl, &a->cert, &a->cl, fetch_msg, sizeof fetch_msg);
+            if (f <= 0) {
+                fetch_end = true;
+                fetch_rc = f;
+                fetch_h = h + wn;
+                break;
+            }
+            a->rc = ledger_block_view_build(&g, a->blk, a->bl, NULL, NULL, NULL, &a->v);
+            if (a->rc == LEDGER_OK && ledger_verifier_submit(vf, &a->v) != LEDGER_OK) a->rc = LEDGER_ENOMEM;
+            wn++;
         }
+        if (wn == 0) {
+            if (fetch_rc < 0) {
+                status = finish(false, fetch_h, fetch_msg, NULL);
+                goto out;
+            }
+            break;
+        }
+        ahead *a = &win[whead];
+        whead = (whead + 1) % REPLAY_AHEAD;
+        wn--;
         /* apply checks the links, the header's roots against our re-executed state, every tx
-         * signature and nonce, and the certificate against the genesis validators */
+         * signature (those the helpers did not mark) and nonce, and the certificate against the
+         * genesis validators */
         ledger_apply_info info;
-        ledger_block_view v;
-        rc = ledger_block_view_build(&g, blk, bl, NULL, NULL, NULL, &v);
+        rc = a->rc;
         if (rc == LEDGER_OK) {
-            /* the signatures on every core (replay is bound by them); apply checks the rest */
-            long cores = sysconf(_SC_NPROCESSORS_ONLN);
-            ledger_block_view_verify(&v, cores > 0 ? (unsigned)cores : 1);
-            rc = ledger_store_apply_view(dst, &v, cert, cl, &ex, 0, &info);
-            ledger_block_view_free(&v);
+            ledger_verifier_wait(vf, &a->v);
+            rc = ledger_store_apply_view(dst, &a->v, a->cert, a->cl, &ex, 0, &info);
+            ledger_block_view_free(&a->v);
         }
-        tem_free(cert);
+        tem_free(a->cert);
+        uint8_t *blk = a->blk;
+        size_t bl = a->bl;
         if (rc != LEDGER_OK) {
             tem_free(blk);
             snprintf(msg, sizeof msg, "%s (%s)", ledger_strerror(rc), ledger_errname(rc));
@@ -225,6 +260,17 @@ int ctl_replay_main(int argc, char **argv) {
     ledger_store_roots(dst, root, (uint8_t[32]){0});
     status = finish(true, h, NULL, root);
 out:
+    /* blocks read ahead: their checks may still be running */
+    for (; wn > 0; wn--, whead = (whead + 1) % REPLAY_AHEAD) {
+        ahead *a = &win[whead];
+        if (a->rc == LEDGER_OK) {
+            ledger_verifier_wait(vf, &a->v);
+            ledger_block_view_free(&a->v);
+        }
+        tem_free(a->blk);
+        tem_free(a->cert);
+    }
+    ledger_verifier_free(vf);
     ledger_store_close(dst);
     ledger_store_close(s.src);
     contracts_market_free(mkt);
