@@ -35,6 +35,32 @@ typedef struct {
 } cl_cluster;
 
 static cl_cluster CL;
+static pid_t cl_perf_pid;
+
+/* With TEM_PERF_OUT=FILE set, `perf record --call-graph dwarf` samples the running nodes until cl_perf_stop
+ * (docs/performance.md, "Where a tx's microseconds go"). */
+__attribute__((unused)) static void cl_perf_start(void) {
+    const char *out = getenv("TEM_PERF_OUT");
+    if (!out) return;
+    char pids[128] = "";
+    size_t k = 0;
+    for (int i = 0; i < CL_NODES; i++)
+        if (CL.pids[i] > 0) k += (size_t)snprintf(pids + k, sizeof pids - k, "%s%d", k ? "," : "", (int)CL.pids[i]);
+    pid_t p = fork();
+    if (p == 0) {
+        execlp("perf", "perf", "record", "-q", "--call-graph", "dwarf,8192", "-F", "499", "-o", out, "-p", pids, (char *)NULL);
+        _exit(127);
+    }
+    cl_perf_pid = p > 0 ? p : 0;
+    usleep(300 * 1000); /* perf attaches */
+}
+
+__attribute__((unused)) static void cl_perf_stop(void) {
+    if (cl_perf_pid <= 0) return;
+    kill(cl_perf_pid, SIGINT);
+    waitpid(cl_perf_pid, NULL, 0);
+    cl_perf_pid = 0;
+}
 
 __attribute__((unused)) static void cl_stop_node(int i, int sig) {
     if (CL.pids[i] <= 0) return;
@@ -52,6 +78,11 @@ __attribute__((unused)) static void cl_stop_node(int i, int sig) {
 }
 
 __attribute__((unused)) static void cl_kill_all(void) {
+    if (cl_perf_pid > 0) {
+        kill(cl_perf_pid, SIGINT);
+        waitpid(cl_perf_pid, NULL, 0);
+        cl_perf_pid = 0;
+    }
     for (int i = 0; i < CL_NODES; i++)
         if (CL.pids[i] > 0) kill(CL.pids[i], SIGTERM);
     for (int i = 0; i < CL_NODES; i++) cl_stop_node(i, SIGTERM);
