@@ -228,7 +228,12 @@ static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uin
         ledger_block_view_verify(v, (unsigned)cores);
     }
     ledger_apply_info info;
+    uint64_t t0 = uv_hrtime();
     int rc = ledger_store_apply_view(n->store, v, cert, cert_len, &n->ex, flags, &info);
+    if (rc == LEDGER_OK && info.n_txs >= 32) {
+        uint64_t per = (uv_hrtime() - t0) / info.n_txs;
+        n->apply_ns_per_tx = n->apply_ns_per_tx ? (n->apply_ns_per_tx * 7 + per) / 8 : per;
+    }
     if (node_is_disk_full(n, rc)) {
         char what[64];
         snprintf(what, sizeof what, "storing block %llu", (unsigned long long)height);
@@ -283,16 +288,38 @@ static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uin
 }
 
 /* ------------------------------------------------------------------ proposals */
+/* The latency budget: as many txs as this node applies in NODE_PROPOSAL_APPLY_MS. A bigger block
+ * would hold every tx in it, and the next height, back for longer than that. */
+static uint32_t proposal_txs_max(const node *n) {
+    uint32_t max = n->g.max_block_txs;
+    if (n->apply_ns_per_tx) {
+        uint64_t fit = (uint64_t)NODE_PROPOSAL_APPLY_MS * 1000000u / n->apply_ns_per_tx;
+        if (fit < NODE_PROPOSAL_TXS_MIN) fit = NODE_PROPOSAL_TXS_MIN;
+        if (fit < max) max = (uint32_t)fit;
+    }
+    return max;
+}
+
 static void on_propose(uv_timer_t *t) {
     node *n = t->data;
     n->propose_armed = false;
     uint64_t h = n->want_proposal;
     if (!h || h != ledger_store_height(n->store) + 1 || n->stopping || n->disk_full) return;
     n->want_proposal = 0;
-    uint32_t max = n->g.max_block_txs, cnt = 0;
+    uint32_t max = proposal_txs_max(n), cnt = 0;
     const ledger_tx **txs = tem_calloc(max ? max : 1, sizeof *txs);
     if (!txs) goto out;
     if (node_mempool_select_txs(n->mp, ledger_store_state(n->store), max, txs, &cnt) != 0) cnt = 0;
+    /* The byte budget: a prefix of the selection keeps every signer's nonces in order. */
+    size_t bytes = 0;
+    for (uint32_t k = 0; k < cnt; k++) {
+        size_t b = txs[k]->stx->body.len + txs[k]->stx->sig.len + 8;
+        if (k > 0 && bytes + b > NODE_PROPOSAL_BYTES_MAX) {
+            cnt = k;
+            break;
+        }
+        bytes += b;
+    }
     uint64_t now = node_now_ms(), last = ledger_store_last_time(n->store);
     uint64_t tms = now > last ? now : last + 1;
     uint8_t *blk;
@@ -314,7 +341,9 @@ out:
  * block time (which drives gate closure and settlement) keeps moving on an idle chain. */
 void node_maybe_propose(node *n) {
     if (!n->want_proposal || n->want_proposal != ledger_store_height(n->store) + 1) return;
-    uint64_t delay = node_mempool_size(n->mp) > 0 ? n->cfg.batch_delay_ms : n->cfg.block_interval_ms;
+    /* Batching where it pays: with a full block waiting, waiting longer gathers nothing. */
+    uint32_t held = node_mempool_size(n->mp);
+    uint64_t delay = held >= proposal_txs_max(n) ? 0 : held > 0 ? n->cfg.batch_delay_ms : n->cfg.block_interval_ms;
     if (n->propose_armed) {
         uint64_t due = uv_timer_get_due_in(&n->t_propose);
         if (due <= delay) return;

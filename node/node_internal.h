@@ -25,6 +25,13 @@
 /* Longest a proposal's validation waits for the mempool to finish verifying txs it holds
  * (then it verifies them itself): a little more than one thread-pool batch takes. */
 #define NODE_VAL_WAIT_MS 200
+/* A proposal's budget (docs/performance.md, "Proposal size"): at most this many bytes of txs,
+ * and at most as many txs as this node applies in NODE_PROPOSAL_APPLY_MS by its own recent
+ * apply cost per tx, but never fewer than NODE_PROPOSAL_TXS_MIN (so a slow disk cannot starve
+ * the chain) nor more than the genesis max_block_txs. */
+#define NODE_PROPOSAL_BYTES_MAX (1u << 20)
+#define NODE_PROPOSAL_APPLY_MS 100
+#define NODE_PROPOSAL_TXS_MIN 256
 
 /* Block requests from observers: a token bucket per observer slot (NODE_OBS_REQS_PER_S, a
  * burst of as many), at most one waiting per observer (a newer one replaces it), served from
@@ -74,6 +81,7 @@ typedef struct node {
     uint64_t seq_view, seq_fetch;
     uint64_t want_proposal; /* height the replica asked a proposal for, 0 = none */
     bool propose_armed;
+    uint64_t apply_ns_per_tx; /* moving average over blocks of 32+ txs; 0 = none seen yet */
     bool validating; /* a node_validate job is under way */
     uint8_t validated[NODE_VALIDATED_CACHE][32];
     /* validated[i]'s block view, kept for its apply (NULL once used or dropped). Its txs may be
