@@ -271,6 +271,8 @@ static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uin
     }
     node_archive_note_curtailments(&n->archive, n->store, height, (const uint8_t(*)[32])v->txids, v->n);
     for (size_t i = 0; i < v->n; i++)
+        if (v->txs[i].tx) memcpy(n->committed_sig[tem_get_u32le(v->txs[i].tx->stx->sig.data) % NODE_SIGCACHE], v->txs[i].tx->stx->sig.data, 64);
+    for (size_t i = 0; i < v->n; i++)
         if (v->txs[i].tx && v->txs[i].tx->body->kind_case == TEM__V1__TX_BODY__KIND_ORDER) n->orders_committed++;
     /* Every view may borrow mempool txs: all go before the mempool lets the block's txs go. */
     uint8_t(*ids)[32] = v->txids;
@@ -470,7 +472,8 @@ int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_
      * that would double every validator's signature work. The signature is part of the key
      * because the txid covers only the body. A tx the mempool is verifying right now (its
      * gossiped copy came just before the proposal) is waited for, not verified twice. */
-    j->wait_until = uv_now(&n->loop) + NODE_VAL_WAIT_MS;
+    uint64_t wait = n->g.view_timeout_ms / 4 > NODE_VAL_WAIT_MS ? n->g.view_timeout_ms / 4 : NODE_VAL_WAIT_MS;
+    j->wait_until = uv_now(&n->loop) + wait;
     if (mark_known(n, j->view) > 0) {
         n->val_waiting = j;
         if (uv_timer_start(&n->t_valwait, on_val_wait, 1, 1) == 0) return PBFT_OK;
@@ -480,8 +483,8 @@ int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_
     return PBFT_OK;
 }
 
-/* Polls, every millisecond, the mempool checks the waiting validation depends on; past
- * NODE_VAL_WAIT_MS it verifies the rest itself. */
+/* Polls, every millisecond, the mempool checks the waiting validation depends on; past a quarter
+ * of the view timeout (at least NODE_VAL_WAIT_MS) it verifies the rest itself. */
 static void on_val_wait(uv_timer_t *t) {
     node *n = t->data;
     val_job *j = n->val_waiting;
@@ -654,6 +657,13 @@ static void sigcache_add_pending(node *n, const uint8_t txid[32]) {
     if (t) node_sigcache_add(n, t->txid, t->stx->sig.data);
 }
 
+/* A gossiped tx whose signature a recently applied block carried (node.committed_sig). */
+static bool gossip_committed(const node *n, const uint8_t *stx, size_t len) {
+    const uint8_t *sig;
+    if (ledger_tx_wire_sig(stx, len, &sig) != LEDGER_OK) return false;
+    return memcmp(n->committed_sig[tem_get_u32le(sig) % NODE_SIGCACHE], sig, 64) == 0;
+}
+
 static bool sig_known(void *ctx, const uint8_t txid[32], const uint8_t sig[64]) { return node_sigcache_has(ctx, txid, sig); }
 
 static void gossip_done(void *ctx, int rc, const uint8_t txid[32]) {
@@ -682,6 +692,7 @@ static void on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, siz
             for (size_t i = 0; i < m->txs->n_txs; i++) {
                 /* already known or refused here too: gossip is best effort. The mempool keeps
                  * its own copy; the frame is freed below. */
+                if (gossip_committed(n, m->txs->txs[i].data, m->txs->txs[i].len)) continue;
                 if (node_mempool_submit(n->mp, m->txs->txs[i].data, m->txs->txs[i].len, gossip_done, n, NULL) != 0)
                     continue;
             }

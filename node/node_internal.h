@@ -22,8 +22,9 @@
 #define NODE_LATENCY_TABLE (1u << 16)
 #define NODE_LATENCY_BUCKETS 14
 #define NODE_SIGCACHE (1u << 16)
-/* Longest a proposal's validation waits for the mempool to finish verifying txs it holds
- * (then it verifies them itself): a little more than one thread-pool batch takes. */
+/* Least time a proposal's validation waits for the mempool to finish verifying txs it holds
+ * (then it verifies them itself); it waits up to a quarter of the view timeout when that is
+ * longer. Both go through the same thread pool, so waiting is rarely slower than repeating. */
 #define NODE_VAL_WAIT_MS 200
 /* A proposal's budget (docs/performance.md, "Proposal size"): at most this many bytes of txs,
  * and at most as many txs as this node applies in NODE_PROPOSAL_APPLY_MS by its own recent
@@ -112,6 +113,10 @@ typedef struct node {
     uint64_t lat_bucket[NODE_LATENCY_BUCKETS + 1];
     uint64_t lat_sum_ms, lat_count;
     node_sigcache_entry sigcache[NODE_SIGCACHE];
+    /* Signatures of txs in recently applied blocks, direct-mapped on their first bytes: gossip
+     * that brings one again is dropped before it is decoded (it can only be refused ECOMMITTED,
+     * or be another body under a signature that cannot verify for it). */
+    uint8_t committed_sig[NODE_SIGCACHE][64];
     node_archive archive;
     uint64_t orders_committed; /* order txs in applied blocks (applied or refused) */
     struct node_events_src *events; /* GET /v1/events (api_events.c); NULL until first used */
