@@ -392,6 +392,7 @@ static void val_work(uv_work_t *w) {
 
 static void val_finish(node *n, val_job *j) {
     n->validating = false;
+    n->val_epoch++; /* its signatures are no longer in flight */
     if (j->rc == LEDGER_OK) {
         /* Every signature of the proposal is good now: the mempool need not check them again
          * when their gossiped copies arrive (node_mempool_config.sig_known). */
@@ -499,6 +500,13 @@ static void on_val_wait(uv_timer_t *t) {
  * the loop thread never verifies a signature), and answers the host when both are done. */
 static void val_dispatch(node *n, val_job *j) {
     size_t ntx = j->view->n, half = ntx / 2;
+    for (size_t i = 0; j->view->tx_rc == LEDGER_OK && i < ntx; i++) {
+        if (j->view->txs[i].verified) continue;
+        const uint8_t *sig = j->view->txs[i].tx->stx->sig.data;
+        uint32_t k = tem_get_u32le(sig) % NODE_VAL_SIGS;
+        memcpy(n->val_sig[k], sig, 64);
+        n->val_sig_epoch[k] = n->val_epoch;
+    }
     j->parts_left = 2;
     for (int i = 0; i < 2; i++) {
         val_part *p = &j->parts[i];
@@ -657,11 +665,15 @@ static void sigcache_add_pending(node *n, const uint8_t txid[32]) {
     if (t) node_sigcache_add(n, t->txid, t->stx->sig.data);
 }
 
-/* A gossiped tx whose signature a recently applied block carried (node.committed_sig). */
-static bool gossip_committed(const node *n, const uint8_t *stx, size_t len) {
+/* A gossiped tx whose signature a recently applied block carried (node.committed_sig), or that
+ * the validation in flight is verifying (node.val_sig): either way a second check is waste. */
+static bool gossip_redundant(const node *n, const uint8_t *stx, size_t len) {
     const uint8_t *sig;
     if (ledger_tx_wire_sig(stx, len, &sig) != LEDGER_OK) return false;
-    return memcmp(n->committed_sig[tem_get_u32le(sig) % NODE_SIGCACHE], sig, 64) == 0;
+    uint32_t k = tem_get_u32le(sig);
+    if (memcmp(n->committed_sig[k % NODE_SIGCACHE], sig, 64) == 0) return true;
+    return n->validating && !n->val_waiting && n->val_sig_epoch[k % NODE_VAL_SIGS] == n->val_epoch &&
+           memcmp(n->val_sig[k % NODE_VAL_SIGS], sig, 64) == 0;
 }
 
 static bool sig_known(void *ctx, const uint8_t txid[32], const uint8_t sig[64]) { return node_sigcache_has(ctx, txid, sig); }
@@ -692,7 +704,7 @@ static void on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, siz
             for (size_t i = 0; i < m->txs->n_txs; i++) {
                 /* already known or refused here too: gossip is best effort. The mempool keeps
                  * its own copy; the frame is freed below. */
-                if (gossip_committed(n, m->txs->txs[i].data, m->txs->txs[i].len)) continue;
+                if (gossip_redundant(n, m->txs->txs[i].data, m->txs->txs[i].len)) continue;
                 if (node_mempool_submit(n->mp, m->txs->txs[i].data, m->txs->txs[i].len, gossip_done, n, NULL) != 0)
                     continue;
             }

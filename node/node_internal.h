@@ -22,6 +22,7 @@
 #define NODE_LATENCY_TABLE (1u << 16)
 #define NODE_LATENCY_BUCKETS 14
 #define NODE_SIGCACHE (1u << 16)
+#define NODE_VAL_SIGS (1u << 12)
 /* Least time a proposal's validation waits for the mempool to finish verifying txs it holds
  * (then it verifies them itself); it waits up to a quarter of the view timeout when that is
  * longer. Both go through the same thread pool, so waiting is rarely slower than repeating. */
@@ -117,6 +118,12 @@ typedef struct node {
      * that brings one again is dropped before it is decoded (it can only be refused ECOMMITTED,
      * or be another body under a signature that cannot verify for it). */
     uint8_t committed_sig[NODE_SIGCACHE][64];
+    /* Signatures the validation in flight is verifying (entries of val_epoch only): gossip that
+     * brings one of them is dropped instead of being verified a second time. If the proposal
+     * fails, the sender's regossip brings the tx back. */
+    uint8_t val_sig[NODE_VAL_SIGS][64];
+    uint32_t val_sig_epoch[NODE_VAL_SIGS];
+    uint32_t val_epoch;
     node_archive archive;
     uint64_t orders_committed; /* order txs in applied blocks (applied or refused) */
     struct node_events_src *events; /* GET /v1/events (api_events.c); NULL until first used */
