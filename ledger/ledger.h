@@ -460,6 +460,19 @@ void ledger_block_view_free(ledger_block_view *v);
  * txs did not decode. A thread that cannot be started is replaced by the caller's. */
 #define LEDGER_VIEW_VERIFY_THREADS 8
 void ledger_block_view_verify(ledger_block_view *v, unsigned threads);
+/* Verifying ahead: helper threads check the signatures of views queued with
+ * ledger_verifier_submit while the caller applies earlier blocks; ledger_verifier_wait(v) joins
+ * in on v's remaining txs and returns once every one of them is checked (marked as
+ * ledger_block_view_verify marks them). A submitted view must not be touched or freed until its
+ * wait returns; views are waited for in the order submitted. At most LEDGER_VERIFIER_QUEUE views
+ * are queued (submit returns LEDGER_EFULL beyond). new: LEDGER_OK or LEDGER_ENOMEM; with 0
+ * threads, wait does all the work. */
+#define LEDGER_VERIFIER_QUEUE 16
+typedef struct ledger_verifier ledger_verifier;
+TEM_WUR int ledger_verifier_new(unsigned threads, ledger_verifier **out);
+void ledger_verifier_free(ledger_verifier *vf);
+TEM_WUR int ledger_verifier_submit(ledger_verifier *vf, ledger_block_view *v);
+void ledger_verifier_wait(ledger_verifier *vf, ledger_block_view *v);
 /* The block hash from a serialised Block, decoding only its header. LEDGER_EDECODE, EBLOCK. */
 TEM_WUR int ledger_block_hash_bytes(const uint8_t *block, size_t len, uint8_t out[LEDGER_HASH_BYTES]);
 /* The 64-byte signature inside a serialised SignedTx, without decoding it: *sig points into

@@ -219,3 +219,120 @@ void ledger_block_view_verify(ledger_block_view *v, unsigned threads) {
         else (void)verify_range(&parts[k]);
     }
 }
+
+/* ------------------------------------------------------------------ verifying ahead */
+typedef struct {
+    ledger_block_view *v;
+    size_t next, done; /* txs claimed, txs finished; under the mutex */
+} vf_job;
+
+struct ledger_verifier {
+    pthread_mutex_t mu;
+    pthread_cond_t work, finished;
+    vf_job q[LEDGER_VERIFIER_QUEUE];
+    unsigned head, len; /* ring of submitted views, oldest first */
+    bool stop;
+    unsigned nthreads;
+    pthread_t th[LEDGER_VIEW_VERIFY_THREADS];
+};
+
+/* Claims and checks txs of job j one at a time, the mutex held only between txs. Each tx is
+ * claimed once, so only one thread writes its flag; done counts it afterwards, under the mutex,
+ * which orders that write before the waiter reads the flag. Called and returns with mu held. */
+static void vf_run(ledger_verifier *vf, vf_job *j) {
+    ledger_block_view *v = j->v;
+    while (j->next < v->n) {
+        size_t i = j->next++;
+        pthread_mutex_unlock(&vf->mu);
+        ledger_view_tx *t = &v->txs[i];
+        if (!t->verified && ledger_tx_verify(t->tx) == LEDGER_OK) t->verified = true;
+        pthread_mutex_lock(&vf->mu);
+        if (++j->done == v->n) pthread_cond_broadcast(&vf->finished);
+    }
+}
+
+static void *vf_main(void *arg) {
+    ledger_verifier *vf = arg;
+    pthread_mutex_lock(&vf->mu);
+    while (!vf->stop) {
+        vf_job *j = NULL;
+        for (unsigned k = 0; k < vf->len && !j; k++) {
+            vf_job *c = &vf->q[(vf->head + k) % LEDGER_VERIFIER_QUEUE];
+            if (c->next < c->v->n) j = c;
+        }
+        if (!j) {
+            pthread_cond_wait(&vf->work, &vf->mu);
+            continue;
+        }
+        /* j stays in the ring until its waiter sees done == n, which needs this thread's txs */
+        vf_run(vf, j);
+    }
+    pthread_mutex_unlock(&vf->mu);
+    return NULL;
+}
+
+int ledger_verifier_new(unsigned threads, ledger_verifier **out) {
+    ledger_verifier *vf = tem_calloc(1, sizeof *vf);
+    if (!vf) return LEDGER_ENOMEM;
+    if (threads > LEDGER_VIEW_VERIFY_THREADS) threads = LEDGER_VIEW_VERIFY_THREADS;
+    if (pthread_mutex_init(&vf->mu, NULL) != 0) goto fail0;
+    if (pthread_cond_init(&vf->work, NULL) != 0) goto fail1;
+    if (pthread_cond_init(&vf->finished, NULL) != 0) goto fail2;
+    for (unsigned k = 0; k < threads; k++) {
+        if (pthread_create(&vf->th[vf->nthreads], NULL, vf_main, vf) != 0) break; /* fewer helpers */
+        vf->nthreads++;
+    }
+    *out = vf;
+    return LEDGER_OK;
+fail2:
+    pthread_cond_destroy(&vf->work);
+fail1:
+    pthread_mutex_destroy(&vf->mu);
+fail0:
+    tem_free(vf);
+    return LEDGER_ENOMEM;
+}
+
+void ledger_verifier_free(ledger_verifier *vf) {
+    if (!vf) return;
+    pthread_mutex_lock(&vf->mu);
+    vf->stop = true;
+    pthread_cond_broadcast(&vf->work);
+    pthread_mutex_unlock(&vf->mu);
+    for (unsigned k = 0; k < vf->nthreads; k++) pthread_join(vf->th[k], NULL);
+    pthread_cond_destroy(&vf->finished);
+    pthread_cond_destroy(&vf->work);
+    pthread_mutex_destroy(&vf->mu);
+    tem_free(vf);
+}
+
+int ledger_verifier_submit(ledger_verifier *vf, ledger_block_view *v) {
+    pthread_mutex_lock(&vf->mu);
+    if (vf->len == LEDGER_VERIFIER_QUEUE) {
+        pthread_mutex_unlock(&vf->mu);
+        return LEDGER_EFULL;
+    }
+    /* a view whose txs did not decode has nothing to check: apply reports it */
+    size_t n = v->tx_rc == LEDGER_OK ? v->n : 0;
+    vf->q[(vf->head + vf->len++) % LEDGER_VERIFIER_QUEUE] = (vf_job){v, v->n - n, v->n - n};
+    pthread_cond_signal(&vf->work);
+    pthread_mutex_unlock(&vf->mu);
+    return LEDGER_OK;
+}
+
+void ledger_verifier_wait(ledger_verifier *vf, ledger_block_view *v) {
+    pthread_mutex_lock(&vf->mu);
+    vf_job *j = NULL;
+    for (unsigned k = 0; k < vf->len && !j; k++)
+        if (vf->q[(vf->head + k) % LEDGER_VERIFIER_QUEUE].v == v) j = &vf->q[(vf->head + k) % LEDGER_VERIFIER_QUEUE];
+    if (!j) { /* never submitted: nothing to wait for */
+        pthread_mutex_unlock(&vf->mu);
+        return;
+    }
+    TEM_ASSERT(j == &vf->q[vf->head]); /* waited for in the order submitted */
+    vf_run(vf, j);
+    while (j->done < v->n) pthread_cond_wait(&vf->finished, &vf->mu);
+    vf->head = (vf->head + 1) % LEDGER_VERIFIER_QUEUE;
+    vf->len--;
+    pthread_mutex_unlock(&vf->mu);
+}

@@ -229,7 +229,12 @@ static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uin
         ledger_block_view_verify(v, (unsigned)cores);
     }
     ledger_apply_info info;
+    uint64_t t0 = uv_hrtime();
     int rc = ledger_store_apply_view(n->store, v, cert, cert_len, &n->ex, flags, &info);
+    if (rc == LEDGER_OK && info.n_txs >= 32) {
+        uint64_t per = (uv_hrtime() - t0) / info.n_txs;
+        n->apply_ns_per_tx = n->apply_ns_per_tx ? (n->apply_ns_per_tx * 7 + per) / 8 : per;
+    }
     if (node_is_disk_full(n, rc)) {
         char what[64];
         snprintf(what, sizeof what, "storing block %llu", (unsigned long long)height);
@@ -268,6 +273,8 @@ static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uin
     node_archive_note_curtailments(&n->archive, n->store, height, (const uint8_t(*)[32])v->txids, v->n);
     node_feeder_note_block(n, height, v);
     for (size_t i = 0; i < v->n; i++)
+        if (v->txs[i].tx) memcpy(n->committed_sig[tem_get_u32le(v->txs[i].tx->stx->sig.data) % NODE_SIGCACHE], v->txs[i].tx->stx->sig.data, 64);
+    for (size_t i = 0; i < v->n; i++)
         if (v->txs[i].tx && v->txs[i].tx->body->kind_case == TEM__V1__TX_BODY__KIND_ORDER) n->orders_committed++;
     /* Every view may borrow mempool txs: all go before the mempool lets the block's txs go. */
     uint8_t(*ids)[32] = v->txids;
@@ -289,16 +296,38 @@ static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uin
 }
 
 /* ------------------------------------------------------------------ proposals */
+/* The latency budget: as many txs as this node applies in NODE_PROPOSAL_APPLY_MS. A bigger block
+ * would hold every tx in it, and the next height, back for longer than that. */
+static uint32_t proposal_txs_max(const node *n) {
+    uint32_t max = n->g.max_block_txs;
+    if (n->apply_ns_per_tx) {
+        uint64_t fit = (uint64_t)NODE_PROPOSAL_APPLY_MS * 1000000u / n->apply_ns_per_tx;
+        if (fit < NODE_PROPOSAL_TXS_MIN) fit = NODE_PROPOSAL_TXS_MIN;
+        if (fit < max) max = (uint32_t)fit;
+    }
+    return max;
+}
+
 static void on_propose(uv_timer_t *t) {
     node *n = t->data;
     n->propose_armed = false;
     uint64_t h = n->want_proposal;
     if (!h || h != ledger_store_height(n->store) + 1 || n->stopping || n->disk_full) return;
     n->want_proposal = 0;
-    uint32_t max = n->g.max_block_txs, cnt = 0;
+    uint32_t max = proposal_txs_max(n), cnt = 0;
     const ledger_tx **txs = tem_calloc(max ? max : 1, sizeof *txs);
     if (!txs) goto out;
     if (node_mempool_select_txs(n->mp, ledger_store_state(n->store), max, txs, &cnt) != 0) cnt = 0;
+    /* The byte budget: a prefix of the selection keeps every signer's nonces in order. */
+    size_t bytes = 0;
+    for (uint32_t k = 0; k < cnt; k++) {
+        size_t b = txs[k]->stx->body.len + txs[k]->stx->sig.len + 8;
+        if (k > 0 && bytes + b > NODE_PROPOSAL_BYTES_MAX) {
+            cnt = k;
+            break;
+        }
+        bytes += b;
+    }
     uint64_t now = node_now_ms(), last = ledger_store_last_time(n->store);
     uint64_t tms = now > last ? now : last + 1;
     uint8_t *blk;
@@ -320,7 +349,9 @@ out:
  * block time (which drives gate closure and settlement) keeps moving on an idle chain. */
 void node_maybe_propose(node *n) {
     if (!n->want_proposal || n->want_proposal != ledger_store_height(n->store) + 1) return;
-    uint64_t delay = node_mempool_size(n->mp) > 0 ? n->cfg.batch_delay_ms : n->cfg.block_interval_ms;
+    /* Batching where it pays: with a full block waiting, waiting longer gathers nothing. */
+    uint32_t held = node_mempool_size(n->mp);
+    uint64_t delay = held >= proposal_txs_max(n) ? 0 : held > 0 ? n->cfg.batch_delay_ms : n->cfg.block_interval_ms;
     if (n->propose_armed) {
         uint64_t due = uv_timer_get_due_in(&n->t_propose);
         if (due <= delay) return;
@@ -367,6 +398,7 @@ static void val_work(uv_work_t *w) {
 
 static void val_finish(node *n, val_job *j) {
     n->validating = false;
+    n->val_epoch++; /* its signatures are no longer in flight */
     if (j->rc == LEDGER_OK) {
         /* Every signature of the proposal is good now: the mempool need not check them again
          * when their gossiped copies arrive (node_mempool_config.sig_known). */
@@ -447,7 +479,8 @@ int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_
      * that would double every validator's signature work. The signature is part of the key
      * because the txid covers only the body. A tx the mempool is verifying right now (its
      * gossiped copy came just before the proposal) is waited for, not verified twice. */
-    j->wait_until = uv_now(&n->loop) + NODE_VAL_WAIT_MS;
+    uint64_t wait = n->g.view_timeout_ms / 4 > NODE_VAL_WAIT_MS ? n->g.view_timeout_ms / 4 : NODE_VAL_WAIT_MS;
+    j->wait_until = uv_now(&n->loop) + wait;
     if (mark_known(n, j->view) > 0) {
         n->val_waiting = j;
         if (uv_timer_start(&n->t_valwait, on_val_wait, 1, 1) == 0) return PBFT_OK;
@@ -457,8 +490,8 @@ int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_
     return PBFT_OK;
 }
 
-/* Polls, every millisecond, the mempool checks the waiting validation depends on; past
- * NODE_VAL_WAIT_MS it verifies the rest itself. */
+/* Polls, every millisecond, the mempool checks the waiting validation depends on; past a quarter
+ * of the view timeout (at least NODE_VAL_WAIT_MS) it verifies the rest itself. */
 static void on_val_wait(uv_timer_t *t) {
     node *n = t->data;
     val_job *j = n->val_waiting;
@@ -473,6 +506,13 @@ static void on_val_wait(uv_timer_t *t) {
  * the loop thread never verifies a signature), and answers the host when both are done. */
 static void val_dispatch(node *n, val_job *j) {
     size_t ntx = j->view->n, half = ntx / 2;
+    for (size_t i = 0; j->view->tx_rc == LEDGER_OK && i < ntx; i++) {
+        if (j->view->txs[i].verified) continue;
+        const uint8_t *sig = j->view->txs[i].tx->stx->sig.data;
+        uint32_t k = tem_get_u32le(sig) % NODE_VAL_SIGS;
+        memcpy(n->val_sig[k], sig, 64);
+        n->val_sig_epoch[k] = n->val_epoch;
+    }
     j->parts_left = 2;
     for (int i = 0; i < 2; i++) {
         val_part *p = &j->parts[i];
@@ -634,6 +674,17 @@ static void sigcache_add_pending(node *n, const uint8_t txid[32]) {
     if (t) node_sigcache_add(n, t->txid, t->stx->sig.data);
 }
 
+/* A gossiped tx whose signature a recently applied block carried (node.committed_sig), or that
+ * the validation in flight is verifying (node.val_sig): either way a second check is waste. */
+static bool gossip_redundant(const node *n, const uint8_t *stx, size_t len) {
+    const uint8_t *sig;
+    if (ledger_tx_wire_sig(stx, len, &sig) != LEDGER_OK) return false;
+    uint32_t k = tem_get_u32le(sig);
+    if (memcmp(n->committed_sig[k % NODE_SIGCACHE], sig, 64) == 0) return true;
+    return n->validating && !n->val_waiting && n->val_sig_epoch[k % NODE_VAL_SIGS] == n->val_epoch &&
+           memcmp(n->val_sig[k % NODE_VAL_SIGS], sig, 64) == 0;
+}
+
 static bool sig_known(void *ctx, const uint8_t txid[32], const uint8_t sig[64]) { return node_sigcache_has(ctx, txid, sig); }
 
 static void gossip_done(void *ctx, int rc, const uint8_t txid[32]) {
@@ -662,6 +713,7 @@ void node_on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, size_
             for (size_t i = 0; i < m->txs->n_txs; i++) {
                 /* already known or refused here too: gossip is best effort. The mempool keeps
                  * its own copy; the frame is freed below. */
+                if (gossip_redundant(n, m->txs->txs[i].data, m->txs->txs[i].len)) continue;
                 uint8_t id[32];
                 int rc = node_mempool_submit(n->mp, m->txs->txs[i].data, m->txs->txs[i].len, gossip_done, n, id);
                 /* The sender holds it: re-gossip never sends it back there. */

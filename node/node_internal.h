@@ -24,9 +24,18 @@
 #define NODE_LATENCY_TABLE (1u << 16)
 #define NODE_LATENCY_BUCKETS 14
 #define NODE_SIGCACHE (1u << 16)
-/* Longest a proposal's validation waits for the mempool to finish verifying txs it holds
- * (then it verifies them itself): a little more than one thread-pool batch takes. */
+#define NODE_VAL_SIGS (1u << 12)
+/* Least time a proposal's validation waits for the mempool to finish verifying txs it holds
+ * (then it verifies them itself); it waits up to a quarter of the view timeout when that is
+ * longer. Both go through the same thread pool, so waiting is rarely slower than repeating. */
 #define NODE_VAL_WAIT_MS 200
+/* A proposal's budget (docs/performance.md, "Proposal size"): at most this many bytes of txs,
+ * and at most as many txs as this node applies in NODE_PROPOSAL_APPLY_MS by its own recent
+ * apply cost per tx, but never fewer than NODE_PROPOSAL_TXS_MIN (so a slow disk cannot starve
+ * the chain) nor more than the genesis max_block_txs. */
+#define NODE_PROPOSAL_BYTES_MAX (1u << 20)
+#define NODE_PROPOSAL_APPLY_MS 100
+#define NODE_PROPOSAL_TXS_MIN 256
 
 /* Block requests from observers: a token bucket per observer slot (NODE_OBS_REQS_PER_S, a
  * burst of as many), at most one waiting per observer (a newer one replaces it), served from
@@ -76,6 +85,7 @@ typedef struct node {
     uint64_t seq_view, seq_fetch;
     uint64_t want_proposal; /* height the replica asked a proposal for, 0 = none */
     bool propose_armed;
+    uint64_t apply_ns_per_tx; /* moving average over blocks of 32+ txs; 0 = none seen yet */
     bool validating; /* a node_validate job is under way */
     uint8_t validated[NODE_VALIDATED_CACHE][32];
     /* validated[i]'s block view, kept for its apply (NULL once used or dropped). Its txs may be
@@ -106,6 +116,16 @@ typedef struct node {
     uint64_t lat_bucket[NODE_LATENCY_BUCKETS + 1];
     uint64_t lat_sum_ms, lat_count;
     node_sigcache_entry sigcache[NODE_SIGCACHE];
+    /* Signatures of txs in recently applied blocks, direct-mapped on their first bytes: gossip
+     * that brings one again is dropped before it is decoded (it can only be refused ECOMMITTED,
+     * or be another body under a signature that cannot verify for it). */
+    uint8_t committed_sig[NODE_SIGCACHE][64];
+    /* Signatures the validation in flight is verifying (entries of val_epoch only): gossip that
+     * brings one of them is dropped instead of being verified a second time. If the proposal
+     * fails, the sender's regossip brings the tx back. */
+    uint8_t val_sig[NODE_VAL_SIGS][64];
+    uint32_t val_sig_epoch[NODE_VAL_SIGS];
+    uint32_t val_epoch;
     node_archive archive;
     uint64_t orders_committed; /* order txs in applied blocks (applied or refused) */
     struct node_events_src *events; /* GET /v1/events (api_events.c); NULL until first used */

@@ -87,11 +87,78 @@ START_TEST(view_verify_marks_exactly_the_good_signatures_on_any_thread_count) {
 }
 END_TEST
 
+/* The verifier (verifying ahead): views submitted in a row and waited for in order end with the
+ * same marks as ledger_tx_verify gives one at a time, with 0, 1 or 3 helper threads; a view
+ * whose txs did not decode is returned at once; a full queue says LEDGER_EFULL. */
+START_TEST(verifier_marks_like_one_at_a_time_in_submission_order) {
+    ledger_genesis g;
+    fx_genesis(&g, 4);
+    char *dir = tmpdir();
+    ledger_store *s;
+    ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
+    uint8_t pp[64], ppub[32];
+    fx_vkey(0, pp, ppub);
+    enum { NV = LEDGER_VERIFIER_QUEUE };
+    uint8_t *blks[NV];
+    size_t bls[NV];
+    bool bad[NV][NTX];
+    uint32_t seed = 777;
+    for (int b = 0; b < NV; b++) {
+        uint8_t *txs[NTX];
+        size_t lens[NTX];
+        for (int i = 0; i < NTX; i++) {
+            txs[i] = fx_transfer(g.chain_id, 2 + (uint32_t)i, 3 + (uint32_t)i, (uint64_t)b, 10, &lens[i]);
+            seed = seed * 1103515245u + 12345u;
+            bad[b][i] = (seed >> 16) % 7 == 0;
+            if (bad[b][i]) txs[i][lens[i] - 5] ^= 0x10;
+        }
+        ck_assert_int_eq(ledger_block_build(s, (const uint8_t *const *)txs, lens, NTX, g.genesis_time_ms + 1000, ppub, &blks[b], &bls[b]),
+                         LEDGER_OK);
+        for (int i = 0; i < NTX; i++) tem_free(txs[i]);
+    }
+    unsigned helpers[] = {0, 1, 3};
+    for (size_t hk = 0; hk < 3; hk++) {
+        ledger_verifier *vf;
+        ck_assert_int_eq(ledger_verifier_new(helpers[hk], &vf), LEDGER_OK);
+        ledger_block_view v[NV], extra;
+        for (int b = 0; b < NV; b++) {
+            ck_assert_int_eq(ledger_block_view_build(&g, blks[b], bls[b], NULL, NULL, NULL, &v[b]), LEDGER_OK);
+            ck_assert_int_eq(ledger_verifier_submit(vf, &v[b]), LEDGER_OK);
+        }
+        ck_assert_int_eq(ledger_block_view_build(&g, blks[0], bls[0], NULL, NULL, NULL, &extra), LEDGER_OK);
+        ck_assert_int_eq(ledger_verifier_submit(vf, &extra), LEDGER_EFULL);
+        ledger_block_view_free(&extra);
+        for (int b = 0; b < NV; b++) {
+            ledger_verifier_wait(vf, &v[b]);
+            for (int i = 0; i < NTX; i++) {
+                ck_assert_msg(v[b].txs[i].verified == !bad[b][i], "helpers %u block %d tx %d", helpers[hk], b, i);
+                ck_assert_int_eq(ledger_tx_verify(v[b].txs[i].tx) == LEDGER_OK, !bad[b][i]);
+            }
+            ledger_block_view_free(&v[b]);
+        }
+        /* a view that did not decode: nothing to check, wait returns */
+        ledger_block_view nd;
+        ck_assert_int_eq(ledger_block_view_build(&g, blks[0], bls[0], NULL, NULL, NULL, &nd), LEDGER_OK);
+        nd.tx_rc = LEDGER_EDECODE;
+        ck_assert_int_eq(ledger_verifier_submit(vf, &nd), LEDGER_OK);
+        ledger_verifier_wait(vf, &nd);
+        for (size_t i = 0; i < nd.n; i++) ck_assert(!nd.txs[i].verified);
+        ledger_block_view_free(&nd);
+        ledger_verifier_free(vf);
+    }
+    for (int b = 0; b < NV; b++) tem_free(blks[b]);
+    ledger_store_close(s);
+    ledger_genesis_free(&g);
+    rmrf(dir);
+}
+END_TEST
+
 int main(void) {
     Suite *su = suite_create("ledger_view_verify");
     TCase *t = tcase_create("view_verify");
     tcase_set_timeout(t, 120);
     tcase_add_test(t, view_verify_marks_exactly_the_good_signatures_on_any_thread_count);
+    tcase_add_test(t, verifier_marks_like_one_at_a_time_in_submission_order);
     suite_add_tcase(su, t);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

@@ -62,21 +62,19 @@ static int fetch(source *s, uint64_t h, uint8_t **blk, size_t *bl, uint8_t **cer
     return 1;
 }
 
-/* Every tx of block h (from bl/blk): the receipt the data dir stored must be byte for byte the
- * one re-execution wrote into dst, at the same height and position. A node that edited a
- * receipt after the fact (a refusal turned into a fill, a fee changed) is caught here even
- * though the headers' receipts roots still agree. 0, or -1 with msg naming the tx. */
-static int compare_receipts(ledger_store *src, ledger_store *dst, uint64_t h, const uint8_t *blk, size_t bl,
+/* Every tx of block h (its txids, from the block view): the receipt the data dir stored must be
+ * byte for byte the one re-execution wrote into dst, at the same height and position. A node that
+ * edited a receipt after the fact (a refusal turned into a fill, a fee changed) is caught here
+ * even though the headers' receipts roots still agree. 0, or -1 with msg naming the tx. */
+static int compare_receipts(ledger_store *src, ledger_store *dst, uint64_t h, const uint8_t (*txids)[32], size_t n,
                             char *msg, size_t ml) {
-    Tem__V1__Block *b = tem__v1__block__unpack(&ledger_pb_allocator, bl, blk);
-    if (!b) return snprintf(msg, ml, "stored block does not decode"), -1;
     int bad = 0;
-    for (size_t i = 0; i < b->n_txs && !bad; i++) {
-        uint8_t txid[32], *ra = NULL, *rb = NULL;
+    for (size_t i = 0; i < n && !bad; i++) {
+        const uint8_t *txid = txids[i];
+        uint8_t *ra = NULL, *rb = NULL;
         size_t la = 0, lb = 0;
         uint64_t ha = 0, hb = 0;
         uint32_t pa = 0, pb = 0;
-        ledger_sha256(txid, b->txs[i]->body.data, b->txs[i]->body.len);
         int a = ledger_store_receipt(src, txid, &ha, &pa, &ra, &la);
         int c = ledger_store_receipt(dst, txid, &hb, &pb, &rb, &lb);
         char hex[65];
@@ -88,9 +86,16 @@ static int compare_receipts(ledger_store *src, ledger_store *dst, uint64_t h, co
         tem_free(ra);
         tem_free(rb);
     }
-    tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
     return bad ? -1 : 0;
 }
+
+#define REPLAY_AHEAD 8
+typedef struct {
+    uint8_t *blk, *cert;
+    size_t bl, cl;
+    ledger_block_view v; /* valid when rc == LEDGER_OK; submitted to the verifier */
+    int rc;
+} ahead;
 
 static int finish(bool ok, uint64_t h, const char *err, const uint8_t root[32]) {
     json_t *j = json_object();
@@ -127,6 +132,13 @@ int ctl_replay_main(int argc, char **argv) {
     bool tmp_ok = mkdtemp(tmp) != NULL;
     uint64_t h = 0;
     uint8_t root[32] = {0};
+    ledger_verifier *vf = NULL;
+    ahead win[REPLAY_AHEAD];
+    unsigned whead = 0, wn = 0;
+    bool fetch_end = false;
+    int fetch_rc = 0;
+    uint64_t fetch_h = 0;
+    char fetch_msg[256] = "";
     if (!tmp_ok) {
         fprintf(stderr, "replay: cannot create a temporary directory\n");
         goto out;
@@ -167,37 +179,56 @@ int ctl_replay_main(int argc, char **argv) {
         status = finish(false, 0, ledger_strerror(rc), NULL);
         goto out;
     }
+    /* Blocks are read up to REPLAY_AHEAD ahead and their signatures checked by helper
+     * threads while this thread applies the earlier ones: replay is bound by the signatures. */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (ledger_verifier_new(cores > 1 ? (unsigned)cores - 1 : 1, &vf) != LEDGER_OK) goto out;
     for (h = 1;; h++) {
-        uint8_t *blk, *cert;
-        size_t bl, cl;
         char msg[256];
-        int f = fetch(&s, h, &blk, &bl, &cert, &cl, msg, sizeof msg);
-        if (f == 0) break;
-        if (f < 0) {
-            status = finish(false, h, msg, NULL);
-            goto out;
+        while (!fetch_end && wn < REPLAY_AHEAD) {
+            ahead *a = &win[(whead + wn) % REPLAY_AHEAD];
+            memset(a, 0, sizeof *a);
+            int f = fetch(&s, h + wn, &a->blk, &a->bl, &a->cert, &a->cl, fetch_msg, sizeof fetch_msg);
+            if (f <= 0) {
+                fetch_end = true;
+                fetch_rc = f;
+                fetch_h = h + wn;
+                break;
+            }
+            a->rc = ledger_block_view_build(&g, a->blk, a->bl, NULL, NULL, NULL, &a->v);
+            if (a->rc == LEDGER_OK && ledger_verifier_submit(vf, &a->v) != LEDGER_OK) a->rc = LEDGER_ENOMEM;
+            wn++;
         }
+        if (wn == 0) {
+            if (fetch_rc < 0) {
+                status = finish(false, fetch_h, fetch_msg, NULL);
+                goto out;
+            }
+            break;
+        }
+        ahead *a = &win[whead];
+        whead = (whead + 1) % REPLAY_AHEAD;
+        wn--;
         /* apply checks the links, the header's roots against our re-executed state, every tx
-         * signature and nonce, and the certificate against the genesis validators */
+         * signature (those the helpers did not mark) and nonce, and the certificate against the
+         * genesis validators */
         ledger_apply_info info;
-        ledger_block_view v;
-        rc = ledger_block_view_build(&g, blk, bl, NULL, NULL, NULL, &v);
+        rc = a->rc;
+        int cr = 0;
         if (rc == LEDGER_OK) {
-            /* the signatures on every core (replay is bound by them); apply checks the rest */
-            long cores = sysconf(_SC_NPROCESSORS_ONLN);
-            ledger_block_view_verify(&v, cores > 0 ? (unsigned)cores : 1);
-            rc = ledger_store_apply_view(dst, &v, cert, cl, &ex, 0, &info);
-            ledger_block_view_free(&v);
+            ledger_verifier_wait(vf, &a->v);
+            rc = ledger_store_apply_view(dst, &a->v, a->cert, a->cl, &ex, 0, &info);
+            if (rc == LEDGER_OK && s.src)
+                cr = compare_receipts(s.src, dst, h, (const uint8_t(*)[32])a->v.txids, a->v.n, msg, sizeof msg);
+            ledger_block_view_free(&a->v);
         }
-        tem_free(cert);
+        tem_free(a->cert);
+        tem_free(a->blk);
         if (rc != LEDGER_OK) {
-            tem_free(blk);
             snprintf(msg, sizeof msg, "%s (%s)", ledger_strerror(rc), ledger_errname(rc));
             status = finish(false, h, msg, NULL);
             goto out;
         }
-        int cr = s.src ? compare_receipts(s.src, dst, h, blk, bl, msg, sizeof msg) : 0;
-        tem_free(blk);
         if (cr != 0) {
             status = finish(false, h, msg, NULL);
             goto out;
@@ -225,6 +256,17 @@ int ctl_replay_main(int argc, char **argv) {
     ledger_store_roots(dst, root, (uint8_t[32]){0});
     status = finish(true, h, NULL, root);
 out:
+    /* blocks read ahead: their checks may still be running */
+    for (; wn > 0; wn--, whead = (whead + 1) % REPLAY_AHEAD) {
+        ahead *a = &win[whead];
+        if (a->rc == LEDGER_OK) {
+            ledger_verifier_wait(vf, &a->v);
+            ledger_block_view_free(&a->v);
+        }
+        tem_free(a->blk);
+        tem_free(a->cert);
+    }
+    ledger_verifier_free(vf);
     ledger_store_close(dst);
     ledger_store_close(s.src);
     contracts_market_free(mkt);

@@ -17,6 +17,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* Every helper is static and may go unused by one bench. */
+#define CL_FN __attribute__((unused)) static
 #define CL_NODES 4
 #define CL_BATCH 64
 
@@ -35,8 +37,34 @@ typedef struct {
 } cl_cluster;
 
 static cl_cluster CL;
+static pid_t cl_perf_pid;
 
-__attribute__((unused)) static void cl_stop_node(int i, int sig) {
+/* With TEM_PERF_OUT=FILE set, `perf record --call-graph dwarf` samples the running nodes until cl_perf_stop
+ * (docs/performance.md, "Where a tx's microseconds go"). */
+CL_FN void cl_perf_start(void) {
+    const char *out = getenv("TEM_PERF_OUT");
+    if (!out) return;
+    char pids[128] = "";
+    size_t k = 0;
+    for (int i = 0; i < CL_NODES; i++)
+        if (CL.pids[i] > 0) k += (size_t)snprintf(pids + k, sizeof pids - k, "%s%d", k ? "," : "", (int)CL.pids[i]);
+    pid_t p = fork();
+    if (p == 0) {
+        execlp("perf", "perf", "record", "-q", "--call-graph", "dwarf,8192", "-F", "499", "-o", out, "-p", pids, (char *)NULL);
+        _exit(127);
+    }
+    cl_perf_pid = p > 0 ? p : 0;
+    usleep(300 * 1000); /* perf attaches */
+}
+
+CL_FN void cl_perf_stop(void) {
+    if (cl_perf_pid <= 0) return;
+    kill(cl_perf_pid, SIGINT);
+    waitpid(cl_perf_pid, NULL, 0);
+    cl_perf_pid = 0;
+}
+
+CL_FN void cl_stop_node(int i, int sig) {
     if (CL.pids[i] <= 0) return;
     kill(CL.pids[i], sig);
     for (int k = 0; k < 50; k++) {
@@ -51,7 +79,12 @@ __attribute__((unused)) static void cl_stop_node(int i, int sig) {
     CL.pids[i] = 0;
 }
 
-__attribute__((unused)) static void cl_kill_all(void) {
+CL_FN void cl_kill_all(void) {
+    if (cl_perf_pid > 0) {
+        kill(cl_perf_pid, SIGINT);
+        waitpid(cl_perf_pid, NULL, 0);
+        cl_perf_pid = 0;
+    }
     for (int i = 0; i < CL_NODES; i++)
         if (CL.pids[i] > 0) kill(CL.pids[i], SIGTERM);
     for (int i = 0; i < CL_NODES; i++) cl_stop_node(i, SIGTERM);
@@ -61,13 +94,13 @@ __attribute__((unused)) static void cl_kill_all(void) {
     if (system(cmd) != 0) fprintf(stderr, "cluster: cannot remove %s\n", CL.dir);
 }
 
-__attribute__((unused)) static void cl_die(const char *why) {
+CL_FN void cl_die(const char *why) {
     fprintf(stderr, "cluster: %s\n", why);
     cl_kill_all();
     exit(1);
 }
 
-__attribute__((unused)) static double cl_secp_verifies_per_s(void) {
+CL_FN double cl_secp_verifies_per_s(void) {
     uint8_t sec[32] = {1}, digest[32] = {2}, sig[64], pub[33];
     if (ledger_secp_pubkey(sec, pub) != LEDGER_OK || ledger_secp_sign(sec, digest, sig) != LEDGER_OK) cl_die("secp setup");
     int n = 3000, ok = 0;
@@ -79,7 +112,7 @@ __attribute__((unused)) static double cl_secp_verifies_per_s(void) {
 }
 
 /* Keys, genesis and the data dirs' parent; signers x per_signer txs to come. */
-__attribute__((unused)) static void cl_init(const char *name, int nsigners, int per_signer, int max_block_txs) {
+CL_FN void cl_init(const char *name, int nsigners, int per_signer, int max_block_txs) {
     const char *build = getenv("BUILD") ? getenv("BUILD") : "build";
     snprintf(CL.temd, sizeof CL.temd, "%s/temd", build);
     if (access(CL.temd, X_OK) != 0) cl_die("temd not built");
@@ -130,7 +163,7 @@ __attribute__((unused)) static void cl_init(const char *name, int nsigners, int 
     free(js);
 }
 
-__attribute__((unused)) static void cl_start_node(int i) {
+CL_FN void cl_start_node(int i) {
     char dd[256], key[256], gen[256], logp[256], out[256];
     snprintf(dd, sizeof dd, "%s/n%d", CL.dir, i);
     snprintf(key, sizeof key, "%s/v%d.key", CL.dir, i);
@@ -153,10 +186,10 @@ __attribute__((unused)) static void cl_start_node(int i) {
     CL.pids[i] = p;
 }
 
-__attribute__((unused)) static void cl_url(int i, char *url, size_t n) { snprintf(url, n, "127.0.0.1:%d", CL.base_port + 10 + i); }
+CL_FN void cl_url(int i, char *url, size_t n) { snprintf(url, n, "127.0.0.1:%d", CL.base_port + 10 + i); }
 
 /* Node i's height, or -1 when it does not answer. */
-__attribute__((unused)) static int64_t cl_height(int i) {
+CL_FN int64_t cl_height(int i) {
     ctl_http_conn c;
     char url[64];
     cl_url(i, url, sizeof url);
@@ -167,7 +200,7 @@ __attribute__((unused)) static int64_t cl_height(int i) {
     return h;
 }
 
-__attribute__((unused)) static void cl_wait_height(int i, int64_t h, int seconds) {
+CL_FN void cl_wait_height(int i, int64_t h, int seconds) {
     for (int t = 0; t < seconds * 10; t++) {
         if (cl_height(i) >= h) return;
         usleep(100 * 1000);
@@ -176,7 +209,7 @@ __attribute__((unused)) static void cl_wait_height(int i, int64_t h, int seconds
 }
 
 /* Order txs for a slot two ahead, buys and sells crossing around 150000 (as bench_cluster). */
-__attribute__((unused)) static void cl_sign_orders(void) {
+CL_FN void cl_sign_orders(void) {
     ledger_genesis g;
     char gp[256], err[256];
     snprintf(gp, sizeof gp, "%s/genesis.json", CL.dir);
@@ -206,7 +239,7 @@ typedef struct {
     int ok, refused;
 } cl_client;
 
-__attribute__((unused)) static void *cl_client_main(void *arg) {
+CL_FN void *cl_client_main(void *arg) {
     cl_client *c = arg;
     ctl_http_conn conn;
     char url[64];
@@ -248,7 +281,7 @@ __attribute__((unused)) static void *cl_client_main(void *arg) {
 
 /* Posts nonces j_lo..j_hi-1 of every signer, each signer to one of the running nodes in
  * `mask`; returns the number the nodes accepted. */
-__attribute__((unused)) static int cl_load(int j_lo, int j_hi, unsigned mask) {
+CL_FN int cl_load(int j_lo, int j_hi, unsigned mask) {
     int ids[CL_NODES], k = 0;
     for (int i = 0; i < CL_NODES; i++)
         if (mask >> i & 1) ids[k++] = i;
@@ -267,7 +300,7 @@ __attribute__((unused)) static int cl_load(int j_lo, int j_hi, unsigned mask) {
 }
 
 /* Node i's tem_txs_committed_total + tem_txs_refused_total since it started, or -1. */
-__attribute__((unused)) static int64_t cl_txs_done(int i) {
+CL_FN int64_t cl_txs_done(int i) {
     ctl_http_conn c;
     char url[64];
     cl_url(i, url, sizeof url);
