@@ -30,12 +30,17 @@ static uint64_t window_rate(const node_admission *a, uint32_t n) {
 
 void node_admission_block(node_admission *a, uint64_t now_ms, uint32_t txs, uint32_t depth_after) {
     uint64_t prev = a->last_block_ms;
-    bool worked = a->prev_depth_after > 0; /* txs waited through the whole interval */
+    uint32_t waiting = a->prev_depth_after; /* held when this block's interval began */
     a->last_block_ms = now_ms;
     a->prev_depth_after = depth_after;
-    /* An interval that began with an empty queue was partly idle: it says nothing about what
-     * the chain can take. */
-    if (prev == 0 || now_ms < prev || txs == 0 || !worked) return;
+    /* An interval that began with an empty queue was partly idle, and a block that took all
+     * that waited when its interval began took what it was offered: both measure demand, not
+     * capacity (a chain fed one tx a block would look able to take a few txs a second). A
+     * block measures capacity when it left some of what waited behind, or was as big as the
+     * proposer's budget allows. */
+    uint32_t full = a->cfg.full_block_txs ? a->cfg.full_block_txs : 1;
+    bool cut = waiting > txs || txs >= full;
+    if (prev == 0 || now_ms < prev || txs == 0 || waiting == 0 || !cut) return;
     a->win_txs[a->win_next] = txs;
     a->win_ms[a->win_next] = now_ms - prev;
     a->win_next = (a->win_next + 1) % NODE_ADMISSION_WINDOW_BLOCKS;
@@ -102,6 +107,10 @@ uint32_t node_admission_addr_max(const node_admission *a) {
     return share_of(node_admission_depth_max(a), a->cfg.addr_share_pct, NODE_ADMISSION_ADDR_SHARE_MIN);
 }
 
+bool node_admission_contended(const node_admission *a, uint32_t depth) {
+    return node_admission_queue(a, depth) >= node_admission_depth_max(a) / 2;
+}
+
 uint32_t node_admission_addr_tag(const node_admission *a, const char *addr) {
     uint8_t h[crypto_shorthash_BYTES];
     crypto_shorthash(h, (const uint8_t *)addr, strlen(addr), a->key);
@@ -132,7 +141,7 @@ int node_admission_check(node_admission *a, uint64_t now_ms, uint32_t depth, uin
         *retry_after = w == UINT64_MAX ? 1 : retry_after_s(a, depth);
         return NODE_ADMISSION_BUSY;
     }
-    if (a->addr_count[tag - 1] >= node_admission_addr_max(a)) {
+    if (node_admission_contended(a, depth) && a->addr_count[tag - 1] >= node_admission_addr_max(a)) {
         a->refused_addr++;
         /* This client's own txs must drain first: about its share's worth of queue time. */
         *retry_after = node_admission_retry_after_s(a, a->addr_count[tag - 1]);

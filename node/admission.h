@@ -45,6 +45,8 @@ typedef struct {
                                  * of these counts as stalled */
     uint32_t peers;             /* other validators, each assumed to have as many client txs in
                                  * intake as this node (their copies reach us only once durable) */
+    uint32_t full_block_txs;    /* a block this big was cut by the proposer's budget; a smaller
+                                 * one took every durable tx there was (0 counts as 1) */
 } node_admission_config;
 
 /* Verdicts of node_admission_check. */
@@ -74,8 +76,10 @@ typedef struct {
 void node_admission_init(node_admission *a, const node_admission_config *cfg);
 
 /* A block was applied at now_ms taking `txs` txs; `depth_after` txs are still held. A block
- * with txs whose previous block left txs waiting adds (txs, time since the previous block) to
- * the window; the estimate is the lower of the rates over the last 16 and the last 4 samples. While the queue is short the window measures demand, not
+ * of at least full_block_txs txs whose previous block left txs waiting adds (txs, time since
+ * the previous block) to the window; a smaller block took all the chain was offered, so it
+ * measures demand, not capacity (a chain fed one tx a block would otherwise look able to take
+ * a few txs a second and refuse the next burst), and is left out; the estimate is the lower of the rates over the last 16 and the last 4 samples. While the queue is short the window measures demand, not
  * capacity; that is safe: the bound admits wait_ms_max of that rate, many blocks' worth, so
  * blocks grow and the estimate climbs within a few blocks to what the chain really takes. */
 void node_admission_block(node_admission *a, uint64_t now_ms, uint32_t txs, uint32_t depth_after);
@@ -106,12 +110,17 @@ uint32_t node_admission_addr_max(const node_admission *a);
  * estimated rate: the Retry-After of a refusal that waits for that many to drain. */
 uint32_t node_admission_retry_after_s(const node_admission *a, uint32_t txs);
 
+/* Whether a queue of `depth` (held here; intake elsewhere is added) is contended: at least half
+ * the admissible depth. Shares bind only then: on a quiet chain one client's burst takes no
+ * one's place, and refusing it (a meter's backlog after an outage) would help nobody. */
+bool node_admission_contended(const node_admission *a, uint32_t depth);
+
 /* The bucket tag (1..NODE_ADMISSION_ADDR_BUCKETS) of a client address ("127.0.0.1"). */
 uint32_t node_admission_addr_tag(const node_admission *a, const char *addr);
 
 /* Whether one more tx from client bucket `tag` may join a queue of `depth` at now_ms:
- * NODE_ADMISSION_OK, _BUSY (estimated wait over the bound) or _ADDR_SHARE (the bucket holds its
- * share). *retry_after_s gets the Retry-After to send with a refusal (1..30). Counts refusals. */
+ * NODE_ADMISSION_OK, _BUSY (estimated wait over the bound) or _ADDR_SHARE (the queue is
+ * contended and the bucket holds its share). *retry_after_s gets the Retry-After to send with a refusal (1..30). Counts refusals. */
 int node_admission_check(node_admission *a, uint64_t now_ms, uint32_t depth, uint32_t tag,
                          uint32_t *retry_after_s);
 

@@ -962,7 +962,9 @@ int node_run(const node_config *cfg) {
                                 .addr_share_pct = (uint32_t)cfg->admission_addr_share_pct,
                                 .block_txs_max = n->g.max_block_txs,
                                 .block_interval_ms = n->cfg.block_interval_ms,
-                                .peers = n->g.n_validators > 0 ? n->g.n_validators - 1 : 0};
+                                .peers = n->g.n_validators > 0 ? n->g.n_validators - 1 : 0,
+                                .full_block_txs = n->g.max_block_txs < NODE_PROPOSAL_TXS_MIN ? n->g.max_block_txs
+                                                                                            : NODE_PROPOSAL_TXS_MIN};
     node_admission_init(&n->adm, &ac);
     mc.release = adm_release;
     mc.release_ctx = n;

@@ -100,6 +100,33 @@ START_TEST(admission_idle_intervals_and_bursts_do_not_skew_the_rate) {
 }
 END_TEST
 
+/* Regression (t_indexer): a chain fed one tx a block, each leaving one more waiting, looked
+ * able to take a few txs a second, and a burst of 60 from one client was refused after 3. Small
+ * blocks took all there was: they measure demand, not capacity, and give no estimate. */
+START_TEST(admission_trickle_of_small_blocks_does_not_refuse_a_burst) {
+    node_admission a;
+    node_admission_config c = cfg_of(2000);
+    c.full_block_txs = 256;
+    node_admission_init(&a, &c);
+    uint64_t t = blocks(&a, 1000, 40, 1, 120, 1);
+    ck_assert_uint_eq(a.cap_mtps, 0);
+    uint32_t ra, tag = node_admission_addr_tag(&a, "127.0.0.1");
+    for (int i = 0; i < 60; i++) node_admission_intake_begin(&a);
+    ck_assert_int_eq(node_admission_check(&a, t + 10, 0, tag, &ra), NODE_ADMISSION_OK);
+    ck_assert_int_eq(node_admission_check(&a, t + 10, 59, tag, &ra), NODE_ADMISSION_OK);
+    /* The queue is short, so one signer's 60 are not held to its share either. */
+    ck_assert(!node_admission_contended(&a, 59));
+    /* Blocks that leave part of the queue behind do measure: 100 txs every 100 ms out of 500
+     * waiting is 1000 txs/s; so do blocks of the proposer's full budget. */
+    t = blocks(&a, t, 8, 100, 100, 500);
+    ck_assert_uint_eq(a.cap_mtps, 1000000);
+    ck_assert_uint_eq(node_admission_depth_max(&a), 2000);
+    node_admission_init(&a, &c);
+    t = blocks(&a, t, 8, 300, 150, 300);
+    ck_assert_uint_eq(a.cap_mtps, 2000000);
+}
+END_TEST
+
 START_TEST(admission_stalled_chain_refuses_until_a_block_commits) {
     node_admission a;
     node_admission_config c = cfg_of(2000);
@@ -173,6 +200,10 @@ START_TEST(admission_address_share_bounds_one_client) {
         ck_assert_int_eq(node_admission_check(&a, t, (uint32_t)i, busy, &ra), NODE_ADMISSION_OK);
         node_admission_hold(&a, busy);
     }
+    /* Over its share but on an uncontended queue (under half of depth_max): admitted. */
+    ck_assert(!node_admission_contended(&a, 999));
+    ck_assert_int_eq(node_admission_check(&a, t, 999, busy, &ra), NODE_ADMISSION_OK);
+    ck_assert(node_admission_contended(&a, 1000));
     ck_assert_int_eq(node_admission_check(&a, t, 1000, busy, &ra), NODE_ADMISSION_ADDR_SHARE);
     ck_assert_uint_eq(ra, 1); /* its 1000 txs drain in 1 s at 1000/s */
     ck_assert_uint_eq(a.refused_addr, 1);
@@ -204,6 +235,7 @@ START_TEST(admission_estimate_matches_a_float_reference_over_seeds) {
         uint64_t s = seed * 0x9e3779b97f4a7c15ull;
         node_admission a;
         node_admission_config c = cfg_of(1000 + rnd(&s) % 4000);
+        c.full_block_txs = 1 + (uint32_t)(rnd(&s) % 512);
         node_admission_init(&a, &c);
         /* The reference: worked samples, in order. */
         double st[4096], sm[4096];
@@ -216,7 +248,7 @@ START_TEST(admission_estimate_matches_a_float_reference_over_seeds) {
             uint32_t txs = rnd(&s) % 5 == 0 ? 0 : (uint32_t)(rnd(&s) % 4000);
             uint32_t depth = rnd(&s) % 3 == 0 ? 0 : (uint32_t)(rnd(&s) % 10000);
             node_admission_block(&a, t, txs, depth);
-            if (prev && txs && prev_depth) {
+            if (prev && txs && prev_depth && (prev_depth > txs || txs >= c.full_block_txs)) {
                 st[ns] = txs;
                 sm[ns++] = (double)(t - prev);
             }
@@ -437,6 +469,7 @@ static Suite *suite(void) {
     tcase_add_test(e, admission_without_estimate_admits_a_modest_queue_only);
     tcase_add_test(e, admission_steady_blocks_give_rate_wait_and_depth);
     tcase_add_test(e, admission_idle_intervals_and_bursts_do_not_skew_the_rate);
+    tcase_add_test(e, admission_trickle_of_small_blocks_does_not_refuse_a_burst);
     tcase_add_test(e, admission_stalled_chain_refuses_until_a_block_commits);
     tcase_add_test(e, admission_slow_intake_adds_to_the_wait);
     tcase_add_test(e, admission_off_admits_everything);
