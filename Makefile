@@ -179,12 +179,14 @@ $(FUZZ_BUILD)/obj/%.o: %.c | $(PROTO_H)
 	clang $(CPPFLAGS) $(PKG_CFLAGS) $(FUZZ_CFLAGS) -c $< -o $@
 $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJS)
 	clang $(CPPFLAGS) $(PKG_CFLAGS) -std=gnu17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -o $@ $(filter-out %.h,$^) $(LDLIBS)
+# CI calls `make fuzz` without -j; the fuzz objects (every module, ASan + UBSan) build in parallel.
+FUZZ_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 fuzz: deps
-	$(MAKE) $(FUZZ_BINS)
+	$(MAKE) -j$(FUZZ_JOBS) $(FUZZ_BINS)
 	@set -e; for f in $(FUZZ_BINS); do n=$$(basename $$f); mkdir -p $(FUZZ_BUILD)/corpus/$$n; \
 	  seeds=tests/fuzz/corpus/$$n; [ -d $$seeds ] || seeds=; \
 	  echo "== $$n for $(FUZZ_SECONDS)s"; $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-	     $(FUZZ_BUILD)/corpus/$$n $$seeds 2>&1 | grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY)' ; \
+	     $(FUZZ_BUILD)/corpus/$$n $$seeds 2>&1 | grep -E '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY)' ; \
 	  test $${PIPESTATUS[0]} -eq 0; done
 
 # ---------------------------------------------------------------- deps

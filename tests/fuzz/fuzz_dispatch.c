@@ -5,14 +5,16 @@
  * Input byte 0: bits 0-1 pick the sender (validators 1-3, or an observer); bit 2 asks the
  * harness to sign: when the rest decodes as a NodeMessage carrying a PbftMessage, that message
  * is given sender 1 and signed with validator 1's key, so the fuzzer gets past the signature
- * checks as one faulty validator (f = 1 of 4). The rest is the frame's plaintext.
- * Oracle: one faulty validator (plus observers) cannot make the node commit anything (the
- * store stays at height 0 without a quorum) nor stop it; no crash, leak or UB under ASan and
- * UBSan. The node keeps its state between inputs, as a running node does; its timers and
+ * checks as one faulty validator (f = 1 of 4); bit 3 sends it to a second node, a validator
+ * started on an empty data dir that follows by block sync (sync_first) before it votes. The
+ * rest is the frame's plaintext.
+ * Oracle: without a quorum's signatures nothing commits (both stores stay at height 0: the
+ * fuzzer cannot forge a certificate) and neither node stops; no crash, leak or UB under ASan
+ * and UBSan. The nodes keep their state between inputs, as running nodes do; their timers and
  * thread-pool work run between inputs. */
 #include "tests/fuzz/node_fixture.h"
 
-static node *N;
+static node *N, *F; /* the voting validator; the follower on an empty data dir */
 
 /* Re-signs the PbftMessage inside m as validator 1; returns the new frame or NULL. */
 static uint8_t *resign(const uint8_t *data, size_t size, size_t *out_len) {
@@ -49,8 +51,12 @@ static uint8_t *resign(const uint8_t *data, size_t size, size_t *out_len) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (!N) N = fxn_open(false);
+    if (!N) {
+        N = fxn_open(false, false);
+        F = fxn_open(false, true);
+    }
     if (size < 1) return 0;
+    node *n = data[0] & 8 ? F : N;
     net_peer_info p;
     memset(&p, 0, sizeof p);
     uint32_t who = data[0] & 3;
@@ -72,10 +78,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             len = sl;
         }
     }
-    node_on_frame(N, &p, msg, len);
+    node_on_frame(n, &p, msg, len);
     tem_free(signed_frame);
-    for (int i = 0; i < 3; i++) uv_run(&N->loop, UV_RUN_NOWAIT);
-    TEM_ASSERT(!N->stopping);
-    TEM_ASSERT(ledger_store_height(N->store) == 0);
+    for (int i = 0; i < 3; i++) uv_run(&n->loop, UV_RUN_NOWAIT);
+    TEM_ASSERT(!n->stopping);
+    TEM_ASSERT(ledger_store_height(n->store) == 0);
     return 0;
 }

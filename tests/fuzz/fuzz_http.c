@@ -62,7 +62,7 @@ static bool is_stream(const client *c) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!N) {
-        N = fxn_open(true);
+        N = fxn_open(true, false);
         PORT = net_http_port(N->http);
         TEM_ASSERT(PORT != 0);
     }

@@ -205,10 +205,35 @@ static void fuzz_raw(const uint8_t *d, size_t n) {
     check_rewrite(pending, recovered);
 }
 
+/* FUZZ_MEMPOOL_RAW_SEEDS=DIR: writes raw-mode seeds holding valid records (the fuzzer cannot
+ * make one: each carries a SHA-256 check), as tests/fuzz/corpus/fuzz_mempool_log/raw-* were. */
+static void write_raw_seeds(const char *dir) {
+    static const uint8_t picks[][4] = {{0, 1, 2, 3}, {5, 5, 6, 7}, {8, 9, 17, 16}};
+    for (size_t k = 0; k < sizeof picks / sizeof picks[0]; k++) {
+        uint8_t buf[2 + 4 * 1100];
+        size_t n = 0;
+        buf[n++] = 1; /* raw */
+        buf[n++] = 0; /* after a valid header */
+        for (int j = 0; j < 4; j++) {
+            uint32_t t = picks[k][j];
+            tem_put_u32le(buf + n, (uint32_t)TXLEN[t] + 1);
+            buf[n + 4] = NODE_MEMPOOL_REC_TX;
+            memcpy(buf + n + 5, TX[t], TXLEN[t]);
+            tem_put_u32le(buf + n + 5 + TXLEN[t], rec_check(buf + n, 5 + TXLEN[t]));
+            n += NODE_MEMPOOL_REC_OVERHEAD_BYTES + TXLEN[t];
+        }
+        char path[512];
+        snprintf(path, sizeof path, "%s/raw-records-%zu", dir, k);
+        FILE *f = fopen(path, "wb");
+        TEM_ASSERT(f && fwrite(buf, 1, n, f) == n && fclose(f) == 0);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static int ready;
     if (!ready) {
         setup();
+        if (getenv("FUZZ_MEMPOOL_RAW_SEEDS")) write_raw_seeds(getenv("FUZZ_MEMPOOL_RAW_SEEDS"));
         ready = 1;
     }
     if (size < 1) return 0;

@@ -13,7 +13,9 @@
 
 #include <unistd.h>
 
-static node *fxn_open(bool with_http) {
+/* sync_first: a validator started on an empty data dir, following without voting until f+1
+ * validators have named a tip it has passed (node_run's rule); otherwise consensus starts. */
+static node *fxn_open(bool with_http, bool sync_first) {
     node *n = tem_calloc(1, sizeof *n);
     TEM_ASSERT(n != NULL);
     node_config_defaults(&n->cfg);
@@ -64,7 +66,8 @@ static node *fxn_open(bool with_http) {
     TEM_ASSERT(net_new(&n->loop, &nc, &cb, &n->net) == NET_OK);
     if (with_http) TEM_ASSERT(node_api_start(n) == NODE_OK);
     n->started_wall_ms = node_now_ms();
-    TEM_ASSERT(node_replica_start(n) == NODE_OK);
+    if (sync_first) n->sync_first = true;
+    else TEM_ASSERT(node_replica_start(n) == NODE_OK);
     n->exit_code = 0;
     return n;
 }

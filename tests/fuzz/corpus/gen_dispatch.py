@@ -40,6 +40,11 @@ seeds = {
     'block-request-observer': bytes([3]) + field(3, 2, field(1, 0, 0) + field(2, 0, 1000)),
     'block-batch': bytes([2]) + field(4, 2, field(1, 2, field(1, 0, 1) + field(2, 2, b'\x0a\x00') + field(3, 2, b'\x08\x01')) + field(2, 0, 5)),
     'garbage': bytes([0, 0xff, 0xff, 0xff]),
+    # bit 3: the follower (a validator on an empty data dir, syncing before it votes)
+    'follower-tip-v1': bytes([8]) + field(4, 2, field(2, 0, 3)),
+    'follower-tip-v2': bytes([9]) + field(4, 2, field(2, 0, 0)),
+    'follower-block-batch': bytes([10]) + field(4, 2, field(1, 2, field(1, 0, 1) + field(2, 2, b'\x0a\x02\x08\x01') + field(3, 2, b'\x08\x01\x10\x01')) + field(2, 0, 1)),
+    'follower-prepare-signed': bytes([12]) + node_pbft(pbft(11, vote(0, 1))),
 }
 d = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), 'fuzz_dispatch')
 os.makedirs(d, exist_ok=True)
