@@ -12,7 +12,6 @@
 
 static const uint8_t ZERO[32];
 
-static inline int bit_at(const uint8_t kh[32], unsigned d) { return (kh[d >> 3] >> (7 - (d & 7))) & 1; }
 
 static int map_err(int rc, const char *what) {
     if (rc == 0) return LEDGER_OK;
