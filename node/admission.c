@@ -11,6 +11,7 @@
 void node_admission_init(node_admission *a, const node_admission_config *cfg) {
     TEM_ASSERT(cfg->signer_share_pct >= 1 && cfg->signer_share_pct <= 100);
     TEM_ASSERT(cfg->addr_share_pct >= 1 && cfg->addr_share_pct <= 100);
+    TEM_ASSERT(cfg->headroom_pct <= 50);
     memset(a, 0, sizeof *a);
     a->cfg = *cfg;
     if (a->cfg.block_txs_max == 0) a->cfg.block_txs_max = 1;
@@ -136,7 +137,7 @@ int node_admission_check(node_admission *a, uint64_t now_ms, uint32_t depth, uin
     if (a->cfg.wait_ms_max == 0) return NODE_ADMISSION_OK;
     depth = node_admission_queue(a, depth);
     uint64_t w = node_admission_wait_ms(a, now_ms, depth);
-    if (w > a->cfg.wait_ms_max) {
+    if (w > a->cfg.wait_ms_max - a->cfg.wait_ms_max * a->cfg.headroom_pct / 100u) {
         a->refused_busy++;
         *retry_after = w == UINT64_MAX ? 1 : retry_after_s(a, depth);
         return NODE_ADMISSION_BUSY;

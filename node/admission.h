@@ -45,6 +45,9 @@ typedef struct {
                                  * of these counts as stalled */
     uint32_t peers;             /* other validators, each assumed to have as many client txs in
                                  * intake as this node (their copies reach us only once durable) */
+    uint32_t headroom_pct;      /* 0..50: a tx is admitted while its estimated wait is within
+                                 * wait_ms_max less this percent of it (the estimate looks back;
+                                 * the chain may slow while the tx waits) */
     uint32_t full_block_txs;    /* a block this big was cut by the proposer's budget; a smaller
                                  * one took every durable tx there was (0 counts as 1) */
 } node_admission_config;

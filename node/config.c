@@ -40,6 +40,7 @@ void node_config_defaults(node_config *c) {
     c->peer_frame_timeout_ms = 30000;
     c->admission_wait_ms_max = 2000;
     c->admission_signer_share_pct = 2;
+    c->admission_headroom_pct = 10;
     c->admission_addr_share_pct = 50;
     c->regossip_age_ms = 2000;
     c->regossip_txs_per_s = 1000;
@@ -136,6 +137,7 @@ static int set_key(node_config *c, const char *k, const char *v) {
                 {"peer_frame_timeout_ms", &c->peer_frame_timeout_ms, 3600000},
                 {"admission_signer_share_pct", &c->admission_signer_share_pct, 100},
                 {"admission_addr_share_pct", &c->admission_addr_share_pct, 100},
+                {"admission_headroom_pct", &c->admission_headroom_pct, 50},
                 {"regossip_age_ms", &c->regossip_age_ms, 3600000}};
     for (size_t i = 0; i < sizeof lims / sizeof lims[0]; i++) {
         if (strcmp(k, lims[i].name)) continue;

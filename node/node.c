@@ -959,6 +959,7 @@ int node_run(const node_config *cfg) {
     mc.precheck_ctx = n->store;
     node_admission_config ac = {.wait_ms_max = cfg->admission_wait_ms_max,
                                 .signer_share_pct = (uint32_t)cfg->admission_signer_share_pct,
+                                .headroom_pct = (uint32_t)cfg->admission_headroom_pct,
                                 .addr_share_pct = (uint32_t)cfg->admission_addr_share_pct,
                                 .block_txs_max = n->g.max_block_txs,
                                 .block_interval_ms = n->cfg.block_interval_ms,

@@ -172,6 +172,11 @@ START_TEST(admission_slow_intake_adds_to_the_wait) {
     ck_assert_int_eq(node_admission_check(&a, t, 1000, tag, &ra), NODE_ADMISSION_BUSY);
     for (int i = 0; i < 334; i++) node_admission_intake_end(&a);
     ck_assert_uint_eq(node_admission_queue(&a, 1000), 1000);
+    /* With 10 % headroom a 2000 ms bound admits estimated waits up to 1800 ms only. */
+    a.cfg.headroom_pct = 10;
+    ck_assert_uint_eq(node_admission_wait_ms(&a, t, 1800), 1800);
+    ck_assert_int_eq(node_admission_check(&a, t, 1800, tag, &ra), NODE_ADMISSION_OK);
+    ck_assert_int_eq(node_admission_check(&a, t, 1801, tag, &ra), NODE_ADMISSION_BUSY);
 }
 END_TEST
 
