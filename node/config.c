@@ -40,7 +40,7 @@ void node_config_defaults(node_config *c) {
     c->peer_frame_timeout_ms = 30000;
     c->admission_wait_ms_max = 2000;
     c->admission_signer_share_pct = 2;
-    c->admission_headroom_pct = 20;
+    c->admission_headroom_pct = 10;
     c->admission_addr_share_pct = 50;
     c->regossip_age_ms = 2000;
     c->regossip_txs_per_s = 1000;

@@ -81,7 +81,7 @@ typedef struct {
     uint64_t admission_addr_share_pct;  /* default 50 */
     /* Percent of admission_wait_ms_max kept as headroom: the estimate looks back over past
      * blocks and the chain may slow while a tx waits. */
-    uint64_t admission_headroom_pct;    /* default 20 */
+    uint64_t admission_headroom_pct;    /* default 10 */
     /* Re-gossip of txs still waiting: only those held this long, at most this many per second,
      * to the current primary only and never to a validator known to hold them. */
     uint64_t regossip_age_ms;           /* default 2000 */
