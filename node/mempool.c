@@ -1164,12 +1164,19 @@ int node_mempool_submit_admit(node_mempool *m, const uint8_t *tx, size_t len, co
 
 /* ================================================================== blocks */
 /* Writes up to max entry indices valid for the next block on st (mempool.h, select). */
+/* Verified txs whose log record is still being written are selected too: durability here is
+ * the promise behind this node's 202, not a condition for a block, and waiting for the
+ * fdatasync of a gossiped copy put one more disk flush on every tx's way to a proposal. The
+ * pointers are used only before the caller returns to the loop, so a write that fails meanwhile
+ * cannot free what they point at. */
+static bool selectable(const mp__entry *e) { return (e->state == MP__PENDING || e->state == MP__WRITE) && !e->gone; }
+
 static uint32_t select_idx(node_mempool *m, ledger_state *st, uint32_t max, uint32_t *out) {
     uint32_t k = 0;
     uint64_t epoch = ++m->sel_epoch;
     for (uint32_t i = m->fifo_head; i != NIL && k < max; i = m->ents[i].fifo_next) {
         mp__entry *e = &m->ents[i];
-        if (e->state != MP__PENDING) continue;
+        if (!selectable(e)) continue;
         mp__signer *s = &m->signers[e->signer_idx];
         if (s->sel_epoch != epoch) {
             s->sel_epoch = epoch;
@@ -1185,7 +1192,7 @@ static uint32_t select_idx(node_mempool *m, ledger_state *st, uint32_t max, uint
             uint32_t f = m->ents[j].s_next;
             if (k >= max || f == NIL) break;
             const mp__entry *fe = &m->ents[f];
-            if (fe->nonce != s->sel_next || fe->state != MP__PENDING || fe->seq > e->seq) break;
+            if (fe->nonce != s->sel_next || !selectable(fe) || fe->seq > e->seq) break;
             j = f;
         }
     }

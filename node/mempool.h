@@ -197,11 +197,13 @@ void node_mempool_peer_has(node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES
 uint32_t node_mempool_regossip(node_mempool *m, uint64_t now_ms, uint64_t age_ms, uint32_t peer,
                                uint32_t max, uint32_t scan_max, const uint8_t **txs, size_t *lens);
 
-/* Up to `max` durable txs valid for the next block on `st` (read-only here): per signer,
- * consecutive nonces from its nonce in `st`. Order: by arrival, except that a tx whose
- * predecessor nonce arrived later follows that predecessor at once; a gap ends the signer's
- * run. Deterministic for a given pool and state. txs[i]/lens[i] (arrays of `max`, caller's)
- * point into the pool: borrowed until the next node_mempool_block_applied or _close.
+/* Up to `max` verified txs valid for the next block on `st` (read-only here), durable or with
+ * their log record still being written (a block needs a valid tx, not this node's copy on
+ * disk): per signer, consecutive nonces from its nonce in `st`. Order: by arrival, except that
+ * a tx whose predecessor nonce arrived later follows that predecessor at once; a gap ends the
+ * signer's run. Deterministic for a given pool and state. txs[i]/lens[i] (arrays of `max`,
+ * caller's) point into the pool: borrowed until the caller returns to the loop (a failed log
+ * write frees the txs it held).
  * *n = count written. NODE_MEMPOOL_OK, NODE_MEMPOOL_ENOMEM (*n = 0). */
 TEM_WUR int node_mempool_select(node_mempool *m, ledger_state *st, uint32_t max,
                                 const uint8_t **txs, size_t *lens, uint32_t *n);

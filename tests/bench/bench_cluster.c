@@ -9,6 +9,10 @@
  *     (limit: admission_wait_ms_max + the mean block interval), p99 from due time to commit,
  *     and the share of the offers reaching a node that it refused (limit: 50%, what a perfect
  *     shedder refuses at 2x).
+ * Each of the three measurements runs on a chain of its own, started fresh: the state a run
+ * leaves behind (resting orders, trades) makes every later block dirty more LMDB pages, so
+ * measuring overload on the chain the saturation search filled would compare unequal chains.
+ * BENCH_DIR puts the data dirs elsewhere (e.g. /dev/shm, to see the nodes without the disk).
  * Every process it starts is killed by pid before it exits. */
 #include "node/ctl/http.h"
 #include "node/sim/load.h"
@@ -23,14 +27,20 @@
 #define SIGNERS 4096
 #define BOUND_MS 2000
 
-static char dir[] = "/tmp/tem-bench-cluster-XXXXXX";
+static char dir[256];
 static ctl_load_cluster cl;
+static ctl_load *gen;
 
 static void cleanup(void) {
+    if (gen) ctl_load_free(gen);
+    gen = NULL;
     ctl_load_cluster_stop(&cl);
-    char cmd[128];
+    memset(&cl, 0, sizeof cl);
+    if (!dir[0]) return;
+    char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) fprintf(stderr, "bench_cluster: cannot remove %s\n", dir);
+    dir[0] = 0;
 }
 
 static void die(const char *why) {
@@ -80,6 +90,32 @@ static ctl_load_result run(ctl_load *l, double rate, double secs, double drain, 
     return r;
 }
 
+/* A new 4-validator chain in a new data dir, and a generator for its seed signers. */
+static void start_chain(const char *temd, uint32_t batch) {
+    const char *root = getenv("BENCH_DIR") ? getenv("BENCH_DIR") : "/tmp";
+    snprintf(dir, sizeof dir, "%s/tem-bench-cluster-XXXXXX", root);
+    if (!mkdtemp(dir)) die("mkdtemp");
+    /* Below the kernel's ephemeral range (32768-60999), where a client socket can hold a port. */
+    int base = 20000 + (int)(getpid() % 400) * 20;
+    for (int tries = 0; !ports_free(base); tries++) {
+        if (tries > 50) die("no free block of ports below 32768");
+        base = 20000 + (base - 20000 + 20) % 8000;
+    }
+    static const char *targs[] = {"--log-level", "warn", "--http-rate-reqs-per-s", "0", "--http-conns-per-addr-max", "512",
+                                  "--admission-addr-share-pct", "100", "--admission-wait-ms-max", "2000"};
+    ctl_load_cluster_config cc = {.temd = temd, .dir = dir, .base_port = base, .n_nodes = NODES, .signers = SIGNERS,
+                                  .seed = 7, .temd_args = targs, .n_temd_args = sizeof targs / sizeof targs[0]};
+    if (ctl_load_cluster_start(&cc, &cl) != 0) die("cluster did not start");
+    static const char *nodes[NODES];
+    for (int i = 0; i < NODES; i++) nodes[i] = cl.http[i];
+    ctl_load_config lc = {.nodes = nodes, .n_nodes = NODES, .genesis = cl.genesis, .seed = 7, .signers = SIGNERS,
+                          .conns_per_node = 64, .fresh = true};
+    if (ctl_load_new(&lc, &gen) != 0) die("load generator");
+    /* A light warm-up first, so admission has measured the chain before the load (a node
+     * that has seen no block with txs admits a small queue only). */
+    (void)run(gen, 100, 3, 3, batch);
+}
+
 int main(void) {
     const char *build = getenv("BUILD") ? getenv("BUILD") : "build";
     uint32_t batch = getenv("BENCH_BATCH") ? (uint32_t)atoi(getenv("BENCH_BATCH")) : 1;
@@ -90,28 +126,8 @@ int main(void) {
         return 1;
     }
     double limit = secp_verifies_per_s() * (double)sysconf(_SC_NPROCESSORS_ONLN) / NODES;
-    if (!mkdtemp(dir)) die("mkdtemp");
-    /* Below the kernel's ephemeral range (32768-60999), where a client socket can hold a port. */
-    int base = 20000 + (int)(getpid() % 400) * 20;
-    for (int tries = 0; !ports_free(base); tries++) {
-        if (tries > 50) die("no free block of ports below 32768");
-        base = 20000 + (base - 20000 + 20) % 8000;
-    }
-    const char *targs[] = {"--log-level", "warn", "--http-rate-reqs-per-s", "0", "--http-conns-per-addr-max", "512",
-                           "--admission-addr-share-pct", "100", "--admission-wait-ms-max", "2000"};
-    ctl_load_cluster_config cc = {.temd = temd, .dir = dir, .base_port = base, .n_nodes = NODES, .signers = SIGNERS,
-                                  .seed = 7, .temd_args = targs, .n_temd_args = sizeof targs / sizeof targs[0]};
-    if (ctl_load_cluster_start(&cc, &cl) != 0) die("cluster did not start");
-    const char *nodes[NODES];
-    for (int i = 0; i < NODES; i++) nodes[i] = cl.http[i];
-    ctl_load_config lc = {.nodes = nodes, .n_nodes = NODES, .genesis = cl.genesis, .seed = 7, .signers = SIGNERS,
-                          .conns_per_node = 64, .fresh = true};
-    ctl_load *l;
-    if (ctl_load_new(&lc, &l) != 0) die("load generator");
-
-    /* A light warm-up first, so admission has measured the chain before the steps (a node
-     * that has seen no block with txs admits a small queue only). */
-    (void)run(l, 100, 3, 3, batch);
+    start_chain(temd, batch);
+    ctl_load *l = gen;
     /* Saturation: double the offered rate until the chain falls behind. */
     double sat = 0, sat_interval = 0;
     for (double rate = 250; rate <= 8000; rate *= 2) {
@@ -126,10 +142,16 @@ int main(void) {
     if (sat <= 0) die("nothing committed");
     bench_line("cluster4_saturation_committed_txs", sat, "txs/s", limit, "secp256k1_verifies/s_x_cores/4");
 
+    cleanup();
+    start_chain(temd, batch);
+    l = gen;
     ctl_load_result h = run(l, sat / 2, 10, 6, batch);
     bench_line("cluster4_half_sat_latency_p50", h.lat_p50_ms, "ms", h.block_interval_ms, "ms_mean_block_interval");
     bench_line("cluster4_half_sat_latency_p99", h.lat_p99_ms, "ms", h.block_interval_ms, "ms_mean_block_interval");
 
+    cleanup();
+    start_chain(temd, batch);
+    l = gen;
     ctl_load_result o = run(l, 2 * sat, 30, 8, batch);
     double bound = BOUND_MS + o.block_interval_ms;
     bench_line("cluster4_overload_accepted_wait_p99", o.wait_p99_ms, "ms", bound, "ms_admission_bound+block_interval");
@@ -163,7 +185,6 @@ int main(void) {
     }
     printf("# re-gossip: %.0f txs re-sent by all nodes for %.0f committed (%.3f per committed tx)\n", regossip, committed,
            committed > 0 ? regossip / committed : 0);
-    ctl_load_free(l);
     cleanup();
     return 0;
 }
