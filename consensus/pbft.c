@@ -587,18 +587,24 @@ static void maybe_fetch(pbft_replica *r, pbft_actions *out, bool force) {
 
 /* ================================================================== normal case */
 
+/* Signs this replica's vote for `hash` in the current view into `votes[self]` and `*mine`, then
+ * persists it. The vote is on disk before it is on the wire: after a crash the replica must still
+ * know it voted, or it could vote for another block at this (view, height). */
+static int record_own_vote(pbft_replica *r, const uint8_t digest[32], const uint8_t hash[32],
+                           pbft__vote *votes, pbft__vote *mine, pbft_actions *out) {
+    pbft__vote *v = &votes[r->cfg.self];
+    v->set = true;
+    v->view = r->view;
+    hash_copy(v->hash, hash);
+    sign_digest(r, digest, v->sig);
+    *mine = *v;
+    return persist(r, out);
+}
+
 static int vote_prepare(pbft_replica *r, pbft__slot *s, pbft_actions *out) {
     uint8_t d[32];
     pbft_prepare_digest(r->cfg.genesis_hash, r->view, s->height, s->pp_hash, d);
-    pbft__vote *v = &s->prepares[r->cfg.self];
-    v->set = true;
-    v->view = r->view;
-    hash_copy(v->hash, s->pp_hash);
-    sign_digest(r, d, v->sig);
-    s->my_prepare = *v;
-    /* The vote is on disk before it is on the wire: after a crash the replica must still know
-     * it voted, or it could vote for another block at this (view, height). */
-    int rc = persist(r, out);
+    int rc = record_own_vote(r, d, s->pp_hash, s->prepares, &s->my_prepare, out);
     if (rc != PBFT_OK) return rc;
     Tem__V1__PbftMessage m = TEM__V1__PBFT_MESSAGE__INIT;
     Tem__V1__PbftPrepare p = TEM__V1__PBFT_PREPARE__INIT;
@@ -616,15 +622,9 @@ static void check_commit(pbft_replica *r, pbft__slot *s, uint64_t view, const ui
 static int vote_commit(pbft_replica *r, pbft__slot *s, pbft_actions *out) {
     uint8_t d[32];
     ledger_commit_digest(r->cfg.genesis_hash, r->view, s->height, s->pc_hash, d);
-    pbft__vote *v = &s->commits[r->cfg.self];
-    v->set = true;
-    v->view = r->view;
-    hash_copy(v->hash, s->pc_hash);
-    sign_digest(r, d, v->sig);
-    s->my_commit = *v;
-    /* Same rule as PREPARE; the record also carries the prepared certificate the COMMIT rests
-     * on, which a later VIEW-CHANGE must report. */
-    int rc = persist(r, out);
+    /* The record also carries the prepared certificate the COMMIT rests on, which a later
+     * VIEW-CHANGE must report. */
+    int rc = record_own_vote(r, d, s->pc_hash, s->commits, &s->my_commit, out);
     if (rc != PBFT_OK) return rc;
     Tem__V1__PbftMessage m = TEM__V1__PBFT_MESSAGE__INIT;
     Tem__V1__PbftCommit c = TEM__V1__PBFT_COMMIT__INIT;
@@ -1533,13 +1533,7 @@ static int on_proposal(pbft_replica *r, const pbft_event *ev, pbft_actions *out)
     hash_copy(s->pp_hash, h);
     uint8_t d[32];
     pbft_prepare_digest(r->cfg.genesis_hash, r->view, s->height, h, d);
-    pbft__vote *v = &s->prepares[r->cfg.self];
-    v->set = true;
-    v->view = r->view;
-    hash_copy(v->hash, h);
-    sign_digest(r, d, v->sig);
-    s->my_prepare = *v;
-    rc = persist(r, out);
+    rc = record_own_vote(r, d, h, s->prepares, &s->my_prepare, out);
     if (rc != PBFT_OK) return rc;
     Tem__V1__PbftMessage m = TEM__V1__PBFT_MESSAGE__INIT;
     Tem__V1__PbftPrePrepare p = TEM__V1__PBFT_PRE_PREPARE__INIT;
