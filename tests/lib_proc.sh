@@ -28,3 +28,23 @@ expect_rc() { # want cmd...
   set +e; "$@" >"$dir/out" 2>"$dir/err"; local rc=$?; set -e
   [ "$rc" = "$want" ] || fail "$* exited $rc, want $want: $(head -c 300 "$dir/err")"
 }
+# A 4-validator cluster (needs $D, the temd binary, and `http I`, validator I's HTTP address):
+# start_validators TAG ROOT starts validators 0..3 (keys $dir/v$i.key) on ROOT/g.json, data in
+# ROOT/n$i, logs in $dir/TAG$i.log, pids in PID[TAG$i]. wait_height URL MIN WHAT waits up to 30 s
+# for URL/v1/status to report height MIN, else fails "WHAT did not commit MIN blocks".
+start_validators() { # tag root
+  local i
+  for i in 0 1 2 3; do
+    "$D" --data-dir "$2/n$i" --genesis "$2/g.json" --key "$dir/v$i.key" --log-level info 2>>"$dir/$1$i.log" &
+    PID[$1$i]=$!
+  done
+}
+wait_height() { # url min what
+  local h=0 _
+  for _ in $(seq 1 150); do
+    h=$(curl -s -m 1 "$1/v1/status" | jq -r .height 2>/dev/null || echo 0)
+    [ "${h:-0}" -ge "$2" ] 2>/dev/null && return 0
+    sleep 0.2
+  done
+  fail "$3 did not commit $2 blocks"
+}
