@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "net/net.h"
+#include "loop_fixture.h"
 
 /* ------------------------------------------------------------------ fixtures */
 #define NV 4
@@ -303,39 +304,6 @@ static void node_start(uv_loop_t *loop, node *nd, const net_config *cfg) {
     net_callbacks cb = {cb_up, cb_down, cb_frame, cb_log, nd};
     ck_assert_int_eq(net_new(loop, cfg, &cb, &nd->n), NET_OK);
     ck_assert_int_eq(net_start(nd->n), NET_OK);
-}
-
-typedef bool (*cond_fn)(void *arg);
-typedef struct {
-    cond_fn f;
-    void *arg;
-    bool met;
-} poll_ctx;
-
-static void on_poll(uv_timer_t *t) {
-    poll_ctx *pc = t->data;
-    if (pc->f(pc->arg)) {
-        pc->met = true;
-        uv_stop(t->loop);
-    }
-}
-static void on_deadline(uv_timer_t *t) { uv_stop(t->loop); }
-
-/* Runs the loop until f(arg) holds or timeout_ms pass; returns whether it held. */
-static bool run_until(uv_loop_t *loop, cond_fn f, void *arg, uint64_t timeout_ms) {
-    poll_ctx pc = {f, arg, false};
-    if (f(arg)) return true;
-    uv_timer_t poll, deadline;
-    ck_assert_int_eq(uv_timer_init(loop, &poll), 0);
-    ck_assert_int_eq(uv_timer_init(loop, &deadline), 0);
-    poll.data = &pc;
-    ck_assert_int_eq(uv_timer_start(&poll, on_poll, 1, 1), 0);
-    ck_assert_int_eq(uv_timer_start(&deadline, on_deadline, timeout_ms, 0), 0);
-    uv_run(loop, UV_RUN_DEFAULT);
-    uv_close((uv_handle_t *)&poll, NULL);
-    uv_close((uv_handle_t *)&deadline, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
-    return pc.met;
 }
 
 static bool never(void *arg) {
