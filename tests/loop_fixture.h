@@ -4,6 +4,7 @@
 #define LOOP_FIXTURE_H
 
 #include <check.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <uv.h>
 
@@ -39,6 +40,17 @@ static inline bool run_until(uv_loop_t *loop, cond_fn f, void *arg, uint64_t tim
     uv_close((uv_handle_t *)&deadline, NULL);
     uv_run(loop, UV_RUN_NOWAIT);
     return pc.met;
+}
+
+/* Runs client(arg) on its own thread while the loop serves it, until done(arg) or timeout_ms;
+ * joins the thread either way (the client's own timeouts end it) and returns whether done held. */
+static inline bool run_with_client(uv_loop_t *loop, void *(*client)(void *), cond_fn done, void *arg,
+                                   uint64_t timeout_ms) {
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, client, arg), 0);
+    bool finished = run_until(loop, done, arg, timeout_ms);
+    pthread_join(th, NULL);
+    return finished;
 }
 
 #endif

@@ -228,11 +228,7 @@ static void run_client(srv *s, client *cl, void (*script)(client *)) {
     cl->s = s;
     atomic_init(&cl->done, 0);
     atomic_init(&cl->phase, 0);
-    pthread_t th;
-    ck_assert_int_eq(pthread_create(&th, NULL, client_main, cl), 0);
-    bool finished = run_until(&s->loop, client_done, cl, 8000);
-    pthread_join(th, NULL);
-    ck_assert_msg(finished, "client script timed out");
+    ck_assert_msg(run_with_client(&s->loop, client_main, client_done, cl, 8000), "client script timed out");
 }
 
 /* One request per connection: sends `req` verbatim and reads one response. */

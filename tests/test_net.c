@@ -833,10 +833,7 @@ START_TEST(bad_bytes_from_a_socket_close_that_connection_with_a_reason) {
         node_start(&loop, &srv, &c0);
         raw_ctx rc = {.scenario = rows[k].scenario, .port = net_listen_port(srv.n), .frame_max = 4096};
         atomic_init(&rc.done, 0);
-        pthread_t th;
-        ck_assert_int_eq(pthread_create(&th, NULL, raw_client, &rc), 0);
-        bool finished = run_until(&loop, raw_done, &rc, 6000);
-        pthread_join(th, NULL);
+        bool finished = run_with_client(&loop, raw_client, raw_done, &rc, 6000);
         ck_assert_msg(finished, "row '%s' timed out", rows[k].name);
         ck_assert_msg(rc.step_ok, "row '%s': legitimate steps failed", rows[k].name);
         ck_assert_msg(rc.closed, "row '%s': server did not close", rows[k].name);
@@ -908,10 +905,7 @@ START_TEST(frames_fed_byte_by_byte_are_reassembled) {
     node_start(&loop, &srv, &c0);
     bytewise_ctx bc = {.port = net_listen_port(srv.n)};
     atomic_init(&bc.done, 0);
-    pthread_t th;
-    ck_assert_int_eq(pthread_create(&th, NULL, bytewise_client, &bc), 0);
-    bool finished = run_until(&loop, bytewise_done, &bc, 8000);
-    pthread_join(th, NULL);
+    bool finished = run_with_client(&loop, bytewise_client, bytewise_done, &bc, 8000);
     ck_assert(finished);
     ck_assert(bc.ok);
     ck_assert(bc.still_open);
@@ -959,10 +953,7 @@ START_TEST(newer_session_from_the_same_validator_replaces_the_old_one) {
     node_start(&loop, &srv, &c0);
     replace_ctx rc = {.port = net_listen_port(srv.n)};
     atomic_init(&rc.done, 0);
-    pthread_t th;
-    ck_assert_int_eq(pthread_create(&th, NULL, replace_client, &rc), 0);
-    bool finished = run_until(&loop, replace_done, &rc, 6000);
-    pthread_join(th, NULL);
+    bool finished = run_with_client(&loop, replace_client, replace_done, &rc, 6000);
     ck_assert(finished);
     ck_assert(rc.first_ok && rc.second_ok && rc.first_closed && rc.second_sent);
     ck_assert_int_eq(srv.ups, 2);
