@@ -45,7 +45,7 @@ from,to,r_ohm,x_ohm,rate_kva
 EOF
 start_validators n "$dir"
 N="http://$(http 2)"
-wait_height "$N" 2 cluster
+wait_blocks "$N" 2 cluster
 
 code() { curl -s -o "$dir/body" -w '%{http_code}' "$N$1"; }
 err() { jq -r .code "$dir/body"; }
@@ -171,7 +171,7 @@ for i in 0 1 2 3; do args+=(--validator "v$i:$dir/v$i.key:$(peer $i)@$(http $i)"
   --seller-collateral-ppm 0 --network-fee 100000 --mechanism call --out "$dir/c/g.json" 2>/dev/null || fail "genesis (call)"
 start_validators c "$dir/c"
 N="http://$(http 2)"
-wait_height "$N" 2 "call-auction cluster"
+wait_blocks "$N" 2 "call-auction cluster"
 "$T" feeder install "$dir/feeder" --key "$dir/admin.key" --chain-id tem-fv --nonce 0 --margin 0 --out "$dir/c/feeder.bin" >/dev/null
 "$T" submit --node "$N" --file "$dir/c/feeder.bin" --wait >/dev/null || fail "feeder install refused (call)"
 slot=$(( $(open_slot) + 1 ))

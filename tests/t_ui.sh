@@ -28,7 +28,7 @@ for i in 0 1 2 3; do args+=(--validator "v$i:$dir/v$i.key:$(peer $i)@$(http $i)"
   --tariff 0:300000:80000 --slot-ms 60000 --out "$dir/g.json" 2>/dev/null
 start_validators n "$dir"
 N="http://$(http 1)"
-wait_height "$N" 2 cluster
+wait_blocks "$N" 2 cluster
 
 # ---- 1. the page itself: HTML, strict CSP whose hashes match the inline script and style.
 curl -s -m 5 -D "$dir/hdr" -o "$dir/page.html" "$N/ui" || fail "GET /ui"
