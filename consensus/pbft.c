@@ -223,6 +223,35 @@ static uint32_t count_votes(const pbft_replica *r, const pbft__vote *v, uint64_t
  * each height above the last delivered block the own votes and the prepared certificate (with
  * its block, so a VIEW-CHANGE after the restart still carries it). Delivered heights are left out
  * because the node applies a DELIVER durably before it performs any later PERSIST. */
+/* The wire form of signature set s, in the set's order: sigs[i] point into s, ptrs[i] at sigs[i].
+ * Returns the count for the message's n_ field. */
+static size_t sigset_to_pb(pbft__sigset *s, Tem__V1__PbftSig sigs[PBFT_REPLICAS_MAX],
+                           Tem__V1__PbftSig *ptrs[PBFT_REPLICAS_MAX]) {
+    for (uint32_t i = 0; i < s->n; i++) {
+        tem__v1__pbft_sig__init(&sigs[i]);
+        sigs[i].validator = s->idx[i];
+        sigs[i].sig.data = s->sig[i];
+        sigs[i].sig.len = 64;
+        ptrs[i] = &sigs[i];
+    }
+    return s->n;
+}
+
+/* The prepared certificate slot s holds for height h, carrying its block b, as the vote record
+ * and VIEW-CHANGE both send it; pc points into s, b, sigs and ptrs. */
+static void prepared_cert_to_pb(pbft__slot *s, uint64_t h, pbft__block *b, Tem__V1__PbftPreparedCert *pc,
+                                Tem__V1__PbftSig sigs[PBFT_REPLICAS_MAX], Tem__V1__PbftSig *ptrs[PBFT_REPLICAS_MAX]) {
+    tem__v1__pbft_prepared_cert__init(pc);
+    pc->view = s->pc_view;
+    pc->height = h;
+    pc->block_hash.data = s->pc_hash;
+    pc->block_hash.len = 32;
+    pc->n_sigs = sigset_to_pb(&s->pc_sigs, sigs, ptrs);
+    pc->sigs = ptrs;
+    pc->block.data = b->bytes;
+    pc->block.len = b->len;
+}
+
 static int record_build(pbft_replica *r, uint8_t **out, size_t *out_len) {
     Tem__V1__PbftVoteRecord rec = TEM__V1__PBFT_VOTE_RECORD__INIT;
     Tem__V1__PbftSlotRecord srec[PBFT_LOG_MAX], *sp[PBFT_LOG_MAX];
@@ -253,24 +282,8 @@ static int record_build(pbft_replica *r, uint8_t **out, size_t *out_len) {
         }
         pbft__block *b = s->has_pc ? block_find(s, s->pc_hash) : NULL;
         if (b) {
-            Tem__V1__PbftPreparedCert *pc = &pcs[n];
-            tem__v1__pbft_prepared_cert__init(pc);
-            pc->view = s->pc_view;
-            pc->height = h;
-            pc->block_hash.data = s->pc_hash;
-            pc->block_hash.len = 32;
-            for (uint32_t i = 0; i < s->pc_sigs.n; i++) {
-                tem__v1__pbft_sig__init(&sigs[n][i]);
-                sigs[n][i].validator = s->pc_sigs.idx[i];
-                sigs[n][i].sig.data = s->pc_sigs.sig[i];
-                sigs[n][i].sig.len = 64;
-                sigp[n][i] = &sigs[n][i];
-            }
-            pc->n_sigs = s->pc_sigs.n;
-            pc->sigs = sigp[n];
-            pc->block.data = b->bytes;
-            pc->block.len = b->len;
-            e->prepared = pc;
+            prepared_cert_to_pb(s, h, b, &pcs[n], sigs[n], sigp[n]);
+            e->prepared = &pcs[n];
         }
         sp[n] = e;
         n++;
@@ -587,18 +600,24 @@ static void maybe_fetch(pbft_replica *r, pbft_actions *out, bool force) {
 
 /* ================================================================== normal case */
 
+/* Signs this replica's vote for `hash` in the current view into `votes[self]` and `*mine`, then
+ * persists it. The vote is on disk before it is on the wire: after a crash the replica must still
+ * know it voted, or it could vote for another block at this (view, height). */
+static int record_own_vote(pbft_replica *r, const uint8_t digest[32], const uint8_t hash[32],
+                           pbft__vote *votes, pbft__vote *mine, pbft_actions *out) {
+    pbft__vote *v = &votes[r->cfg.self];
+    v->set = true;
+    v->view = r->view;
+    hash_copy(v->hash, hash);
+    sign_digest(r, digest, v->sig);
+    *mine = *v;
+    return persist(r, out);
+}
+
 static int vote_prepare(pbft_replica *r, pbft__slot *s, pbft_actions *out) {
     uint8_t d[32];
     pbft_prepare_digest(r->cfg.genesis_hash, r->view, s->height, s->pp_hash, d);
-    pbft__vote *v = &s->prepares[r->cfg.self];
-    v->set = true;
-    v->view = r->view;
-    hash_copy(v->hash, s->pp_hash);
-    sign_digest(r, d, v->sig);
-    s->my_prepare = *v;
-    /* The vote is on disk before it is on the wire: after a crash the replica must still know
-     * it voted, or it could vote for another block at this (view, height). */
-    int rc = persist(r, out);
+    int rc = record_own_vote(r, d, s->pp_hash, s->prepares, &s->my_prepare, out);
     if (rc != PBFT_OK) return rc;
     Tem__V1__PbftMessage m = TEM__V1__PBFT_MESSAGE__INIT;
     Tem__V1__PbftPrepare p = TEM__V1__PBFT_PREPARE__INIT;
@@ -616,15 +635,9 @@ static void check_commit(pbft_replica *r, pbft__slot *s, uint64_t view, const ui
 static int vote_commit(pbft_replica *r, pbft__slot *s, pbft_actions *out) {
     uint8_t d[32];
     ledger_commit_digest(r->cfg.genesis_hash, r->view, s->height, s->pc_hash, d);
-    pbft__vote *v = &s->commits[r->cfg.self];
-    v->set = true;
-    v->view = r->view;
-    hash_copy(v->hash, s->pc_hash);
-    sign_digest(r, d, v->sig);
-    s->my_commit = *v;
-    /* Same rule as PREPARE; the record also carries the prepared certificate the COMMIT rests
-     * on, which a later VIEW-CHANGE must report. */
-    int rc = persist(r, out);
+    /* The record also carries the prepared certificate the COMMIT rests on, which a later
+     * VIEW-CHANGE must report. */
+    int rc = record_own_vote(r, d, s->pc_hash, s->commits, &s->my_commit, out);
     if (rc != PBFT_OK) return rc;
     Tem__V1__PbftMessage m = TEM__V1__PBFT_MESSAGE__INIT;
     Tem__V1__PbftCommit c = TEM__V1__PBFT_COMMIT__INIT;
@@ -805,14 +818,7 @@ static int send_view_change(pbft_replica *r, pbft_actions *out, bool persist_fir
         vc.stable_height = r->stable;
         vc.stable_hash.data = r->stable_hash;
         vc.stable_hash.len = 32;
-        for (uint32_t i = 0; i < r->stable_proof.n; i++) {
-            tem__v1__pbft_sig__init(&ssig[i]);
-            ssig[i].validator = r->stable_proof.idx[i];
-            ssig[i].sig.data = r->stable_proof.sig[i];
-            ssig[i].sig.len = 64;
-            ssp[i] = &ssig[i];
-        }
-        vc.n_stable_proof = r->stable_proof.n;
+        vc.n_stable_proof = sigset_to_pb(&r->stable_proof, ssig, ssp);
         vc.stable_proof = ssp;
     }
     if (r->delivered > 0) {
@@ -839,24 +845,9 @@ static int send_view_change(pbft_replica *r, pbft_actions *out, bool persist_fir
         if (!s || !s->has_pc) continue;
         pbft__block *b = block_find(s, s->pc_hash);
         TEM_ASSERT(b != NULL);
-        Tem__V1__PbftPreparedCert *pc = &pcs[np];
-        tem__v1__pbft_prepared_cert__init(pc);
-        pc->view = s->pc_view;
-        pc->height = h;
-        pc->block_hash.data = s->pc_hash;
-        pc->block_hash.len = 32;
-        for (uint32_t i = 0; i < s->pc_sigs.n; i++) {
-            tem__v1__pbft_sig__init(&psig[np][i]);
-            psig[np][i].validator = s->pc_sigs.idx[i];
-            psig[np][i].sig.data = s->pc_sigs.sig[i];
-            psig[np][i].sig.len = 64;
-            psp[np][i] = &psig[np][i];
-        }
-        pc->n_sigs = s->pc_sigs.n;
-        pc->sigs = psp[np];
-        pc->block.data = b->bytes;
-        pc->block.len = b->len;
-        pcp[np++] = pc;
+        prepared_cert_to_pb(s, h, b, &pcs[np], psig[np], psp[np]);
+        pcp[np] = &pcs[np];
+        np++;
     }
     vc.n_prepared = np;
     vc.prepared = pcp;
@@ -1533,13 +1524,7 @@ static int on_proposal(pbft_replica *r, const pbft_event *ev, pbft_actions *out)
     hash_copy(s->pp_hash, h);
     uint8_t d[32];
     pbft_prepare_digest(r->cfg.genesis_hash, r->view, s->height, h, d);
-    pbft__vote *v = &s->prepares[r->cfg.self];
-    v->set = true;
-    v->view = r->view;
-    hash_copy(v->hash, h);
-    sign_digest(r, d, v->sig);
-    s->my_prepare = *v;
-    rc = persist(r, out);
+    rc = record_own_vote(r, d, h, s->prepares, &s->my_prepare, out);
     if (rc != PBFT_OK) return rc;
     Tem__V1__PbftMessage m = TEM__V1__PBFT_MESSAGE__INIT;
     Tem__V1__PbftPrePrepare p = TEM__V1__PBFT_PRE_PREPARE__INIT;

@@ -313,21 +313,28 @@ int grid_network_fee(ledger_state *st, uint32_t seller_bus, uint32_t buyer_bus, 
     return mul3_div_ceil((int64_t)qty_wh, r, rate_uunit_per_kwh_per_ohm, 1000000000LL, fee_uunit);
 }
 
-int grid_network_fee_max(ledger_state *st, uint32_t bus, uint64_t qty_wh,
-                         int64_t rate_uunit_per_kwh_per_ohm, int64_t *fee_uunit) {
-    TEM_ASSERT(st && fee_uunit);
+/* What both _max bounds compute: qty_wh x rate x (the resistance, or with `by_loss` the loss
+ * factor, towards the farthest bus from `bus`) / 1e9, rounded up; 0 when no model is installed. */
+static int farthest_charge(ledger_state *st, uint32_t bus, uint64_t qty_wh, int64_t rate, bool by_loss,
+                           int64_t *out) {
     const uint8_t *blob;
     size_t len;
-    int rc = fee_model(st, qty_wh, rate_uunit_per_kwh_per_ohm, &blob, &len);
+    int rc = fee_model(st, qty_wh, rate, &blob, &len);
     if (rc != GRID_OK) return rc;
     if (!blob) {
-        *fee_uunit = 0;
+        *out = 0;
         return GRID_OK;
     }
     int64_t r, lf;
     rc = grid__model_farthest(blob, len, bus, &r, &lf);
     if (rc != GRID_OK) return rc;
-    return mul3_div_ceil((int64_t)qty_wh, r, rate_uunit_per_kwh_per_ohm, 1000000000LL, fee_uunit);
+    return mul3_div_ceil((int64_t)qty_wh, by_loss ? lf : r, rate, 1000000000LL, out);
+}
+
+int grid_network_fee_max(ledger_state *st, uint32_t bus, uint64_t qty_wh,
+                         int64_t rate_uunit_per_kwh_per_ohm, int64_t *fee_uunit) {
+    TEM_ASSERT(st && fee_uunit);
+    return farthest_charge(st, bus, qty_wh, rate_uunit_per_kwh_per_ohm, false, fee_uunit);
 }
 
 /* ceil(p / d) for any sign of p, d > 0. */
@@ -376,16 +383,5 @@ int grid_loss_charge(ledger_state *st, uint64_t slot, int64_t slot_ms, uint32_t 
 int grid_loss_charge_max(ledger_state *st, uint32_t bus, uint64_t qty_wh,
                          int64_t loss_price_uunit_per_kwh, int64_t *total_uunit) {
     TEM_ASSERT(st && total_uunit);
-    const uint8_t *blob;
-    size_t len;
-    int rc = fee_model(st, qty_wh, loss_price_uunit_per_kwh, &blob, &len);
-    if (rc != GRID_OK) return rc;
-    if (!blob) {
-        *total_uunit = 0;
-        return GRID_OK;
-    }
-    int64_t r, lf;
-    rc = grid__model_farthest(blob, len, bus, &r, &lf);
-    if (rc != GRID_OK) return rc;
-    return mul3_div_ceil((int64_t)qty_wh, lf, loss_price_uunit_per_kwh, 1000000000LL, total_uunit);
+    return farthest_charge(st, bus, qty_wh, loss_price_uunit_per_kwh, true, total_uunit);
 }

@@ -667,6 +667,15 @@ static int view_find(const grid__view *v, uint32_t bus, uint32_t *k) {
     return GRID_OK;
 }
 
+/* view_init, then the records of the two buses a trade runs between. */
+static int view_init_pair(grid__view *v, const uint8_t *blob, size_t len, uint32_t a_bus, uint32_t b_bus,
+                          uint32_t *a, uint32_t *b) {
+    int rc = view_init(v, blob, len);
+    if (rc == GRID_OK) rc = view_find(v, a_bus, a);
+    if (rc == GRID_OK) rc = view_find(v, b_bus, b);
+    return rc;
+}
+
 uint32_t grid_model_buses(const uint8_t *blob, size_t blob_len) {
     grid__view v;
     return view_init(&v, blob, blob_len) == GRID_OK ? v.n : 0;
@@ -710,9 +719,7 @@ int grid_model_path(const uint8_t *blob, size_t blob_len, uint32_t a_bus, uint32
                     int64_t *r_uohm, int64_t *loss_bound_ppm) {
     grid__view v;
     uint32_t a, b;
-    int rc = view_init(&v, blob, blob_len);
-    if (rc == GRID_OK) rc = view_find(&v, a_bus, &a);
-    if (rc == GRID_OK) rc = view_find(&v, b_bus, &b);
+    int rc = view_init_pair(&v, blob, blob_len, a_bus, b_bus, &a, &b);
     if (rc != GRID_OK) return rc;
     uint32_t c = lca(&v, a, b);
     *r_uohm = rd64(rec(&v, a), R_RROOT) + rd64(rec(&v, b), R_RROOT) - 2 * rd64(rec(&v, c), R_RROOT);
@@ -908,6 +915,14 @@ static int solve(const grid__ws *w, const grid__sol *x) {
     return GRID_ENOCONVERGE;
 }
 
+/* The flat start every solve begins from: 1 pu at angle 0 on all n buses. */
+static void sol_flat_start(grid__sol *x, uint32_t n) {
+    for (uint32_t k = 0; k < n; k++) {
+        x->vr[k] = FP_ONE;
+        x->vi[k] = 0;
+    }
+}
+
 static inline int64_t sol_m2(const grid__sol *x, uint32_t k) {
     return (int64_t)(((i128)x->vr[k] * x->vr[k] + (i128)x->vi[k] * x->vi[k]) >> FP_SHIFT);
 }
@@ -1080,10 +1095,7 @@ static int check_core(const grid__view *v, grid__ws *w, uint32_t a, uint32_t b, 
     }
     if (qty_wh == 0) return GRID_OK;
     grid__sol *lo = &w->s[0], *cur = &w->s[1];
-    for (uint32_t k = 0; k < w->n; k++) {
-        cur->vr[k] = FP_ONE;
-        cur->vi[k] = 0;
-    }
+    sol_flat_start(cur, w->n);
     /* The whole quantity first, against the model's own limits: most trades end here, with one
      * solve and no solve of the slot without them. */
     limits_nominal(v, w);
@@ -1209,9 +1221,7 @@ int grid_model_check(const uint8_t *blob, size_t blob_len, const uint8_t *slot_b
     grid__view v;
     uint32_t a, b;
     int rc = args_ok(slot_ms);
-    if (rc == GRID_OK) rc = view_init(&v, blob, blob_len);
-    if (rc == GRID_OK) rc = view_find(&v, seller_bus, &a);
-    if (rc == GRID_OK) rc = view_find(&v, buyer_bus, &b);
+    if (rc == GRID_OK) rc = view_init_pair(&v, blob, blob_len, seller_bus, buyer_bus, &a, &b);
     if (rc != GRID_OK) return rc;
     if (a == b || qty_wh == 0) {
         grid__ws none = {0};
@@ -1231,9 +1241,7 @@ int grid_model_loss_factor(const uint8_t *blob, size_t blob_len, const uint8_t *
     grid__view v;
     uint32_t a, b;
     int rc = args_ok(slot_ms);
-    if (rc == GRID_OK) rc = view_init(&v, blob, blob_len);
-    if (rc == GRID_OK) rc = view_find(&v, seller_bus, &a);
-    if (rc == GRID_OK) rc = view_find(&v, buyer_bus, &b);
+    if (rc == GRID_OK) rc = view_init_pair(&v, blob, blob_len, seller_bus, buyer_bus, &a, &b);
     if (rc != GRID_OK) return rc;
     if (a == b) {
         *lf_ppm = 0;
@@ -1244,10 +1252,7 @@ int grid_model_loss_factor(const uint8_t *blob, size_t blob_len, const uint8_t *
     if ((rc = ws_init(&v, &w)) != GRID_OK) return rc;
     slot_loads(&v, &w, slot, slot_blob, slot_ms);
     grid__sol *x = &w.s[0];
-    for (uint32_t k = 0; k < w.n; k++) {
-        x->vr[k] = FP_ONE;
-        x->vi[k] = 0;
-    }
+    sol_flat_start(x, w.n);
     int64_t lf = bound; /* no solution: the DSO-favoured bound */
     /* Central difference of the AC flow's total loss: the trade's power +-1 kW on top of the
      * slot's operating point, each solve warm-started from that point. */
@@ -1282,9 +1287,7 @@ int grid_model_commit(const uint8_t *blob, size_t blob_len, uint8_t *slot_blob, 
     grid__view v;
     uint32_t a, b;
     int rc = args_ok(slot_ms);
-    if (rc == GRID_OK) rc = view_init(&v, blob, blob_len);
-    if (rc == GRID_OK) rc = view_find(&v, seller_bus, &a);
-    if (rc == GRID_OK) rc = view_find(&v, buyer_bus, &b);
+    if (rc == GRID_OK) rc = view_init_pair(&v, blob, blob_len, seller_bus, buyer_bus, &a, &b);
     if (rc != GRID_OK) return rc;
     if (qty_wh > (uint64_t)GRID__QTY_MAX) return GRID_EOVERFLOW;
     if (a == b || qty_wh == 0) return GRID_OK;
@@ -1295,6 +1298,12 @@ int grid_model_commit(const uint8_t *blob, size_t blob_len, uint8_t *slot_blob, 
     st64(slot_blob + 8 * (size_t)a, sa);
     st64(slot_blob + 8 * (size_t)b, sb);
     return GRID_OK;
+}
+
+/* |V|^2 (fixed point) -> |V| in npu: grid_model_voltages and grid_model_state round alike. */
+static int64_t m2_to_npu(int64_t m2) {
+    i128 m = sqrt_approx((i128)m2 * FP_ONE);
+    return (int64_t)(m * GRID_NPU_PER_PU / FP_ONE);
 }
 
 int grid_model_voltages(const uint8_t *blob, size_t blob_len, const uint8_t *slot_blob, uint64_t slot,
@@ -1308,15 +1317,9 @@ int grid_model_voltages(const uint8_t *blob, size_t blob_len, const uint8_t *slo
     if ((rc = ws_init(&v, &w)) != GRID_OK) return rc;
     slot_loads(&v, &w, slot, slot_blob, slot_ms);
     grid__sol *x = &w.s[0];
-    for (uint32_t k = 0; k < w.n; k++) {
-        x->vr[k] = FP_ONE;
-        x->vi[k] = 0;
-    }
+    sol_flat_start(x, w.n);
     rc = solve(&w, x);
-    for (uint32_t k = 0; rc == GRID_OK && k < w.n; k++) {
-        i128 m = sqrt_approx((i128)sol_m2(x, k) * FP_ONE); /* |V|, fixed point */
-        v_npu[k] = (int64_t)(m * GRID_NPU_PER_PU / FP_ONE);
-    }
+    for (uint32_t k = 0; rc == GRID_OK && k < w.n; k++) v_npu[k] = m2_to_npu(sol_m2(x, k));
     ws_free(&w);
     return rc;
 }
@@ -1325,11 +1328,6 @@ int grid_model_voltages(const uint8_t *blob, size_t blob_len, const uint8_t *slo
 static int64_t fp_to_w(i128 x) {
     i128 m = x * GRID_PPM;
     return (int64_t)(m >= 0 ? (m + (FP_ONE / 2)) >> FP_SHIFT : -((-m + (FP_ONE / 2)) >> FP_SHIFT));
-}
-/* |V|^2 (fixed point) -> |V| in npu, the way grid_model_voltages rounds it. */
-static int64_t m2_to_npu(int64_t m2) {
-    i128 m = sqrt_approx((i128)m2 * FP_ONE);
-    return (int64_t)(m * GRID_NPU_PER_PU / FP_ONE);
 }
 
 int grid_model_state(const uint8_t *blob, size_t blob_len, const uint8_t *slot_blob, uint64_t slot,

@@ -68,5 +68,8 @@ int ledger__store_put_tip(ledger_store *s, void *txn, uint64_t h, const uint8_t 
 /* Drops the in-memory state and loads height, roots and state again from LMDB (checking the tree
  * against the stored root). On error the store must be closed. */
 int ledger__store_reload(ledger_store *s);
+/* Copies the value at `key` in table `dbi` of env (an MDB_env *), read in its own read txn, into
+ * *out (tem_malloc'd, the caller frees it). LEDGER_ENOTFOUND, LEDGER_ENOMEM, LEDGER_EIO etc. */
+int ledger__mdb_get_copy(void *env, unsigned dbi, const void *key, size_t klen, uint8_t **out, size_t *len);
 
 #endif

@@ -341,23 +341,7 @@ void ledger_snap_stage_close(ledger_snap_stage *st) {
 }
 
 int ledger_snap_stage_target(ledger_snap_stage *st, uint8_t **out, size_t *len) {
-    MDB_txn *txn;
-    int rc = map_err(mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn), "begin ro");
-    if (rc != LEDGER_OK) return rc;
-    MDB_val k = {6, "target"}, v;
-    int mrc = mdb_get(txn, st->meta, &k, &v);
-    rc = mrc == MDB_NOTFOUND ? LEDGER_ENOTFOUND : map_err(mrc, "get target");
-    if (rc == LEDGER_OK) {
-        uint8_t *b = tem_malloc(v.mv_size ? v.mv_size : 1);
-        if (!b) rc = LEDGER_ENOMEM;
-        else {
-            memcpy(b, v.mv_data, v.mv_size);
-            *out = b;
-            *len = v.mv_size;
-        }
-    }
-    mdb_txn_abort(txn);
-    return rc;
+    return ledger__mdb_get_copy(st->env, st->meta, "target", 6, out, len);
 }
 
 static int stage_reset(ledger_snap_stage *st, const uint8_t *target, size_t len) {

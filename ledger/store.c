@@ -511,12 +511,12 @@ out:
 }
 
 /* ------------------------------------------------------------------ reads */
-static int get_copy(ledger_store *s, int db, const void *key, size_t klen, uint8_t **out, size_t *len) {
+int ledger__mdb_get_copy(void *env, unsigned dbi, const void *key, size_t klen, uint8_t **out, size_t *len) {
     MDB_txn *txn;
-    int rc = map_mdb(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "begin ro");
+    int rc = map_mdb(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), "begin ro");
     if (rc != LEDGER_OK) return rc;
     MDB_val k = {klen, (void *)key}, v;
-    rc = map_mdb(mdb_get(txn, s->dbi[db], &k, &v), "get");
+    rc = map_mdb(mdb_get(txn, dbi, &k, &v), "get");
     if (rc == LEDGER_OK) {
         uint8_t *b = tem_malloc(v.mv_size ? v.mv_size : 1);
         if (!b) rc = LEDGER_ENOMEM;
@@ -528,6 +528,10 @@ static int get_copy(ledger_store *s, int db, const void *key, size_t klen, uint8
     }
     mdb_txn_abort(txn);
     return rc;
+}
+
+static int get_copy(ledger_store *s, int db, const void *key, size_t klen, uint8_t **out, size_t *len) {
+    return ledger__mdb_get_copy(s->env, s->dbi[db], key, klen, out, len);
 }
 
 /* The hash a stored block must have: its certificate's, or (offline-executed chains have no
@@ -558,6 +562,18 @@ static int expected_hash(ledger_store *s, uint64_t height, uint8_t out[32]) {
     return rc;
 }
 
+/* Whether blk's txs hash to its header's tx_root, which the caller checked is 32 bytes.
+ * LEDGER_OK, LEDGER_ECORRUPT when they do not, LEDGER_ENOMEM. */
+static int check_tx_root(const Tem__V1__Block *blk) {
+    uint8_t(*ids)[32] = tem_malloc((blk->n_txs ? blk->n_txs : 1) * 32), root[32];
+    if (ids == NULL) return LEDGER_ENOMEM;
+    for (size_t i = 0; i < blk->n_txs; i++) ledger_sha256(ids[i], blk->txs[i]->body.data, blk->txs[i]->body.len);
+    bool match = ledger_merkle_root(root, (const uint8_t(*)[32])ids, blk->n_txs) == LEDGER_OK &&
+                 memcmp(root, blk->header->tx_root.data, 32) == 0;
+    tem_free(ids);
+    return match ? LEDGER_OK : LEDGER_ECORRUPT;
+}
+
 /* Checks stored block bytes before they leave the store: they decode, their header hash is the
  * one recorded for that height, and their txs hash to the header's tx_root. A flipped byte on
  * disk is reported (LEDGER_ECORRUPT, logged) instead of served with a wrong hash. */
@@ -575,16 +591,12 @@ static int check_stored_block(ledger_store *s, uint64_t height, const uint8_t *b
         else if (e == 0 && memcmp(h, want, 32) != 0) why = "header hash differs from its certificate's";
     }
     if (why == NULL) {
-        uint8_t(*ids)[32] = tem_malloc((blk->n_txs ? blk->n_txs : 1) * 32), root[32];
-        if (ids == NULL) {
+        int rc = check_tx_root(blk);
+        if (rc == LEDGER_ENOMEM) {
             tem__v1__block__free_unpacked(blk, &ledger_pb_allocator);
             return LEDGER_ENOMEM;
         }
-        for (size_t i = 0; i < blk->n_txs; i++) ledger_sha256(ids[i], blk->txs[i]->body.data, blk->txs[i]->body.len);
-        if (ledger_merkle_root(root, (const uint8_t(*)[32])ids, blk->n_txs) != LEDGER_OK ||
-            memcmp(root, blk->header->tx_root.data, 32) != 0)
-            why = "txs do not match the header's tx_root";
-        tem_free(ids);
+        if (rc != LEDGER_OK) why = "txs do not match the header's tx_root";
     }
     if (blk) tem__v1__block__free_unpacked(blk, &ledger_pb_allocator);
     if (why == NULL) {
@@ -643,15 +655,9 @@ static const char *block_mismatch(ledger_store *s, uint64_t height, const uint8_
              memcmp(blk->header->prev_hash.data, prev, 32) != 0)
         why = "prev_hash does not link to the block below";
     if (why == NULL) {
-        uint8_t(*ids)[32] = tem_malloc((blk->n_txs ? blk->n_txs : 1) * 32), root[32];
-        if (ids == NULL) why = "out of memory";
-        else {
-            for (size_t i = 0; i < blk->n_txs; i++) ledger_sha256(ids[i], blk->txs[i]->body.data, blk->txs[i]->body.len);
-            if (ledger_merkle_root(root, (const uint8_t(*)[32])ids, blk->n_txs) != LEDGER_OK ||
-                memcmp(root, blk->header->tx_root.data, 32) != 0)
-                why = "txs do not match the header's tx_root";
-            tem_free(ids);
-        }
+        int rc = check_tx_root(blk);
+        if (rc == LEDGER_ENOMEM) why = "out of memory";
+        else if (rc != LEDGER_OK) why = "txs do not match the header's tx_root";
     }
     if (blk) tem__v1__block__free_unpacked(blk, &ledger_pb_allocator);
     if (why || !verify_sigs) return why;

@@ -192,13 +192,16 @@ typedef struct {
     size_t lo, hi;
 } verify_part;
 
+/* Both the one-block and the ahead-of-time verifier check a tx through here: a tx verified once,
+ * by gossip or an earlier pass, is not verified again. */
+static void tx_verify_once(ledger_view_tx *t) {
+    if (!t->verified && ledger_tx_verify(t->tx) == LEDGER_OK) t->verified = true;
+}
+
 /* Each part writes only its own txs' flags, so the parts share nothing. */
 static void *verify_range(void *arg) {
     verify_part *p = arg;
-    for (size_t i = p->lo; i < p->hi; i++) {
-        ledger_view_tx *t = &p->v->txs[i];
-        if (!t->verified && ledger_tx_verify(t->tx) == LEDGER_OK) t->verified = true;
-    }
+    for (size_t i = p->lo; i < p->hi; i++) tx_verify_once(&p->v->txs[i]);
     return NULL;
 }
 
@@ -244,8 +247,7 @@ static void vf_run(ledger_verifier *vf, vf_job *j) {
     while (j->next < v->n) {
         size_t i = j->next++;
         pthread_mutex_unlock(&vf->mu);
-        ledger_view_tx *t = &v->txs[i];
-        if (!t->verified && ledger_tx_verify(t->tx) == LEDGER_OK) t->verified = true;
+        tx_verify_once(&v->txs[i]);
         pthread_mutex_lock(&vf->mu);
         if (++j->done == v->n) pthread_cond_broadcast(&vf->finished);
     }

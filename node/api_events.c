@@ -90,17 +90,8 @@ static bool maker_of(node *n, maker_cache *c, const uint8_t txid[32], uint8_t ou
 }
 
 static const char *kind_name(int k) {
-    switch (k) {
-    case TEM__V1__TX_BODY__KIND_ORDER: return "order";
-    case TEM__V1__TX_BODY__KIND_CANCEL: return "cancel";
-    case TEM__V1__TX_BODY__KIND_READING: return "reading";
-    case TEM__V1__TX_BODY__KIND_TRANSFER: return "transfer";
-    case TEM__V1__TX_BODY__KIND_REGISTER: return "register";
-    case TEM__V1__TX_BODY__KIND_INSTALL_FEEDER: return "install_feeder";
-    case TEM__V1__TX_BODY__KIND_SET_TARIFF: return "set_tariff";
-    case TEM__V1__TX_BODY__KIND_DEPOSIT: return "deposit";
-    default: return "unknown";
-    }
+    const char *name = ledger_tx_kind_name(k);
+    return name ? name : "unknown";
 }
 
 /* tx, trade and curtailment events of one tx. */

@@ -1,21 +1,13 @@
 /* archive.c: the node's trade archive and curtailment notes (archive.h), written by the apply
  * path only. */
 #include "node/archive.h"
-
-static json_t *hexj(const uint8_t *b, size_t n) {
-    char *h = tem_malloc(2 * n + 1);
-    if (!h) return json_null();
-    tem_hex(h, b, n);
-    json_t *j = json_string(h);
-    tem_free(h);
-    return j;
-}
+#include "node/node_internal.h" /* node_hexj */
 
 static json_t *trade_json(const contracts_trade *t) {
     json_t *j = json_object();
     json_object_set_new(j, "seq", json_integer((json_int_t)t->seq));
-    json_object_set_new(j, "seller", hexj(t->seller, 33));
-    json_object_set_new(j, "buyer", hexj(t->buyer, 33));
+    json_object_set_new(j, "seller", node_hexj(t->seller, 33));
+    json_object_set_new(j, "buyer", node_hexj(t->buyer, 33));
     json_object_set_new(j, "quantity_wh", json_integer((json_int_t)t->qty_wh));
     json_object_set_new(j, "price", json_integer((json_int_t)t->price));
     json_object_set_new(j, "value_uunit", json_integer(t->value_uunit));
@@ -49,8 +41,8 @@ static int curt_fn(void *ctx, const contracts_curtailment *c) {
         return 0;
     }
     json_t *j = json_object();
-    json_object_set_new(j, "seller", hexj(c->seller, 33));
-    json_object_set_new(j, "buyer", hexj(c->buyer, 33));
+    json_object_set_new(j, "seller", node_hexj(c->seller, 33));
+    json_object_set_new(j, "buyer", node_hexj(c->buyer, 33));
     json_object_set_new(j, "quantity_wh", json_integer(0));
     json_object_set_new(j, "price", json_integer((json_int_t)c->price));
     json_object_set_new(j, "curtailed_wh", json_integer((json_int_t)cut));

@@ -13,26 +13,7 @@ done
 python3 -c 'import cryptography' 2>/dev/null || { echo "$NAME: FAIL: python3-cryptography missing (make deps)"; exit 1; }
 "$D" --version >/dev/null || { echo "$NAME: FAIL: $D --version failed"; exit 1; }
 dir=$(mktemp -d /tmp/tem-$NAME-XXXXXX)
-declare -A PID=()
-passed=0
-cleanup() {
-  for k in "${!PID[@]}"; do kill -CONT "${PID[$k]}" 2>/dev/null || true; kill -TERM "${PID[$k]}" 2>/dev/null || true; done
-  for _ in $(seq 1 30); do
-    alive=0
-    for k in "${!PID[@]}"; do kill -0 "${PID[$k]}" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    sleep 0.1
-  done
-  for k in "${!PID[@]}"; do kill -KILL "${PID[$k]}" 2>/dev/null || true; done
-  if [ "${KEEP:-}" = 1 ]; then echo "kept $dir"; else rm -rf "$dir"; fi
-}
-trap cleanup EXIT
-fail() {
-  echo "FAIL: $*"
-  for f in "$dir"/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 25 "$f"; }; done
-  exit 1
-}
-ok() { passed=$((passed+1)); echo "ok - $* [${SECONDS}s]"; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib_proc.sh"
 
 base=$((12000 + ($$ % 500) * 30))
 peer() { echo "127.0.0.1:$((base + $1))"; }

@@ -16,26 +16,7 @@ T="$B/temctl"
 D="$B/temd"
 command -v curl >/dev/null && command -v jq >/dev/null || { echo "t_cluster: SKIP: curl or jq missing"; exit 0; }
 dir=$(mktemp -d /tmp/tem-cluster-XXXXXX)
-declare -A PID=()
-passed=0
-cleanup() {
-  for k in "${!PID[@]}"; do kill -CONT "${PID[$k]}" 2>/dev/null || true; kill -TERM "${PID[$k]}" 2>/dev/null || true; done
-  for _ in $(seq 1 30); do
-    alive=0
-    for k in "${!PID[@]}"; do kill -0 "${PID[$k]}" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    sleep 0.1
-  done
-  for k in "${!PID[@]}"; do kill -KILL "${PID[$k]}" 2>/dev/null || true; done
-  if [ "${KEEP:-}" = 1 ]; then echo "kept $dir"; else rm -rf "$dir"; fi
-}
-trap cleanup EXIT
-fail() {
-  echo "FAIL: $*"
-  for f in "$dir"/*.log; do echo "--- $f"; tail -n 25 "$f"; done
-  exit 1
-}
-ok() { passed=$((passed+1)); echo "ok - $* [${SECONDS}s]"; }
+. "$(dirname "$0")/lib_proc.sh"
 
 base=$((21000 + ($$ % 400) * 20))
 peer() { echo "127.0.0.1:$((base + $1))"; }

@@ -43,18 +43,9 @@ from,to,r_ohm,x_ohm,rate_kva
 1,2,0.0922,0.047,10000
 2,3,0.366,0.1864,20
 EOF
-for i in 0 1 2 3; do
-  "$D" --data-dir "$dir/n$i" --genesis "$dir/g.json" --key "$dir/v$i.key" --log-level info 2>>"$dir/n$i.log" &
-  PID[n$i]=$!
-done
+start_validators n "$dir"
 N="http://$(http 2)"
-h=0
-for _ in $(seq 1 150); do
-  h=$(curl -s -m 1 "$N/v1/status" | jq -r .height 2>/dev/null || echo 0)
-  [ "${h:-0}" -ge 2 ] 2>/dev/null && break
-  sleep 0.2
-done
-[ "${h:-0}" -ge 2 ] || fail "cluster did not commit 2 blocks"
+wait_blocks "$N" 2 cluster
 
 code() { curl -s -o "$dir/body" -w '%{http_code}' "$N$1"; }
 err() { jq -r .code "$dir/body"; }
@@ -178,18 +169,9 @@ for i in 0 1 2 3; do args+=(--validator "v$i:$dir/v$i.key:$(peer $i)@$(http $i)"
   --participant "$dir/util.key:1:utility:0" --participant "$dir/dso.key:1:dso:0" \
   --tariff 0:300000:80000 --slot-ms $SLOT_MS --gate-closure-ms 2000 --settlement-deadline-ms 3000 \
   --seller-collateral-ppm 0 --network-fee 100000 --mechanism call --out "$dir/c/g.json" 2>/dev/null || fail "genesis (call)"
-for i in 0 1 2 3; do
-  "$D" --data-dir "$dir/c/n$i" --genesis "$dir/c/g.json" --key "$dir/v$i.key" --log-level info 2>>"$dir/c$i.log" &
-  PID[c$i]=$!
-done
+start_validators c "$dir/c"
 N="http://$(http 2)"
-h=0
-for _ in $(seq 1 150); do
-  h=$(curl -s -m 1 "$N/v1/status" | jq -r .height 2>/dev/null || echo 0)
-  [ "${h:-0}" -ge 2 ] 2>/dev/null && break
-  sleep 0.2
-done
-[ "${h:-0}" -ge 2 ] || fail "call-auction cluster did not commit 2 blocks"
+wait_blocks "$N" 2 "call-auction cluster"
 "$T" feeder install "$dir/feeder" --key "$dir/admin.key" --chain-id tem-fv --nonce 0 --margin 0 --out "$dir/c/feeder.bin" >/dev/null
 "$T" submit --node "$N" --file "$dir/c/feeder.bin" --wait >/dev/null || fail "feeder install refused (call)"
 slot=$(( $(open_slot) + 1 ))

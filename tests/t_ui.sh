@@ -26,18 +26,9 @@ for i in 0 1 2 3; do args+=(--validator "v$i:$dir/v$i.key:$(peer $i)@$(http $i)"
   --participant "$dir/p1.key:2:prosumer:100000000000" --participant "$dir/p2.key:3:prosumer:100000000000" \
   --participant "$dir/util.key:1:utility:0" --participant "$dir/dso.key:1:dso:0" \
   --tariff 0:300000:80000 --slot-ms 60000 --out "$dir/g.json" 2>/dev/null
-for i in 0 1 2 3; do
-  "$D" --data-dir "$dir/n$i" --genesis "$dir/g.json" --key "$dir/v$i.key" --log-level info 2>>"$dir/n$i.log" &
-  PID[n$i]=$!
-done
+start_validators n "$dir"
 N="http://$(http 1)"
-h=0
-for _ in $(seq 1 150); do
-  h=$(curl -s -m 1 "$N/v1/status" | jq -r .height 2>/dev/null || echo 0)
-  [ "${h:-0}" -ge 2 ] 2>/dev/null && break
-  sleep 0.2
-done
-[ "${h:-0}" -ge 2 ] || fail "cluster did not commit 2 blocks"
+wait_blocks "$N" 2 cluster
 
 # ---- 1. the page itself: HTML, strict CSP whose hashes match the inline script and style.
 curl -s -m 5 -D "$dir/hdr" -o "$dir/page.html" "$N/ui" || fail "GET /ui"

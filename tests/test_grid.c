@@ -11,78 +11,16 @@
 #include <inttypes.h>
 
 #include "contracts/grid.h"
+#include "grid_fixture.h"
 
 #define SLOT_MS_1H 3600000 /* 1 Wh in a one-hour slot = 1 W */
-
-typedef struct {
-    Tem__V1__InstallFeeder msg;
-    Tem__V1__FeederBus b[4], *bp[4];
-    Tem__V1__FeederLine l[3], *lp[3];
-    uint8_t hash[32];
-} model;
-
-static void model_init(model *m) {
-    memset(m, 0, sizeof *m);
-    tem__v1__install_feeder__init(&m->msg);
-    /* bus, slack, v_npu, dv_fpu_per_w, parent, parent_line */
-    const struct { uint32_t bus; bool slack; uint64_t v, dv; uint32_t parent, pline; } B[4] = {
-        {1, true, 1000000000, 0, 1, 0},
-        {2, false, 990000000, 1000000, 1, 0},
-        {3, false, 980000000, 3000000, 2, 1},
-        {4, false, 985000000, 2000000, 2, 2},
-    };
-    for (int i = 0; i < 4; i++) {
-        tem__v1__feeder_bus__init(&m->b[i]);
-        m->b[i].bus = B[i].bus;
-        m->b[i].slack = B[i].slack;
-        m->b[i].base_v_npu = B[i].v;
-        m->b[i].base_v_ppm = (uint32_t)(B[i].v / 1000);
-        m->b[i].vmin_ppm = B[i].slack ? 1000000 : 900000;
-        m->b[i].vmax_ppm = B[i].slack ? 1000000 : 1100000;
-        m->b[i].dv_fpu_per_w = B[i].dv;
-        m->b[i].parent = B[i].parent;
-        m->b[i].parent_line = B[i].pline;
-        m->bp[i] = &m->b[i];
-    }
-    /* from, to, r_uohm, rate_va, base_p_w (away from the slack), loss_factor_ppm */
-    const struct { uint32_t from, to; uint64_t r, rate; int64_t p; uint32_t lf; } L[3] = {
-        {1, 2, 100000, 1000000, 500000, 10000},
-        {2, 3, 200000, 300000, 100000, 20000},
-        {4, 2, 300000, 200000, 50000, 30000},
-    };
-    for (int i = 0; i < 3; i++) {
-        tem__v1__feeder_line__init(&m->l[i]);
-        m->l[i].from = L[i].from;
-        m->l[i].to = L[i].to;
-        m->l[i].r_uohm = L[i].r;
-        m->l[i].x_uohm = L[i].r / 2;
-        m->l[i].rate_va = L[i].rate;
-        m->l[i].base_p_w = L[i].p;
-        m->l[i].base_flow_va = L[i].p;
-        m->l[i].flow_sens_ppm = 1000000;
-        m->l[i].loss_factor_ppm = L[i].lf;
-        m->lp[i] = &m->l[i];
-    }
-    m->b[1].base_p_w = 350000;
-    m->b[2].base_p_w = 100000;
-    m->b[3].base_p_w = 50000;
-    m->msg.base_kv_mv = 12660000;
-    memset(m->hash, 0xab, sizeof m->hash);
-    m->msg.source_hash.data = m->hash;
-    m->msg.source_hash.len = 32;
-    m->msg.n_buses = 4;
-    m->msg.buses = m->bp;
-    m->msg.n_lines = 3;
-    m->msg.lines = m->lp;
-    m->msg.margin_ppm = 0;
-}
 
 typedef struct {
     ledger_state *st;
     ledger_arena arena;
 } fixture;
 
-static int install(fixture *fx, model *m, Tem__V1__Receipt *rc) {
+static int install(fixture *fx, grid_fx_model *m, Tem__V1__Receipt *rc) {
     Tem__V1__TxBody body = TEM__V1__TX_BODY__INIT;
     body.kind_case = TEM__V1__TX_BODY__KIND_INSTALL_FEEDER;
     body.install_feeder = &m->msg;
@@ -96,8 +34,8 @@ static void fx_open(fixture *fx, bool with_model) {
     memset(fx, 0, sizeof *fx);
     ck_assert_int_eq(ledger_state_new(&fx->st), LEDGER_OK);
     if (with_model) {
-        model m;
-        model_init(&m);
+        grid_fx_model m;
+        grid_fx_model_init(&m);
         Tem__V1__Receipt rc;
         ck_assert_int_eq(install(fx, &m, &rc), LEDGER_OK);
         ck_assert_msg(rc.code == 0, "install refused: %s", rc.reason);
@@ -139,23 +77,23 @@ END_TEST
 
 typedef struct {
     const char *name;
-    void (*mutate)(model *m);
+    void (*mutate)(grid_fx_model *m);
     int want;
     const char *reason;
 } bad_model;
 
-static void m_cycle(model *m) { m->l[2].to = 3; m->l[2].from = 1; }
-static void m_island(model *m) { m->l[2].from = 4; m->l[2].to = 5; m->b[3].bus = 5; m->b[2].bus = 3; }
-static void m_two_slack(model *m) { m->b[2].slack = true; }
-static void m_no_slack(model *m) { m->b[0].slack = false; }
-static void m_zero_z(model *m) { m->l[1].r_uohm = 0; m->l[1].x_uohm = 0; }
-static void m_unknown(model *m) { m->l[2].from = 9; }
-static void m_dup(model *m) { m->b[3].bus = 3; }
-static void m_rating(model *m) { m->l[0].rate_va = 0; }
-static void m_hash(model *m) { m->msg.source_hash.len = 31; }
-static void m_kv(model *m) { m->msg.base_kv_mv = 0; }
+static void m_cycle(grid_fx_model *m) { m->l[2].to = 3; m->l[2].from = 1; }
+static void m_island(grid_fx_model *m) { m->l[2].from = 4; m->l[2].to = 5; m->b[3].bus = 5; m->b[2].bus = 3; }
+static void m_two_slack(grid_fx_model *m) { m->b[2].slack = true; }
+static void m_no_slack(grid_fx_model *m) { m->b[0].slack = false; }
+static void m_zero_z(grid_fx_model *m) { m->l[1].r_uohm = 0; m->l[1].x_uohm = 0; }
+static void m_unknown(grid_fx_model *m) { m->l[2].from = 9; }
+static void m_dup(grid_fx_model *m) { m->b[3].bus = 3; }
+static void m_rating(grid_fx_model *m) { m->l[0].rate_va = 0; }
+static void m_hash(grid_fx_model *m) { m->msg.source_hash.len = 31; }
+static void m_kv(grid_fx_model *m) { m->msg.base_kv_mv = 0; }
 static uint32_t prof_a[2] = {1000000, 500000}, prof_b[3] = {0, 1, 2};
-static void m_prof(model *m) {
+static void m_prof(grid_fx_model *m) {
     m->msg.n_load_profile_ppm = 2;
     m->msg.load_profile_ppm = prof_a;
     m->msg.n_gen_profile_ppm = 3;
@@ -165,7 +103,7 @@ static Tem__V1__FeederBusCase ov_bus;
 static Tem__V1__FeederSlotCase ov_slot;
 static Tem__V1__FeederBusCase *ov_bus_p[1] = {&ov_bus};
 static Tem__V1__FeederSlotCase *ov_slot_p[1] = {&ov_slot};
-static void m_override(model *m) {
+static void m_override(grid_fx_model *m) {
     tem__v1__feeder_bus_case__init(&ov_bus);
     tem__v1__feeder_slot_case__init(&ov_slot);
     ov_bus.bus = 8;
@@ -175,10 +113,10 @@ static void m_override(model *m) {
     m->msg.n_overrides = 1;
     m->msg.overrides = ov_slot_p;
 }
-static void m_band(model *m) { m->b[1].vmin_ppm = 1200000; }
-static void m_parent(model *m) { m->b[3].parent = 3; }
-static void m_margin(model *m) { m->msg.margin_ppm = 600000; }
-static void m_island2(model *m) { m->msg.n_lines = 2; }
+static void m_band(grid_fx_model *m) { m->b[1].vmin_ppm = 1200000; }
+static void m_parent(grid_fx_model *m) { m->b[3].parent = 3; }
+static void m_margin(grid_fx_model *m) { m->msg.margin_ppm = 600000; }
+static void m_island2(grid_fx_model *m) { m->msg.n_lines = 2; }
 
 static const bad_model BAD[] = {
     {"loop", m_cycle, GRID_ECYCLE, "closes a loop"},
@@ -203,8 +141,8 @@ START_TEST(grid_install_refuses_a_bad_model_naming_it_and_changes_nothing) {
     const bad_model *b = &BAD[_i];
     fixture fx;
     fx_open(&fx, false);
-    model m;
-    model_init(&m);
+    grid_fx_model m;
+    grid_fx_model_init(&m);
     b->mutate(&m);
     Tem__V1__Receipt rc;
     ck_assert_int_eq(install(&fx, &m, &rc), LEDGER_OK);
@@ -253,8 +191,8 @@ START_TEST(grid_check_finds_the_tightest_constraint) {
     const limit_row *t = &LIMITS[_i];
     fixture fx;
     fx_open(&fx, false);
-    model m;
-    model_init(&m);
+    grid_fx_model m;
+    grid_fx_model_init(&m);
     m.b[3].vmin_ppm = t->vmin4_ppm;
     m.msg.margin_ppm = t->margin_ppm;
     Tem__V1__Receipt rc;
@@ -316,8 +254,8 @@ START_TEST(grid_reinstall_keeps_the_accepted_trades_of_open_slots) {
     ck_assert(near(first, 150000));
     ck_assert_int_eq(grid_commit_match(fx.st, 1, 3, 4, first, SLOT_MS_1H), GRID_OK);
     /* The same model again, with its buses listed in another order (other record indexes). */
-    model m;
-    model_init(&m);
+    grid_fx_model m;
+    grid_fx_model_init(&m);
     Tem__V1__FeederBus *t = m.bp[1];
     m.bp[1] = m.bp[3];
     m.bp[3] = t;
@@ -332,7 +270,7 @@ START_TEST(grid_reinstall_keeps_the_accepted_trades_of_open_slots) {
      * nothing. */
     uint8_t root0[32], root1[32];
     ck_assert_int_eq(ledger_state_root(fx.st, root0), LEDGER_OK);
-    model_init(&m);
+    grid_fx_model_init(&m);
     m.msg.n_buses = 3;
     m.msg.n_lines = 2;
     ck_assert_int_eq(install(&fx, &m, &rc), LEDGER_OK);
@@ -458,8 +396,8 @@ END_TEST
 /* ------------------------------------------------------------------ out of memory */
 
 START_TEST(grid_install_under_oom_either_fails_cleanly_or_installs) {
-    model m;
-    model_init(&m);
+    grid_fx_model m;
+    grid_fx_model_init(&m);
     for (long n = 0;; n++) {
         fixture fx;
         fx_open(&fx, false);

@@ -9,6 +9,8 @@
 #include <check.h>
 #include <sodium.h>
 
+#include "pbft_fixture.h"
+
 #define N 4
 
 static uint8_t k_pub[N][32], k_sec[N][64];
@@ -17,20 +19,8 @@ static const uint8_t k_genesis[32] = {0x40, 0x57};
 static void keys(void) {
     static bool done;
     if (done) return;
-    ck_assert_int_ge(sodium_init(), 0);
-    for (int i = 0; i < N; i++) {
-        uint8_t seed[32];
-        memset(seed, 0x70 + i, 32);
-        ck_assert_int_eq(crypto_sign_seed_keypair(k_pub[i], k_sec[i], seed), 0);
-    }
+    pbft_fx_keys(N, 0x70, k_pub, k_sec);
     done = true;
-}
-
-static int hash_bytes(void *ctx, const uint8_t *b, size_t len, uint8_t out[32]) {
-    (void)ctx;
-    if (len == 0) return -1;
-    ledger_sha256(out, b, len);
-    return 0;
 }
 
 static void replica(pbft_replica *r, uint32_t self, pbft_planted_bug bug) {
@@ -45,7 +35,7 @@ static void replica(pbft_replica *r, uint32_t self, pbft_planted_bug bug) {
     c.checkpoint_interval = 4;
     c.view_timeout_ms = 1000;
     c.view_timeout_doublings_max = 4;
-    c.hash = hash_bytes;
+    c.hash = pbft_fx_hash;
     memcpy(c.start_hash, k_genesis, 32);
     c.planted_bug = bug;
     ck_assert_int_eq(pbft_replica_init(r, &c), PBFT_OK);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "net/http.h"
+#include "loop_fixture.h"
 
 /* ------------------------------------------------------------------ server side */
 typedef struct {
@@ -221,47 +222,13 @@ static void *client_main(void *arg) {
 
 static bool client_done(void *arg) { return atomic_load(&((client *)arg)->done) != 0; }
 
-typedef bool (*cond_fn)(void *);
-typedef struct {
-    cond_fn f;
-    void *arg;
-    bool met;
-} poll_ctx;
-static void on_poll(uv_timer_t *t) {
-    poll_ctx *pc = t->data;
-    if (pc->f(pc->arg)) {
-        pc->met = true;
-        uv_stop(t->loop);
-    }
-}
-static void on_deadline(uv_timer_t *t) { uv_stop(t->loop); }
-static bool run_until(uv_loop_t *loop, cond_fn f, void *arg, uint64_t timeout_ms) {
-    poll_ctx pc = {f, arg, false};
-    if (f(arg)) return true;
-    uv_timer_t poll, deadline;
-    ck_assert_int_eq(uv_timer_init(loop, &poll), 0);
-    ck_assert_int_eq(uv_timer_init(loop, &deadline), 0);
-    poll.data = &pc;
-    ck_assert_int_eq(uv_timer_start(&poll, on_poll, 1, 1), 0);
-    ck_assert_int_eq(uv_timer_start(&deadline, on_deadline, timeout_ms, 0), 0);
-    uv_run(loop, UV_RUN_DEFAULT);
-    uv_close((uv_handle_t *)&poll, NULL);
-    uv_close((uv_handle_t *)&deadline, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
-    return pc.met;
-}
-
 static void run_client(srv *s, client *cl, void (*script)(client *)) {
     cl->port = net_http_port(s->h);
     cl->script = script;
     cl->s = s;
     atomic_init(&cl->done, 0);
     atomic_init(&cl->phase, 0);
-    pthread_t th;
-    ck_assert_int_eq(pthread_create(&th, NULL, client_main, cl), 0);
-    bool finished = run_until(&s->loop, client_done, cl, 8000);
-    pthread_join(th, NULL);
-    ck_assert_msg(finished, "client script timed out");
+    ck_assert_msg(run_with_client(&s->loop, client_main, client_done, cl, 8000), "client script timed out");
 }
 
 /* One request per connection: sends `req` verbatim and reads one response. */

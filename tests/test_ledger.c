@@ -2,6 +2,7 @@
  * bad input, the genesis, the state with savepoints and proofs, and the LMDB store including
  * crash safety (a child killed with SIGKILL at points inside a block's apply). */
 #include "tests/ledger_fixture.h"
+#include "tests/store_fixture.h"
 
 #include <check.h>
 #include <signal.h>
@@ -553,21 +554,10 @@ START_TEST(state_proof_of_one_account_verifies_and_tampering_fails) {
 END_TEST
 
 /* ------------------------------------------------------------------ store */
-static char *tmpdir(void) {
-    char *d = strdup("/tmp/tem-ledger-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(d));
-    return d;
-}
-static void rmrf(const char *d) {
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d);
-    ck_assert_int_eq(system(cmd), 0);
-}
-
 START_TEST(store_apply_close_reopen_gives_the_same_state_root) {
     ledger_genesis g;
     fx_genesis(&g, 4);
-    char *dir = tmpdir();
+    char *dir = fx_tmpdir("ledger");
     ledger_store *s;
     ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
     ck_assert_uint_eq(ledger_store_height(s), 0);
@@ -626,7 +616,7 @@ START_TEST(store_apply_close_reopen_gives_the_same_state_root) {
     ck_assert_int_eq(ledger_store_open(dir, &g2, NULL, NULL, &s), LEDGER_EGENESIS);
     ledger_genesis_free(&g2);
     ledger_genesis_free(&g);
-    rmrf(dir);
+    fx_rmrf(dir);
     free(dir);
 }
 END_TEST
@@ -634,7 +624,7 @@ END_TEST
 START_TEST(store_refuses_blocks_with_bad_links_roots_time_and_certs) {
     ledger_genesis g;
     fx_genesis(&g, 4);
-    char *dir = tmpdir();
+    char *dir = fx_tmpdir("ledger");
     ledger_store *s;
     ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
     ledger_apply_info info;
@@ -727,7 +717,7 @@ START_TEST(store_refuses_blocks_with_bad_links_roots_time_and_certs) {
     tem_free(t);
     ledger_store_close(s);
     ledger_genesis_free(&g);
-    rmrf(dir);
+    fx_rmrf(dir);
     free(dir);
 }
 END_TEST
@@ -759,7 +749,7 @@ static uint8_t *view_block(ledger_store *s, const ledger_genesis *g, uint8_t **t
 START_TEST(view_decodes_each_tx_once_and_takes_known_txs_from_the_lookup) {
     ledger_genesis g;
     fx_genesis(&g, 4);
-    char *dir = tmpdir();
+    char *dir = fx_tmpdir("ledger");
     ledger_store *s;
     ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
     uint8_t *txs[5];
@@ -837,7 +827,7 @@ START_TEST(view_decodes_each_tx_once_and_takes_known_txs_from_the_lookup) {
     }
     tem_free(blk);
     ledger_store_close(s);
-    rmrf(dir);
+    fx_rmrf(dir);
     free(dir);
     ledger_genesis_free(&g);
 }
@@ -846,7 +836,7 @@ END_TEST
 START_TEST(view_refuses_malformed_blocks_and_reports_tx_errors_in_order) {
     ledger_genesis g;
     fx_genesis(&g, 4);
-    char *dir = tmpdir();
+    char *dir = fx_tmpdir("ledger");
     ledger_store *s;
     ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
     uint8_t *txs[5];
@@ -904,7 +894,7 @@ START_TEST(view_refuses_malformed_blocks_and_reports_tx_errors_in_order) {
     for (int i = 0; i < 5; i++) tem_free(txs[i]);
     tem_free(blk);
     ledger_store_close(s);
-    rmrf(dir);
+    fx_rmrf(dir);
     free(dir);
     ledger_genesis_free(&g);
 }
@@ -916,7 +906,7 @@ END_TEST
 START_TEST(view_wire_split_agrees_with_protobuf_c_on_mutated_blocks) {
     ledger_genesis g;
     fx_genesis(&g, 4);
-    char *dir = tmpdir();
+    char *dir = fx_tmpdir("ledger");
     ledger_store *s;
     ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
     uint8_t *txs[5];
@@ -968,22 +958,18 @@ START_TEST(view_wire_split_agrees_with_protobuf_c_on_mutated_blocks) {
     for (int i = 0; i < 5; i++) tem_free(txs[i]);
     tem_free(blk);
     ledger_store_close(s);
-    rmrf(dir);
+    fx_rmrf(dir);
     free(dir);
     ledger_genesis_free(&g);
 }
 END_TEST
 
-static int kill_at;
-static void kill_hook(int point) {
-    if (point == kill_at) raise(SIGKILL);
-}
 
 START_TEST(store_sigkill_mid_apply_leaves_the_previous_block) {
     ledger_genesis g;
     fx_genesis(&g, 4);
     for (int point = 1; point <= 5; point++) {
-        char *dir = tmpdir();
+        char *dir = fx_tmpdir("ledger");
         ledger_store *s;
         ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
         ledger_apply_info info;
@@ -998,8 +984,8 @@ START_TEST(store_sigkill_mid_apply_leaves_the_previous_block) {
         if (pid == 0) {
             ledger_store *cs;
             if (ledger_store_open(dir, &g, NULL, NULL, &cs) != LEDGER_OK) _exit(3);
-            kill_at = point;
-            ledger_store_set_hook(cs, kill_hook);
+            fx_kill_at = point;
+            ledger_store_set_hook(cs, fx_kill_hook);
             ledger_apply_info ci;
             (void)fx_apply_transfers(cs, 40, 8, g.genesis_time_ms + 4000, &ci, 0);
             _exit(4); /* the hook must have killed us */
@@ -1024,7 +1010,7 @@ START_TEST(store_sigkill_mid_apply_leaves_the_previous_block) {
             ck_assert(memcmp(sr, sr3, 32) != 0);
         }
         ledger_store_close(s);
-        rmrf(dir);
+        fx_rmrf(dir);
         free(dir);
     }
     ledger_genesis_free(&g);
@@ -1034,7 +1020,7 @@ END_TEST
 START_TEST(store_meta_records_survive_reopen) {
     ledger_genesis g;
     fx_genesis(&g, 4);
-    char *dir = tmpdir();
+    char *dir = fx_tmpdir("ledger");
     ledger_store *s;
     ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
     ck_assert_int_eq(ledger_store_meta_put(s, "pbft/votes", "abc", 3), LEDGER_OK);
@@ -1049,7 +1035,7 @@ START_TEST(store_meta_records_survive_reopen) {
     ck_assert_int_eq(ledger_store_meta_get(s, "height", &v, &vl), LEDGER_ENOTFOUND);
     ledger_store_close(s);
     ledger_genesis_free(&g);
-    rmrf(dir);
+    fx_rmrf(dir);
     free(dir);
 }
 END_TEST

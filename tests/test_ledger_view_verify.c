@@ -4,22 +4,11 @@
  * (the reference is ledger_tx_verify of each tx, one at a time), and applying the view still
  * refuses the block with the first bad tx's code, as an apply without the pre-check does. */
 #include "tests/ledger_fixture.h"
+#include "tests/store_fixture.h"
 #include <check.h>
 #include <unistd.h>
 
 #define NTX 24
-
-static char *tmpdir(void) {
-    char *d = strdup("/tmp/tem-viewv-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(d));
-    return d;
-}
-static void rmrf(char *d) {
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d);
-    ck_assert_int_eq(system(cmd), 0);
-    free(d);
-}
 
 START_TEST(view_verify_marks_exactly_the_good_signatures_on_any_thread_count) {
     ledger_genesis g;
@@ -27,7 +16,7 @@ START_TEST(view_verify_marks_exactly_the_good_signatures_on_any_thread_count) {
     uint8_t *txs[NTX];
     size_t lens[NTX];
     for (uint32_t i = 0; i < NTX; i++) txs[i] = fx_transfer(g.chain_id, 2 + i, 3 + i, 0, 10 + i, &lens[i]);
-    char *dir = tmpdir();
+    char *dir = fx_tmpdir("viewv");
     ledger_store *s;
     ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
     uint8_t pp[64], ppub[32];
@@ -83,7 +72,8 @@ START_TEST(view_verify_marks_exactly_the_good_signatures_on_any_thread_count) {
     for (int i = 0; i < NTX; i++) tem_free(txs[i]);
     ledger_store_close(s);
     ledger_genesis_free(&g);
-    rmrf(dir);
+    fx_rmrf(dir);
+    free(dir);
 }
 END_TEST
 
@@ -93,7 +83,7 @@ END_TEST
 START_TEST(verifier_marks_like_one_at_a_time_in_submission_order) {
     ledger_genesis g;
     fx_genesis(&g, 4);
-    char *dir = tmpdir();
+    char *dir = fx_tmpdir("viewv");
     ledger_store *s;
     ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
     uint8_t pp[64], ppub[32];
@@ -149,7 +139,8 @@ START_TEST(verifier_marks_like_one_at_a_time_in_submission_order) {
     for (int b = 0; b < NV; b++) tem_free(blks[b]);
     ledger_store_close(s);
     ledger_genesis_free(&g);
-    rmrf(dir);
+    fx_rmrf(dir);
+    free(dir);
 }
 END_TEST
 

@@ -214,10 +214,10 @@ START_TEST(attack_self_trade_never_clears_in_a_call_auction) {
 END_TEST
 
 /* ------------------------------------------------------------------ 7. capacity hoarding */
-static mh_model model;
+static grid_fx_model model;
 
 static void feeder_on(void) {
-    mh_model_init(&model);
+    grid_fx_model_init(&model);
     ck_assert_int_eq(mh_install(&H, ADMIN, &model), 0);
     const int who[] = {P1, P2, P3, C1, C2};
     const uint32_t bus[] = {2, 3, 4, 3, 4};

@@ -15,14 +15,14 @@
 #define NOW (T0 + 2 * SLOT_MS + 1000)
 
 static mh H;
-static mh_model M;
+static grid_fx_model M;
 
 static int install(int who) { return mh_install(&H, who, &M); }
 
 static void setup(void) {
     mh_init(&H, LEDGER_MECH_CDA);
     mh_block(&H, NOW);
-    mh_model_init(&M);
+    grid_fx_model_init(&M);
     ck_assert_int_eq(install(P1), CONTRACTS_ENOTADMIN);
     ck_assert(!grid_installed(H.st));
     ck_assert_int_eq(install(ADMIN), 0);
@@ -286,10 +286,10 @@ END_TEST
  * resting sell that P3's one buy takes in order). */
 static int64_t credit_of_pieces(const uint64_t *pieces, int n) {
     mh h;
-    mh_model m;
+    grid_fx_model m;
     mh_init(&h, LEDGER_MECH_CDA);
     mh_block(&h, NOW);
-    mh_model_init(&m);
+    grid_fx_model_init(&m);
     ck_assert_int_eq(mh_install(&h, ADMIN, &m), 0);
     ck_assert_int_eq(mh_register(&h, ADMIN, h.keys[P2], PUB, 3, TEM__V1__ROLE__PROSUMER), 0);
     ck_assert_int_eq(mh_register(&h, ADMIN, h.keys[P3], PUB, 4, TEM__V1__ROLE__PROSUMER), 0);

@@ -33,7 +33,7 @@ static placed *find_placed(placed *p, int n, const uint8_t txid[32]) {
 static int run_seed(uint64_t seed, int mech, bool feeder, bool restarts, uint8_t (*roots)[32],
                     int max_roots) {
     static mh h;
-    static mh_model model;
+    static grid_fx_model model;
     static placed pl[MAX_ORDERS];
     int npl = 0, nroots = 0;
     uint64_t s = (seed + 1) * 0x9E3779B97F4A7C15ull, rs = (seed + 7) * 0xD1B54A32D192ED03ull;
@@ -43,7 +43,7 @@ static int run_seed(uint64_t seed, int mech, bool feeder, bool restarts, uint8_t
     mh_block(&h, now);
     if (feeder) {
         /* Everyone on the 4-bus feeder: trades get curtailed and pay fees to the DSO. */
-        mh_model_init(&model);
+        grid_fx_model_init(&model);
         MH_CHECK(mh_install(&h, ADMIN, &model) == 0, "install");
         const int who[] = {P1, P2, P3, C1, C2};
         const uint32_t bus[] = {2, 3, 4, 3, 4};
@@ -249,7 +249,7 @@ enum { V_TRUTH, V_SILENT, V_MORE_IMPORT, V_LESS_EXPORT, V_BOTH, V_N };
 /* Runs the seed's slot with the target's meter sending `variant`; returns the target's bill. */
 static int64_t truth_run(uint64_t seed, int target, int variant, bool check_ref) {
     static mh h;
-    static mh_model model;
+    static grid_fx_model model;
     uint64_t s = (seed + 11) * 0x9E3779B97F4A7C15ull, rs = (seed + 5) * 0xD1B54A32D192ED03ull;
     uint64_t vs = (seed + 13) * 0xA0761D6478BD642Full;
     int mech = seed % 3 == 2 ? LEDGER_MECH_CALL : LEDGER_MECH_CDA;
@@ -257,7 +257,7 @@ static int64_t truth_run(uint64_t seed, int target, int variant, bool check_ref)
     mh_init_meters(&h, mech, PSLOT);
     mh_block(&h, T0 + 2 * SLOT_MS + 1000);
     if (feeder) {
-        mh_model_init(&model);
+        grid_fx_model_init(&model);
         MH_CHECK(mh_install(&h, ADMIN, &model) == 0, "install");
         const int who[] = {P1, P2, P3, C1, C2};
         const uint32_t bus[] = {2, 3, 4, 3, 4};

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "net/net.h"
+#include "loop_fixture.h"
 
 /* ------------------------------------------------------------------ fixtures */
 #define NV 4
@@ -303,39 +304,6 @@ static void node_start(uv_loop_t *loop, node *nd, const net_config *cfg) {
     net_callbacks cb = {cb_up, cb_down, cb_frame, cb_log, nd};
     ck_assert_int_eq(net_new(loop, cfg, &cb, &nd->n), NET_OK);
     ck_assert_int_eq(net_start(nd->n), NET_OK);
-}
-
-typedef bool (*cond_fn)(void *arg);
-typedef struct {
-    cond_fn f;
-    void *arg;
-    bool met;
-} poll_ctx;
-
-static void on_poll(uv_timer_t *t) {
-    poll_ctx *pc = t->data;
-    if (pc->f(pc->arg)) {
-        pc->met = true;
-        uv_stop(t->loop);
-    }
-}
-static void on_deadline(uv_timer_t *t) { uv_stop(t->loop); }
-
-/* Runs the loop until f(arg) holds or timeout_ms pass; returns whether it held. */
-static bool run_until(uv_loop_t *loop, cond_fn f, void *arg, uint64_t timeout_ms) {
-    poll_ctx pc = {f, arg, false};
-    if (f(arg)) return true;
-    uv_timer_t poll, deadline;
-    ck_assert_int_eq(uv_timer_init(loop, &poll), 0);
-    ck_assert_int_eq(uv_timer_init(loop, &deadline), 0);
-    poll.data = &pc;
-    ck_assert_int_eq(uv_timer_start(&poll, on_poll, 1, 1), 0);
-    ck_assert_int_eq(uv_timer_start(&deadline, on_deadline, timeout_ms, 0), 0);
-    uv_run(loop, UV_RUN_DEFAULT);
-    uv_close((uv_handle_t *)&poll, NULL);
-    uv_close((uv_handle_t *)&deadline, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
-    return pc.met;
 }
 
 static bool never(void *arg) {
@@ -865,10 +833,7 @@ START_TEST(bad_bytes_from_a_socket_close_that_connection_with_a_reason) {
         node_start(&loop, &srv, &c0);
         raw_ctx rc = {.scenario = rows[k].scenario, .port = net_listen_port(srv.n), .frame_max = 4096};
         atomic_init(&rc.done, 0);
-        pthread_t th;
-        ck_assert_int_eq(pthread_create(&th, NULL, raw_client, &rc), 0);
-        bool finished = run_until(&loop, raw_done, &rc, 6000);
-        pthread_join(th, NULL);
+        bool finished = run_with_client(&loop, raw_client, raw_done, &rc, 6000);
         ck_assert_msg(finished, "row '%s' timed out", rows[k].name);
         ck_assert_msg(rc.step_ok, "row '%s': legitimate steps failed", rows[k].name);
         ck_assert_msg(rc.closed, "row '%s': server did not close", rows[k].name);
@@ -940,10 +905,7 @@ START_TEST(frames_fed_byte_by_byte_are_reassembled) {
     node_start(&loop, &srv, &c0);
     bytewise_ctx bc = {.port = net_listen_port(srv.n)};
     atomic_init(&bc.done, 0);
-    pthread_t th;
-    ck_assert_int_eq(pthread_create(&th, NULL, bytewise_client, &bc), 0);
-    bool finished = run_until(&loop, bytewise_done, &bc, 8000);
-    pthread_join(th, NULL);
+    bool finished = run_with_client(&loop, bytewise_client, bytewise_done, &bc, 8000);
     ck_assert(finished);
     ck_assert(bc.ok);
     ck_assert(bc.still_open);
@@ -991,10 +953,7 @@ START_TEST(newer_session_from_the_same_validator_replaces_the_old_one) {
     node_start(&loop, &srv, &c0);
     replace_ctx rc = {.port = net_listen_port(srv.n)};
     atomic_init(&rc.done, 0);
-    pthread_t th;
-    ck_assert_int_eq(pthread_create(&th, NULL, replace_client, &rc), 0);
-    bool finished = run_until(&loop, replace_done, &rc, 6000);
-    pthread_join(th, NULL);
+    bool finished = run_with_client(&loop, replace_client, replace_done, &rc, 6000);
     ck_assert(finished);
     ck_assert(rc.first_ok && rc.second_ok && rc.first_closed && rc.second_sent);
     ck_assert_int_eq(srv.ups, 2);

@@ -7,6 +7,8 @@
 #include <check.h>
 #include <sodium.h>
 
+#include "pbft_fixture.h"
+
 #define N_MAX 7
 
 static uint8_t k_pub[N_MAX][32], k_sec[N_MAX][64];
@@ -15,20 +17,8 @@ static const uint8_t k_genesis[32] = {0x9e, 0x11, 0x55};
 static void keys(void) {
     static bool done;
     if (done) return;
-    ck_assert_int_ge(sodium_init(), 0);
-    for (int i = 0; i < N_MAX; i++) {
-        uint8_t seed[32];
-        memset(seed, 0x40 + i, 32);
-        ck_assert_int_eq(crypto_sign_seed_keypair(k_pub[i], k_sec[i], seed), 0);
-    }
+    pbft_fx_keys(N_MAX, 0x40, k_pub, k_sec);
     done = true;
-}
-
-static int hash_bytes(void *ctx, const uint8_t *b, size_t len, uint8_t out[32]) {
-    (void)ctx;
-    if (len == 0) return -1;
-    ledger_sha256(out, b, len);
-    return 0;
 }
 
 static void config(pbft_config *c, uint32_t n, uint32_t self, uint32_t k) {
@@ -41,7 +31,7 @@ static void config(pbft_config *c, uint32_t n, uint32_t self, uint32_t k) {
     c->checkpoint_interval = k;
     c->view_timeout_ms = 1000;
     c->view_timeout_doublings_max = 4;
-    c->hash = hash_bytes;
+    c->hash = pbft_fx_hash;
     memcpy(c->start_hash, k_genesis, 32);
 }
 

@@ -5,6 +5,7 @@
  * example of docs/ledger.md byte for byte. */
 #include "ledger/ledger_internal.h"
 #include "tests/ledger_fixture.h"
+#include "tests/store_fixture.h"
 
 #include <check.h>
 #include <lmdb.h>
@@ -266,17 +267,6 @@ START_TEST(deletes_and_reinserts_return_to_the_old_root) {
 END_TEST
 
 /* ------------------------------------------------------------------ the store's LMDB tree */
-static char *tmpdir(void) {
-    char *d = strdup("/tmp/tem-tree-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(d));
-    return d;
-}
-static void rmrf(const char *d) {
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d);
-    ck_assert_int_eq(system(cmd), 0);
-}
-
 /* Genesis: `genesis_n` entries 'y' || u32be(i). */
 static uint32_t genesis_n;
 static int seed_init(void *ctx, ledger_state *st, const ledger_genesis *g) {
@@ -386,7 +376,7 @@ START_TEST(store_tree_follows_random_blocks_and_matches_the_naive_root) {
         uint64_t rng = seed * 7919;
         genesis_n = (uint32_t)(rng_next(&rng) % 2000);
         pool_n = 1 + (uint32_t)(rng_next(&rng) % 400);
-        char *dir = tmpdir();
+        char *dir = fx_tmpdir("tree");
         ledger_store *s;
         ck_assert_int_eq(ledger_store_open(dir, &g, seed_init, NULL, &s), LEDGER_OK);
         check_store(s, &rng);
@@ -405,7 +395,7 @@ START_TEST(store_tree_follows_random_blocks_and_matches_the_naive_root) {
         ck_assert(memcmp(sr, sr2, 32) == 0);
         check_store(s, &rng);
         ledger_store_close(s);
-        rmrf(dir);
+        fx_rmrf(dir);
         free(dir);
     }
     ledger_genesis_free(&g);
@@ -434,7 +424,7 @@ START_TEST(store_delete_of_a_blocks_creations_returns_the_tree_to_the_earlier_ro
     ledger_genesis g;
     fx_genesis(&g, 4);
     genesis_n = 1000;
-    char *dir = tmpdir();
+    char *dir = fx_tmpdir("tree");
     ledger_store *s;
     ck_assert_int_eq(ledger_store_open(dir, &g, seed_init, NULL, &s), LEDGER_OK);
     const ledger_executor ex = {.exec_tx = undo_exec_tx};
@@ -479,16 +469,12 @@ START_TEST(store_delete_of_a_blocks_creations_returns_the_tree_to_the_earlier_ro
     ck_assert(memcmp(back, roots[0], 32) == 0);
     ledger_state_free(cl);
     ledger_store_close(s);
-    rmrf(dir);
+    fx_rmrf(dir);
     free(dir);
     ledger_genesis_free(&g);
 }
 END_TEST
 
-static int kill_at;
-static void kill_hook(int point) {
-    if (point == kill_at) raise(SIGKILL);
-}
 
 START_TEST(sigkill_inside_apply_leaves_tree_and_state_at_one_block_boundary) {
     ledger_genesis g;
@@ -496,7 +482,7 @@ START_TEST(sigkill_inside_apply_leaves_tree_and_state_at_one_block_boundary) {
     genesis_n = 1500;
     pool_n = 200;
     /* Reference: a store that is never killed, for the roots at heights 3 and 4. */
-    char *rdir = tmpdir();
+    char *rdir = fx_tmpdir("tree");
     ledger_store *ref;
     ledger_apply_info info;
     ck_assert_int_eq(ledger_store_open(rdir, &g, seed_init, NULL, &ref), LEDGER_OK);
@@ -505,10 +491,10 @@ START_TEST(sigkill_inside_apply_leaves_tree_and_state_at_one_block_boundary) {
     ck_assert_int_eq(ledger_store_block_roots(ref, 3, r3, rr), LEDGER_OK);
     ck_assert_int_eq(ledger_store_block_roots(ref, 4, r4, rr), LEDGER_OK);
     ledger_store_close(ref);
-    rmrf(rdir);
+    fx_rmrf(rdir);
     free(rdir);
     for (int point = 1; point <= 5; point++) {
-        char *dir = tmpdir();
+        char *dir = fx_tmpdir("tree");
         ledger_store *s;
         ck_assert_int_eq(ledger_store_open(dir, &g, seed_init, NULL, &s), LEDGER_OK);
         for (uint32_t h = 1; h <= 3; h++) ck_assert_int_eq(apply_block(s, 30, 6, h, &info), LEDGER_OK);
@@ -518,8 +504,8 @@ START_TEST(sigkill_inside_apply_leaves_tree_and_state_at_one_block_boundary) {
         if (pid == 0) {
             ledger_store *cs;
             if (ledger_store_open(dir, &g, seed_init, NULL, &cs) != LEDGER_OK) _exit(3);
-            kill_at = point;
-            ledger_store_set_hook(cs, kill_hook);
+            fx_kill_at = point;
+            ledger_store_set_hook(cs, fx_kill_hook);
             ledger_apply_info ci;
             (void)apply_block(cs, 30, 6, 4, &ci);
             _exit(4);
@@ -542,7 +528,7 @@ START_TEST(sigkill_inside_apply_leaves_tree_and_state_at_one_block_boundary) {
         ledger_store_roots(s, sr, rr);
         ck_assert_msg(memcmp(sr, r4, 32) == 0, "point %d: root after block 4 differs from the reference", point);
         ledger_store_close(s);
-        rmrf(dir);
+        fx_rmrf(dir);
         free(dir);
     }
     ledger_genesis_free(&g);
@@ -568,7 +554,7 @@ static int item_cmp(const void *a, const void *b) { return memcmp(a, b, 32); }
 START_TEST(stored_tree_with_crafted_deep_paths_matches_the_naive_root) {
     for (uint64_t seed = 1; seed <= 8; seed++) {
         uint64_t rng = seed * 0x2545F4914F6CDD1Dull;
-        char *dir = tmpdir();
+        char *dir = fx_tmpdir("tree");
         MDB_env *env;
         MDB_dbi dbi;
         MDB_txn *txn;
@@ -650,7 +636,7 @@ START_TEST(stored_tree_with_crafted_deep_paths_matches_the_naive_root) {
         free(pool);
         free(live);
         mdb_env_close(env);
-        rmrf(dir);
+        fx_rmrf(dir);
         free(dir);
     }
 }

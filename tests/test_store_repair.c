@@ -5,6 +5,7 @@
  * reference is the set this test damaged), refuse every wrong or badly certified copy, and
  * accept the other store's copy, after which every block reads back byte for byte. */
 #include "tests/ledger_fixture.h"
+#include "tests/store_fixture.h"
 
 #include <check.h>
 #include <unistd.h>
@@ -15,17 +16,6 @@ typedef struct {
     uint8_t *blk[NB + 1], *cert[NB + 1];
     size_t bl[NB + 1], cl[NB + 1];
 } chain;
-
-static char *tmpdir(void) {
-    char *d = strdup("/tmp/tem-repair-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(d));
-    return d;
-}
-static void rmrf(const char *d) {
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d);
-    ck_assert_int_eq(system(cmd), 0);
-}
 
 /* A commit certificate for (height, hash) signed by the validators in mask (view 0). */
 static uint8_t *make_cert(const ledger_genesis *g, uint64_t height, const uint8_t bh[32], uint32_t mask, size_t *len) {
@@ -134,7 +124,7 @@ static void assert_reads_back(ledger_store *s, const chain *ch) {
 START_TEST(damaged_block_is_flagged_refused_copies_rejected_and_peer_copy_restores_it) {
     ledger_genesis g;
     fx_genesis(&g, 4);
-    char *da = tmpdir(), *db = tmpdir();
+    char *da = fx_tmpdir("repair"), *db = fx_tmpdir("repair");
     ledger_store *a, *b;
     ck_assert_int_eq(ledger_store_open(da, &g, NULL, NULL, &a), LEDGER_OK);
     ck_assert_int_eq(ledger_store_open(db, &g, NULL, NULL, &b), LEDGER_OK);
@@ -236,8 +226,8 @@ START_TEST(damaged_block_is_flagged_refused_copies_rejected_and_peer_copy_restor
     ledger_store_close(a);
     ledger_store_close(b);
     chain_free(&ch);
-    rmrf(da);
-    rmrf(db);
+    fx_rmrf(da);
+    fx_rmrf(db);
     free(da);
     free(db);
     ledger_genesis_free(&g);
@@ -249,7 +239,7 @@ END_TEST
 START_TEST(random_damage_is_found_exactly_and_repaired) {
     ledger_genesis g;
     fx_genesis(&g, 4);
-    char *da = tmpdir(), *db = tmpdir();
+    char *da = fx_tmpdir("repair"), *db = fx_tmpdir("repair");
     ledger_store *a, *b;
     ck_assert_int_eq(ledger_store_open(da, &g, NULL, NULL, &a), LEDGER_OK);
     ck_assert_int_eq(ledger_store_open(db, &g, NULL, NULL, &b), LEDGER_OK);
@@ -288,8 +278,8 @@ START_TEST(random_damage_is_found_exactly_and_repaired) {
     ledger_store_close(a);
     ledger_store_close(b);
     chain_free(&ch);
-    rmrf(da);
-    rmrf(db);
+    fx_rmrf(da);
+    fx_rmrf(db);
     free(da);
     free(db);
     ledger_genesis_free(&g);

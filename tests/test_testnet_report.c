@@ -50,6 +50,18 @@ static char *slurp(const char *path) {
     return (char *)b;
 }
 
+/* The HTML report of d, written to a temporary file and read back (tem_free it). */
+static char *html_of(const json_t *d) {
+    char path[] = "/tmp/tem-report-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    ck_assert_int_eq(ctl_report_html(d, path), 0);
+    char *h = slurp(path);
+    unlink(path);
+    return h;
+}
+
 START_TEST(report_text_shows_the_dataset_totals_and_verdicts) {
     json_t *d = json_loads(DATA, 0, NULL);
     ck_assert_ptr_nonnull(d);
@@ -89,12 +101,7 @@ END_TEST
 
 START_TEST(report_html_has_three_svg_charts_no_script_and_escaped_text) {
     json_t *d = json_loads(DATA, 0, NULL);
-    char path[] = "/tmp/tem-report-XXXXXX";
-    int fd = mkstemp(path);
-    ck_assert_int_ge(fd, 0);
-    close(fd);
-    ck_assert_int_eq(ctl_report_html(d, path), 0);
-    char *h = slurp(path);
+    char *h = html_of(d);
     size_t svgs = 0;
     for (const char *p = h; (p = strstr(p, "<svg")); p++) svgs++;
     ck_assert_uint_eq(svgs, 3);
@@ -121,7 +128,6 @@ START_TEST(report_html_has_three_svg_charts_no_script_and_escaped_text) {
     /* A view per slot. */
     ck_assert_ptr_nonnull(strstr(h, "<tr id='slot-40'><td>40</td><td>11:30</td><td>3</td><td>2</td><td>150</td>"));
     tem_free(h);
-    unlink(path);
     json_decref(d);
 }
 END_TEST
@@ -160,12 +166,7 @@ END_TEST
 /* Legends sit under the plot area (y beyond the x axis at H - MB = 260), never on the data. */
 START_TEST(report_legends_sit_below_the_plot_area) {
     json_t *d = json_loads(DATA, 0, NULL);
-    char path[] = "/tmp/tem-report-XXXXXX";
-    int fd = mkstemp(path);
-    ck_assert_int_ge(fd, 0);
-    close(fd);
-    ck_assert_int_eq(ctl_report_html(d, path), 0);
-    char *h = slurp(path);
+    char *h = html_of(d);
     static const char *const names[] = {">retail tariff<", ">traded between peers<", ">metered import<"};
     for (size_t i = 0; i < 3; i++) {
         const char *p = strstr(h, names[i]);
@@ -175,7 +176,6 @@ START_TEST(report_legends_sit_below_the_plot_area) {
         ck_assert_int_gt(atoi(y + 4), 300);
     }
     tem_free(h);
-    unlink(path);
     json_decref(d);
 }
 END_TEST
@@ -209,12 +209,7 @@ START_TEST(report_feeder_drawing_fits_a_large_feeder) {
     json_object_set_new(fm, "buses", buses);
     json_object_set_new(fm, "lines", lines);
     json_object_set_new(d, "feeder_map", fm);
-    char path[] = "/tmp/tem-report-XXXXXX";
-    int fd = mkstemp(path);
-    ck_assert_int_ge(fd, 0);
-    close(fd);
-    ck_assert_int_eq(ctl_report_html(d, path), 0);
-    char *h = slurp(path);
+    char *h = html_of(d);
     const char *svg = strstr(h, "aria-label='the feeder with line loadings'");
     ck_assert_ptr_nonnull(svg);
     while (svg > h && strncmp(svg, "height='", 8) != 0) svg--;
@@ -226,7 +221,6 @@ START_TEST(report_feeder_drawing_fits_a_large_feeder) {
     ck_assert_uint_ge(numbered, 6);
     ck_assert_uint_le(numbered, 12);
     tem_free(h);
-    unlink(path);
     json_decref(d);
 }
 END_TEST

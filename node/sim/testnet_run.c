@@ -758,6 +758,37 @@ static int64_t tx_err_count(json_t *reasons, const char *reason) {
     return n;
 }
 
+/* How far our orders or readings got: sent, taken at the door, and their receipts. */
+typedef struct {
+    int64_t submitted, accepted, committed, refused;
+} tn_tx_counts;
+
+static json_t *tx_counts_json(const tn_tx_counts *c) {
+    json_t *o = json_object();
+    json_object_set_new(o, "submitted", json_integer(c->submitted));
+    json_object_set_new(o, "accepted", json_integer(c->accepted));
+    json_object_set_new(o, "committed", json_integer(c->committed));
+    json_object_set_new(o, "refused", json_integer(c->refused));
+    return o;
+}
+
+/* What the report sums over one slot's trades and meters, and again over the run. */
+typedef struct {
+    int64_t trades, energy_wh, value_uunit, curtailed_wh, curtailed_trades, fees_uunit, import_wh, export_wh;
+} tn_trade_sums;
+
+static void trade_sums_json(json_t *o, const tn_trade_sums *s) {
+    json_object_set_new(o, "trades", json_integer(s->trades));
+    json_object_set_new(o, "energy_wh", json_integer(s->energy_wh));
+    json_object_set_new(o, "value_uunit", json_integer(s->value_uunit));
+    json_object_set_new(o, "avg_price", json_integer(s->energy_wh ? s->value_uunit * 1000 / s->energy_wh : 0));
+    json_object_set_new(o, "curtailed_wh", json_integer(s->curtailed_wh));
+    json_object_set_new(o, "curtailed_trades", json_integer(s->curtailed_trades));
+    json_object_set_new(o, "fees_uunit", json_integer(s->fees_uunit));
+    json_object_set_new(o, "import_wh", json_integer(s->import_wh));
+    json_object_set_new(o, "export_wh", json_integer(s->export_wh));
+}
+
 /* The dataset of docs/sim.md ("testnet-data.json"): everything the summary and the report show,
  * read back from the chain through the API (trades, receipts, accounts, blocks) beside what the
  * simulator metered. */
@@ -789,18 +820,19 @@ static json_t *collect(tn *t, ctl_simrun *r) {
     json_object_set_new(d, "txs", json_integer((json_int_t)txs));
 
     /* Our txs: orders and readings, at the door and in receipts. */
-    json_t *orders = json_object(), *readings = json_object(), *reasons = json_object();
-    int64_t o_sub = 0, o_acc = 0, o_com = 0, o_ref = 0, r_sub = 0, r_acc = 0, r_com = 0, r_ref = 0;
+    json_t *reasons = json_object();
+    tn_tx_counts orders_n = {0}, readings_n = {0};
     int64_t minted = 0, exported_ok = 0, rc_curtailed = 0;
     for (size_t i = 0; i < r->n_txs; i++) {
         const ctl_simrun_tx *x = &r->txs[i];
         bool o = x->kind == 'o';
-        *(o ? &o_sub : &r_sub) += 1;
+        tn_tx_counts *c = o ? &orders_n : &readings_n;
+        c->submitted++;
         if (x->http_status != 202) continue;
-        *(o ? &o_acc : &r_acc) += 1;
-        if (x->result.status == CTL_TX_COMMITTED) *(o ? &o_com : &r_com) += 1;
+        c->accepted++;
+        if (x->result.status == CTL_TX_COMMITTED) c->committed++;
         if (x->result.status == CTL_TX_REFUSED) {
-            *(o ? &o_ref : &r_ref) += 1;
+            c->refused++;
             (void)tx_err_count(reasons, x->result.reason[0] ? x->result.reason : "refused");
         }
         if (o) rc_curtailed += (int64_t)x->result.curtailed_wh;
@@ -810,24 +842,16 @@ static json_t *collect(tn *t, ctl_simrun *r) {
             exported_ok += r->p[x->prosumer].cls == CTL_SIM_CONSUMER ? 0 : (int64_t)s->export_wh;
         }
     }
-    json_object_set_new(orders, "submitted", json_integer(o_sub));
-    json_object_set_new(orders, "accepted", json_integer(o_acc));
-    json_object_set_new(orders, "committed", json_integer(o_com));
-    json_object_set_new(orders, "refused", json_integer(o_ref));
+    json_t *orders = tx_counts_json(&orders_n);
     json_object_set_new(orders, "curtailed_wh_in_receipts", json_integer(rc_curtailed));
-    json_object_set_new(readings, "submitted", json_integer(r_sub));
-    json_object_set_new(readings, "accepted", json_integer(r_acc));
-    json_object_set_new(readings, "committed", json_integer(r_com));
-    json_object_set_new(readings, "refused", json_integer(r_ref));
     json_object_set_new(d, "orders", orders);
-    json_object_set_new(d, "readings", readings);
+    json_object_set_new(d, "readings", tx_counts_json(&readings_n));
     json_object_set_new(d, "refusals", reasons);
 
     /* Trades per slot, from /v1/trades; the snapshot taken after gate closure stands in if the
      * node no longer lists a settled slot. */
     json_t *slots = json_array(), *bind = json_object();
-    int64_t tot_n = 0, tot_wh = 0, tot_val = 0, tot_curt = 0, tot_curt_n = 0, tot_imp = 0, tot_exp = 0;
-    int64_t tot_fees = 0;
+    tn_trade_sums tot = {0};
     uint32_t peak_slot = 0;
     int64_t peak_exp = -1;
     for (uint32_t k = 0; k < r->slots; k++) {
@@ -840,64 +864,51 @@ static json_t *collect(tn *t, ctl_simrun *r) {
             use = r->snap[k];
             nuse = r->n_snap[k];
         }
-        int64_t wh = 0, val = 0, curt = 0, curt_n = 0, fees = 0, imp = 0, exp = 0, ords = 0, ntr = 0;
+        tn_trade_sums sum = {0};
+        int64_t ords = 0;
         for (size_t j = 0; j < nuse; j++) {
             /* A match the grid check curtailed to 0 Wh moved nothing: the chain does not list it
              * as a trade, so neither does the report (it still counts as curtailed). */
-            ntr += use[j].quantity_wh > 0;
-            wh += (int64_t)use[j].quantity_wh;
-            val += (int64_t)(use[j].quantity_wh * use[j].price / 1000);
-            curt += (int64_t)use[j].curtailed_wh;
-            fees += (int64_t)(use[j].network_fee + use[j].loss_fee);
+            sum.trades += use[j].quantity_wh > 0;
+            sum.energy_wh += (int64_t)use[j].quantity_wh;
+            sum.value_uunit += (int64_t)(use[j].quantity_wh * use[j].price / 1000);
+            sum.curtailed_wh += (int64_t)use[j].curtailed_wh;
+            sum.fees_uunit += (int64_t)(use[j].network_fee + use[j].loss_fee);
             if (use[j].curtailed_wh > 0) {
-                curt_n++;
+                sum.curtailed_trades++;
                 (void)tx_err_count(bind, use[j].binding[0] ? use[j].binding : "unnamed");
             }
         }
         for (uint32_t i = 0; i < r->n; i++) {
             const ctl_sim_slot *s = &r->rec[(size_t)k * r->n + i];
-            imp += (int64_t)s->import_wh;
-            exp += r->p[i].cls == CTL_SIM_CONSUMER ? 0 : (int64_t)s->export_wh;
+            sum.import_wh += (int64_t)s->import_wh;
+            sum.export_wh += r->p[i].cls == CTL_SIM_CONSUMER ? 0 : (int64_t)s->export_wh;
             ords += s->side != 0;
         }
-        if (exp > peak_exp) peak_exp = exp, peak_slot = k;
+        if (sum.export_wh > peak_exp) peak_exp = sum.export_wh, peak_slot = k;
         int64_t rt, fi;
         ctl_simrun_tariff(g, r->first_slot + k, &rt, &fi);
         json_t *e = json_object();
         json_object_set_new(e, "slot", json_integer((json_int_t)(r->first_slot + k)));
         json_object_set_new(e, "minute", json_integer((r->cfg.start_minute + k * r->cfg.slot_minutes) % 1440));
         json_object_set_new(e, "orders", json_integer(ords));
-        json_object_set_new(e, "trades", json_integer(ntr));
-        json_object_set_new(e, "energy_wh", json_integer(wh));
-        json_object_set_new(e, "value_uunit", json_integer(val));
-        json_object_set_new(e, "avg_price", json_integer(wh ? val * 1000 / wh : 0));
-        json_object_set_new(e, "curtailed_wh", json_integer(curt));
-        json_object_set_new(e, "curtailed_trades", json_integer(curt_n));
-        json_object_set_new(e, "fees_uunit", json_integer(fees));
+        trade_sums_json(e, &sum);
         json_object_set_new(e, "retail", json_integer(rt));
         json_object_set_new(e, "feed_in", json_integer(fi));
-        json_object_set_new(e, "import_wh", json_integer(imp));
-        json_object_set_new(e, "export_wh", json_integer(exp));
         json_object_set_new(e, "source", json_string(use == tr ? "api" : r->snap_from_receipts[k] ? "receipts" : "snapshot"));
         base_case_json(t, r->first_slot + k, e);
         json_array_append_new(slots, e);
-        tot_n += ntr, tot_wh += wh, tot_val += val, tot_curt += curt, tot_curt_n += curt_n;
-        tot_imp += imp, tot_exp += exp, tot_fees += fees;
+        tot.trades += sum.trades, tot.energy_wh += sum.energy_wh, tot.value_uunit += sum.value_uunit;
+        tot.curtailed_wh += sum.curtailed_wh, tot.curtailed_trades += sum.curtailed_trades;
+        tot.fees_uunit += sum.fees_uunit, tot.import_wh += sum.import_wh, tot.export_wh += sum.export_wh;
         tem_free(tr);
     }
     json_object_set_new(d, "per_slot", slots);
-    json_t *tot = json_object();
-    json_object_set_new(tot, "trades", json_integer(tot_n));
-    json_object_set_new(tot, "energy_wh", json_integer(tot_wh));
-    json_object_set_new(tot, "value_uunit", json_integer(tot_val));
-    json_object_set_new(tot, "avg_price", json_integer(tot_wh ? tot_val * 1000 / tot_wh : 0));
-    json_object_set_new(tot, "curtailed_wh", json_integer(tot_curt));
-    json_object_set_new(tot, "curtailed_trades", json_integer(tot_curt_n));
-    json_object_set_new(tot, "fees_uunit", json_integer(tot_fees));
-    json_object_set_new(tot, "import_wh", json_integer(tot_imp));
-    json_object_set_new(tot, "export_wh", json_integer(tot_exp));
-    json_object_set_new(tot, "local_share", json_real(tot_imp ? fmin(1.0, (double)tot_wh / (double)tot_imp) : 0));
-    json_object_set_new(d, "totals", tot);
+    json_t *totals = json_object();
+    trade_sums_json(totals, &tot);
+    json_object_set_new(totals, "local_share",
+                        json_real(tot.import_wh ? fmin(1.0, (double)tot.energy_wh / (double)tot.import_wh) : 0));
+    json_object_set_new(d, "totals", totals);
     json_object_set_new(d, "bindings", bind);
 
     /* Bills against the feed-in-tariff baseline, and conservation over every genesis account. */
