@@ -61,6 +61,7 @@ typedef struct {
     uint32_t check; /* the log record's check value */
     /* Loop thread only. */
     uint8_t state, gone;
+    bool in_job;    /* MP__VERIFY and handed to a work item (else still queued) */
     bool in_by_sig; /* indexed by signature (PENDING entries only) */
     uint64_t nonce, seq;
     uint32_t signer_idx;
@@ -668,6 +669,7 @@ static void verify_after(uv_work_t *req, int status) {
         uint32_t i = j->idx[k];
         mp__entry *e = &m->ents[i];
         TEM_ASSERT(e->state == MP__VERIFY);
+        e->in_job = false;
         if (status != 0 || m->closing) {
             ent_finish(m, i, NODE_MEMPOOL_ECLOSING);
         } else if (e->vrc != LEDGER_OK) {
@@ -703,6 +705,7 @@ static void vq_dispatch(node_mempool *m) {
             m->ents[i].q_next = NIL;
             /* A proposal's validation may have verified this pair while it waited here. */
             m->ents[i].sig_known = m->cfg.sig_known && m->cfg.sig_known(m->cfg.sig_known_ctx, m->ents[i].txid, m->ents[i].sig);
+            m->ents[i].in_job = true;
             j->idx[j->n++] = i;
             m->vq_len--;
         }
@@ -1247,7 +1250,8 @@ int node_mempool_sig_state(const node_mempool *m, const uint8_t txid[LEDGER_HASH
     if (i == NIL) return NODE_MEMPOOL_SIG_UNKNOWN;
     const mp__entry *e = &m->ents[i];
     if (e->gone || memcmp(e->sig, sig, LEDGER_SECP_SIG_BYTES) != 0) return NODE_MEMPOOL_SIG_UNKNOWN;
-    return e->state == MP__VERIFY ? NODE_MEMPOOL_SIG_VERIFYING : NODE_MEMPOOL_SIG_VERIFIED;
+    if (e->state != MP__VERIFY) return NODE_MEMPOOL_SIG_VERIFIED;
+    return e->in_job ? NODE_MEMPOOL_SIG_VERIFYING : NODE_MEMPOOL_SIG_QUEUED;
 }
 
 const ledger_tx *node_mempool_get(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES],

@@ -221,10 +221,12 @@ TEM_WUR int node_mempool_select_txs(node_mempool *m, ledger_state *st, uint32_t 
 const ledger_tx *node_mempool_find_bytes(const node_mempool *m, const uint8_t *stx, size_t len);
 
 /* What the pool knows of the signature of the tx `txid` carrying `sig`: UNKNOWN (no such
- * entry, another signature, or one leaving), VERIFYING (queued or in the thread pool), VERIFIED
- * (verified: being written or durable). Lets a proposal's validation wait for a check already
- * under way instead of repeating it. */
-enum { NODE_MEMPOOL_SIG_UNKNOWN = 0, NODE_MEMPOOL_SIG_VERIFYING, NODE_MEMPOOL_SIG_VERIFIED };
+ * entry, another signature, or one leaving), QUEUED (waiting for a thread-pool work item),
+ * VERIFYING (in one now), VERIFIED (verified: being written or durable). Lets a proposal's
+ * validation wait for a check already under way instead of repeating it; a queued tx it checks
+ * itself, since under load the queue ahead of it is seconds long (the pool skips the check
+ * later: node_mempool_config.sig_known). */
+enum { NODE_MEMPOOL_SIG_UNKNOWN = 0, NODE_MEMPOOL_SIG_QUEUED, NODE_MEMPOOL_SIG_VERIFYING, NODE_MEMPOOL_SIG_VERIFIED };
 int node_mempool_sig_state(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES],
                            const uint8_t sig[LEDGER_SECP_SIG_BYTES]);
 /* The durable tx `txid`: its decoded form, and its bytes in *bytes and *len (each may be NULL).

@@ -138,7 +138,9 @@ static const ledger_tx *mempool_lookup(void *ctx, const uint8_t *stx, size_t len
 
 /* Marks the view's txs whose (txid, signature) pair this node already verified: in the
  * signature cache, or verified by the mempool and not yet durable. Returns how many of the rest
- * the mempool is verifying right now. */
+ * the mempool is verifying right now: those are waited for. One still queued there is checked
+ * by the validation itself: under overload the queue ahead of it holds seconds of intake, and
+ * waiting for it stretched every block to the wait's limit. */
 static size_t mark_known(node *n, ledger_block_view *v) {
     size_t verifying = 0;
     if (v->tx_rc != LEDGER_OK) return 0;
@@ -302,7 +304,9 @@ static uint32_t proposal_txs_max(const node *n) {
     uint32_t max = n->g.max_block_txs;
     if (n->apply_ns_per_tx) {
         uint64_t fit = (uint64_t)NODE_PROPOSAL_APPLY_MS * 1000000u / n->apply_ns_per_tx;
-        if (fit < NODE_PROPOSAL_TXS_MIN) fit = NODE_PROPOSAL_TXS_MIN;
+        bool busy = n->mp && node_admission_contended(&n->adm, node_mempool_size(n->mp));
+        uint32_t floor = busy ? NODE_PROPOSAL_TXS_BUSY : NODE_PROPOSAL_TXS_MIN;
+        if (fit < floor) fit = floor;
         if (fit < max) max = (uint32_t)fit;
     }
     return max;

@@ -854,6 +854,10 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
         if (t->phase != l->phase) continue;
         if (na < cap) ack[na++] = (t->ack - t->due) * 1000.0;
         if (t->commit == 0) continue;
+        /* TEM_LOAD_LATE_MS=N: one stderr line per accepted tx that waited longer (diagnosis). */
+        if (getenv("TEM_LOAD_LATE_MS") && (t->commit - t->ack) * 1000.0 > atof(getenv("TEM_LOAD_LATE_MS")))
+            fprintf(stderr, "late node %u signer %u due %.3f ack %.3f commit %.3f wait_ms %.0f\n", l->s[t->signer].node,
+                    t->signer, t->due - l->run_t0, t->ack - l->run_t0, t->commit - l->run_t0, (t->commit - t->ack) * 1000.0);
         out->committed++;
         if (t->refused_in_block) out->committed_refused++;
         if (nl < cap) {
