@@ -62,6 +62,7 @@ typedef struct {
     /* Loop thread only. */
     uint8_t state, gone;
     bool in_job;    /* MP__VERIFY and handed to a work item (else still queued) */
+    bool urgent;    /* node_mempool_verify_first: moves to the queue's front (transient) */
     bool in_by_sig; /* indexed by signature (PENDING entries only) */
     uint64_t nonce, seq;
     uint32_t signer_idx;
@@ -733,6 +734,34 @@ static void vq_kick(node_mempool *m) {
     int rc = uv_idle_start(&m->idle, on_idle);
     TEM_ASSERT(rc == 0); /* fails only for a NULL callback */
     m->idle_on = true;
+}
+
+uint32_t node_mempool_verify_first(node_mempool *m, const uint8_t (*txids)[LEDGER_HASH_BYTES], size_t n) {
+    uint32_t marked = 0;
+    for (size_t k = 0; k < n; k++) {
+        uint32_t i = tab_find(m, &m->by_txid, txids[k], LEDGER_HASH_BYTES, key_txid, NULL);
+        if (i == NIL || m->ents[i].state != MP__VERIFY || m->ents[i].in_job || m->ents[i].urgent) continue;
+        m->ents[i].urgent = true;
+        marked++;
+    }
+    if (marked == 0) return 0;
+    /* One pass splits the queue in two, each in its old order: the marked entries, then the rest. */
+    uint32_t uh = NIL, ut = NIL, rh = NIL, rt = NIL;
+    for (uint32_t i = m->vq_head, next; i != NIL; i = next) {
+        mp__entry *e = &m->ents[i];
+        next = e->q_next;
+        e->q_next = NIL;
+        uint32_t *h = e->urgent ? &uh : &rh, *t = e->urgent ? &ut : &rt;
+        e->urgent = false;
+        if (*t != NIL) m->ents[*t].q_next = i;
+        else *h = i;
+        *t = i;
+    }
+    if (ut != NIL) m->ents[ut].q_next = rh;
+    m->vq_head = uh != NIL ? uh : rh;
+    m->vq_tail = rt != NIL ? rt : ut;
+    vq_kick(m);
+    return marked;
 }
 
 /* ================================================================== lifecycle */

@@ -223,12 +223,18 @@ const ledger_tx *node_mempool_find_bytes(const node_mempool *m, const uint8_t *s
 /* What the pool knows of the signature of the tx `txid` carrying `sig`: UNKNOWN (no such
  * entry, another signature, or one leaving), QUEUED (waiting for a thread-pool work item),
  * VERIFYING (in one now), VERIFIED (verified: being written or durable). Lets a proposal's
- * validation wait for a check already under way instead of repeating it; a queued tx it checks
- * itself, since under load the queue ahead of it is seconds long (the pool skips the check
- * later: node_mempool_config.sig_known). */
+ * validation wait for a check already under way instead of repeating it; a queued one it first
+ * moves to the front (node_mempool_verify_first), since under load the queue ahead of it holds
+ * seconds of intake. */
 enum { NODE_MEMPOOL_SIG_UNKNOWN = 0, NODE_MEMPOOL_SIG_QUEUED, NODE_MEMPOOL_SIG_VERIFYING, NODE_MEMPOOL_SIG_VERIFIED };
 int node_mempool_sig_state(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES],
                            const uint8_t sig[LEDGER_SECP_SIG_BYTES]);
+/* Moves the txs named by `txids` (borrowed for the call) that are QUEUED here to the front of
+ * the verify queue, in queue order, ahead of the rest (also kept in order), and kicks dispatch:
+ * a proposal's validation can then wait a few ms for checks this node would do anyway, instead
+ * of waiting behind seconds of intake or doing them twice. Unknown, verifying or verified txids
+ * are ignored. Returns how many moved. O(queue length). */
+uint32_t node_mempool_verify_first(node_mempool *m, const uint8_t (*txids)[LEDGER_HASH_BYTES], size_t n);
 /* The durable tx `txid`: its decoded form, and its bytes in *bytes and *len (each may be NULL).
  * NULL when the tx is not held or not durable yet. Borrowed as for node_mempool_find_bytes. */
 const ledger_tx *node_mempool_get(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES],

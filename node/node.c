@@ -138,19 +138,26 @@ static const ledger_tx *mempool_lookup(void *ctx, const uint8_t *stx, size_t len
 
 /* Marks the view's txs whose (txid, signature) pair this node already verified: in the
  * signature cache, or verified by the mempool and not yet durable. Returns how many of the rest
- * the mempool is verifying right now: those are waited for. One still queued there is checked
- * by the validation itself: under overload the queue ahead of it holds seconds of intake, and
- * waiting for it stretched every block to the wait's limit. */
-static size_t mark_known(node *n, ledger_block_view *v) {
-    size_t verifying = 0;
+ * the mempool will verify soon: those are waited for. With `expedite`, the ones still queued
+ * there are first moved to the front of its queue: under overload the queue ahead of them
+ * holds seconds of intake, and waiting behind it stretched every block to the wait's limit,
+ * while checking them here as well would verify them twice. Without a mempool nothing waits. */
+static size_t mark_known(node *n, ledger_block_view *v, bool expedite) {
+    size_t verifying = 0, nq = 0;
     if (v->tx_rc != LEDGER_OK) return 0;
+    uint8_t(*queued)[32] = expedite && n->mp ? tem_malloc((v->n ? v->n : 1) * 32) : NULL;
     for (size_t i = 0; i < v->n; i++) {
         if (v->txs[i].verified) continue;
         const uint8_t *id = v->txs[i].tx->txid, *sig = v->txs[i].tx->stx->sig.data;
         int st = n->mp ? node_mempool_sig_state(n->mp, id, sig) : NODE_MEMPOOL_SIG_UNKNOWN;
         v->txs[i].verified = st == NODE_MEMPOOL_SIG_VERIFIED || node_sigcache_has(n, id, sig);
-        if (!v->txs[i].verified && st == NODE_MEMPOOL_SIG_VERIFYING) verifying++;
+        if (v->txs[i].verified) continue;
+        if (st == NODE_MEMPOOL_SIG_VERIFYING) verifying++;
+        if (st == NODE_MEMPOOL_SIG_QUEUED && queued) memcpy(queued[nq++], id, 32);
     }
+    /* Out of memory: the queued ones are verified by the validation instead. */
+    if (nq) verifying += node_mempool_verify_first(n->mp, (const uint8_t(*)[32])queued, nq);
+    tem_free(queued);
     return verifying;
 }
 
@@ -187,7 +194,7 @@ static ledger_block_view *view_new(node *n, const uint8_t *blk, size_t len, int 
         tem_free(v);
         return NULL;
     }
-    (void)mark_known(n, v);
+    (void)mark_known(n, v, false);
     return v;
 }
 
@@ -304,9 +311,15 @@ static uint32_t proposal_txs_max(const node *n) {
     uint32_t max = n->g.max_block_txs;
     if (n->apply_ns_per_tx) {
         uint64_t fit = (uint64_t)NODE_PROPOSAL_APPLY_MS * 1000000u / n->apply_ns_per_tx;
-        bool busy = n->mp && node_admission_contended(&n->adm, node_mempool_size(n->mp));
-        uint32_t floor = busy ? NODE_PROPOSAL_TXS_BUSY : NODE_PROPOSAL_TXS_MIN;
-        if (fit < floor) fit = floor;
+        if (fit < NODE_PROPOSAL_TXS_MIN) fit = NODE_PROPOSAL_TXS_MIN;
+        /* Under a standing queue: bigger blocks, but only as many txs as apply within a
+         * bounded time, or one block's apply (the loop is busy meanwhile) could outlast the
+         * view timer at every replica and turn overload into view changes. */
+        if (n->mp && node_admission_contended(&n->adm, node_mempool_size(n->mp))) {
+            uint64_t busy = (uint64_t)NODE_PROPOSAL_APPLY_BUSY_MS * 1000000u / n->apply_ns_per_tx;
+            if (busy > NODE_PROPOSAL_TXS_BUSY) busy = NODE_PROPOSAL_TXS_BUSY;
+            if (busy > fit) fit = busy;
+        }
         if (fit < max) max = (uint32_t)fit;
     }
     return max;
@@ -485,7 +498,7 @@ int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_
      * gossiped copy came just before the proposal) is waited for, not verified twice. */
     uint64_t wait = n->g.view_timeout_ms / 4 > NODE_VAL_WAIT_MS ? n->g.view_timeout_ms / 4 : NODE_VAL_WAIT_MS;
     j->wait_until = uv_now(&n->loop) + wait;
-    if (mark_known(n, j->view) > 0) {
+    if (mark_known(n, j->view, true) > 0) {
         n->val_waiting = j;
         if (uv_timer_start(&n->t_valwait, on_val_wait, 1, 1) == 0) return PBFT_OK;
         n->val_waiting = NULL;
@@ -500,7 +513,7 @@ static void on_val_wait(uv_timer_t *t) {
     node *n = t->data;
     val_job *j = n->val_waiting;
     if (!j || n->stopping) return;
-    if (mark_known(n, j->view) > 0 && uv_now(&n->loop) < j->wait_until) return;
+    if (mark_known(n, j->view, true) > 0 && uv_now(&n->loop) < j->wait_until) return;
     (void)uv_timer_stop(t);
     n->val_waiting = NULL;
     val_dispatch(n, j);

@@ -32,14 +32,16 @@
 /* A proposal's budget (docs/performance.md, "Proposal size"): at most this many bytes of txs,
  * and at most as many txs as this node applies in NODE_PROPOSAL_APPLY_MS by its own recent
  * apply cost per tx, but never fewer than NODE_PROPOSAL_TXS_MIN (so a slow disk cannot starve
- * the chain), or NODE_PROPOSAL_TXS_BUSY while admission finds the queue contended, nor more
- * than the genesis max_block_txs. A block's LMDB cost grows slower than its tx count (its txs
- * share B-tree pages), so under a standing queue bigger blocks commit more txs per second;
- * without one they would only hold a burst's first txs back. */
+ * the chain); while admission finds the queue contended, up to NODE_PROPOSAL_TXS_BUSY as long as
+ * they apply within NODE_PROPOSAL_APPLY_BUSY_MS; never more than the genesis max_block_txs.
+ * A block's LMDB cost grows slower than its tx count (its txs share B-tree pages), so under a
+ * standing queue bigger blocks commit more txs per second; without one they would only hold a
+ * burst's first txs back. */
 #define NODE_PROPOSAL_BYTES_MAX (1u << 20)
 #define NODE_PROPOSAL_APPLY_MS 100
 #define NODE_PROPOSAL_TXS_MIN 256u
 #define NODE_PROPOSAL_TXS_BUSY 1024u
+#define NODE_PROPOSAL_APPLY_BUSY_MS 300
 
 /* Block requests from observers: a token bucket per observer slot (NODE_OBS_REQS_PER_S, a
  * burst of as many), at most one waiting per observer (a newer one replaces it), served from

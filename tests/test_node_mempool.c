@@ -608,6 +608,37 @@ static bool known_one(void *ctx, const uint8_t txid[32], const uint8_t sig[64]) 
     return KNOWN_SIG && memcmp(sig, KNOWN_SIG, 64) == 0;
 }
 
+/* node_mempool_verify_first: the named txs still queued jump the verify queue (in their queue
+ * order), the rest keep theirs; an unknown txid is ignored and one already verified is not
+ * moved. One work item of one tx at a time, so the done order is the verification order. */
+START_TEST(mempool_verify_first_moves_queued_txs_to_the_front) {
+    node_mempool_config c = cfg_default();
+    c.verify_jobs_max = 1;
+    c.verify_batch_max = 1;
+    mp_open(&c);
+    tx_t a = mk(2, 0, 1), b = mk(3, 0, 1), d = mk(4, 0, 1);
+    ck_assert_int_eq(submit(&a), 0);
+    ck_assert_int_eq(submit(&b), 0);
+    ck_assert_int_eq(submit(&d), 0);
+    /* Dispatch waits for the loop's idle phase: all three are still queued. */
+    ck_assert_int_eq(node_mempool_sig_state(M, b.txid, b.b + b.len - 64), NODE_MEMPOOL_SIG_QUEUED);
+    uint8_t ids[3][32];
+    memcpy(ids[0], d.txid, 32);
+    memset(ids[1], 0x5a, 32); /* no such tx */
+    memcpy(ids[2], b.txid, 32);
+    ck_assert_uint_eq(node_mempool_verify_first(M, (const uint8_t(*)[32])ids, 3), 2);
+    wait_done(3);
+    ck_assert_mem_eq(R.txid[0], b.txid, 32);
+    ck_assert_mem_eq(R.txid[1], d.txid, 32);
+    ck_assert_mem_eq(R.txid[2], a.txid, 32);
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(R.rc[i], 0);
+    ck_assert_int_eq(node_mempool_sig_state(M, b.txid, b.b + b.len - 64), NODE_MEMPOOL_SIG_VERIFIED);
+    ck_assert_uint_eq(node_mempool_verify_first(M, (const uint8_t(*)[32])ids, 3), 0);
+    tx_t *all[] = {&a, &b, &d};
+    for (int i = 0; i < 3; i++) tem_free(all[i]->b);
+}
+END_TEST
+
 START_TEST(mempool_skips_verifying_pairs_the_node_already_verified) {
     node_mempool_config c = cfg_default();
     c.sig_known = known_one;
@@ -1171,6 +1202,7 @@ static Suite *mempool_suite(void) {
     tcase_add_test(t, mempool_per_signer_limit_refuses_with_esignerfull);
     tcase_add_test(t, mempool_bad_signatures_are_reported_through_done_and_dropped);
     tcase_add_test(t, mempool_skips_verifying_pairs_the_node_already_verified);
+    tcase_add_test(t, mempool_verify_first_moves_queued_txs_to_the_front);
     tcase_add_test(t, mempool_block_applied_drops_committed_and_superseded_txs);
     tcase_add_test(t, mempool_txs_committed_or_superseded_while_in_flight_settle_when_work_returns);
     tcase_add_test(t, mempool_large_pool_finds_superseded_txs_round_robin_within_two_blocks);
