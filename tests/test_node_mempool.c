@@ -608,6 +608,42 @@ static bool known_one(void *ctx, const uint8_t txid[32], const uint8_t sig[64]) 
     return KNOWN_SIG && memcmp(sig, KNOWN_SIG, 64) == 0;
 }
 
+/* A verified tx whose log record is still being written is selectable (a block needs a valid
+ * tx, not this node's copy on disk), while its submitter still waits for the 202. Stepping
+ * the loop one iteration at a time catches that state: the record's write is queued from the
+ * verification's completion, so it completes in a later iteration. */
+static bool verified_not_durable(const tx_t *x) {
+    return node_mempool_sig_state(M, x->txid, x->b + x->len - 64) == NODE_MEMPOOL_SIG_VERIFIED && R.n == 0;
+}
+
+START_TEST(mempool_selects_verified_txs_before_their_record_is_durable) {
+    node_mempool_config c = cfg_default();
+    mp_open(&c);
+    tx_t a = mk(2, 0, 1);
+    ck_assert_int_eq(submit(&a), 0);
+    const uint8_t *sel[4];
+    size_t lens[4];
+    uint32_t n = 9;
+    /* Not verified yet: not selectable. */
+    ck_assert_int_eq(node_mempool_select(M, ledger_store_state(S), 4, sel, lens, &n), NODE_MEMPOOL_OK);
+    ck_assert_uint_eq(n, 0);
+    bool seen = false;
+    for (int i = 0; i < 100000 && R.n == 0 && !seen; i++) {
+        uv_run(&LOOP, UV_RUN_ONCE);
+        seen = verified_not_durable(&a);
+    }
+    ck_assert_msg(seen, "never saw the tx verified and not yet durable");
+    ck_assert_int_eq(node_mempool_select(M, ledger_store_state(S), 4, sel, lens, &n), NODE_MEMPOOL_OK);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_uint_eq(lens[0], a.len);
+    ck_assert_mem_eq(sel[0], a.b, a.len);
+    ck_assert_int_eq(R.n, 0); /* the 202 still waits for the fdatasync */
+    wait_done(1);
+    ck_assert_int_eq(R.rc[0], 0);
+    tem_free(a.b);
+}
+END_TEST
+
 /* node_mempool_verify_first: the named txs still queued jump the verify queue (in their queue
  * order), the rest keep theirs; an unknown txid is ignored and one already verified is not
  * moved. One work item of one tx at a time, so the done order is the verification order. */
@@ -1203,6 +1239,7 @@ static Suite *mempool_suite(void) {
     tcase_add_test(t, mempool_bad_signatures_are_reported_through_done_and_dropped);
     tcase_add_test(t, mempool_skips_verifying_pairs_the_node_already_verified);
     tcase_add_test(t, mempool_verify_first_moves_queued_txs_to_the_front);
+    tcase_add_test(t, mempool_selects_verified_txs_before_their_record_is_durable);
     tcase_add_test(t, mempool_block_applied_drops_committed_and_superseded_txs);
     tcase_add_test(t, mempool_txs_committed_or_superseded_while_in_flight_settle_when_work_returns);
     tcase_add_test(t, mempool_large_pool_finds_superseded_txs_round_robin_within_two_blocks);
