@@ -849,13 +849,14 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
     size_t cap = out->accepted ? out->accepted : 1;
     double *lat = malloc(cap * sizeof *lat), *ack = malloc(cap * sizeof *ack), *wait = malloc(cap * sizeof *wait);
     size_t nl = 0, na = 0;
+    /* TEM_LOAD_LATE_MS=N: one stderr line per accepted tx that waited longer (diagnosis). */
+    double late_ms = getenv("TEM_LOAD_LATE_MS") ? atof(getenv("TEM_LOAD_LATE_MS")) : -1;
     for (size_t i = 0; i < l->ntx && lat && ack && wait; i++) {
         ld_tx *t = &l->tx[i];
         if (t->phase != l->phase) continue;
         if (na < cap) ack[na++] = (t->ack - t->due) * 1000.0;
         if (t->commit == 0) continue;
-        /* TEM_LOAD_LATE_MS=N: one stderr line per accepted tx that waited longer (diagnosis). */
-        if (getenv("TEM_LOAD_LATE_MS") && (t->commit - t->ack) * 1000.0 > atof(getenv("TEM_LOAD_LATE_MS")))
+        if (late_ms >= 0 && (t->commit - t->ack) * 1000.0 > late_ms)
             fprintf(stderr, "late node %u signer %u due %.3f ack %.3f commit %.3f wait_ms %.0f\n", l->s[t->signer].node,
                     t->signer, t->due - l->run_t0, t->ack - l->run_t0, t->commit - l->run_t0, (t->commit - t->ack) * 1000.0);
         out->committed++;
