@@ -1195,7 +1195,6 @@ int node_mempool_submit_admit(node_mempool *m, const uint8_t *tx, size_t len, co
 }
 
 /* ================================================================== blocks */
-/* Writes up to max entry indices valid for the next block on st (mempool.h, select). */
 /* Verified txs whose log record is still being written are selected too: durability here is
  * the promise behind this node's 202, not a condition for a block, and waiting for the
  * fdatasync of a gossiped copy put one more disk flush on every tx's way to a proposal. The
@@ -1203,6 +1202,7 @@ int node_mempool_submit_admit(node_mempool *m, const uint8_t *tx, size_t len, co
  * cannot free what they point at. */
 static bool selectable(const mp__entry *e) { return (e->state == MP__PENDING || e->state == MP__WRITE) && !e->gone; }
 
+/* Writes up to max entry indices valid for the next block on st (mempool.h, select). */
 static uint32_t select_idx(node_mempool *m, ledger_state *st, uint32_t max, uint32_t *out) {
     uint32_t k = 0;
     uint64_t epoch = ++m->sel_epoch;
