@@ -29,6 +29,8 @@
 /* Before the first estimate (a node just started) the queue admitted is this deep at most (or
  * max_block_txs if smaller). */
 #define NODE_ADMISSION_DEPTH_PRIOR 512u
+/* Fewest txs a block needs (or full_block_txs if smaller) to be a capacity sample. */
+#define NODE_ADMISSION_SAMPLE_TXS_MIN 32u
 #define NODE_ADMISSION_RETRY_AFTER_S_MAX 30u
 
 /* Defaults of the config keys (docs/operate.md). */
@@ -78,12 +80,16 @@ typedef struct {
 /* Initialises a in place with cfg (copied) and a random hash key. */
 void node_admission_init(node_admission *a, const node_admission_config *cfg);
 
-/* A block was applied at now_ms taking `txs` txs; `depth_after` txs are still held. A block
- * of at least full_block_txs txs whose previous block left txs waiting adds (txs, time since
+/* A block was applied at now_ms taking `txs` txs; `depth_after` txs are still held that a
+ * proposal could take (the node passes its verified txs: ones still being verified were not
+ * on offer, and counting them made a quiet chain's one-tx blocks look cut short). A block
+ * of at least NODE_ADMISSION_SAMPLE_TXS_MIN txs (or full_block_txs if smaller) that left txs
+ * waiting, or of at least full_block_txs txs, adds (txs, time since
  * the previous block) to the window; a smaller block took all the chain was offered, so it
  * measures demand, not capacity (a chain fed one tx a block would otherwise look able to take
- * a few txs a second and refuse the next burst), and is left out; the estimate is the lower of the rates over the last 16 and the last 4 samples. While the queue is short the window measures demand, not
- * capacity; that is safe: the bound admits wait_ms_max of that rate, many blocks' worth, so
+ * a few txs a second and refuse the next burst), and is left out; the estimate is the lower of
+ * the rates over the last 16 and the last 4 samples. While the queue is short the window
+ * measures demand, not capacity; that is safe: the bound admits wait_ms_max of that rate, many blocks' worth, so
  * blocks grow and the estimate climbs within a few blocks to what the chain really takes. */
 void node_admission_block(node_admission *a, uint64_t now_ms, uint32_t txs, uint32_t depth_after);
 

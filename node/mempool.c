@@ -118,6 +118,7 @@ struct node_mempool {
 
     mp__entry *ents;
     uint32_t ent_free, count;
+    uint32_t unverified; /* entries in MP__VERIFY (queued or in a work item) */
     uint64_t bytes, next_seq;
     uint32_t fifo_head, fifo_tail;
     mp__tab by_txid;
@@ -296,6 +297,7 @@ static uint32_t ent_add(node_mempool *m, ledger_tx *t, uint8_t *bytes, size_t le
     e->tx = *t;
     memset(t, 0, sizeof *t);
     e->state = state;
+    if (state == MP__VERIFY) m->unverified++;
     e->nonce = e->tx.body->nonce;
     e->seq = m->next_seq++;
     e->q_next = NIL;
@@ -332,6 +334,10 @@ static uint32_t ent_add(node_mempool *m, ledger_tx *t, uint8_t *bytes, size_t le
 static void ent_remove(node_mempool *m, uint32_t i) {
     mp__entry *e = &m->ents[i];
     TEM_ASSERT(e->state != MP__FREE);
+    if (e->state == MP__VERIFY) {
+        TEM_ASSERT(m->unverified > 0);
+        m->unverified--;
+    }
     if (e->state == MP__PENDING) {
         TEM_ASSERT(m->st.log_live_bytes >= rec_bytes(e->len));
         m->st.log_live_bytes -= rec_bytes(e->len);
@@ -640,6 +646,10 @@ static int acc_append(node_mempool *m, uint32_t i) {
     }
     rec_put(m->acc + m->acc_len, NODE_MEMPOOL_REC_TX, e->bytes, e->len, e->check);
     m->acc_len += need;
+    if (e->state == MP__VERIFY) {
+        TEM_ASSERT(m->unverified > 0);
+        m->unverified--;
+    }
     e->state = MP__WRITE;
     e->q_next = NIL;
     if (m->acc_tail != NIL) m->ents[m->acc_tail].q_next = i;
@@ -1370,6 +1380,11 @@ int node_mempool_status(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BY
 }
 
 uint32_t node_mempool_size(const node_mempool *m) { return m->count; }
+
+uint32_t node_mempool_verified(const node_mempool *m) {
+    TEM_ASSERT(m->unverified <= m->count);
+    return m->count - m->unverified;
+}
 
 /* ================================================================== re-gossip */
 void node_mempool_peer_has(node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES], uint32_t peer) {

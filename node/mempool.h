@@ -265,6 +265,9 @@ enum {
 int node_mempool_status(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES]);
 /* Txs held (in flight + pending). */
 uint32_t node_mempool_size(const node_mempool *m);
+/* Of those, the txs whose signature is verified (being written or durable): what a proposal
+ * made now could take, nonces permitting. */
+uint32_t node_mempool_verified(const node_mempool *m);
 /* True while the last log write failed for lack of space (ENOSPC/EDQUOT): submissions get
  * NODE_MEMPOOL_EDISKFULL until a log rewrite succeeds (retried on every round). */
 bool node_mempool_disk_full(const node_mempool *m);

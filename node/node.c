@@ -293,7 +293,9 @@ static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uin
     drop_views(n);
     if (n->mp) {
         node_mempool_block_applied(n->mp, (const uint8_t(*)[32])ids, nids);
-        node_admission_block(&n->adm, uv_now(&n->loop), (uint32_t)nids, node_mempool_size(n->mp));
+        /* What a proposal could have taken: txs still being verified here were not yet on
+         * offer, so a block that left only those behind took what it was offered. */
+        node_admission_block(&n->adm, uv_now(&n->loop), (uint32_t)nids, node_mempool_verified(n->mp));
     }
     tem_free(ids);
     node_events_committed(n, height);
