@@ -33,8 +33,10 @@ for _ in $(seq 1 100); do
 done
 
 BOUND=2000
-RATE=${OVERLOAD_RATE:-1500}
-"$T" load --cluster "$dir/c" --temd "$D" --base-port "$base" --signers 8192 --conns 64 --drain 15 \
+# About twice what this machine's cluster commits (bench_cluster: ~1,700-2,000 tx/s with one tx
+# per POST), with connections enough that the offers reach the nodes instead of queueing here.
+RATE=${OVERLOAD_RATE:-3000}
+"$T" load --cluster "$dir/c" --temd "$D" --base-port "$base" --signers 8192 --conns 256 --drain 15 \
   --temd-arg --log-level --temd-arg warn --temd-arg --http-rate-reqs-per-s --temd-arg 0 \
   --temd-arg --http-conns-per-addr-max --temd-arg 512 --temd-arg --admission-addr-share-pct --temd-arg 100 \
   --temd-arg --admission-wait-ms-max --temd-arg $BOUND \
