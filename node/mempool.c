@@ -283,6 +283,17 @@ static void signer_put(node_mempool *m, uint32_t si) {
 
 /* Takes ownership of bytes and of the decoded *t (zeroed here). The caller has checked every
  * bound. */
+/* Every change of an entry's state goes through here, so the count of unverified entries
+ * (node_mempool_verified) cannot drift from the states (recovery moves VERIFY -> PENDING). */
+static void ent_set_state(node_mempool *m, mp__entry *e, uint8_t state) {
+    if (e->state == MP__VERIFY) {
+        TEM_ASSERT(m->unverified > 0);
+        m->unverified--;
+    }
+    if (state == MP__VERIFY) m->unverified++;
+    e->state = state;
+}
+
 static uint32_t ent_add(node_mempool *m, ledger_tx *t, uint8_t *bytes, size_t len, uint8_t state) {
     uint32_t i = m->ent_free;
     TEM_ASSERT(i != NIL);
@@ -296,8 +307,7 @@ static uint32_t ent_add(node_mempool *m, ledger_tx *t, uint8_t *bytes, size_t le
     e->len = len;
     e->tx = *t;
     memset(t, 0, sizeof *t);
-    e->state = state;
-    if (state == MP__VERIFY) m->unverified++;
+    ent_set_state(m, e, state);
     e->nonce = e->tx.body->nonce;
     e->seq = m->next_seq++;
     e->q_next = NIL;
@@ -334,10 +344,6 @@ static uint32_t ent_add(node_mempool *m, ledger_tx *t, uint8_t *bytes, size_t le
 static void ent_remove(node_mempool *m, uint32_t i) {
     mp__entry *e = &m->ents[i];
     TEM_ASSERT(e->state != MP__FREE);
-    if (e->state == MP__VERIFY) {
-        TEM_ASSERT(m->unverified > 0);
-        m->unverified--;
-    }
     if (e->state == MP__PENDING) {
         TEM_ASSERT(m->st.log_live_bytes >= rec_bytes(e->len));
         m->st.log_live_bytes -= rec_bytes(e->len);
@@ -364,7 +370,7 @@ static void ent_remove(node_mempool *m, uint32_t i) {
     tem_free(e->bytes);
     e->bytes = NULL;
     ledger_tx_free(&e->tx);
-    e->state = MP__FREE;
+    ent_set_state(m, e, MP__FREE);
     if (e->tag && m->cfg.release) m->cfg.release(m->cfg.release_ctx, e->tag);
     e->tag = 0;
     e->q_next = m->ent_free;
@@ -376,7 +382,7 @@ static void ent_remove(node_mempool *m, uint32_t i) {
  * simply not indexed. */
 static void ent_pending(node_mempool *m, uint32_t i) {
     mp__entry *e = &m->ents[i];
-    e->state = MP__PENDING;
+    ent_set_state(m, e, MP__PENDING);
     if (tab_find(m, &m->by_sig, e->sig, LEDGER_SECP_SIG_BYTES, key_sig, NULL) != NIL) return;
     tab_insert(m, &m->by_sig, e->sig, LEDGER_SECP_SIG_BYTES, key_sig, i);
     e->in_by_sig = true;
@@ -646,11 +652,7 @@ static int acc_append(node_mempool *m, uint32_t i) {
     }
     rec_put(m->acc + m->acc_len, NODE_MEMPOOL_REC_TX, e->bytes, e->len, e->check);
     m->acc_len += need;
-    if (e->state == MP__VERIFY) {
-        TEM_ASSERT(m->unverified > 0);
-        m->unverified--;
-    }
-    e->state = MP__WRITE;
+    ent_set_state(m, e, MP__WRITE);
     e->q_next = NIL;
     if (m->acc_tail != NIL) m->ents[m->acc_tail].q_next = i;
     else m->acc_head = i;

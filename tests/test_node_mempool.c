@@ -213,9 +213,11 @@ START_TEST(mempool_tx_is_in_flight_until_durable_then_pending_and_selectable) {
     ck_assert(memcmp(txid, x.txid, 32) == 0);
     ck_assert_int_eq(node_mempool_status(M, x.txid), NODE_MEMPOOL_STATUS_INFLIGHT);
     ck_assert_uint_eq(node_mempool_size(M), 1);
+    ck_assert_uint_eq(node_mempool_verified(M), 0);
     ck_assert_int_eq(R.n, 0); /* never before the fsync */
     wait_done(1);
     ck_assert_int_eq(R.rc[0], 0);
+    ck_assert_uint_eq(node_mempool_verified(M), 1);
     ck_assert(memcmp(R.txid[0], x.txid, 32) == 0);
     /* done came after the write and the fdatasync that cover the record. */
     ck_assert_uint_eq(AT_DONE_WRITES, 1);
@@ -862,6 +864,8 @@ START_TEST(mempool_every_acknowledged_tx_survives_a_restart_without_compaction) 
     memset(&R, 0, sizeof R);
     ck_assert_uint_eq(mp_open(&c), N);
     for (int i = 0; i < N; i++) ck_assert_int_eq(node_mempool_status(M, x[i].txid), NODE_MEMPOOL_STATUS_PENDING);
+    /* Recovered txs were verified again on the way in: all count as verified. */
+    ck_assert_uint_eq(node_mempool_verified(M), N);
     ck_assert_int_eq(submit(&x[0]), NODE_MEMPOOL_EDUP);
     const uint8_t *sel[N];
     size_t lens[N];
