@@ -757,6 +757,15 @@ uint32_t node_mempool_verify_first(node_mempool *m, const uint8_t (*txids)[LEDGE
         marked++;
     }
     if (marked == 0) return 0;
+    /* A validation waiting for its txs asks again every millisecond: when the marked entries
+     * already lead the queue, nothing moves and the pass over the whole queue is skipped. */
+    uint32_t lead = 0;
+    for (uint32_t i = m->vq_head; i != NIL && lead < marked && m->ents[i].urgent; i = m->ents[i].q_next) lead++;
+    if (lead == marked) {
+        for (uint32_t i = m->vq_head, k = 0; k < marked; i = m->ents[i].q_next, k++) m->ents[i].urgent = false;
+        vq_kick(m);
+        return marked;
+    }
     /* One pass splits the queue in two, each in its old order: the marked entries, then the rest. */
     uint32_t uh = NIL, ut = NIL, rh = NIL, rt = NIL;
     for (uint32_t i = m->vq_head, next; i != NIL; i = next) {

@@ -665,6 +665,8 @@ START_TEST(mempool_verify_first_moves_queued_txs_to_the_front) {
     memset(ids[1], 0x5a, 32); /* no such tx */
     memcpy(ids[2], b.txid, 32);
     ck_assert_uint_eq(node_mempool_verify_first(M, (const uint8_t(*)[32])ids, 3), 2);
+    /* Asked again (a waiting validation polls): they already lead, the order holds. */
+    ck_assert_uint_eq(node_mempool_verify_first(M, (const uint8_t(*)[32])ids, 3), 2);
     wait_done(3);
     ck_assert_mem_eq(R.txid[0], b.txid, 32);
     ck_assert_mem_eq(R.txid[1], d.txid, 32);
