@@ -487,6 +487,35 @@ TEM_WUR int ledger_tx_wire_sig(const uint8_t *buf, size_t len, const uint8_t **s
 TEM_WUR int ledger_store_apply_view(ledger_store *s, const ledger_block_view *v, const uint8_t *cert,
                                     size_t cert_len, const ledger_executor *ex, unsigned flags,
                                     ledger_apply_info *info);
+/* Pipelining (docs/performance.md, "Pipelining"): the same as ledger_store_apply_view, but the
+ * block's LMDB commit (page writes and fdatasync) is left running on the store's writer thread
+ * when this returns. The in-memory state and the tip (ledger_store_height, _last_hash, _roots)
+ * already name the block, so the caller can build and check the next height meanwhile; LMDB
+ * readers still see the previous block until the commit ends (ledger_store_durable_height).
+ * Returns the execution's result (then nothing is pending). Without a writer thread it is
+ * ledger_store_apply_view. Waits first for a commit still pending (ledger_store_commit_wait)
+ * and returns its error, if any, instead of applying. */
+TEM_WUR int ledger_store_apply_view_pipelined(ledger_store *s, const ledger_block_view *v, const uint8_t *cert,
+                                              size_t cert_len, const ledger_executor *ex, unsigned flags,
+                                              ledger_apply_info *info);
+/* Starts the writer thread for ledger_store_apply_view_pipelined; `notify` (may be NULL) is
+ * called on that thread each time a commit ends, e.g. to wake the caller's loop (uv_async_send),
+ * which then calls ledger_store_commit_wait. Stopped by ledger_store_close (which waits for the
+ * commit). LEDGER_EINVAL if already started, LEDGER_ENOMEM. */
+TEM_WUR int ledger_store_writer_start(ledger_store *s, void (*notify)(void *ctx), void *ctx);
+/* Whether an executed block's commit has not been waited for yet. */
+bool ledger_store_commit_pending(const ledger_store *s);
+/* Waits for the pending commit and ends it: LEDGER_OK when it is durable (or none was pending);
+ * on failure (EIO, EDISKFULL, EFULL ...) the state and the tip are back at the block before it,
+ * as LMDB holds them, and the error is returned once. Call from the thread that applies blocks;
+ * every apply and ledger_store_close call it first. */
+TEM_WUR int ledger_store_commit_wait(ledger_store *s);
+/* The height whose block LMDB holds: ledger_store_height, or one less while a pipelined commit
+ * is pending. Readers of blocks, receipts, the state table and the state tree use this one. */
+uint64_t ledger_store_durable_height(const ledger_store *s);
+/* The hash, state root and time of that block (the same as the tip's when nothing is pending). */
+void ledger_store_durable_tip(const ledger_store *s, uint8_t hash[LEDGER_HASH_BYTES], uint8_t state_root[32],
+                              uint64_t *time_ms);
 /* ledger_store_apply_view on a view built here without a lookup. */
 TEM_WUR int ledger_store_apply(ledger_store *s, const uint8_t *block, size_t block_len,
                                const uint8_t *cert, size_t cert_len, const ledger_executor *ex,

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <lmdb.h>
+#include <pthread.h>
 #include <sys/stat.h>
 
 /* blocksum: SHA-256 of each block's bytes as applied, so the start-up tail check and every read
@@ -18,6 +19,28 @@ static const char *const DB_NAMES[DB_COUNT] = {"blocks", "certs", "txs", "receip
 /* roots[height] = state_root || receipts_root || block_hash || u64le time_ms */
 #define ROOTS_VAL_BYTES (32 * 3 + 8)
 
+/* What a block's execution leaves for its commit: the open write transaction, the state's
+ * savepoint, and the tip before the block (restored if the commit fails). */
+typedef struct {
+    MDB_txn *txn;
+    size_t sp;
+    uint64_t height, prev_height, prev_time_ms;
+    uint8_t prev_hash[32], prev_state_root[32], prev_receipts_root[32];
+} store_pending;
+
+struct apply_job {
+    const ledger_block_view *v;
+    const uint8_t *cert;
+    size_t clen;
+    const ledger_executor *ex;
+    unsigned flags;
+    ledger_apply_info *info;
+    int rc;
+    bool done;
+};
+
+static void writer_stop(ledger_store *s);
+
 struct ledger_store {
     MDB_env *env;
     MDB_dbi dbi[DB_COUNT];
@@ -28,6 +51,20 @@ struct ledger_store {
     uint8_t last_hash[32], state_root[32], receipts_root[32];
     void (*hook)(int point);
     ledger__smt_stats tree_stats; /* work of the last tree update */
+    uint64_t durable_height;      /* the last block whose write transaction committed */
+    store_pending pend;           /* the executed block whose commit is pending or unfinished */
+    bool pend_open;
+    /* The writer thread (ledger_store_writer_start): it executes each pipelined block while the
+     * caller waits, then commits it while the caller goes on. LMDB ties a write transaction to
+     * the thread that began it (its writer lock), so begin, puts and commit all happen there. */
+    bool w_started, w_quit, w_committing, w_has_result;
+    int w_commit_rc;
+    struct apply_job *w_job;
+    pthread_t w_thread;
+    pthread_mutex_t w_mu;
+    pthread_cond_t w_cv;
+    void (*w_notify)(void *ctx);
+    void *w_notify_ctx;
 };
 
 /* The symbolic name of an LMDB or errno code, so a log line can be searched for and matched
@@ -64,6 +101,13 @@ static void hook(ledger_store *s, int point) {
 }
 
 uint64_t ledger_store_height(const ledger_store *s) { return s->height; }
+uint64_t ledger_store_durable_height(const ledger_store *s) { return s->durable_height; }
+void ledger_store_durable_tip(const ledger_store *s, uint8_t hash[32], uint8_t sr[32], uint64_t *time_ms) {
+    bool prev = s->pend_open;
+    memcpy(hash, prev ? s->pend.prev_hash : s->last_hash, 32);
+    memcpy(sr, prev ? s->pend.prev_state_root : s->state_root, 32);
+    *time_ms = prev ? s->pend.prev_time_ms : s->last_time_ms;
+}
 uint64_t ledger_store_base_height(const ledger_store *s) { return s->base_height; }
 void ledger_store_last_hash(const ledger_store *s, uint8_t out[32]) { memcpy(out, s->last_hash, 32); }
 uint64_t ledger_store_last_time(const ledger_store *s) { return s->last_time_ms; }
@@ -161,6 +205,7 @@ static int store_load(ledger_store *s) {
         goto out;
     }
     s->height = tem_get_u64le(v.mv_data);
+    s->durable_height = s->height;
     /* Written by a state sync's install (snapshot.c): history starts above it. */
     MDB_val bk = {13, "u/sync_height"};
     s->base_height = 0;
@@ -260,6 +305,7 @@ int ledger_store_scratch(ledger_store *s) { return map_mdb(mdb_env_set_flags(s->
 
 void ledger_store_close(ledger_store *s) {
     if (!s) return;
+    writer_stop(s);
     if (s->env) mdb_env_close(s->env);
     ledger_state_free(s->st);
     tem_free(s);
@@ -379,8 +425,11 @@ int ledger_store_apply(ledger_store *s, const uint8_t *blk, size_t blen, const u
     return rc;
 }
 
-int ledger_store_apply_view(ledger_store *s, const ledger_block_view *v, const uint8_t *cert,
-                            size_t clen, const ledger_executor *ex, unsigned flags, ledger_apply_info *info) {
+/* Executes the block and makes every put of its write transaction, but does not commit: on
+ * success the transaction and the state's savepoint are left open in s->pend and the tip (height,
+ * hash, roots) already names the block. On failure nothing is left open and nothing changed. */
+static int apply_exec(ledger_store *s, const ledger_block_view *v, const uint8_t *cert, size_t clen,
+                      const ledger_executor *ex, unsigned flags, ledger_apply_info *info) {
     int rc;
     uint8_t(*rhash)[32] = NULL;
     uint8_t **rbuf = NULL;
@@ -473,15 +522,19 @@ int ledger_store_apply_view(ledger_store *s, const ledger_block_view *v, const u
     uint8_t h8[8];
     tem_put_u64le(h8, h);
     if ((rc = meta_put_txn(s, txn, "height", h8, 8)) != LEDGER_OK) goto out;
-    hook(s, 4);
-    rc = map_mdb(mdb_txn_commit(txn), "commit block");
-    txn = NULL;
-    if (rc != LEDGER_OK) goto out;
-    hook(s, 5);
 
-    ledger_state_release(s->st, sp);
+    store_pending *p = &s->pend;
+    p->txn = txn;
+    p->sp = sp;
+    p->height = h;
+    p->prev_height = s->height;
+    p->prev_time_ms = s->last_time_ms;
+    memcpy(p->prev_hash, s->last_hash, 32);
+    memcpy(p->prev_state_root, s->state_root, 32);
+    memcpy(p->prev_receipts_root, s->receipts_root, 32);
+    s->pend_open = true;
+    txn = NULL;
     sp_open = false;
-    ledger__state_clear_dirty(s->st);
     ledger__state_set_root(s->st, sroot);
     s->height = h;
     s->last_time_ms = hdr->time_ms;
@@ -508,6 +561,146 @@ out:
     tem_free(rlen);
     ledger_arena_reset(&arena);
     return rc;
+}
+
+/* Ends s->pend after its commit returned crc (on the thread that owns the state): on success the
+ * savepoint and the dirty list are released, on failure the state and the tip go back to the
+ * block before, which is what LMDB still holds. Returns crc. */
+static int apply_finish(ledger_store *s, int crc) {
+    store_pending *p = &s->pend;
+    TEM_ASSERT(s->pend_open);
+    s->pend_open = false;
+    if (crc == LEDGER_OK) {
+        ledger_state_release(s->st, p->sp);
+        ledger__state_clear_dirty(s->st);
+        s->durable_height = p->height;
+        return LEDGER_OK;
+    }
+    ledger_state_rollback(s->st, p->sp);
+    s->height = p->prev_height;
+    s->last_time_ms = p->prev_time_ms;
+    memcpy(s->last_hash, p->prev_hash, 32);
+    memcpy(s->state_root, p->prev_state_root, 32);
+    memcpy(s->receipts_root, p->prev_receipts_root, 32);
+    ledger__state_set_root(s->st, s->state_root);
+    return crc;
+}
+
+/* Commits s->pend's transaction (on the thread that began it). Test hooks: 4 just before the
+ * commit (on the writer thread for a pipelined block, after the caller went on), 5 after it. */
+static int commit_pending(ledger_store *s) {
+    hook(s, 4);
+    int crc = map_mdb(mdb_txn_commit(s->pend.txn), "commit block");
+    s->pend.txn = NULL;
+    if (crc == LEDGER_OK) hook(s, 5);
+    return crc;
+}
+
+int ledger_store_apply_view(ledger_store *s, const ledger_block_view *v, const uint8_t *cert,
+                            size_t clen, const ledger_executor *ex, unsigned flags, ledger_apply_info *info) {
+    int rc = ledger_store_commit_wait(s);
+    if (rc != LEDGER_OK) return rc;
+    if ((rc = apply_exec(s, v, cert, clen, ex, flags, info)) != LEDGER_OK) return rc;
+    return apply_finish(s, commit_pending(s));
+}
+
+static void *writer_main(void *arg) {
+    ledger_store *s = arg;
+    pthread_mutex_lock(&s->w_mu);
+    for (;;) {
+        while (!s->w_job && !s->w_quit) pthread_cond_wait(&s->w_cv, &s->w_mu);
+        if (!s->w_job) break;
+        struct apply_job *j = s->w_job;
+        pthread_mutex_unlock(&s->w_mu);
+        /* The caller waits on the job meanwhile: the state is this thread's alone. */
+        int rc = apply_exec(s, j->v, j->cert, j->clen, j->ex, j->flags, j->info);
+        pthread_mutex_lock(&s->w_mu);
+        j->rc = rc;
+        j->done = true;
+        s->w_job = NULL;
+        s->w_committing = rc == LEDGER_OK;
+        pthread_cond_broadcast(&s->w_cv);
+        if (rc != LEDGER_OK) continue;
+        /* From here the caller reads the state and the tip again, and this thread touches only
+         * the LMDB transaction: its page writes and fdatasync overlap the caller's next steps. */
+        pthread_mutex_unlock(&s->w_mu);
+        int crc = commit_pending(s);
+        pthread_mutex_lock(&s->w_mu);
+        s->w_commit_rc = crc;
+        s->w_committing = false;
+        s->w_has_result = true;
+        pthread_cond_broadcast(&s->w_cv);
+        if (s->w_notify) {
+            pthread_mutex_unlock(&s->w_mu);
+            s->w_notify(s->w_notify_ctx);
+            pthread_mutex_lock(&s->w_mu);
+        }
+    }
+    pthread_mutex_unlock(&s->w_mu);
+    return NULL;
+}
+
+int ledger_store_writer_start(ledger_store *s, void (*notify)(void *ctx), void *ctx) {
+    if (s->w_started) return LEDGER_EINVAL;
+    if (pthread_mutex_init(&s->w_mu, NULL) != 0) return LEDGER_ENOMEM;
+    if (pthread_cond_init(&s->w_cv, NULL) != 0) {
+        pthread_mutex_destroy(&s->w_mu);
+        return LEDGER_ENOMEM;
+    }
+    s->w_notify = notify;
+    s->w_notify_ctx = ctx;
+    s->w_quit = false;
+    if (pthread_create(&s->w_thread, NULL, writer_main, s) != 0) {
+        pthread_cond_destroy(&s->w_cv);
+        pthread_mutex_destroy(&s->w_mu);
+        return LEDGER_ENOMEM;
+    }
+    s->w_started = true;
+    return LEDGER_OK;
+}
+
+static void writer_stop(ledger_store *s) {
+    if (!s->w_started) return;
+    /* A failed commit leaves the store at the block before; map_mdb logged why. */
+    int rc = ledger_store_commit_wait(s);
+    (void)rc;
+    pthread_mutex_lock(&s->w_mu);
+    s->w_quit = true;
+    pthread_cond_broadcast(&s->w_cv);
+    pthread_mutex_unlock(&s->w_mu);
+    TEM_ASSERT(pthread_join(s->w_thread, NULL) == 0);
+    pthread_cond_destroy(&s->w_cv);
+    pthread_mutex_destroy(&s->w_mu);
+    s->w_started = false;
+}
+
+int ledger_store_apply_view_pipelined(ledger_store *s, const ledger_block_view *v, const uint8_t *cert,
+                                      size_t clen, const ledger_executor *ex, unsigned flags,
+                                      ledger_apply_info *info) {
+    if (!s->w_started) return ledger_store_apply_view(s, v, cert, clen, ex, flags, info);
+    int rc = ledger_store_commit_wait(s);
+    if (rc != LEDGER_OK) return rc;
+    struct apply_job j = {.v = v, .cert = cert, .clen = clen, .ex = ex, .flags = flags, .info = info};
+    pthread_mutex_lock(&s->w_mu);
+    s->w_job = &j;
+    pthread_cond_broadcast(&s->w_cv);
+    while (!j.done) pthread_cond_wait(&s->w_cv, &s->w_mu);
+    pthread_mutex_unlock(&s->w_mu);
+    return j.rc;
+}
+
+bool ledger_store_commit_pending(const ledger_store *s) { return s->pend_open; }
+
+int ledger_store_commit_wait(ledger_store *s) {
+    if (!s->pend_open) return LEDGER_OK;
+    if (!s->w_started) return apply_finish(s, commit_pending(s));
+    pthread_mutex_lock(&s->w_mu);
+    while (s->w_committing) pthread_cond_wait(&s->w_cv, &s->w_mu);
+    TEM_ASSERT(s->w_has_result);
+    s->w_has_result = false;
+    int crc = s->w_commit_rc;
+    pthread_mutex_unlock(&s->w_mu);
+    return apply_finish(s, crc);
 }
 
 /* ------------------------------------------------------------------ reads */

@@ -357,7 +357,7 @@ static struct node_events_src *src_of(node *n) {
     if (s == NULL) return NULL;
     s->n = n;
     /* Defaults (docs/operate.md): not yet settable from temd.conf. */
-    if (node_events_new(NULL, &sink_ops, load_block, s, ledger_store_height(n->store), &s->hub) != NODE_EVENTS_OK) {
+    if (node_events_new(NULL, &sink_ops, load_block, s, ledger_store_durable_height(n->store), &s->hub) != NODE_EVENTS_OK) {
         tem_free(s);
         return NULL;
     }

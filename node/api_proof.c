@@ -188,7 +188,7 @@ out:
 static void on_poll(uv_timer_t *t) {
     struct node_proofs *p = t->data;
     node *n = p->n;
-    uint64_t tip = ledger_store_height(n->store), now = uv_now(&n->loop);
+    uint64_t tip = ledger_store_durable_height(n->store), now = uv_now(&n->loop);
     for (uint32_t i = 0; i < NODE_PROOF_WAITING_MAX; i++) {
         proof_wait *w = &p->w[i];
         if (!w->req) continue;
@@ -254,6 +254,11 @@ void node_account_proof_http(void *ctx, net_http_req *req, const net_http_reques
     khex[hl] = '\0';
     if (tem_unhex(pub, sizeof pub, khex) != 0) {
         node_reply_err(req, 400, "EPUBKEY", "key must be 33 bytes of hex");
+        return;
+    }
+    /* The proof reads the tree in LMDB: the last block's commit must be over first. */
+    if (!node_commit_done(n)) {
+        node_reply_err(req, 503, "ECLOSING", "the node is stopping");
         return;
     }
     bool has_h;

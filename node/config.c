@@ -42,6 +42,7 @@ void node_config_defaults(node_config *c) {
     c->admission_signer_share_pct = 2;
     c->admission_headroom_pct = 10;
     c->admission_addr_share_pct = 50;
+    c->pipeline_commit = true;
     c->regossip_age_ms = 2000;
     c->regossip_txs_per_s = 1000;
     c->indexer_poll_ms = 100;
@@ -160,6 +161,7 @@ static int set_key(node_config *c, const char *k, const char *v) {
     }
     /* [sync] keys arrive prefixed "sync_"; --state-sync is sync_enable */
     if (!strcmp(k, "sync_enable") || !strcmp(k, "state_sync")) return parse_bool(v, &c->sync_enable) ? 1 : -1;
+    if (!strcmp(k, "pipeline_commit")) return parse_bool(v, &c->pipeline_commit) ? 1 : -1;
     if (!strcmp(k, "sync_test_corrupt_chunks")) return parse_bool(v, &c->sync_test_corrupt_chunks) ? 1 : -1;
     if (!strcmp(k, "sync_trust_hash")) {
         if (strlen(v) != 64 || tem_unhex(c->sync_trust_hash, 32, v) != 0) return -1;

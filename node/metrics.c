@@ -72,7 +72,7 @@ int node_metrics_write(node *n, FILE *f) {
                "# TYPE tem_build_info gauge\ntem_build_info{version=\"%s\",chain_id=\"%s\",role=\"%s\"} 1\n",
             NODE_VERSION, n->g.chain_id, n->self >= 0 ? "validator" : "observer");
     process_metrics(f);
-    GAUGE("tem_height", "Height of the last committed block.", "%llu", (unsigned long long)ledger_store_height(n->store));
+    GAUGE("tem_height", "Height of the last committed block.", "%llu", (unsigned long long)ledger_store_durable_height(n->store));
     GAUGE("tem_view", "Current pBFT view.", "%llu", (unsigned long long)(n->rep_ok ? pbft_replica_view(&n->rep) : 0));
     GAUGE("tem_last_commit_timestamp_seconds", "Wall time of the last block this node applied (0 before the first).",
           "%.3f", (double)n->last_commit_wall_ms / 1000.0);

@@ -222,9 +222,58 @@ void node_apply_committed(node *n, uint64_t height, const uint8_t *blk, size_t l
     apply_view(n, height, v, cert, cert_len, flags);
 }
 
-/* Applies v (consumed) and does the node's bookkeeping from it. */
+/* Frees the kept views of heights up to `height`: they may borrow mempool txs that the next
+ * block_applied releases. Views of later heights (validated while this block's commit ran)
+ * borrow none of this block's txs, nor txs its nonces make stale, or they would not have
+ * passed the precheck against the state after it. */
+static void drop_views_upto(node *n, uint64_t height) {
+    for (uint32_t i = 0; i < NODE_VALIDATED_CACHE; i++) {
+        ledger_block_view *v = n->views[i];
+        if (!v || (v->header && v->header->height > height)) continue;
+        view_drop(v);
+        n->views[i] = NULL;
+    }
+}
+
+static void apply_failed(node *n, uint64_t height, int rc) {
+    if (node_is_disk_full(n, rc)) {
+        char what[64];
+        snprintf(what, sizeof what, "storing block %llu", (unsigned long long)height);
+        node_enter_disk_full(n, what, rc);
+        return;
+    }
+    /* A certified block that does not apply means this node's state or code differs from
+     * 2f+1 validators'. Running on would diverge: stop and let the operator look. */
+    node_log(n, NODE_LOG_ERROR, "certified block %llu does not apply: %s; stopping", (unsigned long long)height,
+             ledger_strerror(rc));
+    node_stop(n, 1);
+}
+
+/* Whether block h's commit may overlap the next height. Not at a pBFT checkpoint height: a
+ * stable checkpoint lets every replica drop the votes and prepared certificate of h, so h must
+ * be on disk before this node announces it (consensus/pbft.c keeps the last delivered height in
+ * the vote record only until the next one is delivered). */
+static bool may_pipeline(const node *n, uint64_t height) {
+    if (!n->cfg.pipeline_commit) return false;
+    if (n->g.checkpoint_interval && height % n->g.checkpoint_interval == 0) return false;
+    return true;
+}
+
+static void on_commit_async(uv_async_t *a) { (void)node_commit_done(a->data); }
+static void commit_notify(void *ctx) {
+    node *n = ctx;
+    (void)uv_async_send(&n->a_commit);
+}
+
+/* Applies v (consumed) and does the node's bookkeeping from it once it is durable. */
 static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uint8_t *cert, size_t cert_len,
                        unsigned flags) {
+    /* The block before first: its commit may still be running, and its bookkeeping (the mempool
+     * letting its txs go, events, the snapshot) must happen before this one executes. */
+    if (!node_commit_done(n)) {
+        view_drop(v);
+        return;
+    }
     if (v->header) {
         uint64_t slot = 0;
         if (node_archive_trades(&n->archive, n->store, v->header->time_ms, &slot) > 0)
@@ -239,26 +288,37 @@ static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uin
     }
     ledger_apply_info info;
     uint64_t t0 = uv_hrtime();
-    int rc = ledger_store_apply_view(n->store, v, cert, cert_len, &n->ex, flags, &info);
+    int rc = may_pipeline(n, height) ? ledger_store_apply_view_pipelined(n->store, v, cert, cert_len, &n->ex, flags, &info)
+                                     : ledger_store_apply_view(n->store, v, cert, cert_len, &n->ex, flags, &info);
+    /* The execution's cost, which is what holds the next height back (the commit overlaps it). */
     if (rc == LEDGER_OK && info.n_txs >= 32) {
         uint64_t per = (uv_hrtime() - t0) / info.n_txs;
         n->apply_ns_per_tx = n->apply_ns_per_tx ? (n->apply_ns_per_tx * 7 + per) / 8 : per;
     }
-    if (node_is_disk_full(n, rc)) {
-        char what[64];
-        snprintf(what, sizeof what, "storing block %llu", (unsigned long long)height);
-        node_enter_disk_full(n, what, rc);
+    if (rc != LEDGER_OK) {
         view_drop(v);
+        apply_failed(n, height, rc);
         return;
     }
+    n->pend_active = true;
+    n->pend_height = height;
+    n->pend_v = v;
+    n->pend_info = info;
+    if (!ledger_store_commit_pending(n->store)) (void)node_commit_done(n);
+}
+
+bool node_commit_done(node *n) {
+    if (!n->pend_active) return true;
+    int rc = ledger_store_commit_wait(n->store);
+    ledger_block_view *v = n->pend_v;
+    uint64_t height = n->pend_height;
+    ledger_apply_info info = n->pend_info;
+    n->pend_active = false;
+    n->pend_v = NULL;
     if (rc != LEDGER_OK) {
-        /* A certified block that does not apply means this node's state or code differs from
-         * 2f+1 validators'. Running on would diverge: stop and let the operator look. */
-        node_log(n, NODE_LOG_ERROR, "certified block %llu does not apply: %s; stopping",
-                 (unsigned long long)height, ledger_strerror(rc));
         view_drop(v);
-        node_stop(n, 1);
-        return;
+        apply_failed(n, height, rc);
+        return false;
     }
     n->blocks_applied++;
     n->txs_committed += info.n_txs - info.n_refused;
@@ -285,12 +345,12 @@ static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uin
         if (v->txs[i].tx) memcpy(n->committed_sig[tem_get_u32le(v->txs[i].tx->stx->sig.data) % NODE_SIGCACHE], v->txs[i].tx->stx->sig.data, 64);
     for (size_t i = 0; i < v->n; i++)
         if (v->txs[i].tx && v->txs[i].tx->body->kind_case == TEM__V1__TX_BODY__KIND_ORDER) n->orders_committed++;
-    /* Every view may borrow mempool txs: all go before the mempool lets the block's txs go. */
+    /* Every view that may borrow this block's txs goes before the mempool lets them go. */
     uint8_t(*ids)[32] = v->txids;
     size_t nids = v->n;
     v->txids = NULL;
     view_drop(v);
-    drop_views(n);
+    drop_views_upto(n, height);
     if (n->mp) {
         node_mempool_block_applied(n->mp, (const uint8_t(*)[32])ids, nids);
         /* What a proposal could have taken: txs still being verified here were not yet on
@@ -304,6 +364,7 @@ static void apply_view(node *n, uint64_t height, ledger_block_view *v, const uin
     tem_hex(hh, info.block_hash, 8);
     node_log(n, NODE_LOG_INFO, "committed block %llu txs=%u refused=%u hash=%s", (unsigned long long)height, info.n_txs,
              info.n_refused, hh);
+    return true;
 }
 
 /* ------------------------------------------------------------------ proposals */
@@ -549,7 +610,7 @@ static void val_dispatch(node *n, val_job *j) {
 
 /* ------------------------------------------------------------------ peer frames */
 static void serve_blocks(node *n, uint32_t peer_id, uint64_t from, uint32_t max_blocks, size_t bytes_max) {
-    uint64_t tip = ledger_store_height(n->store);
+    uint64_t tip = ledger_store_durable_height(n->store); /* what LMDB holds */
     uint32_t max = max_blocks && max_blocks < NODE_SYNC_BLOCKS_MAX ? max_blocks : NODE_SYNC_BLOCKS_MAX;
     Tem__V1__CommittedBlock cbs[NODE_SYNC_BLOCKS_MAX], *cbp[NODE_SYNC_BLOCKS_MAX];
     uint8_t *bufs[2 * NODE_SYNC_BLOCKS_MAX];
@@ -938,6 +999,8 @@ int node_run(const node_config *cfg) {
     }
     TEM_ASSERT(uv_signal_init(&n->loop, &n->sig_int) == 0 && uv_signal_init(&n->loop, &n->sig_term) == 0);
     n->sig_int.data = n->sig_term.data = n;
+    TEM_ASSERT(uv_async_init(&n->loop, &n->a_commit, on_commit_async) == 0);
+    n->a_commit.data = n;
 
     if ((rc = ledger_genesis_load(cfg->genesis, &n->g, err, sizeof err)) != LEDGER_OK) {
         node_log(n, NODE_LOG_ERROR, "genesis %s: %s", cfg->genesis, err);
@@ -967,6 +1030,10 @@ int node_run(const node_config *cfg) {
              cfg->config[0] ? cfg->config : "(flags)", n->g.chain_id, gh, n->self >= 0 ? "validator" : "observer",
              n->self, cfg->data_dir);
     node_tail_check(n); /* damaged blocks found here are refetched once peers are up */
+    if ((rc = ledger_store_writer_start(n->store, commit_notify, n)) != LEDGER_OK) {
+        node_log(n, NODE_LOG_ERROR, "cannot start the store's writer thread: %s", ledger_strerror(rc));
+        goto stop;
+    }
     if (cfg->indexer_postgres_url[0] && node_indexer_start_for(cfg, n->store, &n->g, &ix) != 0) goto stop;
     if (uv_signal_start(&n->sig_int, on_signal, SIGINT) != 0 || uv_signal_start(&n->sig_term, on_signal, SIGTERM) != 0) goto stop;
 
@@ -1060,6 +1127,10 @@ run:
     node_events_stop(n);
     node_proofs_stop(n);
     if (n->http) net_http_free(n->http);
+    /* The last block's commit ends before the store closes (ledger_store_close waits for it);
+     * its bookkeeping is skipped: a restart finds its txs committed. */
+    if (n->pend_active) view_drop(n->pend_v);
+    n->pend_active = false;
     if (n->mp) node_mempool_free(n->mp);
     drop_views(n);
     if (n->val_waiting) { /* stopped while it waited for the mempool */

@@ -93,6 +93,7 @@ typedef struct {
     /* [sync] section (docs/operate.md, "Joining by state sync"); keys as below without the
      * sync_ prefix there, flags --state-sync and --sync-*. */
     bool sync_enable;                 /* join from a snapshot when the store is empty */
+    bool pipeline_commit;             /* default true: a block's commit overlaps the next height */
     uint64_t sync_snapshot_interval;  /* keep a snapshot every this many blocks; default 1000, 0 = none */
     uint64_t sync_trust_height;       /* take only a snapshot of this height (0 = the newest offered) */
     bool sync_trust_hash_set;

@@ -92,6 +92,13 @@ typedef struct node {
     uint64_t want_proposal; /* height the replica asked a proposal for, 0 = none */
     bool propose_armed;
     uint64_t apply_ns_per_tx; /* moving average over blocks of 32+ txs; 0 = none seen yet */
+    /* The block executed last whose LMDB commit (on the store's writer thread) has not been
+     * waited for: its view and what its bookkeeping needs (node_commit_done). */
+    uv_async_t a_commit;
+    bool pend_active;
+    uint64_t pend_height;
+    ledger_block_view *pend_v;
+    ledger_apply_info pend_info;
     bool validating; /* a node_validate job is under way */
     uint8_t validated[NODE_VALIDATED_CACHE][32];
     /* validated[i]'s block view, kept for its apply (NULL once used or dropped). Its txs may be
@@ -177,6 +184,11 @@ bool node_sigcache_has(const node *n, const uint8_t txid[32], const uint8_t sig[
 /* The peer transport's frame callback: decodes one NodeMessage from peer p and dispatches it
  * (consensus, tx gossip, block requests and replies). Exposed for tests/fuzz/fuzz_dispatch.c. */
 void node_on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, size_t len);
+/* Ends the pending commit of the block executed last, if any (ledger_store_commit_wait), and does
+ * that block's bookkeeping: mempool, admission, events, snapshot, log. On a failed commit the
+ * node pauses (disk full) or stops, as for a block that does not apply, and false is returned.
+ * Called from the commit's wake-up, before every apply and at stop. */
+bool node_commit_done(node *n);
 
 /* node.c, for the host's I/O in replica.c. */
 /* Stops the node: closes every handle; node_run returns `code` (if non-zero). */

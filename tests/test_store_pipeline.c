@@ -1,0 +1,286 @@
+/* test_store_pipeline.c: a block's commit on the store's writer thread while the caller goes
+ * on (ledger_store_apply_view_pipelined, docs/performance.md "Pipelining"): the same roots and
+ * state as one apply after the other, the tip ahead of what LMDB holds only until the commit is
+ * waited for, the next block built before the commit ran, and a kill at any point of it leaving
+ * the store at a block boundary. */
+#include <check.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "ledger/ledger.h"
+#include "tests/ledger_fixture.h"
+#include "tests/store_fixture.h"
+
+/* Transfers among `senders` keys (nonces from s's state), as one serialised block built on s. */
+static uint8_t *build_block(ledger_store *s, uint32_t n, uint32_t senders, uint64_t time_ms, size_t *blen) {
+    const ledger_genesis *g = ledger_store_genesis(s);
+    uint8_t **txs = tem_calloc(n ? n : 1, sizeof *txs);
+    size_t *lens = tem_calloc(n ? n : 1, sizeof *lens);
+    uint64_t *nonces = tem_calloc(senders, sizeof *nonces);
+    ck_assert(txs && lens && nonces);
+    for (uint32_t i = 0; i < senders; i++) {
+        uint8_t sec[32], pub[33];
+        fx_key(2 + i, sec, pub);
+        nonces[i] = ledger_state_nonce(ledger_store_state(s), pub);
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t f = i % senders;
+        txs[i] = fx_transfer(g->chain_id, 2 + f, 2 + (f + 1) % senders, nonces[f]++, 1 + i % 7, &lens[i]);
+    }
+    uint8_t prop[64], ppub[32], *blk;
+    fx_vkey(0, prop, ppub);
+    ck_assert_int_eq(ledger_block_build(s, (const uint8_t *const *)txs, lens, n, time_ms, ppub, &blk, blen), LEDGER_OK);
+    for (uint32_t i = 0; i < n; i++) tem_free(txs[i]);
+    tem_free(txs);
+    tem_free(lens);
+    tem_free(nonces);
+    return blk;
+}
+
+static int apply_pipelined(ledger_store *s, const uint8_t *blk, size_t blen, ledger_apply_info *info) {
+    ledger_block_view v;
+    int rc = ledger_block_view_build(ledger_store_genesis(s), blk, blen, NULL, NULL, NULL, &v);
+    if (rc != LEDGER_OK) return rc;
+    rc = ledger_store_apply_view_pipelined(s, &v, NULL, 0, &FX_EXEC, LEDGER_APPLY_NO_CERT, info);
+    /* the view may go as soon as the execution returned: the commit holds LMDB's own copies */
+    ledger_block_view_free(&v);
+    return rc;
+}
+
+static void assert_same_tip(ledger_store *a, ledger_store *b) {
+    uint8_t sa[32], ra[32], sb[32], rb[32], ha[32], hb[32];
+    ledger_store_roots(a, sa, ra);
+    ledger_store_roots(b, sb, rb);
+    ledger_store_last_hash(a, ha);
+    ledger_store_last_hash(b, hb);
+    ck_assert_uint_eq(ledger_store_height(a), ledger_store_height(b));
+    ck_assert(memcmp(sa, sb, 32) == 0);
+    ck_assert(memcmp(ra, rb, 32) == 0);
+    ck_assert(memcmp(ha, hb, 32) == 0);
+}
+
+START_TEST(pipelined_blocks_give_the_roots_of_sequential_ones) {
+    ledger_genesis g;
+    fx_genesis(&g, 4);
+    for (uint32_t seed = 1; seed <= 12; seed++) {
+        srand(seed);
+        char *da = fx_tmpdir("pipe-a"), *db = fx_tmpdir("pipe-b");
+        ledger_store *a, *b;
+        ck_assert_int_eq(ledger_store_open(da, &g, NULL, NULL, &a), LEDGER_OK);
+        ck_assert_int_eq(ledger_store_open(db, &g, NULL, NULL, &b), LEDGER_OK);
+        ck_assert_int_eq(ledger_store_writer_start(b, NULL, NULL), LEDGER_OK);
+        ck_assert_int_eq(ledger_store_writer_start(b, NULL, NULL), LEDGER_EINVAL);
+        uint32_t blocks = 6 + (uint32_t)(rand() % 8);
+        for (uint32_t h = 1; h <= blocks; h++) {
+            uint32_t n = (uint32_t)(rand() % 48), senders = 1 + (uint32_t)(rand() % 12);
+            size_t bl;
+            uint8_t *blk = build_block(a, n, senders, g.genesis_time_ms + 1000 * h, &bl);
+            ledger_apply_info ia, ib;
+            ck_assert_int_eq(ledger_store_apply(a, blk, bl, NULL, 0, &FX_EXEC, LEDGER_APPLY_NO_CERT, &ia), LEDGER_OK);
+            ck_assert_int_eq(apply_pipelined(b, blk, bl, &ib), LEDGER_OK);
+            ck_assert_uint_eq(ib.n_txs, n);
+            ck_assert(memcmp(ia.state_root, ib.state_root, 32) == 0);
+            ck_assert(memcmp(ia.block_hash, ib.block_hash, 32) == 0);
+            /* the tip moved at once; what LMDB holds moves when the commit is waited for */
+            assert_same_tip(a, b);
+            ck_assert(ledger_store_commit_pending(b));
+            ck_assert_uint_eq(ledger_store_durable_height(b), h - 1);
+            uint8_t dh[32], dsr[32], ph[32], psr[32], prr[32];
+            uint64_t dt;
+            ledger_store_durable_tip(b, dh, dsr, &dt);
+            ck_assert(memcmp(dh, ia.block_hash, 32) != 0);
+            /* Half the time the next apply waits for it, half the time the caller does. */
+            if (rand() % 2) {
+                ck_assert_int_eq(ledger_store_commit_wait(b), LEDGER_OK);
+                ck_assert(!ledger_store_commit_pending(b));
+                ck_assert_uint_eq(ledger_store_durable_height(b), h);
+                ledger_store_durable_tip(b, dh, dsr, &dt);
+                ledger_store_last_hash(b, ph);
+                ledger_store_roots(b, psr, prr);
+                ck_assert(memcmp(dh, ph, 32) == 0);
+                ck_assert(memcmp(dsr, psr, 32) == 0);
+                uint8_t *rb;
+                size_t rl;
+                ck_assert_int_eq(ledger_store_block(b, h, &rb, &rl), LEDGER_OK);
+                ck_assert_uint_eq(rl, bl);
+                ck_assert(memcmp(rb, blk, bl) == 0);
+                tem_free(rb);
+            }
+            tem_free(blk);
+        }
+        /* closing waits for the last commit: the reopened store is where the other one is */
+        ledger_store_close(b);
+        ck_assert_int_eq(ledger_store_open(db, &g, NULL, NULL, &b), LEDGER_OK);
+        assert_same_tip(a, b);
+        ck_assert_uint_eq(ledger_store_durable_height(b), blocks);
+        ledger_store_close(a);
+        ledger_store_close(b);
+        fx_rmrf(da);
+        fx_rmrf(db);
+        free(da);
+        free(db);
+    }
+    ledger_genesis_free(&g);
+}
+END_TEST
+
+/* Holds the writer thread just before its commit until the test lets it go. */
+static sem_t at_commit, go_commit;
+static void hold_hook(int point) {
+    if (point != 4) return;
+    if (sem_post(&at_commit) != 0) abort();
+    while (sem_wait(&go_commit) != 0) {
+    }
+}
+
+START_TEST(the_next_block_is_built_and_checked_before_the_commit_runs) {
+    ledger_genesis g;
+    fx_genesis(&g, 4);
+    char *da = fx_tmpdir("pipe-a"), *db = fx_tmpdir("pipe-b");
+    ledger_store *a, *b;
+    ck_assert_int_eq(ledger_store_open(da, &g, NULL, NULL, &a), LEDGER_OK);
+    ck_assert_int_eq(ledger_store_open(db, &g, NULL, NULL, &b), LEDGER_OK);
+    ck_assert_int_eq(ledger_store_writer_start(b, NULL, NULL), LEDGER_OK);
+    ck_assert_int_eq(sem_init(&at_commit, 0, 0), 0);
+    ck_assert_int_eq(sem_init(&go_commit, 0, 0), 0);
+    ledger_store_set_hook(b, hold_hook);
+    size_t bl;
+    uint8_t *blk = build_block(a, 30, 5, g.genesis_time_ms + 1000, &bl);
+    ledger_apply_info info;
+    ck_assert_int_eq(ledger_store_apply(a, blk, bl, NULL, 0, &FX_EXEC, LEDGER_APPLY_NO_CERT, &info), LEDGER_OK);
+    ck_assert_int_eq(apply_pipelined(b, blk, bl, &info), LEDGER_OK);
+    /* The writer thread is now parked before mdb_txn_commit: nothing of block 1 is in LMDB. */
+    while (sem_wait(&at_commit) != 0) {
+    }
+    uint8_t *rb;
+    size_t rl;
+    ck_assert_int_eq(ledger_store_block(b, 1, &rb, &rl), LEDGER_ENOTFOUND);
+    ck_assert_uint_eq(ledger_store_durable_height(b), 0);
+    ck_assert_uint_eq(ledger_store_height(b), 1);
+    /* ... yet the next block is built from b's tip and passes the checks against its state,
+     * byte for byte the block a store that committed block 1 builds. */
+    size_t bl2, bl2a;
+    uint8_t *next = build_block(b, 20, 5, g.genesis_time_ms + 2000, &bl2);
+    uint8_t *next_a = build_block(a, 20, 5, g.genesis_time_ms + 2000, &bl2a);
+    ck_assert_uint_eq(bl2, bl2a);
+    ck_assert(memcmp(next, next_a, bl2) == 0);
+    ledger_block_view v;
+    ck_assert_int_eq(ledger_block_view_build(&g, next, bl2, NULL, NULL, NULL, &v), LEDGER_OK);
+    ck_assert_int_eq(ledger_block_view_precheck(b, &v, g.genesis_time_ms + 3000), LEDGER_OK);
+    ledger_block_view_free(&v);
+    ck_assert_int_eq(sem_post(&go_commit), 0);
+    ck_assert_int_eq(ledger_store_commit_wait(b), LEDGER_OK);
+    ck_assert_uint_eq(ledger_store_durable_height(b), 1);
+    ck_assert_int_eq(ledger_store_block(b, 1, &rb, &rl), LEDGER_OK);
+    tem_free(rb);
+    /* the second block through the same path (the hook parks it too) */
+    ck_assert_int_eq(ledger_store_apply(a, next_a, bl2a, NULL, 0, &FX_EXEC, LEDGER_APPLY_NO_CERT, &info), LEDGER_OK);
+    ck_assert_int_eq(apply_pipelined(b, next, bl2, &info), LEDGER_OK);
+    while (sem_wait(&at_commit) != 0) {
+    }
+    ck_assert_int_eq(sem_post(&go_commit), 0);
+    ck_assert_int_eq(ledger_store_commit_wait(b), LEDGER_OK);
+    assert_same_tip(a, b);
+    ledger_store_set_hook(b, NULL);
+    tem_free(blk);
+    tem_free(next);
+    tem_free(next_a);
+    ledger_store_close(a);
+    ledger_store_close(b);
+    sem_destroy(&at_commit);
+    sem_destroy(&go_commit);
+    fx_rmrf(da);
+    fx_rmrf(db);
+    free(da);
+    free(db);
+    ledger_genesis_free(&g);
+}
+END_TEST
+
+/* A kill while the writer thread is before (4) or after (5) its commit, with the caller gone on
+ * to the next block: the reopened store is at block 2 or 3, never between. */
+START_TEST(a_kill_around_a_pipelined_commit_leaves_a_block_boundary) {
+    ledger_genesis g;
+    fx_genesis(&g, 4);
+    for (int point = 4; point <= 5; point++) {
+        char *dir = fx_tmpdir("pipe"), *dref = fx_tmpdir("pipe-ref");
+        ledger_store *ref;
+        ck_assert_int_eq(ledger_store_open(dref, &g, NULL, NULL, &ref), LEDGER_OK);
+        size_t bl[3];
+        uint8_t *blk[3];
+        uint8_t roots[4][32], rr[32];
+        ledger_store_roots(ref, roots[0], rr);
+        ledger_apply_info info;
+        for (int h = 1; h <= 3; h++) {
+            blk[h - 1] = build_block(ref, 25, 4, g.genesis_time_ms + 1000 * (uint64_t)h, &bl[h - 1]);
+            ck_assert_int_eq(ledger_store_apply(ref, blk[h - 1], bl[h - 1], NULL, 0, &FX_EXEC, LEDGER_APPLY_NO_CERT, &info),
+                             LEDGER_OK);
+            ledger_store_roots(ref, roots[h], rr);
+        }
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+            ledger_store *cs;
+            ledger_apply_info ci;
+            if (ledger_store_open(dir, &g, NULL, NULL, &cs) != LEDGER_OK) _exit(3);
+            if (ledger_store_writer_start(cs, NULL, NULL) != LEDGER_OK) _exit(3);
+            for (int h = 1; h <= 2; h++)
+                if (apply_pipelined(cs, blk[h - 1], bl[h - 1], &ci) != LEDGER_OK) _exit(5);
+            /* block 2's commit must not meet the hook */
+            if (ledger_store_commit_wait(cs) != LEDGER_OK) _exit(5);
+            fx_kill_at = point;
+            ledger_store_set_hook(cs, fx_kill_hook);
+            if (apply_pipelined(cs, blk[2], bl[2], &ci) != LEDGER_OK) _exit(5);
+            /* the caller goes on; the writer thread dies at the hook */
+            int rc = ledger_store_commit_wait(cs);
+            (void)rc;
+            pause();
+            _exit(4);
+        }
+        int st;
+        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+        ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "point %d: child not killed (%d)", point, st);
+        ledger_store *s;
+        ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
+        uint64_t want = point == 4 ? 2 : 3;
+        ck_assert_uint_eq(ledger_store_height(s), want);
+        uint8_t sr[32];
+        ledger_store_roots(s, sr, rr);
+        ck_assert(memcmp(sr, roots[want], 32) == 0);
+        if (point == 4) {
+            /* and block 3 applies again after the restart */
+            ck_assert_int_eq(apply_pipelined(s, blk[2], bl[2], &info), LEDGER_OK);
+            ck_assert_int_eq(ledger_store_commit_wait(s), LEDGER_OK);
+            ledger_store_roots(s, sr, rr);
+            ck_assert(memcmp(sr, roots[3], 32) == 0);
+        }
+        for (int i = 0; i < 3; i++) tem_free(blk[i]);
+        ledger_store_close(s);
+        ledger_store_close(ref);
+        fx_rmrf(dir);
+        fx_rmrf(dref);
+        free(dir);
+        free(dref);
+    }
+    ledger_genesis_free(&g);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("store_pipeline");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, pipelined_blocks_give_the_roots_of_sequential_ones);
+    tcase_add_test(tc, the_next_block_is_built_and_checked_before_the_commit_runs);
+    tcase_add_test(tc, a_kill_around_a_pipelined_commit_leaves_a_block_boundary);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
