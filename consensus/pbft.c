@@ -220,9 +220,26 @@ static uint32_t count_votes(const pbft_replica *r, const pbft__vote *v, uint64_t
 /* ================================================================== the vote record */
 
 /* Serialises what must survive a restart: the view, whether a view change is under way, and for
- * each height above the last delivered block the own votes and the prepared certificate (with
- * its block, so a VIEW-CHANGE after the restart still carries it). Delivered heights are left out
- * because the node applies a DELIVER durably before it performs any later PERSIST. */
+ * the last delivered height and each height above it the own votes and the prepared certificate
+ * (with its block, so a VIEW-CHANGE after the restart still carries it).
+ *
+ * The last delivered height stays in because the node may make a DELIVER durable after the
+ * PERSISTs that follow it (temd commits block h on a writer thread while this replica votes on
+ * h+1). A crash in between restarts the replica at h-1: without slot h in the record it would have
+ * forgotten its votes for h and could sign another block there in a later view, and if every
+ * validator crashed in that window block h would be durable nowhere; with it, restore brings slot
+ * h back and its VIEW-CHANGE re-proposes the block. A replica restarted at h drops the slot
+ * (restore skips heights at or below the start height). Heights below the last delivered one
+ * are left out: the node makes at most one delivered block wait for the disk, so block h-1 is
+ * durable before any PERSIST that follows DELIVER(h).
+ *
+ * The slot for the last delivered height is gone once the low watermark reaches it: when h is a
+ * multiple of K (gc() frees it on delivery) or a stable checkpoint c is above h. Both are safe.
+ * temd commits checkpoint heights synchronously (no pipelining at h % K == 0), so in the first
+ * case block h is on disk before the next PERSIST. In the second, 2f+1 validators signed c, and
+ * the f+1 honest ones among them hold c (and so h) durably: any NEW-VIEW's 2f+1 VIEW-CHANGEs
+ * include one of them, so its commit point is at least c and no view re-opens h, and the node
+ * fetches block h with its certificate from them. */
 /* The wire form of signature set s, in the set's order: sigs[i] point into s, ptrs[i] at sigs[i].
  * Returns the count for the message's n_ field. */
 static size_t sigset_to_pb(pbft__sigset *s, Tem__V1__PbftSig sigs[PBFT_REPLICAS_MAX],
@@ -262,7 +279,8 @@ static int record_build(pbft_replica *r, uint8_t **out, size_t *out_len) {
     rec.view_change = r->in_view_change;
     rec.view_floor = r->view_floor;
     size_t n = 0;
-    for (uint64_t h = r->delivered + 1; h <= r->low + r->window; h++) {
+    /* slot_find returns NULL for the delivered height once it is at the low watermark (above). */
+    for (uint64_t h = r->delivered > 0 ? r->delivered : 1; h <= r->low + r->window; h++) {
         pbft__slot *s = slot_find(r, h);
         if (!s || !(s->my_prepare.set || s->my_commit.set || s->has_pc)) continue;
         Tem__V1__PbftSlotRecord *e = &srec[n];

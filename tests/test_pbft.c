@@ -836,6 +836,197 @@ START_TEST(pbft_restored_votes_stop_a_second_block_at_the_same_view_and_height) 
 }
 END_TEST
 
+/* Drives replica 1 of 4 in view 0 through height h with hand-fed messages: the primary's
+ * pre-prepare, validation, PREPAREs from 2 and 3, COMMITs from 0 and 2. Leaves the actions in out
+ * (the DELIVER among them when `commit`) and the block's hash in hash. */
+static void drive_height(pbft_replica *r, pbft_actions *out, uint64_t h, bool commit,
+                         uint8_t hash[32]) {
+    uint8_t blk[16];
+    size_t bl = block(blk, h, 0), len;
+    ledger_sha256(hash, blk, bl);
+    uint8_t *m = msg_pp(0, 0, h, blk, bl, &len);
+    ck_assert_int_eq(feed(r, out, 0, m, len), PBFT_OK);
+    tem_free(m);
+    pbft_event ev = {0};
+    ev.kind = PBFT_EV_VALIDATED;
+    ev.height = h;
+    memcpy(ev.block_hash, hash, 32);
+    ev.ok = true;
+    ck_assert_int_eq(pbft_replica_step(r, &ev, out), PBFT_OK);
+    if (!commit) return;
+    for (uint32_t j = 2; j <= 3; j++) {
+        m = msg_vote(TEM__V1__PBFT_MESSAGE__KIND_PREPARE, j, 0, h, hash, &len);
+        ck_assert_int_eq(feed(r, out, j, m, len), PBFT_OK);
+        tem_free(m);
+    }
+    for (uint32_t j = 0; j <= 2; j += 2) {
+        m = msg_vote(TEM__V1__PBFT_MESSAGE__KIND_COMMIT, j, 0, h, hash, &len);
+        ck_assert_int_eq(feed(r, out, j, m, len), PBFT_OK);
+        tem_free(m);
+    }
+}
+
+/* The last PERSIST in out, copied. */
+/* The seq of the last VIEW timer armed in out (0 if none). */
+static uint64_t view_timer_seq(const pbft_actions *out) {
+    uint64_t seq = 0;
+    for (uint32_t i = 0; i < out->n; i++)
+        if (out->a[i].kind == PBFT_ACT_SET_TIMER && out->a[i].timer == PBFT_TIMER_VIEW)
+            seq = out->a[i].timer_seq;
+    return seq;
+}
+
+static uint8_t *last_record(const pbft_actions *out, size_t *len) {
+    const pbft_action *p = NULL;
+    for (uint32_t i = 0; i < out->n; i++)
+        if (out->a[i].kind == PBFT_ACT_PERSIST) p = &out->a[i];
+    ck_assert_ptr_nonnull(p);
+    uint8_t *b = tem_malloc(p->msg_len ? p->msg_len : 1);
+    memcpy(b, p->msg, p->msg_len);
+    *len = p->msg_len;
+    return b;
+}
+
+/* Pipelining (issue 15): temd may make block h durable after the replica's next vote record.
+ * Replica 1 delivers h = 2 (K = 4, so not a checkpoint), PREPAREs at 3, and crashes before block
+ * 2 reaches its disk: it restarts at height 1 with the record written for that PREPARE. The
+ * record must still hold its votes and prepared certificate for 2, or it could accept another
+ * block at (0, 2), and its VIEW-CHANGE would drop the only copy of block 2 should every validator
+ * have crashed in the same window. */
+START_TEST(pbft_record_keeps_the_last_delivered_height_for_a_lagging_store) {
+    keys();
+    pbft_config cfg;
+    config(&cfg, 4, 1, 4);
+    pbft_replica r;
+    pbft_actions out;
+    pbft_actions_init(&out);
+    ck_assert_int_eq(pbft_replica_init(&r, &cfg), PBFT_OK);
+    ck_assert_int_eq(pbft_replica_start(&r, &out), PBFT_OK);
+    pbft_actions_clear(&out);
+    uint8_t h1[32], h2[32], h3[32];
+    drive_height(&r, &out, 1, true, h1);
+    const pbft_action *d = find_kind(&out, PBFT_ACT_DELIVER);
+    ck_assert_ptr_nonnull(d);
+    ck_assert_uint_eq(d->height, 1);
+    size_t cert1_len = d->cert_len;
+    uint8_t *cert1 = tem_malloc(cert1_len);
+    memcpy(cert1, d->cert, cert1_len);
+    pbft_actions_clear(&out);
+    drive_height(&r, &out, 2, true, h2);
+    d = find_kind(&out, PBFT_ACT_DELIVER);
+    ck_assert_ptr_nonnull(d);
+    ck_assert_uint_eq(d->height, 2);
+    size_t cert2_len = d->cert_len;
+    uint8_t *cert2 = tem_malloc(cert2_len);
+    memcpy(cert2, d->cert, cert2_len);
+    ck_assert_uint_eq(pbft_replica_delivered(&r), 2);
+    pbft_actions_clear(&out);
+    drive_height(&r, &out, 3, false, h3);
+    ck_assert_int_eq(count_msgs(&out, TEM__V1__PBFT_MESSAGE__KIND_PREPARE), 1);
+    size_t rlen;
+    uint8_t *rec = last_record(&out, &rlen);
+    pbft_actions_clear(&out);
+    pbft_replica_free(&r);
+
+    /* The record names height 2 with both votes and the prepared certificate with the block. */
+    Tem__V1__PbftVoteRecord *vr = tem__v1__pbft_vote_record__unpack(NULL, rlen, rec);
+    ck_assert_ptr_nonnull(vr);
+    ck_assert_uint_eq(vr->n_slots, 2);
+    ck_assert_uint_eq(vr->slots[0]->height, 2);
+    ck_assert(vr->slots[0]->prepared_vote && vr->slots[0]->commit_vote);
+    ck_assert_ptr_nonnull(vr->slots[0]->prepared);
+    ck_assert_mem_eq(vr->slots[0]->prepared->block_hash.data, h2, 32);
+    ck_assert_uint_eq(vr->slots[1]->height, 3);
+    ck_assert(vr->slots[1]->prepared_vote && !vr->slots[1]->commit_vote);
+    tem__v1__pbft_vote_record__free_unpacked(vr, NULL);
+
+    /* Restart with the store at height 1. */
+    cfg.start_height = 1;
+    memcpy(cfg.start_hash, h1, 32);
+    cfg.start_cert = cert1;
+    cfg.start_cert_len = cert1_len;
+    ck_assert_int_eq(pbft_replica_init(&r, &cfg), PBFT_OK);
+    ck_assert_int_eq(pbft_replica_restore(&r, rec, rlen), PBFT_OK);
+    ck_assert_int_eq(pbft_replica_start(&r, &out), PBFT_OK);
+    uint64_t seq = view_timer_seq(&out);
+    ck_assert_uint_ne(seq, 0);
+    pbft_actions_clear(&out);
+    ck_assert_uint_eq(pbft_replica_delivered(&r), 1);
+    /* Another block at (0, 2), say from a primary restarted without its record: refused. */
+    uint8_t other[16];
+    size_t ol = block(other, 2, 9), len;
+    uint8_t *m = msg_pp(0, 0, 2, other, ol, &len);
+    ck_assert_int_eq(feed(&r, &out, 0, m, len), PBFT_ECONFLICT);
+    ck_assert_uint_eq(out.n, 0);
+    tem_free(m);
+    /* Its VIEW-CHANGE reports the prepared certificate for 2 with the block, so a NEW-VIEW built
+     * from it re-proposes block 2. */
+    pbft_event ev = {0};
+    ev.kind = PBFT_EV_TIMER;
+    ev.timer = PBFT_TIMER_VIEW;
+    ev.timer_seq = seq;
+    ck_assert_int_eq(pbft_replica_step(&r, &ev, &out), PBFT_OK);
+    const pbft_action *b = find_kind(&out, PBFT_ACT_BROADCAST);
+    ck_assert_ptr_nonnull(b);
+    Tem__V1__PbftMessage *env = tem__v1__pbft_message__unpack(NULL, b->msg_len, b->msg);
+    ck_assert_ptr_nonnull(env);
+    ck_assert_int_eq(env->kind_case, TEM__V1__PBFT_MESSAGE__KIND_VIEW_CHANGE);
+    Tem__V1__PbftViewChange *vc = tem__v1__pbft_view_change__unpack(NULL, env->view_change.len,
+                                                                     env->view_change.data);
+    ck_assert_ptr_nonnull(vc);
+    ck_assert_uint_eq(vc->new_view, 1);
+    ck_assert_ptr_nonnull(vc->committed);
+    ck_assert_uint_eq(vc->committed->height, 1);
+    ck_assert_uint_eq(vc->n_prepared, 1);
+    ck_assert_uint_eq(vc->prepared[0]->height, 2);
+    ck_assert_uint_eq(vc->prepared[0]->view, 0);
+    ck_assert_mem_eq(vc->prepared[0]->block_hash.data, h2, 32);
+    uint8_t bh[32];
+    ledger_sha256(bh, vc->prepared[0]->block.data, vc->prepared[0]->block.len);
+    ck_assert_mem_eq(bh, h2, 32);
+    tem__v1__pbft_view_change__free_unpacked(vc, NULL);
+    tem__v1__pbft_message__free_unpacked(env, NULL);
+    pbft_actions_clear(&out);
+    pbft_replica_free(&r);
+
+    /* Restarted with block 2 on disk, the same record restores nothing at 2: its VIEW-CHANGE
+     * reports 2 as committed and no prepared certificate (3 has a PREPARE only). */
+    cfg.start_height = 2;
+    memcpy(cfg.start_hash, h2, 32);
+    cfg.start_cert = cert2;
+    cfg.start_cert_len = cert2_len;
+    ck_assert_int_eq(pbft_replica_init(&r, &cfg), PBFT_OK);
+    ck_assert_int_eq(pbft_replica_restore(&r, rec, rlen), PBFT_OK);
+    ck_assert_int_eq(pbft_replica_start(&r, &out), PBFT_OK);
+    ev.timer_seq = view_timer_seq(&out);
+    pbft_actions_clear(&out);
+    ck_assert_int_eq(pbft_replica_step(&r, &ev, &out), PBFT_OK);
+    b = find_kind(&out, PBFT_ACT_BROADCAST);
+    ck_assert_ptr_nonnull(b);
+    env = tem__v1__pbft_message__unpack(NULL, b->msg_len, b->msg);
+    ck_assert_ptr_nonnull(env);
+    vc = tem__v1__pbft_view_change__unpack(NULL, env->view_change.len, env->view_change.data);
+    ck_assert_ptr_nonnull(vc);
+    ck_assert_uint_eq(vc->committed->height, 2);
+    ck_assert_uint_eq(vc->n_prepared, 0);
+    tem__v1__pbft_view_change__free_unpacked(vc, NULL);
+    tem__v1__pbft_message__free_unpacked(env, NULL);
+    /* The record it wrote for that VIEW-CHANGE has nothing at 2 either. */
+    size_t l2;
+    uint8_t *rec2 = last_record(&out, &l2);
+    vr = tem__v1__pbft_vote_record__unpack(NULL, l2, rec2);
+    ck_assert_ptr_nonnull(vr);
+    for (size_t i = 0; i < vr->n_slots; i++) ck_assert_uint_ne(vr->slots[i]->height, 2);
+    tem__v1__pbft_vote_record__free_unpacked(vr, NULL);
+    tem_free(rec2);
+    pbft_actions_clear(&out);
+    pbft_replica_free(&r);
+    tem_free(rec);
+    tem_free(cert1);
+    tem_free(cert2);
+}
+END_TEST
+
 START_TEST(pbft_view_change_replaces_a_silent_primary_and_keeps_committed_blocks) {
     cluster *c = tem_calloc(1, sizeof *c);
     cl_init(c, 4, 4);
@@ -1329,6 +1520,7 @@ static Suite *suite(void) {
     tcase_set_timeout(c, 300);
     tcase_add_test(c, pbft_cluster_of_four_commits_blocks_with_valid_certificates);
     tcase_add_test(c, pbft_restored_votes_stop_a_second_block_at_the_same_view_and_height);
+    tcase_add_test(c, pbft_record_keeps_the_last_delivered_height_for_a_lagging_store);
     tcase_add_test(c, pbft_view_change_replaces_a_silent_primary_and_keeps_committed_blocks);
     tcase_add_test(c, pbft_replica_that_missed_a_view_change_joins_it_from_votes);
     tcase_add_test(c, pbft_regression_view_change_storm_does_not_run_views_away);

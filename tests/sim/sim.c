@@ -3,7 +3,8 @@
  * delays, drops, duplicates, reordering, partitions that heal, crashes that lose unsynced writes,
  * and Byzantine replicas. Each replica is driven by the same host as temd's (consensus/host.c);
  * this file implements the host's I/O in memory, with a disk whose writes complete a few
- * milliseconds later and are lost by a crash before then. After every delivery it checks
+ * milliseconds later and are lost by a crash before then (the last delivered block too, unless
+ * at a checkpoint height, as temd's pipelined store allows). After every delivery it checks
  * agreement and validity, on every vote an honest replica sends it checks that the replica never
  * signed another block for the same (view, height), and after the faults heal it checks that
  * every honest replica reaches a target height within a bound. */
@@ -717,6 +718,15 @@ static void inst_crash(sim_t *s, int ii) {
     pbft_replica_free(&a->r);
     a->r_live = false;
     s->faults |= SIM_F_CRASH;
+    /* temd may commit a block to its store after the next vote record (a writer thread; issue
+     * 15), except at checkpoint heights: the crash loses the last delivered block unless it is
+     * at one. The replica restarts a height lower and must recover that block from its record. */
+    if (a->chain_len > 0 && a->chain_len % s->k != 0) {
+        sim_blk *b = &a->chain[--a->chain_len];
+        tem_free(b->block);
+        tem_free(b->cert);
+        TRACE(s, "i%d lost block %zu, not yet on disk", ii, a->chain_len + 1);
+    }
 }
 
 /* ================================================================== checks */
