@@ -159,7 +159,9 @@ typedef enum {
     PBFT_ACT_CANCEL_TIMER,        /* timer */
     PBFT_ACT_DELIVER,             /* height, view, block_hash, msg/msg_len: the block;
                                    * cert/cert_len: its serialised CommitCertificate. Apply it
-                                   * (durably) before any later PERSIST. */
+                                   * before the next DELIVER; make it durable before any PERSIST
+                                   * that follows the next DELIVER (at a checkpoint height:
+                                   * before any later PERSIST). docs/consensus.md */
     PBFT_ACT_REQUEST_PROPOSAL,    /* height: build a block on the last delivered one and answer
                                    * with PBFT_EV_PROPOSAL */
     PBFT_ACT_REQUEST_VALIDATION,  /* height, block_hash, msg/msg_len: check the block against the
