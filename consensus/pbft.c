@@ -279,8 +279,11 @@ static int record_build(pbft_replica *r, uint8_t **out, size_t *out_len) {
     rec.view_change = r->in_view_change;
     rec.view_floor = r->view_floor;
     size_t n = 0;
-    /* slot_find returns NULL for the delivered height once it is at the low watermark (above). */
-    for (uint64_t h = r->delivered > 0 ? r->delivered : 1; h <= r->low + r->window; h++) {
+    /* slot_find returns NULL for the delivered height once it is at the low watermark (above).
+     * Once the host said the delivered block is durable the record needs it no more: the votes
+     * of the next height are not rewritten with a block the disk already holds. */
+    uint64_t from = r->delivered > 0 && r->durable < r->delivered ? r->delivered : r->delivered + 1;
+    for (uint64_t h = from; h <= r->low + r->window; h++) {
         pbft__slot *s = slot_find(r, h);
         if (!s || !(s->my_prepare.set || s->my_commit.set || s->has_pc)) continue;
         Tem__V1__PbftSlotRecord *e = &srec[n];
@@ -366,6 +369,7 @@ int pbft_replica_init(pbft_replica *r, const pbft_config *cfg) {
     r->quorum = ledger_quorum_of(cfg->n);
     r->window = 2 * cfg->checkpoint_interval;
     r->delivered = cfg->start_height;
+    r->durable = cfg->start_height;
     hash_copy(r->delivered_hash, cfg->start_hash);
     if (cfg->start_height > 0) {
         /* The node's last block must come with its certificate: a VIEW-CHANGE reports it as
@@ -411,6 +415,9 @@ void pbft_replica_free(pbft_replica *r) {
 }
 
 uint64_t pbft_replica_view(const pbft_replica *r) { return r->view; }
+void pbft_replica_durable(pbft_replica *r, uint64_t height) {
+    if (height > r->durable) r->durable = height;
+}
 bool pbft_replica_in_view_change(const pbft_replica *r) { return r->in_view_change; }
 uint64_t pbft_replica_delivered(const pbft_replica *r) { return r->delivered; }
 uint64_t pbft_replica_stable(const pbft_replica *r) { return r->stable; }

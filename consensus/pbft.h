@@ -260,6 +260,7 @@ typedef struct {
     uint64_t view_timer_seq, fetch_timer_seq;
     /* Chain position. */
     uint64_t delivered;
+    uint64_t durable; /* highest height the host said is on disk (pbft_replica_durable) */
     uint8_t delivered_hash[32];
     uint64_t delivered_view;
     pbft__sigset delivered_cert;
@@ -304,6 +305,9 @@ TEM_WUR int pbft_replica_step(pbft_replica *r, const pbft_event *ev, pbft_action
 void pbft_replica_free(pbft_replica *r);
 
 uint64_t pbft_replica_view(const pbft_replica *r);
+/* The host's word that the block it was delivered at `height` is durable: later vote records
+ * leave that height out (until then they keep the last delivered height, docs/consensus.md). */
+void pbft_replica_durable(pbft_replica *r, uint64_t height);
 bool pbft_replica_in_view_change(const pbft_replica *r);
 uint64_t pbft_replica_delivered(const pbft_replica *r);
 uint64_t pbft_replica_stable(const pbft_replica *r);

@@ -358,6 +358,7 @@ bool node_commit_done(node *n) {
         node_admission_block(&n->adm, uv_now(&n->loop), (uint32_t)nids, node_mempool_verified(n->mp));
     }
     tem_free(ids);
+    if (n->rep_ok) pbft_replica_durable(&n->rep, height);
     node_events_committed(n, height);
     node_sync_block_applied(n, height);
     char hh[17];

@@ -893,6 +893,42 @@ static uint8_t *last_record(const pbft_actions *out, size_t *len) {
  * record must still hold its votes and prepared certificate for 2, or it could accept another
  * block at (0, 2), and its VIEW-CHANGE would drop the only copy of block 2 should every validator
  * have crashed in the same window. */
+/* Once the host says block 2 is durable, the records of height 3's votes leave it out: a vote
+ * is not fsync'd with a block the disk already holds. */
+START_TEST(pbft_record_drops_the_delivered_height_once_durable) {
+    keys();
+    pbft_config cfg;
+    config(&cfg, 4, 1, 4);
+    pbft_replica r;
+    pbft_actions out;
+    pbft_actions_init(&out);
+    ck_assert_int_eq(pbft_replica_init(&r, &cfg), PBFT_OK);
+    ck_assert_int_eq(pbft_replica_start(&r, &out), PBFT_OK);
+    pbft_actions_clear(&out);
+    uint8_t h1[32], h2[32], h3[32];
+    drive_height(&r, &out, 1, true, h1);
+    pbft_actions_clear(&out);
+    drive_height(&r, &out, 2, true, h2);
+    ck_assert_uint_eq(pbft_replica_delivered(&r), 2);
+    pbft_actions_clear(&out);
+    pbft_replica_durable(&r, 1); /* an older height changes nothing */
+    pbft_replica_durable(&r, 2);
+    pbft_replica_durable(&r, 1);
+    drive_height(&r, &out, 3, false, h3);
+    size_t rlen;
+    uint8_t *rec = last_record(&out, &rlen);
+    Tem__V1__PbftVoteRecord *vr = tem__v1__pbft_vote_record__unpack(NULL, rlen, rec);
+    ck_assert_ptr_nonnull(vr);
+    ck_assert_uint_eq(vr->n_slots, 1);
+    ck_assert_uint_eq(vr->slots[0]->height, 3);
+    ck_assert(vr->slots[0]->prepared_vote);
+    tem__v1__pbft_vote_record__free_unpacked(vr, NULL);
+    tem_free(rec);
+    pbft_actions_clear(&out);
+    pbft_replica_free(&r);
+}
+END_TEST
+
 START_TEST(pbft_record_keeps_the_last_delivered_height_for_a_lagging_store) {
     keys();
     pbft_config cfg;
@@ -1521,6 +1557,7 @@ static Suite *suite(void) {
     tcase_add_test(c, pbft_cluster_of_four_commits_blocks_with_valid_certificates);
     tcase_add_test(c, pbft_restored_votes_stop_a_second_block_at_the_same_view_and_height);
     tcase_add_test(c, pbft_record_keeps_the_last_delivered_height_for_a_lagging_store);
+    tcase_add_test(c, pbft_record_drops_the_delivered_height_once_durable);
     tcase_add_test(c, pbft_view_change_replaces_a_silent_primary_and_keeps_committed_blocks);
     tcase_add_test(c, pbft_replica_that_missed_a_view_change_joins_it_from_votes);
     tcase_add_test(c, pbft_regression_view_change_storm_does_not_run_views_away);
