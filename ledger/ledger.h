@@ -503,6 +503,8 @@ TEM_WUR int ledger_store_apply_view_pipelined(ledger_store *s, const ledger_bloc
  * which then calls ledger_store_commit_wait. Stopped by ledger_store_close (which waits for the
  * commit). LEDGER_EINVAL if already started, LEDGER_ENOMEM. */
 TEM_WUR int ledger_store_writer_start(ledger_store *s, void (*notify)(void *ctx), void *ctx);
+/* No notify call after this returns (before the caller closes what notify wakes). s may be NULL. */
+void ledger_store_writer_notify_off(ledger_store *s);
 /* Whether an executed block's commit has not been waited for yet. */
 bool ledger_store_commit_pending(const ledger_store *s);
 /* Waits for the pending commit and ends it: LEDGER_OK when it is durable (or none was pending);

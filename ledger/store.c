@@ -630,11 +630,8 @@ static void *writer_main(void *arg) {
         s->w_committing = false;
         s->w_has_result = true;
         pthread_cond_broadcast(&s->w_cv);
-        if (s->w_notify) {
-            pthread_mutex_unlock(&s->w_mu);
-            s->w_notify(s->w_notify_ctx);
-            pthread_mutex_lock(&s->w_mu);
-        }
+        /* Under the lock, so that after ledger_store_writer_notify_off no call is under way. */
+        if (s->w_notify) s->w_notify(s->w_notify_ctx);
     }
     pthread_mutex_unlock(&s->w_mu);
     return NULL;
@@ -657,6 +654,13 @@ int ledger_store_writer_start(ledger_store *s, void (*notify)(void *ctx), void *
     }
     s->w_started = true;
     return LEDGER_OK;
+}
+
+void ledger_store_writer_notify_off(ledger_store *s) {
+    if (!s || !s->w_started) return;
+    pthread_mutex_lock(&s->w_mu);
+    s->w_notify = NULL;
+    pthread_mutex_unlock(&s->w_mu);
 }
 
 static void writer_stop(ledger_store *s) {

@@ -957,6 +957,9 @@ void node_stop(node *n, int code) {
         if (!uv_is_closing((uv_handle_t *)timers[i])) uv_close((uv_handle_t *)timers[i], close_cb);
     if (!uv_is_closing((uv_handle_t *)&n->sig_int)) uv_close((uv_handle_t *)&n->sig_int, close_cb);
     if (!uv_is_closing((uv_handle_t *)&n->sig_term)) uv_close((uv_handle_t *)&n->sig_term, close_cb);
+    /* A commit still running ends unannounced: the store's close waits for it. */
+    ledger_store_writer_notify_off(n->store);
+    if (!uv_is_closing((uv_handle_t *)&n->a_commit)) uv_close((uv_handle_t *)&n->a_commit, close_cb);
     if (n->net) net_close(n->net);
     if (n->http) net_http_close(n->http);
     if (n->mp) node_mempool_close(n->mp);
