@@ -153,12 +153,15 @@ int node_votes_adopt(node_votes *v, ledger_store *s, node_votes_origin *origin) 
     uint8_t *rec;
     size_t rl;
     rc = node_votes_get(v, &rec, &rl);
-    if (rc == LEDGER_OK) {
-        tem_free(rec);
-        *origin = NODE_VOTES_HELD;
-        return LEDGER_OK;
-    }
-    if (rc != LEDGER_ENOTFOUND) return rc;
-    *origin = moved ? NODE_VOTES_LOST : NODE_VOTES_NONE;
+    if (rc != LEDGER_OK && rc != LEDGER_ENOTFOUND) return rc;
+    bool held = rc == LEDGER_OK;
+    if (held) tem_free(rec);
+    /* The mark is also what tells a later start that this data.mdb had a vote store, so that
+     * votes/ missing beside it is noticed (LOST) instead of taken for a validator that never
+     * voted. */
+    if (!moved &&
+        (rc = ledger_store_meta_put(s, PBFT_VOTES_KEY, NODE_VOTES_MOVED_MARK, NODE_VOTES_MOVED_MARK_BYTES)) != LEDGER_OK)
+        return rc;
+    *origin = held ? NODE_VOTES_HELD : moved ? NODE_VOTES_LOST : NODE_VOTES_NONE;
     return LEDGER_OK;
 }

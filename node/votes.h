@@ -54,17 +54,20 @@ TEM_WUR int node_votes_get(node_votes *v, uint8_t **rec, size_t *len);
 
 /* Where the record came from at start (node_votes_adopt). */
 typedef enum {
-    NODE_VOTES_NONE,     /* no record anywhere: this validator has not voted from this data dir */
+    NODE_VOTES_NONE,     /* no record anywhere and no vote store was opened for this data.mdb
+                          * before: a new data dir (or one from a validator that never voted) */
     NODE_VOTES_HELD,     /* the vote store holds it */
     NODE_VOTES_MIGRATED, /* copied from the ledger's meta table just now */
-    NODE_VOTES_LOST,     /* the ledger says it was moved here, but the vote store has none:
-                          * votes/ was lost or not restored with data.mdb */
+    NODE_VOTES_LOST,     /* data.mdb carries the mark (a vote store was opened for it before),
+                          * but the vote store has no record: votes/ was lost or not restored
+                          * with data.mdb, or this validator has not voted since; the node
+                          * cannot tell which, so it must act as if it had lost its votes */
 } node_votes_origin;
 
-/* The ledger's meta record under PBFT_VOTES_KEY once the vote store holds the votes. It starts
- * with a 0 byte, which no protobuf message can (field number 0 is invalid), so an older temd
- * that still reads the record there refuses it (PBFT_ERECORD: it does not start consensus)
- * instead of voting from the stale copy. */
+/* The ledger's meta record under PBFT_VOTES_KEY once a vote store exists for the data dir. It
+ * starts with a 0 byte, which no protobuf message can (field number 0 is invalid), so an older
+ * temd that still reads the record there refuses it (PBFT_ERECORD: it does not start consensus)
+ * instead of voting from a stale copy. */
 #define NODE_VOTES_MOVED_MARK "\0vote record moved to <data_dir>/votes"
 #define NODE_VOTES_MOVED_MARK_BYTES (sizeof NODE_VOTES_MOVED_MARK - 1)
 
@@ -72,7 +75,8 @@ typedef enum {
  * When the ledger's meta table holds a record under PBFT_VOTES_KEY (a data dir from before
  * the vote store, or one an older temd wrote to since), it is the newest: it is copied here
  * (durably), then replaced there by NODE_VOTES_MOVED_MARK (durably). A crash between the two
- * writes copies it again at the next start, which is harmless. *origin says what was found.
+ * writes copies it again at the next start, which is harmless. Otherwise the mark is written
+ * if it is not there yet. *origin says what was found.
  * LEDGER_OK, or a code of node_votes_get/put or ledger_store_meta_get/put (nothing is left
  * half-done: the ledger's record is replaced only after the copy is durable). */
 TEM_WUR int node_votes_adopt(node_votes *v, ledger_store *s, node_votes_origin *origin);

@@ -202,7 +202,7 @@ START_TEST(votes_adopt_takes_the_ledgers_record_again_after_a_crash_between_the_
 }
 END_TEST
 
-START_TEST(votes_adopt_on_a_new_data_dir_finds_none_and_writes_nothing) {
+START_TEST(votes_adopt_on_a_new_data_dir_finds_none_and_marks_data_mdb) {
     ledger_genesis g;
     fx_genesis(&g, 4);
     char *dir = fx_tmpdir("votes");
@@ -216,7 +216,14 @@ START_TEST(votes_adopt_on_a_new_data_dir_finds_none_and_writes_nothing) {
     uint8_t *rec;
     size_t rl;
     ck_assert_int_eq(node_votes_get(v, &rec, &rl), LEDGER_ENOTFOUND);
-    ck_assert_int_eq(ledger_store_meta_get(s, PBFT_VOTES_KEY, &rec, &rl), LEDGER_ENOTFOUND);
+    /* The mark makes a later loss of votes/ visible: a restart without it is LOST, not NONE. */
+    expect_meta(s, NODE_VOTES_MOVED_MARK, NODE_VOTES_MOVED_MARK_BYTES);
+    ck_assert_int_eq(node_votes_adopt(v, s, &o), LEDGER_OK);
+    ck_assert_int_eq(o, NODE_VOTES_LOST);
+    ck_assert_int_eq(node_votes_put(v, (const uint8_t *)"v", 1), LEDGER_OK);
+    ck_assert_int_eq(node_votes_adopt(v, s, &o), LEDGER_OK);
+    ck_assert_int_eq(o, NODE_VOTES_HELD);
+    expect_record(v, "v", 1);
     node_votes_close(v);
     ledger_store_close(s);
     fx_rmrf(dir);
@@ -312,7 +319,7 @@ static Suite *votes_suite(void) {
     tcase_add_test(t, votes_put_is_durable_when_it_returns_even_if_the_process_is_killed);
     tcase_add_test(t, votes_adopt_moves_an_older_data_dirs_record_once_and_marks_it_moved);
     tcase_add_test(t, votes_adopt_takes_the_ledgers_record_again_after_a_crash_between_the_two_writes);
-    tcase_add_test(t, votes_adopt_on_a_new_data_dir_finds_none_and_writes_nothing);
+    tcase_add_test(t, votes_adopt_on_a_new_data_dir_finds_none_and_marks_data_mdb);
     tcase_add_test(t, votes_moved_mark_is_no_vote_record_an_older_temd_could_restore);
     tcase_add_test(t, votes_put_completes_while_a_block_write_txn_holds_the_ledger_env);
     suite_add_tcase(s, t);
