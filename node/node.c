@@ -1045,13 +1045,13 @@ int node_run(const node_config *cfg) {
         /* Votes in either place count: node_votes_adopt has moved a record found in data.mdb. */
         bool has_votes = votes_origin == NODE_VOTES_HELD || votes_origin == NODE_VOTES_MIGRATED;
         if (votes_origin == NODE_VOTES_LOST) {
-            /* data.mdb had a vote store, which holds no record: votes/ lost or restored without
-             * its record, or no vote cast yet. Voting now could sign a second block at a height
-             * this validator voted on, so it waits as on an empty data dir. */
+            /* data.mdb had a vote store and votes/ is gone: lost or not restored with it. Voting
+             * now could sign a second block at a height this validator voted on, so it waits as
+             * on an empty data dir. */
             n->sync_first = true;
-            node_log(n, NODE_LOG_WARN, "vote store %s/%s holds no record though data.mdb had one (lost or not "
-                                       "restored with data.mdb, or no vote yet): following the chain without voting "
-                                       "until past the tip that f+1 validators name",
+            node_log(n, NODE_LOG_WARN, "vote store %s/%s was missing though data.mdb had one (lost or not restored "
+                                       "with data.mdb): following the chain without voting until past the tip that "
+                                       "f+1 validators name",
                      cfg->data_dir, NODE_VOTES_DIR);
         } else if (ledger_store_height(n->store) == 0 && !has_votes) {
             n->sync_first = true;

@@ -21,6 +21,7 @@ static_assert(NODE_VOTES_MOVED_MARK_BYTES > 1, "the mark is a 0 byte and a text"
 struct node_votes {
     MDB_env *env;
     MDB_dbi dbi;
+    bool created; /* this open created the environment: no vote store existed before */
 };
 
 /* Same translation as ledger/store.c: a full disk or map has its own code because it is the
@@ -56,6 +57,16 @@ int node_votes_open(const char *data_dir, node_votes **out) {
     if (!v) return LEDGER_ENOMEM;
     int rc;
     MDB_txn *txn;
+    char file[4096 + 16];
+    struct stat st;
+    snprintf(file, sizeof file, "%s/data.mdb", path);
+    if (stat(file, &st) != 0) {
+        if (errno != ENOENT) {
+            rc = map_mdb(errno, "stat votes");
+            goto fail;
+        }
+        v->created = true;
+    }
     if ((rc = map_mdb(mdb_env_create(&v->env), "env create")) != LEDGER_OK) goto fail;
     if ((rc = map_mdb(mdb_env_set_mapsize(v->env, NODE_VOTES_MAP_BYTES), "mapsize")) != LEDGER_OK) goto fail;
     /* MDB_NOTLS as the ledger's store: the handle's transactions are not tied to the thread
@@ -158,10 +169,11 @@ int node_votes_adopt(node_votes *v, ledger_store *s, node_votes_origin *origin) 
     if (held) tem_free(rec);
     /* The mark is also what tells a later start that this data.mdb had a vote store, so that
      * votes/ missing beside it is noticed (LOST) instead of taken for a validator that never
-     * voted. */
+     * voted. A vote store that existed but holds no record is a validator that has not voted
+     * yet (a record, once written, is only ever replaced). */
     if (!moved &&
         (rc = ledger_store_meta_put(s, PBFT_VOTES_KEY, NODE_VOTES_MOVED_MARK, NODE_VOTES_MOVED_MARK_BYTES)) != LEDGER_OK)
         return rc;
-    *origin = held ? NODE_VOTES_HELD : moved ? NODE_VOTES_LOST : NODE_VOTES_NONE;
+    *origin = held ? NODE_VOTES_HELD : moved && v->created ? NODE_VOTES_LOST : NODE_VOTES_NONE;
     return LEDGER_OK;
 }

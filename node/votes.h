@@ -33,8 +33,9 @@
 typedef struct node_votes node_votes;
 
 /* Opens the vote store in <data_dir>/votes, creating the directory and the environment if
- * needed (the data dir itself must exist: ledger_store_open creates it). The directory entries
- * are fsync'd, so a record written later is not lost with its file's name in a crash.
+ * needed (the data dir itself must exist: ledger_store_open creates it), and remembers whether
+ * it had to create it (node_votes_adopt). The directory entries are fsync'd, so a record
+ * written later is not lost with its file's name in a crash.
  * *out is owned by the caller until node_votes_close. LEDGER_OK; LEDGER_EINVAL (path too long);
  * LEDGER_ENOMEM; LEDGER_EDISKFULL (no space for the new files); LEDGER_EIO (anything else,
  * logged on stderr with LMDB's or errno's name). On error *out is unchanged. */
@@ -54,14 +55,14 @@ TEM_WUR int node_votes_get(node_votes *v, uint8_t **rec, size_t *len);
 
 /* Where the record came from at start (node_votes_adopt). */
 typedef enum {
-    NODE_VOTES_NONE,     /* no record anywhere and no vote store was opened for this data.mdb
-                          * before: a new data dir (or one from a validator that never voted) */
+    NODE_VOTES_NONE,     /* no record anywhere: a new data dir, or a vote store that exists but
+                          * was never written (this validator has not voted from it) */
     NODE_VOTES_HELD,     /* the vote store holds it */
     NODE_VOTES_MIGRATED, /* copied from the ledger's meta table just now */
     NODE_VOTES_LOST,     /* data.mdb carries the mark (a vote store was opened for it before),
-                          * but the vote store has no record: votes/ was lost or not restored
-                          * with data.mdb, or this validator has not voted since; the node
-                          * cannot tell which, so it must act as if it had lost its votes */
+                          * but node_votes_open had to create the vote store: votes/ was lost
+                          * or not restored with data.mdb. The node must act as if it had lost
+                          * its votes. */
 } node_votes_origin;
 
 /* The ledger's meta record under PBFT_VOTES_KEY once a vote store exists for the data dir. It

@@ -76,7 +76,7 @@ until grep -q "voting from now on" "$dir/n3b.log"; do
   alive n3 || fail "validator 3 exited"
   sleep 0.2
 done
-grep -q "holds no record though data.mdb had one" "$dir/n3b.log" || fail "validator 3 did not notice votes/ was lost"
+grep -q "was missing though data.mdb had one" "$dir/n3b.log" || fail "validator 3 did not notice votes/ was lost"
 grep -q "restored persisted votes" "$dir/n3b.log" && fail "validator 3 restored votes it no longer has"
 line=$(grep "caught up to height" "$dir/n3b.log" | head -1)
 h=$(sed -n 's/.*caught up to height \([0-9]*\) past the tip \([0-9]*\).*/\1/p' <<<"$line")

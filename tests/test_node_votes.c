@@ -216,14 +216,26 @@ START_TEST(votes_adopt_on_a_new_data_dir_finds_none_and_marks_data_mdb) {
     uint8_t *rec;
     size_t rl;
     ck_assert_int_eq(node_votes_get(v, &rec, &rl), LEDGER_ENOTFOUND);
-    /* The mark makes a later loss of votes/ visible: a restart without it is LOST, not NONE. */
+    /* The mark makes a later loss of votes/ visible. */
     expect_meta(s, NODE_VOTES_MOVED_MARK, NODE_VOTES_MOVED_MARK_BYTES);
+    /* Restart before any vote: the vote store exists and is empty, a validator that has not
+     * voted yet: NONE, not LOST. */
+    node_votes_close(v);
+    ck_assert_int_eq(node_votes_open(dir, &v), LEDGER_OK);
     ck_assert_int_eq(node_votes_adopt(v, s, &o), LEDGER_OK);
-    ck_assert_int_eq(o, NODE_VOTES_LOST);
+    ck_assert_int_eq(o, NODE_VOTES_NONE);
     ck_assert_int_eq(node_votes_put(v, (const uint8_t *)"v", 1), LEDGER_OK);
     ck_assert_int_eq(node_votes_adopt(v, s, &o), LEDGER_OK);
     ck_assert_int_eq(o, NODE_VOTES_HELD);
     expect_record(v, "v", 1);
+    node_votes_close(v);
+    /* votes/ gone beside a marked data.mdb: LOST. */
+    char sub[128];
+    ck_assert_int_lt(snprintf(sub, sizeof sub, "%s/%s", dir, NODE_VOTES_DIR), (int)sizeof sub);
+    fx_rmrf(sub);
+    ck_assert_int_eq(node_votes_open(dir, &v), LEDGER_OK);
+    ck_assert_int_eq(node_votes_adopt(v, s, &o), LEDGER_OK);
+    ck_assert_int_eq(o, NODE_VOTES_LOST);
     node_votes_close(v);
     ledger_store_close(s);
     fx_rmrf(dir);
