@@ -169,6 +169,13 @@ int node_replica_start(node *n) {
         }
         node_log(n, NODE_LOG_INFO, "restored persisted votes");
     }
+    /* Consensus starts only when this node may vote; a validator that lost votes/ gets here
+     * after following the chain past the tip f+1 validators name, and must not wait again. */
+    if ((rc = node_votes_end_wait(n->votes)) != LEDGER_OK) {
+        node_log(n, NODE_LOG_ERROR, "cannot record in the vote store that this node votes again: %s",
+                 ledger_strerror(rc));
+        return NODE_ESTORE;
+    }
     n->rep_view = pbft_replica_view(&n->rep);
     host_io io = {.ctx = n,
                   .send = io_send,

@@ -18,10 +18,15 @@ static_assert(NODE_VOTES_MAP_BYTES >= (size_t)3 * PBFT_LOG_MAX * PBFT_BLOCK_BYTE
               "the vote store's map must hold three of the largest records");
 static_assert(NODE_VOTES_MOVED_MARK_BYTES > 1, "the mark is a 0 byte and a text");
 
+/* Present while a validator whose votes/ was lost has not yet been allowed to vote again, so
+ * a restart in between still waits (votes.h, NODE_VOTES_LOST). */
+#define WAIT_KEY "lost/wait"
+
 struct node_votes {
     MDB_env *env;
     MDB_dbi dbi;
     bool created; /* this open created the environment: no vote store existed before */
+    bool waiting; /* WAIT_KEY is stored */
 };
 
 /* Same translation as ledger/store.c: a full disk or map has its own code because it is the
@@ -30,7 +35,7 @@ static int map_mdb(int rc, const char *what) {
     if (rc == 0) return LEDGER_OK;
     if (rc == MDB_NOTFOUND) return LEDGER_ENOTFOUND;
     const char *name = rc == MDB_MAP_FULL ? "MDB_MAP_FULL" : rc > 0 ? strerrorname_np(rc) : NULL;
-    fprintf(stderr, "votes: lmdb %s: %s (%s)\n", what, mdb_strerror(rc), name ? name : "lmdb");
+    fprintf(stderr, "votes: %s: %s (%s)\n", what, mdb_strerror(rc), name ? name : "lmdb");
     if (rc == MDB_MAP_FULL) return LEDGER_EFULL;
     if (rc == ENOSPC || rc == EDQUOT) return LEDGER_EDISKFULL;
     if (rc == ENOMEM) return LEDGER_ENOMEM;
@@ -95,44 +100,56 @@ void node_votes_close(node_votes *v) {
     tem_free(v);
 }
 
-int node_votes_put(node_votes *v, const uint8_t *rec, size_t len) {
-    TEM_ASSERT(v != NULL);
-    TEM_ASSERT(rec != NULL || len == 0);
+/* One write transaction that puts (val != NULL) or deletes (val == NULL) key; durable on
+ * LEDGER_OK (mdb_txn_commit writes the pages and fsyncs before it returns). */
+static int write_key(node_votes *v, const char *key, const uint8_t *val, size_t len) {
     MDB_txn *txn;
     int rc = map_mdb(mdb_txn_begin(v->env, NULL, 0, &txn), "begin");
     if (rc != LEDGER_OK) return rc;
-    MDB_val k = {strlen(PBFT_VOTES_KEY), (void *)PBFT_VOTES_KEY}, d = {len, (void *)rec};
-    if ((rc = map_mdb(mdb_put(txn, v->dbi, &k, &d, 0), "put votes")) != LEDGER_OK) {
+    MDB_val k = {strlen(key), (void *)key}, d = {len, (void *)val};
+    int mrc = val ? mdb_put(txn, v->dbi, &k, &d, 0) : mdb_del(txn, v->dbi, &k, NULL);
+    if (!val && mrc == MDB_NOTFOUND) mrc = 0;
+    if ((rc = map_mdb(mrc, val ? "put" : "del")) != LEDGER_OK) {
         mdb_txn_abort(txn);
         return rc;
     }
-    /* mdb_txn_commit writes the pages and fsyncs before it returns: the record is durable. */
-    return map_mdb(mdb_txn_commit(txn), "commit votes");
+    return map_mdb(mdb_txn_commit(txn), "commit");
 }
 
-int node_votes_get(node_votes *v, uint8_t **rec, size_t *len) {
-    TEM_ASSERT(v != NULL);
-    TEM_ASSERT(rec != NULL);
-    TEM_ASSERT(len != NULL);
+/* A tem_malloc'd copy of key's value, or LEDGER_ENOTFOUND (not logged: it is an answer). */
+static int read_key(node_votes *v, const char *key, uint8_t **out, size_t *len) {
     MDB_txn *txn;
     int rc = map_mdb(mdb_txn_begin(v->env, NULL, MDB_RDONLY, &txn), "begin ro");
     if (rc != LEDGER_OK) return rc;
-    MDB_val k = {strlen(PBFT_VOTES_KEY), (void *)PBFT_VOTES_KEY}, d;
+    MDB_val k = {strlen(key), (void *)key}, d;
     int grc = mdb_get(txn, v->dbi, &k, &d);
-    /* Not found is an answer, not a failure worth a log line. */
-    rc = grc == MDB_NOTFOUND ? LEDGER_ENOTFOUND : map_mdb(grc, "get votes");
+    rc = grc == MDB_NOTFOUND ? LEDGER_ENOTFOUND : map_mdb(grc, "get");
     if (rc == LEDGER_OK) {
         uint8_t *b = tem_malloc(d.mv_size ? d.mv_size : 1);
         if (!b) {
             rc = LEDGER_ENOMEM;
         } else {
             memcpy(b, d.mv_data, d.mv_size);
-            *rec = b;
+            *out = b;
             *len = d.mv_size;
         }
     }
     mdb_txn_abort(txn);
     return rc;
+}
+
+int node_votes_put(node_votes *v, const uint8_t *rec, size_t len) {
+    TEM_ASSERT(v != NULL);
+    TEM_ASSERT(rec != NULL || len == 0);
+    /* A 0-byte record is a record: write_key deletes only for a NULL value. */
+    return write_key(v, PBFT_VOTES_KEY, rec ? rec : (const uint8_t *)"", len);
+}
+
+int node_votes_get(node_votes *v, uint8_t **rec, size_t *len) {
+    TEM_ASSERT(v != NULL);
+    TEM_ASSERT(rec != NULL);
+    TEM_ASSERT(len != NULL);
+    return read_key(v, PBFT_VOTES_KEY, rec, len);
 }
 
 static bool is_moved_mark(const uint8_t *rec, size_t len) {
@@ -167,6 +184,10 @@ int node_votes_adopt(node_votes *v, ledger_store *s, node_votes_origin *origin) 
     if (rc != LEDGER_OK && rc != LEDGER_ENOTFOUND) return rc;
     bool held = rc == LEDGER_OK;
     if (held) tem_free(rec);
+    rc = read_key(v, WAIT_KEY, &rec, &rl);
+    if (rc != LEDGER_OK && rc != LEDGER_ENOTFOUND) return rc;
+    v->waiting = rc == LEDGER_OK;
+    if (v->waiting) tem_free(rec);
     /* The mark is also what tells a later start that this data.mdb had a vote store, so that
      * votes/ missing beside it is noticed (LOST) instead of taken for a validator that never
      * voted. A vote store that existed but holds no record is a validator that has not voted
@@ -174,6 +195,21 @@ int node_votes_adopt(node_votes *v, ledger_store *s, node_votes_origin *origin) 
     if (!moved &&
         (rc = ledger_store_meta_put(s, PBFT_VOTES_KEY, NODE_VOTES_MOVED_MARK, NODE_VOTES_MOVED_MARK_BYTES)) != LEDGER_OK)
         return rc;
-    *origin = held ? NODE_VOTES_HELD : moved && v->created ? NODE_VOTES_LOST : NODE_VOTES_NONE;
+    bool lost = !held && ((moved && v->created) || v->waiting);
+    if (lost && !v->waiting) {
+        /* Remembered until node_votes_end_wait: the new, empty vote store alone would look like
+         * a validator that has not voted yet at the next start. */
+        if ((rc = write_key(v, WAIT_KEY, (const uint8_t *)"1", 1)) != LEDGER_OK) return rc;
+        v->waiting = true;
+    }
+    *origin = held ? NODE_VOTES_HELD : lost ? NODE_VOTES_LOST : NODE_VOTES_NONE;
     return LEDGER_OK;
+}
+
+int node_votes_end_wait(node_votes *v) {
+    TEM_ASSERT(v != NULL);
+    if (!v->waiting) return LEDGER_OK;
+    int rc = write_key(v, WAIT_KEY, NULL, 0);
+    if (rc == LEDGER_OK) v->waiting = false;
+    return rc;
 }

@@ -62,7 +62,8 @@ typedef enum {
     NODE_VOTES_LOST,     /* data.mdb carries the mark (a vote store was opened for it before),
                           * but node_votes_open had to create the vote store: votes/ was lost
                           * or not restored with data.mdb. The node must act as if it had lost
-                          * its votes. */
+                          * its votes; the vote store remembers this (across restarts) until
+                          * node_votes_end_wait. */
 } node_votes_origin;
 
 /* The ledger's meta record under PBFT_VOTES_KEY once a vote store exists for the data dir. It
@@ -77,9 +78,15 @@ typedef enum {
  * the vote store, or one an older temd wrote to since), it is the newest: it is copied here
  * (durably), then replaced there by NODE_VOTES_MOVED_MARK (durably). A crash between the two
  * writes copies it again at the next start, which is harmless. Otherwise the mark is written
- * if it is not there yet. *origin says what was found.
+ * if it is not there yet, and a LOST finding is recorded in the vote store, so a restart
+ * before node_votes_end_wait is LOST again. *origin says what was found.
  * LEDGER_OK, or a code of node_votes_get/put or ledger_store_meta_get/put (nothing is left
  * half-done: the ledger's record is replaced only after the copy is durable). */
 TEM_WUR int node_votes_adopt(node_votes *v, ledger_store *s, node_votes_origin *origin);
+
+/* After a LOST start, once the node may vote again (it has followed the chain past the tip f+1
+ * validators name): forgets the LOST state, durably; call it before the first vote. A no-op
+ * otherwise. LEDGER_OK, or a code of node_votes_put. */
+TEM_WUR int node_votes_end_wait(node_votes *v);
 
 #endif

@@ -4,8 +4,10 @@
 #   1. a data dir from before the vote store (record in data.mdb's meta table, no votes/) is
 #      moved at start: temd logs the move, restores the votes, data.mdb keeps only the mark, and
 #      the validator's votes commit blocks;
-#   2. a validator restarted with data.mdb but without votes/ does not vote at once: it follows
-#      the chain until past the tip f+1 validators name, then its votes commit blocks.
+#   2. a validator restarted with data.mdb but without votes/ does not vote at once, nor after
+#      one more restart: it follows the chain until past the tip f+1 validators name, then its
+#      votes commit blocks;
+#   3. after that a restart restores its votes as usual.
 # Needs python3-lmdb to write the older layout; otherwise SKIP.
 NAME=votes
 source "$(dirname "$0")/harden_lib.sh"
@@ -64,25 +66,44 @@ PY
 commits_without 1 2
 ok "older data dir: record moved to votes/, data.mdb holds the mark, validator 2's votes commit blocks"
 
-# ---- 2. votes/ lost beside data.mdb
+# ---- 2. votes/ lost beside data.mdb; restarted again before it could vote
 stop_node n3
 rm -rf "$dir/n3/votes"
-: >"$dir/n3b.log"
-"$D" --data-dir "$dir/n3" --genesis "$dir/g.json" --key "$dir/v3.key" "${obsargs[@]}" --log-level info 2>>"$dir/n3b.log" &
-PID[n3]=$!
-end=$((SECONDS + 60))
-until grep -q "voting from now on" "$dir/n3b.log"; do
-  [ $SECONDS -lt $end ] || fail "validator 3 did not start voting after losing votes/"
-  alive n3 || fail "validator 3 exited"
-  sleep 0.2
-done
-grep -q "was missing though data.mdb had one" "$dir/n3b.log" || fail "validator 3 did not notice votes/ was lost"
-grep -q "restored persisted votes" "$dir/n3b.log" && fail "validator 3 restored votes it no longer has"
-line=$(grep "caught up to height" "$dir/n3b.log" | head -1)
+start3() { # log
+  "$D" --data-dir "$dir/n3" --genesis "$dir/g.json" --key "$dir/v3.key" "${obsargs[@]}" --log-level info 2>>"$dir/$1.log" &
+  PID[n3]=$!
+}
+wait_log() { # file pattern what
+  local end=$((SECONDS + 60))
+  until grep -q "$2" "$1"; do
+    [ $SECONDS -lt $end ] || fail "$3"
+    alive n3 || fail "validator 3 exited"
+    sleep 0.2
+  done
+}
+# The others are stopped, so no tip reaches validator 3 and it cannot start voting in between.
+for i in 0 1 2; do kill -STOP "${PID[n$i]}"; done
+start3 n3b
+wait_log "$dir/n3b.log" "was missing though data.mdb had one" "validator 3 did not notice votes/ was lost"
+stop_node n3
+start3 n3c
+wait_log "$dir/n3c.log" "was missing though data.mdb had one" "validator 3 forgot at a restart that votes/ was lost"
+for i in 0 1 2; do kill -CONT "${PID[n$i]}"; done
+wait_log "$dir/n3c.log" "voting from now on" "validator 3 did not start voting after losing votes/"
+grep -q "restored persisted votes" "$dir/n3b.log" "$dir/n3c.log" && fail "validator 3 restored votes it no longer has"
+line=$(grep "caught up to height" "$dir/n3c.log" | head -1)
 h=$(sed -n 's/.*caught up to height \([0-9]*\) past the tip \([0-9]*\).*/\1/p' <<<"$line")
 tip=$(sed -n 's/.*caught up to height \([0-9]*\) past the tip \([0-9]*\).*/\2/p' <<<"$line")
 [ -n "$h" ] && [ -n "$tip" ] && [ "$h" -gt "$tip" ] || fail "validator 3 started voting at $h, not past the tip $tip: $line"
 commits_without 1 3
-ok "votes/ lost: validator 3 followed to $h past the tip $tip without voting, then its votes commit blocks"
+ok "votes/ lost: validator 3 (restarted once more meanwhile) followed to $h past the tip $tip without voting, then its votes commit blocks"
+
+# ---- 3. once it votes again, a restart restores its votes as usual
+stop_node n3
+start3 n3d
+wait_log "$dir/n3d.log" "restored persisted votes" "validator 3 did not restore its votes after voting again"
+grep -q "was missing though data.mdb had one" "$dir/n3d.log" && fail "validator 3 still thinks votes/ is lost"
+commits_without 1 3
+ok "after voting again: validator 3 restarts with its votes and no warning"
 
 echo "t_votes: $passed passed"

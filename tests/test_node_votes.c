@@ -229,13 +229,28 @@ START_TEST(votes_adopt_on_a_new_data_dir_finds_none_and_marks_data_mdb) {
     ck_assert_int_eq(o, NODE_VOTES_HELD);
     expect_record(v, "v", 1);
     node_votes_close(v);
-    /* votes/ gone beside a marked data.mdb: LOST. */
+    /* votes/ gone beside a marked data.mdb: LOST, and still LOST after a restart (the new
+     * vote store is empty, which alone would read as "not voted yet") ... */
     char sub[128];
     ck_assert_int_lt(snprintf(sub, sizeof sub, "%s/%s", dir, NODE_VOTES_DIR), (int)sizeof sub);
     fx_rmrf(sub);
+    for (int start = 0; start < 2; start++) {
+        ck_assert_int_eq(node_votes_open(dir, &v), LEDGER_OK);
+        ck_assert_int_eq(node_votes_adopt(v, s, &o), LEDGER_OK);
+        ck_assert_msg(o == NODE_VOTES_LOST, "start %d: origin %d", start, o);
+        node_votes_close(v);
+    }
+    /* ... until the node may vote again; a restart after that, before any vote, is NONE. */
     ck_assert_int_eq(node_votes_open(dir, &v), LEDGER_OK);
     ck_assert_int_eq(node_votes_adopt(v, s, &o), LEDGER_OK);
     ck_assert_int_eq(o, NODE_VOTES_LOST);
+    ck_assert_int_eq(node_votes_end_wait(v), LEDGER_OK);
+    ck_assert_int_eq(node_votes_end_wait(v), LEDGER_OK); /* no-op the second time */
+    node_votes_close(v);
+    ck_assert_int_eq(node_votes_open(dir, &v), LEDGER_OK);
+    ck_assert_int_eq(node_votes_adopt(v, s, &o), LEDGER_OK);
+    ck_assert_int_eq(o, NODE_VOTES_NONE);
+    ck_assert_int_eq(node_votes_end_wait(v), LEDGER_OK);
     node_votes_close(v);
     ledger_store_close(s);
     fx_rmrf(dir);
