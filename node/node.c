@@ -1033,6 +1033,17 @@ int node_run(const node_config *cfg) {
     node_log(n, NODE_LOG_INFO, "temd %s config %s chain %s genesis %s, %s %d, data %s", NODE_VERSION,
              cfg->config[0] ? cfg->config : "(flags)", n->g.chain_id, gh, n->self >= 0 ? "validator" : "observer",
              n->self, cfg->data_dir);
+    node_votes_origin votes_origin = NODE_VOTES_NONE;
+    if (n->self >= 0) {
+        /* Before anything can vote: the record moves out of data.mdb once (votes.h). */
+        if ((rc = node_votes_open(cfg->data_dir, &n->votes)) != LEDGER_OK ||
+            (rc = node_votes_adopt(n->votes, n->store, &votes_origin)) != LEDGER_OK) {
+            node_log(n, NODE_LOG_ERROR, "vote store %s/%s: %s", cfg->data_dir, NODE_VOTES_DIR, ledger_strerror(rc));
+            goto stop;
+        }
+        if (votes_origin == NODE_VOTES_MIGRATED)
+            node_log(n, NODE_LOG_INFO, "moved the vote record from data.mdb to %s/%s", cfg->data_dir, NODE_VOTES_DIR);
+    }
     node_tail_check(n); /* damaged blocks found here are refetched once peers are up */
     if ((rc = ledger_store_writer_start(n->store, commit_notify, n)) != LEDGER_OK) {
         node_log(n, NODE_LOG_ERROR, "cannot start the store's writer thread: %s", ledger_strerror(rc));
@@ -1102,11 +1113,18 @@ int node_run(const node_config *cfg) {
     if (n->self >= 0 && !node_faults_may_vote(n)) {
         /* Degraded (the ERROR said why): follow the chain by block sync, as an observer does. */
     } else if (n->self >= 0) {
-        uint8_t *rec;
-        size_t rl;
-        bool has_votes = ledger_store_meta_get(n->store, PBFT_VOTES_KEY, &rec, &rl) == LEDGER_OK;
-        if (has_votes) tem_free(rec);
-        if (ledger_store_height(n->store) == 0 && !has_votes) {
+        /* Votes in either place count: node_votes_adopt has moved a record found in data.mdb. */
+        bool has_votes = votes_origin == NODE_VOTES_HELD || votes_origin == NODE_VOTES_MIGRATED;
+        if (votes_origin == NODE_VOTES_LOST) {
+            /* data.mdb had a vote store and votes/ is gone: lost or not restored with it. Voting
+             * now could sign a second block at a height this validator voted on, so it waits as
+             * on an empty data dir. */
+            n->sync_first = true;
+            node_log(n, NODE_LOG_WARN, "vote store %s/%s was missing though data.mdb had one (lost or not restored "
+                                       "with data.mdb): following the chain without voting until past the tip that "
+                                       "f+1 validators name",
+                     cfg->data_dir, NODE_VOTES_DIR);
+        } else if (ledger_store_height(n->store) == 0 && !has_votes) {
             n->sync_first = true;
             node_log(n, NODE_LOG_INFO, "empty data dir: following the chain without voting until past the tip that "
                                        "f+1 validators name (it may have voted before it lost its data)");
@@ -1142,6 +1160,8 @@ run:
         tem_free(n->val_waiting);
     }
     node_replica_free(n);
+    node_votes_close(n->votes);
+    n->votes = NULL;
     node_indexer_stop(ix); /* before the store it reads closes */
     node_sync_free(n);
     if (n->store) node_log(n, NODE_LOG_INFO, "stopped");

@@ -13,6 +13,7 @@
 #include "node/node.h"
 #include "node/replica.h"
 #include "node/tailcheck.h"
+#include "node/votes.h"
 
 #include <jansson.h>
 #include <uv.h>
@@ -73,6 +74,7 @@ typedef struct node {
     ledger_keyfile key;
     int self; /* validator index, or -1 for an observer */
     ledger_store *store;
+    node_votes *votes; /* validators only: the vote record, own LMDB env (votes.h) */
     contracts_market *mkt;
     ledger_executor ex;
     net *net;

@@ -1,8 +1,9 @@
 /* replica.c: temd's implementation of the pBFT host's I/O (consensus/host.h). The host decides
  * the order (a vote leaves only after the record that remembers it is fsync'd; nothing follows a
  * failed write or apply); this file says how each action happens on the node's libuv loop:
- * messages through the peer transport, the vote record through ledger_store_meta_put (which
- * fsyncs, so every write is complete when it returns), timers as libuv timers, delivered blocks
+ * messages through the peer transport, the vote record through the vote store (votes.c: its
+ * own LMDB environment, so a vote never waits for a block's commit; a put fsyncs, so every
+ * write is complete when it returns), timers as libuv timers, delivered blocks
  * applied by node.c in one LMDB transaction, proposals, validations and block fetches by node.c.
  * It also starts the replica from the store and feeds it the node's events. */
 #include "node/node_internal.h"
@@ -14,9 +15,11 @@ static void io_send(void *ctx, uint32_t to, const uint8_t *msg, size_t len) { no
 
 static int io_persist(void *ctx, const uint8_t *rec, size_t len) {
     node *n = ctx;
-    /* Durable on return (meta_put fsyncs), so the host may let the vote leave right after. A
-     * write that failed leaves this node unable to vote safely: stop and let the operator look. */
-    int rc = ledger_store_meta_put(n->store, PBFT_VOTES_KEY, rec, len);
+    /* Durable on return (the vote store's commit fsyncs), so the host may let the vote leave
+     * right after. A write that failed leaves this node unable to vote safely: stop and let the
+     * operator look. */
+    TEM_ASSERT(n->votes != NULL);
+    int rc = node_votes_put(n->votes, rec, len);
     if (node_is_disk_full(n, rc)) {
         /* No space for the record: the vote must not leave. The host halts (this replica stops
          * voting); the node keeps serving reads and restarts itself once space is back. */
@@ -148,7 +151,16 @@ int node_replica_start(node *n) {
     n->rep_ok = true;
     uint8_t *rec;
     size_t rl;
-    if (ledger_store_meta_get(n->store, PBFT_VOTES_KEY, &rec, &rl) == LEDGER_OK) {
+    /* node_run opened the vote store and moved an older data dir's record into it
+     * (node_votes_adopt): it is the only place the record is read from. */
+    TEM_ASSERT(n->votes != NULL);
+    rc = node_votes_get(n->votes, &rec, &rl);
+    if (rc != LEDGER_OK && rc != LEDGER_ENOTFOUND) {
+        /* Starting without a record that exists could sign a second block at a height. */
+        node_log(n, NODE_LOG_ERROR, "cannot read the vote record: %s", ledger_strerror(rc));
+        return NODE_ESTORE;
+    }
+    if (rc == LEDGER_OK) {
         rc = pbft_replica_restore(&n->rep, rec, rl);
         tem_free(rec);
         if (rc != PBFT_OK) {
@@ -156,6 +168,13 @@ int node_replica_start(node *n) {
             return NODE_ECONSENSUS;
         }
         node_log(n, NODE_LOG_INFO, "restored persisted votes");
+    }
+    /* Consensus starts only when this node may vote; a validator that lost votes/ gets here
+     * after following the chain past the tip f+1 validators name, and must not wait again. */
+    if ((rc = node_votes_end_wait(n->votes)) != LEDGER_OK) {
+        node_log(n, NODE_LOG_ERROR, "cannot record in the vote store that this node votes again: %s",
+                 ledger_strerror(rc));
+        return NODE_ESTORE;
     }
     n->rep_view = pbft_replica_view(&n->rep);
     host_io io = {.ctx = n,

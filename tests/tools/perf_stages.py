@@ -24,7 +24,7 @@ STAGES = [
     ("apply: state tree (SMT) into LMDB", {"flush_state", "ledger__smt_update", "update", "node_get"}),
     ("apply: LMDB commit + fsync", {"mdb_txn_commit"}),
     ("apply: other (certificate, receipts, index, bookkeeping)", {"apply_view", "ledger_store_apply_view"}),
-    ("consensus: vote record fsync", {"io_persist", "ledger_store_meta_put", "record_build"}),
+    ("consensus: vote record fsync", {"io_persist", "node_votes_put", "ledger_store_meta_put", "record_build"}),
     ("validation: view build + precheck", {"node_validate", "val_finish", "on_val_wait"}),
     ("proposal: select + build", {"on_propose"}),
     ("consensus: messages (Ed25519, digests)", {"host_post", "host_validated", "node_replica_post"}),
