@@ -123,6 +123,9 @@ void node_replica_validated(node *n, const pbft_event *ev) {
 }
 
 int node_replica_start(node *n) {
+    /* The replica starts from the last block's certificate, read from LMDB: a block still
+     * being committed (a node that followed the chain before voting) must be durable first. */
+    if (!node_commit_done(n)) return NODE_ESTORE;
     pbft_config pc;
     memset(&pc, 0, sizeof pc);
     if (pbft_config_from_genesis(&pc, &n->g) != PBFT_OK) return NODE_ECONSENSUS;
