@@ -135,7 +135,7 @@ void node_sync_block_applied(node *n, uint64_t height) {
 }
 
 static ledger_snapshot *snap_at(node_sync *y, uint64_t h) {
-    uint64_t tip = ledger_store_height(y->n->store);
+    uint64_t tip = ledger_store_durable_height(y->n->store); /* the offer reads block h+1 from LMDB */
     for (int i = 0; i < 2; i++) {
         ledger_snapshot *s = y->snaps[i];
         if (!s || ledger_snapshot_height(s) >= tip) continue; /* h+1 not certified here yet */
