@@ -119,10 +119,10 @@ static inline int fx_exec_tx(void *ctx, ledger_state *st, const ledger_block_ctx
 }
 static const ledger_executor FX_EXEC = {.ctx = NULL, .exec_tx = fx_exec_tx};
 
-/* Builds the next block of `n` transfers (key 2+i%senders -> key 2+(i+1)%senders) with nonces
- * taken from the store's state, applies it without a certificate. Returns the apply code. */
-static inline int fx_apply_transfers(ledger_store *s, uint32_t n, uint32_t senders, uint64_t time_ms,
-                                     ledger_apply_info *info, unsigned flags) {
+/* A block of n transfers among keys 2..senders+1 (nonces from s's state), built on s's tip by
+ * validator 0; *blen its length. tem_malloc'd. */
+static inline uint8_t *fx_build_transfers(ledger_store *s, uint32_t n, uint32_t senders, uint64_t time_ms,
+                                          size_t *blen) {
     const ledger_genesis *g = ledger_store_genesis(s);
     uint8_t **txs = tem_calloc(n ? n : 1, sizeof *txs);
     size_t *lens = tem_calloc(n ? n : 1, sizeof *lens);
@@ -137,18 +137,25 @@ static inline int fx_apply_transfers(ledger_store *s, uint32_t n, uint32_t sende
         uint32_t f = i % senders;
         txs[i] = fx_transfer(g->chain_id, 2 + f, 2 + (f + 1) % senders, nonces[f]++, 1 + i % 7, &lens[i]);
     }
-    uint8_t prop[64], ppub[32], *blk;
-    size_t blen;
+    uint8_t prop[64], ppub[32], *blk = NULL;
     fx_vkey(0, prop, ppub);
-    int rc = ledger_block_build(s, (const uint8_t *const *)txs, lens, n, time_ms, ppub, &blk, &blen);
-    if (rc == LEDGER_OK) {
-        rc = ledger_store_apply(s, blk, blen, NULL, 0, &FX_EXEC, LEDGER_APPLY_NO_CERT | flags, info);
-        tem_free(blk);
-    }
+    if (ledger_block_build(s, (const uint8_t *const *)txs, lens, n, time_ms, ppub, &blk, blen) != LEDGER_OK) blk = NULL;
     for (uint32_t i = 0; i < n; i++) tem_free(txs[i]);
     tem_free(txs);
     tem_free(lens);
     tem_free(nonces);
+    return blk;
+}
+
+/* Builds the next block of `n` transfers (key 2+i%senders -> key 2+(i+1)%senders) with nonces
+ * taken from the store's state, applies it without a certificate. Returns the apply code. */
+static inline int fx_apply_transfers(ledger_store *s, uint32_t n, uint32_t senders, uint64_t time_ms,
+                                     ledger_apply_info *info, unsigned flags) {
+    size_t blen;
+    uint8_t *blk = fx_build_transfers(s, n, senders, time_ms, &blen);
+    if (!blk) return n > ledger_store_genesis(s)->max_block_txs ? LEDGER_EINVAL : LEDGER_ENOMEM;
+    int rc = ledger_store_apply(s, blk, blen, NULL, 0, &FX_EXEC, LEDGER_APPLY_NO_CERT | flags, info);
+    tem_free(blk);
     return rc;
 }
 

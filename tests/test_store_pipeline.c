@@ -15,30 +15,10 @@
 #include "tests/ledger_fixture.h"
 #include "tests/store_fixture.h"
 
-/* Transfers among `senders` keys (nonces from s's state), as one serialised block built on s. */
 static uint8_t *build_block(ledger_store *s, uint32_t n, uint32_t senders, uint64_t time_ms, size_t *blen) {
-    const ledger_genesis *g = ledger_store_genesis(s);
-    uint8_t **txs = tem_calloc(n ? n : 1, sizeof *txs);
-    size_t *lens = tem_calloc(n ? n : 1, sizeof *lens);
-    uint64_t *nonces = tem_calloc(senders, sizeof *nonces);
-    ck_assert(txs && lens && nonces);
-    for (uint32_t i = 0; i < senders; i++) {
-        uint8_t sec[32], pub[33];
-        fx_key(2 + i, sec, pub);
-        nonces[i] = ledger_state_nonce(ledger_store_state(s), pub);
-    }
-    for (uint32_t i = 0; i < n; i++) {
-        uint32_t f = i % senders;
-        txs[i] = fx_transfer(g->chain_id, 2 + f, 2 + (f + 1) % senders, nonces[f]++, 1 + i % 7, &lens[i]);
-    }
-    uint8_t prop[64], ppub[32], *blk;
-    fx_vkey(0, prop, ppub);
-    ck_assert_int_eq(ledger_block_build(s, (const uint8_t *const *)txs, lens, n, time_ms, ppub, &blk, blen), LEDGER_OK);
-    for (uint32_t i = 0; i < n; i++) tem_free(txs[i]);
-    tem_free(txs);
-    tem_free(lens);
-    tem_free(nonces);
-    return blk;
+    uint8_t *b = fx_build_transfers(s, n, senders, time_ms, blen);
+    ck_assert_ptr_nonnull(b);
+    return b;
 }
 
 static int apply_pipelined(ledger_store *s, const uint8_t *blk, size_t blen, ledger_apply_info *info) {
