@@ -101,6 +101,8 @@ typedef struct node {
     uint64_t pend_height;
     ledger_block_view *pend_v;
     ledger_apply_info pend_info;
+    uint64_t pend_t0_ns, pend_exec_end_ns; /* when its apply began and its execution ended */
+    _Atomic uint64_t commit_end_ns;        /* when the writer thread's last commit ended */
     bool validating; /* a node_validate job is under way */
     uint8_t validated[NODE_VALIDATED_CACHE][32];
     /* validated[i]'s block view, kept for its apply (NULL once used or dropped). Its txs may be
