@@ -46,6 +46,7 @@ static node *fxn_open(bool with_http, bool sync_first) {
     TEM_ASSERT(contracts_market_new(&n->mkt) == LEDGER_OK);
     contracts_executor(n->mkt, &n->ex);
     TEM_ASSERT(ledger_store_open(n->cfg.data_dir, &n->g, contracts_genesis_init, NULL, &n->store) == LEDGER_OK);
+    TEM_ASSERT(node_votes_open(n->cfg.data_dir, &n->votes) == LEDGER_OK);
 
     static char logpath[NODE_PATH_MAX + 32];
     snprintf(logpath, sizeof logpath, "%s/mempool.log", n->cfg.data_dir);
