@@ -887,58 +887,27 @@ static uint8_t *last_record(const pbft_actions *out, size_t *len) {
     return b;
 }
 
+/* Replica 1 of 4 (K = 4), started at height 0 with its start actions cleared. */
+static void replica1_started(pbft_config *cfg, pbft_replica *r, pbft_actions *out) {
+    keys();
+    config(cfg, 4, 1, 4);
+    pbft_actions_init(out);
+    ck_assert_int_eq(pbft_replica_init(r, cfg), PBFT_OK);
+    ck_assert_int_eq(pbft_replica_start(r, out), PBFT_OK);
+    pbft_actions_clear(out);
+}
+
 /* Pipelining (issue 15): temd may make block h durable after the replica's next vote record.
  * Replica 1 delivers h = 2 (K = 4, so not a checkpoint), PREPAREs at 3, and crashes before block
  * 2 reaches its disk: it restarts at height 1 with the record written for that PREPARE. The
  * record must still hold its votes and prepared certificate for 2, or it could accept another
  * block at (0, 2), and its VIEW-CHANGE would drop the only copy of block 2 should every validator
  * have crashed in the same window. */
-/* Once the host says block 2 is durable, the records of height 3's votes leave it out: a vote
- * is not fsync'd with a block the disk already holds. */
-START_TEST(pbft_record_drops_the_delivered_height_once_durable) {
-    keys();
-    pbft_config cfg;
-    config(&cfg, 4, 1, 4);
-    pbft_replica r;
-    pbft_actions out;
-    pbft_actions_init(&out);
-    ck_assert_int_eq(pbft_replica_init(&r, &cfg), PBFT_OK);
-    ck_assert_int_eq(pbft_replica_start(&r, &out), PBFT_OK);
-    pbft_actions_clear(&out);
-    uint8_t h1[32], h2[32], h3[32];
-    drive_height(&r, &out, 1, true, h1);
-    pbft_actions_clear(&out);
-    drive_height(&r, &out, 2, true, h2);
-    ck_assert_uint_eq(pbft_replica_delivered(&r), 2);
-    pbft_actions_clear(&out);
-    pbft_replica_durable(&r, 1); /* an older height changes nothing */
-    pbft_replica_durable(&r, 2);
-    pbft_replica_durable(&r, 1);
-    drive_height(&r, &out, 3, false, h3);
-    size_t rlen;
-    uint8_t *rec = last_record(&out, &rlen);
-    Tem__V1__PbftVoteRecord *vr = tem__v1__pbft_vote_record__unpack(NULL, rlen, rec);
-    ck_assert_ptr_nonnull(vr);
-    ck_assert_uint_eq(vr->n_slots, 1);
-    ck_assert_uint_eq(vr->slots[0]->height, 3);
-    ck_assert(vr->slots[0]->prepared_vote);
-    tem__v1__pbft_vote_record__free_unpacked(vr, NULL);
-    tem_free(rec);
-    pbft_actions_clear(&out);
-    pbft_replica_free(&r);
-}
-END_TEST
-
 START_TEST(pbft_record_keeps_the_last_delivered_height_for_a_lagging_store) {
-    keys();
     pbft_config cfg;
-    config(&cfg, 4, 1, 4);
     pbft_replica r;
     pbft_actions out;
-    pbft_actions_init(&out);
-    ck_assert_int_eq(pbft_replica_init(&r, &cfg), PBFT_OK);
-    ck_assert_int_eq(pbft_replica_start(&r, &out), PBFT_OK);
-    pbft_actions_clear(&out);
+    replica1_started(&cfg, &r, &out);
     uint8_t h1[32], h2[32], h3[32];
     drive_height(&r, &out, 1, true, h1);
     const pbft_action *d = find_kind(&out, PBFT_ACT_DELIVER);
@@ -1060,6 +1029,37 @@ START_TEST(pbft_record_keeps_the_last_delivered_height_for_a_lagging_store) {
     tem_free(rec);
     tem_free(cert1);
     tem_free(cert2);
+}
+END_TEST
+
+/* Once the host says block 2 is durable, the records of height 3's votes leave it out: a vote
+ * is not fsync'd with a block the disk already holds. */
+START_TEST(pbft_record_drops_the_delivered_height_once_durable) {
+    pbft_config cfg;
+    pbft_replica r;
+    pbft_actions out;
+    replica1_started(&cfg, &r, &out);
+    uint8_t h1[32], h2[32], h3[32];
+    drive_height(&r, &out, 1, true, h1);
+    pbft_actions_clear(&out);
+    drive_height(&r, &out, 2, true, h2);
+    ck_assert_uint_eq(pbft_replica_delivered(&r), 2);
+    pbft_actions_clear(&out);
+    pbft_replica_durable(&r, 1); /* an older height changes nothing */
+    pbft_replica_durable(&r, 2);
+    pbft_replica_durable(&r, 1);
+    drive_height(&r, &out, 3, false, h3);
+    size_t rlen;
+    uint8_t *rec = last_record(&out, &rlen);
+    Tem__V1__PbftVoteRecord *vr = tem__v1__pbft_vote_record__unpack(NULL, rlen, rec);
+    ck_assert_ptr_nonnull(vr);
+    ck_assert_uint_eq(vr->n_slots, 1);
+    ck_assert_uint_eq(vr->slots[0]->height, 3);
+    ck_assert(vr->slots[0]->prepared_vote);
+    tem__v1__pbft_vote_record__free_unpacked(vr, NULL);
+    tem_free(rec);
+    pbft_actions_clear(&out);
+    pbft_replica_free(&r);
 }
 END_TEST
 

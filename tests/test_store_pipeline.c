@@ -43,6 +43,16 @@ static void assert_same_tip(ledger_store *a, ledger_store *b) {
     ck_assert(memcmp(ha, hb, 32) == 0);
 }
 
+/* Closes both stores and removes their folders (paths from fx_tmpdir, freed here). */
+static void close_pair(ledger_store *a, ledger_store *b, char *da, char *db) {
+    ledger_store_close(a);
+    ledger_store_close(b);
+    fx_rmrf(da);
+    fx_rmrf(db);
+    free(da);
+    free(db);
+}
+
 START_TEST(pipelined_blocks_give_the_roots_of_sequential_ones) {
     ledger_genesis g;
     fx_genesis(&g, 4);
@@ -97,12 +107,7 @@ START_TEST(pipelined_blocks_give_the_roots_of_sequential_ones) {
         ck_assert_int_eq(ledger_store_open(db, &g, NULL, NULL, &b), LEDGER_OK);
         assert_same_tip(a, b);
         ck_assert_uint_eq(ledger_store_durable_height(b), blocks);
-        ledger_store_close(a);
-        ledger_store_close(b);
-        fx_rmrf(da);
-        fx_rmrf(db);
-        free(da);
-        free(db);
+        close_pair(a, b, da, db);
     }
     ledger_genesis_free(&g);
 }
@@ -169,14 +174,9 @@ START_TEST(the_next_block_is_built_and_checked_before_the_commit_runs) {
     tem_free(blk);
     tem_free(next);
     tem_free(next_a);
-    ledger_store_close(a);
-    ledger_store_close(b);
     sem_destroy(&at_commit);
     sem_destroy(&go_commit);
-    fx_rmrf(da);
-    fx_rmrf(db);
-    free(da);
-    free(db);
+    close_pair(a, b, da, db);
     ledger_genesis_free(&g);
 }
 END_TEST
