@@ -81,8 +81,8 @@ void node_send_pbft(node *n, uint32_t to, const uint8_t *msg, size_t len) {
     (void)send_node_msg(n, to, &m);
 }
 
-void node_request_blocks(node *n, uint64_t from) {
-    uint32_t nv = n->g.n_validators;
+/* Asks validator p for the blocks from `from` on; NET_OK when the request went out. */
+static int request_blocks_from(node *n, uint32_t p, uint64_t from) {
     Tem__V1__NodeMessage m;
     tem__v1__node_message__init(&m);
     Tem__V1__BlockRequest r = TEM__V1__BLOCK_REQUEST__INIT;
@@ -90,15 +90,19 @@ void node_request_blocks(node *n, uint64_t from) {
     r.max_blocks = NODE_SYNC_BLOCKS_MAX;
     m.kind_case = TEM__V1__NODE_MESSAGE__KIND_BLOCK_REQUEST;
     m.block_request = &r;
+    int rc = send_node_msg(n, p, &m);
+    if (rc == NET_OK) n->sync_sent_ms = uv_now(&n->loop);
+    return rc;
+}
+
+void node_request_blocks(node *n, uint64_t from) {
+    uint32_t nv = n->g.n_validators;
     /* Round-robin over connected validators, so one slow or lying peer does not stall sync. */
     for (uint32_t k = 0; k < nv; k++) {
         uint32_t p = (n->sync_rr + k) % nv;
         if ((int)p == n->self || !net_peer_connected(n->net, p)) continue;
         n->sync_rr = p + 1;
-        if (send_node_msg(n, p, &m) == NET_OK) {
-            n->sync_sent_ms = uv_now(&n->loop);
-            return;
-        }
+        if (request_blocks_from(n, p, from) == NET_OK) return;
     }
 }
 
@@ -721,7 +725,8 @@ static void sync_first_progress(node *n, uint32_t from, uint64_t tip) {
     }
 }
 
-static void got_blocks(node *n, const Tem__V1__BlockBatch *bb) {
+static void got_blocks(node *n, uint32_t from_peer, const Tem__V1__BlockBatch *bb) {
+    uint64_t before = ledger_store_height(n->store);
     for (size_t i = 0; i < bb->n_blocks && !n->stopping; i++) {
         Tem__V1__CommittedBlock *cb = bb->blocks[i];
         if (cb->height != ledger_store_height(n->store) + 1 && !n->rep_ok) continue;
@@ -743,7 +748,13 @@ static void got_blocks(node *n, const Tem__V1__BlockBatch *bb) {
         }
     }
     n->sync_sent_ms = 0;
-    if (!n->rep_ok && bb->tip_height > ledger_store_height(n->store)) node_request_blocks(n, ledger_store_height(n->store) + 1);
+    uint64_t h = ledger_store_height(n->store);
+    if (!n->rep_ok && bb->tip_height > h) node_request_blocks(n, h + 1);
+    /* A validator asks on for as long as a batch moved it forward and the peer has more: the
+     * batches that on_peer_up's request starts end at the peer's tip, or at the first batch
+     * that brought nothing new (stale or refused blocks; consensus's own fetch takes over). */
+    else if (n->rep_ok && h > before && bb->tip_height > h && from_peer < n->g.n_validators)
+        (void)request_blocks_from(n, from_peer, h + 1);
 }
 
 /* ------------------------------------------------------------------ verified-signature cache
@@ -829,7 +840,7 @@ void node_on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, size_
     case TEM__V1__NODE_MESSAGE__KIND_BLOCKS:
         if (m->blocks && !node_sync_joining(n)) {
             node_tail_got_blocks(n, p->id, m->blocks);
-            got_blocks(n, m->blocks);
+            got_blocks(n, p->id, m->blocks);
             if (p->is_validator && !n->stopping) sync_first_progress(n, p->id, m->blocks->tip_height);
         }
         break;
@@ -842,6 +853,15 @@ void node_on_frame(void *ctx, const net_peer_info *p, const uint8_t *data, size_
 static void on_peer_up(void *ctx, const net_peer_info *p) {
     node *n = ctx;
     node_log(n, NODE_LOG_INFO, "peer %u up (%s, %s)", p->id, p->remote, p->is_validator ? "validator" : "observer");
+    /* A validator that was stopped or cut off while the others went on learns it is behind
+     * only from their next votes. On a quiet chain there are none for a while, and its view
+     * timer fires first: it then sat alone in a view change for seconds before fetching
+     * (docs/performance.md, "Replay and catch-up"). So it asks each validator that connects
+     * for the blocks above its tip: one request per connect, answered with nothing when the
+     * peer has nothing newer; the blocks carry their certificates and are checked as any
+     * fetched block is. */
+    if (p->is_validator && p->id < n->g.n_validators && n->rep_ok && !n->stopping && !node_sync_joining(n))
+        (void)request_blocks_from(n, p->id, ledger_store_height(n->store) + 1);
 }
 static void on_peer_down(void *ctx, const net_peer_info *p, int reason) {
     node *n = ctx;

@@ -29,14 +29,20 @@ chain_start() {
     --meter "$dir/m1.key:$dir/p1.key:2:2000000:2000000" --meter "$dir/m2.key:$dir/p2.key:3:2000000:2000000" \
     --meter "$dir/m3.key:$dir/p3.key:4:2000000:2000000" \
     --tariff 0:300000:80000 --slot-ms 10000 --settlement-deadline-ms 5000 --out "$dir/g.json" 2>/dev/null || fail "genesis"
+  # CHAIN_GENESIS_JQ: a jq filter applied to the genesis; CHAIN_TEMD_ARGS: extra temd flags;
+  # CHAIN_START_HEIGHT: the height every node must reach before chain_start returns (2).
+  if [ -n "${CHAIN_GENESIS_JQ:-}" ]; then
+    jq "$CHAIN_GENESIS_JQ" "$dir/g.json" >"$dir/g2.json" && mv "$dir/g2.json" "$dir/g.json" || fail "genesis filter"
+  fi
   for i in 0 1 2 3; do
-    "$D" --data-dir "$dir/n$i" --genesis "$dir/g.json" --key "$dir/v$i.key" --log-level info 2>>"$dir/n$i.log" &
+    # shellcheck disable=SC2086
+    "$D" --data-dir "$dir/n$i" --genesis "$dir/g.json" --key "$dir/v$i.key" --log-level info ${CHAIN_TEMD_ARGS:-} 2>>"$dir/n$i.log" &
     PID[n$i]=$!
   done
   local end=$((SECONDS + 30))
   for i in 0 1 2 3; do
-    until [ "$(curl -s -m 2 "http://$(http $i)/v1/status" | jq -r .height 2>/dev/null || echo 0)" -ge 2 ] 2>/dev/null; do
-      [ $SECONDS -lt $end ] || fail "node $i did not commit 2 blocks"
+    until [ "$(curl -s -m 2 "http://$(http $i)/v1/status" | jq -r .height 2>/dev/null || echo -1)" -ge "${CHAIN_START_HEIGHT:-2}" ] 2>/dev/null; do
+      [ $SECONDS -lt $end ] || fail "node $i did not reach height ${CHAIN_START_HEIGHT:-2}"
       sleep 0.2
     done
   done
