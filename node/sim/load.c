@@ -673,6 +673,17 @@ static int cmp_d(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+static double tv_us(struct timeval tv) { return (double)tv.tv_sec * 1e6 + (double)tv.tv_usec; }
+
+/* What the generator itself cost: every cycle it takes is taken from the nodes it measures. */
+static void gen_cpu(ctl_load_result *out, const struct rusage *ru0, double wall_s) {
+    struct rusage ru1;
+    if (getrusage(RUSAGE_SELF, &ru1) != 0) return;
+    double us = tv_us(ru1.ru_utime) - tv_us(ru0->ru_utime) + tv_us(ru1.ru_stime) - tv_us(ru0->ru_stime);
+    out->gen_cpu_us_per_offer = out->offered ? us / (double)out->offered : 0;
+    out->gen_cpu_pct = wall_s > 0 ? us / (wall_s * 1e6) * 100.0 : 0;
+}
+
 int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
     memset(out, 0, sizeof *out);
     if (ph->rate_per_s <= 0 || ph->duration_s <= 0 || ph->batch > CTL_LOAD_BATCH_MAX) {
@@ -737,6 +748,8 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
         }
         curl_multi_poll(m, NULL, 0, 10, NULL);
     }
+    struct rusage ru0;
+    getrusage(RUSAGE_SELF, &ru0);
     double t0 = mono_s(), t_end = t0 + ph->duration_s, t_stop = t_end + ph->drain_s;
     l->run_t0 = t0;
     l->run_end = t_end;
@@ -845,6 +858,7 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
     }
     free(sig);
     free(dues);
+    gen_cpu(out, &ru0, mono_s() - t0);
     /* Results of this phase's accepted txs: due -> commit, due -> 202, 202 -> commit. */
     size_t cap = out->accepted ? out->accepted : 1;
     double *lat = malloc(cap * sizeof *lat), *ack = malloc(cap * sizeof *ack), *wait = malloc(cap * sizeof *wait);
@@ -914,7 +928,8 @@ void ctl_load_result_print(const ctl_load_result *r, FILE *f) {
             "\"committed_per_s\":%.1f,\"lat_p50_ms\":%.1f,\"lat_p99_ms\":%.1f,\"lat_max_ms\":%.1f,\"ack_p50_ms\":%.1f,"
             "\"ack_p99_ms\":%.1f,\"wait_p50_ms\":%.1f,\"wait_p99_ms\":%.1f,\"wait_max_ms\":%.1f,\"send_lag_max_ms\":%.1f,"
             "\"server_mean_ms\":%.1f,\"server_max_ms\":%.1f,"
-            "\"blocks\":%llu,\"block_interval_ms\":%.1f,\"block_gap_max_ms\":%.1f}\n",
+            "\"blocks\":%llu,\"block_interval_ms\":%.1f,\"block_gap_max_ms\":%.1f,"
+            "\"gen_cpu_us_per_offer\":%.1f,\"gen_cpu_pct\":%.1f}\n",
             r->offered_per_s, r->duration_s, (unsigned long long)r->offered, (unsigned long long)r->accepted,
             (unsigned long long)r->refused_busy, (unsigned long long)r->refused_share, (unsigned long long)r->refused_other,
             (unsigned long long)r->refused_retry_after, (unsigned long long)r->retry_after_max_s,
@@ -922,7 +937,8 @@ void ctl_load_result_print(const ctl_load_result *r, FILE *f) {
             (unsigned long long)r->uncommitted,
             (unsigned long long)r->committed_refused, r->committed_per_s, r->lat_p50_ms, r->lat_p99_ms, r->lat_max_ms,
             r->ack_p50_ms, r->ack_p99_ms, r->wait_p50_ms, r->wait_p99_ms, r->wait_max_ms, r->send_lag_max_ms,
-            r->server_mean_ms, r->server_max_ms, (unsigned long long)r->blocks, r->block_interval_ms, r->block_gap_max_ms);
+            r->server_mean_ms, r->server_max_ms, (unsigned long long)r->blocks, r->block_interval_ms, r->block_gap_max_ms,
+            r->gen_cpu_us_per_offer, r->gen_cpu_pct);
     fflush(f);
 }
 
