@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/epoll.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -198,16 +199,22 @@ typedef struct {
     double *due_t;         /*                                 and due time */
     uint32_t ndue, cap_due;
     uint32_t inflight;     /* requests sent and not answered: at most conns_per_node */
+    struct ld_req *idle;   /* requests to this node not in flight, for reuse */
 } ld_node;
 
-typedef struct {
-    uint32_t node, n;
+/* One request with its easy handle, reused for request after request to one node: creating
+ * an easy handle, its URL and header list per request was a tenth of the generator's CPU. */
+typedef struct ld_req {
+    CURL *e;
+    struct ld_req *next_idle, *next_all;
+    uint32_t node, n;      /* n txs in this request, at most the phase's batch */
+    bool bulk;             /* POST /v1/txs (length-prefixed txs) rather than /v1/tx */
     uint32_t *sig;
     double *due;
-    uint8_t *body;
+    uint8_t *body;         /* bulk only: a single tx is posted from its own bytes */
+    size_t body_cap;
     char *resp;
     size_t resp_len, resp_cap;
-    struct curl_slist *hdr;
 } ld_req;
 
 struct ctl_load {
@@ -221,6 +228,12 @@ struct ctl_load {
     uint32_t tab_mask;
     ld_node node[CTL_LOAD_NODES_MAX];
     uint32_t phase;
+    /* libcurl's event interface, driven by our epoll set (one run's) */
+    CURLM *m;
+    int epfd;
+    double tmo_at;         /* when libcurl wants CURL_SOCKET_TIMEOUT, < 0 = never */
+    ld_req *reqs;          /* every request of the run, for cleanup */
+    struct curl_slist *post_hdrs;
     /* the event stream */
     CURL *sse;
     char sse_line[1 << 16];
@@ -461,7 +474,8 @@ static size_t sse_write(char *ptr, size_t size, size_t nmemb, void *ud) {
 
 static struct curl_slist *sse_hdrs;
 
-static int sse_open(ctl_load *l, CURLM *m) {
+static int sse_open(ctl_load *l) {
+    CURLM *m = l->m;
     char url[256];
     snprintf(url, sizeof url, "http://%s/v1/events?kinds=block,tx", l->nodes[0]);
     CURL *e = curl_easy_init();
@@ -508,69 +522,103 @@ static size_t req_write(char *ptr, size_t size, size_t nmemb, void *ud) {
 }
 
 static void req_free(ld_req *r) {
-    if (!r) return;
+    if (r->e) curl_easy_cleanup(r->e);
     free(r->sig);
     free(r->due);
     free(r->body);
     free(r->resp);
-    curl_slist_free_all(r->hdr);
     free(r);
 }
 
-static int send_req(ctl_load *l, CURLM *m, uint32_t node, const uint32_t *sig, const double *due, uint32_t n, uint32_t batch,
-                    uint32_t *inflight) {
-    ld_req *r = calloc(1, sizeof *r);
-    if (!r) return -1;
+/* An idle request to `node`, or a new one with the options that never change set once. */
+static ld_req *req_get(ctl_load *l, uint32_t node, uint32_t batch) {
+    ld_node *nd = &l->node[node];
+    ld_req *r = nd->idle;
+    if (r) {
+        nd->idle = r->next_idle;
+        return r;
+    }
+    r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->sig = malloc(batch * sizeof *r->sig);
+    r->due = malloc(batch * sizeof *r->due);
+    r->e = curl_easy_init();
+    if (!r->sig || !r->due || !r->e) {
+        req_free(r);
+        return NULL;
+    }
     r->node = node;
-    r->n = n;
-    r->sig = malloc(n * sizeof *r->sig);
-    r->due = malloc(n * sizeof *r->due);
-    size_t blen = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        const ld_signer *s = &l->s[sig[i]];
-        blen += l->tx[s->txs[s->cur]].len + 4;
-    }
-    r->body = malloc(blen ? blen : 1);
-    if (!r->sig || !r->due || !r->body) {
-        req_free(r);
-        return -1;
-    }
-    size_t off = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        const ld_signer *s = &l->s[sig[i]];
-        ld_tx *t = &l->tx[s->txs[s->cur]];
-        t->due = due[i];
-        r->sig[i] = sig[i];
-        r->due[i] = due[i];
-        if (batch > 1) {
-            tem_put_u32be(r->body + off, (uint32_t)t->len);
-            off += 4;
-        }
-        memcpy(r->body + off, t->bytes, t->len);
-        off += t->len;
-    }
+    r->bulk = batch > 1;
     char url[256];
-    snprintf(url, sizeof url, "http://%s%s", l->nodes[node], batch > 1 ? "/v1/txs" : "/v1/tx");
-    r->hdr = curl_slist_append(NULL, "Content-Type: application/x-protobuf");
-    r->hdr = curl_slist_append(r->hdr, "Expect:");
-    CURL *e = curl_easy_init();
-    if (!e) {
-        req_free(r);
-        return -1;
-    }
+    snprintf(url, sizeof url, "http://%s%s", l->nodes[node], r->bulk ? "/v1/txs" : "/v1/tx");
+    CURL *e = r->e;
     curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)off);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->hdr);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, l->post_hdrs);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, req_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(e, CURLOPT_PRIVATE, r);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)l->cfg.timeout_ms);
-    if (curl_multi_add_handle(m, e) != CURLM_OK) {
-        curl_easy_cleanup(e);
-        req_free(r);
+    r->next_all = l->reqs;
+    l->reqs = r;
+    return r;
+}
+
+static void req_put(ctl_load *l, ld_req *r) {
+    r->next_idle = l->node[r->node].idle;
+    l->node[r->node].idle = r;
+}
+
+static int send_req(ctl_load *l, uint32_t node, const uint32_t *sig, const double *due, uint32_t n, uint32_t batch,
+                    uint32_t *inflight) {
+    ld_req *r = req_get(l, node, batch);
+    if (!r) return -1;
+    const uint8_t *body;
+    size_t off = 0;
+    if (!r->bulk) {
+        /* One tx: its signed bytes are the body, and they outlive the request. */
+        TEM_ASSERT(n == 1);
+        const ld_signer *s = &l->s[sig[0]];
+        ld_tx *t = &l->tx[s->txs[s->cur]];
+        body = t->bytes;
+        off = t->len;
+    } else {
+        size_t blen = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            const ld_signer *s = &l->s[sig[i]];
+            blen += l->tx[s->txs[s->cur]].len + 4;
+        }
+        if (blen > r->body_cap) {
+            uint8_t *p = realloc(r->body, blen);
+            if (!p) {
+                req_put(l, r);
+                return -1;
+            }
+            r->body = p;
+            r->body_cap = blen;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+            const ld_signer *s = &l->s[sig[i]];
+            const ld_tx *t = &l->tx[s->txs[s->cur]];
+            tem_put_u32be(r->body + off, (uint32_t)t->len);
+            memcpy(r->body + off + 4, t->bytes, t->len);
+            off += t->len + 4;
+        }
+        body = r->body;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        const ld_signer *s = &l->s[sig[i]];
+        l->tx[s->txs[s->cur]].due = due[i];
+        r->sig[i] = sig[i];
+        r->due[i] = due[i];
+    }
+    r->n = n;
+    r->resp_len = 0;
+    curl_easy_setopt(r->e, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(r->e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)off);
+    if (curl_multi_add_handle(l->m, r->e) != CURLM_OK) {
+        req_put(l, r);
         return -1;
     }
     for (uint32_t i = 0; i < n; i++) l->s[sig[i]].busy = true;
@@ -622,9 +670,8 @@ static const char *code_of(json_t *j) {
     return c ? c : "EUNKNOWN";
 }
 
-static void req_done(ctl_load *l, CURL *e, CURLcode rc) {
-    ld_req *r = NULL;
-    curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r);
+static void req_done(ctl_load *l, ld_req *r, CURLcode rc) {
+    CURL *e = r->e;
     TEM_ASSERT(l->node[r->node].inflight > 0);
     l->node[r->node].inflight--;
     long status = 0;
@@ -648,10 +695,10 @@ static void req_done(ctl_load *l, CURL *e, CURLcode rc) {
             signer_idle(l, r->sig[i]);
         }
         if (l->res->transport_errors <= 3) fprintf(stderr, "load: %s\n", curl_easy_strerror(rc));
-        req_free(r);
         return;
     }
-    json_t *j = r->resp ? json_loads(r->resp, 0, NULL) : NULL;
+    /* A single tx's 202 says all there is to know: parse only what can carry codes. */
+    json_t *j = (r->bulk || status != 202) && r->resp_len ? json_loads(r->resp, 0, NULL) : NULL;
     bool batch = json_is_array(j);
     for (uint32_t i = 0; i < r->n; i++) {
         const char *code = NULL;
@@ -665,7 +712,91 @@ static void req_done(ctl_load *l, CURL *e, CURLcode rc) {
         item_result(l, r->sig[i], r->due[i], (int)status, code, (long)ra);
     }
     json_decref(j);
-    req_free(r);
+}
+
+/* ------------------------------------------------------------------ the event loop */
+/* libcurl says which sockets to watch for what; epoll then wakes us for the ready ones only.
+ * Polling every socket each wake-up (curl_multi_poll) and walking every handle
+ * (curl_multi_perform) cost O(connections) per millisecond: at 1,024 connections that was
+ * most of the generator's CPU, taken from the nodes it measures. */
+static int ev_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp) {
+    ctl_load *l = ud;
+    (void)e;
+    if (what == CURL_POLL_REMOVE) {
+        (void)epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL); /* may be closed already: fine */
+        return 0;
+    }
+    struct epoll_event ev = {.events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u),
+                             .data.fd = fd};
+    /* sockp marks a socket libcurl has seen us add; a number reused by a new socket after
+     * an unannounced close falls back from one operation to the other. */
+    int op = sockp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (epoll_ctl(l->epfd, op, fd, &ev) != 0) {
+        if (op == EPOLL_CTL_ADD && errno == EEXIST) op = EPOLL_CTL_MOD;
+        else if (op == EPOLL_CTL_MOD && errno == ENOENT) op = EPOLL_CTL_ADD;
+        else return -1;
+        if (epoll_ctl(l->epfd, op, fd, &ev) != 0) return -1;
+    }
+    if (!sockp) curl_multi_assign(l->m, fd, l);
+    return 0;
+}
+
+static int ev_timer(CURLM *m, long ms, void *ud) {
+    ctl_load *l = ud;
+    (void)m;
+    l->tmo_at = ms < 0 ? -1 : mono_s() + (double)ms / 1000.0;
+    return 0;
+}
+
+/* Runs libcurl's due timers: new requests (curl_multi_add_handle asks for a zero timeout),
+ * request timeouts, connection steps. A few rounds at most: it must never spin. */
+static void ev_timeouts(ctl_load *l) {
+    int running;
+    for (int i = 0; i < 4 && l->tmo_at >= 0 && mono_s() >= l->tmo_at; i++) {
+        l->tmo_at = -1; /* one-shot, like a timerfd: libcurl sets the next one */
+        curl_multi_socket_action(l->m, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
+}
+
+/* Waits up to wait_ms (less if a libcurl timer comes first) and hands libcurl the ready
+ * sockets. */
+static void ev_wait(ctl_load *l, int wait_ms) {
+    if (l->tmo_at >= 0) {
+        double rem = ceil((l->tmo_at - mono_s()) * 1000.0);
+        if (rem < wait_ms) wait_ms = rem > 0 ? (int)rem : 0;
+    }
+    struct epoll_event ev[256];
+    int n = epoll_wait(l->epfd, ev, 256, wait_ms), running;
+    for (int i = 0; i < n; i++) {
+        int act = (ev[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) | (ev[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0);
+        /* Error or hang-up alone: 0 lets libcurl look at the socket itself. */
+        curl_multi_socket_action(l->m, ev[i].data.fd, act, &running);
+    }
+    ev_timeouts(l);
+}
+
+/* Finished transfers: a request's results, or the event stream to reopen. */
+static void ev_done(ctl_load *l, uint32_t *inflight) {
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(l->m, &left))) {
+        if (msg->msg != CURLMSG_DONE) continue;
+        CURL *e = msg->easy_handle;
+        CURLcode rc = msg->data.result;
+        curl_multi_remove_handle(l->m, e);
+        if (e == l->sse) {
+            /* The node dropped the stream (slow reader, restart): resume after the last id. */
+            curl_easy_cleanup(e);
+            l->sse = NULL;
+            if (sse_open(l) != 0) l->sse = NULL;
+            continue;
+        }
+        ld_req *r = NULL;
+        curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r);
+        req_done(l, r, rc);
+        req_put(l, r);
+        (*inflight)--;
+    }
 }
 
 static int cmp_d(const void *a, const void *b) {
@@ -715,10 +846,25 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
         nd->ndue = 0;
         nd->inflight = 0;
     }
-    CURLM *m = curl_multi_init();
-    if (!m) return -1;
+    l->epfd = epoll_create1(EPOLL_CLOEXEC);
+    l->tmo_at = -1;
+    l->post_hdrs = curl_slist_append(NULL, "Content-Type: application/x-protobuf");
+    if (l->post_hdrs) l->post_hdrs = curl_slist_append(l->post_hdrs, "Expect:");
+    CURLM *m = l->m = curl_multi_init();
+    if (l->epfd < 0 || !l->post_hdrs || !m) {
+        if (m) curl_multi_cleanup(m);
+        l->m = NULL;
+        if (l->epfd >= 0) close(l->epfd);
+        curl_slist_free_all(l->post_hdrs);
+        l->post_hdrs = NULL;
+        return -1;
+    }
     curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, (long)l->cfg.conns_per_node);
     curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)(l->cfg.conns_per_node * l->cfg.n_nodes + 4));
+    curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, ev_socket);
+    curl_multi_setopt(m, CURLMOPT_SOCKETDATA, l);
+    curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, ev_timer);
+    curl_multi_setopt(m, CURLMOPT_TIMERDATA, l);
     l->sse_live = false;
     l->last_id[0] = 0;
     l->blocks = 0;
@@ -730,11 +876,11 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
     l->srv_n = 0;
     l->run_t0 = l->run_end = 1e300;
     l->warm_from = 1e300;
-    int ret = -1, running = 0;
-    if (sse_open(l, m) != 0) goto out;
+    int ret = -1;
+    if (sse_open(l) != 0) goto out;
     /* The stream must be live before the first offer, or early commits would be missed. */
     for (double until = mono_s() + 10; !l->sse_live;) {
-        curl_multi_perform(m, &running);
+        ev_timeouts(l);
         CURLMsg *msg;
         int left;
         while ((msg = curl_multi_info_read(m, &left)))
@@ -746,7 +892,7 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
             fprintf(stderr, "load: no event stream from %s\n", l->nodes[0]);
             goto out;
         }
-        curl_multi_poll(m, NULL, 0, 10, NULL);
+        ev_wait(l, 10);
     }
     struct rusage ru0;
     getrusage(RUSAGE_SELF, &ru0);
@@ -764,6 +910,7 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
         goto out;
     }
     for (;;) {
+        ev_done(l, &inflight);
         double now = mono_s();
         /* Every offer whose due time has come, each to the next node in turn. */
         for (;;) {
@@ -808,7 +955,7 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
                 memcpy(dues, nd->due_t + off, c * sizeof *dues);
                 double lag = (now - dues[0]) * 1000.0;
                 if (lag > out->send_lag_max_ms) out->send_lag_max_ms = lag;
-                if (send_req(l, m, n, sig, dues, c, batch, &inflight) != 0) {
+                if (send_req(l, n, sig, dues, c, batch, &inflight) != 0) {
                     for (uint32_t i = 0; i < c; i++) signer_idle(l, sig[i]);
                     out->transport_errors += c;
                 } else {
@@ -823,38 +970,21 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
                 nd->ndue -= off;
             }
         }
-        curl_multi_perform(m, &running);
-        CURLMsg *msg;
-        int left;
-        while ((msg = curl_multi_info_read(m, &left))) {
-            if (msg->msg != CURLMSG_DONE) continue;
-            CURL *e = msg->easy_handle;
-            CURLcode rc = msg->data.result;
-            curl_multi_remove_handle(m, e);
-            if (e == l->sse) {
-                /* The node dropped the stream (slow reader, restart): resume after the last id. */
-                curl_easy_cleanup(e);
-                l->sse = NULL;
-                if (sse_open(l, m) != 0) l->sse = NULL;
-                continue;
-            }
-            req_done(l, e, rc);
-            curl_easy_cleanup(e);
-            inflight--;
-        }
+        /* Start what was just added (libcurl asks for a zero timeout on each). */
+        ev_timeouts(l);
         now = mono_s();
         bool queued = false;
         for (uint32_t n = 0; n < l->cfg.n_nodes; n++) queued |= l->node[n].ndue > 0;
         if (now >= t_end && inflight == 0 && !queued && (l->ph_committed >= l->ph_accepted || now >= t_stop)) break;
         double next = t0 + (double)k / ph->rate_per_s;
         /* Never a zero wait: at thousands of offers per second the next one is always under a
-         * millisecond away, and spinning on curl_multi_perform took half of a 2-core machine
+         * millisecond away, and spinning on libcurl took half of a 2-core machine
          * from the nodes it measures. Offers due within the same millisecond leave together;
          * their latency still counts from each one's own due time. */
         int wait_ms = now >= t_end ? 20 : (int)ceil((next - now) * 1000.0);
         if (wait_ms < 1) wait_ms = 1;
         if (wait_ms > 20) wait_ms = 20;
-        curl_multi_poll(m, NULL, 0, wait_ms, NULL);
+        ev_wait(l, wait_ms);
     }
     free(sig);
     free(dues);
@@ -913,8 +1043,21 @@ out:
         curl_easy_cleanup(l->sse);
         l->sse = NULL;
     }
-    /* Requests still in flight (only on an early exit) are abandoned with their handles. */
+    /* Requests still in flight (only on an early exit) are removed first; removing an idle
+     * one is a no-op. */
+    for (ld_req *r = l->reqs, *nx; r; r = nx) {
+        nx = r->next_all;
+        curl_multi_remove_handle(m, r->e);
+        req_free(r);
+    }
+    l->reqs = NULL;
+    for (uint32_t n = 0; n < CTL_LOAD_NODES_MAX; n++) l->node[n].idle = NULL;
     curl_multi_cleanup(m);
+    l->m = NULL;
+    close(l->epfd);
+    l->epfd = -1;
+    curl_slist_free_all(l->post_hdrs);
+    l->post_hdrs = NULL;
     curl_slist_free_all(sse_hdrs);
     sse_hdrs = NULL;
     return ret;
