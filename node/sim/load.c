@@ -232,6 +232,12 @@ struct ctl_load {
     CURLM *m;
     int epfd;
     double tmo_at;         /* when libcurl wants CURL_SOCKET_TIMEOUT, < 0 = never */
+    /* Per descriptor: the events it is registered for in epfd (0 = not in the set), and
+     * whether libcurl watches it now. A connection libcurl stops watching between requests
+     * stays registered ("parked"), so a keep-alive request costs no epoll_ctl at all. */
+    uint32_t *fd_reg;
+    bool *fd_live;
+    size_t fd_cap;
     ld_req *reqs;          /* every request of the run, for cleanup */
     struct curl_slist *post_hdrs;
     /* the event stream */
@@ -473,6 +479,7 @@ static size_t sse_write(char *ptr, size_t size, size_t nmemb, void *ud) {
 }
 
 static struct curl_slist *sse_hdrs;
+static int ev_close(void *ud, curl_socket_t fd);
 
 static int sse_open(ctl_load *l) {
     CURLM *m = l->m;
@@ -493,6 +500,8 @@ static int sse_open(ctl_load *l) {
     curl_easy_setopt(e, CURLOPT_WRITEDATA, l);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, ev_close);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, l);
     l->sse_len = 0;
     l->sse_event[0] = 0;
     if (curl_multi_add_handle(m, e) != CURLM_OK) {
@@ -560,6 +569,8 @@ static ld_req *req_get(ctl_load *l, uint32_t node, uint32_t batch) {
     curl_easy_setopt(e, CURLOPT_PRIVATE, r);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)l->cfg.timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, ev_close);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, l);
     r->next_all = l->reqs;
     l->reqs = r;
     return r;
@@ -722,23 +733,52 @@ static void req_done(ctl_load *l, ld_req *r, CURLcode rc) {
 static int ev_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp) {
     ctl_load *l = ud;
     (void)e;
+    (void)sockp;
+    if (fd < 0) return -1;
+    if ((size_t)fd >= l->fd_cap) {
+        if (what == CURL_POLL_REMOVE) return 0;
+        size_t cap = l->fd_cap ? l->fd_cap : 1024;
+        while (cap <= (size_t)fd) cap *= 2;
+        uint32_t *reg = realloc(l->fd_reg, cap * sizeof *reg);
+        if (!reg) return -1;
+        l->fd_reg = reg;
+        bool *live = realloc(l->fd_live, cap * sizeof *live);
+        if (!live) return -1;
+        l->fd_live = live;
+        memset(reg + l->fd_cap, 0, (cap - l->fd_cap) * sizeof *reg);
+        memset(live + l->fd_cap, 0, (cap - l->fd_cap) * sizeof *live);
+        l->fd_cap = cap;
+    }
     if (what == CURL_POLL_REMOVE) {
-        (void)epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL); /* may be closed already: fine */
+        l->fd_live[fd] = false; /* parked: see ev_wait and ev_close */
         return 0;
     }
-    struct epoll_event ev = {.events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u),
-                             .data.fd = fd};
-    /* sockp marks a socket libcurl has seen us add; a number reused by a new socket after
-     * an unannounced close falls back from one operation to the other. */
-    int op = sockp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    uint32_t want = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u);
+    l->fd_live[fd] = true;
+    if (l->fd_reg[fd] == want) return 0;
+    struct epoll_event ev = {.events = want, .data.fd = fd};
+    int op = !want ? EPOLL_CTL_DEL : l->fd_reg[fd] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
     if (epoll_ctl(l->epfd, op, fd, &ev) != 0) {
+        /* Our record was stale (cannot happen while every close goes through ev_close):
+         * do what the kernel's state needs. */
         if (op == EPOLL_CTL_ADD && errno == EEXIST) op = EPOLL_CTL_MOD;
         else if (op == EPOLL_CTL_MOD && errno == ENOENT) op = EPOLL_CTL_ADD;
-        else return -1;
-        if (epoll_ctl(l->epfd, op, fd, &ev) != 0) return -1;
+        else if (op != EPOLL_CTL_DEL) return -1;
+        if (op != EPOLL_CTL_DEL && epoll_ctl(l->epfd, op, fd, &ev) != 0) return -1;
     }
-    if (!sockp) curl_multi_assign(l->m, fd, l);
+    l->fd_reg[fd] = want;
     return 0;
+}
+
+/* libcurl closes a connection: a closed descriptor leaves the epoll set by itself, and its
+ * number may come back as a new socket that must be added afresh. */
+static int ev_close(void *ud, curl_socket_t fd) {
+    ctl_load *l = ud;
+    if (fd >= 0 && (size_t)fd < l->fd_cap) {
+        l->fd_reg[fd] = 0;
+        l->fd_live[fd] = false;
+    }
+    return close(fd);
 }
 
 static int ev_timer(CURLM *m, long ms, void *ud) {
@@ -768,9 +808,17 @@ static void ev_wait(ctl_load *l, int wait_ms) {
     struct epoll_event ev[256];
     int n = epoll_wait(l->epfd, ev, 256, wait_ms), running;
     for (int i = 0; i < n; i++) {
+        int fd = ev[i].data.fd;
+        if ((size_t)fd < l->fd_cap && !l->fd_live[fd]) {
+            /* A parked connection stirred (the node closed it, most likely): stop watching
+             * it; libcurl finds it dead when it next looks. */
+            (void)epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
+            l->fd_reg[fd] = 0;
+            continue;
+        }
         int act = (ev[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) | (ev[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0);
         /* Error or hang-up alone: 0 lets libcurl look at the socket itself. */
-        curl_multi_socket_action(l->m, ev[i].data.fd, act, &running);
+        curl_multi_socket_action(l->m, fd, act, &running);
     }
     ev_timeouts(l);
 }
@@ -1056,6 +1104,11 @@ out:
     l->m = NULL;
     close(l->epfd);
     l->epfd = -1;
+    free(l->fd_reg);
+    free(l->fd_live);
+    l->fd_reg = NULL;
+    l->fd_live = NULL;
+    l->fd_cap = 0;
     curl_slist_free_all(l->post_hdrs);
     l->post_hdrs = NULL;
     curl_slist_free_all(sse_hdrs);
