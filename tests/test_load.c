@@ -1,12 +1,13 @@
 /* test_load.c: Check suite for the open-loop load generator (node/sim/load.c) against a fake
  * node in a thread: plain sockets speaking just enough HTTP/1.1 for POST /v1/tx, POST /v1/txs
- * and GET /v1/events. The fake node decodes every tx it receives, refuses every fifth one
- * 503 EBUSY with Retry-After, and announces each accepted one at once on its event stream.
- * Asserted against the fake node's own counts: the number of offers a phase makes (the open-loop
- * schedule: one per 1/rate from the phase's start), that each answer is counted once and as what
- * it was through reused requests and connections, that every signer's nonces arrive in order
- * without a gap (a refused tx is offered again), and that latency runs from the due time. No
- * time is asserted. */
+ * and GET /v1/events, on two ports (two nodes to the generator, one chain: one event stream for
+ * both). It decodes every tx it receives, refuses every fifth one 503 EBUSY with Retry-After,
+ * and announces each accepted one at once on its event stream. Asserted against the fake
+ * node's own counts: the number of offers a phase makes (the open-loop schedule: one per
+ * 1/rate from the phase's start), that each answer is counted once and as what it was through
+ * reused requests and connections, that every signer's txs reach its own node and its nonces
+ * arrive in order without a gap (a refused tx is offered again), and that latency runs from
+ * the due time. No time is asserted. */
 #include <check.h>
 #include <jansson.h>
 #include <netinet/in.h>
@@ -23,13 +24,15 @@
 
 typedef struct {
     int fd;
+    int node; /* which listening socket it came in on */
     bool sse;
     char in[1 << 16];
     size_t len;
 } fconn;
 
+/* Two listening sockets: two "nodes" to the generator (signer i to node i % 2), one chain. */
 typedef struct {
-    int lfd, port;
+    int lfd[2], port[2];
     pthread_t th;
     atomic_bool stop;
     fconn c[CONNS_MAX];
@@ -50,7 +53,7 @@ static void send_all(int fd, const char *p, size_t n) {
 }
 
 /* One tx: its answer (NULL = accepted) and, when accepted, its commit event. */
-static const char *fnode_tx(fnode *f, const uint8_t *b, size_t n, char hex[65]) {
+static const char *fnode_tx(fnode *f, int node, const uint8_t *b, size_t n, char hex[65]) {
     ledger_tx_limits lim = {.chain_id = NULL, .max_tx_bytes = 1 << 16, .max_admin_tx_bytes = 1 << 16};
     ledger_tx tx = {0};
     f->received++;
@@ -66,8 +69,8 @@ static const char *fnode_tx(fnode *f, const uint8_t *b, size_t n, char hex[65]) 
         if (tx.body->signer.len == 33 && !memcmp(tx.body->signer.data, f->pub[i], 33)) si = i;
     uint64_t nonce = tx.body->nonce;
     ledger_tx_free(&tx);
-    if (si < 0) {
-        f->bad++;
+    if (si < 0 || si % 2 != node) {
+        f->bad++; /* not a signer, or not this node's */
         return "ESIGNER";
     }
     if (nonce != f->next_nonce[si]) f->gaps++;
@@ -115,7 +118,7 @@ static bool fnode_serve(fnode *f, fconn *c) {
             f->sse_fd = c->fd;
         } else if (!strncmp(c->in, "POST /v1/tx ", 12)) {
             f->requests++;
-            const char *code = fnode_tx(f, body, blen, hex);
+            const char *code = fnode_tx(f, c->node, body, blen, hex);
             char out[160];
             if (!code) snprintf(out, sizeof out, "{\"txid\":\"%s\"}", hex);
             else snprintf(out, sizeof out, "{\"error\":\"refused\",\"code\":\"%s\"}", code);
@@ -131,7 +134,7 @@ static bool fnode_serve(fnode *f, fconn *c) {
             for (size_t off = 0; off + 4 <= blen && o < sizeof out - 200;) {
                 size_t n = tem_get_u32be(body + off);
                 if (off + 4 + n > blen) break;
-                const char *code = fnode_tx(f, body + off + 4, n, hex);
+                const char *code = fnode_tx(f, c->node, body + off + 4, n, hex);
                 off += 4 + n;
                 busy |= code && !strcmp(code, "EBUSY");
                 if (o > 1) out[o++] = ',';
@@ -153,10 +156,12 @@ static bool fnode_serve(fnode *f, fconn *c) {
 static void *fnode_main(void *arg) {
     fnode *f = arg;
     while (!f->stop) {
-        struct pollfd p[CONNS_MAX + 1];
-        int map[CONNS_MAX + 1], n = 0;
-        p[n] = (struct pollfd){.fd = f->lfd, .events = POLLIN};
-        map[n++] = -1;
+        struct pollfd p[CONNS_MAX + 2];
+        int map[CONNS_MAX + 2], n = 0;
+        for (int k = 0; k < 2; k++) {
+            p[n] = (struct pollfd){.fd = f->lfd[k], .events = POLLIN};
+            map[n++] = -1 - k;
+        }
         for (int i = 0; i < CONNS_MAX; i++)
             if (f->c[i].fd >= 0) {
                 p[n] = (struct pollfd){.fd = f->c[i].fd, .events = POLLIN};
@@ -166,11 +171,11 @@ static void *fnode_main(void *arg) {
         for (int k = 0; k < n; k++) {
             if (!p[k].revents) continue;
             if (map[k] < 0) {
-                int fd = accept(f->lfd, NULL, NULL);
+                int fd = accept(f->lfd[-1 - map[k]], NULL, NULL);
                 int i = 0;
                 while (i < CONNS_MAX && f->c[i].fd >= 0) i++;
                 if (fd >= 0 && i == CONNS_MAX) close(fd);
-                else if (fd >= 0) f->c[i] = (fconn){.fd = fd};
+                else if (fd >= 0) f->c[i] = (fconn){.fd = fd, .node = -1 - map[k]};
                 continue;
             }
             fconn *c = &f->c[map[k]];
@@ -194,14 +199,16 @@ static void fnode_start(fnode *f, uint64_t seed) {
         uint8_t sec[32];
         ctl_load_signer_key(seed, i, sec, f->pub[i]);
     }
-    f->lfd = socket(AF_INET, SOCK_STREAM, 0);
-    ck_assert_int_ge(f->lfd, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK), .sin_port = 0};
-    ck_assert_int_eq(bind(f->lfd, (struct sockaddr *)&a, sizeof a), 0);
-    ck_assert_int_eq(listen(f->lfd, 64), 0);
-    socklen_t al = sizeof a;
-    ck_assert_int_eq(getsockname(f->lfd, (struct sockaddr *)&a, &al), 0);
-    f->port = ntohs(a.sin_port);
+    for (int k = 0; k < 2; k++) {
+        f->lfd[k] = socket(AF_INET, SOCK_STREAM, 0);
+        ck_assert_int_ge(f->lfd[k], 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK), .sin_port = 0};
+        ck_assert_int_eq(bind(f->lfd[k], (struct sockaddr *)&a, sizeof a), 0);
+        ck_assert_int_eq(listen(f->lfd[k], 64), 0);
+        socklen_t al = sizeof a;
+        ck_assert_int_eq(getsockname(f->lfd[k], (struct sockaddr *)&a, &al), 0);
+        f->port[k] = ntohs(a.sin_port);
+    }
     ck_assert_int_eq(pthread_create(&f->th, NULL, fnode_main, f), 0);
 }
 
@@ -210,7 +217,8 @@ static void fnode_stop(fnode *f) {
     pthread_join(f->th, NULL);
     for (int i = 0; i < CONNS_MAX; i++)
         if (f->c[i].fd >= 0) close(f->c[i].fd);
-    close(f->lfd);
+    close(f->lfd[0]);
+    close(f->lfd[1]);
 }
 
 /* A genesis with one validator and the seed's signers, as ctl_load_new needs. */
@@ -273,11 +281,12 @@ START_TEST(load_offers_on_schedule_and_counts_each_answer_once) {
     write_genesis(gpath, seed);
     static fnode f;
     fnode_start(&f, seed);
-    char node[32];
-    snprintf(node, sizeof node, "127.0.0.1:%d", f.port);
-    const char *nodes[] = {node};
+    char node[2][32];
+    snprintf(node[0], sizeof node[0], "127.0.0.1:%d", f.port[0]);
+    snprintf(node[1], sizeof node[1], "127.0.0.1:%d", f.port[1]);
+    const char *nodes[] = {node[0], node[1]};
     /* Few connections for many requests: requests and connections are reused. */
-    ctl_load_config lc = {.nodes = nodes, .n_nodes = 1, .genesis = gpath, .seed = seed, .signers = SIGNERS,
+    ctl_load_config lc = {.nodes = nodes, .n_nodes = 2, .genesis = gpath, .seed = seed, .signers = SIGNERS,
                           .conns_per_node = 4, .timeout_ms = 5000, .fresh = true};
     ctl_load *l = NULL;
     ck_assert_int_eq(ctl_load_new(&lc, &l), 0);

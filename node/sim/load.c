@@ -200,6 +200,14 @@ typedef struct {
     uint32_t ndue, cap_due;
     uint32_t inflight;     /* requests sent and not answered: at most conns_per_node */
     struct ld_req *idle;   /* requests to this node not in flight, for reuse */
+    /* A multi handle per node (sharing one epoll set): libcurl 7.88's
+     * curl_multi_remove_handle walks every connection of its multi handle after each
+     * keep-alive transfer, so one handle over all nodes' connections cost O(all of them) per
+     * request. */
+    CURLM *m;
+    double tmo_at;         /* when libcurl wants CURL_SOCKET_TIMEOUT on m, < 0 = never */
+    struct ctl_load *l;
+    uint32_t idx;
 } ld_node;
 
 /* One request with its easy handle, reused for request after request to one node: creating
@@ -228,10 +236,8 @@ struct ctl_load {
     uint32_t tab_mask;
     ld_node node[CTL_LOAD_NODES_MAX];
     uint32_t phase;
-    /* libcurl's event interface, driven by our epoll set (one run's) */
-    CURLM *m;
+    /* libcurl's event interface (the nodes' multi handles), driven by our epoll set */
     int epfd;
-    double tmo_at;         /* when libcurl wants CURL_SOCKET_TIMEOUT, < 0 = never */
     /* Per descriptor: the events it is registered for in epfd (0 = not in the set), and
      * whether libcurl watches it now. A connection libcurl stops watching between requests
      * stays registered ("parked"), so a keep-alive request costs no epoll_ctl at all. */
@@ -482,7 +488,7 @@ static struct curl_slist *sse_hdrs;
 static int ev_close(void *ud, curl_socket_t fd);
 
 static int sse_open(ctl_load *l) {
-    CURLM *m = l->m;
+    CURLM *m = l->node[0].m;
     char url[256];
     snprintf(url, sizeof url, "http://%s/v1/events?kinds=block,tx", l->nodes[0]);
     CURL *e = curl_easy_init();
@@ -628,7 +634,7 @@ static int send_req(ctl_load *l, uint32_t node, const uint32_t *sig, const doubl
     r->resp_len = 0;
     curl_easy_setopt(r->e, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(r->e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)off);
-    if (curl_multi_add_handle(l->m, r->e) != CURLM_OK) {
+    if (curl_multi_add_handle(l->node[node].m, r->e) != CURLM_OK) {
         req_put(l, r);
         return -1;
     }
@@ -731,7 +737,8 @@ static void req_done(ctl_load *l, ld_req *r, CURLcode rc) {
  * (curl_multi_perform) cost O(connections) per millisecond: at 1,024 connections that was
  * most of the generator's CPU, taken from the nodes it measures. */
 static int ev_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp) {
-    ctl_load *l = ud;
+    ld_node *nd = ud;
+    ctl_load *l = nd->l;
     (void)e;
     (void)sockp;
     if (fd < 0) return -1;
@@ -756,7 +763,7 @@ static int ev_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp)
     uint32_t want = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u);
     l->fd_live[fd] = true;
     if (l->fd_reg[fd] == want) return 0;
-    struct epoll_event ev = {.events = want, .data.fd = fd};
+    struct epoll_event ev = {.events = want, .data.u64 = (uint64_t)nd->idx << 32 | (uint32_t)fd};
     int op = !want ? EPOLL_CTL_DEL : l->fd_reg[fd] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
     if (epoll_ctl(l->epfd, op, fd, &ev) != 0) {
         /* Our record was stale (cannot happen while every close goes through ev_close):
@@ -782,9 +789,9 @@ static int ev_close(void *ud, curl_socket_t fd) {
 }
 
 static int ev_timer(CURLM *m, long ms, void *ud) {
-    ctl_load *l = ud;
+    ld_node *nd = ud;
     (void)m;
-    l->tmo_at = ms < 0 ? -1 : mono_s() + (double)ms / 1000.0;
+    nd->tmo_at = ms < 0 ? -1 : mono_s() + (double)ms / 1000.0;
     return 0;
 }
 
@@ -792,23 +799,28 @@ static int ev_timer(CURLM *m, long ms, void *ud) {
  * request timeouts, connection steps. A few rounds at most: it must never spin. */
 static void ev_timeouts(ctl_load *l) {
     int running;
-    for (int i = 0; i < 4 && l->tmo_at >= 0 && mono_s() >= l->tmo_at; i++) {
-        l->tmo_at = -1; /* one-shot, like a timerfd: libcurl sets the next one */
-        curl_multi_socket_action(l->m, CURL_SOCKET_TIMEOUT, 0, &running);
+    for (uint32_t n = 0; n < l->cfg.n_nodes; n++) {
+        ld_node *nd = &l->node[n];
+        for (int i = 0; i < 4 && nd->tmo_at >= 0 && mono_s() >= nd->tmo_at; i++) {
+            nd->tmo_at = -1; /* one-shot, like a timerfd: libcurl sets the next one */
+            curl_multi_socket_action(nd->m, CURL_SOCKET_TIMEOUT, 0, &running);
+        }
     }
 }
 
 /* Waits up to wait_ms (less if a libcurl timer comes first) and hands libcurl the ready
  * sockets. */
 static void ev_wait(ctl_load *l, int wait_ms) {
-    if (l->tmo_at >= 0) {
-        double rem = ceil((l->tmo_at - mono_s()) * 1000.0);
+    for (uint32_t k = 0; k < l->cfg.n_nodes; k++) {
+        if (l->node[k].tmo_at < 0) continue;
+        double rem = ceil((l->node[k].tmo_at - mono_s()) * 1000.0);
         if (rem < wait_ms) wait_ms = rem > 0 ? (int)rem : 0;
     }
     struct epoll_event ev[256];
     int n = epoll_wait(l->epfd, ev, 256, wait_ms), running;
     for (int i = 0; i < n; i++) {
-        int fd = ev[i].data.fd;
+        int fd = (int)(uint32_t)ev[i].data.u64;
+        uint32_t node = (uint32_t)(ev[i].data.u64 >> 32);
         if ((size_t)fd < l->fd_cap && !l->fd_live[fd]) {
             /* A parked connection stirred (the node closed it, most likely): stop watching
              * it; libcurl finds it dead when it next looks. */
@@ -818,7 +830,7 @@ static void ev_wait(ctl_load *l, int wait_ms) {
         }
         int act = (ev[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) | (ev[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0);
         /* Error or hang-up alone: 0 lets libcurl look at the socket itself. */
-        curl_multi_socket_action(l->m, fd, act, &running);
+        curl_multi_socket_action(l->node[node].m, fd, act, &running);
     }
     ev_timeouts(l);
 }
@@ -827,23 +839,25 @@ static void ev_wait(ctl_load *l, int wait_ms) {
 static void ev_done(ctl_load *l, uint32_t *inflight) {
     CURLMsg *msg;
     int left;
-    while ((msg = curl_multi_info_read(l->m, &left))) {
-        if (msg->msg != CURLMSG_DONE) continue;
-        CURL *e = msg->easy_handle;
-        CURLcode rc = msg->data.result;
-        curl_multi_remove_handle(l->m, e);
-        if (e == l->sse) {
-            /* The node dropped the stream (slow reader, restart): resume after the last id. */
-            curl_easy_cleanup(e);
-            l->sse = NULL;
-            if (sse_open(l) != 0) l->sse = NULL;
-            continue;
+    for (uint32_t n = 0; n < l->cfg.n_nodes; n++) {
+        while ((msg = curl_multi_info_read(l->node[n].m, &left))) {
+            if (msg->msg != CURLMSG_DONE) continue;
+            CURL *e = msg->easy_handle;
+            CURLcode rc = msg->data.result;
+            curl_multi_remove_handle(l->node[n].m, e);
+            if (e == l->sse) {
+                /* The node dropped the stream (slow reader, restart): resume after the last id. */
+                curl_easy_cleanup(e);
+                l->sse = NULL;
+                if (sse_open(l) != 0) l->sse = NULL;
+                continue;
+            }
+            ld_req *r = NULL;
+            curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r);
+            req_done(l, r, rc);
+            req_put(l, r);
+            (*inflight)--;
         }
-        ld_req *r = NULL;
-        curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r);
-        req_done(l, r, rc);
-        req_put(l, r);
-        (*inflight)--;
     }
 }
 
@@ -895,24 +909,38 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
         nd->inflight = 0;
     }
     l->epfd = epoll_create1(EPOLL_CLOEXEC);
-    l->tmo_at = -1;
     l->post_hdrs = curl_slist_append(NULL, "Content-Type: application/x-protobuf");
     if (l->post_hdrs) l->post_hdrs = curl_slist_append(l->post_hdrs, "Expect:");
-    CURLM *m = l->m = curl_multi_init();
-    if (l->epfd < 0 || !l->post_hdrs || !m) {
-        if (m) curl_multi_cleanup(m);
-        l->m = NULL;
+    bool ok = l->epfd >= 0 && l->post_hdrs;
+    for (uint32_t n = 0; n < l->cfg.n_nodes; n++) {
+        ld_node *nd = &l->node[n];
+        nd->l = l;
+        nd->idx = n;
+        nd->tmo_at = -1;
+        CURLM *mn = nd->m = curl_multi_init();
+        if (!mn) {
+            ok = false;
+            continue;
+        }
+        curl_multi_setopt(mn, CURLMOPT_MAX_HOST_CONNECTIONS, (long)l->cfg.conns_per_node);
+        curl_multi_setopt(mn, CURLMOPT_MAXCONNECTS, (long)(l->cfg.conns_per_node + 4));
+        curl_multi_setopt(mn, CURLMOPT_SOCKETFUNCTION, ev_socket);
+        curl_multi_setopt(mn, CURLMOPT_SOCKETDATA, nd);
+        curl_multi_setopt(mn, CURLMOPT_TIMERFUNCTION, ev_timer);
+        curl_multi_setopt(mn, CURLMOPT_TIMERDATA, nd);
+    }
+    if (!ok) {
+        for (uint32_t n = 0; n < l->cfg.n_nodes; n++) {
+            if (l->node[n].m) curl_multi_cleanup(l->node[n].m);
+            l->node[n].m = NULL;
+        }
         if (l->epfd >= 0) close(l->epfd);
+        l->epfd = -1;
         curl_slist_free_all(l->post_hdrs);
         l->post_hdrs = NULL;
         return -1;
     }
-    curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, (long)l->cfg.conns_per_node);
-    curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)(l->cfg.conns_per_node * l->cfg.n_nodes + 4));
-    curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, ev_socket);
-    curl_multi_setopt(m, CURLMOPT_SOCKETDATA, l);
-    curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, ev_timer);
-    curl_multi_setopt(m, CURLMOPT_TIMERDATA, l);
+    CURLM *m = l->node[0].m; /* the event stream's */
     l->sse_live = false;
     l->last_id[0] = 0;
     l->blocks = 0;
@@ -1095,13 +1123,15 @@ out:
      * one is a no-op. */
     for (ld_req *r = l->reqs, *nx; r; r = nx) {
         nx = r->next_all;
-        curl_multi_remove_handle(m, r->e);
+        curl_multi_remove_handle(l->node[r->node].m, r->e);
         req_free(r);
     }
     l->reqs = NULL;
-    for (uint32_t n = 0; n < CTL_LOAD_NODES_MAX; n++) l->node[n].idle = NULL;
-    curl_multi_cleanup(m);
-    l->m = NULL;
+    for (uint32_t n = 0; n < CTL_LOAD_NODES_MAX; n++) {
+        l->node[n].idle = NULL;
+        if (l->node[n].m) curl_multi_cleanup(l->node[n].m);
+        l->node[n].m = NULL;
+    }
     close(l->epfd);
     l->epfd = -1;
     free(l->fd_reg);
