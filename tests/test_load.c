@@ -6,8 +6,9 @@
  * node's own counts: the number of offers a phase makes (the open-loop schedule: one per
  * 1/rate from the phase's start), that each answer is counted once and as what it was through
  * reused requests and connections, that every signer's txs reach its own node and its nonces
- * arrive in order without a gap (a refused tx is offered again), and that latency runs from
- * the due time. No time is asserted. */
+ * arrive in order without a gap (a refused tx is offered again), that a cut event stream is
+ * resumed after the last id seen, and that latency runs from the due time. No time is
+ * asserted. */
 #include <check.h>
 #include <jansson.h>
 #include <netinet/in.h>
@@ -21,6 +22,8 @@
 
 #define SIGNERS 256
 #define CONNS_MAX 64
+#define LOG_MAX 4096
+#define DROP_AT 100 /* the event stream is cut once, after the event with this id */
 
 typedef struct {
     int fd;
@@ -39,6 +42,9 @@ typedef struct {
     int sse_fd;
     uint8_t pub[SIGNERS][33];
     uint64_t next_nonce[SIGNERS];
+    char log[LOG_MAX + 1][65]; /* txid of the commit event with id i */
+    unsigned sse_opens;
+    long resumed_from;         /* Last-Event-ID of the latest stream request, -1 none */
     /* counts, read by the test after the generator's run (the thread runs on) */
     atomic_ulong received, accepted, refused, gaps, requests, bulk_requests, bad;
 } fnode;
@@ -50,6 +56,13 @@ static void send_all(int fd, const char *p, size_t n) {
         p += w;
         n -= (size_t)w;
     }
+}
+
+static void fnode_event(fnode *f, int fd, unsigned long id) {
+    char ev[160];
+    int k = snprintf(ev, sizeof ev, "event: tx\nid: %lu\ndata: {\"txid\":\"%s\",\"status\":\"committed\"}\n\n", id,
+                     f->log[id]);
+    send_all(fd, ev, (size_t)k);
 }
 
 /* One tx: its answer (NULL = accepted) and, when accepted, its commit event. */
@@ -80,11 +93,14 @@ static const char *fnode_tx(fnode *f, int node, const uint8_t *b, size_t n, char
     }
     f->next_nonce[si] = nonce + 1;
     f->accepted++;
-    if (f->sse_fd >= 0) {
-        char ev[160];
-        int k = snprintf(ev, sizeof ev, "event: tx\nid: %lu\ndata: {\"txid\":\"%s\",\"status\":\"committed\"}\n\n",
-                         (unsigned long)f->accepted, hex);
-        send_all(f->sse_fd, ev, (size_t)k);
+    if (f->accepted <= LOG_MAX) memcpy(f->log[f->accepted], hex, 65);
+    else f->bad++;
+    if (f->sse_fd >= 0) fnode_event(f, f->sse_fd, (unsigned long)f->accepted);
+    if (f->accepted == DROP_AT && f->sse_fd >= 0) {
+        /* As a node does to a slow reader: the stream ends; the generator must resume after
+         * the last id it saw, and the events in between are replayed then. */
+        shutdown(f->sse_fd, SHUT_RDWR);
+        f->sse_fd = -1;
     }
     return NULL;
 }
@@ -116,6 +132,12 @@ static bool fnode_serve(fnode *f, fconn *c) {
             send_all(c->fd, h, sizeof h - 1);
             c->sse = true;
             f->sse_fd = c->fd;
+            f->sse_opens++;
+            const char *le = strcasestr(c->in, "\r\nlast-event-id:");
+            f->resumed_from = le && le < eoh ? strtol(le + 16, NULL, 10) : -1;
+            for (unsigned long id = f->resumed_from > 0 ? (unsigned long)f->resumed_from + 1 : 1;
+                 id <= f->accepted && id <= LOG_MAX; id++)
+                fnode_event(f, c->fd, id);
         } else if (!strncmp(c->in, "POST /v1/tx ", 12)) {
             f->requests++;
             const char *code = fnode_tx(f, c->node, body, blen, hex);
@@ -299,6 +321,9 @@ START_TEST(load_offers_on_schedule_and_counts_each_answer_once) {
     check_phase(&r, 600, f.accepted - acc0, f.refused - ref0);
     ck_assert_uint_eq(f.bulk_requests, 0);
     ck_assert_uint_eq(f.requests, f.received);
+    /* The stream cut after id DROP_AT was reopened once, resuming after that id. */
+    ck_assert_uint_eq(f.sse_opens, 2);
+    ck_assert_int_eq(f.resumed_from, DROP_AT);
 
     /* The same rate in requests of up to 8 txs on POST /v1/txs; nonces carry over. */
     ph.batch = 8;
@@ -313,6 +338,7 @@ START_TEST(load_offers_on_schedule_and_counts_each_answer_once) {
 
     ck_assert_uint_eq(f.gaps, 0);
     ck_assert_uint_eq(f.bad, 0);
+    ck_assert_uint_eq(f.sse_opens, 3); /* the second phase opened its own */
     ctl_load_free(l);
     fnode_stop(&f);
     unlink(gpath);
