@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/epoll.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -198,16 +199,31 @@ typedef struct {
     double *due_t;         /*                                 and due time */
     uint32_t ndue, cap_due;
     uint32_t inflight;     /* requests sent and not answered: at most conns_per_node */
+    struct ld_req *idle;   /* requests to this node not in flight, for reuse */
+    /* A multi handle per node (sharing one epoll set): libcurl 7.88's
+     * curl_multi_remove_handle walks every connection of its multi handle after each
+     * keep-alive transfer, so one handle over all nodes' connections cost O(all of them) per
+     * request. */
+    CURLM *m;
+    double tmo_at;         /* when libcurl wants CURL_SOCKET_TIMEOUT on m, < 0 = never */
+    struct ctl_load *l;
+    uint32_t idx;
 } ld_node;
 
-typedef struct {
-    uint32_t node, n;
+/* One request with its easy handle, reused for request after request to one node: an easy
+ * handle, its URL, header list and body created and freed per request kept malloc and free
+ * high in the generator's profile. */
+typedef struct ld_req {
+    CURL *e;
+    struct ld_req *next_idle, *next_all;
+    uint32_t node, n;      /* n txs in this request, at most the phase's batch */
+    bool bulk;             /* POST /v1/txs (length-prefixed txs) rather than /v1/tx */
     uint32_t *sig;
     double *due;
-    uint8_t *body;
+    uint8_t *body;         /* bulk only: a single tx is posted from its own bytes */
+    size_t body_cap;
     char *resp;
     size_t resp_len, resp_cap;
-    struct curl_slist *hdr;
 } ld_req;
 
 struct ctl_load {
@@ -221,6 +237,16 @@ struct ctl_load {
     uint32_t tab_mask;
     ld_node node[CTL_LOAD_NODES_MAX];
     uint32_t phase;
+    /* libcurl's event interface (the nodes' multi handles), driven by our epoll set */
+    int epfd;
+    /* Per descriptor: the events it is registered for in epfd (0 = not in the set), and
+     * whether libcurl watches it now. A connection libcurl stops watching between requests
+     * stays registered ("parked"), so a keep-alive request costs no epoll_ctl at all. */
+    uint32_t *fd_reg;
+    bool *fd_live;
+    size_t fd_cap;
+    ld_req *reqs;          /* every request of the run, for cleanup */
+    struct curl_slist *post_hdrs;
     /* the event stream */
     CURL *sse;
     char sse_line[1 << 16];
@@ -460,8 +486,10 @@ static size_t sse_write(char *ptr, size_t size, size_t nmemb, void *ud) {
 }
 
 static struct curl_slist *sse_hdrs;
+static int ev_close(void *ud, curl_socket_t fd);
 
-static int sse_open(ctl_load *l, CURLM *m) {
+static int sse_open(ctl_load *l) {
+    CURLM *m = l->node[0].m;
     char url[256];
     snprintf(url, sizeof url, "http://%s/v1/events?kinds=block,tx", l->nodes[0]);
     CURL *e = curl_easy_init();
@@ -479,6 +507,8 @@ static int sse_open(ctl_load *l, CURLM *m) {
     curl_easy_setopt(e, CURLOPT_WRITEDATA, l);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, ev_close);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, l);
     l->sse_len = 0;
     l->sse_event[0] = 0;
     if (curl_multi_add_handle(m, e) != CURLM_OK) {
@@ -508,69 +538,105 @@ static size_t req_write(char *ptr, size_t size, size_t nmemb, void *ud) {
 }
 
 static void req_free(ld_req *r) {
-    if (!r) return;
+    if (r->e) curl_easy_cleanup(r->e);
     free(r->sig);
     free(r->due);
     free(r->body);
     free(r->resp);
-    curl_slist_free_all(r->hdr);
     free(r);
 }
 
-static int send_req(ctl_load *l, CURLM *m, uint32_t node, const uint32_t *sig, const double *due, uint32_t n, uint32_t batch,
-                    uint32_t *inflight) {
-    ld_req *r = calloc(1, sizeof *r);
-    if (!r) return -1;
+/* An idle request to `node`, or a new one with the options that never change set once. */
+static ld_req *req_get(ctl_load *l, uint32_t node, uint32_t batch) {
+    ld_node *nd = &l->node[node];
+    ld_req *r = nd->idle;
+    if (r) {
+        nd->idle = r->next_idle;
+        return r;
+    }
+    r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->sig = malloc(batch * sizeof *r->sig);
+    r->due = malloc(batch * sizeof *r->due);
+    r->e = curl_easy_init();
+    if (!r->sig || !r->due || !r->e) {
+        req_free(r);
+        return NULL;
+    }
     r->node = node;
-    r->n = n;
-    r->sig = malloc(n * sizeof *r->sig);
-    r->due = malloc(n * sizeof *r->due);
-    size_t blen = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        const ld_signer *s = &l->s[sig[i]];
-        blen += l->tx[s->txs[s->cur]].len + 4;
-    }
-    r->body = malloc(blen ? blen : 1);
-    if (!r->sig || !r->due || !r->body) {
-        req_free(r);
-        return -1;
-    }
-    size_t off = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        const ld_signer *s = &l->s[sig[i]];
-        ld_tx *t = &l->tx[s->txs[s->cur]];
-        t->due = due[i];
-        r->sig[i] = sig[i];
-        r->due[i] = due[i];
-        if (batch > 1) {
-            tem_put_u32be(r->body + off, (uint32_t)t->len);
-            off += 4;
-        }
-        memcpy(r->body + off, t->bytes, t->len);
-        off += t->len;
-    }
+    r->bulk = batch > 1;
     char url[256];
-    snprintf(url, sizeof url, "http://%s%s", l->nodes[node], batch > 1 ? "/v1/txs" : "/v1/tx");
-    r->hdr = curl_slist_append(NULL, "Content-Type: application/x-protobuf");
-    r->hdr = curl_slist_append(r->hdr, "Expect:");
-    CURL *e = curl_easy_init();
-    if (!e) {
-        req_free(r);
-        return -1;
-    }
+    snprintf(url, sizeof url, "http://%s%s", l->nodes[node], r->bulk ? "/v1/txs" : "/v1/tx");
+    CURL *e = r->e;
     curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)off);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->hdr);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, l->post_hdrs);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, req_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(e, CURLOPT_PRIVATE, r);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)l->cfg.timeout_ms);
-    if (curl_multi_add_handle(m, e) != CURLM_OK) {
-        curl_easy_cleanup(e);
-        req_free(r);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, ev_close);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, l);
+    r->next_all = l->reqs;
+    l->reqs = r;
+    return r;
+}
+
+static void req_put(ctl_load *l, ld_req *r) {
+    r->next_idle = l->node[r->node].idle;
+    l->node[r->node].idle = r;
+}
+
+static int send_req(ctl_load *l, uint32_t node, const uint32_t *sig, const double *due, uint32_t n, uint32_t batch,
+                    uint32_t *inflight) {
+    ld_req *r = req_get(l, node, batch);
+    if (!r) return -1;
+    const uint8_t *body;
+    size_t off = 0;
+    if (!r->bulk) {
+        /* One tx: its signed bytes are the body, and they outlive the request. */
+        TEM_ASSERT(n == 1);
+        const ld_signer *s = &l->s[sig[0]];
+        ld_tx *t = &l->tx[s->txs[s->cur]];
+        body = t->bytes;
+        off = t->len;
+    } else {
+        size_t blen = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            const ld_signer *s = &l->s[sig[i]];
+            blen += l->tx[s->txs[s->cur]].len + 4;
+        }
+        if (blen > r->body_cap) {
+            uint8_t *p = realloc(r->body, blen);
+            if (!p) {
+                req_put(l, r);
+                return -1;
+            }
+            r->body = p;
+            r->body_cap = blen;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+            const ld_signer *s = &l->s[sig[i]];
+            const ld_tx *t = &l->tx[s->txs[s->cur]];
+            tem_put_u32be(r->body + off, (uint32_t)t->len);
+            memcpy(r->body + off + 4, t->bytes, t->len);
+            off += t->len + 4;
+        }
+        body = r->body;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        const ld_signer *s = &l->s[sig[i]];
+        l->tx[s->txs[s->cur]].due = due[i];
+        r->sig[i] = sig[i];
+        r->due[i] = due[i];
+    }
+    r->n = n;
+    r->resp_len = 0;
+    curl_easy_setopt(r->e, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(r->e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)off);
+    if (curl_multi_add_handle(l->node[node].m, r->e) != CURLM_OK) {
+        req_put(l, r);
         return -1;
     }
     for (uint32_t i = 0; i < n; i++) l->s[sig[i]].busy = true;
@@ -622,9 +688,8 @@ static const char *code_of(json_t *j) {
     return c ? c : "EUNKNOWN";
 }
 
-static void req_done(ctl_load *l, CURL *e, CURLcode rc) {
-    ld_req *r = NULL;
-    curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r);
+static void req_done(ctl_load *l, ld_req *r, CURLcode rc) {
+    CURL *e = r->e;
     TEM_ASSERT(l->node[r->node].inflight > 0);
     l->node[r->node].inflight--;
     long status = 0;
@@ -648,10 +713,10 @@ static void req_done(ctl_load *l, CURL *e, CURLcode rc) {
             signer_idle(l, r->sig[i]);
         }
         if (l->res->transport_errors <= 3) fprintf(stderr, "load: %s\n", curl_easy_strerror(rc));
-        req_free(r);
         return;
     }
-    json_t *j = r->resp ? json_loads(r->resp, 0, NULL) : NULL;
+    /* A single tx's 202 says all there is to know: parse only what can carry codes. */
+    json_t *j = (r->bulk || status != 202) && r->resp_len ? json_loads(r->resp, 0, NULL) : NULL;
     bool batch = json_is_array(j);
     for (uint32_t i = 0; i < r->n; i++) {
         const char *code = NULL;
@@ -665,12 +730,152 @@ static void req_done(ctl_load *l, CURL *e, CURLcode rc) {
         item_result(l, r->sig[i], r->due[i], (int)status, code, (long)ra);
     }
     json_decref(j);
-    req_free(r);
+}
+
+/* ------------------------------------------------------------------ the event loop */
+/* libcurl says which sockets to watch for what; epoll then wakes us for the ready ones only.
+ * Polling every socket each wake-up (curl_multi_poll) and walking every handle
+ * (curl_multi_perform) cost O(connections) per millisecond: at 1,024 connections that was
+ * most of the generator's CPU, taken from the nodes it measures. */
+static int ev_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp) {
+    ld_node *nd = ud;
+    ctl_load *l = nd->l;
+    (void)e;
+    (void)sockp;
+    if (fd < 0) return -1;
+    if ((size_t)fd >= l->fd_cap) {
+        if (what == CURL_POLL_REMOVE) return 0;
+        size_t cap = l->fd_cap ? l->fd_cap : 1024;
+        while (cap <= (size_t)fd) cap *= 2;
+        uint32_t *reg = realloc(l->fd_reg, cap * sizeof *reg);
+        if (!reg) return -1;
+        l->fd_reg = reg;
+        bool *live = realloc(l->fd_live, cap * sizeof *live);
+        if (!live) return -1;
+        l->fd_live = live;
+        memset(reg + l->fd_cap, 0, (cap - l->fd_cap) * sizeof *reg);
+        memset(live + l->fd_cap, 0, (cap - l->fd_cap) * sizeof *live);
+        l->fd_cap = cap;
+    }
+    if (what == CURL_POLL_REMOVE) {
+        l->fd_live[fd] = false; /* parked: see ev_wait and ev_close */
+        return 0;
+    }
+    uint32_t want = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u);
+    l->fd_live[fd] = true;
+    if (l->fd_reg[fd] == want) return 0;
+    struct epoll_event ev = {.events = want, .data.u64 = (uint64_t)nd->idx << 32 | (uint32_t)fd};
+    int op = !want ? EPOLL_CTL_DEL : l->fd_reg[fd] ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (epoll_ctl(l->epfd, op, fd, &ev) != 0) {
+        /* Our record was stale (cannot happen while every close goes through ev_close):
+         * do what the kernel's state needs. */
+        if (op == EPOLL_CTL_ADD && errno == EEXIST) op = EPOLL_CTL_MOD;
+        else if (op == EPOLL_CTL_MOD && errno == ENOENT) op = EPOLL_CTL_ADD;
+        else if (op != EPOLL_CTL_DEL) return -1;
+        if (op != EPOLL_CTL_DEL && epoll_ctl(l->epfd, op, fd, &ev) != 0) return -1;
+    }
+    l->fd_reg[fd] = want;
+    return 0;
+}
+
+/* libcurl closes a connection: a closed descriptor leaves the epoll set by itself, and its
+ * number may come back as a new socket that must be added afresh. */
+static int ev_close(void *ud, curl_socket_t fd) {
+    ctl_load *l = ud;
+    if (fd >= 0 && (size_t)fd < l->fd_cap) {
+        l->fd_reg[fd] = 0;
+        l->fd_live[fd] = false;
+    }
+    return close(fd);
+}
+
+static int ev_timer(CURLM *m, long ms, void *ud) {
+    ld_node *nd = ud;
+    (void)m;
+    nd->tmo_at = ms < 0 ? -1 : mono_s() + (double)ms / 1000.0;
+    return 0;
+}
+
+/* Runs libcurl's due timers: new requests (curl_multi_add_handle asks for a zero timeout),
+ * request timeouts, connection steps. A few rounds at most: it must never spin. */
+static void ev_timeouts(ctl_load *l) {
+    int running;
+    for (uint32_t n = 0; n < l->cfg.n_nodes; n++) {
+        ld_node *nd = &l->node[n];
+        for (int i = 0; i < 4 && nd->tmo_at >= 0 && mono_s() >= nd->tmo_at; i++) {
+            nd->tmo_at = -1; /* one-shot, like a timerfd: libcurl sets the next one */
+            curl_multi_socket_action(nd->m, CURL_SOCKET_TIMEOUT, 0, &running);
+        }
+    }
+}
+
+/* Waits up to wait_ms (less if a libcurl timer comes first) and hands libcurl the ready
+ * sockets. */
+static void ev_wait(ctl_load *l, int wait_ms) {
+    for (uint32_t k = 0; k < l->cfg.n_nodes; k++) {
+        if (l->node[k].tmo_at < 0) continue;
+        double rem = ceil((l->node[k].tmo_at - mono_s()) * 1000.0);
+        if (rem < wait_ms) wait_ms = rem > 0 ? (int)rem : 0;
+    }
+    struct epoll_event ev[256];
+    int n = epoll_wait(l->epfd, ev, 256, wait_ms), running;
+    for (int i = 0; i < n; i++) {
+        int fd = (int)(uint32_t)ev[i].data.u64;
+        uint32_t node = (uint32_t)(ev[i].data.u64 >> 32);
+        if ((size_t)fd < l->fd_cap && !l->fd_live[fd]) {
+            /* A parked connection stirred (the node closed it, most likely): stop watching
+             * it; libcurl finds it dead when it next looks. */
+            (void)epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
+            l->fd_reg[fd] = 0;
+            continue;
+        }
+        int act = (ev[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) | (ev[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0);
+        /* Error or hang-up alone: 0 lets libcurl look at the socket itself. */
+        curl_multi_socket_action(l->node[node].m, fd, act, &running);
+    }
+    ev_timeouts(l);
+}
+
+/* Finished transfers: a request's results, or the event stream to reopen. */
+static void ev_done(ctl_load *l, uint32_t *inflight) {
+    CURLMsg *msg;
+    int left;
+    for (uint32_t n = 0; n < l->cfg.n_nodes; n++) {
+        while ((msg = curl_multi_info_read(l->node[n].m, &left))) {
+            if (msg->msg != CURLMSG_DONE) continue;
+            CURL *e = msg->easy_handle;
+            CURLcode rc = msg->data.result;
+            curl_multi_remove_handle(l->node[n].m, e);
+            if (e == l->sse) {
+                /* The node dropped the stream (slow reader, restart): resume after the last id. */
+                curl_easy_cleanup(e);
+                l->sse = NULL;
+                if (sse_open(l) != 0) l->sse = NULL;
+                continue;
+            }
+            ld_req *r = NULL;
+            curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r);
+            req_done(l, r, rc);
+            req_put(l, r);
+            (*inflight)--;
+        }
+    }
 }
 
 static int cmp_d(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
+}
+
+static double tv_us(struct timeval tv) { return (double)tv.tv_sec * 1e6 + (double)tv.tv_usec; }
+
+/* What the generator itself cost: every cycle it takes is taken from the nodes it measures. */
+static void gen_cpu(ctl_load_result *out, const struct rusage *ru0, double wall_s) {
+    struct rusage ru1;
+    if (getrusage(RUSAGE_SELF, &ru1) != 0) return;
+    double us = tv_us(ru1.ru_utime) - tv_us(ru0->ru_utime) + tv_us(ru1.ru_stime) - tv_us(ru0->ru_stime);
+    out->gen_cpu_us_per_offer = out->offered ? us / (double)out->offered : 0;
+    out->gen_cpu_pct = wall_s > 0 ? us / (wall_s * 1e6) * 100.0 : 0;
 }
 
 int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
@@ -704,10 +909,39 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
         nd->ndue = 0;
         nd->inflight = 0;
     }
-    CURLM *m = curl_multi_init();
-    if (!m) return -1;
-    curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, (long)l->cfg.conns_per_node);
-    curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)(l->cfg.conns_per_node * l->cfg.n_nodes + 4));
+    l->epfd = epoll_create1(EPOLL_CLOEXEC);
+    l->post_hdrs = curl_slist_append(NULL, "Content-Type: application/x-protobuf");
+    if (l->post_hdrs) l->post_hdrs = curl_slist_append(l->post_hdrs, "Expect:");
+    bool ok = l->epfd >= 0 && l->post_hdrs;
+    for (uint32_t n = 0; n < l->cfg.n_nodes; n++) {
+        ld_node *nd = &l->node[n];
+        nd->l = l;
+        nd->idx = n;
+        nd->tmo_at = -1;
+        CURLM *mn = nd->m = curl_multi_init();
+        if (!mn) {
+            ok = false;
+            continue;
+        }
+        curl_multi_setopt(mn, CURLMOPT_MAX_HOST_CONNECTIONS, (long)l->cfg.conns_per_node);
+        curl_multi_setopt(mn, CURLMOPT_MAXCONNECTS, (long)(l->cfg.conns_per_node + 4));
+        curl_multi_setopt(mn, CURLMOPT_SOCKETFUNCTION, ev_socket);
+        curl_multi_setopt(mn, CURLMOPT_SOCKETDATA, nd);
+        curl_multi_setopt(mn, CURLMOPT_TIMERFUNCTION, ev_timer);
+        curl_multi_setopt(mn, CURLMOPT_TIMERDATA, nd);
+    }
+    if (!ok) {
+        for (uint32_t n = 0; n < l->cfg.n_nodes; n++) {
+            if (l->node[n].m) curl_multi_cleanup(l->node[n].m);
+            l->node[n].m = NULL;
+        }
+        if (l->epfd >= 0) close(l->epfd);
+        l->epfd = -1;
+        curl_slist_free_all(l->post_hdrs);
+        l->post_hdrs = NULL;
+        return -1;
+    }
+    CURLM *m = l->node[0].m; /* the event stream's */
     l->sse_live = false;
     l->last_id[0] = 0;
     l->blocks = 0;
@@ -719,11 +953,11 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
     l->srv_n = 0;
     l->run_t0 = l->run_end = 1e300;
     l->warm_from = 1e300;
-    int ret = -1, running = 0;
-    if (sse_open(l, m) != 0) goto out;
+    int ret = -1;
+    if (sse_open(l) != 0) goto out;
     /* The stream must be live before the first offer, or early commits would be missed. */
     for (double until = mono_s() + 10; !l->sse_live;) {
-        curl_multi_perform(m, &running);
+        ev_timeouts(l);
         CURLMsg *msg;
         int left;
         while ((msg = curl_multi_info_read(m, &left)))
@@ -735,8 +969,10 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
             fprintf(stderr, "load: no event stream from %s\n", l->nodes[0]);
             goto out;
         }
-        curl_multi_poll(m, NULL, 0, 10, NULL);
+        ev_wait(l, 10);
     }
+    struct rusage ru0;
+    getrusage(RUSAGE_SELF, &ru0);
     double t0 = mono_s(), t_end = t0 + ph->duration_s, t_stop = t_end + ph->drain_s;
     l->run_t0 = t0;
     l->run_end = t_end;
@@ -751,6 +987,7 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
         goto out;
     }
     for (;;) {
+        ev_done(l, &inflight);
         double now = mono_s();
         /* Every offer whose due time has come, each to the next node in turn. */
         for (;;) {
@@ -795,7 +1032,7 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
                 memcpy(dues, nd->due_t + off, c * sizeof *dues);
                 double lag = (now - dues[0]) * 1000.0;
                 if (lag > out->send_lag_max_ms) out->send_lag_max_ms = lag;
-                if (send_req(l, m, n, sig, dues, c, batch, &inflight) != 0) {
+                if (send_req(l, n, sig, dues, c, batch, &inflight) != 0) {
                     for (uint32_t i = 0; i < c; i++) signer_idle(l, sig[i]);
                     out->transport_errors += c;
                 } else {
@@ -810,41 +1047,25 @@ int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
                 nd->ndue -= off;
             }
         }
-        curl_multi_perform(m, &running);
-        CURLMsg *msg;
-        int left;
-        while ((msg = curl_multi_info_read(m, &left))) {
-            if (msg->msg != CURLMSG_DONE) continue;
-            CURL *e = msg->easy_handle;
-            CURLcode rc = msg->data.result;
-            curl_multi_remove_handle(m, e);
-            if (e == l->sse) {
-                /* The node dropped the stream (slow reader, restart): resume after the last id. */
-                curl_easy_cleanup(e);
-                l->sse = NULL;
-                if (sse_open(l, m) != 0) l->sse = NULL;
-                continue;
-            }
-            req_done(l, e, rc);
-            curl_easy_cleanup(e);
-            inflight--;
-        }
+        /* Start what was just added (libcurl asks for a zero timeout on each). */
+        ev_timeouts(l);
         now = mono_s();
         bool queued = false;
         for (uint32_t n = 0; n < l->cfg.n_nodes; n++) queued |= l->node[n].ndue > 0;
         if (now >= t_end && inflight == 0 && !queued && (l->ph_committed >= l->ph_accepted || now >= t_stop)) break;
         double next = t0 + (double)k / ph->rate_per_s;
         /* Never a zero wait: at thousands of offers per second the next one is always under a
-         * millisecond away, and spinning on curl_multi_perform took half of a 2-core machine
+         * millisecond away, and spinning on libcurl took half of a 2-core machine
          * from the nodes it measures. Offers due within the same millisecond leave together;
          * their latency still counts from each one's own due time. */
         int wait_ms = now >= t_end ? 20 : (int)ceil((next - now) * 1000.0);
         if (wait_ms < 1) wait_ms = 1;
         if (wait_ms > 20) wait_ms = 20;
-        curl_multi_poll(m, NULL, 0, wait_ms, NULL);
+        ev_wait(l, wait_ms);
     }
     free(sig);
     free(dues);
+    gen_cpu(out, &ru0, mono_s() - t0);
     /* Results of this phase's accepted txs: due -> commit, due -> 202, 202 -> commit. */
     size_t cap = out->accepted ? out->accepted : 1;
     double *lat = malloc(cap * sizeof *lat), *ack = malloc(cap * sizeof *ack), *wait = malloc(cap * sizeof *wait);
@@ -899,8 +1120,28 @@ out:
         curl_easy_cleanup(l->sse);
         l->sse = NULL;
     }
-    /* Requests still in flight (only on an early exit) are abandoned with their handles. */
-    curl_multi_cleanup(m);
+    /* Requests still in flight (only on an early exit) are removed first; removing an idle
+     * one is a no-op. */
+    for (ld_req *r = l->reqs, *nx; r; r = nx) {
+        nx = r->next_all;
+        curl_multi_remove_handle(l->node[r->node].m, r->e);
+        req_free(r);
+    }
+    l->reqs = NULL;
+    for (uint32_t n = 0; n < CTL_LOAD_NODES_MAX; n++) {
+        l->node[n].idle = NULL;
+        if (l->node[n].m) curl_multi_cleanup(l->node[n].m);
+        l->node[n].m = NULL;
+    }
+    close(l->epfd);
+    l->epfd = -1;
+    free(l->fd_reg);
+    free(l->fd_live);
+    l->fd_reg = NULL;
+    l->fd_live = NULL;
+    l->fd_cap = 0;
+    curl_slist_free_all(l->post_hdrs);
+    l->post_hdrs = NULL;
     curl_slist_free_all(sse_hdrs);
     sse_hdrs = NULL;
     return ret;
@@ -914,7 +1155,8 @@ void ctl_load_result_print(const ctl_load_result *r, FILE *f) {
             "\"committed_per_s\":%.1f,\"lat_p50_ms\":%.1f,\"lat_p99_ms\":%.1f,\"lat_max_ms\":%.1f,\"ack_p50_ms\":%.1f,"
             "\"ack_p99_ms\":%.1f,\"wait_p50_ms\":%.1f,\"wait_p99_ms\":%.1f,\"wait_max_ms\":%.1f,\"send_lag_max_ms\":%.1f,"
             "\"server_mean_ms\":%.1f,\"server_max_ms\":%.1f,"
-            "\"blocks\":%llu,\"block_interval_ms\":%.1f,\"block_gap_max_ms\":%.1f}\n",
+            "\"blocks\":%llu,\"block_interval_ms\":%.1f,\"block_gap_max_ms\":%.1f,"
+            "\"gen_cpu_us_per_offer\":%.1f,\"gen_cpu_pct\":%.1f}\n",
             r->offered_per_s, r->duration_s, (unsigned long long)r->offered, (unsigned long long)r->accepted,
             (unsigned long long)r->refused_busy, (unsigned long long)r->refused_share, (unsigned long long)r->refused_other,
             (unsigned long long)r->refused_retry_after, (unsigned long long)r->retry_after_max_s,
@@ -922,7 +1164,8 @@ void ctl_load_result_print(const ctl_load_result *r, FILE *f) {
             (unsigned long long)r->uncommitted,
             (unsigned long long)r->committed_refused, r->committed_per_s, r->lat_p50_ms, r->lat_p99_ms, r->lat_max_ms,
             r->ack_p50_ms, r->ack_p99_ms, r->wait_p50_ms, r->wait_p99_ms, r->wait_max_ms, r->send_lag_max_ms,
-            r->server_mean_ms, r->server_max_ms, (unsigned long long)r->blocks, r->block_interval_ms, r->block_gap_max_ms);
+            r->server_mean_ms, r->server_max_ms, (unsigned long long)r->blocks, r->block_interval_ms, r->block_gap_max_ms,
+            r->gen_cpu_us_per_offer, r->gen_cpu_pct);
     fflush(f);
 }
 

@@ -102,6 +102,9 @@ typedef struct {
     uint64_t blocks;           /* blocks seen while offering */
     double block_interval_ms;  /* mean interval of those blocks */
     double block_gap_max_ms;   /* longest time without a block while offering */
+    double gen_cpu_us_per_offer; /* the generator's own CPU (user + system, getrusage) from the
+                                  * first offer to the end of the drain, per offer */
+    double gen_cpu_pct;        /* ... as a share of one core over that time */
 } ctl_load_result;
 
 /* Reads the genesis, derives the signers' keys and asks node 0 for each signer's next nonce.
