@@ -1512,6 +1512,19 @@ static int on_timer(pbft_replica *r, const pbft_event *ev, pbft_actions *out) {
                 return PBFT_OK;
             }
         }
+        /* The others deliver in this view and this replica is the slow one (f+1 of them signed
+         * heights above its next, or a checkpoint or the view floor is above it): the primary
+         * is not at fault. A view change of its own would leave it alone in a view the others
+         * do not enter, out of the normal case until their next view change, which costs the
+         * cluster its one allowed fault (an overloaded validator falling behind did this,
+         * docs/performance.md "Overload runs that collapse"). It fetches instead and looks
+         * again after a timeout; if the cluster stops, it stops being behind once it has what
+         * the others delivered, and the next timeout starts the view change. */
+        if (!r->in_view_change && is_behind(r)) {
+            set_timer(r, out, PBFT_TIMER_VIEW, view_timeout(r));
+            maybe_fetch(r, out, true);
+            return PBFT_OK;
+        }
         /* No progress in this view (or no NEW-VIEW for it): try the next primary, waiting
          * longer each time until a block is delivered again. */
         int rc = start_view_change(r, r->view + 1, out);

@@ -180,6 +180,7 @@ typedef struct cluster {
     /* pending node work */
     uint64_t want_proposal[N_MAX];
     uint64_t want_fetch[N_MAX];
+    bool hold_fetch[N_MAX]; /* a fetch stays unanswered while set */
     struct {
         uint64_t h;
         uint8_t hash[32];
@@ -385,7 +386,7 @@ static uint32_t cl_run(cluster *c, uint32_t budget) {
                                  PBFT_OK);
                 work = true;
             }
-            if (c->want_fetch[i]) {
+            if (c->want_fetch[i] && !c->hold_fetch[i]) {
                 uint64_t from = c->want_fetch[i];
                 c->want_fetch[i] = 0;
                 uint32_t best = i;
@@ -1127,6 +1128,51 @@ START_TEST(pbft_replica_that_missed_a_view_change_joins_it_from_votes) {
 }
 END_TEST
 
+/* A replica the others left behind (cut off while they delivered) whose view timer fires
+ * before its fetch is answered does not start a view change of its own: the others deliver in
+ * this view, so the primary is not at fault. It fetches, stays in their view and votes again.
+ * (Before, it went to view 1 alone and stayed out of the normal case.) */
+START_TEST(pbft_lagging_replica_fetches_instead_of_changing_view) {
+    cluster *c = tem_calloc(1, sizeof *c);
+    cl_init(c, 4, 4);
+    cl_run_to(c, 3);
+    cl_run(c, 200000);
+    uint64_t before = cl_min_delivered(c);
+    c->cut[3] = true;
+    cl_run_to(c, before + 3);
+    ck_assert_uint_eq(c->delivered_n[3], before);
+    /* Back, but its fetches go unanswered: it hears the votes for the next height, f+1 of them
+     * above its own next one. */
+    c->cut[3] = false;
+    c->hold_fetch[3] = true;
+    cl_run_to(c, before + 5);
+    ck_assert_uint_ge(c->delivered_n[0], before + 5);
+    ck_assert_uint_eq(c->delivered_n[3], before);
+    ck_assert_uint_ne(c->want_fetch[3], 0);
+    ck_assert_uint_ne(c->view_timer[3], 0);
+    cl_fire_view_timer(c, 3);
+    cl_run(c, 200000);
+    ck_assert_uint_eq(pbft_replica_view(&c->r[3]), 0);
+    ck_assert(!pbft_replica_in_view_change(&c->r[3]));
+    ck_assert_uint_eq(c->want_fetch[3], before + 1);
+    ck_assert_uint_ne(c->view_timer[3], 0); /* armed again: it looks again after a timeout */
+    /* The fetch is answered: it catches up in view 0 and votes, so that with replica 2 cut off
+     * 0, 1 and 3 are exactly a quorum of 4. */
+    c->hold_fetch[3] = false;
+    cl_run_to(c, before + 8);
+    ck_assert_uint_ge(c->delivered_n[3], before + 8);
+    uint64_t h = cl_min_delivered(c);
+    c->cut[2] = true;
+    cl_run_to(c, h + 4);
+    ck_assert_uint_ge(c->delivered_n[3], h + 4);
+    ck_assert_uint_ge(c->delivered_n[0], h + 4);
+    ck_assert_uint_eq(pbft_replica_view(&c->r[0]), 0);
+    cl_assert_agreement(c);
+    cl_free(c);
+    tem_free(c);
+}
+END_TEST
+
 /* Regression: a view-change storm. Timeouts keep firing while the new primary is still
  * collecting VIEW-CHANGEs; replicas must not race ahead through views on their own. */
 START_TEST(pbft_regression_view_change_storm_does_not_run_views_away) {
@@ -1560,6 +1606,7 @@ static Suite *suite(void) {
     tcase_add_test(c, pbft_record_drops_the_delivered_height_once_durable);
     tcase_add_test(c, pbft_view_change_replaces_a_silent_primary_and_keeps_committed_blocks);
     tcase_add_test(c, pbft_replica_that_missed_a_view_change_joins_it_from_votes);
+    tcase_add_test(c, pbft_lagging_replica_fetches_instead_of_changing_view);
     tcase_add_test(c, pbft_regression_view_change_storm_does_not_run_views_away);
     tcase_add_test(c, pbft_regression_checkpoint_stable_during_view_change);
     tcase_add_test(c, pbft_regression_restart_mid_view_change_resumes_it);
