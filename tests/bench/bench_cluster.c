@@ -38,6 +38,12 @@ static void cleanup(void) {
     ctl_load_cluster_stop(&cl);
     memset(&cl, 0, sizeof cl);
     if (!dir[0]) return;
+    /* KEEP=1 leaves each chain's data dirs and logs, as bench_replay does (diagnosis). */
+    if (getenv("KEEP")) {
+        fprintf(stderr, "bench_cluster: kept %s\n", dir);
+        dir[0] = 0;
+        return;
+    }
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) fprintf(stderr, "bench_cluster: cannot remove %s\n", dir);
