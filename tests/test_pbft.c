@@ -1173,6 +1173,48 @@ START_TEST(pbft_lagging_replica_fetches_instead_of_changing_view) {
 }
 END_TEST
 
+/* Who gains by the rule above: f Byzantine validators would, if they could make an honest
+ * replica believe it is behind, keep it from asking for a new view while their primary stalls.
+ * They cannot: one validator (f = 1 of 4) signing votes far above the replica's next height is
+ * not f+1, so with the primary silent the replica's timer still starts the view change. */
+/* Replica 3 of a quiet cluster whose primary went silent gets COMMITs for heights 2-4 above
+ * its tip from `claimants` validators, then its view timer fires. True if it started a view
+ * change. */
+static bool view_change_after_claims(const uint32_t *claimants, uint32_t nclaim) {
+    cluster *c = tem_calloc(1, sizeof *c);
+    cl_init(c, 4, 4);
+    cl_run_to(c, 3);
+    cl_run(c, 200000);
+    uint64_t before = cl_min_delivered(c);
+    c->cut[0] = true;
+    uint8_t fake[32];
+    memset(fake, 0x5a, sizeof fake);
+    for (uint32_t k = 0; k < nclaim; k++)
+        for (uint64_t h = before + 2; h <= before + 4; h++) {
+            size_t len;
+            uint8_t *m = msg_vote(TEM__V1__PBFT_MESSAGE__KIND_COMMIT, claimants[k], 0, h, fake, &len);
+            pbft_event ev = {.kind = PBFT_EV_MESSAGE, .from = claimants[k], .data = m, .len = len};
+            cl_post(c, 3, &ev);
+            ck_assert_int_eq(c->last_rc[3], PBFT_OK);
+            tem_free(m);
+        }
+    ck_assert_uint_ne(c->view_timer[3], 0);
+    cl_fire_view_timer(c, 3);
+    bool vc = pbft_replica_in_view_change(&c->r[3]);
+    if (vc) ck_assert_uint_eq(pbft_replica_view(&c->r[3]), 1);
+    cl_free(c);
+    tem_free(c);
+    return vc;
+}
+
+START_TEST(pbft_f_validators_claiming_heights_ahead_do_not_stop_a_view_change) {
+    const uint32_t one[] = {2}, two[] = {1, 2};
+    ck_assert(view_change_after_claims(one, 1));
+    /* The control: f+1 claimants (one of them must be honest) make it behind, and it fetches. */
+    ck_assert(!view_change_after_claims(two, 2));
+}
+END_TEST
+
 /* Regression: a view-change storm. Timeouts keep firing while the new primary is still
  * collecting VIEW-CHANGEs; replicas must not race ahead through views on their own. */
 START_TEST(pbft_regression_view_change_storm_does_not_run_views_away) {
@@ -1607,6 +1649,7 @@ static Suite *suite(void) {
     tcase_add_test(c, pbft_view_change_replaces_a_silent_primary_and_keeps_committed_blocks);
     tcase_add_test(c, pbft_replica_that_missed_a_view_change_joins_it_from_votes);
     tcase_add_test(c, pbft_lagging_replica_fetches_instead_of_changing_view);
+    tcase_add_test(c, pbft_f_validators_claiming_heights_ahead_do_not_stop_a_view_change);
     tcase_add_test(c, pbft_regression_view_change_storm_does_not_run_views_away);
     tcase_add_test(c, pbft_regression_checkpoint_stable_during_view_change);
     tcase_add_test(c, pbft_regression_restart_mid_view_change_resumes_it);
