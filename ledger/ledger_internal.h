@@ -46,11 +46,42 @@ int ledger__smt_update(void *txn, unsigned dbi, const ledger__smt_op *ops, size_
 int ledger__smt_root_db(void *txn, unsigned dbi, uint8_t root[32]);
 int ledger__smt_prove_db(void *txn, unsigned dbi, const uint8_t kh[32], ledger_state_proof *p);
 
+/* A write-back cache of tree records (docs/ledger.md, "Tree checkpoints"): a store's updates
+ * go through it and LMDB gets the changed records only at a checkpoint, so a record that many
+ * blocks change is written once. Records missing from the cache are read from the txn given to
+ * each call, which must see the table as of the last flush (or any later state holding no
+ * record the cache lacks). Not thread-safe: one owner at a time. new: NULL when out of memory. */
+typedef struct ledger__smt_cache ledger__smt_cache;
+ledger__smt_cache *ledger__smt_cache_new(void);
+void ledger__smt_cache_free(ledger__smt_cache *k);
+/* Forgets every record, dirty ones included (after a failed block: recover from LMDB). */
+void ledger__smt_cache_clear(ledger__smt_cache *k);
+size_t ledger__smt_cache_dirty(const ledger__smt_cache *k);   /* records changed since the flush */
+size_t ledger__smt_cache_records(const ledger__smt_cache *k); /* records held, clean or dirty */
+/* Applies ops (as ledger__smt_update) to the cached tree; writes nothing. txn may be read-only.
+ * On error the cache holds part of the update: clear it. */
+int ledger__smt_update_cached(ledger__smt_cache *k, void *txn, unsigned dbi, const ledger__smt_op *ops, size_t n,
+                              uint8_t root[32], ledger__smt_stats *stats);
+/* Writes every dirty record into write txn `txn`; they stay cached, clean. On error abort the
+ * txn and clear the cache. */
+int ledger__smt_cache_flush(ledger__smt_cache *k, void *txn, unsigned dbi);
+/* A proof from the cached tree (k may be NULL: LMDB's records alone); caches nothing. */
+int ledger__smt_prove_cached(ledger__smt_cache *k, void *txn, unsigned dbi, const uint8_t kh[32],
+                             ledger_state_proof *p);
+
 /* The tree ops of every entry written since the last clear_dirty, sorted by key hash
  * (tem_malloc'd; caller frees). LEDGER_ENOMEM. */
 int ledger__state_tree_ops(ledger_state *st, ledger__smt_op **ops, size_t *n);
 /* Counters of the store's last tree update (bench and tests). */
 void ledger__store_tree_stats(const ledger_store *s, ledger__smt_stats *out);
+/* Tests and benches: a tree checkpoint every `every` blocks or at `dirty_max` changed records
+ * (0: the defaults); the checkpoint the tree table holds; the records changed since; and a
+ * one-shot failure of the next apply just after its tree update (point 3) or in place of its
+ * commit (point 4), both with LEDGER_EIO. */
+void ledger__store_tree_tune(ledger_store *s, uint64_t every, size_t dirty_max);
+uint64_t ledger__store_tree_height(const ledger_store *s);
+size_t ledger__store_tree_dirty(const ledger_store *s);
+void ledger__store_fail_at(ledger_store *s, int point);
 /* Records the root of the current (clean) state, computed by the store's tree. */
 void ledger__state_set_root(ledger_state *st, const uint8_t root[32]);
 

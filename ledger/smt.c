@@ -156,16 +156,26 @@ typedef struct grec {
     uint8_t ab[GROUP_SLOTS][64];
 } grec;
 
-typedef struct {
-    MDB_txn *txn;
-    MDB_dbi dbi;
-    ledger__smt_stats *stats;
-    /* The records this update has read or written, by key (open addressing; cap a power of 2).
-     * Written back once, sorted, at the end. */
+/* Records read or written, by key (open addressing; cap a power of 2). One update's own (the
+ * uncached calls: written back once, sorted, at the end), or a store's write-back cache that
+ * lives across blocks and is written back at tree checkpoints (ledger__smt_cache_flush). */
+struct ledger__smt_cache {
     grec **map;
     size_t nmap, cap;
     grec **chunks; /* records are allocated CHUNK at a time */
     size_t nchunks, used_in_last;
+    size_t ndirty; /* records changed since the last flush */
+};
+
+typedef struct {
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    ledger__smt_stats *stats;
+    ledger__smt_cache *k;
+    /* A proof's reads: a record missing from the cache is read into `scratch`, not cached, so
+     * proofs between blocks cannot grow a store's cache. */
+    bool peek;
+    grec scratch;
     /* Bulk mode (an empty table): node records are collected per depth instead, then merged
      * into group records. A depth-first build emits each depth's nodes in path order, so every
      * group's records come out in key order and are appended to LMDB sorted (MDB_APPEND). */
@@ -238,7 +248,7 @@ static uint64_t key_hash(const uint8_t *key, size_t klen) {
     return h ^ h >> 29;
 }
 
-static grec *rec_alloc(tctx *c) {
+static grec *rec_alloc(ledger__smt_cache *c) {
     if (c->nchunks == 0 || c->used_in_last == CHUNK) {
         grec **nc = tem_realloc(c->chunks, (c->nchunks + 1) * sizeof *nc);
         if (!nc) return NULL;
@@ -256,46 +266,54 @@ static void map_insert(grec **map, size_t cap, grec *r) {
     map[i] = r;
 }
 
-/* The record of group g on path, read from LMDB on first use (an absent record is empty). */
-static int group_get(tctx *c, unsigned g, const uint8_t path[32], grec **out) {
-    uint8_t key[33];
-    size_t klen = group_key(key, g, path);
-    if (c->cap) {
-        size_t i = key_hash(key, klen) & (c->cap - 1);
-        for (; c->map[i]; i = (i + 1) & (c->cap - 1))
-            if (c->map[i]->klen == klen && memcmp(c->map[i]->key, key, klen) == 0) {
-                *out = c->map[i];
-                return LEDGER_OK;
-            }
-    }
-    if (2 * (c->nmap + 1) > c->cap) {
-        size_t nc = c->cap ? 2 * c->cap : 256;
-        grec **nm = tem_calloc(nc, sizeof *nm);
-        if (!nm) return LEDGER_ENOMEM;
-        for (size_t i = 0; i < c->cap; i++)
-            if (c->map[i]) map_insert(nm, nc, c->map[i]);
-        tem_free(c->map);
-        c->map = nm;
-        c->cap = nc;
-    }
-    grec *r = rec_alloc(c);
-    if (!r) return LEDGER_ENOMEM;
+static int rec_read(tctx *c, grec *r, const uint8_t *key, size_t klen) {
     memcpy(r->key, key, klen);
     r->klen = (uint8_t)klen;
     r->dirty = false;
     r->present = 0;
-    MDB_val k = {klen, key}, v;
+    MDB_val k = {klen, (void *)key}, v;
     c->stats->reads++;
     int rc = mdb_get(c->txn, c->dbi, &k, &v);
-    if (rc == 0) rc = group_decode(r, v.mv_data, v.mv_size);
-    else if (rc == MDB_NOTFOUND) rc = LEDGER_OK;
-    else rc = map_err(rc);
+    if (rc == 0) return group_decode(r, v.mv_data, v.mv_size);
+    return rc == MDB_NOTFOUND ? LEDGER_OK : map_err(rc);
+}
+
+/* The record of group g on path, read from LMDB on first use (an absent record is empty). */
+static int group_get(tctx *c, unsigned g, const uint8_t path[32], grec **out) {
+    uint8_t key[33];
+    size_t klen = group_key(key, g, path);
+    ledger__smt_cache *k = c->k;
+    if (k->cap) {
+        size_t i = key_hash(key, klen) & (k->cap - 1);
+        for (; k->map[i]; i = (i + 1) & (k->cap - 1))
+            if (k->map[i]->klen == klen && memcmp(k->map[i]->key, key, klen) == 0) {
+                *out = k->map[i];
+                return LEDGER_OK;
+            }
+    }
+    if (c->peek) {
+        *out = &c->scratch;
+        return rec_read(c, &c->scratch, key, klen);
+    }
+    if (2 * (k->nmap + 1) > k->cap) {
+        size_t nc = k->cap ? 2 * k->cap : 256;
+        grec **nm = tem_calloc(nc, sizeof *nm);
+        if (!nm) return LEDGER_ENOMEM;
+        for (size_t i = 0; i < k->cap; i++)
+            if (k->map[i]) map_insert(nm, nc, k->map[i]);
+        tem_free(k->map);
+        k->map = nm;
+        k->cap = nc;
+    }
+    grec *r = rec_alloc(k);
+    if (!r) return LEDGER_ENOMEM;
+    int rc = rec_read(c, r, key, klen);
     if (rc != LEDGER_OK) {
-        c->used_in_last--;
+        k->used_in_last--;
         return rc;
     }
-    map_insert(c->map, c->cap, r);
-    c->nmap++;
+    map_insert(k->map, k->cap, r);
+    k->nmap++;
     *out = r;
     return LEDGER_OK;
 }
@@ -352,16 +370,18 @@ static int node_put(tctx *c, unsigned d, const uint8_t path[32], const node *n) 
     grec *r;
     int rc = group_get(c, d / GROUP_LEVELS, path, &r);
     if (rc != LEDGER_OK) return rc;
+    TEM_ASSERT(!c->peek);
     unsigned s = group_slot(d, path);
     if (n->kind == N_EMPTY) {
-        if (r->present >> s & 1) r->dirty = true;
+        if (!(r->present >> s & 1)) return LEDGER_OK;
         r->present &= (uint16_t)~(1u << s);
-        return LEDGER_OK;
+    } else {
+        r->present |= (uint16_t)(1u << s);
+        r->kind[s] = (uint8_t)n->kind;
+        memcpy(r->ab[s], n->a, 32);
+        memcpy(r->ab[s] + 32, n->b, 32);
     }
-    r->present |= (uint16_t)(1u << s);
-    r->kind[s] = (uint8_t)n->kind;
-    memcpy(r->ab[s], n->a, 32);
-    memcpy(r->ab[s] + 32, n->b, 32);
+    if (!r->dirty) c->k->ndirty++;
     r->dirty = true;
     return LEDGER_OK;
 }
@@ -373,35 +393,45 @@ static int grec_cmp(const void *a, const void *b) {
     return c ? c : (int)x->klen - (int)y->klen;
 }
 
-/* Writes back the changed records in key order (neighbouring puts share B-tree pages). */
-static int groups_flush(tctx *c) {
+/* Writes back the changed records in key order (neighbouring puts share B-tree pages); they stay
+ * cached, clean. On error the cache no longer says which records the txn holds: the caller
+ * aborts the txn and clears the cache. */
+static int cache_flush(ledger__smt_cache *k, MDB_txn *txn, MDB_dbi dbi) {
+    if (k->ndirty == 0) return LEDGER_OK;
+    grec **d = tem_malloc(k->ndirty * sizeof *d);
+    if (!d) return LEDGER_ENOMEM;
     size_t nd = 0;
-    for (size_t i = 0; i < c->cap; i++)
-        if (c->map[i] && c->map[i]->dirty) c->map[nd++] = c->map[i];
-    qsort(c->map, nd, sizeof *c->map, grec_cmp);
+    for (size_t i = 0; i < k->cap; i++)
+        if (k->map[i] && k->map[i]->dirty) {
+            TEM_ASSERT(nd < k->ndirty);
+            d[nd++] = k->map[i];
+        }
+    TEM_ASSERT(nd == k->ndirty);
+    qsort(d, nd, sizeof *d, grec_cmp);
     int rc = LEDGER_OK;
     for (size_t i = 0; i < nd && rc == LEDGER_OK; i++) {
-        grec *r = c->map[i];
-        MDB_val k = {r->klen, r->key};
+        grec *r = d[i];
+        MDB_val key = {r->klen, r->key};
         if (r->present == 0) {
-            int mrc = mdb_del(c->txn, c->dbi, &k, NULL);
+            int mrc = mdb_del(txn, dbi, &key, NULL);
             rc = mrc == MDB_NOTFOUND ? LEDGER_OK : map_err(mrc);
-            continue;
+        } else {
+            uint8_t val[GROUP_VAL_MAX];
+            MDB_val v = {group_encode(r, val), val};
+            rc = map_err(mdb_put(txn, dbi, &key, &v, 0));
         }
-        uint8_t val[GROUP_VAL_MAX];
-        MDB_val v = {group_encode(r, val), val};
-        rc = map_err(mdb_put(c->txn, c->dbi, &k, &v, 0));
+        if (rc == LEDGER_OK) r->dirty = false;
     }
-    /* The map's order is gone: the update is over. */
-    c->nmap = 0;
-    memset(c->map, 0, c->cap * sizeof *c->map);
+    tem_free(d);
+    if (rc == LEDGER_OK) k->ndirty = 0;
     return rc;
 }
 
-static void groups_free(tctx *c) {
-    for (size_t i = 0; i < c->nchunks; i++) tem_free(c->chunks[i]);
-    tem_free(c->chunks);
-    tem_free(c->map);
+static void cache_clear(ledger__smt_cache *k) {
+    for (size_t i = 0; i < k->nchunks; i++) tem_free(k->chunks[i]);
+    tem_free(k->chunks);
+    tem_free(k->map);
+    memset(k, 0, sizeof *k);
 }
 
 static void node_hash(tctx *c, const node *n, uint8_t out[32]) {
@@ -587,40 +617,69 @@ static void bulk_free(tctx *c) {
     for (unsigned d = 0; d < 256; d++) tem_free(c->bk[d]);
 }
 
+/* The update proper: ops applied through c's cache, nothing written to LMDB. */
+static int update_root(tctx *c, const ledger__smt_op *ops, size_t n, uint8_t root[32]) {
+    for (size_t i = 1; i < n; i++) TEM_ASSERT(memcmp(ops[i - 1].kh, ops[i].kh, 32) < 0);
+    node cur, nw;
+    int rc = node_get(c, 0, ZERO, &cur);
+    if (rc != LEDGER_OK) return rc;
+    if (n == 0) nw = cur;
+    else {
+        if ((rc = update(c, 0, &cur, ops, n, &nw)) != LEDGER_OK) return rc;
+        if ((rc = node_put(c, 0, ZERO, &nw)) != LEDGER_OK) return rc;
+    }
+    node_hash(c, &nw, root);
+    return LEDGER_OK;
+}
+
 int ledger__smt_update(void *txn, unsigned dbi, const ledger__smt_op *ops, size_t n, uint8_t root[32],
                        ledger__smt_stats *stats) {
     ledger__smt_stats local = {0};
-    tctx c = {.txn = txn, .dbi = dbi, .stats = stats ? stats : &local};
-    for (size_t i = 1; i < n; i++) TEM_ASSERT(memcmp(ops[i - 1].kh, ops[i].kh, 32) < 0);
+    ledger__smt_cache k = {0};
+    tctx c = {.txn = txn, .dbi = dbi, .stats = stats ? stats : &local, .k = &k};
     node cur, nw;
     int rc = node_get(&c, 0, ZERO, &cur);
-    if (rc != LEDGER_OK) goto out;
     MDB_stat ms;
-    if (n >= 1024 && cur.kind == N_EMPTY && mdb_stat(txn, dbi, &ms) == 0 && ms.ms_entries == 0) {
+    if (rc == LEDGER_OK && n >= 1024 && cur.kind == N_EMPTY && mdb_stat(txn, dbi, &ms) == 0 && ms.ms_entries == 0) {
         /* A genesis: build the whole tree in one pass and append it sorted. */
+        for (size_t i = 1; i < n; i++) TEM_ASSERT(memcmp(ops[i - 1].kh, ops[i].kh, 32) < 0);
         c.bulk = true;
         rc = build(&c, 0, ops, n, NULL, &nw);
         if (rc == LEDGER_OK && nw.kind != N_EMPTY) rc = node_put(&c, 0, ZERO, &nw);
         if (rc == LEDGER_OK) rc = bulk_flush(&c);
         bulk_free(&c);
         if (rc == LEDGER_OK) node_hash(&c, &nw, root);
-        goto out;
+    } else if (rc == LEDGER_OK && (rc = update_root(&c, ops, n, root)) == LEDGER_OK) {
+        rc = cache_flush(&k, txn, dbi);
     }
-    if (n == 0) nw = cur;
-    else {
-        if ((rc = update(&c, 0, &cur, ops, n, &nw)) != LEDGER_OK) goto out;
-        if ((rc = node_put(&c, 0, ZERO, &nw)) != LEDGER_OK) goto out;
-        if ((rc = groups_flush(&c)) != LEDGER_OK) goto out;
-    }
-    node_hash(&c, &nw, root);
-out:
-    groups_free(&c);
+    cache_clear(&k);
     return rc;
 }
 
-int ledger__smt_prove_db(void *txn, unsigned dbi, const uint8_t kh[32], ledger_state_proof *p) {
+ledger__smt_cache *ledger__smt_cache_new(void) { return tem_calloc(1, sizeof(ledger__smt_cache)); }
+void ledger__smt_cache_free(ledger__smt_cache *k) {
+    if (!k) return;
+    cache_clear(k);
+    tem_free(k);
+}
+void ledger__smt_cache_clear(ledger__smt_cache *k) { cache_clear(k); }
+size_t ledger__smt_cache_dirty(const ledger__smt_cache *k) { return k->ndirty; }
+size_t ledger__smt_cache_records(const ledger__smt_cache *k) { return k->nmap; }
+
+int ledger__smt_update_cached(ledger__smt_cache *k, void *txn, unsigned dbi, const ledger__smt_op *ops, size_t n,
+                              uint8_t root[32], ledger__smt_stats *stats) {
+    ledger__smt_stats local = {0};
+    tctx c = {.txn = txn, .dbi = dbi, .stats = stats ? stats : &local, .k = k};
+    return update_root(&c, ops, n, root);
+}
+
+int ledger__smt_cache_flush(ledger__smt_cache *k, void *txn, unsigned dbi) { return cache_flush(k, txn, dbi); }
+
+int ledger__smt_prove_cached(ledger__smt_cache *k, void *txn, unsigned dbi, const uint8_t kh[32],
+                             ledger_state_proof *p) {
     ledger__smt_stats st = {0};
-    tctx c = {.txn = txn, .dbi = dbi, .stats = &st};
+    ledger__smt_cache none = {0};
+    tctx c = {.txn = txn, .dbi = dbi, .stats = &st, .k = k ? k : &none, .peek = true};
     memset(p, 0, sizeof *p);
     node cur;
     int rc = node_get(&c, 0, ZERO, &cur);
@@ -658,8 +717,11 @@ int ledger__smt_prove_db(void *txn, unsigned dbi, const uint8_t kh[32], ledger_s
         }
     }
     p->depth = (uint16_t)d;
-    groups_free(&c);
     return rc;
+}
+
+int ledger__smt_prove_db(void *txn, unsigned dbi, const uint8_t kh[32], ledger_state_proof *p) {
+    return ledger__smt_prove_cached(NULL, txn, dbi, kh, p);
 }
 
 int ledger__smt_root_db(void *txn, unsigned dbi, uint8_t root[32]) {

@@ -2,7 +2,10 @@
  * blocks, their certificates, the tx index, receipts, the state and small metadata. Applying a
  * block is one write transaction: block, certificate, index, receipts, state changes and roots
  * land together or not at all, so a crash at any point leaves the store at a block boundary. The
- * state tree (smt.c) lives in the table "tree" and is updated in that same transaction. */
+ * state tree (smt.c) lives in the table "tree". Its records are written back at tree checkpoints
+ * only (every TREE_CHECKPOINT_BLOCKS blocks, or sooner when the write-back cache fills); between
+ * two, each block's transaction carries its tree ops in "treelog", and an open (or a failed
+ * block) rebuilds the cache from the checkpoint and those ops, checking every block's root. */
 #include "ledger/ledger_internal.h"
 
 #include <errno.h>
@@ -13,8 +16,20 @@
 /* blocksum: SHA-256 of each block's bytes as applied, so the start-up tail check and every read
  * can tell exact bytes from damaged ones without verifying every tx signature again (stores from
  * before it lack the record; their blocks get the signature check instead). */
-enum { DB_BLOCKS, DB_CERTS, DB_TXS, DB_RECEIPTS, DB_STATE, DB_ROOTS, DB_META, DB_TREE, DB_BSUM, DB_COUNT };
-static const char *const DB_NAMES[DB_COUNT] = {"blocks", "certs", "txs", "receipts", "state", "roots", "meta", "tree", "blocksum"};
+enum { DB_BLOCKS, DB_CERTS, DB_TXS, DB_RECEIPTS, DB_STATE, DB_ROOTS, DB_META, DB_TREE, DB_BSUM, DB_TLOG, DB_COUNT };
+static const char *const DB_NAMES[DB_COUNT] = {"blocks", "certs", "txs",  "receipts", "state",
+                                               "roots",  "meta",  "tree", "blocksum", "treelog"};
+
+/* Tree checkpoints (docs/ledger.md, "Tree checkpoints"). A block changes records all over the
+ * tree's B-tree, and LMDB rewrites a whole page per changed record: at 2,000 tx/s that was most
+ * of a validator's disk writes. Held back for up to TREE_CHECKPOINT_BLOCKS blocks, a record
+ * that several blocks change is written once. TREE_DIRTY_MAX bounds the memory held back
+ * (a record is about 1 KiB) and TREE_CLEAN_MAX the clean records kept to spare reads. */
+#define TREE_CHECKPOINT_BLOCKS 32
+#define TREE_DIRTY_MAX 65536
+#define TREE_CLEAN_MAX 131072
+/* treelog[height] = one per op: u8 del || kh (32) || vh (32, zero when del), kh ascending */
+#define TLOG_OP_BYTES 65
 
 /* roots[height] = state_root || receipts_root || block_hash || u64le time_ms */
 #define ROOTS_VAL_BYTES (32 * 3 + 8)
@@ -51,6 +66,12 @@ struct ledger_store {
     uint8_t last_hash[32], state_root[32], receipts_root[32];
     void (*hook)(int point);
     ledger__smt_stats tree_stats; /* work of the last tree update */
+    ledger__smt_cache *tk;        /* the tree's records changed since tree_h, and clean ones */
+    uint64_t tree_h;              /* the checkpoint the tree table holds (once pend commits) */
+    bool tree_stale;              /* tk holds changes of a block that failed: rebuild first */
+    uint64_t tree_every;          /* TREE_CHECKPOINT_BLOCKS; tests set less */
+    size_t tree_dirty_max;        /* TREE_DIRTY_MAX; tests set less */
+    int fail_at;                  /* tests: fail the next apply at this hook point (3 or 4) */
     uint64_t durable_height;      /* the last block whose write transaction committed */
     store_pending pend;           /* the executed block whose commit is pending or unfinished */
     bool pend_open;
@@ -135,8 +156,49 @@ static int flush_one(void *ctx, const uint8_t *key, size_t klen, const uint8_t *
     return map_mdb(mdb_put(f->txn, f->s->dbi[DB_STATE], &k, &v, f->append ? MDB_APPEND : 0), "put state");
 }
 
-/* Writes the changed entries to the state table and the state tree; returns the new root. */
-static int flush_state(ledger_store *s, MDB_txn *txn, uint8_t root[32]) {
+static int put_tree_height(ledger_store *s, MDB_txn *txn, uint64_t h);
+
+static int treelog_put(ledger_store *s, MDB_txn *txn, uint64_t h, const ledger__smt_op *ops, size_t n) {
+    uint8_t key[8];
+    tem_put_u64be(key, h);
+    MDB_val k = {8, key}, v = {n * TLOG_OP_BYTES, NULL};
+    /* MDB_RESERVE: the ops are written straight into the page LMDB allocates. */
+    int rc = map_mdb(mdb_put(txn, s->dbi[DB_TLOG], &k, &v, MDB_RESERVE), "put treelog");
+    if (rc != LEDGER_OK) return rc;
+    uint8_t *w = v.mv_data;
+    for (size_t i = 0; i < n; i++, w += TLOG_OP_BYTES) {
+        w[0] = ops[i].del;
+        memcpy(w + 1, ops[i].kh, 32);
+        if (ops[i].del) memset(w + 33, 0, 32);
+        else memcpy(w + 33, ops[i].vh, 32);
+    }
+    return LEDGER_OK;
+}
+
+/* The tree part of block h: through the cache, and a checkpoint when one is due. */
+static int tree_block(ledger_store *s, MDB_txn *txn, uint64_t h, const ledger__smt_op *ops, size_t n,
+                      uint8_t root[32]) {
+    /* Whatever fails from here leaves the cache ahead of LMDB. */
+    s->tree_stale = true;
+    memset(&s->tree_stats, 0, sizeof s->tree_stats);
+    int rc = ledger__smt_update_cached(s->tk, txn, s->dbi[DB_TREE], ops, n, root, &s->tree_stats);
+    if (rc != LEDGER_OK) return rc;
+    if (h - s->tree_h < s->tree_every && ledger__smt_cache_dirty(s->tk) < s->tree_dirty_max) {
+        if ((rc = treelog_put(s, txn, h, ops, n)) != LEDGER_OK) return rc;
+    } else {
+        s->tree_stats.writes = ledger__smt_cache_dirty(s->tk);
+        if ((rc = ledger__smt_cache_flush(s->tk, txn, s->dbi[DB_TREE])) != LEDGER_OK) return rc;
+        if ((rc = map_mdb(mdb_drop(txn, s->dbi[DB_TLOG], 0), "empty treelog")) != LEDGER_OK) return rc;
+        if ((rc = put_tree_height(s, txn, h)) != LEDGER_OK) return rc;
+        s->tree_h = h; /* a failed commit rebuilds it from LMDB */
+    }
+    s->tree_stale = false;
+    return LEDGER_OK;
+}
+
+/* Writes the changed entries to the state table and the state tree of block `height` (0: the
+ * genesis, whose tree is written whole); returns the new root. */
+static int flush_state(ledger_store *s, MDB_txn *txn, uint64_t height, uint8_t root[32]) {
     MDB_stat ms;
     flush_ctx a = {.s = s, .txn = txn};
     a.append = mdb_stat(txn, s->dbi[DB_STATE], &ms) == 0 && ms.ms_entries == 0;
@@ -145,7 +207,9 @@ static int flush_state(ledger_store *s, MDB_txn *txn, uint8_t root[32]) {
     ledger__smt_op *ops;
     size_t n;
     if ((rc = ledger__state_tree_ops(s->st, &ops, &n)) != LEDGER_OK) return rc;
-    rc = ledger__smt_update(txn, s->dbi[DB_TREE], ops, n, root, &s->tree_stats);
+    if (height > 0) rc = tree_block(s, txn, height, ops, n, root);
+    else if ((rc = ledger__smt_update(txn, s->dbi[DB_TREE], ops, n, root, &s->tree_stats)) == LEDGER_OK)
+        rc = put_tree_height(s, txn, 0);
     tem_free(ops);
     return rc;
 }
@@ -167,6 +231,98 @@ static int meta_put_txn(ledger_store *s, MDB_txn *txn, const char *name, const v
     return map_mdb(mdb_put(txn, s->dbi[DB_META], &k, &v, 0), "put meta");
 }
 
+static int put_tree_height(ledger_store *s, MDB_txn *txn, uint64_t h) {
+    uint8_t h8[8];
+    tem_put_u64le(h8, h);
+    return meta_put_txn(s, txn, "tree_height", h8, 8);
+}
+
+static int roots_state_root(ledger_store *s, MDB_txn *txn, uint64_t h, uint8_t sr[32]) {
+    uint8_t key[8];
+    tem_put_u64be(key, h);
+    MDB_val k = {8, key}, v;
+    int rc = map_mdb(mdb_get(txn, s->dbi[DB_ROOTS], &k, &v), "get roots");
+    if (rc == LEDGER_OK && v.mv_size != ROOTS_VAL_BYTES) rc = LEDGER_ECORRUPT;
+    if (rc == LEDGER_OK) memcpy(sr, v.mv_data, 32);
+    return rc;
+}
+
+/* Rebuilds the tree's cache from LMDB as txn sees it at `height`: the checkpoint's records, then
+ * the logged ops of every block after it, each block's root checked against its roots record.
+ * Anything else means the tree and the chain disagree and the node must not run on it. */
+static int tree_recover(ledger_store *s, MDB_txn *txn, uint64_t height) {
+    ledger__smt_cache_clear(s->tk);
+    s->tree_stale = true;
+    MDB_val k = {11, "tree_height"}, v;
+    uint64_t c = height; /* stores from before tree checkpoints wrote the tree every block */
+    int mrc = mdb_get(txn, s->dbi[DB_META], &k, &v);
+    if (mrc == 0 && v.mv_size == 8) c = tem_get_u64le(v.mv_data);
+    else if (mrc != MDB_NOTFOUND) return mrc ? map_mdb(mrc, "get tree height") : LEDGER_ECORRUPT;
+    if (c > height || c < s->base_height) {
+        fprintf(stderr, "ledger: the state tree's checkpoint %llu is not in %llu..%llu\n", (unsigned long long)c,
+                (unsigned long long)s->base_height, (unsigned long long)height);
+        return LEDGER_ECORRUPT;
+    }
+    uint8_t root[32], want[32];
+    int rc = ledger__smt_update_cached(s->tk, txn, s->dbi[DB_TREE], NULL, 0, root, NULL);
+    if (rc == LEDGER_ECORRUPT)
+        fprintf(stderr, "ledger: the state tree's root record does not decode (a data dir from before the "
+                        "grouped tree layout? re-create it from the genesis)\n");
+    for (uint64_t h = c; rc == LEDGER_OK; h++) {
+        if ((rc = roots_state_root(s, txn, h, want)) != LEDGER_OK) break;
+        if (memcmp(root, want, 32) != 0) {
+            fprintf(stderr, "ledger: state tree does not match the stored state root at height %llu\n",
+                    (unsigned long long)h);
+            rc = LEDGER_ECORRUPT;
+            break;
+        }
+        if (h == height) break;
+        uint8_t key[8];
+        tem_put_u64be(key, h + 1);
+        MDB_val lk = {8, key}, lv;
+        if ((rc = map_mdb(mdb_get(txn, s->dbi[DB_TLOG], &lk, &lv), "get treelog")) != LEDGER_OK) {
+            if (rc == LEDGER_ENOTFOUND) {
+                fprintf(stderr, "ledger: the state tree's log lacks block %llu\n", (unsigned long long)(h + 1));
+                rc = LEDGER_ECORRUPT;
+            }
+            break;
+        }
+        size_t n = lv.mv_size / TLOG_OP_BYTES;
+        ledger__smt_op *ops = tem_malloc((n ? n : 1) * sizeof *ops);
+        if (!ops) {
+            rc = LEDGER_ENOMEM;
+            break;
+        }
+        const uint8_t *r = lv.mv_data;
+        if (lv.mv_size % TLOG_OP_BYTES) rc = LEDGER_ECORRUPT;
+        for (size_t i = 0; i < n && rc == LEDGER_OK; i++, r += TLOG_OP_BYTES) {
+            ops[i].del = r[0] == 1;
+            memcpy(ops[i].kh, r + 1, 32);
+            memcpy(ops[i].vh, r + 33, 32);
+            /* smt.c asserts sorted, distinct ops: damaged bytes must be refused here instead */
+            if (r[0] > 1 || (i && memcmp(ops[i - 1].kh, ops[i].kh, 32) >= 0)) rc = LEDGER_ECORRUPT;
+        }
+        if (rc == LEDGER_ECORRUPT) fprintf(stderr, "ledger: the state tree's log of block %llu does not decode\n", (unsigned long long)(h + 1));
+        if (rc == LEDGER_OK) rc = ledger__smt_update_cached(s->tk, txn, s->dbi[DB_TREE], ops, n, root, NULL);
+        tem_free(ops);
+    }
+    if (rc != LEDGER_OK) return rc;
+    s->tree_h = c;
+    s->tree_stale = false;
+    return LEDGER_OK;
+}
+
+/* After a failed block: the cache again as LMDB has it. */
+static int tree_rebuild(ledger_store *s) {
+    TEM_ASSERT(!s->pend_open);
+    MDB_txn *txn;
+    int rc = map_mdb(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "begin ro");
+    if (rc != LEDGER_OK) return rc;
+    rc = tree_recover(s, txn, s->height);
+    mdb_txn_abort(txn);
+    return rc;
+}
+
 static void empty_root(uint8_t out[32]) { TEM_ASSERT(ledger_merkle_root(out, NULL, 0) == LEDGER_OK); }
 
 /* First open of a new store: the genesis state and height 0. */
@@ -179,7 +335,7 @@ static int store_init(ledger_store *s, int (*init)(void *, ledger_state *, const
     empty_root(rr);
     /* The genesis tree is built in one pass over the sorted key hashes (no record exists yet, so
      * each node is written once). */
-    if ((rc = flush_state(s, txn, sr)) != LEDGER_OK) goto fail;
+    if ((rc = flush_state(s, txn, 0, sr)) != LEDGER_OK) goto fail;
     if ((rc = put_roots(s, txn, 0, sr, rr, s->g->hash, s->g->genesis_time_ms)) != LEDGER_OK) goto fail;
     tem_put_u64le(h8, 0);
     if ((rc = meta_put_txn(s, txn, "height", h8, 8)) != LEDGER_OK) goto fail;
@@ -231,23 +387,12 @@ static int store_load(ledger_store *s) {
     mdb_cursor_close(cur);
     if (rc == LEDGER_OK && mrc != MDB_NOTFOUND) rc = map_mdb(mrc, "cursor get");
     if (rc != LEDGER_OK) goto out;
-    /* The tree must give the root stored with the last block: anything else means the tree and
-     * the chain disagree and the node must not run on it. (The tree and the state table are
-     * written in the same transactions; tests/test_state_tree.c recomputes the root from the
-     * table after crashes. A full recomputation here would cost O(N) at every start.) */
+    /* The tree must give the root stored with the last block. (tests/test_state_tree.c
+     * recomputes the root from the table after crashes; a full recomputation here would cost
+     * O(N) at every start, the checkpoint and its log O(changes since).) */
     uint8_t root[32];
-    if ((rc = ledger__smt_root_db(txn, s->dbi[DB_TREE], root)) != LEDGER_OK) {
-        if (rc == LEDGER_ECORRUPT)
-            fprintf(stderr, "ledger: the state tree's root record does not decode (a data dir from before the "
-                            "grouped tree layout? re-create it from the genesis)\n");
-        goto out;
-    }
-    if (memcmp(root, s->state_root, 32) != 0) {
-        fprintf(stderr, "ledger: state tree does not match the stored state root at height %llu\n",
-                (unsigned long long)s->height);
-        rc = LEDGER_ECORRUPT;
-        goto out;
-    }
+    if ((rc = tree_recover(s, txn, s->height)) != LEDGER_OK) goto out;
+    memcpy(root, s->state_root, 32);
     ledger__state_set_root(s->st, root);
 out:
     mdb_txn_abort(txn);
@@ -263,6 +408,12 @@ int ledger_store_open(const char *dir, const ledger_genesis *g,
     s->g = g;
     int rc;
     if ((rc = ledger_state_new(&s->st)) != LEDGER_OK) goto fail;
+    s->tree_every = TREE_CHECKPOINT_BLOCKS;
+    s->tree_dirty_max = TREE_DIRTY_MAX;
+    if (!(s->tk = ledger__smt_cache_new())) {
+        rc = LEDGER_ENOMEM;
+        goto fail;
+    }
     if ((rc = map_mdb(mdb_env_create(&s->env), "env create")) != LEDGER_OK) goto fail;
     if ((rc = map_mdb(mdb_env_set_maxdbs(s->env, DB_COUNT + 4), "maxdbs")) != LEDGER_OK) goto fail;
     /* Address space only: LMDB grows the file as pages are used. */
@@ -308,6 +459,7 @@ void ledger_store_close(ledger_store *s) {
     writer_stop(s);
     if (s->env) mdb_env_close(s->env);
     ledger_state_free(s->st);
+    ledger__smt_cache_free(s->tk);
     tem_free(s);
 }
 
@@ -437,10 +589,14 @@ static int apply_exec(ledger_store *s, const ledger_block_view *v, const uint8_t
     ledger_arena arena = {0};
     MDB_txn *txn = NULL;
     size_t sp = 0;
-    bool sp_open = false;
+    bool sp_open = false, tree_touched = false;
     size_t n = v->n;
     const Tem__V1__BlockHeader *hdr = v->header;
     if ((rc = check_view(s, v)) != LEDGER_OK) goto out;
+    if (s->tree_stale && (rc = tree_rebuild(s)) != LEDGER_OK) goto out;
+    /* No commit is pending here, so LMDB holds every record flushed: clean ones may go. */
+    if (ledger__smt_cache_dirty(s->tk) == 0 && ledger__smt_cache_records(s->tk) > TREE_CLEAN_MAX)
+        ledger__smt_cache_clear(s->tk);
     rhash = tem_malloc((n ? n : 1) * 32);
     rbuf = tem_calloc(n ? n : 1, sizeof *rbuf);
     rlen = tem_calloc(n ? n : 1, sizeof *rlen);
@@ -516,8 +672,14 @@ static int apply_exec(ledger_store *s, const ledger_block_view *v, const uint8_t
         if ((rc = map_mdb(mdb_put(txn, s->dbi[DB_RECEIPTS], &rk, &rv, 0), "put receipt")) != LEDGER_OK) goto out;
     }
     hook(s, 2);
-    if ((rc = flush_state(s, txn, sroot)) != LEDGER_OK) goto out;
+    tree_touched = true;
+    if ((rc = flush_state(s, txn, h, sroot)) != LEDGER_OK) goto out;
     hook(s, 3);
+    if (s->fail_at == 3) {
+        s->fail_at = 0;
+        rc = LEDGER_EIO;
+        goto out;
+    }
     if ((rc = put_roots(s, txn, h, sroot, rroot, bhash, hdr->time_ms)) != LEDGER_OK) goto out;
     uint8_t h8[8];
     tem_put_u64le(h8, h);
@@ -551,6 +713,8 @@ static int apply_exec(ledger_store *s, const ledger_block_view *v, const uint8_t
     }
 out:
     if (txn) mdb_txn_abort(txn);
+    /* The cache has this block's tree changes, which LMDB will not: rebuilt before next use. */
+    if (rc != LEDGER_OK && tree_touched) s->tree_stale = true;
     if (sp_open) {
         ledger_state_rollback(s->st, sp);
         /* Back at the last block: its root is known without recomputation. */
@@ -577,6 +741,8 @@ static int apply_finish(ledger_store *s, int crc) {
         return LEDGER_OK;
     }
     ledger_state_rollback(s->st, p->sp);
+    /* The block's tree changes are in the cache; rebuilt from LMDB before the next use. */
+    s->tree_stale = true;
     s->height = p->prev_height;
     s->last_time_ms = p->prev_time_ms;
     memcpy(s->last_hash, p->prev_hash, 32);
@@ -590,7 +756,14 @@ static int apply_finish(ledger_store *s, int crc) {
  * commit (on the writer thread for a pipelined block, after the caller went on), 5 after it. */
 static int commit_pending(ledger_store *s) {
     hook(s, 4);
-    int crc = map_mdb(mdb_txn_commit(s->pend.txn), "commit block");
+    int crc;
+    if (s->fail_at == 4) {
+        s->fail_at = 0;
+        mdb_txn_abort(s->pend.txn);
+        crc = LEDGER_EIO;
+    } else {
+        crc = map_mdb(mdb_txn_commit(s->pend.txn), "commit block");
+    }
     s->pend.txn = NULL;
     if (crc == LEDGER_OK) hook(s, 5);
     return crc;
@@ -994,17 +1167,27 @@ int ledger_store_block_roots(ledger_store *s, uint64_t height, uint8_t sr[32], u
 
 int ledger_store_prove(ledger_store *s, const void *key, size_t klen, ledger_state_proof *out) {
     if (klen == 0) return LEDGER_EINVAL;
+    int rc;
+    if (s->tree_stale && (rc = tree_rebuild(s)) != LEDGER_OK) return rc;
     MDB_txn *txn;
-    int rc = map_mdb(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "begin ro");
-    if (rc != LEDGER_OK) return rc;
+    if ((rc = map_mdb(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "begin ro")) != LEDGER_OK) return rc;
     uint8_t kh[32];
     ledger_sha256(kh, key, klen);
-    rc = ledger__smt_prove_db(txn, s->dbi[DB_TREE], kh, out);
+    /* The cache holds every record changed since the checkpoint LMDB has (a pending commit's
+     * flushed records included), so cache-then-LMDB is the tree of the tip. */
+    rc = ledger__smt_prove_cached(s->tk, txn, s->dbi[DB_TREE], kh, out);
     mdb_txn_abort(txn);
     return rc;
 }
 
 void ledger__store_tree_stats(const ledger_store *s, ledger__smt_stats *out) { *out = s->tree_stats; }
+void ledger__store_tree_tune(ledger_store *s, uint64_t every, size_t dirty_max) {
+    s->tree_every = every ? every : TREE_CHECKPOINT_BLOCKS;
+    s->tree_dirty_max = dirty_max ? dirty_max : TREE_DIRTY_MAX;
+}
+uint64_t ledger__store_tree_height(const ledger_store *s) { return s->tree_h; }
+size_t ledger__store_tree_dirty(const ledger_store *s) { return ledger__smt_cache_dirty(s->tk); }
+void ledger__store_fail_at(ledger_store *s, int point) { s->fail_at = point; }
 
 /* ---- for snapshot.c (state sync) */
 void ledger__store_handles_get(ledger_store *s, ledger__store_handles *h) {
@@ -1019,6 +1202,9 @@ int ledger__store_put_tip(ledger_store *s, void *txn, uint64_t h, const uint8_t 
     int rc = put_roots(s, txn, h, sr, rr, bh, time_ms);
     uint8_t h8[8];
     tem_put_u64le(h8, h);
+    /* The installed tree is written whole: a checkpoint at h with no log after it. */
+    if (rc == LEDGER_OK) rc = map_mdb(mdb_drop(txn, s->dbi[DB_TLOG], 0), "empty treelog");
+    if (rc == LEDGER_OK) rc = put_tree_height(s, txn, h);
     return rc != LEDGER_OK ? rc : meta_put_txn(s, txn, "height", h8, 8);
 }
 

@@ -493,10 +493,16 @@ START_TEST(sigkill_inside_apply_leaves_tree_and_state_at_one_block_boundary) {
     ledger_store_close(ref);
     fx_rmrf(rdir);
     free(rdir);
-    for (int point = 1; point <= 5; point++) {
+    /* Tree checkpoints every 2 blocks (block 4 is one), every 3 (block 4 is logged after the
+     * checkpoint at 3) and the default (every block so far logged). */
+    static const uint64_t EVERY[3] = {2, 3, 0};
+    for (int run = 0; run < 15; run++) {
+        int point = 1 + run % 5;
+        uint64_t every = EVERY[run / 5];
         char *dir = fx_tmpdir("tree");
         ledger_store *s;
         ck_assert_int_eq(ledger_store_open(dir, &g, seed_init, NULL, &s), LEDGER_OK);
+        ledger__store_tree_tune(s, every, 0);
         for (uint32_t h = 1; h <= 3; h++) ck_assert_int_eq(apply_block(s, 30, 6, h, &info), LEDGER_OK);
         ledger_store_close(s);
         pid_t pid = fork();
@@ -504,6 +510,7 @@ START_TEST(sigkill_inside_apply_leaves_tree_and_state_at_one_block_boundary) {
         if (pid == 0) {
             ledger_store *cs;
             if (ledger_store_open(dir, &g, seed_init, NULL, &cs) != LEDGER_OK) _exit(3);
+            ledger__store_tree_tune(cs, every, 0);
             fx_kill_at = point;
             ledger_store_set_hook(cs, fx_kill_hook);
             ledger_apply_info ci;
@@ -514,11 +521,12 @@ START_TEST(sigkill_inside_apply_leaves_tree_and_state_at_one_block_boundary) {
         ck_assert_int_eq(waitpid(pid, &wst, 0), pid);
         ck_assert_msg(WIFSIGNALED(wst) && WTERMSIG(wst) == SIGKILL, "point %d: child not killed", point);
         ck_assert_int_eq(ledger_store_open(dir, &g, seed_init, NULL, &s), LEDGER_OK);
+        ledger__store_tree_tune(s, every, 0);
         uint8_t sr[32], naive[32];
         ledger_store_roots(s, sr, rr);
         naive_state_root(ledger_store_state(s), naive);
         /* the tree, the state table and the height agree, at block 3 or (after the commit) 4 */
-        ck_assert_msg(memcmp(sr, naive, 32) == 0, "point %d: tree and state table differ", point);
+        ck_assert_msg(memcmp(sr, naive, 32) == 0, "point %d, every %d: tree and state table differ", point, (int)every);
         if (point < 5) {
             ck_assert_uint_eq(ledger_store_height(s), 3);
             ck_assert(memcmp(sr, r3, 32) == 0);
@@ -526,8 +534,224 @@ START_TEST(sigkill_inside_apply_leaves_tree_and_state_at_one_block_boundary) {
         }
         ck_assert_uint_eq(ledger_store_height(s), 4);
         ledger_store_roots(s, sr, rr);
-        ck_assert_msg(memcmp(sr, r4, 32) == 0, "point %d: root after block 4 differs from the reference", point);
+        ck_assert_msg(memcmp(sr, r4, 32) == 0, "point %d, every %d: root after block 4 differs from the reference", point, (int)every);
         ledger_store_close(s);
+        fx_rmrf(dir);
+        free(dir);
+    }
+    ledger_genesis_free(&g);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ tree checkpoints */
+/* The tree table holds the checkpoint the store says, exactly: its root (read from LMDB alone,
+ * no cache) is the state root recorded for that height. */
+static void check_checkpoint(ledger_store *s) {
+    ledger__store_handles h;
+    ledger__store_handles_get(s, &h);
+    ck_assert_int_eq(ledger_store_commit_wait(s), LEDGER_OK);
+    MDB_txn *txn;
+    ck_assert_int_eq(mdb_txn_begin(h.env, NULL, MDB_RDONLY, &txn), 0);
+    uint8_t got[32], want[32], rr[32];
+    ck_assert_int_eq(ledger__smt_root_db(txn, h.tree, got), LEDGER_OK);
+    mdb_txn_abort(txn);
+    uint64_t c = ledger__store_tree_height(s);
+    ck_assert_uint_le(c, ledger_store_height(s));
+    ck_assert_int_eq(ledger_store_block_roots(s, c, want, rr), LEDGER_OK);
+    ck_assert_msg(memcmp(got, want, 32) == 0, "tree table is not the checkpoint at %llu", (unsigned long long)c);
+}
+
+/* Random checkpoint intervals and cache bounds (down to a checkpoint every block, and to a
+ * bound that forces one mid-interval), restarts at random heights with other settings: after
+ * every block the root is the naive root, the proofs (cache, then LMDB) are the full
+ * recomputation's byte for byte, and the table is the checkpoint it claims. */
+START_TEST(tree_checkpoints_and_their_log_give_the_naive_root_at_every_block_and_restart) {
+    ledger_genesis g;
+    fx_genesis(&g, 4);
+    int checkpoints = 0, by_bound = 0, restarts = 0;
+    for (uint64_t seed = 1; seed <= 8; seed++) {
+        uint64_t rng = seed * 104729;
+        genesis_n = (uint32_t)(rng_next(&rng) % 1500);
+        pool_n = 1 + (uint32_t)(rng_next(&rng) % 300);
+        char *dir = fx_tmpdir("tree");
+        ledger_store *s;
+        ck_assert_int_eq(ledger_store_open(dir, &g, seed_init, NULL, &s), LEDGER_OK);
+        uint64_t every = 1 + rng_next(&rng) % 6;
+        size_t dmax = rng_next(&rng) % 2 ? 0 : 20 + rng_next(&rng) % 200;
+        ledger__store_tree_tune(s, every, dmax);
+        ledger_apply_info info;
+        for (uint32_t h = 1; h <= 30; h++) {
+            uint64_t before = ledger__store_tree_height(s);
+            uint32_t n = (uint32_t)(rng_next(&rng) % 40);
+            ck_assert_int_eq(apply_block(s, n, 8, (uint32_t)(seed * 1000 + h), &info), LEDGER_OK);
+            uint64_t after = ledger__store_tree_height(s);
+            if (after != before) {
+                ck_assert_uint_eq(after, h);
+                ck_assert_uint_eq(ledger__store_tree_dirty(s), 0);
+                checkpoints++;
+                if (h - before < every) by_bound++;
+            } else {
+                ck_assert_uint_lt(h - before, every);
+            }
+            check_store(s, &rng);
+            check_checkpoint(s);
+            if (rng_next(&rng) % 6 == 0) {
+                ledger_store_close(s);
+                ck_assert_int_eq(ledger_store_open(dir, &g, seed_init, NULL, &s), LEDGER_OK);
+                ck_assert_uint_eq(ledger_store_height(s), h);
+                every = 1 + rng_next(&rng) % 6;
+                ledger__store_tree_tune(s, every, dmax);
+                check_store(s, &rng);
+                restarts++;
+            }
+        }
+        ledger_store_close(s);
+        fx_rmrf(dir);
+        free(dir);
+    }
+    ck_assert_int_gt(checkpoints, 20);
+    ck_assert_int_gt(by_bound, 0);
+    ck_assert_int_gt(restarts, 5);
+    ledger_genesis_free(&g);
+}
+END_TEST
+
+/* A block that fails after its tree update (point 3) or whose commit fails (point 4), on a
+ * logged block and on a checkpoint block: nothing changes (height, root, proofs), and the same
+ * block applied again gives the root of a store that never failed. */
+START_TEST(a_block_failing_after_its_tree_update_leaves_tree_and_proofs_at_the_block_before) {
+    ledger_genesis g;
+    fx_genesis(&g, 4);
+    genesis_n = 800;
+    pool_n = 150;
+    char *rdir = fx_tmpdir("tree");
+    ledger_store *ref;
+    ledger_apply_info info;
+    ck_assert_int_eq(ledger_store_open(rdir, &g, seed_init, NULL, &ref), LEDGER_OK);
+    uint8_t want[9][32], rr[32];
+    for (uint32_t h = 1; h <= 8; h++) {
+        ck_assert_int_eq(apply_block(ref, 25, 6, h, &info), LEDGER_OK);
+        ledger_store_roots(ref, want[h], rr);
+    }
+    ledger_store_close(ref);
+    fx_rmrf(rdir);
+    free(rdir);
+    uint64_t rng = 99;
+    for (int point = 3; point <= 4; point++) {
+        char *dir = fx_tmpdir("tree");
+        ledger_store *s;
+        ck_assert_int_eq(ledger_store_open(dir, &g, seed_init, NULL, &s), LEDGER_OK);
+        ledger__store_tree_tune(s, 3, 0); /* checkpoints at 3 and 6: 5 is logged, 6 is one */
+        for (uint32_t h = 1; h <= 8; h++) {
+            if (h == 5 || h == 6) {
+                uint8_t sr[32];
+                ledger__store_fail_at(s, point);
+                ck_assert_int_eq(apply_block(s, 25, 6, h, &info), LEDGER_EIO);
+                ck_assert_uint_eq(ledger_store_height(s), h - 1);
+                ledger_store_roots(s, sr, rr);
+                ck_assert(memcmp(sr, want[h - 1], 32) == 0);
+                check_store(s, &rng);
+                check_checkpoint(s);
+                ck_assert_uint_eq(ledger__store_tree_height(s), 3);
+            }
+            ck_assert_int_eq(apply_block(s, 25, 6, h, &info), LEDGER_OK);
+            uint8_t sr[32];
+            ledger_store_roots(s, sr, rr);
+            ck_assert_msg(memcmp(sr, want[h], 32) == 0, "point %d: root of block %u differs", point, h);
+            check_store(s, &rng);
+            check_checkpoint(s);
+        }
+        ck_assert_uint_eq(ledger__store_tree_height(s), 6);
+        ledger_store_close(s);
+        ck_assert_int_eq(ledger_store_open(dir, &g, seed_init, NULL, &s), LEDGER_OK);
+        ck_assert_uint_eq(ledger_store_height(s), 8);
+        check_store(s, &rng);
+        ledger_store_close(s);
+        fx_rmrf(dir);
+        free(dir);
+    }
+    ledger_genesis_free(&g);
+}
+END_TEST
+
+/* Damage to what an open rebuilds the tree from is refused (LEDGER_ECORRUPT), never run on:
+ * a changed byte in a block's logged ops, a missing log record, a log of the wrong length, a
+ * checkpoint height above the tip, a changed root node in the checkpoint's table. */
+static void tamper_meta_or_log(const char *dir, int what) {
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    ck_assert_int_eq(mdb_env_create(&env), 0);
+    ck_assert_int_eq(mdb_env_set_maxdbs(env, 32), 0);
+    ck_assert_int_eq(mdb_env_set_mapsize(env, (size_t)64 << 30), 0);
+    ck_assert_int_eq(mdb_env_open(env, dir, MDB_NOTLS, 0600), 0);
+    ck_assert_int_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    uint8_t key[8];
+    tem_put_u64be(key, 5);
+    MDB_val k = {8, key}, v;
+    if (what == 4) {
+        ck_assert_int_eq(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
+        uint8_t h8[8];
+        tem_put_u64le(h8, 99);
+        k = (MDB_val){11, "tree_height"};
+        v = (MDB_val){8, h8};
+        ck_assert_int_eq(mdb_put(txn, dbi, &k, &v, 0), 0);
+    } else if (what == 5) {
+        /* the root record of the checkpoint */
+        ck_assert_int_eq(mdb_dbi_open(txn, "tree", 0, &dbi), 0);
+        uint8_t rk[1] = {0};
+        k = (MDB_val){1, rk};
+        ck_assert_int_eq(mdb_get(txn, dbi, &k, &v), 0);
+        uint8_t *copy = malloc(v.mv_size);
+        memcpy(copy, v.mv_data, v.mv_size);
+        copy[10] ^= 1; /* in slot 0: the checkpoint's root node itself */
+        v.mv_data = copy;
+        ck_assert_int_eq(mdb_put(txn, dbi, &k, &v, 0), 0);
+        free(copy);
+    } else {
+        ck_assert_int_eq(mdb_dbi_open(txn, "treelog", 0, &dbi), 0);
+        ck_assert_int_eq(mdb_get(txn, dbi, &k, &v), 0);
+        ck_assert_uint_gt(v.mv_size, 65);
+        if (what == 2) {
+            ck_assert_int_eq(mdb_del(txn, dbi, &k, NULL), 0);
+        } else {
+            uint8_t *copy = malloc(v.mv_size);
+            memcpy(copy, v.mv_data, v.mv_size);
+            if (what == 1) copy[65 + 40] ^= 0x10; /* a byte of the second op's vh */
+            v.mv_data = copy;
+            if (what == 3) v.mv_size--;
+            ck_assert_int_eq(mdb_put(txn, dbi, &k, &v, 0), 0);
+            free(copy);
+        }
+    }
+    ck_assert_int_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
+START_TEST(damaged_tree_log_or_checkpoint_is_refused_on_open) {
+    ledger_genesis g;
+    fx_genesis(&g, 4);
+    genesis_n = 600;
+    pool_n = 100;
+    for (int what = 0; what <= 5; what++) {
+        char *dir = fx_tmpdir("tree");
+        ledger_store *s;
+        ledger_apply_info info;
+        ck_assert_int_eq(ledger_store_open(dir, &g, seed_init, NULL, &s), LEDGER_OK);
+        ledger__store_tree_tune(s, 4, 0); /* checkpoint at 4, blocks 5 and 6 logged */
+        for (uint32_t h = 1; h <= 6; h++) ck_assert_int_eq(apply_block(s, 20, 6, h, &info), LEDGER_OK);
+        ck_assert_uint_eq(ledger__store_tree_height(s), 4);
+        ledger_store_close(s);
+        if (what) tamper_meta_or_log(dir, what);
+        int rc = ledger_store_open(dir, &g, seed_init, NULL, &s);
+        /* what 0: the control, untouched, opens at block 6 */
+        if (what == 0) {
+            ck_assert_int_eq(rc, LEDGER_OK);
+            ck_assert_uint_eq(ledger_store_height(s), 6);
+            ledger_store_close(s);
+        } else {
+            ck_assert_msg(rc == LEDGER_ECORRUPT, "damage %d: open gave %d", what, rc);
+        }
         fx_rmrf(dir);
         free(dir);
     }
@@ -699,6 +923,9 @@ Suite *tree_suite(void) {
     tcase_add_test(t, store_tree_follows_random_blocks_and_matches_the_naive_root);
     tcase_add_test(t, store_delete_of_a_blocks_creations_returns_the_tree_to_the_earlier_root);
     tcase_add_test(t, sigkill_inside_apply_leaves_tree_and_state_at_one_block_boundary);
+    tcase_add_test(t, tree_checkpoints_and_their_log_give_the_naive_root_at_every_block_and_restart);
+    tcase_add_test(t, a_block_failing_after_its_tree_update_leaves_tree_and_proofs_at_the_block_before);
+    tcase_add_test(t, damaged_tree_log_or_checkpoint_is_refused_on_open);
     tcase_add_test(t, stored_tree_with_crafted_deep_paths_matches_the_naive_root);
     tcase_add_test(t, worked_example_of_docs_ledger_md_is_reproduced);
     suite_add_tcase(s, t);
