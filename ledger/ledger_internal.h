@@ -15,6 +15,9 @@ int ledger__state_flush(ledger_state *st, ledger__flush_fn fn, void *ctx);
 void ledger__state_clear_dirty(ledger_state *st);
 size_t ledger__state_journal_depth(const ledger_state *st);
 
+/* Tests: SHA-256 by libsodium, the reference for ledger_sha256 (libcrypto). */
+void ledger__sha256_sodium(uint8_t out[32], const void *data, size_t len);
+
 /* ---- the state tree (smt.c; docs/ledger.md, "State tree") */
 typedef struct {
     uint8_t kh[32]; /* SHA-256(key) */

@@ -1,10 +1,12 @@
 /* test_ledger.c: Check suite for ledger/: hashes, Merkle trees, signatures, tx decoding and every
  * bad input, the genesis, the state with savepoints and proofs, and the LMDB store including
  * crash safety (a child killed with SIGKILL at points inside a block's apply). */
+#include "ledger/ledger_internal.h"
 #include "tests/ledger_fixture.h"
 #include "tests/store_fixture.h"
 
 #include <check.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -37,6 +39,55 @@ START_TEST(sha256_matches_fips_180_vectors) {
     unhex_or_die(want, 32, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
     ledger_sha256_parts(got, 1000, parts, lens);
     ck_assert(memcmp(want, got, 32) == 0);
+}
+END_TEST
+
+/* ledger_sha256 (libcrypto) against libsodium's SHA-256 on random inputs of every length up to
+ * a few blocks, split into random parts, from four threads at once (each has its own digest
+ * context). */
+typedef struct {
+    uint64_t seed;
+    int bad;
+} sha_job;
+
+static void *sha_against_sodium(void *arg) {
+    sha_job *j = arg;
+    uint64_t x = j->seed;
+    static __thread uint8_t buf[700];
+    for (int round = 0; round < 3000; round++) {
+        size_t len = (size_t)(round % 700);
+        for (size_t i = 0; i < len; i++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            buf[i] = (uint8_t)(x >> 33);
+        }
+        uint8_t want[32], got[32], got2[32];
+        ledger__sha256_sodium(want, buf, len);
+        ledger_sha256(got, buf, len);
+        const void *parts[4];
+        size_t lens[4], off = 0;
+        for (int p = 0; p < 4; p++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            lens[p] = p == 3 ? len - off : (size_t)(x >> 33) % (len - off + 1);
+            parts[p] = buf + off;
+            off += lens[p];
+        }
+        ledger_sha256_parts(got2, 4, parts, lens);
+        if (memcmp(want, got, 32) != 0 || memcmp(want, got2, 32) != 0) j->bad++;
+    }
+    return NULL;
+}
+
+START_TEST(sha256_of_libcrypto_equals_libsodiums_on_random_inputs_and_threads) {
+    pthread_t th[4];
+    sha_job jobs[4];
+    for (int i = 0; i < 4; i++) {
+        jobs[i] = (sha_job){.seed = 1000 + (uint64_t)i};
+        ck_assert_int_eq(pthread_create(&th[i], NULL, sha_against_sodium, &jobs[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(pthread_join(th[i], NULL), 0);
+        ck_assert_int_eq(jobs[i].bad, 0);
+    }
 }
 END_TEST
 
@@ -1045,6 +1096,7 @@ Suite *ledger_suite(void) {
     TCase *t = tcase_create("core");
     tcase_set_timeout(t, 120);
     tcase_add_test(t, sha256_matches_fips_180_vectors);
+    tcase_add_test(t, sha256_of_libcrypto_equals_libsodiums_on_random_inputs_and_threads);
     tcase_add_test(t, merkle_empty_single_and_odd_trees_follow_the_documented_shape);
     tcase_add_test(t, merkle_proofs_verify_for_every_leaf_and_fail_when_tampered);
     tcase_add_test(t, secp256k1_published_vector_verifies_and_signing_reproduces_it);
