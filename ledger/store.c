@@ -27,7 +27,7 @@ static const char *const DB_NAMES[DB_COUNT] = {"blocks", "certs", "txs",  "recei
  * (a record is about 1 KiB) and TREE_CLEAN_MAX the clean records kept to spare reads. */
 #define TREE_CHECKPOINT_BLOCKS 32
 #define TREE_DIRTY_MAX 65536
-#define TREE_CLEAN_MAX 131072
+#define TREE_CLEAN_MAX 65536
 /* treelog[height] = one per op: u8 del || kh (32) || vh (32, zero when del), kh ascending */
 #define TLOG_OP_BYTES 65
 
