@@ -5,9 +5,9 @@
  *   protobuf_c_message_unpack   one line per message type ("unpack tem.v1.SignedTx 123"). The
  *                               library calls itself through its PLT for nested messages, so a
  *                               Block's SignedTxs are counted too.
- *   crypto_hash_sha256_init/update/final
- *                               every SHA-256 ends in _final (libsodium's one-shot runs through
- *                               the same three calls). The first 64 input bytes classify it by
+ *   crypto_hash_sha256_init/update/final, SHA256_Init/Update/Final
+ *                               every SHA-256 ends in a final call (libsodium's one-shot runs
+ *                               through its three calls; ledger_sha256 uses libcrypto's). The first 64 input bytes classify it by
  *                               its domain prefix: Merkle leaf/node, state leaf, block, commit,
  *                               pBFT, handshake, mempool log record, tx body (txid), receipt,
  *                               signature-cache key, other.
@@ -213,6 +213,42 @@ int crypto_hash_sha256(unsigned char *out, const unsigned char *in, unsigned lon
     int rc = real(out, in, n);
     in_oneshot = 0;
     return rc;
+}
+
+/* libcrypto's SHA256_* (what ledger_sha256 uses): the same tracking, keyed by the context. */
+typedef struct SHA256state_st SHA256_CTX;
+int SHA256_Init(SHA256_CTX *c) {
+    static int (*real)(SHA256_CTX *);
+    if (!real) real = dlsym(RTLD_NEXT, "SHA256_Init");
+    track *t = find(c, 1);
+    t->len = t->have = 0;
+    return real(c);
+}
+
+int SHA256_Update(SHA256_CTX *c, const void *in, size_t n) {
+    static int (*real)(SHA256_CTX *, const void *, size_t);
+    if (!real) real = dlsym(RTLD_NEXT, "SHA256_Update");
+    track *t = find(c, 0);
+    if (t) {
+        size_t take = n < PREFIX - t->have ? n : PREFIX - t->have;
+        slow_copy(t->prefix + t->have, in, take);
+        t->have += take;
+        t->len += n;
+    }
+    return real(c, in, n);
+}
+
+int SHA256_Final(unsigned char *out, SHA256_CTX *c) {
+    static int (*real)(unsigned char *, SHA256_CTX *);
+    if (!real) real = dlsym(RTLD_NEXT, "SHA256_Final");
+    track *t = find(c, 0);
+    if (t) {
+        atomic_fetch_add(&hashes[classify(t)], 1);
+        t->st = NULL;
+    } else {
+        atomic_fetch_add(&hashes[H_OTHER], 1);
+    }
+    return real(out, c);
 }
 
 /* ------------------------------------------------------------------ signatures */
