@@ -459,8 +459,13 @@ START_TEST(staged_sync_resumes_installs_and_follows_blocks) {
     /* the reloaded in-memory state is the snapshot, recomputed from scratch */
     ref_root(dst, sr);
     ck_assert(memcmp(sr, root_h, 32) == 0);
+    /* the installed tree is a tree checkpoint at h; with one every 2 blocks, h+1 is logged and
+     * h+2 is the next checkpoint, which the restart below rebuilds from */
+    ck_assert_uint_eq(ledger__store_tree_height(dst), h);
+    ledger__store_tree_tune(dst, 2, 0);
     /* it then applies the same certified block as the source, to the same root, and the next */
     ck_assert_int_eq(ledger_store_apply(dst, bn, bnl, cn, cnl, &FX_EXEC, 0, NULL), LEDGER_OK);
+    ck_assert_uint_eq(ledger__store_tree_height(dst), h);
     uint8_t s1[32], s2[32];
     ledger_store_roots(src, s1, r2);
     ledger_store_roots(dst, s2, r2);
@@ -473,10 +478,12 @@ START_TEST(staged_sync_resumes_installs_and_follows_blocks) {
     ledger_store_roots(src, s1, r2);
     ledger_store_roots(dst, s2, r2);
     ck_assert(memcmp(s1, s2, 32) == 0);
+    ck_assert_uint_eq(ledger__store_tree_height(dst), h + 2);
     /* and a restart of the synced store finds the same tip */
     ledger_store_close(dst);
     dst = open_store(d, "dst", &g, NULL);
     ck_assert_uint_eq(ledger_store_height(dst), h + 2);
+    ck_assert_uint_eq(ledger__store_tree_height(dst), h + 2);
     ledger_store_roots(dst, s2, r2);
     ck_assert(memcmp(s1, s2, 32) == 0);
     tem_free(bn);
