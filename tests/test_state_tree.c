@@ -476,23 +476,33 @@ START_TEST(store_delete_of_a_blocks_creations_returns_the_tree_to_the_earlier_ro
 END_TEST
 
 
+/* Roots after blocks 1..n (apply_block with n_tx txs from 6 senders, salt = height) of a store
+ * that never fails or restarts: what the stores under test must reach. out has n + 1 rows. */
+static void reference_roots(const ledger_genesis *g, uint32_t n, uint32_t n_tx, uint8_t (*out)[32]) {
+    char *dir = fx_tmpdir("tree");
+    ledger_store *ref;
+    ledger_apply_info info;
+    uint8_t rr[32];
+    ck_assert_int_eq(ledger_store_open(dir, g, seed_init, NULL, &ref), LEDGER_OK);
+    for (uint32_t h = 1; h <= n; h++) {
+        ck_assert_int_eq(apply_block(ref, n_tx, 6, h, &info), LEDGER_OK);
+        ledger_store_roots(ref, out[h], rr);
+    }
+    ledger_store_close(ref);
+    fx_rmrf(dir);
+    free(dir);
+}
+
 START_TEST(sigkill_inside_apply_leaves_tree_and_state_at_one_block_boundary) {
     ledger_genesis g;
     fx_genesis(&g, 4);
     genesis_n = 1500;
     pool_n = 200;
     /* Reference: a store that is never killed, for the roots at heights 3 and 4. */
-    char *rdir = fx_tmpdir("tree");
-    ledger_store *ref;
+    uint8_t want[5][32], rr[32];
     ledger_apply_info info;
-    ck_assert_int_eq(ledger_store_open(rdir, &g, seed_init, NULL, &ref), LEDGER_OK);
-    for (uint32_t h = 1; h <= 4; h++) ck_assert_int_eq(apply_block(ref, 30, 6, h, &info), LEDGER_OK);
-    uint8_t r3[32], r4[32], rr[32];
-    ck_assert_int_eq(ledger_store_block_roots(ref, 3, r3, rr), LEDGER_OK);
-    ck_assert_int_eq(ledger_store_block_roots(ref, 4, r4, rr), LEDGER_OK);
-    ledger_store_close(ref);
-    fx_rmrf(rdir);
-    free(rdir);
+    reference_roots(&g, 4, 30, want);
+    const uint8_t *r3 = want[3], *r4 = want[4];
     /* Tree checkpoints every 2 blocks (block 4 is one), every 3 (block 4 is logged after the
      * checkpoint at 3) and the default (every block so far logged). */
     static const uint64_t EVERY[3] = {2, 3, 0};
@@ -624,18 +634,9 @@ START_TEST(a_block_failing_after_its_tree_update_leaves_tree_and_proofs_at_the_b
     fx_genesis(&g, 4);
     genesis_n = 800;
     pool_n = 150;
-    char *rdir = fx_tmpdir("tree");
-    ledger_store *ref;
     ledger_apply_info info;
-    ck_assert_int_eq(ledger_store_open(rdir, &g, seed_init, NULL, &ref), LEDGER_OK);
     uint8_t want[9][32], rr[32];
-    for (uint32_t h = 1; h <= 8; h++) {
-        ck_assert_int_eq(apply_block(ref, 25, 6, h, &info), LEDGER_OK);
-        ledger_store_roots(ref, want[h], rr);
-    }
-    ledger_store_close(ref);
-    fx_rmrf(rdir);
-    free(rdir);
+    reference_roots(&g, 8, 25, want);
     uint64_t rng = 99;
     for (int point = 3; point <= 4; point++) {
         char *dir = fx_tmpdir("tree");
