@@ -6,12 +6,10 @@
  *
  * Two implementations of the same definition live here: a full recomputation over a sorted
  * array (states not backed by a store, proofs of such states, tests' cross-checks), and the
- * incremental one that keeps every node in an LMDB table and rewrites only the nodes on the
- * paths of a block's changed keys, inside the block's own write transaction.
- *
- * LMDB record of the node at depth d on path p: key u8(d) || the first ceil(d/8) bytes of p
- * (bits past d zeroed); value u8(kind) || 64 bytes: kind 1 = leaf (kh || vh), kind 2 = inner
- * (left hash || right hash). Empty subtrees have no record. */
+ * incremental one that keeps every node in an LMDB table, four levels a record, and rewrites
+ * only the nodes on the paths of a block's changed keys. Its records go through a cache
+ * (ledger__smt_cache): one update's own, written back at its end (ledger__smt_update), or a
+ * store's, kept across blocks and written back at tree checkpoints (store.c). */
 #include "ledger/ledger_internal.h"
 
 #include <errno.h>
