@@ -84,6 +84,9 @@ void ledger__store_tree_stats(const ledger_store *s, ledger__smt_stats *out);
 void ledger__store_tree_tune(ledger_store *s, uint64_t every, size_t dirty_max);
 uint64_t ledger__store_tree_height(const ledger_store *s);
 size_t ledger__store_tree_dirty(const ledger_store *s);
+/* Tests: the records the tree's cache holds; the clean ones it may keep (TREE_CLEAN_MAX). */
+size_t ledger__store_tree_cached(const ledger_store *s);
+void ledger__store_tree_clean_max(ledger_store *s, size_t n);
 void ledger__store_fail_at(ledger_store *s, int point);
 /* Records the root of the current (clean) state, computed by the store's tree. */
 void ledger__state_set_root(ledger_state *st, const uint8_t root[32]);

@@ -71,6 +71,7 @@ struct ledger_store {
     bool tree_stale;              /* tk holds changes of a block that failed: rebuild first */
     uint64_t tree_every;          /* TREE_CHECKPOINT_BLOCKS; tests set less */
     size_t tree_dirty_max;        /* TREE_DIRTY_MAX; tests set less */
+    size_t tree_clean_max;        /* TREE_CLEAN_MAX; tests set less */
     int fail_at;                  /* tests: fail the next apply at this hook point (3 or 4) */
     uint64_t durable_height;      /* the last block whose write transaction committed */
     store_pending pend;           /* the executed block whose commit is pending or unfinished */
@@ -410,6 +411,7 @@ int ledger_store_open(const char *dir, const ledger_genesis *g,
     if ((rc = ledger_state_new(&s->st)) != LEDGER_OK) goto fail;
     s->tree_every = TREE_CHECKPOINT_BLOCKS;
     s->tree_dirty_max = TREE_DIRTY_MAX;
+    s->tree_clean_max = TREE_CLEAN_MAX;
     if (!(s->tk = ledger__smt_cache_new())) {
         rc = LEDGER_ENOMEM;
         goto fail;
@@ -595,7 +597,7 @@ static int apply_exec(ledger_store *s, const ledger_block_view *v, const uint8_t
     if ((rc = check_view(s, v)) != LEDGER_OK) goto out;
     if (s->tree_stale && (rc = tree_rebuild(s)) != LEDGER_OK) goto out;
     /* No commit is pending here, so LMDB holds every record flushed: clean ones may go. */
-    if (ledger__smt_cache_dirty(s->tk) == 0 && ledger__smt_cache_records(s->tk) > TREE_CLEAN_MAX)
+    if (ledger__smt_cache_dirty(s->tk) == 0 && ledger__smt_cache_records(s->tk) > s->tree_clean_max)
         ledger__smt_cache_clear(s->tk);
     rhash = tem_malloc((n ? n : 1) * 32);
     rbuf = tem_calloc(n ? n : 1, sizeof *rbuf);
@@ -1187,6 +1189,8 @@ void ledger__store_tree_tune(ledger_store *s, uint64_t every, size_t dirty_max) 
 }
 uint64_t ledger__store_tree_height(const ledger_store *s) { return s->tree_h; }
 size_t ledger__store_tree_dirty(const ledger_store *s) { return ledger__smt_cache_dirty(s->tk); }
+size_t ledger__store_tree_cached(const ledger_store *s) { return ledger__smt_cache_records(s->tk); }
+void ledger__store_tree_clean_max(ledger_store *s, size_t n) { s->tree_clean_max = n; }
 void ledger__store_fail_at(ledger_store *s, int point) { s->fail_at = point; }
 
 /* ---- for snapshot.c (state sync) */

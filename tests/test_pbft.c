@@ -433,6 +433,17 @@ static void cl_run_to(cluster *c, uint64_t h) {
     cl_run(c, 1000000);
 }
 
+/* A 4-validator cluster past height 3 with every message delivered: where the view-change and
+ * catch-up tests start. *before: the lowest height every replica has delivered. */
+static cluster *cl_quiet_after_3(uint64_t *before) {
+    cluster *c = tem_calloc(1, sizeof *c);
+    cl_init(c, 4, 4);
+    cl_run_to(c, 3);
+    cl_run(c, 200000);
+    *before = cl_min_delivered(c);
+    return c;
+}
+
 /* ================================================================== tests */
 
 START_TEST(pbft_error_codes_have_names_in_their_range) {
@@ -1065,11 +1076,8 @@ START_TEST(pbft_record_drops_the_delivered_height_once_durable) {
 END_TEST
 
 START_TEST(pbft_view_change_replaces_a_silent_primary_and_keeps_committed_blocks) {
-    cluster *c = tem_calloc(1, sizeof *c);
-    cl_init(c, 4, 4);
-    cl_run_to(c, 3);
-    cl_run(c, 200000);
-    uint64_t before = cl_min_delivered(c);
+    uint64_t before;
+    cluster *c = cl_quiet_after_3(&before);
     ck_assert_uint_ge(before, 3);
     /* Primary 0 goes silent; the others time out and move to view 1 (primary 1). */
     c->cut[0] = true;
@@ -1099,11 +1107,8 @@ END_TEST
  * whose own view timer does not fire used to stay in its old view for good, following blocks
  * by fetching but never voting. f+1 votes of a later view now make it ask for that view. */
 START_TEST(pbft_replica_that_missed_a_view_change_joins_it_from_votes) {
-    cluster *c = tem_calloc(1, sizeof *c);
-    cl_init(c, 4, 4);
-    cl_run_to(c, 3);
-    cl_run(c, 200000);
-    uint64_t before = cl_min_delivered(c);
+    uint64_t before;
+    cluster *c = cl_quiet_after_3(&before);
     c->cut[0] = true;
     for (uint32_t i = 1; i < 4; i++) cl_fire_view_timer(c, i);
     cl_run(c, 200000);
@@ -1133,11 +1138,8 @@ END_TEST
  * this view, so the primary is not at fault. It fetches, stays in their view and votes again.
  * (Before, it went to view 1 alone and stayed out of the normal case.) */
 START_TEST(pbft_lagging_replica_fetches_instead_of_changing_view) {
-    cluster *c = tem_calloc(1, sizeof *c);
-    cl_init(c, 4, 4);
-    cl_run_to(c, 3);
-    cl_run(c, 200000);
-    uint64_t before = cl_min_delivered(c);
+    uint64_t before;
+    cluster *c = cl_quiet_after_3(&before);
     c->cut[3] = true;
     cl_run_to(c, before + 3);
     ck_assert_uint_eq(c->delivered_n[3], before);
@@ -1181,11 +1183,8 @@ END_TEST
  * its tip from `claimants` validators, then its view timer fires. True if it started a view
  * change. */
 static bool view_change_after_claims(const uint32_t *claimants, uint32_t nclaim) {
-    cluster *c = tem_calloc(1, sizeof *c);
-    cl_init(c, 4, 4);
-    cl_run_to(c, 3);
-    cl_run(c, 200000);
-    uint64_t before = cl_min_delivered(c);
+    uint64_t before;
+    cluster *c = cl_quiet_after_3(&before);
     c->cut[0] = true;
     uint8_t fake[32];
     memset(fake, 0x5a, sizeof fake);

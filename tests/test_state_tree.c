@@ -603,7 +603,11 @@ START_TEST(tree_checkpoints_and_their_log_give_the_naive_root_at_every_block_and
             } else {
                 ck_assert_uint_lt(h - before, every);
             }
+            /* proofs (anyone can ask for them, between blocks) read through the cache and
+             * never add to it */
+            size_t cached = ledger__store_tree_cached(s);
             check_store(s, &rng);
+            ck_assert_uint_eq(ledger__store_tree_cached(s), cached);
             check_checkpoint(s);
             if (rng_next(&rng) % 6 == 0) {
                 ledger_store_close(s);
@@ -622,6 +626,52 @@ START_TEST(tree_checkpoints_and_their_log_give_the_naive_root_at_every_block_and
     ck_assert_int_gt(checkpoints, 20);
     ck_assert_int_gt(by_bound, 0);
     ck_assert_int_gt(restarts, 5);
+    ledger_genesis_free(&g);
+}
+END_TEST
+
+/* The cache's memory is bounded: after a checkpoint the clean records above the bound are
+ * dropped before the next block, and what blocks change is forced out by the dirty bound; the
+ * roots stay the reference's either way. */
+START_TEST(tree_cache_stays_within_its_bounds) {
+    ledger_genesis g;
+    fx_genesis(&g, 4);
+    genesis_n = 1200;
+    pool_n = 200;
+    uint8_t want[13][32], rr[32];
+    reference_roots(&g, 12, 25, want);
+    char *dir = fx_tmpdir("tree");
+    ledger_store *s;
+    ledger_apply_info info;
+    ck_assert_int_eq(ledger_store_open(dir, &g, seed_init, NULL, &s), LEDGER_OK);
+    ledger__store_tree_tune(s, 1000, 150);
+    ledger__store_tree_clean_max(s, 40);
+    size_t prev_dirty = 1, prev_cached = 0;
+    int dropped = 0;
+    for (uint32_t h = 1; h <= 12; h++) {
+        ck_assert_int_eq(apply_block(s, 25, 6, h, &info), LEDGER_OK);
+        uint8_t sr[32];
+        ledger_store_roots(s, sr, rr);
+        ck_assert(memcmp(sr, want[h], 32) == 0);
+        size_t dirty = ledger__store_tree_dirty(s), cached = ledger__store_tree_cached(s);
+        ledger__smt_stats st;
+        ledger__store_tree_stats(s, &st);
+        ck_assert_uint_lt(dirty, 150);
+        /* after a checkpoint (nothing dirty) over the bound, the block started from an empty
+         * cache: it holds exactly what this block read */
+        if (prev_dirty == 0 && prev_cached > 40) {
+            ck_assert_uint_eq(cached, st.reads);
+            dropped++;
+        }
+        prev_dirty = dirty;
+        prev_cached = cached;
+    }
+    ck_assert_int_gt(dropped, 2);
+    uint64_t rng = 3;
+    check_store(s, &rng);
+    ledger_store_close(s);
+    fx_rmrf(dir);
+    free(dir);
     ledger_genesis_free(&g);
 }
 END_TEST
@@ -925,6 +975,7 @@ Suite *tree_suite(void) {
     tcase_add_test(t, store_delete_of_a_blocks_creations_returns_the_tree_to_the_earlier_root);
     tcase_add_test(t, sigkill_inside_apply_leaves_tree_and_state_at_one_block_boundary);
     tcase_add_test(t, tree_checkpoints_and_their_log_give_the_naive_root_at_every_block_and_restart);
+    tcase_add_test(t, tree_cache_stays_within_its_bounds);
     tcase_add_test(t, a_block_failing_after_its_tree_update_leaves_tree_and_proofs_at_the_block_before);
     tcase_add_test(t, damaged_tree_log_or_checkpoint_is_refused_on_open);
     tcase_add_test(t, stored_tree_with_crafted_deep_paths_matches_the_naive_root);
