@@ -371,6 +371,12 @@ TEM_WUR int ledger_store_open(const char *dir, const ledger_genesis *g,
                               int (*init)(void *ctx, ledger_state *st, const ledger_genesis *g),
                               void *init_ctx, ledger_store **out);
 void ledger_store_close(ledger_store *s);
+/* Validator `index` of `count` writes its tree checkpoints (docs/ledger.md, "Tree checkpoints")
+ * at heights of its own phase, index/count of the way between two of validator 0's: a
+ * checkpoint's commit is the slowest a block has, and validators that take it at different
+ * heights leave a quorum that is not taking it. Local to the store: the roots are the same.
+ * Call before the first apply; without it the phase is that of the last checkpoint. */
+void ledger_store_stagger_checkpoints(ledger_store *s, uint32_t index, uint32_t count);
 /* Scratch stores only (temctl replay's re-execution, benches): commits stop waiting for the
  * disk (LMDB's MDB_NOSYNC), so a crash may lose or damage the store. LEDGER_OK or LEDGER_EIO. */
 TEM_WUR int ledger_store_scratch(ledger_store *s);

@@ -70,6 +70,8 @@ struct ledger_store {
     uint64_t tree_h;              /* the checkpoint the tree table holds (once pend commits) */
     bool tree_stale;              /* tk holds changes of a block that failed: rebuild first */
     uint64_t tree_every;          /* TREE_CHECKPOINT_BLOCKS; tests set less */
+    uint64_t tree_phase;          /* checkpoints at heights h with (h + phase) % every == 0 ... */
+    bool tree_phased;             /* ... once ledger_store_stagger_checkpoints set it */
     size_t tree_dirty_max;        /* TREE_DIRTY_MAX; tests set less */
     size_t tree_clean_max;        /* TREE_CLEAN_MAX; tests set less */
     int fail_at;                  /* tests: fail the next apply at this hook point (3 or 4) */
@@ -184,7 +186,9 @@ static int tree_block(ledger_store *s, MDB_txn *txn, uint64_t h, const ledger__s
     memset(&s->tree_stats, 0, sizeof s->tree_stats);
     int rc = ledger__smt_update_cached(s->tk, txn, s->dbi[DB_TREE], ops, n, root, &s->tree_stats);
     if (rc != LEDGER_OK) return rc;
-    if (h - s->tree_h < s->tree_every && ledger__smt_cache_dirty(s->tk) < s->tree_dirty_max) {
+    bool due = h - s->tree_h >= s->tree_every || ledger__smt_cache_dirty(s->tk) >= s->tree_dirty_max ||
+               (s->tree_phased && (h + s->tree_phase) % s->tree_every == 0);
+    if (!due) {
         if ((rc = treelog_put(s, txn, h, ops, n)) != LEDGER_OK) return rc;
     } else {
         s->tree_stats.writes = ledger__smt_cache_dirty(s->tk);
@@ -1188,6 +1192,12 @@ void ledger__store_tree_tune(ledger_store *s, uint64_t every, size_t dirty_max) 
     s->tree_dirty_max = dirty_max ? dirty_max : TREE_DIRTY_MAX;
 }
 uint64_t ledger__store_tree_height(const ledger_store *s) { return s->tree_h; }
+
+void ledger_store_stagger_checkpoints(ledger_store *s, uint32_t index, uint32_t count) {
+    if (count == 0 || index >= count) return;
+    s->tree_phase = (uint64_t)index * s->tree_every / count;
+    s->tree_phased = true;
+}
 size_t ledger__store_tree_dirty(const ledger_store *s) { return ledger__smt_cache_dirty(s->tk); }
 size_t ledger__store_tree_cached(const ledger_store *s) { return ledger__smt_cache_records(s->tk); }
 void ledger__store_tree_clean_max(ledger_store *s, size_t n) { s->tree_clean_max = n; }

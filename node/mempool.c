@@ -716,8 +716,11 @@ static void vq_dispatch(node_mempool *m) {
             uint32_t i = m->vq_head;
             m->vq_head = m->ents[i].q_next;
             m->ents[i].q_next = NIL;
-            /* A proposal's validation may have verified this pair while it waited here. */
-            m->ents[i].sig_known = m->cfg.sig_known && m->cfg.sig_known(m->cfg.sig_known_ctx, m->ents[i].txid, m->ents[i].sig);
+            /* A proposal's validation may have verified this pair while it waited here; and a
+             * block applied meanwhile (one fetched while catching up verifies its own txs) may
+             * have committed or superseded it, which decides its answer whatever its signature. */
+            m->ents[i].sig_known = m->ents[i].gone ||
+                                   (m->cfg.sig_known && m->cfg.sig_known(m->cfg.sig_known_ctx, m->ents[i].txid, m->ents[i].sig));
             m->ents[i].in_job = true;
             j->idx[j->n++] = i;
             m->vq_len--;

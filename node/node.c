@@ -1059,6 +1059,7 @@ int node_run(const node_config *cfg) {
         node_log(n, NODE_LOG_ERROR, "store %s: %s", cfg->data_dir, ledger_strerror(rc));
         goto stop;
     }
+    if (n->self >= 0) ledger_store_stagger_checkpoints(n->store, (uint32_t)n->self, n->g.n_validators);
     char gh[65];
     tem_hex(gh, n->g.hash, 32);
     node_log(n, NODE_LOG_INFO, "temd %s config %s chain %s genesis %s, %s %d, data %s", NODE_VERSION,

@@ -710,6 +710,26 @@ START_TEST(mempool_skips_verifying_pairs_the_node_already_verified) {
 }
 END_TEST
 
+/* A tx still queued for its check when a block commits its txid (a block fetched while
+ * catching up, verified there) is answered committed without a second verification: its
+ * signature here is wrong, so a verification would have refused it. */
+START_TEST(mempool_does_not_verify_a_queued_tx_a_block_committed) {
+    node_mempool_config c = cfg_default();
+    mp_open(&c);
+    tx_t a = mk(2, 0, 1);
+    a.b[a.len - 64 + 5] ^= 0x01;
+    ck_assert_int_eq(submit(&a), 0);
+    ck_assert_int_eq(node_mempool_sig_state(M, a.txid, a.b + a.len - 64), NODE_MEMPOOL_SIG_QUEUED);
+    node_mempool_block_applied(M, (const uint8_t(*)[32])a.txid, 1);
+    wait_done(1);
+    ck_assert_mem_eq(R.txid[0], a.txid, 32);
+    ck_assert_int_eq(R.rc[0], 0);
+    ck_assert_uint_eq(stats().verify_failed, 0);
+    ck_assert_uint_eq(stats().log_bytes, NODE_MEMPOOL_LOG_HEADER_BYTES);
+    tem_free(a.b);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ blocks */
 START_TEST(mempool_block_applied_drops_committed_and_superseded_txs) {
     node_mempool_config c = cfg_default();
@@ -1244,6 +1264,7 @@ static Suite *mempool_suite(void) {
     tcase_add_test(t, mempool_per_signer_limit_refuses_with_esignerfull);
     tcase_add_test(t, mempool_bad_signatures_are_reported_through_done_and_dropped);
     tcase_add_test(t, mempool_skips_verifying_pairs_the_node_already_verified);
+    tcase_add_test(t, mempool_does_not_verify_a_queued_tx_a_block_committed);
     tcase_add_test(t, mempool_verify_first_moves_queued_txs_to_the_front);
     tcase_add_test(t, mempool_selects_verified_txs_before_their_record_is_durable);
     tcase_add_test(t, mempool_block_applied_drops_committed_and_superseded_txs);

@@ -630,6 +630,56 @@ START_TEST(tree_checkpoints_and_their_log_give_the_naive_root_at_every_block_and
 }
 END_TEST
 
+
+/* Validators that stagger their checkpoints (ledger_store_stagger_checkpoints) take them at
+ * heights of their own phase, never two at one height, and agree on every root; a restart
+ * keeps the phase the caller sets again. */
+START_TEST(staggered_checkpoints_fall_on_each_validators_phase_and_roots_agree) {
+    ledger_genesis g;
+    fx_genesis(&g, 4);
+    genesis_n = 300;
+    pool_n = 120;
+    uint64_t rng = 7;
+    char *dir[4];
+    ledger_store *s[4];
+    for (uint32_t v = 0; v < 4; v++) {
+        dir[v] = fx_tmpdir("tree");
+        ck_assert_int_eq(ledger_store_open(dir[v], &g, seed_init, NULL, &s[v]), LEDGER_OK);
+        ledger__store_tree_tune(s[v], 8, 0);
+        ledger_store_stagger_checkpoints(s[v], v, 4);
+    }
+    ledger_apply_info info;
+    for (uint32_t h = 1; h <= 21; h++) {
+        uint8_t sr0[32], sr[32], rr[32];
+        int taking = 0;
+        for (uint32_t v = 0; v < 4; v++) {
+            ck_assert_int_eq(apply_block(s[v], 20, 6, 500 + h, &info), LEDGER_OK);
+            uint64_t want = h;
+            while (want > 0 && (want + 2 * v) % 8 != 0) want--; /* phase v * 8 / 4 */
+            ck_assert_msg(ledger__store_tree_height(s[v]) == want, "validator %u at %u: checkpoint %llu, want %llu", v, h,
+                          (unsigned long long)ledger__store_tree_height(s[v]), (unsigned long long)want);
+            taking += want == h;
+            ledger_store_roots(s[v], v ? sr : sr0, rr);
+            if (v) ck_assert_msg(memcmp(sr, sr0, 32) == 0, "validator %u disagrees at %u", v, h);
+            check_checkpoint(s[v]);
+            if (h == 11) {
+                ledger_store_close(s[v]);
+                ck_assert_int_eq(ledger_store_open(dir[v], &g, seed_init, NULL, &s[v]), LEDGER_OK);
+                ledger__store_tree_tune(s[v], 8, 0);
+                ledger_store_stagger_checkpoints(s[v], v, 4);
+                check_store(s[v], &rng);
+            }
+        }
+        ck_assert_int_le(taking, 1);
+    }
+    for (uint32_t v = 0; v < 4; v++) {
+        ledger_store_close(s[v]);
+        fx_rmrf(dir[v]);
+        free(dir[v]);
+    }
+}
+END_TEST
+
 /* The cache's memory is bounded: after a checkpoint the clean records above the bound are
  * dropped before the next block, and what blocks change is forced out by the dirty bound; the
  * roots stay the reference's either way. */
@@ -975,6 +1025,7 @@ Suite *tree_suite(void) {
     tcase_add_test(t, store_delete_of_a_blocks_creations_returns_the_tree_to_the_earlier_root);
     tcase_add_test(t, sigkill_inside_apply_leaves_tree_and_state_at_one_block_boundary);
     tcase_add_test(t, tree_checkpoints_and_their_log_give_the_naive_root_at_every_block_and_restart);
+    tcase_add_test(t, staggered_checkpoints_fall_on_each_validators_phase_and_roots_agree);
     tcase_add_test(t, tree_cache_stays_within_its_bounds);
     tcase_add_test(t, a_block_failing_after_its_tree_update_leaves_tree_and_proofs_at_the_block_before);
     tcase_add_test(t, damaged_tree_log_or_checkpoint_is_refused_on_open);
