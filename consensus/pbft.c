@@ -596,27 +596,45 @@ static void check_stable(pbft_replica *r, pbft_actions *out) {
 
 /* ================================================================== catch-up */
 
-static bool is_behind(pbft_replica *r) {
+enum { BEHIND_NO, BEHIND_MISSING, BEHIND_SLOW };
+
+/* BEHIND_MISSING: others delivered past something this replica lacks. BEHIND_SLOW: they are
+ * ahead, but this replica holds the next height's pre-prepare and block in the current view:
+ * it is still working on what it has, not missing it. */
+static int is_behind(pbft_replica *r) {
     if (r->stable > r->delivered || (!r->in_view_change && r->view_floor > r->delivered))
-        return true;
+        return BEHIND_MISSING;
     pbft__slot *s = slot_find(r, r->delivered + 1);
-    if (s && s->committed && !block_find(s, s->c_hash)) return true;
+    if (s && s->committed && !block_find(s, s->c_hash)) return BEHIND_MISSING;
     /* f+1 validators have signed checkpoints or votes above the next height: one of them is
      * honest, and an honest validator only signs those after delivering what this one lacks. */
     uint32_t ahead = 0;
     for (uint32_t j = 0; j < r->cfg.n; j++)
         if (j != r->cfg.self && r->seen_height[j] > r->delivered + 1) ahead++;
-    return ahead >= r->f + 1;
+    if (ahead < r->f + 1) return BEHIND_NO;
+    bool holds_next = s && s->has_pp && s->pp_view == r->view && !r->in_view_change && block_find(s, s->pp_hash);
+    return holds_next ? BEHIND_SLOW : BEHIND_MISSING;
 }
 
+/* A grace before a slow replica fetches what it already holds: under load a validator whose
+ * loop is busy runs a height or two behind the others, and fetching then brought it the
+ * blocks it was validating, whose txs it verified a second time (6 % of a validator's CPU at
+ * 3,000 tx/s offered). If it is still behind when the grace ends, it fetches. */
+static uint64_t slow_grace_ms(const pbft_replica *r) { return r->cfg.view_timeout_ms / 4 ? r->cfg.view_timeout_ms / 4 : 1; }
+
 static void maybe_fetch(pbft_replica *r, pbft_actions *out, bool force) {
-    if (!is_behind(r)) {
+    int behind = is_behind(r);
+    if (behind == BEHIND_NO) {
         if (r->fetch_timer_seq) cancel_timer(r, out, PBFT_TIMER_FETCH);
         r->fetch_from = 0;
         return;
     }
     /* One request at a time: the node streams what its peer has; the fetch timer re-asks. */
     if (!force && r->fetch_from != 0) return;
+    if (!force && behind == BEHIND_SLOW) {
+        if (!r->fetch_timer_seq) set_timer(r, out, PBFT_TIMER_FETCH, slow_grace_ms(r));
+        return;
+    }
     pbft_action *a = act_push(out, PBFT_ACT_REQUEST_BLOCKS);
     a->height = r->delivered + 1;
     r->fetch_from = r->delivered + 1;
@@ -1520,7 +1538,7 @@ static int on_timer(pbft_replica *r, const pbft_event *ev, pbft_actions *out) {
          * docs/performance.md "Overload runs that collapse"). It fetches instead and looks
          * again after a timeout; if the cluster stops, it stops being behind once it has what
          * the others delivered, and the next timeout starts the view change. */
-        if (!r->in_view_change && is_behind(r)) {
+        if (!r->in_view_change && is_behind(r) != BEHIND_NO) {
             set_timer(r, out, PBFT_TIMER_VIEW, view_timeout(r));
             maybe_fetch(r, out, true);
             return PBFT_OK;

@@ -372,7 +372,8 @@ TEM_WUR int ledger_store_open(const char *dir, const ledger_genesis *g,
                               void *init_ctx, ledger_store **out);
 void ledger_store_close(ledger_store *s);
 /* Validator `index` of `count` writes its tree checkpoints (docs/ledger.md, "Tree checkpoints")
- * at heights of its own phase, index/count of the way between two of validator 0's: a
+ * at heights of its own phase, (index + 1/2) / count of the way between two heights that are
+ * multiples of the checkpoint interval: a
  * checkpoint's commit is the slowest a block has, and validators that take it at different
  * heights leave a quorum that is not taking it. Local to the store: the roots are the same.
  * Call before the first apply; without it the phase is that of the last checkpoint. */

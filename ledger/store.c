@@ -1195,7 +1195,10 @@ uint64_t ledger__store_tree_height(const ledger_store *s) { return s->tree_h; }
 
 void ledger_store_stagger_checkpoints(ledger_store *s, uint32_t index, uint32_t count) {
     if (count == 0 || index >= count) return;
-    s->tree_phase = (uint64_t)index * s->tree_every / count;
+    /* Halfway between two of the even spread: never on a multiple of every / count, so not on
+     * pBFT's checkpoint heights either (multiples of 16 by default), whose blocks every
+     * validator commits in place, before the next height. */
+    s->tree_phase = (2 * (uint64_t)index + 1) * s->tree_every / (2 * (uint64_t)count);
     s->tree_phased = true;
 }
 size_t ledger__store_tree_dirty(const ledger_store *s) { return ledger__smt_cache_dirty(s->tk); }

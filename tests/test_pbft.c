@@ -168,6 +168,11 @@ typedef struct cluster {
     size_t record_len[N_MAX];
     uint64_t view_timer[N_MAX];
     uint64_t view_timer_ms[N_MAX];
+    uint64_t fetch_timer[N_MAX]; /* seq of the armed fetch timer, 0 = none */
+    uint64_t fetch_timer_ms[N_MAX];
+    bool delay[N_MAX][N_MAX]; /* messages from i to j wait in `held` while set */
+    qmsg *held;
+    size_t nheld;
     uint64_t max_height; /* proposals above this height wait */
     uint64_t delivered_n[N_MAX];
     uint8_t delivered[N_MAX][64][32];
@@ -226,10 +231,16 @@ static void cl_set_timer(void *ctx, pbft_timer t, uint64_t ms, uint64_t seq) {
     if (t == PBFT_TIMER_VIEW) {
         me->c->view_timer[me->i] = seq;
         me->c->view_timer_ms[me->i] = ms;
+    } else {
+        me->c->fetch_timer[me->i] = seq;
+        me->c->fetch_timer_ms[me->i] = ms;
     }
 }
 
-static void cl_cancel_timer(void *ctx, pbft_timer t) { (void)ctx, (void)t; }
+static void cl_cancel_timer(void *ctx, pbft_timer t) {
+    cl_member *me = ctx;
+    if (t == PBFT_TIMER_FETCH) me->c->fetch_timer[me->i] = 0;
+}
 
 static int cl_deliver(void *ctx, const pbft_action *x) {
     cl_member *me = ctx;
@@ -338,6 +349,8 @@ static void cl_free(cluster *c) {
     }
     for (size_t j = c->qhead; j < c->qn; j++) tem_free(c->q[j].msg);
     tem_free(c->q);
+    for (size_t j = 0; j < c->nheld; j++) tem_free(c->held[j].msg);
+    tem_free(c->held);
 }
 
 static void cl_fire_view_timer(cluster *c, uint32_t i) {
@@ -347,6 +360,27 @@ static void cl_fire_view_timer(cluster *c, uint32_t i) {
     ev.timer_seq = c->view_timer[i];
     cl_post(c, i, &ev);
     ck_assert_int_eq(c->last_rc[i], PBFT_OK);
+}
+
+static void cl_fire_fetch_timer(cluster *c, uint32_t i) {
+    pbft_event ev = {0};
+    ev.kind = PBFT_EV_TIMER;
+    ev.timer = PBFT_TIMER_FETCH;
+    ev.timer_seq = c->fetch_timer[i];
+    c->fetch_timer[i] = 0;
+    cl_post(c, i, &ev);
+    ck_assert_int_eq(c->last_rc[i], PBFT_OK);
+}
+
+/* Hands the held messages to their replicas, in the order they were held. */
+static void cl_release(cluster *c) {
+    for (size_t j = 0; j < c->nheld; j++) {
+        qmsg m = c->held[j];
+        pbft_event ev = {.kind = PBFT_EV_MESSAGE, .from = m.from, .data = m.msg, .len = m.len};
+        if (c->up[m.to]) cl_post(c, m.to, &ev);
+        tem_free(m.msg);
+    }
+    c->nheld = 0;
 }
 
 /* Runs messages and node work until nothing is left (or `budget` steps). Returns steps run. */
@@ -359,6 +393,12 @@ static uint32_t cl_run(cluster *c, uint32_t budget) {
             qmsg m = c->q[c->qhead++];
             steps++;
             work = true;
+            if (c->delay[m.from][m.to]) {
+                c->held = tem_realloc(c->held, (c->nheld + 1) * sizeof *c->held);
+                ck_assert_ptr_nonnull(c->held);
+                c->held[c->nheld++] = m;
+                continue;
+            }
             if (c->up[m.to] && !c->cut[m.to] && !c->cut[m.from]) {
                 pbft_event ev = {.kind = PBFT_EV_MESSAGE, .from = m.from, .data = m.msg, .len = m.len};
                 cl_post(c, m.to, &ev);
@@ -1175,6 +1215,58 @@ START_TEST(pbft_lagging_replica_fetches_instead_of_changing_view) {
 }
 END_TEST
 
+/* A replica that holds the next height's block but not yet the commits that certify it (the
+ * votes of a validator running behind are still on their way) while f+1 others already vote
+ * above it is slow, not missing anything: it waits a grace (a quarter of the view timeout)
+ * before it fetches, since a fetch would bring it the block it holds, whose txs a node then
+ * verifies twice. When the late votes arrive in time it delivers without a fetch; held past
+ * the grace, it fetches. */
+START_TEST(pbft_slow_replica_holding_the_next_block_fetches_only_after_a_grace) {
+    for (int late = 0; late <= 1; late++) {
+        uint64_t before;
+        cluster *c = cl_quiet_after_3(&before);
+        c->delay[1][3] = c->delay[2][3] = true;
+        cl_run_to(c, before + 1);
+        ck_assert_uint_ge(c->delivered_n[0], before + 1);
+        ck_assert_uint_eq(c->delivered_n[3], before);
+        ck_assert_uint_eq(c->want_fetch[3], 0);
+        /* 1 and 2 vote on the next height (their votes on before+1 still held) */
+        uint8_t next[32];
+        memset(next, 0x3c, sizeof next);
+        for (uint32_t v = 1; v <= 2; v++) {
+            size_t len;
+            uint8_t *m = msg_vote(TEM__V1__PBFT_MESSAGE__KIND_PREPARE, v, 0, before + 2, next, &len);
+            pbft_event ev = {.kind = PBFT_EV_MESSAGE, .from = v, .data = m, .len = len};
+            cl_post(c, 3, &ev);
+            ck_assert_int_eq(c->last_rc[3], PBFT_OK);
+            tem_free(m);
+        }
+        ck_assert_uint_eq(c->want_fetch[3], 0);
+        ck_assert_uint_ne(c->fetch_timer[3], 0);
+        ck_assert_uint_eq(c->fetch_timer_ms[3], 1000 / 4);
+        if (late) {
+            cl_fire_fetch_timer(c, 3);
+            ck_assert_uint_eq(c->want_fetch[3], before + 1);
+            c->delay[1][3] = c->delay[2][3] = false;
+            cl_run(c, 200000);
+        } else {
+            c->delay[1][3] = c->delay[2][3] = false;
+            cl_release(c);
+            ck_assert_uint_eq(c->delivered_n[3], before + 1);
+            ck_assert_uint_eq(c->want_fetch[3], 0);
+            ck_assert_uint_eq(c->fetch_timer[3], 0);
+        }
+        ck_assert_uint_ge(c->delivered_n[3], before + 1);
+        cl_release(c);
+        cl_run_to(c, before + 4);
+        ck_assert_uint_ge(c->delivered_n[3], before + 4);
+        cl_assert_agreement(c);
+        cl_free(c);
+        tem_free(c);
+    }
+}
+END_TEST
+
 /* Who gains by the rule above: f Byzantine validators would, if they could make an honest
  * replica believe it is behind, keep it from asking for a new view while their primary stalls.
  * They cannot: one validator (f = 1 of 4) signing votes far above the replica's next height is
@@ -1648,6 +1740,7 @@ static Suite *suite(void) {
     tcase_add_test(c, pbft_view_change_replaces_a_silent_primary_and_keeps_committed_blocks);
     tcase_add_test(c, pbft_replica_that_missed_a_view_change_joins_it_from_votes);
     tcase_add_test(c, pbft_lagging_replica_fetches_instead_of_changing_view);
+    tcase_add_test(c, pbft_slow_replica_holding_the_next_block_fetches_only_after_a_grace);
     tcase_add_test(c, pbft_f_validators_claiming_heights_ahead_do_not_stop_a_view_change);
     tcase_add_test(c, pbft_regression_view_change_storm_does_not_run_views_away);
     tcase_add_test(c, pbft_regression_checkpoint_stable_during_view_change);

@@ -655,7 +655,7 @@ START_TEST(staggered_checkpoints_fall_on_each_validators_phase_and_roots_agree) 
         for (uint32_t v = 0; v < 4; v++) {
             ck_assert_int_eq(apply_block(s[v], 20, 6, 500 + h, &info), LEDGER_OK);
             uint64_t want = h;
-            while (want > 0 && (want + 2 * v) % 8 != 0) want--; /* phase v * 8 / 4 */
+            while (want > 0 && (want + 2 * v + 1) % 8 != 0) want--; /* phase (2v + 1) * 8 / 8 */
             ck_assert_msg(ledger__store_tree_height(s[v]) == want, "validator %u at %u: checkpoint %llu, want %llu", v, h,
                           (unsigned long long)ledger__store_tree_height(s[v]), (unsigned long long)want);
             taking += want == h;
