@@ -618,8 +618,8 @@ static int is_behind(pbft_replica *r) {
 
 /* A grace before a slow replica fetches what it already holds: under load a validator whose
  * loop is busy runs a height or two behind the others, and fetching then brought it the
- * blocks it was validating, whose txs it verified a second time (6 % of a validator's CPU at
- * 3,000 tx/s offered). If it is still behind when the grace ends, it fetches. */
+ * blocks it was validating, whose txs it verified a second time. If it is still behind when the
+ * grace ends, it fetches. */
 static uint64_t slow_grace_ms(const pbft_replica *r) { return r->cfg.view_timeout_ms / 4 ? r->cfg.view_timeout_ms / 4 : 1; }
 
 static void maybe_fetch(pbft_replica *r, pbft_actions *out, bool force) {
