@@ -140,6 +140,13 @@ static void check_proof_and_tampering(const uint8_t root[32], const void *key, s
 #undef VERIFY
 }
 
+/* Closes a test's store and removes its folder (the name fx_tmpdir allocated). */
+static void store_drop(ledger_store *s, char *dir) {
+    ledger_store_close(s);
+    fx_rmrf(dir);
+    free(dir);
+}
+
 /* ------------------------------------------------------------------ in-memory states */
 START_TEST(random_states_match_the_naive_root_and_insertion_order_does_not_matter) {
     for (uint64_t seed = 1; seed <= 60; seed++) {
@@ -394,9 +401,7 @@ START_TEST(store_tree_follows_random_blocks_and_matches_the_naive_root) {
         ledger_store_roots(s, sr2, rr);
         ck_assert(memcmp(sr, sr2, 32) == 0);
         check_store(s, &rng);
-        ledger_store_close(s);
-        fx_rmrf(dir);
-        free(dir);
+        store_drop(s, dir);
     }
     ledger_genesis_free(&g);
 }
@@ -468,9 +473,7 @@ START_TEST(store_delete_of_a_blocks_creations_returns_the_tree_to_the_earlier_ro
     ck_assert_int_eq(ledger_state_root(cl, back), LEDGER_OK);
     ck_assert(memcmp(back, roots[0], 32) == 0);
     ledger_state_free(cl);
-    ledger_store_close(s);
-    fx_rmrf(dir);
-    free(dir);
+    store_drop(s, dir);
     ledger_genesis_free(&g);
 }
 END_TEST
@@ -488,20 +491,25 @@ static void reference_roots(const ledger_genesis *g, uint32_t n, uint32_t n_tx, 
         ck_assert_int_eq(apply_block(ref, n_tx, 6, h, &info), LEDGER_OK);
         ledger_store_roots(ref, out[h], rr);
     }
-    ledger_store_close(ref);
-    fx_rmrf(dir);
-    free(dir);
+    store_drop(ref, dir);
+}
+
+/* The 4-validator genesis with genesis_entries seeded entries and a pool of pool senders, and
+ * the reference roots of its blocks 1..n (n_tx txs each) in out. */
+static void reference_chain(ledger_genesis *g, uint32_t genesis_entries, uint32_t pool, uint32_t n, uint32_t n_tx,
+                            uint8_t (*out)[32]) {
+    fx_genesis(g, 4);
+    genesis_n = genesis_entries;
+    pool_n = pool;
+    reference_roots(g, n, n_tx, out);
 }
 
 START_TEST(sigkill_inside_apply_leaves_tree_and_state_at_one_block_boundary) {
     ledger_genesis g;
-    fx_genesis(&g, 4);
-    genesis_n = 1500;
-    pool_n = 200;
     /* Reference: a store that is never killed, for the roots at heights 3 and 4. */
     uint8_t want[5][32], rr[32];
     ledger_apply_info info;
-    reference_roots(&g, 4, 30, want);
+    reference_chain(&g, 1500, 200, 4, 30, want);
     const uint8_t *r3 = want[3], *r4 = want[4];
     /* Tree checkpoints every 2 blocks (block 4 is one), every 3 (block 4 is logged after the
      * checkpoint at 3) and the default (every block so far logged). */
@@ -545,9 +553,7 @@ START_TEST(sigkill_inside_apply_leaves_tree_and_state_at_one_block_boundary) {
         ck_assert_uint_eq(ledger_store_height(s), 4);
         ledger_store_roots(s, sr, rr);
         ck_assert_msg(memcmp(sr, r4, 32) == 0, "point %d, every %d: root after block 4 differs from the reference", point, (int)every);
-        ledger_store_close(s);
-        fx_rmrf(dir);
-        free(dir);
+        store_drop(s, dir);
     }
     ledger_genesis_free(&g);
 }
@@ -619,9 +625,7 @@ START_TEST(tree_checkpoints_and_their_log_give_the_naive_root_at_every_block_and
                 restarts++;
             }
         }
-        ledger_store_close(s);
-        fx_rmrf(dir);
-        free(dir);
+        store_drop(s, dir);
     }
     ck_assert_int_gt(checkpoints, 20);
     ck_assert_int_gt(by_bound, 0);
@@ -679,9 +683,7 @@ START_TEST(staggered_checkpoints_fall_on_each_validators_phase_and_roots_agree) 
         ck_assert_int_le(taking, 1);
     }
     for (uint32_t v = 0; v < 4; v++) {
-        ledger_store_close(s[v]);
-        fx_rmrf(dir[v]);
-        free(dir[v]);
+        store_drop(s[v], dir[v]);
     }
     ledger_genesis_free(&g);
 }
@@ -692,11 +694,8 @@ END_TEST
  * roots stay the reference's either way. */
 START_TEST(tree_cache_stays_within_its_bounds) {
     ledger_genesis g;
-    fx_genesis(&g, 4);
-    genesis_n = 1200;
-    pool_n = 200;
     uint8_t want[13][32], rr[32];
-    reference_roots(&g, 12, 25, want);
+    reference_chain(&g, 1200, 200, 12, 25, want);
     char *dir = fx_tmpdir("tree");
     ledger_store *s;
     ledger_apply_info info;
@@ -726,9 +725,7 @@ START_TEST(tree_cache_stays_within_its_bounds) {
     ck_assert_int_gt(dropped, 2);
     uint64_t rng = 3;
     check_store(s, &rng);
-    ledger_store_close(s);
-    fx_rmrf(dir);
-    free(dir);
+    store_drop(s, dir);
     ledger_genesis_free(&g);
 }
 END_TEST
@@ -738,12 +735,9 @@ END_TEST
  * block applied again gives the root of a store that never failed. */
 START_TEST(a_block_failing_after_its_tree_update_leaves_tree_and_proofs_at_the_block_before) {
     ledger_genesis g;
-    fx_genesis(&g, 4);
-    genesis_n = 800;
-    pool_n = 150;
     ledger_apply_info info;
     uint8_t want[9][32], rr[32];
-    reference_roots(&g, 8, 25, want);
+    reference_chain(&g, 800, 150, 8, 25, want);
     uint64_t rng = 99;
     for (int point = 3; point <= 4; point++) {
         char *dir = fx_tmpdir("tree");
@@ -774,9 +768,7 @@ START_TEST(a_block_failing_after_its_tree_update_leaves_tree_and_proofs_at_the_b
         ck_assert_int_eq(ledger_store_open(dir, &g, seed_init, NULL, &s), LEDGER_OK);
         ck_assert_uint_eq(ledger_store_height(s), 8);
         check_store(s, &rng);
-        ledger_store_close(s);
-        fx_rmrf(dir);
-        free(dir);
+        store_drop(s, dir);
     }
     ledger_genesis_free(&g);
 }
