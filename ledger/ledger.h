@@ -544,6 +544,12 @@ TEM_WUR int ledger_store_block(ledger_store *s, uint64_t height, uint8_t **out, 
 TEM_WUR int ledger_store_cert(ledger_store *s, uint64_t height, uint8_t **out, size_t *len);
 TEM_WUR int ledger_store_receipt(ledger_store *s, const uint8_t txid[32], uint64_t *height,
                                  uint32_t *pos, uint8_t **out, size_t *len);
+/* The receipts of the n txs of block `height`, in tx order, read in one transaction (one lookup
+ * per tx through the tx index would open a transaction and search two B-trees each): tx i's
+ * Receipt is (*buf)[offs[i] .. offs[i+1]), empty when it has none. offs (n+1 entries) is the
+ * caller's; *buf is tem_malloc'd (NULL when all are empty) and the caller frees it.
+ * LEDGER_OK, LEDGER_ENOMEM, LEDGER_EIO; nothing is allocated on an error. */
+TEM_WUR int ledger_store_block_receipts(ledger_store *s, uint64_t height, size_t n, size_t *offs, uint8_t **buf);
 TEM_WUR int ledger_store_block_roots(ledger_store *s, uint64_t height, uint8_t state_root[32],
                                      uint8_t receipts_root[32]);
 /* The start-up tail check of one stored block (1..height): the hash recorded for it in the

@@ -1156,6 +1156,54 @@ int ledger_store_receipt(ledger_store *s, const uint8_t txid[32], uint64_t *heig
     tem_free(idx);
     return rc;
 }
+int ledger_store_block_receipts(ledger_store *s, uint64_t height, size_t n, size_t *offs, uint8_t **buf) {
+    *buf = NULL;
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    int rc = map_mdb(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "begin ro");
+    if (rc != LEDGER_OK) return rc;
+    if ((rc = map_mdb(mdb_cursor_open(txn, s->dbi[DB_RECEIPTS], &cur), "cursor")) != LEDGER_OK) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    uint8_t k0[12];
+    tem_put_u64be(k0, height);
+    tem_put_u32be(k0 + 8, 0);
+    MDB_val k = {12, k0}, v;
+    uint8_t *b = NULL;
+    size_t used = 0, cap = 0, next = 0; /* next: the first tx whose offset is not yet set */
+    int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    for (; mrc == 0; mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 12 || tem_get_u64be(k.mv_data) != height) break;
+        uint32_t pos = tem_get_u32be((const uint8_t *)k.mv_data + 8);
+        if (pos >= n) break;
+        if (cap - used < v.mv_size) {
+            size_t nc = cap ? cap : 4096;
+            while (nc - used < v.mv_size) nc *= 2;
+            uint8_t *nb = tem_realloc(b, nc);
+            if (!nb) {
+                rc = LEDGER_ENOMEM;
+                break;
+            }
+            b = nb;
+            cap = nc;
+        }
+        while (next <= pos) offs[next++] = used; /* txs without a receipt before this one */
+        memcpy(b + used, v.mv_data, v.mv_size);
+        used += v.mv_size;
+    }
+    if (rc == LEDGER_OK && mrc != 0 && mrc != MDB_NOTFOUND) rc = map_mdb(mrc, "cursor get");
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    if (rc != LEDGER_OK) {
+        tem_free(b);
+        return rc;
+    }
+    while (next <= n) offs[next++] = used;
+    *buf = b;
+    return LEDGER_OK;
+}
+
 int ledger_store_block_roots(ledger_store *s, uint64_t height, uint8_t sr[32], uint8_t rr[32]) {
     uint8_t k[8], *v;
     size_t vl;

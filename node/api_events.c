@@ -94,21 +94,13 @@ static const char *kind_name(int k) {
     return name ? name : "unknown";
 }
 
-/* tx, trade and curtailment events of one tx. */
+/* tx, trade and curtailment events of one tx; rb (rl bytes, none when 0) is its Receipt. */
 static int tx_events(node *n, node_events_batch *out, uint64_t height, uint32_t pos, const Tem__V1__SignedTx *stx,
-                     maker_cache *mc, uint32_t *refused) {
+                     const uint8_t *rb, size_t rl, maker_cache *mc, uint32_t *refused) {
     uint8_t txid[32];
     ledger_sha256(txid, stx->body.data, stx->body.len);
     Tem__V1__TxBody *body = tem__v1__tx_body__unpack(&ledger_pb_allocator, stx->body.len, stx->body.data);
-    uint8_t *rb = NULL;
-    size_t rl = 0;
-    uint64_t rh;
-    uint32_t rpos;
-    Tem__V1__Receipt *rc = NULL;
-    if (ledger_store_receipt(n->store, txid, &rh, &rpos, &rb, &rl) == LEDGER_OK) {
-        rc = tem__v1__receipt__unpack(&ledger_pb_allocator, rl, rb);
-        tem_free(rb);
-    }
+    Tem__V1__Receipt *rc = rl ? tem__v1__receipt__unpack(&ledger_pb_allocator, rl, rb) : NULL;
     int ret = NODE_EVENTS_OK;
     uint8_t acc[2][33];
     uint32_t nacc = 0;
@@ -314,8 +306,13 @@ static int load_block(void *ctx, uint64_t height, node_events_batch *out) {
     node_events_batch_init(&txs, height);
     uint32_t refused = 0;
     maker_cache mc = {0, NULL, 0};
+    size_t *offs = tem_malloc((blk->n_txs + 1) * sizeof *offs);
+    uint8_t *rbuf = NULL;
+    if (!offs || ledger_store_block_receipts(n->store, height, blk->n_txs, offs, &rbuf) != LEDGER_OK) rc = -1;
     for (size_t i = 0; i < blk->n_txs && rc == NODE_EVENTS_OK; i++)
-        rc = tx_events(n, &txs, height, (uint32_t)i, blk->txs[i], &mc, &refused);
+        rc = tx_events(n, &txs, height, (uint32_t)i, blk->txs[i], rbuf + offs[i], offs[i + 1] - offs[i], &mc, &refused);
+    tem_free(rbuf);
+    tem_free(offs);
     if (mc.blk) tem__v1__block__free_unpacked(mc.blk, &ledger_pb_allocator);
     if (rc == NODE_EVENTS_OK) {
         json_t *j = json_object();

@@ -700,6 +700,7 @@ static void verify_after(uv_work_t *req, int status) {
     if (m->closing) return;
     log_kick(m);
     vq_kick(m);
+    if (m->cfg.verified) m->cfg.verified(m->cfg.verified_ctx);
 }
 
 /* Hands queued txs to free work items, split evenly so every core gets a share. */

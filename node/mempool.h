@@ -103,6 +103,11 @@ typedef struct {
      * signature is then not verified again. Every validator verifies each tx once. */
     bool (*sig_known)(void *ctx, const uint8_t txid[LEDGER_HASH_BYTES], const uint8_t sig[LEDGER_SECP_SIG_BYTES]);
     void *sig_known_ctx;
+    /* Optional, on the loop thread after a verify work item's txs got their answers (each one
+     * now verified or refused; node_mempool_sig_state tells which): lets a validation that
+     * waits for the pool's checks look again exactly when one ended, instead of polling. */
+    void (*verified)(void *ctx);
+    void *verified_ctx;
 } node_mempool_config;
 
 /* What admission asks of one submission (node/admission.h): a client's tx is refused with

@@ -474,7 +474,8 @@ typedef struct {
 
 typedef struct val_job {
     node *n;
-    uint64_t wait_until; /* uv_now past which it stops waiting for the mempool's checks */
+    uint64_t t_start, t_dispatch; /* uv_now at the start and when its own checks began */
+    uint32_t own;                 /* signatures it verified itself */
     uint64_t height;
     uint8_t hash[32];
     ledger_block_view *view; /* owned until val_finish keeps or frees it */
@@ -500,6 +501,7 @@ static void val_work(uv_work_t *w) {
 }
 
 static void val_finish(node *n, val_job *j) {
+    size_t ntx = j->view ? j->view->n : 0;
     n->validating = false;
     n->val_epoch++; /* its signatures are no longer in flight */
     if (j->rc == LEDGER_OK) {
@@ -520,6 +522,12 @@ static void val_finish(node *n, val_job *j) {
         n->validated_next = (k + 1) % NODE_VALIDATED_CACHE;
     } else {
         node_log(n, NODE_LOG_WARN, "proposal %llu is invalid: %s", (unsigned long long)j->height, ledger_strerror(j->rc));
+    }
+    if (j->t_dispatch) {
+        uint64_t now = uv_now(&n->loop);
+        node_log(n, NODE_LOG_DEBUG, "validated proposal %llu: txs=%zu own_checks=%u waited_ms=%llu checked_ms=%llu",
+                 (unsigned long long)j->height, ntx, j->own,
+                 (unsigned long long)(j->t_dispatch - j->t_start), (unsigned long long)(now - j->t_dispatch));
     }
     pbft_event ev = {.kind = PBFT_EV_VALIDATED, .height = j->height, .ok = j->rc == LEDGER_OK};
     memcpy(ev.block_hash, j->hash, 32);
@@ -562,6 +570,7 @@ int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_
     } v = {copy, len};
     j->n = n;
     j->height = height;
+    j->t_start = uv_now(&n->loop);
     memcpy(j->hash, hash, 32);
     n->validating = true;
     /* The view takes the proposal's buffer. */
@@ -583,34 +592,41 @@ int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_
      * because the txid covers only the body. A tx the mempool is verifying right now (its
      * gossiped copy came just before the proposal) is waited for, not verified twice. */
     uint64_t wait = n->g.view_timeout_ms / 4 > NODE_VAL_WAIT_MS ? n->g.view_timeout_ms / 4 : NODE_VAL_WAIT_MS;
-    j->wait_until = uv_now(&n->loop) + wait;
     if (mark_known(n, j->view, true) > 0) {
         n->val_waiting = j;
-        if (uv_timer_start(&n->t_valwait, on_val_wait, 1, 1) == 0) return PBFT_OK;
+        if (uv_timer_start(&n->t_valwait, on_val_wait, wait, 0) == 0) return PBFT_OK;
         n->val_waiting = NULL;
     }
     val_dispatch(n, j);
     return PBFT_OK;
 }
 
-/* Polls, every millisecond, the mempool checks the waiting validation depends on; past a quarter
- * of the view timeout (at least NODE_VAL_WAIT_MS) it verifies the rest itself. */
-static void on_val_wait(uv_timer_t *t) {
-    node *n = t->data;
+/* The waiting validation looks again whenever one of the mempool's verify work items ends
+ * (node_mempool_config.verified), the only event that settles a signature it waits for, and
+ * not every millisecond: each look is a pass over the whole proposal on the loop thread. Past
+ * the limit (the timer: a quarter of the view timeout, at least NODE_VAL_WAIT_MS) it verifies
+ * the rest itself. */
+static void val_wait_check(node *n, bool expired) {
     val_job *j = n->val_waiting;
     if (!j || n->stopping) return;
-    if (mark_known(n, j->view, true) > 0 && uv_now(&n->loop) < j->wait_until) return;
-    (void)uv_timer_stop(t);
+    if (!expired && mark_known(n, j->view, true) > 0) return;
+    (void)uv_timer_stop(&n->t_valwait);
     n->val_waiting = NULL;
+    if (expired) (void)mark_known(n, j->view, false);
     val_dispatch(n, j);
 }
+
+static void on_val_wait(uv_timer_t *t) { val_wait_check(t->data, true); }
+static void mempool_verified(void *ctx) { val_wait_check(ctx, false); }
 
 /* Verifies the view's txs not yet known good in the thread pool, in two halves (one per core:
  * the loop thread never verifies a signature), and answers the host when both are done. */
 static void val_dispatch(node *n, val_job *j) {
     size_t ntx = j->view->n, half = ntx / 2;
+    j->t_dispatch = uv_now(&n->loop);
     for (size_t i = 0; j->view->tx_rc == LEDGER_OK && i < ntx; i++) {
         if (j->view->txs[i].verified) continue;
+        j->own++;
         const uint8_t *sig = j->view->txs[i].tx->stx->sig.data;
         uint32_t k = tem_get_u32le(sig) % NODE_VAL_SIGS;
         memcpy(n->val_sig[k], sig, 64);
@@ -1111,6 +1127,8 @@ int node_run(const node_config *cfg) {
     mc.release_ctx = n;
     mc.sig_known = sig_known;
     mc.sig_known_ctx = n;
+    mc.verified = mempool_verified;
+    mc.verified_ctx = n;
     if (node_mempool_new(&n->loop, &mc, n->store, &n->mp) != 0) {
         node_log(n, NODE_LOG_ERROR, "cannot open the mempool log %s", logpath);
         goto stop;

@@ -88,7 +88,7 @@ typedef struct node {
     bool host_ok;
     uint64_t rep_view; /* the view last logged, to count view changes */
     uv_timer_t t_view, t_fetch, t_propose, t_tick;
-    uv_timer_t t_valwait;             /* polls the mempool's checks a validation waits for */
+    uv_timer_t t_valwait;             /* ends a validation's wait for the mempool's checks */
     struct val_job *val_waiting;      /* that validation, or NULL */
     uint64_t seq_view, seq_fetch;
     uint64_t want_proposal; /* height the replica asked a proposal for, 0 = none */

@@ -672,6 +672,70 @@ START_TEST(store_apply_close_reopen_gives_the_same_state_root) {
 }
 END_TEST
 
+/* The events of a block read its receipts in one pass: the same bytes, in tx order, as one
+ * lookup by txid per tx, for blocks of random sizes, a prefix, a longer n and a missing block. */
+START_TEST(store_block_receipts_equal_the_receipts_found_by_txid) {
+    ledger_genesis g;
+    fx_genesis(&g, 4);
+    char *dir = fx_tmpdir("ledger");
+    ledger_store *s;
+    ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
+    uint32_t seed = 0x5eed;
+    ledger_apply_info info;
+    for (int h = 1; h <= 6; h++) {
+        seed = seed * 1103515245u + 12345u;
+        uint32_t n = h == 3 ? 0 : 1 + (seed >> 16) % 60;
+        ck_assert_int_eq(fx_apply_transfers(s, n, 30, g.genesis_time_ms + 1000 * h, &info, 0), LEDGER_OK);
+        ck_assert_uint_eq(info.n_txs, n);
+    }
+    for (uint64_t h = 1; h <= 7; h++) {
+        uint8_t *b = NULL;
+        size_t bl = 0, ntx = 0;
+        Tem__V1__Block *pb = NULL;
+        if (h <= 6) {
+            ck_assert_int_eq(ledger_store_block(s, h, &b, &bl), LEDGER_OK);
+            pb = tem__v1__block__unpack(NULL, bl, b);
+            ck_assert_ptr_nonnull(pb);
+            ntx = pb->n_txs;
+        }
+        /* n: the block's count, one less (a prefix) and three more (past its end) */
+        size_t ns[3] = {ntx, ntx ? ntx - 1 : 0, ntx + 3};
+        for (int k = 0; k < 3; k++) {
+            size_t n = ns[k], offs[80];
+            uint8_t *rb = (uint8_t *)1;
+            ck_assert_int_eq(ledger_store_block_receipts(s, h, n, offs, &rb), LEDGER_OK);
+            ck_assert_uint_eq(offs[0], 0);
+            for (size_t i = 0; i < n; i++) {
+                ck_assert_uint_le(offs[i], offs[i + 1]);
+                if (i >= ntx) {
+                    ck_assert_uint_eq(offs[i + 1] - offs[i], 0);
+                    continue;
+                }
+                uint8_t txid[32], *r;
+                size_t rl;
+                uint64_t rh;
+                uint32_t rpos;
+                ledger_sha256(txid, pb->txs[i]->body.data, pb->txs[i]->body.len);
+                ck_assert_int_eq(ledger_store_receipt(s, txid, &rh, &rpos, &r, &rl), LEDGER_OK);
+                ck_assert_uint_eq(rh, h);
+                ck_assert_uint_eq(rpos, i);
+                ck_assert_uint_eq(offs[i + 1] - offs[i], rl);
+                ck_assert_mem_eq(rb + offs[i], r, rl);
+                tem_free(r);
+            }
+            ck_assert(n > 0 && h <= 6 && ntx > 0 ? rb != NULL : true);
+            tem_free(rb);
+        }
+        if (pb) tem__v1__block__free_unpacked(pb, NULL);
+        tem_free(b);
+    }
+    ledger_store_close(s);
+    ledger_genesis_free(&g);
+    fx_rmrf(dir);
+    free(dir);
+}
+END_TEST
+
 START_TEST(store_refuses_blocks_with_bad_links_roots_time_and_certs) {
     ledger_genesis g;
     fx_genesis(&g, 4);
@@ -1110,6 +1174,7 @@ Suite *ledger_suite(void) {
     tcase_add_test(t, state_root_is_order_independent_and_savepoints_undo_everything);
     tcase_add_test(t, state_proof_of_one_account_verifies_and_tampering_fails);
     tcase_add_test(t, store_apply_close_reopen_gives_the_same_state_root);
+    tcase_add_test(t, store_block_receipts_equal_the_receipts_found_by_txid);
     tcase_add_test(t, store_refuses_blocks_with_bad_links_roots_time_and_certs);
     tcase_add_test(t, store_sigkill_mid_apply_leaves_the_previous_block);
     tcase_add_test(t, store_meta_records_survive_reopen);

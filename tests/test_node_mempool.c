@@ -730,6 +730,49 @@ START_TEST(mempool_does_not_verify_a_queued_tx_a_block_committed) {
 }
 END_TEST
 
+/* A validation waiting for the pool's checks looks again on this callback instead of polling:
+ * it must come after every work item, once that item's txs all have their answers. */
+static tx_t VTX[5];
+static int VCALLS, VSETTLED[8], VBUSY[8];
+static void on_verified(void *ctx) {
+    (void)ctx;
+    int settled = 0, busy = 0;
+    for (int i = 0; i < 5; i++) {
+        int st = node_mempool_sig_state(M, VTX[i].txid, VTX[i].b + VTX[i].len - 64);
+        busy += st == NODE_MEMPOOL_SIG_VERIFYING;
+        settled += st != NODE_MEMPOOL_SIG_QUEUED && st != NODE_MEMPOOL_SIG_VERIFYING;
+    }
+    if (VCALLS < 8) {
+        VSETTLED[VCALLS] = settled;
+        VBUSY[VCALLS] = busy;
+    }
+    VCALLS++;
+}
+
+START_TEST(mempool_calls_verified_after_each_work_item_with_its_txs_answered) {
+    node_mempool_config c = cfg_default();
+    c.verify_jobs_max = 1;
+    c.verify_batch_max = 2;
+    c.verified = on_verified;
+    mp_open(&c);
+    VCALLS = 0;
+    for (int i = 0; i < 5; i++) VTX[i] = mk(2 + (uint32_t)i, 0, 1);
+    VTX[2].b[VTX[2].len - 64 + 5] ^= 0x01; /* refused: its answer is the refusal */
+    for (int i = 0; i < 5; i++) ck_assert_int_eq(submit(&VTX[i]), 0);
+    ck_assert_int_eq(VCALLS, 0); /* nothing dispatched before the loop runs */
+    wait_done(5);
+    /* 5 txs, 2 per work item, one item at a time: 3 items, answers 2, 4, 5 */
+    ck_assert_int_eq(VCALLS, 3);
+    ck_assert_int_eq(VSETTLED[0], 2);
+    ck_assert_int_eq(VSETTLED[1], 4);
+    ck_assert_int_eq(VSETTLED[2], 5);
+    for (int k = 0; k < 3; k++) ck_assert_int_eq(VBUSY[k], 0);
+    ck_assert_uint_eq(stats().verify_failed, 1);
+    ck_assert_int_eq(node_mempool_sig_state(M, VTX[4].txid, VTX[4].b + VTX[4].len - 64), NODE_MEMPOOL_SIG_VERIFIED);
+    for (int i = 0; i < 5; i++) tem_free(VTX[i].b);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ blocks */
 START_TEST(mempool_block_applied_drops_committed_and_superseded_txs) {
     node_mempool_config c = cfg_default();
@@ -1265,6 +1308,7 @@ static Suite *mempool_suite(void) {
     tcase_add_test(t, mempool_bad_signatures_are_reported_through_done_and_dropped);
     tcase_add_test(t, mempool_skips_verifying_pairs_the_node_already_verified);
     tcase_add_test(t, mempool_does_not_verify_a_queued_tx_a_block_committed);
+    tcase_add_test(t, mempool_calls_verified_after_each_work_item_with_its_txs_answered);
     tcase_add_test(t, mempool_verify_first_moves_queued_txs_to_the_front);
     tcase_add_test(t, mempool_selects_verified_txs_before_their_record_is_durable);
     tcase_add_test(t, mempool_block_applied_drops_committed_and_superseded_txs);
