@@ -94,12 +94,10 @@ static const char *kind_name(int k) {
     return name ? name : "unknown";
 }
 
-/* tx, trade and curtailment events of one tx; rb (rl bytes, none when 0) is its Receipt. */
-static int tx_events(node *n, node_events_batch *out, uint64_t height, uint32_t pos, const Tem__V1__SignedTx *stx,
-                     const uint8_t *rb, size_t rl, maker_cache *mc, uint32_t *refused) {
-    uint8_t txid[32];
-    ledger_sha256(txid, stx->body.data, stx->body.len);
-    Tem__V1__TxBody *body = tem__v1__tx_body__unpack(&ledger_pb_allocator, stx->body.len, stx->body.data);
+/* tx, trade and curtailment events of one tx (body NULL: it did not decode); rb (rl bytes, none
+ * when 0) is its Receipt. */
+static int tx_events(node *n, node_events_batch *out, uint64_t height, uint32_t pos, const uint8_t txid[32],
+                     const Tem__V1__TxBody *body, const uint8_t *rb, size_t rl, maker_cache *mc, uint32_t *refused) {
     Tem__V1__Receipt *rc = rl ? tem__v1__receipt__unpack(&ledger_pb_allocator, rl, rb) : NULL;
     int ret = NODE_EVENTS_OK;
     uint8_t acc[2][33];
@@ -184,7 +182,6 @@ static int tx_events(node *n, node_events_batch *out, uint64_t height, uint32_t 
     }
 done:
     if (rc) tem__v1__receipt__free_unpacked(rc, &ledger_pb_allocator);
-    if (body) tem__v1__tx_body__free_unpacked(body, &ledger_pb_allocator);
     return ret;
 }
 
@@ -285,7 +282,51 @@ static int slot_events(node *n, node_events_batch *out, uint64_t height, uint64_
     return NODE_EVENTS_OK;
 }
 
-/* The loader: every event of committed block `height`. */
+/* Every event of committed block `height` from its decoded txs: txids[i] and bodies[i] (NULL
+ * when tx i did not decode), n of them; hash: the block's. */
+static int build_block(struct node_events_src *src, uint64_t height, uint64_t t, const uint8_t hash[32], size_t ntx,
+                       const uint8_t (*txids)[32], const Tem__V1__TxBody *const *bodies, node_events_batch *out) {
+    node *n = src->n;
+    uint64_t t_prev = src->last_h + 1 == height ? src->last_time_ms : block_time(n, height - 1);
+    int rc = NODE_EVENTS_OK;
+    /* The block event goes first but its refused count is known only after the receipts. */
+    node_events_batch txs;
+    node_events_batch_init(&txs, height);
+    uint32_t refused = 0;
+    maker_cache mc = {0, NULL, 0};
+    size_t *offs = tem_malloc((ntx + 1) * sizeof *offs);
+    uint8_t *rbuf = NULL;
+    if (!offs || ledger_store_block_receipts(n->store, height, ntx, offs, &rbuf) != LEDGER_OK) rc = -1;
+    for (size_t i = 0; i < ntx && rc == NODE_EVENTS_OK; i++)
+        rc = tx_events(n, &txs, height, (uint32_t)i, txids[i], bodies[i], rbuf + offs[i], offs[i + 1] - offs[i], &mc,
+                       &refused);
+    tem_free(rbuf);
+    tem_free(offs);
+    if (mc.blk) tem__v1__block__free_unpacked(mc.blk, &ledger_pb_allocator);
+    if (rc == NODE_EVENTS_OK) {
+        json_t *j = json_object();
+        json_object_set_new(j, "height", json_integer((json_int_t)height));
+        if (hash) json_object_set_new(j, "hash", node_hexj(hash, 32));
+        json_object_set_new(j, "time_ms", json_integer((json_int_t)t));
+        json_object_set_new(j, "txs", json_integer((json_int_t)ntx));
+        json_object_set_new(j, "refused", json_integer(refused));
+        rc = add_json(out, NODE_EV_BLOCK, false, 0, NULL, 0, j);
+    }
+    for (uint32_t i = 0; i < txs.n && rc == NODE_EVENTS_OK; i++) {
+        const node_event *e = &txs.ev[i];
+        rc = node_events_batch_add(out, e->kind, e->has_slot, e->slot, (const uint8_t(*)[33])e->accounts,
+                                   e->n_accounts, e->json);
+    }
+    node_events_batch_free(&txs);
+    if (rc == NODE_EVENTS_OK) rc = slot_events(n, out, height, t_prev, t);
+    if (rc != NODE_EVENTS_OK) return -1;
+    src->last_h = height;
+    src->last_time_ms = t;
+    return 0;
+}
+
+/* The loader (a subscriber replaying from an earlier height): every event of committed block
+ * `height`, read back from the store. */
 static int load_block(void *ctx, uint64_t height, node_events_batch *out) {
     struct node_events_src *src = ctx;
     node *n = src->n;
@@ -298,44 +339,26 @@ static int load_block(void *ctx, uint64_t height, node_events_batch *out) {
         if (blk) tem__v1__block__free_unpacked(blk, &ledger_pb_allocator);
         return -1;
     }
-    uint64_t t = blk->header->time_ms;
-    uint64_t t_prev = src->last_h + 1 == height ? src->last_time_ms : block_time(n, height - 1);
-    int rc = NODE_EVENTS_OK;
-    /* The block event goes first but its refused count is known only after the receipts. */
-    node_events_batch txs;
-    node_events_batch_init(&txs, height);
-    uint32_t refused = 0;
-    maker_cache mc = {0, NULL, 0};
-    size_t *offs = tem_malloc((blk->n_txs + 1) * sizeof *offs);
-    uint8_t *rbuf = NULL;
-    if (!offs || ledger_store_block_receipts(n->store, height, blk->n_txs, offs, &rbuf) != LEDGER_OK) rc = -1;
-    for (size_t i = 0; i < blk->n_txs && rc == NODE_EVENTS_OK; i++)
-        rc = tx_events(n, &txs, height, (uint32_t)i, blk->txs[i], rbuf + offs[i], offs[i + 1] - offs[i], &mc, &refused);
-    tem_free(rbuf);
-    tem_free(offs);
-    if (mc.blk) tem__v1__block__free_unpacked(mc.blk, &ledger_pb_allocator);
-    if (rc == NODE_EVENTS_OK) {
-        json_t *j = json_object();
-        uint8_t hash[32];
-        json_object_set_new(j, "height", json_integer((json_int_t)height));
-        if (ledger_block_hash(blk->header, hash) == LEDGER_OK) json_object_set_new(j, "hash", node_hexj(hash, 32));
-        json_object_set_new(j, "time_ms", json_integer((json_int_t)t));
-        json_object_set_new(j, "txs", json_integer((json_int_t)blk->n_txs));
-        json_object_set_new(j, "refused", json_integer(refused));
-        rc = add_json(out, NODE_EV_BLOCK, false, 0, NULL, 0, j);
+    size_t ntx = blk->n_txs;
+    uint8_t(*ids)[32] = tem_malloc((ntx ? ntx : 1) * 32);
+    Tem__V1__TxBody **bodies = tem_calloc(ntx ? ntx : 1, sizeof *bodies);
+    int rc = ids && bodies ? 0 : -1;
+    for (size_t i = 0; i < ntx && rc == 0; i++) {
+        const Tem__V1__SignedTx *stx = blk->txs[i];
+        ledger_sha256(ids[i], stx->body.data, stx->body.len);
+        bodies[i] = tem__v1__tx_body__unpack(&ledger_pb_allocator, stx->body.len, stx->body.data);
     }
-    for (uint32_t i = 0; i < txs.n && rc == NODE_EVENTS_OK; i++) {
-        const node_event *e = &txs.ev[i];
-        rc = node_events_batch_add(out, e->kind, e->has_slot, e->slot, (const uint8_t(*)[33])e->accounts,
-                                   e->n_accounts, e->json);
-    }
-    node_events_batch_free(&txs);
-    if (rc == NODE_EVENTS_OK) rc = slot_events(n, out, height, t_prev, t);
+    uint8_t hash[32];
+    bool have_hash = ledger_block_hash(blk->header, hash) == LEDGER_OK;
+    if (rc == 0)
+        rc = build_block(src, height, blk->header->time_ms, have_hash ? hash : NULL, ntx, (const uint8_t(*)[32])ids,
+                         (const Tem__V1__TxBody *const *)bodies, out);
+    for (size_t i = 0; bodies && i < ntx; i++)
+        if (bodies[i]) tem__v1__tx_body__free_unpacked(bodies[i], &ledger_pb_allocator);
+    tem_free(bodies);
+    tem_free(ids);
     tem__v1__block__free_unpacked(blk, &ledger_pb_allocator);
-    if (rc != NODE_EVENTS_OK) return -1;
-    src->last_h = height;
-    src->last_time_ms = t;
-    return 0;
+    return rc;
 }
 
 /* ------------------------------------------------------------------ HTTP sinks */
@@ -399,7 +422,7 @@ void node_events_http(void *ctx, net_http_req *req, const net_http_request *r) {
 }
 
 /* ------------------------------------------------------------------ node hooks */
-void node_events_committed(node *n, uint64_t height) {
+void node_events_committed(node *n, uint64_t height, const ledger_block_view *v) {
     /* Nobody has subscribed yet: nothing to build. The hub then starts from the store. */
     if (n->events == NULL) return;
     struct node_events_src *src = n->events;
@@ -409,7 +432,20 @@ void node_events_committed(node *n, uint64_t height) {
     }
     node_events_batch b;
     node_events_batch_init(&b, height);
-    if (load_block(src, height, &b) != 0) {
+    /* The block just applied is at hand decoded: reading it back would decode every tx again and
+     * hash them all for the stored block's tx_root check, on the loop thread of a node that a
+     * subscriber (an indexer, a load generator) makes do that for every block. */
+    const Tem__V1__TxBody **bodies = NULL;
+    int rc = -1;
+    if (v && v->header && v->tx_rc == LEDGER_OK && v->hash_rc == LEDGER_OK && v->txids &&
+        (bodies = tem_malloc((v->n ? v->n : 1) * sizeof *bodies)) != NULL) {
+        for (size_t i = 0; i < v->n; i++) bodies[i] = v->txs[i].tx ? v->txs[i].tx->body : NULL;
+        rc = build_block(src, height, v->header->time_ms, v->block_hash, v->n, (const uint8_t(*)[32])v->txids, bodies, &b);
+        tem_free(bodies);
+    } else {
+        rc = load_block(src, height, &b);
+    }
+    if (rc != 0) {
         node_log(n, NODE_LOG_WARN, "events: cannot build the events of block %llu", (unsigned long long)height);
         node_events_batch_free(&b);
         node_events_batch_init(&b, height);

@@ -364,6 +364,7 @@ bool node_commit_done(node *n) {
         if (v->txs[i].tx) memcpy(n->committed_sig[tem_get_u32le(v->txs[i].tx->stx->sig.data) % NODE_SIGCACHE], v->txs[i].tx->stx->sig.data, 64);
     for (size_t i = 0; i < v->n; i++)
         if (v->txs[i].tx && v->txs[i].tx->body->kind_case == TEM__V1__TX_BODY__KIND_ORDER) n->orders_committed++;
+    node_events_committed(n, height, v);
     /* Every view that may borrow this block's txs goes before the mempool lets them go. */
     uint8_t(*ids)[32] = v->txids;
     size_t nids = v->n;
@@ -378,7 +379,6 @@ bool node_commit_done(node *n) {
     }
     tem_free(ids);
     if (n->rep_ok) pbft_replica_durable(&n->rep, height);
-    node_events_committed(n, height);
     node_sync_block_applied(n, height);
     char hh[17];
     tem_hex(hh, info.block_hash, 8);

@@ -222,7 +222,9 @@ int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_
 
 /* api_events.c: GET /v1/events; after each applied block; at shutdown after the loop ends. */
 void node_events_http(void *ctx, net_http_req *req, const net_http_request *r);
-void node_events_committed(node *n, uint64_t height);
+/* Publishes block `height`'s events to the subscribers (built from v, the block's view, when
+ * given and complete; else read back from the store). v is borrowed for the call. */
+void node_events_committed(node *n, uint64_t height, const ledger_block_view *v);
 void node_events_stop(node *n);
 /* api_proof.c: GET /v1/accounts/{key}/proof (dispatched from api.c's accounts route); at
  * shutdown after the loop ends. */
