@@ -22,11 +22,39 @@
 /* Counter-order lookups (maker of a fill) per block that may decode a stored block. */
 #define MAKER_LOOKUPS_MAX 4096
 
+/* Signers of the txs of recently built blocks, by txid (direct-mapped: a colliding tx replaces
+ * the older one). A fill names its maker's order only by txid; without this every fill against
+ * an order of another block read that whole block back (its tx_root check hashes every tx) to
+ * find one signer, which under load took more of the loop thread than everything else. */
+#define SIGNER_CACHE 65536
+typedef struct {
+    uint8_t txid[32];
+    uint8_t signer[33];
+    bool used;
+} signer_slot;
+
 struct node_events_src {
     node *n;
     node_events *hub;
     uint64_t last_h, last_time_ms; /* time of the last block loaded, for the next one's slot work */
+    signer_slot *signers;          /* SIGNER_CACHE entries, or NULL (out of memory: the store only) */
 };
+
+static void signer_note(struct node_events_src *src, const uint8_t txid[32], const Tem__V1__TxBody *body) {
+    if (!src->signers || !body || body->signer.len != 33) return;
+    signer_slot *e = &src->signers[tem_get_u64le(txid) % SIGNER_CACHE];
+    memcpy(e->txid, txid, 32);
+    memcpy(e->signer, body->signer.data, 33);
+    e->used = true;
+}
+
+static bool signer_find(const struct node_events_src *src, const uint8_t txid[32], uint8_t out[33]) {
+    if (!src->signers) return false;
+    const signer_slot *e = &src->signers[tem_get_u64le(txid) % SIGNER_CACHE];
+    if (!e->used || memcmp(e->txid, txid, 32) != 0) return false;
+    memcpy(out, e->signer, 33);
+    return true;
+}
 
 /* ------------------------------------------------------------------ building events */
 static int add_json(node_events_batch *b, uint32_t kind, bool has_slot, uint64_t slot, const uint8_t (*acc)[33],
@@ -149,7 +177,8 @@ static int tx_events(node *n, node_events_batch *out, uint64_t height, uint32_t 
     for (size_t k = 0; rc && body && nacc > 0 && k < rc->n_fills; k++) {
         const Tem__V1__Fill *f = rc->fills[k];
         uint8_t maker[33];
-        bool have_maker = f->counter_txid.len == 32 && maker_of(n, mc, f->counter_txid.data, maker);
+        bool have_maker = f->counter_txid.len == 32 && (signer_find(n->events, f->counter_txid.data, maker) ||
+                                                         maker_of(n, mc, f->counter_txid.data, maker));
         bool taker_buys = side == TEM__V1__SIDE__BUY;
         uint8_t tacc[2][33];
         uint32_t tn = 0;
@@ -297,6 +326,7 @@ static int build_block(struct node_events_src *src, uint64_t height, uint64_t t,
     size_t *offs = tem_malloc((ntx + 1) * sizeof *offs);
     uint8_t *rbuf = NULL;
     if (!offs || ledger_store_block_receipts(n->store, height, ntx, offs, &rbuf) != LEDGER_OK) rc = -1;
+    for (size_t i = 0; i < ntx; i++) signer_note(src, txids[i], bodies[i]);
     for (size_t i = 0; i < ntx && rc == NODE_EVENTS_OK; i++)
         rc = tx_events(n, &txs, height, (uint32_t)i, txids[i], bodies[i], rbuf + offs[i], offs[i + 1] - offs[i], &mc,
                        &refused);
@@ -376,8 +406,10 @@ static struct node_events_src *src_of(node *n) {
     struct node_events_src *s = tem_calloc(1, sizeof *s);
     if (s == NULL) return NULL;
     s->n = n;
+    s->signers = tem_calloc(SIGNER_CACHE, sizeof *s->signers);
     /* Defaults (docs/operate.md): not yet settable from temd.conf. */
     if (node_events_new(NULL, &sink_ops, load_block, s, ledger_store_durable_height(n->store), &s->hub) != NODE_EVENTS_OK) {
+        tem_free(s->signers);
         tem_free(s);
         return NULL;
     }
@@ -457,6 +489,7 @@ void node_events_committed(node *n, uint64_t height, const ledger_block_view *v)
 void node_events_stop(node *n) {
     if (n->events == NULL) return;
     node_events_free(n->events->hub);
+    tem_free(n->events->signers);
     tem_free(n->events);
     n->events = NULL;
 }
