@@ -3,7 +3,7 @@
  * then validator 3 starts again and is timed until it reaches the others' tip (catch-up: block
  * fetch, certificate and signature checks, execution, LMDB writes); then all stop and
  * `temctl replay DATA_DIR` re-verifies validator 0's whole chain from genesis (timed as a
- * process). Both rates are printed beside one core's secp256k1 verifications/s measured in the
+ * process, twice after a sync; the faster counts). Both rates are printed beside one core's secp256k1 verifications/s measured in the
  * same run: every tx's signature has to be checked once, so that is the ceiling for one core
  * (issue #15's target for replay: at least 0.8 of it).
  *
@@ -78,11 +78,21 @@ int main(void) {
     char cmd[600];
     snprintf(cmd, sizeof cmd, "%s replay %s/n0 --genesis %s/genesis.json > %s/replay.out 2>&1", temctl, CL.dir, CL.dir,
              CL.dir);
-    t0 = bench_now();
-    double c0 = children_cpu();
-    int rc = system(cmd);
-    double replay = bench_now() - t0, replay_cpu = children_cpu() - c0;
-    if (rc != 0) cl_die("temctl replay failed");
+    /* The faster of two replays of the same chain, as the limit is the higher of two samples:
+     * on this shared virtual machine one run's CPU time per tx varied by a fifth from one
+     * replay to the next with nothing else running. */
+    double replay = 0, replay_cpu = 0;
+    for (int k = 0; k < 2; k++) {
+        t0 = bench_now();
+        double c0 = children_cpu();
+        if (system(cmd) != 0) cl_die("temctl replay failed");
+        double w = bench_now() - t0, c = children_cpu() - c0;
+        printf("# replay %d: %.2f s wall, %.2f s CPU\n", k + 1, w, c);
+        if (k == 0 || w < replay) {
+            replay = w;
+            replay_cpu = c;
+        }
+    }
     double verify_rate2 = cl_secp_verifies_per_s();
     double limit = verify_rate > verify_rate2 ? verify_rate : verify_rate2;
     printf("# %d txs in %lld blocks; validator 3 was %lld blocks behind; secp256k1 verifies/s on one core %.0f and "
