@@ -328,8 +328,8 @@ static int build_block(struct node_events_src *src, uint64_t height, uint64_t t,
     if (!offs || ledger_store_block_receipts(n->store, height, ntx, offs, &rbuf) != LEDGER_OK) rc = -1;
     for (size_t i = 0; i < ntx; i++) signer_note(src, txids[i], bodies[i]);
     for (size_t i = 0; i < ntx && rc == NODE_EVENTS_OK; i++)
-        rc = tx_events(n, &txs, height, (uint32_t)i, txids[i], bodies[i], rbuf + offs[i], offs[i + 1] - offs[i], &mc,
-                       &refused);
+        rc = tx_events(n, &txs, height, (uint32_t)i, txids[i], bodies[i], rbuf ? rbuf + offs[i] : NULL,
+                       offs[i + 1] - offs[i], &mc, &refused);
     tem_free(rbuf);
     tem_free(offs);
     if (mc.blk) tem__v1__block__free_unpacked(mc.blk, &ledger_pb_allocator);
