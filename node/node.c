@@ -364,6 +364,9 @@ bool node_commit_done(node *n) {
         if (v->txs[i].tx) memcpy(n->committed_sig[tem_get_u32le(v->txs[i].tx->stx->sig.data) % NODE_SIGCACHE], v->txs[i].tx->stx->sig.data, 64);
     for (size_t i = 0; i < v->n; i++)
         if (v->txs[i].tx && v->txs[i].tx->body->kind_case == TEM__V1__TX_BODY__KIND_ORDER) n->orders_committed++;
+    /* Events are built from this view, so before it goes and before the mempool lets go of
+     * the txs it may borrow; the whole of this function runs before the loop moves on, so
+     * publishing them here rather than after the consensus bookkeeping delays nothing. */
     node_events_committed(n, height, v);
     /* Every view that may borrow this block's txs goes before the mempool lets them go. */
     uint8_t(*ids)[32] = v->txids;

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import threading
 import urllib.error
 import urllib.request
 
@@ -110,7 +111,6 @@ def follow_live():
         live.append({"error": repr(e)})
 
 
-import threading  # noqa: E402
 threading.Thread(target=follow_live, daemon=True).start()
 p1, p2 = tc.Key.load(os.path.join(keys, "p1.key")), tc.Key.load(os.path.join(keys, "p2.key"))
 stranger = tc.Key(bytes(31) + b"\x07")

@@ -3,9 +3,9 @@
  * then validator 3 starts again and is timed until it reaches the others' tip (catch-up: block
  * fetch, certificate and signature checks, execution, LMDB writes); then all stop and
  * `temctl replay DATA_DIR` re-verifies validator 0's whole chain from genesis (timed as a
- * process, twice after a sync; the faster counts). Both rates are printed beside one core's secp256k1 verifications/s measured in the
- * same run: every tx's signature has to be checked once, so that is the ceiling for one core
- * (issue #15's target for replay: at least 0.8 of it).
+ * process, twice after a sync; the faster counts). Both rates are printed beside one core's
+ * secp256k1 verifications/s measured in the same run: every tx's signature has to be checked
+ * once, so that is the ceiling for one core (issue #15's target for replay: at least 0.8 of it).
  *
  *   bench replay_txs_per_s V txs/s limit L secp256k1_verifies/s ratio R
  *   bench replay_txs_per_cpu_s: the same in CPU seconds (replay's, all threads; the limit in
