@@ -119,8 +119,10 @@ $(BUILD)/bench/bench_%: $(BUILD)/obj/tests/bench/bench_%.o $$(call libs_for,$$*)
 $(SIM_BIN): $(patsubst %.c,$(BUILD)/obj/%.o,$(SIM_SRCS)) $(call libs_for,sim)
 	$(CC) $(LDSAN) -o $@ $(filter %.o,$^) $(call libs_for,sim) $(LDLIBS)
 
+# The Check suites share nothing (temp dirs, random ports), so they run TEST_JOBS at a time.
+TEST_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 unit-test: $(TEST_BINS)
-	@set -e; for t in $(TEST_BINS); do echo "== $$t"; CK_DEFAULT_TIMEOUT=600 $$t; done
+	@CK_DEFAULT_TIMEOUT=600 bash tests/tools/run_par.sh $(TEST_JOBS) $(TEST_BINS)
 
 sim-test: $(SIM_BIN)
 	@if [ -n "$(SIM_SRCS)" ]; then $(SIM_BIN) --seeds $(SEEDS); fi
@@ -183,11 +185,12 @@ $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJS)
 FUZZ_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 fuzz: deps
 	$(MAKE) -j$(FUZZ_JOBS) $(FUZZ_BINS)
-	@set -e; for f in $(FUZZ_BINS); do n=$$(basename $$f); mkdir -p $(FUZZ_BUILD)/corpus/$$n; \
+	@set -e; cmds=(); for f in $(FUZZ_BINS); do n=$$(basename $$f); mkdir -p $(FUZZ_BUILD)/corpus/$$n; \
 	  seeds=tests/fuzz/corpus/$$n; [ -d $$seeds ] || seeds=; \
-	  echo "== $$n for $(FUZZ_SECONDS)s"; $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-	     $(FUZZ_BUILD)/corpus/$$n $$seeds 2>&1 | grep -E '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY)' ; \
-	  test $${PIPESTATUS[0]} -eq 0; done
+	  cmds+=("$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_BUILD)/corpus/$$n $$seeds 2>&1 | \
+	     grep -E '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY)'; \
+	     test \$${PIPESTATUS[0]} -eq 0"); done; \
+	  echo "fuzz: $(FUZZ_SECONDS) s each, $(FUZZ_JOBS) at a time"; bash tests/tools/run_par.sh $(FUZZ_JOBS) "$${cmds[@]}"
 
 # ---------------------------------------------------------------- deps
 deps:

@@ -61,7 +61,8 @@ for i in 0 1 2 3 4; do
     "$BUILD/temd" --config "$dir/node$i.conf" >>"$dir/node$i/restart.log" 2>&1 &
     pids+=($!)
 done
-api() { curl -s --max-time 5 "http://127.0.0.1:$((base + 100 + $1))$2"; }
+# api NODE PATH [curl options...]
+api() { local i=$1 p=$2; shift 2; curl -s --max-time 5 "$@" "http://127.0.0.1:$((base + 100 + i))$p"; }
 deadline=$((SECONDS + 60))
 while :; do
     st=$(for i in 0 1 2 3 4; do api $i /v1/status | jq -r '"\(.height) \(.state_root)"' 2>/dev/null; done | sort -u)
