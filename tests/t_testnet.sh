@@ -107,4 +107,20 @@ for k in $(jq -r '.participants[] | select(.role != "meter") | .pubkey' "$dir/ge
 done
 [ "$money0" = "$money1" ] || fail "money: genesis $money0, now $money1"
 echo "money conserved: $money1 uunit"
+
+# A node stops cleanly on SIGTERM: exit status 0, not a crash on the way out.
+for k in "${!pids[@]}"; do kill -TERM "${pids[$k]}" 2>/dev/null; done
+for k in "${!pids[@]}"; do
+    p=${pids[$k]}
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null   # still there after 10 s: that is a failure too (status 137)
+    wait "$p" 2>/dev/null
+    rc=$?
+    if [ $rc -ne 0 ]; then
+        tail -40 "$dir/node$k/restart.log"
+        fail "node$k exited with status $rc on SIGTERM"
+    fi
+done
+pids=()
+echo "restarted nodes stopped cleanly"
 echo "PASS t_testnet"
