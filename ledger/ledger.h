@@ -461,7 +461,8 @@ TEM_WUR int ledger_block_view_build(const ledger_genesis *g, const uint8_t *bloc
 /* Frees what the view owns (not the lookup's txs). Safe on a zeroed view. */
 void ledger_block_view_free(ledger_block_view *v);
 /* Verifies the signatures of the view's txs not yet marked verified on `threads` threads (the
- * caller's and threads-1 more; at most LEDGER_VIEW_VERIFY_THREADS) and marks those that pass.
+ * caller's and threads-1 more; at most LEDGER_VIEW_VERIFY_THREADS, and no more than one per 8
+ * signatures left to check: none is started when every tx is marked) and marks those that pass.
  * A tx that fails stays unmarked, so ledger_store_apply_view verifies it again and reports it
  * in its usual order (after the header and certificate checks). Nothing is done for a view whose
  * txs did not decode. A thread that cannot be started is replaced by the caller's. */

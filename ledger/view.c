@@ -198,6 +198,10 @@ static void tx_verify_once(ledger_view_tx *t) {
     if (!t->verified && ledger_tx_verify(t->tx) == LEDGER_OK) t->verified = true;
 }
 
+/* A helper thread is started for at least this many signatures to check (~35 us each); fewer
+ * are checked on the calling thread. */
+enum { VERIFY_PER_THREAD_MIN = 8 };
+
 /* Each part writes only its own txs' flags, so the parts share nothing. */
 static void *verify_range(void *arg) {
     verify_part *p = arg;
@@ -207,9 +211,15 @@ static void *verify_range(void *arg) {
 
 void ledger_block_view_verify(ledger_block_view *v, unsigned threads) {
     if (v->tx_rc != LEDGER_OK || v->n == 0) return;
+    /* Most blocks a validator applies arrive with every signature already checked (gossip,
+     * validation): a thread started only to skip them cost more than the check it shares. */
+    size_t todo = 0;
+    for (size_t i = 0; i < v->n; i++) todo += !v->txs[i].verified;
+    if (todo == 0) return;
     if (threads < 1) threads = 1;
     if (threads > LEDGER_VIEW_VERIFY_THREADS) threads = LEDGER_VIEW_VERIFY_THREADS;
-    if (threads > v->n) threads = (unsigned)v->n;
+    if (threads > todo / VERIFY_PER_THREAD_MIN) threads = (unsigned)(todo / VERIFY_PER_THREAD_MIN);
+    if (threads < 1) threads = 1;
     verify_part parts[LEDGER_VIEW_VERIFY_THREADS];
     pthread_t th[LEDGER_VIEW_VERIFY_THREADS];
     bool started[LEDGER_VIEW_VERIFY_THREADS] = {false};

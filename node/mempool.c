@@ -64,6 +64,7 @@ typedef struct {
     bool in_job;    /* MP__VERIFY and handed to a work item (else still queued) */
     bool urgent;    /* node_mempool_verify_first: moves to the queue's front (transient) */
     bool in_by_sig; /* indexed by signature (PENDING entries only) */
+    bool announce;  /* node_mempool_admit.announce: cfg.announce once the signature verified */
     uint64_t nonce, seq;
     uint32_t signer_idx;
     uint32_t fifo_prev, fifo_next; /* every held entry, in arrival order */
@@ -692,6 +693,8 @@ static void verify_after(uv_work_t *req, int status) {
             ent_finish(m, i, gone_rc(e));
         } else if (acc_append(m, i) != NODE_MEMPOOL_OK) {
             ent_finish(m, i, NODE_MEMPOOL_ENOMEM);
+        } else if (e->announce && m->cfg.announce) {
+            m->cfg.announce(m->cfg.announce_ctx, e->txid);
         }
     }
     j->n = 0;
@@ -1195,6 +1198,7 @@ static int submit(node_mempool *m, const uint8_t *tx, size_t len, const node_mem
     m->ents[i].done = done;
     m->ents[i].done_ctx = ctx;
     m->ents[i].tag = adm ? adm->tag : 0;
+    m->ents[i].announce = adm && adm->announce;
     if (m->vq_tail != NIL) m->ents[m->vq_tail].q_next = i;
     else m->vq_head = i;
     m->vq_tail = i;
@@ -1315,6 +1319,15 @@ const ledger_tx *node_mempool_get(const node_mempool *m, const uint8_t txid[LEDG
     if (bytes) *bytes = m->ents[i].bytes;
     if (len) *len = m->ents[i].len;
     return &m->ents[i].tx;
+}
+
+bool node_mempool_get_verified(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES], const uint8_t **bytes,
+                               size_t *len) {
+    uint32_t i = tab_find(m, &m->by_txid, txid, LEDGER_HASH_BYTES, key_txid, NULL);
+    if (i == NIL || !selectable(&m->ents[i])) return false;
+    *bytes = m->ents[i].bytes;
+    *len = m->ents[i].len;
+    return true;
 }
 
 int node_mempool_precheck_signer(void *store, const ledger_tx *tx) {

@@ -108,6 +108,13 @@ typedef struct {
      * waits for the pool's checks look again exactly when one ended, instead of polling. */
     void (*verified)(void *ctx);
     void *verified_ctx;
+    /* Optional, on the loop thread when a tx submitted with node_mempool_admit.announce passed
+     * its signature check and its log record is queued, before the record is durable: lets the
+     * node gossip a client's tx without first waiting for its fdatasync (txs being written are
+     * selectable for a block too, see node_mempool_select). txid is borrowed for the call; the
+     * callback must not call into the pool. */
+    void (*announce)(void *ctx, const uint8_t txid[LEDGER_HASH_BYTES]);
+    void *announce_ctx;
 } node_mempool_config;
 
 /* What admission asks of one submission (node/admission.h): a client's tx is refused with
@@ -116,6 +123,7 @@ typedef struct {
 typedef struct {
     uint32_t signer_max;
     uint32_t tag;
+    bool announce; /* call config.announce for it once verified */
 } node_mempool_admit;
 
 /* Called exactly once for every node_mempool_submit that returned 0, on the loop thread:
@@ -244,6 +252,11 @@ uint32_t node_mempool_verify_first(node_mempool *m, const uint8_t (*txids)[LEDGE
  * NULL when the tx is not held or not durable yet. Borrowed as for node_mempool_find_bytes. */
 const ledger_tx *node_mempool_get(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES],
                                   const uint8_t **bytes, size_t *len);
+/* The bytes of the verified tx `txid`, durable or still being written (borrowed as for
+ * node_mempool_find_bytes: valid until the caller returns to the loop). false when the tx is not
+ * held, not verified yet, or leaving. */
+bool node_mempool_get_verified(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES], const uint8_t **bytes,
+                               size_t *len);
 
 /* The node's precheck (node_mempool_config.precheck, with precheck_ctx = the ledger_store):
  * contracts_signer_check on the store's current state, so the pool never admits what the

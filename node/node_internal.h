@@ -178,8 +178,9 @@ uint64_t node_now_ms(void);
 /* One log line: time, level, height, view, message. */
 void node_log(node *n, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-/* Called when the mempool has made a client tx durable (it is PENDING there): queue it for
- * gossip and note its time for the commit-latency histogram. */
+/* Called when the mempool has made a client tx durable (it is PENDING there): note its time for
+ * the commit-latency histogram and see whether a proposal is due. (Its gossip was queued when
+ * its signature verified: node.c, mempool_announce.) */
 void node_tx_accepted(node *n, const uint8_t txid[32]);
 /* Remembers that the pair (txid, sig) verified (the mempool admitted the tx), and asks. */
 void node_sigcache_add(node *n, const uint8_t txid[32], const uint8_t sig[64]);

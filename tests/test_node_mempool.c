@@ -773,6 +773,64 @@ START_TEST(mempool_calls_verified_after_each_work_item_with_its_txs_answered) {
 }
 END_TEST
 
+/* config.announce: called once per tx submitted with admit.announce, when its signature
+ * verified, before its record is durable (nothing answered yet), with the bytes readable through
+ * node_mempool_get_verified while node_mempool_get (durable only) still says no; never for a tx
+ * submitted without the flag or refused for its signature. */
+static int ACALLS, ADONE_AT_CALL[8], AGET_AT_CALL[8], AVER_AT_CALL[8];
+static uint8_t ATXID[8][32];
+static void on_announce(void *ctx, const uint8_t txid[32]) {
+    (void)ctx;
+    if (ACALLS < 8) {
+        const uint8_t *b = NULL;
+        size_t l = 0;
+        memcpy(ATXID[ACALLS], txid, 32);
+        ADONE_AT_CALL[ACALLS] = 0; /* was this tx answered already? */
+        for (int i = 0; i < R.n; i++) ADONE_AT_CALL[ACALLS] |= memcmp(R.txid[i], txid, 32) == 0;
+        AGET_AT_CALL[ACALLS] = node_mempool_get(M, txid, NULL, NULL) != NULL;
+        AVER_AT_CALL[ACALLS] = node_mempool_get_verified(M, txid, &b, &l) && l > 0 && b != NULL;
+    }
+    ACALLS++;
+}
+
+START_TEST(mempool_announces_a_clients_tx_once_verified_before_it_is_durable) {
+    node_mempool_config c = cfg_default();
+    c.announce = on_announce;
+    mp_open(&c);
+    ACALLS = 0;
+    tx_t a = mk(2, 0, 1), b = mk(3, 0, 1), bad = mk(4, 0, 1), quiet = mk(5, 0, 1);
+    bad.b[bad.len - 64 + 5] ^= 0x01;
+    node_mempool_admit ann = {.announce = true}, plain = {0};
+    ck_assert_int_eq(node_mempool_submit_admit(M, a.b, a.len, &ann, on_done, &R, NULL), 0);
+    ck_assert_int_eq(node_mempool_submit_admit(M, b.b, b.len, &ann, on_done, &R, NULL), 0);
+    ck_assert_int_eq(node_mempool_submit_admit(M, bad.b, bad.len, &ann, on_done, &R, NULL), 0);
+    ck_assert_int_eq(node_mempool_submit_admit(M, quiet.b, quiet.len, &plain, on_done, &R, NULL), 0);
+    ck_assert_int_eq(ACALLS, 0); /* nothing verified before the loop runs */
+    const uint8_t *vb;
+    size_t vl;
+    ck_assert(!node_mempool_get_verified(M, a.txid, &vb, &vl)); /* queued, not verified */
+    wait_done(4);
+    ck_assert_int_eq(ACALLS, 2);
+    for (int k = 0; k < 2; k++) {
+        ck_assert(memcmp(ATXID[k], a.txid, 32) == 0 || memcmp(ATXID[k], b.txid, 32) == 0);
+        ck_assert_int_eq(AGET_AT_CALL[k], 0);
+        ck_assert_int_eq(AVER_AT_CALL[k], 1);
+    }
+    ck_assert(memcmp(ATXID[0], ATXID[1], 32) != 0);
+    /* each was announced before its own answer (the 202 waits for the fdatasync) */
+    ck_assert_int_eq(ADONE_AT_CALL[0], 0);
+    ck_assert_int_eq(ADONE_AT_CALL[1], 0);
+    ck_assert(node_mempool_get_verified(M, a.txid, &vb, &vl));
+    ck_assert_uint_eq(vl, a.len);
+    ck_assert_mem_eq(vb, a.b, a.len);
+    ck_assert(!node_mempool_get_verified(M, bad.txid, &vb, &vl));
+    free_txs(&a, 1);
+    free_txs(&b, 1);
+    free_txs(&bad, 1);
+    free_txs(&quiet, 1);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ blocks */
 START_TEST(mempool_block_applied_drops_committed_and_superseded_txs) {
     node_mempool_config c = cfg_default();
@@ -1311,6 +1369,7 @@ static Suite *mempool_suite(void) {
     tcase_add_test(t, mempool_calls_verified_after_each_work_item_with_its_txs_answered);
     tcase_add_test(t, mempool_verify_first_moves_queued_txs_to_the_front);
     tcase_add_test(t, mempool_selects_verified_txs_before_their_record_is_durable);
+    tcase_add_test(t, mempool_announces_a_clients_tx_once_verified_before_it_is_durable);
     tcase_add_test(t, mempool_block_applied_drops_committed_and_superseded_txs);
     tcase_add_test(t, mempool_txs_committed_or_superseded_while_in_flight_settle_when_work_returns);
     tcase_add_test(t, mempool_large_pool_finds_superseded_txs_round_robin_within_two_blocks);
