@@ -54,7 +54,7 @@ typedef struct {
     uint32_t mempool_txs_max;       /* default 100000 */
     uint32_t mempool_nonce_window;  /* default 64 */
     uint64_t block_interval_ms;     /* longest gap between blocks when idle; default view_timeout/4 */
-    uint64_t batch_delay_ms;        /* wait after the first pending tx before proposing; default 20 */
+    uint64_t batch_delay_ms;        /* wait after the first pending tx before proposing; default 60 */
     uint64_t max_clock_drift_ms;    /* a proposal's time may be this far ahead of ours; default 5000 */
     uint64_t peer_rate_bytes_per_s; /* per-peer inbound limits; default 64 MiB/s, 20000 msgs/s */
     uint64_t peer_rate_msgs_per_s;
