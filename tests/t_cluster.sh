@@ -93,6 +93,14 @@ same_chain() { # up to height H, nodes...
 }
 same_chain "$H" 0 1 2 3
 ok "18 transfers submitted to 4 nodes committed; blocks 1..$H identical on all nodes"
+# Each node gossiped its clients' txs when their signatures verified (mempool_announce): none
+# had to wait regossip_age_ms (2 s) and be re-sent to the primary. A tx only re-gossip carried
+# would still commit, seconds later, so only this counter shows the first gossip is missing.
+for i in 0 1 2 3; do
+  rg=$(curl -s -m 2 "http://$(http $i)/metrics" | awk '$1 == "tem_regossip_txs_total" {print $2}')
+  [ "$rg" = 0 ] || fail "node $i re-gossiped $rg txs: its clients' txs were not gossiped at once"
+done
+ok "every client tx reached the primary by its first gossip (tem_regossip_txs_total 0 on all nodes)"
 # Each node's own state root (from its status, at its height h) must be the root the chain
 # certified for h: the header of block h+1 carries it (roots lag by one block). Comparing
 # against the certified header needs no moment when all four nodes stand at one height, which a
