@@ -174,6 +174,10 @@ typedef struct {
      * proofs between blocks cannot grow a store's cache. */
     bool peek;
     grec scratch;
+    /* The record last used at each group: a path's levels come in runs of GROUP_LEVELS within
+     * one record, and the keys of a sorted block share their upper records, so most lookups end
+     * here instead of in the hash map. Not set with peek (scratch is reused). */
+    grec *last[64];
     /* Bulk mode (an empty table): node records are collected per depth instead, then merged
      * into group records. A depth-first build emits each depth's nodes in path order, so every
      * group's records come out in key order and are appended to LMDB sorted (MDB_APPEND). */
@@ -281,11 +285,17 @@ static int group_get(tctx *c, unsigned g, const uint8_t path[32], grec **out) {
     uint8_t key[33];
     size_t klen = group_key(key, g, path);
     ledger__smt_cache *k = c->k;
+    grec *m = c->last[g];
+    if (m && m->klen == klen && memcmp(m->key, key, klen) == 0) {
+        *out = m;
+        return LEDGER_OK;
+    }
     if (k->cap) {
         size_t i = key_hash(key, klen) & (k->cap - 1);
         for (; k->map[i]; i = (i + 1) & (k->cap - 1))
             if (k->map[i]->klen == klen && memcmp(k->map[i]->key, key, klen) == 0) {
                 *out = k->map[i];
+                if (!c->peek) c->last[g] = k->map[i];
                 return LEDGER_OK;
             }
     }
@@ -312,6 +322,7 @@ static int group_get(tctx *c, unsigned g, const uint8_t path[32], grec **out) {
     }
     map_insert(k->map, k->cap, r);
     k->nmap++;
+    c->last[g] = r;
     *out = r;
     return LEDGER_OK;
 }

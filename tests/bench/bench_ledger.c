@@ -196,6 +196,101 @@ static void same_block_on_each(tree_fig *f, size_t nf, uint32_t changed, int rou
 
 enum { HEAVY = 1000, LIGHT = 16 };
 
+/* Light blocks as a node pays for their tree (ledger/store.c:tree_block): each block's update goes
+ * through one cache that lives across blocks, the block logs its ops (65 bytes a key), every 32nd
+ * block is a checkpoint that writes what changed since the last one, each block commits its own
+ * write txn, and clean records are dropped past 65,536 as the store does. Every block changes
+ * `LIGHT` accounts drawn from 0..999, so the 1k and the 1M tree see the same blocks; they take
+ * turns block by block. Returns, per tree, the median over `rounds` of the mean CPU ms per block
+ * of `blocks` blocks, after one round of warm-up: in out_update_ms the root's computation (the
+ * changed values' hashes, their sort, the update through the cache), in out_ms that and the
+ * tree's storage (the ops' log, the checkpoints' writes, every commit). */
+enum { NODE_CHECKPOINT = 32, NODE_CLEAN_MAX = 65536 };
+static void node_path_blocks(tree_fig **f, size_t nf, unsigned light, int blocks, int rounds, double *out_ms,
+                             double *out_update_ms, double *out_reads) {
+    ledger__smt_cache *k[4];
+    MDB_dbi tlog[4];
+    TEM_ASSERT(nf <= 4);
+    for (size_t i = 0; i < nf; i++) {
+        MDB_txn *txn;
+        TEM_ASSERT((k[i] = ledger__smt_cache_new()) != NULL);
+        TEM_ASSERT(mdb_txn_begin(f[i]->env, NULL, 0, &txn) == 0);
+        TEM_ASSERT(mdb_dbi_open(txn, "tlog", MDB_CREATE, &tlog[i]) == 0);
+        TEM_ASSERT(mdb_txn_commit(txn) == 0);
+    }
+    ledger__smt_op *ops = malloc(light * sizeof *ops);
+    uint32_t *acct = malloc(light * sizeof *acct);
+    double *ms = calloc(nf * (size_t)(rounds + 1), sizeof *ms), *ums = calloc(nf * (size_t)(rounds + 1), sizeof *ums),
+           *reads = calloc(nf, sizeof *reads);
+    uint64_t rng = 0x9e3779b97f4a7c15ull, h = 0;
+    for (int r = 0; r <= rounds; r++)
+        for (int b = 0; b < blocks; b++) {
+            h++;
+            for (unsigned j = 0; j < light; j++) {
+                uint32_t a;
+                bool dup;
+                do { /* distinct accounts below 1,000 (xorshift64) */
+                    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+                    a = (uint32_t)(rng % 1000);
+                    dup = false;
+                    for (unsigned q = 0; q < j; q++) dup |= acct[q] == a;
+                } while (dup);
+                acct[j] = a;
+            }
+            for (size_t i = 0; i < nf; i++) {
+                ledger__smt_stats st = {0};
+                MDB_txn *txn;
+                uint8_t root[32], key[8];
+                /* The key hashes are cached with the entries (ledger/state.c:entry_hashes); the
+                 * value hashes and the sort are the block's, as in ledger__state_tree_ops. */
+                for (unsigned j = 0; j < light; j++) account_op(acct[j], (uint32_t)h + 1, &ops[j]);
+                double t0 = cpu_now();
+                for (unsigned j = 0; j < light; j++) {
+                    uint8_t v[56] = {0};
+                    tem_put_u32le(v, (uint32_t)h + 1);
+                    tem_put_u32le(v + 4, acct[j]);
+                    ledger_sha256(ops[j].vh, v, sizeof v);
+                }
+                qsort(ops, light, sizeof *ops, op_cmp);
+                if (ledger__smt_cache_dirty(k[i]) == 0 && ledger__smt_cache_records(k[i]) > NODE_CLEAN_MAX)
+                    ledger__smt_cache_clear(k[i]);
+                TEM_ASSERT(mdb_txn_begin(f[i]->env, NULL, 0, &txn) == 0);
+                TEM_ASSERT(ledger__smt_update_cached(k[i], txn, f[i]->dbi, ops, light, root, &st) == LEDGER_OK);
+                ums[i * (size_t)(rounds + 1) + (size_t)r] += 1000 * (cpu_now() - t0) / blocks;
+                if (h % NODE_CHECKPOINT == 0) {
+                    TEM_ASSERT(ledger__smt_cache_flush(k[i], txn, f[i]->dbi) == LEDGER_OK);
+                    TEM_ASSERT(mdb_drop(txn, tlog[i], 0) == 0);
+                } else {
+                    tem_put_u64be(key, h);
+                    MDB_val mk = {8, key}, mv = {light * 65, NULL};
+                    TEM_ASSERT(mdb_put(txn, tlog[i], &mk, &mv, MDB_RESERVE) == 0);
+                    uint8_t *w = mv.mv_data;
+                    for (unsigned j = 0; j < light; j++, w += 65) {
+                        w[0] = 0;
+                        memcpy(w + 1, ops[j].kh, 32);
+                        memcpy(w + 33, ops[j].vh, 32);
+                    }
+                }
+                TEM_ASSERT(mdb_txn_commit(txn) == 0);
+                ms[i * (size_t)(rounds + 1) + (size_t)r] += 1000 * (cpu_now() - t0) / blocks;
+                if (r > 0) reads[i] += (double)st.reads / ((double)blocks * rounds);
+            }
+        }
+    for (size_t i = 0; i < nf; i++) {
+        out_ms[i] = median_of(ms + i * (size_t)(rounds + 1) + 1, rounds);
+        out_update_ms[i] = median_of(ums + i * (size_t)(rounds + 1) + 1, rounds);
+        out_reads[i] = reads[i];
+        ledger__smt_cache_free(k[i]);
+    }
+    free(ms);
+    free(ums);
+    free(reads);
+    free(acct);
+    free(ops);
+}
+
+
+
 static void bench_state_tree(const char *base) {
     static const struct {
         const char *name;
@@ -233,6 +328,18 @@ static void bench_state_tree(const char *base) {
            "%.2f x in calls\n",
            HEAVY, heavy, (double)f[2].heavy.hashes / (double)f[0].heavy.hashes, LIGHT,
            (double)f[2].light.hashes / (double)f[0].light.hashes);
+    /* Last: it changes the trees. */
+    tree_fig *pair[2] = {&f[0], &f[2]};
+    double nms[2], ums[2], nreads[2];
+    node_path_blocks(pair, 2, LIGHT, 4 * NODE_CHECKPOINT, 9, nms, ums, nreads);
+    printf("bench state_root_update_1m_over_1k_node_path %.2f x limit 2.00 x ratio %.3f\n", ums[1] / ums[0],
+           2.0 * ums[0] / ums[1]);
+    printf("bench state_root_stored_1m_over_1k_node_path %.2f x limit 2.00 x ratio %.3f\n", nms[1] / nms[0],
+           2.0 * nms[0] / nms[1]);
+    printf("# node path, light blocks of %d accounts, checkpoint every %d blocks, CPU ms per block: root update "
+           "%.4f at 1k, %.4f at 1M (%.1f and %.1f records read); with the tree log, checkpoints and commits "
+           "%.4f at 1k, %.4f at 1M\n",
+           LIGHT, NODE_CHECKPOINT, ums[0], ums[1], nreads[0], nreads[1], nms[0], nms[1]);
     fflush(stdout);
     for (size_t i = 0; i < 3; i++) mdb_env_close(f[i].env);
 }
