@@ -3,7 +3,7 @@ stream, the subscriber limit) and validates each response against docs/openapi.y
 python3-jsonschema's Draft 2020-12 validator (OpenAPI 3.1's schema dialect). Fails when a
 response has a status the contract does not list for its route, a body its schema refuses, or
 when a route of the contract was never exercised. Run by tests/t_openapi.sh:
-  openapi_check.py SPEC NODE_URL KEY_DIR"""
+  openapi_check.py SPEC NODE_URL KEY_DIR [SECOND_NODE_URL]"""
 import json
 import os
 import re
@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import tem_client as tc  # noqa: E402
 
 spec_path, base, keys = sys.argv[1], sys.argv[2].rstrip("/"), sys.argv[3]
+base2 = sys.argv[4].rstrip("/") if len(sys.argv) > 4 else None
 spec = yaml.safe_load(open(spec_path, encoding="utf-8"))
 resolver = RefResolver.from_schema(spec)
 Draft202012Validator.check_schema({"$ref": "#/components/schemas/Error", **{}})
@@ -170,9 +171,52 @@ sell_id, sell = tx_of(p1, tc.TxBody.order, slot, "sell", 100000, 1000)
 call("POST", "/v1/tx", sell, "application/x-protobuf")
 call("POST", "/v1/tx", sell, "application/x-protobuf")  # 409 EDUP / ECOMMITTED
 node.wait(sell_id)
+# A trade event names its maker (the resting order's signer) by the counter-order's txid. Node 0
+# built the sell's block for its live subscriber, so it finds the maker in its signer cache. A
+# second node gets its first subscriber only now, after the sell's block: it must find the maker
+# in its store (api_events.c:maker_of). Both must name p1 as the seller and p2 as the buyer.
+second = []
+if base2:
+    node2 = tc.Node(base2)
+    node2.wait(sell_id)
+    ready = threading.Event()
+
+    def follow_second():
+        try:
+            for ev in node2.events(kinds=["block", "trade"], timeout=30):
+                ready.set()
+                second.append(ev)
+                if ev["event"] == "trade":
+                    return
+        except Exception as e:  # noqa: BLE001 (checked below: no trade event)
+            second.append({"error": repr(e)})
+        ready.set()
+
+    threading.Thread(target=follow_second, daemon=True).start()
+    if not ready.wait(20):
+        failures.append("the second node's event stream carried no block within 20 s")
 buy_id, buy = tx_of(p2, tc.TxBody.order, slot, "buy", 120000, 400)
 call("POST", "/v1/tx", json.dumps({"tx": buy.hex()}).encode(), "application/json")
 node.wait(buy_id)
+
+
+def fill_event(events, what):
+    for _ in range(100):
+        for ev in list(events):
+            if ev.get("event") == "trade" and ev["data"].get("txid") == buy_id.hex():
+                return ev["data"]
+        time.sleep(0.1)
+    failures.append("%s: no trade event for the buy order" % what)
+    return None
+
+
+for what, evs in (("node 0, signer cache", live), ("second node, store lookup", second if base2 else None)):
+    if evs is None:
+        continue
+    t = fill_event(evs, what)
+    if t and (t.get("seller"), t.get("buyer"), t.get("counter_txid")) != (p1.public.hex(), p2.public.hex(), sell_id.hex()):
+        failures.append("%s: trade event names seller %s buyer %s counter %s, want p1 %s p2 %s sell %s" % (
+            what, t.get("seller"), t.get("buyer"), t.get("counter_txid"), p1.public.hex(), p2.public.hex(), sell_id.hex()))
 call("GET", "/v1/tx/" + buy_id.hex())
 call("POST", "/v1/tx", b"\x0a\x05junk", "application/x-protobuf")           # 400 EDECODE
 call("POST", "/v1/tx", b'{"tx":"zz"}', "application/json")                    # 400 EJSON

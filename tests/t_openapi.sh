@@ -11,4 +11,4 @@ command -v curl >/dev/null && command -v jq >/dev/null || { echo "t_openapi: SKI
 $PY -c 'import jsonschema, yaml, ecdsa' 2>/dev/null || { echo "t_openapi: FAIL: python3-jsonschema, python3-yaml or python3-ecdsa missing (make deps)"; exit 1; }
 . "$(dirname "$0")/lib_chain.sh"
 chain_start
-timeout 180 $PY tests/openapi_check.py docs/openapi.yaml "http://$(http 0)" "$dir" || fail "responses do not match docs/openapi.yaml"
+timeout 180 $PY tests/openapi_check.py docs/openapi.yaml "http://$(http 0)" "$dir" "http://$(http 1)" || fail "responses do not match docs/openapi.yaml"
