@@ -14,6 +14,7 @@ void node_admission_init(node_admission *a, const node_admission_config *cfg) {
     TEM_ASSERT(cfg->headroom_pct <= 50);
     memset(a, 0, sizeof *a);
     a->cfg = *cfg;
+    a->corr_pm = 1000;
     if (a->cfg.block_txs_max == 0) a->cfg.block_txs_max = 1;
     randombytes_buf(a->key, sizeof a->key);
 }
@@ -29,7 +30,27 @@ static uint64_t window_rate(const node_admission *a, uint32_t n) {
     return sum_ms ? sum_txs * 1000000u / sum_ms : 0;
 }
 
+/* Folds the waits observed since the last block into corr_pm: quick to believe that txs wait
+ * longer than estimated (the bound is a promise), slow to forget it (one quick block says
+ * little), and back to 1000 over blocks with nothing observed (the queue was short). */
+static void correct(node_admission *a) {
+    uint32_t c = a->corr_pm, o = a->obs_max_pm;
+    if (o == 0) c -= c > 1000 + 64 ? (c - 1000) / 64 : c > 1000; /* reaches 1000, not just near it */
+    else if (o > c) c += (o - c + 1) / 2;
+    else c -= (c - o) / 16;
+    a->corr_pm = c < 1000 ? 1000 : c > NODE_ADMISSION_CORR_PM_MAX ? NODE_ADMISSION_CORR_PM_MAX : c;
+    a->obs_max_pm = 0;
+}
+
+void node_admission_observe(node_admission *a, uint64_t model_ms, uint64_t waited_ms) {
+    if (a->cfg.wait_ms_max == 0 || model_ms == 0 || model_ms < a->cfg.wait_ms_max / NODE_ADMISSION_OBSERVE_FRAC) return;
+    uint64_t r = waited_ms >= UINT64_MAX / 1000u ? UINT64_MAX : waited_ms * 1000u / model_ms;
+    if (r > NODE_ADMISSION_CORR_PM_MAX) r = NODE_ADMISSION_CORR_PM_MAX;
+    if (r > a->obs_max_pm) a->obs_max_pm = (uint32_t)r;
+}
+
 void node_admission_block(node_admission *a, uint64_t now_ms, uint32_t txs, uint32_t depth_after) {
+    correct(a);
     uint64_t prev = a->last_block_ms;
     uint32_t waiting = a->prev_depth_after; /* held when this block's interval began */
     a->last_block_ms = now_ms;
@@ -85,6 +106,12 @@ uint32_t node_admission_queue(const node_admission *a, uint32_t depth) {
 static uint64_t intake_now(const node_admission *a) { return a->inflight ? a->intake_ms : 0; }
 
 uint64_t node_admission_wait_ms(const node_admission *a, uint64_t now_ms, uint32_t depth) {
+    uint64_t m = node_admission_model_ms(a, now_ms, depth);
+    if (m == UINT64_MAX || a->corr_pm == 1000) return m;
+    return m > UINT64_MAX / a->corr_pm ? UINT64_MAX : m * a->corr_pm / 1000u;
+}
+
+uint64_t node_admission_model_ms(const node_admission *a, uint64_t now_ms, uint32_t depth) {
     if (depth == 0) return 0;
     uint64_t stall_ms = a->cfg.wait_ms_max + 2 * a->cfg.block_interval_ms;
     if (a->last_block_ms && now_ms > a->last_block_ms && now_ms - a->last_block_ms > stall_ms) return UINT64_MAX;
@@ -97,7 +124,7 @@ uint64_t node_admission_wait_ms(const node_admission *a, uint64_t now_ms, uint32
 
 uint32_t node_admission_depth_max(const node_admission *a) {
     if (a->cap_mtps == 0) return a->cfg.block_txs_max < NODE_ADMISSION_DEPTH_PRIOR ? a->cfg.block_txs_max : NODE_ADMISSION_DEPTH_PRIOR;
-    uint64_t d = a->cap_mtps * a->cfg.wait_ms_max / 1000000u;
+    uint64_t d = a->cap_mtps * a->cfg.wait_ms_max / 1000u / a->corr_pm;
     return d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
 }
 

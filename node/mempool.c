@@ -71,6 +71,8 @@ typedef struct {
     uint32_t s_prev, s_next;       /* the signer's entries, by nonce */
     uint32_t q_next;               /* verify queue, write list or free list */
     uint32_t tag;                  /* admission's client tag, released when the entry goes */
+    uint32_t model_ms;             /* node_mempool_admit.model_ms, for cfg.client_committed */
+    uint64_t t_ms;                 /* node_mempool_admit.t_ms, likewise */
     uint64_t arrived_ms, regossip_ms; /* uv_now at submit / last re-gossip (0 = never) */
     uint64_t have_mask;            /* validators known to hold the tx (bit = index) */
     node_mempool_done_fn done;
@@ -1199,6 +1201,8 @@ static int submit(node_mempool *m, const uint8_t *tx, size_t len, const node_mem
     m->ents[i].done_ctx = ctx;
     m->ents[i].tag = adm ? adm->tag : 0;
     m->ents[i].announce = adm && adm->announce;
+    m->ents[i].t_ms = adm ? adm->t_ms : 0;
+    m->ents[i].model_ms = adm ? adm->model_ms : 0;
     if (m->vq_tail != NIL) m->ents[m->vq_tail].q_next = i;
     else m->vq_head = i;
     m->vq_tail = i;
@@ -1374,6 +1378,10 @@ void node_mempool_block_applied(node_mempool *m, const uint8_t (*txids)[LEDGER_H
         if (i == NIL) continue;
         uint8_t signer[LEDGER_SECP_PUB_BYTES];
         memcpy(signer, m->ents[i].signer, sizeof signer);
+        /* Once: a committed entry still being written stays (gone) until its write ends, and
+         * a second report of the same block finds it gone. */
+        if (m->ents[i].tag && m->ents[i].gone != MP__GONE_COMMITTED && m->cfg.client_committed)
+            m->cfg.client_committed(m->cfg.client_committed_ctx, m->ents[i].t_ms, m->ents[i].model_ms);
         if (m->ents[i].state == MP__PENDING) {
             m->st.committed_dropped++;
             ent_remove(m, i);

@@ -98,6 +98,13 @@ typedef struct {
      * admission's per-client counts follow the pool exactly. */
     void (*release)(void *ctx, uint32_t tag);
     void *release_ctx;
+    /* Optional: called on the loop thread from node_mempool_block_applied for each tx of the
+     * block that was submitted here with a non-zero node_mempool_admit.tag, with that
+     * submission's t_ms and model_ms: lets admission compare the wait it estimated with the
+     * one the tx had (node_admission_observe). Called once per tx; a tx that leaves otherwise
+     * (superseded, refused) is not reported. */
+    void (*client_committed)(void *ctx, uint64_t t_ms, uint32_t model_ms);
+    void *client_committed_ctx;
     /* Optional, on the loop thread when a queued tx is handed to the thread pool: true if the
      * node already verified this (txid, signature) pair (a proposal's validation did), and the
      * signature is then not verified again. Every validator verifies each tx once. */
@@ -124,6 +131,8 @@ typedef struct {
     uint32_t signer_max;
     uint32_t tag;
     bool announce; /* call config.announce for it once verified */
+    uint64_t t_ms;     /* the caller's clock at submission, given back to config.client_committed */
+    uint32_t model_ms; /* admission's estimated wait at submission, likewise */
 } node_mempool_admit;
 
 /* Called exactly once for every node_mempool_submit that returned 0, on the loop thread:

@@ -91,6 +91,8 @@ int node_metrics_write(node *n, FILE *f) {
             n->adm.refused_signer + n->adm.refused_addr);
     GAUGE("tem_admission_capacity_txs_per_second", "Estimated rate at which blocks take txs off the mempool.", "%.1f",
           (double)n->adm.cap_mtps / 1000.0);
+    GAUGE("tem_admission_wait_correction", "Factor the estimated wait is multiplied by, learnt from the waits of this node's own client txs (1 = none).",
+          "%.3f", (double)n->adm.corr_pm / 1000.0);
     GAUGE("tem_admission_depth_max", "Mempool depth the admission bound admits at the estimated rate.", "%u",
           node_admission_depth_max(&n->adm));
     COUNTER("tem_regossip_txs_total", "Txs re-sent to the primary because they waited here over regossip_age_ms.",

@@ -1043,6 +1043,13 @@ static void adm_release(void *ctx, uint32_t tag) {
     node_admission_release(&n->adm, tag);
 }
 
+/* A client's tx committed: admission learns how long it really waited. */
+static void adm_observe(void *ctx, uint64_t t_ms, uint32_t model_ms) {
+    node *n = ctx;
+    uint64_t now = uv_now(&n->loop);
+    node_admission_observe(&n->adm, model_ms, now > t_ms ? now - t_ms : 0);
+}
+
 static void walk_close(uv_handle_t *h, void *arg) {
     (void)arg;
     if (!uv_is_closing(h)) uv_close(h, close_cb);
@@ -1137,6 +1144,8 @@ int node_run(const node_config *cfg) {
     node_admission_init(&n->adm, &ac);
     mc.release = adm_release;
     mc.release_ctx = n;
+    mc.client_committed = adm_observe;
+    mc.client_committed_ctx = n;
     mc.sig_known = sig_known;
     mc.sig_known_ctx = n;
     mc.verified = mempool_verified;

@@ -27,6 +27,58 @@ static uint64_t blocks(node_admission *a, uint64_t t, int n, uint32_t txs, uint6
 }
 
 /* ------------------------------------------------------------------ estimator */
+START_TEST(admission_learns_from_waits_longer_than_estimated) {
+    node_admission a;
+    node_admission_config c = cfg_of(2000);
+    node_admission_init(&a, &c);
+    uint64_t t = blocks(&a, 1000000, 20, 100, 100, 1); /* 1,000 tx/s */
+    ck_assert_uint_eq(a.corr_pm, 1000);
+    uint32_t ra, tag = node_admission_addr_tag(&a, "10.0.0.1");
+    ck_assert_uint_eq(node_admission_wait_ms(&a, t, 1700), 1700);
+    ck_assert_int_eq(node_admission_check(&a, t, 1700, tag, &ra), NODE_ADMISSION_OK);
+    /* Two of this node's txs waited 1.5 and 1.2 times their estimates: the larger counts, and
+     * the correction moves half way to it at the next block. */
+    node_admission_observe(&a, 1000, 1500);
+    node_admission_observe(&a, 1000, 1200);
+    t = blocks(&a, t, 1, 100, 100, 1);
+    ck_assert_uint_eq(a.corr_pm, 1250);
+    ck_assert_uint_eq(node_admission_model_ms(&a, t, 1500), 1500);
+    ck_assert_uint_eq(node_admission_wait_ms(&a, t, 1500), 1875);
+    ck_assert_uint_eq(node_admission_depth_max(&a), 1600);
+    ck_assert_int_eq(node_admission_check(&a, t, 1500, tag, &ra), NODE_ADMISSION_OK);
+    ck_assert_int_eq(node_admission_check(&a, t, 1700, tag, &ra), NODE_ADMISSION_BUSY); /* admitted before */
+    ck_assert_uint_eq(ra, 1);
+    /* A short queue's tx teaches nothing (its wait is mostly the block interval); a block with
+     * nothing observed decays the correction by 1/64 of its excess. */
+    node_admission_observe(&a, 2000 / NODE_ADMISSION_OBSERVE_FRAC - 1, 5000);
+    t = blocks(&a, t, 1, 100, 100, 1);
+    ck_assert_uint_eq(a.corr_pm, 1250 - 250 / 64);
+    /* A wait as estimated pulls it down by a sixteenth of the gap. */
+    node_admission_observe(&a, 1000, 1000);
+    t = blocks(&a, t, 1, 100, 100, 1);
+    ck_assert_uint_eq(a.corr_pm, 1247 - 247 / 16);
+    /* Quiet blocks bring it back to exactly 1000, never below. */
+    t = blocks(&a, t, 400, 100, 100, 1);
+    ck_assert_uint_eq(a.corr_pm, 1000);
+    ck_assert_uint_eq(node_admission_wait_ms(&a, t, 1700), 1700);
+    /* An absurd wait is capped: the correction never exceeds NODE_ADMISSION_CORR_PM_MAX. */
+    for (int i = 0; i < 20; i++) {
+        node_admission_observe(&a, 600, UINT64_MAX / 2);
+        t = blocks(&a, t, 1, 100, 100, 1);
+        ck_assert_uint_le(a.corr_pm, NODE_ADMISSION_CORR_PM_MAX);
+    }
+    ck_assert_uint_eq(a.corr_pm, NODE_ADMISSION_CORR_PM_MAX);
+    ck_assert_uint_eq(node_admission_depth_max(&a), 500);
+    /* Admission off: nothing is learnt. */
+    node_admission_config off = cfg_of(0);
+    node_admission_init(&a, &off);
+    node_admission_observe(&a, 1000, 9000);
+    blocks(&a, t, 1, 100, 100, 1);
+    ck_assert_uint_eq(a.corr_pm, 1000);
+}
+END_TEST
+
+
 START_TEST(admission_without_estimate_admits_a_modest_queue_only) {
     node_admission a;
     node_admission_config c = cfg_of(2000);
@@ -311,6 +363,14 @@ static void on_release(void *ctx, uint32_t tag) {
     ck_assert_uint_lt(tag, 16);
     RELEASED[tag]++;
 }
+static int OBSERVED_N;
+static uint64_t OBSERVED[8][2];
+static void on_committed(void *ctx, uint64_t t_ms, uint32_t model_ms) {
+    (void)ctx;
+    ck_assert_int_lt(OBSERVED_N, 8);
+    OBSERVED[OBSERVED_N][0] = t_ms;
+    OBSERVED[OBSERVED_N++][1] = model_ms;
+}
 
 static void mp_setup(void) {
     snprintf(DIR_, sizeof DIR_, "/tmp/tem-admission-XXXXXX");
@@ -322,9 +382,10 @@ static void mp_setup(void) {
     ck_assert_int_eq(ledger_store_open(STORE_DIR, &G, NULL, NULL, &S), LEDGER_OK);
     ck_assert_int_eq(uv_loop_init(&LOOP), 0);
     DONE_N = 0;
+    OBSERVED_N = 0;
     memset(RELEASED, 0, sizeof RELEASED);
     node_mempool_config c = {.log_path = LOG, .txs_max = 1000, .nonce_window = 16, .per_signer_max = 16, .genesis = &G,
-                             .release = on_release};
+                             .release = on_release, .client_committed = on_committed};
     ck_assert_int_eq(node_mempool_new(&LOOP, &c, S, &M), NODE_MEMPOOL_OK);
     ck_assert_int_eq(node_mempool_recover(M, NULL), NODE_MEMPOOL_OK);
 }
@@ -430,6 +491,55 @@ START_TEST(mempool_tags_are_released_once_when_txs_leave) {
 }
 END_TEST
 
+/* A block of txs x[0..n), built, applied to the store and reported to the pool. */
+static void commit_block(const tx_t *x, size_t n) {
+    const uint8_t *b[8];
+    size_t l[8];
+    uint8_t ids[8][32], vsec[64], vpub[32], *blk;
+    size_t blen;
+    ck_assert_uint_le(n, 8);
+    for (size_t i = 0; i < n; i++) {
+        b[i] = x[i].b;
+        l[i] = x[i].len;
+        memcpy(ids[i], x[i].txid, 32);
+    }
+    fx_vkey(0, vsec, vpub);
+    ck_assert_int_eq(ledger_block_build(S, b, l, n, ledger_store_last_time(S) + 1000, vpub, &blk, &blen), LEDGER_OK);
+    ledger_apply_info info;
+    ck_assert_int_eq(ledger_store_apply(S, blk, blen, NULL, 0, &FX_EXEC, LEDGER_APPLY_NO_CERT, &info), LEDGER_OK);
+    tem_free(blk);
+    node_mempool_block_applied(M, (const uint8_t(*)[32])ids, n);
+    node_mempool_block_applied(M, (const uint8_t(*)[32])ids, n); /* again: nothing more */
+}
+
+START_TEST(mempool_reports_each_committed_client_tx_once_with_its_estimate) {
+    /* Signer 2's nonces 0-2 as a client's (tagged, each with its own submission time and
+     * estimate), signer 3's nonce 0 gossiped (no tag). */
+    tx_t x[4] = {mk(2, 0), mk(2, 1), mk(2, 2), mk(3, 0)};
+    for (int i = 0; i < 3; i++) {
+        node_mempool_admit adm = {.tag = 5, .t_ms = 1000 + (uint64_t)i, .model_ms = 700 + (uint32_t)i};
+        ck_assert_int_eq(node_mempool_submit_admit(M, x[i].b, x[i].len, &adm, on_done, NULL, NULL), NODE_MEMPOOL_OK);
+    }
+    ck_assert_int_eq(node_mempool_submit_admit(M, x[3].b, x[3].len, NULL, on_done, NULL, NULL), NODE_MEMPOOL_OK);
+    ck_assert(run_until_done(4));
+    ck_assert_int_eq(OBSERVED_N, 0);
+    tx_t blk1[3] = {x[0], x[1], x[3]};
+    commit_block(blk1, 3);
+    ck_assert_int_eq(OBSERVED_N, 2);
+    ck_assert_uint_eq(OBSERVED[0][0], 1000);
+    ck_assert_uint_eq(OBSERVED[0][1], 700);
+    ck_assert_uint_eq(OBSERVED[1][0], 1001);
+    ck_assert_uint_eq(OBSERVED[1][1], 701);
+    tx_t blk2[1] = {x[2]};
+    commit_block(blk2, 1);
+    ck_assert_int_eq(OBSERVED_N, 3);
+    ck_assert_uint_eq(OBSERVED[2][0], 1002);
+    ck_assert_uint_eq(OBSERVED[2][1], 702);
+    ck_assert_uint_eq(RELEASED[5], 3);
+    for (int i = 0; i < 4; i++) tem_free(x[i].b);
+}
+END_TEST
+
 static void advance_loop_ms(uint64_t ms) {
     uv_timer_t t;
     bool fired = false;
@@ -478,6 +588,7 @@ static Suite *suite(void) {
     Suite *s = suite_create("admission");
     TCase *e = tcase_create("estimator");
     tcase_add_test(e, admission_without_estimate_admits_a_modest_queue_only);
+    tcase_add_test(e, admission_learns_from_waits_longer_than_estimated);
     tcase_add_test(e, admission_steady_blocks_give_rate_wait_and_depth);
     tcase_add_test(e, admission_idle_intervals_and_bursts_do_not_skew_the_rate);
     tcase_add_test(e, admission_trickle_of_small_blocks_does_not_refuse_a_burst);
@@ -491,6 +602,7 @@ static Suite *suite(void) {
     tcase_add_checked_fixture(m, mp_setup, mp_teardown);
     tcase_add_test(m, mempool_signer_share_refuses_past_the_share_with_its_own_code);
     tcase_add_test(m, mempool_tags_are_released_once_when_txs_leave);
+    tcase_add_test(m, mempool_reports_each_committed_client_tx_once_with_its_estimate);
     tcase_add_test(m, regossip_skips_young_txs_peers_that_have_them_and_recent_sends);
     tcase_set_timeout(m, 60);
     suite_add_tcase(s, m);
