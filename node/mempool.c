@@ -72,6 +72,7 @@ typedef struct {
     uint32_t q_next;               /* verify queue, write list or free list */
     uint32_t tag;                  /* admission's client tag, released when the entry goes */
     uint32_t model_ms;             /* node_mempool_admit.model_ms, for cfg.client_committed */
+    bool in_order;                 /* nonces sn..nonce-1 were all held at submission */
     uint64_t t_ms;                 /* node_mempool_admit.t_ms, likewise */
     uint64_t arrived_ms, regossip_ms; /* uv_now at submit / last re-gossip (0 = never) */
     uint64_t have_mask;            /* validators known to hold the tx (bit = index) */
@@ -1161,12 +1162,14 @@ static int submit(node_mempool *m, const uint8_t *tx, size_t len, const node_mem
         goto out;
     }
     uint32_t si = tab_find(m, &m->by_signer, signer, LEDGER_SECP_PUB_BYTES, key_signer, NULL);
+    uint64_t before = 0; /* held txs of this signer with nonces sn..nonce-1 */
     for (uint32_t i = si == NIL ? NIL : m->signers[si].head; i != NIL && m->ents[i].nonce <= nonce;
          i = m->ents[i].s_next) {
         if (m->ents[i].nonce == nonce) {
             rc = NODE_MEMPOOL_ENONCETAKEN;
             goto out;
         }
+        if (m->ents[i].nonce >= sn) before++;
     }
     /* No log to make the tx durable in: never recovered (or recovery failed), or a failed
      * write not yet repaired by a rewrite. */
@@ -1203,6 +1206,9 @@ static int submit(node_mempool *m, const uint8_t *tx, size_t len, const node_mem
     m->ents[i].announce = adm && adm->announce;
     m->ents[i].t_ms = adm ? adm->t_ms : 0;
     m->ents[i].model_ms = adm ? adm->model_ms : 0;
+    /* A tx behind a nonce gap waits for its signer, not for the queue: its wait says nothing
+     * about the estimate (and a client could send gaps to make admission refuse others). */
+    m->ents[i].in_order = before == nonce - sn;
     if (m->vq_tail != NIL) m->ents[m->vq_tail].q_next = i;
     else m->vq_head = i;
     m->vq_tail = i;
@@ -1380,7 +1386,7 @@ void node_mempool_block_applied(node_mempool *m, const uint8_t (*txids)[LEDGER_H
         memcpy(signer, m->ents[i].signer, sizeof signer);
         /* Once: a committed entry still being written stays (gone) until its write ends, and
          * a second report of the same block finds it gone. */
-        if (m->ents[i].tag && m->ents[i].gone != MP__GONE_COMMITTED && m->cfg.client_committed)
+        if (m->ents[i].tag && m->ents[i].in_order && m->ents[i].gone != MP__GONE_COMMITTED && m->cfg.client_committed)
             m->cfg.client_committed(m->cfg.client_committed_ctx, m->ents[i].t_ms, m->ents[i].model_ms);
         if (m->ents[i].state == MP__PENDING) {
             m->st.committed_dropped++;

@@ -102,7 +102,8 @@ typedef struct {
      * block that was submitted here with a non-zero node_mempool_admit.tag, with that
      * submission's t_ms and model_ms: lets admission compare the wait it estimated with the
      * one the tx had (node_admission_observe). Called once per tx; a tx that leaves otherwise
-     * (superseded, refused) is not reported. */
+     * (superseded, refused), or that arrived behind a nonce gap (it waited for its signer, not
+     * for the queue), is not reported. */
     void (*client_committed)(void *ctx, uint64_t t_ms, uint32_t model_ms);
     void *client_committed_ctx;
     /* Optional, on the loop thread when a queued tx is handed to the thread pool: true if the

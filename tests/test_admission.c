@@ -514,14 +514,15 @@ static void commit_block(const tx_t *x, size_t n) {
 
 START_TEST(mempool_reports_each_committed_client_tx_once_with_its_estimate) {
     /* Signer 2's nonces 0-2 as a client's (tagged, each with its own submission time and
-     * estimate), signer 3's nonce 0 gossiped (no tag). */
-    tx_t x[4] = {mk(2, 0), mk(2, 1), mk(2, 2), mk(3, 0)};
-    for (int i = 0; i < 3; i++) {
+     * estimate), signer 3's nonce 0 gossiped (no tag), and signer 4's nonce 1 before its
+     * nonce 0: the first waits for its signer, not for the queue, and must not be reported. */
+    tx_t x[6] = {mk(2, 0), mk(2, 1), mk(2, 2), mk(3, 0), mk(4, 1), mk(4, 0)};
+    for (int i = 0; i < 6; i++) {
         node_mempool_admit adm = {.tag = 5, .t_ms = 1000 + (uint64_t)i, .model_ms = 700 + (uint32_t)i};
-        ck_assert_int_eq(node_mempool_submit_admit(M, x[i].b, x[i].len, &adm, on_done, NULL, NULL), NODE_MEMPOOL_OK);
+        ck_assert_int_eq(node_mempool_submit_admit(M, x[i].b, x[i].len, i == 3 ? NULL : &adm, on_done, NULL, NULL),
+                         NODE_MEMPOOL_OK);
     }
-    ck_assert_int_eq(node_mempool_submit_admit(M, x[3].b, x[3].len, NULL, on_done, NULL, NULL), NODE_MEMPOOL_OK);
-    ck_assert(run_until_done(4));
+    ck_assert(run_until_done(6));
     ck_assert_int_eq(OBSERVED_N, 0);
     tx_t blk1[3] = {x[0], x[1], x[3]};
     commit_block(blk1, 3);
@@ -530,13 +531,15 @@ START_TEST(mempool_reports_each_committed_client_tx_once_with_its_estimate) {
     ck_assert_uint_eq(OBSERVED[0][1], 700);
     ck_assert_uint_eq(OBSERVED[1][0], 1001);
     ck_assert_uint_eq(OBSERVED[1][1], 701);
-    tx_t blk2[1] = {x[2]};
-    commit_block(blk2, 1);
-    ck_assert_int_eq(OBSERVED_N, 3);
+    tx_t blk2[3] = {x[2], x[5], x[4]};
+    commit_block(blk2, 3);
+    ck_assert_int_eq(OBSERVED_N, 4);
     ck_assert_uint_eq(OBSERVED[2][0], 1002);
     ck_assert_uint_eq(OBSERVED[2][1], 702);
-    ck_assert_uint_eq(RELEASED[5], 3);
-    for (int i = 0; i < 4; i++) tem_free(x[i].b);
+    ck_assert_uint_eq(OBSERVED[3][0], 1005);
+    ck_assert_uint_eq(OBSERVED[3][1], 705);
+    ck_assert_uint_eq(RELEASED[5], 5);
+    for (int i = 0; i < 6; i++) tem_free(x[i].b);
 }
 END_TEST
 
