@@ -42,9 +42,9 @@ static void correct(node_admission *a) {
     a->obs_max_pm = 0;
 }
 
-void node_admission_observe(node_admission *a, uint64_t queue_ms, uint64_t waited_ms) {
-    if (a->cfg.wait_ms_max == 0 || queue_ms == 0 || queue_ms < a->cfg.wait_ms_max / NODE_ADMISSION_OBSERVE_FRAC) return;
-    uint64_t r = waited_ms >= UINT64_MAX / 1000u ? UINT64_MAX : waited_ms * 1000u / queue_ms;
+void node_admission_observe(node_admission *a, uint64_t model_ms, uint64_t waited_ms) {
+    if (a->cfg.wait_ms_max == 0 || model_ms == 0 || model_ms < a->cfg.wait_ms_max / NODE_ADMISSION_OBSERVE_FRAC) return;
+    uint64_t r = waited_ms >= UINT64_MAX / 1000u ? UINT64_MAX : waited_ms * 1000u / model_ms;
     if (r > NODE_ADMISSION_CORR_PM_MAX) r = NODE_ADMISSION_CORR_PM_MAX;
     if (r > a->obs_max_pm) a->obs_max_pm = (uint32_t)r;
 }
@@ -106,22 +106,20 @@ uint32_t node_admission_queue(const node_admission *a, uint32_t depth) {
 static uint64_t intake_now(const node_admission *a) { return a->inflight ? a->intake_ms : 0; }
 
 uint64_t node_admission_wait_ms(const node_admission *a, uint64_t now_ms, uint32_t depth) {
-    uint64_t q = node_admission_queue_ms(a, now_ms, depth);
-    if (depth == 0 || q == UINT64_MAX) return q;
-    if (a->corr_pm != 1000) q = q > UINT64_MAX / a->corr_pm ? UINT64_MAX : q * a->corr_pm / 1000u;
-    uint64_t in = intake_now(a);
-    return q > UINT64_MAX - in ? UINT64_MAX : q + in;
+    uint64_t m = node_admission_model_ms(a, now_ms, depth);
+    if (m == UINT64_MAX || a->corr_pm == 1000) return m;
+    return m > UINT64_MAX / a->corr_pm ? UINT64_MAX : m * a->corr_pm / 1000u;
 }
 
-uint64_t node_admission_queue_ms(const node_admission *a, uint64_t now_ms, uint32_t depth) {
+uint64_t node_admission_model_ms(const node_admission *a, uint64_t now_ms, uint32_t depth) {
     if (depth == 0) return 0;
     uint64_t stall_ms = a->cfg.wait_ms_max + 2 * a->cfg.block_interval_ms;
     if (a->last_block_ms && now_ms > a->last_block_ms && now_ms - a->last_block_ms > stall_ms) return UINT64_MAX;
     if (a->cap_mtps == 0) {
         /* No estimate yet: a modest queue, as if a block took it. */
-        return depth < node_admission_depth_max(a) ? 0 : UINT64_MAX;
+        return depth < node_admission_depth_max(a) ? intake_now(a) : UINT64_MAX;
     }
-    return (uint64_t)depth * 1000000u / a->cap_mtps;
+    return (uint64_t)depth * 1000000u / a->cap_mtps + intake_now(a);
 }
 
 uint32_t node_admission_depth_max(const node_admission *a) {

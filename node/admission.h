@@ -32,9 +32,9 @@
 /* Fewest txs a block needs (or full_block_txs if smaller) to be a capacity sample. */
 #define NODE_ADMISSION_SAMPLE_TXS_MIN 32u
 #define NODE_ADMISSION_RETRY_AFTER_S_MAX 30u
-/* The queue estimate's correction (node_admission_observe), in per-mille: never below 1000 (it
- * only makes admission stricter), at most this. A tx teaches it only when its queue estimate was
- * at least 1/NODE_ADMISSION_OBSERVE_FRAC of wait_ms_max: a short queue's wait is mostly the block
+/* The estimate's correction (node_admission_observe), in per-mille: never below 1000 (it only
+ * makes admission stricter), at most this. A tx teaches it only when its estimate was at least
+ * 1/NODE_ADMISSION_OBSERVE_FRAC of wait_ms_max: a short queue's wait is mostly the block
  * interval, which the bound's "plus one block interval" already allows. */
 #define NODE_ADMISSION_CORR_PM_MAX 4000u
 #define NODE_ADMISSION_OBSERVE_FRAC 4u
@@ -77,8 +77,8 @@ typedef struct {
      * adds to the wait whatever the depth. */
     uint64_t intake_ms;
     uint32_t inflight; /* client txs submitted here and not yet durable or refused */
-    /* How far the queue estimate fell short: the largest (202-to-commit / estimated queue time)
-     * of this node's own client txs committed since the last block, folded into corr_pm at each block (up by
+    /* How far the estimate fell short: the largest (actual wait / estimated wait) of this node's
+     * own client txs committed since the last block, folded into corr_pm at each block (up by
      * half the gap, down by a sixteenth; a block with none decays it by 1/64). The estimate
      * looks back and sees only this node's queue: a chain that slows while txs wait, or a
      * primary with a backlog of its own clients' txs ahead of ours, makes actual waits longer. */
@@ -115,20 +115,17 @@ void node_admission_intake_end(node_admission *a);
  * (peers x inflight), which this node cannot see yet. */
 uint32_t node_admission_queue(const node_admission *a, uint32_t depth);
 
-/* The model's time in ms for a queue of `depth` txs to be taken by blocks at now_ms: depth /
- * capacity (before any estimate, 0 while depth is under the prior depth); UINT64_MAX when the
- * chain looks stalled (no block for wait_ms_max + 2 block intervals with txs waiting). */
-uint64_t node_admission_queue_ms(const node_admission *a, uint64_t now_ms, uint32_t depth);
-/* Estimated wait of a tx joining a queue of `depth` txs at now_ms, which the bound is checked
- * against: queue_ms x corr_pm / 1000, plus intake_ms while client txs are in intake here; 0 for
- * an empty queue, UINT64_MAX when stalled. */
+/* The model's wait in ms of a tx joining a queue of `depth` txs at now_ms: depth / capacity
+ * plus intake_ms (while client txs are in intake here); UINT64_MAX when the chain looks stalled
+ * (no block for wait_ms_max + 2 block intervals with txs waiting). */
+uint64_t node_admission_model_ms(const node_admission *a, uint64_t now_ms, uint32_t depth);
+/* The estimated wait the bound is checked against: the model's, times corr_pm / 1000. */
 uint64_t node_admission_wait_ms(const node_admission *a, uint64_t now_ms, uint32_t depth);
 
-/* One of this node's own client txs committed `waited_ms` after it became durable (its 202),
- * where the model had estimated `queue_ms` (node_admission_queue_ms at its admission). Counted
- * toward the next node_admission_block's correction when queue_ms >= wait_ms_max /
- * NODE_ADMISSION_OBSERVE_FRAC. Intake is measured, not modelled, so it is not corrected. */
-void node_admission_observe(node_admission *a, uint64_t queue_ms, uint64_t waited_ms);
+/* One of this node's own client txs committed `waited_ms` after its submission, when the model
+ * had estimated `model_ms` (node_admission_model_ms at its admission). Counted toward the next
+ * node_admission_block's correction when model_ms >= wait_ms_max / NODE_ADMISSION_OBSERVE_FRAC. */
+void node_admission_observe(node_admission *a, uint64_t model_ms, uint64_t waited_ms);
 
 /* The depth the bound admits: capacity x wait_ms_max x 1000 / corr_pm (before any estimate the
  * smaller of NODE_ADMISSION_DEPTH_PRIOR and block_txs_max). */

@@ -71,9 +71,9 @@ typedef struct {
     uint32_t s_prev, s_next;       /* the signer's entries, by nonce */
     uint32_t q_next;               /* verify queue, write list or free list */
     uint32_t tag;                  /* admission's client tag, released when the entry goes */
-    uint32_t queue_ms;             /* node_mempool_admit.queue_ms, for cfg.client_committed */
+    uint32_t model_ms;             /* node_mempool_admit.model_ms, for cfg.client_committed */
     bool in_order;                 /* nonces sn..nonce-1 were all held at submission */
-    uint64_t durable_ms;           /* uv_now when its record became durable (0 = not, or recovered) */
+    uint64_t t_ms;                 /* node_mempool_admit.t_ms, likewise */
     uint64_t arrived_ms, regossip_ms; /* uv_now at submit / last re-gossip (0 = never) */
     uint64_t have_mask;            /* validators known to hold the tx (bit = index) */
     node_mempool_done_fn done;
@@ -611,7 +611,6 @@ static void on_sync(uv_fs_t *req) {
             ent_finish(m, i, gone_rc(e));
         } else {
             ent_pending(m, i);
-            e->durable_ms = uv_now(m->loop);
             m->st.log_live_bytes += rec_bytes(e->len);
             m->st.durable++;
             if (e->done) e->done(e->done_ctx, 0, e->txid);
@@ -1205,8 +1204,8 @@ static int submit(node_mempool *m, const uint8_t *tx, size_t len, const node_mem
     m->ents[i].done_ctx = ctx;
     m->ents[i].tag = adm ? adm->tag : 0;
     m->ents[i].announce = adm && adm->announce;
-    m->ents[i].queue_ms = adm ? adm->queue_ms : 0;
-    m->ents[i].durable_ms = 0;
+    m->ents[i].t_ms = adm ? adm->t_ms : 0;
+    m->ents[i].model_ms = adm ? adm->model_ms : 0;
     /* A tx behind a nonce gap waits for its signer, not for the queue: its wait says nothing
      * about the estimate (and a client could send gaps to make admission refuse others). */
     m->ents[i].in_order = before == nonce - sn;
@@ -1385,11 +1384,10 @@ void node_mempool_block_applied(node_mempool *m, const uint8_t (*txids)[LEDGER_H
         if (i == NIL) continue;
         uint8_t signer[LEDGER_SECP_PUB_BYTES];
         memcpy(signer, m->ents[i].signer, sizeof signer);
-        /* Only durable entries (PENDING), which this removes: a second report of the block finds
-         * nothing. */
-        mp__entry *c = &m->ents[i];
-        if (c->tag && c->in_order && c->state == MP__PENDING && c->durable_ms && m->cfg.client_committed)
-            m->cfg.client_committed(m->cfg.client_committed_ctx, c->durable_ms, c->queue_ms);
+        /* Once: a committed entry still being written stays (gone) until its write ends, and
+         * a second report of the same block finds it gone. */
+        if (m->ents[i].tag && m->ents[i].in_order && m->ents[i].gone != MP__GONE_COMMITTED && m->cfg.client_committed)
+            m->cfg.client_committed(m->cfg.client_committed_ctx, m->ents[i].t_ms, m->ents[i].model_ms);
         if (m->ents[i].state == MP__PENDING) {
             m->st.committed_dropped++;
             ent_remove(m, i);

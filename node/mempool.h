@@ -99,13 +99,12 @@ typedef struct {
     void (*release)(void *ctx, uint32_t tag);
     void *release_ctx;
     /* Optional: called on the loop thread from node_mempool_block_applied for each tx of the
-     * block that was submitted here with a non-zero node_mempool_admit.tag and was durable (its
-     * 202 sent), with the loop's time when it became durable and the submission's queue_ms:
-     * lets admission compare the queue time it estimated with the one the tx had, from its 202
-     * to its commit (node_admission_observe). Called once per tx; a tx that leaves otherwise
-     * (superseded, refused), that committed before its own record was durable, or that arrived
-     * behind a nonce gap (it waited for its signer, not for the queue), is not reported. */
-    void (*client_committed)(void *ctx, uint64_t durable_ms, uint32_t queue_ms);
+     * block that was submitted here with a non-zero node_mempool_admit.tag, with that
+     * submission's t_ms and model_ms: lets admission compare the wait it estimated with the
+     * one the tx had (node_admission_observe). Called once per tx; a tx that leaves otherwise
+     * (superseded, refused), or that arrived behind a nonce gap (it waited for its signer, not
+     * for the queue), is not reported. */
+    void (*client_committed)(void *ctx, uint64_t t_ms, uint32_t model_ms);
     void *client_committed_ctx;
     /* Optional, on the loop thread when a queued tx is handed to the thread pool: true if the
      * node already verified this (txid, signature) pair (a proposal's validation did), and the
@@ -133,7 +132,8 @@ typedef struct {
     uint32_t signer_max;
     uint32_t tag;
     bool announce; /* call config.announce for it once verified */
-    uint32_t queue_ms; /* admission's estimated queue time at submission, for config.client_committed */
+    uint64_t t_ms;     /* the caller's clock at submission, given back to config.client_committed */
+    uint32_t model_ms; /* admission's estimated wait at submission, likewise */
 } node_mempool_admit;
 
 /* Called exactly once for every node_mempool_submit that returned 0, on the loop thread:

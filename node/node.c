@@ -1043,11 +1043,11 @@ static void adm_release(void *ctx, uint32_t tag) {
     node_admission_release(&n->adm, tag);
 }
 
-/* A client's tx committed: admission learns how long it really waited after its 202. */
-static void adm_observe(void *ctx, uint64_t durable_ms, uint32_t queue_ms) {
+/* A client's tx committed: admission learns how long it really waited. */
+static void adm_observe(void *ctx, uint64_t t_ms, uint32_t model_ms) {
     node *n = ctx;
     uint64_t now = uv_now(&n->loop);
-    node_admission_observe(&n->adm, queue_ms, now > durable_ms ? now - durable_ms : 0);
+    node_admission_observe(&n->adm, model_ms, now > t_ms ? now - t_ms : 0);
 }
 
 static void walk_close(uv_handle_t *h, void *arg) {
