@@ -32,12 +32,23 @@ static uint64_t window_rate(const node_admission *a, uint32_t n) {
 
 /* Folds the waits observed since the last block into corr_pm: quick to believe that txs wait
  * longer than estimated (the bound is a promise), slow to forget it (one quick block says
- * little), and back to 1000 over blocks with nothing observed (the queue was short). */
-static void correct(node_admission *a) {
+ * little). A block with nothing observed moves it back toward 1000: slowly while a queue
+ * remains (its txs will teach more), by a quarter once the queue left is short, i.e. the load
+ * has passed (a slow intake left over from it, which the estimate still carries for a while,
+ * must not be multiplied into refusals of the light load that follows). */
+static void correct(node_admission *a, uint32_t depth_after) {
     uint32_t c = a->corr_pm, o = a->obs_max_pm;
-    if (o == 0) c -= c > 1000 + 64 ? (c - 1000) / 64 : c > 1000; /* reaches 1000, not just near it */
-    else if (o > c) c += (o - c + 1) / 2;
-    else c -= (c - o) / 16;
+    if (o == 0) {
+        if (c > 1000) {
+            bool quiet = depth_after < node_admission_depth_max(a) / NODE_ADMISSION_OBSERVE_FRAC;
+            uint32_t d = quiet ? (c - 1000 + 3) / 4 : (c - 1000) / 64;
+            c -= d ? d : 1; /* reaches 1000, not just near it */
+        }
+    } else if (o > c) {
+        c += (o - c + 1) / 2;
+    } else {
+        c -= (c - o) / 16;
+    }
     a->corr_pm = c < 1000 ? 1000 : c > NODE_ADMISSION_CORR_PM_MAX ? NODE_ADMISSION_CORR_PM_MAX : c;
     a->obs_max_pm = 0;
 }
@@ -50,7 +61,7 @@ void node_admission_observe(node_admission *a, uint64_t model_ms, uint64_t waite
 }
 
 void node_admission_block(node_admission *a, uint64_t now_ms, uint32_t txs, uint32_t depth_after) {
-    correct(a);
+    correct(a, depth_after);
     uint64_t prev = a->last_block_ms;
     uint32_t waiting = a->prev_depth_after; /* held when this block's interval began */
     a->last_block_ms = now_ms;

@@ -79,7 +79,8 @@ typedef struct {
     uint32_t inflight; /* client txs submitted here and not yet durable or refused */
     /* How far the estimate fell short: the largest (actual wait / estimated wait) of this node's
      * own client txs committed since the last block, folded into corr_pm at each block (up by
-     * half the gap, down by a sixteenth; a block with none decays it by 1/64). The estimate
+     * half the gap, down by a sixteenth; a block with none decays it by 1/64 of its excess while
+     * a queue remains, by 1/4 once the queue left is under a quarter of depth_max). The estimate
      * looks back and sees only this node's queue: a chain that slows while txs wait, or a
      * primary with a backlog of its own clients' txs ahead of ours, makes actual waits longer. */
     uint32_t corr_pm;

@@ -49,16 +49,20 @@ START_TEST(admission_learns_from_waits_longer_than_estimated) {
     ck_assert_int_eq(node_admission_check(&a, t, 1700, tag, &ra), NODE_ADMISSION_BUSY); /* admitted before */
     ck_assert_uint_eq(ra, 1);
     /* A short queue's tx teaches nothing (its wait is mostly the block interval); a block with
-     * nothing observed decays the correction by 1/64 of its excess. */
+     * nothing observed that leaves a queue (here 1,000 of depth_max 1,600) decays the
+     * correction by 1/64 of its excess. */
     node_admission_observe(&a, 2000 / NODE_ADMISSION_OBSERVE_FRAC - 1, 5000);
-    t = blocks(&a, t, 1, 100, 100, 1);
+    t = blocks(&a, t, 1, 100, 100, 1000);
     ck_assert_uint_eq(a.corr_pm, 1250 - 250 / 64);
     /* A wait as estimated pulls it down by a sixteenth of the gap. */
     node_admission_observe(&a, 1000, 1000);
-    t = blocks(&a, t, 1, 100, 100, 1);
+    t = blocks(&a, t, 1, 100, 100, 1000);
     ck_assert_uint_eq(a.corr_pm, 1247 - 247 / 16);
-    /* Quiet blocks bring it back to exactly 1000, never below. */
-    t = blocks(&a, t, 400, 100, 100, 1);
+    /* Once the queue left is short (under a quarter of depth_max) the load has passed: a
+     * quarter of the excess per block, back to exactly 1000 and never below. */
+    t = blocks(&a, t, 1, 100, 100, 1);
+    ck_assert_uint_eq(a.corr_pm, 1232 - (232 + 3) / 4);
+    t = blocks(&a, t, 40, 100, 100, 1);
     ck_assert_uint_eq(a.corr_pm, 1000);
     ck_assert_uint_eq(node_admission_wait_ms(&a, t, 1700), 1700);
     /* An absurd wait is capped: the correction never exceeds NODE_ADMISSION_CORR_PM_MAX. */
