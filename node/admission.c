@@ -116,10 +116,27 @@ uint32_t node_admission_queue(const node_admission *a, uint32_t depth) {
  * intake is fast again). */
 static uint64_t intake_now(const node_admission *a) { return a->inflight ? a->intake_ms : 0; }
 
+/* The queue part of the model: depth / capacity (0 before any estimate). */
+static uint64_t queue_part(const node_admission *a, uint32_t depth) {
+    return a->cap_mtps ? (uint64_t)depth * 1000000u / a->cap_mtps : 0;
+}
+
+/* Only a queue long enough to teach the correction is corrected by it: a short one's wait is
+ * mostly the block interval and the intake, which is measured (and after an overload, still
+ * slow for a while: multiplied, it refused the light load that followed). */
+static bool long_queue(const node_admission *a, uint32_t depth) {
+    return queue_part(a, depth) >= a->cfg.wait_ms_max / NODE_ADMISSION_OBSERVE_FRAC;
+}
+
 uint64_t node_admission_wait_ms(const node_admission *a, uint64_t now_ms, uint32_t depth) {
     uint64_t m = node_admission_model_ms(a, now_ms, depth);
-    if (m == UINT64_MAX || a->corr_pm == 1000) return m;
+    if (m == UINT64_MAX || a->corr_pm == 1000 || !long_queue(a, depth)) return m;
     return m > UINT64_MAX / a->corr_pm ? UINT64_MAX : m * a->corr_pm / 1000u;
+}
+
+uint64_t node_admission_learn_ms(const node_admission *a, uint64_t now_ms, uint32_t depth) {
+    uint64_t m = node_admission_model_ms(a, now_ms, depth);
+    return m == UINT64_MAX || !long_queue(a, depth) ? 0 : m;
 }
 
 uint64_t node_admission_model_ms(const node_admission *a, uint64_t now_ms, uint32_t depth) {
@@ -130,7 +147,7 @@ uint64_t node_admission_model_ms(const node_admission *a, uint64_t now_ms, uint3
         /* No estimate yet: a modest queue, as if a block took it. */
         return depth < node_admission_depth_max(a) ? intake_now(a) : UINT64_MAX;
     }
-    return (uint64_t)depth * 1000000u / a->cap_mtps + intake_now(a);
+    return queue_part(a, depth) + intake_now(a);
 }
 
 uint32_t node_admission_depth_max(const node_admission *a) {

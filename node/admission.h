@@ -120,11 +120,15 @@ uint32_t node_admission_queue(const node_admission *a, uint32_t depth);
  * plus intake_ms (while client txs are in intake here); UINT64_MAX when the chain looks stalled
  * (no block for wait_ms_max + 2 block intervals with txs waiting). */
 uint64_t node_admission_model_ms(const node_admission *a, uint64_t now_ms, uint32_t depth);
-/* The estimated wait the bound is checked against: the model's, times corr_pm / 1000. */
+/* The estimated wait the bound is checked against: the model's, times corr_pm / 1000 when the
+ * queue part alone (depth / capacity) is at least wait_ms_max / NODE_ADMISSION_OBSERVE_FRAC. */
 uint64_t node_admission_wait_ms(const node_admission *a, uint64_t now_ms, uint32_t depth);
+/* What a tx admitted now can teach the correction: the model's wait when the queue part is that
+ * long, else 0 (nothing: node_admission_observe ignores 0). */
+uint64_t node_admission_learn_ms(const node_admission *a, uint64_t now_ms, uint32_t depth);
 
 /* One of this node's own client txs committed `waited_ms` after its submission, when the model
- * had estimated `model_ms` (node_admission_model_ms at its admission). Counted toward the next
+ * had estimated `model_ms` (node_admission_learn_ms at its admission). Counted toward the next
  * node_admission_block's correction when model_ms >= wait_ms_max / NODE_ADMISSION_OBSERVE_FRAC. */
 void node_admission_observe(node_admission *a, uint64_t model_ms, uint64_t waited_ms);
 

@@ -132,7 +132,7 @@ static int submit_one(node *n, const uint8_t *tx, size_t len, net_http_req *req,
     s->t_ms = uv_now(&n->loop);
     bool share = n->adm.cfg.wait_ms_max && node_admission_contended(&n->adm, node_mempool_size(n->mp));
     /* The model's estimate goes with the tx, so its commit can tell admission how far off it was. */
-    uint64_t model = node_admission_model_ms(&n->adm, s->t_ms, node_admission_queue(&n->adm, node_mempool_size(n->mp)));
+    uint64_t model = node_admission_learn_ms(&n->adm, s->t_ms, node_admission_queue(&n->adm, node_mempool_size(n->mp)));
     node_mempool_admit adm = {.signer_max = share ? node_admission_signer_max(&n->adm) : 0, .tag = tag, .announce = true,
                               .t_ms = s->t_ms, .model_ms = model > UINT32_MAX ? UINT32_MAX : (uint32_t)model};
     /* Held before the submit so the mempool's release can never run ahead of it. */

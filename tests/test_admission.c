@@ -43,11 +43,23 @@ START_TEST(admission_learns_from_waits_longer_than_estimated) {
     t = blocks(&a, t, 1, 100, 100, 1);
     ck_assert_uint_eq(a.corr_pm, 1250);
     ck_assert_uint_eq(node_admission_model_ms(&a, t, 1500), 1500);
+    ck_assert_uint_eq(node_admission_learn_ms(&a, t, 1500), 1500);
     ck_assert_uint_eq(node_admission_wait_ms(&a, t, 1500), 1875);
     ck_assert_uint_eq(node_admission_depth_max(&a), 1600);
     ck_assert_int_eq(node_admission_check(&a, t, 1500, tag, &ra), NODE_ADMISSION_OK);
     ck_assert_int_eq(node_admission_check(&a, t, 1700, tag, &ra), NODE_ADMISSION_BUSY); /* admitted before */
     ck_assert_uint_eq(ra, 1);
+    /* A short queue (under 500 ms here) is not corrected and teaches nothing, whatever the
+     * intake adds: a slow intake measured in an overload lingers in the estimate after it. */
+    node_admission_intake_begin(&a);
+    for (int i = 0; i < 40; i++) node_admission_intake(&a, 1000);
+    uint64_t in = a.intake_ms;
+    ck_assert_uint_gt(in, 900);
+    ck_assert_uint_eq(node_admission_wait_ms(&a, t, 499), 499 + in);
+    ck_assert_uint_eq(node_admission_learn_ms(&a, t, 499), 0);
+    ck_assert_uint_eq(node_admission_wait_ms(&a, t, 500), (500 + in) * 1250 / 1000);
+    ck_assert_uint_eq(node_admission_learn_ms(&a, t, 500), 500 + in);
+    node_admission_intake_end(&a);
     /* A short queue's tx teaches nothing (its wait is mostly the block interval); a block with
      * nothing observed that leaves a queue (here 1,000 of depth_max 1,600) decays the
      * correction by 1/64 of its excess. */
