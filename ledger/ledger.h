@@ -422,15 +422,27 @@ typedef struct {
  * A block decoded once (docs/ledger.md, "Block view"): built when a proposal or a fetched block
  * arrives, then passed to validation, apply and the node's bookkeeping, so no step unpacks or
  * hashes a tx again. The block and its SignedTxs are split at the wire level; each tx is either
- * recognised by `lookup` (a tx the caller holds decoded and verified, e.g. in its mempool) or
+ * recognised by a ledger_tx_source (a tx the caller holds decoded, e.g. in its mempool) or
  * decoded once with ledger_tx_decode. */
 typedef struct {
     const uint8_t *bytes;  /* the SignedTx as it sits in the block: points into view->block */
     size_t len;
-    const ledger_tx *tx;   /* decoded: &own, or the lookup's (borrowed); NULL if not decoded */
+    const ledger_tx *tx;   /* decoded: &own, or the source's (borrowed); NULL if not decoded */
     ledger_tx own;
-    bool verified;         /* signature known good (the lookup's tx); the caller may set it */
+    bool verified;         /* signature known good (as the source said); the caller may set it */
 } ledger_view_tx;
+
+/* Where a view finds txs its caller already holds decoded. lookup returns a decoded tx whose
+ * serialised SignedTx is exactly (stx, len), or NULL, and sets *verified when its signature is
+ * known good. The tx must stay valid, and unchanged, until release(ctx, tx) is called for it:
+ * ledger_block_view_free does that once for every tx lookup returned (release may be NULL when
+ * the txs outlive every view). Worker threads may read a borrowed tx (ledger_block_view_verify,
+ * ledger_store_apply_view); lookup and release run on the thread that builds and frees. */
+typedef struct {
+    const ledger_tx *(*lookup)(void *ctx, const uint8_t *stx, size_t len, bool *verified);
+    void (*release)(void *ctx, const ledger_tx *tx);
+    void *ctx;
+} ledger_tx_source;
 
 typedef struct {
     const uint8_t *block;  /* the serialised Block */
@@ -444,21 +456,18 @@ typedef struct {
     uint8_t (*txids)[LEDGER_HASH_BYTES]; /* owned, n entries (valid when tx_rc is LEDGER_OK) */
     int tx_rc;       /* LEDGER_OK, the first tx's decode code, or EBLOCK (more than max txs) */
     bool tx_root_ok; /* the header's tx_root matches the txids */
+    ledger_tx_source src; /* where borrowed txs go back to (zeroed: none) */
 } ledger_block_view;
 
-/* Returns a decoded tx whose serialised SignedTx is exactly (stx, len) and whose signature is
- * verified, or NULL. The tx must stay valid until the view is freed. */
-typedef const ledger_tx *(*ledger_tx_lookup_fn)(void *ctx, const uint8_t *stx, size_t len);
-
 /* Builds the view of `block` (borrowed; must outlive the view unless `owned` is that buffer,
- * which the view then frees). lookup may be NULL. Header, tx decode and tx root problems are
+ * which the view then frees). src (copied) may be NULL. Header, tx decode and tx root problems are
  * recorded in the view (hash_rc, tx_rc, tx_root_ok) and reported by the checks below in their
  * usual order. Returns LEDGER_EDECODE (the block or its header does not parse), LEDGER_ENOMEM;
  * on error nothing is kept and `owned` stays the caller's. */
 TEM_WUR int ledger_block_view_build(const ledger_genesis *g, const uint8_t *block, size_t block_len,
-                                    uint8_t *owned, ledger_tx_lookup_fn lookup, void *ctx,
-                                    ledger_block_view *out);
-/* Frees what the view owns (not the lookup's txs). Safe on a zeroed view. */
+                                    uint8_t *owned, const ledger_tx_source *src, ledger_block_view *out);
+/* Frees what the view owns and gives its borrowed txs back to their source. Safe on a zeroed
+ * view. */
 void ledger_block_view_free(ledger_block_view *v);
 /* Verifies the signatures of the view's txs not yet marked verified on `threads` threads (the
  * caller's and threads-1 more; at most LEDGER_VIEW_VERIFY_THREADS, and no more than one per 8

@@ -576,7 +576,7 @@ int ledger_block_view_precheck(ledger_store *s, const ledger_block_view *v, uint
 int ledger_store_apply(ledger_store *s, const uint8_t *blk, size_t blen, const uint8_t *cert,
                        size_t clen, const ledger_executor *ex, unsigned flags, ledger_apply_info *info) {
     ledger_block_view v;
-    int rc = ledger_block_view_build(s->g, blk, blen, NULL, NULL, NULL, &v);
+    int rc = ledger_block_view_build(s->g, blk, blen, NULL, NULL, &v);
     if (rc != LEDGER_OK) return rc;
     rc = ledger_store_apply_view(s, &v, cert, clen, ex, flags, info);
     ledger_block_view_free(&v);
@@ -1040,7 +1040,7 @@ static const char *block_mismatch(ledger_store *s, uint64_t height, const uint8_
     /* The tx root covers the bodies only: a flipped byte in a signature shows only here. */
     ledger_block_view v;
     memset(&v, 0, sizeof v);
-    if (ledger_block_view_build(s->g, b, len, NULL, NULL, NULL, &v) != LEDGER_OK || v.tx_rc != LEDGER_OK)
+    if (ledger_block_view_build(s->g, b, len, NULL, NULL, &v) != LEDGER_OK || v.tx_rc != LEDGER_OK)
         why = "a tx does not decode";
     for (size_t i = 0; why == NULL && i < v.n; i++)
         if (ledger_tx_verify(v.txs[i].tx) != LEDGER_OK) why = "a tx signature does not verify";

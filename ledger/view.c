@@ -124,7 +124,11 @@ int ledger_block_hash_bytes(const uint8_t *blk, size_t len, uint8_t out[LEDGER_H
 void ledger_block_view_free(ledger_block_view *v) {
     if (!v) return;
     if (v->txs)
-        for (size_t i = 0; i < v->n; i++) ledger_tx_free(&v->txs[i].own);
+        for (size_t i = 0; i < v->n; i++) {
+            const ledger_tx *t = v->txs[i].tx;
+            if (t && t != &v->txs[i].own && v->src.release) v->src.release(v->src.ctx, t);
+            ledger_tx_free(&v->txs[i].own);
+        }
     tem_free(v->txs);
     tem_free(v->txids);
     if (v->header) tem__v1__block_header__free_unpacked(v->header, &ledger_pb_allocator);
@@ -133,8 +137,9 @@ void ledger_block_view_free(ledger_block_view *v) {
 }
 
 int ledger_block_view_build(const ledger_genesis *g, const uint8_t *blk, size_t len, uint8_t *owned,
-                            ledger_tx_lookup_fn lookup, void *ctx, ledger_block_view *v) {
+                            const ledger_tx_source *src, ledger_block_view *v) {
     memset(v, 0, sizeof *v);
+    if (src) v->src = *src;
     v->block = blk;
     v->block_len = len;
     v->block_owned = owned;
@@ -160,10 +165,11 @@ int ledger_block_view_build(const ledger_genesis *g, const uint8_t *blk, size_t 
     ledger_tx_limits_from_genesis(g, &lim);
     for (size_t i = 0; i < n; i++) {
         ledger_view_tx *t = &v->txs[i];
-        const ledger_tx *known = lookup ? lookup(ctx, t->bytes, t->len) : NULL;
+        bool verified = false;
+        const ledger_tx *known = src && src->lookup ? src->lookup(src->ctx, t->bytes, t->len, &verified) : NULL;
         if (known) {
             t->tx = known;
-            t->verified = true;
+            t->verified = verified;
         } else {
             int trc = ledger_tx_decode(t->bytes, t->len, &lim, &t->own);
             if (trc == LEDGER_ENOMEM) { rc = trc; goto fail; }

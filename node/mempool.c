@@ -43,8 +43,10 @@ const char *node_mempool_errname(int err) {
 /* ================================================================== types */
 /* An entry moves VERIFY (queued or in a work item) -> WRITE (record buffered or being written)
  * -> PENDING (durable). `gone` marks an entry a block committed or superseded while thread-pool
- * work still referred to it; it is settled when that work returns. */
-enum { MP__FREE = 0, MP__VERIFY, MP__WRITE, MP__PENDING };
+ * work still referred to it; it is settled when that work returns. An entry removed while a
+ * block view still borrows its decoded tx (node_mempool_lend) is PARKED: out of every table and
+ * count, its slot, bytes and tx kept until the last borrower gives it back. */
+enum { MP__FREE = 0, MP__VERIFY, MP__WRITE, MP__PENDING, MP__PARKED };
 enum { MP__GONE_NO = 0, MP__GONE_COMMITTED, MP__GONE_SUPERSEDED };
 
 typedef struct {
@@ -55,7 +57,7 @@ typedef struct {
     bool sig_known; /* the node verified this (txid, sig) already: cfg.sig_known, at dispatch */
     uint8_t *bytes; /* the SignedTx as submitted, owned */
     size_t len;
-    ledger_tx tx;   /* decoded once at submission, owned; lent out while PENDING */
+    ledger_tx tx;   /* decoded once at submission, owned; never written after: lent out */
     /* Written by the verify worker (only). */
     int32_t vrc;
     uint32_t check; /* the log record's check value */
@@ -63,7 +65,8 @@ typedef struct {
     uint8_t state, gone;
     bool in_job;    /* MP__VERIFY and handed to a work item (else still queued) */
     bool urgent;    /* node_mempool_verify_first: moves to the queue's front (transient) */
-    bool in_by_sig; /* indexed by signature (PENDING entries only) */
+    bool in_by_sig; /* indexed by signature: node_mempool_find_bytes, node_mempool_lend */
+    uint32_t lends; /* block views borrowing tx (node_mempool_lend) */
     bool announce;  /* node_mempool_admit.announce: cfg.announce once the signature verified */
     uint64_t nonce, seq;
     uint32_t signer_idx;
@@ -73,7 +76,7 @@ typedef struct {
     uint32_t tag;                  /* admission's client tag, released when the entry goes */
     uint32_t model_ms;             /* node_mempool_admit.model_ms, for cfg.client_committed */
     bool in_order;                 /* nonces sn..nonce-1 were all held at submission */
-    uint64_t t_ms;                 /* node_mempool_admit.t_ms, likewise */
+    uint64_t t_ms;                 /* node_mempool_admit.t_ms, for cfg.client_committed */
     uint64_t arrived_ms, regossip_ms; /* uv_now at submit / last re-gossip (0 = never) */
     uint64_t have_mask;            /* validators known to hold the tx (bit = index) */
     node_mempool_done_fn done;
@@ -122,11 +125,12 @@ struct node_mempool {
 
     mp__entry *ents;
     uint32_t ent_free, count;
+    uint32_t parked; /* MP__PARKED slots: neither held nor free (admission counts them full) */
     uint32_t unverified; /* entries in MP__VERIFY (queued or in a work item) */
     uint64_t bytes, next_seq;
     uint32_t fifo_head, fifo_tail;
     mp__tab by_txid;
-    mp__tab by_sig; /* PENDING entries by signature: node_mempool_find_bytes */
+    mp__tab by_sig; /* held entries by signature: node_mempool_find_bytes, node_mempool_lend */
 
     mp__signer *signers;
     uint32_t signer_free, n_active;
@@ -317,6 +321,13 @@ static uint32_t ent_add(node_mempool *m, ledger_tx *t, uint8_t *bytes, size_t le
     e->q_next = NIL;
     e->arrived_ms = uv_now(m->loop);
     tab_insert(m, &m->by_txid, e->txid, LEDGER_HASH_BYTES, key_txid, i);
+    /* Two held txs with the same signature bytes need one ECDSA signature valid for two
+     * digests, or a forgery still to be verified: the second is simply not indexed (found by
+     * decoding, as before it was indexed at all). */
+    if (tab_find(m, &m->by_sig, e->sig, LEDGER_SECP_SIG_BYTES, key_sig, NULL) == NIL) {
+        tab_insert(m, &m->by_sig, e->sig, LEDGER_SECP_SIG_BYTES, key_sig, i);
+        e->in_by_sig = true;
+    }
 
     e->fifo_next = NIL;
     e->fifo_prev = m->fifo_tail;
@@ -345,6 +356,17 @@ static uint32_t ent_add(node_mempool *m, ledger_tx *t, uint8_t *bytes, size_t le
     return i;
 }
 
+/* Frees what a removed entry kept and returns its slot to the free list. */
+static void ent_release_slot(node_mempool *m, uint32_t i) {
+    mp__entry *e = &m->ents[i];
+    tem_free(e->bytes);
+    e->bytes = NULL;
+    ledger_tx_free(&e->tx);
+    ent_set_state(m, e, MP__FREE);
+    e->q_next = m->ent_free;
+    m->ent_free = i;
+}
+
 static void ent_remove(node_mempool *m, uint32_t i) {
     mp__entry *e = &m->ents[i];
     TEM_ASSERT(e->state != MP__FREE);
@@ -371,26 +393,19 @@ static void ent_remove(node_mempool *m, uint32_t i) {
     TEM_ASSERT(m->bytes >= e->len);
     m->count--;
     m->bytes -= e->len;
-    tem_free(e->bytes);
-    e->bytes = NULL;
-    ledger_tx_free(&e->tx);
-    ent_set_state(m, e, MP__FREE);
     if (e->tag && m->cfg.release) m->cfg.release(m->cfg.release_ctx, e->tag);
     e->tag = 0;
-    e->q_next = m->ent_free;
-    m->ent_free = i;
+    if (e->lends) {
+        /* A view reads e->tx, perhaps on a worker thread: nothing of it is touched here. */
+        ent_set_state(m, e, MP__PARKED);
+        m->parked++;
+        return;
+    }
+    ent_release_slot(m, i);
 }
 
-/* Entry i is durable and verified: lend its decoded form out by signature. Two held txs with
- * the same signature bytes would need one ECDSA signature valid for two digests; the second is
- * simply not indexed. */
-static void ent_pending(node_mempool *m, uint32_t i) {
-    mp__entry *e = &m->ents[i];
-    ent_set_state(m, e, MP__PENDING);
-    if (tab_find(m, &m->by_sig, e->sig, LEDGER_SECP_SIG_BYTES, key_sig, NULL) != NIL) return;
-    tab_insert(m, &m->by_sig, e->sig, LEDGER_SECP_SIG_BYTES, key_sig, i);
-    e->in_by_sig = true;
-}
+/* Entry i is durable and verified. */
+static void ent_pending(node_mempool *m, uint32_t i) { ent_set_state(m, &m->ents[i], MP__PENDING); }
 
 /* Removes entry i and reports rc to its submitter (the last thing done, so the callback sees
  * the pool without the entry). */
@@ -995,7 +1010,7 @@ static int recover_one(node_mempool *m, const uint8_t *p, size_t n) {
     for (uint32_t i = si == NIL ? NIL : m->signers[si].head; i != NIL; i = m->ents[i].s_next)
         if (m->ents[i].nonce == t.body->nonce) goto drop;
     if (ledger_tx_verify(&t) != LEDGER_OK) goto drop;
-    if (m->count >= m->cfg.txs_max || m->bytes + n > m->cfg.bytes_max) {
+    if (m->count + m->parked >= m->cfg.txs_max || m->bytes + n > m->cfg.bytes_max) {
         ledger_tx_free(&t);
         return NODE_MEMPOOL_EFULL;
     }
@@ -1181,7 +1196,7 @@ static int submit(node_mempool *m, const uint8_t *tx, size_t len, const node_mem
         TEM_ASSERT(rc < 0); /* the precheck's contract: 0 or a negative code */
         goto out;
     }
-    if (m->count >= m->cfg.txs_max || m->bytes + len > m->cfg.bytes_max) {
+    if (m->count + m->parked >= m->cfg.txs_max || m->bytes + len > m->cfg.bytes_max) {
         rc = NODE_MEMPOOL_EFULL;
         goto out;
     }
@@ -1300,16 +1315,46 @@ int node_mempool_select_txs(node_mempool *m, ledger_state *st, uint32_t max, con
     return NODE_MEMPOOL_OK;
 }
 
-const ledger_tx *node_mempool_find_bytes(const node_mempool *m, const uint8_t *stx, size_t len) {
+/* The held entry whose SignedTx is exactly (stx, len), found by its signature; NIL if none. */
+static uint32_t find_bytes(const node_mempool *m, const uint8_t *stx, size_t len) {
     const uint8_t *sig;
-    if (ledger_tx_wire_sig(stx, len, &sig) != LEDGER_OK) return NULL;
+    if (ledger_tx_wire_sig(stx, len, &sig) != LEDGER_OK) return NIL;
     uint32_t i = tab_find(m, &m->by_sig, sig, LEDGER_SECP_SIG_BYTES, key_sig, NULL);
-    if (i == NIL) return NULL;
+    if (i == NIL) return NIL;
     const mp__entry *e = &m->ents[i];
-    TEM_ASSERT(e->state == MP__PENDING);
+    TEM_ASSERT(e->state == MP__VERIFY || e->state == MP__WRITE || e->state == MP__PENDING);
     /* The same signature over other bytes is another tx (or a forgery): decode that one. */
-    if (e->len != len || memcmp(e->bytes, stx, len) != 0) return NULL;
+    if (e->len != len || memcmp(e->bytes, stx, len) != 0) return NIL;
+    return i;
+}
+
+const ledger_tx *node_mempool_find_bytes(const node_mempool *m, const uint8_t *stx, size_t len) {
+    uint32_t i = find_bytes(m, stx, len);
+    return i == NIL ? NULL : &m->ents[i].tx;
+}
+
+const ledger_tx *node_mempool_lend(node_mempool *m, const uint8_t *stx, size_t len, bool *verified) {
+    uint32_t i = find_bytes(m, stx, len);
+    /* A committed or superseded entry waits only for its work to end: a block carrying it
+     * again is refused for its nonce, and decoding it there costs nothing worth saving. */
+    if (i == NIL || m->ents[i].gone) return NULL;
+    mp__entry *e = &m->ents[i];
+    TEM_ASSERT(e->lends < UINT32_MAX);
+    e->lends++;
+    m->st.lent++;
+    *verified = e->state != MP__VERIFY;
     return &e->tx;
+}
+
+void node_mempool_unlend(node_mempool *m, const ledger_tx *tx) {
+    TEM_ASSERT(tx >= &m->ents[0].tx && tx <= &m->ents[m->cfg.txs_max - 1].tx);
+    uint32_t i = (uint32_t)(((const char *)tx - (const char *)&m->ents[0].tx) / (ptrdiff_t)sizeof *m->ents);
+    mp__entry *e = &m->ents[i];
+    TEM_ASSERT(&e->tx == tx && e->lends > 0);
+    if (--e->lends > 0 || e->state != MP__PARKED) return;
+    TEM_ASSERT(m->parked > 0);
+    m->parked--;
+    ent_release_slot(m, i);
 }
 
 int node_mempool_sig_state(const node_mempool *m, const uint8_t txid[LEDGER_HASH_BYTES],
@@ -1454,4 +1499,7 @@ uint32_t node_mempool_regossip(node_mempool *m, uint64_t now_ms, uint64_t age_ms
 }
 bool node_mempool_disk_full(const node_mempool *m) { return m->disk_full; }
 
-void node_mempool_get_stats(const node_mempool *m, node_mempool_stats *out) { *out = m->st; }
+void node_mempool_get_stats(const node_mempool *m, node_mempool_stats *out) {
+    *out = m->st;
+    out->parked = m->parked;
+}

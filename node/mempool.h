@@ -164,6 +164,8 @@ typedef struct {
     uint64_t recover_torn_bytes;/* bytes ignored at the end of the log (torn last record) */
     uint64_t recover_damaged;   /* damaged stretches skipped with intact records after them */
     uint64_t recover_skipped_bytes; /* bytes in those stretches (their txs are lost, logged) */
+    uint64_t lent;              /* node_mempool_lend calls that found the tx */
+    uint32_t parked;            /* removed entries a block view still borrows (now) */
 } node_mempool_stats;
 
 /* Allocates the pool and every table at their maximum size and initialises its loop handles.
@@ -237,11 +239,20 @@ TEM_WUR int node_mempool_select(node_mempool *m, ledger_state *st, uint32_t max,
 TEM_WUR int node_mempool_select_txs(node_mempool *m, ledger_state *st, uint32_t max,
                                     const ledger_tx **txs, uint32_t *n);
 
-/* The decoded form of a durable (PENDING, signature verified) tx whose serialised SignedTx is
- * exactly (stx, len), found by its signature without decoding or hashing stx; NULL otherwise.
- * Borrowed: valid until the next node_mempool_block_applied, _close or _free (only those remove
- * durable txs). Fits ledger_tx_lookup_fn, so a block view reuses what the pool decoded. */
+/* The decoded form of a held tx (being verified, written or durable) whose serialised SignedTx
+ * is exactly (stx, len), found by its signature without decoding or hashing stx; NULL otherwise.
+ * Borrowed: valid until the caller returns to the loop. */
 const ledger_tx *node_mempool_find_bytes(const node_mempool *m, const uint8_t *stx, size_t len);
+/* As node_mempool_find_bytes, for a block view (ledger_tx_source): the tx stays valid, even once
+ * the pool lets go of it (a block commits it, its signature fails, the pool closes), until
+ * node_mempool_unlend is called for it once per lend; the pool never writes it, so a worker
+ * thread may read it meanwhile. *verified: its signature checked already (written or durable);
+ * otherwise node_mempool_sig_state says where its check is. NULL for a tx not held, or one a
+ * block already committed or superseded. A removed entry still lent keeps its slot, and the pool
+ * counts it as full until it is given back (node_mempool_stats.parked). Loop thread. */
+const ledger_tx *node_mempool_lend(node_mempool *m, const uint8_t *stx, size_t len, bool *verified);
+/* Gives back a tx from node_mempool_lend. Must be called before node_mempool_free. */
+void node_mempool_unlend(node_mempool *m, const ledger_tx *tx);
 
 /* What the pool knows of the signature of the tx `txid` carrying `sig`: UNKNOWN (no such
  * entry, another signature, or one leaving), QUEUED (waiting for a thread-pool work item),

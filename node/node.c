@@ -135,11 +135,24 @@ void node_enter_disk_full(node *n, const char *what, int rc) {
 }
 
 /* ------------------------------------------------------------------ block views */
-/* ledger_tx_lookup_fn over the mempool: a tx this node admitted is neither decoded nor hashed
- * nor verified again when a block brings it back. */
-static const ledger_tx *mempool_lookup(void *ctx, const uint8_t *stx, size_t len) {
+/* A view's ledger_tx_source over the mempool: a tx this node admitted is neither decoded nor
+ * hashed again when a block brings it back, nor verified again once the pool verified it; one
+ * still in the pool's verify queue is borrowed unverified (mark_known then waits for it). */
+static const ledger_tx *mempool_lend(void *ctx, const uint8_t *stx, size_t len, bool *verified) {
     node *n = ctx;
-    return n->mp ? node_mempool_find_bytes(n->mp, stx, len) : NULL;
+    return n->mp ? node_mempool_lend(n->mp, stx, len, verified) : NULL;
+}
+
+static void mempool_unlend(void *ctx, const ledger_tx *tx) {
+    node *n = ctx;
+    TEM_ASSERT(n->mp); /* the pool outlives every view (node_run frees it last) */
+    node_mempool_unlend(n->mp, tx);
+}
+
+static void view_source(node *n, ledger_tx_source *src) {
+    src->lookup = mempool_lend;
+    src->release = mempool_unlend;
+    src->ctx = n;
 }
 
 /* Marks the view's txs whose (txid, signature) pair this node already verified: in the
@@ -195,7 +208,9 @@ static ledger_block_view *take_view(node *n, const uint8_t hash[32], const uint8
 /* A new view of blk (borrowed), its known txs marked; NULL with *rc on failure. */
 static ledger_block_view *view_new(node *n, const uint8_t *blk, size_t len, int *rc) {
     ledger_block_view *v = tem_calloc(1, sizeof *v);
-    *rc = v ? ledger_block_view_build(&n->g, blk, len, NULL, mempool_lookup, n, v) : LEDGER_ENOMEM;
+    ledger_tx_source src;
+    view_source(n, &src);
+    *rc = v ? ledger_block_view_build(&n->g, blk, len, NULL, &src, v) : LEDGER_ENOMEM;
     if (*rc != LEDGER_OK) {
         tem_free(v);
         return NULL;
@@ -487,8 +502,8 @@ typedef struct val_job {
     val_part parts[2];
 } val_job;
 
-/* Thread pool: verifies the view's txs not yet known good. Reads only txs the view owns (a
- * verified tx may be borrowed from the mempool and is never touched here). */
+/* Thread pool: verifies the view's txs not yet known good (own or borrowed: a borrowed tx stays
+ * unchanged until the view gives it back, node_mempool_lend). */
 static void val_work(uv_work_t *w) {
     val_part *p = w->data;
     p->rc = LEDGER_OK;
@@ -577,7 +592,9 @@ int node_validate(node *n, uint64_t height, const uint8_t hash[32], const uint8_
     memcpy(j->hash, hash, 32);
     n->validating = true;
     /* The view takes the proposal's buffer. */
-    int rc = ledger_block_view_build(&n->g, v.bytes, v.len, v.bytes, mempool_lookup, n, j->view);
+    ledger_tx_source src;
+    view_source(n, &src);
+    int rc = ledger_block_view_build(&n->g, v.bytes, v.len, v.bytes, &src, j->view);
     if (rc != LEDGER_OK) {
         tem_free(v.bytes);
         tem_free(j->view);
@@ -1233,12 +1250,14 @@ run:
      * its bookkeeping is skipped: a restart finds its txs committed. */
     if (n->pend_active) view_drop(n->pend_v);
     n->pend_active = false;
-    if (n->mp) node_mempool_free(n->mp);
     drop_views(n);
     if (n->val_waiting) { /* stopped while it waited for the mempool */
         view_drop(n->val_waiting->view);
         tem_free(n->val_waiting);
     }
+    /* After every view: they give their borrowed txs back to it. */
+    if (n->mp) node_mempool_free(n->mp);
+    n->mp = NULL;
     node_replica_free(n);
     node_votes_close(n->votes);
     n->votes = NULL;

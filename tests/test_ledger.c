@@ -843,12 +843,21 @@ typedef struct {
     const uint8_t *bytes;
     size_t len;
     const ledger_tx *tx;
-    int calls;
+    bool verified; /* what the lookup says of its tx's signature */
+    int calls, released;
+    const ledger_tx *last_released;
 } fx_lookup;
-static const ledger_tx *fx_lookup_fn(void *ctx, const uint8_t *stx, size_t len) {
+static const ledger_tx *fx_lookup_fn(void *ctx, const uint8_t *stx, size_t len, bool *verified) {
     fx_lookup *l = ctx;
     l->calls++;
-    return l->bytes && len == l->len && memcmp(stx, l->bytes, len) == 0 ? l->tx : NULL;
+    if (!l->bytes || len != l->len || memcmp(stx, l->bytes, len) != 0) return NULL;
+    *verified = l->verified;
+    return l->tx;
+}
+static void fx_release_fn(void *ctx, const ledger_tx *tx) {
+    fx_lookup *l = ctx;
+    l->released++;
+    l->last_released = tx;
 }
 
 /* Five transfers at height 1 of a fresh store: the block bytes and the txs. */
@@ -875,9 +884,10 @@ START_TEST(view_decodes_each_tx_once_and_takes_known_txs_from_the_lookup) {
     ledger_tx_limits_from_genesis(&g, &lim);
     ledger_tx held;
     ck_assert_int_eq(ledger_tx_decode(txs[2], lens[2], &lim, &held), LEDGER_OK);
-    fx_lookup l = {.bytes = txs[2], .len = lens[2], .tx = &held};
+    fx_lookup l = {.bytes = txs[2], .len = lens[2], .tx = &held, .verified = true};
+    ledger_tx_source src = {fx_lookup_fn, fx_release_fn, &l};
     ledger_block_view v;
-    ck_assert_int_eq(ledger_block_view_build(&g, blk, bl, NULL, fx_lookup_fn, &l, &v), LEDGER_OK);
+    ck_assert_int_eq(ledger_block_view_build(&g, blk, bl, NULL, &src, &v), LEDGER_OK);
     ck_assert_int_eq(l.calls, 5);
     ck_assert_uint_eq(v.n, 5);
     ck_assert_int_eq(v.tx_rc, LEDGER_OK);
@@ -916,8 +926,11 @@ START_TEST(view_decodes_each_tx_once_and_takes_known_txs_from_the_lookup) {
     ck_assert_uint_eq(sl, bl);
     ck_assert(memcmp(stored, blk, bl) == 0);
     tem_free(stored);
+    ck_assert_int_eq(l.released, 0);
     ledger_block_view_free(&v);
-    /* the lookup's tx is the caller's: still intact after the view is freed */
+    /* the lookup's tx is the caller's: given back once, and still intact */
+    ck_assert_int_eq(l.released, 1);
+    ck_assert_ptr_eq(l.last_released, &held);
     ck_assert_uint_eq(held.body->nonce, 0);
     ledger_tx_free(&held);
     /* the same txs, decoded, build the same bytes as the serialised ones */
@@ -948,6 +961,64 @@ START_TEST(view_decodes_each_tx_once_and_takes_known_txs_from_the_lookup) {
 }
 END_TEST
 
+/* A borrowed tx the source has not verified yet (a mempool tx still in its verify queue) is
+ * borrowed all the same, left unmarked, and checked by the apply like a decoded one: a bad
+ * signature is refused even though the view never decoded the tx itself. */
+START_TEST(view_borrows_unverified_txs_and_the_apply_still_checks_them) {
+    ledger_genesis g;
+    fx_genesis(&g, 4);
+    char *dir = fx_tmpdir("ledger");
+    ledger_store *s;
+    ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
+    uint8_t *txs[5];
+    size_t lens[5];
+    for (uint32_t i = 0; i < 5; i++) txs[i] = fx_transfer(g.chain_id, 2 + i, 3 + i, 0, 10 + i, &lens[i]);
+    const uint8_t *sig;
+    ck_assert_int_eq(ledger_tx_wire_sig(txs[3], lens[3], &sig), LEDGER_OK);
+    txs[3][sig - txs[3] + 5] ^= 0x40; /* r changed: decodes, does not verify */
+    uint8_t pp[64], ppub[32], *blk;
+    size_t bl;
+    fx_vkey(0, pp, ppub);
+    ck_assert_int_eq(ledger_block_build(s, (const uint8_t *const *)txs, lens, 5, g.genesis_time_ms + 1000, ppub, &blk, &bl),
+                     LEDGER_OK);
+    ledger_tx_limits lim;
+    ledger_tx_limits_from_genesis(&g, &lim);
+    ledger_tx held;
+    ck_assert_int_eq(ledger_tx_decode(txs[3], lens[3], &lim, &held), LEDGER_OK);
+    for (int trust = 0; trust < 2; trust++) {
+        fx_lookup l = {.bytes = txs[3], .len = lens[3], .tx = &held, .verified = false};
+        ledger_tx_source src = {fx_lookup_fn, fx_release_fn, &l};
+        ledger_block_view v;
+        ck_assert_int_eq(ledger_block_view_build(&g, blk, bl, NULL, &src, &v), LEDGER_OK);
+        ck_assert_ptr_eq(v.txs[3].tx, &held);
+        ck_assert(!v.txs[3].verified);
+        ledger_block_view_verify(&v, 2);
+        ck_assert(!v.txs[3].verified); /* checked on a worker thread, and failed */
+        ck_assert(v.txs[4].verified);
+        if (trust) v.txs[3].verified = true; /* a caller that lies: the apply takes its word */
+        ledger_apply_info info;
+        int rc = ledger_store_apply_view(s, &v, NULL, 0, &FX_EXEC, LEDGER_APPLY_NO_CERT, &info);
+        if (trust) {
+            /* the lie goes through: what the flag is for, and why it must be the source's */
+            ck_assert_int_eq(rc, LEDGER_OK);
+        } else {
+            ck_assert_int_eq(rc, LEDGER_ESIG);
+            ck_assert_uint_eq(ledger_store_height(s), 0);
+        }
+        ledger_block_view_free(&v);
+        ck_assert_int_eq(l.released, 1);
+        ck_assert_ptr_eq(l.last_released, &held);
+    }
+    ledger_tx_free(&held);
+    for (int i = 0; i < 5; i++) tem_free(txs[i]);
+    tem_free(blk);
+    ledger_store_close(s);
+    fx_rmrf(dir);
+    free(dir);
+    ledger_genesis_free(&g);
+}
+END_TEST
+
 START_TEST(view_refuses_malformed_blocks_and_reports_tx_errors_in_order) {
     ledger_genesis g;
     fx_genesis(&g, 4);
@@ -959,7 +1030,7 @@ START_TEST(view_refuses_malformed_blocks_and_reports_tx_errors_in_order) {
     uint8_t *blk = view_block(s, &g, txs, lens, &bl);
     ledger_block_view v;
     /* truncated */
-    ck_assert_int_eq(ledger_block_view_build(&g, blk, bl - 1, NULL, NULL, NULL, &v), LEDGER_EDECODE);
+    ck_assert_int_eq(ledger_block_view_build(&g, blk, bl - 1, NULL, NULL, &v), LEDGER_EDECODE);
     uint8_t h[32];
     ck_assert_int_eq(ledger_block_hash_bytes(blk, bl - 1, h), LEDGER_EDECODE);
     /* a second header (field 1 twice) */
@@ -973,7 +1044,7 @@ START_TEST(view_refuses_malformed_blocks_and_reports_tx_errors_in_order) {
     dup[2] = (uint8_t)(hl >> 7);
     tem__v1__block_header__pack(b->header, dup + 3);
     memcpy(dup + 3 + hl, blk, bl);
-    ck_assert_int_eq(ledger_block_view_build(&g, dup, bl + hl + 3, NULL, NULL, NULL, &v), LEDGER_EDECODE);
+    ck_assert_int_eq(ledger_block_view_build(&g, dup, bl + hl + 3, NULL, NULL, &v), LEDGER_EDECODE);
     ck_assert_int_eq(ledger_block_hash_bytes(dup, bl + hl + 3, h), LEDGER_EDECODE);
     tem_free(dup);
     /* no header: the view builds; every check says EBLOCK */
@@ -986,7 +1057,7 @@ START_TEST(view_refuses_malformed_blocks_and_reports_tx_errors_in_order) {
         nohdr = tem_malloc(nl);
         tem__v1__block__pack(&c, nohdr);
     }
-    ck_assert_int_eq(ledger_block_view_build(&g, nohdr, nl, NULL, NULL, NULL, &v), LEDGER_OK);
+    ck_assert_int_eq(ledger_block_view_build(&g, nohdr, nl, NULL, NULL, &v), LEDGER_OK);
     ck_assert_int_eq(v.hash_rc, LEDGER_EBLOCK);
     ck_assert_int_eq(ledger_block_view_precheck(s, &v, UINT64_MAX), LEDGER_EBLOCK);
     ck_assert_int_eq(ledger_store_apply_view(s, &v, NULL, 0, &FX_EXEC, LEDGER_APPLY_NO_CERT, NULL), LEDGER_EBLOCK);
@@ -997,7 +1068,7 @@ START_TEST(view_refuses_malformed_blocks_and_reports_tx_errors_in_order) {
     size_t ml = tem__v1__block__get_packed_size(b);
     uint8_t *mb = tem_malloc(ml);
     tem__v1__block__pack(b, mb);
-    ck_assert_int_eq(ledger_block_view_build(&g, mb, ml, mb, NULL, NULL, &v), LEDGER_OK); /* view owns mb */
+    ck_assert_int_eq(ledger_block_view_build(&g, mb, ml, mb, NULL, &v), LEDGER_OK); /* view owns mb */
     ck_assert_int_eq(v.tx_rc, LEDGER_ESIGLEN);
     ck_assert_int_eq(ledger_block_view_precheck(s, &v, UINT64_MAX), LEDGER_ESIGLEN);
     ck_assert_int_eq(ledger_store_apply_view(s, &v, NULL, 0, &FX_EXEC, LEDGER_APPLY_NO_CERT, NULL), LEDGER_ESIGLEN);
@@ -1045,7 +1116,7 @@ START_TEST(view_wire_split_agrees_with_protobuf_c_on_mutated_blocks) {
             if (rv == LEDGER_OK) {
                 ck_assert(memcmp(hv, hr, 32) == 0);
                 ledger_block_view v;
-                if (ledger_block_view_build(&g, m, bl, NULL, NULL, NULL, &v) == LEDGER_OK) {
+                if (ledger_block_view_build(&g, m, bl, NULL, NULL, &v) == LEDGER_OK) {
                     ck_assert_uint_eq(v.n, ref->n_txs);
                     for (size_t i = 0; i < v.n; i++) {
                         const uint8_t *sig;
@@ -1060,7 +1131,7 @@ START_TEST(view_wire_split_agrees_with_protobuf_c_on_mutated_blocks) {
         } else if (!ref) {
             /* protobuf-c refuses: the view must not find a valid block either */
             ledger_block_view v;
-            int rb = ledger_block_view_build(&g, m, bl, NULL, NULL, NULL, &v);
+            int rb = ledger_block_view_build(&g, m, bl, NULL, NULL, &v);
             if (rb == LEDGER_OK) {
                 ck_assert(v.tx_rc != LEDGER_OK || !v.tx_root_ok || v.hash_rc != LEDGER_OK);
                 ledger_block_view_free(&v);
@@ -1179,6 +1250,7 @@ Suite *ledger_suite(void) {
     tcase_add_test(t, store_sigkill_mid_apply_leaves_the_previous_block);
     tcase_add_test(t, store_meta_records_survive_reopen);
     tcase_add_test(t, view_decodes_each_tx_once_and_takes_known_txs_from_the_lookup);
+    tcase_add_test(t, view_borrows_unverified_txs_and_the_apply_still_checks_them);
     tcase_add_test(t, view_refuses_malformed_blocks_and_reports_tx_errors_in_order);
     tcase_add_test(t, view_wire_split_agrees_with_protobuf_c_on_mutated_blocks);
     suite_add_tcase(s, t);

@@ -35,7 +35,7 @@ START_TEST(view_verify_marks_exactly_the_good_signatures_on_any_thread_count) {
         ck_assert_int_eq(ledger_block_build(s, (const uint8_t *const *)txs, lens, NTX, g.genesis_time_ms + 1000 + (uint64_t)round, ppub, &blk, &bl),
                          LEDGER_OK);
         ledger_block_view v;
-        ck_assert_int_eq(ledger_block_view_build(&g, blk, bl, NULL, NULL, NULL, &v), LEDGER_OK);
+        ck_assert_int_eq(ledger_block_view_build(&g, blk, bl, NULL, NULL, &v), LEDGER_OK);
         /* txs the caller already knows good stay marked and are not looked at: one, or every
          * tx but `round % 4` (few left to check, or none: no helper thread is started then) */
         int known = round % NTX;
@@ -115,10 +115,10 @@ START_TEST(verifier_marks_like_one_at_a_time_in_submission_order) {
         ck_assert_int_eq(ledger_verifier_new(helpers[hk], &vf), LEDGER_OK);
         ledger_block_view v[NV], extra;
         for (int b = 0; b < NV; b++) {
-            ck_assert_int_eq(ledger_block_view_build(&g, blks[b], bls[b], NULL, NULL, NULL, &v[b]), LEDGER_OK);
+            ck_assert_int_eq(ledger_block_view_build(&g, blks[b], bls[b], NULL, NULL, &v[b]), LEDGER_OK);
             ck_assert_int_eq(ledger_verifier_submit(vf, &v[b]), LEDGER_OK);
         }
-        ck_assert_int_eq(ledger_block_view_build(&g, blks[0], bls[0], NULL, NULL, NULL, &extra), LEDGER_OK);
+        ck_assert_int_eq(ledger_block_view_build(&g, blks[0], bls[0], NULL, NULL, &extra), LEDGER_OK);
         ck_assert_int_eq(ledger_verifier_submit(vf, &extra), LEDGER_EFULL);
         ledger_block_view_free(&extra);
         for (int b = 0; b < NV; b++) {
@@ -131,7 +131,7 @@ START_TEST(verifier_marks_like_one_at_a_time_in_submission_order) {
         }
         /* a view that did not decode: nothing to check, wait returns */
         ledger_block_view nd;
-        ck_assert_int_eq(ledger_block_view_build(&g, blks[0], bls[0], NULL, NULL, NULL, &nd), LEDGER_OK);
+        ck_assert_int_eq(ledger_block_view_build(&g, blks[0], bls[0], NULL, NULL, &nd), LEDGER_OK);
         nd.tx_rc = LEDGER_EDECODE;
         ck_assert_int_eq(ledger_verifier_submit(vf, &nd), LEDGER_OK);
         ledger_verifier_wait(vf, &nd);

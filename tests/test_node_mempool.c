@@ -240,16 +240,18 @@ START_TEST(mempool_tx_is_in_flight_until_durable_then_pending_and_selectable) {
 }
 END_TEST
 
-/* What a block view and gossip borrow: a durable tx is found by its bytes (not while in flight,
- * not with another tx's signature bytes, not once a block committed it), select_txs hands out the
- * same txs as select, and a durable tx sent again is EDUP with its txid. */
+/* What a block view and gossip borrow: a held tx is found by its bytes (in flight too, not with
+ * another tx's signature bytes, not once a block committed it), select_txs hands out the same
+ * txs as select, and a durable tx sent again is EDUP with its txid. */
 START_TEST(mempool_lends_durable_txs_decoded_by_bytes_and_txid_until_a_block_commits_them) {
     node_mempool_config c = cfg_default();
     ck_assert_uint_eq(mp_open(&c), 0);
     tx_t x[3] = {mk(2, 0, 5), mk(2, 1, 6), mk(3, 0, 7)};
     ck_assert_int_eq(submit(&x[0]), NODE_MEMPOOL_OK);
-    ck_assert_ptr_null(node_mempool_find_bytes(M, x[0].b, x[0].len)); /* in flight */
-    ck_assert_ptr_null(node_mempool_get(M, x[0].txid, NULL, NULL));
+    const ledger_tx *fl = node_mempool_find_bytes(M, x[0].b, x[0].len); /* in flight: held */
+    ck_assert_ptr_nonnull(fl);
+    ck_assert(memcmp(fl->txid, x[0].txid, 32) == 0);
+    ck_assert_ptr_null(node_mempool_get(M, x[0].txid, NULL, NULL)); /* not durable yet */
     wait_done(1);
     ck_assert_int_eq(submit_ok_and_wait(&x[1]), 0);
     ck_assert_int_eq(submit_ok_and_wait(&x[2]), 0);
@@ -308,6 +310,78 @@ START_TEST(mempool_lends_durable_txs_decoded_by_bytes_and_txid_until_a_block_com
     ck_assert_ptr_null(node_mempool_get(M, x[0].txid, NULL, NULL));
     ck_assert_ptr_nonnull(node_mempool_find_bytes(M, x[1].b, x[1].len));
     free_txs(x, 3);
+}
+END_TEST
+
+/* A block view borrows a tx the pool still verifies (unverified), and the tx outlives the pool's
+ * hold on it until the view gives it back: a failed signature, a commit, each with the tx
+ * lent, park its slot (read here after the pool let go: ASan reports a use after free), and a
+ * parked slot counts as full until the last unlend. A tx a block committed while in flight is
+ * not lent at all. */
+START_TEST(mempool_lends_txs_in_flight_and_keeps_them_until_given_back) {
+    node_mempool_config c = cfg_default();
+    c.txs_max = 3;
+    c.per_signer_max = 3;
+    ck_assert_uint_eq(mp_open(&c), 0);
+    tx_t good = mk(2, 0, 5), bad = mk(3, 0, 6), more = mk(4, 0, 7), last = mk(5, 0, 8), gone = mk(6, 0, 9);
+    bad.b[bad.len - 64 + 5] ^= 0x01; /* r changed: decodes, does not verify */
+    ck_assert_int_eq(submit(&good), NODE_MEMPOOL_OK);
+    ck_assert_int_eq(submit(&bad), NODE_MEMPOOL_OK);
+    bool ver = true;
+    const ledger_tx *tg = node_mempool_lend(M, good.b, good.len, &ver);
+    ck_assert_ptr_nonnull(tg);
+    ck_assert(!ver);
+    ck_assert_int_eq(node_mempool_sig_state(M, good.txid, tg->stx->sig.data), NODE_MEMPOOL_SIG_QUEUED);
+    ver = true;
+    const ledger_tx *tb = node_mempool_lend(M, bad.b, bad.len, &ver);
+    ck_assert_ptr_nonnull(tb);
+    ck_assert(!ver);
+    ck_assert_uint_eq(stats().lent, 2);
+    wait_done(2);
+    ck_assert_int_eq(R.rc[0] == 0 ? R.rc[1] : R.rc[0], LEDGER_ESIG);
+    /* bad is out of the pool but still lent: parked, intact, and taking its slot */
+    ck_assert_uint_eq(stats().parked, 1);
+    ck_assert_int_eq(node_mempool_status(M, bad.txid), NODE_MEMPOOL_STATUS_UNKNOWN);
+    ck_assert_ptr_null(node_mempool_find_bytes(M, bad.b, bad.len));
+    ck_assert(memcmp(tb->txid, bad.txid, 32) == 0);
+    ck_assert_uint_eq(tb->body->nonce, 0);
+    ck_assert_int_eq(ledger_tx_verify(tb), LEDGER_ESIG);
+    ck_assert_uint_eq(node_mempool_size(M), 1);
+    ck_assert_int_eq(submit(&more), NODE_MEMPOOL_OK);
+    ck_assert_int_eq(submit(&last), NODE_MEMPOOL_EFULL); /* 2 held + 1 parked of 3 */
+    node_mempool_unlend(M, tb);
+    ck_assert_uint_eq(stats().parked, 0);
+    ck_assert_int_eq(submit(&last), NODE_MEMPOOL_OK);
+    wait_done(4);
+    /* durable now: lent verified; committed while lent twice, it stays until both give it back */
+    ver = false;
+    ck_assert_ptr_eq(node_mempool_lend(M, good.b, good.len, &ver), tg);
+    ck_assert(ver);
+    apply_block(&good, 1);
+    block_applied(&good, 1);
+    ck_assert_uint_eq(stats().parked, 1);
+    ck_assert_ptr_null(node_mempool_lend(M, good.b, good.len, &ver));
+    ck_assert_int_eq(ledger_tx_verify(tg), LEDGER_OK);
+    node_mempool_unlend(M, tg);
+    ck_assert_uint_eq(stats().parked, 1);
+    ck_assert(memcmp(tg->txid, good.txid, 32) == 0);
+    node_mempool_unlend(M, tg);
+    ck_assert_uint_eq(stats().parked, 0);
+    /* a tx a block commits while it is still being verified is not lent */
+    apply_block(&more, 1);
+    block_applied(&more, 1);
+    ck_assert_uint_eq(node_mempool_size(M), 1);
+    ck_assert_int_eq(submit(&gone), NODE_MEMPOOL_OK);
+    apply_block(&gone, 1);
+    block_applied(&gone, 1);
+    ck_assert_int_eq(node_mempool_status(M, gone.txid), NODE_MEMPOOL_STATUS_INFLIGHT);
+    ck_assert_ptr_null(node_mempool_lend(M, gone.b, gone.len, &ver));
+    ck_assert_ptr_nonnull(node_mempool_find_bytes(M, gone.b, gone.len)); /* held: EDUP if sent again */
+    wait_done(5);
+    ck_assert_int_eq(R.rc[4], 0);
+    ck_assert_uint_eq(stats().lent, 3);
+    tx_t all[5] = {good, bad, more, last, gone};
+    free_txs(all, 5);
 }
 END_TEST
 
@@ -1355,6 +1429,7 @@ static Suite *mempool_suite(void) {
     tcase_add_checked_fixture(t, setup, teardown);
     tcase_add_test(t, mempool_tx_is_in_flight_until_durable_then_pending_and_selectable);
     tcase_add_test(t, mempool_lends_durable_txs_decoded_by_bytes_and_txid_until_a_block_commits_them);
+    tcase_add_test(t, mempool_lends_txs_in_flight_and_keeps_them_until_given_back);
     tcase_add_test(t, mempool_select_follows_arrival_and_nonce_order_across_signers);
     tcase_add_test(t, mempool_bad_txs_are_refused_synchronously_and_never_reach_done);
     tcase_add_test(t, mempool_refuses_duplicates_in_flight_pending_and_committed);

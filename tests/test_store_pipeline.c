@@ -23,7 +23,7 @@ static uint8_t *build_block(ledger_store *s, uint32_t n, uint32_t senders, uint6
 
 static int apply_pipelined(ledger_store *s, const uint8_t *blk, size_t blen, ledger_apply_info *info) {
     ledger_block_view v;
-    int rc = ledger_block_view_build(ledger_store_genesis(s), blk, blen, NULL, NULL, NULL, &v);
+    int rc = ledger_block_view_build(ledger_store_genesis(s), blk, blen, NULL, NULL, &v);
     if (rc != LEDGER_OK) return rc;
     rc = ledger_store_apply_view_pipelined(s, &v, NULL, 0, &FX_EXEC, LEDGER_APPLY_NO_CERT, info);
     /* the view may go as soon as the execution returned: the commit holds LMDB's own copies */
@@ -154,7 +154,7 @@ START_TEST(the_next_block_is_built_and_checked_before_the_commit_runs) {
     ck_assert_uint_eq(bl2, bl2a);
     ck_assert(memcmp(next, next_a, bl2) == 0);
     ledger_block_view v;
-    ck_assert_int_eq(ledger_block_view_build(&g, next, bl2, NULL, NULL, NULL, &v), LEDGER_OK);
+    ck_assert_int_eq(ledger_block_view_build(&g, next, bl2, NULL, NULL, &v), LEDGER_OK);
     ck_assert_int_eq(ledger_block_view_precheck(b, &v, g.genesis_time_ms + 3000), LEDGER_OK);
     ledger_block_view_free(&v);
     ck_assert_int_eq(sem_post(&go_commit), 0);

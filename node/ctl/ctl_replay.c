@@ -195,7 +195,7 @@ int ctl_replay_main(int argc, char **argv) {
                 fetch_h = h + wn;
                 break;
             }
-            a->rc = ledger_block_view_build(&g, a->blk, a->bl, NULL, NULL, NULL, &a->v);
+            a->rc = ledger_block_view_build(&g, a->blk, a->bl, NULL, NULL, &a->v);
             if (a->rc == LEDGER_OK && ledger_verifier_submit(vf, &a->v) != LEDGER_OK) a->rc = LEDGER_ENOMEM;
             wn++;
         }

@@ -25,7 +25,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
     }
     ledger_block_view v;
-    if (ledger_block_view_build(&G, data, size, NULL, NULL, NULL, &v) == LEDGER_OK) {
+    if (ledger_block_view_build(&G, data, size, NULL, NULL, &v) == LEDGER_OK) {
         TEM_ASSERT(v.n <= size);
         ledger_block_view_free(&v);
     }
