@@ -1149,7 +1149,7 @@ int node_mempool_recover(node_mempool *m, uint32_t *recovered) {
 static int submit(node_mempool *m, const uint8_t *tx, size_t len, const node_mempool_admit *adm,
                   node_mempool_done_fn done, void *ctx, uint8_t txid_out[LEDGER_HASH_BYTES]) {
     if (m->closing) return NODE_MEMPOOL_ECLOSING;
-    /* A durable tx sent again (gossip, regossip, a client retry) is found by its bytes before
+    /* A held tx sent again (gossip, regossip, a client retry) is found by its bytes before
      * anything is decoded or hashed: the answer is the one decoding would give. */
     const ledger_tx *held = node_mempool_find_bytes(m, tx, len);
     if (held) {
