@@ -57,6 +57,40 @@ void ctl_load_cluster_stop(ctl_load_cluster *c) {
     }
 }
 
+/* The genesis g with `extra` more participants appended to its "participants" array, streamed:
+ * a million of them as jansson objects would hold most of a GiB here beside the nodes. */
+static int write_genesis_extra(json_t *g, uint32_t extra, const char *path) {
+    json_t *parts = json_incref(json_object_get(g, "participants"));
+    if (!parts || json_object_del(g, "participants") != 0) {
+        json_decref(parts);
+        return -1;
+    }
+    char *head = json_dumps(g, JSON_COMPACT), *list = json_dumps(parts, JSON_COMPACT);
+    json_decref(parts);
+    FILE *f = fopen(path, "w");
+    bool ok = head && list && f && strlen(head) >= 2 && strlen(list) >= 2;
+    if (ok) {
+        size_t hl = strlen(head), ll = strlen(list);
+        /* head is {...}, list is [...]: reopen both and append */
+        ok = fwrite(head, 1, hl - 1, f) == hl - 1 && fputs(hl > 2 ? ",\"participants\":" : "\"participants\":", f) >= 0 &&
+             fwrite(list, 1, ll - 1, f) == ll - 1;
+        for (uint32_t i = 0; ok && i < extra; i++) {
+            uint8_t in[13] = "tem-scale", kh[32];
+            tem_put_u32le(in + 9, i);
+            ledger_sha256(kh, in, sizeof in);
+            char hex[65];
+            tem_hex(hex, kh, 32);
+            ok = fprintf(f, "%s{\"pubkey\":\"02%s\",\"bus\":1,\"role\":\"prosumer\",\"money_uunit\":1000000}",
+                         ll > 2 || i ? "," : "", hex) > 0;
+        }
+        ok = ok && fputs("]}\n", f) >= 0;
+    }
+    if (f && fclose(f) != 0) ok = false;
+    free(head);
+    free(list);
+    return ok ? 0 : -1;
+}
+
 static int write_genesis(const ctl_load_cluster_config *cfg, ctl_load_cluster *c) {
     char path[600], h[67];
     json_t *g = json_object(), *vals = json_array(), *parts = json_array();
@@ -91,7 +125,11 @@ static int write_genesis(const ctl_load_cluster_config *cfg, ctl_load_cluster *c
     json_object_set_new(g, "market", json_pack("{s:i,s:i,s:i}", "slot_ms", 60000, "gate_closure_ms", 1000, "book_orders_max", 1000000));
     json_object_set_new(g, "limits", json_pack("{s:i}", "max_block_txs", cfg->max_block_txs ? (int)cfg->max_block_txs : 4000));
     snprintf(c->genesis, sizeof c->genesis, "%s/genesis.json", cfg->dir);
-    if (json_dump_file(g, c->genesis, JSON_COMPACT) != 0) goto fail;
+    if (cfg->extra_participants == 0) {
+        if (json_dump_file(g, c->genesis, JSON_COMPACT) != 0) goto fail;
+    } else if (write_genesis_extra(g, cfg->extra_participants, c->genesis) != 0) {
+        goto fail;
+    }
     json_decref(g);
     return 0;
 fail:
@@ -104,6 +142,11 @@ int ctl_load_cluster_start(const ctl_load_cluster_config *cfg, ctl_load_cluster 
     memset(c, 0, sizeof *c);
     if (cfg->n_nodes < 1 || cfg->n_nodes > CTL_LOAD_NODES_MAX || cfg->n_temd_args > 32) {
         fprintf(stderr, "load: 1..%d nodes, at most 32 extra temd flags\n", CTL_LOAD_NODES_MAX);
+        return -1;
+    }
+    if ((uint64_t)cfg->signers + cfg->extra_participants > LEDGER_PARTICIPANTS_MAX) {
+        fprintf(stderr, "load: %u signers and %u more participants: a genesis holds at most %d\n", cfg->signers,
+                cfg->extra_participants, LEDGER_PARTICIPANTS_MAX);
         return -1;
     }
     if (write_genesis(cfg, c) != 0) return -1;
@@ -148,7 +191,7 @@ int ctl_load_cluster_start(const ctl_load_cluster_config *cfg, ctl_load_cluster 
         return -1;
     }
     ctl_api_status st;
-    double end = mono_s() + 60;
+    double end = mono_s() + 60 + 120.0 * cfg->extra_participants / 1e6;
     while (ctl_api_status_get(&mon, &st) != 0 || st.height < 2) {
         bool exited = false;
         for (uint32_t i = 0; i < c->n; i++)
@@ -1182,7 +1225,8 @@ static void load_usage(void) {
             "  --seed N (1)  --signers N (2048)\n"
             "  --cluster DIR: start a local cluster of --cluster-nodes (4) temd in DIR (keys, genesis\n"
             "      with the seed's signers, logs), peers on --base-port P+i, HTTP on P+10+i (default\n"
-            "      P = 20000 + pid %% 500 * 20, below the ephemeral range); stopped at the end\n");
+            "      P = 20000 + pid %% 500 * 20, below the ephemeral range); stopped at the end;\n"
+            "      --cluster-participants N adds N participants nobody signs for (scale runs)\n");
 }
 
 /* Strict numbers: the whole text, in range; false otherwise. */
@@ -1213,7 +1257,7 @@ static bool num_nonneg(const char *v, double *out) {
 int ctl_load_main(int argc, char **argv) {
     const char *nodes_arg = NULL, *genesis = NULL, *cluster_dir = NULL, *temd = "build/temd";
     const char *temd_args[32];
-    uint32_t n_temd_args = 0, batch = 1, conns = 16, signers = 2048, cluster_nodes = 4;
+    uint32_t n_temd_args = 0, batch = 1, conns = 16, signers = 2048, cluster_nodes = 4, extra = 0;
     double rate = 500, duration = 10, drain = 10, warmup = 1;
     uint64_t seed = 1;
     bool fresh = false;
@@ -1237,6 +1281,7 @@ int ctl_load_main(int argc, char **argv) {
         else if (!strcmp(a, "--genesis")) genesis = v;
         else if (!strcmp(a, "--cluster")) cluster_dir = v;
         else if (!strcmp(a, "--cluster-nodes")) good = num_u32(v, 1, CTL_LOAD_NODES_MAX, &cluster_nodes);
+        else if (!strcmp(a, "--cluster-participants")) good = num_u32(v, 0, LEDGER_PARTICIPANTS_MAX, &extra);
         else if (!strcmp(a, "--temd")) temd = v;
         else if (!strcmp(a, "--base-port")) {
             if ((good = num_u32(v, 1024, 32767, &u))) base_port = (int)u;
@@ -1297,7 +1342,8 @@ int ctl_load_main(int argc, char **argv) {
         }
         fresh = true;
         ctl_load_cluster_config cc = {.temd = temd, .dir = cluster_dir, .base_port = base_port, .n_nodes = cluster_nodes,
-                                      .signers = signers, .seed = seed, .temd_args = temd_args, .n_temd_args = n_temd_args};
+                                      .signers = signers, .seed = seed, .temd_args = temd_args, .n_temd_args = n_temd_args,
+                                      .extra_participants = extra};
         if (ctl_load_cluster_start(&cc, &cl) != 0) return 1;
         for (uint32_t i = 0; i < cl.n; i++) nodes[n_nodes++] = cl.http[i];
         genesis = cl.genesis;

@@ -37,6 +37,10 @@ typedef struct {
     uint32_t signers;       /* participants whose keys derive from seed */
     uint64_t seed;
     uint32_t max_block_txs; /* genesis limit; 0 = 4000 */
+    /* Participants beyond the signers, for scale runs: key 02 || SHA-256("tem-scale" ||
+     * u32le(i)) as tests/tools/gen_genesis.py writes them (nobody can sign for them), written
+     * to the genesis as a stream; at most LEDGER_PARTICIPANTS_MAX - signers. */
+    uint32_t extra_participants;
     const char *const *temd_args; /* extra flags for every temd (e.g. "--admission-wait-ms-max", "2000") */
     uint32_t n_temd_args;
 } ctl_load_cluster_config;
@@ -50,8 +54,8 @@ typedef struct {
 
 /* Writes validator keys and a genesis (60 s slots; every signer a prosumer with money and
  * tokens), starts n temd (their pids also in DIR/pids; each gets SIGTERM if the generator
- * dies) and waits (60 s at most) until node 0 has committed 2 blocks. On -1
- * every process started is already stopped. */
+ * dies) and waits (60 s, plus 120 s per million extra participants, at most) until node 0 has
+ * committed 2 blocks. On -1 every process started is already stopped. */
 int ctl_load_cluster_start(const ctl_load_cluster_config *cfg, ctl_load_cluster *out);
 /* SIGTERM, then SIGKILL after 5 s, to every pid started; waits for each. Idempotent. */
 void ctl_load_cluster_stop(ctl_load_cluster *c);

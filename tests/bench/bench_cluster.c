@@ -19,10 +19,9 @@
 #include "node/ctl/http.h"
 #include "node/sim/load.h"
 #include "tests/bench/bench_util.h"
+#include "tests/bench/cluster_ports.h"
 
-#include <netinet/in.h>
 #include <secp256k1.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #define NODES 4
@@ -73,22 +72,6 @@ static double secp_verifies_per_s(void) {
     return r;
 }
 
-/* True when every port the cluster needs can be bound now (peers base+i, HTTP base+10+i). */
-static bool ports_free(int base) {
-    for (int i = 0; i < 2 * NODES; i++) {
-        int port = base + (i < NODES ? i : 10 + i - NODES);
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        if (fd < 0) return false;
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        bool ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
-        close(fd);
-        if (!ok) return false;
-    }
-    return true;
-}
-
 static ctl_load_result run(ctl_load *l, double rate, double secs, double drain, uint32_t batch) {
     ctl_load_phase ph = {.rate_per_s = rate, .duration_s = secs, .batch = batch, .drain_s = drain, .warmup_s = 1};
     ctl_load_result r;
@@ -103,12 +86,8 @@ static void start_chain(const char *temd, uint32_t batch) {
     const char *root = getenv("BENCH_DIR") ? getenv("BENCH_DIR") : "/tmp";
     snprintf(dir, sizeof dir, "%s/tem-bench-cluster-XXXXXX", root);
     if (!mkdtemp(dir)) die("mkdtemp");
-    /* Below the kernel's ephemeral range (32768-60999), where a client socket can hold a port. */
-    int base = 20000 + (int)(getpid() % 400) * 20;
-    for (int tries = 0; !ports_free(base); tries++) {
-        if (tries > 50) die("no free block of ports below 32768");
-        base = 20000 + (base - 20000 + 20) % 8000;
-    }
+    int base = cluster_ports_base(NODES);
+    if (base < 0) die("no free block of ports below 32768");
     static const char *targs[] = {"--log-level", "warn", "--http-rate-reqs-per-s", "0", "--http-conns-per-addr-max", "512",
                                   "--admission-addr-share-pct", "100", "--admission-wait-ms-max", "2000"};
     ctl_load_cluster_config cc = {.temd = temd, .dir = dir, .base_port = base, .n_nodes = NODES, .signers = SIGNERS,
