@@ -532,6 +532,10 @@ TEM_WUR int ledger_store_commit_wait(ledger_store *s);
 /* The height whose block LMDB holds: ledger_store_height, or one less while a pipelined commit
  * is pending. Readers of blocks, receipts, the state table and the state tree use this one. */
 uint64_t ledger_store_durable_height(const ledger_store *s);
+/* Write transactions the store's LMDB environment has committed in its life (LMDB's last txn
+ * id): one per block, one per tree checkpoint, one per ledger_store_meta_put. For an operator's
+ * counter of the disk's synced commits; 0 if LMDB cannot say. */
+uint64_t ledger_store_write_txns(const ledger_store *s);
 /* The hash, state root and time of that block (the same as the tip's when nothing is pending). */
 void ledger_store_durable_tip(const ledger_store *s, uint8_t hash[LEDGER_HASH_BYTES], uint8_t state_root[32],
                               uint64_t *time_ms);

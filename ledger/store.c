@@ -69,12 +69,16 @@ struct ledger_store {
     ledger__smt_cache *tk;        /* the tree's records changed since tree_h, and clean ones */
     uint64_t tree_h;              /* the checkpoint the tree table holds (once pend commits) */
     bool tree_stale;              /* tk holds changes of a block that failed: rebuild first */
+    /* A checkpoint tree_block found due, taken after that block's commit in a transaction of
+     * its own (tree_checkpoint), by whichever thread applied the block. */
+    bool ckpt_due;
+    uint64_t ckpt_height;
     uint64_t tree_every;          /* TREE_CHECKPOINT_BLOCKS; tests set less */
     uint64_t tree_phase;          /* checkpoints at heights h with (h + phase) % every == 0 ... */
     bool tree_phased;             /* ... once ledger_store_stagger_checkpoints set it */
     size_t tree_dirty_max;        /* TREE_DIRTY_MAX; tests set less */
     size_t tree_clean_max;        /* TREE_CLEAN_MAX; tests set less */
-    int fail_at;                  /* tests: fail the next apply at this hook point (3 or 4) */
+    int fail_at;                  /* tests: fail the next apply at this hook point (3, 4 or 6) */
     uint64_t durable_height;      /* the last block whose write transaction committed */
     store_pending pend;           /* the executed block whose commit is pending or unfinished */
     bool pend_open;
@@ -82,6 +86,7 @@ struct ledger_store {
      * caller waits, then commits it while the caller goes on. LMDB ties a write transaction to
      * the thread that began it (its writer lock), so begin, puts and commit all happen there. */
     bool w_started, w_quit, w_committing, w_has_result;
+    bool w_ckpt; /* the writer thread is taking a checkpoint: the tree cache is its own */
     int w_commit_rc;
     struct apply_job *w_job;
     pthread_t w_thread;
@@ -126,6 +131,10 @@ static void hook(ledger_store *s, int point) {
 
 uint64_t ledger_store_height(const ledger_store *s) { return s->height; }
 uint64_t ledger_store_durable_height(const ledger_store *s) { return s->durable_height; }
+uint64_t ledger_store_write_txns(const ledger_store *s) {
+    MDB_envinfo info;
+    return mdb_env_info(s->env, &info) == 0 ? (uint64_t)info.me_last_txnid : 0;
+}
 void ledger_store_durable_tip(const ledger_store *s, uint8_t hash[32], uint8_t sr[32], uint64_t *time_ms) {
     bool prev = s->pend_open;
     memcpy(hash, prev ? s->pend.prev_hash : s->last_hash, 32);
@@ -178,7 +187,8 @@ static int treelog_put(ledger_store *s, MDB_txn *txn, uint64_t h, const ledger__
     return LEDGER_OK;
 }
 
-/* The tree part of block h: through the cache, and a checkpoint when one is due. */
+/* The tree part of block h: through the cache, its ops logged; a checkpoint, when one is due,
+ * follows the block's commit (tree_checkpoint). */
 static int tree_block(ledger_store *s, MDB_txn *txn, uint64_t h, const ledger__smt_op *ops, size_t n,
                       uint8_t root[32]) {
     /* Whatever fails from here leaves the cache ahead of LMDB. */
@@ -186,19 +196,60 @@ static int tree_block(ledger_store *s, MDB_txn *txn, uint64_t h, const ledger__s
     memset(&s->tree_stats, 0, sizeof s->tree_stats);
     int rc = ledger__smt_update_cached(s->tk, txn, s->dbi[DB_TREE], ops, n, root, &s->tree_stats);
     if (rc != LEDGER_OK) return rc;
-    bool due = h - s->tree_h >= s->tree_every || ledger__smt_cache_dirty(s->tk) >= s->tree_dirty_max ||
-               (s->tree_phased && (h + s->tree_phase) % s->tree_every == 0);
-    if (!due) {
-        if ((rc = treelog_put(s, txn, h, ops, n)) != LEDGER_OK) return rc;
-    } else {
-        s->tree_stats.writes = ledger__smt_cache_dirty(s->tk);
-        if ((rc = ledger__smt_cache_flush(s->tk, txn, s->dbi[DB_TREE])) != LEDGER_OK) return rc;
-        if ((rc = map_mdb(mdb_drop(txn, s->dbi[DB_TLOG], 0), "empty treelog")) != LEDGER_OK) return rc;
-        if ((rc = put_tree_height(s, txn, h)) != LEDGER_OK) return rc;
-        s->tree_h = h; /* a failed commit rebuilds it from LMDB */
-    }
+    if ((rc = treelog_put(s, txn, h, ops, n)) != LEDGER_OK) return rc;
+    s->ckpt_due = h - s->tree_h >= s->tree_every || ledger__smt_cache_dirty(s->tk) >= s->tree_dirty_max ||
+                  (s->tree_phased && (h + s->tree_phase) % s->tree_every == 0);
+    s->ckpt_height = h;
     s->tree_stale = false;
     return LEDGER_OK;
+}
+
+/* Writes back the records changed since the last checkpoint, empties the tree log and records
+ * the checkpoint at the block just committed, in a transaction of its own: a block's commit,
+ * and so the commit events of its txs, never waits for these page writes (at 1M accounts a
+ * checkpoint's 1,300-1,500 records lie on as many pages: docs/ledger.md, "Tree checkpoints").
+ * A crash before its commit leaves the checkpoint before and a log that covers the block. On
+ * failure the cache no longer says which records LMDB holds: it is rebuilt from the last
+ * checkpoint and the log before its next use, and the next block finds the checkpoint due
+ * again. Runs on the thread that owns the tree cache (the writer thread, or the caller's). */
+static int tree_checkpoint(ledger_store *s) {
+    if (!s->ckpt_due) return LEDGER_OK;
+    s->ckpt_due = false;
+    hook(s, 6);
+    MDB_txn *txn;
+    int rc = map_mdb(mdb_txn_begin(s->env, NULL, 0, &txn), "begin checkpoint");
+    if (rc != LEDGER_OK) return rc;
+    size_t dirty = ledger__smt_cache_dirty(s->tk);
+    rc = ledger__smt_cache_flush(s->tk, txn, s->dbi[DB_TREE]);
+    if (rc == LEDGER_OK) rc = map_mdb(mdb_drop(txn, s->dbi[DB_TLOG], 0), "empty treelog");
+    if (rc == LEDGER_OK) rc = put_tree_height(s, txn, s->ckpt_height);
+    if (rc == LEDGER_OK && s->fail_at == 6) { /* tests: the commit fails after every put */
+        s->fail_at = 0;
+        rc = LEDGER_EIO;
+    }
+    if (rc == LEDGER_OK) {
+        rc = map_mdb(mdb_txn_commit(txn), "commit checkpoint");
+        txn = NULL;
+    }
+    if (txn) mdb_txn_abort(txn);
+    if (rc != LEDGER_OK) {
+        s->tree_stale = true;
+        return rc;
+    }
+    s->tree_h = s->ckpt_height;
+    s->tree_stats.writes = dirty;
+    hook(s, 7);
+    return LEDGER_OK;
+}
+
+/* Waits while the writer thread takes a checkpoint: the caller is about to use the tree cache
+ * or begin a write of its own. At most one checkpoint's time (tens of ms at 1M accounts). */
+static void ckpt_wait(const ledger_store *cs) {
+    ledger_store *s = (ledger_store *)cs; /* the lock, not the store, changes */
+    if (!s->w_started) return;
+    pthread_mutex_lock(&s->w_mu);
+    while (s->w_ckpt) pthread_cond_wait(&s->w_cv, &s->w_mu);
+    pthread_mutex_unlock(&s->w_mu);
 }
 
 /* Writes the changed entries to the state table and the state tree of block `height` (0: the
@@ -721,6 +772,7 @@ out:
     if (txn) mdb_txn_abort(txn);
     /* The cache has this block's tree changes, which LMDB will not: rebuilt before next use. */
     if (rc != LEDGER_OK && tree_touched) s->tree_stale = true;
+    if (rc != LEDGER_OK) s->ckpt_due = false;
     if (sp_open) {
         ledger_state_rollback(s->st, sp);
         /* Back at the last block: its root is known without recomputation. */
@@ -779,8 +831,15 @@ int ledger_store_apply_view(ledger_store *s, const ledger_block_view *v, const u
                             size_t clen, const ledger_executor *ex, unsigned flags, ledger_apply_info *info) {
     int rc = ledger_store_commit_wait(s);
     if (rc != LEDGER_OK) return rc;
+    ckpt_wait(s);
     if ((rc = apply_exec(s, v, cert, clen, ex, flags, info)) != LEDGER_OK) return rc;
-    return apply_finish(s, commit_pending(s));
+    if ((rc = apply_finish(s, commit_pending(s))) != LEDGER_OK) {
+        s->ckpt_due = false;
+        return rc;
+    }
+    /* The block is durable whatever becomes of its checkpoint (map_mdb logged a failure). */
+    (void)tree_checkpoint(s);
+    return LEDGER_OK;
 }
 
 static void *writer_main(void *arg) {
@@ -808,9 +867,22 @@ static void *writer_main(void *arg) {
         s->w_commit_rc = crc;
         s->w_committing = false;
         s->w_has_result = true;
+        /* A due checkpoint follows the commit the caller is told of: the caller goes on with
+         * the state (apply_finish touches neither the tree cache nor LMDB) while this thread
+         * writes the tree back; whatever uses the cache or writes waits (ckpt_wait), and the
+         * next block's job waits for this thread. */
+        if (crc != LEDGER_OK) s->ckpt_due = false;
+        s->w_ckpt = s->ckpt_due;
         pthread_cond_broadcast(&s->w_cv);
         /* Under the lock, so that after ledger_store_writer_notify_off no call is under way. */
         if (s->w_notify) s->w_notify(s->w_notify_ctx);
+        if (s->w_ckpt) {
+            pthread_mutex_unlock(&s->w_mu);
+            (void)tree_checkpoint(s);
+            pthread_mutex_lock(&s->w_mu);
+            s->w_ckpt = false;
+            pthread_cond_broadcast(&s->w_cv);
+        }
     }
     pthread_mutex_unlock(&s->w_mu);
     return NULL;
@@ -1222,6 +1294,7 @@ int ledger_store_block_roots(ledger_store *s, uint64_t height, uint8_t sr[32], u
 int ledger_store_prove(ledger_store *s, const void *key, size_t klen, ledger_state_proof *out) {
     if (klen == 0) return LEDGER_EINVAL;
     int rc;
+    ckpt_wait(s);
     if (s->tree_stale && (rc = tree_rebuild(s)) != LEDGER_OK) return rc;
     MDB_txn *txn;
     if ((rc = map_mdb(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "begin ro")) != LEDGER_OK) return rc;
@@ -1234,12 +1307,18 @@ int ledger_store_prove(ledger_store *s, const void *key, size_t klen, ledger_sta
     return rc;
 }
 
-void ledger__store_tree_stats(const ledger_store *s, ledger__smt_stats *out) { *out = s->tree_stats; }
+void ledger__store_tree_stats(const ledger_store *s, ledger__smt_stats *out) {
+    ckpt_wait(s);
+    *out = s->tree_stats;
+}
 void ledger__store_tree_tune(ledger_store *s, uint64_t every, size_t dirty_max) {
     s->tree_every = every ? every : TREE_CHECKPOINT_BLOCKS;
     s->tree_dirty_max = dirty_max ? dirty_max : TREE_DIRTY_MAX;
 }
-uint64_t ledger__store_tree_height(const ledger_store *s) { return s->tree_h; }
+uint64_t ledger__store_tree_height(const ledger_store *s) {
+    ckpt_wait(s);
+    return s->tree_h;
+}
 
 void ledger_store_stagger_checkpoints(ledger_store *s, uint32_t index, uint32_t count) {
     if (count == 0 || index >= count) return;
@@ -1249,13 +1328,20 @@ void ledger_store_stagger_checkpoints(ledger_store *s, uint32_t index, uint32_t 
     s->tree_phase = (2 * (uint64_t)index + 1) * s->tree_every / (2 * (uint64_t)count);
     s->tree_phased = true;
 }
-size_t ledger__store_tree_dirty(const ledger_store *s) { return ledger__smt_cache_dirty(s->tk); }
-size_t ledger__store_tree_cached(const ledger_store *s) { return ledger__smt_cache_records(s->tk); }
+size_t ledger__store_tree_dirty(const ledger_store *s) {
+    ckpt_wait(s);
+    return ledger__smt_cache_dirty(s->tk);
+}
+size_t ledger__store_tree_cached(const ledger_store *s) {
+    ckpt_wait(s);
+    return ledger__smt_cache_records(s->tk);
+}
 void ledger__store_tree_clean_max(ledger_store *s, size_t n) { s->tree_clean_max = n; }
 void ledger__store_fail_at(ledger_store *s, int point) { s->fail_at = point; }
 
 /* ---- for snapshot.c (state sync) */
 void ledger__store_handles_get(ledger_store *s, ledger__store_handles *h) {
+    ckpt_wait(s); /* snapshot.c reads the tree table, or installs one */
     h->env = s->env;
     h->state = s->dbi[DB_STATE];
     h->tree = s->dbi[DB_TREE];

@@ -160,7 +160,8 @@ static void note_gates(node *n, uint64_t t) {
     uint64_t next = 0;
     uint8_t *v;
     size_t vl;
-    if (ledger_store_meta_get(n->store, "feeder/next", &v, &vl) == LEDGER_OK) {
+    bool recorded = ledger_store_meta_get(n->store, "feeder/next", &v, &vl) == LEDGER_OK;
+    if (recorded) {
         char buf[24];
         size_t l = vl < sizeof buf - 1 ? vl : sizeof buf - 1;
         memcpy(buf, v, l);
@@ -171,8 +172,11 @@ static void note_gates(node *n, uint64_t t) {
         /* First block this node records: slots already closed had no trades to show. */
         next = last + 1;
     }
+    /* Nothing closed since: the record already says so. (Rewriting it anyway cost every block
+     * a write transaction and its fdatasync on the loop thread, which also waited there for
+     * the writer thread's transactions.) */
     if (next > last) {
-        if (next == last + 1) goto store_next;
+        if (!recorded) goto store_next;
         return;
     }
     if (last - next >= FEEDER_RECORDS_PER_BLOCK) next = last - FEEDER_RECORDS_PER_BLOCK + 1;

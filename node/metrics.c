@@ -84,6 +84,8 @@ int node_metrics_write(node *n, FILE *f) {
     COUNTER("tem_http_txs_accepted_total", "Transactions answered 202 at submission.", n->http_txs_accepted);
     COUNTER("tem_http_txs_rejected_total", "Transactions refused at submission.", n->http_txs_rejected);
     COUNTER("tem_blocks_applied_total", "Blocks applied since start.", n->blocks_applied);
+    COUNTER("tem_store_write_txns_total", "LMDB write transactions the store committed, each synced to disk (one a block, one a tree checkpoint, the node's own records).",
+            ledger_store_write_txns(n->store));
     /* Admission (docs/operate.md "Admission") and re-gossip. */
     COUNTER("tem_admission_refused_busy_total", "Client txs answered 503 EBUSY (estimated wait over the bound).",
             n->adm.refused_busy);

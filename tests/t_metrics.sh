@@ -41,6 +41,19 @@ out=$(promtool check metrics <"$dir/m.txt" 2>&1) || fail "promtool check metrics
 [ -z "$out" ] || fail "promtool check metrics warns: $out"
 ok "promtool check metrics: clean"
 
+# One synced LMDB commit a block, plus a tree checkpoint now and then and the node's own records
+# when a slot closes (60 s slots here): before the feeder's progress record was written only when
+# it changed, every block cost a second commit, on the loop thread.
+val() { awk -v k="$1" '$1 == k {print $2}' "$dir/m.txt"; }
+h0=$(val tem_height); w0=$(val tem_store_write_txns_total)
+sleep 4
+curl -sf -m 1 "$M" >"$dir/m.txt" || fail "/metrics"
+h1=$(val tem_height); w1=$(val tem_store_write_txns_total)
+dh=$((h1 - h0)); dw=$((w1 - w0))
+[ "$dh" -ge 3 ] || fail "only $dh blocks in 4 s"
+[ "$dw" -ge "$dh" ] && [ "$dw" -le $((dh + dh / 16 + 5)) ] || fail "$dw store write transactions for $dh blocks"
+ok "tem_store_write_txns_total: $dw write transactions for $dh blocks"
+
 grep -Eq '^tem_build_info\{version="[0-9.]+",chain_id="tem-metrics",role="validator"\} 1$' "$dir/m.txt" || fail "no tem_build_info"
 for s in process_cpu_seconds_total process_resident_memory_bytes process_open_fds process_max_fds process_start_time_seconds; do
   grep -Eq "^$s [0-9.e+]+$" "$dir/m.txt" || fail "no $s"

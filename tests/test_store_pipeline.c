@@ -4,6 +4,7 @@
  * waited for, the next block built before the commit ran, and a kill at any point of it leaving
  * the store at a block boundary. */
 #include <check.h>
+#include <stdatomic.h>
 #include <semaphore.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include "ledger/ledger.h"
+#include "ledger/ledger_internal.h"
 #include "tests/ledger_fixture.h"
 #include "tests/store_fixture.h"
 
@@ -250,6 +252,140 @@ START_TEST(a_kill_around_a_pipelined_commit_leaves_a_block_boundary) {
 }
 END_TEST
 
+/* Tree checkpoints (docs/ledger.md, "Tree checkpoints") follow the commit of the block that
+ * makes one due, in a transaction of their own: on the writer thread the caller learns of the
+ * block's commit while the checkpoint is still being written (its hook at point 6 sleeps here:
+ * the commit is reported long before it ends), and whatever reads the tree cache waits for it;
+ * a kill inside it (before its commit: point 6, after: point 7) leaves the block committed and
+ * the tree rebuilt from the checkpoint before and the log; a checkpoint that fails leaves the
+ * block committed and is taken at the next block. Roots at every height are a sequential
+ * reference store's. */
+static _Atomic int CKPT_DONE;
+static void slow_checkpoint_hook(int point) {
+    if (point == 6) usleep(1500 * 1000);
+    if (point == 7) atomic_store(&CKPT_DONE, 1);
+}
+
+START_TEST(a_tree_checkpoint_follows_its_blocks_commit_and_loses_nothing_if_killed_or_failed) {
+    ledger_genesis g;
+    fx_genesis(&g, 4);
+    char *dref = fx_tmpdir("pipe-ref");
+    ledger_store *ref;
+    ck_assert_int_eq(ledger_store_open(dref, &g, NULL, NULL, &ref), LEDGER_OK);
+    enum { NB = 6 };
+    size_t bl[NB];
+    uint8_t *blk[NB], roots[NB + 1][32], rr[32], sr[32];
+    ledger_store_roots(ref, roots[0], rr);
+    ledger_apply_info info;
+    for (int h = 1; h <= NB; h++) {
+        /* block 3 is empty: a checkpoint there writes only what earlier blocks left dirty */
+        blk[h - 1] = build_block(ref, h == 3 ? 0 : 20, 5, g.genesis_time_ms + 1000 * (uint64_t)h, &bl[h - 1]);
+        ck_assert_int_eq(ledger_store_apply(ref, blk[h - 1], bl[h - 1], NULL, 0, &FX_EXEC, LEDGER_APPLY_NO_CERT, &info),
+                         LEDGER_OK);
+        ledger_store_roots(ref, roots[h], rr);
+    }
+
+    /* 1. the writer thread: block 2's commit is reported while its checkpoint sleeps */
+    char *dir = fx_tmpdir("pipe");
+    ledger_store *s;
+    ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
+    ledger__store_tree_tune(s, 2, 0); /* checkpoints at 2, 4, 6 */
+    ck_assert_int_eq(ledger_store_writer_start(s, NULL, NULL), LEDGER_OK);
+    ck_assert_int_eq(apply_pipelined(s, blk[0], bl[0], &info), LEDGER_OK);
+    ck_assert_int_eq(ledger_store_commit_wait(s), LEDGER_OK);
+    atomic_store(&CKPT_DONE, 0);
+    ledger_store_set_hook(s, slow_checkpoint_hook);
+    ck_assert_int_eq(apply_pipelined(s, blk[1], bl[1], &info), LEDGER_OK);
+    ck_assert_int_eq(ledger_store_commit_wait(s), LEDGER_OK);
+    ck_assert_uint_eq(ledger_store_durable_height(s), 2);
+    ck_assert_int_eq(atomic_load(&CKPT_DONE), 0); /* the commit did not wait for the checkpoint */
+    ck_assert_uint_eq(ledger__store_tree_height(s), 2); /* this waits for it */
+    ck_assert_int_eq(atomic_load(&CKPT_DONE), 1);
+    ledger_store_set_hook(s, NULL);
+    for (int h = 3; h <= NB; h++) {
+        ck_assert_int_eq(apply_pipelined(s, blk[h - 1], bl[h - 1], &info), LEDGER_OK);
+        ck_assert_int_eq(ledger_store_commit_wait(s), LEDGER_OK);
+        ledger_store_roots(s, sr, rr);
+        ck_assert(memcmp(sr, roots[h], 32) == 0);
+    }
+    ck_assert_uint_eq(ledger__store_tree_height(s), 6);
+    ledger_store_close(s);
+    fx_rmrf(dir);
+    free(dir);
+
+    /* 2. killed inside the checkpoint of block 4 */
+    for (int point = 6; point <= 7; point++) {
+        dir = fx_tmpdir("pipe");
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+            ledger_store *cs;
+            ledger_apply_info ci;
+            if (ledger_store_open(dir, &g, NULL, NULL, &cs) != LEDGER_OK) _exit(3);
+            ledger__store_tree_tune(cs, 2, 0);
+            if (ledger_store_writer_start(cs, NULL, NULL) != LEDGER_OK) _exit(3);
+            for (int h = 1; h <= 3; h++)
+                if (apply_pipelined(cs, blk[h - 1], bl[h - 1], &ci) != LEDGER_OK || ledger_store_commit_wait(cs) != LEDGER_OK)
+                    _exit(5);
+            if (ledger__store_tree_height(cs) != 2) _exit(6);
+            fx_kill_at = point;
+            ledger_store_set_hook(cs, fx_kill_hook);
+            if (apply_pipelined(cs, blk[3], bl[3], &ci) != LEDGER_OK) _exit(5);
+            int rc = ledger_store_commit_wait(cs);
+            (void)rc;
+            pause();
+            _exit(4);
+        }
+        int st;
+        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+        ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "point %d: child not killed (%d)", point, st);
+        ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
+        ck_assert_uint_eq(ledger_store_height(s), 4);
+        ledger_store_roots(s, sr, rr);
+        ck_assert(memcmp(sr, roots[4], 32) == 0);
+        ck_assert_uint_eq(ledger__store_tree_height(s), point == 6 ? 2 : 4);
+        for (int h = 5; h <= NB; h++) {
+            ck_assert_int_eq(ledger_store_apply(s, blk[h - 1], bl[h - 1], NULL, 0, &FX_EXEC, LEDGER_APPLY_NO_CERT, &info),
+                             LEDGER_OK);
+            ledger_store_roots(s, sr, rr);
+            ck_assert_msg(memcmp(sr, roots[h], 32) == 0, "point %d: root of block %d", point, h);
+        }
+        ledger_store_close(s);
+        fx_rmrf(dir);
+        free(dir);
+    }
+
+    /* 3. block 2's checkpoint fails: block 2 stands, block 3 takes the checkpoint */
+    dir = fx_tmpdir("pipe");
+    ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
+    ledger__store_tree_tune(s, 2, 0);
+    for (int h = 1; h <= 3; h++) {
+        if (h == 2) ledger__store_fail_at(s, 6);
+        ck_assert_int_eq(ledger_store_apply(s, blk[h - 1], bl[h - 1], NULL, 0, &FX_EXEC, LEDGER_APPLY_NO_CERT, &info),
+                         LEDGER_OK);
+        ledger_store_roots(s, sr, rr);
+        ck_assert(memcmp(sr, roots[h], 32) == 0);
+        ck_assert_uint_eq(ledger__store_tree_height(s), h == 3 ? 3 : 0);
+    }
+    ledger_store_close(s);
+    ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
+    ck_assert_uint_eq(ledger_store_height(s), 3);
+    ck_assert_uint_eq(ledger__store_tree_height(s), 3);
+    ck_assert_int_eq(ledger_store_apply(s, blk[3], bl[3], NULL, 0, &FX_EXEC, LEDGER_APPLY_NO_CERT, &info), LEDGER_OK);
+    ledger_store_roots(s, sr, rr);
+    ck_assert(memcmp(sr, roots[4], 32) == 0);
+    ledger_store_close(s);
+    fx_rmrf(dir);
+    free(dir);
+
+    for (int i = 0; i < NB; i++) tem_free(blk[i]);
+    ledger_store_close(ref);
+    fx_rmrf(dref);
+    free(dref);
+    ledger_genesis_free(&g);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("store_pipeline");
     TCase *tc = tcase_create("core");
@@ -257,6 +393,7 @@ int main(void) {
     tcase_add_test(tc, pipelined_blocks_give_the_roots_of_sequential_ones);
     tcase_add_test(tc, the_next_block_is_built_and_checked_before_the_commit_runs);
     tcase_add_test(tc, a_kill_around_a_pipelined_commit_leaves_a_block_boundary);
+    tcase_add_test(tc, a_tree_checkpoint_follows_its_blocks_commit_and_loses_nothing_if_killed_or_failed);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
