@@ -860,6 +860,16 @@ static void fx_release_fn(void *ctx, const ledger_tx *tx) {
     l->last_released = tx;
 }
 
+/* The end of a view test: its five txs, its block, its store and folder, its genesis. */
+static void view_test_done(uint8_t **txs, uint8_t *blk, ledger_store *s, char *dir, ledger_genesis *g) {
+    for (int i = 0; i < 5; i++) tem_free(txs[i]);
+    tem_free(blk);
+    ledger_store_close(s);
+    fx_rmrf(dir);
+    free(dir);
+    ledger_genesis_free(g);
+}
+
 /* Five transfers at height 1 of a fresh store: the block bytes and the txs. */
 static uint8_t *view_block(ledger_store *s, const ledger_genesis *g, uint8_t **txs, size_t *lens, size_t *bl) {
     for (uint32_t i = 0; i < 5; i++) txs[i] = fx_transfer(g->chain_id, 2 + i, 3 + i, 0, 10 + i, &lens[i]);
@@ -1010,12 +1020,7 @@ START_TEST(view_borrows_unverified_txs_and_the_apply_still_checks_them) {
         ck_assert_ptr_eq(l.last_released, &held);
     }
     ledger_tx_free(&held);
-    for (int i = 0; i < 5; i++) tem_free(txs[i]);
-    tem_free(blk);
-    ledger_store_close(s);
-    fx_rmrf(dir);
-    free(dir);
-    ledger_genesis_free(&g);
+    view_test_done(txs, blk, s, dir, &g);
 }
 END_TEST
 
@@ -1077,12 +1082,7 @@ START_TEST(view_refuses_malformed_blocks_and_reports_tx_errors_in_order) {
     ck_assert_uint_eq(ledger_store_height(s), 0);
     tem__v1__block__free_unpacked(b, &ledger_pb_allocator);
     ck_assert_int_eq(ledger_tx_wire_sig((const uint8_t *)"\xff\xff", 2, &(const uint8_t *){NULL}), LEDGER_EDECODE);
-    for (int i = 0; i < 5; i++) tem_free(txs[i]);
-    tem_free(blk);
-    ledger_store_close(s);
-    fx_rmrf(dir);
-    free(dir);
-    ledger_genesis_free(&g);
+    view_test_done(txs, blk, s, dir, &g);
 }
 END_TEST
 
@@ -1141,12 +1141,7 @@ START_TEST(view_wire_split_agrees_with_protobuf_c_on_mutated_blocks) {
     }
     ck_assert_uint_gt(agreed, 100);
     tem_free(m);
-    for (int i = 0; i < 5; i++) tem_free(txs[i]);
-    tem_free(blk);
-    ledger_store_close(s);
-    fx_rmrf(dir);
-    free(dir);
-    ledger_genesis_free(&g);
+    view_test_done(txs, blk, s, dir, &g);
 }
 END_TEST
 

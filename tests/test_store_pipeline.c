@@ -45,6 +45,26 @@ static void assert_same_tip(ledger_store *a, ledger_store *b) {
     ck_assert(memcmp(ha, hb, 32) == 0);
 }
 
+/* In a forked child: applies blk pipelined with the store's hook set to die by SIGKILL at
+ * `point`; the caller goes on as temd's loop does, the writer thread dies at the hook. */
+static void die_in_pipelined_apply(ledger_store *cs, int point, const uint8_t *blk, size_t bl) {
+    ledger_apply_info ci;
+    fx_kill_at = point;
+    ledger_store_set_hook(cs, fx_kill_hook);
+    if (apply_pipelined(cs, blk, bl, &ci) != LEDGER_OK) _exit(5);
+    int rc = ledger_store_commit_wait(cs);
+    (void)rc;
+    pause();
+    _exit(4);
+}
+
+/* The parent's side: the child must have died by SIGKILL. */
+static void wait_killed(pid_t pid, int point) {
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "point %d: child not killed (%d)", point, st);
+}
+
 /* Closes both stores and removes their folders (paths from fx_tmpdir, freed here). */
 static void close_pair(ledger_store *a, ledger_store *b, char *da, char *db) {
     ledger_store_close(a);
@@ -214,18 +234,9 @@ START_TEST(a_kill_around_a_pipelined_commit_leaves_a_block_boundary) {
                 if (apply_pipelined(cs, blk[h - 1], bl[h - 1], &ci) != LEDGER_OK) _exit(5);
             /* block 2's commit must not meet the hook */
             if (ledger_store_commit_wait(cs) != LEDGER_OK) _exit(5);
-            fx_kill_at = point;
-            ledger_store_set_hook(cs, fx_kill_hook);
-            if (apply_pipelined(cs, blk[2], bl[2], &ci) != LEDGER_OK) _exit(5);
-            /* the caller goes on; the writer thread dies at the hook */
-            int rc = ledger_store_commit_wait(cs);
-            (void)rc;
-            pause();
-            _exit(4);
+            die_in_pipelined_apply(cs, point, blk[2], bl[2]);
         }
-        int st;
-        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-        ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "point %d: child not killed (%d)", point, st);
+        wait_killed(pid, point);
         ledger_store *s;
         ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
         uint64_t want = point == 4 ? 2 : 3;
@@ -328,17 +339,9 @@ START_TEST(a_tree_checkpoint_follows_its_blocks_commit_and_loses_nothing_if_kill
                 if (apply_pipelined(cs, blk[h - 1], bl[h - 1], &ci) != LEDGER_OK || ledger_store_commit_wait(cs) != LEDGER_OK)
                     _exit(5);
             if (ledger__store_tree_height(cs) != 2) _exit(6);
-            fx_kill_at = point;
-            ledger_store_set_hook(cs, fx_kill_hook);
-            if (apply_pipelined(cs, blk[3], bl[3], &ci) != LEDGER_OK) _exit(5);
-            int rc = ledger_store_commit_wait(cs);
-            (void)rc;
-            pause();
-            _exit(4);
+            die_in_pipelined_apply(cs, point, blk[3], bl[3]);
         }
-        int st;
-        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-        ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "point %d: child not killed (%d)", point, st);
+        wait_killed(pid, point);
         ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
         ck_assert_uint_eq(ledger_store_height(s), 4);
         ledger_store_roots(s, sr, rr);

@@ -19,7 +19,8 @@
 #include "node/ctl/http.h"
 #include "node/sim/load.h"
 #include "tests/bench/bench_util.h"
-#include "tests/bench/cluster_ports.h"
+#define CLUSTER_BENCH_NAME "bench_cluster"
+#include "tests/bench/cluster_bench.h"
 
 #include <secp256k1.h>
 #include <unistd.h>
@@ -27,34 +28,6 @@
 #define NODES 4
 #define SIGNERS 4096
 #define BOUND_MS 2000
-
-static char dir[256];
-static ctl_load_cluster cl;
-static ctl_load *gen;
-
-static void cleanup(void) {
-    if (gen) ctl_load_free(gen);
-    gen = NULL;
-    ctl_load_cluster_stop(&cl);
-    memset(&cl, 0, sizeof cl);
-    if (!dir[0]) return;
-    /* KEEP=1 leaves each chain's data dirs and logs, as bench_replay does (diagnosis). */
-    if (getenv("KEEP")) {
-        fprintf(stderr, "bench_cluster: kept %s\n", dir);
-        dir[0] = 0;
-        return;
-    }
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    if (system(cmd) != 0) fprintf(stderr, "bench_cluster: cannot remove %s\n", dir);
-    dir[0] = 0;
-}
-
-static void die(const char *why) {
-    fprintf(stderr, "bench_cluster: %s\n", why);
-    cleanup();
-    exit(1);
-}
 
 static double secp_verifies_per_s(void) {
     secp256k1_context *ctx = secp256k1_context_create(SECP256K1_CONTEXT_NONE);

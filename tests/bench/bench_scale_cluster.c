@@ -12,7 +12,8 @@
  * while the large cluster runs. Every process it starts is stopped by pid before it exits. */
 #include "node/sim/load.h"
 #include "tests/bench/bench_util.h"
-#include "tests/bench/cluster_ports.h"
+#define CLUSTER_BENCH_NAME "bench_scale_cluster"
+#include "tests/bench/cluster_bench.h"
 
 #include <stddef.h>
 #include <stdlib.h>
@@ -22,32 +23,6 @@
 #define SIGNERS 256
 #define LIGHT_RATE 200
 #define LIGHT_S 20
-
-static char dir[256];
-static ctl_load_cluster cl;
-static ctl_load *gen;
-
-static void cleanup(void) {
-    if (gen) ctl_load_free(gen);
-    gen = NULL;
-    ctl_load_cluster_stop(&cl);
-    memset(&cl, 0, sizeof cl);
-    if (!dir[0]) return;
-    if (getenv("KEEP")) {
-        fprintf(stderr, "bench_scale_cluster: kept %s\n", dir);
-    } else {
-        char cmd[300];
-        snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-        if (system(cmd) != 0) fprintf(stderr, "bench_scale_cluster: cannot remove %s\n", dir);
-    }
-    dir[0] = 0;
-}
-
-static void die(const char *why) {
-    fprintf(stderr, "bench_scale_cluster: %s\n", why);
-    cleanup();
-    exit(1);
-}
 
 static ctl_load_result run(double rate, double secs) {
     ctl_load_phase ph = {.rate_per_s = rate, .duration_s = secs, .batch = 1, .drain_s = 5, .warmup_s = 1};
