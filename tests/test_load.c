@@ -345,11 +345,58 @@ START_TEST(load_offers_on_schedule_and_counts_each_answer_once) {
 }
 END_TEST
 
+/* The cluster's genesis with scale participants (extra_participants): every signer, then each
+ * scale key once in order (re-derived here from its definition, not from load.c), read back by
+ * the node's own genesis loader; a cluster asking for more than LEDGER_PARTICIPANTS_MAX in all is
+ * refused before anything is written. */
+START_TEST(cluster_genesis_streams_the_scale_participants_and_refuses_too_many) {
+    char dir[] = "/tmp/tem-load-genesis-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    ctl_load_cluster cl;
+    ctl_load_cluster_config cc = {.dir = dir, .base_port = 20000, .n_nodes = 4, .signers = 5, .seed = 3,
+                                  .extra_participants = 1000};
+    memset(&cl, 0, sizeof cl);
+    ck_assert_int_eq(ctl_load_cluster_genesis(&cc, &cl), 0);
+    ck_assert_str_eq(cl.http[3], "127.0.0.1:20013");
+    char path[128];
+    snprintf(path, sizeof path, "%s/genesis.json", dir);
+    ck_assert_str_eq(cl.genesis, path);
+    ledger_genesis g;
+    char err[256];
+    ck_assert_msg(ledger_genesis_load(path, &g, err, sizeof err) == LEDGER_OK, "genesis: %s", err);
+    ck_assert_uint_eq(g.n_participants, 1005);
+    ck_assert_uint_eq(g.n_validators, 4);
+    for (uint32_t i = 0; i < 1005; i++) {
+        uint8_t sec[32], pub[33];
+        if (i < 5) {
+            ctl_load_signer_key(3, i, sec, pub);
+        } else {
+            uint8_t in[13] = "tem-scale";
+            tem_put_u32le(in + 9, i - 5);
+            pub[0] = 0x02;
+            ledger_sha256(pub + 1, in, sizeof in);
+        }
+        ck_assert_msg(memcmp(g.participants[i].pubkey, pub, 33) == 0, "participant %u", i);
+    }
+    ledger_genesis_free(&g);
+    char cmd[96];
+    snprintf(cmd, sizeof cmd, "rm -rf %s/*", dir); /* a clean dir: refused for the count alone */
+    ck_assert_int_eq(system(cmd), 0);
+    cc.extra_participants = LEDGER_PARTICIPANTS_MAX - 4; /* 5 signers: one too many */
+    ck_assert_int_eq(ctl_load_cluster_genesis(&cc, &cl), -1);
+    ck_assert_int_eq(ctl_load_cluster_start(&cc, &cl), -1);
+    ck_assert_int_eq(access(path, F_OK), -1);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("load");
     TCase *t = tcase_create("load");
     tcase_set_timeout(t, 60);
     tcase_add_test(t, load_offers_on_schedule_and_counts_each_answer_once);
+    tcase_add_test(t, cluster_genesis_streams_the_scale_participants_and_refuses_too_many);
     suite_add_tcase(s, t);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -36,6 +36,13 @@ void ctl_load_signer_key(uint64_t seed, uint32_t i, uint8_t sec[32], uint8_t pub
     }
 }
 
+void ctl_load_scale_key(uint32_t i, uint8_t pub[33]) {
+    uint8_t in[13] = "tem-scale";
+    tem_put_u32le(in + 9, i);
+    pub[0] = 0x02;
+    ledger_sha256(pub + 1, in, sizeof in);
+}
+
 /* ================================================================== local cluster */
 void ctl_load_cluster_stop(ctl_load_cluster *c) {
     for (uint32_t i = 0; i < c->n; i++)
@@ -68,19 +75,18 @@ static int write_genesis_extra(json_t *g, uint32_t extra, const char *path) {
     char *head = json_dumps(g, JSON_COMPACT), *list = json_dumps(parts, JSON_COMPACT);
     json_decref(parts);
     FILE *f = fopen(path, "w");
-    bool ok = head && list && f && strlen(head) >= 2 && strlen(list) >= 2;
+    /* head is {...} (chain id and the rest: never empty), list is [...]: reopen both, append */
+    bool ok = head && list && f && strlen(head) > 2 && strlen(list) >= 2;
     if (ok) {
         size_t hl = strlen(head), ll = strlen(list);
-        /* head is {...}, list is [...]: reopen both and append */
-        ok = fwrite(head, 1, hl - 1, f) == hl - 1 && fputs(hl > 2 ? ",\"participants\":" : "\"participants\":", f) >= 0 &&
+        ok = fwrite(head, 1, hl - 1, f) == hl - 1 && fputs(",\"participants\":", f) >= 0 &&
              fwrite(list, 1, ll - 1, f) == ll - 1;
         for (uint32_t i = 0; ok && i < extra; i++) {
-            uint8_t in[13] = "tem-scale", kh[32];
-            tem_put_u32le(in + 9, i);
-            ledger_sha256(kh, in, sizeof in);
-            char hex[65];
-            tem_hex(hex, kh, 32);
-            ok = fprintf(f, "%s{\"pubkey\":\"02%s\",\"bus\":1,\"role\":\"prosumer\",\"money_uunit\":1000000}",
+            uint8_t pub[33];
+            char hex[67];
+            ctl_load_scale_key(i, pub);
+            tem_hex(hex, pub, 33);
+            ok = fprintf(f, "%s{\"pubkey\":\"%s\",\"bus\":1,\"role\":\"prosumer\",\"money_uunit\":1000000}",
                          ll > 2 || i ? "," : "", hex) > 0;
         }
         ok = ok && fputs("]}\n", f) >= 0;
@@ -91,7 +97,12 @@ static int write_genesis_extra(json_t *g, uint32_t extra, const char *path) {
     return ok ? 0 : -1;
 }
 
-static int write_genesis(const ctl_load_cluster_config *cfg, ctl_load_cluster *c) {
+int ctl_load_cluster_genesis(const ctl_load_cluster_config *cfg, ctl_load_cluster *c) {
+    if ((uint64_t)cfg->signers + cfg->extra_participants > LEDGER_PARTICIPANTS_MAX) {
+        fprintf(stderr, "load: %u signers and %u more participants: a genesis holds at most %d\n", cfg->signers,
+                cfg->extra_participants, LEDGER_PARTICIPANTS_MAX);
+        return -1;
+    }
     char path[600], h[67];
     json_t *g = json_object(), *vals = json_array(), *parts = json_array();
     uint64_t now_ms = (uint64_t)time(NULL) * 1000;
@@ -144,12 +155,7 @@ int ctl_load_cluster_start(const ctl_load_cluster_config *cfg, ctl_load_cluster 
         fprintf(stderr, "load: 1..%d nodes, at most 32 extra temd flags\n", CTL_LOAD_NODES_MAX);
         return -1;
     }
-    if ((uint64_t)cfg->signers + cfg->extra_participants > LEDGER_PARTICIPANTS_MAX) {
-        fprintf(stderr, "load: %u signers and %u more participants: a genesis holds at most %d\n", cfg->signers,
-                cfg->extra_participants, LEDGER_PARTICIPANTS_MAX);
-        return -1;
-    }
-    if (write_genesis(cfg, c) != 0) return -1;
+    if (ctl_load_cluster_genesis(cfg, c) != 0) return -1;
     for (uint32_t i = 0; i < cfg->n_nodes; i++) {
         char dd[600], key[600], logp[600];
         snprintf(dd, sizeof dd, "%s/n%u", cfg->dir, i);

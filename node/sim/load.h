@@ -27,6 +27,10 @@
 /* The secret key of load signer i under `seed`: SHA-256("tem-load" || seed || i || k) for the
  * first k = 0, 1, ... that is a valid secp256k1 key. */
 void ctl_load_signer_key(uint64_t seed, uint32_t i, uint8_t sec[32], uint8_t pub[33]);
+/* The public key of scale participant i: 02 || SHA-256("tem-scale" || u32le(i)), the right shape
+ * for a compressed secp256k1 key that nobody holds the secret of (tests/tools/gen_genesis.py
+ * writes the same keys). */
+void ctl_load_scale_key(uint32_t i, uint8_t pub[33]);
 
 /* ------------------------------------------------------------------ a local cluster */
 typedef struct {
@@ -37,9 +41,8 @@ typedef struct {
     uint32_t signers;       /* participants whose keys derive from seed */
     uint64_t seed;
     uint32_t max_block_txs; /* genesis limit; 0 = 4000 */
-    /* Participants beyond the signers, for scale runs: key 02 || SHA-256("tem-scale" ||
-     * u32le(i)) as tests/tools/gen_genesis.py writes them (nobody can sign for them), written
-     * to the genesis as a stream; at most LEDGER_PARTICIPANTS_MAX - signers. */
+    /* Participants beyond the signers, for scale runs: ctl_load_scale_key(0..n-1), written to
+     * the genesis as a stream; at most LEDGER_PARTICIPANTS_MAX - signers. */
     uint32_t extra_participants;
     const char *const *temd_args; /* extra flags for every temd (e.g. "--admission-wait-ms-max", "2000") */
     uint32_t n_temd_args;
@@ -52,8 +55,12 @@ typedef struct {
     char genesis[512];
 } ctl_load_cluster;
 
-/* Writes validator keys and a genesis (60 s slots; every signer a prosumer with money and
- * tokens), starts n temd (their pids also in DIR/pids; each gets SIGTERM if the generator
+/* Writes validator keys DIR/v<i>.key and DIR/genesis.json (60 s slots; every signer a prosumer
+ * with money and tokens, then the extra participants) and sets out->http and out->genesis; -1
+ * (nothing written) when signers + extra_participants exceed LEDGER_PARTICIPANTS_MAX, or when a
+ * file cannot be written. ctl_load_cluster_start does this first. */
+int ctl_load_cluster_genesis(const ctl_load_cluster_config *cfg, ctl_load_cluster *out);
+/* Writes validator keys and a genesis (ctl_load_cluster_genesis), starts n temd (their pids also in DIR/pids; each gets SIGTERM if the generator
  * dies) and waits (60 s, plus 120 s per million extra participants, at most) until node 0 has
  * committed 2 blocks. On -1 every process started is already stopped. */
 int ctl_load_cluster_start(const ctl_load_cluster_config *cfg, ctl_load_cluster *out);

@@ -15,6 +15,7 @@
  * of each process are printed beside them (`#` lines). */
 #include "contracts/contracts.h"
 #include "ledger/ledger.h"
+#include "node/sim/load.h"
 #include "tests/bench/bench_util.h"
 #include "tests/ledger_fixture.h"
 
@@ -26,7 +27,7 @@
 enum { SENDERS = 16, LIGHT_TXS = 8, LIGHT_BLOCKS = 40 };
 
 /* Participants 0..SENDERS-1 are fixture keys 2.. (they sign the light blocks' transfers); the
- * rest have the key 02 || SHA-256("tem-scale" || u32le(i)) as tests/tools/gen_genesis.py makes. */
+ * rest have the scale keys (ctl_load_scale_key, as tests/tools/gen_genesis.py makes them). */
 static void write_genesis(const char *path, uint32_t n) {
     char *head = fx_genesis_json(4, NULL);
     size_t hl = strlen(head);
@@ -42,10 +43,7 @@ static void write_genesis(const char *path, uint32_t n) {
             uint8_t sec[32];
             fx_key(2 + i, sec, pub);
         } else {
-            uint8_t buf[13] = "tem-scale";
-            tem_put_u32le(buf + 9, i);
-            pub[0] = 2;
-            ledger_sha256(pub + 1, buf, sizeof buf);
+            ctl_load_scale_key(i, pub);
         }
         char h[67];
         tem_hex(h, pub, 33);
