@@ -860,6 +860,15 @@ static void fx_release_fn(void *ctx, const ledger_tx *tx) {
     l->last_released = tx;
 }
 
+/* The start of a view test: a 4-validator genesis and a fresh store in a new folder. */
+static ledger_store *view_test_start(ledger_genesis *g, char **dir) {
+    ledger_store *s;
+    fx_genesis(g, 4);
+    *dir = fx_tmpdir("ledger");
+    ck_assert_int_eq(ledger_store_open(*dir, g, NULL, NULL, &s), LEDGER_OK);
+    return s;
+}
+
 /* The end of a view test: its five txs, its block, its store and folder, its genesis. */
 static void view_test_done(uint8_t **txs, uint8_t *blk, ledger_store *s, char *dir, ledger_genesis *g) {
     for (int i = 0; i < 5; i++) tem_free(txs[i]);
@@ -976,10 +985,8 @@ END_TEST
  * signature is refused even though the view never decoded the tx itself. */
 START_TEST(view_borrows_unverified_txs_and_the_apply_still_checks_them) {
     ledger_genesis g;
-    fx_genesis(&g, 4);
-    char *dir = fx_tmpdir("ledger");
-    ledger_store *s;
-    ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
+    char *dir;
+    ledger_store *s = view_test_start(&g, &dir);
     uint8_t *txs[5];
     size_t lens[5];
     for (uint32_t i = 0; i < 5; i++) txs[i] = fx_transfer(g.chain_id, 2 + i, 3 + i, 0, 10 + i, &lens[i]);
@@ -1026,10 +1033,8 @@ END_TEST
 
 START_TEST(view_refuses_malformed_blocks_and_reports_tx_errors_in_order) {
     ledger_genesis g;
-    fx_genesis(&g, 4);
-    char *dir = fx_tmpdir("ledger");
-    ledger_store *s;
-    ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
+    char *dir;
+    ledger_store *s = view_test_start(&g, &dir);
     uint8_t *txs[5];
     size_t lens[5], bl;
     uint8_t *blk = view_block(s, &g, txs, lens, &bl);
@@ -1091,10 +1096,8 @@ END_TEST
  * header read gives the same block hash, and every tx slice's signature is the parsed one. */
 START_TEST(view_wire_split_agrees_with_protobuf_c_on_mutated_blocks) {
     ledger_genesis g;
-    fx_genesis(&g, 4);
-    char *dir = fx_tmpdir("ledger");
-    ledger_store *s;
-    ck_assert_int_eq(ledger_store_open(dir, &g, NULL, NULL, &s), LEDGER_OK);
+    char *dir;
+    ledger_store *s = view_test_start(&g, &dir);
     uint8_t *txs[5];
     size_t lens[5], bl;
     uint8_t *blk = view_block(s, &g, txs, lens, &bl);

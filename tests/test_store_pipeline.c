@@ -45,6 +45,21 @@ static void assert_same_tip(ledger_store *a, ledger_store *b) {
     ck_assert(memcmp(ha, hb, 32) == 0);
 }
 
+/* In a forked child: the store in dir with its writer thread (tree checkpoints every `every`
+ * blocks, 0 = the default), blocks 1..upto applied pipelined and each commit waited for. */
+static ledger_store *child_store(const char *dir, const ledger_genesis *g, uint64_t every, const uint8_t *const *blk,
+                                 const size_t *bl, int upto) {
+    ledger_store *cs;
+    ledger_apply_info ci;
+    if (ledger_store_open(dir, g, NULL, NULL, &cs) != LEDGER_OK) _exit(3);
+    if (every) ledger__store_tree_tune(cs, every, 0);
+    if (ledger_store_writer_start(cs, NULL, NULL) != LEDGER_OK) _exit(3);
+    for (int h = 1; h <= upto; h++)
+        if (apply_pipelined(cs, blk[h - 1], bl[h - 1], &ci) != LEDGER_OK || ledger_store_commit_wait(cs) != LEDGER_OK)
+            _exit(5);
+    return cs;
+}
+
 /* In a forked child: applies blk pipelined with the store's hook set to die by SIGKILL at
  * `point`; the caller goes on as temd's loop does, the writer thread dies at the hook. */
 static void die_in_pipelined_apply(ledger_store *cs, int point, const uint8_t *blk, size_t bl) {
@@ -226,14 +241,8 @@ START_TEST(a_kill_around_a_pipelined_commit_leaves_a_block_boundary) {
         pid_t pid = fork();
         ck_assert_int_ge(pid, 0);
         if (pid == 0) {
-            ledger_store *cs;
-            ledger_apply_info ci;
-            if (ledger_store_open(dir, &g, NULL, NULL, &cs) != LEDGER_OK) _exit(3);
-            if (ledger_store_writer_start(cs, NULL, NULL) != LEDGER_OK) _exit(3);
-            for (int h = 1; h <= 2; h++)
-                if (apply_pipelined(cs, blk[h - 1], bl[h - 1], &ci) != LEDGER_OK) _exit(5);
             /* block 2's commit must not meet the hook */
-            if (ledger_store_commit_wait(cs) != LEDGER_OK) _exit(5);
+            ledger_store *cs = child_store(dir, &g, 0, (const uint8_t *const *)blk, bl, 2);
             die_in_pipelined_apply(cs, point, blk[2], bl[2]);
         }
         wait_killed(pid, point);
@@ -330,14 +339,7 @@ START_TEST(a_tree_checkpoint_follows_its_blocks_commit_and_loses_nothing_if_kill
         pid_t pid = fork();
         ck_assert_int_ge(pid, 0);
         if (pid == 0) {
-            ledger_store *cs;
-            ledger_apply_info ci;
-            if (ledger_store_open(dir, &g, NULL, NULL, &cs) != LEDGER_OK) _exit(3);
-            ledger__store_tree_tune(cs, 2, 0);
-            if (ledger_store_writer_start(cs, NULL, NULL) != LEDGER_OK) _exit(3);
-            for (int h = 1; h <= 3; h++)
-                if (apply_pipelined(cs, blk[h - 1], bl[h - 1], &ci) != LEDGER_OK || ledger_store_commit_wait(cs) != LEDGER_OK)
-                    _exit(5);
+            ledger_store *cs = child_store(dir, &g, 2, (const uint8_t *const *)blk, bl, 3);
             if (ledger__store_tree_height(cs) != 2) _exit(6);
             die_in_pipelined_apply(cs, point, blk[3], bl[3]);
         }
