@@ -180,6 +180,28 @@ static void block_applied(const tx_t *txs, size_t n) {
     node_mempool_block_applied(M, (const uint8_t(*)[32])ids, n);
 }
 
+/* sig_from's signature in front of body_from's body: the bytes a forger can make of two public
+ * txs (its txid is body_from's; its signature does not verify). */
+static tx_t forge(const tx_t *sig_from, const tx_t *body_from) {
+    ledger_tx_limits lim;
+    ledger_tx_limits_from_genesis(&G, &lim);
+    ledger_tx a, b;
+    ck_assert_int_eq(ledger_tx_decode(sig_from->b, sig_from->len, &lim, &a), LEDGER_OK);
+    ck_assert_int_eq(ledger_tx_decode(body_from->b, body_from->len, &lim, &b), LEDGER_OK);
+    Tem__V1__SignedTx st = TEM__V1__SIGNED_TX__INIT;
+    st.body = b.stx->body;
+    st.sig = a.stx->sig;
+    tx_t f;
+    f.len = tem__v1__signed_tx__get_packed_size(&st);
+    f.b = tem_malloc(f.len);
+    ck_assert_ptr_nonnull(f.b);
+    ck_assert_uint_eq(tem__v1__signed_tx__pack(&st, f.b), f.len);
+    memcpy(f.txid, body_from->txid, 32);
+    ledger_tx_free(&a);
+    ledger_tx_free(&b);
+    return f;
+}
+
 static void free_txs(tx_t *x, size_t n) {
     for (size_t i = 0; i < n; i++) tem_free(x[i].b);
 }
@@ -267,28 +289,13 @@ START_TEST(mempool_lends_durable_txs_decoded_by_bytes_and_txid_until_a_block_com
         ck_assert_int_eq(ledger_tx_verify(t), LEDGER_OK);
     }
     /* x[0]'s signature in front of x[1]'s body: the same signature bytes, other bytes -> not lent */
-    uint8_t *forged = tem_malloc(x[1].len + 8);
-    {
-        ledger_tx_limits lim;
-        ledger_tx_limits_from_genesis(&G, &lim);
-        ledger_tx a, b2;
-        ck_assert_int_eq(ledger_tx_decode(x[0].b, x[0].len, &lim, &a), LEDGER_OK);
-        ck_assert_int_eq(ledger_tx_decode(x[1].b, x[1].len, &lim, &b2), LEDGER_OK);
-        Tem__V1__SignedTx st = TEM__V1__SIGNED_TX__INIT;
-        st.body = b2.stx->body;
-        st.sig = a.stx->sig;
-        size_t fl = tem__v1__signed_tx__get_packed_size(&st);
-        ck_assert_uint_le(fl, x[1].len + 8);
-        tem__v1__signed_tx__pack(&st, forged);
-        ck_assert_ptr_null(node_mempool_find_bytes(M, forged, fl));
-        /* submitted, it is decoded (its txid is x[1]'s) and refused as a duplicate */
-        uint8_t id[32];
-        ck_assert_int_eq(node_mempool_submit(M, forged, fl, on_done, &R, id), NODE_MEMPOOL_EDUP);
-        ck_assert(memcmp(id, x[1].txid, 32) == 0);
-        ledger_tx_free(&a);
-        ledger_tx_free(&b2);
-    }
-    tem_free(forged);
+    tx_t forged = forge(&x[0], &x[1]);
+    ck_assert_ptr_null(node_mempool_find_bytes(M, forged.b, forged.len));
+    /* submitted, it is decoded (its txid is x[1]'s) and refused as a duplicate */
+    uint8_t fid[32];
+    ck_assert_int_eq(node_mempool_submit(M, forged.b, forged.len, on_done, &R, fid), NODE_MEMPOOL_EDUP);
+    ck_assert(memcmp(fid, x[1].txid, 32) == 0);
+    free_txs(&forged, 1);
     uint8_t id[32];
     ck_assert_int_eq(node_mempool_submit(M, x[2].b, x[2].len, on_done, &R, id), NODE_MEMPOOL_EDUP);
     ck_assert(memcmp(id, x[2].txid, 32) == 0);
@@ -380,8 +387,24 @@ START_TEST(mempool_lends_txs_in_flight_and_keeps_them_until_given_back) {
     wait_done(5);
     ck_assert_int_eq(R.rc[4], 0);
     ck_assert_uint_eq(stats().lent, 3);
-    tx_t all[5] = {good, bad, more, last, gone};
-    free_txs(all, 5);
+    /* A forger gossips x's signature over y's body before x arrives: the forgery holds the
+     * signature's index, so x is never lent (a view decodes it) and nothing lends the forgery in
+     * x's place; the forgery is lent as itself, unverified, and fails its check. */
+    tx_t x = mk(7, 0, 11), y = mk(8, 0, 12), forged = forge(&x, &y);
+    ck_assert_int_eq(submit(&forged), NODE_MEMPOOL_OK);
+    ck_assert_int_eq(submit(&x), NODE_MEMPOOL_OK);
+    ck_assert_ptr_null(node_mempool_lend(M, x.b, x.len, &ver));
+    const ledger_tx *tf = node_mempool_lend(M, forged.b, forged.len, &ver);
+    ck_assert_ptr_nonnull(tf);
+    ck_assert(!ver);
+    ck_assert(memcmp(tf->txid, y.txid, 32) == 0);
+    node_mempool_unlend(M, tf);
+    wait_done(7);
+    ck_assert_int_eq(node_mempool_status(M, x.txid), NODE_MEMPOOL_STATUS_PENDING);
+    ck_assert_int_eq(node_mempool_status(M, y.txid), NODE_MEMPOOL_STATUS_UNKNOWN); /* the forgery failed */
+    ck_assert_ptr_null(node_mempool_lend(M, x.b, x.len, &ver)); /* still not indexed: decoded, as before */
+    tx_t all[8] = {good, bad, more, last, gone, x, y, forged};
+    free_txs(all, 8);
 }
 END_TEST
 
