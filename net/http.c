@@ -9,6 +9,7 @@
 #include <jansson.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <sys/socket.h>
@@ -697,8 +698,13 @@ int net_http_start(net_http *h) {
     h->listener.data = h;
     h->handles_open++;
     h->listening = true;
+    /* A backlog as deep as the connection table: when meters reconnect all at once (after an
+     * outage, or a load generator opening its connections) while the loop is busy, a shallower
+     * queue drops their SYNs and each waits out TCP's 1, 3, 7 s retries. The kernel caps it at
+     * net.core.somaxconn. */
+    int backlog = h->cfg.conns_max > INT_MAX ? INT_MAX : (int)h->cfg.conns_max;
     if ((rc = uv_tcp_bind(&h->listener, (struct sockaddr *)&ss, 0)) != 0 ||
-        (rc = uv_listen((uv_stream_t *)&h->listener, 511, on_accept)) != 0) {
+        (rc = uv_listen((uv_stream_t *)&h->listener, backlog, on_accept)) != 0) {
         hlog(h, NET_LOG_ERROR, "listen on %s: %s", h->listen_addr, net_uv_error(rc));
         return NET_EUV;
     }

@@ -6,8 +6,10 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <openssl/ssl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -524,6 +526,56 @@ static void script_two_conns(client *cl) {
     close(a.fd);
 }
 
+/* Meters reconnecting all at once (after an outage) while the loop is busy: every connection the
+ * table can hold completes its handshake in the kernel's accept queue at once; with a queue
+ * shorter than the table (it was 511) the SYNs past it were dropped and each such meter waited
+ * out TCP's 1 s retry, then 3 s, 7 s. The server's loop does not run here, as if it were busy. */
+START_TEST(a_burst_of_connections_as_large_as_the_table_waits_in_the_accept_queue) {
+    enum { BURST = 600 };
+    int somax = 0;
+    FILE *f = fopen("/proc/sys/net/core/somaxconn", "r");
+    if (f) {
+        if (fscanf(f, "%d", &somax) != 1) somax = 0;
+        fclose(f);
+    }
+    struct rlimit rl;
+    ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    if (rl.rlim_cur < 2 * BURST + 64 && rl.rlim_max >= 2 * BURST + 64) {
+        rl.rlim_cur = 2 * BURST + 64;
+        ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+    }
+    if (somax < BURST || rl.rlim_cur < 2 * BURST + 64) {
+        printf("SKIP: accept queue test needs net.core.somaxconn >= %d (is %d) and %d file descriptors\n", BURST,
+               somax, 2 * BURST + 64);
+        return;
+    }
+    srv_conns_max = BURST + 24;
+    srv s;
+    srv_start(&s, 1024, NULL, NULL);
+    srv_conns_max = 0;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(net_http_port(s.h))};
+    a.sin_addr.s_addr = htonl(0x7f000001);
+    static struct pollfd p[BURST];
+    for (int i = 0; i < BURST; i++) {
+        p[i].fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        ck_assert_int_ge(p[i].fd, 0);
+        p[i].events = POLLOUT;
+        int rc = connect(p[i].fd, (struct sockaddr *)&a, sizeof a);
+        ck_assert(rc == 0 || errno == EINPROGRESS);
+    }
+    /* Well under the first SYN retry (1 s): what is not connected by then was dropped. */
+    int connected = 0;
+    for (int spins = 0; spins < 50 && connected < BURST; spins++) {
+        connected = 0;
+        ck_assert_int_ge(poll(p, BURST, 10), 0);
+        for (int i = 0; i < BURST; i++) connected += (p[i].revents & POLLOUT) != 0;
+    }
+    ck_assert_int_eq(connected, BURST);
+    for (int i = 0; i < BURST; i++) close(p[i].fd);
+    srv_stop(&s);
+}
+END_TEST
+
 START_TEST(connections_over_the_limit_get_503_and_the_others_keep_working) {
     srv_conns_max = 1;
     srv s;
@@ -719,6 +771,7 @@ static Suite *http_suite(void) {
     tcase_add_test(tc, close_answers_pending_requests_503_and_a_late_reply_gets_egone);
     tcase_add_test(tc, a_flooding_client_gets_429_and_the_limit_is_per_address);
     tcase_add_test(tc, connections_over_the_limit_get_503_and_the_others_keep_working);
+    tcase_add_test(tc, a_burst_of_connections_as_large_as_the_table_waits_in_the_accept_queue);
     tcase_add_test(tc, one_address_over_its_connection_cap_gets_429_and_others_are_served);
     tcase_add_test(tc, slow_senders_are_cut_at_the_request_deadline);
     tcase_add_test(tc, json_error_escapes_and_respects_the_buffer);
