@@ -9,8 +9,10 @@
 #include <jansson.h>
 #define OPENSSL_SUPPRESS_DEPRECATED /* SHA256_*: see ledger_sha256_parts */
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <secp256k1.h>
 #include <sodium.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -197,13 +199,69 @@ int ledger_secp_sign(const uint8_t sec[LEDGER_SECP_SEC_BYTES], const uint8_t dig
     return LEDGER_OK;
 }
 
+/* Parsed keys of recent signers. Parsing a compressed key takes a square root, 4.6 us, about a
+ * seventh of what a verification costs inside a validator, and the same meters and aggregators
+ * sign again and again (docs/performance.md, "Parsed signer keys"). Direct-mapped on bytes of
+ * the key's x; a slot holds the whole 33-byte key beside its parse, and a hit needs all 33 bytes
+ * equal, so a lookup returns the parse of exactly the key asked for or nothing. A key that
+ * does not parse is never stored. A colliding key only evicts: its owner pays one parse more.
+ * Locks in stripes, since the verify workers of the thread pool share it. 65,536 slots (6.5 MB)
+ * hold every signer of a busy chain; at a million meters a slot is mostly a miss, which costs a
+ * lock and a compare. */
+#define PK_CACHE_SLOTS 65536u
+#define PK_CACHE_STRIPES 64u
+typedef struct {
+    uint8_t key[LEDGER_SECP_PUB_BYTES];
+    bool used;
+    secp256k1_pubkey pk;
+} pk_slot;
+static pk_slot *pk_cache; /* NULL when its allocation failed: every key is parsed */
+static pthread_mutex_t pk_mu[PK_CACHE_STRIPES];
+static pthread_once_t pk_once = PTHREAD_ONCE_INIT;
+static uint64_t pk_hits, pk_misses;
+
+static void pk_init(void) {
+    for (unsigned i = 0; i < PK_CACHE_STRIPES; i++) TEM_ASSERT(pthread_mutex_init(&pk_mu[i], NULL) == 0);
+    /* Process-wide and never freed; not tem_calloc, whose test hook would disable it for good. */
+    pk_cache = calloc(PK_CACHE_SLOTS, sizeof *pk_cache);
+}
+
+static bool pk_parse(secp256k1_context *ctx, const uint8_t pub[LEDGER_SECP_PUB_BYTES], secp256k1_pubkey *out) {
+    TEM_ASSERT(pthread_once(&pk_once, pk_init) == 0);
+    if (pk_cache == NULL) return secp256k1_ec_pubkey_parse(ctx, out, pub, LEDGER_SECP_PUB_BYTES) == 1;
+    uint32_t i = (uint32_t)(tem_get_u64le(pub + 1) % PK_CACHE_SLOTS);
+    pk_slot *e = &pk_cache[i];
+    pthread_mutex_t *mu = &pk_mu[i % PK_CACHE_STRIPES];
+    TEM_ASSERT(pthread_mutex_lock(mu) == 0);
+    bool hit = e->used && memcmp(e->key, pub, LEDGER_SECP_PUB_BYTES) == 0;
+    if (hit) *out = e->pk;
+    TEM_ASSERT(pthread_mutex_unlock(mu) == 0);
+    if (hit) {
+        __atomic_add_fetch(&pk_hits, 1, __ATOMIC_RELAXED);
+        return true;
+    }
+    __atomic_add_fetch(&pk_misses, 1, __ATOMIC_RELAXED);
+    if (!secp256k1_ec_pubkey_parse(ctx, out, pub, LEDGER_SECP_PUB_BYTES)) return false;
+    TEM_ASSERT(pthread_mutex_lock(mu) == 0);
+    memcpy(e->key, pub, LEDGER_SECP_PUB_BYTES);
+    e->pk = *out;
+    e->used = true;
+    TEM_ASSERT(pthread_mutex_unlock(mu) == 0);
+    return true;
+}
+
+void ledger_secp_key_cache_stats(uint64_t *hits, uint64_t *misses) {
+    *hits = __atomic_load_n(&pk_hits, __ATOMIC_RELAXED);
+    *misses = __atomic_load_n(&pk_misses, __ATOMIC_RELAXED);
+}
+
 int ledger_secp_verify(const uint8_t pub[LEDGER_SECP_PUB_BYTES], const uint8_t digest[32],
                        const uint8_t sig[LEDGER_SECP_SIG_BYTES]) {
     secp256k1_context *ctx = secp_ctx();
     secp256k1_pubkey pk;
     secp256k1_ecdsa_signature s;
     if (pub[0] != 0x02 && pub[0] != 0x03) return LEDGER_EPUBKEY;
-    if (!secp256k1_ec_pubkey_parse(ctx, &pk, pub, LEDGER_SECP_PUB_BYTES)) return LEDGER_EPUBKEY;
+    if (!pk_parse(ctx, pub, &pk)) return LEDGER_EPUBKEY;
     if (!secp256k1_ecdsa_signature_parse_compact(ctx, &s, sig)) return LEDGER_ESIGMALFORMED;
     /* normalize returns 1 when s was in the upper half: a malleated copy of a valid signature.
      * Refusing it (rather than normalising) keeps one txid-to-signature mapping. */

@@ -111,6 +111,9 @@ TEM_WUR int ledger_secp_sign(const uint8_t sec[LEDGER_SECP_SEC_BYTES], const uin
  * LEDGER_ESIGHIGHS (s > n/2), LEDGER_ESIG (does not verify, including r or s = 0). */
 TEM_WUR int ledger_secp_verify(const uint8_t pub[LEDGER_SECP_PUB_BYTES], const uint8_t digest[32],
                                const uint8_t sig[LEDGER_SECP_SIG_BYTES]);
+/* Verifications that found the signer's parsed key in the process-wide cache, and those that
+ * parsed it (ledger/crypto.c: pk_parse). For tests and metrics. */
+void ledger_secp_key_cache_stats(uint64_t *hits, uint64_t *misses);
 
 /* Ed25519 (validators), libsodium. sec is libsodium's 64-byte seed||pk form. */
 TEM_WUR int ledger_ed_keygen(uint8_t sec[LEDGER_ED_SEC_BYTES], uint8_t pub[LEDGER_ED_PUB_BYTES]);

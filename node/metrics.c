@@ -86,6 +86,10 @@ int node_metrics_write(node *n, FILE *f) {
     COUNTER("tem_blocks_applied_total", "Blocks applied since start.", n->blocks_applied);
     COUNTER("tem_store_write_txns_total", "LMDB write transactions the store committed, each synced to disk (one a block, one a tree checkpoint, the node's own records).",
             ledger_store_write_txns(n->store));
+    uint64_t pk_hits, pk_misses;
+    ledger_secp_key_cache_stats(&pk_hits, &pk_misses);
+    COUNTER("tem_secp_key_cache_hits_total", "Signature checks that found the signer's parsed key cached (no square root).", pk_hits);
+    COUNTER("tem_secp_key_cache_misses_total", "Signature checks that parsed the signer's compressed key.", pk_misses);
     /* Admission (docs/operate.md "Admission") and re-gossip. */
     COUNTER("tem_admission_refused_busy_total", "Client txs answered 503 EBUSY (estimated wait over the bound).",
             n->adm.refused_busy);

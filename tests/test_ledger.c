@@ -220,6 +220,110 @@ START_TEST(secp256k1_bad_signatures_each_get_their_own_code) {
 }
 END_TEST
 
+/* The parsed-key cache (crypto.c: pk_parse) is direct-mapped on bytes 1-2 of the key. Who
+ * gains by breaking it: a signer whose key shares a slot with a cached key, if the cache handed
+ * out that key's parse, would have a signature of the cached key's owner accepted under his
+ * own key. Two keys of one slot are found by trying seeds (about 300 by the birthday bound). */
+static void pk_pair(uint8_t sec[2][32], uint8_t pub[2][33]) {
+    static uint8_t seen_sec[65536][32];
+    static uint32_t seen[65536]; /* slot -> seed + 1 */
+    memset(seen, 0, sizeof seen);
+    for (uint32_t i = 1; i < 65536; i++) {
+        uint8_t s[32] = {0}, p[33];
+        tem_put_u32le(s, i);
+        s[31] = 0x5a; /* keys no other test uses */
+        ck_assert_int_eq(ledger_secp_pubkey(s, p), LEDGER_OK);
+        uint32_t slot = (uint32_t)p[1] | (uint32_t)p[2] << 8;
+        if (seen[slot]) {
+            memcpy(sec[0], seen_sec[slot], 32);
+            memcpy(sec[1], s, 32);
+            ck_assert_int_eq(ledger_secp_pubkey(sec[0], pub[0]), LEDGER_OK);
+            memcpy(pub[1], p, 33);
+            return;
+        }
+        seen[slot] = i + 1;
+        memcpy(seen_sec[slot], s, 32);
+    }
+    ck_abort_msg("no two keys share a slot");
+}
+
+typedef struct {
+    const uint8_t (*pub)[33], (*sig)[64];
+    const uint8_t *digest;
+    int n, bad;
+} pk_job;
+
+static void *pk_verify_all(void *arg) {
+    pk_job *j = arg;
+    for (int round = 0; round < 6; round++)
+        for (int a = 0; a < j->n; a++)
+            for (int b = 0; b < j->n; b++) {
+                int rc = ledger_secp_verify(j->pub[a], j->digest, j->sig[b]);
+                j->bad += rc != (a == b ? LEDGER_OK : LEDGER_ESIG);
+            }
+    return NULL;
+}
+
+START_TEST(secp256k1_parsed_key_cache_gives_the_parse_of_exactly_the_key_asked_for) {
+    uint8_t sec[2][32], pub[2][33], sig[2][64], digest[32];
+    pk_pair(sec, pub);
+    ck_assert(memcmp(pub[0], pub[1], 33) != 0);
+    ck_assert(pub[0][1] == pub[1][1] && pub[0][2] == pub[1][2]);
+    ledger_sha256(digest, "reading 42 Wh", 13);
+    for (int k = 0; k < 2; k++) ck_assert_int_eq(ledger_secp_sign(sec[k], digest, sig[k]), LEDGER_OK);
+    uint64_t h0, m0, h, m;
+    ledger_secp_key_cache_stats(&h0, &m0);
+    /* First use parses and keeps the key; the second finds it. */
+    ck_assert_int_eq(ledger_secp_verify(pub[0], digest, sig[0]), LEDGER_OK);
+    ck_assert_int_eq(ledger_secp_verify(pub[0], digest, sig[0]), LEDGER_OK);
+    ledger_secp_key_cache_stats(&h, &m);
+    ck_assert_uint_eq(m - m0, 1);
+    ck_assert_uint_eq(h - h0, 1);
+    /* The attack: A's signature presented under B's key, with A's parse in B's slot. */
+    ck_assert_int_eq(ledger_secp_verify(pub[1], digest, sig[0]), LEDGER_ESIG);
+    ck_assert_int_eq(ledger_secp_verify(pub[1], digest, sig[1]), LEDGER_OK);
+    ck_assert_int_eq(ledger_secp_verify(pub[0], digest, sig[1]), LEDGER_ESIG);
+    ck_assert_int_eq(ledger_secp_verify(pub[0], digest, sig[0]), LEDGER_OK);
+    ledger_secp_key_cache_stats(&h, &m);
+    /* B parsed (evicting A), B found, A parsed (evicting B), A found. */
+    ck_assert_uint_eq(m - m0, 3);
+    ck_assert_uint_eq(h - h0, 3);
+    /* A key off the curve is refused every time and never kept. */
+    uint8_t off[33] = {0x02};
+    memcpy(off + 1, pub[0] + 1, 2); /* in A's slot; about half of all x are on the curve */
+    while (ledger_secp_pubkey_valid(off)) off[32]++;
+    for (int k = 0; k < 2; k++) ck_assert_int_eq(ledger_secp_verify(off, digest, sig[0]), LEDGER_EPUBKEY);
+    ck_assert_int_eq(ledger_secp_verify(pub[0], digest, sig[0]), LEDGER_OK);
+    ledger_secp_key_cache_stats(&h, &m);
+    ck_assert_uint_eq(m - m0, 5);
+    ck_assert_uint_eq(h - h0, 4);
+    /* Four threads at once over 8 keys, the colliding pair among them: every right signature
+     * verifies and every other key's is refused, whatever the interleaving of evictions. */
+    uint8_t kp[8][33], ks[8][64];
+    for (int k = 0; k < 8; k++) {
+        uint8_t s[32] = {0};
+        if (k < 2) {
+            memcpy(s, sec[k], 32);
+        } else {
+            s[0] = (uint8_t)k;
+            s[31] = 0xa5;
+        }
+        ck_assert_int_eq(ledger_secp_pubkey(s, kp[k]), LEDGER_OK);
+        ck_assert_int_eq(ledger_secp_sign(s, digest, ks[k]), LEDGER_OK);
+    }
+    pk_job jobs[4];
+    pthread_t th[4];
+    for (int t = 0; t < 4; t++) {
+        jobs[t] = (pk_job){.pub = (const uint8_t(*)[33])kp, .sig = (const uint8_t(*)[64])ks, .digest = digest, .n = 8};
+        ck_assert_int_eq(pthread_create(&th[t], NULL, pk_verify_all, &jobs[t]), 0);
+    }
+    for (int t = 0; t < 4; t++) {
+        ck_assert_int_eq(pthread_join(th[t], NULL), 0);
+        ck_assert_int_eq(jobs[t].bad, 0);
+    }
+}
+END_TEST
+
 START_TEST(ed25519_sign_verify_and_tamper) {
     uint8_t sec[64], pub[32], sig[64];
     fx_vkey(3, sec, pub);
@@ -1233,6 +1337,7 @@ Suite *ledger_suite(void) {
     tcase_add_test(t, merkle_empty_single_and_odd_trees_follow_the_documented_shape);
     tcase_add_test(t, merkle_proofs_verify_for_every_leaf_and_fail_when_tampered);
     tcase_add_test(t, secp256k1_published_vector_verifies_and_signing_reproduces_it);
+    tcase_add_test(t, secp256k1_parsed_key_cache_gives_the_parse_of_exactly_the_key_asked_for);
     tcase_add_test(t, secp256k1_bad_signatures_each_get_their_own_code);
     tcase_add_test(t, ed25519_sign_verify_and_tamper);
     tcase_add_test(t, tx_roundtrip_and_flipped_bits_are_refused);
