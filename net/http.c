@@ -7,9 +7,9 @@
 
 #include <h2o.h>
 #include <jansson.h>
+#include <limits.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
-#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <sys/socket.h>
