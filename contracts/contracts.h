@@ -155,6 +155,12 @@ typedef struct {
 /* Unsettled trades of `slot` in execution order. */
 TEM_WUR int contracts_trade_iter(ledger_state *st, uint64_t slot,
                                  int (*fn)(void *ctx, const contracts_trade *t), void *ctx);
+/* The unsettled trade `seq` of `slot`: LEDGER_OK, LEDGER_ENOTFOUND (none, or settled),
+ * LEDGER_ECORRUPT. */
+TEM_WUR int contracts_trade_get(ledger_state *st, uint64_t slot, uint64_t seq, contracts_trade *out);
+/* The seq the slot's next trade will get (0 for a slot with no record): a continuous-auction
+ * fill with a positive quantity takes the next seq, in the order the receipts list them. */
+TEM_WUR int contracts_trade_next_seq(ledger_state *st, uint64_t slot, uint64_t *next);
 
 /* A match of a call-auction clearing that the DSO's grid check curtailed. (A continuous
  * auction's curtailments are in the receipts' fills instead.) Kept after settlement. */

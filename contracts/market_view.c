@@ -95,6 +95,34 @@ int contracts_trade_iter(ledger_state *st, uint64_t slot,
     return walk(st, MK_TRADE, trade_one, &v);
 }
 
+int contracts_trade_get(ledger_state *st, uint64_t slot, uint64_t seq, contracts_trade *out) {
+    uint8_t k[17];
+    k[0] = MK_TRADE;
+    tem_put_u64be(k + 1, slot);
+    tem_put_u64be(k + 9, seq);
+    const uint8_t *val;
+    size_t vlen;
+    int rc = ledger_state_get(st, k, sizeof k, &val, &vlen);
+    if (rc) return rc;
+    if (vlen != MK_TRADE_BYTES) return LEDGER_ECORRUPT;
+    mk_trade t;
+    mk_trade_decode(val, &t);
+    *out = (contracts_trade){.slot = slot, .seq = seq, .qty_wh = t.qty_wh, .price = t.price, .value_uunit = t.value,
+                             .buyer_fee_uunit = t.buyer_fee, .seller_fee_uunit = t.seller_fee,
+                             .collateral_uunit = t.collateral};
+    memcpy(out->seller, t.seller, PUB);
+    memcpy(out->buyer, t.buyer, PUB);
+    return LEDGER_OK;
+}
+
+int contracts_trade_next_seq(ledger_state *st, uint64_t slot, uint64_t *next) {
+    mk_slot s;
+    bool found;
+    int rc = mk_slot_get(st, slot, &s, &found);
+    *next = rc == LEDGER_OK && found ? s.next_tseq : 0;
+    return rc;
+}
+
 int contracts_settlement_iter(ledger_state *st, uint64_t slot,
                               int (*fn)(void *ctx, const contracts_settlement *l), void *ctx) {
     view_ctx v = {.fn.line = fn, .ctx = ctx, .slot = slot};

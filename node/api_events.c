@@ -19,8 +19,11 @@
 /* Slots handled per block for gate closures and settlements: an idle chain's first block after
  * a long pause must not walk an unbounded range. */
 #define SLOT_WALK_MAX 4096
-/* Counter-order lookups (maker of a fill) per block that may decode a stored block. */
-#define MAKER_LOOKUPS_MAX 4096
+/* Bytes of stored blocks read and decoded per block to name fills' makers (replays, fully
+ * curtailed fills, and fills the trade records do not answer): about 5-15 ms of the loop
+ * thread. It was 4096 reads, each up to a whole block (0.15-1.3 ms measured): seconds for a
+ * block whose fills an attacker spread over thousands of older blocks. */
+#define MAKER_READ_BYTES_MAX (4u << 20)
 
 /* Signers of the txs of recently built blocks, by txid (direct-mapped: a colliding tx replaces
  * the older one). A fill names its maker's order only by txid; without this every fill against
@@ -33,11 +36,30 @@ typedef struct {
     bool used;
 } signer_slot;
 
+/* Makers of the executed fills of the block just applied, from the trade records it wrote, so
+ * that no stored block is read for them: a continuous-auction fill with a positive quantity
+ * wrote trade `next_tseq++` of its slot, in the order the block's receipts list the fills, so
+ * the block's F such fills of slot s are the slot's last F trades in the state after it. Each
+ * pairing is checked (quantity, price, the taker one of the two parties); at the first that does
+ * not check, the slot's remaining fills fall back to the signer cache and the store. Only for the
+ * block just applied: under a replay the state has moved on. */
+#define FILL_SLOTS_MAX 64
+typedef struct {
+    uint64_t slot, next; /* next: the seq the block's next executed fill of the slot wrote */
+    uint32_t count;
+    bool ok;
+} fill_slot;
+typedef struct {
+    fill_slot s[FILL_SLOTS_MAX];
+    uint32_t n;
+} fill_map;
+
 struct node_events_src {
     node *n;
     node_events *hub;
     uint64_t last_h, last_time_ms; /* time of the last block loaded, for the next one's slot work */
     signer_slot *signers;          /* SIGNER_CACHE entries, or NULL (out of memory: the store only) */
+    fill_map fills;                /* the block being built's executed fills (build_block) */
 };
 
 static void signer_note(struct node_events_src *src, const uint8_t txid[32], const Tem__V1__TxBody *body) {
@@ -85,7 +107,7 @@ static uint64_t block_time(node *n, uint64_t height) {
 typedef struct {
     uint64_t height;
     Tem__V1__Block *blk;
-    uint32_t lookups;
+    size_t bytes; /* read so far for this block's events */
 } maker_cache;
 
 static bool maker_of(node *n, maker_cache *c, const uint8_t txid[32], uint8_t out[33]) {
@@ -96,13 +118,14 @@ static bool maker_of(node *n, maker_cache *c, const uint8_t txid[32], uint8_t ou
     if (ledger_store_receipt(n->store, txid, &h, &pos, &rb, &rl) != LEDGER_OK) return false;
     tem_free(rb);
     if (c->blk == NULL || c->height != h) {
-        if (c->lookups >= MAKER_LOOKUPS_MAX) return false;
-        c->lookups++;
+        if (c->bytes >= MAKER_READ_BYTES_MAX) return false;
+        n->events_maker_reads++;
         if (c->blk) tem__v1__block__free_unpacked(c->blk, &ledger_pb_allocator);
         c->blk = NULL;
         uint8_t *b;
         size_t bl;
         if (ledger_store_block(n->store, h, &b, &bl) != LEDGER_OK) return false;
+        c->bytes += bl;
         c->blk = tem__v1__block__unpack(&ledger_pb_allocator, bl, b);
         tem_free(b);
         c->height = h;
@@ -117,6 +140,57 @@ static bool maker_of(node *n, maker_cache *c, const uint8_t txid[32], uint8_t ou
     return ok;
 }
 
+static fill_slot *fill_slot_of(fill_map *fm, uint64_t slot, bool add) {
+    for (uint32_t i = 0; i < fm->n; i++)
+        if (fm->s[i].slot == slot) return &fm->s[i];
+    if (!add || fm->n == FILL_SLOTS_MAX) return NULL;
+    fm->s[fm->n] = (fill_slot){.slot = slot};
+    return &fm->s[fm->n++];
+}
+
+/* Counts the block's executed fills per slot and finds where their trades begin. */
+static void fill_map_build(node *n, fill_map *fm, size_t ntx, const Tem__V1__TxBody *const *bodies,
+                           const uint8_t *rbuf, const size_t *offs) {
+    fm->n = 0;
+    for (size_t i = 0; rbuf && i < ntx; i++) {
+        const Tem__V1__TxBody *b = bodies[i];
+        if (!b || b->kind_case != TEM__V1__TX_BODY__KIND_ORDER || !b->order || offs[i + 1] == offs[i]) continue;
+        Tem__V1__Receipt *rc = tem__v1__receipt__unpack(&ledger_pb_allocator, offs[i + 1] - offs[i], rbuf + offs[i]);
+        if (!rc) continue;
+        fill_slot *fs = NULL;
+        for (size_t k = 0; k < rc->n_fills; k++)
+            if (rc->fills[k]->quantity_wh > 0 && (fs || (fs = fill_slot_of(fm, b->order->slot, true)) != NULL))
+                fs->count++;
+        tem__v1__receipt__free_unpacked(rc, &ledger_pb_allocator);
+    }
+    ledger_state *st = ledger_store_state(n->store);
+    for (uint32_t i = 0; i < fm->n; i++) {
+        fill_slot *fs = &fm->s[i];
+        uint64_t next;
+        fs->ok = contracts_trade_next_seq(st, fs->slot, &next) == LEDGER_OK && next >= fs->count;
+        fs->next = fs->ok ? next - fs->count : 0;
+    }
+}
+
+/* The maker of executed fill f of `taker`'s order in `slot`, from its trade record; advances the
+ * slot's cursor. False when the map has no answer. */
+static bool fill_maker(node *n, fill_map *fm, uint64_t slot, const uint8_t taker[33], const Tem__V1__Fill *f,
+                       uint8_t out[33]) {
+    fill_slot *fs = fm && f->quantity_wh > 0 ? fill_slot_of(fm, slot, false) : NULL;
+    if (!fs || !fs->ok) return false;
+    contracts_trade t;
+    uint64_t seq = fs->next++;
+    bool ok = contracts_trade_get(ledger_store_state(n->store), slot, seq, &t) == LEDGER_OK &&
+              t.qty_wh == f->quantity_wh && t.price == f->price && memcmp(t.seller, t.buyer, 33) != 0;
+    bool taker_sells = ok && memcmp(t.seller, taker, 33) == 0;
+    if (!ok || (!taker_sells && memcmp(t.buyer, taker, 33) != 0)) {
+        fs->ok = false;
+        return false;
+    }
+    memcpy(out, taker_sells ? t.buyer : t.seller, 33);
+    return true;
+}
+
 static const char *kind_name(int k) {
     const char *name = ledger_tx_kind_name(k);
     return name ? name : "unknown";
@@ -125,7 +199,8 @@ static const char *kind_name(int k) {
 /* tx, trade and curtailment events of one tx (body NULL: it did not decode); rb (rl bytes, none
  * when 0) is its Receipt. */
 static int tx_events(node *n, node_events_batch *out, uint64_t height, uint32_t pos, const uint8_t txid[32],
-                     const Tem__V1__TxBody *body, const uint8_t *rb, size_t rl, maker_cache *mc, uint32_t *refused) {
+                     const Tem__V1__TxBody *body, const uint8_t *rb, size_t rl, maker_cache *mc, fill_map *fm,
+                     uint32_t *refused) {
     Tem__V1__Receipt *rc = rl ? tem__v1__receipt__unpack(&ledger_pb_allocator, rl, rb) : NULL;
     int ret = NODE_EVENTS_OK;
     uint8_t acc[2][33];
@@ -177,8 +252,9 @@ static int tx_events(node *n, node_events_batch *out, uint64_t height, uint32_t 
     for (size_t k = 0; rc && body && nacc > 0 && k < rc->n_fills; k++) {
         const Tem__V1__Fill *f = rc->fills[k];
         uint8_t maker[33];
-        bool have_maker = f->counter_txid.len == 32 && (signer_find(n->events, f->counter_txid.data, maker) ||
-                                                         maker_of(n, mc, f->counter_txid.data, maker));
+        bool have_maker = (side != 0 && fill_maker(n, fm, slot, acc[0], f, maker)) ||
+                          (f->counter_txid.len == 32 && (signer_find(n->events, f->counter_txid.data, maker) ||
+                                                         maker_of(n, mc, f->counter_txid.data, maker)));
         bool taker_buys = side == TEM__V1__SIDE__BUY;
         uint8_t tacc[2][33];
         uint32_t tn = 0;
@@ -314,7 +390,8 @@ static int slot_events(node *n, node_events_batch *out, uint64_t height, uint64_
 /* Every event of committed block `height` from its decoded txs: txids[i] and bodies[i] (NULL
  * when tx i did not decode), n of them; hash: the block's. */
 static int build_block(struct node_events_src *src, uint64_t height, uint64_t t, const uint8_t hash[32], size_t ntx,
-                       const uint8_t (*txids)[32], const Tem__V1__TxBody *const *bodies, node_events_batch *out) {
+                       const uint8_t (*txids)[32], const Tem__V1__TxBody *const *bodies, bool live,
+                       node_events_batch *out) {
     node *n = src->n;
     uint64_t t_prev = src->last_h + 1 == height ? src->last_time_ms : block_time(n, height - 1);
     int rc = NODE_EVENTS_OK;
@@ -327,9 +404,11 @@ static int build_block(struct node_events_src *src, uint64_t height, uint64_t t,
     uint8_t *rbuf = NULL;
     if (!offs || ledger_store_block_receipts(n->store, height, ntx, offs, &rbuf) != LEDGER_OK) rc = -1;
     for (size_t i = 0; i < ntx; i++) signer_note(src, txids[i], bodies[i]);
+    fill_map *fm = &src->fills;
+    if (live && rc == NODE_EVENTS_OK) fill_map_build(n, fm, ntx, bodies, rbuf, offs);
     for (size_t i = 0; i < ntx && rc == NODE_EVENTS_OK; i++)
         rc = tx_events(n, &txs, height, (uint32_t)i, txids[i], bodies[i], rbuf ? rbuf + offs[i] : NULL,
-                       offs[i + 1] - offs[i], &mc, &refused);
+                       offs[i + 1] - offs[i], &mc, live ? fm : NULL, &refused);
     tem_free(rbuf);
     tem_free(offs);
     if (mc.blk) tem__v1__block__free_unpacked(mc.blk, &ledger_pb_allocator);
@@ -382,7 +461,7 @@ static int load_block(void *ctx, uint64_t height, node_events_batch *out) {
     bool have_hash = ledger_block_hash(blk->header, hash) == LEDGER_OK;
     if (rc == 0)
         rc = build_block(src, height, blk->header->time_ms, have_hash ? hash : NULL, ntx, (const uint8_t(*)[32])ids,
-                         (const Tem__V1__TxBody *const *)bodies, out);
+                         (const Tem__V1__TxBody *const *)bodies, false, out);
     for (size_t i = 0; bodies && i < ntx; i++)
         if (bodies[i]) tem__v1__tx_body__free_unpacked(bodies[i], &ledger_pb_allocator);
     tem_free(bodies);
@@ -472,7 +551,8 @@ void node_events_committed(node *n, uint64_t height, const ledger_block_view *v)
     if (v && v->header && v->tx_rc == LEDGER_OK && v->hash_rc == LEDGER_OK && v->txids &&
         (bodies = tem_malloc((v->n ? v->n : 1) * sizeof *bodies)) != NULL) {
         for (size_t i = 0; i < v->n; i++) bodies[i] = v->txs[i].tx ? v->txs[i].tx->body : NULL;
-        rc = build_block(src, height, v->header->time_ms, v->block_hash, v->n, (const uint8_t(*)[32])v->txids, bodies, &b);
+        rc = build_block(src, height, v->header->time_ms, v->block_hash, v->n, (const uint8_t(*)[32])v->txids, bodies,
+                         true, &b);
         tem_free(bodies);
     } else {
         rc = load_block(src, height, &b);

@@ -86,6 +86,8 @@ int node_metrics_write(node *n, FILE *f) {
     COUNTER("tem_blocks_applied_total", "Blocks applied since start.", n->blocks_applied);
     COUNTER("tem_store_write_txns_total", "LMDB write transactions the store committed, each synced to disk (one a block, one a tree checkpoint, the node's own records).",
             ledger_store_write_txns(n->store));
+    COUNTER("tem_events_maker_block_reads_total", "Stored blocks read to name the maker of a fill in /v1/events (fills of a block just applied are named from its trade records).",
+            n->events_maker_reads);
     uint64_t pk_hits, pk_misses;
     ledger_secp_key_cache_stats(&pk_hits, &pk_misses);
     COUNTER("tem_secp_key_cache_hits_total", "Signature checks that found the signer's parsed key cached (no square root).", pk_hits);

@@ -145,6 +145,7 @@ typedef struct node {
     uint32_t val_epoch;
     node_archive archive;
     uint64_t orders_committed; /* order txs in applied blocks (applied or refused) */
+    uint64_t events_maker_reads; /* stored blocks read to name a fill's maker in events (api_events.c) */
     struct node_events_src *events; /* GET /v1/events (api_events.c); NULL until first used */
     struct node_proofs *proofs;     /* proofs waiting for their header (api_proof.c); NULL until used */
     /* Disk full (docs/operate.md "Limits and faults"): no voting, no applying, txs refused
