@@ -19,11 +19,6 @@
 /* Slots handled per block for gate closures and settlements: an idle chain's first block after
  * a long pause must not walk an unbounded range. */
 #define SLOT_WALK_MAX 4096
-/* Bytes of stored blocks read and decoded per block to name fills' makers (replays, fully
- * curtailed fills, and fills the trade records do not answer): about 5-15 ms of the loop
- * thread. It was 4096 reads, each up to a whole block (0.15-1.3 ms measured): seconds for a
- * block whose fills an attacker spread over thousands of older blocks. */
-#define MAKER_READ_BYTES_MAX (4u << 20)
 
 /* Signers of the txs of recently built blocks, by txid (direct-mapped: a colliding tx replaces
  * the older one). A fill names its maker's order only by txid; without this every fill against
@@ -104,10 +99,15 @@ static uint64_t block_time(node *n, uint64_t height) {
 
 /* The maker of a fill: the signer of the counter-order, from the store. One decoded block is
  * kept, since a taker's fills usually hit orders of few blocks. */
+/* Bytes of stored blocks read and decoded per block to name fills' makers (replays, fully
+ * curtailed fills, and fills the trade records do not answer) are bounded by the config's
+ * events_maker_read_bytes_max, 4 MiB by default: about 5-15 ms of the loop thread. It was
+ * 4096 reads, each of a whole block (0.15-1.3 ms measured): seconds for a block whose fills an
+ * attacker spread over thousands of older blocks. */
 typedef struct {
     uint64_t height;
     Tem__V1__Block *blk;
-    size_t bytes; /* read so far for this block's events */
+    uint64_t bytes; /* read so far for this block's events */
 } maker_cache;
 
 static bool maker_of(node *n, maker_cache *c, const uint8_t txid[32], uint8_t out[33]) {
@@ -118,7 +118,7 @@ static bool maker_of(node *n, maker_cache *c, const uint8_t txid[32], uint8_t ou
     if (ledger_store_receipt(n->store, txid, &h, &pos, &rb, &rl) != LEDGER_OK) return false;
     tem_free(rb);
     if (c->blk == NULL || c->height != h) {
-        if (c->bytes >= MAKER_READ_BYTES_MAX) return false;
+        if (c->bytes >= n->cfg.events_maker_read_bytes_max) return false;
         n->events_maker_reads++;
         if (c->blk) tem__v1__block__free_unpacked(c->blk, &ledger_pb_allocator);
         c->blk = NULL;

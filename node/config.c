@@ -47,6 +47,7 @@ void node_config_defaults(node_config *c) {
     c->admission_addr_share_pct = 50;
     c->pipeline_commit = true;
     c->regossip_age_ms = 2000;
+    c->events_maker_read_bytes_max = 4u << 20;
     c->regossip_txs_per_s = 1000;
     c->indexer_poll_ms = 100;
     c->indexer_retry_max_ms = 5000;
@@ -142,7 +143,8 @@ static int set_key(node_config *c, const char *k, const char *v) {
                 {"admission_signer_share_pct", &c->admission_signer_share_pct, 100},
                 {"admission_addr_share_pct", &c->admission_addr_share_pct, 100},
                 {"admission_headroom_pct", &c->admission_headroom_pct, 50},
-                {"regossip_age_ms", &c->regossip_age_ms, 3600000}};
+                {"regossip_age_ms", &c->regossip_age_ms, 3600000},
+                {"events_maker_read_bytes_max", &c->events_maker_read_bytes_max, 1ull << 32}};
     for (size_t i = 0; i < sizeof lims / sizeof lims[0]; i++) {
         if (strcmp(k, lims[i].name)) continue;
         uint64_t y;

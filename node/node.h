@@ -85,6 +85,9 @@ typedef struct {
     /* Re-gossip of txs still waiting: only those held this long, at most this many per second,
      * to the current primary only and never to a validator known to hold them. */
     uint64_t regossip_age_ms;           /* default 2000 */
+    /* Stored blocks /v1/events may read per block to name fills' makers (api_events.c);
+     * default 4 MiB. */
+    uint64_t events_maker_read_bytes_max;
     uint64_t regossip_txs_per_s;        /* default 1000; 0 = no re-gossip */
     /* [indexer] section (docs/indexer.md); flags --indexer-postgres-url etc. */
     char indexer_postgres_url[1024]; /* libpq URI; empty = no indexer */
@@ -113,7 +116,7 @@ void node_config_defaults(node_config *c);
  * mempool_txs_max, mempool_nonce_window, mempool_log_reset, tail_check_blocks, block_interval_ms, batch_delay_ms,
  * max_clock_drift_ms, peer_rate_bytes_per_s, peer_rate_msgs_per_s, http_body_bytes_max,
  * http_conns_max, http_conns_per_addr_max, http_rate_reqs_per_s, http_rate_burst_ms,
- * http_request_timeout_ms) and section [indexer] (postgres_url, poll_ms, retry_max_ms).
+ * http_request_timeout_ms, events_maker_read_bytes_max) and section [indexer] (postgres_url, poll_ms, retry_max_ms).
  * Relative paths in the file (data_dir, genesis, key, tls_cert, tls_key) are taken from the
  * file's folder, as systemd and most daemons do, not from the current directory; flags keep the
  * current directory. NODE_OK or NODE_ECONFIG with a message in err. */

@@ -10,7 +10,9 @@
 #      price and quantity /v1/trades lists, and node 0 read no stored block for them
 #      (tem_events_maker_block_reads_total 0; with the store lookup it reads K);
 #   3. a replay of that block (from_height) still names p1, from the store (the state has moved
-#      on, so the trade records are not used for replays), within the lookup cap.
+#      on, so the trade records are not used for replays);
+#   4. that store fallback stops at events_maker_read_bytes_max: set to 1 byte, a replay reads one
+#      block and names one maker, the other K-1 trade events carry a null seller.
 # Every process is started here, tracked by pid and killed on exit; every wait is bounded.
 set -euo pipefail
 B=${BUILD:-build}
@@ -84,4 +86,21 @@ trades "$dir/replay.sse" >"$dir/replay.json"
 reads=$(metric tem_events_maker_block_reads_total)
 [ "$reads" -ge 1 ] && [ "$reads" -le $K ] || fail "replay read $reads stored blocks, want 1..$K"
 ok "a replay of height $H names p1 too, reading $reads stored blocks"
+
+# ---- 4. the store's budget: with room for one block, one maker is named and the rest are null
+kill -TERM "${PID[n0]}"
+wait "${PID[n0]}" 2>/dev/null || true
+"$D" --data-dir "$dir/n0" --genesis "$dir/g.json" --key "$dir/v0.key" --log-level info \
+  --events-maker-read-bytes-max 1 2>>"$dir/n0.log" &
+PID[n0]=$!
+wait_blocks "$N" "$H" "validator 0 after its second restart"
+curl -sN -m 5 "$N/v1/events?kinds=trade&from_height=$H" >"$dir/budget.sse" 2>/dev/null || true
+trades "$dir/budget.sse" >"$dir/budget.json"
+[ "$(jq length "$dir/budget.json")" = $K ] || fail "budget replay: want $K trade events: $(cat "$dir/budget.json")"
+named=$(jq --arg s "$P1" '[.[] | select(.seller == $s)] | length' "$dir/budget.json")
+unnamed=$(jq '[.[] | select(.seller == null)] | length' "$dir/budget.json")
+reads=$(metric tem_events_maker_block_reads_total)
+[ "$named" = 1 ] && [ "$unnamed" = $((K - 1)) ] && [ "$reads" = 1 ] ||
+  fail "budget of 1 byte: $named named, $unnamed null, $reads blocks read; want 1, $((K - 1)), 1"
+ok "with events_maker_read_bytes_max 1 a replay reads one stored block: 1 maker named, $unnamed null"
 echo "t_events_makers: $passed checks passed"
