@@ -98,12 +98,11 @@ static uint64_t block_time(node *n, uint64_t height) {
 }
 
 /* The maker of a fill: the signer of the counter-order, from the store. One decoded block is
- * kept, since a taker's fills usually hit orders of few blocks. */
-/* Bytes of stored blocks read and decoded per block to name fills' makers (replays, fully
- * curtailed fills, and fills the trade records do not answer) are bounded by the config's
- * events_maker_read_bytes_max, 4 MiB by default: about 5-15 ms of the loop thread. It was
- * 4096 reads, each of a whole block (0.15-1.3 ms measured): seconds for a block whose fills an
- * attacker spread over thousands of older blocks. */
+ * kept, since a taker's fills usually hit orders of few blocks. The bytes read per block (for
+ * replays, fully curtailed fills, and fills the trade records do not answer) are bounded by the
+ * config's events_maker_read_bytes_max, 4 MiB by default: about 5-15 ms of the loop thread. It
+ * was 4096 reads, each of a whole block (0.15-1.3 ms measured): seconds for a block whose fills
+ * an attacker spread over thousands of older blocks. */
 typedef struct {
     uint64_t height;
     Tem__V1__Block *blk;
