@@ -283,12 +283,32 @@ static int record_build(pbft_replica *r, uint8_t **out, size_t *out_len) {
      * Once the host said the delivered block is durable the record needs it no more: the votes
      * of the next height are not rewritten with a block the disk already holds. */
     uint64_t from = r->delivered > 0 && r->durable < r->delivered ? r->delivered : r->delivered + 1;
+    uint8_t *cert = NULL;
+    size_t cert_len = 0;
     for (uint64_t h = from; h <= r->low + r->window; h++) {
         pbft__slot *s = slot_find(r, h);
-        if (!s || !(s->my_prepare.set || s->my_commit.set || s->has_pc)) continue;
+        bool undurable = s && h == r->delivered && s->committed && block_find(s, s->c_hash);
+        if (!s || !(s->my_prepare.set || s->my_commit.set || s->has_pc || undurable)) continue;
         Tem__V1__PbftSlotRecord *e = &srec[n];
         tem__v1__pbft_slot_record__init(e);
         e->height = h;
+        if (undurable) {
+            /* With the certificate the restarted replica delivers the block again itself. Its
+             * prepared certificate alone is not enough: a NEW-VIEW whose commit point is above h
+             * (a validator that delivered h+1 says so) re-proposes nothing at h, and if every
+             * honest validator lost block h in the same crash only a Byzantine one could serve
+             * it. */
+            TEM_ASSERT(cert == NULL);
+            int rc = pbft_cert_pack(s->c_view, h, s->c_hash, &s->c_sigs, &cert, &cert_len);
+            if (rc != PBFT_OK) return rc;
+            e->commit_cert.data = cert;
+            e->commit_cert.len = cert_len;
+            if (!(s->has_pc && hash_eq(s->pc_hash, s->c_hash))) {
+                pbft__block *cb = block_find(s, s->c_hash);
+                e->block.data = cb->bytes;
+                e->block.len = cb->len;
+            }
+        }
         if (s->my_prepare.set) {
             e->prepared_vote = true;
             e->prepare_view = s->my_prepare.view;
@@ -313,8 +333,12 @@ static int record_build(pbft_replica *r, uint8_t **out, size_t *out_len) {
     rec.slots = sp;
     size_t len = tem__v1__pbft_vote_record__get_packed_size(&rec);
     uint8_t *buf = tem_malloc(len ? len : 1);
-    if (!buf) return PBFT_ENOMEM;
+    if (!buf) {
+        tem_free(cert);
+        return PBFT_ENOMEM;
+    }
     TEM_ASSERT(tem__v1__pbft_vote_record__pack(&rec, buf) == len);
+    tem_free(cert);
     *out = buf;
     *out_len = len;
     return PBFT_OK;
@@ -425,6 +449,38 @@ uint64_t pbft_replica_stable(const pbft_replica *r) { return r->stable; }
 static int check_prepared_cert(const pbft_replica *r, const Tem__V1__PbftPreparedCert *pc,
                                pbft__sigset *sigs);
 
+/* The block a slot record's commit certificate is for: its own bytes or its prepared one's.
+ * False when it has neither. */
+static bool record_commit_block(const Tem__V1__PbftSlotRecord *e, const uint8_t **bytes, size_t *len) {
+    if (e->block.len > 0) {
+        *bytes = e->block.data;
+        *len = e->block.len;
+        return true;
+    }
+    if (!e->prepared || e->prepared->block.len == 0) return false;
+    *bytes = e->prepared->block.data;
+    *len = e->prepared->block.len;
+    return true;
+}
+
+/* Checks a record slot's commit certificate against its block: PBFT_OK with the block's hash,
+ * the certificate's view and signatures; PBFT_ERECORD otherwise. */
+static int record_commit_check(const pbft_replica *r, const Tem__V1__PbftSlotRecord *e, uint8_t hash[32],
+                               uint64_t *view, pbft__sigset *sigs) {
+    const uint8_t *bytes;
+    size_t len;
+    if (!record_commit_block(e, &bytes, &len) || len > PBFT_BLOCK_BYTES_MAX) return PBFT_ERECORD;
+    if (r->cfg.hash(r->cfg.ctx, bytes, len, hash) != 0) return PBFT_ERECORD;
+    if (pbft_cert_check(r, e->commit_cert.data, e->commit_cert.len, e->height, hash, view) != PBFT_OK)
+        return PBFT_ERECORD;
+    Tem__V1__CommitCertificate *c =
+        tem__v1__commit_certificate__unpack(&ledger_pb_allocator, e->commit_cert.len, e->commit_cert.data);
+    if (!c) return PBFT_ERECORD;
+    int rc = pbft__sigset_from_pb(r, c->sigs, c->n_sigs, sigs) == PBFT_OK ? PBFT_OK : PBFT_ERECORD;
+    tem__v1__commit_certificate__free_unpacked(c, &ledger_pb_allocator);
+    return rc;
+}
+
 int pbft_replica_restore(pbft_replica *r, const uint8_t *record, size_t len) {
     TEM_ASSERT(!r->started);
     Tem__V1__PbftVoteRecord *rec =
@@ -440,6 +496,12 @@ int pbft_replica_restore(pbft_replica *r, const uint8_t *record, size_t len) {
             pbft__sigset tmp;
             if (e->prepared->height != e->height) goto out;
             if (check_prepared_cert(r, e->prepared, &tmp) != PBFT_OK) goto out;
+        }
+        if (e->commit_cert.len > 0) {
+            uint8_t hash[32];
+            uint64_t view;
+            pbft__sigset tmp;
+            if (record_commit_check(r, e, hash, &view, &tmp) != PBFT_OK) goto out;
         }
     }
     r->view = rec->view;
@@ -472,6 +534,22 @@ int pbft_replica_restore(pbft_replica *r, const uint8_t *record, size_t len) {
             s->pc_view = e->prepared->view;
             hash_copy(s->pc_hash, e->prepared->block_hash.data);
             s->pc_sigs = sigs;
+        }
+        if (e->commit_cert.len > 0 && !s->committed) {
+            /* The block was delivered before the crash and did not reach the disk: start()
+             * delivers it again (advance). */
+            uint8_t hash[32];
+            uint64_t view = 0;
+            pbft__sigset sigs;
+            TEM_ASSERT(record_commit_check(r, e, hash, &view, &sigs) == PBFT_OK);
+            const uint8_t *bytes;
+            size_t blen;
+            TEM_ASSERT(record_commit_block(e, &bytes, &blen));
+            if ((rc = block_add(s, hash, bytes, blen, NULL)) != PBFT_OK) goto out;
+            s->committed = true;
+            s->c_view = view;
+            hash_copy(s->c_hash, hash);
+            s->c_sigs = sigs;
         }
     }
 out:

@@ -995,7 +995,67 @@ START_TEST(pbft_record_keeps_the_last_delivered_height_for_a_lagging_store) {
     ck_assert_mem_eq(vr->slots[0]->prepared->block_hash.data, h2, 32);
     ck_assert_uint_eq(vr->slots[1]->height, 3);
     ck_assert(vr->slots[1]->prepared_vote && !vr->slots[1]->commit_vote);
+    /* ... and block 2's commit certificate, without a second copy of the block. */
+    ck_assert_uint_eq(vr->slots[0]->commit_cert.len, cert2_len);
+    ck_assert_mem_eq(vr->slots[0]->commit_cert.data, cert2, cert2_len);
+    ck_assert_uint_eq(vr->slots[0]->block.len, 0);
+    ck_assert_uint_eq(vr->slots[1]->commit_cert.len, 0);
+
+    /* Restart with the store at height 1: start() delivers block 2 again from the record, so
+     * the node needs no peer to hold it (every validator may have lost it in one power cut). */
+    cfg.start_height = 1;
+    memcpy(cfg.start_hash, h1, 32);
+    cfg.start_cert = cert1;
+    cfg.start_cert_len = cert1_len;
+    ck_assert_int_eq(pbft_replica_init(&r, &cfg), PBFT_OK);
+    ck_assert_int_eq(pbft_replica_restore(&r, rec, rlen), PBFT_OK);
+    ck_assert_uint_eq(pbft_replica_delivered(&r), 1);
+    ck_assert_int_eq(pbft_replica_start(&r, &out), PBFT_OK);
+    d = find_kind(&out, PBFT_ACT_DELIVER);
+    ck_assert_ptr_nonnull(d);
+    ck_assert_uint_eq(d->height, 2);
+    ck_assert_mem_eq(d->block_hash, h2, 32);
+    uint8_t dh[32];
+    ledger_sha256(dh, d->msg, d->msg_len);
+    ck_assert_mem_eq(dh, h2, 32);
+    ck_assert_int_eq(pbft_cert_check(&r, d->cert, d->cert_len, 2, h2, NULL), PBFT_OK);
+    ck_assert_uint_eq(pbft_replica_delivered(&r), 2);
+    pbft_actions_clear(&out);
+    /* It still will not vote for another block at (0, 2). */
+    uint8_t other2[16];
+    size_t ol2 = block(other2, 2, 9), len2;
+    uint8_t *m2 = msg_pp(0, 0, 2, other2, ol2, &len2);
+    ck_assert_int_ne(feed(&r, &out, 0, m2, len2), PBFT_OK);
+    ck_assert_int_eq(count_msgs(&out, TEM__V1__PBFT_MESSAGE__KIND_PREPARE), 0);
+    tem_free(m2);
+    pbft_actions_clear(&out);
+    pbft_replica_free(&r);
+
+    /* A certificate damaged on disk (one signature byte) restores nothing. */
+    vr = tem__v1__pbft_vote_record__unpack(NULL, rlen, rec);
+    ck_assert_ptr_nonnull(vr);
+    vr->slots[0]->commit_cert.data[vr->slots[0]->commit_cert.len - 3] ^= 1;
+    size_t badl = tem__v1__pbft_vote_record__get_packed_size(vr);
+    uint8_t *bad = tem_malloc(badl);
+    ck_assert_uint_eq(tem__v1__pbft_vote_record__pack(vr, bad), badl);
+    ck_assert_int_eq(pbft_replica_init(&r, &cfg), PBFT_OK);
+    ck_assert_int_eq(pbft_replica_restore(&r, bad, badl), PBFT_ERECORD);
+    ck_assert_uint_eq(pbft_replica_view(&r), 0);
+    ck_assert_uint_eq(pbft_replica_delivered(&r), 1);
+    pbft_replica_free(&r);
+    tem_free(bad);
+
+    /* A record without the certificate (written before it was added) still keeps the votes and
+     * the prepared block: the rest of this test restarts from that one. */
+    vr->slots[0]->commit_cert.data[vr->slots[0]->commit_cert.len - 3] ^= 1;
+    vr->slots[0]->commit_cert.len = 0;
+    size_t oldl = tem__v1__pbft_vote_record__get_packed_size(vr);
+    uint8_t *oldrec = tem_malloc(oldl);
+    ck_assert_uint_eq(tem__v1__pbft_vote_record__pack(vr, oldrec), oldl);
     tem__v1__pbft_vote_record__free_unpacked(vr, NULL);
+    tem_free(rec);
+    rec = oldrec;
+    rlen = oldl;
 
     /* Restart with the store at height 1. */
     cfg.start_height = 1;

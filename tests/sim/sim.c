@@ -128,6 +128,7 @@ typedef struct {
     bool h_live;
     sim_blk *chain;
     size_t chain_len, chain_cap;
+    size_t boot_len; /* chain_len when this incarnation started: all of it was on disk */
     uint8_t *record;
     size_t record_len;
     uint64_t last_sync_t;
@@ -684,6 +685,7 @@ static void inst_boot(sim_t *s, int ii) {
         return;
     }
     a->r_live = true;
+    a->boot_len = a->chain_len;
     if (a->record) {
         rc = pbft_replica_restore(&a->r, a->record, a->record_len);
         if (rc != PBFT_OK) fail(s, "instance %d: restore failed: %s", ii, pbft_strerror(rc));
@@ -720,8 +722,10 @@ static void inst_crash(sim_t *s, int ii) {
     s->faults |= SIM_F_CRASH;
     /* temd may commit a block to its store after the next vote record (a writer thread; issue
      * 15), except at checkpoint heights: the crash loses the last delivered block unless it is
-     * at one. The replica restarts a height lower and must recover that block from its record. */
-    if (a->chain_len > 0 && a->chain_len % s->k != 0) {
+     * at one. The replica restarts a height lower and must recover that block from its record.
+     * Only a block delivered by this incarnation can be lost: what the store held when the
+     * process started had been committed, and an apply waits for the previous commit. */
+    if (a->chain_len > a->boot_len && a->chain_len % s->k != 0) {
         sim_blk *b = &a->chain[--a->chain_len];
         tem_free(b->block);
         tem_free(b->cert);
