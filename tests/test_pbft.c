@@ -186,6 +186,8 @@ typedef struct cluster {
     uint64_t want_proposal[N_MAX];
     uint64_t want_fetch[N_MAX];
     bool hold_fetch[N_MAX]; /* a fetch stays unanswered while set */
+    bool withhold[N_MAX];   /* this replica serves no blocks (a Byzantine block server) */
+    int drop_kind_to[N_MAX]; /* messages of this kind to the replica are lost (0 = none) */
     struct {
         uint64_t h;
         uint8_t hash[32];
@@ -399,7 +401,13 @@ static uint32_t cl_run(cluster *c, uint32_t budget) {
                 c->held[c->nheld++] = m;
                 continue;
             }
-            if (c->up[m.to] && !c->cut[m.to] && !c->cut[m.from]) {
+            bool lost = false;
+            if (c->drop_kind_to[m.to]) {
+                Tem__V1__PbftMessage *pm = tem__v1__pbft_message__unpack(NULL, m.len, m.msg);
+                lost = pm && (int)pm->kind_case == c->drop_kind_to[m.to];
+                if (pm) tem__v1__pbft_message__free_unpacked(pm, NULL);
+            }
+            if (!lost && c->up[m.to] && !c->cut[m.to] && !c->cut[m.from]) {
                 pbft_event ev = {.kind = PBFT_EV_MESSAGE, .from = m.from, .data = m.msg, .len = m.len};
                 cl_post(c, m.to, &ev);
             }
@@ -431,7 +439,8 @@ static uint32_t cl_run(cluster *c, uint32_t budget) {
                 c->want_fetch[i] = 0;
                 uint32_t best = i;
                 for (uint32_t j = 0; j < c->n; j++)
-                    if (c->up[j] && !c->cut[j] && c->delivered_n[j] > c->delivered_n[best]) best = j;
+                    if (c->up[j] && !c->cut[j] && !c->withhold[j] && c->delivered_n[j] > c->delivered_n[best])
+                        best = j;
                 for (uint64_t h = from; h <= c->delivered_n[best]; h++) {
                     pbft_event ev = {0};
                     ev.kind = PBFT_EV_BLOCK_FETCHED;
@@ -1000,6 +1009,7 @@ START_TEST(pbft_record_keeps_the_last_delivered_height_for_a_lagging_store) {
     ck_assert_mem_eq(vr->slots[0]->commit_cert.data, cert2, cert2_len);
     ck_assert_uint_eq(vr->slots[0]->block.len, 0);
     ck_assert_uint_eq(vr->slots[1]->commit_cert.len, 0);
+    tem__v1__pbft_vote_record__free_unpacked(vr, NULL);
 
     /* Restart with the store at height 1: start() delivers block 2 again from the record, so
      * the node needs no peer to hold it (every validator may have lost it in one power cut). */
@@ -1141,6 +1151,50 @@ START_TEST(pbft_record_keeps_the_last_delivered_height_for_a_lagging_store) {
     tem_free(rec);
     tem_free(cert1);
     tem_free(cert2);
+}
+END_TEST
+
+/* The attack the commit certificate in the record answers (tem-sim seeds 5520, 5921). Every
+ * honest validator delivered block 2 and voted COMMIT on 3, then all three crashed before block 2
+ * reached their disks; only validator 3 saw the COMMITs of 3 and delivered it, and it serves no
+ * blocks. Its VIEW-CHANGE puts the commit point at 3, so no NEW-VIEW re-proposes 2, and the
+ * honest replicas could only fetch block 2 from it: with the prepared certificate alone the chain
+ * stopped for good. With the certificate each delivers 2 again from its own record, takes 3 from
+ * the VIEW-CHANGE's certificate (it holds block 3 from its prepared certificate), and the chain
+ * goes on. */
+START_TEST(pbft_every_honest_replica_losing_a_block_recovers_it_without_the_byzantine_server) {
+    cluster *c = tem_calloc(1, sizeof *c);
+    cl_init(c, 4, 4);
+    cl_run_to(c, 2);
+    for (uint32_t i = 0; i < 4; i++) ck_assert_uint_eq(c->delivered_n[i], 2);
+    for (uint32_t i = 0; i < 3; i++) c->drop_kind_to[i] = TEM__V1__PBFT_MESSAGE__KIND_COMMIT;
+    cl_run_to(c, 3);
+    for (uint32_t i = 0; i < 3; i++) ck_assert_uint_eq(c->delivered_n[i], 2);
+    ck_assert_uint_eq(c->delivered_n[3], 3);
+    /* The power cut: the queue goes, and with it block 2 of validators 0-2. */
+    for (size_t j = c->qhead; j < c->qn; j++) tem_free(c->q[j].msg);
+    c->qhead = c->qn;
+    for (uint32_t i = 0; i < 3; i++) {
+        cl_crash(c, i);
+        tem_free(c->blocks[i][2]);
+        tem_free(c->certs[i][2]);
+        c->blocks[i][2] = c->certs[i][2] = NULL;
+        c->delivered_n[i] = 1;
+        c->drop_kind_to[i] = 0;
+    }
+    c->withhold[3] = true;
+    for (uint32_t i = 0; i < 3; i++) cl_boot(c, i);
+    for (uint32_t i = 0; i < 3; i++) ck_assert_uint_eq(c->delivered_n[i], 2);
+    cl_run(c, 200000);
+    /* Validator 3's VIEW-CHANGE reaches the next primary (1) first, so the NEW-VIEW holds it. */
+    for (uint32_t i = 0; i < 4; i++) cl_fire_view_timer(c, (i + 3) % 4);
+    cl_run_to(c, 6);
+    ck_assert_uint_eq(pbft_replica_view(&c->r[0]), 1);
+    for (uint32_t i = 0; i < 4; i++)
+        ck_assert_msg(c->delivered_n[i] >= 6, "replica %u stopped at %llu", i, (unsigned long long)c->delivered_n[i]);
+    cl_assert_agreement(c);
+    cl_free(c);
+    tem_free(c);
 }
 END_TEST
 
@@ -1796,6 +1850,7 @@ static Suite *suite(void) {
     tcase_add_test(c, pbft_cluster_of_four_commits_blocks_with_valid_certificates);
     tcase_add_test(c, pbft_restored_votes_stop_a_second_block_at_the_same_view_and_height);
     tcase_add_test(c, pbft_record_keeps_the_last_delivered_height_for_a_lagging_store);
+    tcase_add_test(c, pbft_every_honest_replica_losing_a_block_recovers_it_without_the_byzantine_server);
     tcase_add_test(c, pbft_record_drops_the_delivered_height_once_durable);
     tcase_add_test(c, pbft_view_change_replaces_a_silent_primary_and_keeps_committed_blocks);
     tcase_add_test(c, pbft_replica_that_missed_a_view_change_joins_it_from_votes);
