@@ -287,7 +287,8 @@ static int record_build(pbft_replica *r, uint8_t **out, size_t *out_len) {
     size_t cert_len = 0;
     for (uint64_t h = from; h <= r->low + r->window; h++) {
         pbft__slot *s = slot_find(r, h);
-        bool undurable = s && h == r->delivered && s->committed && block_find(s, s->c_hash);
+        bool undurable = s && h == r->delivered && s->committed && block_find(s, s->c_hash) &&
+                         r->cfg.planted_bug != PBFT_BUG_RECORD_DROPS_COMMIT_CERT;
         if (!s || !(s->my_prepare.set || s->my_commit.set || s->has_pc || undurable)) continue;
         Tem__V1__PbftSlotRecord *e = &srec[n];
         tem__v1__pbft_slot_record__init(e);

@@ -71,7 +71,8 @@ const char *pbft_strerror(int err);
     X(SKIP_SIGNATURE_CHECK, "skip-signature-check")                                                \
     X(FETCH_SKIPS_CERT_CHECK, "fetch-skips-cert-check")                                            \
     X(FORGET_VOTES_ON_RESTART, "forget-votes-on-restart")                                         \
-    X(SEND_BEFORE_PERSIST, "send-before-persist")
+    X(SEND_BEFORE_PERSIST, "send-before-persist")                                                  \
+    X(RECORD_DROPS_COMMIT_CERT, "record-drops-commit-cert")
 
 typedef enum {
 #define PBFT_BUGX(id, name) PBFT_BUG_##id,

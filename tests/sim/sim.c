@@ -86,6 +86,7 @@ enum {
     E_RESTART,
     E_PARTITION,
     E_HEAL,
+    E_POWER_CUT,
 };
 
 typedef struct {
@@ -190,6 +191,7 @@ typedef struct sim {
     uint32_t faults;
     uint64_t byz_keys; /* keys under Byzantine control (incl. twins) */
     uint32_t vote_crashes, vote_crash_pm; /* crashes at kill points around a vote's write */
+    uint64_t power_cut_height; /* a power cut follows the first honest delivery of it (0 = none) */
     uint64_t refused;                     /* events the host refused (EFULL): pushed back */
 } sim_t;
 
@@ -842,6 +844,13 @@ static void on_deliver(sim_t *s, int ii, const pbft_action *act) {
         fail(s, "agreement: honest replicas committed different blocks at height %llu "
                 "(instance %d)", (unsigned long long)h, ii);
     }
+    /* Kill point: a power cut right after a delivery, while temd may still be writing the
+     * block (every honest replica loses what it delivered in this incarnation). */
+    if (!s->healed && h == s->power_cut_height) {
+        s->power_cut_height = 0;
+        (void)ev_new(s, E_POWER_CUT, s->now + rng_below(&s->rng, 3));
+        ev_push(s);
+    }
     /* Kill point: the lone replica an equivocating primary let commit its other block crashes
      * at once and stays down past the next view change. That block is then decided but known
      * only from the others' prepared certificates, which the next NEW-VIEW must re-propose. */
@@ -1241,6 +1250,19 @@ static void handle(sim_t *s, sim_ev *e) {
         TRACE(s, "i%d restart from height %zu", e->inst, a->chain_len);
         inst_boot(s, e->inst);
         break;
+    case E_POWER_CUT:
+        /* Every honest replica at once (a feeder's substation, a data centre): the case where
+         * a block delivered just before may be on no honest validator's disk. */
+        TRACE(s, "power cut");
+        s->faults |= SIM_F_POWER_CUT;
+        for (uint32_t i = 0; i < s->ninst; i++) {
+            if (!s->inst[i].up || s->inst[i].byz || s->inst[i].twin) continue;
+            inst_crash(s, (int)i);
+            sim_ev *c = ev_new(s, E_RESTART, s->now + 10 + rng_below(&s->rng, 400));
+            c->inst = (int)i;
+            ev_push(s);
+        }
+        break;
     case E_PARTITION:
         s->part_mask = e->a;
         TRACE(s, "partition %llx", (unsigned long long)e->a);
@@ -1382,6 +1404,17 @@ static void setup(sim_t *s, uint64_t seed) {
     }
     uint64_t fault_ms = 1000 + rng_below(g, 2500);
     schedule_faults(s, fault_ms);
+    /* Power cuts draw from a stream of their own, so a seed without one runs exactly as before
+     * they were added: at a random time, or right after the first delivery of a height. */
+    rng_t pg = {.s = seed * 0x9e3779b97f4a7c15ull + 0x70c0ull};
+    if (rng_pct(&pg, 250)) {
+        if (rng_pct(&pg, 500)) {
+            (void)ev_new(s, E_POWER_CUT, rng_below(&pg, fault_ms));
+            ev_push(s);
+        } else {
+            s->power_cut_height = 1 + rng_below(&pg, 6);
+        }
+    }
     (void)ev_new(s, E_HEAL, fault_ms);
     ev_push(s);
 }
@@ -1492,6 +1525,6 @@ const char *sim_fault_name(int bit) {
         "delay",   "drop",      "duplicate", "reorder",       "partition",    "crash",
         "lost-unsynced-writes", "equivocating-primary",       "conflicting-votes",
         "forged-signatures",    "replayed-messages",          "malformed-messages",
-        "silent",  "invalid-proposals",     "lying-block-server", "twins"};
+        "silent",  "invalid-proposals",     "lying-block-server", "twins", "power-cut"};
     return bit >= 0 && bit < SIM_F_COUNT ? names[bit] : NULL;
 }

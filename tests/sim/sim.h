@@ -39,7 +39,8 @@ enum {
     SIM_F_BAD_PROPOSAL = 1u << 13,
     SIM_F_FETCH_LIAR = 1u << 14,
     SIM_F_TWINS = 1u << 15,
-    SIM_F_COUNT = 16
+    SIM_F_POWER_CUT = 1u << 16,
+    SIM_F_COUNT = 17
 };
 const char *sim_fault_name(int bit);
 
