@@ -132,7 +132,7 @@ sim-test: $(SIM_BIN)
 	    cmds+=("$(SIM_BIN) --seeds $$lo..$$hi"); done; \
 	  bash tests/tools/run_par.sh $$j "$${cmds[@]}"
 
-sh-test: all
+sh-test: all $(BUILD)/tools/slow_sync.so
 	@set -e; for t in $(SH_TESTS); do echo "== $$t"; BUILD=$(BUILD) bash $$t; done
 
 soak: $(SIM_BIN)
@@ -217,5 +217,9 @@ clean:
 $(BUILD)/tools/tem_count.so: tests/tools/tem_count.c
 	@mkdir -p $(dir $@)
 	$(CC) $(PKG_CFLAGS) -std=gnu17 $(WARN) -O2 -g -shared -fPIC -o $@ $< -ldl
+# t_chaos.sh slows the store's commits with it (a block in flight when the power fails).
+$(BUILD)/tools/slow_sync.so: tests/tools/slow_sync.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu17 $(WARN) -O2 -g -shared -fPIC -o $@ $< -ldl
 # bench_per_tx runs the nodes under the counter.
 $(BUILD)/bench/bench_per_tx: | $(BUILD)/tools/tem_count.so $(TEMD)

@@ -202,6 +202,11 @@ int node_replica_start(node *n) {
         node_log(n, NODE_LOG_ERROR, "consensus start: %s", pbft_strerror(rc));
         return rc == PBFT_ENOMEM ? NODE_ENOMEM : NODE_ECONSENSUS;
     }
+    /* The record held a block this node delivered before it stopped and whose commit had not
+     * finished (docs/consensus.md, "What is persisted"): start() delivered it again. */
+    if (pbft_replica_delivered(&n->rep) > pc.start_height)
+        node_log(n, NODE_LOG_INFO, "block %llu delivered again from the vote record (it had not reached the disk)",
+                 (unsigned long long)pbft_replica_delivered(&n->rep));
     return NODE_OK;
 }
 
