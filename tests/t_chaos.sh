@@ -16,9 +16,27 @@ echo "t_chaos: $SECS s, seed $SEED"
 . "$(dirname "$0")/lib_chain.sh"
 chain_start
 pub() { jq -r .public "$dir/$1.key"; }
-restart() { # i
-  "$D" --data-dir "$dir/n$1" --genesis "$dir/g.json" --key "$dir/v$1.key" --log-level info 2>>"$dir/n$1.log" &
-  PID[n$1]=$!
+restart() { # i [env assignments for temd...]
+  local i=$1; shift
+  env "$@" "$D" --data-dir "$dir/n$i" --genesis "$dir/g.json" --key "$dir/v$i.key" --log-level info 2>>"$dir/n$i.log" &
+  PID[n$i]=$!
+}
+killall4() { local i; for i in 0 1 2 3; do kill -KILL "${PID[n$i]}" 2>/dev/null || true; done
+  for i in 0 1 2 3; do wait "${PID[n$i]}" 2>/dev/null || true; done; }
+height() { curl -s -m 2 "http://$(http "$1")/v1/status" | jq -r .height 2>/dev/null || echo 0; }
+wait_height() { # node min timeout_s
+  local e=$((SECONDS + $3))
+  until [ "$(height "$1")" -ge "$2" ] 2>/dev/null; do [ $SECONDS -lt $e ] || return 1; sleep 0.3; done
+}
+block_hash() { curl -s -m 2 "http://$(http "$1")/v1/blocks/$2" | jq -r .hash; }
+receipt() { # txid: committed, refused, or what the node last said after 30 s
+  local e=$((SECONDS + 30)) st=
+  while [ $SECONDS -lt $e ]; do
+    st=$(curl -s -m 2 "http://$(http 0)/v1/tx/$1" | jq -r .status 2>/dev/null || true)
+    case "$st" in committed|refused) break;; esac
+    sleep 0.3
+  done
+  echo "$st"
 }
 : >"$dir/accepted"
 (
@@ -44,8 +62,7 @@ end=$((SECONDS + SECS))
 while [ $SECONDS -lt $end ]; do
   sleep $((4 + RANDOM % 8))
   if [ $((RANDOM % 3)) = 0 ]; then
-    for i in 0 1 2 3; do kill -KILL "${PID[n$i]}" 2>/dev/null || true; done
-    for i in 0 1 2 3; do wait "${PID[n$i]}" 2>/dev/null || true; done
+    killall4
     allkills=$((allkills + 1))
     sleep $((1 + RANDOM % 3))
     for i in 0 1 2 3; do restart $i; done
@@ -64,34 +81,20 @@ echo "t_chaos: $kills single kills, $allkills kills of all four, $n txs accepted
 [ "$n" -ge 20 ] || fail "only $n txs accepted"
 # Convergence: every node reaches node 0's height.
 sleep 3
-H=$(curl -s -m 2 "http://$(http 0)/v1/status" | jq -r .height)
-for i in 0 1 2 3; do
-  e=$((SECONDS + 60))
-  until [ "$(curl -s -m 2 "http://$(http $i)/v1/status" | jq -r .height 2>/dev/null || echo 0)" -ge "$H" ] 2>/dev/null; do
-    [ $SECONDS -lt $e ] || fail "node $i did not reach $H"
-    sleep 0.3
-  done
-done
+H=$(height 0)
+for i in 0 1 2 3; do wait_height $i "$H" 60 || fail "node $i did not reach $H"; done
 ok "all nodes at or past $H"
 # The last 20 heights: each block names its parent's hash, so one equal hash means an equal chain
 # below it.
 for h in $(seq $((H > 20 ? H - 19 : 1)) "$H"); do
-  ref=$(curl -s "http://$(http 0)/v1/blocks/$h" | jq -r .hash)
+  ref=$(block_hash 0 "$h")
   [ -n "$ref" ] && [ "$ref" != null ] || fail "no block $h on node 0"
-  for i in 1 2 3; do
-    got=$(curl -s "http://$(http $i)/v1/blocks/$h" | jq -r .hash)
-    [ "$got" = "$ref" ] || fail "block $h differs on node $i"
-  done
+  for i in 1 2 3; do [ "$(block_hash $i "$h")" = "$ref" ] || fail "block $h differs on node $i"; done
 done
 ok "blocks $((H > 20 ? H - 19 : 1))..$H identical on all nodes (so is every block below)"
 lost=0; committed=0; refused=0
 while read -r id k nn node; do
-  e=$((SECONDS + 30)); s=
-  while [ $SECONDS -lt $e ]; do
-    s=$(curl -s -m 2 "http://$(http 0)/v1/tx/$id" | jq -r .status 2>/dev/null || true)
-    case "$s" in committed|refused) break;; esac
-    sleep 0.3
-  done
+  s=$(receipt "$id")
   case "$s" in
     committed) committed=$((committed + 1));;
     refused) refused=$((refused + 1));;
@@ -108,24 +111,14 @@ ok "every one of $n accepted txs has a receipt ($committed committed, $refused r
 # logs so), and the chain must go on with nothing accepted lost.
 SO="$B/tools/slow_sync.so"
 [ -f "$SO" ] || fail "$SO missing (make $SO)"
-killall4() { local i; for i in 0 1 2 3; do kill -KILL "${PID[n$i]}" 2>/dev/null || true; done
-  for i in 0 1 2 3; do wait "${PID[n$i]}" 2>/dev/null || true; done; }
 redelivered() { cat "$dir"/n?.log | grep -c "delivered again from the vote record" || true; }
 before=$(redelivered)
 accepted2=()
 for attempt in 1 2 3 4; do
   killall4
-  for i in 0 1 2 3; do
-    LD_PRELOAD="$SO" TEM_SLOW_SYNC_MS=400 "$D" --data-dir "$dir/n$i" --genesis "$dir/g.json" --key "$dir/v$i.key" \
-      --log-level info 2>>"$dir/n$i.log" &
-    PID[n$i]=$!
-  done
-  h0=$(curl -s -m 2 "http://$(http 0)/v1/status" | jq -r .height 2>/dev/null || echo 0)
-  e=$((SECONDS + 30))
-  until [ "$(curl -s -m 2 "http://$(http 0)/v1/status" | jq -r .height 2>/dev/null || echo 0)" -ge $((h0 + 4)) ] 2>/dev/null; do
-    [ $SECONDS -lt $e ] || fail "no blocks under slow commits"
-    sleep 0.2
-  done
+  for i in 0 1 2 3; do restart $i LD_PRELOAD="$SO" TEM_SLOW_SYNC_MS=400; done
+  h0=$(height 0)
+  wait_height 0 $((h0 + 4)) 30 || fail "no blocks under slow commits"
   for k in p1 p2 p3; do
     id=$("$T" submit --node "http://$(http $((RANDOM % 4)))" --key "$dir/$k.key" --chain-id tem-chain \
       transfer --to "$(pub p1)" --amount 1 2>/dev/null) && accepted2+=("$id")
@@ -139,26 +132,12 @@ done
 got=$(( $(redelivered) - before ))
 [ "$got" -ge 1 ] || fail "4 power cuts during slow commits: no node delivered a block again from its vote record"
 ok "power cut during a commit: $got node restarts delivered their last block again from the vote record (attempt $attempt)"
-H=$(curl -s -m 2 "http://$(http 0)/v1/status" | jq -r .height)
-for i in 0 1 2 3; do
-  e=$((SECONDS + 60))
-  until [ "$(curl -s -m 2 "http://$(http $i)/v1/status" | jq -r .height 2>/dev/null || echo 0)" -ge $((H + 2)) ] 2>/dev/null; do
-    [ $SECONDS -lt $e ] || fail "node $i did not pass $((H + 2)) after the power cut"
-    sleep 0.3
-  done
-done
-ref=$(curl -s "http://$(http 0)/v1/blocks/$((H + 2))" | jq -r .hash)
-for i in 1 2 3; do
-  [ "$(curl -s "http://$(http $i)/v1/blocks/$((H + 2))" | jq -r .hash)" = "$ref" ] || fail "block $((H + 2)) differs on node $i"
-done
+H=$(height 0)
+for i in 0 1 2 3; do wait_height $i $((H + 2)) 60 || fail "node $i did not pass $((H + 2)) after the power cut"; done
+ref=$(block_hash 0 $((H + 2)))
+for i in 1 2 3; do [ "$(block_hash $i $((H + 2)))" = "$ref" ] || fail "block $((H + 2)) differs on node $i"; done
 for id in "${accepted2[@]}"; do
-  e=$((SECONDS + 30)); s=
-  while [ $SECONDS -lt $e ]; do
-    s=$(curl -s -m 2 "http://$(http 0)/v1/tx/$id" | jq -r .status 2>/dev/null || true)
-    case "$s" in committed|refused) break;; esac
-    sleep 0.3
-  done
-  case "$s" in committed|refused) ;; *) fail "tx $id accepted before the power cut has no receipt";; esac
+  case "$(receipt "$id")" in committed|refused) ;; *) fail "tx $id accepted before the power cut has no receipt";; esac
 done
 ok "after it the nodes agree past $((H + 2)) and all ${#accepted2[@]} txs accepted around the cuts have receipts"
 echo "t_chaos: $passed passed"
