@@ -23,7 +23,10 @@ restart() { # i [env assignments for temd...]
 }
 killall4() { local i; for i in 0 1 2 3; do kill -KILL "${PID[n$i]}" 2>/dev/null || true; done
   for i in 0 1 2 3; do wait "${PID[n$i]}" 2>/dev/null || true; done; }
-height() { curl -s -m 2 "http://$(http "$1")/v1/status" | jq -r .height 2>/dev/null || echo 0; }
+height() { # 0 while the node does not answer
+  local v; v=$(curl -s -m 2 "http://$(http "$1")/v1/status" | jq -r .height 2>/dev/null || true)
+  case "$v" in ''|*[!0-9]*) echo 0;; *) echo "$v";; esac
+}
 wait_height() { # node min timeout_s
   local e=$((SECONDS + $3))
   until [ "$(height "$1")" -ge "$2" ] 2>/dev/null; do [ $SECONDS -lt $e ] || return 1; sleep 0.3; done
@@ -81,6 +84,7 @@ echo "t_chaos: $kills single kills, $allkills kills of all four, $n txs accepted
 [ "$n" -ge 20 ] || fail "only $n txs accepted"
 # Convergence: every node reaches node 0's height.
 sleep 3
+wait_height 0 1 30 || fail "node 0 does not answer"
 H=$(height 0)
 for i in 0 1 2 3; do wait_height $i "$H" 60 || fail "node $i did not reach $H"; done
 ok "all nodes at or past $H"
@@ -117,8 +121,9 @@ accepted2=()
 for attempt in 1 2 3 4; do
   killall4
   for i in 0 1 2 3; do restart $i LD_PRELOAD="$SO" TEM_SLOW_SYNC_MS=400; done
+  wait_height 0 1 30 || fail "node 0 did not answer after the restart"
   h0=$(height 0)
-  wait_height 0 $((h0 + 4)) 30 || fail "no blocks under slow commits"
+  wait_height 0 $((h0 + 4)) 60 || fail "no blocks under slow commits"
   for k in p1 p2 p3; do
     id=$("$T" submit --node "http://$(http $((RANDOM % 4)))" --key "$dir/$k.key" --chain-id tem-chain \
       transfer --to "$(pub p1)" --amount 1 2>/dev/null) && accepted2+=("$id")
@@ -132,6 +137,7 @@ done
 got=$(( $(redelivered) - before ))
 [ "$got" -ge 1 ] || fail "4 power cuts during slow commits: no node delivered a block again from its vote record"
 ok "power cut during a commit: $got node restarts delivered their last block again from the vote record (attempt $attempt)"
+wait_height 0 1 30 || fail "node 0 does not answer after the power cut"
 H=$(height 0)
 for i in 0 1 2 3; do wait_height $i $((H + 2)) 60 || fail "node $i did not pass $((H + 2)) after the power cut"; done
 ref=$(block_hash 0 $((H + 2)))
