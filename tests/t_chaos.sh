@@ -110,9 +110,11 @@ echo "t_chaos: $committed committed, $refused refused, $lost lost of $n accepted
 ok "every one of $n accepted txs has a receipt ($committed committed, $refused refused)"
 
 # ---- 2. all four killed while a block's commit is in flight. Under slow_sync.so each commit of
-# the store takes 400 ms and consensus votes on the next height meanwhile, so the kill finds a
-# block delivered but on no disk: every restarted node must take it from its vote record (it
-# logs so), and the chain must go on with nothing accepted lost.
+# the store takes 1.5 s, longer than the 0.5 s between idle blocks, so the next height's votes
+# always fall inside a commit and the kill finds a block delivered but on no disk: a restarted
+# node must take it from its vote record (it logs so), and the chain must go on with nothing
+# accepted lost. (At 400 ms the votes came after the commit ended more often than not, and 4
+# attempts were not always enough.)
 SO="$B/tools/slow_sync.so"
 [ -f "$SO" ] || fail "$SO missing (make $SO)"
 redelivered() { cat "$dir"/n?.log | grep -c "delivered again from the vote record" || true; }
@@ -120,7 +122,7 @@ before=$(redelivered)
 accepted2=()
 for attempt in 1 2 3 4; do
   killall4
-  for i in 0 1 2 3; do restart $i LD_PRELOAD="$SO" TEM_SLOW_SYNC_MS=400; done
+  for i in 0 1 2 3; do restart $i LD_PRELOAD="$SO" TEM_SLOW_SYNC_MS=1500; done
   wait_height 0 1 30 || fail "node 0 did not answer after the restart"
   h0=$(height 0)
   wait_height 0 $((h0 + 4)) 60 || fail "no blocks under slow commits"
