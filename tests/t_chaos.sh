@@ -128,7 +128,7 @@ for attempt in 1 2 3 4; do
   wait_height 0 $((h0 + 4)) 60 || fail "no blocks under slow commits"
   for k in p1 p2 p3; do
     id=$("$T" submit --node "http://$(http $((RANDOM % 4)))" --key "$dir/$k.key" --chain-id tem-chain \
-      transfer --to "$(pub p1)" --amount 1 2>/dev/null) && accepted2+=("$id")
+      transfer --to "$(pub p$(( ${k#p} % 3 + 1 )))" --amount 1 2>/dev/null) && accepted2+=("$id")
   done
   sleep 0.$((RANDOM % 9 + 1))
   killall4
