@@ -487,8 +487,14 @@ int pbft_replica_restore(pbft_replica *r, const uint8_t *record, size_t len) {
     Tem__V1__PbftVoteRecord *rec =
         tem__v1__pbft_vote_record__unpack(&ledger_pb_allocator, len, record);
     if (!rec) return PBFT_ERECORD;
-    /* Check everything before changing anything, so a bad record restores nothing. */
+    /* Check everything before changing anything, so a bad record restores nothing. Only the
+     * last delivered height carries a commit certificate: its check's results are kept for the
+     * second pass, so its signatures are verified once. */
     int rc = PBFT_ERECORD;
+    const Tem__V1__PbftSlotRecord *ce = NULL;
+    uint8_t c_hash[32];
+    uint64_t c_view = 0;
+    pbft__sigset c_sigs;
     for (size_t i = 0; i < rec->n_slots; i++) {
         const Tem__V1__PbftSlotRecord *e = rec->slots[i];
         if (e->prepared_vote && !pb_is_hash(e->prepare_hash)) goto out;
@@ -499,10 +505,8 @@ int pbft_replica_restore(pbft_replica *r, const uint8_t *record, size_t len) {
             if (check_prepared_cert(r, e->prepared, &tmp) != PBFT_OK) goto out;
         }
         if (e->commit_cert.len > 0) {
-            uint8_t hash[32];
-            uint64_t view;
-            pbft__sigset tmp;
-            if (record_commit_check(r, e, hash, &view, &tmp) != PBFT_OK) goto out;
+            if (ce || record_commit_check(r, e, c_hash, &c_view, &c_sigs) != PBFT_OK) goto out;
+            ce = e;
         }
     }
     r->view = rec->view;
@@ -536,21 +540,17 @@ int pbft_replica_restore(pbft_replica *r, const uint8_t *record, size_t len) {
             hash_copy(s->pc_hash, e->prepared->block_hash.data);
             s->pc_sigs = sigs;
         }
-        if (e->commit_cert.len > 0 && !s->committed) {
+        if (e == ce && !s->committed) {
             /* The block was delivered before the crash and did not reach the disk: start()
              * delivers it again (advance). */
-            uint8_t hash[32];
-            uint64_t view = 0;
-            pbft__sigset sigs;
-            TEM_ASSERT(record_commit_check(r, e, hash, &view, &sigs) == PBFT_OK);
             const uint8_t *bytes;
             size_t blen;
             TEM_ASSERT(record_commit_block(e, &bytes, &blen));
-            if ((rc = block_add(s, hash, bytes, blen, NULL)) != PBFT_OK) goto out;
+            if ((rc = block_add(s, c_hash, bytes, blen, NULL)) != PBFT_OK) goto out;
             s->committed = true;
-            s->c_view = view;
-            hash_copy(s->c_hash, hash);
-            s->c_sigs = sigs;
+            s->c_view = c_view;
+            hash_copy(s->c_hash, c_hash);
+            s->c_sigs = c_sigs;
         }
     }
 out:

@@ -1054,10 +1054,38 @@ START_TEST(pbft_record_keeps_the_last_delivered_height_for_a_lagging_store) {
     ck_assert_uint_eq(pbft_replica_delivered(&r), 1);
     pbft_replica_free(&r);
     tem_free(bad);
+    vr->slots[0]->commit_cert.data[vr->slots[0]->commit_cert.len - 3] ^= 1;
+    /* So does a valid certificate beside other block bytes (a record whose block was swapped),
+     * and a second slot with a certificate (only the last delivered height has one). */
+    uint8_t swapped[16];
+    vr->slots[0]->block.data = swapped;
+    vr->slots[0]->block.len = block(swapped, 2, 9);
+    badl = tem__v1__pbft_vote_record__get_packed_size(vr);
+    bad = tem_malloc(badl);
+    ck_assert_uint_eq(tem__v1__pbft_vote_record__pack(vr, bad), badl);
+    ck_assert_int_eq(pbft_replica_init(&r, &cfg), PBFT_OK);
+    ck_assert_int_eq(pbft_replica_restore(&r, bad, badl), PBFT_ERECORD);
+    ck_assert_uint_eq(pbft_replica_delivered(&r), 1);
+    pbft_replica_free(&r);
+    tem_free(bad);
+    vr->slots[0]->block.data = NULL;
+    vr->slots[0]->block.len = 0;
+    /* The second slot repeats the first, so both certificates are valid. */
+    Tem__V1__PbftSlotRecord **orig = vr->slots, *three[3] = {orig[0], orig[1], orig[0]};
+    vr->slots = three;
+    vr->n_slots = 3;
+    badl = tem__v1__pbft_vote_record__get_packed_size(vr);
+    bad = tem_malloc(badl);
+    ck_assert_uint_eq(tem__v1__pbft_vote_record__pack(vr, bad), badl);
+    vr->slots = orig;
+    vr->n_slots = 2;
+    ck_assert_int_eq(pbft_replica_init(&r, &cfg), PBFT_OK);
+    ck_assert_int_eq(pbft_replica_restore(&r, bad, badl), PBFT_ERECORD);
+    pbft_replica_free(&r);
+    tem_free(bad);
 
     /* A record without the certificate (written before it was added) still keeps the votes and
      * the prepared block: the rest of this test restarts from that one. */
-    vr->slots[0]->commit_cert.data[vr->slots[0]->commit_cert.len - 3] ^= 1;
     vr->slots[0]->commit_cert.len = 0;
     size_t oldl = tem__v1__pbft_vote_record__get_packed_size(vr);
     uint8_t *oldrec = tem_malloc(oldl);
