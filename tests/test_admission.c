@@ -230,7 +230,28 @@ START_TEST(admission_slow_intake_adds_to_the_wait) {
     /* 1000 queued now wait 1 s in the queue and 1.5 s to become durable: over the bound. */
     ck_assert_int_eq(node_admission_check(&a, t, 1000, tag, &ra), NODE_ADMISSION_BUSY);
     ck_assert_int_eq(node_admission_check(&a, t, 400, tag, &ra), NODE_ADMISSION_OK);
+    /* A block while a client tx is in intake keeps the slow intake time. */
+    uint64_t slow = a.intake_ms;
+    t = blocks(&a, t, 3, 100, 100, 5);
+    ck_assert_uint_eq(a.intake_ms, slow);
     node_admission_intake_end(&a);
+    /* Each block that finds the intake empty takes a quarter off (rounded up, so it reaches 0):
+     * the queue behind that slow intake has drained. */
+    t = blocks(&a, t, 1, 100, 100, 5);
+    ck_assert_uint_eq(a.intake_ms, slow - (slow + 3) / 4);
+    uint64_t want = a.intake_ms;
+    for (int i = 0; i < 5; i++) want -= (want + 3) / 4;
+    t = blocks(&a, t, 5, 100, 100, 5);
+    ck_assert_uint_eq(a.intake_ms, want);
+    ck_assert_uint_lt(a.intake_ms, 300);
+    /* So a tx meeting another in intake is admitted again, though no quick tx has finished. */
+    node_admission_intake_begin(&a);
+    ck_assert_int_eq(node_admission_check(&a, t, 1000, tag, &ra), NODE_ADMISSION_OK);
+    node_admission_intake_end(&a);
+    t = blocks(&a, t, 40, 100, 100, 5);
+    ck_assert_uint_eq(a.intake_ms, 0);
+    node_admission_intake(&a, 1500);
+    ck_assert_uint_eq(a.intake_ms, 1500 / 8);
     for (int i = 0; i < 200; i++) node_admission_intake(&a, 10);
     ck_assert_uint_le(a.intake_ms, 20);
     ck_assert_int_eq(node_admission_check(&a, t, 1000, tag, &ra), NODE_ADMISSION_OK);

@@ -7,8 +7,9 @@
  * 1/rate from the phase's start), that each answer is counted once and as what it was through
  * reused requests and connections, that every signer's txs reach its own node and its nonces
  * arrive in order without a gap (a refused tx is offered again), that a cut event stream is
- * resumed after the last id seen, and that latency runs from the due time. No time is
- * asserted. */
+ * resumed after the last id seen, that latency runs from the due time, and that a phase with
+ * --settle starts only once every node's GET /v1/status reports an empty mempool (or its wait
+ * ran out, which the result says). No time is asserted but the settle wait's own minimum. */
 #include <check.h>
 #include <jansson.h>
 #include <netinet/in.h>
@@ -47,6 +48,9 @@ typedef struct {
     long resumed_from;         /* Last-Event-ID of the latest stream request, -1 none */
     /* counts, read by the test after the generator's run (the thread runs on) */
     atomic_ulong received, accepted, refused, gaps, requests, bulk_requests, bad;
+    /* GET /v1/status: each answer reports status_left[node] txs in the mempool, then one fewer
+     * (a validator applying the blocks it is behind on) */
+    atomic_ulong status_left[2], status_polls[2];
 } fnode;
 
 static void send_all(int fd, const char *p, size_t n) {
@@ -138,6 +142,13 @@ static bool fnode_serve(fnode *f, fconn *c) {
             for (unsigned long id = f->resumed_from > 0 ? (unsigned long)f->resumed_from + 1 : 1;
                  id <= f->accepted && id <= LOG_MAX; id++)
                 fnode_event(f, c->fd, id);
+        } else if (!strncmp(c->in, "GET /v1/status ", 15)) {
+            f->status_polls[c->node]++;
+            unsigned long m = f->status_left[c->node];
+            if (m > 0) f->status_left[c->node] = m - 1;
+            char out[96];
+            snprintf(out, sizeof out, "{\"height\":7,\"mempool\":%lu}", m);
+            reply(c->fd, 200, out, false);
         } else if (!strncmp(c->in, "POST /v1/tx ", 12)) {
             f->requests++;
             const char *code = fnode_tx(f, c->node, body, blen, hex);
@@ -339,6 +350,35 @@ START_TEST(load_offers_on_schedule_and_counts_each_answer_once) {
     ck_assert_uint_eq(f.gaps, 0);
     ck_assert_uint_eq(f.bad, 0);
     ck_assert_uint_eq(f.sse_opens, 3); /* the second phase opened its own */
+    /* Without --settle no phase asked for the nodes' status. */
+    ck_assert_uint_eq(f.status_polls[0] + f.status_polls[1], 0);
+    ck_assert(r.settled);
+
+    /* --settle: node 0 still holds 3 txs, node 1 holds 5; the phase waits until both report an
+     * empty mempool, so each was asked until it said 0. */
+    ph.batch = 1;
+    ph.duration_s = 0.5;
+    ph.settle_s = 30;
+    f.status_left[0] = 3;
+    f.status_left[1] = 5;
+    acc0 = f.accepted;
+    ref0 = f.refused;
+    ck_assert_int_eq(ctl_load_run(l, &ph, &r), 0);
+    ck_assert(r.settled);
+    ck_assert(r.settle_ms > 0);
+    ck_assert_uint_eq(f.status_left[0], 0);
+    ck_assert_uint_eq(f.status_left[1], 0);
+    ck_assert_uint_ge(f.status_polls[0], 4);
+    ck_assert_uint_ge(f.status_polls[1], 6);
+    check_phase(&r, 200, f.accepted - acc0, f.refused - ref0);
+    /* A node that never empties: the wait ends after settle_s, the phase runs, the result says
+     * it did not settle. */
+    ph.settle_s = 0.5;
+    f.status_left[1] = 1000000;
+    ck_assert_int_eq(ctl_load_run(l, &ph, &r), 0);
+    ck_assert(!r.settled);
+    ck_assert(r.settle_ms >= 500);
+    ck_assert_uint_gt(r.accepted, 0);
     ctl_load_free(l);
     fnode_stop(&f);
     unlink(gpath);

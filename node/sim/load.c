@@ -927,12 +927,46 @@ static void gen_cpu(ctl_load_result *out, const struct rusage *ru0, double wall_
     out->gen_cpu_pct = wall_s > 0 ? us / (wall_s * 1e6) * 100.0 : 0;
 }
 
+/* Polls every node's GET /v1/status until each reports an empty mempool, for settle_s at most.
+ * The generator's drain ends when node 0 has committed its txs; a validator that the other three
+ * outran under load may still be applying blocks seconds later, its mempool full of txs already
+ * committed elsewhere, and its admission rightly refuses to queue more behind them. A phase that
+ * measures the settled cluster must start after that, however long the catch-up takes here. */
+static void settle(ctl_load *l, double settle_s, ctl_load_result *out) {
+    double t0 = mono_s();
+    out->settled = settle_s <= 0;
+    if (out->settled) return;
+    ctl_http_conn c[CTL_LOAD_NODES_MAX];
+    uint32_t n = l->cfg.n_nodes, inited = 0;
+    for (; inited < n; inited++)
+        if (ctl_http_init(&c[inited], l->nodes[inited], 2000) != 0) break;
+    while (inited == n && !out->settled) {
+        bool all = true;
+        for (uint32_t i = 0; i < n && all; i++) {
+            int st;
+            json_t *j = ctl_api_get(&c[i], "/v1/status", &st);
+            json_t *mp = j && st == 200 ? json_object_get(j, "mempool") : NULL;
+            all = json_is_integer(mp) && json_integer_value(mp) == 0;
+            json_decref(j);
+        }
+        out->settled = all;
+        if (all || mono_s() - t0 >= settle_s) break;
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    for (uint32_t i = 0; i < inited; i++) ctl_http_close(&c[i]);
+    out->settle_ms = (mono_s() - t0) * 1000.0;
+    if (!out->settled) fprintf(stderr, "load: the nodes did not settle (empty mempools) within %.0f s\n", settle_s);
+}
+
 int ctl_load_run(ctl_load *l, const ctl_load_phase *ph, ctl_load_result *out) {
     memset(out, 0, sizeof *out);
-    if (ph->rate_per_s <= 0 || ph->duration_s <= 0 || ph->batch > CTL_LOAD_BATCH_MAX) {
-        fprintf(stderr, "load: rate and duration must be positive, batch at most %u\n", CTL_LOAD_BATCH_MAX);
+    if (ph->rate_per_s <= 0 || ph->duration_s <= 0 || ph->batch > CTL_LOAD_BATCH_MAX || ph->settle_s < 0) {
+        fprintf(stderr, "load: rate and duration must be positive, settle not negative, batch at most %u\n",
+                CTL_LOAD_BATCH_MAX);
         return -1;
     }
+    settle(l, ph->settle_s, out);
     uint32_t batch = ph->batch ? ph->batch : 1;
     l->phase++;
     l->res = out;
@@ -1198,7 +1232,7 @@ out:
 
 void ctl_load_result_print(const ctl_load_result *r, FILE *f) {
     fprintf(f,
-            "{\"offered_per_s\":%.1f,\"duration_s\":%.1f,\"offered\":%llu,\"accepted\":%llu,\"refused_busy\":%llu,"
+            "{\"offered_per_s\":%.1f,\"duration_s\":%.1f,\"settled\":%s,\"settle_ms\":%.1f,\"offered\":%llu,\"accepted\":%llu,\"refused_busy\":%llu,"
             "\"refused_share\":%llu,\"refused_other\":%llu,\"refused_retry_after\":%llu,\"retry_after_max_s\":%llu,"
             "\"transport_errors\":%llu,\"no_signer\":%llu,\"unsent_backlog\":%llu,\"committed\":%llu,\"uncommitted\":%llu,\"committed_refused\":%llu,"
             "\"committed_per_s\":%.1f,\"lat_p50_ms\":%.1f,\"lat_p99_ms\":%.1f,\"lat_max_ms\":%.1f,\"ack_p50_ms\":%.1f,"
@@ -1206,7 +1240,7 @@ void ctl_load_result_print(const ctl_load_result *r, FILE *f) {
             "\"server_mean_ms\":%.1f,\"server_max_ms\":%.1f,"
             "\"blocks\":%llu,\"block_interval_ms\":%.1f,\"block_gap_max_ms\":%.1f,"
             "\"gen_cpu_us_per_offer\":%.1f,\"gen_cpu_pct\":%.1f}\n",
-            r->offered_per_s, r->duration_s, (unsigned long long)r->offered, (unsigned long long)r->accepted,
+            r->offered_per_s, r->duration_s, r->settled ? "true" : "false", r->settle_ms, (unsigned long long)r->offered, (unsigned long long)r->accepted,
             (unsigned long long)r->refused_busy, (unsigned long long)r->refused_share, (unsigned long long)r->refused_other,
             (unsigned long long)r->refused_retry_after, (unsigned long long)r->retry_after_max_s,
             (unsigned long long)r->transport_errors, (unsigned long long)r->no_signer, (unsigned long long)r->unsent_backlog, (unsigned long long)r->committed,
@@ -1228,6 +1262,9 @@ static void load_usage(void) {
             "  --phase RATE:SECONDS   a phase (repeatable, run in order); default --rate/--duration\n"
             "  --rate R (500)  --duration S (10)  --batch N (1: POST /v1/tx; more: POST /v1/txs)\n"
             "  --drain S (10)  --warmup S (1)  --conns N (16 per node)\n"
+            "  --settle S (0)  before each phase after the first, wait up to S s until every node's\n"
+            "      mempool is empty (a validator left behind has caught up); the JSON line says\n"
+            "      \"settled\" and \"settle_ms\"\n"
             "  --seed N (1)  --signers N (2048)\n"
             "  --cluster DIR: start a local cluster of --cluster-nodes (4) temd in DIR (keys, genesis\n"
             "      with the seed's signers, logs), peers on --base-port P+i, HTTP on P+10+i (default\n"
@@ -1264,7 +1301,7 @@ int ctl_load_main(int argc, char **argv) {
     const char *nodes_arg = NULL, *genesis = NULL, *cluster_dir = NULL, *temd = "build/temd";
     const char *temd_args[32];
     uint32_t n_temd_args = 0, batch = 1, conns = 16, signers = 2048, cluster_nodes = 4, extra = 0;
-    double rate = 500, duration = 10, drain = 10, warmup = 1;
+    double rate = 500, duration = 10, drain = 10, warmup = 1, settle_s = 0;
     uint64_t seed = 1;
     bool fresh = false;
     int base_port = 20000 + (int)(getpid() % 500) * 20;
@@ -1299,6 +1336,7 @@ int ctl_load_main(int argc, char **argv) {
         else if (!strcmp(a, "--batch")) good = num_u32(v, 1, CTL_LOAD_BATCH_MAX, &batch);
         else if (!strcmp(a, "--drain")) good = num_nonneg(v, &drain);
         else if (!strcmp(a, "--warmup")) good = num_nonneg(v, &warmup);
+        else if (!strcmp(a, "--settle")) good = num_nonneg(v, &settle_s);
         else if (!strcmp(a, "--conns")) good = num_u32(v, 1, 1024, &conns);
         else if (!strcmp(a, "--seed")) {
             if ((good = num_u32(v, 0, UINT32_MAX, &u))) seed = u;
@@ -1323,6 +1361,7 @@ int ctl_load_main(int argc, char **argv) {
     for (uint32_t p = 0; p < nph; p++) {
         phases[p].batch = batch;
         phases[p].drain_s = drain;
+        phases[p].settle_s = p > 0 ? settle_s : 0;
         phases[p].warmup_s = warmup < phases[p].duration_s ? warmup : 0;
         if (phases[p].rate_per_s <= 0 || phases[p].duration_s <= 0) {
             load_usage();

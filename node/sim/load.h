@@ -87,10 +87,16 @@ typedef struct {
     uint32_t batch;     /* txs per request: 1 = POST /v1/tx, more = POST /v1/txs of the txs due */
     double drain_s;     /* after offering, wait this long at most for accepted txs to commit */
     double warmup_s;    /* commits in the first warmup_s do not count in committed_per_s */
+    /* Before offering, wait this long at most until every node reports an empty mempool: each
+     * has applied the blocks that hold what earlier phases left queued (a validator the quorum
+     * left behind catches up). 0 = start at once. */
+    double settle_s;
 } ctl_load_phase;
 
 typedef struct {
     double offered_per_s, duration_s;
+    double settle_ms;          /* time spent waiting for the nodes to settle before the phase */
+    bool settled;              /* every node reported an empty mempool (true when settle_s is 0) */
     uint64_t offered;          /* txs whose due time came */
     uint64_t accepted;         /* answered 202 (or accepted in a batch) */
     uint64_t refused_busy;     /* 503 EBUSY */
