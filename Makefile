@@ -133,7 +133,7 @@ sim-test: $(SIM_BIN)
 	  bash tests/tools/run_par.sh $$j "$${cmds[@]}"
 
 sh-test: all $(BUILD)/tools/slow_sync.so
-	@set -e; for t in $(SH_TESTS); do echo "== $$t"; BUILD=$(BUILD) bash $$t; done
+	@BUILD=$(BUILD) bash tests/tools/run_sh.sh $(SH_TESTS)
 
 soak: $(SIM_BIN)
 	$(SIM_BIN) --seeds $(SEEDS)

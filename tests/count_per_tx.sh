@@ -16,7 +16,7 @@ T="$B/temctl"
 D="$B/temd"
 make -s "$B/tools/tem_count.so" BUILD="$B" >/dev/null
 LIB="$(cd "$B/tools" && pwd)/tem_count.so"
-command -v curl >/dev/null && command -v jq >/dev/null || { echo "count_per_tx: SKIP: curl or jq missing"; exit 0; }
+command -v curl >/dev/null && command -v jq >/dev/null || { echo "count_per_tx: FAIL: curl or jq missing (make deps installs it)"; exit 1; }
 dir=$(mktemp -d /tmp/tem-count-XXXXXX)
 declare -A PID=()
 cleanup() {

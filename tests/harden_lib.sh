@@ -8,7 +8,7 @@ D=${TEMD:-$B/temd} # TEMD= runs the scenario against another build (before/after
 NAME=${NAME:-harden}
 NV=${NV:-4}
 for tool in curl jq python3; do
-  command -v $tool >/dev/null || { echo "$NAME: SKIP: $tool missing"; echo "skipped 1"; exit 0; }
+  command -v $tool >/dev/null || { echo "$NAME: FAIL: $tool missing (make deps installs it)"; exit 1; }
 done
 python3 -c 'import cryptography' 2>/dev/null || { echo "$NAME: FAIL: python3-cryptography missing (make deps)"; exit 1; }
 "$D" --version >/dev/null || { echo "$NAME: FAIL: $D --version failed"; exit 1; }

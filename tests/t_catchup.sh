@@ -12,7 +12,7 @@
 # and came back only at the next checkpoint).
 set -euo pipefail
 B=${BUILD:-build}
-command -v curl >/dev/null && command -v jq >/dev/null || { echo "t_catchup: SKIP: curl or jq missing"; exit 0; }
+command -v curl >/dev/null && command -v jq >/dev/null || { echo "t_catchup: FAIL: curl or jq missing (make deps installs it)"; exit 1; }
 CHAIN_GENESIS_JQ='.consensus = {"checkpoint_interval": 4, "view_timeout_ms": 120000}'
 CHAIN_TEMD_ARGS='--block-interval-ms 30000'
 CHAIN_START_HEIGHT=0

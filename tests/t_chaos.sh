@@ -8,7 +8,7 @@
 # CHAOS_SECS (45) and CHAOS_SEED (1, the kill schedule; timing still varies) for longer runs.
 set -euo pipefail
 B=${BUILD:-build}
-command -v curl >/dev/null && command -v jq >/dev/null || { echo "t_chaos: SKIP: curl or jq missing"; echo "skipped 1"; exit 0; }
+command -v curl >/dev/null && command -v jq >/dev/null || { echo "t_chaos: FAIL: curl or jq missing (make deps installs it)"; exit 1; }
 SECS=${CHAOS_SECS:-45}
 SEED=${CHAOS_SEED:-1}
 RANDOM=$SEED

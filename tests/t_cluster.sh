@@ -14,7 +14,7 @@ set -euo pipefail
 B=${BUILD:-build}
 T="$B/temctl"
 D="$B/temd"
-command -v curl >/dev/null && command -v jq >/dev/null || { echo "t_cluster: SKIP: curl or jq missing"; exit 0; }
+command -v curl >/dev/null && command -v jq >/dev/null || { echo "t_cluster: FAIL: curl or jq missing (make deps installs it)"; exit 1; }
 dir=$(mktemp -d /tmp/tem-cluster-XXXXXX)
 . "$(dirname "$0")/lib_proc.sh"
 

@@ -34,7 +34,7 @@ if command -v docker-compose >/dev/null; then
     printf 'services:\n  x:\n    image: 1\n    ports: {bad\n' >"$tmp/bad.yml"
     docker-compose -f "$tmp/bad.yml" config >/dev/null 2>&1 && fail "docker-compose accepted a broken file"
 else
-    echo "SKIP (part): docker-compose not installed; compose file not validated"
+    fail "docker-compose missing (make deps installs it); compose file not validated"
 fi
 
 if command -v systemd-analyze >/dev/null; then

@@ -12,7 +12,7 @@ set -euo pipefail
 B=${BUILD:-build}
 T="$B/temctl"
 D="$B/temd"
-for c in curl jq; do command -v $c >/dev/null || { echo "t_feeder_view: SKIP: $c missing"; exit 0; }; done
+for c in curl jq; do command -v $c >/dev/null || { echo "t_feeder_view: FAIL: $c missing (make deps installs it)"; exit 1; }; done
 dir=$(mktemp -d /tmp/tem-fv-XXXXXX)
 . "$(dirname "$0")/lib_proc.sh"
 

@@ -19,8 +19,8 @@ B=${BUILD:-build}
 T="$B/temctl"
 D="$B/temd"
 PGB=/usr/lib/postgresql/15/bin
-command -v curl >/dev/null && command -v jq >/dev/null || { echo "t_indexer: SKIP: curl or jq missing"; exit 0; }
-[ -x "$PGB/initdb" ] && command -v psql >/dev/null || { echo "t_indexer: SKIP: postgresql-15 missing"; exit 0; }
+command -v curl >/dev/null && command -v jq >/dev/null || { echo "t_indexer: FAIL: curl or jq missing (make deps installs it)"; exit 1; }
+[ -x "$PGB/initdb" ] && command -v psql >/dev/null || { echo "t_indexer: FAIL: postgresql-15 missing (make deps installs it)"; exit 1; }
 dir=$(mktemp -d /tmp/tem-indexer-XXXXXX)
 chmod 755 "$dir"
 declare -A PID=()

@@ -9,7 +9,7 @@ BUILD=${BUILD:-build}
 ver=$("$BUILD/temd" --version 2>/dev/null | head -1)
 [[ $ver == temd\ * ]] || { echo "FAIL: $BUILD/temd --version does not report a node (got '$ver')"; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "SKIP: t_netns needs root for network namespaces"; exit 0; }
-command -v ip >/dev/null && command -v tc >/dev/null || { echo "SKIP: iproute2 (ip, tc) not installed"; exit 0; }
+command -v ip >/dev/null && command -v tc >/dev/null || { echo "FAIL: t_netns: iproute2 (ip, tc) missing (make deps installs it)"; exit 1; }
 command -v jq >/dev/null && command -v curl >/dev/null || { echo "FAIL: curl and jq are needed"; exit 1; }
 probe=tp$$
 if ! ip netns add "$probe" 2>/dev/null; then echo "SKIP: cannot create network namespaces here"; exit 0; fi

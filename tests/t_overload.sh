@@ -18,8 +18,8 @@ set -euo pipefail
 B=${BUILD:-build}
 T="$B/temctl"
 D="$B/temd"
-command -v jq >/dev/null || { echo "t_overload: SKIP: jq missing"; exit 0; }
-[ -x "$T" ] && [ -x "$D" ] || { echo "t_overload: SKIP: $T or $D not built"; exit 0; }
+command -v jq >/dev/null || { echo "t_overload: FAIL: jq missing (make deps installs it)"; exit 1; }
+[ -x "$T" ] && [ -x "$D" ] || { echo "t_overload: FAIL: $T or $D not built"; exit 1; }
 dir=$(mktemp -d /tmp/tem-overload-XXXXXX)
 . "$(dirname "${BASH_SOURCE[0]}")/lib_proc.sh"
 trap 'for p in $(cat "$dir/c/pids" 2>/dev/null); do PID[c$p]=$p; done; cleanup' EXIT

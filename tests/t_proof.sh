@@ -10,7 +10,7 @@ set -euo pipefail
 B=${BUILD:-build}
 PY=/usr/bin/python3
 export PYTHONDONTWRITEBYTECODE=1
-command -v curl >/dev/null && command -v jq >/dev/null || { echo "t_proof: SKIP: curl or jq missing"; exit 0; }
+command -v curl >/dev/null && command -v jq >/dev/null || { echo "t_proof: FAIL: curl or jq missing (make deps installs it)"; exit 1; }
 $PY -c 'import ecdsa' 2>/dev/null || { echo "t_proof: FAIL: python3-ecdsa missing (make deps)"; exit 1; }
 . "$(dirname "$0")/lib_chain.sh"
 chain_start

@@ -18,7 +18,7 @@ set -euo pipefail
 B=${BUILD:-build}
 T="$B/temctl"
 D="$B/temd"
-command -v curl >/dev/null && command -v jq >/dev/null || { echo "t_state_sync: SKIP: curl or jq missing"; exit 0; }
+command -v curl >/dev/null && command -v jq >/dev/null || { echo "t_state_sync: FAIL: curl or jq missing (make deps installs it)"; exit 1; }
 dir=$(mktemp -d /tmp/tem-ssync-XXXXXX)
 . "$(dirname "${BASH_SOURCE[0]}")/lib_proc.sh"
 
@@ -84,7 +84,7 @@ if python3 -c "import cryptography" 2>/dev/null; then
   [ $((h1 - h0)) -ge 3 ] || fail "only $((h1 - h0)) blocks in the 6 s flood"
   ok "chunk flood on validator 0 ($(cat "$dir/flood.out")): dropped over budget, $((h1 - h0)) blocks meanwhile"
 else
-  echo "SKIP: chunk flood: python3-cryptography missing"
+  fail "chunk flood: python3-cryptography missing (make deps installs it)"
 fi
 
 # ---- 2. join by state sync, killed mid-sync
