@@ -59,6 +59,9 @@ o=$(sed -n 1p "$dir/out.json")
 l=$(sed -n 2p "$dir/out.json")
 echo "overload: $o"
 echo "after:    $l"
+# What the generator said (e.g. the libcurl error of its first transport errors): not asserted,
+# a request can time out on a machine this loaded, but shown so a run's cause can be read.
+grep '^load: ' "$dir/load.log" | head -5 | sed 's/^/generator: /' || true
 g() { jq -r ".$2" <<<"$1"; }
 
 [ "$(g "$o" refused_busy)" -gt 0 ] || fail "no offer refused EBUSY at $RATE tx/s: not overloaded?"
