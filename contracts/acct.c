@@ -576,9 +576,14 @@ int contracts_signer_check(ledger_state *st, const ledger_genesis *g, const ledg
     if (ledger_tx_kind_is_admin(kind)) {
         if (ledger_genesis_is_admin(g, signer)) return CONTRACTS_OK;
         /* The utility receives fiat off-chain, so it may credit participants itself
-         * (docs/market.md, "Participants and roles"). */
-        if (kind == TEM__V1__TX_BODY__KIND_DEPOSIT && e == LEDGER_OK && a.role == TEM__V1__ROLE__UTILITY)
-            return CONTRACTS_OK;
+         * (docs/market.md, "Participants and roles"): the current holder of the role only. An
+         * account's role field stays UTILITY after the role moves to a new key (and a genesis'
+         * second utility never held it), and a deposit creates money: a key the utility
+         * replaced (lost, leaked, an old device) could otherwise mint money without limit. */
+        if (kind == TEM__V1__TX_BODY__KIND_DEPOSIT) {
+            uint8_t u[PUB];
+            if (mk_utility(st, u) && memcmp(u, signer, PUB) == 0) return CONTRACTS_OK;
+        }
         /* The DSO and the utility install meters: only the current holders of the roles. */
         if (kind == TEM__V1__TX_BODY__KIND_REGISTER && tx->body->register_ &&
             tx->body->register_->role == TEM__V1__ROLE__METER) {

@@ -347,6 +347,33 @@ START_TEST(attack_re_registered_dso_key_gets_no_more_fees) {
 }
 END_TEST
 
+/* A utility key that the role moved away from (lost, leaked, an old device) keeps its account,
+ * still marked utility, but none of the role's rights. Before, its Deposit was accepted because
+ * the check read the account's role, not the role pointer, and a deposit creates money: the
+ * fourteenth session's audit minted 5e18 uunit with it. */
+START_TEST(attack_replaced_utility_key_creates_no_money) {
+    ck_assert_int_eq(mh_deposit(&H, UTIL, P1, 500), 0); /* the holder of the role deposits */
+    ck_assert_int_eq(mh_register(&H, ADMIN, H.keys[STRANGER], PUB, 1, TEM__V1__ROLE__UTILITY), 0);
+    ck_assert_int_eq(mh_acct(&H, UTIL).role, TEM__V1__ROLE__UTILITY);
+    const int64_t u = mh_acct(&H, UTIL).money_uunit, p = mh_acct(&H, P1).money_uunit;
+    ck_assert_int_eq(mh_deposit(&H, UTIL, UTIL, 5000000000000000000ull), CONTRACTS_ENOTADMIN);
+    ck_assert_int_eq(mh_deposit(&H, UTIL, P1, 1000000000000ull), CONTRACTS_ENOTADMIN);
+    ck_assert_int_eq(mh_acct(&H, UTIL).money_uunit, u);
+    ck_assert_int_eq(mh_acct(&H, P1).money_uunit, p);
+    /* The new key holds the right; a genesis admin keeps its own. */
+    ck_assert_int_eq(mh_deposit(&H, STRANGER, P1, 700), 0);
+    ck_assert_int_eq(mh_deposit(&H, ADMIN, P1, 11), 0);
+    ck_assert_int_eq(mh_acct(&H, P1).money_uunit, p + 711);
+    /* The role left vacant (its key re-registered as an aggregator): only the admin deposits. */
+    ck_assert_int_eq(mh_register(&H, ADMIN, H.keys[STRANGER], PUB, 1, TEM__V1__ROLE__AGGREGATOR), 0);
+    ck_assert_int_eq(mh_deposit(&H, STRANGER, P1, 1), CONTRACTS_ENOTADMIN);
+    ck_assert_int_eq(mh_deposit(&H, UTIL, P1, 1), CONTRACTS_ENOTADMIN);
+    ck_assert_int_eq(mh_deposit(&H, ADMIN, P1, 1), 0);
+    ck_assert_int_eq(mh_acct(&H, P1).money_uunit, p + 712);
+    mh_check_invariants(&H, false);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ the meter rules */
 START_TEST(meters_bulk_readings_corrections_retirement_and_registrars) {
     mh_block(&H, slot_end(SLOT));
@@ -395,6 +422,7 @@ int main(void) {
     tcase_add_test(t, attack_capacity_hoarding_pays_for_the_capacity_it_withheld);
     tcase_add_test(t, attack_withholding_charges_only_the_undelivered_part);
     tcase_add_test(t, attack_re_registered_dso_key_gets_no_more_fees);
+    tcase_add_test(t, attack_replaced_utility_key_creates_no_money);
     tcase_add_test(t, meters_bulk_readings_corrections_retirement_and_registrars);
     suite_add_tcase(s, t);
     SRunner *sr = srunner_create(s);
