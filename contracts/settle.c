@@ -323,13 +323,20 @@ static int settle_escrow_and_fees(settle_ctx *c, const uint8_t *dso) {
         s->line.unpaid_uunit += unpaid;
     }
     /* Loss credits (a negative seller_fee: the trade's whole credit C) after every charge, so the
-     * slot's fees fund them. The DSO pays the seller ceil(C/2) and the buyer floor(C/2), as a
-     * charge is split; what it cannot pay from its free money becomes its debt, and each line's
-     * fees show what arrived (docs/grid.md, "Loss allocation"). */
+     * slot's fees fund them. Only energy that flowed relieved the feeder: the credit paid is
+     * floor(C x delivered / quantity), in the DSO's favour (before the fourteenth session the
+     * whole C was paid, so two colluding keys without meters earned it every slot for Wh that
+     * never moved). The DSO pays the seller ceil(C'/2) and the buyer floor(C'/2), as a charge
+     * is split; what it cannot pay from its free money becomes its debt, and each line's fees
+     * show what arrived (docs/grid.md, "Loss allocation"). */
     for (size_t i = 0; dso && i < c->nt; i++) {
         const mk_trade *t = &c->t[i];
         if (t->seller_fee >= 0) continue;
-        int64_t cr = -t->seller_fee, paid, unpaid;
+        int64_t cr, paid, unpaid;
+        /* 0 <= delivered <= quantity and quantity >= 1: within C, never a division by 0. */
+        bool ok = tem_mul_div_floor(-t->seller_fee, c->d[i], (int64_t)t->qty_wh, &cr);
+        TEM_ASSERT(ok);
+        if (cr == 0) continue;
         const int64_t share[2] = {cr - cr / 2, cr / 2};
         const uint8_t *to[2] = {t->seller, t->buyer};
         party *dp = party_find(c, dso);

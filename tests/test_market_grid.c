@@ -19,8 +19,9 @@ static grid_fx_model M;
 
 static int install(int who) { return mh_install(&H, who, &M); }
 
-static void setup(void) {
-    mh_init(&H, LEDGER_MECH_CDA);
+/* meter_from: the slot from which the traders' meters report (MH_NO_METERS: never). */
+static void setup_metered(uint64_t meter_from) {
+    mh_init_meters(&H, LEDGER_MECH_CDA, meter_from);
     mh_block(&H, NOW);
     grid_fx_model_init(&M);
     ck_assert_int_eq(install(P1), CONTRACTS_ENOTADMIN);
@@ -33,7 +34,16 @@ static void setup(void) {
     ck_assert_int_eq(mh_register(&H, ADMIN, H.keys[P3], PUB, 4, TEM__V1__ROLE__PROSUMER), 0);
     ck_assert_int_eq(mh_register(&H, ADMIN, H.keys[P3], PUB, 99, TEM__V1__ROLE__PROSUMER), GRID_EUNKNOWNBUS);
 }
+static void setup(void) { setup_metered(MH_NO_METERS); }
 static void teardown(void) { mh_free(&H); }
+
+/* The slot's readings once it has ended: P2 exported `exported` Wh, P3 imported `imported`, the
+ * other traders nothing. */
+static void readings(mh *h, uint64_t slot, uint64_t exported, uint64_t imported) {
+    mh_block(h, mh_slot_start(slot) + SLOT_MS);
+    for (int w = P1; w <= C2; w++)
+        ck_assert_int_eq(mh_reading(h, w, slot, w == P3 ? imported : 0, w == P2 ? exported : 0), 0);
+}
 
 START_TEST(market_grid_refuses_orders_from_a_bus_the_feeder_lacks) {
     uint8_t r0[32], r1[32];
@@ -112,15 +122,16 @@ START_TEST(market_grid_curtails_a_match_names_the_line_and_charges_fees) {
      * delivered (no meters): their buyers imported nothing either, so they pay nothing and get no
      * cover, but line 4-2 bound in this slot, so every withheld Wh pays retail - feed-in
      * (0.25 / Wh here) to the DSO (docs/market.md, "Capacity hoarding"). P2 also pays its share
-     * of the loss charge of its sale to P1. The 3 -> 4 trade's credit goes the other way: the
-     * DSO pays P2 (seller) ceil(cr_x / 2) and P3 (buyer) floor(cr_x / 2), out of the fees. */
+     * of the loss charge of its sale to P1. The 3 -> 4 trade's credit cr_x is paid for the Wh
+     * delivered, none here: the DSO pays nothing (credit_scenario pays it for delivered Wh). */
     mh_block(&H, mh_deadline(SLOT) + 1);
     contracts_account dso = mh_acct(&H, DSOK);
     int64_t sold = (int64_t)x + 10000;
     ck_assert_int_eq(dso.money_uunit,
-                     nf_x + nf_y + l_y.total_uunit + 2000 + l_z.total_uunit + (sold + (int64_t)y) * 250 - cr_x);
+                     nf_x + nf_y + l_y.total_uunit + 2000 + l_z.total_uunit + (sold + (int64_t)y) * 250);
+    ck_assert_int_gt(cr_x, 0);
     contracts_account p2 = mh_acct(&H, P2);
-    ck_assert_int_eq(p2.money_uunit, 1000000000 - l_z.seller_uunit - sold * 250 + (cr_x - cr_x / 2));
+    ck_assert_int_eq(p2.money_uunit, 1000000000 - l_z.seller_uunit - sold * 250);
     ck_assert_int_eq(p2.debt_uunit, 0);
     contracts_account p3 = mh_acct(&H, P3);
     ck_assert_int_eq(p3.debt_uunit, 0);
@@ -219,13 +230,17 @@ static int get_trade(void *ctx, const uint8_t *k, size_t kl, const uint8_t *v, s
     return 0;
 }
 
-/* A loss-lowering trade (3 -> 4, small enough not to bind) ends with the seller better off by
- * ceil(C/2), the buyer by floor(C/2) and the DSO worse off by C, C the credit at the empty
- * slot's point. No meters: nobody delivers or imports, so apart from the network fee (buyer to
- * DSO) the credit is the only money that moves. dso_funds 0: this small feeder's credits are
- * far below the fees, so the trade's record is raised to a credit of nf + 777 between blocks:
- * the DSO holds only the slot's fee nf, pays that (seller first) and owes 777 as debt. */
-static void credit_scenario(int64_t dso_funds) {
+/* A loss-lowering trade of q Wh (3 -> 4, small enough not to bind) of which P2's meter shows
+ * `delivered` exported and P3's the same imported: the seller ends better off by the delivered
+ * value plus ceil(C'/2), the buyer worse off by it and the network fee but better by
+ * floor(C'/2), the DSO worse off by C' = floor(C x delivered / q), C the credit at the empty
+ * slot's point: Wh that never flowed relieved nothing and earn nothing (delivered 0: the
+ * colluders' attack, no credit at all). dso_funds 0: this small feeder's credits are far below
+ * the fees, so the trade's record is raised to a credit of nf + 777 between blocks: the DSO
+ * holds only the slot's fee nf, pays that (seller first) and owes 777 as debt. */
+static void credit_scenario(int64_t dso_funds, uint64_t delivered) {
+    mh_free(&H);
+    setup_metered(SLOT);
     if (dso_funds) ck_assert_int_eq(mh_transfer(&H, UTIL, DSOK, (uint64_t)dso_funds), 0);
     const uint64_t q = 10000;
     ck_assert_uint_eq(allowed(3, 4, q), q);
@@ -259,12 +274,15 @@ static void credit_scenario(int64_t dso_funds) {
         mk_trade_encode(&t, ot.v);
         ck_assert_int_eq(ledger_state_put(H.st, ot.k, 17, ot.v, MK_TRADE_BYTES), 0);
     }
+    readings(&H, SLOT, delivered, delivered);
     mh_block(&H, mh_deadline(SLOT) + 1);
     contracts_account p2 = mh_acct(&H, P2), p3 = mh_acct(&H, P3), d = mh_acct(&H, DSOK);
-    const int64_t avail = dso_funds ? cr : nf; /* the DSO pays the seller first */
+    cr = cr * (int64_t)delivered / (int64_t)q; /* floor: both are non-negative */
+    const int64_t value = (int64_t)delivered * 100000 / 1000; /* at 100,000 uunit/kWh */
+    const int64_t avail = dso_funds || cr < nf ? cr : nf; /* the DSO pays the seller first */
     const int64_t to_s = cr - cr / 2 < avail ? cr - cr / 2 : avail, to_b = avail - to_s;
-    ck_assert_int_eq(p2.money_uunit - p2a.money_uunit, to_s);
-    ck_assert_int_eq(p3.money_uunit - p3a.money_uunit, -nf + to_b);
+    ck_assert_int_eq(p2.money_uunit - p2a.money_uunit, value + to_s);
+    ck_assert_int_eq(p3.money_uunit - p3a.money_uunit, -value - nf + to_b);
     ck_assert_int_eq(d.money_uunit - da.money_uunit, nf - avail);
     ck_assert_int_eq(d.debt_uunit - da.debt_uunit, cr - avail);
     ck_assert_int_eq(p2.debt_uunit, 0);
@@ -276,10 +294,18 @@ static void credit_scenario(int64_t dso_funds) {
     mh_check_invariants(&H, true);
 }
 
-START_TEST(market_grid_pays_a_loss_credit_at_settlement) { credit_scenario(100000000); }
+START_TEST(market_grid_pays_a_loss_credit_at_settlement) { credit_scenario(100000000, 10000); }
 END_TEST
 
-START_TEST(market_grid_loss_credit_beyond_the_dsos_money_is_its_debt) { credit_scenario(0); }
+START_TEST(market_grid_loss_credit_beyond_the_dsos_money_is_its_debt) { credit_scenario(0, 10000); }
+END_TEST
+
+/* Two colluding keys trade along a loss-lowering path and deliver nothing: no credit (before,
+ * the whole of it, every slot, from the DSO); a third delivered earns a third, rounded down. */
+START_TEST(market_grid_undelivered_energy_earns_no_loss_credit) { credit_scenario(100000000, 0); }
+END_TEST
+
+START_TEST(market_grid_loss_credit_is_paid_for_the_delivered_part) { credit_scenario(100000000, 3333); }
 END_TEST
 
 /* Total credit the DSO pays for q Wh from bus 3 to bus 4, sold as the given pieces (each a
@@ -287,7 +313,7 @@ END_TEST
 static int64_t credit_of_pieces(const uint64_t *pieces, int n) {
     mh h;
     grid_fx_model m;
-    mh_init(&h, LEDGER_MECH_CDA);
+    mh_init_meters(&h, LEDGER_MECH_CDA, SLOT);
     mh_block(&h, NOW);
     grid_fx_model_init(&m);
     ck_assert_int_eq(mh_install(&h, ADMIN, &m), 0);
@@ -307,6 +333,7 @@ static int64_t credit_of_pieces(const uint64_t *pieces, int n) {
         nf += (int64_t)h.rc.fills[i]->network_fee;
     }
     const int64_t before = mh_acct(&h, P2).money_uunit + mh_acct(&h, P3).money_uunit + nf;
+    readings(&h, SLOT, q, q); /* all delivered: the pair's money moves between them, but the credit */
     mh_block(&h, mh_deadline(SLOT) + 1);
     mh_check_invariants(&h, true);
     const int64_t got = mh_acct(&h, P2).money_uunit + mh_acct(&h, P3).money_uunit + nf - before;
@@ -315,7 +342,7 @@ static int64_t credit_of_pieces(const uint64_t *pieces, int n) {
 }
 
 /* Splitting a loss-lowering trade never earns more credit: 40 seeds, 2-6 random pieces of a
- * trade of 5-30 kWh (each piece priced at the point the earlier ones left, which is less
+ * trade of 2-10 kWh, all delivered (a meter's capacity in the slot; each piece priced at the point the earlier ones left, which is less
  * negative by convexity, and each rounded towards zero). */
 START_TEST(market_grid_splitting_a_credited_trade_never_earns_more) {
     uint64_t x = 0x9e3779b97f4a7c15ull;
@@ -324,7 +351,7 @@ START_TEST(market_grid_splitting_a_credited_trade_never_earns_more) {
         x ^= (uint64_t)seed * 0xbf58476d1ce4e5b9ull;
         x ^= x >> 31;
         x *= 0x94d049bb133111ebull;
-        const uint64_t q = 5000 + x % 25001;
+        const uint64_t q = 2000 + x % 8001;
         const int n = 2 + (int)((x >> 20) % 5);
         uint64_t pieces[6], left = q;
         for (int i = 0; i < n - 1; i++) {
@@ -355,6 +382,8 @@ int main(void) {
     tcase_add_test(t, market_grid_call_clearing_records_its_curtailment_in_the_state);
     tcase_add_test(t, market_grid_pays_a_loss_credit_at_settlement);
     tcase_add_test(t, market_grid_loss_credit_beyond_the_dsos_money_is_its_debt);
+    tcase_add_test(t, market_grid_undelivered_energy_earns_no_loss_credit);
+    tcase_add_test(t, market_grid_loss_credit_is_paid_for_the_delivered_part);
     tcase_add_test(t, market_grid_splitting_a_credited_trade_never_earns_more);
     tcase_set_timeout(t, 120);
     suite_add_tcase(s, t);
