@@ -423,13 +423,22 @@ void node_events_publish(node_events *h, const node_events_batch *b) {
     if (b->height > h->tip) h->tip = b->height;
     for (uint32_t i = 0; i < h->cfg.subs_max; i++) {
         sub *s = &h->subs[i];
-        if (!s->used || !s->live || b->height < s->next_height) continue;
+        if (!s->used || !s->live) continue;
         size_t q = h->ops.queued(s->sink);
         if (q > h->cfg.buffer_bytes_max) {
             drop(h, s, q);
             continue;
         }
         h->len = 0;
+        if (b->height < s->next_height) {
+            /* Waiting for a later height (a resume point ahead of this node): the comment still
+             * goes out, or a client that asked for a far height and left held its place for
+             * ever (256 such connections, opened and closed, refused every subscriber 429
+             * EFULL: found by an audit). */
+            if (buf_addf(h, ": height %llu\n\n", (unsigned long long)b->height)) (void)flush_to(h, s);
+            else release(h, s);
+            continue;
+        }
         bool skip = s->f.resume && b->height == s->f.from_height;
         if (!format_block(h, s, b, skip, s->f.after_index)) {
             h->len = 0;

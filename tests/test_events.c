@@ -338,7 +338,7 @@ END_TEST
 START_TEST(events_subscribers_are_bounded_per_address_and_in_total) {
     tip = 1;
     node_events *h = hub_new(5, 2, 0, 0);
-    fsink s[7];
+    fsink s[8];
     memset(s, 0, sizeof s);
     node_events_filter f;
     memset(&f, 0, sizeof f);
@@ -360,8 +360,25 @@ START_TEST(events_subscribers_are_bounded_per_address_and_in_total) {
     commit_block(h);
     ck_assert(s[1].ended);
     ck_assert_uint_eq(node_events_count(h), 4);
+    /* One that asked for a height far ahead and left is noticed too: it is told each block's
+     * height while it waits (before, nothing was ever written to it and its place stayed
+     * taken: 256 of them refused every later subscriber). */
+    node_events_filter far;
+    memset(&far, 0, sizeof far);
+    far.from_height = 1000000000000ull;
+    ck_assert_int_eq(node_events_subscribe(h, "6.6.6.6", &far, &s[6]), 0);
+    ck_assert_uint_eq(node_events_count(h), 5);
+    commit_block(h);
+    ck_assert(!s[6].ended);
+    ck_assert_ptr_nonnull(strstr(s[6].q, ": height "));
+    ck_assert_ptr_null(strstr(s[6].q, "event: "));
+    s[6].gone = true;
+    commit_block(h);
+    ck_assert(s[6].ended);
+    ck_assert_uint_eq(node_events_count(h), 4);
+    ck_assert_int_eq(node_events_subscribe(h, "5.5.5.5", &f, &s[7]), NODE_EVENTS_OK);
     node_events_free(h);
-    for (int i = 0; i < 7; i++) f_free(&s[i]);
+    for (int i = 0; i < 8; i++) f_free(&s[i]);
 }
 END_TEST
 
