@@ -60,6 +60,8 @@ struct net__conn {
     uint8_t rxbuf[RXBUF_BYTES];
 };
 
+#define NET_HS_RATE_ADDRS 64 /* addresses with a handshake rate of their own at once */
+
 struct net {
     uv_loop_t *loop;
     net_config cfg;
@@ -80,6 +82,14 @@ struct net {
     char val_ip[LEDGER_VALIDATORS_MAX][48];  /* numeric hosts of the genesis validators, "" if named */
     uint32_t n_obs_keys;
     net_stats stats;
+    /* Token buckets (milli-tokens) on new inbound handshakes: per address in a small table whose
+     * least recently used entry is reused (an evicted address returns with a full bucket, so
+     * the bucket in all is what bounds many addresses), and in all. */
+    struct {
+        char ip[48];
+        uint64_t last_ms, tokens_m;
+    } hs_rate[NET_HS_RATE_ADDRS];
+    uint64_t hs_last_ms, hs_tokens_m;
 };
 
 typedef struct {
@@ -176,6 +186,10 @@ static void conn_close(net__conn *c, int reason) {
     c->state = C_CLOSING;
     char name[128];
     peer_name(c, name, sizeof name);
+    /* An inbound connection that never finished its handshake (a stranger, a scanner): one
+     * line in a hundred, as for refusals at accept. */
+    if (!c->outbound && was == C_HANDSHAKE && !c->quiet && reason != NET_ECLOSING)
+        c->quiet = n->stats.handshakes_failed % 100 != 0;
     int level = c->quiet ? NET_LOG_DEBUG
                 : (reason == NET_ECLOSING || reason == NET_EEOF || reason == NET_EREPLACED) ? NET_LOG_INFO
                                                                                             : NET_LOG_WARN;
@@ -541,7 +555,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     (void)buf;
     if (nread == 0) return;
     if (nread < 0) {
-        if (nread != UV_EOF) nlog(n, NET_LOG_INFO, "read from %s: %s", c->remote, net_uv_error((int)nread));
+        if (nread != UV_EOF)
+            nlog(n, c->outbound || c->state != C_HANDSHAKE ? NET_LOG_INFO : NET_LOG_DEBUG, "read from %s: %s", c->remote,
+                 net_uv_error((int)nread));
         conn_close(c, nread == UV_EOF ? NET_EEOF : NET_EUV);
         return;
     }
@@ -632,6 +648,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     }
 }
 
+static bool validator_host(const net *n, const char *ip) {
+    for (uint32_t i = 0; i < n->cfg.genesis->n_validators; i++)
+        if (n->val_ip[i][0] && strcmp(n->val_ip[i], ip) == 0) return true;
+    return false;
+}
+
 /* Whether a new inbound connection from `ip` gets a handshake slot. An address that is a
  * genesis validator's (numeric) host only has its per-address cap: strangers filling the
  * shared table cannot keep a restarted validator out. */
@@ -642,11 +664,38 @@ static bool handshake_slot_free(net *n, const net__conn *self, const char *ip) {
         all++;
         same += strcmp(c->ip, ip) == 0;
     }
-    bool validator_host = false;
-    for (uint32_t i = 0; i < n->cfg.genesis->n_validators && !validator_host; i++)
-        validator_host = n->val_ip[i][0] && strcmp(n->val_ip[i], ip) == 0;
     if (same >= n->cfg.handshakes_per_addr_max) return false;
-    return validator_host || all < n->cfg.handshakes_max;
+    return validator_host(n, ip) || all < n->cfg.handshakes_max;
+}
+
+static bool bucket_take(uint64_t *tokens_m, uint64_t *last_ms, uint64_t now, uint32_t per_s) {
+    uint64_t cap = (uint64_t)per_s * 1000;
+    if (*last_ms == 0 || now < *last_ms) *tokens_m = cap;
+    else *tokens_m += (now - *last_ms) * per_s;
+    if (*tokens_m > cap) *tokens_m = cap;
+    *last_ms = now;
+    if (*tokens_m < 1000) return false;
+    *tokens_m -= 1000;
+    return true;
+}
+
+/* Whether a new inbound handshake from `ip` fits the rates (net_config.handshakes_per_s). */
+static bool handshake_rate_ok(net *n, const char *ip) {
+    if (validator_host(n, ip)) return true;
+    uint64_t now = uv_now(n->loop);
+    size_t k = 0;
+    for (size_t i = 0; i < NET_HS_RATE_ADDRS; i++) {
+        if (strcmp(n->hs_rate[i].ip, ip) == 0) {
+            k = i;
+            goto found;
+        }
+        if (n->hs_rate[i].last_ms < n->hs_rate[k].last_ms) k = i;
+    }
+    snprintf(n->hs_rate[k].ip, sizeof n->hs_rate[k].ip, "%s", ip);
+    n->hs_rate[k].last_ms = 0;
+found:
+    if (!bucket_take(&n->hs_rate[k].tokens_m, &n->hs_rate[k].last_ms, now, n->cfg.handshakes_per_addr_per_s)) return false;
+    return bucket_take(&n->hs_tokens_m, &n->hs_last_ms, now, n->cfg.handshakes_per_s);
 }
 
 /* ------------------------------------------------------------------ accepting */
@@ -684,6 +733,16 @@ static void on_connection(uv_stream_t *server, int status) {
         if (!c->quiet)
             nlog(n, NET_LOG_WARN, "no handshake slot for %s (%llu refused so far; limits %u, %u per address)", c->remote,
                  (unsigned long long)n->stats.refused_handshake_slots, n->cfg.handshakes_max, n->cfg.handshakes_per_addr_max);
+        conn_close(c, NET_ELIMIT);
+        return;
+    }
+    if (!handshake_rate_ok(n, c->ip)) {
+        c->state = C_HANDSHAKE;
+        c->quiet = n->stats.refused_handshake_rate++ % 100 != 0;
+        if (!c->quiet)
+            nlog(n, NET_LOG_WARN, "handshakes from %s come too fast (%llu refused so far; limits %u/s, %u/s per address)",
+                 c->remote, (unsigned long long)n->stats.refused_handshake_rate, n->cfg.handshakes_per_s,
+                 n->cfg.handshakes_per_addr_per_s);
         conn_close(c, NET_ELIMIT);
         return;
     }
@@ -890,6 +949,8 @@ int net_new(uv_loop_t *loop, const net_config *cfg, const net_callbacks *cb, net
     if (c->tick_ms == 0) c->tick_ms = 25;
     if (c->handshakes_max == 0) c->handshakes_max = 32;
     if (c->handshakes_per_addr_max == 0) c->handshakes_per_addr_max = 4;
+    if (c->handshakes_per_s == 0) c->handshakes_per_s = 100;
+    if (c->handshakes_per_addr_per_s == 0) c->handshakes_per_addr_per_s = 10;
     if (c->observer_send_queue_bytes_max == 0) c->observer_send_queue_bytes_max = 16u << 20;
     if (c->send_stall_timeout_ms == 0) c->send_stall_timeout_ms = 20000;
     if (c->frame_timeout_ms == 0) c->frame_timeout_ms = 30000;

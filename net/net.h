@@ -199,6 +199,14 @@ typedef struct {
      * of half-open connections cannot keep a validator from its peers. */
     uint32_t handshakes_max;
     uint32_t handshakes_per_addr_max;
+    /* New inbound handshakes a second from addresses that are no genesis validator's host:
+     * handshakes_per_addr_per_s (0 -> 10) from one IP, handshakes_per_s (0 -> 100) in all,
+     * each with a burst of one second's worth; more are closed at accept (ELIMIT) before any
+     * key work. Why: each accepted handshake costs three curve operations on the loop thread,
+     * and a stranger that connected, sent one fixed message and reset 12,000 times a second
+     * took a core (found by an audit). */
+    uint32_t handshakes_per_s;
+    uint32_t handshakes_per_addr_per_s;
     uint32_t frame_bytes_max; /* largest plaintext payload; 0 -> NET_FRAME_BYTES_MAX_DEFAULT */
     uint64_t send_queue_bytes_max; /* per validator, bytes waiting in libuv; 0 -> 64 MiB */
     uint64_t observer_send_queue_bytes_max; /* per observer; 0 -> 16 MiB */
@@ -231,6 +239,7 @@ typedef struct {
     uint64_t closed_rate, closed_decrypt, closed_frame, closed_toobig, closed_auth;
     uint64_t dials, dial_failures;
     uint64_t refused_handshake_slots; /* inbound connections closed for lack of a handshake slot */
+    uint64_t refused_handshake_rate;  /* ... for coming faster than handshakes_per_(addr_)per_s */
     uint64_t closed_stalled;          /* sessions closed because their send queue made no progress */
     uint64_t paused_reads;            /* times reading from a peer stopped for back-pressure */
     int last_close_reason; /* NET_E* of the most recent connection close, 0 if none */

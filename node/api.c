@@ -181,6 +181,28 @@ static bool refuse_disk_full(node *n, net_http_req *req) {
     return true;
 }
 
+/* Structural characters ({ [ , :) outside strings, counted until more than `stop`: a bound,
+ * read in one pass, on how many values jansson would build. A 4 MiB body of "[0,0,...]" is 2
+ * million values, 0.18 s of the loop thread that also runs consensus, for one 400 (found by an
+ * audit: one address at 5 such requests a second halved a validator's block rate); the
+ * documented bodies hold one value per tx. */
+static size_t json_tokens(const uint8_t *p, size_t len, size_t stop) {
+    size_t n = 0;
+    bool in_str = false;
+    for (size_t i = 0; i < len && n <= stop; i++) {
+        uint8_t c = p[i];
+        if (in_str) {
+            if (c == '\\') i++;
+            else if (c == '"') in_str = false;
+        } else if (c == '"') {
+            in_str = true;
+        } else if (c == ',' || c == ':' || c == '[' || c == '{') {
+            n++;
+        }
+    }
+    return n;
+}
+
 static void h_post_tx(void *ctx, net_http_req *req, const net_http_request *r) {
     node *n = ctx;
     int media = tx_media(r->content_type);
@@ -189,6 +211,11 @@ static void h_post_tx(void *ctx, net_http_req *req, const net_http_request *r) {
     size_t len = r->body_len;
     const uint8_t *tx = r->body;
     if (media == 1) {
+        if (json_tokens(r->body, r->body_len, 8) > 8) {
+            n->http_txs_rejected++;
+            node_reply_err(req, 400, "EJSON", "body must be {\"tx\":\"<hex of a SignedTx>\"} (too many JSON values)");
+            return;
+        }
         json_error_t je;
         json_t *j = json_loadb((const char *)r->body, r->body_len, 0, &je);
         const char *hex = j ? json_string_value(json_object_get(j, "tx")) : NULL;
@@ -231,6 +258,11 @@ static void h_post_txs(void *ctx, net_http_req *req, const net_http_request *r) 
     uint32_t cnt = 0, nown = 0;
     json_t *j = NULL;
     if (media == 1) {
+        /* '[' and a comma between each two of 4096 items. */
+        if (json_tokens(r->body, r->body_len, 4096) > 4096) {
+            node_reply_err(req, 400, "EJSON", "body must be a JSON array of at most 4096 hex SignedTx (too many JSON values)");
+            return;
+        }
         json_error_t je;
         j = json_loadb((const char *)r->body, r->body_len, 0, &je);
         if (!json_is_array(j) || json_array_size(j) > 4096) {

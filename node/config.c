@@ -38,6 +38,8 @@ void node_config_defaults(node_config *c) {
     c->http_request_timeout_ms = NET_HTTP_REQUEST_TIMEOUT_MS_DEFAULT;
     c->peer_handshakes_max = 32;
     c->peer_handshakes_per_addr_max = 4;
+    c->peer_handshakes_per_s = 100;
+    c->peer_handshakes_per_addr_per_s = 10;
     c->peer_observer_queue_bytes_max = 16u << 20;
     c->peer_send_stall_timeout_ms = 20000;
     c->peer_frame_timeout_ms = 30000;
@@ -137,6 +139,8 @@ static int set_key(node_config *c, const char *k, const char *v) {
                 {"http_request_timeout_ms", &c->http_request_timeout_ms, 3600000},
                 {"peer_handshakes_max", &c->peer_handshakes_max, 4096},
                 {"peer_handshakes_per_addr_max", &c->peer_handshakes_per_addr_max, 4096},
+                {"peer_handshakes_per_s", &c->peer_handshakes_per_s, 100000},
+                {"peer_handshakes_per_addr_per_s", &c->peer_handshakes_per_addr_per_s, 100000},
                 {"peer_observer_queue_bytes_max", &c->peer_observer_queue_bytes_max, 1ull << 32},
                 {"peer_send_stall_timeout_ms", &c->peer_send_stall_timeout_ms, 3600000},
                 {"peer_frame_timeout_ms", &c->peer_frame_timeout_ms, 3600000},

@@ -70,6 +70,8 @@ typedef struct {
      * queue; how long a send queue may make no progress, and a frame may stay unfinished. */
     uint64_t peer_handshakes_max;           /* default 32 */
     uint64_t peer_handshakes_per_addr_max;  /* default 4 */
+    uint64_t peer_handshakes_per_s;          /* default 100: new ones from non-validator hosts */
+    uint64_t peer_handshakes_per_addr_per_s; /* default 10 */
     uint64_t peer_observer_queue_bytes_max; /* default 16 MiB */
     uint64_t peer_send_stall_timeout_ms;    /* default 20000 */
     uint64_t peer_frame_timeout_ms;         /* default 30000 */

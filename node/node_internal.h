@@ -165,6 +165,7 @@ typedef struct node {
     node_obs_req obs_req[NET_OBSERVERS_MAX];
     uint32_t obs_rr;
     uint64_t obs_reqs_dropped;
+    uint64_t malformed_msgs; /* peer messages that did not decode (logged 1 in 1000) */
     node_faults faults; /* tailcheck.c: failed mempool recovery, damaged stored blocks */
     struct node_sync *sync; /* state sync (sync.c): serving snapshots, joining from one */
     /* Admission at the HTTP door (admission.h) and re-gossip (node.c regossip). */

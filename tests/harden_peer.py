@@ -16,6 +16,9 @@ MODE
   halfopen N SECONDS    N TCP connections that never send a byte, held SECONDS
   chunkflood SECONDS H  handshake, then ask for a state sync chunk of height H every 1 ms
                         for SECONDS, never reading (t_state_sync.sh)
+  garbage SECONDS       handshake, then send well-sealed frames whose content is no
+                        NodeMessage (ff ff ff ff) as fast as it can for SECONDS; prints
+                        "garbage: sent N"
 """
 import hashlib
 import hmac
@@ -180,6 +183,23 @@ def main():
                 return
             time.sleep(0.002)
         print("noread: sent %d requests, still connected" % sent)
+        return
+    if mode == "garbage":
+        sess = handshake(addr, ghash, sk)
+        end = time.time() + float(args[0])
+        sent = 0
+        sess.s.settimeout(1.0)
+        while time.time() < end:
+            try:
+                for _ in range(100):
+                    sess.send(b"\xff\xff\xff\xff")  # wire type 7 in its first key: never decodes
+                sent += 100
+            except socket.timeout:
+                pass
+            except OSError as ex:
+                print("garbage: node closed us after %d frames: %s" % (sent, ex))
+                return
+        print("garbage: sent %d" % sent)
         return
     if mode == "chunkflood":
         sess = handshake(addr, ghash, sk)

@@ -7,7 +7,12 @@
 #   c. 4 observers each announce a 16 MiB frame, send 1 KiB and stall: the frame deadline
 #      (peer_frame_timeout_ms = 2000 here) closes all of them;
 #   d. up to 1000 half-open connections to every validator from 127.0.0.2, renewed as they are cut,
-#      while validator 3 restarts: it reaches its 3 peers within 5 s (the bound issue #12 sets).
+#      while validator 3 restarts: it reaches its 3 peers within 5 s (the bound issue #12 sets);
+#   e. a listed observer sends undecodable frames as fast as it can for 5 s: validator 0 logs
+#      one line per 1000 of them (before: one WARN line each, 2 MB of log a second) and commits;
+#   f. a stranger at 127.0.0.2 connects, sends a handshake's first message and resets, as fast
+#      as it can for 4 s: validator 0 answers at most its rate (10 a second, burst 10; before:
+#      12,000 a second took a core), logs a few lines, and a listed observer is still admitted.
 # OLD=1 TEMD=<old temd> runs it against a build from before the fix (figures in the issue).
 NAME=harden-peer
 source "$(dirname "$0")/harden_lib.sh"
@@ -90,4 +95,52 @@ kill "${PID[halfopen]}" 2>/dev/null || true; wait "${PID[halfopen]}" 2>/dev/null
 echo "half-open flood: restarted validator 3 reached $connected of 3 peers in ${took}s"
 [ "$connected" = 3 ] || fail "restarted validator reached only $connected of 3 peers within 5 s under a half-open flood (issue #12 bound)"
 ok "1000 half-open connections per validator: restarted validator 3 reached 3 peers in ${took}s"
+
+# e. undecodable frames from an admitted observer
+before=$(grep -c "malformed message from peer" "$dir/n0.log" || true)
+h0=$(height 0)
+out=$(python3 "$P" "$(peer 0)" "$G" "$dir/obs4.key" garbage 5) || fail "garbage sender failed: $out"
+sent=$(sed -n 's/^garbage: sent \([0-9]*\)$/\1/p' <<<"$out")
+[ -n "$sent" ] && [ "$sent" -ge 2000 ] || fail "the garbage sender did not get 2000 frames out: $out"
+sleep 1
+lines=$(( $(grep -c "malformed message from peer" "$dir/n0.log" || true) - before ))
+alive n0 || fail "validator 0 died under undecodable frames"
+h1=$(height 0)
+echo "undecodable frames: $sent sent, $lines log lines, height $h0 -> $h1"
+[ "$lines" -ge 1 ] && [ "$lines" -le $(( sent / 1000 + 2 )) ] || fail "$lines log lines for $sent undecodable frames (want 1 per 1000)"
+[ "$h1" -gt "$h0" ] || fail "validator 0 stopped committing under undecodable frames"
+ok "$sent undecodable frames from an observer: $lines log lines, still committing"
+
+# f. handshake churn from a stranger's address
+lines0=$(wc -l <"$dir/n0.log")
+out=$(python3 - "$(peer 0)" 4 <<'PY'
+import socket, struct, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+m1 = b"TEM1\x01" + bytes([9]) + b"\0" * 31  # an X25519 key (u = 9), no crypto on this side
+frame = struct.pack(">I", len(m1)) + m1
+n = got = 0
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    n += 1
+    try:
+        s = socket.socket(); s.settimeout(2); s.bind(("127.0.0.2", 0)); s.connect((host, int(port)))
+        s.sendall(frame)
+        if len(s.recv(4 + 144)) >= 4: got += 1
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    except OSError:
+        pass
+print("%d %d" % (n, got))
+PY
+)
+read -r tried answered <<<"$out"
+sleep 1
+lines=$(( $(wc -l <"$dir/n0.log") - lines0 ))
+alive n0 || fail "validator 0 died under handshake churn"
+echo "handshake churn: $tried connections from 127.0.0.2 in 4 s, $answered answered, $lines log lines"
+[ "$tried" -ge 400 ] || fail "the churn made only $tried connections: the check says nothing"
+[ "$answered" -le 60 ] || fail "$answered of $tried handshakes answered in 4 s from one address (rate 10/s, burst 10)"
+[ "$lines" -le 40 ] || fail "$lines log lines for $tried refused or failed handshakes"
+out=$(python3 "$P" "$(peer 0)" "$G" "$dir/obs1.key" hello) || fail "a listed observer was refused after the churn: $out"
+ok "handshake churn: $answered of $tried answered from one stranger address, $lines log lines; an observer still admitted"
 echo "t_harden_peer: $passed passed"
