@@ -90,6 +90,7 @@ struct net {
         uint64_t last_ms, tokens_m;
     } hs_rate[NET_HS_RATE_ADDRS];
     uint64_t hs_last_ms, hs_tokens_m;
+    uint64_t hs_logged_ms; /* when a rate refusal was last logged */
 };
 
 typedef struct {
@@ -738,7 +739,12 @@ static void on_connection(uv_stream_t *server, int status) {
     }
     if (!handshake_rate_ok(n, c->ip)) {
         c->state = C_HANDSHAKE;
-        c->quiet = n->stats.refused_handshake_rate++ % 100 != 0;
+        /* One line in 10 s at most: a churn refused 12,000 times a second is still 120 lines a
+         * second at one in a hundred. */
+        uint64_t now = uv_now(n->loop);
+        n->stats.refused_handshake_rate++;
+        c->quiet = n->hs_logged_ms && now - n->hs_logged_ms < 10000;
+        if (!c->quiet) n->hs_logged_ms = now;
         if (!c->quiet)
             nlog(n, NET_LOG_WARN, "handshakes from %s come too fast (%llu refused so far; limits %u/s, %u/s per address)",
                  c->remote, (unsigned long long)n->stats.refused_handshake_rate, n->cfg.handshakes_per_s,
