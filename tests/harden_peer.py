@@ -136,6 +136,28 @@ def varint(v):
             return out + bytes([b])
 
 
+def flood(sess, secs, mode, what, payloads, pause):
+    """Sends payloads(sent so far) for secs, pausing between rounds; a send that times out is
+    the node's back-pressure and is retried. Returns the count sent, or None (after printing
+    why) when the node closed the session."""
+    end = time.time() + secs
+    sent = 0
+    sess.s.settimeout(1.0)
+    while time.time() < end:
+        try:
+            for p in payloads(sent):
+                sess.send(p)
+                sent += 1
+        except socket.timeout:
+            pass  # the node stopped reading us: back-pressure works
+        except OSError as ex:
+            print("%s: node closed us after %d %s: %s" % (mode, sent, what, ex))
+            return None
+        if pause:
+            time.sleep(pause)
+    return sent
+
+
 def main():
     addr, ghex, keyfile, mode = sys.argv[1:5]
     args = sys.argv[5:]
@@ -169,56 +191,24 @@ def main():
     if mode == "noread":
         sess = handshake(addr, ghash, sk)
         sess.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        end = time.time() + float(args[0])
-        sent = 0
-        sess.s.settimeout(1.0)
-        while time.time() < end:
-            try:
-                sess.send(block_request())
-                sent += 1
-            except socket.timeout:
-                pass  # the node stopped reading us: back-pressure works
-            except OSError as ex:
-                print("noread: node closed us after %d requests: %s" % (sent, ex))
-                return
-            time.sleep(0.002)
-        print("noread: sent %d requests, still connected" % sent)
+        sent = flood(sess, float(args[0]), "noread", "requests", lambda k: [block_request()], 0.002)
+        if sent is not None:
+            print("noread: sent %d requests, still connected" % sent)
         return
     if mode == "garbage":
         sess = handshake(addr, ghash, sk)
-        end = time.time() + float(args[0])
-        sent = 0
-        sess.s.settimeout(1.0)
-        while time.time() < end:
-            try:
-                for _ in range(100):
-                    sess.send(b"\xff\xff\xff\xff")  # wire type 7 in its first key: never decodes
-                sent += 100
-            except socket.timeout:
-                pass
-            except OSError as ex:
-                print("garbage: node closed us after %d frames: %s" % (sent, ex))
-                return
-        print("garbage: sent %d" % sent)
+        # wire type 7 in its first key: never decodes
+        sent = flood(sess, float(args[0]), "garbage", "frames", lambda k: [b"\xff\xff\xff\xff"] * 100, 0)
+        if sent is not None:
+            print("garbage: sent %d" % sent)
         return
     if mode == "chunkflood":
         sess = handshake(addr, ghash, sk)
         sess.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        end = time.time() + float(args[0])
         height = int(args[1])
-        sent = 0
-        sess.s.settimeout(1.0)
-        while time.time() < end:
-            try:
-                sess.send(chunk_request(height, sent % 256))
-                sent += 1
-            except socket.timeout:
-                pass
-            except OSError as ex:
-                print("chunkflood: node closed us after %d requests: %s" % (sent, ex))
-                return
-            time.sleep(0.001)
-        print("chunkflood: sent %d requests, still connected" % sent)
+        sent = flood(sess, float(args[0]), "chunkflood", "requests", lambda k: [chunk_request(height, k % 256)], 0.001)
+        if sent is not None:
+            print("chunkflood: sent %d requests, still connected" % sent)
         return
     if mode == "partial":
         n, secs = int(args[0]), float(args[1])
